@@ -1,0 +1,257 @@
+"""Checks: thresholds -> verdicts that carry the formula and numbers that decided them.
+
+One registry: each check says when it applies and how it decides. Items in
+:mod:`deploycheck.collect` only run a check and show its verdict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .registry import Registry
+
+
+@dataclass
+class Verdict:
+    check: str
+    passed: bool
+    message: str = ""              # the failure message (or a note on success)
+    formula: str = ""              # e.g. "accuracy 0.9512 >= baseline 0.9722 - max_drop 0.01 = 0.9622"
+    value: Any = None
+    threshold: Any = None
+    details: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    level: str                     # "format" (per variant and format) or "variant"
+    applies: Callable[..., bool]
+    run: Callable[..., Verdict]
+
+
+CHECKS: Registry[Check] = Registry("check")
+
+
+def check(name: str, *, level: str = "format", applies: Callable[..., bool] = lambda spec, v, f=None: True):
+    def deco(fn):
+        CHECKS.register(name, Check(name, level, applies, fn))
+        return fn
+    return deco
+
+
+def fmt_num(x: float) -> str:
+    if x is None:
+        return "n/a"
+    if x == 0:
+        return "0"
+    a = abs(x)
+    if a >= 1000 or a < 1e-3:
+        return f"{x:.3g}"
+    return f"{x:.4g}" if a < 1 else f"{x:.4g}"
+
+
+# --- load ---------------------------------------------------------------------------------------
+
+@check("load")
+def load_check(runner, spec, vname, fspec) -> Verdict:
+    r = runner.reload(spec, vname, fspec)
+    return Verdict("load", True, value=round(r.result.get("load_s", 0.0), 4),
+                   details={"load_s": r.result.get("load_s"), "process_s": r.seconds,
+                            "peak_rss_mb": r.result.get("peak_rss_mb")})
+
+
+# --- outputs ------------------------------------------------------------------------------------
+
+def compare_arrays(actual, expected, *, atol: float, rtol: float, worst: int = 5) -> dict:
+    """pytest-regressions style statistics of |actual - expected| against atol + rtol * |expected|."""
+    import torch
+    a, e = actual.double(), expected.double()
+    diff = (a - e).abs()
+    rel = diff / e.abs().clamp_min(1e-12)
+    bad = diff > atol + rtol * e.abs()
+    bad = bad | torch.isnan(a) ^ torch.isnan(e)
+    n_bad = int(bad.sum())
+    flat = diff.flatten()
+    order = torch.argsort(flat, descending=True)[:worst]
+    rows = []
+    for idx in order.tolist():
+        pos = list(_unravel(idx, tuple(a.shape)))
+        rows.append((pos, float(a.flatten()[idx]), float(e.flatten()[idx]), float(flat[idx])))
+    return {"shape": tuple(a.shape), "mismatched": n_bad, "total": a.numel(),
+            "max_abs": float(diff.max()) if diff.numel() else 0.0, "mean_abs": float(diff.mean()) if diff.numel() else 0.0,
+            "max_rel": float(rel.max()) if rel.numel() else 0.0, "mean_rel": float(rel.mean()) if rel.numel() else 0.0,
+            "worst": rows}
+
+
+def _unravel(idx: int, shape: tuple) -> list[int]:
+    out = []
+    for d in reversed(shape):
+        out.append(idx % d)
+        idx //= d
+    return list(reversed(out))
+
+
+def render_mismatch(st: dict, *, what: str, left: str, right: str, atol: float, rtol: float, hint: str = "") -> str:
+    pct = 100.0 * st["mismatched"] / max(st["total"], 1)
+    lines = [f"{what} (atol {fmt_num(atol)}, rtol {fmt_num(rtol)}): |{left} - {right}| <= atol + rtol * |{right}| failed"]
+    if hint:
+        lines.append(hint)
+    lines += [f"  shape: {st['shape']}",
+              f"  mismatched elements: {st['mismatched']} / {st['total']} ({pct:.2f}%)",
+              f"  max abs diff: {fmt_num(st['max_abs'])}   mean abs diff: {fmt_num(st['mean_abs'])}",
+              f"  max rel diff: {fmt_num(st['max_rel'])}   mean rel diff: {fmt_num(st['mean_rel'])}",
+              "  worst elements:",
+              f"    {'index':<14}{left:>14}{right:>14}{'abs diff':>12}"]
+    for pos, av, ev, d in st["worst"]:
+        lines.append(f"    {str(pos):<14}{av:>14.6g}{ev:>14.6g}{d:>12.4g}")
+    return "\n".join(lines)
+
+
+@check("outputs")
+def outputs_check(runner, spec, vname, fspec) -> Verdict:
+    r = runner.reload(spec, vname, fspec)
+    b = runner.built(spec, vname)
+    th = spec.variant(vname).thresholds.outputs
+    n_in = sum(int(x.shape[0]) for x in runner.batches(spec))
+    if r.outputs.shape != b.outputs.shape:
+        return Verdict("outputs", False, f"the reloaded {fspec.name} artifact returned shape {tuple(r.outputs.shape)} "
+                       f"but the in-memory variant returned {tuple(b.outputs.shape)} for the same {n_in} inputs",
+                       value=list(r.outputs.shape), threshold=list(b.outputs.shape))
+    st = compare_arrays(r.outputs, b.outputs, atol=th.atol, rtol=th.rtol)
+    details = {k: st[k] for k in ("mismatched", "total", "max_abs", "mean_abs", "max_rel")}
+    formula = f"max abs diff {fmt_num(st['max_abs'])}; {st['mismatched']} of {st['total']} elements outside atol {fmt_num(th.atol)} + rtol {fmt_num(th.rtol)} * |expected|"
+    if st["mismatched"]:
+        msg = render_mismatch(st, what=f"outputs of the reloaded {fspec.name} artifact differ from the in-memory variant",
+                              left="reloaded", right="in-memory", atol=th.atol, rtol=th.rtol)
+        return Verdict("outputs", False, msg, formula, st["max_abs"], {"atol": th.atol, "rtol": th.rtol}, details)
+    return Verdict("outputs", True, formula=formula, value=st["max_abs"], threshold={"atol": th.atol, "rtol": th.rtol},
+                   details=details)
+
+
+# --- metric -------------------------------------------------------------------------------------
+
+def metric_verdict(name: str, value: float, baseline: float, higher: bool, th) -> Verdict:
+    """Decide the metric gate; the formula shows every number that decided it."""
+    parts, failed = [], []
+    sign = "-" if higher else "+"
+    delta = value - baseline
+    if th.max_drop is not None:
+        bound = baseline - th.max_drop if higher else baseline + th.max_drop
+        ok = value >= bound - 1e-12 if higher else value <= bound + 1e-12
+        op = (">=" if ok else "<") if higher else ("<=" if ok else ">")
+        f = f"{name} {fmt_num(value)} {op} baseline {fmt_num(baseline)} {sign} max_drop {fmt_num(th.max_drop)} = {fmt_num(bound)}"
+        (parts if ok else failed).append(f)
+    if th.max_relative_drop is not None:
+        factor = 1 - th.max_relative_drop if higher else 1 + th.max_relative_drop
+        bound = baseline * factor
+        ok = value >= bound - 1e-12 if higher else value <= bound + 1e-12
+        op = (">=" if ok else "<") if higher else ("<=" if ok else ">")
+        f = (f"{name} {fmt_num(value)} {op} baseline {fmt_num(baseline)} × (1 {sign} max_relative_drop "
+             f"{fmt_num(th.max_relative_drop)}) = {fmt_num(bound)}")
+        (parts if ok else failed).append(f)
+    if th.min is not None:
+        ok = value >= th.min
+        (parts if ok else failed).append(f"{name} {fmt_num(value)} {'>=' if ok else '<'} min {fmt_num(th.min)}")
+    if th.max is not None:
+        ok = value <= th.max
+        (parts if ok else failed).append(f"{name} {fmt_num(value)} {'<=' if ok else '>'} max {fmt_num(th.max)}")
+    if not parts and not failed:
+        parts.append(f"{name} {fmt_num(value)} (baseline {fmt_num(baseline)}, delta {delta:+.4g}; no threshold set)")
+    formula = "; ".join(failed or parts)
+    details = {"metric": name, "value": value, "baseline": baseline, "delta": delta, "higher_is_better": higher}
+    thr = {k: getattr(th, k) for k in ("max_drop", "max_relative_drop", "min", "max") if getattr(th, k) is not None}
+    return Verdict("metric", not failed, formula if failed else "", formula, value, thr, details)
+
+
+@check("metric")
+def metric_check(runner, spec, vname, fspec) -> Verdict:
+    from .metrics import resolve
+    r = runner.reload(spec, vname, fspec)
+    base = runner.built(spec, "baseline").metric
+    m = resolve(spec)
+    return metric_verdict(m.name, r.metric, base, m.higher_is_better, spec.variant(vname).thresholds.metric)
+
+
+# --- latency ------------------------------------------------------------------------------------
+
+@check("latency")
+def latency_check(runner, spec, vname, fspec) -> Verdict:
+    r = runner.reload(spec, vname, fspec)
+    lat = r.result.get("latency") or {}
+    th = spec.variant(vname).thresholds.latency
+    parts, failed = [], []
+    for key in ("p50_ms", "p95_ms", "p99_ms"):
+        limit = getattr(th, key)
+        if limit is not None:
+            v = lat[key]
+            ok = v <= limit
+            (parts if ok else failed).append(f"{key[:3]} {fmt_num(v)} ms {'<=' if ok else '>'} {key} {fmt_num(limit)} ms")
+    ratio = lat.get("ratio")
+    details = {k: lat.get(k) for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "rounds", "calls_per_round",
+                                        "throughput_per_s", "batch")}
+    details["threads"] = r.result.get("threads")
+    if ratio:
+        details.update(ratio=ratio["ratio"], ratio_ci=[ratio["ci_low"], ratio["ci_high"]], ratio_pairs=ratio["pairs"],
+                       ratio_decision=ratio["decision"])
+    wants_ratio = th.max_ratio is not None or th.min_speedup is not None
+    if wants_ratio and vname != "baseline":
+        if not ratio:
+            failed.append(f"no side-by-side measurement vs the baseline: {lat.get('ratio_error') or 'the baseline has no ' + fspec.name + ' artifact'}")
+        else:
+            ci = f"{int(ratio['confidence'] * 100)}% CI {ratio['ci_low']:.3f}–{ratio['ci_high']:.3f}, {ratio['pairs']} interleaved pairs"
+            def unsure(lo: float, hi: float, limit: float) -> str:
+                return (" (interval straddles the limit after the time budget; decided by the median)"
+                        if lo <= limit < hi else "")
+            if th.max_ratio is not None:
+                ok = ratio["ratio"] <= th.max_ratio
+                f = (f"latency ratio {ratio['ratio']:.3f} ({ci}) {'<=' if ok else '>'} max_ratio {fmt_num(th.max_ratio)}"
+                     + unsure(ratio["ci_low"], ratio["ci_high"], th.max_ratio))
+                (parts if ok else failed).append(f)
+            if th.min_speedup is not None:
+                sp, lo, hi = 1 / ratio["ratio"], 1 / ratio["ci_high"], 1 / ratio["ci_low"]
+                ok = sp >= th.min_speedup
+                f = (f"speedup {sp:.3f} ({int(ratio['confidence'] * 100)}% CI {lo:.3f}–{hi:.3f}, {ratio['pairs']} pairs) "
+                     f"{'>=' if ok else '<'} min_speedup {fmt_num(th.min_speedup)}" + unsure(lo, hi, th.min_speedup))
+                (parts if ok else failed).append(f)
+    if not parts and not failed:
+        parts.append(f"p50 {fmt_num(lat.get('p50_ms'))} ms, p95 {fmt_num(lat.get('p95_ms'))} ms (no threshold set)")
+    formula = "; ".join(failed or parts)
+    thr = {k: getattr(th, k) for k in ("p50_ms", "p95_ms", "p99_ms", "max_ratio", "min_speedup") if getattr(th, k) is not None}
+    return Verdict("latency", not failed, formula if failed else "", formula, lat.get(spec.latency.percentile + "_ms"), thr, details)
+
+
+# --- size ---------------------------------------------------------------------------------------
+
+@check("size")
+def size_check(runner, spec, vname, fspec) -> Verdict:
+    art = runner.artifact(spec, vname, fspec)
+    th = spec.variant(vname).thresholds.size
+    mb = art.size / 1e6
+    parts, failed = [], []
+    details = {"size_mb": mb, "sha256": art.sha256, "path": art.path}
+    if th.max_mb is not None:
+        ok = mb <= th.max_mb
+        (parts if ok else failed).append(f"size {fmt_num(mb)} MB {'<=' if ok else '>'} max_mb {fmt_num(th.max_mb)}")
+    base_size = None
+    if vname != "baseline":
+        try:
+            base_size = runner.artifact(spec, "baseline", fspec).size
+        except Exception:
+            base_size = None
+    if base_size:
+        details["size_ratio"] = art.size / base_size
+    if th.max_ratio is not None and vname != "baseline":
+        if base_size is None:
+            failed.append(f"no baseline {fspec.name} artifact to compare the size with")
+        else:
+            ratio = art.size / base_size
+            ok = ratio <= th.max_ratio
+            (parts if ok else failed).append(f"size ratio {ratio:.3f} ({fmt_num(mb)} MB / baseline {fmt_num(base_size / 1e6)} MB) "
+                                             f"{'<=' if ok else '>'} max_ratio {fmt_num(th.max_ratio)}")
+    if not parts and not failed:
+        parts.append(f"size {fmt_num(mb)} MB (no threshold set)")
+    formula = "; ".join(failed or parts)
+    thr = {k: getattr(th, k) for k in ("max_mb", "max_ratio") if getattr(th, k) is not None}
+    return Verdict("size", not failed, formula if failed else "", formula, mb, thr, details)

@@ -1,0 +1,52 @@
+"""Errors that carry where they came from: the spec file and line, the stage, the variant and format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One thing wrong in a spec file, at a line and a field path."""
+
+    line: int
+    path: str
+    message: str
+
+    def render(self, filename: str) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{filename}:{self.line}: {where}{self.message}"
+
+
+class SpecError(Exception):
+    """Every problem of one spec file at once, sorted by line. Raised at collection."""
+
+    def __init__(self, filename: str, problems: list[Problem]):
+        self.filename = filename
+        self.problems = sorted(set(problems))
+        super().__init__("\n".join(p.render(filename) for p in self.problems))
+
+
+STAGES = ("build", "save", "load", "run", "check")
+
+
+class StageError(Exception):
+    """A runtime failure in one pipeline stage for one spec / variant / format.
+
+    ``where`` is ``file:line`` of the spec entry that declared the failing thing, so the
+    message points at what the user wrote, not at deploycheck's internals.
+    """
+
+    def __init__(self, stage: str, message: str, *, spec: str, variant: str | None = None,
+                 fmt: str | None = None, where: str | None = None, detail: str = ""):
+        self.stage, self.message, self.spec = stage, message, spec
+        self.variant, self.fmt, self.where, self.detail = variant, fmt, where, detail
+        super().__init__(self.headline())
+
+    def headline(self) -> str:
+        target = "::".join(x for x in (self.spec, self.variant, self.fmt) if x)
+        loc = f" (declared at {self.where})" if self.where else ""
+        return f"[{self.stage}] {target}{loc}: {self.message}"
+
+    def render(self) -> str:
+        return self.headline() + (f"\n{self.detail.rstrip()}" if self.detail else "")

@@ -1,0 +1,83 @@
+"""Serialization formats. One module each (save, load, sniff); this module holds the registry,
+the shared base class and content sniffing. Option classes are light: torch loads in methods."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+from ..registry import Registry
+
+FORMATS: Registry[type] = Registry("format")
+
+
+class Unsupported(Exception):
+    """The format cannot hold this variant; the message is the exporter's own reason."""
+
+
+class Format:
+    name: ClassVar[str]
+    suffix: ClassVar[str]
+    Options: ClassVar[type]
+    description: ClassVar[str] = ""
+
+    def needs_code(self, options: Any) -> bool:
+        """Whether loading needs the model's Python code (the factory) importable."""
+        return False
+
+    def save(self, model: Any, path: str, *, example: Any, options: Any, arch: dict) -> dict:
+        """Write the artifact; return extra manifest fields. Raise Unsupported when it cannot."""
+        raise NotImplementedError
+
+    def load(self, path: str, *, options: Any, manifest: dict) -> Callable[..., Any]:
+        """Load in the deployment-like process; return a callable taking one input batch."""
+        raise NotImplementedError
+
+
+def register(cls: type) -> type:
+    FORMATS.register(cls.name, cls)
+    return cls
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """This format takes no options."""
+
+
+def sniff(path: str) -> str | None:
+    """Guess a file's format from its bytes (never from its name)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError:
+        return None
+    if not head:
+        return None
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "hdf5"
+    if head.startswith(b"PK"):
+        try:
+            names = zipfile.ZipFile(path).namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return "zip (unreadable)"
+        if any("/data/aotinductor/" in n for n in names):
+            return "aoti"
+        if any(n.endswith("/archive_format") for n in names) and any("/models/" in n for n in names):
+            return "export"
+        if any("/code/__torch__" in n for n in names):
+            return "torchscript"
+        if any(n.endswith("/data.pkl") for n in names):
+            return "pickle"
+        return "zip"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 0:
+        return "safetensors"
+    if head[:1] == b"\x08" and (b"pytorch" in head or b"onnx" in head.lower() or head[2:3] == b"\x12"):
+        return "onnx"
+    if head[:1] == b"\x80":
+        return "pickle"
+    return None
+
+
+# Register the built-in formats (light modules).
+from . import export, onnx, pickle, safetensors, torchscript  # noqa: E402,F401

@@ -1,0 +1,132 @@
+"""Artifact manifests (sha256, size, format, library versions, input signature) and load-error diagnosis.
+
+The same diagnosis serves the worker (before and while loading) and ``deploycheck inspect``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import zipfile
+from dataclasses import dataclass
+
+from . import FORMATS, sniff
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest_path(path: str) -> str:
+    return path + ".manifest.json"
+
+
+def library_versions() -> dict:
+    import importlib.metadata as md
+    out = {}
+    for lib in ("torch", "onnx", "onnxruntime", "onnxscript", "torchao", "safetensors", "deploycheck"):
+        try:
+            out[lib] = md.version(lib)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_manifest(path: str, *, fmt: str, input_shape, input_dtype: str, extra: dict) -> dict:
+    man = {"format": fmt, "file": os.path.basename(path), "size": os.path.getsize(path), "sha256": sha256(path),
+           "libraries": library_versions(), "input": {"shape": list(input_shape), "dtype": input_dtype}, **extra}
+    tmp = manifest_path(path) + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(man, fh, indent=2, sort_keys=True)
+    os.replace(tmp, manifest_path(path))
+    return man
+
+
+def read_manifest(path: str) -> dict | None:
+    try:
+        with open(manifest_path(path)) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    kind: str      # empty | missing | truncated | corrupted | wrong-format | version-skew | missing-module | missing-operator | load-error
+    message: str
+
+    def render(self, path: str) -> str:
+        return f"{self.kind}: {path}: {self.message}"
+
+
+FORMAT_NAMES = {"export": "a torch.export .pt2", "torchscript": "TorchScript", "onnx": "ONNX", "safetensors": "safetensors",
+                "pickle": "a torch.save pickle", "hdf5": "HDF5", "aoti": "an AOTInductor package", "zip": "a zip archive"}
+
+
+def check_file(path: str, declared: str | None, manifest: dict | None) -> Diagnosis | None:
+    """Checks that need no loading: presence, emptiness, size and checksum vs manifest, sniffed format."""
+    if not os.path.exists(path):
+        return Diagnosis("missing", "the file does not exist: was it shipped?")
+    size = os.path.getsize(path)
+    if size == 0:
+        return Diagnosis("empty", "the file is empty (0 bytes): the writer failed or the copy never happened; re-export it")
+    if manifest:
+        want = manifest.get("size")
+        if want is not None and size < want:
+            return Diagnosis("truncated", f"the file is incomplete: {size} of {want} bytes "
+                                          "(a copy or upload was cut short); copy it again from the build")
+        digest = sha256(path)
+        if digest != manifest.get("sha256"):
+            how = f"{size} bytes instead of {want}" if want is not None and size != want else "same size, different bytes"
+            return Diagnosis("corrupted", f"checksum mismatch ({how}): sha256 {digest[:16]}… but the manifest says "
+                                          f"{str(manifest.get('sha256'))[:16]}…; the bytes changed after it was written; rebuild or copy it again")
+    found = sniff(path)
+    if found == "zip (unreadable)":
+        return Diagnosis("truncated", "the zip archive has no readable directory: the file is incomplete or damaged; "
+                                      "copy it again from the build")
+    if declared and found and found != declared and not (declared == "pickle" and found == "torchscript"):
+        return Diagnosis("wrong-format", f"the file is {FORMAT_NAMES.get(found, found)} file, but it is declared as "
+                                         f"{FORMAT_NAMES.get(declared, declared)}: check which file was shipped")
+    if declared and found is None and declared not in ("onnx",):
+        return Diagnosis("corrupted", f"the bytes are not {FORMAT_NAMES.get(declared, declared)} file "
+                                      "(unrecognised header): the file is damaged or of an unknown format")
+    return None
+
+
+_VERSION = re.compile(r"(newer|version|opset|ir_version|unsupported model ir|produced by)", re.I)
+_MODULE = re.compile(r"No module named '([^']+)'|Can't get attribute '([^']+)'")
+_OPERATOR = re.compile(r"(Unknown builtin op|Could not find any similar ops|no schema|operator .* not found|"
+                       r"unknown (custom )?op|Could not find schema|is not a registered|Unrecognized attribute|"
+                       r"NOT_IMPLEMENTED|Could not find an implementation)", re.I)
+_TRUNC = re.compile(r"(PytorchStreamReader failed|failed finding central directory|unexpected end|EOF|"
+                    r"Protobuf parsing failed|truncat|incomplete|Error parsing message|InvalidHeaderDeserialization|"
+                    r"MetadataIncompleteBuffer|invalid load key|not a zip file)", re.I)
+
+
+def classify(exc: BaseException, path: str) -> Diagnosis:
+    """Explain an exception raised while loading an artifact."""
+    text = f"{type(exc).__name__}: {exc}"
+    first = text.strip().splitlines()[0][:400]
+    m = _MODULE.search(text)
+    if isinstance(exc, ModuleNotFoundError) or m:
+        mod = (m.group(1) or m.group(2)) if m else getattr(exc, "name", "?")
+        return Diagnosis("missing-module", f"loading needs Python module/attribute {mod!r}, which this process cannot "
+                                           "import: the artifact depends on the training code; ship a self-contained "
+                                           f"format (export, torchscript, onnx) or install that code where it is deployed ({first})")
+    if _OPERATOR.search(text):
+        return Diagnosis("missing-operator", "the artifact uses an operator this runtime does not have (a custom op, "
+                                             "or one from a newer release): load the library that registers it, or "
+                                             f"export without it ({first})")
+    if _TRUNC.search(text):
+        return Diagnosis("truncated", f"the file could not be read to the end: it is incomplete or damaged; copy it "
+                                      f"again from the build ({first})")
+    if _VERSION.search(text):
+        return Diagnosis("version-skew", "the file was written by a newer library or opset than this runtime reads: "
+                                         f"upgrade the runtime or export for an older version ({first})")
+    return Diagnosis("load-error", first)

@@ -1,0 +1,63 @@
+"""ONNX through the dynamo exporter (``torch.onnx.export(dynamo=True)``), run with onnxruntime."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+
+from ..spec.schema import field
+from . import Format, Unsupported, register
+from .export import _first_line, batch_example
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    """Options of the ONNX format."""
+
+    opset: int = field(18, ge=7, doc="ONNX opset version")
+    dynamic_batch: bool = field(True, doc="export with a dynamic batch dimension")
+
+
+@register
+class OnnxFormat(Format):
+    name = "onnx"
+    suffix = ".onnx"
+    Options = OnnxOptions
+    description = "ONNX (dynamo exporter), run with onnxruntime on CPU"
+
+    def save(self, model, path, *, example, options, arch):
+        import torch
+        try:
+            import onnxscript  # noqa: F401
+        except ImportError as e:
+            raise Unsupported("the ONNX dynamo exporter needs onnxscript: pip install 'deploycheck[onnx]'") from e
+        from torch.export import Dim
+        x = batch_example(example, options.dynamic_batch)
+        dyn = ({0: Dim("batch", min=1, max=65536)},) if options.dynamic_batch else None
+        # The exporter prints progress lines; keep them out of pytest's output.
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                prog = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=dyn, opset_version=options.opset,
+                                         external_data=False)
+            except Exception as e:
+                raise Unsupported(f"torch.onnx.export failed: {type(e).__name__}: {_first_line(e)}") from e
+        prog.save(path)
+        return {"opset": options.opset, "dynamic_batch": options.dynamic_batch}
+
+    def load(self, path, *, options, manifest):
+        import numpy as np
+        import onnxruntime as ort
+        import torch
+        so = ort.SessionOptions()
+        threads = torch.get_num_threads()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+
+        def run(x):
+            out = sess.run(None, {name: np.ascontiguousarray(x.numpy())})[0]
+            return torch.from_numpy(out)
+
+        return run

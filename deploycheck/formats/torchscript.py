@@ -1,0 +1,48 @@
+"""TorchScript (``torch.jit.trace`` or ``torch.jit.script``) -> ``.ts``, reloaded with ``torch.jit.load``."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+from ..spec.schema import field
+from . import Format, Unsupported, register
+from .export import _first_line
+
+
+@dataclass(frozen=True)
+class TorchScriptOptions:
+    """Options of the TorchScript format."""
+
+    mode: Literal["trace", "script"] = field("trace", doc="trace with the example input, or script the module")
+
+
+@register
+class TorchScriptFormat(Format):
+    name = "torchscript"
+    suffix = ".ts"
+    Options = TorchScriptOptions
+    description = "TorchScript archive (.ts); deprecated in torch 2.13 but still widely deployed"
+
+    def save(self, model, path, *, example, options, arch):
+        import torch
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                if options.mode == "script":
+                    sm = torch.jit.script(model)
+                else:
+                    sm = torch.jit.trace(model, (example,), check_trace=False)
+            except Exception as e:
+                raise Unsupported(f"torch.jit.{options.mode} failed: {type(e).__name__}: {_first_line(e)}") from e
+            torch.jit.save(sm, path)
+        return {"mode": options.mode}
+
+    def load(self, path, *, options, manifest):
+        import torch
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = torch.jit.load(path, map_location="cpu")
+        m.eval()
+        return m

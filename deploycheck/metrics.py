@@ -1,0 +1,100 @@
+"""Quality metrics. Direction (higher or lower is better) lives with each metric."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .registry import Registry
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    fn: Callable[..., float]
+    higher_is_better: bool
+    needs_labels: bool
+
+    def __call__(self, outputs, targets) -> float:
+        return float(self.fn(outputs, targets))
+
+
+METRICS: Registry[Metric] = Registry("metric")
+
+
+def _metric(name: str, *, higher: bool, labels: bool):
+    def deco(fn):
+        METRICS.register(name, Metric(name, fn, higher, labels))
+        return fn
+    return deco
+
+
+def _logits(outputs):
+    if outputs.ndim != 2:
+        raise ValueError(f"a classification metric needs outputs of shape (N, classes), got {tuple(outputs.shape)}")
+    return outputs.float()
+
+
+@_metric("accuracy", higher=True, labels=True)
+def accuracy(outputs, targets):
+    return (_logits(outputs).argmax(1) == targets.long()).float().mean().item()
+
+
+def top_k(outputs, targets, k: int = 5):
+    o = _logits(outputs)
+    k = min(k, o.shape[1])
+    hits = (o.topk(k, dim=1).indices == targets.long().view(-1, 1)).any(1)
+    return hits.float().mean().item()
+
+
+METRICS.register("top_k", Metric("top_k", top_k, True, True))
+
+
+def _align(outputs, targets):
+    o, t = outputs.float(), targets.float()
+    if o.shape != t.shape and o.numel() == t.numel():
+        t = t.reshape(o.shape)
+    if o.shape != t.shape:
+        raise ValueError(f"outputs {tuple(o.shape)} and targets {tuple(t.shape)} differ in shape")
+    return o, t
+
+
+@_metric("mse", higher=False, labels=False)
+def mse(outputs, targets):
+    o, t = _align(outputs, targets)
+    return ((o - t) ** 2).mean().item()
+
+
+@_metric("mae", higher=False, labels=False)
+def mae(outputs, targets):
+    o, t = _align(outputs, targets)
+    return (o - t).abs().mean().item()
+
+
+@_metric("cosine", higher=True, labels=False)
+def cosine(outputs, targets):
+    import torch
+    o, t = _align(outputs, targets)
+    return torch.nn.functional.cosine_similarity(o.reshape(len(o), -1), t.reshape(len(t), -1), dim=1).mean().item()
+
+
+def resolve(spec) -> Metric:
+    """The spec's metric as a callable with its direction."""
+    m = spec.metric
+    if m.name == "callable":
+        from .models import import_callable, search_dirs
+        fn = import_callable(m.callable, search_dirs(spec))
+        return Metric(m.callable, fn, bool(m.higher_is_better), False)
+    if m.name == "top_k":
+        k = m.k
+        return Metric(f"top_{k}", lambda o, t: top_k(o, t, k), True, True)
+    return METRICS.get(m.name)
+
+
+def targets_for(metric: Metric, labels: Any, baseline_outputs: Any):
+    """Labels when the data has them; otherwise the baseline's outputs (a fidelity metric)."""
+    if labels is not None:
+        return labels
+    if metric.needs_labels:
+        raise ValueError(f"metric {metric.name!r} needs labels, but the data has none")
+    return baseline_outputs

@@ -1,0 +1,155 @@
+"""Model sources: import a factory, instantiate it, load its weights, put it in eval mode."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any, Callable, Iterable
+
+from .errors import StageError
+
+
+def search_dirs(spec) -> list[str]:
+    base = os.path.dirname(os.path.abspath(spec.path))
+    return [os.path.normpath(os.path.join(base, p)) for p in spec.model.python_path]
+
+
+def import_callable(path: str, search: Iterable[str] = ()) -> Callable[..., Any]:
+    """Import ``module:attr`` after putting ``search`` first on sys.path (as pytest's rootdir insertion does)."""
+    for d in reversed(list(search)):
+        if d not in sys.path:
+            sys.path.insert(0, d)
+    mod_name, _, attr = path.partition(":")
+    mod = importlib.import_module(mod_name)
+    obj: Any = mod
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{path} is a {type(obj).__name__}, not a callable")
+    return obj
+
+
+def call_factory(factory: str, kwargs: dict, search: Iterable[str] = ()) -> Any:
+    import torch
+    fn = import_callable(factory, search)
+    model = fn(**kwargs)
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{factory} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def describe_exc(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def build_baseline(spec) -> Any:
+    """Instantiate the spec's model with its weights; every failure names the spec line."""
+    import torch
+    m = spec.model
+    torch.manual_seed(0)
+    try:
+        model = call_factory(m.factory, m.kwargs, search_dirs(spec))
+    except Exception as e:
+        raise StageError("build", f"cannot create the model from factory {m.factory!r}: {describe_exc(e)}",
+                         spec=spec.name, variant="baseline", where=spec.where("model")) from e
+    if m.weights:
+        path = os.path.join(os.path.dirname(os.path.abspath(spec.path)), m.weights)
+        state = _read_weights(spec, path)
+        _load_state(spec, model, state, path)
+    return model.eval()
+
+
+def _read_weights(spec, path: str) -> dict:
+    import torch
+    where = spec.where("model")
+    if not os.path.exists(path):
+        raise StageError("build", f"weights file not found: {path}", spec=spec.name, variant="baseline", where=where)
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            return load_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise StageError("build", f"cannot read weights {path}: {describe_exc(e)}", spec=spec.name,
+                         variant="baseline", where=where) from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise StageError("build", f"weights {path} hold a {type(state).__name__}, not a state dict",
+                         spec=spec.name, variant="baseline", where=where)
+    return state
+
+
+def _load_state(spec, model, state: dict, path: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:5])}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:5])}")
+        if shapes:
+            parts.append(f"shape mismatch ({len(shapes)}): {'; '.join(shapes[:5])}")
+        raise StageError("build", f"weights {os.path.basename(path)} do not match the architecture of "
+                         f"{spec.model.factory}: " + " | ".join(parts), spec=spec.name, variant="baseline",
+                         where=spec.where("model"))
+    model.load_state_dict(state, strict=True)
+
+
+def count_params(model) -> tuple[int, int]:
+    """(parameters, non-zero parameters), counting quantized packed weights too."""
+    import torch
+    total = nonzero = 0
+    for t in _weight_tensors(model):
+        total += t.numel()
+        nonzero += int(torch.count_nonzero(t).item())
+    return total, nonzero
+
+
+def _weight_tensors(model):
+    import torch
+    seen = set()
+    for _, mod in model.named_modules():
+        for t in list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False)):
+            if id(t) not in seen and t.is_floating_point():
+                seen.add(id(t))
+                yield _plain(t)
+        w = getattr(mod, "weight", None)
+        if callable(w) and not isinstance(w, torch.Tensor):  # torch.ao quantized modules: weight() method
+            try:
+                wt = w()
+            except Exception:
+                continue
+            if isinstance(wt, torch.Tensor) and id(mod) not in seen:
+                seen.add(id(mod))
+                yield wt.dequantize() if wt.is_quantized else wt
+                b = getattr(mod, "bias", None)
+                bt = b() if callable(b) else b
+                if isinstance(bt, torch.Tensor):
+                    yield bt
+
+
+def _plain(t):
+    """A tensor subclass (torchao quantized weights) as a plain tensor of the same element count."""
+    import torch
+    if type(t) in (torch.Tensor, torch.nn.Parameter):
+        return t.detach()
+    try:
+        return t.dequantize()
+    except Exception:
+        return t.detach()
+
+
+def state_bytes(model) -> int:
+    """Bytes of the serialized state dict: the honest size of the weights, whatever their dtype."""
+    import io
+    import torch
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.tell()

@@ -1,0 +1,111 @@
+"""pytest hooks and options only: collection of spec files, the session's runner, reports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+
+import pytest
+
+_RUNNER = pytest.StashKey[object]()
+log = logging.getLogger("deploycheck")
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("deploycheck", "deploycheck: deployed-model checks")
+    g.addoption("--deploycheck-run-dir", default=None,
+                help="where artifacts are written (default: a folder under the system temp dir, outside the source tree)")
+    g.addoption("--deploycheck-report-dir", default=None,
+                help="where reports are written (default: ini deploycheck_report_dir, else <rootdir>/reports)")
+    g.addoption("--deploycheck-no-report", action="store_true", default=False, help="do not write report files")
+    parser.addini("deploycheck_report_dir", "report folder, relative to the rootdir", default="reports")
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(ReportCollector(config), "deploycheck-report")
+    # Keep the items of one variant in one xdist worker: it is built once there.
+    if getattr(config.option, "dist", None) == "load" and getattr(config.option, "numprocesses", None):
+        config.option.dist = "loadgroup"
+
+
+def pytest_collect_file(file_path, parent):
+    if file_path.suffix not in (".yaml", ".yml"):
+        return None
+    from .spec.loader import is_spec_text
+    try:
+        text = file_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not is_spec_text(text):
+        return None  # other YAML (CI workflows, configs) is not ours
+    from .collect import SpecFile
+    return SpecFile.from_parent(parent, path=file_path)
+
+
+def run_dir(config) -> str:
+    given = config.getoption("deploycheck_run_dir")
+    if given:
+        base = os.path.abspath(given)
+    else:
+        tag = hashlib.sha256(str(config.rootpath).encode()).hexdigest()[:10]
+        base = os.path.join(tempfile.gettempdir(), f"deploycheck-{tag}")
+    worker = getattr(config, "workerinput", {}).get("workerid", "main")
+    return os.path.join(base, "run", worker)
+
+
+def get_runner(config):
+    if _RUNNER not in config.stash:
+        from .runner import Runner
+        config.stash[_RUNNER] = Runner(run_dir=run_dir(config), log=log.info)
+    return config.stash[_RUNNER]
+
+
+class ReportCollector:
+    """Gathers the records items attach to their reports (xdist workers' too) and writes the reports."""
+
+    def __init__(self, config):
+        self.config = config
+        self.records: list[dict] = []
+        self.paths: list[str] = []
+
+    def pytest_runtest_logreport(self, report):
+        for name, value in getattr(report, "user_properties", ()):
+            if name == "deploycheck":
+                self.records.append(json.loads(value))
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        # Also runs after -x or Ctrl-C, so a run cut short still writes what ran.
+        if _is_worker(self.config) or not self.records or self.config.getoption("deploycheck_no_report"):
+            return
+        from .report import write_reports
+        self.paths = write_reports(self.records, report_dir(self.config), rootdir=str(self.config.rootpath),
+                                   exitstatus=int(exitstatus))
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if _is_worker(self.config) or not self.records:
+            return
+        from .report import summary_rows, terminal_table
+        tr = terminalreporter
+        tr.section("deploycheck summary")
+        for line in terminal_table(summary_rows(self.records)).splitlines():
+            tr.write_line(line)
+        for p in self.paths:
+            tr.write_line(f"report written: {p}")
+
+
+def _is_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def report_dir(config) -> str:
+    given = config.getoption("deploycheck_report_dir") or config.getini("deploycheck_report_dir")
+    return given if os.path.isabs(given) else str(config.rootpath / given)
+
+
+def pytest_unconfigure(config):
+    r = config.stash.get(_RUNNER, None)
+    if r is not None:
+        r.close()

@@ -1,0 +1,40 @@
+"""Knowledge distillation of the baseline (teacher) into a smaller student architecture."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..spec.schema import field
+from . import handler, recipe
+
+
+@recipe("distill")
+@dataclass(frozen=True)
+class DistillConfig:
+    """Train ``student`` to match the teacher's softened outputs and the true labels."""
+
+    student: str = field(doc="import path 'module:callable' returning the student nn.Module")
+    student_kwargs: dict[str, Any] = field(default_factory=dict, doc="keyword arguments for the student factory")
+    temperature: float = field(4.0, gt=0, doc="softmax temperature of the soft targets")
+    alpha: float = field(0.7, ge=0, le=1, doc="weight of the soft (teacher) loss; 1 - alpha weighs the hard loss")
+    epochs: int = field(30, ge=1, doc="passes over the training split")
+    batch_size: int = field(64, ge=1, doc="training batch size")
+    lr: float = field(3e-3, gt=0, doc="learning rate")
+    optimizer: Literal["adam", "adamw", "sgd"] = field("adam", doc="adam | adamw | sgd (momentum 0.9)")
+    seed: int = field(0, doc="seed for initialisation and shuffling")
+
+    def check(self) -> list[tuple[str, str]]:
+        mod, sep, attr = self.student.partition(":")
+        if not sep or not mod or not attr:
+            return [("student", f"expected 'module:callable', got {self.student!r}")]
+        return []
+
+    def short(self) -> str:
+        return f"distill:{self.student.rpartition(':')[2]}"
+
+
+@handler(DistillConfig)
+def distill(cfg: DistillConfig, model, ctx):
+    from ._distill_impl import run
+    return run(cfg, model, ctx)

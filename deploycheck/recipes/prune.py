@@ -1,0 +1,45 @@
+"""Pruning: unstructured (L1 per layer, global L1, random) and structured (Ln over channels/rows)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..spec.schema import field
+from . import handler, recipe
+
+
+@dataclass(frozen=True)
+class FineTune:
+    """A short fine-tune on the spec's training split after pruning, masks kept fixed."""
+
+    epochs: int = field(2, ge=1, doc="passes over the training split")
+    lr: float = field(1e-3, gt=0, doc="Adam learning rate")
+    batch_size: int = field(64, ge=1, doc="training batch size")
+    seed: int = field(0, doc="seed for shuffling")
+
+
+@recipe("prune")
+@dataclass(frozen=True)
+class PruneConfig:
+    """Zero out weights; the result is made permanent (no masks or reparametrization remain)."""
+
+    method: Literal["l1_unstructured", "global_l1_unstructured", "random_unstructured", "ln_structured"] = field(
+        doc="l1_unstructured (per layer) | global_l1_unstructured | random_unstructured | ln_structured")
+    amount: float = field(gt=0.0, lt=1.0, doc="fraction of weights (or rows/channels) to prune, in (0, 1)")
+    dim: int = field(0, doc="ln_structured: the weight dimension whose slices are pruned (0 = output rows/channels)")
+    n: int = field(2, ge=1, doc="ln_structured: the norm used to rank slices")
+    modules: tuple[Literal["Linear", "Conv1d", "Conv2d"], ...] = field(("Linear", "Conv2d"),
+                                                                      doc="module types whose weight is pruned")
+    skip: tuple[str, ...] = field((), doc="module name globs not pruned (each must match a module)")
+    seed: int = field(0, doc="seed for random_unstructured")
+    finetune: FineTune | None = field(None, doc="optional recovery fine-tune: {epochs, lr, batch_size, seed}")
+
+    def short(self) -> str:
+        return f"prune:{self.method}@{self.amount:g}" + ("+ft" if self.finetune else "")
+
+
+@handler(PruneConfig)
+def prune(cfg: PruneConfig, model, ctx):
+    from ._prune_impl import run
+    return run(cfg, model, ctx)

@@ -1,0 +1,46 @@
+"""Quantization: dynamic int8, weight-only int8, static int8 (pt2e), fp16 / bf16 casts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..spec.schema import field
+from . import handler, recipe
+
+Method = Literal["dynamic_int8", "weight_only_int8", "static_int8", "fp16", "bf16"]
+ModuleType = Literal["Linear", "LSTM", "GRU", "Conv1d", "Conv2d"]
+
+
+@recipe("quantize")
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Quantize the model's weights (and, for dynamic/static int8, activations)."""
+
+    method: Method = field(doc="dynamic_int8 | weight_only_int8 | static_int8 | fp16 | bf16")
+    backend: Literal["auto", "torch.ao", "torchao"] = field(
+        "auto", doc="implementation; auto picks the measured-faster one on CPU: torch.ao for "
+                    "dynamic_int8, torchao for weight_only_int8, torchao pt2e for static_int8")
+    modules: tuple[ModuleType, ...] = field(("Linear", "LSTM", "GRU"),
+                                            doc="module types to quantize (dynamic_int8, weight_only_int8)")
+    skip: tuple[str, ...] = field((), doc="module name globs left in float (each must match a module)")
+    calibration_batches: int = field(8, ge=1, doc="static_int8: batches of training data used to calibrate")
+    engine: Literal["x86", "fbgemm", "qnnpack"] = field("x86", doc="torch.ao quantized engine")
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.method == "static_int8" and self.backend == "torch.ao":
+            return [("backend", "static_int8 runs through torchao's pt2e flow; use backend: auto or torchao")]
+        if self.method == "weight_only_int8" and self.backend == "torch.ao":
+            return [("backend", "weight_only_int8 is provided by torchao; use backend: auto or torchao")]
+        if self.method in ("fp16", "bf16") and self.backend != "auto":
+            return [("backend", f"{self.method} is a plain cast; leave backend at auto")]
+        return []
+
+    def short(self) -> str:
+        return f"quantize:{self.method}" + (f"({self.backend})" if self.backend != "auto" else "")
+
+
+@handler(QuantizeConfig)
+def quantize(cfg: QuantizeConfig, model, ctx):
+    from ._quantize_impl import run
+    return run(cfg, model, ctx)

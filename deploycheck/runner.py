@@ -1,0 +1,299 @@
+"""The pipeline: build -> serialize -> reload in a fresh process -> run. Results are cached per
+session so each variant is built once and each artifact reloaded once, whatever items need them.
+
+Failures are cached too: the first item that needs a failed stage shows the full error, later
+ones the same one-line cause, instead of an avalanche of tracebacks.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import StageError
+from .models import describe_exc
+
+
+class VariantUnsupported(Exception):
+    """A format cannot hold a variant; carries the exporter's reason."""
+
+    def __init__(self, reason: str, *, spec: str, variant: str, fmt: str, where: str):
+        self.reason, self.spec, self.variant, self.fmt, self.where = reason, spec, variant, fmt, where
+        super().__init__(f"{fmt} cannot hold variant {variant!r}: {reason}")
+
+
+@dataclass
+class Built:
+    model: Any
+    arch: dict
+    steps: list
+    build_s: float
+    params: int
+    nonzero: int
+    state_bytes: int
+    outputs: Any               # in-memory outputs on the evaluation batches, concatenated
+    metric: float
+    recipe: str
+
+
+@dataclass
+class Artifact:
+    path: str
+    manifest: dict
+    size: int
+    sha256: str
+    save_s: float
+
+
+@dataclass
+class Reload:
+    result: dict
+    outputs: Any
+    metric: float | None
+    seconds: float
+
+
+@dataclass
+class RecipeContext:
+    """What recipe handlers may use: the data, the baseline, where to import from, and a logger."""
+
+    spec: Any
+    data: Any
+    baseline: Any
+    search: list
+    log: Callable[[str], None]
+    where: str
+    example: Any
+
+
+class Runner:
+    def __init__(self, *, run_dir: str, log: Callable[[str], None] = lambda s: None):
+        from .isolation import WorkerPool
+        self.run_dir = run_dir
+        os.makedirs(run_dir, exist_ok=True)
+        self.pool = WorkerPool(os.path.join(run_dir, "workers"))
+        self.log = log
+        self._cache: dict[tuple, Any] = {}
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def _memo(self, key: tuple, fn: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            try:
+                self._cache[key] = ("ok", fn())
+            except (StageError, VariantUnsupported) as e:
+                self._cache[key] = ("err", e)
+        status, value = self._cache[key]
+        if status == "err":
+            raise value
+        return value
+
+    # --- data and example input --------------------------------------------------------------
+
+    def data(self, spec):
+        from . import data
+        return self._memo(("data", spec.path), lambda: data.load(spec))
+
+    def batches(self, spec):
+        return self._memo(("batches", spec.path), lambda: self.data(spec).eval_batches(spec.data.batch_size))
+
+    def labels(self, spec):
+        import torch
+        y = self.data(spec).y_test
+        return None if y is None else torch.from_numpy(y)
+
+    def example(self, spec):
+        """The example input: real held-out samples when their shape fits, else seeded random values."""
+        def make():
+            import numpy as np
+            import torch
+            shape = tuple(spec.model.inputs.shape)
+            dtype = getattr(torch, spec.model.inputs.dtype)
+            x = self.data(spec).x_test
+            if tuple(x.shape[1:]) == shape[1:] and len(x) >= shape[0]:
+                return torch.from_numpy(np.ascontiguousarray(x[:shape[0]])).to(dtype)
+            g = torch.Generator().manual_seed(0)
+            if dtype.is_floating_point:
+                return torch.randn(shape, generator=g).to(dtype)
+            return torch.randint(0, 100, shape, generator=g, dtype=dtype)
+        return self._memo(("example", spec.path), make)
+
+    # --- build ----------------------------------------------------------------------------------
+
+    def baseline_model(self, spec):
+        from .models import build_baseline
+        return self._memo(("baseline-model", spec.path), lambda: build_baseline(spec))
+
+    def built(self, spec, vname: str) -> Built:
+        return self._memo(("built", spec.path, vname), lambda: self._build(spec, vname))
+
+    def _build(self, spec, vname: str) -> Built:
+        import torch
+        from . import recipes
+        from .metrics import resolve, targets_for
+        from .models import count_params, search_dirs, state_bytes
+        v = spec.variant(vname)
+        where = spec.at(v.line)
+        base = self.baseline_model(spec)
+        data = self.data(spec)
+        t0 = time.perf_counter()
+        model = base if not v.steps else copy.deepcopy(base)
+        arch = {"factory": spec.model.factory, "kwargs": dict(spec.model.kwargs)}
+        records = []
+        for i, step in enumerate(v.steps):
+            name = type(step).recipe_name
+            ctx = RecipeContext(
+                spec=spec, data=data, baseline=base, search=search_dirs(spec),
+                log=lambda s, _n=name: self.log(f"{spec.name}::{vname} {_n}: {s}"), where=where,
+                example=self.example(spec))
+            ts = time.perf_counter()
+            torch.manual_seed(0)
+            try:
+                out = recipes.apply(step, model, ctx)
+            except StageError:
+                raise
+            except Exception as e:
+                raise StageError("build", f"recipe step {i + 1} ({step.short()}) failed: {describe_exc(e)}",
+                                 spec=spec.name, variant=vname, where=where) from e
+            model, summary, details = out["model"], out["summary"], out.get("details", {})
+            if "arch" in out:
+                arch = out["arch"]
+            p, nz = count_params(model)
+            records.append(recipes.StepRecord(step.short(), summary, time.perf_counter() - ts, p, nz,
+                                              state_bytes(model), details))
+        model.eval()
+        build_s = time.perf_counter() - t0
+        outputs = self._run_in_memory(spec, vname, model)
+        metric = resolve(spec)
+        base_out = outputs if vname == "baseline" else self.built(spec, "baseline").outputs
+        try:
+            value = metric(outputs, targets_for(metric, self.labels(spec), base_out))
+        except Exception as e:
+            raise StageError("check", f"metric {metric.name!r} failed on the in-memory outputs: {describe_exc(e)}",
+                             spec=spec.name, variant=vname, where=spec.where("metric")) from e
+        p, nz = count_params(model)
+        return Built(model, arch, records, build_s, p, nz, state_bytes(model), outputs, value, v.recipe)
+
+    def _run_in_memory(self, spec, vname, model):
+        import torch
+        outs = []
+        try:
+            with torch.inference_mode():
+                for b in self.batches(spec):
+                    o = model(b)
+                    o = o[0] if isinstance(o, (tuple, list)) else o
+                    outs.append(o.detach().float())
+        except Exception as e:
+            raise StageError("run", f"the in-memory model failed on an evaluation batch of shape "
+                             f"{tuple(b.shape)}: {describe_exc(e)}", spec=spec.name, variant=vname,
+                             where=spec.at(spec.variant(vname).line)) from e
+        return torch.cat(outs)
+
+    # --- serialize ------------------------------------------------------------------------------
+
+    def artifact(self, spec, vname: str, fspec) -> Artifact:
+        return self._memo(("artifact", spec.path, vname, fspec.name), lambda: self._save(spec, vname, fspec))
+
+    def variant_dir(self, spec, vname: str) -> str:
+        d = os.path.join(self.run_dir, spec.name, vname)
+        os.makedirs(d, exist_ok=True)
+        return d
+
+    def _save(self, spec, vname, fspec) -> Artifact:
+        import warnings
+        from .formats import FORMATS, Unsupported
+        from .formats.integrity import write_manifest
+        b = self.built(spec, vname)
+        fmt = FORMATS.get(fspec.name)()
+        path = os.path.join(self.variant_dir(spec, vname), f"model{fmt.suffix}")
+        where = spec.at(fspec.line or spec.variant(vname).line)
+        tmp = path + ".partial"
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                extra = fmt.save(b.model, tmp, example=self.example(spec), options=fspec.options, arch=b.arch)
+        except Unsupported as e:
+            raise VariantUnsupported(str(e), spec=spec.name, variant=vname, fmt=fspec.name, where=where) from e
+        except Exception as e:
+            raise StageError("save", f"saving as {fspec.name} failed: {describe_exc(e)}", spec=spec.name,
+                             variant=vname, fmt=fspec.name, where=where) from e
+        os.replace(tmp, path)
+        man = write_manifest(path, fmt=fspec.name, input_shape=spec.model.inputs.shape,
+                             input_dtype=spec.model.inputs.dtype, extra=extra or {})
+        return Artifact(path, man, man["size"], man["sha256"], time.perf_counter() - t0)
+
+    # --- reload in a fresh process --------------------------------------------------------------
+
+    def reload(self, spec, vname: str, fspec) -> Reload:
+        return self._memo(("reload", spec.path, vname, fspec.name), lambda: self._reload(spec, vname, fspec))
+
+    def target(self, spec, vname, fspec) -> dict:
+        art = self.artifact(spec, vname, fspec)
+        return {"artifact": art.path, "format": fspec.name, "options": dataclasses.asdict(fspec.options),
+                "manifest": art.manifest}
+
+    def _reload(self, spec, vname, fspec) -> Reload:
+        import torch
+        from .formats import FORMATS
+        from .metrics import resolve, targets_for
+        from .models import search_dirs
+        art = self.artifact(spec, vname, fspec)
+        d = self.variant_dir(spec, vname)
+        where = spec.at(fspec.line or spec.variant(vname).line)
+        inputs = os.path.join(self.run_dir, spec.name, "eval_inputs.pt")
+        example = os.path.join(self.run_dir, spec.name, "example_input.pt")
+        if not os.path.exists(inputs):
+            torch.save(self.batches(spec), inputs)
+            torch.save(self.example(spec), example)
+        fmt = FORMATS.get(fspec.name)()
+        result = os.path.join(d, f"{fspec.name}.result.json")
+        if os.path.exists(result):
+            os.unlink(result)
+        lat = spec.latency
+        latency = {"example": example, "warmup": lat.warmup, "min_rounds": lat.min_rounds, "max_time_s": lat.max_time_s,
+                   "round_ms": lat.round_ms, "confidence": lat.confidence}
+        th = spec.variant(vname).thresholds.latency
+        if vname != "baseline":
+            try:
+                latency["baseline"] = self.target(spec, "baseline", fspec)
+            except (StageError, VariantUnsupported):
+                latency["baseline"] = None
+            limits = [x for x in (th.max_ratio, 1 / th.min_speedup if th.min_speedup else None) if x]
+            latency["ratio_limit"] = min(limits) if limits else None
+        req = {"target": self.target(spec, vname, fspec), "inputs": inputs, "outputs": os.path.join(d, f"{fspec.name}.outputs.pt"),
+               "result": result, "threads": lat.threads, "latency": latency, "memory_mb": spec.isolation.memory_mb,
+               "python_path": search_dirs(spec) if fmt.needs_code(fspec.options) else []}
+        out = self.pool.run(req, timeout_s=spec.isolation.timeout_s)
+        ident = dict(spec=spec.name, variant=vname, fmt=fspec.name, where=where)
+        if out.result is None:
+            raise StageError("load", f"{out.death()} while loading and running {os.path.basename(art.path)}",
+                             detail=_tail("process output", out.log_tail), **ident)
+        r = out.result
+        if not r.get("ok"):
+            stage = "load" if r.get("stage") == "load" else "run"
+            msg = f"{r.get('kind')}: {r.get('message', '').splitlines()[0] if r.get('message') else ''}"
+            detail = r.get("traceback") or "\n".join(r.get("message", "").splitlines()[1:])
+            raise StageError(stage, msg, detail=_tail("traceback", detail) if detail else "", **ident)
+        outputs = torch.cat(torch.load(req["outputs"], weights_only=True))
+        metric = resolve(spec)
+        base = self.built(spec, "baseline").outputs
+        try:
+            value = metric(outputs, targets_for(metric, self.labels(spec), base))
+        except Exception as e:
+            raise StageError("check", f"metric {metric.name!r} failed on the reloaded outputs: {describe_exc(e)}",
+                             **ident) from e
+        return Reload(r, outputs, value, out.seconds)
+
+
+def _tail(title: str, text: str, n: int = 25) -> str:
+    lines = [ln for ln in text.rstrip().splitlines()]
+    if not lines:
+        return ""
+    return f"--- {title} (last {min(n, len(lines))} lines) ---\n" + "\n".join(lines[-n:])

@@ -1,0 +1,87 @@
+"""YAML -> plain Python values that remember their line numbers.
+
+Mappings become :class:`LMap` and sequences :class:`LSeq`; both know their own line and the
+line of each key or item, so every later error can name ``file:line``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+from ..errors import Problem, SpecError
+
+#: A YAML file is a deploycheck spec when a top-level ``deploycheck:`` key declares its version.
+MARKER = re.compile(r"^deploycheck\s*:", re.MULTILINE)
+
+
+class LMap(dict):
+    line: int = 0
+    key_lines: dict
+
+    def line_of(self, key: str) -> int:
+        return self.key_lines.get(key, self.line)
+
+
+class LSeq(list):
+    line: int = 0
+    item_lines: list
+
+    def line_of(self, index: int) -> int:
+        return self.item_lines[index] if index < len(self.item_lines) else self.line
+
+
+def is_spec_text(text: str) -> bool:
+    """Cheap test used at collection: other YAML in a repository (CI workflows, configs) is ignored."""
+    return MARKER.search(text) is not None
+
+
+def load(text: str, filename: str) -> Any:
+    loader = yaml.SafeLoader(text)
+    problems: list[Problem] = []
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise SpecError(filename, [Problem(1, "", "the file is empty")])
+        return _convert(loader, node, problems)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else 1
+        msg = " ".join(x for x in (e.context, e.problem) if x)
+        raise SpecError(filename, [Problem(line, "", f"YAML syntax error: {msg}")]) from None
+    except yaml.YAMLError as e:
+        raise SpecError(filename, [Problem(1, "", f"YAML error: {e}")]) from None
+    finally:
+        loader.dispose()
+        if problems:
+            raise SpecError(filename, problems)
+
+
+def _convert(loader: yaml.SafeLoader, node: yaml.Node, problems: list[Problem]) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        out = LMap()
+        out.line, out.key_lines = node.start_mark.line + 1, {}
+        for knode, vnode in node.value:
+            key = loader.construct_object(knode, deep=True)
+            kline = knode.start_mark.line + 1
+            if not isinstance(key, (str, int, float, bool)):
+                problems.append(Problem(kline, "", f"mapping keys must be plain scalars, got {type(key).__name__}"))
+                continue
+            key = str(key) if not isinstance(key, str) else key
+            if key in out:
+                problems.append(Problem(kline, key, f"duplicate key (first defined at line {out.key_lines[key]})"))
+                continue
+            out[key] = _convert(loader, vnode, problems)
+            out.key_lines[key] = kline
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        out = LSeq()
+        out.line, out.item_lines = node.start_mark.line + 1, []
+        for item in node.value:
+            out.append(_convert(loader, item, problems))
+            out.item_lines.append(item.start_mark.line + 1)
+        return out
+    return loader.construct_object(node, deep=True)

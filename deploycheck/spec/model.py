@@ -1,0 +1,438 @@
+"""The validated spec: frozen dataclasses. Nothing past :func:`deploycheck.spec.parse` sees raw dicts.
+
+Field docs here are the reference: ``deploycheck schema`` and the README are derived from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .loader import LMap, LSeq
+from .schema import Ctx, Invalid, build, build_fields, dataclass_schema, field, finish, json_schema
+
+DType = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8"]
+NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _import_path_problem(value: str) -> str | None:
+    mod, sep, attr = value.partition(":")
+    if not sep or not mod or not attr or not all(p.isidentifier() for p in mod.split(".") + attr.split(".")):
+        return f"expected an import path 'package.module:callable', got {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The example input used for export / tracing and latency (batch dimension first)."""
+
+    shape: tuple[int, ...] = field(doc="example input shape, batch first, e.g. [1, 64]")
+    dtype: DType = field("float32", doc="example input dtype")
+
+    def check(self) -> list[tuple[str, str]]:
+        if not self.shape or any(d < 1 for d in self.shape):
+            return [("shape", f"must be a non-empty list of positive sizes, got {list(self.shape)}")]
+        return []
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where the model comes from and what it takes."""
+
+    factory: str = field(doc="import path 'module:callable' returning the nn.Module")
+    inputs: InputSpec = field(doc="example input: {shape, dtype}")
+    kwargs: dict[str, Any] = field(default_factory=dict, doc="keyword arguments passed to the factory")
+    weights: str | None = field(None, doc="weights file relative to the spec: .safetensors, or a state dict "
+                                          "(.pt/.pth, read with torch.load(weights_only=True)); none keeps the "
+                                          "factory's own initialisation")
+    python_path: tuple[str, ...] = field((".", ".."), doc="folders, relative to the spec, searched first "
+                                                          "when importing factories and callables")
+
+    def check(self) -> list[tuple[str, str]]:
+        msg = _import_path_problem(self.factory)
+        return [("factory", msg)] if msg else []
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How the data is split into training (calibration, fine-tune, distillation) and evaluation parts."""
+
+    test_fraction: float = field(0.25, gt=0, lt=1, doc="fraction held out for evaluation")
+    seed: int = field(0, doc="shuffle seed of the split")
+    stratify: bool = field(True, doc="keep class proportions in both parts (labelled data only)")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One preprocessing step: a single-key mapping such as ``{scale: 0.0625}``."""
+
+    op: str
+    arg: Any
+
+    OPS = {
+        "scale": "multiply by a number",
+        "shift": "add a number",
+        "normalize": "{mean: [...], std: [...]} per channel (channel = first per-sample axis), or numbers",
+        "clip": "[low, high]",
+        "reshape": "per-sample shape, e.g. [1, 8, 8]",
+        "dtype": "cast to a dtype (float32, float16, bfloat16, float64, int64, int32, uint8)",
+        "callable": "'module:function' taking and returning a numpy array of the whole batch",
+    }
+
+    @classmethod
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> "Step":
+        if not isinstance(value, dict) or len(value) != 1:
+            ctx.error(line, path, f"a preprocessing step is a mapping with one key, one of {sorted(cls.OPS)}")
+            raise Invalid
+        (op, arg), = value.items()
+        kl = value.line_of(op) if isinstance(value, LMap) else line
+        p = f"{path}.{op}"
+        if op not in cls.OPS:
+            import difflib
+            close = difflib.get_close_matches(op, list(cls.OPS), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            ctx.error(kl, p, f"unknown preprocessing step; {hint}allowed: {', '.join(sorted(cls.OPS))}")
+            raise Invalid
+        if op in ("scale", "shift"):
+            arg = build(float, arg, path=p, line=kl, ctx=ctx)
+        elif op == "clip":
+            arg = build(tuple[float, ...], arg, path=p, line=kl, ctx=ctx)
+            if len(arg) != 2 or arg[0] > arg[1]:
+                ctx.error(kl, p, f"expected [low, high] with low <= high, got {list(arg)}")
+                raise Invalid
+        elif op == "reshape":
+            arg = build(tuple[int, ...], arg, path=p, line=kl, ctx=ctx)
+            if any(d < 1 and d != -1 for d in arg):
+                ctx.error(kl, p, f"sizes must be positive (or -1 once), got {list(arg)}")
+                raise Invalid
+        elif op == "dtype":
+            arg = build(DType, arg, path=p, line=kl, ctx=ctx)
+        elif op == "normalize":
+            kw = build_fields(Normalize, arg, path=p, line=kl, ctx=ctx)
+            arg = finish(Normalize, kw, path=p, line=kl, ctx=ctx)
+        elif op == "callable":
+            arg = build(str, arg, path=p, line=kl, ctx=ctx)
+            msg = _import_path_problem(arg)
+            if msg:
+                ctx.error(kl, p, msg)
+                raise Invalid
+        return cls(op, arg)
+
+    @classmethod
+    def json_schema_hook(cls) -> dict:
+        return {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
+                "properties": {k: {"description": v} for k, v in cls.OPS.items()},
+                "description": "one preprocessing step"}
+
+
+@dataclass(frozen=True)
+class Normalize:
+    """(x - mean) / std, per channel."""
+
+    mean: tuple[float, ...] | float = field(doc="mean, one number or one per channel")
+    std: tuple[float, ...] | float = field(doc="standard deviation, one number or one per channel")
+
+    def check(self) -> list[tuple[str, str]]:
+        stds = self.std if isinstance(self.std, tuple) else (self.std,)
+        means = self.mean if isinstance(self.mean, tuple) else (self.mean,)
+        if any(s <= 0 for s in stds):
+            return [("std", "every std must be > 0")]
+        if isinstance(self.std, tuple) and isinstance(self.mean, tuple) and len(means) != len(stds):
+            return [("std", f"mean has {len(means)} values but std has {len(stds)}")]
+        return []
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Evaluation (and training / calibration) data."""
+
+    source: str = field(doc="'sklearn:digits' | 'sklearn:iris' | 'sklearn:wine' | 'sklearn:breast_cancer' | "
+                            "'npz:relative/path.npz' | 'python:module:function'")
+    split: SplitSpec = field(default_factory=SplitSpec, doc="train / evaluation split: {test_fraction, seed, stratify}")
+    preprocess: tuple[Step, ...] = field((), doc="steps applied in order to every input (evaluation, "
+                                                 "calibration, training, snapshots)")
+    batch_size: int = field(64, ge=1, doc="evaluation batch size (the same batches run in-memory and reloaded)")
+    limit: int | None = field(None, ge=1, doc="evaluate on at most this many held-out samples")
+
+    def check(self) -> list[tuple[str, str]]:
+        scheme, sep, rest = self.source.partition(":")
+        if scheme not in ("sklearn", "npz", "python") or not sep or not rest:
+            return [("source", f"expected 'sklearn:NAME', 'npz:PATH' or 'python:module:function', got {self.source!r}")]
+        if scheme == "python":
+            msg = _import_path_problem(rest)
+            if msg:
+                return [("source", msg)]
+        return []
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """The quality metric. A string names a built-in; a mapping gives options or a callable."""
+
+    name: str = field("accuracy", doc="accuracy | top_k | mse | mae | cosine | callable")
+    k: int = field(5, ge=1, doc="top_k: how many top classes count as a hit")
+    callable: str | None = field(None, doc="'module:function(outputs, targets) -> float' for a custom metric")
+    higher_is_better: bool | None = field(None, doc="direction of a custom metric (required with callable)")
+
+    @classmethod
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> "MetricSpec":
+        from ..metrics import METRICS
+        if isinstance(value, str):
+            value = {"name": value}
+        kw = build_fields(cls, value, path=path, line=line, ctx=ctx)
+        name = kw.get("name", "callable" if "callable" in kw else "accuracy")
+        kw["name"] = name
+        if name not in METRICS and name != "callable":
+            from ..registry import UnknownName
+            ctx.error(line, f"{path}.name" if isinstance(value, dict) and "name" in value else path,
+                      str(UnknownName("metric", name, METRICS.names() + ["callable"])))
+            raise Invalid
+        if name == "callable":
+            if not kw.get("callable") or kw.get("higher_is_better") is None:
+                ctx.error(line, path, "a callable metric needs both 'callable' and 'higher_is_better'")
+                raise Invalid
+            msg = _import_path_problem(kw["callable"])
+            if msg:
+                ctx.error(line, f"{path}.callable", msg)
+                raise Invalid
+        return cls(**kw)
+
+    @classmethod
+    def json_schema_hook(cls) -> dict:
+        return {"anyOf": [{"type": "string"}, dataclass_schema(cls)], "description": cls.__doc__}
+
+
+@dataclass(frozen=True)
+class MetricThreshold:
+    """Quality gate vs the baseline. Drops are measured in the metric's bad direction."""
+
+    max_drop: float | None = field(None, ge=0, doc="largest allowed absolute worsening vs baseline")
+    max_relative_drop: float | None = field(None, ge=0, doc="largest allowed worsening as a fraction of the baseline")
+    min: float | None = field(None, doc="absolute floor: the metric must be >= this")
+    max: float | None = field(None, doc="absolute ceiling: the metric must be <= this")
+
+
+@dataclass(frozen=True)
+class OutputThreshold:
+    """Reloaded artifact vs the in-memory variant, on the same batches: |a - b| <= atol + rtol * |b|."""
+
+    atol: float = field(1e-4, ge=0, doc="absolute tolerance")
+    rtol: float = field(1e-3, ge=0, doc="relative tolerance")
+
+
+@dataclass(frozen=True)
+class LatencyThreshold:
+    """Latency gates. Absolute ones use the reloaded artifact's percentiles; ratios are measured
+    side by side with the baseline in the same process."""
+
+    p50_ms: float | None = field(None, gt=0, doc="median latency ceiling in ms")
+    p95_ms: float | None = field(None, gt=0, doc="95th percentile ceiling in ms")
+    p99_ms: float | None = field(None, gt=0, doc="99th percentile ceiling in ms")
+    max_ratio: float | None = field(None, gt=0, doc="variant / baseline median time must be <= this (1.10 = at most 10% slower)")
+    min_speedup: float | None = field(None, gt=0, doc="baseline / variant median time must be >= this")
+
+
+@dataclass(frozen=True)
+class SizeThreshold:
+    """Artifact size gates."""
+
+    max_mb: float | None = field(None, gt=0, doc="largest artifact size in MB (10^6 bytes)")
+    max_ratio: float | None = field(None, gt=0, doc="artifact size / baseline artifact size (same format) must be <= this")
+
+
+@dataclass(frozen=True)
+class BatchInvariance:
+    """Probe samples run alone and inside batches must give the same answer."""
+
+    enabled: bool | None = field(None, doc="on, off, or null: on for variants whose recipe can cause it (dynamic int8)")
+    probes: int = field(16, ge=1, doc="probe samples")
+    batch_size: int = field(64, ge=2, doc="size of the batches the probes are placed in")
+    atol: float = field(0.5, ge=0, doc="largest allowed output difference, alone vs batched")
+    max_changed_predictions: int = field(0, ge=0, doc="how many probes may change their argmax")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Acceptance thresholds; a variant's own `thresholds` override these key by key."""
+
+    metric: MetricThreshold = field(default_factory=MetricThreshold, doc="{max_drop, max_relative_drop, min, max}")
+    outputs: OutputThreshold = field(default_factory=OutputThreshold, doc="{atol, rtol}")
+    latency: LatencyThreshold = field(default_factory=LatencyThreshold, doc="{p50_ms, p95_ms, p99_ms, max_ratio, min_speedup}")
+    size: SizeThreshold = field(default_factory=SizeThreshold, doc="{max_mb, max_ratio}")
+    batch_invariance: BatchInvariance = field(default_factory=BatchInvariance,
+                                              doc="{enabled, probes, batch_size, atol, max_changed_predictions}")
+
+    def override(self, value: Any, *, path: str, line: int, ctx: Ctx) -> "Thresholds":
+        """Apply a variant's partial thresholds on top of these defaults, key by key."""
+        if not isinstance(value, dict):
+            ctx.error(line, path, "expected a mapping")
+            raise Invalid
+        sections = {f.name: f for f in dataclasses.fields(self)}
+        out, bad = {}, False
+        import typing
+        hints = typing.get_type_hints(Thresholds)
+        for key, sub in value.items():
+            kl = value.line_of(key) if isinstance(value, LMap) else line
+            if key not in sections:
+                ctx.error(kl, f"{path}.{key}", f"unknown key; allowed: {', '.join(sections)}")
+                bad = True
+                continue
+            try:
+                given = build_fields(hints[key], sub, path=f"{path}.{key}", line=kl, ctx=ctx, partial=True)
+                out[key] = dataclasses.replace(getattr(self, key), **given)
+            except Invalid:
+                bad = True
+        if bad:
+            raise Invalid
+        return dataclasses.replace(self, **out)
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """A serialization format: a name, or ``{name: {options}}``."""
+
+    name: str
+    options: Any
+    line: int = 0
+
+    @classmethod
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> "FormatSpec":
+        from ..formats import FORMATS
+        from ..registry import UnknownName
+        if isinstance(value, str):
+            name, opts, ol = value, {}, line
+        elif isinstance(value, dict) and len(value) == 1:
+            (name, opts), = value.items()
+            ol = value.line_of(name) if isinstance(value, LMap) else line
+            opts = {} if opts is None else opts
+        else:
+            ctx.error(line, path, "a format is a name or a one-key mapping {name: {options}}")
+            raise Invalid
+        if name not in FORMATS:
+            ctx.error(line, path, str(UnknownName("format", str(name), FORMATS.names())))
+            raise Invalid
+        fmt = FORMATS.get(name)
+        kw = build_fields(fmt.Options, opts, path=f"{path}.{name}", line=ol, ctx=ctx)
+        return cls(name, finish(fmt.Options, kw, path=f"{path}.{name}", line=ol, ctx=ctx), line)
+
+    @classmethod
+    def json_schema_hook(cls) -> dict:
+        from ..formats import FORMATS
+        alts: list[dict] = [{"enum": FORMATS.names()}]
+        for n in FORMATS.names():
+            alts.append({"type": "object", "additionalProperties": False,
+                         "properties": {n: dataclass_schema(FORMATS.get(n).Options)}, "required": [n]})
+        return {"anyOf": alts}
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """A named variant: the baseline with a chain of recipes applied."""
+
+    name: str
+    steps: tuple[Any, ...]
+    thresholds: Thresholds
+    formats: tuple[FormatSpec, ...]
+    line: int
+    description: str = ""
+
+    RESERVED = ("steps", "thresholds", "formats", "description")
+
+    @property
+    def recipe(self) -> str:
+        return " -> ".join(s.short() for s in self.steps) or "baseline"
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """How latency is measured (in the deployment-like worker process)."""
+
+    threads: int = field(1, ge=1, doc="torch intra-op threads, pinned and recorded")
+    warmup: int = field(10, ge=0, doc="calls before measuring")
+    min_rounds: int = field(30, ge=5, doc="measured rounds (interleaved pairs for ratio gates) before deciding")
+    max_time_s: float = field(3.0, gt=0, doc="time budget: ratio gates measure more rounds up to this while unsure")
+    round_ms: float = field(1.0, gt=0, doc="a round repeats the call until it lasts at least this long")
+    percentile: Literal["p50", "p95", "p99"] = field("p95", doc="percentile shown in the report")
+    confidence: float = field(0.95, gt=0.5, lt=1, doc="confidence of the bootstrap interval of a ratio")
+
+
+@dataclass(frozen=True)
+class IsolationSettings:
+    """Limits of the fresh process that reloads and runs each artifact."""
+
+    timeout_s: float = field(300.0, gt=0, doc="a reload + evaluation + latency run longer than this is killed")
+    memory_mb: int | None = field(None, ge=256, doc="address-space limit of the process (none: unlimited)")
+
+
+@dataclass(frozen=True)
+class SnapshotSettings:
+    """Output snapshots (syrupy): a fixed probe set frozen per variant and format."""
+
+    enabled: bool = field(True, doc="snapshot every variant and format")
+    probes: int = field(8, ge=1, doc="probe samples (the first N held-out samples)")
+    atol: float = field(1e-4, ge=0, doc="absolute tolerance on snapshotted values")
+    rtol: float = field(1e-3, ge=0, doc="relative tolerance on snapshotted values")
+    min_label_agreement: float = field(1.0, ge=0, le=1, doc="fraction of probe labels that must stay the same")
+    max_metric_drift: float = field(1e-6, ge=0, doc="largest allowed change of the evaluation metric")
+    top_k: int = field(3, ge=1, doc="labels stored per probe")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A deploycheck spec file."""
+
+    deploycheck: int = field(doc="spec format version; must be 1. Its presence marks the file as a spec")
+    model: ModelSpec = field(doc="the model: {factory, kwargs, weights, inputs, python_path}")
+    data: DataSpec = field(doc="evaluation data: {source, split, preprocess, batch_size, limit}")
+    name: str = field("", doc="spec name used in test ids (default: the file name without .yaml)")
+    description: str = field("", doc="free text shown in reports")
+    metric: MetricSpec = field(default_factory=MetricSpec, doc="accuracy | top_k | mse | mae | cosine | {callable, higher_is_better}")
+    formats: tuple[FormatSpec, ...] = field(default_factory=tuple, doc="formats every variant is shipped in")
+    variants: dict[str, Any] = field(default_factory=dict, doc="name -> {quantize|prune|distill: {...}} or {steps: [...]} "
+                                                               "plus optional thresholds, formats, description")
+    thresholds: Thresholds = field(default_factory=Thresholds, doc="default thresholds for every variant")
+    on_unsupported: Literal["skip", "fail"] = field("skip", doc="a variant a format cannot hold is skipped (with the "
+                                                                 "exporter's reason) or failed")
+    latency: LatencySettings = field(default_factory=LatencySettings, doc="latency measurement settings")
+    isolation: IsolationSettings = field(default_factory=IsolationSettings, doc="fresh-process limits: {timeout_s, memory_mb}")
+    snapshot: SnapshotSettings = field(default_factory=SnapshotSettings, doc="output snapshot settings")
+
+    # set after parsing
+    path: str = dataclasses.field(default="", metadata={"doc": ""}, repr=False)
+    display: str = dataclasses.field(default="", metadata={"doc": ""}, repr=False)
+    lines: dict = dataclasses.field(default_factory=dict, repr=False, compare=False, metadata={"doc": ""})
+
+    def variant(self, name: str) -> VariantSpec:
+        return self.variants[name]
+
+    def where(self, key: str) -> str:
+        """``file:line`` of a top-level key, as users see the file."""
+        return self.at(self.lines.get(key, 1))
+
+    def at(self, line: int) -> str:
+        return f"{self.display or self.path}:{line}"
+
+    @classmethod
+    def json_schema_hook(cls) -> dict:
+        s = dataclass_schema(cls, skip=("path", "display", "lines"))
+        s["properties"]["variants"] = {"type": "object", "additionalProperties": VARIANT_SCHEMA(),
+                                       "description": s["properties"]["variants"]["description"]}
+        s["properties"]["deploycheck"]["const"] = 1
+        s["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        s["title"] = "deploycheck spec"
+        return s
+
+
+def VARIANT_SCHEMA() -> dict:
+    from ..recipes import RECIPES
+    recipe_props = {n: dataclass_schema(RECIPES.get(n)) for n in RECIPES.names()}
+    step = {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
+            "properties": recipe_props}
+    return {"type": ["object", "null"], "additionalProperties": False,
+            "properties": {**recipe_props,
+                           "steps": {"type": "array", "items": step, "description": "a chain of recipes, applied in order"},
+                           "thresholds": json_schema(Thresholds),
+                           "formats": {"type": "array", "items": json_schema(FormatSpec)},
+                           "description": {"type": "string"}}}

@@ -1,0 +1,144 @@
+"""The deployment-like process: load one artifact, run the evaluation batches, measure latency.
+
+Started as ``python -I -m deploycheck.worker --serve`` by :mod:`deploycheck.isolation`, with a
+working directory outside the project, so the spec's model code is not importable unless the
+format needs it (safetensors + factory). It imports torch, then waits for one request path on
+stdin, answers it in a result file, and exits: one fresh process per artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+
+def _peak_rss_mb() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _load(spec: dict):
+    """(callable, diagnosis-or-None) for one artifact description."""
+    from .formats import FORMATS
+    from .formats.integrity import check_file, classify
+    diag = check_file(spec["artifact"], spec["format"], spec.get("manifest"))
+    if diag:
+        return None, diag
+    fmt = FORMATS.get(spec["format"])()
+    opts_cls = fmt.Options
+    options = opts_cls(**spec.get("options", {}))
+    try:
+        return fmt.load(spec["artifact"], options=options, manifest=spec.get("manifest") or {}), None
+    except BaseException as e:  # noqa: BLE001 - any load failure is diagnosed, never raised
+        d = classify(e, spec["artifact"])
+        return None, type(d)(d.kind, d.message + "\n" + "".join(traceback.format_exception(e))[-3000:])
+
+
+def handle(req: dict) -> dict:
+    import torch
+    torch.set_num_threads(int(req.get("threads", 1)))
+    for p in req.get("python_path", []):
+        sys.path.insert(0, p)
+    res: dict = {"ok": False, "threads": torch.get_num_threads(), "pid": os.getpid()}
+    t0 = time.perf_counter()
+    fn, diag = _load(req["target"])
+    res["load_s"] = time.perf_counter() - t0
+    if diag:
+        res.update(stage="load", kind=diag.kind, message=diag.message)
+        return res
+    stage = "run"
+    try:
+        batches = torch.load(req["inputs"], weights_only=True)
+        outs = []
+        with torch.inference_mode():
+            for i, b in enumerate(batches):
+                o = fn(b)
+                if isinstance(o, (tuple, list)):
+                    o = o[0]
+                if isinstance(o, dict):
+                    o = next(iter(o.values()))
+                if not isinstance(o, torch.Tensor):
+                    raise TypeError(f"the model returned {type(o).__name__}, not a tensor")
+                if o.shape[:1] != b.shape[:1]:
+                    res.update(stage="run", kind="signature", message=(
+                        f"batch {i}: input batch of {b.shape[0]} gave output of shape {tuple(o.shape)}: the artifact "
+                        "was built for a fixed batch size (export with a dynamic batch dimension)"))
+                    return res
+                outs.append(o.detach().float().cpu())
+        torch.save(outs, req["outputs"])
+        res["output_shape"] = [sum(o.shape[0] for o in outs)] + list(outs[0].shape[1:]) if outs else []
+        lat = req.get("latency")
+        if lat:
+            stage = "latency"
+            res["latency"] = _latency(fn, lat)
+    except BaseException as e:  # noqa: BLE001 - a crashing model is a result, not a worker failure
+        msg = f"{type(e).__name__}: {e}".strip()
+        kind = "signature" if _is_signature_error(msg) else "error"
+        res.update(stage=stage, kind=kind, message=msg.splitlines()[0][:500] if msg else type(e).__name__,
+                   traceback="".join(traceback.format_exception(e))[-3000:])
+        return res
+    res["ok"] = True
+    res["peak_rss_mb"] = _peak_rss_mb()
+    return res
+
+
+def _is_signature_error(msg: str) -> bool:
+    keys = ("shape", "size mismatch", "dtype", "Expected", "expected", "Got invalid dimensions", "INVALID_ARGUMENT",
+            "mat1 and mat2", "Dimension", "guard")
+    return any(k in msg for k in keys)
+
+
+def _latency(fn, lat: dict) -> dict:
+    import torch
+    from . import timing
+    x = torch.load(lat["example"], weights_only=True)
+    out: dict = {}
+    with torch.inference_mode():
+        call = lambda: fn(x)  # noqa: E731
+        st, n = timing.measure(call, warmup=lat["warmup"], rounds=lat["min_rounds"], round_s=lat["round_ms"] / 1e3)
+        out.update(st, calls_per_round=n, batch=int(x.shape[0]))
+        out["throughput_per_s"] = x.shape[0] / (st["p50_ms"] / 1e3) if st["p50_ms"] > 0 else None
+        base = lat.get("baseline")
+        if base:
+            bfn, diag = _load(base)
+            if diag:
+                out["ratio_error"] = f"baseline artifact failed to load: {diag.kind}: {diag.message.splitlines()[0]}"
+            else:
+                bcall = lambda: bfn(x)  # noqa: E731
+                out["ratio"] = timing.interleaved(call, bcall, limit=lat.get("ratio_limit"), warmup=lat["warmup"],
+                                                  min_rounds=lat["min_rounds"], max_time_s=lat["max_time_s"],
+                                                  round_s=lat["round_ms"] / 1e3, confidence=lat["confidence"])
+    return out
+
+
+def serve() -> int:
+    import torch  # noqa: F401 - the point of a spare worker: pay the import before the request arrives
+    line = sys.stdin.readline().strip()
+    if not line:
+        return 0
+    with open(line) as fh:
+        req = json.load(fh)
+    if req.get("memory_mb"):
+        import resource
+        lim = int(req["memory_mb"]) * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+    try:
+        res = handle(req)
+    except MemoryError:
+        res = {"ok": False, "stage": "run", "kind": "memory", "message": f"ran out of memory (limit {req.get('memory_mb')} MB)"}
+    tmp = req["result"] + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(res, fh)
+    os.replace(tmp, req["result"])
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--serve"]:
+        raise SystemExit(serve())
+    print("usage: python -m deploycheck.worker --serve", file=sys.stderr)
+    raise SystemExit(2)
