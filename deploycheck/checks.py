@@ -255,3 +255,42 @@ def size_check(runner, spec, vname, fspec) -> Verdict:
     formula = "; ".join(failed or parts)
     thr = {k: getattr(th, k) for k in ("max_mb", "max_ratio") if getattr(th, k) is not None}
     return Verdict("size", not failed, formula if failed else "", formula, mb, thr, details)
+
+
+# --- batch invariance (variant level) -----------------------------------------------------------
+
+def _batch_sensitive(variant) -> bool:
+    """Recipes whose activations are quantized per batch make a sample's output depend on its neighbours."""
+    return any(getattr(s, "method", None) == "dynamic_int8" for s in variant.steps)
+
+
+def _bi_applies(spec, variant, fspec=None) -> bool:
+    on = variant.thresholds.batch_invariance.enabled
+    return _batch_sensitive(variant) if on is None else on
+
+
+@check("batch_invariance", level="variant", applies=_bi_applies)
+def batch_invariance_check(runner, spec, vname, fspec=None) -> Verdict:
+    import torch
+    b = runner.built(spec, vname)
+    th = spec.variant(vname).thresholds.batch_invariance
+    x = torch.from_numpy(runner.data(spec).x_test)
+    n = min(th.probes, len(x))
+    probes = x[:n]
+    fill = x[n:n + max(th.batch_size - n, 0)]
+    with torch.inference_mode():
+        alone = torch.cat([b.model(probes[i:i + 1]).float() for i in range(n)])
+        batched = b.model(torch.cat([probes, fill])).float()[:n]
+        # the same probes again, placed at the end of a batch of other samples
+        rev = b.model(torch.cat([fill, probes])).float()[len(fill):]
+    diff = torch.maximum((alone - batched).abs().amax(), (alone - rev).abs().amax()).item()
+    changed = 0
+    if alone.ndim == 2 and alone.shape[1] > 1:
+        changed = int(((alone.argmax(1) != batched.argmax(1)) | (alone.argmax(1) != rev.argmax(1))).sum())
+    ok = diff <= th.atol and changed <= th.max_changed_predictions
+    formula = (f"max |alone - batched| {fmt_num(diff)} {'<=' if diff <= th.atol else '>'} atol {fmt_num(th.atol)}; "
+               f"changed predictions {changed} {'<=' if changed <= th.max_changed_predictions else '>'} "
+               f"max_changed_predictions {th.max_changed_predictions} ({n} probes, batches of {n + len(fill)})")
+    return Verdict("batch_invariance", ok, "" if ok else formula, formula, diff,
+                   {"atol": th.atol, "max_changed_predictions": th.max_changed_predictions},
+                   {"max_diff": diff, "changed_predictions": changed, "probes": n})

@@ -158,7 +158,9 @@ def _variant_info(runner, spec, vname) -> dict:
     if not got or got[0] != "ok":
         return {}
     b = got[1]
-    return {"params": b.params, "nonzero": b.nonzero, "sparsity": 1 - b.nonzero / b.params if b.params else 0.0,
+    base = runner._cache.get(("built", spec.path, "baseline"))
+    state_ratio = b.state_bytes / base[1].state_bytes if base and base[0] == "ok" and base[1].state_bytes else None
+    return {"state_ratio": state_ratio, "params": b.params, "nonzero": b.nonzero, "sparsity": 1 - b.nonzero / b.params if b.params else 0.0,
             "state_bytes": b.state_bytes, "build_s": b.build_s, "metric_in_memory": b.metric,
             "steps": [{"recipe": s.recipe, "summary": s.summary, "seconds": s.seconds, "params": s.params,
                        "nonzero": s.nonzero, "state_bytes": s.state_bytes, "details": s.details} for s in b.steps]}

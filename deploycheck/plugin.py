@@ -72,6 +72,8 @@ class ReportCollector:
         self.paths: list[str] = []
 
     def pytest_runtest_logreport(self, report):
+        if report.when != "call":  # setup/teardown reports carry the same properties
+            return
         for name, value in getattr(report, "user_properties", ()):
             if name == "deploycheck":
                 self.records.append(json.loads(value))

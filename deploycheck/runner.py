@@ -39,6 +39,7 @@ class Built:
     outputs: Any               # in-memory outputs on the evaluation batches, concatenated
     metric: float
     recipe: str
+    requires: tuple = ()       # libraries a loader must import first (they register the artifact's ops)
 
 
 @dataclass
@@ -89,6 +90,12 @@ class Runner:
                 self._cache[key] = ("ok", fn())
             except (StageError, VariantUnsupported) as e:
                 self._cache[key] = ("err", e)
+            except Exception as e:  # a bug or an unforeseen library error: still one clear, located message
+                import traceback
+                stage = {"artifact": "save", "reload": "load"}.get(key[0], "build")
+                self._cache[key] = ("err", StageError(
+                    stage, f"unexpected error: {describe_exc(e)}", spec=os.path.basename(key[1]), variant=key[2] if len(key) > 2 else None,
+                    fmt=key[3] if len(key) > 3 else None, detail="".join(traceback.format_exception(e))[-3000:]))
         status, value = self._cache[key]
         if status == "err":
             raise value
@@ -146,6 +153,7 @@ class Runner:
         model = base if not v.steps else copy.deepcopy(base)
         arch = {"factory": spec.model.factory, "kwargs": dict(spec.model.kwargs)}
         records = []
+        requires: list[str] = []
         for i, step in enumerate(v.steps):
             name = type(step).recipe_name
             ctx = RecipeContext(
@@ -164,10 +172,11 @@ class Runner:
             model, summary, details = out["model"], out["summary"], out.get("details", {})
             if "arch" in out:
                 arch = out["arch"]
+            requires += [r for r in out.get("requires", ()) if r not in requires]
             p, nz = count_params(model)
             records.append(recipes.StepRecord(step.short(), summary, time.perf_counter() - ts, p, nz,
                                               state_bytes(model), details))
-        model.eval()
+        _eval_mode(model)
         build_s = time.perf_counter() - t0
         outputs = self._run_in_memory(spec, vname, model)
         metric = resolve(spec)
@@ -178,7 +187,7 @@ class Runner:
             raise StageError("check", f"metric {metric.name!r} failed on the in-memory outputs: {describe_exc(e)}",
                              spec=spec.name, variant=vname, where=spec.where("metric")) from e
         p, nz = count_params(model)
-        return Built(model, arch, records, build_s, p, nz, state_bytes(model), outputs, value, v.recipe)
+        return Built(model, arch, records, build_s, p, nz, state_bytes(model), outputs, value, v.recipe, tuple(requires))
 
     def _run_in_memory(self, spec, vname, model):
         import torch
@@ -226,7 +235,7 @@ class Runner:
                              variant=vname, fmt=fspec.name, where=where) from e
         os.replace(tmp, path)
         man = write_manifest(path, fmt=fspec.name, input_shape=spec.model.inputs.shape,
-                             input_dtype=spec.model.inputs.dtype, extra=extra or {})
+                             input_dtype=spec.model.inputs.dtype, extra={**(extra or {}), "requires": list(b.requires)})
         return Artifact(path, man, man["size"], man["sha256"], time.perf_counter() - t0)
 
     # --- reload in a fresh process --------------------------------------------------------------
@@ -290,6 +299,13 @@ class Runner:
             raise StageError("check", f"metric {metric.name!r} failed on the reloaded outputs: {describe_exc(e)}",
                              **ident) from e
         return Reload(r, outputs, value, out.seconds)
+
+
+def _eval_mode(model) -> None:
+    try:
+        model.eval()
+    except NotImplementedError:  # pt2e-converted graphs are switched by the recipe itself
+        pass
 
 
 def _tail(title: str, text: str, n: int = 25) -> str:

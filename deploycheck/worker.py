@@ -29,6 +29,13 @@ def _load(spec: dict):
         return None, diag
     fmt = FORMATS.get(spec["format"])()
     opts_cls = fmt.Options
+    for lib in (spec.get("manifest") or {}).get("requires", []):
+        # Runtime libraries (not user code) that register the artifact's operators, e.g. torchao's
+        # quantized_decomposed ops for pt2e int8 graphs; a deployment host installs them too.
+        try:
+            __import__(lib)
+        except ImportError as e:
+            return None, classify(e, spec["artifact"])
     options = opts_cls(**spec.get("options", {}))
     try:
         return fmt.load(spec["artifact"], options=options, manifest=spec.get("manifest") or {}), None

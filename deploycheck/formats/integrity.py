@@ -119,6 +119,10 @@ def classify(exc: BaseException, path: str) -> Diagnosis:
         return Diagnosis("missing-module", f"loading needs Python module/attribute {mod!r}, which this process cannot "
                                            "import: the artifact depends on the training code; ship a self-contained "
                                            f"format (export, torchscript, onnx) or install that code where it is deployed ({first})")
+    if re.search(r"Type '?tensor\((bfloat16|float16|int8|uint8)\)'? of input parameter", text):
+        return Diagnosis("unsupported-type", "this runtime has no kernel for a dtype the artifact uses "
+                                             f"(onnxruntime CPU lacks most bfloat16 kernels): ship this variant in another "
+                                             f"format or another dtype ({first})")
     if _OPERATOR.search(text):
         return Diagnosis("missing-operator", "the artifact uses an operator this runtime does not have (a custom op, "
                                              "or one from a newer release): load the library that registers it, or "

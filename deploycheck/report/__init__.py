@@ -44,8 +44,15 @@ def summary_rows(records: list[dict]) -> list[dict]:
             verdict = "unsupported"
         else:
             verdict = "pass"
-        reasons = [f"{r['check']}: {(r.get('formula') or r.get('message') or '').splitlines()[0]}"
-                   for r in allrecs if r["status"] in ("failed", "error")]
+        reasons = []
+        for r in allrecs:
+            if r["status"] == "failed":
+                reasons.append(f"{r['check']}: {(r.get('formula') or r.get('message') or '').splitlines()[0]}")
+            elif r["status"] == "error":
+                # one stage failure fails every check that needs it: name it once
+                reason = (r.get("message") or "").splitlines()[0] if r.get("message") else "error"
+                if reason not in reasons:
+                    reasons.append(reason)
         if verdict == "unsupported":
             reasons = [next(r.get("message", "") for r in allrecs if r["status"] == "unsupported").splitlines()[0]]
         load = by.get("load", {}).get("status")
@@ -58,7 +65,7 @@ def summary_rows(records: list[dict]) -> list[dict]:
             "latency_ratio": det("latency").get("ratio"), "latency_ratio_ci": det("latency").get("ratio_ci"),
             "peak_rss_mb": det("load").get("peak_rss_mb"),
             "size_mb": det("size").get("size_mb"), "size_ratio": det("size").get("size_ratio"),
-            "params": info.get("params"), "sparsity": info.get("sparsity"), "build_s": info.get("build_s"),
+            "params": info.get("params"), "state_ratio": info.get("state_ratio"), "sparsity": info.get("sparsity"), "build_s": info.get("build_s"),
             "load": {"passed": "ok", "error": "FAILED", "unsupported": "unsupported"}.get(load, load or "-"),
             "verdict": verdict, "reason": "; ".join(reasons),
         })
@@ -76,7 +83,7 @@ def _f(x: Any, digits: int = 4) -> str:
 COLUMNS = [("spec", "spec"), ("variant", "variant"), ("format", "format"), ("recipe", "recipe"),
            ("metric", "metric"), ("metric_delta", "Δ vs base"), ("max_abs_diff", "max |Δout|"),
            ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("latency_ratio", "lat ratio"), ("size_mb", "size MB"),
-           ("size_ratio", "size ratio"), ("params", "params"), ("sparsity", "sparsity"), ("load", "load"),
+           ("size_ratio", "size ratio"), ("state_ratio", "state ratio"), ("params", "params"), ("sparsity", "sparsity"), ("load", "load"),
            ("verdict", "verdict")]
 
 

@@ -1,0 +1,19 @@
+"""Module selection shared by recipes: by type name, minus name globs that must each match."""
+
+from __future__ import annotations
+
+import fnmatch
+
+
+def select(model, types: tuple[str, ...], skip: tuple[str, ...]) -> list[tuple[str, object]]:
+    names = [n for n, _ in model.named_modules() if n]
+    for g in skip:
+        if not any(fnmatch.fnmatchcase(n, g) for n in names):
+            raise ValueError(f"skip glob {g!r} matches no module; modules are: {', '.join(names[:20])}"
+                             + (" …" if len(names) > 20 else ""))
+    out = [(n, m) for n, m in model.named_modules()
+           if n and type(m).__name__ in types and not any(fnmatch.fnmatchcase(n, g) for g in skip)]
+    if not out:
+        raise ValueError(f"no module of type {', '.join(types)} to work on"
+                         + (f" after skipping {list(skip)}" if skip else ""))
+    return out
