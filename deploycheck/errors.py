@@ -14,8 +14,13 @@ class Problem:
     message: str
 
     def render(self, filename: str) -> str:
-        where = f"{self.path}: " if self.path else ""
-        return f"{filename}:{self.line}: {where}{self.message}"
+        # one problem, one line: keys and values from the file may hold newlines
+        where = f"{_oneline(self.path)}: " if self.path else ""
+        return f"{filename}:{self.line}: {where}{_oneline(self.message)}"
+
+
+def _oneline(text: str) -> str:
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 class SpecError(Exception):

@@ -197,7 +197,13 @@ class Runner:
                 for b in self.batches(spec):
                     o = model(b)
                     o = o[0] if isinstance(o, (tuple, list)) else o
+                    if o.shape[:1] != b.shape[:1]:
+                        raise StageError("run", f"the in-memory model returned shape {tuple(o.shape)} for a batch of "
+                                         f"{b.shape[0]}: outputs must keep the batch dimension first",
+                                         spec=spec.name, variant=vname, where=spec.at(spec.variant(vname).line))
                     outs.append(o.detach().float())
+        except StageError:
+            raise
         except Exception as e:
             raise StageError("run", f"the in-memory model failed on an evaluation batch of shape "
                              f"{tuple(b.shape)}: {describe_exc(e)}", spec=spec.name, variant=vname,

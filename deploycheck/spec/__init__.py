@@ -112,7 +112,7 @@ def _recipe_step(key: str, value: Any, *, path: str, line: int, ctx: Ctx) -> Any
     from ..recipes import RECIPES
     cls = RECIPES.get(key)
     kw = build_fields(cls, {} if value is None else value, path=path, line=line, ctx=ctx)
-    return finish(cls, kw, path=path, line=line, ctx=ctx)
+    return finish(cls, kw, path=path, line=line, ctx=ctx, raw=value)
 
 
 def _parse_variant(name: str, raw: Any, line: int, path: str, thresholds: Thresholds, formats: tuple,

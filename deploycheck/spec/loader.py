@@ -39,18 +39,27 @@ def is_spec_text(text: str) -> bool:
 
 
 def load(text: str, filename: str) -> Any:
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as e:
+        line = text[:e.position].count("\n") + 1
+        raise SpecError(filename, [Problem(line, "", f"YAML error: character #x{e.character:04x} is not allowed "
+                                                     "in YAML")]) from None
     problems: list[Problem] = []
     try:
         node = loader.get_single_node()
         if node is None:
             raise SpecError(filename, [Problem(1, "", "the file is empty")])
-        return _convert(loader, node, problems)
+        return _convert(loader, node, problems, "")
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 1
         msg = " ".join(x for x in (e.context, e.problem) if x)
         raise SpecError(filename, [Problem(line, "", f"YAML syntax error: {msg}")]) from None
+    except yaml.reader.ReaderError as e:
+        line = text[:e.position].count("\n") + 1
+        raise SpecError(filename, [Problem(line, "", f"YAML error: character #x{e.character:04x} is not allowed "
+                                                     "in YAML")]) from None
     except yaml.YAMLError as e:
         raise SpecError(filename, [Problem(1, "", f"YAML error: {e}")]) from None
     finally:
@@ -59,7 +68,7 @@ def load(text: str, filename: str) -> Any:
             raise SpecError(filename, problems)
 
 
-def _convert(loader: yaml.SafeLoader, node: yaml.Node, problems: list[Problem]) -> Any:
+def _convert(loader: yaml.SafeLoader, node: yaml.Node, problems: list[Problem], path: str) -> Any:
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
         out = LMap()
@@ -68,20 +77,21 @@ def _convert(loader: yaml.SafeLoader, node: yaml.Node, problems: list[Problem]) 
             key = loader.construct_object(knode, deep=True)
             kline = knode.start_mark.line + 1
             if not isinstance(key, (str, int, float, bool)):
-                problems.append(Problem(kline, "", f"mapping keys must be plain scalars, got {type(key).__name__}"))
+                problems.append(Problem(kline, path, f"mapping keys must be plain scalars, got {type(key).__name__}"))
                 continue
             key = str(key) if not isinstance(key, str) else key
+            kpath = f"{path}.{key}" if path else key
             if key in out:
-                problems.append(Problem(kline, key, f"duplicate key (first defined at line {out.key_lines[key]})"))
+                problems.append(Problem(kline, kpath, f"duplicate key (first defined at line {out.key_lines[key]})"))
                 continue
-            out[key] = _convert(loader, vnode, problems)
+            out[key] = _convert(loader, vnode, problems, kpath)
             out.key_lines[key] = kline
         return out
     if isinstance(node, yaml.SequenceNode):
         out = LSeq()
         out.line, out.item_lines = node.start_mark.line + 1, []
-        for item in node.value:
-            out.append(_convert(loader, item, problems))
+        for i, item in enumerate(node.value):
+            out.append(_convert(loader, item, problems, f"{path}[{i}]"))
             out.item_lines.append(item.start_mark.line + 1)
         return out
     return loader.construct_object(node, deep=True)

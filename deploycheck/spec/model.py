@@ -111,7 +111,7 @@ class Step:
             arg = build(DType, arg, path=p, line=kl, ctx=ctx)
         elif op == "normalize":
             kw = build_fields(Normalize, arg, path=p, line=kl, ctx=ctx)
-            arg = finish(Normalize, kw, path=p, line=kl, ctx=ctx)
+            arg = finish(Normalize, kw, path=p, line=kl, ctx=ctx, raw=arg)
         elif op == "callable":
             arg = build(str, arg, path=p, line=kl, ctx=ctx)
             msg = _import_path_problem(arg)
@@ -179,14 +179,15 @@ class MetricSpec:
     @classmethod
     def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> "MetricSpec":
         from ..metrics import METRICS
-        if isinstance(value, str):
+        given_as_name = isinstance(value, str)
+        if given_as_name:
             value = {"name": value}
         kw = build_fields(cls, value, path=path, line=line, ctx=ctx)
         name = kw.get("name", "callable" if "callable" in kw else "accuracy")
         kw["name"] = name
         if name not in METRICS and name != "callable":
             from ..registry import UnknownName
-            ctx.error(line, f"{path}.name" if isinstance(value, dict) and "name" in value else path,
+            ctx.error(line, path if given_as_name else f"{path}.name",
                       str(UnknownName("metric", name, METRICS.names() + ["callable"])))
             raise Invalid
         if name == "callable":
@@ -315,7 +316,7 @@ class FormatSpec:
             raise Invalid
         fmt = FORMATS.get(name)
         kw = build_fields(fmt.Options, opts, path=f"{path}.{name}", line=ol, ctx=ctx)
-        return cls(name, finish(fmt.Options, kw, path=f"{path}.{name}", line=ol, ctx=ctx), line)
+        return cls(name, finish(fmt.Options, kw, path=f"{path}.{name}", line=ol, ctx=ctx, raw=opts), line)
 
     @classmethod
     def json_schema_hook(cls) -> dict:

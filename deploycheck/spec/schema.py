@@ -244,17 +244,19 @@ def build_fields(cls: type, value: Any, *, path: str, line: int, ctx: Ctx,
 
 def build_dataclass(cls: type, value: Any, *, path: str, line: int, ctx: Ctx) -> Any:
     kwargs = build_fields(cls, value, path=path, line=line, ctx=ctx)
-    return finish(cls, kwargs, path=path, line=line, ctx=ctx)
+    return finish(cls, kwargs, path=path, line=line, ctx=ctx, raw=value)
 
 
-def finish(cls: type, kwargs: dict[str, Any], *, path: str, line: int, ctx: Ctx) -> Any:
-    """Instantiate and run the class's cross-field ``check()``, which returns (field, message) pairs."""
+def finish(cls: type, kwargs: dict[str, Any], *, path: str, line: int, ctx: Ctx, raw: Any = None) -> Any:
+    """Instantiate and run the class's cross-field ``check()``, which returns (field, message) pairs.
+    A problem is reported at its field's line when the raw mapping is given."""
     obj = cls(**kwargs)
     check = getattr(obj, "check", None)
     if check is not None:
         problems = check()
         for fname, msg in problems:
-            ctx.error(line, f"{path}.{fname}" if (path and fname) else (fname or path), msg)
+            fl = raw.line_of(fname) if isinstance(raw, LMap) and fname in raw else line
+            ctx.error(fl, f"{path}.{fname}" if (path and fname) else (fname or path), msg)
         if problems:
             raise Invalid
     return obj

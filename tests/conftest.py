@@ -1,0 +1,156 @@
+"""Shared helpers: a tiny model package and spec builder for pytester-driven behaviour tests."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+# pytester's in-process runs restore sys.modules afterwards; C extensions such as torch cannot be
+# imported twice in one process, so they are imported once here, before any inner run.
+import numpy  # noqa: F401,E402
+import safetensors.torch  # noqa: F401,E402
+import sklearn.datasets  # noqa: F401,E402
+import sklearn.model_selection  # noqa: F401,E402
+import torch  # noqa: F401,E402
+import torch.ao.quantization  # noqa: F401,E402
+
+try:
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import onnxscript  # noqa: F401
+    import torchao.quantization  # noqa: F401
+    import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
+except ImportError:  # optional extras
+    pass
+
+TINY_MODELS = '''
+import os
+import sys
+import time
+
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    """4 features -> 3 classes (iris)."""
+
+    def __init__(self, hidden: int = 16):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, hidden)
+        self.out = nn.Linear(hidden, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc(x)))
+
+
+class Student(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class Drifting(Tiny):
+    """Adds a Python-side call counter: tracing freezes it, so the reloaded artifact differs."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return super().forward(x) + float(self.calls)
+
+
+class FirstRowOnly(Tiny):
+    """Returns one row whatever the batch: the silent fixed-batch failure."""
+
+    def forward(self, x):
+        return super().forward(x[:1])
+
+
+def _in_worker():
+    return "deploycheck.worker" in sys.modules and sys.modules["__main__"].__spec__ is not None \\
+        and sys.modules["__main__"].__spec__.name == "deploycheck.worker"
+
+
+class Aborts(Tiny):
+    def forward(self, x):
+        if _in_worker():
+            os.abort()
+        return super().forward(x)
+
+
+class Sleeps(Tiny):
+    def forward(self, x):
+        if _in_worker():
+            time.sleep(60)
+        return super().forward(x)
+
+
+class Floods(Tiny):
+    def forward(self, x):
+        if _in_worker():
+            sys.stdout.write("x" * 2_000_000)
+            sys.stdout.flush()
+            raise RuntimeError("boom after flooding stdout")
+        return super().forward(x)
+
+
+def broken():
+    raise RuntimeError("factory exploded")
+'''
+
+BASE_SPEC = """\
+deploycheck: 1
+name: tiny
+model:
+  factory: tinymodels:{factory}
+  inputs: {{shape: [1, 4]}}
+data:
+  source: sklearn:iris
+  split: {{test_fraction: 0.25, seed: 0}}
+formats: {formats}
+variants:
+{variants}
+thresholds:
+{thresholds}
+latency: {{warmup: 1, min_rounds: 5, max_time_s: 0.5, round_ms: 0.2}}
+snapshot: {{enabled: {snapshot}}}
+{extra}
+"""
+
+
+def make_spec(*, factory: str = "Tiny", formats: str = "[torchscript]", variants: str = "  baseline: {}",
+              thresholds: str = "  metric: {max_drop: 0.01}", snapshot: str = "false", extra: str = "") -> str:
+    return BASE_SPEC.format(factory=factory, formats=formats, variants=variants, thresholds=thresholds,
+                            snapshot=snapshot, extra=extra)
+
+
+@pytest.fixture
+def project(pytester, tmp_path_factory):
+    """A pytester dir with the tiny model module; ``write(spec_text, name)`` adds a spec file."""
+    pytester.makepyfile(tinymodels=TINY_MODELS)
+    pytester.makeini("[pytest]\n")  # rootdir = the project, as in a real repository
+    run_dir = tmp_path_factory.mktemp("run")
+
+    class P:
+        path = pytester.path
+
+        def write(self, text: str, name: str = "tiny") -> str:
+            p = pytester.path / f"{name}.yaml"
+            p.write_text(textwrap.dedent(text))
+            return str(p)
+
+        def run(self, *args: str):
+            return pytester.runpytest("-p", "no:cacheprovider", f"--deploycheck-run-dir={run_dir}", *args)
+
+        def run_subprocess(self, *args: str):
+            return pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--deploycheck-run-dir={run_dir}", *args)
+
+    return P()

@@ -1,0 +1,151 @@
+"""What a user sees from `pytest specs/`: item ids, each check passing and failing with its message,
+build and load failures as one located message, and the report files."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from conftest import make_spec
+
+
+def test_item_ids_are_stable_and_selectable(project):
+    project.write(make_spec(variants="  baseline: {}\n  half:\n    quantize: {method: fp16}",
+                            formats="[torchscript, export]"))
+    res = project.run("--collect-only", "-q")
+    ids = [ln for ln in res.stdout.lines if "::" in ln]
+    assert ids[:5] == [f"tiny.yaml::tiny::baseline::torchscript::{c}" for c in ("load", "outputs", "metric", "latency", "size")]
+    assert "tiny.yaml::tiny::half::export::size" in ids
+    assert len(ids) == 20
+    res = project.run("--collect-only", "-q", "-k", "half and export and metric")
+    assert [ln for ln in res.stdout.lines if "::" in ln] == ["tiny.yaml::tiny::half::export::metric"]
+
+
+def test_all_checks_pass_and_reports_are_written(project):
+    project.write(make_spec(thresholds="  metric: {max_drop: 0.01}\n  latency: {p95_ms: 1000}\n  size: {max_mb: 1}"))
+    res = project.run()
+    res.assert_outcomes(passed=5)
+    res.stdout.fnmatch_lines(["*deploycheck summary*", "tiny*baseline*torchscript*baseline*ok*pass",
+                              "report written: */reports/deploycheck.md"])
+    doc = json.loads((project.path / "reports" / "deploycheck.json").read_text())
+    assert doc["schema_version"] == 1
+    assert doc["libraries"]["torch"].startswith("2.")
+    assert set(doc["spec_files"]) == {"tiny.yaml"}
+    (row,) = doc["rows"]
+    assert (row["spec"], row["variant"], row["format"], row["verdict"], row["load"]) == ("tiny", "baseline", "torchscript", "pass", "ok")
+    assert row["max_abs_diff"] == 0.0 and row["p95_ms"] > 0 and 0 < row["size_mb"] < 1
+    assert sorted(r["check"] for r in doc["records"]) == ["latency", "load", "metric", "outputs", "size"]
+    md = (project.path / "reports" / "deploycheck.md").read_text()
+    assert md.startswith("# deploycheck report\n\n1 passed, 0 failed, 0 unsupported")
+    assert "| baseline  | torchscript |" in md
+
+
+def test_metric_failure_prints_its_formula(project):
+    project.write(make_spec(thresholds="  metric: {min: 0.99}"))
+    res = project.run()
+    res.assert_outcomes(passed=4, failed=1)
+    out = res.stdout.str()
+    assert re.search(r"\[check\] metric failed for tiny::baseline::torchscript \(tiny\.yaml:9\)\n"
+                     r"accuracy 0\.\d+ < min 0\.99", out), out
+
+
+def test_relative_drop_formula_for_a_variant(project):
+    project.write(make_spec(variants="  baseline: {}\n  pruned:\n    prune: {method: l1_unstructured, amount: 0.9}",
+                            thresholds="  metric: {max_relative_drop: 0.0}"))
+    res = project.run("-k", "pruned and metric")
+    out = res.stdout.str()
+    if res.ret == 0:  # pruning 90% of a random net may leave accuracy unchanged; then the formula is in the report
+        doc = json.loads((project.path / "reports" / "deploycheck.json").read_text())
+        assert "× (1 - max_relative_drop 0) =" in doc["records"][0]["formula"]
+    else:
+        assert re.search(r"accuracy \S+ < baseline \S+ × \(1 - max_relative_drop 0\) = \S+", out), out
+
+
+def test_latency_failure_prints_percentile_and_limit(project):
+    project.write(make_spec(thresholds="  latency: {p95_ms: 0.0001}"))
+    res = project.run()
+    res.assert_outcomes(passed=4, failed=1)
+    assert re.search(r"p95 \S+ ms > p95_ms 0\.0001 ms", res.stdout.str())
+
+
+def test_size_failure(project):
+    project.write(make_spec(thresholds="  size: {max_mb: 0.000001}"))
+    res = project.run()
+    res.assert_outcomes(passed=4, failed=1)
+    assert re.search(r"size \S+ MB > max_mb 1e-06", res.stdout.str())
+
+
+def test_outputs_mismatch_is_reported_like_pytest_regressions(project):
+    project.write(make_spec(factory="Drifting"))
+    res = project.run("-k", "outputs")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines([
+        "[[]check[]] outputs failed for tiny::baseline::torchscript (tiny.yaml:9)",
+        "outputs of the reloaded torchscript artifact differ from the in-memory variant (atol 0.0001, rtol 0.001): "
+        "|reloaded - in-memory| <= atol + rtol * |in-memory| failed",
+        "  shape: (38, 3)",
+        "  mismatched elements: 114 / 114 (100.00%)",
+        "  max abs diff: 1 * mean abs diff: 1",
+        "*worst elements:",
+        "*index*reloaded*in-memory*abs diff",
+    ])
+
+
+def test_output_batch_dimension_is_checked(project):
+    project.write(make_spec(factory="FirstRowOnly"))
+    res = project.run()
+    res.assert_outcomes(failed=5)
+    res.stdout.fnmatch_lines(["[[]run[]] tiny::baseline (declared at tiny.yaml:11): the in-memory model returned shape "
+                              "(1, 3) for a batch of 38: outputs must keep the batch dimension first"])
+
+
+def test_build_failure_is_one_located_message_per_item(project):
+    project.write(make_spec(factory="broken"))
+    res = project.run()
+    res.assert_outcomes(failed=5)
+    out = res.stdout.str()
+    msg = ("[build] tiny::baseline (declared at tiny.yaml:3): cannot create the model from factory "
+           "'tinymodels:broken': RuntimeError: factory exploded")
+    assert res.stdout.lines.count(msg) == 5  # one per item, each a single line, no traceback
+    assert "Traceback" not in out
+    res.stdout.fnmatch_lines(["failing:", f"  tiny::baseline::torchscript: {msg}"])
+
+
+def test_missing_and_mismatched_weights(project, pytester):
+    project.write(make_spec().replace("  inputs:", "  weights: nope.safetensors\n  inputs:"))
+    res = project.run("-k", "load")
+    res.stdout.fnmatch_lines(["[[]build[]] tiny::baseline (declared at tiny.yaml:3): weights file not found: */nope.safetensors"])
+    import torch
+    from safetensors.torch import save_file
+    save_file({"fc.weight": torch.zeros(8, 4), "fc.bias": torch.zeros(8), "extra": torch.zeros(1)},
+              str(pytester.path / "w.safetensors"))
+    project.write(make_spec().replace("  inputs:", "  weights: w.safetensors\n  inputs:"))
+    res = project.run("-k", "load")
+    res.stdout.fnmatch_lines(["[[]build[]] tiny::baseline (declared at tiny.yaml:3): weights w.safetensors do not match "
+                              "the architecture of tinymodels:Tiny: missing keys (2): out.weight, out.bias | unexpected "
+                              "keys (1): extra | shape mismatch (2): fc.weight: file (8, 4) vs model (16, 4); fc.bias: "
+                              "file (8,) vs model (16,)"])
+
+
+def test_run_cut_short_by_x_still_writes_the_report(project):
+    project.write(make_spec(thresholds="  metric: {min: 0.99}"))
+    res = project.run("-x")
+    res.assert_outcomes(passed=2, failed=1)
+    doc = json.loads((project.path / "reports" / "deploycheck.json").read_text())
+    assert [r["check"] for r in doc["records"]] == ["load", "metric", "outputs"]
+    assert doc["rows"][0]["verdict"] == "FAIL"
+
+
+def test_report_location_is_an_option(project, tmp_path):
+    project.write(make_spec())
+    project.run(f"--deploycheck-report-dir={tmp_path / 'out'}").assert_outcomes(passed=5)
+    assert (tmp_path / "out" / "deploycheck.md").exists()
+    assert not (project.path / "reports").exists()
+
+
+def test_junitxml_carries_deploycheck_properties(project):
+    project.write(make_spec(thresholds="  size: {max_mb: 1}"))
+    project.run("--junitxml=junit.xml", "-k", "size").assert_outcomes(passed=1)
+    xml = (project.path / "junit.xml").read_text()
+    assert '<property name="deploycheck.formula" value="size ' in xml
+    assert 'MB &lt;= max_mb 1"' in xml

@@ -1,0 +1,127 @@
+"""A spec error is a collection error naming file:line and the field path, every error at once."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploycheck.errors import SpecError
+from deploycheck.spec import parse
+
+from conftest import make_spec
+
+
+def errors(text: str) -> list[str]:
+    with pytest.raises(SpecError) as ei:
+        parse(text, filename="s.yaml")
+    return str(ei.value).splitlines()
+
+
+def test_valid_spec_parses_into_typed_objects():
+    spec = parse(make_spec(variants="  baseline: {}\n  q:\n    quantize: {method: dynamic_int8}"), filename="s.yaml")
+    assert spec.name == "tiny"
+    assert list(spec.variants) == ["baseline", "q"]
+    assert spec.variants["q"].steps[0].method == "dynamic_int8"
+    assert spec.variants["q"].recipe == "quantize:dynamic_int8"
+    assert spec.formats[0].name == "torchscript"
+    assert spec.where("model") == "s.yaml:3"
+
+
+def test_unknown_key_names_line_and_suggests():
+    text = make_spec().replace("  split:", "  splitt:")
+    assert errors(text) == ["s.yaml:8: data.splitt: unknown key; did you mean 'split'? allowed: batch_size, limit, "
+                            "preprocess, source, split"]
+
+
+def test_every_error_reported_sorted_by_line():
+    text = make_spec(variants="  q:\n    quantize: {method: int3}\n  p:\n    prune: {method: l1_unstructured, amount: 1.5}",
+                     thresholds="  latency: {p95_ms: fast}")
+    text = text.replace("inputs: {shape: [1, 4]}", "inputs: {shape: [1, 4], dtype: float33}")
+    assert errors(text) == [
+        "s.yaml:5: model.inputs.dtype: 'float33' is not one of ['float32', 'float16', 'bfloat16', 'float64', "
+        "'int64', 'int32', 'uint8'] (did you mean 'float32'?)",
+        "s.yaml:12: variants.q.quantize.method: 'int3' is not one of ['dynamic_int8', 'weight_only_int8', "
+        "'static_int8', 'fp16', 'bf16']",
+        "s.yaml:14: variants.p.prune.amount: must be < 1.0, got 1.5",
+        "s.yaml:16: thresholds.latency.p95_ms: expected a number, got str 'fast'",
+    ]
+
+
+def test_missing_required_key():
+    text = make_spec().replace("  factory: tinymodels:Tiny\n", "")
+    assert errors(text) == ["s.yaml:3: model.factory: required key is missing"]
+
+
+def test_yaml_syntax_error_points_at_its_line():
+    text = make_spec().replace("  split: {test_fraction: 0.25, seed: 0}", "  split: {test_fraction: 0.25, seed: 0")
+    (msg,) = errors(text)
+    assert msg.startswith("s.yaml:9: YAML syntax error:")
+
+
+def test_duplicate_key_is_an_error():
+    text = make_spec(variants="  baseline: {}\n  q: {quantize: {method: fp16}}\n  q: {quantize: {method: bf16}}")
+    assert errors(text) == ["s.yaml:13: variants.q: duplicate key (first defined at line 12)"]
+
+
+def test_variant_level_errors():
+    assert errors(make_spec(variants="  baseline:\n    quantize: {method: fp16}")) == [
+        "s.yaml:11: variants.baseline: the baseline is the unmodified model and takes no recipe; name the variant differently"]
+    assert errors(make_spec(variants="  q:\n    quantise: {method: fp16}")) == [
+        "s.yaml:12: variants.q.quantise: unknown key; did you mean 'quantize'? allowed: distill, prune, quantize, "
+        "steps, thresholds, formats, description"]
+    assert errors(make_spec(variants="  q:\n    prune: {method: l1_unstructured, amount: 0.5}\n    quantize: {method: fp16}")) == [
+        "s.yaml:11: variants.q: a variant names one recipe (prune, quantize given); chain several with steps: [...]"]
+
+
+def test_chain_steps_are_validated_with_their_lines():
+    text = make_spec(variants="  c:\n    steps:\n      - prune: {method: l1_unstructured, amount: 0.5}\n"
+                              "      - quantize: {method: dynamic_int8, skip: 3}\n      - compress: {}")
+    assert errors(text) == [
+        "s.yaml:14: variants.c.steps[1].quantize.skip: expected a list of a string, got int 3",
+        "s.yaml:15: variants.c.steps[2].compress: unknown recipe; available: distill, prune, quantize",
+    ]
+
+
+def test_format_errors_and_pickle_opt_in():
+    assert errors(make_spec(formats="[torchscrpt]")) == [
+        "s.yaml:9: formats[0]: unknown format 'torchscrpt'; did you mean 'torchscript'? available: export, onnx, "
+        "pickle, safetensors, torchscript"]
+    (msg,) = errors(make_spec(formats="[pickle]"))
+    assert msg.startswith("s.yaml:9: formats[0].pickle.allow: the pickle format runs arbitrary code when loaded; opt in with")
+    assert errors(make_spec(formats="[{onnx: {opset: 5}}]")) == ["s.yaml:9: formats[0].onnx.opset: must be >= 7, got 5"]
+
+
+def test_metric_and_data_errors():
+    assert errors(make_spec(extra="metric: acuracy")) == [
+        "s.yaml:16: metric: unknown metric 'acuracy'; did you mean 'accuracy'? available: accuracy, cosine, mae, mse, "
+        "top_k, callable"]
+    assert errors(make_spec().replace("sklearn:iris", "csv:iris.csv")) == [
+        "s.yaml:7: data.source: expected 'sklearn:NAME', 'npz:PATH' or 'python:module:function', got 'csv:iris.csv'"]
+
+
+def test_distill_student_must_be_an_import_path():
+    assert errors(make_spec(variants="  s:\n    distill: {student: TinyStudent}")) == [
+        "s.yaml:12: variants.s.distill.student: expected 'module:callable', got 'TinyStudent'"]
+
+
+def test_version_must_be_1():
+    assert errors(make_spec().replace("deploycheck: 1", "deploycheck: 2")) == [
+        "s.yaml:1: deploycheck: unsupported spec version 2; this deploycheck reads version 1"]
+
+
+def test_collection_error_in_pytest_has_no_traceback(project):
+    project.write(make_spec(variants="  q:\n    quantize: {method: int3}"))
+    res = project.run()
+    res.assert_outcomes(errors=1)
+    res.stdout.fnmatch_lines(["*ERROR collecting tiny.yaml*",
+                              "tiny.yaml:12: variants.q.quantize.method: 'int3' is not one of *"])
+    assert "Traceback" not in res.stdout.str()
+    assert res.ret == 2
+
+
+def test_other_yaml_files_are_not_collected(project):
+    project.write("name: CI\non: [push]\njobs: {}\n", name="workflow")
+    project.write(make_spec())
+    res = project.run("--collect-only", "-q")
+    out = res.stdout.str()
+    assert "workflow.yaml" not in out
+    assert "tiny.yaml::tiny::baseline::torchscript::load" in out
