@@ -93,9 +93,10 @@ def handle(req: dict) -> dict:
 
 
 def _is_signature_error(msg: str) -> bool:
-    keys = ("shape", "size mismatch", "dtype", "Expected", "expected", "Got invalid dimensions", "INVALID_ARGUMENT",
-            "mat1 and mat2", "Dimension", "guard")
-    return any(k in msg for k in keys)
+    keys = ("shape", "size mismatch", "dtype", "expected", "got invalid dimensions", "invalid_argument",
+            "mat1 and mat2", "dimension", "guard failed")
+    low = msg.lower()
+    return any(k in low for k in keys)
 
 
 def _latency(fn, lat: dict) -> dict:

@@ -75,8 +75,8 @@ class FirstRowOnly(Tiny):
 
 
 def _in_worker():
-    return "deploycheck.worker" in sys.modules and sys.modules["__main__"].__spec__ is not None \\
-        and sys.modules["__main__"].__spec__.name == "deploycheck.worker"
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    return spec is not None and spec.name == "deploycheck.worker"
 
 
 class Aborts(Tiny):

@@ -1,0 +1,231 @@
+"""Fault injection per format: every broken artifact fails with its class's message, in a separate
+process, and nothing crashes pytest. Plus the fresh-process and isolation promises."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sys
+
+import pytest
+import torch
+
+from deploycheck.formats import FORMATS, sniff
+from deploycheck.formats.integrity import read_manifest, write_manifest
+from deploycheck.isolation import WorkerPool
+
+from conftest import TINY_MODELS, make_spec
+
+FORMAT_NAMES = ["export", "torchscript", "onnx", "safetensors", "pickle"]
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("code")
+    (d / "tinymodels_fi.py").write_text(TINY_MODELS)
+    sys.path.insert(0, str(d))
+    yield d
+    sys.path.remove(str(d))
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    p = WorkerPool(str(tmp_path_factory.mktemp("workers")))
+    yield p
+    p.close()
+
+
+def options_for(name: str):
+    cls = FORMATS.get(name).Options
+    return cls(allow=True, with_code=True) if name == "pickle" else cls()
+
+
+@pytest.fixture(scope="module")
+def artifacts(models_dir, tmp_path_factory):
+    """One good artifact per format, of the plain Tiny model, with manifests."""
+    import tinymodels_fi
+    model = tinymodels_fi.Tiny().eval()
+    out = {}
+    d = tmp_path_factory.mktemp("artifacts")
+    for name in FORMAT_NAMES:
+        fmt = FORMATS.get(name)()
+        path = str(d / f"model{fmt.suffix}")
+        extra = fmt.save(model, path, example=torch.ones(1, 4), options=options_for(name),
+                         arch={"factory": "tinymodels_fi:Tiny", "kwargs": {}})
+        write_manifest(path, fmt=name, input_shape=[1, 4], input_dtype="float32", extra=extra or {})
+        out[name] = path
+    return out
+
+
+def run(pool, tmp_path, *, path, fmt, manifest, inputs=None, python_path=(), timeout=120):
+    batches = inputs if inputs is not None else [torch.randn(5, 4), torch.randn(3, 4)]
+    torch.save(batches, tmp_path / "in.pt")
+    req = {"target": {"artifact": path, "format": fmt, "options": dataclasses.asdict(options_for(fmt)),
+                      "manifest": manifest},
+           "inputs": str(tmp_path / "in.pt"), "outputs": str(tmp_path / "out.pt"),
+           "result": str(tmp_path / "result.json"), "threads": 1, "latency": None,
+           "python_path": list(python_path)}
+    return pool.run(req, timeout_s=timeout)
+
+
+def copy_broken(src: str, dst: str, how: str, offset: int = 0) -> None:
+    data = open(src, "rb").read()
+    if how == "truncate":
+        data = data[:offset]
+    elif how == "flip":
+        mid = len(data) // 2
+        data = data[:mid] + bytes(b ^ 0xFF for b in data[mid:mid + 16]) + data[mid + 16:]
+    elif how == "empty":
+        data = b""
+    with open(dst, "wb") as fh:
+        fh.write(data)
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+def test_good_artifact_loads_and_runs_in_a_fresh_process(pool, artifacts, models_dir, tmp_path, fmt):
+    code = [str(models_dir)] if fmt in ("safetensors", "pickle") else []
+    out = run(pool, tmp_path, path=artifacts[fmt], fmt=fmt, manifest=read_manifest(artifacts[fmt]), python_path=code)
+    assert out.result["ok"], out.result
+    assert out.result["output_shape"] == [8, 3]
+    assert out.result["pid"] != os.getpid()
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+@pytest.mark.parametrize("case", ["truncate-1", "truncate-half", "truncate-tail", "flip", "empty"])
+def test_broken_file_is_classified(pool, artifacts, tmp_path, fmt, case):
+    src = artifacts[fmt]
+    size = os.path.getsize(src)
+    dst = str(tmp_path / os.path.basename(src))
+    how, _, where = case.partition("-")
+    offset = {"1": 1, "half": size // 2, "tail": size - 7}.get(where, 0)
+    copy_broken(src, dst, how, offset)
+    out = run(pool, tmp_path, path=dst, fmt=fmt, manifest=read_manifest(src))
+    r = out.result
+    assert r["ok"] is False and r["stage"] == "load"
+    expected = {"truncate": "truncated", "flip": "corrupted", "empty": "empty"}[how]
+    assert r["kind"] == expected
+    first = {"truncated": f"the file is incomplete: {offset} of {size} bytes",
+             "corrupted": "checksum mismatch (same size, different bytes)",
+             "empty": "the file is empty (0 bytes)"}[expected]
+    assert r["message"].startswith(first)
+
+
+@pytest.mark.parametrize("declared,actual", [("export", "onnx"), ("onnx", "torchscript"), ("torchscript", "safetensors"),
+                                             ("safetensors", "export"), ("pickle", "onnx")])
+def test_file_of_another_format_is_named(pool, artifacts, tmp_path, declared, actual):
+    dst = str(tmp_path / ("model" + FORMATS.get(declared).suffix))
+    shutil.copy(artifacts[actual], dst)
+    out = run(pool, tmp_path, path=dst, fmt=declared, manifest=None)
+    r = out.result
+    assert (r["stage"], r["kind"]) == ("load", "wrong-format")
+    assert "but it is declared as" in r["message"]
+
+
+def test_truncated_zip_without_manifest_is_still_diagnosed(pool, artifacts, tmp_path):
+    dst = str(tmp_path / "model.ts")
+    copy_broken(artifacts["torchscript"], dst, "truncate", os.path.getsize(artifacts["torchscript"]) // 2)
+    r = run(pool, tmp_path, path=dst, fmt="torchscript", manifest=None).result
+    assert (r["kind"], r["message"].split(":")[0]) == ("truncated", "the zip archive has no readable directory")
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+def test_wrong_input_shape_is_a_signature_error(pool, artifacts, models_dir, tmp_path, fmt):
+    code = [str(models_dir)] if fmt in ("safetensors", "pickle") else []
+    r = run(pool, tmp_path, path=artifacts[fmt], fmt=fmt, manifest=read_manifest(artifacts[fmt]),
+            inputs=[torch.randn(5, 7)], python_path=code).result
+    assert (r["ok"], r["stage"], r["kind"]) == (False, "run", "signature"), r
+
+
+def test_fixed_batch_artifact_returning_wrong_rows_is_caught(pool, models_dir, tmp_path):
+    """The silent failure: a model built for one batch size returns (1, C) for a batch of N."""
+    import tinymodels_fi
+    fmt = FORMATS.get("torchscript")()
+    path = str(tmp_path / "fixed.ts")
+    fmt.save(tinymodels_fi.FirstRowOnly().eval(), path, example=torch.ones(1, 4), options=options_for("torchscript"), arch={})
+    r = run(pool, tmp_path, path=path, fmt="torchscript", manifest=None, inputs=[torch.randn(6, 4)]).result
+    assert (r["kind"], r["message"]) == ("signature", "batch 0: input batch of 6 gave output of shape (1, 3): the "
+                                         "artifact was built for a fixed batch size (export with a dynamic batch dimension)")
+
+
+def test_version_skew_is_classified(pool, artifacts, tmp_path):
+    import onnx
+    m = onnx.load(artifacts["onnx"])
+    m.ir_version = 99
+    dst = str(tmp_path / "new.onnx")
+    onnx.save(m, dst)
+    r = run(pool, tmp_path, path=dst, fmt="onnx", manifest=None).result
+    assert r["kind"] == "version-skew", r
+    assert r["message"].startswith("the file was written by a newer library or opset than this runtime reads")
+
+
+def test_missing_custom_operator_is_classified(pool, tmp_path):
+    """A TorchScript file calling an operator registered only in the exporting process."""
+    lib = torch.library.Library("dcfault", "DEF")
+    lib.define("double(Tensor x) -> Tensor")
+    lib.impl("double", lambda x: x * 2, "CPU")
+
+    class UsesCustomOp(torch.nn.Module):
+        def forward(self, x):
+            return torch.ops.dcfault.double(x)
+
+    path = str(tmp_path / "custom.ts")
+    torch.jit.save(torch.jit.trace(UsesCustomOp(), torch.ones(1, 4)), path)
+    r = run(pool, tmp_path, path=path, fmt="torchscript", manifest=None).result
+    assert r["kind"] == "missing-operator", r
+
+
+def test_sniff_names_formats_from_bytes(artifacts):
+    assert {f: sniff(p) for f, p in artifacts.items()} == {f: f for f in FORMAT_NAMES}
+
+
+# --- isolation through pytest: crashes, hangs and floods fail one item, the session goes on -----
+
+ISOLATION = "isolation: {timeout_s: 20}"
+
+
+@pytest.mark.parametrize("factory,message", [
+    ("Aborts", "[[]load[]] tiny::baseline::pickle (declared at tiny.yaml:9): the process died with SIGABRT (aborted) "
+               "while loading and running model.pkl.pt"),
+    ("Floods", "[[]run[]] tiny::baseline::pickle (declared at tiny.yaml:9): error: RuntimeError: boom after flooding stdout"),
+])
+def test_crashing_model_fails_its_items_and_the_session_continues(project, factory, message):
+    project.write(make_spec(factory=factory, formats="[{pickle: {allow: true, with_code: true}}]", extra=ISOLATION))
+    project.write(make_spec(formats="[torchscript]").replace("name: tiny", "name: healthy"), name="healthy")
+    res = project.run()
+    res.assert_outcomes(passed=6, failed=4)  # the healthy spec's 5 items and the artifact's size still pass
+    res.stdout.fnmatch_lines([message])
+
+
+def test_hanging_model_is_killed_after_the_timeout(project):
+    project.write(make_spec(factory="Sleeps", formats="[{pickle: {allow: true, with_code: true}}]",
+                            extra="isolation: {timeout_s: 3}"))
+    res = project.run("-k", "load")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["[[]load[]] tiny::baseline::pickle (declared at tiny.yaml:9): the process was killed after "
+                              "its timeout while loading and running model.pkl.pt"])
+
+
+def test_artifact_that_needs_training_code_is_caught_by_the_fresh_process(project):
+    """A whole-module pickle loads only where the model's class is importable: the deployment host is not."""
+    project.write(make_spec(formats="[{pickle: {allow: true}}]"))
+    res = project.run("-k", "load")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["[[]load[]] tiny::baseline::pickle (declared at tiny.yaml:9): missing-module: loading needs "
+                              "Python module/attribute 'tinymodels', which this process cannot import: the artifact "
+                              "depends on the training code*"])
+    project.write(make_spec(formats="[{pickle: {allow: true, with_code: true}}]"))
+    project.run("-k", "load").assert_outcomes(passed=1)
+
+
+def test_unsupported_combination_is_skipped_with_the_exporters_reason_or_failed(project):
+    variants = "  baseline: {}\n  int8:\n    quantize: {method: dynamic_int8}"
+    project.write(make_spec(variants=variants, formats="[export]"))
+    res = project.run("-k", "int8", "-rs")
+    res.assert_outcomes(passed=1, skipped=5)  # batch_invariance runs in memory; every format item is skipped
+    res.stdout.fnmatch_lines(["*unsupported: export cannot hold variant 'int8': torch.export failed: *"
+                              "LinearPackedParamsBase*__obj_flatten__*(on_unsupported: skip)"])
+    project.write(make_spec(variants=variants, formats="[export]", extra="on_unsupported: fail"))
+    res = project.run("-k", "int8 and export")
+    res.assert_outcomes(failed=5)
+    res.stdout.fnmatch_lines(["[[]save[]] unsupported (tiny.yaml:9): export cannot hold variant 'int8': *"])
