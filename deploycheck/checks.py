@@ -29,14 +29,16 @@ class Check:
     level: str                     # "format" (per variant and format) or "variant"
     applies: Callable[..., bool]
     run: Callable[..., Verdict]
+    needs_item: bool = False       # run(..., item=the pytest item): for checks that talk to pytest plugins
 
 
 CHECKS: Registry[Check] = Registry("check")
 
 
-def check(name: str, *, level: str = "format", applies: Callable[..., bool] = lambda spec, v, f=None: True):
+def check(name: str, *, level: str = "format", applies: Callable[..., bool] = lambda spec, v, f=None: True,
+          needs_item: bool = False):
     def deco(fn):
-        CHECKS.register(name, Check(name, level, applies, fn))
+        CHECKS.register(name, Check(name, level, applies, fn, needs_item))
         return fn
     return deco
 
@@ -294,3 +296,43 @@ def batch_invariance_check(runner, spec, vname, fspec=None) -> Verdict:
     return Verdict("batch_invariance", ok, "" if ok else formula, formula, diff,
                    {"atol": th.atol, "max_changed_predictions": th.max_changed_predictions},
                    {"max_diff": diff, "changed_predictions": changed, "probes": n})
+
+
+# --- snapshot (syrupy) --------------------------------------------------------------------------
+
+@check("snapshot", applies=lambda spec, v, f=None: spec.snapshot.enabled, needs_item=True)
+def snapshot_check(runner, spec, vname, fspec, *, item) -> Verdict:
+    from syrupy.assertion import SnapshotAssertion
+    from syrupy.location import PyTestLocation
+    from .metrics import resolve
+    from .snapshots import DeploycheckSnapshotExtension, render_drift, snapshot_data
+    r = runner.reload(spec, vname, fspec)
+    st = spec.snapshot
+    data = snapshot_data(spec=spec, vname=vname, fmt=fspec.name, outputs=r.outputs[:st.probes],
+                         metric_name=resolve(spec).name, metric=r.metric, top_k=st.top_k)
+    opt = item.config.option
+    snap = SnapshotAssertion(update_snapshots=opt.update_snapshots,
+                             update_new_snapshots_only=getattr(opt, "update_new_snapshots_only", False),
+                             extension_class=DeploycheckSnapshotExtension, test_location=PyTestLocation(item),
+                             session=item.config._syrupy)
+    snap.extension.settings = st
+    ok = snap == data
+    result = snap.executions[0]
+    location = snap.extension.get_location(test_location=snap.test_location, index=0)
+    import os
+    rel = os.path.relpath(location, str(item.config.rootpath))
+    details = {"snapshot": rel, "created": result.created, "updated": result.updated, "probes": data["probes"]}
+    if ok:
+        state = "created" if result.created else "updated" if result.updated else "matches"
+        return Verdict("snapshot", True, formula=f"snapshot {state}: {rel}", value=state, details=details)
+    if result.recalled_data is None:
+        msg = (f"no approved snapshot at {rel}: run `pytest --snapshot-update` to record the current outputs "
+               f"({data['probes']} probes), then review and commit the file")
+        return Verdict("snapshot", False, msg, "snapshot missing", "missing", details=details)
+    if result.exception is not None:
+        msg = f"snapshot {rel} could not be compared: {type(result.exception).__name__}: {result.exception}"
+        return Verdict("snapshot", False, msg, "snapshot unreadable", "error", details=details)
+    cmp = snap.extension.last or {"problems": ["unknown"]}
+    msg = render_drift(cmp, settings=st, where=rel)
+    return Verdict("snapshot", False, msg, f"snapshot drift: {', '.join(cmp['problems'])}", "drift",
+                   {"atol": st.atol, "rtol": st.rtol}, details)

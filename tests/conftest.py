@@ -46,6 +46,15 @@ class Tiny(nn.Module):
         return self.out(torch.relu(self.fc(x)))
 
 
+class Shifted(Tiny):
+    """Tiny with its outputs moved by ``shift``: perturbs weights' effect by a known amount."""
+
+    def __init__(self, shift: float = 0.0):
+        super().__init__()
+        with torch.no_grad():
+            self.out.bias += shift
+
+
 class Student(nn.Module):
     def __init__(self):
         super().__init__()

@@ -65,8 +65,8 @@ class Diagnosis:
         return f"{self.kind}: {path}: {self.message}"
 
 
-FORMAT_NAMES = {"export": "a torch.export .pt2", "torchscript": "TorchScript", "onnx": "ONNX", "safetensors": "safetensors",
-                "pickle": "a torch.save pickle", "hdf5": "HDF5", "aoti": "an AOTInductor package", "zip": "a zip archive"}
+FORMAT_NAMES = {"export": "a torch.export .pt2", "torchscript": "a TorchScript", "onnx": "an ONNX", "safetensors": "a safetensors",
+                "pickle": "a torch.save pickle", "hdf5": "an HDF5", "aoti": "an AOTInductor package", "zip": "a zip archive"}
 
 
 def check_file(path: str, declared: str | None, manifest: dict | None) -> Diagnosis | None:

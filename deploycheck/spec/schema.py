@@ -16,7 +16,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 from ..errors import Problem
 from .loader import LMap, LSeq
 
+import re
+
 MISSING = dataclasses.MISSING
+_EXP_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def field(default: Any = MISSING, *, doc: str, ge: float | None = None, gt: float | None = None,
@@ -154,6 +157,8 @@ def build_plain(tp: Any, value: Any, *, path: str, line: int, ctx: Ctx) -> Any:
             raise Invalid
         return value
     if tp is float:
+        if isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string; users mean the number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             ctx.error(line, path, f"expected a number, got {_kind(value)}")
             raise Invalid

@@ -1,0 +1,196 @@
+"""The ``deploycheck`` command: validate, schema, init, inspect, compare, merge."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+
+def _spec_files(paths: list[str]) -> list[str]:
+    from .spec.loader import is_spec_text
+    out = []
+    for p in paths or ["specs"]:
+        if os.path.isdir(p):
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for f in sorted(files):
+                    if f.endswith((".yaml", ".yml")):
+                        full = os.path.join(root, f)
+                        try:
+                            with open(full, encoding="utf-8") as fh:
+                                if is_spec_text(fh.read()):
+                                    out.append(full)
+                        except (OSError, UnicodeDecodeError):
+                            continue
+        else:
+            out.append(p)
+    return out
+
+
+def cmd_validate(args) -> int:
+    from .errors import SpecError
+    from .spec import parse_file
+    files = _spec_files(args.paths)
+    if not files:
+        print("no deploycheck specs found (a spec is a YAML file with a top-level 'deploycheck: 1')", file=sys.stderr)
+        return 1
+    bad = 0
+    for f in files:
+        try:
+            spec = parse_file(f)
+        except SpecError as e:
+            bad += 1
+            print(e)
+            continue
+        n = len(spec.variants)
+        formats = sorted({fs.name for v in spec.variants.values() for fs in v.formats})
+        print(f"{f}: ok ({spec.name}: {n} variant{'s' * (n != 1)}, formats {', '.join(formats)})")
+    print(f"{len(files) - bad} valid, {bad} invalid")
+    return 1 if bad else 0
+
+
+def cmd_schema(args) -> int:
+    from .spec.model import Spec
+    from .spec.schema import json_schema
+    print(json.dumps(json_schema(Spec), indent=2, sort_keys=True))
+    return 0
+
+
+INIT_TEMPLATE = """\
+# yaml-language-server: $schema={schema}
+deploycheck: 1
+name: {name}
+model:
+  factory: {factory}
+  inputs: {{shape: [{shape}], dtype: float32}}
+  # weights: model.safetensors      # relative to this file; omit to keep the factory's initialisation
+data:
+  source: {data}
+metric: {metric}
+formats: [export, torchscript]
+variants:
+  baseline: {{}}
+  int8:
+    quantize: {{method: dynamic_int8}}
+thresholds:
+  metric: {{max_drop: 0.01}}
+  outputs: {{atol: 1.0e-4, rtol: 1.0e-3}}
+  latency: {{max_ratio: 1.10}}
+"""
+
+
+def cmd_init(args) -> int:
+    from .errors import SpecError
+    from .spec import parse
+    name = args.name or args.factory.rpartition(":")[2].lower().replace("_", "-")
+    text = INIT_TEMPLATE.format(name=name, factory=args.factory, shape=", ".join(str(int(s)) for s in args.shape.split(",")),
+                                data=args.data, metric=args.metric, schema=args.schema)
+    out = args.output or os.path.join("specs", f"{name}.yaml")
+    try:
+        parse(text, filename=out)
+    except SpecError as e:
+        print(e, file=sys.stderr)
+        return 2
+    if os.path.exists(out) and not args.force:
+        print(f"{out} exists; not overwriting it (use --force)", file=sys.stderr)
+        return 1
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    print(f"wrote {out}; run: pytest {out}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .formats import FORMATS, sniff
+    from .formats.integrity import FORMAT_NAMES, check_file, read_manifest, sha256
+    path = args.file
+    if not os.path.exists(path):
+        print(f"missing: {path}: the file does not exist")
+        return 1
+    manifest = read_manifest(path)
+    found = sniff(path)
+    declared = args.format or (manifest or {}).get("format") or (found if found in FORMATS else None)
+    size = os.path.getsize(path)
+    print(f"file:     {path}")
+    print(f"format:   {FORMAT_NAMES.get(found, found) if found else 'unknown'}" + (f" (declared: {declared})" if declared and declared != found else ""))
+    print(f"size:     {size} bytes ({size / 1e6:.3f} MB)")
+    print(f"sha256:   {sha256(path) if size else '-'}")
+    if manifest:
+        print(f"manifest: {os.path.basename(path)}.manifest.json (written with torch {manifest.get('libraries', {}).get('torch', '?')}, "
+              f"input {manifest.get('input', {}).get('shape')} {manifest.get('input', {}).get('dtype')})")
+    else:
+        print("manifest: none (size and checksum cannot be verified)")
+    diag = check_file(path, declared, manifest)
+    if diag is None and declared in FORMATS and not args.no_load:
+        diag = _try_load(path, declared, manifest, args.timeout)
+    if diag is not None:
+        print(f"status:   BROKEN")
+        print(f"reason:   {diag.render(path).splitlines()[0]}")
+        return 1
+    print("status:   ok" + (" (loaded in a fresh process)" if declared in FORMATS and not args.no_load else ""))
+    return 0
+
+
+def _try_load(path, fmt, manifest, timeout):
+    """Load in a fresh worker process, so a crashing file cannot take this command down."""
+    import dataclasses
+    import torch
+    from .formats import FORMATS
+    from .formats.integrity import Diagnosis
+    from .isolation import WorkerPool
+    opts = FORMATS.get(fmt).Options
+    options = dataclasses.asdict(opts(allow=True) if fmt == "pickle" else opts())
+    with tempfile.TemporaryDirectory() as d:
+        pool = WorkerPool(d)
+        try:
+            torch.save([], os.path.join(d, "in.pt"))
+            req = {"target": {"artifact": os.path.abspath(path), "format": fmt, "options": options, "manifest": manifest},
+                   "inputs": os.path.join(d, "in.pt"), "outputs": os.path.join(d, "out.pt"),
+                   "result": os.path.join(d, "result.json"), "threads": 1, "latency": None, "python_path": []}
+            out = pool.run(req, timeout_s=timeout)
+        finally:
+            pool.close()
+    if out.result is None:
+        return Diagnosis("crash", out.death() or "no answer")
+    if not out.result.get("ok") and out.result.get("stage") == "load":
+        return Diagnosis(out.result["kind"], out.result["message"].splitlines()[0])
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="deploycheck", description="Declarative tests for deployed PyTorch models. "
+                                "Run the checks with: pytest specs/")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("validate", help="lint specs without running anything")
+    v.add_argument("paths", nargs="*", help="spec files or folders (default: specs)")
+    v.set_defaults(fn=cmd_validate)
+    s = sub.add_parser("schema", help="print the JSON Schema of a spec")
+    s.set_defaults(fn=cmd_schema)
+    i = sub.add_parser("init", help="scaffold a spec for a model factory (never prompts)")
+    i.add_argument("--factory", required=True, help="module:callable returning the nn.Module")
+    i.add_argument("--shape", required=True, help="example input shape, batch first, e.g. 1,64")
+    i.add_argument("--data", default="sklearn:digits", help="data source (default: sklearn:digits)")
+    i.add_argument("--metric", default="accuracy")
+    i.add_argument("--name")
+    i.add_argument("--schema", default="../reports/deploycheck.schema.json", help="$schema path for editors")
+    i.add_argument("-o", "--output", help="spec path (default: specs/NAME.yaml)")
+    i.add_argument("--force", action="store_true", help="overwrite an existing file")
+    i.set_defaults(fn=cmd_init)
+    n = sub.add_parser("inspect", help="sniff, checksum and test-load an artifact; non-zero exit when broken")
+    n.add_argument("file")
+    n.add_argument("--format", help="the format it is declared as (default: from its manifest, else sniffed)")
+    n.add_argument("--no-load", action="store_true", help="only check bytes, do not load in a fresh process")
+    n.add_argument("--timeout", type=float, default=120.0)
+    n.set_defaults(fn=cmd_inspect)
+    from .report.compare import add_commands
+    add_commands(sub)
+    args = p.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""``deploycheck compare`` (release review: what changed between two runs) and ``merge`` (shards)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _load(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"deploycheck: cannot read report {path}: {e}")
+    if not isinstance(doc, dict) or doc.get("schema_version") != 1 or "rows" not in doc:
+        raise SystemExit(f"deploycheck: {path} is not a deploycheck JSON report (schema_version 1)")
+    return doc
+
+
+def _rel(new, old):
+    if new is None or old in (None, 0):
+        return None
+    return new / old
+
+
+def compare(old: dict, new: dict, *, metric_tol: float, latency_tol: float, size_tol: float) -> list[dict]:
+    """One entry per (spec, variant, format) of either run; regressions carry their reasons."""
+    key = lambda r: (r["spec"], r["variant"], r["format"])  # noqa: E731
+    o = {key(r): r for r in old["rows"]}
+    n = {key(r): r for r in new["rows"]}
+    out = []
+    for k in sorted(set(o) | set(n)):
+        a, b = o.get(k), n.get(k)
+        reasons = []
+        entry = {"spec": k[0], "variant": k[1], "format": k[2], "old_verdict": a and a["verdict"], "new_verdict": b and b["verdict"]}
+        if a is None:
+            entry["change"] = "added"
+        elif b is None:
+            entry["change"] = "removed"
+            reasons.append("no longer checked")
+        else:
+            entry["change"] = "changed"
+            if a["verdict"] == "pass" and b["verdict"] != "pass":
+                reasons.append(f"verdict {a['verdict']} -> {b['verdict']}" + (f" ({b['reason']})" if b.get("reason") else ""))
+            if a.get("metric") is not None and b.get("metric") is not None:
+                d = b["metric"] - a["metric"]
+                entry["metric_delta"] = d
+                worse = -d if _higher(b) else d
+                if worse > metric_tol:
+                    reasons.append(f"{b.get('metric_name') or 'metric'} {a['metric']:.4g} -> {b['metric']:.4g} "
+                                   f"({d:+.4g}, beyond ±{metric_tol:g})")
+            lr = _rel(b.get("p50_ms"), a.get("p50_ms"))
+            entry["latency_ratio"] = lr
+            if lr is not None and lr > 1 + latency_tol:
+                reasons.append(f"p50 {a['p50_ms']:.4g} -> {b['p50_ms']:.4g} ms (×{lr:.2f}, beyond ×{1 + latency_tol:.2f})")
+            sr = _rel(b.get("size_mb"), a.get("size_mb"))
+            entry["size_ratio"] = sr
+            if sr is not None and sr > 1 + size_tol:
+                reasons.append(f"size {a['size_mb']:.4g} -> {b['size_mb']:.4g} MB (×{sr:.3f})")
+        entry["regression"] = bool(reasons)
+        entry["reasons"] = reasons
+        out.append(entry)
+    out.sort(key=lambda e: (not e["regression"], e["change"] != "changed", e["spec"], e["variant"], e["format"]))
+    return out
+
+
+def _higher(row) -> bool:
+    return row.get("metric_name") not in ("mse", "mae")
+
+
+def cmd_compare(args) -> int:
+    from tabulate import tabulate
+    old, new = _load(args.old), _load(args.new)
+    entries = compare(old, new, metric_tol=args.metric_tol, latency_tol=args.latency_tol, size_tol=args.size_tol)
+    f = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
+    rows = [["REGRESSION" if e["regression"] else e["change"], e["spec"], e["variant"], e["format"],
+             f"{e['old_verdict'] or '-'} -> {e['new_verdict'] or '-'}", f(e.get("metric_delta"), "+.4f"),
+             f(e.get("latency_ratio"), ".2f"), f(e.get("size_ratio"), ".3f"), "; ".join(e["reasons"])] for e in entries]
+    print(f"comparing {args.old} ({old.get('git', {}).get('commit', '?')[:10]}, {old.get('created')}) -> "
+          f"{args.new} ({new.get('git', {}).get('commit', '?')[:10]}, {new.get('created')})")
+    print(tabulate(rows, headers=["", "spec", "variant", "format", "verdict", "Δ metric", "p50 ×", "size ×", "why"],
+                   tablefmt="simple", disable_numparse=True))
+    n = sum(e["regression"] for e in entries)
+    print(f"{n} regression{'s' * (n != 1)}")
+    return 1 if n else 0
+
+
+def merge(docs: list[dict]) -> dict:
+    from . import summary_rows
+    records: dict[tuple, dict] = {}
+    for d in docs:
+        for r in d.get("records", []):
+            records[(r["spec"], r["variant"], r["format"], r["check"])] = r
+    recs = [records[k] for k in sorted(records, key=lambda k: tuple("" if x is None else x for x in k))]
+    first = docs[0]
+    return {**{k: first[k] for k in ("schema_version", "libraries", "git") if k in first},
+            "created": max(d.get("created", "") for d in docs),
+            "exitstatus": max(d.get("exitstatus", 0) for d in docs),
+            "machine": first.get("machine"), "shards": [{"machine": d.get("machine"), "created": d.get("created"),
+                                                          "exitstatus": d.get("exitstatus")} for d in docs],
+            "spec_files": {k: v for d in docs for k, v in d.get("spec_files", {}).items()},
+            "rows": summary_rows(recs), "records": recs}
+
+
+def cmd_merge(args) -> int:
+    from . import atomic_write
+    docs = [_load(p) for p in args.reports]
+    merged = merge(docs)
+    atomic_write(args.output, json.dumps(merged, indent=2, sort_keys=True, default=str) + "\n")
+    print(f"merged {len(docs)} reports ({len(merged['records'])} records, {len(merged['rows'])} rows) into {args.output}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    c = sub.add_parser("compare", help="what changed between two JSON reports, regressions first")
+    c.add_argument("old")
+    c.add_argument("new")
+    c.add_argument("--metric-tol", type=float, default=0.005, help="allowed metric worsening (absolute)")
+    c.add_argument("--latency-tol", type=float, default=0.25, help="allowed p50 increase as a fraction (0.25 = 25%%)")
+    c.add_argument("--size-tol", type=float, default=0.01, help="allowed size increase as a fraction")
+    c.set_defaults(fn=cmd_compare)
+    m = sub.add_parser("merge", help="merge JSON reports from shards into one")
+    m.add_argument("reports", nargs="+")
+    m.add_argument("-o", "--output", required=True)
+    m.set_defaults(fn=cmd_merge)
+
+
+if __name__ == "__main__":
+    sys.exit(0)
