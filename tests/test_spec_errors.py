@@ -76,7 +76,7 @@ def test_chain_steps_are_validated_with_their_lines():
     text = make_spec(variants="  c:\n    steps:\n      - prune: {method: l1_unstructured, amount: 0.5}\n"
                               "      - quantize: {method: dynamic_int8, skip: 3}\n      - compress: {}")
     assert errors(text) == [
-        "s.yaml:14: variants.c.steps[1].quantize.skip: expected a list of a string, got int 3",
+        "s.yaml:14: variants.c.steps[1].quantize.skip: expected a list of strings, got int 3",
         "s.yaml:15: variants.c.steps[2].compress: unknown recipe; available: distill, prune, quantize",
     ]
 

@@ -68,7 +68,9 @@ def describe(tp: Any) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join(describe(a) for a in get_args(tp) if a is not type(None))
     if origin in (list, tuple):
-        return f"a list of {describe(get_args(tp)[0])}"
+        inner = describe(get_args(tp)[0])
+        plural = {"a string": "strings", "an integer": "integers", "a number": "numbers", "a mapping": "mappings"}
+        return f"a list of {plural.get(inner, inner)}"
     if origin is dict:
         return "a mapping"
     if dataclasses.is_dataclass(tp):

@@ -1,0 +1,92 @@
+"""The spec reference in Markdown, rendered from the same dataclasses that validate specs.
+
+README.md embeds the output between ``<!-- reference:start -->`` and ``<!-- reference:end -->``;
+a test fails when they drift apart. Regenerate with ``python -m deploycheck.spec.reference``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+from .schema import MISSING, describe
+
+
+def _default(f: dataclasses.Field) -> str:
+    if f.default is MISSING and f.default_factory is MISSING:
+        return "**required**"
+    if f.default is not MISSING:
+        v = f.default
+        if v is None:
+            return "null"
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, tuple):
+            return "[" + ", ".join(str(x) for x in v) + "]"
+        if v == "":
+            return '""'
+        return str(v)
+    v = f.default_factory()
+    if isinstance(v, dict):
+        return "{}"
+    if isinstance(v, tuple):
+        return "[]"
+    return "see below"
+
+
+def table(cls: type, skip: tuple[str, ...] = ()) -> str:
+    hints = typing.get_type_hints(cls)
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name in skip or not f.metadata.get("doc"):
+            continue
+        tp = describe(hints[f.name]).replace("|", "\\|")
+        bounds = ", ".join(f"{w} {f.metadata[k]}" for k, w in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<"))
+                          if f.metadata.get(k) is not None)
+        if bounds:
+            tp += f" ({bounds})"
+        doc = f.metadata["doc"].replace("|", "\\|")
+        rows.append(f"| `{f.name}` | {tp} | {_default(f)} | {doc} |")
+    return "\n".join(rows)
+
+
+def render() -> str:
+    from ..formats import FORMATS
+    from ..recipes import RECIPES
+    from ..recipes.prune import FineTune
+    from .model import (BatchInvariance, DataSpec, InputSpec, IsolationSettings, LatencySettings, LatencyThreshold,
+                        MetricSpec, MetricThreshold, ModelSpec, Normalize, OutputThreshold, SizeThreshold,
+                        SnapshotSettings, SplitSpec, Spec, Step, Thresholds)
+    out = []
+
+    def sec(title: str, body: str) -> None:
+        out.append(f"#### {title}\n\n{body}\n")
+
+    sec("Top level", table(Spec, skip=("path", "display", "lines")))
+    sec("`model`", table(ModelSpec))
+    sec("`model.inputs`", table(InputSpec))
+    sec("`data`", table(DataSpec))
+    sec("`data.split`", table(SplitSpec))
+    steps = ["| step | argument |", "| --- | --- |"] + [f"| `{k}` | {v} |" for k, v in Step.OPS.items()]
+    sec("`data.preprocess` steps (each a one-key mapping, applied in order)", "\n".join(steps) + "\n\n`normalize` takes:\n\n" + table(Normalize))
+    sec("`metric` (a name, or a mapping)", table(MetricSpec))
+    for name in FORMATS.names():
+        fmt = FORMATS.get(name)
+        opts = table(fmt.Options)
+        body = fmt.description + ("\n\n" + opts if opts.count("\n") > 1 else "\n\nNo options.")
+        sec(f"`formats`: `{name}`", body)
+    for name in RECIPES.names():
+        sec(f"`variants.<name>.{name}` (recipe)", (RECIPES.get(name).__doc__ or "").strip() + "\n\n" + table(RECIPES.get(name)))
+    sec("`variants.<name>.prune.finetune`", table(FineTune))
+    sec("`thresholds` (and `variants.<name>.thresholds`, which override key by key)", table(Thresholds))
+    for title, cls in (("metric", MetricThreshold), ("outputs", OutputThreshold), ("latency", LatencyThreshold),
+                       ("size", SizeThreshold), ("batch_invariance", BatchInvariance)):
+        sec(f"`thresholds.{title}`", (cls.__doc__ or "").strip() + "\n\n" + table(cls))
+    sec("`latency`", table(LatencySettings))
+    sec("`isolation`", table(IsolationSettings))
+    sec("`snapshot`", table(SnapshotSettings))
+    return "\n".join(out).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")
