@@ -59,8 +59,10 @@ def fmt_num(x: float) -> str:
 @check("load")
 def load_check(runner, spec, vname, fspec) -> Verdict:
     r = runner.reload(spec, vname, fspec)
-    return Verdict("load", True, value=round(r.result.get("load_s", 0.0), 4),
-                   details={"load_s": r.result.get("load_s"), "process_s": r.seconds,
+    cached = bool(r.result.get("cached"))
+    return Verdict("load", True, formula="loaded and ran in a fresh process" + (" (cached result)" if cached else ""),
+                   value=round(r.result.get("load_s", 0.0), 4),
+                   details={"load_s": r.result.get("load_s"), "process_s": r.seconds, "cached": cached,
                             "peak_rss_mb": r.result.get("peak_rss_mb")})
 
 

@@ -21,6 +21,11 @@ def pytest_addoption(parser):
     g.addoption("--deploycheck-report-dir", default=None,
                 help="where reports are written (default: ini deploycheck_report_dir, else <rootdir>/reports)")
     g.addoption("--deploycheck-no-report", action="store_true", default=False, help="do not write report files")
+    g.addoption("--deploycheck-cache", choices=("all", "build", "off"), default="all",
+                help="reuse results across sessions by content hash: all (built variants, artifacts and "
+                     "fresh-process results on this machine), build (re-measure every reload), off")
+    g.addoption("--deploycheck-cache-dir", default=None,
+                help="cache folder (default: a folder under the system temp dir, next to the run dir)")
     parser.addini("deploycheck_report_dir", "report folder, relative to the rootdir", default="reports")
 
 
@@ -48,21 +53,31 @@ def pytest_collect_file(file_path, parent):
     return SpecFile.from_parent(parent, path=file_path)
 
 
+def _base_dir(config) -> str:
+    tag = hashlib.sha256(str(config.rootpath).encode()).hexdigest()[:10]
+    return os.path.join(tempfile.gettempdir(), f"deploycheck-{tag}")
+
+
 def run_dir(config) -> str:
     given = config.getoption("deploycheck_run_dir")
-    if given:
-        base = os.path.abspath(given)
-    else:
-        tag = hashlib.sha256(str(config.rootpath).encode()).hexdigest()[:10]
-        base = os.path.join(tempfile.gettempdir(), f"deploycheck-{tag}")
+    base = os.path.abspath(given) if given else _base_dir(config)
     worker = getattr(config, "workerinput", {}).get("workerid", "main")
     return os.path.join(base, "run", worker)
 
 
+def cache_dir(config) -> str | None:
+    if config.getoption("deploycheck_cache") == "off":
+        return None
+    given = config.getoption("deploycheck_cache_dir")
+    return os.path.abspath(given) if given else os.path.join(_base_dir(config), "cache")
+
+
 def get_runner(config):
     if _RUNNER not in config.stash:
+        from .cache import Cache
         from .runner import Runner
-        config.stash[_RUNNER] = Runner(run_dir=run_dir(config), log=log.info)
+        cache = Cache(cache_dir(config), level=config.getoption("deploycheck_cache"))
+        config.stash[_RUNNER] = Runner(run_dir=run_dir(config), log=log.info, cache=cache)
     return config.stash[_RUNNER]
 
 
@@ -97,6 +112,11 @@ class ReportCollector:
         tr.section("deploycheck summary")
         for line in terminal_table(summary_rows(self.records)).splitlines():
             tr.write_line(line)
+        runner = self.config.stash.get(_RUNNER, None)
+        if runner is not None and runner.cache.enabled:
+            h = runner.cache.hits
+            tr.write_line(f"deploycheck cache: reused {h['built']} built variants, {h['artifact']} artifacts, "
+                          f"{h['result']} fresh-process results ({runner.cache.root})")
         for p in self.paths:
             tr.write_line(f"report written: {p}")
 

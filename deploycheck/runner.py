@@ -40,6 +40,8 @@ class Built:
     metric: float
     recipe: str
     requires: tuple = ()       # libraries a loader must import first (they register the artifact's ops)
+    key: str = ""              # content hash (see cache.build_key)
+    cached: bool = False
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Artifact:
     size: int
     sha256: str
     save_s: float
+    cached: bool = False
 
 
 @dataclass
@@ -73,8 +76,10 @@ class RecipeContext:
 
 
 class Runner:
-    def __init__(self, *, run_dir: str, log: Callable[[str], None] = lambda s: None):
+    def __init__(self, *, run_dir: str, log: Callable[[str], None] = lambda s: None, cache=None):
+        from .cache import Cache
         from .isolation import WorkerPool
+        self.cache = cache or Cache(None)
         self.run_dir = run_dir
         os.makedirs(run_dir, exist_ok=True)
         self.pool = WorkerPool(os.path.join(run_dir, "workers"))
@@ -141,6 +146,24 @@ class Runner:
         return self._memo(("built", spec.path, vname), lambda: self._build(spec, vname))
 
     def _build(self, spec, vname: str) -> Built:
+        from .cache import build_key
+        key = build_key(spec, vname)
+        hit = self.cache.get_built(key)
+        if hit is not None:
+            meta, model, outputs = hit
+            from .recipes import StepRecord
+            return Built(model, meta["arch"], [StepRecord(**r) for r in meta["steps"]], meta["build_s"], meta["params"],
+                         meta["nonzero"], meta["state_bytes"], outputs, meta["metric"], meta["recipe"],
+                         tuple(meta["requires"]), key, cached=True)
+        built = self._build_fresh(spec, vname)
+        built.key = key
+        self.cache.put_built(key, {"arch": built.arch, "steps": [dataclasses.asdict(r) for r in built.steps],
+                                   "build_s": built.build_s, "params": built.params, "nonzero": built.nonzero,
+                                   "state_bytes": built.state_bytes, "metric": built.metric, "recipe": built.recipe,
+                                   "requires": list(built.requires)}, built.model, built.outputs)
+        return built
+
+    def _build_fresh(self, spec, vname: str) -> Built:
         import torch
         from . import recipes
         from .metrics import resolve, targets_for
@@ -224,11 +247,16 @@ class Runner:
         import warnings
         from .formats import FORMATS, Unsupported
         from .formats.integrity import write_manifest
+        from .cache import artifact_key
         b = self.built(spec, vname)
         fmt = FORMATS.get(fspec.name)()
         path = os.path.join(self.variant_dir(spec, vname), f"model{fmt.suffix}")
         where = spec.at(fspec.line or spec.variant(vname).line)
-        tmp = path + ".partial"
+        akey = artifact_key(b.key, fspec)
+        man = self.cache.get_artifact(akey, path)
+        if man is not None:
+            return Artifact(path, man, man["size"], man["sha256"], 0.0, cached=True)
+        tmp = os.path.join(os.path.dirname(path), f"partial-{os.path.basename(path)}")  # keeps the suffix
         t0 = time.perf_counter()
         try:
             with warnings.catch_warnings():
@@ -242,6 +270,7 @@ class Runner:
         os.replace(tmp, path)
         man = write_manifest(path, fmt=fspec.name, input_shape=spec.model.inputs.shape,
                              input_dtype=spec.model.inputs.dtype, extra={**(extra or {}), "requires": list(b.requires)})
+        self.cache.put_artifact(akey, path, man)
         return Artifact(path, man, man["size"], man["sha256"], time.perf_counter() - t0)
 
     # --- reload in a fresh process --------------------------------------------------------------
@@ -285,6 +314,11 @@ class Runner:
         req = {"target": self.target(spec, vname, fspec), "inputs": inputs, "outputs": os.path.join(d, f"{fspec.name}.outputs.pt"),
                "result": result, "threads": lat.threads, "latency": latency, "memory_mb": spec.isolation.memory_mb,
                "python_path": search_dirs(spec) if fmt.needs_code(fspec.options) else []}
+        from .cache import result_key
+        rkey = result_key(req, self._inputs_sha(spec))
+        cached = self.cache.get_result(rkey, req["outputs"])
+        if cached is not None:
+            return self._finish_reload(spec, vname, fspec, {**cached, "cached": True}, req["outputs"], 0.0)
         out = self.pool.run(req, timeout_s=spec.isolation.timeout_s)
         ident = dict(spec=spec.name, variant=vname, fmt=fspec.name, where=where)
         if out.result is None:
@@ -296,7 +330,24 @@ class Runner:
             msg = f"{r.get('kind')}: {r.get('message', '').splitlines()[0] if r.get('message') else ''}"
             detail = r.get("traceback") or "\n".join(r.get("message", "").splitlines()[1:])
             raise StageError(stage, msg, detail=_tail("traceback", detail) if detail else "", **ident)
-        outputs = torch.cat(torch.load(req["outputs"], weights_only=True))
+        self.cache.put_result(rkey, r, req["outputs"])
+        return self._finish_reload(spec, vname, fspec, r, req["outputs"], out.seconds)
+
+    def _inputs_sha(self, spec) -> str:
+        def make():
+            import hashlib
+            h = hashlib.sha256()
+            for b in self.batches(spec) + [self.example(spec)]:
+                h.update(str((tuple(b.shape), str(b.dtype))).encode())
+                h.update(b.contiguous().numpy().tobytes())
+            return h.hexdigest()
+        return self._memo(("inputs-sha", spec.path), make)
+
+    def _finish_reload(self, spec, vname, fspec, r: dict, outputs_path: str, seconds: float) -> Reload:
+        import torch
+        from .metrics import resolve, targets_for
+        ident = dict(spec=spec.name, variant=vname, fmt=fspec.name, where=spec.at(fspec.line or spec.variant(vname).line))
+        outputs = torch.cat(torch.load(outputs_path, weights_only=True))
         metric = resolve(spec)
         base = self.built(spec, "baseline").outputs
         try:
@@ -304,7 +355,7 @@ class Runner:
         except Exception as e:
             raise StageError("check", f"metric {metric.name!r} failed on the reloaded outputs: {describe_exc(e)}",
                              **ident) from e
-        return Reload(r, outputs, value, out.seconds)
+        return Reload(r, outputs, value, seconds)
 
 
 def _eval_mode(model) -> None:

@@ -80,4 +80,4 @@ def sniff(path: str) -> str | None:
 
 
 # Register the built-in formats (light modules).
-from . import export, onnx, pickle, safetensors, torchscript  # noqa: E402,F401
+from . import aoti, export, hdf5, onnx, pickle, safetensors, torchscript  # noqa: E402,F401

@@ -1,23 +1,28 @@
-"""A safetensors state dict; loading rebuilds the module from its factory, as a training-code host would."""
+"""A safetensors state dict; loading rebuilds the module from its factory, as a training-code host would.
+
+:class:`StateDictFormat` holds what every state-dict format shares (refusing packed or quantized
+parameters, fp16/bf16 casts, rebuilding from the factory); subclasses only read and write tensors.
+"""
 
 from __future__ import annotations
 
 from . import Format, NoOptions, Unsupported, register
 
 
-@register
-class SafetensorsFormat(Format):
-    name = "safetensors"
-    suffix = ".safetensors"
+class StateDictFormat(Format):
     Options = NoOptions
-    description = "safetensors state dict + factory (the artifact is the weights)"
 
     def needs_code(self, options) -> bool:
         return True
 
+    def write_tensors(self, tensors: dict, path: str) -> None:
+        raise NotImplementedError
+
+    def read_tensors(self, path: str) -> dict:
+        raise NotImplementedError
+
     def save(self, model, path, *, example, options, arch):
         import torch
-        from safetensors.torch import save_file
         from ..nn import Cast
         cast = None
         if isinstance(model, Cast):  # fp16 / bf16 recipe: store the inner module's weights
@@ -27,19 +32,21 @@ class SafetensorsFormat(Format):
                if not isinstance(v, torch.Tensor) or type(v) not in (torch.Tensor, torch.nn.Parameter) or v.is_quantized]
         if bad:
             raise Unsupported(f"state dict holds {len(bad)} entries that are not plain tensors "
-                              f"(e.g. {bad[0]!r}: {type(state[bad[0]]).__name__}, packed or quantized parameters), which safetensors cannot store")
+                              f"(e.g. {bad[0]!r}: {type(state[bad[0]]).__name__}, packed or quantized parameters), "
+                              f"which {self.name} cannot store")
+        if not arch.get("factory"):
+            raise Unsupported("the variant has no factory to rebuild its module from")
         dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in state.values() if v.is_floating_point()})
-        # Tied weights share storage; safetensors refuses shared tensors, so store copies.
-        save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, path)
+        # Tied weights share storage; state-dict files refuse shared tensors, so store copies.
+        self.write_tensors({k: v.detach().contiguous().clone() for k, v in state.items()}, path)
         return {"factory": arch["factory"], "kwargs": arch["kwargs"], "cast": cast,
                 "float_dtype": dtypes[0] if len(dtypes) == 1 else None}
 
     def load(self, path, *, options, manifest):
         import torch
-        from safetensors.torch import load_file
         from ..models import call_factory
         model = call_factory(manifest["factory"], manifest["kwargs"])
-        state = load_file(path)
+        state = self.read_tensors(path)
         if manifest.get("float_dtype"):
             model = model.to(getattr(torch, manifest["float_dtype"]))
         model.load_state_dict(state, strict=True)
@@ -47,3 +54,18 @@ class SafetensorsFormat(Format):
             from ..nn import Cast
             model = Cast(model, getattr(torch, manifest["cast"]))
         return model.eval()
+
+
+@register
+class SafetensorsFormat(StateDictFormat):
+    name = "safetensors"
+    suffix = ".safetensors"
+    description = "safetensors state dict + factory (the artifact is the weights)"
+
+    def write_tensors(self, tensors, path):
+        from safetensors.torch import save_file
+        save_file(tensors, path)
+
+    def read_tensors(self, path):
+        from safetensors.torch import load_file
+        return load_file(path)

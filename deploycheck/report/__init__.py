@@ -66,7 +66,8 @@ def summary_rows(records: list[dict]) -> list[dict]:
             "peak_rss_mb": det("load").get("peak_rss_mb"),
             "size_mb": det("size").get("size_mb"), "size_ratio": det("size").get("size_ratio"),
             "params": info.get("params"), "state_ratio": info.get("state_ratio"), "sparsity": info.get("sparsity"), "build_s": info.get("build_s"),
-            "load": {"passed": "ok", "error": "FAILED", "unsupported": "unsupported"}.get(load, load or "-"),
+            "load": {"passed": "ok (cached)" if det("load").get("cached") else "ok", "error": "FAILED",
+                     "unsupported": "unsupported"}.get(load, load or "-"),
             "verdict": verdict, "reason": "; ".join(reasons),
         })
     return rows

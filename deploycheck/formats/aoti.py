@@ -1,0 +1,52 @@
+"""AOTInductor: torch.export compiled ahead of time into a ``.pt2`` package of native code.
+
+The compiled deployment path for torch.export, and where pt2e int8 graphs get real CPU speed.
+Compiling takes tens of seconds per model, so specs opt in per variant. A package compiled for
+one batch size can silently return the wrong number of rows for another: the dynamic batch
+option is on by default and the worker's shape check catches the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+
+from ..spec.schema import field
+from . import Format, Unsupported, register
+from .export import _first_line, batch_example
+
+
+@dataclass(frozen=True)
+class AotiOptions:
+    """Options of the AOTInductor format."""
+
+    dynamic_batch: bool = field(True, doc="compile with a dynamic batch dimension")
+
+
+@register
+class AotiFormat(Format):
+    name = "aoti"
+    suffix = ".aoti.pt2"
+    Options = AotiOptions
+    description = "AOTInductor package (compiled torch.export, .pt2); opt-in: compiling takes tens of seconds"
+
+    def save(self, model, path, *, example, options, arch):
+        import torch
+        from torch.export import Dim
+        x = batch_example(example, options.dynamic_batch)
+        dyn = ({0: Dim("batch", min=1, max=65536)},) if options.dynamic_batch else None
+        try:
+            ep = torch.export.export(model, (x,), dynamic_shapes=dyn)
+        except Exception as e:
+            raise Unsupported(f"torch.export failed: {type(e).__name__}: {_first_line(e)}") from e
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                torch._inductor.aoti_compile_and_package(ep, package_path=path)
+            except Exception as e:
+                raise Unsupported(f"AOTInductor compilation failed: {type(e).__name__}: {_first_line(e)}") from e
+        return {"dynamic_batch": options.dynamic_batch}
+
+    def load(self, path, *, options, manifest):
+        import torch
+        return torch._inductor.aoti_load_package(path)
