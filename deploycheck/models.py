@@ -147,9 +147,38 @@ def _plain(t):
 
 
 def state_bytes(model) -> int:
-    """Bytes of the serialized state dict: the honest size of the weights, whatever their dtype."""
-    import io
+    """Bytes of the model's weights at the dtype they are stored in (int8 packed weights count one
+    byte per element, plus their scales): the honest size of the state, without file overheads."""
     import torch
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.tell()
+    total, seen = 0, set()
+    for mod in model.modules():
+        tensors = list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False))
+        w = getattr(mod, "weight", None)
+        if callable(w) and not isinstance(w, torch.Tensor):  # torch.ao packed modules
+            try:
+                packed = w()
+                b = mod.bias() if callable(getattr(mod, "bias", None)) else None
+                tensors += [t for t in (packed, b) if isinstance(t, torch.Tensor)]
+            except Exception:
+                pass
+        for t in tensors:
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            total += _tensor_bytes(t)
+    return total
+
+
+def _tensor_bytes(t) -> int:
+    import torch
+    if type(t) not in (torch.Tensor, torch.nn.Parameter) and hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()  # tensor subclasses (torchao): their inner tensors
+        return sum(_tensor_bytes(getattr(t, n)) for n in names)
+    n = t.numel() * t.element_size()
+    if t.is_quantized:
+        q = t.qscheme()
+        if q in (torch.per_channel_affine, torch.per_channel_symmetric):
+            n += t.q_per_channel_scales().numel() * 8 + t.q_per_channel_zero_points().numel() * 8
+        else:
+            n += 16
+    return n

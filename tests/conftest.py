@@ -150,6 +150,7 @@ def project(pytester, tmp_path_factory):
 
     class P:
         path = pytester.path
+        tester = None
 
         def write(self, text: str, name: str = "tiny") -> str:
             p = pytester.path / f"{name}.yaml"
@@ -162,4 +163,6 @@ def project(pytester, tmp_path_factory):
         def run_subprocess(self, *args: str):
             return pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--deploycheck-run-dir={run_dir}", *args)
 
-    return P()
+    p = P()
+    p.tester = pytester
+    return p

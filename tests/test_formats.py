@@ -17,7 +17,8 @@ from deploycheck.isolation import WorkerPool
 
 from conftest import TINY_MODELS, make_spec
 
-FORMAT_NAMES = ["export", "torchscript", "onnx", "safetensors", "pickle"]
+FORMAT_NAMES = ["export", "torchscript", "onnx", "safetensors", "pickle", "hdf5", "aoti"]
+NEEDS_CODE = ("safetensors", "pickle", "hdf5")
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def copy_broken(src: str, dst: str, how: str, offset: int = 0) -> None:
 
 @pytest.mark.parametrize("fmt", FORMAT_NAMES)
 def test_good_artifact_loads_and_runs_in_a_fresh_process(pool, artifacts, models_dir, tmp_path, fmt):
-    code = [str(models_dir)] if fmt in ("safetensors", "pickle") else []
+    code = [str(models_dir)] if fmt in NEEDS_CODE else []
     out = run(pool, tmp_path, path=artifacts[fmt], fmt=fmt, manifest=read_manifest(artifacts[fmt]), python_path=code)
     assert out.result["ok"], out.result
     assert out.result["output_shape"] == [8, 3]
@@ -112,7 +113,8 @@ def test_broken_file_is_classified(pool, artifacts, tmp_path, fmt, case):
 
 
 @pytest.mark.parametrize("declared,actual", [("export", "onnx"), ("onnx", "torchscript"), ("torchscript", "safetensors"),
-                                             ("safetensors", "export"), ("pickle", "onnx")])
+                                             ("safetensors", "export"), ("pickle", "onnx"), ("hdf5", "safetensors"),
+                                             ("export", "aoti"), ("aoti", "export")])
 def test_file_of_another_format_is_named(pool, artifacts, tmp_path, declared, actual):
     dst = str(tmp_path / ("model" + FORMATS.get(declared).suffix))
     shutil.copy(artifacts[actual], dst)
@@ -131,7 +133,7 @@ def test_truncated_zip_without_manifest_is_still_diagnosed(pool, artifacts, tmp_
 
 @pytest.mark.parametrize("fmt", FORMAT_NAMES)
 def test_wrong_input_shape_is_a_signature_error(pool, artifacts, models_dir, tmp_path, fmt):
-    code = [str(models_dir)] if fmt in ("safetensors", "pickle") else []
+    code = [str(models_dir)] if fmt in NEEDS_CODE else []
     r = run(pool, tmp_path, path=artifacts[fmt], fmt=fmt, manifest=read_manifest(artifacts[fmt]),
             inputs=[torch.randn(5, 7)], python_path=code).result
     assert (r["ok"], r["stage"], r["kind"]) == (False, "run", "signature"), r
@@ -144,6 +146,18 @@ def test_fixed_batch_artifact_returning_wrong_rows_is_caught(pool, models_dir, t
     path = str(tmp_path / "fixed.ts")
     fmt.save(tinymodels_fi.FirstRowOnly().eval(), path, example=torch.ones(1, 4), options=options_for("torchscript"), arch={})
     r = run(pool, tmp_path, path=path, fmt="torchscript", manifest=None, inputs=[torch.randn(6, 4)]).result
+    assert (r["kind"], r["message"]) == ("signature", "batch 0: input batch of 6 gave output of shape (1, 3): the "
+                                         "artifact was built for a fixed batch size (export with a dynamic batch dimension)")
+
+
+def test_aoti_package_compiled_for_one_batch_size_is_caught(pool, models_dir, tmp_path):
+    """Measured here: an AOTInductor package compiled for batch 1 returns (1, C) for a batch of N, no error."""
+    import tinymodels_fi
+    fmt = FORMATS.get("aoti")()
+    path = str(tmp_path / "fixed.aoti.pt2")
+    fmt.save(tinymodels_fi.Tiny().eval(), path, example=torch.ones(1, 4), options=FORMATS.get("aoti").Options(dynamic_batch=False),
+             arch={})
+    r = run(pool, tmp_path, path=path, fmt="aoti", manifest=None, inputs=[torch.randn(6, 4)]).result
     assert (r["kind"], r["message"]) == ("signature", "batch 0: input batch of 6 gave output of shape (1, 3): the "
                                          "artifact was built for a fixed batch size (export with a dynamic batch dimension)")
 

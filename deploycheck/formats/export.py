@@ -49,5 +49,6 @@ class ExportFormat(Format):
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
+    import re
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()  # exporters colour their messages
     return text[0][:500] if text else ""
