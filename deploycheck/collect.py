@@ -56,12 +56,13 @@ class VariantNode(pytest.Collector):
 
     def collect(self):
         from .checks import CHECKS
-        group = pytest.mark.xdist_group(f"{self.spec.path}::{self.variant.name}")
+        group = _group_marker(self.config, self.spec, self.variant)
         for name in CHECKS.names():
             c = CHECKS.get(name)
             if c.level == "variant" and c.applies(self.spec, self.variant):
                 item = CheckItem.from_parent(self, name=name, spec=self.spec, variant=self.variant, fspec=None, check=c)
-                item.add_marker(group)
+                if group:
+                    item.add_marker(group)
                 yield item
         for fspec in self.variant.formats:
             yield FormatNode.from_parent(self, name=fspec.name, spec=self.spec, variant=self.variant, fspec=fspec)
@@ -74,7 +75,7 @@ class FormatNode(pytest.Collector):
 
     def collect(self):
         from .checks import CHECKS
-        group = pytest.mark.xdist_group(f"{self.spec.path}::{self.variant.name}")
+        group = _group_marker(self.config, self.spec, self.variant)
         order = list(FORMAT_CHECKS) + [n for n in CHECKS.names() if n not in FORMAT_CHECKS]
         for name in order:
             c = CHECKS.get(name)
@@ -82,8 +83,16 @@ class FormatNode(pytest.Collector):
                 cls = SnapshotItem if c.needs_item else CheckItem
                 item = cls.from_parent(self, name=name, spec=self.spec, variant=self.variant,
                                        fspec=self.fspec, check=c)
-                item.add_marker(group)
+                if group:
+                    item.add_marker(group)
                 yield item
+
+
+def _group_marker(config, spec, variant):
+    """Under pytest-xdist, keep a variant's items in one worker (built once there)."""
+    if getattr(config.option, "dist", "no") in (None, "no"):
+        return None
+    return pytest.mark.xdist_group(f"{spec.path}::{variant.name}")
 
 
 class CheckFailed(Exception):

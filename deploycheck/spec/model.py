@@ -272,8 +272,8 @@ class Thresholds:
             raise Invalid
         sections = {f.name: f for f in dataclasses.fields(self)}
         out, bad = {}, False
-        import typing
-        hints = typing.get_type_hints(Thresholds)
+        from .schema import _hints
+        hints = _hints(Thresholds)
         for key, sub in value.items():
             kl = value.line_of(key) if isinstance(value, LMap) else line
             if key not in sections:

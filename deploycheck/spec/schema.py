@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
@@ -55,8 +56,14 @@ def _kind(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
+@functools.lru_cache(maxsize=None)
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+@functools.lru_cache(maxsize=None)
+def _fields(cls: type) -> tuple:
+    return dataclasses.fields(cls)
 
 
 def describe(tp: Any) -> str:
@@ -215,7 +222,7 @@ def build_fields(cls: type, value: Any, *, path: str, line: int, ctx: Ctx,
         ctx.error(line, path, f"expected a mapping, got {_kind(value)}")
         raise Invalid
     hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in skip}
+    fields = {f.name: f for f in _fields(cls) if f.init and f.name not in skip}
     kwargs: dict[str, Any] = {}
     bad = False
     for key in value:
