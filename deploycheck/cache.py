@@ -82,7 +82,7 @@ def module_source_hash(import_path: str, search: list[str]) -> str | None:
 
 def code_paths(spec) -> list[str]:
     """Every import path a spec names: factory, students, callables."""
-    paths = [spec.model.factory]
+    paths = [spec.model.factory] if spec.model.factory else []
     for v in spec.variants.values():
         for s in v.steps:
             if getattr(s, "student", None):
@@ -101,9 +101,21 @@ def build_key(spec, vname: str) -> str:
     search = search_dirs(spec)
     weights = os.path.join(base, spec.model.weights) if spec.model.weights else None
     data_file = None
-    if spec.data.source.startswith("npz:"):
-        data_file = file_sha(os.path.join(base, spec.data.source[4:]))
+    if spec.data.source.startswith(("npz:", "text:")):
+        data_file = file_sha(os.path.join(base, spec.data.source.partition(":")[2]))
+    hf_dir = None
+    if spec.model.hf is not None:
+        try:
+            from .models import baseline_arch
+            hf_dir = baseline_arch(spec)["kwargs"]["path"]
+        except Exception:
+            hf_dir = None
+    semantic = None
+    if spec.semantic is not None:
+        semantic = file_sha(os.path.join(base, spec.semantic.triplets))
     return _h({"env": environment(), "model": dataclasses.asdict(spec.model),
+               "hf_weights": file_sha(os.path.join(hf_dir, "model.safetensors")) if hf_dir else None,
+               "semantic": semantic,
                "weights": file_sha(weights) if weights else None, "data": dataclasses.asdict(spec.data),
                "data_file": data_file, "metric": dataclasses.asdict(spec.metric),
                "code": {p: module_source_hash(p, search) for p in code_paths(spec)},

@@ -194,7 +194,7 @@ def latency_check(runner, spec, vname, fspec) -> Verdict:
             (parts if ok else failed).append(f"{key[:3]} {fmt_num(v)} ms {'<=' if ok else '>'} {key} {fmt_num(limit)} ms")
     ratio = lat.get("ratio")
     details = {k: lat.get(k) for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "rounds", "calls_per_round",
-                                        "throughput_per_s", "batch")}
+                                        "throughput_per_s", "batch", "samples_ms")}
     details["threads"] = r.result.get("threads")
     if ratio:
         details.update(ratio=ratio["ratio"], ratio_ci=[ratio["ci_low"], ratio["ci_high"]], ratio_pairs=ratio["pairs"],
@@ -289,7 +289,8 @@ def batch_invariance_check(runner, spec, vname, fspec=None) -> Verdict:
         rev = b.model(torch.cat([fill, probes])).float()[len(fill):]
     diff = torch.maximum((alone - batched).abs().amax(), (alone - rev).abs().amax()).item()
     changed = 0
-    if alone.ndim == 2 and alone.shape[1] > 1:
+    from .metrics import resolve
+    if alone.ndim == 2 and alone.shape[1] > 1 and resolve(spec).needs_labels:  # classifiers: compare predictions
         changed = int(((alone.argmax(1) != batched.argmax(1)) | (alone.argmax(1) != rev.argmax(1))).sum())
     ok = diff <= th.atol and changed <= th.max_changed_predictions
     formula = (f"max |alone - batched| {fmt_num(diff)} {'<=' if diff <= th.atol else '>'} atol {fmt_num(th.atol)}; "
@@ -338,3 +339,65 @@ def snapshot_check(runner, spec, vname, fspec, *, item) -> Verdict:
     msg = render_drift(cmp, settings=st, where=rel)
     return Verdict("snapshot", False, msg, f"snapshot drift: {', '.join(cmp['problems'])}", "drift",
                    {"atol": st.atol, "rtol": st.rtol}, details)
+
+
+# --- fidelity and semantic order (embedding models) ---------------------------------------------
+
+def _fidelity_applies(spec, variant, fspec=None) -> bool:
+    f = variant.thresholds.fidelity
+    return f.min_mean_cosine is not None or f.min_cosine is not None
+
+
+@check("fidelity", applies=_fidelity_applies)
+def fidelity_check(runner, spec, vname, fspec) -> Verdict:
+    import torch
+    r = runner.reload(spec, vname, fspec)
+    base = runner.built(spec, "baseline").outputs
+    th = spec.variant(vname).thresholds.fidelity
+    cos = torch.nn.functional.cosine_similarity(r.outputs.reshape(len(r.outputs), -1).double(),
+                                                base.reshape(len(base), -1).double(), dim=1)
+    mean, worst, at = cos.mean().item(), cos.min().item(), int(cos.argmin())
+    parts, failed = [], []
+    if th.min_mean_cosine is not None:
+        ok = mean >= th.min_mean_cosine
+        (parts if ok else failed).append(f"mean cosine vs baseline {mean:.6f} (1 - cos = {1 - mean:.1e}) "
+                                         f"{'>=' if ok else '<'} min_mean_cosine "
+                                         f"{fmt_num(th.min_mean_cosine)}")
+    if th.min_cosine is not None:
+        ok = worst >= th.min_cosine
+        (parts if ok else failed).append(f"min cosine vs baseline {worst:.6f} (1 - cos = {1 - worst:.1e}, sample {at}) "
+                                         f"{'>=' if ok else '<'} "
+                                         f"min_cosine {fmt_num(th.min_cosine)}")
+    formula = "; ".join(failed or parts)
+    return Verdict("fidelity", not failed, formula if failed else "", formula, mean,
+                   {k: getattr(th, k) for k in ("min_mean_cosine", "min_cosine") if getattr(th, k) is not None},
+                   {"mean_cosine": mean, "min_cosine": worst, "worst_sample": at})
+
+
+def _triplet_order(emb, triplets):
+    import torch
+    e = torch.nn.functional.normalize(emb.reshape(len(emb), -1).double(), dim=1)
+    kept = [i for i, (a, c, f) in enumerate(triplets) if float(e[a] @ e[c]) > float(e[a] @ e[f])]
+    return kept
+
+
+@check("semantic", applies=lambda spec, v, f=None: spec.semantic is not None)
+def semantic_check(runner, spec, vname, fspec) -> Verdict:
+    import torch
+    r = runner.reload(spec, vname, fspec)
+    batches, triplets = runner.semantic_batches(spec)
+    base_model = runner.built(spec, "baseline").model
+    with torch.inference_mode():
+        base_emb = torch.cat([base_model(b).float() for b in batches])
+    base_kept = set(_triplet_order(base_emb, triplets))
+    kept = set(_triplet_order(r.extra_outputs, triplets))
+    n = len(triplets)
+    agreement = len(kept) / n if n else 1.0
+    lost = sorted(base_kept - kept)
+    need = spec.semantic.min_agreement
+    ok = agreement >= need
+    formula = (f"{len(kept)} of {n} triplets keep their order (agreement {agreement:.3f} {'>=' if ok else '<'} "
+               f"min_agreement {fmt_num(need)}; the baseline keeps {len(base_kept)})")
+    msg = formula if ok else formula + "".join(f"\n  triplet {i + 1} lost its order" for i in lost[:10])
+    return Verdict("semantic", ok, "" if ok else msg, formula, agreement, {"min_agreement": need},
+                   {"kept": len(kept), "triplets": n, "baseline_kept": len(base_kept), "lost": lost})

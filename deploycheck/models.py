@@ -44,15 +44,28 @@ def describe_exc(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
+def baseline_arch(spec) -> dict:
+    """The factory and kwargs that rebuild the baseline's architecture (state-dict formats load with it)."""
+    m = spec.model
+    if m.hf is not None:
+        from .hf import resolve
+        path = resolve(m.hf.path, os.path.dirname(os.path.abspath(spec.path)))
+        return {"factory": "deploycheck.hf:encoder", "kwargs": {"path": path, "pooling": m.hf.pooling,
+                                                                "normalize": m.hf.normalize}}
+    return {"factory": m.factory, "kwargs": dict(m.kwargs)}
+
+
 def build_baseline(spec) -> Any:
     """Instantiate the spec's model with its weights; every failure names the spec line."""
     import torch
     m = spec.model
     torch.manual_seed(0)
     try:
-        model = call_factory(m.factory, m.kwargs, search_dirs(spec))
+        arch = baseline_arch(spec)
+        model = call_factory(arch["factory"], arch["kwargs"], search_dirs(spec))
     except Exception as e:
-        raise StageError("build", f"cannot create the model from factory {m.factory!r}: {describe_exc(e)}",
+        what = f"Hugging Face model {m.hf.path!r}" if m.hf else f"factory {m.factory!r}"
+        raise StageError("build", f"cannot create the model from {what}: {describe_exc(e)}",
                          spec=spec.name, variant="baseline", where=spec.where("model")) from e
     if m.weights:
         path = os.path.join(os.path.dirname(os.path.abspath(spec.path)), m.weights)

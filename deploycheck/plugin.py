@@ -72,10 +72,20 @@ def cache_dir(config) -> str | None:
     return os.path.abspath(given) if given else os.path.join(_base_dir(config), "cache")
 
 
+def _share_cores(config) -> None:
+    """Under pytest-xdist, split the cores between workers: N workers each using every core for
+    training, compilation and in-memory evaluation oversubscribe the machine."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        import torch
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 def get_runner(config):
     if _RUNNER not in config.stash:
         from .cache import Cache
         from .runner import Runner
+        _share_cores(config)
         cache = Cache(cache_dir(config), level=config.getoption("deploycheck_cache"))
         config.stash[_RUNNER] = Runner(run_dir=run_dir(config), log=log.info, cache=cache)
     return config.stash[_RUNNER]

@@ -40,6 +40,7 @@ class Built:
     metric: float
     recipe: str
     requires: tuple = ()       # libraries a loader must import first (they register the artifact's ops)
+    settings: dict = field(default_factory=dict)  # torch settings a loader must apply (quantized engine)
     key: str = ""              # content hash (see cache.build_key)
     cached: bool = False
 
@@ -60,6 +61,7 @@ class Reload:
     outputs: Any
     metric: float | None
     seconds: float
+    extra_outputs: Any = None  # outputs on the semantic triplets' texts, when the spec has them
 
 
 @dataclass
@@ -154,13 +156,13 @@ class Runner:
             from .recipes import StepRecord
             return Built(model, meta["arch"], [StepRecord(**r) for r in meta["steps"]], meta["build_s"], meta["params"],
                          meta["nonzero"], meta["state_bytes"], outputs, meta["metric"], meta["recipe"],
-                         tuple(meta["requires"]), key, cached=True)
+                         tuple(meta["requires"]), meta.get("settings", {}), key, cached=True)
         built = self._build_fresh(spec, vname)
         built.key = key
         self.cache.put_built(key, {"arch": built.arch, "steps": [dataclasses.asdict(r) for r in built.steps],
                                    "build_s": built.build_s, "params": built.params, "nonzero": built.nonzero,
                                    "state_bytes": built.state_bytes, "metric": built.metric, "recipe": built.recipe,
-                                   "requires": list(built.requires)}, built.model, built.outputs)
+                                   "requires": list(built.requires), "settings": built.settings}, built.model, built.outputs)
         return built
 
     def _build_fresh(self, spec, vname: str) -> Built:
@@ -174,9 +176,11 @@ class Runner:
         data = self.data(spec)
         t0 = time.perf_counter()
         model = base if not v.steps else copy.deepcopy(base)
-        arch = {"factory": spec.model.factory, "kwargs": dict(spec.model.kwargs)}
+        from .models import baseline_arch
+        arch = baseline_arch(spec)
         records = []
         requires: list[str] = []
+        settings: dict = {}
         for i, step in enumerate(v.steps):
             name = type(step).recipe_name
             ctx = RecipeContext(
@@ -196,6 +200,7 @@ class Runner:
             if "arch" in out:
                 arch = out["arch"]
             requires += [r for r in out.get("requires", ()) if r not in requires]
+            settings.update(out.get("settings", {}))
             p, nz = count_params(model)
             records.append(recipes.StepRecord(step.short(), summary, time.perf_counter() - ts, p, nz,
                                               state_bytes(model), details))
@@ -210,7 +215,8 @@ class Runner:
             raise StageError("check", f"metric {metric.name!r} failed on the in-memory outputs: {describe_exc(e)}",
                              spec=spec.name, variant=vname, where=spec.where("metric")) from e
         p, nz = count_params(model)
-        return Built(model, arch, records, build_s, p, nz, state_bytes(model), outputs, value, v.recipe, tuple(requires))
+        return Built(model, arch, records, build_s, p, nz, state_bytes(model), outputs, value, v.recipe, tuple(requires),
+                     settings)
 
     def _run_in_memory(self, spec, vname, model):
         import torch
@@ -269,7 +275,7 @@ class Runner:
                              variant=vname, fmt=fspec.name, where=where) from e
         os.replace(tmp, path)
         man = write_manifest(path, fmt=fspec.name, input_shape=spec.model.inputs.shape,
-                             input_dtype=spec.model.inputs.dtype, extra={**(extra or {}), "requires": list(b.requires)})
+                             input_dtype=spec.model.inputs.dtype, extra={**(extra or {}), "requires": list(b.requires), "torch_settings": b.settings})
         self.cache.put_artifact(akey, path, man)
         return Artifact(path, man, man["size"], man["sha256"], time.perf_counter() - t0)
 
@@ -311,12 +317,19 @@ class Runner:
                 latency["baseline"] = None
             limits = [x for x in (th.max_ratio, 1 / th.min_speedup if th.min_speedup else None) if x]
             latency["ratio_limit"] = min(limits) if limits else None
-        req = {"target": self.target(spec, vname, fspec), "inputs": inputs, "outputs": os.path.join(d, f"{fspec.name}.outputs.pt"),
+        extra = None
+        if spec.semantic is not None:
+            extra = os.path.join(self.run_dir, spec.name, "semantic_inputs.pt")
+            if not os.path.exists(extra):
+                torch.save(self.semantic_batches(spec)[0], extra)
+        req = {"extra_inputs": extra, "target": self.target(spec, vname, fspec), "inputs": inputs, "outputs": os.path.join(d, f"{fspec.name}.outputs.pt"),
                "result": result, "threads": lat.threads, "latency": latency, "memory_mb": spec.isolation.memory_mb,
                "python_path": search_dirs(spec) if fmt.needs_code(fspec.options) else []}
         from .cache import result_key
         rkey = result_key(req, self._inputs_sha(spec))
         cached = self.cache.get_result(rkey, req["outputs"])
+        if cached is not None and extra is not None:
+            cached = None  # results with triplet outputs are not cached: run again
         if cached is not None:
             return self._finish_reload(spec, vname, fspec, {**cached, "cached": True}, req["outputs"], 0.0)
         out = self.pool.run(req, timeout_s=spec.isolation.timeout_s)
@@ -332,6 +345,23 @@ class Runner:
             raise StageError(stage, msg, detail=_tail("traceback", detail) if detail else "", **ident)
         self.cache.put_result(rkey, r, req["outputs"])
         return self._finish_reload(spec, vname, fspec, r, req["outputs"], out.seconds)
+
+    def semantic_batches(self, spec):
+        """The semantic triplets' texts, preprocessed like the data, in evaluation-sized batches."""
+        def make():
+            import torch
+            from .data import load_triplets
+            try:
+                x, triplets = load_triplets(spec)
+            except StageError:
+                raise
+            except Exception as e:
+                raise StageError("build", f"cannot read semantic triplets: {describe_exc(e)}", spec=spec.name,
+                                 where=spec.where("semantic")) from e
+            t = torch.from_numpy(x)
+            bs = spec.data.batch_size
+            return [t[i:i + bs] for i in range(0, len(t), bs)], triplets
+        return self._memo(("semantic", spec.path), make)
 
     def _inputs_sha(self, spec) -> str:
         def make():
@@ -355,7 +385,10 @@ class Runner:
         except Exception as e:
             raise StageError("check", f"metric {metric.name!r} failed on the reloaded outputs: {describe_exc(e)}",
                              **ident) from e
-        return Reload(r, outputs, value, seconds)
+        extra = None
+        if os.path.exists(outputs_path + ".extra.pt"):
+            extra = torch.cat(torch.load(outputs_path + ".extra.pt", weights_only=True))
+        return Reload(r, outputs, value, seconds, extra)
 
 
 def _eval_mode(model) -> None:

@@ -37,7 +37,8 @@ def stats(samples_s: list[float]) -> dict:
     a = np.asarray(samples_s, dtype=np.float64) * 1e3
     return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
             "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "min_ms": float(a.min()),
-            "stdev_ms": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "rounds": int(len(a))}
+            "stdev_ms": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "rounds": int(len(a)),
+            "samples_ms": [float(f"{v:.5g}") for v in a]}
 
 
 def measure(fn: Callable[[], object], *, warmup: int, rounds: int, round_s: float) -> tuple[dict, int]:

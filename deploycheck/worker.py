@@ -29,6 +29,10 @@ def _load(spec: dict):
         return None, diag
     fmt = FORMATS.get(spec["format"])()
     opts_cls = fmt.Options
+    import torch
+    engine = ((spec.get("manifest") or {}).get("torch_settings") or {}).get("quantized_engine")
+    if engine:  # packed int8 weights are repacked for the engine that is current at load time
+        torch.backends.quantized.engine = engine
     for lib in (spec.get("manifest") or {}).get("requires", []):
         # Runtime libraries (not user code) that register the artifact's operators, e.g. torchao's
         # quantized_decomposed ops for pt2e int8 graphs; a deployment host installs them too.
@@ -76,6 +80,11 @@ def handle(req: dict) -> dict:
                     return res
                 outs.append(o.detach().float().cpu())
         torch.save(outs, req["outputs"])
+        if req.get("extra_inputs"):
+            with torch.inference_mode():
+                extra = [fn(b) for b in torch.load(req["extra_inputs"], weights_only=True)]
+            torch.save([(e[0] if isinstance(e, (tuple, list)) else e).detach().float() for e in extra],
+                       req["outputs"] + ".extra.pt")
         res["output_shape"] = [sum(o.shape[0] for o in outs)] + list(outs[0].shape[1:]) if outs else []
         lat = req.get("latency")
         if lat:

@@ -14,6 +14,7 @@ import sklearn.datasets  # noqa: F401,E402
 import sklearn.model_selection  # noqa: F401,E402
 import torch  # noqa: F401,E402
 import torch.ao.quantization  # noqa: F401,E402
+import yaml  # noqa: F401,E402  (its C loader, too, must not be imported twice)
 
 try:
     import onnx  # noqa: F401

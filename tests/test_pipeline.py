@@ -149,3 +149,31 @@ def test_junitxml_carries_deploycheck_properties(project):
     xml = (project.path / "junit.xml").read_text()
     assert '<property name="deploycheck.formula" value="size ' in xml
     assert 'MB &lt;= max_mb 1"' in xml
+
+
+def test_last_failed_reruns_only_the_failed_item(pytester, project):
+    project.write(make_spec(thresholds="  metric: {min: 0.99}"))
+    run = lambda *a: pytester.runpytest(f"--deploycheck-run-dir={project.path / 'run'}", *a)  # noqa: E731
+    run().assert_outcomes(passed=4, failed=1)
+    res = run("--lf")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["run-last-failure: rerun previous 1 failure*"])
+
+
+def test_compare_two_real_runs_lists_the_degraded_variant_first(project, tmp_path):
+    from deploycheck.cli import main
+    variants = "  baseline: {}\n  half:\n    quantize: {method: fp16}\n  pruned:\n    prune: {method: l1_unstructured, amount: 0.1}"
+    project.write(make_spec(variants=variants, thresholds="  outputs: {atol: 0.05}"))
+    project.run().assert_outcomes(passed=16)
+    (project.path / "reports" / "deploycheck.json").rename(tmp_path / "old.json")
+    project.write(make_spec(variants=variants.replace("0.1}", "0.95}"), thresholds="  outputs: {atol: 0.05}\n  metric: {max_drop: 0.02}"))
+    project.run()
+    import io
+    from contextlib import redirect_stdout
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        code = main(["compare", str(tmp_path / "old.json"), str(project.path / "reports" / "deploycheck.json")])
+    lines = [ln for ln in buf.getvalue().splitlines()[3:] if ln.strip()]
+    assert code == 1
+    assert lines[0].startswith("REGRESSION  tiny    pruned")
+    assert "verdict pass -> FAIL" in lines[0]

@@ -175,3 +175,12 @@ def test_batch_invariance_reports_largest_difference_and_changed_predictions(tmp
     assert v.message.endswith("(16 probes, batches of 64)")
     assert CHECKS.get("batch_invariance").applies(spec, spec.variant("q"))
     assert not CHECKS.get("batch_invariance").applies(spec, spec.variant("baseline"))
+
+
+def test_quantized_engine_is_recorded_for_the_loader(tmp_path):
+    spec, r = runner_for("  q:\n    quantize: {method: dynamic_int8, engine: qnnpack, per_channel: false}", tmp_path)
+    q = r.built(spec, "q")
+    assert q.settings == {"quantized_engine": "qnnpack"}
+    assert torch.backends.quantized.engine != "qnnpack"  # the process-wide engine is restored after packing
+    art = r.artifact(spec, "q", spec.variant("q").formats[0])
+    assert art.manifest["torch_settings"] == {"quantized_engine": "qnnpack"}

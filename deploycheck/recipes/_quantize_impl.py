@@ -22,15 +22,23 @@ def _dynamic(cfg, model, ctx) -> dict:
     if backend == "torch.ao":
         # Measured on this CPU: torch.ao's fbgemm/x86 dynamic kernels beat torchao's eager
         # dynamic-activation path by ~10x on small MLPs, so torch.ao is the default.
-        torch.backends.quantized.engine = cfg.engine
-        qspec = {name: torch.ao.quantization.default_dynamic_qconfig for name, _ in chosen}
-        q = torch.ao.quantization.quantize_dynamic(model, qconfig_spec=qspec, dtype=torch.qint8, inplace=False)
+        previous = torch.backends.quantized.engine
+        torch.backends.quantized.engine = cfg.engine  # weights are packed for the engine current now
+        try:
+            qc = (torch.ao.quantization.per_channel_dynamic_qconfig if cfg.per_channel
+                  else torch.ao.quantization.default_dynamic_qconfig)
+            qspec = {name: qc for name, _ in chosen}
+            q = torch.ao.quantization.quantize_dynamic(model, qconfig_spec=qspec, dtype=torch.qint8, inplace=False)
+        finally:
+            torch.backends.quantized.engine = previous
     else:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
         names = {n for n, _ in chosen if type(dict(model.named_modules())[n]).__name__ == "Linear"}
         quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=lambda m, fqn: fqn in names)
         q = model
-    return {"model": q, "requires": ["torchao"] if backend == "torchao" else [], "summary": f"dynamic int8 ({backend}) on {len(chosen)} modules",
+    return {"model": q, "requires": ["torchao"] if backend == "torchao" else [],
+            "settings": {"quantized_engine": cfg.engine} if backend == "torch.ao" else {},
+            "summary": f"dynamic int8 ({backend}{', ' + cfg.engine if backend == 'torch.ao' else ''}) on {len(chosen)} modules",
             "details": {"backend": backend, "modules": [n for n, _ in chosen]}}
 
 

@@ -25,7 +25,10 @@ class QuantizeConfig:
                                             doc="module types to quantize (dynamic_int8, weight_only_int8)")
     skip: tuple[str, ...] = field((), doc="module name globs left in float (each must match a module)")
     calibration_batches: int = field(8, ge=1, doc="static_int8: batches of training data used to calibrate")
-    engine: Literal["x86", "fbgemm", "qnnpack"] = field("x86", doc="torch.ao quantized engine")
+    engine: Literal["x86", "fbgemm", "qnnpack", "onednn"] = field(
+        "x86", doc="torch.ao quantized engine for dynamic_int8; recorded in the manifest and set by the loader. "
+                   "x86/fbgemm quantize activations to 7 bits (fast); qnnpack uses 8 bits (more accurate, slower on x86)")
+    per_channel: bool = field(True, doc="dynamic_int8 (torch.ao): one weight scale per output channel instead of per tensor")
 
     def check(self) -> list[tuple[str, str]]:
         if self.method == "static_int8" and self.backend == "torch.ao":

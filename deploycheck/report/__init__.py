@@ -63,7 +63,7 @@ def summary_rows(records: list[dict]) -> list[dict]:
             "p50_ms": det("latency").get("p50_ms"), "p95_ms": det("latency").get("p95_ms"),
             "p99_ms": det("latency").get("p99_ms"), "throughput_per_s": det("latency").get("throughput_per_s"),
             "latency_ratio": det("latency").get("ratio"), "latency_ratio_ci": det("latency").get("ratio_ci"),
-            "peak_rss_mb": det("load").get("peak_rss_mb"),
+            "peak_rss_mb": det("load").get("peak_rss_mb"), "latency_samples_ms": det("latency").get("samples_ms"),
             "size_mb": det("size").get("size_mb"), "size_ratio": det("size").get("size_ratio"),
             "params": info.get("params"), "state_ratio": info.get("state_ratio"), "sparsity": info.get("sparsity"), "build_s": info.get("build_s"),
             "load": {"passed": "ok (cached)" if det("load").get("cached") else "ok", "error": "FAILED",
@@ -113,6 +113,27 @@ def terminal_table(rows: list[dict]) -> str:
     return text
 
 
+def summary_lines(rows: list[dict]) -> list[str]:
+    """Per spec: pass/fail counts and the best variants that pass every threshold."""
+    out = []
+    for spec in sorted({r["spec"] for r in rows}):
+        srows = [r for r in rows if r["spec"] == spec]
+        ok = [r for r in srows if r["verdict"] == "pass"]
+        n_fail = sum(r["verdict"] == "FAIL" for r in srows)
+        line = f"{spec}: {'FAIL' if n_fail else 'pass'} ({len(ok)} passed, {n_fail} failed, " \
+               f"{sum(r['verdict'] == 'unsupported' for r in srows)} unsupported)"
+        sized = [r for r in ok if r.get("size_mb") is not None]
+        timed = [r for r in ok if r.get("p50_ms") is not None]
+        if sized:
+            b = min(sized, key=lambda r: (r["size_mb"], r["variant"], r["format"]))
+            line += f"; smallest passing: {b['variant']} / {b['format']} ({b['size_mb']:.4g} MB)"
+        if timed:
+            b = min(timed, key=lambda r: (r["p50_ms"], r["variant"], r["format"]))
+            line += f"; fastest passing: {b['variant']} / {b['format']} (p50 {b['p50_ms']:.4g} ms)"
+        out.append(line)
+    return out
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     from tabulate import tabulate
     n_fail = sum(r["verdict"] == "FAIL" for r in rows)
@@ -120,8 +141,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
     n_uns = sum(r["verdict"] == "unsupported" for r in rows)
     out = ["# deploycheck report", "",
            f"{n_pass} passed, {n_fail} failed, {n_uns} unsupported — torch {meta['libraries'].get('torch', '?')}, "
-           f"{meta['machine']['processor'] or meta['machine']['machine']}, commit {meta['git'].get('commit', 'n/a')[:12]}, "
+           f"{meta['machine']['processor'] or meta['machine']['machine']}, commit {(meta['git'].get('commit') or 'n/a')[:12]}, "
            f"{meta['created']}", ""]
+    out += [f"- {line}" for line in summary_lines(rows)] + [""]
     for spec in sorted({r["spec"] for r in rows}):
         srows = [r for r in rows if r["spec"] == spec]
         out += [f"## {spec}", "",
@@ -169,10 +191,17 @@ def atomic_write(path: str, text: str) -> None:
 
 
 def write_reports(records: list[dict], out_dir: str, *, rootdir: str, exitstatus: int) -> list[str]:
-    rows = summary_rows(records)
     meta = metadata(records, rootdir, exitstatus)
-    doc = {**meta, "rows": rows, "records": sorted(records, key=lambda r: (_key(r), r["check"]))}
-    jpath, mpath = os.path.join(out_dir, "deploycheck.json"), os.path.join(out_dir, "deploycheck.md")
-    atomic_write(jpath, json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
-    atomic_write(mpath, markdown(rows, meta))
-    return [mpath, jpath]
+    doc = {**meta, "rows": summary_rows(records), "records": sorted(records, key=lambda r: (_key(r), r["check"]))}
+    return write_documents(doc, out_dir)
+
+
+def write_documents(doc: dict, out_dir: str, *, stem: str = "deploycheck") -> list[str]:
+    """Write the JSON record and the Markdown and HTML renderings of one report document."""
+    from .html import render
+    rows = doc["rows"]
+    paths = {ext: os.path.join(out_dir, f"{stem}.{ext}") for ext in ("md", "html", "json")}
+    atomic_write(paths["json"], json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write(paths["md"], markdown(rows, doc))
+    atomic_write(paths["html"], render(rows, doc, summary_lines(rows)))
+    return [paths["md"], paths["html"], paths["json"]]

@@ -103,12 +103,16 @@ def merge(docs: list[dict]) -> dict:
 
 
 def cmd_merge(args) -> int:
-    from . import atomic_write
+    import os
+    from . import write_documents
     docs = [_load(p) for p in args.reports]
     merged = merge(docs)
-    atomic_write(args.output, json.dumps(merged, indent=2, sort_keys=True, default=str) + "\n")
-    print(f"merged {len(docs)} reports ({len(merged['records'])} records, {len(merged['rows'])} rows) into {args.output}")
-    return 0
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    stem = os.path.basename(args.output).removesuffix(".json")
+    paths = write_documents(merged, out_dir, stem=stem)
+    print(f"merged {len(docs)} reports ({len(merged['records'])} records, {len(merged['rows'])} rows) into "
+          + ", ".join(os.path.relpath(p) for p in paths))
+    return 1 if any(r["verdict"] == "FAIL" for r in merged["rows"]) and args.fail_on_failure else 0
 
 
 def add_commands(sub) -> None:
@@ -121,7 +125,8 @@ def add_commands(sub) -> None:
     c.set_defaults(fn=cmd_compare)
     m = sub.add_parser("merge", help="merge JSON reports from shards into one")
     m.add_argument("reports", nargs="+")
-    m.add_argument("-o", "--output", required=True)
+    m.add_argument("-o", "--output", required=True, help="ALL.json; ALL.md and ALL.html are written beside it")
+    m.add_argument("--fail-on-failure", action="store_true", help="exit 1 when a merged row failed (a CI gate)")
     m.set_defaults(fn=cmd_merge)
 
 

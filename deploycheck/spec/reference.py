@@ -54,9 +54,10 @@ def render() -> str:
     from ..formats import FORMATS
     from ..recipes import RECIPES
     from ..recipes.prune import FineTune
-    from .model import (BatchInvariance, DataSpec, InputSpec, IsolationSettings, LatencySettings, LatencyThreshold,
-                        MetricSpec, MetricThreshold, ModelSpec, Normalize, OutputThreshold, SizeThreshold,
-                        SnapshotSettings, SplitSpec, Spec, Step, Thresholds)
+    from .model import (BatchInvariance, DataSpec, FidelityThreshold, HFSource, InputSpec, IsolationSettings,
+                        LatencySettings, LatencyThreshold, MetricSpec, MetricThreshold, ModelSpec, Normalize,
+                        OutputThreshold, SemanticSpec, SizeThreshold, SnapshotSettings, SplitSpec, Spec, Step,
+                        Thresholds, Tokenize)
     out = []
 
     def sec(title: str, body: str) -> None:
@@ -65,10 +66,12 @@ def render() -> str:
     sec("Top level", table(Spec, skip=("path", "display", "lines")))
     sec("`model`", table(ModelSpec))
     sec("`model.inputs`", table(InputSpec))
+    sec("`model.hf`", (HFSource.__doc__ or "").strip() + "\n\n" + table(HFSource))
     sec("`data`", table(DataSpec))
     sec("`data.split`", table(SplitSpec))
     steps = ["| step | argument |", "| --- | --- |"] + [f"| `{k}` | {v} |" for k, v in Step.OPS.items()]
-    sec("`data.preprocess` steps (each a one-key mapping, applied in order)", "\n".join(steps) + "\n\n`normalize` takes:\n\n" + table(Normalize))
+    sec("`data.preprocess` steps (each a one-key mapping, applied in order)", "\n".join(steps) + "\n\n`normalize` takes:\n\n" + table(Normalize)
+        + "\n\n`tokenize` takes:\n\n" + table(Tokenize))
     sec("`metric` (a name, or a mapping)", table(MetricSpec))
     for name in FORMATS.names():
         fmt = FORMATS.get(name)
@@ -79,12 +82,14 @@ def render() -> str:
         sec(f"`variants.<name>.{name}` (recipe)", (RECIPES.get(name).__doc__ or "").strip() + "\n\n" + table(RECIPES.get(name)))
     sec("`variants.<name>.prune.finetune`", table(FineTune))
     sec("`thresholds` (and `variants.<name>.thresholds`, which override key by key)", table(Thresholds))
-    for title, cls in (("metric", MetricThreshold), ("outputs", OutputThreshold), ("latency", LatencyThreshold),
+    for title, cls in (("metric", MetricThreshold), ("outputs", OutputThreshold), ("fidelity", FidelityThreshold),
+                       ("latency", LatencyThreshold),
                        ("size", SizeThreshold), ("batch_invariance", BatchInvariance)):
         sec(f"`thresholds.{title}`", (cls.__doc__ or "").strip() + "\n\n" + table(cls))
     sec("`latency`", table(LatencySettings))
     sec("`isolation`", table(IsolationSettings))
     sec("`snapshot`", table(SnapshotSettings))
+    sec("`semantic`", (SemanticSpec.__doc__ or "").strip() + "\n\n" + table(SemanticSpec))
     return "\n".join(out).rstrip() + "\n"
 
 

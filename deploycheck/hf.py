@@ -1,0 +1,71 @@
+"""Hugging Face transformer encoders from a local folder or an installed package, offline.
+
+Text models take one int64 tensor of shape (batch, 2, seq_len): token ids and attention mask
+stacked. One tensor keeps every format (torch.export, TorchScript, ONNX, state dicts) and the
+fresh-process runner on the same single-input path as any other model; the ``tokenize``
+preprocessing step produces it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: weights come from disk
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # progress bars would garble pytest's output
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def resolve(path: str, base: str) -> str:
+    """``package:NAME[/sub/dir]`` (a folder inside an installed package) or a folder relative to ``base``."""
+    if path.startswith("package:"):
+        name, _, sub = path[len("package:"):].partition("/")
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError(f"package {name!r} is not installed (it should carry the model files)")
+        folder = os.path.join(list(spec.submodule_search_locations)[0], sub)
+    else:
+        folder = os.path.normpath(os.path.join(base, path))
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise FileNotFoundError(f"{folder} has no config.json: not a Hugging Face model folder")
+    return folder
+
+
+class TextEncoder(torch.nn.Module):
+    """A transformer encoder with pooling: (batch, 2, seq_len) int64 -> (batch, hidden) embeddings."""
+
+    def __init__(self, path: str, pooling: str = "mean", normalize: bool = False):
+        super().__init__()
+        from transformers import AutoModel
+        self.encoder = AutoModel.from_pretrained(path, local_files_only=True, attn_implementation="eager")
+        self.pooling, self.normalize = pooling, normalize
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids, mask = x[:, 0], x[:, 1]
+        hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        if self.pooling == "cls":
+            emb = hidden[:, 0]
+        elif self.pooling == "max":
+            emb = (hidden - (1 - m) * 1e4).amax(1)
+        else:
+            emb = (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+        if self.normalize:
+            emb = torch.nn.functional.normalize(emb, dim=-1)
+        return emb
+
+
+def encoder(path: str, pooling: str = "mean", normalize: bool = False) -> TextEncoder:
+    """Factory used for rebuilding (safetensors / HDF5 formats): ``path`` is already resolved."""
+    return TextEncoder(path, pooling, normalize).eval()
+
+
+def tokenize(texts, *, path: str, max_length: int):
+    import numpy as np
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    enc = tok([str(t) for t in texts], padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
+    return np.stack([enc["input_ids"], enc["attention_mask"]], axis=1).astype(np.int64)

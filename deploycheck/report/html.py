@@ -1,0 +1,129 @@
+"""A self-contained HTML report: the tables plus plots (matplotlib, inlined as SVG), no network."""
+
+from __future__ import annotations
+
+import html
+import io
+from typing import Any
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]  # drop the XML prolog: the SVG is inlined in HTML
+
+
+def pareto(points: list[tuple[float, float, Any]], higher_is_better: bool) -> list[Any]:
+    """Points not dominated in (latency lower, metric better)."""
+    front = []
+    for lat, met, key in points:
+        dominated = False
+        for lat2, met2, key2 in points:
+            better_metric = met2 >= met if higher_is_better else met2 <= met
+            strictly = (lat2 < lat) or (met2 > met if higher_is_better else met2 < met)
+            if key2 != key and lat2 <= lat and better_metric and strictly:
+                dominated = True
+                break
+        if not dominated:
+            front.append(key)
+    return front
+
+
+def plots(rows: list[dict]) -> dict[str, list[str]]:
+    """Per spec: accuracy vs latency (Pareto front marked), size per variant, latency distributions."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return {}
+    matplotlib.rcParams["svg.hashsalt"] = "deploycheck"  # stable ids: reports diff cleanly
+    out: dict[str, list[str]] = {}
+    for spec in sorted({r["spec"] for r in rows}):
+        rs = [r for r in rows if r["spec"] == spec and r.get("p50_ms") is not None and r.get("metric") is not None]
+        figs = []
+        if rs:
+            higher = rs[0].get("metric_name") not in ("mse", "mae")
+            pts = [(r["p50_ms"], r["metric"], (r["variant"], r["format"])) for r in rs]
+            front = set(pareto(pts, higher))
+            fig, ax = plt.subplots(figsize=(7, 4.2))
+            fmts = sorted({r["format"] for r in rs})
+            markers = dict(zip(fmts, "osD^vP*X"))
+            for r in rs:
+                on = (r["variant"], r["format"]) in front
+                ax.scatter(r["p50_ms"], r["metric"], marker=markers[r["format"]], s=70 if on else 35,
+                           edgecolors="black" if on else "none", color="tab:red" if r["verdict"] == "FAIL" else "tab:blue",
+                           alpha=0.9)
+                ax.annotate(f"{r['variant']} ({r['format']})", (r["p50_ms"], r["metric"]), fontsize=7,
+                            xytext=(4, 3), textcoords="offset points")
+            fp = sorted((p for p in pts if p[2] in front), key=lambda p: p[0])
+            ax.plot([p[0] for p in fp], [p[1] for p in fp], "k--", lw=0.8, label="Pareto front")
+            ax.set_xscale("log")
+            ax.set_xlabel("p50 latency, ms (log)")
+            ax.set_ylabel(rs[0].get("metric_name") or "metric")
+            ax.set_title(f"{spec}: {rs[0].get('metric_name') or 'metric'} vs latency (red: failing)")
+            ax.legend(loc="best", fontsize=8)
+            figs.append(_svg(fig))
+        sz = [r for r in rows if r["spec"] == spec and r.get("size_mb") is not None]
+        if sz:
+            fig, ax = plt.subplots(figsize=(7, 0.28 * len(sz) + 1.2))
+            labels = [f"{r['variant']} / {r['format']}" for r in sz]
+            ax.barh(labels, [r["size_mb"] for r in sz], color=["tab:red" if r["verdict"] == "FAIL" else "tab:green" for r in sz])
+            ax.invert_yaxis()
+            ax.set_xlabel("artifact size, MB")
+            ax.set_title(f"{spec}: size per variant and format")
+            ax.tick_params(axis="y", labelsize=7)
+            figs.append(_svg(fig))
+        ls = [r for r in rows if r["spec"] == spec and r.get("latency_samples_ms")]
+        if ls:
+            fig, ax = plt.subplots(figsize=(7, 0.28 * len(ls) + 1.2))
+            ax.boxplot([r["latency_samples_ms"] for r in ls], orientation="horizontal", showfliers=True)
+            ax.set_yticks(range(1, len(ls) + 1), [f"{r['variant']} / {r['format']}" for r in ls], fontsize=7)
+            ax.invert_yaxis()
+            ax.set_xscale("log")
+            ax.set_xlabel("latency per call, ms (log; one point per measured round)")
+            ax.set_title(f"{spec}: latency distributions")
+            figs.append(_svg(fig))
+        out[spec] = figs
+    return out
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}
+th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}
+th{background:#f3f3f3} td.l{text-align:left}
+tr.FAIL td{background:#fde8e8} tr.unsupported td{color:#888}
+.plots svg{max-width:100%;height:auto;margin:0.5em 0}
+code{background:#f5f5f5;padding:0 3px}
+"""
+
+
+def render(rows: list[dict], meta: dict, summary: list[str]) -> str:
+    from . import COLUMNS, _cells
+    figs = plots(rows)
+    e = html.escape
+    parts = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>", "<title>deploycheck report</title>",
+             f"<style>{CSS}</style></head><body>", "<h1>deploycheck report</h1>",
+             f"<p>{e(meta['created'])} · torch {e(meta['libraries'].get('torch', '?'))} · "
+             f"{e(meta['machine'].get('processor') or meta['machine'].get('machine') or '')} · commit "
+             f"<code>{e((meta['git'].get('commit') or 'n/a')[:12])}</code></p>", "<ul>"]
+    parts += [f"<li>{e(s)}</li>" for s in summary] + ["</ul>"]
+    if not figs:
+        parts.append("<p><em>Plots need matplotlib: pip install 'deploycheck[html]'.</em></p>")
+    for spec in sorted({r["spec"] for r in rows}):
+        srows = [r for r in rows if r["spec"] == spec]
+        parts.append(f"<h2>{e(spec)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for _, h in COLUMNS[1:]) + "<th>reason</th></tr>")
+        for r in srows:
+            cells = _cells(r)[1:] + [r.get("reason") or ""]
+            parts.append(f"<tr class='{e(r['verdict'])}'>" + "".join(
+                f"<td class='l'>{e(c)}</td>" if i in (0, 1, 2, len(cells) - 1) else f"<td>{e(c)}</td>"
+                for i, c in enumerate(cells)) + "</tr>")
+        parts.append("</table>")
+        if figs.get(spec):
+            parts.append("<div class='plots'>" + "".join(figs[spec]) + "</div>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
