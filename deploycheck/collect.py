@@ -26,7 +26,7 @@ class SpecFile(pytest.File):
         node = SpecNode.from_parent(self, name=spec.name, spec=spec)
         missing = _missing_requirements(spec)
         if missing:
-            node.add_marker(pytest.mark.skip(reason=f"{spec.display}: {missing}"))
+            node.add_marker(pytest.mark.skip(reason=missing))
         yield node
 
 
@@ -185,6 +185,8 @@ class CheckItem(pytest.Item):
 
 class SnapshotItem(CheckItem):
     """An item syrupy can locate: syrupy reads ``obj.__module__`` / ``obj.__name__`` and the path."""
+
+    syrupy_compatible = True
 
     def __init__(self, **kw):
         super().__init__(**kw)

@@ -31,9 +31,8 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.pluginmanager.register(ReportCollector(config), "deploycheck-report")
-    from .collect import SnapshotItem
     from .snapshots import enable_for_items
-    enable_for_items((SnapshotItem,))
+    enable_for_items()
     # Keep the items of one variant in one xdist worker: it is built once there.
     if getattr(config.option, "dist", None) == "load" and getattr(config.option, "numprocesses", None):
         config.option.dist = "loadgroup"

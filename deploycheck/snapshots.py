@@ -144,15 +144,18 @@ class DeploycheckSnapshotExtension(SingleFileSnapshotExtension):
         return self.last["ok"]
 
 
-def enable_for_items(item_types: tuple[type, ...]) -> None:
-    """Let syrupy's session track deploycheck's snapshot items besides pytest.Function."""
+def enable_for_items() -> None:
+    """Let syrupy's session track deploycheck's snapshot items besides pytest.Function.
+
+    Items are recognised by an attribute, not by class identity, so the patch stays right when
+    deploycheck is imported again in one process (pytester's in-process runs do that)."""
     import pytest
     from syrupy.session import SnapshotSession
     if getattr(SnapshotSession.filter_valid_items, "_deploycheck", False):
         return
 
     def filter_valid_items(items):
-        return (i for i in items if isinstance(i, (pytest.Function,) + item_types))
+        return (i for i in items if isinstance(i, pytest.Function) or getattr(i, "syrupy_compatible", False))
 
     filter_valid_items._deploycheck = True
     SnapshotSession.filter_valid_items = staticmethod(filter_valid_items)

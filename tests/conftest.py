@@ -16,6 +16,37 @@ import torch  # noqa: F401,E402
 import torch.ao.quantization  # noqa: F401,E402
 import yaml  # noqa: F401,E402  (its C loader, too, must not be imported twice)
 
+import torch._dynamo  # noqa: F401,E402
+import torch._inductor.codecache  # noqa: F401,E402  (registers cache artifact types once per process)
+import torch._inductor.runtime.autotune_cache  # noqa: F401,E402
+import torch.export  # noqa: F401,E402
+
+
+def _warm_up_lazy_imports() -> None:
+    """torch.export and the ONNX exporter import many modules lazily, some of which register global
+    state once per process; run them once here so inner pytester sessions never import them anew."""
+    import contextlib
+    import io
+    import warnings
+    m = torch.nn.Linear(4, 2).eval()
+    x = torch.ones(2, 4)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.export.export(m, (x,))
+        torch.jit.trace(m, (x,))
+        try:
+            torch.onnx.export(m, (x,), dynamo=True)
+        except Exception:
+            pass
+
+
+_warm_up_lazy_imports()
+
+try:
+    import transformers  # noqa: F401
+except ImportError:
+    pass
+
 try:
     import onnx  # noqa: F401
     import onnxruntime  # noqa: F401

@@ -164,7 +164,7 @@ def test_compare_two_real_runs_lists_the_degraded_variant_first(project, tmp_pat
     from deploycheck.cli import main
     variants = "  baseline: {}\n  half:\n    quantize: {method: fp16}\n  pruned:\n    prune: {method: l1_unstructured, amount: 0.1}"
     project.write(make_spec(variants=variants, thresholds="  outputs: {atol: 0.05}"))
-    project.run().assert_outcomes(passed=16)
+    project.run().assert_outcomes(passed=15)
     (project.path / "reports" / "deploycheck.json").rename(tmp_path / "old.json")
     project.write(make_spec(variants=variants.replace("0.1}", "0.95}"), thresholds="  outputs: {atol: 0.05}\n  metric: {max_drop: 0.02}"))
     project.run()

@@ -48,7 +48,10 @@ def test_every_error_reported_sorted_by_line():
 
 def test_missing_required_key():
     text = make_spec().replace("  factory: tinymodels:Tiny\n", "")
-    assert errors(text) == ["s.yaml:3: model.factory: required key is missing"]
+    assert errors(text) == ["s.yaml:3: model.factory: give exactly one of 'factory' (a python callable) or 'hf' "
+                            "(a Hugging Face folder)"]
+    text = make_spec().replace("  inputs: {shape: [1, 4]}\n", "")
+    assert errors(text) == ["s.yaml:3: model.inputs: required key is missing"]
 
 
 def test_yaml_syntax_error_points_at_its_line():
@@ -83,7 +86,7 @@ def test_chain_steps_are_validated_with_their_lines():
 
 def test_format_errors_and_pickle_opt_in():
     assert errors(make_spec(formats="[torchscrpt]")) == [
-        "s.yaml:9: formats[0]: unknown format 'torchscrpt'; did you mean 'torchscript'? available: export, onnx, "
+        "s.yaml:9: formats[0]: unknown format 'torchscrpt'; did you mean 'torchscript'? available: aoti, export, hdf5, onnx, "
         "pickle, safetensors, torchscript"]
     (msg,) = errors(make_spec(formats="[pickle]"))
     assert msg.startswith("s.yaml:9: formats[0].pickle.allow: the pickle format runs arbitrary code when loaded; opt in with")
@@ -95,7 +98,8 @@ def test_metric_and_data_errors():
         "s.yaml:16: metric: unknown metric 'acuracy'; did you mean 'accuracy'? available: accuracy, cosine, mae, mse, "
         "top_k, callable"]
     assert errors(make_spec().replace("sklearn:iris", "csv:iris.csv")) == [
-        "s.yaml:7: data.source: expected 'sklearn:NAME', 'npz:PATH' or 'python:module:function', got 'csv:iris.csv'"]
+        "s.yaml:7: data.source: expected 'sklearn:NAME', 'npz:PATH', 'text:PATH' or 'python:module:function', "
+        "got 'csv:iris.csv'"]
 
 
 def test_distill_student_must_be_an_import_path():

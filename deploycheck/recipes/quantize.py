@@ -28,7 +28,8 @@ class QuantizeConfig:
     engine: Literal["x86", "fbgemm", "qnnpack", "onednn"] = field(
         "x86", doc="torch.ao quantized engine for dynamic_int8; recorded in the manifest and set by the loader. "
                    "x86/fbgemm quantize activations to 7 bits (fast); qnnpack uses 8 bits (more accurate, slower on x86)")
-    per_channel: bool = field(True, doc="dynamic_int8 (torch.ao): one weight scale per output channel instead of per tensor")
+    per_channel: bool = field(False, doc="dynamic_int8 (torch.ao): one weight scale per output channel instead of per "
+                                         "tensor: more accurate, slightly larger")
 
     def check(self) -> list[tuple[str, str]]:
         if self.method == "static_int8" and self.backend == "torch.ao":

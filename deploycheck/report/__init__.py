@@ -23,6 +23,11 @@ def _key(rec: dict) -> tuple:
     return (rec["spec"], rec["variant"] != "baseline", rec["variant"], rec["format"] or "")
 
 
+def _first(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def summary_rows(records: list[dict]) -> list[dict]:
     """One row per (spec, variant, format); variant-level checks fold into every row of their variant."""
     groups: dict[tuple, list[dict]] = {}
@@ -47,14 +52,14 @@ def summary_rows(records: list[dict]) -> list[dict]:
         reasons = []
         for r in allrecs:
             if r["status"] == "failed":
-                reasons.append(f"{r['check']}: {(r.get('formula') or r.get('message') or '').splitlines()[0]}")
+                reasons.append(f"{r['check']}: {_first(r.get('formula') or r.get('message')) or 'failed'}")
             elif r["status"] == "error":
                 # one stage failure fails every check that needs it: name it once
-                reason = (r.get("message") or "").splitlines()[0] if r.get("message") else "error"
+                reason = _first(r.get("message")) or "error"
                 if reason not in reasons:
                     reasons.append(reason)
         if verdict == "unsupported":
-            reasons = [next(r.get("message", "") for r in allrecs if r["status"] == "unsupported").splitlines()[0]]
+            reasons = [_first(next(r.get("message") for r in allrecs if r["status"] == "unsupported"))]
         load = by.get("load", {}).get("status")
         rows.append({
             "spec": s, "variant": v, "format": f, "recipe": recs[0].get("recipe"),
@@ -139,10 +144,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
     n_fail = sum(r["verdict"] == "FAIL" for r in rows)
     n_pass = sum(r["verdict"] == "pass" for r in rows)
     n_uns = sum(r["verdict"] == "unsupported" for r in rows)
+    machine = meta.get("machine") or {}
     out = ["# deploycheck report", "",
-           f"{n_pass} passed, {n_fail} failed, {n_uns} unsupported — torch {meta['libraries'].get('torch', '?')}, "
-           f"{meta['machine']['processor'] or meta['machine']['machine']}, commit {(meta['git'].get('commit') or 'n/a')[:12]}, "
-           f"{meta['created']}", ""]
+           f"{n_pass} passed, {n_fail} failed, {n_uns} unsupported — torch {(meta.get('libraries') or {}).get('torch', '?')}, "
+           f"{machine.get('processor') or machine.get('machine') or 'unknown machine'}, commit "
+           f"{((meta.get('git') or {}).get('commit') or 'n/a')[:12]}, {meta.get('created', '')}", ""]
     out += [f"- {line}" for line in summary_lines(rows)] + [""]
     for spec in sorted({r["spec"] for r in rows}):
         srows = [r for r in rows if r["spec"] == spec]

@@ -9,7 +9,8 @@ from typing import Any
 
 def _svg(fig) -> str:
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    # no metadata block: no date (stable bytes) and no RDF namespace URLs in the page
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     import matplotlib.pyplot as plt
     plt.close(fig)
     text = buf.getvalue()
@@ -108,9 +109,9 @@ def render(rows: list[dict], meta: dict, summary: list[str]) -> str:
     e = html.escape
     parts = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>", "<title>deploycheck report</title>",
              f"<style>{CSS}</style></head><body>", "<h1>deploycheck report</h1>",
-             f"<p>{e(meta['created'])} · torch {e(meta['libraries'].get('torch', '?'))} · "
-             f"{e(meta['machine'].get('processor') or meta['machine'].get('machine') or '')} · commit "
-             f"<code>{e((meta['git'].get('commit') or 'n/a')[:12])}</code></p>", "<ul>"]
+             f"<p>{e(meta.get('created', ''))} · torch {e((meta.get('libraries') or {}).get('torch', '?'))} · "
+             f"{e((meta.get('machine') or {}).get('processor') or (meta.get('machine') or {}).get('machine') or '')} · commit "
+             f"<code>{e(((meta.get('git') or {}).get('commit') or 'n/a')[:12])}</code></p>", "<ul>"]
     parts += [f"<li>{e(s)}</li>" for s in summary] + ["</ul>"]
     if not figs:
         parts.append("<p><em>Plots need matplotlib: pip install 'deploycheck[html]'.</em></p>")
