@@ -194,7 +194,7 @@ def latency_check(runner, spec, vname, fspec) -> Verdict:
             (parts if ok else failed).append(f"{key[:3]} {fmt_num(v)} ms {'<=' if ok else '>'} {key} {fmt_num(limit)} ms")
     ratio = lat.get("ratio")
     details = {k: lat.get(k) for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "rounds", "calls_per_round",
-                                        "throughput_per_s", "batch", "samples_ms")}
+                                        "throughput_per_s", "batch", "samples_ms", "throughput")}
     details["threads"] = r.result.get("threads")
     if ratio:
         details.update(ratio=ratio["ratio"], ratio_ci=[ratio["ci_low"], ratio["ci_high"]], ratio_pairs=ratio["pairs"],

@@ -308,7 +308,7 @@ class Runner:
             os.unlink(result)
         lat = spec.latency
         latency = {"example": example, "warmup": lat.warmup, "min_rounds": lat.min_rounds, "max_time_s": lat.max_time_s,
-                   "round_ms": lat.round_ms, "confidence": lat.confidence}
+                   "round_ms": lat.round_ms, "confidence": lat.confidence, "batch_sizes": list(lat.batch_sizes)}
         th = spec.variant(vname).thresholds.latency
         if vname != "baseline":
             try:

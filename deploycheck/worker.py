@@ -93,6 +93,9 @@ def handle(req: dict) -> dict:
     except BaseException as e:  # noqa: BLE001 - a crashing model is a result, not a worker failure
         msg = f"{type(e).__name__}: {e}".strip()
         kind = "signature" if _is_signature_error(msg) else "error"
+        if isinstance(e, MemoryError) or "can't allocate memory" in msg or "not enough memory" in msg:
+            kind = "memory"
+            msg = f"ran out of memory (isolation.memory_mb: {req.get('memory_mb')}): {msg.splitlines()[0][:300]}"
         res.update(stage=stage, kind=kind, message=msg.splitlines()[0][:500] if msg else type(e).__name__,
                    traceback="".join(traceback.format_exception(e))[-3000:])
         return res
@@ -118,6 +121,14 @@ def _latency(fn, lat: dict) -> dict:
         st, n = timing.measure(call, warmup=lat["warmup"], rounds=lat["min_rounds"], round_s=lat["round_ms"] / 1e3)
         out.update(st, calls_per_round=n, batch=int(x.shape[0]))
         out["throughput_per_s"] = x.shape[0] / (st["p50_ms"] / 1e3) if st["p50_ms"] > 0 else None
+        sizes = lat.get("batch_sizes") or []
+        if sizes:  # throughput mode: the example's rows repeated to each declared batch size
+            out["throughput"] = {}
+            for bs in sizes:
+                xb = x.repeat((bs + x.shape[0] - 1) // x.shape[0], *([1] * (x.dim() - 1)))[:bs]
+                sb, _ = timing.measure(lambda: fn(xb), warmup=max(1, lat["warmup"] // 2),
+                                       rounds=max(5, lat["min_rounds"] // 3), round_s=lat["round_ms"] / 1e3)
+                out["throughput"][str(bs)] = {"p50_ms": sb["p50_ms"], "samples_per_s": bs / (sb["p50_ms"] / 1e3)}
         base = lat.get("baseline")
         if base:
             bfn, diag = _load(base)

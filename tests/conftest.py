@@ -143,6 +143,13 @@ class Floods(Tiny):
         return super().forward(x)
 
 
+class Hogs(Tiny):
+    def forward(self, x):
+        if _in_worker():
+            torch.ones(int(8e9), dtype=torch.uint8)  # 8 GB, far past the spec's memory limit
+        return super().forward(x)
+
+
 def broken():
     raise RuntimeError("factory exploded")
 '''

@@ -211,6 +211,15 @@ def test_crashing_model_fails_its_items_and_the_session_continues(project, facto
     res.stdout.fnmatch_lines([message])
 
 
+def test_model_exhausting_memory_fails_with_the_limit_named(project):
+    project.write(make_spec(factory="Hogs", formats="[{pickle: {allow: true, with_code: true}}]",
+                            extra="isolation: {timeout_s: 60, memory_mb: 3000}"))
+    res = project.run("-k", "load")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["[[]run[]] tiny::baseline::pickle (declared at tiny.yaml:9): memory: ran out of memory "
+                              "(isolation.memory_mb: 3000): *"])
+
+
 def test_hanging_model_is_killed_after_the_timeout(project):
     project.write(make_spec(factory="Sleeps", formats="[{pickle: {allow: true, with_code: true}}]",
                             extra="isolation: {timeout_s: 3}"))

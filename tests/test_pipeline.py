@@ -177,3 +177,12 @@ def test_compare_two_real_runs_lists_the_degraded_variant_first(project, tmp_pat
     assert code == 1
     assert lines[0].startswith("REGRESSION  tiny    pruned")
     assert "verdict pass -> FAIL" in lines[0]
+
+
+def test_throughput_mode_measures_each_declared_batch_size(project):
+    project.write(make_spec().replace("latency: {warmup: 1,", "latency: {batch_sizes: [1, 16], warmup: 1,"))
+    project.run("-k", "latency").assert_outcomes(passed=1)
+    doc = json.loads((project.path / "reports" / "deploycheck.json").read_text())
+    tp = doc["rows"][0]["throughput"]
+    assert sorted(tp) == ["1", "16"]
+    assert all(v["samples_per_s"] > 0 and v["p50_ms"] > 0 for v in tp.values())

@@ -67,6 +67,7 @@ def summary_rows(records: list[dict]) -> list[dict]:
             "metric_delta": det("metric").get("delta"), "max_abs_diff": det("outputs").get("max_abs"),
             "p50_ms": det("latency").get("p50_ms"), "p95_ms": det("latency").get("p95_ms"),
             "p99_ms": det("latency").get("p99_ms"), "throughput_per_s": det("latency").get("throughput_per_s"),
+            "throughput": det("latency").get("throughput"),
             "latency_ratio": det("latency").get("ratio"), "latency_ratio_ci": det("latency").get("ratio_ci"),
             "peak_rss_mb": det("load").get("peak_rss_mb"), "latency_samples_ms": det("latency").get("samples_ms"),
             "size_mb": det("size").get("size_mb"), "size_ratio": det("size").get("size_ratio"),
@@ -89,7 +90,7 @@ def _f(x: Any, digits: int = 4) -> str:
 COLUMNS = [("spec", "spec"), ("variant", "variant"), ("format", "format"), ("recipe", "recipe"),
            ("metric", "metric"), ("metric_delta", "Δ vs base"), ("max_abs_diff", "max |Δout|"),
            ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("latency_ratio", "lat ratio"), ("size_mb", "size MB"),
-           ("size_ratio", "size ratio"), ("state_ratio", "state ratio"), ("params", "params"), ("sparsity", "sparsity"), ("load", "load"),
+           ("size_ratio", "size ratio"), ("state_ratio", "state ratio"), ("params", "params"), ("build_s", "build s"), ("sparsity", "sparsity"), ("load", "load"),
            ("verdict", "verdict")]
 
 

@@ -397,6 +397,8 @@ class LatencySettings:
     max_time_s: float = field(3.0, gt=0, doc="time budget: ratio gates measure more rounds up to this while unsure")
     round_ms: float = field(1.0, gt=0, doc="a round repeats the call until it lasts at least this long")
     percentile: Literal["p50", "p95", "p99"] = field("p95", doc="percentile shown in the report")
+    batch_sizes: tuple[int, ...] = field((), doc="throughput mode: also measure these batch sizes (samples/s each), "
+                                                 "e.g. [1, 32, 128]")
     confidence: float = field(0.95, gt=0.5, lt=1, doc="confidence of the bootstrap interval of a ratio")
 
 
