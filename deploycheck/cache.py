@@ -241,6 +241,8 @@ class Cache:
             with open(os.path.join(d, "result.json")) as fh:
                 result = json.load(fh)
             shutil.copyfile(os.path.join(d, "outputs.pt"), outputs_dest)
+            if os.path.exists(os.path.join(d, "extra.pt")):  # outputs on the semantic triplets
+                shutil.copyfile(os.path.join(d, "extra.pt"), outputs_dest + ".extra.pt")
         except (OSError, ValueError):
             return None
         self.hits["result"] += 1
@@ -251,6 +253,8 @@ class Cache:
             return
         tmp = self._staging("result")
         shutil.copyfile(outputs_path, os.path.join(tmp, "outputs.pt"))
+        if os.path.exists(outputs_path + ".extra.pt"):
+            shutil.copyfile(outputs_path + ".extra.pt", os.path.join(tmp, "extra.pt"))
         with open(os.path.join(tmp, "result.json"), "w") as fh:
             json.dump(result, fh)
         self._publish(tmp, self._dir("result", key))

@@ -328,8 +328,6 @@ class Runner:
         from .cache import result_key
         rkey = result_key(req, self._inputs_sha(spec))
         cached = self.cache.get_result(rkey, req["outputs"])
-        if cached is not None and extra is not None:
-            cached = None  # results with triplet outputs are not cached: run again
         if cached is not None:
             return self._finish_reload(spec, vname, fspec, {**cached, "cached": True}, req["outputs"], 0.0)
         out = self.pool.run(req, timeout_s=spec.isolation.timeout_s)
@@ -367,7 +365,8 @@ class Runner:
         def make():
             import hashlib
             h = hashlib.sha256()
-            for b in self.batches(spec) + [self.example(spec)]:
+            extra = self.semantic_batches(spec)[0] if spec.semantic is not None else []
+            for b in self.batches(spec) + [self.example(spec)] + extra:
                 h.update(str((tuple(b.shape), str(b.dtype))).encode())
                 h.update(b.contiguous().numpy().tobytes())
             return h.hexdigest()

@@ -34,7 +34,6 @@ def _round(x: float) -> float:
 
 def snapshot_data(*, spec, vname: str, fmt: str, outputs, metric_name: str, metric: float, top_k: int) -> dict:
     """What is frozen for one variant and format: plain numbers, never repr strings."""
-    import torch
     o = outputs.float()
     flat = o.reshape(len(o), -1)
     data: dict[str, Any] = {"deploycheck_snapshot": FORMAT_VERSION, "spec": spec.name, "variant": vname, "format": fmt,
@@ -46,7 +45,6 @@ def snapshot_data(*, spec, vname: str, fmt: str, outputs, metric_name: str, metr
         k = min(top_k, o.shape[1])
         data["labels"] = o.topk(k, dim=1).indices.tolist()
     data["outputs"] = [[_round(v) for v in row] for row in flat.tolist()]
-    del torch
     return data
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..spec.schema import field
 from . import Format, Unsupported, register
-from .export import _first_line, batch_example
+from .export import _first_line, export_program
 
 
 @dataclass(frozen=True)
@@ -33,13 +33,7 @@ class AotiFormat(Format):
 
     def save(self, model, path, *, example, options, arch):
         import torch
-        from torch.export import Dim
-        x = batch_example(example, options.dynamic_batch)
-        dyn = ({0: Dim("batch", min=1, max=65536)},) if options.dynamic_batch else None
-        try:
-            ep = torch.export.export(model, (x,), dynamic_shapes=dyn)
-        except Exception as e:
-            raise Unsupported(f"torch.export failed: {type(e).__name__}: {_first_line(e)}") from e
+        ep = export_program(model, example, dynamic_batch=options.dynamic_batch)
         with contextlib.redirect_stdout(io.StringIO()):
             try:
                 torch._inductor.aoti_compile_and_package(ep, package_path=path)

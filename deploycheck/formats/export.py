@@ -24,6 +24,22 @@ def batch_example(example, dynamic: bool):
     return example
 
 
+def batch_dims(dynamic: bool):
+    """dynamic_shapes for a single input whose first dimension is the batch."""
+    from torch.export import Dim
+    return ({0: Dim("batch", min=1, max=65536)},) if dynamic else None
+
+
+def export_program(model, example, *, dynamic_batch: bool, strict: bool = False):
+    """torch.export with the batch dimension dynamic; a failure is Unsupported with the exporter's reason."""
+    import torch
+    x = batch_example(example, dynamic_batch)
+    try:
+        return torch.export.export(model, (x,), dynamic_shapes=batch_dims(dynamic_batch), strict=strict)
+    except Exception as e:  # the exporter's own reason is the message users need
+        raise Unsupported(f"torch.export failed: {type(e).__name__}: {_first_line(e)}") from e
+
+
 @register
 class ExportFormat(Format):
     name = "export"
@@ -33,13 +49,7 @@ class ExportFormat(Format):
 
     def save(self, model, path, *, example, options, arch):
         import torch
-        from torch.export import Dim
-        x = batch_example(example, options.dynamic_batch)
-        dyn = ({0: Dim("batch", min=1, max=65536)},) if options.dynamic_batch else None
-        try:
-            ep = torch.export.export(model, (x,), dynamic_shapes=dyn, strict=options.strict)
-        except Exception as e:  # the exporter's own reason is the message users need
-            raise Unsupported(f"torch.export failed: {type(e).__name__}: {_first_line(e)}") from e
+        ep = export_program(model, example, dynamic_batch=options.dynamic_batch, strict=options.strict)
         torch.export.save(ep, path)
         return {"dynamic_batch": options.dynamic_batch}
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..spec.schema import field
 from . import Format, Unsupported, register
-from .export import _first_line, batch_example
+from .export import _first_line, batch_dims, batch_example
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,8 @@ class OnnxFormat(Format):
             import onnxscript  # noqa: F401
         except ImportError as e:
             raise Unsupported("the ONNX dynamo exporter needs onnxscript: pip install 'deploycheck[onnx]'") from e
-        from torch.export import Dim
         x = batch_example(example, options.dynamic_batch)
-        dyn = ({0: Dim("batch", min=1, max=65536)},) if options.dynamic_batch else None
+        dyn = batch_dims(options.dynamic_batch)
         # The exporter prints progress lines; keep them out of pytest's output.
         with contextlib.redirect_stdout(io.StringIO()):
             try:

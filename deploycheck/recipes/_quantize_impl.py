@@ -54,12 +54,9 @@ def _weight_only(cfg, model, ctx) -> dict:
 def _static(cfg, model, ctx) -> dict:
     """pt2e: torch.export -> prepare_pt2e (x86 quantizer) -> calibrate -> convert_pt2e."""
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
-    from torch.export import Dim
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    x = ctx.example
-    if x.shape[0] == 1:
-        x = torch.cat([x, x])
-    gm = torch.export.export(model, (x,), dynamic_shapes=({0: Dim("batch", min=1, max=65536)},)).module()
+    from ..formats.export import batch_dims, batch_example
+    gm = torch.export.export(model, (batch_example(ctx.example, True),), dynamic_shapes=batch_dims(True)).module()
     quantizer = xiq.X86InductorQuantizer()
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
     prepared = prepare_pt2e(gm, quantizer)

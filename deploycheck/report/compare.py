@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 
 def _load(path: str) -> dict:
@@ -129,6 +128,3 @@ def add_commands(sub) -> None:
     m.add_argument("--fail-on-failure", action="store_true", help="exit 1 when a merged row failed (a CI gate)")
     m.set_defaults(fn=cmd_merge)
 
-
-if __name__ == "__main__":
-    sys.exit(0)
