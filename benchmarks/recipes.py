@@ -39,7 +39,7 @@ def main() -> None:
                          "-" if r.get("state_ratio") is None else f"{r['state_ratio']:.3f}",
                          "-" if r.get("size_ratio") is None else f"{r['size_ratio']:.3f}", lat,
                          "-" if r.get("p50_ms") is None else f"{r['p50_ms']:.4f}", r["verdict"]])
-        out += [f"**{spec}**", "", tabulate(rows, headers=["variant", "format", "recipe", "Δ accuracy", "state ratio",
+        out += [f"**{spec}**", "", tabulate(rows, headers=["variant", "format", "recipe", "Δ metric", "state ratio",
                                                           "file ratio", "latency ratio [95% CI]", "p50 ms", "verdict"],
                                            tablefmt="github", disable_numparse=True), ""]
     text = "\n".join(out)
