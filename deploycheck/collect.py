@@ -200,13 +200,11 @@ class SnapshotItem(CheckItem):
 
 def _variant_info(runner, spec, vname) -> dict:
     """Build facts of a variant (only if it was built), for report rows."""
-    key = ("built", spec.path, vname)
-    got = runner._cache.get(key)
-    if not got or got[0] != "ok":
+    b = runner.built_if_ready(spec, vname)
+    if b is None:
         return {}
-    b = got[1]
-    base = runner._cache.get(("built", spec.path, "baseline"))
-    state_ratio = b.state_bytes / base[1].state_bytes if base and base[0] == "ok" and base[1].state_bytes else None
+    base = runner.built_if_ready(spec, "baseline")
+    state_ratio = b.state_bytes / base.state_bytes if base is not None and base.state_bytes else None
     return {"state_ratio": state_ratio, "params": b.params, "nonzero": b.nonzero, "sparsity": 1 - b.nonzero / b.params if b.params else 0.0,
             "state_bytes": b.state_bytes, "build_s": b.build_s, "metric_in_memory": b.metric,
             "steps": [{"recipe": s.recipe, "summary": s.summary, "seconds": s.seconds, "params": s.params,

@@ -91,6 +91,11 @@ class Runner:
     def close(self) -> None:
         self.pool.close()
 
+    def built_if_ready(self, spec, vname: str):
+        """The built variant if this session already built it successfully, else None (never builds)."""
+        got = self._cache.get(("built", spec.path, vname))
+        return got[1] if got and got[0] == "ok" else None
+
     def _memo(self, key: tuple, fn: Callable[[], Any]) -> Any:
         if key not in self._cache:
             try:
@@ -299,9 +304,10 @@ class Runner:
         where = spec.at(fspec.line or spec.variant(vname).line)
         inputs = os.path.join(self.run_dir, spec.name, "eval_inputs.pt")
         example = os.path.join(self.run_dir, spec.name, "example_input.pt")
-        if not os.path.exists(inputs):
-            torch.save(self.batches(spec), inputs)
-            torch.save(self.example(spec), example)
+        # Written once per session, never reused from an earlier one: the run dir outlives sessions
+        # and a changed spec (data, preprocessing) must not reload stale inputs.
+        self._memo(("inputs-file", spec.path), lambda: (torch.save(self.batches(spec), inputs),
+                                                        torch.save(self.example(spec), example)))
         fmt = FORMATS.get(fspec.name)()
         result = os.path.join(d, f"{fspec.name}.result.json")
         if os.path.exists(result):
@@ -320,8 +326,7 @@ class Runner:
         extra = None
         if spec.semantic is not None:
             extra = os.path.join(self.run_dir, spec.name, "semantic_inputs.pt")
-            if not os.path.exists(extra):
-                torch.save(self.semantic_batches(spec)[0], extra)
+            self._memo(("semantic-file", spec.path), lambda: torch.save(self.semantic_batches(spec)[0], extra))
         req = {"extra_inputs": extra, "target": self.target(spec, vname, fspec), "inputs": inputs, "outputs": os.path.join(d, f"{fspec.name}.outputs.pt"),
                "result": result, "threads": lat.threads, "latency": latency, "memory_mb": spec.isolation.memory_mb,
                "python_path": search_dirs(spec) if fmt.needs_code(fspec.options) else []}

@@ -334,11 +334,3 @@ def dataclass_schema(cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     if required:
         out["required"] = required
     return out
-
-
-def documented_keys(tp: Any, prefix: str = "") -> list[str]:
-    """Every key path of a spec type, for the README reference test."""
-    keys: list[str] = []
-    for name, sub in json_schema(tp).get("properties", {}).items():
-        keys.append(prefix + name)
-    return keys
