@@ -60,8 +60,11 @@ def environment() -> dict:
 
 
 def machine() -> dict:
-    return {"node": platform.node(), "machine": platform.machine(), "processor": platform.processor(),
-            "cpus": os.cpu_count()}
+    """What makes this machine's numbers its own: the kernel-relevant fingerprint (ISA level,
+    torch's CPU capability, oneDNN's cap, the quantized engine, library versions, kernel env
+    variables), plus the host and core count, which change timings."""
+    from .machine import kernel_key
+    return {**kernel_key(), "node": platform.node(), "cpus": os.cpu_count()}
 
 
 def module_source_hash(import_path: str, search: list[str]) -> str | None:
@@ -87,6 +90,8 @@ def code_paths(spec) -> list[str]:
         for s in v.steps:
             if getattr(s, "student", None):
                 paths.append(s.student)
+            if getattr(s, "callable", None):
+                paths.append(s.callable)
     if spec.data.source.startswith("python:"):
         paths.append(spec.data.source[len("python:"):])
     paths += [s.arg for s in spec.data.preprocess if s.op == "callable"]
@@ -113,7 +118,8 @@ def build_key(spec, vname: str) -> str:
     semantic = None
     if spec.semantic is not None:
         semantic = file_sha(os.path.join(base, spec.semantic.triplets))
-    return _h({"env": environment(), "model": dataclasses.asdict(spec.model),
+    from .machine import kernel_key
+    return _h({"env": environment(), "kernels": kernel_key(), "model": dataclasses.asdict(spec.model),
                "hf_weights": file_sha(os.path.join(hf_dir, "model.safetensors")) if hf_dir else None,
                "semantic": semantic,
                "weights": file_sha(weights) if weights else None, "data": dataclasses.asdict(spec.data),

@@ -6,9 +6,11 @@ One registry: each check says when it applies and how it decides. Items in
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .numeric import compare_arrays, fmt_num, render_mismatch
 from .registry import Registry
 
 
@@ -43,17 +45,6 @@ def check(name: str, *, level: str = "format", applies: Callable[..., bool] = la
     return deco
 
 
-def fmt_num(x: float) -> str:
-    if x is None:
-        return "n/a"
-    if x == 0:
-        return "0"
-    a = abs(x)
-    if a >= 1000 or a < 1e-3:
-        return f"{x:.3g}"
-    return f"{x:.4g}" if a < 1 else f"{x:.4g}"
-
-
 # --- load ---------------------------------------------------------------------------------------
 
 @check("load")
@@ -66,52 +57,59 @@ def load_check(runner, spec, vname, fspec) -> Verdict:
                             "peak_rss_mb": r.result.get("peak_rss_mb")})
 
 
+# --- finite -------------------------------------------------------------------------------------
+
+def baseline_nonfinite(runner, spec, fspec=None) -> str | None:
+    """Why comparisons with the baseline are meaningless (its outputs hold NaN/Inf), or None.
+
+    The baseline's own ``finite`` items fail with the details, once; a variant's comparisons
+    with it are skipped with this pointer instead of failing as a delta."""
+    from .numeric import nonfinite
+    base = runner.built(spec, "baseline")
+    if nonfinite(base.outputs) is not None:
+        return f"the baseline's in-memory outputs are not finite (see {spec.name}::baseline::*::finite)"
+    if fspec is not None and "baseline" in spec.variants and any(f.name == fspec.name for f in spec.variant("baseline").formats):
+        try:
+            r = runner.reload(spec, "baseline", fspec)
+        except Exception:  # noqa: BLE001 - the baseline's own items report its failures
+            return None
+        if nonfinite(r.outputs) is not None:
+            return f"the baseline's reloaded {fspec.name} outputs are not finite (see {spec.name}::baseline::{fspec.name}::finite)"
+    return None
+
+
+def skip_if_baseline_nonfinite(runner, spec, vname: str) -> None:
+    """A comparison with a NaN baseline is no verdict: skip it, pointing at the baseline's failure."""
+    if vname == "baseline":
+        return
+    why = baseline_nonfinite(runner, spec)
+    if why:
+        import pytest
+        pytest.skip(f"not compared: {why}")
+
+
+@check("finite")
+def finite_check(runner, spec, vname, fspec) -> Verdict:
+    """NaN or Inf in the in-memory or reloaded outputs on the evaluation batches fail, with where."""
+    from .numeric import describe_nonfinite, nonfinite
+    b = runner.built(spec, vname)
+    r = runner.reload(spec, vname, fspec)
+    whose = "the baseline's" if vname == "baseline" else "the variant's"
+    problems, details = [], {}
+    for label, out in (("in-memory", b.outputs), (f"reloaded {fspec.name}", r.outputs)):
+        info = nonfinite(out)
+        if info is not None:
+            details[label] = info
+            problems.append(describe_nonfinite(info, whose=f"{whose} {label} outputs"))
+    n = int(b.outputs.numel())
+    if problems:
+        msg = "\n".join(problems)
+        return Verdict("finite", False, msg, problems[0], sum(d["bad"] for d in details.values()), 0, details)
+    return Verdict("finite", True, formula=f"all {n:,} output values finite, in memory and reloaded", value=0,
+                   threshold=0)
+
+
 # --- outputs ------------------------------------------------------------------------------------
-
-def compare_arrays(actual, expected, *, atol: float, rtol: float, worst: int = 5) -> dict:
-    """pytest-regressions style statistics of |actual - expected| against atol + rtol * |expected|."""
-    import torch
-    a, e = actual.double(), expected.double()
-    diff = (a - e).abs()
-    rel = diff / e.abs().clamp_min(1e-12)
-    bad = diff > atol + rtol * e.abs()
-    bad = bad | torch.isnan(a) ^ torch.isnan(e)
-    n_bad = int(bad.sum())
-    flat = diff.flatten()
-    order = torch.argsort(flat, descending=True)[:worst]
-    rows = []
-    for idx in order.tolist():
-        pos = list(_unravel(idx, tuple(a.shape)))
-        rows.append((pos, float(a.flatten()[idx]), float(e.flatten()[idx]), float(flat[idx])))
-    return {"shape": tuple(a.shape), "mismatched": n_bad, "total": a.numel(),
-            "max_abs": float(diff.max()) if diff.numel() else 0.0, "mean_abs": float(diff.mean()) if diff.numel() else 0.0,
-            "max_rel": float(rel.max()) if rel.numel() else 0.0, "mean_rel": float(rel.mean()) if rel.numel() else 0.0,
-            "worst": rows}
-
-
-def _unravel(idx: int, shape: tuple) -> list[int]:
-    out = []
-    for d in reversed(shape):
-        out.append(idx % d)
-        idx //= d
-    return list(reversed(out))
-
-
-def render_mismatch(st: dict, *, what: str, left: str, right: str, atol: float, rtol: float, hint: str = "") -> str:
-    pct = 100.0 * st["mismatched"] / max(st["total"], 1)
-    lines = [f"{what} (atol {fmt_num(atol)}, rtol {fmt_num(rtol)}): |{left} - {right}| <= atol + rtol * |{right}| failed"]
-    if hint:
-        lines.append(hint)
-    lines += [f"  shape: {st['shape']}",
-              f"  mismatched elements: {st['mismatched']} / {st['total']} ({pct:.2f}%)",
-              f"  max abs diff: {fmt_num(st['max_abs'])}   mean abs diff: {fmt_num(st['mean_abs'])}",
-              f"  max rel diff: {fmt_num(st['max_rel'])}   mean rel diff: {fmt_num(st['mean_rel'])}",
-              "  worst elements:",
-              f"    {'index':<14}{left:>14}{right:>14}{'abs diff':>12}"]
-    for pos, av, ev, d in st["worst"]:
-        lines.append(f"    {str(pos):<14}{av:>14.6g}{ev:>14.6g}{d:>12.4g}")
-    return "\n".join(lines)
-
 
 @check("outputs")
 def outputs_check(runner, spec, vname, fspec) -> Verdict:
@@ -129,6 +127,7 @@ def outputs_check(runner, spec, vname, fspec) -> Verdict:
     if st["mismatched"]:
         msg = render_mismatch(st, what=f"outputs of the reloaded {fspec.name} artifact differ from the in-memory variant",
                               left="reloaded", right="in-memory", atol=th.atol, rtol=th.rtol)
+        msg += saturation_hint(spec.variant(vname))
         return Verdict("outputs", False, msg, formula, st["max_abs"], {"atol": th.atol, "rtol": th.rtol}, details)
     return Verdict("outputs", True, formula=formula, value=st["max_abs"], threshold={"atol": th.atol, "rtol": th.rtol},
                    details=details)
@@ -175,10 +174,47 @@ def metric_check(runner, spec, vname, fspec) -> Verdict:
     r = runner.reload(spec, vname, fspec)
     base = runner.built(spec, "baseline").metric
     m = resolve(spec)
-    return metric_verdict(m.name, r.metric, base, m.higher_is_better, spec.variant(vname).thresholds.metric)
+    skip_if_baseline_nonfinite(runner, spec, vname)
+    if not math.isfinite(r.metric):
+        from .numeric import describe_nonfinite, nonfinite
+        info = nonfinite(r.outputs)
+        why = (describe_nonfinite(info, whose=f"the reloaded {fspec.name} outputs") if info
+               else "the metric function returned a non-finite value")
+        return Verdict("metric", False, f"metric {m.name} is {r.metric}, not a number to compare: {why}",
+                       f"metric {m.name} is {r.metric}", r.metric, None, {"metric": m.name, "value": r.metric,
+                                                                          "higher_is_better": m.higher_is_better})
+    v = metric_verdict(m.name, r.metric, base, m.higher_is_better, spec.variant(vname).thresholds.metric)
+    if not v.passed:
+        v.message += saturation_hint(spec.variant(vname))
+    return v
 
 
 # --- latency ------------------------------------------------------------------------------------
+
+def ratio_formula(ratio: dict, th) -> str:
+    """The side-by-side verdict with the control that widened it, e.g.
+    ``latency ratio 1.182 (95% CI 1.171–1.190, 60 rounds) > max_ratio 1.1 × control 1.012 = 1.113``."""
+    conf = int(ratio["confidence"] * 100)
+    ctrl = ratio.get("control")
+    noise = ctrl["noise"] if ctrl else 1.0
+    failed = ratio["decision"].startswith("fail")
+    unsure = " (interval straddles the limit after the time budget; decided by the median)" \
+        if ratio["decision"].endswith("unsure") else ""
+    if ctrl:
+        cnote = (f"; control: baseline reloaded vs baseline {ctrl['ratio']:.3f} "
+                 f"(CI {ctrl['ci_low']:.3f}–{ctrl['ci_high']:.3f})")
+    else:
+        cnote = "; no control" + (f" ({ratio['control_error']})" if ratio.get("control_error") else "")
+    if th.min_speedup is not None and (th.max_ratio is None or 1 / th.min_speedup < th.max_ratio):
+        sp, lo, hi = 1 / ratio["ratio"], 1 / ratio["ci_high"], 1 / ratio["ci_low"]
+        bound = th.min_speedup / noise
+        return (f"speedup {sp:.3f} ({conf}% CI {lo:.3f}–{hi:.3f}, {ratio['pairs']} rounds) {'<' if failed else '>='} "
+                f"min_speedup {fmt_num(th.min_speedup)} / control {noise:.3f} = {bound:.3f}{unsure}{cnote}")
+    bound = th.max_ratio * noise
+    return (f"latency ratio {ratio['ratio']:.3f} ({conf}% CI {ratio['ci_low']:.3f}–{ratio['ci_high']:.3f}, "
+            f"{ratio['pairs']} rounds) {'>' if failed else '<='} max_ratio {fmt_num(th.max_ratio)} × control "
+            f"{noise:.3f} = {bound:.3f}{unsure}{cnote}")
+
 
 @check("latency")
 def latency_check(runner, spec, vname, fspec) -> Verdict:
@@ -198,27 +234,14 @@ def latency_check(runner, spec, vname, fspec) -> Verdict:
     details["threads"] = r.result.get("threads")
     if ratio:
         details.update(ratio=ratio["ratio"], ratio_ci=[ratio["ci_low"], ratio["ci_high"]], ratio_pairs=ratio["pairs"],
-                       ratio_decision=ratio["decision"])
+                       ratio_decision=ratio["decision"], control=ratio.get("control"),
+                       effective_limit=ratio.get("effective_limit"))
     wants_ratio = th.max_ratio is not None or th.min_speedup is not None
     if wants_ratio and vname != "baseline":
         if not ratio:
             failed.append(f"no side-by-side measurement vs the baseline: {lat.get('ratio_error') or 'the baseline has no ' + fspec.name + ' artifact'}")
         else:
-            ci = f"{int(ratio['confidence'] * 100)}% CI {ratio['ci_low']:.3f}–{ratio['ci_high']:.3f}, {ratio['pairs']} interleaved pairs"
-            def unsure(lo: float, hi: float, limit: float) -> str:
-                return (" (interval straddles the limit after the time budget; decided by the median)"
-                        if lo <= limit < hi else "")
-            if th.max_ratio is not None:
-                ok = ratio["ratio"] <= th.max_ratio
-                f = (f"latency ratio {ratio['ratio']:.3f} ({ci}) {'<=' if ok else '>'} max_ratio {fmt_num(th.max_ratio)}"
-                     + unsure(ratio["ci_low"], ratio["ci_high"], th.max_ratio))
-                (parts if ok else failed).append(f)
-            if th.min_speedup is not None:
-                sp, lo, hi = 1 / ratio["ratio"], 1 / ratio["ci_high"], 1 / ratio["ci_low"]
-                ok = sp >= th.min_speedup
-                f = (f"speedup {sp:.3f} ({int(ratio['confidence'] * 100)}% CI {lo:.3f}–{hi:.3f}, {ratio['pairs']} pairs) "
-                     f"{'>=' if ok else '<'} min_speedup {fmt_num(th.min_speedup)}" + unsure(lo, hi, th.min_speedup))
-                (parts if ok else failed).append(f)
+            (parts if not ratio["decision"].startswith("fail") else failed).append(ratio_formula(ratio, th))
     if not parts and not failed:
         parts.append(f"p50 {fmt_num(lat.get('p50_ms'))} ms, p95 {fmt_num(lat.get('p95_ms'))} ms (no threshold set)")
     formula = "; ".join(failed or parts)
@@ -263,6 +286,34 @@ def size_check(runner, spec, vname, fspec) -> Verdict:
 
 # --- batch invariance (variant level) -----------------------------------------------------------
 
+INT8_METHODS = ("dynamic_int8", "weight_only_int8", "static_int8")
+
+
+def is_int8(variant) -> bool:
+    """The variant has an int8 quantization step."""
+    return any(getattr(s, "method", None) in INT8_METHODS for s in variant.steps)
+
+
+def saturation_hint(variant) -> str:
+    """On x86 without VNNI, int8 u8 x s8 dot products saturate a 16-bit intermediate: say so, and
+    name the option that avoids it. Empty where it cannot be the cause."""
+    from . import machine
+    if not is_int8(variant) or not machine.saturation_risk():
+        return ""
+    fp = machine.fingerprint()
+    static = [s for s in variant.steps if getattr(s, "method", None) == "static_int8"]
+    if static and not all(s.weight_bits == 7 for s in static):
+        fix = ("quantize with `weight_bits: 7` (weights in [-64, 63] keep every pair of u8 x s7 products inside "
+               "16 bits)")
+    elif static:
+        fix = "weight_bits is already 7, so saturation is ruled out; int8 rounding still differs by ISA"
+    else:
+        fix = ("dynamic int8 on the x86/fbgemm engine already uses 7-bit activations; the ISA's int8 rounding "
+               "still differs, so widen the tolerance or approve this class with `pytest --snapshot-update`")
+    return (f"\n  likely cause: this CPU ({machine.isa_class(fp)}) has no VNNI, so int8 dot products (u8 x s8) "
+            f"accumulate pairs in a saturating 16-bit intermediate and results differ from VNNI machines; {fix}")
+
+
 def _batch_sensitive(variant) -> bool:
     """Recipes whose activations are quantized per batch make a sample's output depend on its neighbours."""
     return any(getattr(s, "method", None) == "dynamic_int8" for s in variant.steps)
@@ -305,29 +356,47 @@ def batch_invariance_check(runner, spec, vname, fspec=None) -> Verdict:
 
 @check("snapshot", applies=lambda spec, v, f=None: spec.snapshot.enabled, needs_item=True)
 def snapshot_check(runner, spec, vname, fspec, *, item) -> Verdict:
+    import json
+    import os
+
     from syrupy.assertion import SnapshotAssertion
     from syrupy.location import PyTestLocation
+
+    from . import machine
     from .metrics import resolve
-    from .snapshots import DeploycheckSnapshotExtension, render_drift, snapshot_data
+    from .snapshots import DeploycheckSnapshotExtension, describe_rule, merged, render_drift, snapshot_data
     r = runner.reload(spec, vname, fspec)
     st = spec.snapshot
-    data = snapshot_data(spec=spec, vname=vname, fmt=fspec.name, outputs=r.outputs[:st.probes],
-                         metric_name=resolve(spec).name, metric=r.metric, top_k=st.top_k)
+    metric = resolve(spec)
+    fp = machine.fingerprint()
+    current = machine.isa_class(fp)
     opt = item.config.option
     snap = SnapshotAssertion(update_snapshots=opt.update_snapshots,
                              update_new_snapshots_only=getattr(opt, "update_new_snapshots_only", False),
                              extension_class=DeploycheckSnapshotExtension, test_location=PyTestLocation(item),
                              session=item.config._syrupy)
-    snap.extension.settings = st
-    ok = snap == data
-    result = snap.executions[0]
     location = snap.extension.get_location(test_location=snap.test_location, index=0)
-    import os
     rel = os.path.relpath(location, str(item.config.rootpath))
-    details = {"snapshot": rel, "created": result.created, "updated": result.updated, "probes": data["probes"]}
+    data = snapshot_data(spec=spec, vname=vname, fmt=fspec.name, outputs=r.outputs[:st.probes],
+                         metric_name=metric.name, metric=r.metric, top_k=st.top_k, classifier=metric.needs_labels,
+                         machine=machine.snapshot_machine(fp), isa_class=current)
+    try:
+        with open(location, encoding="utf-8") as fh:
+            stored = json.load(fh)
+    except (OSError, ValueError):
+        stored = None
+    ext = snap.extension
+    ext.settings, ext.current, ext.int8, ext.update = st, current, is_int8(spec.variant(vname)), bool(opt.update_snapshots)
+    ok = snap == merged(stored, data)
+    result = snap.executions[0]
+    cmp = ext.last or {}
+    details = {"snapshot": rel, "created": result.created, "updated": result.updated, "probes": data["probes"],
+               "isa_class": current, "approved_on": cmp.get("reference"),
+               "rule": cmp["rule"].name if cmp.get("rule") else None}
     if ok:
         state = "created" if result.created else "updated" if result.updated else "matches"
-        return Verdict("snapshot", True, formula=f"snapshot {state}: {rel}", value=state, details=details)
+        how = describe_rule(cmp) if state == "matches" else f"entry for {current}"
+        return Verdict("snapshot", True, formula=f"snapshot {state}: {rel} ({how})", value=state, details=details)
     if result.recalled_data is None:
         msg = (f"no approved snapshot at {rel}: run `pytest --snapshot-update` to record the current outputs "
                f"({data['probes']} probes), then review and commit the file")
@@ -335,10 +404,11 @@ def snapshot_check(runner, spec, vname, fspec, *, item) -> Verdict:
     if result.exception is not None:
         msg = f"snapshot {rel} could not be compared: {type(result.exception).__name__}: {result.exception}"
         return Verdict("snapshot", False, msg, "snapshot unreadable", "error", details=details)
-    cmp = snap.extension.last or {"problems": ["unknown"]}
-    msg = render_drift(cmp, settings=st, where=rel)
+    cmp = cmp or {"problems": ["unknown"]}
+    msg = render_drift(cmp, where=rel) + saturation_hint(spec.variant(vname))
+    rule = cmp.get("rule")
     return Verdict("snapshot", False, msg, f"snapshot drift: {', '.join(cmp['problems'])}", "drift",
-                   {"atol": st.atol, "rtol": st.rtol}, details)
+                   {"atol": rule.atol, "rtol": rule.rtol} if rule else None, details)
 
 
 # --- fidelity and semantic order (embedding models) ---------------------------------------------
@@ -352,11 +422,18 @@ def _fidelity_applies(spec, variant, fspec=None) -> bool:
 def fidelity_check(runner, spec, vname, fspec) -> Verdict:
     import torch
     r = runner.reload(spec, vname, fspec)
+    skip_if_baseline_nonfinite(runner, spec, vname)
     base = runner.built(spec, "baseline").outputs
     th = spec.variant(vname).thresholds.fidelity
     cos = torch.nn.functional.cosine_similarity(r.outputs.reshape(len(r.outputs), -1).double(),
                                                 base.reshape(len(base), -1).double(), dim=1)
     mean, worst, at = cos.mean().item(), cos.min().item(), int(cos.argmin())
+    if not math.isfinite(mean):
+        from .numeric import describe_nonfinite, nonfinite
+        info = nonfinite(r.outputs)
+        why = describe_nonfinite(info, whose=f"the reloaded {fspec.name} outputs") if info else "cosine is not finite"
+        return Verdict("fidelity", False, f"cosine to the baseline is not a number: {why}", "cosine is not finite",
+                       mean, None, {"mean_cosine": mean})
     parts, failed = [], []
     if th.min_mean_cosine is not None:
         ok = mean >= th.min_mean_cosine

@@ -121,6 +121,8 @@ class ReportCollector:
         tr.section("deploycheck summary")
         for line in terminal_table(summary_rows(self.records)).splitlines():
             tr.write_line(line)
+        from .machine import summary
+        tr.write_line(summary())
         runner = self.config.stash.get(_RUNNER, None)
         if runner is not None and runner.cache.enabled:
             h = runner.cache.hits

@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
-FORMAT_VERSION = 1
+from .numeric import compare_arrays, fmt_num, render_mismatch
+
+FORMAT_VERSION = 2
+LEGACY_CLASS = "unrecorded machine (snapshot format 1)"
 
 
 def _round(x: float) -> float:
@@ -32,88 +36,203 @@ def _round(x: float) -> float:
     return float(f"{x:.7g}")
 
 
-def snapshot_data(*, spec, vname: str, fmt: str, outputs, metric_name: str, metric: float, top_k: int) -> dict:
-    """What is frozen for one variant and format: plain numbers, never repr strings."""
+def snapshot_data(*, spec, vname: str, fmt: str, outputs, metric_name: str, metric: float, top_k: int,
+                  classifier: bool, machine: dict, isa_class: str) -> dict:
+    """What is frozen for one variant and format on this machine's ISA class: plain numbers only.
+
+    ``labels`` (top-k classes per probe) are stored only for classifiers: the arg-max dimension
+    of an embedding or a regression output is not a label."""
     o = outputs.float()
     flat = o.reshape(len(o), -1)
-    data: dict[str, Any] = {"deploycheck_snapshot": FORMAT_VERSION, "spec": spec.name, "variant": vname, "format": fmt,
-                            "probes": int(len(o)), "shape": list(o.shape[1:]),
-                            "metric": {"name": metric_name, "value": _round(metric)},
-                            "stats": {"mean": _round(flat.mean().item()), "std": _round(flat.std().item()) if flat.numel() > 1 else 0.0,
-                                      "min": _round(flat.min().item()), "max": _round(flat.max().item())}}
-    if o.ndim == 2 and o.shape[1] > 1:
+    entry: dict[str, Any] = {"machine": machine, "metric": {"name": metric_name, "value": _round(metric)},
+                             "stats": {"mean": _round(flat.mean().item()),
+                                       "std": _round(flat.std().item()) if flat.numel() > 1 else 0.0,
+                                       "min": _round(flat.min().item()), "max": _round(flat.max().item())}}
+    if classifier and o.ndim == 2 and o.shape[1] > 1:
         k = min(top_k, o.shape[1])
-        data["labels"] = o.topk(k, dim=1).indices.tolist()
-    data["outputs"] = [[_round(v) for v in row] for row in flat.tolist()]
-    return data
+        entry["labels"] = o.topk(k, dim=1).indices.tolist()
+    entry["outputs"] = [[_round(v) for v in row] for row in flat.tolist()]
+    return {"deploycheck_snapshot": FORMAT_VERSION, "spec": spec.name, "variant": vname, "format": fmt,
+            "probes": int(len(o)), "shape": list(o.shape[1:]), "entries": {isa_class: entry}}
+
+
+def upgrade(old: dict) -> dict:
+    """A format-1 snapshot (one unnamed machine) as a format-2 document with one entry."""
+    if old.get("deploycheck_snapshot") != 1:
+        return old
+    entry = {k: old[k] for k in ("metric", "stats", "labels", "outputs") if k in old}
+    entry["machine"] = {}
+    head = {k: old[k] for k in ("spec", "variant", "format", "probes", "shape") if k in old}
+    return {"deploycheck_snapshot": FORMAT_VERSION, **head, "entries": {LEGACY_CLASS: entry}}
+
+
+def merged(stored: dict | None, new: dict) -> dict:
+    """The document to assert: every approved entry of other classes kept, this class's entry new.
+
+    ``--snapshot-update`` writes it, so approving this machine never drops another machine's entry."""
+    if not stored:
+        return new
+    stored = upgrade(stored)
+    if stored.get("deploycheck_snapshot") != FORMAT_VERSION or stored.get("shape") != new["shape"] \
+            or stored.get("probes") != new["probes"]:
+        return new  # the outputs' shape changed: other machines' entries describe another model
+    entries = {k: v for k, v in (stored.get("entries") or {}).items() if k not in new["entries"]}
+    entries.update(new["entries"])
+    return {**new, "entries": dict(sorted(entries.items()))}
 
 
 def dumps(data: dict) -> str:
-    """Stable, review-friendly JSON: one probe per line."""
-    head = {k: v for k, v in data.items() if k not in ("labels", "outputs")}
+    """Stable, review-friendly JSON: one entry per ISA class, one probe per line."""
+    head = {k: v for k, v in data.items() if k != "entries"}
     lines = ["{"]
     for k in sorted(head):
         lines.append(f"  {json.dumps(k)}: {json.dumps(head[k], sort_keys=True)},")
-    for key in ("labels", "outputs"):
-        if key in data:
-            rows = ",\n".join(f"    {json.dumps(r)}" for r in data[key])
-            lines.append(f"  {json.dumps(key)}: [\n{rows}\n  ],")
-    lines[-1] = lines[-1].rstrip(",")
+    lines.append('  "entries": {')
+    blocks = []
+    for cls in sorted(data.get("entries") or {}):
+        e = data["entries"][cls]
+        sub = [f"    {json.dumps(cls)}: {{"]
+        for k in sorted(x for x in e if x not in ("labels", "outputs")):
+            sub.append(f"      {json.dumps(k)}: {json.dumps(e[k], sort_keys=True)},")
+        for key in ("labels", "outputs"):
+            if key in e:
+                rows = ",\n".join(f"        {json.dumps(r)}" for r in e[key])
+                sub.append(f"      {json.dumps(key)}: [\n{rows}\n      ],")
+        sub[-1] = sub[-1].rstrip(",")
+        sub.append("    }")
+        blocks.append("\n".join(sub))
+    lines.append(",\n".join(blocks))
+    lines.append("  }")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
-def compare(old: dict, new: dict, *, settings) -> dict:
-    """Tolerant comparison; returns {'ok': bool, 'problems': [...], and statistics for the message}."""
+@dataclass(frozen=True)
+class Rule:
+    """The tolerances one comparison used, and why."""
+
+    name: str                      # "same-class" or "cross-machine"
+    atol: float
+    rtol: float
+    min_label_agreement: float
+    max_metric_drift: float
+    note: str = ""
+
+
+def rule_for(*, settings, same_class: bool, int8: bool, approved: dict) -> Rule:
+    """Same ISA class: the spec's snapshot tolerances. Another class: the declared cross-machine
+    rule, whose atol for int8 variants is ``quant_steps`` quantization steps of the approved
+    output range (int8 kernels round differently per ISA, by whole steps)."""
+    if same_class:
+        return Rule("same-class", settings.atol, settings.rtol, settings.min_label_agreement, settings.max_metric_drift)
+    cm = settings.cross_machine
+    atol, note = max(cm.atol, settings.atol), ""
+    if int8:
+        st = approved.get("stats") or {}
+        span = (st.get("max") or 0.0) - (st.get("min") or 0.0)
+        step = span / 255.0
+        if cm.quant_steps * step > atol:
+            atol = cm.quant_steps * step
+            note = f" (int8: {fmt_steps(cm.quant_steps)} quantization steps of {step:.3g} = output range {span:.4g} / 255)"
+    return Rule("cross-machine", atol, max(cm.rtol, settings.rtol), min(cm.min_label_agreement, settings.min_label_agreement),
+                max(cm.max_metric_drift, settings.max_metric_drift), note)
+
+
+def fmt_steps(x: float) -> str:
+    return f"{x:g}"
+
+
+def pick_reference(entries: dict, current: str) -> tuple[str, dict] | None:
+    """The approved entry to compare with: this class's own, else a real (not emulated) machine's."""
+    if current in entries:
+        return current, entries[current]
+    if not entries:
+        return None
+    ranked = sorted(entries, key=lambda c: ("emulated" in c, c == LEGACY_CLASS, c))
+    return ranked[0], entries[ranked[0]]
+
+
+def compare(old: dict, new: dict, *, settings, current: str, int8: bool) -> dict:
+    """Tolerant comparison of this class's entry with the approved one it is judged against.
+
+    Returns {'ok', 'problems', 'reference', 'current', 'rule', and statistics for the message};
+    ``missing_class`` is set when this ISA class has no approved entry yet."""
     import torch
-    from .checks import compare_arrays
     problems: list[str] = []
-    out: dict[str, Any] = {"problems": problems}
+    out: dict[str, Any] = {"problems": problems, "current": current}
+    old = upgrade(old)
     if old.get("deploycheck_snapshot") != FORMAT_VERSION:
         problems.append("the stored snapshot has another format version")
-    if old.get("shape") != new.get("shape") or len(old.get("outputs", [])) != len(new.get("outputs", [])):
-        problems.append(f"output shape changed: {len(old.get('outputs', []))} probes × {old.get('shape')} -> "
-                        f"{len(new.get('outputs', []))} probes × {new.get('shape')}")
         out["ok"] = False
         return out
-    a = torch.tensor(new["outputs"], dtype=torch.float64)
-    e = torch.tensor(old["outputs"], dtype=torch.float64)
-    st = compare_arrays(a, e, atol=settings.atol, rtol=settings.rtol)
+    mine = new["entries"][current]
+    ref = pick_reference(old.get("entries") or {}, current)
+    if ref is None:
+        problems.append("the stored snapshot has no approved entry")
+        out["ok"] = False
+        return out
+    ref_class, approved = ref
+    out["reference"] = ref_class
+    out["missing_class"] = ref_class != current
+    if old.get("shape") != new.get("shape") or len(approved.get("outputs", [])) != len(mine.get("outputs", [])):
+        problems.append(f"output shape changed: {len(approved.get('outputs', []))} probes × {old.get('shape')} -> "
+                        f"{len(mine.get('outputs', []))} probes × {new.get('shape')}")
+        out["ok"] = False
+        return out
+    rule = rule_for(settings=settings, same_class=ref_class == current, int8=int8, approved=approved)
+    out["rule"] = rule
+    a = torch.tensor(mine["outputs"], dtype=torch.float64)
+    e = torch.tensor(approved["outputs"], dtype=torch.float64)
+    st = compare_arrays(a, e, atol=rule.atol, rtol=rule.rtol)
     out["values"] = st
     if st["mismatched"]:
         problems.append("values")
-    if "labels" in old and "labels" in new:
-        top_old = [r[0] for r in old["labels"]]
-        top_new = [r[0] for r in new["labels"]]
+    if "labels" in approved and "labels" in mine:
+        top_old = [r[0] for r in approved["labels"]]
+        top_new = [r[0] for r in mine["labels"]]
         changed = [i for i, (x, y) in enumerate(zip(top_old, top_new)) if x != y]
         agreement = 1 - len(changed) / max(len(top_old), 1)
         out["labels"] = {"changed": changed, "agreement": agreement, "old": top_old, "new": top_new}
-        if agreement < settings.min_label_agreement:
+        if agreement < rule.min_label_agreement:
             problems.append("labels")
-    mo, mn = old.get("metric", {}).get("value"), new.get("metric", {}).get("value")
-    out["metric"] = {"name": new.get("metric", {}).get("name"), "old": mo, "new": mn}
-    if mo is not None and mn is not None and abs(mn - mo) > settings.max_metric_drift:
+    mo, mn = approved.get("metric", {}).get("value"), mine.get("metric", {}).get("value")
+    out["metric"] = {"name": mine.get("metric", {}).get("name"), "old": mo, "new": mn}
+    if mo is not None and mn is not None and not (abs(mn - mo) <= rule.max_metric_drift):
         problems.append("metric")
     out["ok"] = not problems
     return out
 
 
-def render_drift(cmp: dict, *, settings, where: str) -> str:
-    from .checks import fmt_num, render_mismatch
-    lines = [f"outputs drifted from the approved snapshot ({where}): {', '.join(cmp['problems'])} moved beyond tolerance",
-             "  accept the new behaviour after review with: pytest --snapshot-update"]
+def describe_rule(cmp: dict) -> str:
+    """Which approved entry was used and under which rule: never silently weaker."""
+    rule = cmp.get("rule")
+    if rule is None:
+        return ""
+    if rule.name == "same-class":
+        return f"approved on {cmp['reference']}, compared on the same class"
+    return (f"approved on {cmp['reference']}, compared on {cmp['current']} by the cross-machine rule: "
+            f"atol {fmt_num(rule.atol)}{rule.note}, rtol {fmt_num(rule.rtol)}, labels >= {rule.min_label_agreement:.0%}, "
+            f"metric drift <= {fmt_num(rule.max_metric_drift)}; approve this class with `pytest --snapshot-update`")
+
+
+def render_drift(cmp: dict, *, where: str) -> str:
+    rule = cmp.get("rule")
+    lines = [f"outputs drifted from the approved snapshot ({where}): {', '.join(cmp['problems'])} moved beyond tolerance"]
+    if cmp.get("reference"):
+        lines.append("  " + describe_rule(cmp))
+    lines.append("  accept the new behaviour after review with: pytest --snapshot-update")
     if "values" in cmp and cmp["values"]["mismatched"]:
         lines.append(render_mismatch(cmp["values"], what="  values", left="new", right="approved",
-                                     atol=settings.atol, rtol=settings.rtol))
+                                     atol=rule.atol, rtol=rule.rtol))
     if "labels" in cmp:
         lb = cmp["labels"]
-        lines.append(f"  labels: agreement {lb['agreement']:.1%} (min {settings.min_label_agreement:.1%}); "
+        lines.append(f"  labels: agreement {lb['agreement']:.1%} (min {rule.min_label_agreement:.1%}); "
                      f"{len(lb['changed'])} probe(s) changed their top label"
                      + "".join(f"\n    probe {i}: {lb['old'][i]} -> {lb['new'][i]}" for i in lb["changed"][:5]))
     m = cmp.get("metric") or {}
-    if m.get("old") is not None:
+    if m.get("old") is not None and m.get("new") is not None:
         lines.append(f"  metric {m['name']}: approved {fmt_num(m['old'])} -> now {fmt_num(m['new'])} "
-                     f"(drift {m['new'] - m['old']:+.3g}, max_metric_drift {fmt_num(settings.max_metric_drift)})")
+                     f"(drift {m['new'] - m['old']:+.3g}, max_metric_drift {fmt_num(rule.max_metric_drift)})")
     if cmp["problems"] and cmp["problems"][0].startswith(("output shape", "the stored")):
         lines.append("  " + cmp["problems"][0])
     return "\n".join(lines)
@@ -124,7 +243,10 @@ class DeploycheckSnapshotExtension(SingleFileSnapshotExtension):
 
     file_extension = "json"
     _write_mode = WriteMode.TEXT
-    settings: Any = None
+    settings: Any = None           # the spec's SnapshotSettings, set per assertion
+    current: str = ""              # this machine's ISA class
+    int8: bool = False             # the variant has an int8 recipe step (cross-machine atol in quantization steps)
+    update: bool = False           # --snapshot-update is on
     last: dict | None = None
 
     def serialize(self, data, *, exclude=None, include=None, matcher=None) -> str:
@@ -138,7 +260,9 @@ class DeploycheckSnapshotExtension(SingleFileSnapshotExtension):
             return False
         if self.settings is None:
             return old == new
-        self.last = compare(old, new, settings=self.settings)
+        self.last = compare(old, new, settings=self.settings, current=self.current, int8=self.int8)
+        if self.update and self.last.get("missing_class"):
+            return False  # --snapshot-update records this class's entry next to the others
         return self.last["ok"]
 
 

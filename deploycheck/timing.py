@@ -1,9 +1,11 @@
 """Latency measurement and statistics (runs inside the worker process).
 
 Rounds are calibrated as pytest-benchmark does: a round repeats the call until it lasts at
-least ``round_ms``, so timer resolution does not dominate tiny models. Ratio gates interleave
-variant and baseline rounds (A B A B ...) in one process and judge a bootstrap interval of
-the median ratio, measuring more while the interval straddles the threshold.
+least ``round_ms``, so timer resolution does not dominate tiny models. Ratio gates load the
+variant, the baseline and a control (the baseline loaded a second time) fresh in one process
+before anything else runs there, give them identical call histories, interleave their rounds
+and judge a bootstrap interval of the median ratio against the limit widened by the control's
+own deviation (see :func:`side_by_side`).
 """
 
 from __future__ import annotations
@@ -57,52 +59,80 @@ def bootstrap_ci(ratios: np.ndarray, confidence: float, *, n_boot: int = 2000, s
     return float(lo), float(hi)
 
 
-def interleaved(variant: Callable[[], object], baseline: Callable[[], object], *, limit: float | None,
-                warmup: int, min_rounds: int, max_time_s: float, round_s: float, confidence: float) -> dict:
-    """Median of per-pair time ratios variant/baseline with a bootstrap interval.
+ORDERS = ((0, 1, 2), (1, 2, 0), (2, 0, 1), (0, 2, 1), (2, 1, 0), (1, 0, 2))
 
-    Decision: ``pass`` when the interval's upper bound is <= limit, ``fail`` when its lower
-    bound is > limit; otherwise keep measuring (doubling) until ``max_time_s``, then decide by
-    the median and mark the verdict ``unsure``.
+
+def _decide(lo: float, hi: float, med: float, limit: float, noise: float, *, final: bool) -> str | None:
+    """pass: the whole interval is within limit x noise; fail: the whole interval is beyond it."""
+    bound = limit * noise
+    if hi <= bound:
+        return "pass"
+    if lo > bound:
+        return "fail"
+    if final:
+        return "pass-unsure" if med <= bound else "fail-unsure"
+    return None
+
+
+def side_by_side(variant: Callable[[], object], baseline: Callable[[], object], control: Callable[[], object] | None,
+                 *, limit: float | None, warmup: int, min_rounds: int, max_time_s: float, round_s: float,
+                 confidence: float) -> dict:
+    """Variant vs baseline, with a control: a second, independently loaded copy of the baseline.
+
+    The three callables were loaded fresh in this process and get the same call history: the
+    same warm-up calls, one shared calibration, then rounds of ``n`` calls each, their order
+    rotating through all six permutations so position effects cancel. Per round the variant's
+    time and the control's are divided by the baseline's.
+
+    The control (A/A) says how far two identical artifacts differ here and now. The ratio is
+    judged against ``limit x noise``, where ``noise`` is the control's deviation from 1 (its
+    interval's far end, never below 1): ``fail`` only when the variant's whole interval is
+    beyond that, ``pass`` when it is all within; otherwise measure more (doubling) until
+    ``max_time_s``, then decide by the medians and mark the verdict ``unsure``.
     """
+    sides = [variant, baseline, control] if control is not None else [variant, baseline]
     for _ in range(warmup):
-        variant()
-        baseline()
-    n = max(1, min(calibrate(variant, round_s), calibrate(baseline, round_s)))
-    ratios: list[float] = []
-    va: list[float] = []
-    ba: list[float] = []
+        for f in sides:
+            f()
+
+    def all_once():
+        for f in sides:
+            f()
+    n = max(1, calibrate(all_once, round_s * len(sides)))
+    times: list[list[float]] = [[] for _ in sides]
     t_start = time.perf_counter()
     target = min_rounds
+    rounds = 0
+    orders = [o for o in ORDERS] if len(sides) == 3 else [(0, 1), (1, 0)]
     while True:
-        while len(ratios) < target:
-            # Alternate which goes first so drift within a pair does not bias the ratio.
-            if len(ratios) % 2:
-                b = one_round(baseline, n)
-                v = one_round(variant, n)
-            else:
-                v = one_round(variant, n)
-                b = one_round(baseline, n)
-            va.append(v)
-            ba.append(b)
-            ratios.append(v / b)
-        r = np.asarray(ratios)
+        while rounds < target:
+            got = [0.0] * len(sides)
+            for i in orders[rounds % len(orders)]:
+                got[i] = one_round(sides[i], n)
+            for i, t in enumerate(got):
+                times[i].append(t)
+            rounds += 1
+        v, b = np.asarray(times[0]), np.asarray(times[1])
+        r = v / b
         lo, hi = bootstrap_ci(r, confidence)
         med = float(np.median(r))
+        noise, ctrl = 1.0, None
+        if control is not None:
+            c = np.asarray(times[2]) / b
+            clo, chi = bootstrap_ci(c, confidence, seed=1)
+            cmed = float(np.median(c))
+            noise = max(1.0, chi, 1.0 / clo) if clo > 0 else 1.0
+            ctrl = {"ratio": cmed, "ci_low": clo, "ci_high": chi, "noise": noise}
         elapsed = time.perf_counter() - t_start
         if limit is None:
             decision = "measured"
             break
-        if hi <= limit:
-            decision = "pass"
+        decision = _decide(lo, hi, med, limit, noise, final=elapsed >= max_time_s)
+        if decision is not None:
             break
-        if lo > limit:
-            decision = "fail"
-            break
-        if elapsed >= max_time_s:
-            decision = "pass-unsure" if med <= limit else "fail-unsure"
-            break
-        target = len(ratios) * 2
-    return {"ratio": med, "ci_low": lo, "ci_high": hi, "pairs": len(ratios), "calls_per_round": n,
+        target = rounds * 2
+    return {"ratio": med, "ci_low": lo, "ci_high": hi, "pairs": rounds, "calls_per_round": n,
             "confidence": confidence, "decision": decision, "elapsed_s": time.perf_counter() - t_start,
-            "variant": stats(va), "baseline": stats(ba)}
+            "control": ctrl, "limit": limit, "effective_limit": None if limit is None else limit * noise,
+            "variant": stats(times[0]), "baseline": stats(times[1]),
+            "history": {"warmup": warmup, "calls_per_side": warmup + n * (1 + rounds), "same_input": True}}

@@ -150,6 +150,20 @@ class Hogs(Tiny):
         return super().forward(x)
 
 
+class NaNs(Tiny):
+    """A broken model: every output is NaN."""
+
+    def forward(self, x):
+        return super().forward(x) * float("nan")
+
+
+class Overflows(Tiny):
+    """Fine in float32; in float16 the scaled intermediate overflows to Inf."""
+
+    def forward(self, x):
+        return (super().forward(x) * 1.0e5) / 1.0e5
+
+
 def broken():
     raise RuntimeError("factory exploded")
 '''

@@ -27,7 +27,7 @@ def test_full_snapshot_cycle(project):
     res.stdout.fnmatch_lines(["1 snapshot generated."])
     path = project.path / SNAP
     first = path.read_bytes()
-    assert b'"outputs": [\n    [' in first
+    assert b'"outputs": [\n        [' in first and b'"entries": {\n    "x86_64/' in first  # one probe per line, per ISA class
 
     project.run("-k", "snapshot").assert_outcomes(passed=1)
     project.run("-k", "snapshot", "--snapshot-update").assert_outcomes(passed=1)
@@ -89,5 +89,5 @@ def test_update_under_xdist_loses_nothing(project):
     assert len(files) == 12
     for f in files:
         text = (project.path / "__snapshots__/tiny" / f).read_text()
-        assert text.endswith("]\n}\n"), f  # complete, not truncated
+        assert text.endswith("]\n    }\n  }\n}\n"), f  # complete, not truncated
     project.run_subprocess("-k", "snapshot", "-n", "2").assert_outcomes(passed=12)

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from deploycheck.timing import bootstrap_ci, interleaved, measure, stats
+from deploycheck.timing import bootstrap_ci, measure, side_by_side, stats
 
 
 def spin(us: float):
@@ -17,9 +17,9 @@ def spin(us: float):
     return fn
 
 
-def gate(variant_us: float, limit: float, max_time_s: float = 1.0):
-    return interleaved(spin(variant_us), spin(100), limit=limit, warmup=3, min_rounds=20, max_time_s=max_time_s,
-                       round_s=2e-3, confidence=0.95)
+def gate(variant_us: float, limit: float, max_time_s: float = 1.0, control_us: float | None = 100):
+    return side_by_side(spin(variant_us), spin(100), spin(control_us) if control_us else None, limit=limit, warmup=3,
+                        min_rounds=20, max_time_s=max_time_s, round_s=2e-3, confidence=0.95)
 
 
 def test_pass_when_the_interval_is_inside_the_limit():
@@ -35,7 +35,7 @@ def test_fail_when_the_interval_is_past_the_limit():
 
 
 def test_unsure_measures_more_then_decides_by_the_median():
-    r = gate(100, limit=1.0, max_time_s=0.3)  # true ratio 1.0 sits exactly on the limit
+    r = gate(100, limit=1.0, max_time_s=0.3, control_us=None)  # true ratio 1.0 sits exactly on the limit
     assert r["decision"] in ("pass-unsure", "fail-unsure")
     assert r["pairs"] > 20  # it kept measuring while unsure
     assert r["ci_low"] <= 1.0 <= r["ci_high"]
@@ -57,3 +57,26 @@ def test_measure_calibrates_rounds_and_reports_percentiles():
     assert st["rounds"] == 10 and len(st["samples_ms"]) == 10
     assert st["p50_ms"] <= st["p95_ms"] <= st["p99_ms"]
     assert stats([0.001, 0.002, 0.003])["p50_ms"] == 2.0
+
+
+def test_the_control_widens_the_limit_by_its_own_deviation():
+    # a "control" 30% slower than the baseline means identical artifacts differ by 30% here:
+    # a variant 20% slower is then not clearly beyond a 1.1 limit
+    r = gate(120, limit=1.1, control_us=130)
+    assert r["control"]["ratio"] > 1.2 and r["control"]["noise"] > 1.2
+    assert r["effective_limit"] > 1.1 * 1.2
+    assert r["decision"] == "pass", r
+    assert gate(120, limit=1.1, control_us=None)["decision"] == "fail"
+
+
+def test_every_side_gets_the_same_call_history():
+    calls = {"v": 0, "b": 0, "c": 0}
+
+    def counted(name):
+        def fn():
+            calls[name] += 1
+        return fn
+    r = side_by_side(counted("v"), counted("b"), counted("c"), limit=None, warmup=4, min_rounds=10, max_time_s=1.0,
+                     round_s=1e-4, confidence=0.95)
+    assert calls["v"] == calls["b"] == calls["c"]
+    assert r["pairs"] == 10 and r["decision"] == "measured"

@@ -12,6 +12,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 
+from ..machine import snapshot_machine
 from . import FORMATS, sniff
 
 
@@ -40,7 +41,8 @@ def library_versions() -> dict:
 
 def write_manifest(path: str, *, fmt: str, input_shape, input_dtype: str, extra: dict) -> dict:
     man = {"format": fmt, "file": os.path.basename(path), "size": os.path.getsize(path), "sha256": sha256(path),
-           "libraries": library_versions(), "input": {"shape": list(input_shape), "dtype": input_dtype}, **extra}
+           "libraries": library_versions(), "input": {"shape": list(input_shape), "dtype": input_dtype},
+           "machine": snapshot_machine(), **extra}
     tmp = manifest_path(path) + ".tmp"
     with open(tmp, "w") as fh:
         json.dump(man, fh, indent=2, sort_keys=True)

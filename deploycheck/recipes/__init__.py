@@ -51,4 +51,4 @@ def apply(config: Any, model: Any, ctx: Any) -> Any:
 
 
 # Importing the modules registers their recipes (configs are light; torch loads in handlers).
-from . import distill, prune, quantize  # noqa: E402,F401
+from . import custom, distill, prune, quantize  # noqa: E402,F401

@@ -58,7 +58,13 @@ def _static(cfg, model, ctx) -> dict:
     from ..formats.export import batch_dims, batch_example
     gm = torch.export.export(model, (batch_example(ctx.example, True),), dynamic_shapes=batch_dims(True)).module()
     quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    qconfig = xiq.get_default_x86_inductor_quantization_config(reduce_range=cfg.reduce_range)
+    if cfg.weight_bits == 7:
+        # Weights in [-64, 63]: a pair of u8 x s7 products stays below 2^15, so the 16-bit
+        # intermediate of non-VNNI int8 dot products never saturates, in torch or onnxruntime.
+        import dataclasses
+        qconfig = dataclasses.replace(qconfig, weight=dataclasses.replace(qconfig.weight, quant_min=-64, quant_max=63))
+    quantizer.set_global(qconfig)
     prepared = prepare_pt2e(gm, quantizer)
     xtr, _ = ctx.data.train_tensors()
     bs = ctx.spec.data.batch_size
@@ -73,8 +79,12 @@ def _static(cfg, model, ctx) -> dict:
     q = convert_pt2e(prepared)
     from torchao.quantization.pt2e import move_exported_model_to_eval
     q = move_exported_model_to_eval(q)
-    return {"model": q, "summary": f"static int8 (pt2e, x86 quantizer), calibrated on {n} samples", "requires": ["torchao"],
-            "details": {"backend": "torchao.pt2e", "calibration_samples": n}}
+    bits = (f"{'7-bit activations (reduce_range)' if cfg.reduce_range else '8-bit activations'}, "
+            f"{cfg.weight_bits}-bit weights")
+    return {"model": q, "summary": f"static int8 (pt2e, x86 quantizer, {bits}), calibrated on {n} samples",
+            "requires": ["torchao"],
+            "details": {"backend": "torchao.pt2e", "calibration_samples": n, "reduce_range": cfg.reduce_range,
+                        "weight_bits": cfg.weight_bits}}
 
 
 def _cast(cfg, model, ctx) -> dict:

@@ -35,6 +35,15 @@ class PruneConfig:
     seed: int = field(0, doc="seed for random_unstructured")
     finetune: FineTune | None = field(None, doc="optional recovery fine-tune: {epochs, lr, batch_size, seed}")
 
+    OPTIONS_BY = "method"
+    _COMMON = ("amount", "modules", "skip", "finetune")
+    OPTIONS = {
+        "l1_unstructured": _COMMON,
+        "global_l1_unstructured": _COMMON,
+        "random_unstructured": _COMMON + ("seed",),
+        "ln_structured": _COMMON + ("dim", "n"),
+    }
+
     def short(self) -> str:
         return f"prune:{self.method}@{self.amount:g}" + ("+ft" if self.finetune else "")
 

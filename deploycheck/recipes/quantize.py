@@ -28,8 +28,23 @@ class QuantizeConfig:
     engine: Literal["x86", "fbgemm", "qnnpack", "onednn"] = field(
         "x86", doc="torch.ao quantized engine for dynamic_int8; recorded in the manifest and set by the loader. "
                    "x86/fbgemm quantize activations to 7 bits (fast); qnnpack uses 8 bits (more accurate, slower on x86)")
+    weight_bits: Literal[8, 7] = field(8, doc="static_int8: 7 keeps weights in [-64, 63], so int8 dot products never "
+                                              "saturate their 16-bit intermediate on x86 CPUs without VNNI (AVX2, early "
+                                              "AVX-512): results agree across CI runners, in torch and onnxruntime alike")
+    reduce_range: bool = field(False, doc="static_int8: 7-bit activations (0..127), torch's older fix for the same "
+                                          "saturation; onnxruntime does not keep the 127 clamp (QuantizeLinear "
+                                          "saturates at 255), so ONNX outputs depart from torch's - prefer weight_bits: 7")
     per_channel: bool = field(False, doc="dynamic_int8 (torch.ao): one weight scale per output channel instead of per "
                                          "tensor: more accurate, slightly larger")
+
+    OPTIONS_BY = "method"
+    OPTIONS = {
+        "dynamic_int8": ("backend", "modules", "skip", "engine", "per_channel"),
+        "weight_only_int8": ("backend", "modules", "skip"),
+        "static_int8": ("backend", "calibration_batches", "weight_bits", "reduce_range"),
+        "fp16": ("backend",),
+        "bf16": ("backend",),
+    }
 
     def check(self) -> list[tuple[str, str]]:
         if self.method == "static_int8" and self.backend == "torch.ao":

@@ -11,9 +11,11 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import platform
 import subprocess
 from typing import Any
+
+from ..machine import fingerprint
+from ..machine import summary as machine_summary
 
 SCHEMA_VERSION = 1
 STATUS_ORDER = {"error": 0, "failed": 1, "unsupported": 2, "passed": 3}
@@ -140,6 +142,13 @@ def summary_lines(rows: list[dict]) -> list[str]:
     return out
 
 
+def machine_line(machine: dict) -> str:
+    """The run's machine on one line; older reports (before the fingerprint) show what they have."""
+    if machine.get("isa_level"):
+        return machine_summary(machine)
+    return "machine: " + (machine.get("processor") or machine.get("machine") or "unknown")
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     from tabulate import tabulate
     n_fail = sum(r["verdict"] == "FAIL" for r in rows)
@@ -148,8 +157,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
     machine = meta.get("machine") or {}
     out = ["# deploycheck report", "",
            f"{n_pass} passed, {n_fail} failed, {n_uns} unsupported — torch {(meta.get('libraries') or {}).get('torch', '?')}, "
-           f"{machine.get('processor') or machine.get('machine') or 'unknown machine'}, commit "
-           f"{((meta.get('git') or {}).get('commit') or 'n/a')[:12]}, {meta.get('created', '')}", ""]
+           f"commit {((meta.get('git') or {}).get('commit') or 'n/a')[:12]}, {meta.get('created', '')}", "",
+           machine_line(machine), ""]
     out += [f"- {line}" for line in summary_lines(rows)] + [""]
     for spec in sorted({r["spec"] for r in rows}):
         srows = [r for r in rows if r["spec"] == spec]
@@ -184,8 +193,7 @@ def metadata(records: list[dict], rootdir: str, exitstatus: int) -> dict:
     return {"schema_version": SCHEMA_VERSION,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "exitstatus": exitstatus,
-            "machine": {"platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
-                        "python": platform.python_version(), "cpu_count": os.cpu_count(), "node": platform.node()},
+            "machine": fingerprint(),
             "libraries": library_versions(), "git": _git(rootdir), "spec_files": hashes}
 
 

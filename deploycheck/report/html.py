@@ -104,14 +104,14 @@ code{background:#f5f5f5;padding:0 3px}
 
 
 def render(rows: list[dict], meta: dict, summary: list[str]) -> str:
-    from . import COLUMNS, _cells
+    from . import COLUMNS, _cells, machine_line
     figs = plots(rows)
     e = html.escape
     parts = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>", "<title>deploycheck report</title>",
              f"<style>{CSS}</style></head><body>", "<h1>deploycheck report</h1>",
              f"<p>{e(meta.get('created', ''))} · torch {e((meta.get('libraries') or {}).get('torch', '?'))} · "
-             f"{e((meta.get('machine') or {}).get('processor') or (meta.get('machine') or {}).get('machine') or '')} · commit "
-             f"<code>{e(((meta.get('git') or {}).get('commit') or 'n/a')[:12])}</code></p>", "<ul>"]
+             f"commit <code>{e(((meta.get('git') or {}).get('commit') or 'n/a')[:12])}</code></p>",
+             f"<p class='machine'>{e(machine_line(meta.get('machine') or {}))}</p>", "<ul>"]
     parts += [f"<li>{e(s)}</li>" for s in summary] + ["</ul>"]
     if not figs:
         parts.append("<p><em>Plots need matplotlib: pip install 'deploycheck[html]'.</em></p>")

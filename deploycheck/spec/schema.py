@@ -266,6 +266,19 @@ def finish(cls: type, kwargs: dict[str, Any], *, path: str, line: int, ctx: Ctx,
     A problem is reported at its field's line when the raw mapping is given."""
     obj = cls(**kwargs)
     check = getattr(obj, "check", None)
+    options = getattr(cls, "OPTIONS", None)
+    if options and isinstance(raw, dict):
+        # Options that belong to another method are errors, never silently ignored.
+        key = cls.OPTIONS_BY
+        allowed = options.get(getattr(obj, key), ())
+        for name in raw:
+            if name != key and name not in allowed:
+                takes = ", ".join(allowed) if allowed else "no other options"
+                fl = raw.line_of(name) if isinstance(raw, LMap) else line
+                ctx.error(fl, f"{path}.{name}" if path else name,
+                          f"does not apply to {key} {getattr(obj, key)!r}; it takes: {takes}")
+        if any(n != key and n not in allowed for n in raw):
+            raise Invalid
     if check is not None:
         problems = check()
         for fname, msg in problems:

@@ -1,0 +1,95 @@
+"""Numeric comparison and number formatting shared by checks, snapshots and reports.
+
+pytest-regressions style: one summary line, then shape, how many elements differ, max/mean abs
+and rel error and the worst elements.
+"""
+
+from __future__ import annotations
+
+
+def fmt_num(x: float) -> str:
+    if x is None:
+        return "n/a"
+    if x == 0:
+        return "0"
+    a = abs(x)
+    if a >= 1000 or a < 1e-3:
+        return f"{x:.3g}"
+    return f"{x:.4g}" if a < 1 else f"{x:.4g}"
+
+
+def compare_arrays(actual, expected, *, atol: float, rtol: float, worst: int = 5) -> dict:
+    """pytest-regressions style statistics of |actual - expected| against atol + rtol * |expected|."""
+    import torch
+    a, e = actual.double(), expected.double()
+    diff = (a - e).abs()
+    # the same NaN or Inf on both sides is no difference (the finite check reports them)
+    same = (torch.isnan(a) & torch.isnan(e)) | (torch.isinf(a) & (a == e))
+    diff = torch.where(same, torch.zeros_like(diff), diff)
+    rel = diff / e.abs().clamp_min(1e-12)
+    bad = diff > atol + rtol * e.abs()
+    bad = bad | torch.isnan(a) ^ torch.isnan(e)
+    n_bad = int(bad.sum())
+    flat = diff.flatten()
+    order = torch.argsort(flat, descending=True)[:worst]
+    rows = []
+    for idx in order.tolist():
+        pos = list(_unravel(idx, tuple(a.shape)))
+        rows.append((pos, float(a.flatten()[idx]), float(e.flatten()[idx]), float(flat[idx])))
+    return {"shape": tuple(a.shape), "mismatched": n_bad, "total": a.numel(),
+            "max_abs": float(diff.max()) if diff.numel() else 0.0, "mean_abs": float(diff.mean()) if diff.numel() else 0.0,
+            "max_rel": float(rel.max()) if rel.numel() else 0.0, "mean_rel": float(rel.mean()) if rel.numel() else 0.0,
+            "worst": rows}
+
+
+def _unravel(idx: int, shape: tuple) -> list[int]:
+    out = []
+    for d in reversed(shape):
+        out.append(idx % d)
+        idx //= d
+    return list(reversed(out))
+
+
+def render_mismatch(st: dict, *, what: str, left: str, right: str, atol: float, rtol: float, hint: str = "") -> str:
+    pct = 100.0 * st["mismatched"] / max(st["total"], 1)
+    lines = [f"{what} (atol {fmt_num(atol)}, rtol {fmt_num(rtol)}): |{left} - {right}| <= atol + rtol * |{right}| failed"]
+    if hint:
+        lines.append(hint)
+    lines += [f"  shape: {st['shape']}",
+              f"  mismatched elements: {st['mismatched']} / {st['total']} ({pct:.2f}%)",
+              f"  max abs diff: {fmt_num(st['max_abs'])}   mean abs diff: {fmt_num(st['mean_abs'])}",
+              f"  max rel diff: {fmt_num(st['max_rel'])}   mean rel diff: {fmt_num(st['mean_rel'])}",
+              "  worst elements:",
+              f"    {'index':<14}{left:>14}{right:>14}{'abs diff':>12}"]
+    for pos, av, ev, d in st["worst"]:
+        lines.append(f"    {str(pos):<14}{av:>14.6g}{ev:>14.6g}{d:>12.4g}")
+    return "\n".join(lines)
+
+
+def nonfinite(t) -> dict | None:
+    """Where a tensor holds NaN or Inf: counts and the first sample and output index, or None.
+
+    The first sample is the first row (batch index); the output index is the position inside
+    that row's output, so a message can point at both."""
+    import torch
+    t = t.detach()
+    if not t.is_floating_point():
+        return None
+    bad = ~torch.isfinite(t)
+    n_bad = int(bad.sum())
+    if not n_bad:
+        return None
+    first = int(torch.nonzero(bad.flatten())[0])
+    pos = _unravel(first, tuple(t.shape))
+    return {"nan": int(torch.isnan(t).sum()), "posinf": int(torch.isposinf(t).sum()),
+            "neginf": int(torch.isneginf(t).sum()), "bad": n_bad, "total": t.numel(),
+            "first_sample": pos[0] if pos else 0, "first_index": pos[1:], "first_value": float(t.flatten()[first])}
+
+
+def describe_nonfinite(info: dict, *, whose: str) -> str:
+    """``the variant's outputs contain 4,500 NaN of 4,500; first at sample 0, output index [3]``."""
+    kinds = [f"{info[k]:,} {name}" for k, name in (("nan", "NaN"), ("posinf", "+Inf"), ("neginf", "-Inf")) if info[k]]
+    where = f"first at sample {info['first_sample']}"
+    if info["first_index"]:
+        where += f", output index {info['first_index']}"
+    return f"{whose} contain {' and '.join(kinds)} of {info['total']:,} values; {where}"

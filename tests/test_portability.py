@@ -1,0 +1,119 @@
+"""Verdicts that hold on every x86 runner: the shipped specs under emulated instruction sets.
+
+``ATEN_CPU_CAPABILITY`` lowers the ISA torch's kernels use and ``ONEDNN_MAX_CPU_ISA`` caps
+oneDNN's, so one machine reproduces what an AVX2-only CI runner computes (float summation order,
+int8 rounding). The committed snapshots were approved on another class; they must still pass,
+compared by the declared cross-machine rule, and say so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import make_spec
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+EMULATED = {
+    "default": {"ATEN_CPU_CAPABILITY": "default"},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+}
+
+
+@pytest.mark.parametrize("isa", sorted(EMULATED))
+def test_shipped_digits_specs_pass_under_an_emulated_isa(isa, tmp_path):
+    env = {**os.environ, **EMULATED[isa]}
+    env.pop("PYTEST_ADDOPTS", None)
+    # The int8 variants and their baselines, where kernels differ most; every format but aoti
+    # (its ~20 s compile per artifact would double CI time).
+    cmd = [sys.executable, "-m", "pytest", "specs/digits_mlp.yaml", "specs/digits_cnn.yaml", "-q", "-p", "no:cacheprovider",
+           "-k", "(baseline or int8) and not aoti and (snapshot or outputs or metric)", "--snapshot-warn-unused",
+           "--deploycheck-cache=off", f"--deploycheck-run-dir={tmp_path / 'run'}",
+           f"--deploycheck-report-dir={tmp_path / 'reports'}"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-2000:]
+    assert f"class x86_64/{isa} (emulated on " in res.stdout
+    doc = json.loads((tmp_path / "reports" / "deploycheck.json").read_text())
+    assert doc["machine"]["emulated"] is True and doc["machine"]["torch_cpu_capability"] == isa.upper()
+    snaps = [r for r in doc["records"] if r["check"] == "snapshot"]
+    assert len(snaps) >= 10 and all(r["status"] == "passed" for r in snaps)
+    # judged against the entry approved on real hardware, by the cross-machine rule, and saying so
+    assert {r["details"]["rule"] for r in snaps} == {"cross-machine"}
+    assert all("compared on x86_64/" in r["formula"] and "by the cross-machine rule" in r["formula"] for r in snaps)
+
+
+def test_fingerprint_goes_into_report_snapshot_and_manifest(project):
+    project.write(make_spec(snapshot="true"))
+    res = project.run("--snapshot-update")
+    res.assert_outcomes(passed=7)
+    res.stdout.fnmatch_lines(["machine: * class x86_64/*; torch * capability *; quantized engine *"])
+    doc = json.loads((project.path / "reports" / "deploycheck.json").read_text())
+    assert {"cpu_vendor", "cpu_model", "isa_level", "torch_cpu_capability", "quantized_engine", "onednn",
+            "onnxruntime", "threads"} <= set(doc["machine"])
+    snap = json.loads((project.path / "__snapshots__/tiny/tiny.baseline.torchscript.snapshot.json").read_text())
+    (cls, entry), = snap["entries"].items()
+    assert cls.startswith("x86_64/") and entry["machine"]["isa_level"] == doc["machine"]["isa_level"]
+    assert "labels" in entry  # iris accuracy: a classifier keeps its top-k labels
+    art = next(r for r in doc["records"] if r["check"] == "size")["details"]["path"]
+    man = json.loads(open(art + ".manifest.json").read())
+    assert man["machine"]["isa_level"] == doc["machine"]["isa_level"]
+
+
+def test_another_class_is_compared_by_the_cross_machine_rule_and_update_adds_its_entry(project):
+    project.write(make_spec(snapshot="true"))
+    project.run("-k", "snapshot", "--snapshot-update").assert_outcomes(passed=1)
+    path = project.path / "__snapshots__/tiny/tiny.baseline.torchscript.snapshot.json"
+    doc = json.loads(path.read_text())
+    (mine, entry), = doc["entries"].items()
+    # pretend the approved entry came from another runner class, with float noise in its values
+    other = json.loads(json.dumps(entry))
+    other["outputs"] = [[v + 5e-4 for v in row] for row in other["outputs"]]
+    doc["entries"] = {"x86_64/avx2": other}
+    path.write_text(json.dumps(doc))
+    project.run("-k", "snapshot").assert_outcomes(passed=1)
+    assert f"approved on x86_64/avx2, compared on {mine} by the cross-machine rule" in snapshot_formula(project)
+    # beyond the cross-machine atol (1e-3): fails, naming both classes and the rule
+    other["outputs"] = [[v + 0.05 for v in row] for row in entry["outputs"]]
+    path.write_text(json.dumps({**doc, "entries": {"x86_64/avx2": other}}))
+    res = project.run("-k", "snapshot")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines([f"  approved on x86_64/avx2, compared on {mine} by the cross-machine rule: atol 0.001*"])
+    # --snapshot-update adds this class's entry and keeps the other one
+    project.run("-k", "snapshot", "--snapshot-update").assert_outcomes(passed=1)
+    entries = json.loads(path.read_text())["entries"]
+    assert sorted(entries) == sorted(["x86_64/avx2", mine])
+    assert entries["x86_64/avx2"]["outputs"] == other["outputs"]
+    project.run("-k", "snapshot").assert_outcomes(passed=1)
+    assert f"approved on {mine}, compared on the same class" in snapshot_formula(project)
+
+
+def snapshot_formula(project) -> str:
+    doc = json.loads((project.path / "reports" / "deploycheck.json").read_text())
+    return next(r["formula"] for r in doc["records"] if r["check"] == "snapshot")
+
+
+def test_embeddings_store_no_labels(project):
+    import numpy as np
+    np.savez(project.path / "unlabelled.npz", x=np.random.default_rng(0).normal(size=(40, 4)).astype("float32"))
+    project.write(make_spec(snapshot="true", extra="metric: cosine").replace("source: sklearn:iris", "source: npz:unlabelled.npz"))
+    project.run("-k", "snapshot", "--snapshot-update").assert_outcomes(passed=1)
+    snap = json.loads((project.path / "__snapshots__/tiny/tiny.baseline.torchscript.snapshot.json").read_text())
+    (entry,) = snap["entries"].values()
+    assert "labels" not in entry and len(entry["outputs"]) == 8
+
+
+def test_saturation_hint_names_the_option_on_a_cpu_without_vnni(project, monkeypatch):
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    project.write(make_spec(variants="  baseline: {}\n  static:\n    quantize: {method: static_int8}",
+                            formats="[onnx]", thresholds="  outputs: {atol: 0.0, rtol: 0.0}"))
+    res = project.run_subprocess("-k", "static and outputs")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["  likely cause: this CPU (x86_64/avx2 (emulated on *)) has no VNNI, so int8 dot "
+                              "products (u8 x s8) accumulate pairs in a saturating 16-bit intermediate*"
+                              "quantize with `weight_bits: 7`*"])
