@@ -67,20 +67,11 @@ def machine() -> dict:
     return {**kernel_key(), "node": platform.node(), "cpus": os.cpu_count()}
 
 
-def module_source_hash(import_path: str, search: list[str]) -> str | None:
-    """Hash of the file that defines ``module`` of ``module:attr`` (found without importing it)."""
-    import sys
-    mod = import_path.partition(":")[0]
-    for d in reversed(search):
-        if d not in sys.path:
-            sys.path.insert(0, d)
-    try:
-        spec = importlib.util.find_spec(mod)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.origin or not os.path.exists(spec.origin):
-        return None
-    return file_sha(spec.origin)
+def code_hashes(spec) -> dict[str, str | None]:
+    """sha256 of every user file the spec's callables import from its python_path (see usercode)."""
+    from .models import search_dirs
+    from .usercode import files
+    return {path: file_sha(path) for path in files(code_paths(spec), search_dirs(spec))}
 
 
 def code_paths(spec) -> list[str]:
@@ -101,9 +92,7 @@ def code_paths(spec) -> list[str]:
 
 
 def build_key(spec, vname: str) -> str:
-    from .models import search_dirs
     base = os.path.dirname(os.path.abspath(spec.path))
-    search = search_dirs(spec)
     weights = os.path.join(base, spec.model.weights) if spec.model.weights else None
     data_file = None
     if spec.data.source.startswith(("npz:", "text:")):
@@ -124,7 +113,7 @@ def build_key(spec, vname: str) -> str:
                "semantic": semantic,
                "weights": file_sha(weights) if weights else None, "data": dataclasses.asdict(spec.data),
                "data_file": data_file, "metric": dataclasses.asdict(spec.metric),
-               "code": {p: module_source_hash(p, search) for p in code_paths(spec)},
+               "code": code_hashes(spec),
                "steps": [(type(s).__name__, dataclasses.asdict(s)) for s in spec.variant(vname).steps],
                "baseline_steps": vname == "baseline"})
 
@@ -161,6 +150,13 @@ class Cache:
     def _dir(self, kind: str, key: str) -> str:
         return os.path.join(self.root, kind, key[:2], key)
 
+    def _touch(self, d: str) -> None:
+        """Mark an entry as used now: eviction removes the least recently used first."""
+        try:
+            os.utime(d)
+        except OSError:
+            pass
+
     def _publish(self, tmp: str, final: str) -> None:
         os.makedirs(os.path.dirname(final), exist_ok=True)
         try:
@@ -191,6 +187,7 @@ class Cache:
         except Exception:
             return None
         self.hits["built"] += 1
+        self._touch(d)
         return meta, model, outputs
 
     def put_built(self, key: str, meta: dict, model, outputs) -> None:
@@ -227,6 +224,7 @@ class Cache:
         except (OSError, ValueError, KeyError):
             return None
         self.hits["artifact"] += 1
+        self._touch(d)
         return manifest
 
     def put_artifact(self, key: str, path: str, manifest: dict) -> None:
@@ -252,6 +250,7 @@ class Cache:
         except (OSError, ValueError):
             return None
         self.hits["result"] += 1
+        self._touch(d)
         return result
 
     def put_result(self, key: str, result: dict, outputs_path: str) -> None:
@@ -264,3 +263,125 @@ class Cache:
         with open(os.path.join(tmp, "result.json"), "w") as fh:
             json.dump(result, fh)
         self._publish(tmp, self._dir("result", key))
+
+
+# --- location, size and eviction ---------------------------------------------------------------
+
+DEFAULT_MAX_BYTES = 2 * 1000**3   # 2 GB
+KINDS = ("built", "artifact", "result")
+_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def default_root() -> str:
+    """The user's cache folder, shared by every checkout (keys are content hashes):
+    $DEPLOYCHECK_CACHE_DIR, else $XDG_CACHE_HOME/deploycheck, else the platform's cache folder."""
+    import sys
+    if os.environ.get("DEPLOYCHECK_CACHE_DIR"):
+        return os.path.abspath(os.environ["DEPLOYCHECK_CACHE_DIR"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return os.path.join(os.environ["XDG_CACHE_HOME"], "deploycheck")
+    if sys.platform == "darwin":
+        return os.path.expanduser("~/Library/Caches/deploycheck")
+    if os.name == "nt" and os.environ.get("LOCALAPPDATA"):
+        return os.path.join(os.environ["LOCALAPPDATA"], "deploycheck", "Cache")
+    return os.path.expanduser("~/.cache/deploycheck")
+
+
+def parse_size(text: str | int) -> int:
+    """'2GB', '500MB', '1.5GiB' or a number of bytes -> bytes."""
+    import re
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"not a size: {text!r} (examples: 500MB, 2GB, 1.5GiB, 1000000)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def fmt_size(n: int) -> str:
+    for unit, f in (("GB", 1000**3), ("MB", 1000**2), ("kB", 1000)):
+        if n >= f:
+            return f"{n / f:.1f} {unit}"
+    return f"{n} B"
+
+
+def _tree_size(path: str) -> int:
+    total = 0
+    for d, _, fs in os.walk(path):
+        for f in fs:
+            try:
+                total += os.path.getsize(os.path.join(d, f))
+            except OSError:
+                pass
+    return total
+
+
+def entries(root: str) -> list[dict]:
+    """Every published entry: kind, key, path, bytes, last use (mtime of its folder)."""
+    out = []
+    for kind in KINDS:
+        base = os.path.join(root, kind)
+        if not os.path.isdir(base):
+            continue
+        for shard in sorted(os.listdir(base)):
+            sd = os.path.join(base, shard)
+            if not os.path.isdir(sd):
+                continue
+            for key in sorted(os.listdir(sd)):
+                d = os.path.join(sd, key)
+                try:
+                    used = os.stat(d).st_mtime
+                except OSError:
+                    continue
+                out.append({"kind": kind, "key": key, "path": d, "bytes": _tree_size(d), "used": used})
+    return out
+
+
+def _remove(path: str) -> None:
+    """Take an entry out of sight atomically (rename), then delete it: a reader sees all or nothing."""
+    import uuid
+    trash = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(path))), "tmp", f"evicted-{uuid.uuid4().hex}")
+    try:
+        os.makedirs(os.path.dirname(trash), exist_ok=True)
+        os.replace(path, trash)
+    except OSError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def evict(root: str, max_bytes: int) -> list[dict]:
+    """Remove least recently used entries until the cache is at most ``max_bytes``; returns them.
+    Staging folders older than an hour (an interrupted writer) go too."""
+    import time
+    staging = os.path.join(root, "tmp")
+    if os.path.isdir(staging):
+        for name in os.listdir(staging):
+            p = os.path.join(staging, name)
+            try:
+                if time.time() - os.stat(p).st_mtime > 3600:
+                    shutil.rmtree(p, ignore_errors=True)
+            except OSError:
+                pass
+    es = entries(root)
+    total = sum(e["bytes"] for e in es)
+    removed = []
+    for e in sorted(es, key=lambda e: (e["used"], e["path"])):
+        if total <= max_bytes:
+            break
+        _remove(e["path"])
+        total -= e["bytes"]
+        removed.append(e)
+    return removed
+
+
+def clean(root: str, *, older_than_s: float | None = None) -> list[dict]:
+    """Remove every entry, or only those unused for longer than ``older_than_s``."""
+    import time
+    now = time.time()
+    gone = [e for e in entries(root) if older_than_s is None or now - e["used"] > older_than_s]
+    for e in gone:
+        _remove(e["path"])
+    if older_than_s is None:
+        shutil.rmtree(os.path.join(root, "tmp"), ignore_errors=True)
+    return gone

@@ -67,14 +67,14 @@ def baseline_nonfinite(runner, spec, fspec=None) -> str | None:
     from .numeric import nonfinite
     base = runner.built(spec, "baseline")
     if nonfinite(base.outputs) is not None:
-        return f"the baseline's in-memory outputs are not finite (see {spec.name}::baseline::*::finite)"
+        return f"the baseline's in-memory outputs are not finite (see {spec.name}::baseline::*::outputs)"
     if fspec is not None and "baseline" in spec.variants and any(f.name == fspec.name for f in spec.variant("baseline").formats):
         try:
             r = runner.reload(spec, "baseline", fspec)
         except Exception:  # noqa: BLE001 - the baseline's own items report its failures
             return None
         if nonfinite(r.outputs) is not None:
-            return f"the baseline's reloaded {fspec.name} outputs are not finite (see {spec.name}::baseline::{fspec.name}::finite)"
+            return f"the baseline's reloaded {fspec.name} outputs are not finite (see {spec.name}::baseline::{fspec.name}::outputs)"
     return None
 
 
@@ -88,9 +88,10 @@ def skip_if_baseline_nonfinite(runner, spec, vname: str) -> None:
         pytest.skip(f"not compared: {why}")
 
 
-@check("finite")
-def finite_check(runner, spec, vname, fspec) -> Verdict:
-    """NaN or Inf in the in-memory or reloaded outputs on the evaluation batches fail, with where."""
+# --- outputs ------------------------------------------------------------------------------------
+
+def finite_verdict(runner, spec, vname, fspec) -> "Verdict | None":
+    """NaN or Inf in the in-memory or reloaded outputs: a failed ``outputs`` verdict saying where."""
     from .numeric import describe_nonfinite, nonfinite
     b = runner.built(spec, vname)
     r = runner.reload(spec, vname, fspec)
@@ -101,18 +102,18 @@ def finite_check(runner, spec, vname, fspec) -> Verdict:
         if info is not None:
             details[label] = info
             problems.append(describe_nonfinite(info, whose=f"{whose} {label} outputs"))
-    n = int(b.outputs.numel())
-    if problems:
-        msg = "\n".join(problems)
-        return Verdict("finite", False, msg, problems[0], sum(d["bad"] for d in details.values()), 0, details)
-    return Verdict("finite", True, formula=f"all {n:,} output values finite, in memory and reloaded", value=0,
-                   threshold=0)
+    if not problems:
+        return None
+    return Verdict("outputs", False, "\n".join(problems), problems[0], sum(d["bad"] for d in details.values()),
+                   {"finite": True}, {"nonfinite": details})
 
-
-# --- outputs ------------------------------------------------------------------------------------
 
 @check("outputs")
 def outputs_check(runner, spec, vname, fspec) -> Verdict:
+    """Finite outputs first (NaN/Inf fail here, where they arise), then reloaded vs in-memory."""
+    bad = finite_verdict(runner, spec, vname, fspec)
+    if bad is not None:
+        return bad
     r = runner.reload(spec, vname, fspec)
     b = runner.built(spec, vname)
     th = spec.variant(vname).thresholds.outputs

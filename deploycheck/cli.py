@@ -161,6 +161,40 @@ def _try_load(path, fmt, manifest, timeout):
     return None
 
 
+def cmd_cache(args) -> int:
+    from .cache import KINDS, clean, default_root, entries, fmt_size
+    root = os.path.abspath(args.dir) if args.dir else default_root()
+    if args.action == "info":
+        es = entries(root) if os.path.isdir(root) else []
+        total = sum(e["bytes"] for e in es)
+        print(f"location: {root}")
+        print(f"size: {fmt_size(total)} in {len(es)} entries")
+        for kind in KINDS:
+            k = [e for e in es if e["kind"] == kind]
+            print(f"  {kind}: {len(k)} entries, {fmt_size(sum(e['bytes'] for e in k))}")
+        return 0
+    older = None
+    if args.older_than:
+        try:
+            older = _duration(args.older_than)
+        except ValueError as e:
+            print(f"deploycheck cache clean: {e}", file=sys.stderr)
+            return 2
+    gone = clean(root, older_than_s=older) if os.path.isdir(root) else []
+    what = f" unused for more than {args.older_than}" if older is not None else ""
+    print(f"removed {len(gone)} entries{what} ({fmt_size(sum(e['bytes'] for e in gone))}) from {root}")
+    return 0
+
+
+def _duration(text: str) -> float:
+    """'7d', '12h', '30m', '45s' -> seconds."""
+    import re
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([dhms])\s*", text)
+    if not m:
+        raise ValueError(f"--older-than: expected a duration such as 7d, 12h, 30m or 45s, got {text!r}")
+    return float(m.group(1)) * {"d": 86400, "h": 3600, "m": 60, "s": 1}[m.group(2)]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="deploycheck", description="Declarative tests for deployed PyTorch models. "
                                 "Run the checks with: pytest specs/")
@@ -186,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--no-load", action="store_true", help="only check bytes, do not load in a fresh process")
     n.add_argument("--timeout", type=float, default=120.0)
     n.set_defaults(fn=cmd_inspect)
+    c = sub.add_parser("cache", help="show or empty the cache of built variants, artifacts and results")
+    c.add_argument("action", choices=("info", "clean"))
+    c.add_argument("--older-than", help="clean: only entries unused for longer than this (e.g. 7d, 12h)")
+    c.add_argument("--dir", help="cache folder (default: $DEPLOYCHECK_CACHE_DIR, else $XDG_CACHE_HOME/deploycheck, "
+                                 "else ~/.cache/deploycheck)")
+    c.set_defaults(fn=cmd_cache)
     from .report.compare import add_commands
     add_commands(sub)
     args = p.parse_args(argv)

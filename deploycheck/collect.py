@@ -12,7 +12,7 @@ import pytest
 
 from .errors import SpecError, StageError
 
-FORMAT_CHECKS = ("load", "finite", "outputs", "metric", "fidelity", "semantic", "latency", "size", "snapshot")
+FORMAT_CHECKS = ("load", "outputs", "metric", "fidelity", "semantic", "latency", "size", "snapshot")
 
 
 class SpecFile(pytest.File):

@@ -15,11 +15,17 @@ def search_dirs(spec) -> list[str]:
     return [os.path.normpath(os.path.join(base, p)) for p in spec.model.python_path]
 
 
-def import_callable(path: str, search: Iterable[str] = ()) -> Callable[..., Any]:
-    """Import ``module:attr`` after putting ``search`` first on sys.path (as pytest's rootdir insertion does)."""
+def use_search_path(search: Iterable[str]) -> None:
+    """Put the spec's python_path first on sys.path (as pytest's rootdir insertion does): the
+    factory's module, and unpickling a cached model of the user's classes, need it."""
     for d in reversed(list(search)):
         if d not in sys.path:
             sys.path.insert(0, d)
+
+
+def import_callable(path: str, search: Iterable[str] = ()) -> Callable[..., Any]:
+    """Import ``module:attr`` from the spec's python_path (see :func:`use_search_path`)."""
+    use_search_path(search)
     mod_name, _, attr = path.partition(":")
     mod = importlib.import_module(mod_name)
     obj: Any = mod

@@ -25,11 +25,18 @@ def pytest_addoption(parser):
                 help="reuse results across sessions by content hash: all (built variants, artifacts and "
                      "fresh-process results on this machine), build (re-measure every reload), off")
     g.addoption("--deploycheck-cache-dir", default=None,
-                help="cache folder (default: a folder under the system temp dir, next to the run dir)")
+                help="cache folder (default: $DEPLOYCHECK_CACHE_DIR, else $XDG_CACHE_HOME/deploycheck, else "
+                     "~/.cache/deploycheck; shared by every checkout)")
+    g.addoption("--deploycheck-cache-size", default=None,
+                help="size cap of the cache, e.g. 500MB or 5GB (default: ini deploycheck_cache_size, else 2GB); "
+                     "least recently used entries are evicted at the end of a session")
     parser.addini("deploycheck_report_dir", "report folder, relative to the rootdir", default="reports")
+    parser.addini("deploycheck_cache_size", "size cap of the cache (e.g. 2GB)", default="2GB")
 
 
 def pytest_configure(config):
+    cache_size(config)  # a bad size is a usage error now, not at the end
+    _start_session(config)
     config.pluginmanager.register(ReportCollector(config), "deploycheck-report")
     from .snapshots import enable_for_items
     enable_for_items()
@@ -57,18 +64,64 @@ def _base_dir(config) -> str:
     return os.path.join(tempfile.gettempdir(), f"deploycheck-{tag}")
 
 
+_SESSION_ENV = "DEPLOYCHECK_SESSION"
+
+
 def run_dir(config) -> str:
+    """``<base>/run/<session>/<worker>``: one folder per session, so concurrent sessions never share
+    files; xdist workers inherit the controller's session through the environment."""
     given = config.getoption("deploycheck_run_dir")
     base = os.path.abspath(given) if given else _base_dir(config)
     worker = getattr(config, "workerinput", {}).get("workerid", "main")
-    return os.path.join(base, "run", worker)
+    return os.path.join(base, "run", os.environ.get(_SESSION_ENV, f"{os.getpid()}"), worker)
+
+
+def _start_session(config) -> None:
+    """Name this session's run folder and remove the folders of earlier sessions that have ended
+    (their process is gone); the last session's artifacts stay until the next session starts."""
+    if _is_worker(config):
+        return
+    import time
+    os.environ[_SESSION_ENV] = f"{os.getpid()}-{int(time.time())}"
+    given = config.getoption("deploycheck_run_dir")
+    runs = os.path.join(os.path.abspath(given) if given else _base_dir(config), "run")
+    if not os.path.isdir(runs):
+        return
+    import shutil
+    for name in os.listdir(runs):
+        pid = name.split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(os.path.join(runs, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def cache_dir(config) -> str | None:
     if config.getoption("deploycheck_cache") == "off":
         return None
+    from .cache import default_root
     given = config.getoption("deploycheck_cache_dir")
-    return os.path.abspath(given) if given else os.path.join(_base_dir(config), "cache")
+    return os.path.abspath(given) if given else default_root()
+
+
+def cache_size(config) -> int:
+    from .cache import parse_size
+    text = config.getoption("deploycheck_cache_size") or config.getini("deploycheck_cache_size")
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise pytest.UsageError(f"--deploycheck-cache-size: {e}") from None
 
 
 def _share_cores(config) -> None:
@@ -145,3 +198,8 @@ def pytest_unconfigure(config):
     r = config.stash.get(_RUNNER, None)
     if r is not None:
         r.close()
+    if not _is_worker(config):
+        root = cache_dir(config)
+        if root and os.path.isdir(root):
+            from .cache import evict
+            evict(root, cache_size(config))

@@ -154,7 +154,9 @@ class Runner:
 
     def _build(self, spec, vname: str) -> Built:
         from .cache import build_key
+        from .models import search_dirs, use_search_path
         key = build_key(spec, vname)
+        use_search_path(search_dirs(spec))  # a cached model unpickles the user's classes
         hit = self.cache.get_built(key)
         if hit is not None:
             meta, model, outputs = hit

@@ -164,6 +164,54 @@ class Overflows(Tiny):
         return (super().forward(x) * 1.0e5) / 1.0e5
 
 
+class HistorySensitive(Tiny):
+    """Like a runtime that specialises on the shapes it has seen (TorchScript's profiling
+    executor): once it has run a batch of more than one row, every later call is much slower."""
+
+    def __init__(self, hidden: int = 16):
+        super().__init__(hidden)
+        self.seen_batches = False
+
+    def forward(self, x):
+        if x.shape[0] > 1:
+            self.seen_batches = True
+        if self.seen_batches:
+            end = time.perf_counter() + 300e-6
+            while time.perf_counter() < end:
+                pass
+        return super().forward(x)
+
+
+class Repeat(nn.Module):
+    def __init__(self, inner, times):
+        super().__init__()
+        self.inner, self.times = inner, times
+
+    def forward(self, x):
+        y = self.inner(x)
+        for _ in range(self.times - 1):
+            y = self.inner(x + 0.0 * y.sum())
+        return y
+
+
+def repeat(model, ctx, times=2):
+    """A custom recipe: the model run ``times`` times in a chain (``times`` x the work)."""
+    return Repeat(model, times)
+
+
+def inspect_context(model, ctx, expect_rows=0):
+    """A custom recipe that checks what it is given and changes nothing."""
+    assert ctx.x_train.shape == (expect_rows, 4), ctx.x_train.shape
+    assert ctx.y_train is not None and ctx.example.shape == (1, 4)
+    assert ctx.data.source == "sklearn:iris"
+    ctx.log(f"got {len(ctx.x_train)} training rows; first draw {torch.rand(1, generator=ctx.generator).item():.4f}")
+    return None
+
+
+def crashes(model, ctx):
+    raise ValueError("the recipe tripped over its own feet")
+
+
 def broken():
     raise RuntimeError("factory exploded")
 '''
@@ -194,12 +242,27 @@ def make_spec(*, factory: str = "Tiny", formats: str = "[torchscript]", variants
                             snapshot=snapshot, extra=extra)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """The suite never touches the user's cache (~/.cache/deploycheck): its default points into
+    pytest's own temporary folder, which pytest rotates."""
+    import os
+    old = os.environ.get("DEPLOYCHECK_CACHE_DIR")
+    os.environ["DEPLOYCHECK_CACHE_DIR"] = str(tmp_path_factory.mktemp("default-cache"))
+    yield
+    if old is None:
+        os.environ.pop("DEPLOYCHECK_CACHE_DIR", None)
+    else:
+        os.environ["DEPLOYCHECK_CACHE_DIR"] = old
+
+
 @pytest.fixture
 def project(pytester, tmp_path_factory):
     """A pytester dir with the tiny model module; ``write(spec_text, name)`` adds a spec file."""
     pytester.makepyfile(tinymodels=TINY_MODELS)
     pytester.makeini("[pytest]\n")  # rootdir = the project, as in a real repository
     run_dir = tmp_path_factory.mktemp("run")
+    cache_dir = tmp_path_factory.mktemp("cache")  # each test its own cache: no result leaks between tests
 
     class P:
         path = pytester.path
@@ -211,10 +274,12 @@ def project(pytester, tmp_path_factory):
             return str(p)
 
         def run(self, *args: str):
-            return pytester.runpytest("-p", "no:cacheprovider", f"--deploycheck-run-dir={run_dir}", *args)
+            return pytester.runpytest("-p", "no:cacheprovider", f"--deploycheck-run-dir={run_dir}",
+                                      f"--deploycheck-cache-dir={cache_dir}", *args)
 
         def run_subprocess(self, *args: str):
-            return pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--deploycheck-run-dir={run_dir}", *args)
+            return pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--deploycheck-run-dir={run_dir}",
+                                                 f"--deploycheck-cache-dir={cache_dir}", *args)
 
     p = P()
     p.tester = pytester

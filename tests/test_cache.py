@@ -69,3 +69,125 @@ def test_a_damaged_cache_entry_is_rebuilt_not_used(project, tmp_path):
     res = project.run(f"--deploycheck-cache-dir={cache_dir}")
     res.assert_outcomes(passed=5)
     res.stdout.fnmatch_lines(["deploycheck cache: reused 1 built variants, 0 artifacts, 0 fresh-process results (*)"])
+
+
+LAYERED = '''
+import torch
+from torch import nn
+
+from tinylayers import Block
+
+
+class Layered(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.block = Block()
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.out(self.block(x))
+'''
+LAYERS = '''
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 8)
+
+    def forward(self, x):
+        return torch.relu(self.fc(x)){extra}
+'''
+
+
+def test_a_change_in_a_helper_module_the_factory_imports_invalidates_the_build(project, pytester, tmp_path):
+    cache = f"--deploycheck-cache-dir={tmp_path / 'cache'}"
+    pytester.makepyfile(layered=LAYERED, tinylayers=LAYERS.format(extra=""))
+    project.write(make_spec(factory="Layered").replace("tinymodels:Layered", "layered:Layered"))
+    project.run(cache).assert_outcomes(passed=5)
+    res = project.run(cache)
+    res.stdout.fnmatch_lines(["deploycheck cache: reused 1 built variants, 1 artifacts, 1 fresh-process results (*)"])
+    pytester.makepyfile(tinylayers=LAYERS.format(extra=" * 2"))  # only the helper changes
+    res = project.run(cache)
+    res.assert_outcomes(passed=5)
+    res.stdout.fnmatch_lines(["deploycheck cache: reused 0 built variants, 0 artifacts, 0 fresh-process results (*)"])
+
+
+def _fake_entry(root, kind, key, size, used):
+    import os
+    d = root / kind / key[:2] / key
+    d.mkdir(parents=True)
+    (d / "blob").write_bytes(b"x" * size)
+    os.utime(d, (used, used))
+    return d
+
+
+def test_eviction_keeps_the_cache_under_its_cap_and_the_most_recent_entries(tmp_path):
+    from deploycheck.cache import entries, evict
+    old = [_fake_entry(tmp_path, "built", f"a{i}" + "0" * 10, 1000, 1_000_000 + i) for i in range(5)]
+    new = [_fake_entry(tmp_path, "result", f"b{i}" + "0" * 10, 1000, 2_000_000 + i) for i in range(3)]
+    removed = evict(str(tmp_path), 3500)
+    assert [e["path"] for e in removed] == [str(p) for p in old]  # least recently used first
+    left = entries(str(tmp_path))
+    assert sum(e["bytes"] for e in left) <= 3500
+    assert sorted(e["path"] for e in left) == sorted(str(p) for p in new)
+
+
+def test_cache_info_and_clean_print_exact_output(tmp_path, capsys):
+    import time
+    from deploycheck.cli import main
+    _fake_entry(tmp_path, "built", "aa" + "0" * 10, 1500, time.time() - 10 * 86400)
+    _fake_entry(tmp_path, "artifact", "bb" + "0" * 10, 2_500_000, time.time())
+    _fake_entry(tmp_path, "result", "cc" + "0" * 10, 500, time.time())
+    assert main(["cache", "info", "--dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == (f"location: {tmp_path}\n"
+                                       "size: 2.5 MB in 3 entries\n"
+                                       "  built: 1 entries, 1.5 kB\n"
+                                       "  artifact: 1 entries, 2.5 MB\n"
+                                       "  result: 1 entries, 500 B\n")
+    assert main(["cache", "clean", "--older-than", "7d", "--dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == f"removed 1 entries unused for more than 7d (1.5 kB) from {tmp_path}\n"
+    assert main(["cache", "clean", "--dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == f"removed 2 entries (2.5 MB) from {tmp_path}\n"
+    assert main(["cache", "clean", "--older-than", "soon", "--dir", str(tmp_path)]) == 2
+    assert "expected a duration such as 7d, 12h, 30m or 45s, got 'soon'" in capsys.readouterr().err
+
+
+def test_a_session_evicts_down_to_the_configured_size(project, tmp_path):
+    from deploycheck.cache import entries
+    project.write(make_spec(variants=VARIANTS, thresholds=TH))
+    project.run(f"--deploycheck-cache-dir={tmp_path / 'cache'}", "--deploycheck-cache-size=1kB").assert_outcomes(passed=10)
+    assert sum(e["bytes"] for e in entries(str(tmp_path / "cache"))) <= 1000
+    res = project.run("--deploycheck-cache-size=lots")
+    res.stderr.fnmatch_lines(["*--deploycheck-cache-size: not a size: 'lots' (examples: 500MB, 2GB, 1.5GiB, 1000000)*"])
+
+
+def test_two_concurrent_sessions_on_one_cache_both_pass(project, tmp_path):
+    import subprocess
+    import sys
+    project.write(make_spec(variants=VARIANTS, thresholds=TH, formats="[torchscript, export]"))
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--deploycheck-cache-dir={tmp_path / 'cache'}",
+           "-q", "--deploycheck-no-report"]
+    procs = [subprocess.Popen(cmd + [f"--deploycheck-run-dir={tmp_path / f'run{i}'}"], cwd=project.path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+        assert "20 passed" in out
+    # and a third session reuses what they published
+    out = subprocess.run(cmd + [f"--deploycheck-run-dir={tmp_path / 'run3'}"], cwd=project.path, capture_output=True,
+                         text=True, timeout=600).stdout
+    assert "20 passed" in out and "reused 2 built variants, 4 artifacts, 4 fresh-process results" in out
+
+
+def test_old_session_run_folders_are_cleaned(project, tmp_path):
+    import os
+    project.write(make_spec())
+    base = tmp_path / "base"
+    project.run(f"--deploycheck-run-dir={base}").assert_outcomes(passed=5)
+    (base / "run" / "999999999-1").mkdir(parents=True)  # a session whose process is gone
+    project.run(f"--deploycheck-run-dir={base}").assert_outcomes(passed=5)
+    assert "999999999-1" not in os.listdir(base / "run")

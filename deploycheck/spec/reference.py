@@ -54,7 +54,7 @@ def render() -> str:
     from ..formats import FORMATS
     from ..recipes import RECIPES
     from ..recipes.prune import FineTune
-    from .model import (BatchInvariance, DataSpec, FidelityThreshold, HFSource, InputSpec, IsolationSettings,
+    from .model import (BatchInvariance, CrossMachineRule, DataSpec, FidelityThreshold, HFSource, InputSpec, IsolationSettings,
                         LatencySettings, LatencyThreshold, MetricSpec, MetricThreshold, ModelSpec, Normalize,
                         OutputThreshold, SemanticSpec, SizeThreshold, SnapshotSettings, SplitSpec, Spec, Step,
                         Thresholds, Tokenize)
@@ -79,7 +79,14 @@ def render() -> str:
         body = fmt.description + ("\n\n" + opts if opts.count("\n") > 1 else "\n\nNo options.")
         sec(f"`formats`: `{name}`", body)
     for name in RECIPES.names():
-        sec(f"`variants.<name>.{name}` (recipe)", (RECIPES.get(name).__doc__ or "").strip() + "\n\n" + table(RECIPES.get(name)))
+        cls = RECIPES.get(name)
+        body = (cls.__doc__ or "").strip() + "\n\n" + table(cls)
+        options = getattr(cls, "OPTIONS", None)
+        if options:
+            body += (f"\n\nEach `{cls.OPTIONS_BY}` takes only its own options; any other is a spec error.\n\n"
+                     f"| `{cls.OPTIONS_BY}` | options it takes |\n| --- | --- |\n"
+                     + "\n".join(f"| `{m}` | {', '.join(f'`{o}`' for o in opts) or '-'} |" for m, opts in options.items()))
+        sec(f"`variants.<name>.{name}` (recipe)", body)
     sec("`variants.<name>.prune.finetune`", table(FineTune))
     sec("`thresholds` (and `variants.<name>.thresholds`, which override key by key)", table(Thresholds))
     for title, cls in (("metric", MetricThreshold), ("outputs", OutputThreshold), ("fidelity", FidelityThreshold),
@@ -89,6 +96,7 @@ def render() -> str:
     sec("`latency`", table(LatencySettings))
     sec("`isolation`", table(IsolationSettings))
     sec("`snapshot`", table(SnapshotSettings))
+    sec("`snapshot.cross_machine`", (CrossMachineRule.__doc__ or "").strip() + "\n\n" + table(CrossMachineRule))
     sec("`semantic`", (SemanticSpec.__doc__ or "").strip() + "\n\n" + table(SemanticSpec))
     return "\n".join(out).rstrip() + "\n"
 
