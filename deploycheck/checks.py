@@ -295,6 +295,14 @@ def is_int8(variant) -> bool:
     return any(getattr(s, "method", None) in INT8_METHODS for s in variant.steps)
 
 
+def precision(variant) -> str | None:
+    """The coarsest reduced precision a variant's recipe uses: int8, bf16, fp16, or None."""
+    methods = {getattr(s, "method", None) for s in variant.steps}
+    if methods & set(INT8_METHODS):
+        return "int8"
+    return "bf16" if "bf16" in methods else "fp16" if "fp16" in methods else None
+
+
 def saturation_hint(variant) -> str:
     """On x86 without VNNI, int8 u8 x s8 dot products saturate a 16-bit intermediate: say so, and
     name the option that avoids it. Empty where it cannot be the cause."""
@@ -387,7 +395,7 @@ def snapshot_check(runner, spec, vname, fspec, *, item) -> Verdict:
     except (OSError, ValueError):
         stored = None
     ext = snap.extension
-    ext.settings, ext.current, ext.int8, ext.update = st, current, is_int8(spec.variant(vname)), bool(opt.update_snapshots)
+    ext.settings, ext.current, ext.precision, ext.update = st, current, precision(spec.variant(vname)), bool(opt.update_snapshots)
     ok = snap == merged(stored, data)
     result = snap.executions[0]
     cmp = ext.last or {}

@@ -119,21 +119,29 @@ class Rule:
     note: str = ""
 
 
-def rule_for(*, settings, same_class: bool, int8: bool, approved: dict) -> Rule:
+#: levels of one quantization step per reduced precision: int8 has 255 steps over the output
+#: range; fp16 keeps 10 mantissa bits, bf16 7 (one step is the range / 2^bits)
+LEVELS = {"int8": 255.0, "fp16": 2.0 ** 10, "bf16": 2.0 ** 7}
+
+
+def rule_for(*, settings, same_class: bool, precision: str | None, approved: dict) -> Rule:
     """Same ISA class: the spec's snapshot tolerances. Another class: the declared cross-machine
-    rule, whose atol for int8 variants is ``quant_steps`` quantization steps of the approved
-    output range (int8 kernels round differently per ISA, by whole steps)."""
+    rule, whose atol for reduced-precision variants (int8, fp16, bf16) is also ``quant_steps``
+    steps of that precision over the approved output range: their kernels round differently per
+    ISA, by whole steps."""
     if same_class:
         return Rule("same-class", settings.atol, settings.rtol, settings.min_label_agreement, settings.max_metric_drift)
     cm = settings.cross_machine
     atol, note = max(cm.atol, settings.atol), ""
-    if int8:
+    if precision in LEVELS:
         st = approved.get("stats") or {}
         span = (st.get("max") or 0.0) - (st.get("min") or 0.0)
-        step = span / 255.0
+        levels = LEVELS[precision]
+        step = span / levels
         if cm.quant_steps * step > atol:
             atol = cm.quant_steps * step
-            note = f" (int8: {fmt_steps(cm.quant_steps)} quantization steps of {step:.3g} = output range {span:.4g} / 255)"
+            note = (f" ({precision}: {fmt_steps(cm.quant_steps)} quantization steps of {step:.3g} = output range "
+                    f"{span:.4g} / {levels:g})")
     return Rule("cross-machine", atol, max(cm.rtol, settings.rtol), min(cm.min_label_agreement, settings.min_label_agreement),
                 max(cm.max_metric_drift, settings.max_metric_drift), note)
 
@@ -152,7 +160,7 @@ def pick_reference(entries: dict, current: str) -> tuple[str, dict] | None:
     return ranked[0], entries[ranked[0]]
 
 
-def compare(old: dict, new: dict, *, settings, current: str, int8: bool) -> dict:
+def compare(old: dict, new: dict, *, settings, current: str, precision: str | None) -> dict:
     """Tolerant comparison of this class's entry with the approved one it is judged against.
 
     Returns {'ok', 'problems', 'reference', 'current', 'rule', and statistics for the message};
@@ -179,7 +187,7 @@ def compare(old: dict, new: dict, *, settings, current: str, int8: bool) -> dict
                         f"{len(mine.get('outputs', []))} probes × {new.get('shape')}")
         out["ok"] = False
         return out
-    rule = rule_for(settings=settings, same_class=ref_class == current, int8=int8, approved=approved)
+    rule = rule_for(settings=settings, same_class=ref_class == current, precision=precision, approved=approved)
     out["rule"] = rule
     a = torch.tensor(mine["outputs"], dtype=torch.float64)
     e = torch.tensor(approved["outputs"], dtype=torch.float64)
@@ -245,7 +253,7 @@ class DeploycheckSnapshotExtension(SingleFileSnapshotExtension):
     _write_mode = WriteMode.TEXT
     settings: Any = None           # the spec's SnapshotSettings, set per assertion
     current: str = ""              # this machine's ISA class
-    int8: bool = False             # the variant has an int8 recipe step (cross-machine atol in quantization steps)
+    precision: str | None = None   # int8 / fp16 / bf16 variants: cross-machine atol in quantization steps
     update: bool = False           # --snapshot-update is on
     last: dict | None = None
 
@@ -260,7 +268,7 @@ class DeploycheckSnapshotExtension(SingleFileSnapshotExtension):
             return False
         if self.settings is None:
             return old == new
-        self.last = compare(old, new, settings=self.settings, current=self.current, int8=self.int8)
+        self.last = compare(old, new, settings=self.settings, current=self.current, precision=self.precision)
         if self.update and self.last.get("missing_class"):
             return False  # --snapshot-update records this class's entry next to the others
         return self.last["ok"]

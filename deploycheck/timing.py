@@ -85,9 +85,9 @@ def side_by_side(variant: Callable[[], object], baseline: Callable[[], object], 
     time and the control's are divided by the baseline's.
 
     The control (A/A) says how far two identical artifacts differ here and now. The ratio is
-    judged against ``limit x noise``, where ``noise`` is the control's deviation from 1 (its
-    interval's far end, never below 1): ``fail`` only when the variant's whole interval is
-    beyond that, ``pass`` when it is all within; otherwise measure more (doubling) until
+    judged against ``limit x noise``, where ``noise`` is the control's median deviation from 1
+    (``max(c, 1/c)``, never below 1): ``fail`` only when the variant's whole interval is beyond
+    that, ``pass`` when it is all within; otherwise measure more (doubling) until
     ``max_time_s``, then decide by the medians and mark the verdict ``unsure``.
     """
     sides = [variant, baseline, control] if control is not None else [variant, baseline]
@@ -121,7 +121,7 @@ def side_by_side(variant: Callable[[], object], baseline: Callable[[], object], 
             c = np.asarray(times[2]) / b
             clo, chi = bootstrap_ci(c, confidence, seed=1)
             cmed = float(np.median(c))
-            noise = max(1.0, chi, 1.0 / clo) if clo > 0 else 1.0
+            noise = max(1.0, cmed, 1.0 / cmed) if cmed > 0 else 1.0
             ctrl = {"ratio": cmed, "ci_low": clo, "ci_high": chi, "noise": noise}
         elapsed = time.perf_counter() - t_start
         if limit is None:

@@ -64,3 +64,17 @@ def test_a_slower_variant_fails_with_the_control_in_the_formula(project):
                               "control: baseline reloaded vs baseline * (CI *)"])
     d = latency_record(project, "slow")["details"]
     assert d["ratio"] > 1.5 and d["ratio_decision"] == "fail"
+
+
+def test_an_identical_torchscript_variant_is_not_slower_than_its_baseline(project):
+    # The A/A pair of the report that failed a 1.10 gate 6 runs of 6: the baseline was loaded
+    # inside torch.inference_mode() (inference tensors skip autograd bookkeeping per op), the
+    # variant outside it. Both are now loaded alike and the ratio sits at 1.
+    spec = make_spec(formats="[torchscript]",
+                     variants="  baseline: {}\n  aa:\n    prune: {method: l1_unstructured, amount: 0.01}",
+                     thresholds="  latency: {max_ratio: 1.10}").replace(
+        "latency: {warmup: 1, min_rounds: 5, max_time_s: 0.5, round_ms: 0.2}", LATENCY)
+    project.write(spec)
+    project.run("-k", "aa and latency").assert_outcomes(passed=1)
+    d = latency_record(project, "aa")["details"]
+    assert d["ratio_decision"] == "pass" and 0.9 < d["ratio"] < 1.08, d

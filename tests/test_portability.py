@@ -19,9 +19,14 @@ from conftest import make_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# torch's own kernels only. Capping oneDNN too (ONEDNN_MAX_CPU_ISA=AVX2) on a VNNI CPU makes a
+# machine that does not exist: torch still routes int8 matmuls to oneDNN because the CPU has VNNI,
+# and oneDNN then runs its saturating AVX2 kernels. Measured: torchao's dynamic int8 MLP fell from
+# 0.9667 to 0.94 accuracy that way, while a real AVX2 runner matched the VNNI snapshot within
+# 1e-4 (docs/BENCHMARKS.md, "Cross-ISA noise"). The saturation test below uses that cap on purpose.
 EMULATED = {
     "default": {"ATEN_CPU_CAPABILITY": "default"},
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2"},
 }
 
 
@@ -40,7 +45,7 @@ def test_shipped_digits_specs_pass_under_an_emulated_isa(isa, tmp_path):
     assert f"class x86_64/{isa} (emulated on " in res.stdout
     doc = json.loads((tmp_path / "reports" / "deploycheck.json").read_text())
     assert doc["machine"]["emulated"] is True and doc["machine"]["torch_cpu_capability"] == isa.upper()
-    snaps = [r for r in doc["records"] if r["check"] == "snapshot"]
+    snaps = [r for r in doc["records"] if r["check"] == "snapshot" and r["status"] != "unsupported"]
     assert len(snaps) >= 10 and all(r["status"] == "passed" for r in snaps)
     # judged against the entry approved on real hardware, by the cross-machine rule, and saying so
     assert {r["details"]["rule"] for r in snaps} == {"cross-machine"}

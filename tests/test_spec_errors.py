@@ -69,7 +69,7 @@ def test_variant_level_errors():
     assert errors(make_spec(variants="  baseline:\n    quantize: {method: fp16}")) == [
         "s.yaml:11: variants.baseline: the baseline is the unmodified model and takes no recipe; name the variant differently"]
     assert errors(make_spec(variants="  q:\n    quantise: {method: fp16}")) == [
-        "s.yaml:12: variants.q.quantise: unknown key; did you mean 'quantize'? allowed: distill, prune, quantize, "
+        "s.yaml:12: variants.q.quantise: unknown key; did you mean 'quantize'? allowed: custom, distill, prune, quantize, "
         "steps, thresholds, formats, description"]
     assert errors(make_spec(variants="  q:\n    prune: {method: l1_unstructured, amount: 0.5}\n    quantize: {method: fp16}")) == [
         "s.yaml:11: variants.q: a variant names one recipe (prune, quantize given); chain several with steps: [...]"]
@@ -80,7 +80,7 @@ def test_chain_steps_are_validated_with_their_lines():
                               "      - quantize: {method: dynamic_int8, skip: 3}\n      - compress: {}")
     assert errors(text) == [
         "s.yaml:14: variants.c.steps[1].quantize.skip: expected a list of strings, got int 3",
-        "s.yaml:15: variants.c.steps[2].compress: unknown recipe; available: distill, prune, quantize",
+        "s.yaml:15: variants.c.steps[2].compress: unknown recipe; available: custom, distill, prune, quantize",
     ]
 
 

@@ -420,8 +420,9 @@ class CrossMachineRule:
 
     atol: float = field(1e-3, ge=0, doc="absolute tolerance on values (float kernels sum in another order)")
     rtol: float = field(1e-2, ge=0, doc="relative tolerance on values")
-    quant_steps: float = field(2.0, ge=0, doc="int8 variants: values may also move by this many quantization steps "
-                                              "(approved output range / 255)")
+    quant_steps: float = field(2.0, ge=0, doc="int8, fp16 and bf16 variants: values may also move by this many "
+                                              "steps of their precision over the approved output range (int8: range "
+                                              "/ 255, fp16: range / 2^10, bf16: range / 2^7)")
     min_label_agreement: float = field(1.0, ge=0, le=1, doc="classifiers: fraction of probes whose top label must stay")
     max_metric_drift: float = field(5e-3, ge=0, doc="largest allowed change of the evaluation metric")
 
