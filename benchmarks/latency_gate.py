@@ -7,7 +7,9 @@ and wrappers doing proportional extra work (1.10x and 1.25x: one extra model cal
 calls). Gate: `max_ratio: 1.10`.
 
 - deploycheck: variant and baseline interleaved in one process, bootstrap interval of the median
-  ratio, adaptive rounds up to the time budget (deploycheck.timing.interleaved).
+  ratio, adaptive rounds up to the time budget (deploycheck.timing.side_by_side, without its
+  control: this loop has no second load). The end-to-end benchmark through pytest is
+  benchmarks/latency_verdicts.py.
 - naive: the variant's median now vs the baseline's median stored from an earlier run (what
   pytest-benchmark's --benchmark-compare-fail does), failing when the ratio > 1.10. The stored
   baseline is measured once, on the quiet machine, before anything else.
@@ -79,7 +81,7 @@ def stored_baseline() -> tuple[float, int]:
 
 
 def run(reps: int, noisy: bool, stored: float) -> dict:
-    from deploycheck.timing import calibrate, interleaved, one_round
+    from deploycheck.timing import calibrate, one_round, side_by_side
     torch.set_num_threads(1)
     x = torch.rand(1, 64)
     a, b = model(), model()
@@ -103,7 +105,7 @@ def run(reps: int, noisy: bool, stored: float) -> dict:
                 for _ in range(reps):
                     var_med = np.median([one_round(var, n) for _ in range(30)])
                     naive_fail += (var_med / stored) > 1.10
-                    r = interleaved(var, base, limit=1.10, warmup=2, min_rounds=30, max_time_s=2.0, round_s=1e-3,
+                    r = side_by_side(var, base, None, limit=1.10, warmup=2, min_rounds=30, max_time_s=2.0, round_s=1e-3,
                                     confidence=0.95)
                     dc_fail += r["decision"].startswith("fail")
                     ratios.append(r["ratio"])

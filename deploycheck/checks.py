@@ -78,6 +78,22 @@ def baseline_nonfinite(runner, spec, fspec=None) -> str | None:
     return None
 
 
+DIVERGENCE_PROBES = 16
+
+
+def where_it_departs(runner, spec, vname: str) -> tuple[str, dict]:
+    """On a failing comparison with the baseline: the message's continuation naming the first
+    module where the variant departs, with a short per-layer table, and the same as details."""
+    if vname == "baseline":
+        return "", {}
+    import torch
+
+    from .diverge import localise, render
+    probes = torch.cat(runner.batches(spec))[:DIVERGENCE_PROBES]
+    res = localise(runner.built(spec, "baseline").model, runner.built(spec, vname).model, probes)
+    return "\n" + render(res, probes=len(probes)), {"divergence": res}
+
+
 def skip_if_baseline_nonfinite(runner, spec, vname: str) -> None:
     """A comparison with a NaN baseline is no verdict: skip it, pointing at the baseline's failure."""
     if vname == "baseline":
@@ -186,7 +202,9 @@ def metric_check(runner, spec, vname, fspec) -> Verdict:
                                                                           "higher_is_better": m.higher_is_better})
     v = metric_verdict(m.name, r.metric, base, m.higher_is_better, spec.variant(vname).thresholds.metric)
     if not v.passed:
-        v.message += saturation_hint(spec.variant(vname))
+        where, det = where_it_departs(runner, spec, vname)
+        v.message += saturation_hint(spec.variant(vname)) + where
+        v.details.update(det)
     return v
 
 
@@ -414,7 +432,9 @@ def snapshot_check(runner, spec, vname, fspec, *, item) -> Verdict:
         msg = f"snapshot {rel} could not be compared: {type(result.exception).__name__}: {result.exception}"
         return Verdict("snapshot", False, msg, "snapshot unreadable", "error", details=details)
     cmp = cmp or {"problems": ["unknown"]}
-    msg = render_drift(cmp, where=rel) + saturation_hint(spec.variant(vname))
+    where, det = where_it_departs(runner, spec, vname) if cmp.get("values", {}).get("mismatched") else ("", {})
+    msg = render_drift(cmp, where=rel) + saturation_hint(spec.variant(vname)) + where
+    details.update(det)
     rule = cmp.get("rule")
     return Verdict("snapshot", False, msg, f"snapshot drift: {', '.join(cmp['problems'])}", "drift",
                    {"atol": rule.atol, "rtol": rule.rtol} if rule else None, details)
@@ -455,6 +475,11 @@ def fidelity_check(runner, spec, vname, fspec) -> Verdict:
                                          f"{'>=' if ok else '<'} "
                                          f"min_cosine {fmt_num(th.min_cosine)}")
     formula = "; ".join(failed or parts)
+    if failed:
+        where, det = where_it_departs(runner, spec, vname)
+        return Verdict("fidelity", False, formula + where, formula, mean,
+                       {k: getattr(th, k) for k in ("min_mean_cosine", "min_cosine") if getattr(th, k) is not None},
+                       {"mean_cosine": mean, "min_cosine": worst, "worst_sample": at, **det})
     return Verdict("fidelity", not failed, formula if failed else "", formula, mean,
                    {k: getattr(th, k) for k in ("min_mean_cosine", "min_cosine") if getattr(th, k) is not None},
                    {"mean_cosine": mean, "min_cosine": worst, "worst_sample": at})

@@ -208,6 +208,26 @@ def inspect_context(model, ctx, expect_rows=0):
     return None
 
 
+class Deep(nn.Module):
+    """Four Linear layers: room for an error to start somewhere and grow."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.l1, self.l2, self.l3, self.l4 = nn.Linear(4, 32), nn.Linear(32, 32), nn.Linear(32, 32), nn.Linear(32, 3)
+
+    def forward(self, x):
+        return self.l4(torch.relu(self.l3(torch.relu(self.l2(torch.relu(self.l1(x)))))))
+
+
+def corrupt(model, ctx, layer="l2"):
+    """A custom recipe standing in for a bad conversion: one layer's weights scrambled."""
+    with torch.no_grad():
+        w = dict(model.named_modules())[layer].weight
+        w.copy_(torch.randn(w.shape, generator=ctx.generator) * 3)
+    return model
+
+
 def crashes(model, ctx):
     raise ValueError("the recipe tripped over its own feet")
 

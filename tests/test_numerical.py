@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import make_spec
 
 
@@ -30,3 +32,51 @@ def test_fp16_overflow_to_inf_is_named(project):
         "the variant's in-memory outputs contain *Inf* of 114 values; first at sample 0, output index [[]*[]]",
     ])
     assert "tiny::half::torchscript::load PASSED" in res.stdout.str() or res.parseoutcomes().get("passed", 0) >= 1
+
+
+def test_a_corrupted_layer_is_named_first(project):
+    import json
+    project.write(make_spec(factory="Deep", variants="  baseline: {}\n  bad:\n    custom: {callable: 'tinymodels:corrupt', "
+                                                     "kwargs: {layer: l2}}",
+                            thresholds="  fidelity: {min_mean_cosine: 0.999}"))
+    res = project.run("-k", "bad and fidelity")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines([
+        "mean cosine vs baseline * < min_mean_cosine 0.999",
+        "  where: the variant first departs from the baseline at module 'l2' (relative error > *), on 16 probes, "
+        "in memory (a reloaded artifact does not expose its layers)",
+        "    module  max abs diff     cosine  share of final error",
+        "    l1 * 0 * 1.00000 * 0.0%",  # the layer before it is untouched
+        "    l2 *%",
+    ])
+    doc = json.loads((project.path / "reports" / "deploycheck.json").read_text())
+    rec = next(r for r in doc["records"] if r["check"] == "fidelity")
+    assert rec["details"]["divergence"]["first"] == "l2"
+    page = (project.path / "reports" / "deploycheck.html").read_text()
+    assert "first departs at <code>l2</code>" in page
+
+
+def test_a_pruned_variant_shows_its_error_growing_over_layers(project):
+    import json
+    project.write(make_spec(factory="Deep", variants="  baseline: {}\n  pruned:\n    prune: {method: l1_unstructured, amount: 0.6}",
+                            thresholds="  fidelity: {min_mean_cosine: 0.9999}"))
+    res = project.run("-k", "pruned and fidelity")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["  where: the variant first departs from the baseline at module 'l1'*"])
+    doc = json.loads((project.path / "reports" / "deploycheck.json").read_text())
+    rows = next(r for r in doc["records"] if r["check"] == "fidelity")["details"]["divergence"]["rows"]
+    linear = [r for r in rows if r["module"] in ("l1", "l2", "l3", "l4")]
+    assert [r["module"] for r in linear] == ["l1", "l2", "l3", "l4"]
+    assert linear[-1]["rel"] > linear[0]["rel"]  # the error builds up from the first layer to the output
+    assert linear[-1]["share"] == pytest.approx(1.0)
+
+
+def test_passing_checks_pay_nothing_for_localisation(project, monkeypatch):
+    import deploycheck.diverge as dv
+
+    def boom(*a, **k):
+        raise AssertionError("localise ran for a passing check")
+    monkeypatch.setattr(dv, "localise", boom)
+    project.write(make_spec(factory="Deep", variants="  baseline: {}\n  pruned:\n    prune: {method: l1_unstructured, amount: 0.1}",
+                            thresholds="  metric: {max_drop: 1.0}"))
+    project.run("-k", "pruned and metric").assert_outcomes(passed=1)

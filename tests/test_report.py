@@ -22,7 +22,7 @@ def report_dir(project):
     return project.path / "reports"
 
 
-def test_markdown_has_a_summary_then_one_table_per_spec(report_dir):
+def test_markdown_has_a_summary_a_verdict_matrix_and_collapsed_tables(report_dir):
     md = (report_dir / "deploycheck.md").read_text()
     lines = md.splitlines()
     assert lines[0] == "# deploycheck report"
@@ -30,10 +30,70 @@ def test_markdown_has_a_summary_then_one_table_per_spec(report_dir):
     assert len(summary) == 1
     assert summary[0].startswith("- tiny: pass (6 passed, 0 failed, 0 unsupported); smallest passing: ")
     assert " MB); fastest passing: " in summary[0] and summary[0].endswith(" ms)")
-    assert "## tiny" in lines
-    table = [ln for ln in lines if ln.startswith("| ")]
-    assert table[0].startswith("| variant   | format      | recipe")
-    assert len(table) == 1 + 6  # header and one row per variant and format (tabulate github: no separator prefix "| ")
+    i = lines.index("**tiny**")
+    assert lines[i + 2:i + 7] == ["| variant | export | torchscript |", "| --- | :-: | :-: |", "| baseline | ✅ | ✅ |",
+                                  "| half | ✅ | ✅ |", "| pruned | ✅ | ✅ |"]
+    assert "## Failures" not in lines  # only failing rows are listed, and there are none
+    assert "<details><summary>tiny: 6 rows</summary>" in lines
+    table = [ln for ln in lines if ln.startswith("| variant   | format")]
+    assert len(table) == 1
+
+
+def _records(n_specs: int, variants: int = 8, formats=("export", "torchscript", "onnx", "safetensors"), tag: str = ""):
+    recs = []
+    for s in range(n_specs):
+        for v in range(variants):
+            for f in formats:
+                for check in ("load", "outputs", "metric", "latency", "size", "snapshot"):
+                    failed = check == "metric" and v % 3 == 1
+                    recs.append({"spec": f"model-{tag}{s:03d}", "file": f"specs/m{tag}{s}.yaml", "variant": "baseline" if v == 0 else f"variant-{v}",
+                                 "format": f, "check": check, "status": "failed" if failed else "passed",
+                                 "recipe": "quantize:dynamic_int8", "value": 0.9,
+                                 "formula": ("accuracy 0.9512 < baseline 0.9722 - max_drop 0.01 = 0.9622 " * 3) if failed else "ok",
+                                 "message": "", "details": {"metric": "accuracy", "value": 0.95, "delta": -0.02,
+                                                            "higher_is_better": True}})
+    return recs
+
+
+def test_markdown_summary_fits_a_pull_request_comment_at_50_specs():
+    from deploycheck.report import COMMENT_LIMIT, markdown, summary_rows
+    rows = summary_rows(_records(50))
+    md = markdown(rows, {"machine": {}})
+    assert len(md) <= COMMENT_LIMIT < 65_536
+    assert md.count("❌") >= 50 and "## Failures" in md
+    assert "Full tables: `deploycheck.html` and `deploycheck.json` in the uploaded reports." in md
+    small = markdown(summary_rows(_records(1)), {"machine": {}})
+    assert "<details><summary>model-000: 32 rows</summary>" in small  # full tables while they fit
+
+
+def test_merge_of_20_shard_reports_gives_a_comment_sized_summary(tmp_path):
+    from deploycheck.cli import main
+    from deploycheck.report import metadata, summary_rows, write_documents
+    paths = []
+    for i in range(20):
+        recs = _records(3, tag=f"s{i}-")
+        out = tmp_path / f"shard{i}"
+        write_documents({**metadata(recs, str(tmp_path), 1), "rows": summary_rows(recs), "records": recs}, str(out))
+        paths.append(str(out / "deploycheck.json"))
+    assert main(["merge", *paths, "-o", str(tmp_path / "ALL.json")]) == 0
+    md = (tmp_path / "ALL.md").read_text()
+    assert len(md) < 65_536
+    assert "ALL.html" in md and md.count("model-s19-002") >= 1
+
+
+def test_first_run_counts_new_snapshots_apart_from_failures(project):
+    project.write(make_spec(variants=VARIANTS, formats="[torchscript]", snapshot="true",
+                            thresholds="  outputs: {atol: 0.05, rtol: 0.01}"))
+    res = project.run()
+    res.assert_outcomes(failed=3, passed=15)  # the snapshot items still fail, as syrupy's do
+    res.stdout.fnmatch_lines(["3 new snapshots to review: run `pytest --snapshot-update`, review the files, commit them*"])
+    assert "failing:" not in res.stdout.str()
+    md = (project.path / "reports" / "deploycheck.md").read_text()
+    assert "0 passed, 0 failed, 0 unsupported, 3 awaiting snapshot approval" in md
+    assert "> **3 new snapshots to review: run `pytest --snapshot-update`" in md
+    assert "| baseline | 🆕 |" in md
+    page = (project.path / "reports" / "deploycheck.html").read_text()
+    assert "3 new snapshots to review" in page and "<td class='new'>new</td>" in page
 
 
 def test_json_records_carry_value_threshold_formula_and_machine(report_dir):
@@ -70,6 +130,16 @@ def test_html_renders_in_headless_chromium_without_console_errors(report_dir, tm
     assert "<h2>tiny</h2>" in p.stdout and "<svg" in p.stdout
     console = [ln for ln in p.stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
     assert console == []
-    p = subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1200,1600", url],
+    # at 1400 px the page body must not scroll sideways: tables scroll inside their own box
+    probe = tmp_path / "probe.html"
+    probe.write_text((report_dir / "deploycheck.html").read_text().replace(
+        "</body>", "<script>document.body.setAttribute('data-overflow', String("
+                   "document.documentElement.scrollWidth - document.documentElement.clientWidth))</script></body>"))
+    p = subprocess.run([chromium, *flags, "--window-size=1400,1000", "--dump-dom", probe.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    assert 'data-overflow="0"' in p.stdout, p.stdout[:300]
+    p = subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1400,2400", url],
                        capture_output=True, text=True, timeout=120)
     assert shot.exists() and os.path.getsize(shot) > 20_000
+    if os.environ.get("DEPLOYCHECK_KEEP_SCREENSHOT"):
+        shutil.copy(shot, os.environ["DEPLOYCHECK_KEEP_SCREENSHOT"])

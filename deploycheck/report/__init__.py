@@ -25,6 +25,14 @@ def _key(rec: dict) -> tuple:
     return (rec["spec"], rec["variant"] != "baseline", rec["variant"], rec["format"] or "")
 
 
+def higher_is_better(row: dict) -> bool:
+    """The metric's direction as the check recorded it; reports from before it was recorded fall
+    back to the built-in lower-is-better names."""
+    if row.get("higher_is_better") is not None:
+        return bool(row["higher_is_better"])
+    return row.get("metric_name") not in ("mse", "mae")
+
+
 def _first(text: str | None) -> str:
     lines = (text or "").strip().splitlines()
     return lines[0] if lines else ""
@@ -45,15 +53,21 @@ def summary_rows(records: list[dict]) -> list[dict]:
         info = next((r.get("variant_info") for r in allrecs if r.get("variant_info")), {}) or {}
         det = lambda c: (by.get(c) or {}).get("details") or {}  # noqa: E731
         statuses = [r["status"] for r in allrecs]
-        if "error" in statuses or "failed" in statuses:
+        missing = [r for r in allrecs if _missing_snapshot(r)]
+        real_fail = [r for r in allrecs if r["status"] in ("error", "failed") and not _missing_snapshot(r)]
+        if real_fail:
             verdict = "FAIL"
+        elif missing:
+            verdict = "new"       # passes every check; only its snapshot awaits approval
         elif "unsupported" in statuses:
             verdict = "unsupported"
         else:
             verdict = "pass"
         reasons = []
         for r in allrecs:
-            if r["status"] == "failed":
+            if _missing_snapshot(r):
+                reasons.append("snapshot: new, not yet approved (pytest --snapshot-update)")
+            elif r["status"] == "failed":
                 reasons.append(f"{r['check']}: {_first(r.get('formula') or r.get('message')) or 'failed'}")
             elif r["status"] == "error":
                 # one stage failure fails every check that needs it: name it once
@@ -66,6 +80,7 @@ def summary_rows(records: list[dict]) -> list[dict]:
         rows.append({
             "spec": s, "variant": v, "format": f, "recipe": recs[0].get("recipe"),
             "metric_name": det("metric").get("metric"), "metric": det("metric").get("value"),
+            "higher_is_better": det("metric").get("higher_is_better"),
             "metric_delta": det("metric").get("delta"), "max_abs_diff": det("outputs").get("max_abs"),
             "p50_ms": det("latency").get("p50_ms"), "p95_ms": det("latency").get("p95_ms"),
             "p99_ms": det("latency").get("p99_ms"), "throughput_per_s": det("latency").get("throughput_per_s"),
@@ -76,9 +91,29 @@ def summary_rows(records: list[dict]) -> list[dict]:
             "params": info.get("params"), "state_ratio": info.get("state_ratio"), "sparsity": info.get("sparsity"), "build_s": info.get("build_s"),
             "load": {"passed": "ok (cached)" if det("load").get("cached") else "ok", "error": "FAILED",
                      "unsupported": "unsupported"}.get(load, load or "-"),
-            "verdict": verdict, "reason": "; ".join(reasons),
+            "verdict": verdict, "reason": "; ".join(reasons), "new_snapshots": len(missing),
+            "divergence": next(((r.get("details") or {}).get("divergence") for r in allrecs
+                                if r["status"] == "failed" and (r.get("details") or {}).get("divergence")), None),
         })
     return rows
+
+
+def _missing_snapshot(rec: dict) -> bool:
+    """A snapshot item that failed only because nothing is approved yet (a first run)."""
+    return rec.get("check") == "snapshot" and rec.get("status") == "failed" and rec.get("value") == "missing"
+
+
+def new_snapshots(rows: list[dict]) -> int:
+    return sum(r.get("new_snapshots") or 0 for r in rows)
+
+
+def new_snapshots_line(rows: list[dict]) -> str | None:
+    """First runs read as first runs: missing snapshots counted apart from real failures."""
+    n = new_snapshots(rows)
+    if not n:
+        return None
+    return (f"{n} new snapshot{'s' if n != 1 else ''} to review: run `pytest --snapshot-update`, review the files, "
+            "commit them (their items fail until then, as syrupy's do)")
 
 
 def _f(x: Any, digits: int = 4) -> str:
@@ -96,7 +131,7 @@ COLUMNS = [("spec", "spec"), ("variant", "variant"), ("format", "format"), ("rec
            ("verdict", "verdict")]
 
 
-def _cells(row: dict) -> list[str]:
+def row_cells(row: dict) -> list[str]:
     out = []
     for key, _ in COLUMNS:
         v = row.get(key)
@@ -114,10 +149,13 @@ def _cells(row: dict) -> list[str]:
 
 def terminal_table(rows: list[dict]) -> str:
     from tabulate import tabulate
-    text = tabulate([_cells(r) for r in rows], headers=[h for _, h in COLUMNS], tablefmt="simple", disable_numparse=True)
+    text = tabulate([row_cells(r) for r in rows], headers=[h for _, h in COLUMNS], tablefmt="simple", disable_numparse=True)
     fails = [r for r in rows if r["verdict"] == "FAIL"]
     if fails:
         text += "\n\nfailing:\n" + "\n".join(f"  {r['spec']}::{r['variant']}::{r['format']}: {r['reason']}" for r in fails)
+    nl = new_snapshots_line(rows)
+    if nl:
+        text += "\n\n" + nl
     return text
 
 
@@ -128,8 +166,11 @@ def summary_lines(rows: list[dict]) -> list[str]:
         srows = [r for r in rows if r["spec"] == spec]
         ok = [r for r in srows if r["verdict"] == "pass"]
         n_fail = sum(r["verdict"] == "FAIL" for r in srows)
-        line = f"{spec}: {'FAIL' if n_fail else 'pass'} ({len(ok)} passed, {n_fail} failed, " \
-               f"{sum(r['verdict'] == 'unsupported' for r in srows)} unsupported)"
+        n_new = sum(r["verdict"] == "new" for r in srows)
+        state = "FAIL" if n_fail else "new snapshots" if n_new else "pass"
+        line = f"{spec}: {state} ({len(ok)} passed, {n_fail} failed, " \
+               f"{sum(r['verdict'] == 'unsupported' for r in srows)} unsupported" + \
+               (f", {n_new} awaiting snapshot approval)" if n_new else ")")
         sized = [r for r in ok if r.get("size_mb") is not None]
         timed = [r for r in ok if r.get("p50_ms") is not None]
         if sized:
@@ -149,23 +190,85 @@ def machine_line(machine: dict) -> str:
     return "machine: " + (machine.get("processor") or machine.get("machine") or "unknown")
 
 
-def markdown(rows: list[dict], meta: dict) -> str:
+MARK = {"pass": "✅", "FAIL": "❌", "new": "🆕", "unsupported": "➖"}
+#: GitHub refuses a comment body over 65,536 characters; stay well under it
+COMMENT_LIMIT = 60_000
+
+
+def verdict_matrix(rows: list[dict], spec: str) -> str:
+    """Variants x formats, one mark per cell: the whole spec at a glance."""
+    srows = [r for r in rows if r["spec"] == spec]
+    fmts = sorted({r["format"] for r in srows})
+    variants = list(dict.fromkeys(r["variant"] for r in srows))
+    cell = {(r["variant"], r["format"]): MARK.get(r["verdict"], r["verdict"]) for r in srows}
+    head = "| variant | " + " | ".join(fmts) + " |"
+    sep = "| --- | " + " | ".join(":-:" for _ in fmts) + " |"
+    body = [f"| {v} | " + " | ".join(cell.get((v, f), " ") for f in fmts) + " |" for v in variants]
+    return "\n".join([head, sep, *body])
+
+
+def _clip(text: str, n: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+def markdown(rows: list[dict], meta: dict, *, limit: int = COMMENT_LIMIT, full_report: str = "deploycheck.html") -> str:
+    """A summary that fits a pull-request comment at any number of specs.
+
+    Per spec a verdict matrix, then only the failing rows with their reasons; the full tables
+    follow in collapsed <details> blocks while the text stays under ``limit``; past it they are
+    left to the HTML and JSON reports, and past that the failing rows are cut with a pointer."""
     from tabulate import tabulate
     n_fail = sum(r["verdict"] == "FAIL" for r in rows)
     n_pass = sum(r["verdict"] == "pass" for r in rows)
     n_uns = sum(r["verdict"] == "unsupported" for r in rows)
+    n_new = sum(r["verdict"] == "new" for r in rows)
     machine = meta.get("machine") or {}
-    out = ["# deploycheck report", "",
-           f"{n_pass} passed, {n_fail} failed, {n_uns} unsupported — torch {(meta.get('libraries') or {}).get('torch', '?')}, "
-           f"commit {((meta.get('git') or {}).get('commit') or 'n/a')[:12]}, {meta.get('created', '')}", "",
-           machine_line(machine), ""]
-    out += [f"- {line}" for line in summary_lines(rows)] + [""]
-    for spec in sorted({r["spec"] for r in rows}):
+    specs = sorted({r["spec"] for r in rows})
+    head = ["# deploycheck report", "",
+            f"{n_pass} passed, {n_fail} failed, {n_uns} unsupported" + (f", {n_new} awaiting snapshot approval" if n_new else "")
+            + f" — torch {(meta.get('libraries') or {}).get('torch', '?')}, "
+            f"commit {((meta.get('git') or {}).get('commit') or 'n/a')[:12]}, {meta.get('created', '')}", "",
+            machine_line(machine), ""]
+    nl = new_snapshots_line(rows)
+    if nl:
+        head += [f"> **{nl}**", ""]
+    head += [f"- {line}" for line in summary_lines(rows)] + [""]
+    head += ["## Verdicts", "", "✅ pass · ❌ fail · 🆕 passes, snapshot awaiting approval · ➖ unsupported", ""]
+    matrices = {spec: verdict_matrix(rows, spec) for spec in specs}
+    if sum(len(m) for m in matrices.values()) > limit // 2:  # very many specs: matrices for the failing ones only
+        bad = {r["spec"] for r in rows if r["verdict"] in ("FAIL", "new")}
+        matrices = {spec: m for spec, m in matrices.items() if spec in bad}
+        head += [f"{len(specs) - len(matrices)} specs pass in every variant and format (matrices omitted)", ""]
+    for spec, m in matrices.items():
+        head += [f"**{spec}**", "", m, ""]
+    fails = [r for r in rows if r["verdict"] == "FAIL"]
+    fail_lines = ["## Failures", ""] + [f"- `{r['spec']}::{r['variant']}::{r['format']}`: {_clip(r['reason'] or 'failed')}"
+                                        for r in fails] + [""] if fails else []
+    details = ["## Full tables", ""]
+    for spec in specs:
         srows = [r for r in rows if r["spec"] == spec]
-        out += [f"## {spec}", "",
-                tabulate([_cells(r)[1:] + [r["reason"] or ""] for r in srows],
-                         headers=[h for _, h in COLUMNS[1:]] + ["reason"], tablefmt="github", disable_numparse=True), ""]
-    return "\n".join(out) + "\n"
+        details += [f"<details><summary>{spec}: {len(srows)} rows</summary>", "",
+                    tabulate([row_cells(r)[1:] + [_clip(r["reason"] or "", 200)] for r in srows],
+                             headers=[h for _, h in COLUMNS[1:]] + ["reason"], tablefmt="github", disable_numparse=True),
+                    "", "</details>", ""]
+    pointer = f"Full tables: `{full_report}` and `deploycheck.json` in the uploaded reports."
+    text = "\n".join(head + fail_lines + details)
+    if len(text) <= limit:
+        return text + "\n"
+    text = "\n".join(head + fail_lines + [pointer, ""])
+    if len(text) <= limit:
+        return text + "\n"
+    # even the failing rows are too many: keep what fits, and say how many more there are
+    kept, budget = [], limit - len("\n".join(head)) - 400
+    for ln in fail_lines[2:-1]:
+        if budget - len(ln) - 1 < 0:
+            break
+        kept.append(ln)
+        budget -= len(ln) + 1
+    more = len(fails) - len(kept)
+    body = ["## Failures", ""] + kept + ["", f"… and {more} more failing rows. {pointer}", ""]
+    return "\n".join(head + body) + "\n"
 
 
 def _git(rootdir: str) -> dict:
@@ -217,6 +320,6 @@ def write_documents(doc: dict, out_dir: str, *, stem: str = "deploycheck") -> li
     rows = doc["rows"]
     paths = {ext: os.path.join(out_dir, f"{stem}.{ext}") for ext in ("md", "html", "json")}
     atomic_write(paths["json"], json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
-    atomic_write(paths["md"], markdown(rows, doc))
+    atomic_write(paths["md"], markdown(rows, doc, full_report=f"{stem}.html"))
     atomic_write(paths["html"], render(rows, doc, summary_lines(rows)))
     return [paths["md"], paths["html"], paths["json"]]

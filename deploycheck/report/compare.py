@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+
+from . import higher_is_better, summary_rows, write_documents
 
 
 def _load(path: str) -> dict:
@@ -44,7 +47,7 @@ def compare(old: dict, new: dict, *, metric_tol: float, latency_tol: float, size
             if a.get("metric") is not None and b.get("metric") is not None:
                 d = b["metric"] - a["metric"]
                 entry["metric_delta"] = d
-                worse = -d if _higher(b) else d
+                worse = -d if higher_is_better(b) else d
                 if worse > metric_tol:
                     reasons.append(f"{b.get('metric_name') or 'metric'} {a['metric']:.4g} -> {b['metric']:.4g} "
                                    f"({d:+.4g}, beyond ±{metric_tol:g})")
@@ -61,10 +64,6 @@ def compare(old: dict, new: dict, *, metric_tol: float, latency_tol: float, size
         out.append(entry)
     out.sort(key=lambda e: (not e["regression"], e["change"] != "changed", e["spec"], e["variant"], e["format"]))
     return out
-
-
-def _higher(row) -> bool:
-    return row.get("metric_name") not in ("mse", "mae")
 
 
 def cmd_compare(args) -> int:
@@ -85,7 +84,6 @@ def cmd_compare(args) -> int:
 
 
 def merge(docs: list[dict]) -> dict:
-    from . import summary_rows
     records: dict[tuple, dict] = {}
     for d in docs:
         for r in d.get("records", []):
@@ -102,8 +100,6 @@ def merge(docs: list[dict]) -> dict:
 
 
 def cmd_merge(args) -> int:
-    import os
-    from . import write_documents
     docs = [_load(p) for p in args.reports]
     merged = merge(docs)
     out_dir = os.path.dirname(os.path.abspath(args.output))

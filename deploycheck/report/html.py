@@ -6,6 +6,8 @@ import html
 import io
 from typing import Any
 
+from . import COLUMNS, higher_is_better, machine_line, new_snapshots_line, row_cells
+
 
 def _svg(fig) -> str:
     buf = io.StringIO()
@@ -47,26 +49,29 @@ def plots(rows: list[dict]) -> dict[str, list[str]]:
         rs = [r for r in rows if r["spec"] == spec and r.get("p50_ms") is not None and r.get("metric") is not None]
         figs = []
         if rs:
-            higher = rs[0].get("metric_name") not in ("mse", "mae")
+            higher = higher_is_better(rs[0])
             pts = [(r["p50_ms"], r["metric"], (r["variant"], r["format"])) for r in rs]
             front = set(pareto(pts, higher))
             fig, ax = plt.subplots(figsize=(7, 4.2))
             fmts = sorted({r["format"] for r in rs})
             markers = dict(zip(fmts, "osD^vP*X"))
-            for r in rs:
+            # Numbered markers and a legend instead of text labels: a spec's many rows often sit
+            # on one metric value, where labels pile onto one line and cannot be read.
+            for i, r in enumerate(rs, 1):
                 on = (r["variant"], r["format"]) in front
                 ax.scatter(r["p50_ms"], r["metric"], marker=markers[r["format"]], s=70 if on else 35,
                            edgecolors="black" if on else "none", color="tab:red" if r["verdict"] == "FAIL" else "tab:blue",
-                           alpha=0.9)
-                ax.annotate(f"{r['variant']} ({r['format']})", (r["p50_ms"], r["metric"]), fontsize=7,
-                            xytext=(4, 3), textcoords="offset points")
+                           alpha=0.9, label=f"{i}: {r['variant']} / {r['format']}")
+                ax.annotate(str(i), (r["p50_ms"], r["metric"]), fontsize=7, xytext=(3, 3 + 7 * (i % 3)),
+                            textcoords="offset points")
             fp = sorted((p for p in pts if p[2] in front), key=lambda p: p[0])
             ax.plot([p[0] for p in fp], [p[1] for p in fp], "k--", lw=0.8, label="Pareto front")
             ax.set_xscale("log")
             ax.set_xlabel("p50 latency, ms (log)")
             ax.set_ylabel(rs[0].get("metric_name") or "metric")
             ax.set_title(f"{spec}: {rs[0].get('metric_name') or 'metric'} vs latency (red: failing)")
-            ax.legend(loc="best", fontsize=8)
+            ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False,
+                      ncol=1 if len(rs) <= 24 else 2)
             figs.append(_svg(fig))
         sz = [r for r in rows if r["spec"] == spec and r.get("size_mb") is not None]
         if sz:
@@ -93,18 +98,54 @@ def plots(rows: list[dict]) -> dict[str, list[str]]:
 
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#222}
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#222;max-width:100%}
+.wrap{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:13px;margin:1em 0}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}
 th{background:#f3f3f3} td.l{text-align:left}
-tr.FAIL td{background:#fde8e8} tr.unsupported td{color:#888}
+td.reason{text-align:left;white-space:normal;min-width:16em;max-width:32em;overflow-wrap:anywhere}
+tr.FAIL td{background:#fde8e8} tr.unsupported td{color:#888} tr.new td{background:#eef5ff}
+table.matrix td{text-align:center;font-weight:600}
+table.matrix td.pass{background:#e3f6e3;color:#1a6b1a} table.matrix td.FAIL{background:#fbd5d5;color:#8b1010}
+table.matrix td.new{background:#dfeaff;color:#1b3f8b} table.matrix td.unsupported{color:#999}
+.note{background:#eef5ff;border-left:4px solid #3b6fd6;padding:6px 10px}
 .plots svg{max-width:100%;height:auto;margin:0.5em 0}
-code{background:#f5f5f5;padding:0 3px}
+.machine{color:#555;font-size:13px;overflow-wrap:anywhere}
+code{background:#f5f5f5;padding:0 3px;overflow-wrap:anywhere}
 """
+
+_MARK = {"pass": "pass", "FAIL": "FAIL", "new": "new", "unsupported": "–"}
+
+
+def divergence_table(row: dict) -> str:
+    """Where a failing variant departs from its baseline, per module (see deploycheck.diverge)."""
+    e = html.escape
+    d = row["divergence"]
+    head = (f"<details><summary>{e(row['variant'])} / {e(row['format'])}: first departs at "
+            f"<code>{e(str(d.get('first')))}</code></summary><div class='wrap'><table><tr><th>module</th>"
+            "<th>max abs diff</th><th>cosine</th><th>share of final error</th></tr>")
+    body = "".join(f"<tr class='{'FAIL' if r['module'] == d.get('first') else ''}'><td class='l'>{e(r['module'])}</td>"
+                   f"<td>{r['max_abs']:.4g}</td><td>{r['cosine']:.5f}</td><td>{r['share']:.1%}</td></tr>"
+                   for r in d["rows"])
+    return head + body + "</table></div></details>"
+
+
+def matrix(rows: list[dict], spec: str) -> str:
+    """The verdict matrix (variants x formats), coloured, as on top of the Markdown summary."""
+    e = html.escape
+    srows = [r for r in rows if r["spec"] == spec]
+    fmts = sorted({r["format"] for r in srows})
+    variants = list(dict.fromkeys(r["variant"] for r in srows))
+    cell = {(r["variant"], r["format"]): r["verdict"] for r in srows}
+    out = [f"<div class='wrap'><table class='matrix'><tr><th>{e(spec)}</th>" + "".join(f"<th>{e(f)}</th>" for f in fmts) + "</tr>"]
+    for v in variants:
+        tds = "".join(f"<td class='{e(cell.get((v, f), ''))}'>{e(_MARK.get(cell.get((v, f), ''), ''))}</td>" for f in fmts)
+        out.append(f"<tr><td class='l'>{e(v)}</td>{tds}</tr>")
+    out.append("</table></div>")
+    return "".join(out)
 
 
 def render(rows: list[dict], meta: dict, summary: list[str]) -> str:
-    from . import COLUMNS, _cells, machine_line
     figs = plots(rows)
     e = html.escape
     parts = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>", "<title>deploycheck report</title>",
@@ -113,17 +154,26 @@ def render(rows: list[dict], meta: dict, summary: list[str]) -> str:
              f"commit <code>{e(((meta.get('git') or {}).get('commit') or 'n/a')[:12])}</code></p>",
              f"<p class='machine'>{e(machine_line(meta.get('machine') or {}))}</p>", "<ul>"]
     parts += [f"<li>{e(s)}</li>" for s in summary] + ["</ul>"]
+    nl = new_snapshots_line(rows)
+    if nl:
+        parts.append(f"<p class='note'>{e(nl)}</p>")
+    parts.append("<h2>Verdicts</h2>" + "".join(matrix(rows, spec) for spec in sorted({r["spec"] for r in rows})))
     if not figs:
         parts.append("<p><em>Plots need matplotlib: pip install 'deploycheck[html]'.</em></p>")
     for spec in sorted({r["spec"] for r in rows}):
         srows = [r for r in rows if r["spec"] == spec]
-        parts.append(f"<h2>{e(spec)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for _, h in COLUMNS[1:]) + "<th>reason</th></tr>")
+        parts.append(f"<h2>{e(spec)}</h2><div class='wrap'><table><tr>" + "".join(f"<th>{e(h)}</th>" for _, h in COLUMNS[1:])
+                     + "<th>reason</th></tr>")
         for r in srows:
-            cells = _cells(r)[1:] + [r.get("reason") or ""]
+            cells = row_cells(r)[1:] + [r.get("reason") or ""]
             parts.append(f"<tr class='{e(r['verdict'])}'>" + "".join(
-                f"<td class='l'>{e(c)}</td>" if i in (0, 1, 2, len(cells) - 1) else f"<td>{e(c)}</td>"
+                f"<td class='reason'>{e(c)}</td>" if i == len(cells) - 1 else
+                f"<td class='l'>{e(c)}</td>" if i in (0, 1, 2) else f"<td>{e(c)}</td>"
                 for i, c in enumerate(cells)) + "</tr>")
-        parts.append("</table>")
+        parts.append("</table></div>")
+        for r in srows:
+            if r.get("divergence") and r["divergence"].get("rows"):
+                parts.append(divergence_table(r))
         if figs.get(spec):
             parts.append("<div class='plots'>" + "".join(figs[spec]) + "</div>")
     parts.append("</body></html>")
