@@ -83,6 +83,8 @@ def code_paths(spec) -> list[str]:
                 paths.append(s.student)
             if getattr(s, "callable", None):
                 paths.append(s.callable)
+        if v.model is not None and v.model.factory:
+            paths.append(v.model.factory)
     if spec.data.source.startswith("python:"):
         paths.append(spec.data.source[len("python:"):])
     paths += [s.arg for s in spec.data.preprocess if s.op == "callable"]
@@ -115,7 +117,16 @@ def build_key(spec, vname: str) -> str:
                "data_file": data_file, "metric": dataclasses.asdict(spec.metric),
                "code": code_hashes(spec),
                "steps": [(type(s).__name__, dataclasses.asdict(s)) for s in spec.variant(vname).steps],
+               "variant_model": _variant_model(spec, vname, base),
                "baseline_steps": vname == "baseline"})
+
+
+def _variant_model(spec, vname: str, base: str) -> dict | None:
+    """A ``model:`` variant's own factory, kwargs and weights file contents."""
+    o = spec.variant(vname).model
+    if o is None:
+        return None
+    return {**dataclasses.asdict(o), "weights_sha": file_sha(os.path.join(base, o.weights)) if o.weights else None}
 
 
 def artifact_key(built_key: str, fspec) -> str:

@@ -89,8 +89,12 @@ def where_it_departs(runner, spec, vname: str) -> tuple[str, dict]:
     import torch
 
     from .diverge import localise, render
+    base, var = runner.built(spec, "baseline").model, runner.built(spec, vname).model
+    if base is None or var is None:
+        return ("\n  where: an artifact made elsewhere has no in-memory model here to compare layer by layer",
+                {"divergence": {"rows": [], "first": None, "note": "artifact made elsewhere"}})
     probes = torch.cat(runner.batches(spec))[:DIVERGENCE_PROBES]
-    res = localise(runner.built(spec, "baseline").model, runner.built(spec, vname).model, probes)
+    res = localise(base, var, probes)
     return "\n" + render(res, probes=len(probes)), {"divergence": res}
 
 
@@ -113,7 +117,8 @@ def finite_verdict(runner, spec, vname, fspec) -> "Verdict | None":
     r = runner.reload(spec, vname, fspec)
     whose = "the baseline's" if vname == "baseline" else "the variant's"
     problems, details = [], {}
-    for label, out in (("in-memory", b.outputs), (f"reloaded {fspec.name}", r.outputs)):
+    sides = [("in-memory", b.outputs)] if spec.variant(vname).artifact is None else []
+    for label, out in sides + [(f"reloaded {fspec.name}", r.outputs)]:
         info = nonfinite(out)
         if info is not None:
             details[label] = info
@@ -131,19 +136,24 @@ def outputs_check(runner, spec, vname, fspec) -> Verdict:
     if bad is not None:
         return bad
     r = runner.reload(spec, vname, fspec)
-    b = runner.built(spec, vname)
-    th = spec.variant(vname).thresholds.outputs
+    v = spec.variant(vname)
+    # A file made elsewhere has no in-memory twin: it is held to the baseline on the same batches.
+    made_elsewhere = v.artifact is not None and vname != "baseline"
+    b = runner.built(spec, "baseline" if made_elsewhere else vname)
+    other = "the baseline" if made_elsewhere else "the in-memory variant"
+    th = v.thresholds.outputs
     n_in = sum(int(x.shape[0]) for x in runner.batches(spec))
     if r.outputs.shape != b.outputs.shape:
         return Verdict("outputs", False, f"the reloaded {fspec.name} artifact returned shape {tuple(r.outputs.shape)} "
-                       f"but the in-memory variant returned {tuple(b.outputs.shape)} for the same {n_in} inputs",
+                       f"but {other} returned {tuple(b.outputs.shape)} for the same {n_in} inputs",
                        value=list(r.outputs.shape), threshold=list(b.outputs.shape))
     st = compare_arrays(r.outputs, b.outputs, atol=th.atol, rtol=th.rtol)
     details = {k: st[k] for k in ("mismatched", "total", "max_abs", "mean_abs", "max_rel")}
     formula = f"max abs diff {fmt_num(st['max_abs'])}; {st['mismatched']} of {st['total']} elements outside atol {fmt_num(th.atol)} + rtol {fmt_num(th.rtol)} * |expected|"
     if st["mismatched"]:
-        msg = render_mismatch(st, what=f"outputs of the reloaded {fspec.name} artifact differ from the in-memory variant",
-                              left="reloaded", right="in-memory", atol=th.atol, rtol=th.rtol)
+        msg = render_mismatch(st, what=f"outputs of the reloaded {fspec.name} artifact differ from {other}",
+                              left="reloaded", right="baseline" if made_elsewhere else "in-memory", atol=th.atol,
+                              rtol=th.rtol)
         msg += saturation_hint(spec.variant(vname))
         return Verdict("outputs", False, msg, formula, st["max_abs"], {"atol": th.atol, "rtol": th.rtol}, details)
     return Verdict("outputs", True, formula=formula, value=st["max_abs"], threshold={"atol": th.atol, "rtol": th.rtol},
@@ -498,8 +508,11 @@ def semantic_check(runner, spec, vname, fspec) -> Verdict:
     r = runner.reload(spec, vname, fspec)
     batches, triplets = runner.semantic_batches(spec)
     base_model = runner.built(spec, "baseline").model
-    with torch.inference_mode():
-        base_emb = torch.cat([base_model(b).float() for b in batches])
+    if base_model is None:  # the baseline is an artifact: its own reloaded embeddings
+        base_emb = runner.reload(spec, "baseline", spec.variant("baseline").formats[0]).extra_outputs
+    else:
+        with torch.inference_mode():
+            base_emb = torch.cat([base_model(b).float() for b in batches])
     base_kept = set(_triplet_order(base_emb, triplets))
     kept = set(_triplet_order(r.extra_outputs, triplets))
     n = len(triplets)

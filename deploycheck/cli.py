@@ -105,7 +105,7 @@ def cmd_init(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .formats import FORMATS, sniff
+    from .formats import FORMATS, formats_by_name, sniff
     from .formats.integrity import FORMAT_NAMES, check_file, read_manifest, sha256
     path = args.file
     if not os.path.exists(path):
@@ -125,6 +125,17 @@ def cmd_inspect(args) -> int:
     else:
         print("manifest: none (size and checksum cannot be verified)")
     diag = check_file(path, declared, manifest)
+    named = formats_by_name(path)
+    if found in FORMATS and named and found not in named:
+        # The name promises another format than the bytes hold: a loader that goes by the name fails.
+        says = " or ".join(FORMAT_NAMES.get(n, n) for n in named)
+        mismatch = (f"the file is {FORMAT_NAMES.get(found, found)} file, but its name "
+                    f"({os.path.basename(path)}) says {says} file")
+        if args.format == found:
+            print(f"note:     {mismatch}; checked as {found}, as --format says")
+        elif diag is None:
+            from .formats.integrity import Diagnosis
+            diag = Diagnosis("wrong-format", mismatch + ": rename it, or pass --format " + found)
     if diag is None and declared in FORMATS and not args.no_load:
         diag = _try_load(path, declared, manifest, args.timeout)
     if diag is not None:

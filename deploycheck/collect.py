@@ -204,8 +204,10 @@ def _variant_info(runner, spec, vname) -> dict:
     if b is None:
         return {}
     base = runner.built_if_ready(spec, "baseline")
-    state_ratio = b.state_bytes / base.state_bytes if base is not None and base.state_bytes else None
-    return {"state_ratio": state_ratio, "params": b.params, "nonzero": b.nonzero, "sparsity": 1 - b.nonzero / b.params if b.params else 0.0,
+    state_ratio = (b.state_bytes / base.state_bytes if base is not None and base.state_bytes and b.state_bytes is not None
+                   else None)
+    return {"state_ratio": state_ratio, "params": b.params, "nonzero": b.nonzero,
+            "sparsity": 1 - b.nonzero / b.params if b.params else None,
             "state_bytes": b.state_bytes, "build_s": b.build_s, "metric_in_memory": b.metric,
             "steps": [{"recipe": s.recipe, "summary": s.summary, "seconds": s.seconds, "params": s.params,
                        "nonzero": s.nonzero, "state_bytes": s.state_bytes, "details": s.details} for s in b.steps]}

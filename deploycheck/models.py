@@ -63,28 +63,47 @@ def baseline_arch(spec) -> dict:
 
 def build_baseline(spec) -> Any:
     """Instantiate the spec's model with its weights; every failure names the spec line."""
+    return build_model(spec, arch=baseline_arch(spec), weights=spec.model.weights, variant="baseline",
+                       where=spec.where("model"))
+
+
+def variant_arch(spec, variant) -> dict:
+    """The factory and kwargs of a variant's own model (``model:``), else the baseline's."""
+    o = variant.model
+    if o is None:
+        return baseline_arch(spec)
+    factory = o.factory or spec.model.factory
+    kwargs = o.kwargs if o.kwargs is not None else (dict(spec.model.kwargs) if factory == spec.model.factory else {})
+    return {"factory": factory, "kwargs": dict(kwargs)}
+
+
+def build_variant_model(spec, variant) -> Any:
+    """A ``model:`` variant's starting point: its factory, kwargs and weights (a QAT checkpoint, a student)."""
+    return build_model(spec, arch=variant_arch(spec, variant), weights=variant.model.weights, variant=variant.name,
+                       where=spec.at(variant.line))
+
+
+def build_model(spec, *, arch: dict, weights: str | None, variant: str, where: str) -> Any:
     import torch
     m = spec.model
     torch.manual_seed(0)
     try:
-        arch = baseline_arch(spec)
         model = call_factory(arch["factory"], arch["kwargs"], search_dirs(spec))
     except Exception as e:
-        what = f"Hugging Face model {m.hf.path!r}" if m.hf else f"factory {m.factory!r}"
+        what = f"Hugging Face model {m.hf.path!r}" if m.hf and variant == "baseline" else f"factory {arch['factory']!r}"
         raise StageError("build", f"cannot create the model from {what}: {describe_exc(e)}",
-                         spec=spec.name, variant="baseline", where=spec.where("model")) from e
-    if m.weights:
-        path = os.path.join(os.path.dirname(os.path.abspath(spec.path)), m.weights)
-        state = _read_weights(spec, path)
-        _load_state(spec, model, state, path)
+                         spec=spec.name, variant=variant, where=where) from e
+    if weights:
+        path = os.path.join(os.path.dirname(os.path.abspath(spec.path)), weights)
+        state = _read_weights(spec, path, variant=variant, where=where)
+        _load_state(spec, model, state, path, factory=arch["factory"], variant=variant, where=where)
     return model.eval()
 
 
-def _read_weights(spec, path: str) -> dict:
+def _read_weights(spec, path: str, *, variant: str, where: str) -> dict:
     import torch
-    where = spec.where("model")
     if not os.path.exists(path):
-        raise StageError("build", f"weights file not found: {path}", spec=spec.name, variant="baseline", where=where)
+        raise StageError("build", f"weights file not found: {path}", spec=spec.name, variant=variant, where=where)
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -92,16 +111,16 @@ def _read_weights(spec, path: str) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise StageError("build", f"cannot read weights {path}: {describe_exc(e)}", spec=spec.name,
-                         variant="baseline", where=where) from e
+                         variant=variant, where=where) from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise StageError("build", f"weights {path} hold a {type(state).__name__}, not a state dict",
-                         spec=spec.name, variant="baseline", where=where)
+                         spec=spec.name, variant=variant, where=where)
     return state
 
 
-def _load_state(spec, model, state: dict, path: str) -> None:
+def _load_state(spec, model, state: dict, path: str, *, factory: str, variant: str, where: str) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -116,8 +135,7 @@ def _load_state(spec, model, state: dict, path: str) -> None:
         if shapes:
             parts.append(f"shape mismatch ({len(shapes)}): {'; '.join(shapes[:5])}")
         raise StageError("build", f"weights {os.path.basename(path)} do not match the architecture of "
-                         f"{spec.model.factory}: " + " | ".join(parts), spec=spec.name, variant="baseline",
-                         where=spec.where("model"))
+                         f"{factory}: " + " | ".join(parts), spec=spec.name, variant=variant, where=where)
     model.load_state_dict(state, strict=True)
 
 

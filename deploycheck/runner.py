@@ -155,6 +155,8 @@ class Runner:
     def _build(self, spec, vname: str) -> Built:
         from .cache import build_key
         from .models import search_dirs, use_search_path
+        if spec.variant(vname).artifact is not None:
+            return self._from_artifact(spec, vname)
         key = build_key(spec, vname)
         use_search_path(search_dirs(spec))  # a cached model unpickles the user's classes
         hit = self.cache.get_built(key)
@@ -172,19 +174,30 @@ class Runner:
                                    "requires": list(built.requires), "settings": built.settings}, built.model, built.outputs)
         return built
 
+    def _from_artifact(self, spec, vname: str) -> Built:
+        """An artifact variant is not built: its 'in-memory' outputs are the file's, run in the fresh process."""
+        v = spec.variant(vname)
+        r = self.reload(spec, vname, v.formats[0])
+        from .models import baseline_arch
+        arch = baseline_arch(spec) if (spec.model.factory or spec.model.hf) else {}
+        return Built(None, arch, [], 0.0, None, None, None, r.outputs, r.metric, v.recipe)
+
     def _build_fresh(self, spec, vname: str) -> Built:
         import torch
         from . import recipes
         from .metrics import resolve, targets_for
         from .models import count_params, search_dirs, state_bytes
+        from .models import build_variant_model, variant_arch
         v = spec.variant(vname)
         where = spec.at(v.line)
-        base = self.baseline_model(spec)
+        base = self.baseline_model(spec) if (spec.model.factory or spec.model.hf) else None
         data = self.data(spec)
         t0 = time.perf_counter()
-        model = base if not v.steps else copy.deepcopy(base)
-        from .models import baseline_arch
-        arch = baseline_arch(spec)
+        if v.model is not None:  # the variant's own model (a QAT checkpoint, a student), then its recipes
+            model = build_variant_model(spec, v)
+        else:
+            model = base if not v.steps else copy.deepcopy(base)
+        arch = variant_arch(spec, v)
         records = []
         requires: list[str] = []
         settings: dict = {}
@@ -256,8 +269,26 @@ class Runner:
         os.makedirs(d, exist_ok=True)
         return d
 
+    def _user_artifact(self, spec, vname) -> Artifact:
+        """A file made elsewhere: used in place, never copied or rewritten. Its manifest is the one
+        deploycheck wrote next to it, if any, else its size and checksum (pinned by artifact.sha256)."""
+        from .formats.integrity import read_manifest, sha256
+        src = spec.variant(vname).artifact
+        path = os.path.join(os.path.dirname(os.path.abspath(spec.path)), src.path)
+        exists = os.path.isfile(path)
+        actual = sha256(path) if exists else ""
+        man = dict(read_manifest(path) or {}) if exists else {}
+        if not man:
+            man = {"format": src.format, "size": None, "sha256": actual, "made_elsewhere": True}
+        if src.sha256:
+            man["sha256"] = src.sha256  # a pinned checksum: a changed file fails load as corrupted
+            man["pinned_by"] = "artifact.sha256 in the spec"
+        return Artifact(path, man, os.path.getsize(path) if exists else 0, actual, 0.0)
+
     def _save(self, spec, vname, fspec) -> Artifact:
         import warnings
+        if spec.variant(vname).artifact is not None:
+            return self._user_artifact(spec, vname)
         from .formats import FORMATS, Unsupported
         from .formats.integrity import write_manifest
         from .cache import artifact_key
@@ -385,7 +416,7 @@ class Runner:
         ident = dict(spec=spec.name, variant=vname, fmt=fspec.name, where=spec.at(fspec.line or spec.variant(vname).line))
         outputs = torch.cat(torch.load(outputs_path, weights_only=True))
         metric = resolve(spec)
-        base = self.built(spec, "baseline").outputs
+        base = outputs if vname == "baseline" else self.built(spec, "baseline").outputs
         try:
             value = metric(outputs, targets_for(metric, self.labels(spec), base))
         except Exception as e:

@@ -56,12 +56,26 @@ def mutate(doc, path, action, value):
 @given(st.sampled_from(ALL_PATHS), st.sampled_from(["replace", "delete", "unknown"]), garbage)
 def test_mutations_end_in_spec_errors(path, action, value):
     text = yaml.safe_dump(mutate(DOC, path, action, value), sort_keys=False)
+    # A typo'd key in a schema mapping must be an error; free-form mappings (factory kwargs) and
+    # the variants mapping (whose keys are names the user chooses) take any key.
+    typed = (action == "unknown" and isinstance(_parent(DOC, path), dict)
+             and not any(k in ("kwargs", "student_kwargs") for k in path) and tuple(path[:-1]) != ("variants",))
     try:
         parse(text, filename="f.yaml")
     except SpecError as e:
         assert e.problems
         for line in str(e).splitlines():
             assert line.startswith("f.yaml:"), line
+        if typed:  # named, or its one-key mapping (a format, a preprocessing step) now has two keys
+            assert f"{path[-1]}_typo" in str(e) or "one-key mapping" in str(e) or "one key" in str(e), str(e)
+    else:
+        assert not typed, f"an unknown key {path[-1]}_typo was accepted silently"
+
+
+def _parent(doc, path):
+    for k in path[:-1]:
+        doc = doc[k]
+    return doc
 
 
 @settings(max_examples=200, deadline=None)

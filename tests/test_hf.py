@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from deploycheck.data import preprocess
+from deploycheck.errors import SpecError
 from deploycheck.spec import parse
 
 from conftest import make_spec
 
-transformers = pytest.importorskip("transformers", reason="needs the hf extra: pip install 'deploycheck[hf]'")
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "dog", "sat", "ran", "on", "mat", "market",
          "fell", "stock", "rain", "snow", "cold", "warm", "sun", "a", "is", "was", "big", "small", "."]
@@ -19,6 +19,7 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "dog", "sat
 @pytest.fixture
 def tiny_bert(pytester):
     """A 2-layer BERT with a 26-word vocabulary, saved like a Hugging Face model folder."""
+    pytest.importorskip("transformers", reason="needs the hf extra: pip install 'deploycheck[hf]'")
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
     d = pytester.path / "tinybert"
@@ -117,7 +118,7 @@ def test_text_data_without_tokenize_is_a_clear_build_error(project, tiny_bert):
 
 def test_hf_and_factory_are_exclusive():
     text = HF_SPEC.replace("  hf: {path: tinybert, pooling: mean}", "  hf: {path: tinybert}\n  factory: m:f")
-    with pytest.raises(Exception) as ei:
+    with pytest.raises(SpecError) as ei:
         parse(text, filename="s.yaml")
     assert "model.factory: give exactly one of 'factory' (a python callable) or 'hf' (a Hugging Face folder)" in str(ei.value)
 

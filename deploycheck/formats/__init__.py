@@ -3,6 +3,8 @@ the shared base class and content sniffing. Option classes are light: torch load
 
 from __future__ import annotations
 
+import os
+
 import zipfile
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -43,6 +45,17 @@ def register(cls: type) -> type:
 @dataclass(frozen=True)
 class NoOptions:
     """This format takes no options."""
+
+
+def formats_by_name(path: str) -> list[str]:
+    """Formats whose usual file suffix the name ends with (``.pt2`` is export or aoti)."""
+    low = os.path.basename(path).lower()
+    extra = {".pt2": ["export", "aoti"], ".hdf5": ["hdf5"], ".pt": ["torchscript", "pickle"], ".pth": ["pickle"]}
+    out = [n for n in FORMATS.names() if low.endswith(FORMATS.get(n).suffix)]
+    for suf, names in extra.items():
+        if low.endswith(suf):
+            out += [n for n in names if n not in out]
+    return out
 
 
 def sniff(path: str) -> str | None:

@@ -85,8 +85,10 @@ def check_file(path: str, declared: str | None, manifest: dict | None) -> Diagno
                                           "(a copy or upload was cut short); copy it again from the build")
         digest = sha256(path)
         if digest != manifest.get("sha256"):
-            how = f"{size} bytes instead of {want}" if want is not None and size != want else "same size, different bytes"
-            return Diagnosis("corrupted", f"checksum mismatch ({how}): sha256 {digest[:16]}… but the manifest says "
+            how = (f"{size} bytes instead of {want}" if want is not None and size != want
+                   else "same size, different bytes" if want is not None else f"{size} bytes, different content")
+            return Diagnosis("corrupted", f"checksum mismatch ({how}): sha256 {digest[:16]}… but "
+                                          f"{manifest.get('pinned_by', 'the manifest')} says "
                                           f"{str(manifest.get('sha256'))[:16]}…; the bytes changed after it was written; rebuild or copy it again")
     found = sniff(path)
     if found == "zip (unreadable)":

@@ -100,10 +100,11 @@ def plots(rows: list[dict]) -> dict[str, list[str]]:
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#222;max-width:100%}
 .wrap{overflow-x:auto;max-width:100%}
-table{border-collapse:collapse;font-size:13px;margin:1em 0}
-th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}
-th{background:#f3f3f3} td.l{text-align:left}
-td.reason{text-align:left;white-space:normal;min-width:16em;max-width:32em;overflow-wrap:anywhere}
+table{border-collapse:collapse;font-size:12px;margin:1em 0}
+.wrap>table:not(.matrix){width:100%}
+th,td{border:1px solid #ccc;padding:2px 4px;text-align:right}
+th{background:#f3f3f3;font-weight:600} td.l{text-align:left;overflow-wrap:anywhere}
+td.reason{text-align:left;white-space:normal;min-width:12em;max-width:30em;overflow-wrap:anywhere}
 tr.FAIL td{background:#fde8e8} tr.unsupported td{color:#888} tr.new td{background:#eef5ff}
 table.matrix td{text-align:center;font-weight:600}
 table.matrix td.pass{background:#e3f6e3;color:#1a6b1a} table.matrix td.FAIL{background:#fbd5d5;color:#8b1010}

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import Problem, SpecError
 from .loader import LMap, LSeq, is_spec_text, load
-from .model import NAME, FormatSpec, Spec, Thresholds, VariantSpec
+from .model import NAME, ArtifactSource, FormatSpec, ModelOverride, Spec, Thresholds, VariantSpec
 from .schema import Ctx, Invalid, build, build_fields, finish
 
 __all__ = ["Spec", "VariantSpec", "FormatSpec", "parse", "parse_file", "is_spec_text", "SpecError"]
@@ -62,6 +62,23 @@ def _parse_spec(raw: Any, filename: str, ctx: Ctx) -> Spec:
     thresholds = kwargs.get("thresholds", Thresholds())
     formats = kwargs.get("formats", ())
     variants = _parse_variants(raw.get("variants", LMap()), raw.line_of("variants"), thresholds, formats, ctx)
+    if variants is not None:
+        n_before = len(ctx.problems)
+        variants = _resolve_artifacts(variants, raw.get("variants"), filename, ctx)
+        bad = bad or len(ctx.problems) > n_before
+        model = kwargs.get("model")
+        if model is not None and model.factory is None and model.hf is None:
+            base = variants.get("baseline")
+            if base is None or base.artifact is None:
+                ctx.error(raw.line_of("model"), "model.factory",
+                          "give exactly one of 'factory' (a python callable) or 'hf' (a Hugging Face folder); "
+                          "only a spec whose baseline is an artifact may have neither")
+                bad = True
+            for vname, v in variants.items():
+                if v.artifact is None and vname != "baseline" and not (v.model and v.model.factory):
+                    ctx.error(v.line, f"variants.{vname}", "needs a model to build from: model.factory (the baseline is "
+                                                            "an artifact and the spec has no factory)")
+                    bad = True
     if bad or variants is None:
         raise Invalid
     if not formats and not any(v.formats for v in variants.values()):
@@ -109,8 +126,12 @@ def _parse_variants(raw: Any, line: int, thresholds: Thresholds, formats: tuple,
 
 
 def _recipe_step(key: str, value: Any, *, path: str, line: int, ctx: Ctx) -> Any:
-    from ..recipes import RECIPES
-    cls = RECIPES.get(key)
+    from ..recipes import load_plugin
+    try:
+        cls = load_plugin(key)
+    except Exception as e:  # a plug-in that cannot be imported is this spec's error, at its line
+        ctx.error(line, path, f"recipe {key!r} cannot be loaded: {type(e).__name__}: {e}")
+        raise Invalid from None
     kw = build_fields(cls, {} if value is None else value, path=path, line=line, ctx=ctx)
     return finish(cls, kw, path=path, line=line, ctx=ctx, raw=value)
 
@@ -168,7 +189,28 @@ def _parse_variant(name: str, raw: Any, line: int, path: str, thresholds: Thresh
                     steps.append(_recipe_step(k, v, path=f"{ip}.{k}", line=il, ctx=ctx))
                 except Invalid:
                     bad = True
-    if name == "baseline" and (recipe_keys or "steps" in raw):
+    artifact = model = None
+    if "artifact" in raw:
+        al = raw.line_of("artifact")
+        try:
+            artifact = _artifact(raw["artifact"], path=f"{path}.artifact", line=al, ctx=ctx)
+        except Invalid:
+            bad = True
+        for k in [k for k in raw if k in ("formats", "model", "steps") or k in recipe_keys]:
+            why = {"formats": "an artifact variant is gated as the one file it is; 'formats' does not apply "
+                              "(its format is artifact.format, or sniffed)",
+                   "model": "give either 'artifact' (a file made elsewhere) or 'model' (a model to serialize), not both"}
+            ctx.error(raw.line_of(k), f"{path}.{k}", why.get(k, "an artifact variant is not built: recipes do not apply "
+                                                                 "(make a variant with model: and the recipe instead)"))
+            bad = True
+    if "model" in raw and "artifact" not in raw:
+        ml = raw.line_of("model")
+        try:
+            kw = build_fields(ModelOverride, raw["model"], path=f"{path}.model", line=ml, ctx=ctx)
+            model = finish(ModelOverride, kw, path=f"{path}.model", line=ml, ctx=ctx, raw=raw["model"])
+        except Invalid:
+            bad = True
+    if name == "baseline" and (recipe_keys or "steps" in raw or "model" in raw):
         ctx.error(line, path, "the baseline is the unmodified model and takes no recipe; name the variant differently")
         bad = True
     th = thresholds
@@ -191,4 +233,53 @@ def _parse_variant(name: str, raw: Any, line: int, path: str, thresholds: Thresh
             bad = True
     if bad:
         raise Invalid
-    return VariantSpec(name=name, steps=tuple(steps), thresholds=th, formats=tuple(fmts), line=line, description=desc)
+    if artifact is not None:
+        fmts = ()  # resolved by _resolve_artifacts, which knows the spec's folder
+    return VariantSpec(name=name, steps=tuple(steps), thresholds=th, formats=tuple(fmts), line=line, description=desc,
+                       artifact=artifact, model=model)
+
+
+def _artifact(value: Any, *, path: str, line: int, ctx: Ctx):
+    """An artifact source; its format is checked (and resolved) by :func:`_resolve_artifacts`."""
+    from ..formats import FORMATS
+    from ..registry import UnknownName
+    kw = build_fields(ArtifactSource, value, path=path, line=line, ctx=ctx)
+    src = finish(ArtifactSource, kw, path=path, line=line, ctx=ctx, raw=value)
+    if src.format is not None and src.format not in FORMATS:
+        fl = value.line_of("format") if isinstance(value, LMap) and "format" in value else line
+        ctx.error(fl, f"{path}.format", str(UnknownName("format", src.format, FORMATS.names())))
+        raise Invalid
+    return src
+
+
+def _resolve_artifacts(variants: dict, raw_variants: Any, filename: str, ctx: Ctx) -> dict:
+    """Each artifact variant's one format: declared, else sniffed from its bytes, else (a missing
+    file, which its load check will report) guessed from its suffix."""
+    from ..formats import FORMATS, formats_by_name, sniff
+    base = os.path.dirname(os.path.abspath(filename))
+    out = {}
+    for name, v in variants.items():
+        src = v.artifact
+        if src is None:
+            out[name] = v
+            continue
+        vraw = raw_variants.get(name) if isinstance(raw_variants, dict) else None
+        line = vraw.line_of("artifact") if isinstance(vraw, LMap) and "artifact" in vraw else v.line
+        fname = src.format
+        if fname is None:
+            found = sniff(os.path.join(base, src.path))
+            fname = found if found in FORMATS else next(iter(formats_by_name(src.path)), None)
+            if fname is None:
+                ctx.error(line, f"variants.{name}.artifact.format",
+                          f"cannot tell the format of {src.path!r} from its bytes or its name; give artifact.format "
+                          f"(one of {', '.join(FORMATS.names())})")
+                continue
+        fmt = FORMATS.get(fname)
+        try:
+            kw = build_fields(fmt.Options, src.options, path=f"variants.{name}.artifact.options", line=line, ctx=ctx)
+            opts = finish(fmt.Options, kw, path=f"variants.{name}.artifact.options", line=line, ctx=ctx, raw=src.options)
+        except Invalid:
+            continue
+        out[name] = dataclasses.replace(v, formats=(FormatSpec(fname, opts, line),),
+                                        artifact=dataclasses.replace(src, format=fname))
+    return out

@@ -53,7 +53,8 @@ class ModelSpec:
 
     inputs: InputSpec = field(doc="example input: {shape, dtype}; text models take int64 (batch, 2, seq_len): "
                                   "token ids and attention mask")
-    factory: str | None = field(None, doc="import path 'module:callable' returning the nn.Module (or use hf)")
+    factory: str | None = field(None, doc="import path 'module:callable' returning the nn.Module (or use hf; "
+                                          "neither only when the baseline is an artifact)")
     hf: HFSource | None = field(None, doc="a Hugging Face encoder instead of a factory: {path, pooling, normalize}; "
                                           "needs pip install 'deploycheck[hf]'")
     kwargs: dict[str, Any] = field(default_factory=dict, doc="keyword arguments passed to the factory")
@@ -64,7 +65,7 @@ class ModelSpec:
                                                           "when importing factories and callables")
 
     def check(self) -> list[tuple[str, str]]:
-        if (self.factory is None) == (self.hf is None):
+        if self.factory is not None and self.hf is not None:
             return [("factory", "give exactly one of 'factory' (a python callable) or 'hf' (a Hugging Face folder)")]
         if self.hf is not None and self.weights:
             return [("weights", "an hf model reads its own weights from its folder")]
@@ -370,8 +371,38 @@ class FormatSpec:
 
 
 @dataclass(frozen=True)
+class ArtifactSource:
+    """A file made elsewhere (Optimum, Olive, a QAT loop, an older release), gated as it is.
+
+    It is not built or re-serialized: the file itself is loaded in the fresh process and gets
+    every check (load with the full diagnosis, outputs against the baseline on the same batches,
+    metric, latency ratio, size, snapshot)."""
+
+    path: str = field(doc="the file, relative to the spec")
+    format: str | None = field(None, doc="export | torchscript | onnx | aoti | safetensors | hdf5 | pickle (pickle "
+                                         "only with its allow_pickle option); sniffed from the bytes when omitted")
+    options: dict[str, Any] = field(default_factory=dict, doc="the format's options, as under formats")
+    sha256: str | None = field(None, doc="expected checksum: a file that changed fails load as corrupted")
+
+
+@dataclass(frozen=True)
+class ModelOverride:
+    """The variant's own model instead of the baseline's (a QAT checkpoint, an externally trained
+    student); it is serialized into the formats like any variant, and recipes may follow it."""
+
+    factory: str | None = field(None, doc="import path 'module:callable'; default: model.factory")
+    kwargs: dict[str, Any] | None = field(None, doc="keyword arguments; default: model.kwargs when the factory is "
+                                                    "the spec's, else none")
+    weights: str | None = field(None, doc="weights file relative to the spec (.safetensors or a state dict)")
+
+    def check(self) -> list[tuple[str, str]]:
+        msg = self.factory and _import_path_problem(self.factory)
+        return [("factory", msg)] if msg else []
+
+
+@dataclass(frozen=True)
 class VariantSpec:
-    """A named variant: the baseline with a chain of recipes applied."""
+    """A named variant: the baseline with a chain of recipes applied, its own model, or a file."""
 
     name: str
     steps: tuple[Any, ...]
@@ -379,12 +410,17 @@ class VariantSpec:
     formats: tuple[FormatSpec, ...]
     line: int
     description: str = ""
+    artifact: ArtifactSource | None = None
+    model: ModelOverride | None = None
 
-    RESERVED = ("steps", "thresholds", "formats", "description")
+    RESERVED = ("steps", "thresholds", "formats", "description", "artifact", "model")
 
     @property
     def recipe(self) -> str:
-        return " -> ".join(s.short() for s in self.steps) or "baseline"
+        if self.artifact is not None:
+            return f"artifact:{self.artifact.path}"
+        chain = [f"model:{(self.model.factory or 'factory').rpartition(':')[2]}"] if self.model is not None else []
+        return " -> ".join(chain + [s.short() for s in self.steps]) or "baseline"
 
 
 @dataclass(frozen=True)
@@ -509,4 +545,6 @@ def VARIANT_SCHEMA() -> dict:
                            "steps": {"type": "array", "items": step, "description": "a chain of recipes, applied in order"},
                            "thresholds": json_schema(Thresholds),
                            "formats": {"type": "array", "items": json_schema(FormatSpec)},
-                           "description": {"type": "string"}}}
+                           "description": {"type": "string"},
+                           "artifact": dataclass_schema(ArtifactSource),
+                           "model": dataclass_schema(ModelOverride)}}

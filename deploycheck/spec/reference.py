@@ -54,7 +54,7 @@ def render() -> str:
     from ..formats import FORMATS
     from ..recipes import RECIPES
     from ..recipes.prune import FineTune
-    from .model import (BatchInvariance, CrossMachineRule, DataSpec, FidelityThreshold, HFSource, InputSpec, IsolationSettings,
+    from .model import (ArtifactSource, BatchInvariance, CrossMachineRule, ModelOverride, DataSpec, FidelityThreshold, HFSource, InputSpec, IsolationSettings,
                         LatencySettings, LatencyThreshold, MetricSpec, MetricThreshold, ModelSpec, Normalize,
                         OutputThreshold, SemanticSpec, SizeThreshold, SnapshotSettings, SplitSpec, Spec, Step,
                         Thresholds, Tokenize)
@@ -88,6 +88,10 @@ def render() -> str:
                      + "\n".join(f"| `{m}` | {', '.join(f'`{o}`' for o in opts) or '-'} |" for m, opts in options.items()))
         sec(f"`variants.<name>.{name}` (recipe)", body)
     sec("`variants.<name>.prune.finetune`", table(FineTune))
+    sec("`variants.<name>.artifact` (a file made elsewhere)", (ArtifactSource.__doc__ or "").strip() + "\n\n"
+        + table(ArtifactSource))
+    sec("`variants.<name>.model` (the variant's own model)", (ModelOverride.__doc__ or "").strip() + "\n\n"
+        + table(ModelOverride))
     sec("`thresholds` (and `variants.<name>.thresholds`, which override key by key)", table(Thresholds))
     for title, cls in (("metric", MetricThreshold), ("outputs", OutputThreshold), ("fidelity", FidelityThreshold),
                        ("latency", LatencyThreshold),
