@@ -81,8 +81,8 @@ def test_inspect_good_and_broken_files(tmp_path, capsys):
     onnx_named_pt2.write_bytes(b"\x08\x0a\x12\x07pytorch" + b"\x00" * 40)
     assert main(["inspect", str(onnx_named_pt2), "--format", "export"]) == 1
     assert capsys.readouterr().out.splitlines()[-1] == (
-        f"reason:   wrong-format: {onnx_named_pt2}: the file is an ONNX file, but it is declared as a torch.export .pt2: "
-        "check which file was shipped")
+        f"reason:   wrong-format: {onnx_named_pt2}: the file is an ONNX file, but it is declared as a torch.export .pt2 "
+        "file: check which file was shipped")
 
 
 def _report(rows):

@@ -96,7 +96,7 @@ def check_file(path: str, declared: str | None, manifest: dict | None) -> Diagno
                                       "copy it again from the build")
     if declared and found and found != declared and not (declared == "pickle" and found == "torchscript"):
         return Diagnosis("wrong-format", f"the file is {FORMAT_NAMES.get(found, found)} file, but it is declared as "
-                                         f"{FORMAT_NAMES.get(declared, declared)}: check which file was shipped")
+                                         f"{FORMAT_NAMES.get(declared, declared)} file: check which file was shipped")
     if declared and found is None and declared not in ("onnx",):
         return Diagnosis("corrupted", f"the bytes are not {FORMAT_NAMES.get(declared, declared)} file "
                                       "(unrecognised header): the file is damaged or of an unknown format")
