@@ -49,7 +49,7 @@ def test_every_error_reported_sorted_by_line():
 def test_missing_required_key():
     text = make_spec().replace("  factory: tinymodels:Tiny\n", "")
     assert errors(text) == ["s.yaml:3: model.factory: give exactly one of 'factory' (a python callable) or 'hf' "
-                            "(a Hugging Face folder)"]
+                            "(a Hugging Face folder); only a spec whose baseline is an artifact may have neither"]
     text = make_spec().replace("  inputs: {shape: [1, 4]}\n", "")
     assert errors(text) == ["s.yaml:3: model.inputs: required key is missing"]
 
@@ -70,7 +70,7 @@ def test_variant_level_errors():
         "s.yaml:11: variants.baseline: the baseline is the unmodified model and takes no recipe; name the variant differently"]
     assert errors(make_spec(variants="  q:\n    quantise: {method: fp16}")) == [
         "s.yaml:12: variants.q.quantise: unknown key; did you mean 'quantize'? allowed: custom, distill, prune, quantize, "
-        "steps, thresholds, formats, description"]
+        "steps, thresholds, formats, description, artifact, model"]
     assert errors(make_spec(variants="  q:\n    prune: {method: l1_unstructured, amount: 0.5}\n    quantize: {method: fp16}")) == [
         "s.yaml:11: variants.q: a variant names one recipe (prune, quantize given); chain several with steps: [...]"]
 

@@ -429,7 +429,7 @@ class LatencySettings:
 
     threads: int = field(1, ge=1, doc="torch intra-op threads, pinned and recorded")
     warmup: int = field(10, ge=0, doc="calls before measuring")
-    min_rounds: int = field(30, ge=5, doc="measured rounds (interleaved pairs for ratio gates) before deciding")
+    min_rounds: int = field(30, ge=5, doc="measured rounds (side-by-side rounds for ratio gates) before deciding")
     max_time_s: float = field(3.0, gt=0, doc="time budget: ratio gates measure more rounds up to this while unsure")
     round_ms: float = field(1.0, gt=0, doc="a round repeats the call until it lasts at least this long")
     percentile: Literal["p50", "p95", "p99"] = field("p95", doc="percentile shown in the report")
