@@ -280,6 +280,11 @@ class Runner:
         man = dict(read_manifest(path) or {}) if exists else {}
         if not man:
             man = {"format": src.format, "size": None, "sha256": actual, "made_elsewhere": True}
+            from .formats import FORMATS
+            from .models import baseline_arch
+            if FORMATS.get(src.format)().needs_code(spec.variant(vname).formats[0].options) and \
+                    (spec.model.factory or spec.model.hf):
+                man.update(baseline_arch(spec))  # a state dict rebuilds the spec's architecture
         if src.sha256:
             man["sha256"] = src.sha256  # a pinned checksum: a changed file fails load as corrupted
             man["pinned_by"] = "artifact.sha256 in the spec"

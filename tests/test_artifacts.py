@@ -186,3 +186,21 @@ def test_the_bring_your_own_example_runs(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-4000:]
     assert "20 passed" in res.stdout
+
+
+def test_a_state_dict_file_made_elsewhere_loads_into_the_specs_architecture(project):
+    from safetensors.torch import save_file
+    sys.path.insert(0, str(project.path))
+    try:
+        import tinymodels
+        model = tinymodels.Tiny()
+    finally:
+        sys.path.remove(str(project.path))
+        sys.modules.pop("tinymodels", None)
+    (project.path / "dist").mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(project.path / "dist" / "weights.safetensors"))
+    project.write(make_spec(variants="  baseline: {}\n  release:\n    artifact: {path: dist/weights.safetensors}",
+                            formats="[safetensors]"))
+    res = project.run("-k", "release and not latency")
+    res.assert_outcomes(passed=4)
+    assert rows(project)[("release", "safetensors")]["max_abs_diff"] == 0.0
