@@ -118,7 +118,22 @@ def build_key(spec, vname: str) -> str:
                "code": code_hashes(spec),
                "steps": [(type(s).__name__, dataclasses.asdict(s)) for s in spec.variant(vname).steps],
                "variant_model": _variant_model(spec, vname, base),
+               "plugins": _plugin_sources(spec.variant(vname).steps),
                "baseline_steps": vname == "baseline"})
+
+
+def _plugin_sources(steps) -> dict:
+    """Recipe plug-ins live in installed packages, outside the python_path: hash their module files."""
+    import inspect
+    out = {}
+    for s in steps:
+        cls = type(s)
+        if cls.__module__.split(".")[0] != "deploycheck":
+            try:
+                out[f"{cls.__module__}:{cls.__qualname__}"] = file_sha(inspect.getsourcefile(cls) or "")
+            except TypeError:
+                out[f"{cls.__module__}:{cls.__qualname__}"] = None
+    return out
 
 
 def _variant_model(spec, vname: str, base: str) -> dict | None:
