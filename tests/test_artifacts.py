@@ -204,3 +204,23 @@ def test_a_state_dict_file_made_elsewhere_loads_into_the_specs_architecture(proj
     res = project.run("-k", "release and not latency")
     res.assert_outcomes(passed=4)
     assert rows(project)[("release", "safetensors")]["max_abs_diff"] == 0.0
+
+
+def test_a_release_candidate_against_the_last_release_with_no_model_code(project):
+    make_files(project)
+    # the last release's TorchScript file is the baseline; the candidate is an ONNX file; no factory at all
+    spec = make_spec(variants="  baseline:\n    artifact: {path: dist/tiny.ts}\n  candidate:\n    artifact: {path: dist/tiny.onnx}",
+                     thresholds="  metric: {max_drop: 0.0}\n  outputs: {atol: 1.0e-4}").replace(
+        "  factory: tinymodels:Tiny\n", "")
+    project.write(spec)
+    res = project.run("-k", "not latency")
+    res.assert_outcomes(passed=8)
+    r = rows(project)
+    assert r[("candidate", "onnx")]["recipe"] == "artifact:dist/tiny.onnx"
+    assert r[("candidate", "onnx")]["max_abs_diff"] < 1e-5  # vs the baseline file's outputs
+    spec = spec.replace("  candidate:\n    artifact: {path: dist/tiny.onnx}",
+                        "  candidate:\n    quantize: {method: fp16}")
+    project.write(spec)
+    res = project.run("--co")
+    res.stdout.fnmatch_lines(["*tiny.yaml:12: variants.candidate: needs a model to build from: model.factory (the "
+                              "baseline is an artifact and the spec has no factory)*"])
