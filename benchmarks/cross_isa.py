@@ -73,6 +73,7 @@ def main() -> None:
           f"were identical and are not shown. `in quant steps` divides by the output range / 255.\n\n"
           + tabulate(moved, headers=["spec", "variant", "format", "emulated class", "max abs diff", "max rel diff",
                                     "in quant steps", "metric drift"], tablefmt="github"))
+    shutil.rmtree(work, ignore_errors=True)
     print(md)
     if args.write:
         write_section("cross-isa", md)

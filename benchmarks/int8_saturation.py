@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -85,6 +86,7 @@ def main() -> None:
     md = (f"Measured on {machine_line()} with `python benchmarks/int8_saturation.py`; baseline accuracy 0.9889.\n\n"
           + tabulate(table, headers=["kernels", "variant", "format", "accuracy", "max |reloaded - in-memory|",
                                      "latency ratio", "verdict (outputs atol 0.2)"], tablefmt="github"))
+    shutil.rmtree(work, ignore_errors=True)
     print(md)
     if args.write:
         write_section("int8-saturation", md)

@@ -23,6 +23,7 @@ import glob
 import json
 import multiprocessing as mp
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,7 +71,10 @@ def main() -> None:
         try:
             for i in range(n):
                 rep = tempfile.mkdtemp(prefix="dc-verdicts-report-")
-                got = one_run(cache, rep)
+                try:
+                    got = one_run(cache, rep)
+                finally:
+                    shutil.rmtree(rep, ignore_errors=True)
                 for g in got:
                     g["condition"] = cond
                 rows += got
@@ -80,6 +84,7 @@ def main() -> None:
             stop.set()
             for p in procs:
                 p.join()
+    shutil.rmtree(cache, ignore_errors=True)
     with open(os.path.join(ROOT, "benchmarks", "verdicts", "last_results.json"), "w") as fh:
         json.dump(rows, fh, indent=1)
     md = render(rows, time.time() - t0, args)
