@@ -139,7 +139,7 @@ def cmd_inspect(args) -> int:
     if diag is None and declared in FORMATS and not args.no_load:
         diag = _try_load(path, declared, manifest, args.timeout)
     if diag is not None:
-        print(f"status:   BROKEN")
+        print("status:   BROKEN")
         print(f"reason:   {diag.render(path).splitlines()[0]}")
         return 1
     print("status:   ok" + (" (loaded in a fresh process)" if declared in FORMATS and not args.no_load else ""))

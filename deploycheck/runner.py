@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -335,7 +334,6 @@ class Runner:
     def _reload(self, spec, vname, fspec) -> Reload:
         import torch
         from .formats import FORMATS
-        from .metrics import resolve, targets_for
         from .models import search_dirs
         art = self.artifact(spec, vname, fspec)
         d = self.variant_dir(spec, vname)

@@ -262,6 +262,19 @@ def make_spec(*, factory: str = "Tiny", formats: str = "[torchscript]", variants
                             snapshot=snapshot, extra=extra)
 
 
+def tinymodels_of(project):
+    """The project's tiny model module, imported in this process and forgotten again (the inner
+    pytest runs import their own copy)."""
+    import importlib
+    import sys
+    sys.path.insert(0, str(project.path))
+    try:
+        return importlib.import_module("tinymodels")
+    finally:
+        sys.path.remove(str(project.path))
+        sys.modules.pop("tinymodels", None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     """The suite never touches the user's cache (~/.cache/deploycheck): its default points into

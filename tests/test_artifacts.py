@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import make_spec
+from conftest import make_spec, tinymodels_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,13 +20,7 @@ def make_files(project) -> None:
     import io
 
     import torch
-    sys.path.insert(0, str(project.path))
-    try:
-        import tinymodels
-        model = tinymodels.Tiny().eval()
-    finally:
-        sys.path.remove(str(project.path))
-        sys.modules.pop("tinymodels", None)
+    model = tinymodels_of(project).Tiny().eval()
     dist = project.path / "dist"
     dist.mkdir(exist_ok=True)
     x = torch.rand(2, 4)
@@ -111,13 +105,7 @@ def test_artifact_variants_reject_formats_and_recipes(project):
 def test_a_variant_with_its_own_checkpoint_is_built_serialized_and_quantized(project):
     import numpy as np
     import torch
-    sys.path.insert(0, str(project.path))
-    try:
-        import tinymodels
-        other = tinymodels.Tiny()
-    finally:
-        sys.path.remove(str(project.path))
-        sys.modules.pop("tinymodels", None)
+    other = tinymodels_of(project).Tiny()
     with torch.no_grad():
         other.out.weight.mul_(-1.0)  # "trained elsewhere": different weights, same architecture
     torch.save(other.state_dict(), project.path / "other.pt")
@@ -190,13 +178,7 @@ def test_the_bring_your_own_example_runs(tmp_path):
 
 def test_a_state_dict_file_made_elsewhere_loads_into_the_specs_architecture(project):
     from safetensors.torch import save_file
-    sys.path.insert(0, str(project.path))
-    try:
-        import tinymodels
-        model = tinymodels.Tiny()
-    finally:
-        sys.path.remove(str(project.path))
-        sys.modules.pop("tinymodels", None)
+    model = tinymodels_of(project).Tiny()
     (project.path / "dist").mkdir()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(project.path / "dist" / "weights.safetensors"))
     project.write(make_spec(variants="  baseline: {}\n  release:\n    artifact: {path: dist/weights.safetensors}",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import make_spec
+from conftest import make_spec, tinymodels_of
 
 LATENCY = "latency: {warmup: 5, min_rounds: 20, max_time_s: 2.0, round_ms: 1.0}"
 
@@ -35,17 +35,11 @@ def test_a_variant_that_has_seen_other_shapes_is_measured_in_the_baselines_state
 
 
 def history_cost_ratio(project) -> float:
-    import sys
     import timeit
 
     import torch
-    sys.path.insert(0, str(project.path))
-    try:
-        import tinymodels
-        fresh, seen = tinymodels.HistorySensitive(), tinymodels.HistorySensitive()
-    finally:
-        sys.path.remove(str(project.path))
-        sys.modules.pop("tinymodels", None)
+    tm = tinymodels_of(project)
+    fresh, seen = tm.HistorySensitive(), tm.HistorySensitive()
     seen(torch.ones(16, 4))
     x = torch.ones(1, 4)
     return min(timeit.repeat(lambda: seen(x), number=50, repeat=5)) / min(timeit.repeat(lambda: fresh(x), number=50, repeat=5))
