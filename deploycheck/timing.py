@@ -103,7 +103,7 @@ def side_by_side(variant: Callable[[], object], baseline: Callable[[], object], 
     t_start = time.perf_counter()
     target = min_rounds
     rounds = 0
-    orders = [o for o in ORDERS] if len(sides) == 3 else [(0, 1), (1, 0)]
+    orders = ORDERS if len(sides) == 3 else ((0, 1), (1, 0))
     while True:
         while rounds < target:
             got = [0.0] * len(sides)
@@ -135,4 +135,4 @@ def side_by_side(variant: Callable[[], object], baseline: Callable[[], object], 
             "confidence": confidence, "decision": decision, "elapsed_s": time.perf_counter() - t_start,
             "control": ctrl, "limit": limit, "effective_limit": None if limit is None else limit * noise,
             "variant": stats(times[0]), "baseline": stats(times[1]),
-            "history": {"warmup": warmup, "calls_per_side": warmup + n * (1 + rounds), "same_input": True}}
+            "history": {"warmup": warmup, "calls_per_side": warmup + n * (1 + rounds)}}
