@@ -22,6 +22,11 @@ import platform
 import shutil
 from typing import Any
 
+from .formats.integrity import library_versions
+from .machine import kernel_key
+from .models import baseline_arch, search_dirs
+from . import usercode
+
 
 def _h(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
@@ -53,7 +58,6 @@ def _package_source_hash() -> str:
 
 
 def environment() -> dict:
-    from .formats.integrity import library_versions
     return {"libraries": library_versions(), "deploycheck_source": _package_source_hash(),
             "python": platform.python_version()}
 
@@ -62,15 +66,12 @@ def machine() -> dict:
     """What makes this machine's numbers its own: the kernel-relevant fingerprint (ISA level,
     torch's CPU capability, oneDNN's cap, the quantized engine, library versions, kernel env
     variables), plus the host and core count, which change timings."""
-    from .machine import kernel_key
     return {**kernel_key(), "node": platform.node(), "cpus": os.cpu_count()}
 
 
 def code_hashes(spec) -> dict[str, str | None]:
     """sha256 of every user file the spec's callables import from its python_path (see usercode)."""
-    from .models import search_dirs
-    from .usercode import files
-    return {path: file_sha(path) for path in files(code_paths(spec), search_dirs(spec))}
+    return {path: file_sha(path) for path in usercode.files(code_paths(spec), search_dirs(spec))}
 
 
 def code_paths(spec) -> list[str]:
@@ -101,14 +102,12 @@ def build_key(spec, vname: str) -> str:
     hf_dir = None
     if spec.model.hf is not None:
         try:
-            from .models import baseline_arch
             hf_dir = baseline_arch(spec)["kwargs"]["path"]
         except Exception:
             hf_dir = None
     semantic = None
     if spec.semantic is not None:
         semantic = file_sha(os.path.join(base, spec.semantic.triplets))
-    from .machine import kernel_key
     return _h({"env": environment(), "kernels": kernel_key(), "model": dataclasses.asdict(spec.model),
                "hf_weights": file_sha(os.path.join(hf_dir, "model.safetensors")) if hf_dir else None,
                "semantic": semantic,

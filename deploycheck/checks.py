@@ -10,8 +10,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .numeric import compare_arrays, fmt_num, render_mismatch
+import pytest
+
+from . import diverge, machine, snapshots
+from .metrics import resolve
+from .numeric import compare_arrays, describe_nonfinite, fmt_num, nonfinite, render_mismatch
 from .registry import Registry
+from .errors import StageError
+from .runner import VariantUnsupported
+from .target import Target
 
 
 @dataclass
@@ -29,15 +36,15 @@ class Verdict:
 class Check:
     name: str
     level: str                     # "format" (per variant and format) or "variant"
-    applies: Callable[..., bool]
-    run: Callable[..., Verdict]
+    applies: Callable[[Target], bool]
+    run: Callable[..., Verdict]    # run(runner, target) -> Verdict
     needs_item: bool = False       # run(..., item=the pytest item): for checks that talk to pytest plugins
 
 
 CHECKS: Registry[Check] = Registry("check")
 
 
-def check(name: str, *, level: str = "format", applies: Callable[..., bool] = lambda spec, v, f=None: True,
+def check(name: str, *, level: str = "format", applies: Callable[[Target], bool] = lambda t: True,
           needs_item: bool = False):
     def deco(fn):
         CHECKS.register(name, Check(name, level, applies, fn, needs_item))
@@ -48,69 +55,58 @@ def check(name: str, *, level: str = "format", applies: Callable[..., bool] = la
 # --- load ---------------------------------------------------------------------------------------
 
 @check("load")
-def load_check(runner, spec, vname, fspec) -> Verdict:
-    r = runner.reload(spec, vname, fspec)
-    cached = bool(r.result.get("cached"))
+def load_check(runner, t: Target) -> Verdict:
+    r = runner.reload(t)
+    cached = r.result.cached
     return Verdict("load", True, formula="loaded and ran in a fresh process" + (" (cached result)" if cached else ""),
-                   value=round(r.result.get("load_s", 0.0), 4),
-                   details={"load_s": r.result.get("load_s"), "process_s": r.seconds, "cached": cached,
-                            "peak_rss_mb": r.result.get("peak_rss_mb")})
+                   value=round(r.result.load_s, 4),
+                   details={"load_s": r.result.load_s, "process_s": r.seconds, "cached": cached,
+                            "peak_rss_mb": r.result.peak_rss_mb})
 
 
 # --- finite -------------------------------------------------------------------------------------
 
-def baseline_nonfinite(runner, spec) -> str | None:
+def baseline_nonfinite(runner, t: Target) -> str | None:
     """Why comparisons with the baseline are meaningless (its outputs hold NaN/Inf), or None.
 
     The baseline's own ``outputs`` items fail with the details, once; a variant's comparisons
     with it are skipped with this pointer instead of failing as a delta."""
-    from .numeric import nonfinite
-    if nonfinite(runner.built(spec, "baseline").outputs) is not None:
-        return f"the baseline's in-memory outputs are not finite (see {spec.name}::baseline::*::outputs)"
+    if nonfinite(runner.built(t.baseline()).outputs) is not None:
+        return f"the baseline's in-memory outputs are not finite (see {t.spec.name}::baseline::*::outputs)"
     return None
 
 
-DIVERGENCE_PROBES = 16
-
-
-def where_it_departs(runner, spec, vname: str) -> tuple[str, dict]:
+def where_it_departs(runner, t: Target) -> tuple[str, dict]:
     """On a failing comparison with the baseline: the message's continuation naming the first
     module where the variant departs, with a short per-layer table, and the same as details."""
-    if vname == "baseline":
+    if t.is_baseline:
         return "", {}
-    import torch
-
-    from .diverge import localise, render
-    base, var = runner.built(spec, "baseline").model, runner.built(spec, vname).model
-    if base is None or var is None:
+    res = runner.divergence(t)
+    if res.get("note") == "artifact made elsewhere":
         return ("\n  where: an artifact made elsewhere has no in-memory model here to compare layer by layer",
-                {"divergence": {"rows": [], "first": None, "note": "artifact made elsewhere"}})
-    probes = torch.cat(runner.batches(spec))[:DIVERGENCE_PROBES]
-    res = localise(base, var, probes)
-    return "\n" + render(res, probes=len(probes)), {"divergence": res}
+                {"divergence": res})
+    return "\n" + diverge.render(res, probes=res["probes"]), {"divergence": res}
 
 
-def skip_if_baseline_nonfinite(runner, spec, vname: str) -> None:
+def skip_if_baseline_nonfinite(runner, t: Target) -> None:
     """A comparison with a NaN baseline is no verdict: skip it, pointing at the baseline's failure."""
-    if vname == "baseline":
+    if t.is_baseline:
         return
-    why = baseline_nonfinite(runner, spec)
+    why = baseline_nonfinite(runner, t)
     if why:
-        import pytest
         pytest.skip(f"not compared: {why}")
 
 
 # --- outputs ------------------------------------------------------------------------------------
 
-def finite_verdict(runner, spec, vname, fspec) -> "Verdict | None":
+def finite_verdict(runner, t: Target) -> "Verdict | None":
     """NaN or Inf in the in-memory or reloaded outputs: a failed ``outputs`` verdict saying where."""
-    from .numeric import describe_nonfinite, nonfinite
-    b = runner.built(spec, vname)
-    r = runner.reload(spec, vname, fspec)
-    whose = "the baseline's" if vname == "baseline" else "the variant's"
+    b = runner.built(t)
+    r = runner.reload(t)
+    whose = "the baseline's" if t.is_baseline else "the variant's"
     problems, details = [], {}
-    sides = [("in-memory", b.outputs)] if spec.variant(vname).artifact is None else []
-    for label, out in sides + [(f"reloaded {fspec.name}", r.outputs)]:
+    sides = [("in-memory", b.outputs)] if not t.made_elsewhere else []
+    for label, out in sides + [(f"reloaded {t.fmt}", r.outputs)]:
         info = nonfinite(out)
         if info is not None:
             details[label] = info
@@ -122,19 +118,19 @@ def finite_verdict(runner, spec, vname, fspec) -> "Verdict | None":
 
 
 @check("outputs")
-def outputs_check(runner, spec, vname, fspec) -> Verdict:
+def outputs_check(runner, t: Target) -> Verdict:
     """Finite outputs first (NaN/Inf fail here, where they arise), then reloaded vs in-memory."""
-    bad = finite_verdict(runner, spec, vname, fspec)
+    bad = finite_verdict(runner, t)
     if bad is not None:
         return bad
-    r = runner.reload(spec, vname, fspec)
-    v = spec.variant(vname)
+    r = runner.reload(t)
+    fspec, v = t.fspec, t.variant
     # A file made elsewhere has no in-memory twin: it is held to the baseline on the same batches.
-    made_elsewhere = v.artifact is not None and vname != "baseline"
-    b = runner.built(spec, "baseline" if made_elsewhere else vname)
+    made_elsewhere = t.made_elsewhere and not t.is_baseline
+    b = runner.built(t.baseline() if made_elsewhere else t)
     other = "the baseline" if made_elsewhere else "the in-memory variant"
     th = v.thresholds.outputs
-    n_in = sum(int(x.shape[0]) for x in runner.batches(spec))
+    n_in = sum(int(x.shape[0]) for x in runner.batches(t.spec))
     if r.outputs.shape != b.outputs.shape:
         return Verdict("outputs", False, f"the reloaded {fspec.name} artifact returned shape {tuple(r.outputs.shape)} "
                        f"but {other} returned {tuple(b.outputs.shape)} for the same {n_in} inputs",
@@ -146,7 +142,7 @@ def outputs_check(runner, spec, vname, fspec) -> Verdict:
         msg = render_mismatch(st, what=f"outputs of the reloaded {fspec.name} artifact differ from {other}",
                               left="reloaded", right="baseline" if made_elsewhere else "in-memory", atol=th.atol,
                               rtol=th.rtol)
-        msg += saturation_hint(spec.variant(vname))
+        msg += saturation_hint(v)
         return Verdict("outputs", False, msg, formula, st["max_abs"], {"atol": th.atol, "rtol": th.rtol}, details)
     return Verdict("outputs", True, formula=formula, value=st["max_abs"], threshold={"atol": th.atol, "rtol": th.rtol},
                    details=details)
@@ -188,24 +184,22 @@ def metric_verdict(name: str, value: float, baseline: float, higher: bool, th) -
 
 
 @check("metric")
-def metric_check(runner, spec, vname, fspec) -> Verdict:
-    from .metrics import resolve
-    r = runner.reload(spec, vname, fspec)
-    base = runner.built(spec, "baseline").metric
-    m = resolve(spec)
-    skip_if_baseline_nonfinite(runner, spec, vname)
+def metric_check(runner, t: Target) -> Verdict:
+    r = runner.reload(t)
+    base = runner.built(t.baseline()).metric
+    m = resolve(t.spec)
+    skip_if_baseline_nonfinite(runner, t)
     if not math.isfinite(r.metric):
-        from .numeric import describe_nonfinite, nonfinite
         info = nonfinite(r.outputs)
-        why = (describe_nonfinite(info, whose=f"the reloaded {fspec.name} outputs") if info
+        why = (describe_nonfinite(info, whose=f"the reloaded {t.fmt} outputs") if info
                else "the metric function returned a non-finite value")
         return Verdict("metric", False, f"metric {m.name} is {r.metric}, not a number to compare: {why}",
                        f"metric {m.name} is {r.metric}", r.metric, None, {"metric": m.name, "value": r.metric,
                                                                           "higher_is_better": m.higher_is_better})
-    v = metric_verdict(m.name, r.metric, base, m.higher_is_better, spec.variant(vname).thresholds.metric)
+    v = metric_verdict(m.name, r.metric, base, m.higher_is_better, t.variant.thresholds.metric)
     if not v.passed:
-        where, det = where_it_departs(runner, spec, vname)
-        v.message += saturation_hint(spec.variant(vname)) + where
+        where, det = where_it_departs(runner, t)
+        v.message += saturation_hint(t.variant) + where
         v.details.update(det)
     return v
 
@@ -238,10 +232,10 @@ def ratio_formula(ratio: dict, th) -> str:
 
 
 @check("latency")
-def latency_check(runner, spec, vname, fspec) -> Verdict:
-    r = runner.reload(spec, vname, fspec)
-    lat = r.result.get("latency") or {}
-    th = spec.variant(vname).thresholds.latency
+def latency_check(runner, t: Target) -> Verdict:
+    r = runner.reload(t)
+    lat = r.result.latency or {}
+    th = t.variant.thresholds.latency
     parts, failed = [], []
     for key in ("p50_ms", "p95_ms", "p99_ms"):
         limit = getattr(th, key)
@@ -252,30 +246,31 @@ def latency_check(runner, spec, vname, fspec) -> Verdict:
     ratio = lat.get("ratio")
     details = {k: lat.get(k) for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "rounds", "calls_per_round",
                                         "throughput_per_s", "batch", "samples_ms", "throughput")}
-    details["threads"] = r.result.get("threads")
+    details["threads"] = r.result.threads
     if ratio:
         details.update(ratio=ratio["ratio"], ratio_ci=[ratio["ci_low"], ratio["ci_high"]], ratio_pairs=ratio["pairs"],
                        ratio_decision=ratio["decision"], control=ratio.get("control"),
                        effective_limit=ratio.get("effective_limit"))
     wants_ratio = th.max_ratio is not None or th.min_speedup is not None
-    if wants_ratio and vname != "baseline":
+    if wants_ratio and not t.is_baseline:
         if not ratio:
-            failed.append(f"no side-by-side measurement vs the baseline: {lat.get('ratio_error') or 'the baseline has no ' + fspec.name + ' artifact'}")
+            failed.append(f"no side-by-side measurement vs the baseline: {lat.get('ratio_error') or 'the baseline has no ' + t.fmt + ' artifact'}")
         else:
             (parts if not ratio["decision"].startswith("fail") else failed).append(ratio_formula(ratio, th))
     if not parts and not failed:
         parts.append(f"p50 {fmt_num(lat.get('p50_ms'))} ms, p95 {fmt_num(lat.get('p95_ms'))} ms (no threshold set)")
     formula = "; ".join(failed or parts)
     thr = {k: getattr(th, k) for k in ("p50_ms", "p95_ms", "p99_ms", "max_ratio", "min_speedup") if getattr(th, k) is not None}
-    return Verdict("latency", not failed, formula if failed else "", formula, lat.get(spec.latency.percentile + "_ms"), thr, details)
+    return Verdict("latency", not failed, formula if failed else "", formula, lat.get(t.spec.latency.percentile + "_ms"),
+                   thr, details)
 
 
 # --- size ---------------------------------------------------------------------------------------
 
 @check("size")
-def size_check(runner, spec, vname, fspec) -> Verdict:
-    art = runner.artifact(spec, vname, fspec)
-    th = spec.variant(vname).thresholds.size
+def size_check(runner, t: Target) -> Verdict:
+    art = runner.artifact(t)
+    th = t.variant.thresholds.size
     mb = art.size / 1e6
     parts, failed = [], []
     details = {"size_mb": mb, "sha256": art.sha256, "path": art.path}
@@ -283,16 +278,16 @@ def size_check(runner, spec, vname, fspec) -> Verdict:
         ok = mb <= th.max_mb
         (parts if ok else failed).append(f"size {fmt_num(mb)} MB {'<=' if ok else '>'} max_mb {fmt_num(th.max_mb)}")
     base_size = None
-    if vname != "baseline":
+    if not t.is_baseline:
         try:
-            base_size = runner.artifact(spec, "baseline", fspec).size
-        except Exception:
+            base_size = runner.artifact(t.baseline()).size
+        except (StageError, VariantUnsupported):
             base_size = None
     if base_size:
         details["size_ratio"] = art.size / base_size
-    if th.max_ratio is not None and vname != "baseline":
+    if th.max_ratio is not None and not t.is_baseline:
         if base_size is None:
-            failed.append(f"no baseline {fspec.name} artifact to compare the size with")
+            failed.append(f"no baseline {t.fmt} artifact to compare the size with")
         else:
             ratio = art.size / base_size
             ok = ratio <= th.max_ratio
@@ -326,7 +321,6 @@ def precision(variant) -> str | None:
 def saturation_hint(variant) -> str:
     """On x86 without VNNI, int8 u8 x s8 dot products saturate a 16-bit intermediate: say so, and
     name the option that avoids it. Empty where it cannot be the cause."""
-    from . import machine
     if not is_int8(variant) or not machine.saturation_risk():
         return ""
     fp = machine.fingerprint()
@@ -348,29 +342,27 @@ def _batch_sensitive(variant) -> bool:
     return any(getattr(s, "method", None) == "dynamic_int8" for s in variant.steps)
 
 
-def _bi_applies(spec, variant, fspec=None) -> bool:
-    on = variant.thresholds.batch_invariance.enabled
-    return _batch_sensitive(variant) if on is None else on
+def _bi_applies(t: Target) -> bool:
+    on = t.variant.thresholds.batch_invariance.enabled
+    return _batch_sensitive(t.variant) if on is None else on
 
 
 @check("batch_invariance", level="variant", applies=_bi_applies)
-def batch_invariance_check(runner, spec, vname, fspec=None) -> Verdict:
+def batch_invariance_check(runner, t: Target) -> Verdict:
     import torch
-    b = runner.built(spec, vname)
-    th = spec.variant(vname).thresholds.batch_invariance
-    x = torch.from_numpy(runner.data(spec).x_test)
+    th = t.variant.thresholds.batch_invariance
+    x = torch.from_numpy(runner.data(t.spec).x_test)
     n = min(th.probes, len(x))
     probes = x[:n]
     fill = x[n:n + max(th.batch_size - n, 0)]
-    with torch.inference_mode():
-        alone = torch.cat([b.model(probes[i:i + 1]).float() for i in range(n)])
-        batched = b.model(torch.cat([probes, fill])).float()[:n]
-        # the same probes again, placed at the end of a batch of other samples
-        rev = b.model(torch.cat([fill, probes])).float()[len(fill):]
+    # each probe alone; all probes first in a batch of other samples; then last in it
+    outs = runner.run_model(t, "batch-invariance", lambda: [probes[i:i + 1] for i in range(n)]
+                            + [torch.cat([probes, fill]), torch.cat([fill, probes])])
+    alone = torch.cat(outs[:n])
+    batched, rev = outs[n][:n], outs[n + 1][len(fill):]
     diff = torch.maximum((alone - batched).abs().amax(), (alone - rev).abs().amax()).item()
     changed = 0
-    from .metrics import resolve
-    if alone.ndim == 2 and alone.shape[1] > 1 and resolve(spec).needs_labels:  # classifiers: compare predictions
+    if alone.ndim == 2 and alone.shape[1] > 1 and resolve(t.spec).needs_labels:  # classifiers: compare predictions
         changed = int(((alone.argmax(1) != batched.argmax(1)) | (alone.argmax(1) != rev.argmax(1))).sum())
     ok = diff <= th.atol and changed <= th.max_changed_predictions
     formula = (f"max |alone - batched| {fmt_num(diff)} {'<=' if diff <= th.atol else '>'} atol {fmt_num(th.atol)}; "
@@ -383,59 +375,36 @@ def batch_invariance_check(runner, spec, vname, fspec=None) -> Verdict:
 
 # --- snapshot (syrupy) --------------------------------------------------------------------------
 
-@check("snapshot", applies=lambda spec, v, f=None: spec.snapshot.enabled, needs_item=True)
-def snapshot_check(runner, spec, vname, fspec, *, item) -> Verdict:
-    import json
-    import os
-
-    from syrupy.assertion import SnapshotAssertion
-    from syrupy.location import PyTestLocation
-
-    from . import machine
-    from .metrics import resolve
-    from .snapshots import DeploycheckSnapshotExtension, describe_rule, merged, render_drift, snapshot_data
-    r = runner.reload(spec, vname, fspec)
-    st = spec.snapshot
-    metric = resolve(spec)
+@check("snapshot", applies=lambda t: t.spec.snapshot.enabled, needs_item=True)
+def snapshot_check(runner, t: Target, *, item) -> Verdict:
+    r = runner.reload(t)
+    st = t.spec.snapshot
+    metric = resolve(t.spec)
     fp = machine.fingerprint()
     current = machine.isa_class(fp)
-    opt = item.config.option
-    snap = SnapshotAssertion(update_snapshots=opt.update_snapshots,
-                             update_new_snapshots_only=getattr(opt, "update_new_snapshots_only", False),
-                             extension_class=DeploycheckSnapshotExtension, test_location=PyTestLocation(item),
-                             session=item.config._syrupy)
-    location = snap.extension.get_location(test_location=snap.test_location, index=0)
-    rel = os.path.relpath(location, str(item.config.rootpath))
-    data = snapshot_data(spec=spec, vname=vname, fmt=fspec.name, outputs=r.outputs[:st.probes],
-                         metric_name=metric.name, metric=r.metric, top_k=st.top_k, classifier=metric.needs_labels,
-                         machine=machine.snapshot_machine(fp), isa_class=current)
-    try:
-        with open(location, encoding="utf-8") as fh:
-            stored = json.load(fh)
-    except (OSError, ValueError):
-        stored = None
-    ext = snap.extension
-    ext.settings, ext.current, ext.precision, ext.update = st, current, precision(spec.variant(vname)), bool(opt.update_snapshots)
-    ok = snap == merged(stored, data)
-    result = snap.executions[0]
-    cmp = ext.last or {}
-    details = {"snapshot": rel, "created": result.created, "updated": result.updated, "probes": data["probes"],
+    data = snapshots.snapshot_data(spec=t.spec, vname=t.vname, fmt=t.fmt, outputs=r.outputs[:st.probes],
+                                   metric_name=metric.name, metric=r.metric, top_k=st.top_k,
+                                   classifier=metric.needs_labels, machine=machine.snapshot_machine(fp),
+                                   isa_class=current)
+    out = snapshots.assert_matches(item, data, settings=st, current=current, precision=precision(t.variant))
+    cmp, rel = out.comparison, out.path
+    details = {"snapshot": rel, "created": out.created, "updated": out.updated, "probes": data["probes"],
                "isa_class": current, "approved_on": cmp.get("reference"),
                "rule": cmp["rule"].name if cmp.get("rule") else None}
-    if ok:
-        state = "created" if result.created else "updated" if result.updated else "matches"
-        how = describe_rule(cmp) if state == "matches" else f"entry for {current}"
+    if out.ok:
+        state = "created" if out.created else "updated" if out.updated else "matches"
+        how = snapshots.describe_rule(cmp) if state == "matches" else f"entry for {current}"
         return Verdict("snapshot", True, formula=f"snapshot {state}: {rel} ({how})", value=state, details=details)
-    if result.recalled_data is None:
+    if out.missing:
         msg = (f"no approved snapshot at {rel}: run `pytest --snapshot-update` to record the current outputs "
                f"({data['probes']} probes), then review and commit the file")
         return Verdict("snapshot", False, msg, "snapshot missing", "missing", details=details)
-    if result.exception is not None:
-        msg = f"snapshot {rel} could not be compared: {type(result.exception).__name__}: {result.exception}"
+    if out.error is not None:
+        msg = f"snapshot {rel} could not be compared: {type(out.error).__name__}: {out.error}"
         return Verdict("snapshot", False, msg, "snapshot unreadable", "error", details=details)
     cmp = cmp or {"problems": ["unknown"]}
-    where, det = where_it_departs(runner, spec, vname) if cmp.get("values", {}).get("mismatched") else ("", {})
-    msg = render_drift(cmp, where=rel) + saturation_hint(spec.variant(vname)) + where
+    where, det = where_it_departs(runner, t) if cmp.get("values", {}).get("mismatched") else ("", {})
+    msg = snapshots.render_drift(cmp, where=rel) + saturation_hint(t.variant) + where
     details.update(det)
     rule = cmp.get("rule")
     return Verdict("snapshot", False, msg, f"snapshot drift: {', '.join(cmp['problems'])}", "drift",
@@ -444,25 +413,24 @@ def snapshot_check(runner, spec, vname, fspec, *, item) -> Verdict:
 
 # --- fidelity and semantic order (embedding models) ---------------------------------------------
 
-def _fidelity_applies(spec, variant, fspec=None) -> bool:
-    f = variant.thresholds.fidelity
+def _fidelity_applies(t: Target) -> bool:
+    f = t.variant.thresholds.fidelity
     return f.min_mean_cosine is not None or f.min_cosine is not None
 
 
 @check("fidelity", applies=_fidelity_applies)
-def fidelity_check(runner, spec, vname, fspec) -> Verdict:
+def fidelity_check(runner, t: Target) -> Verdict:
     import torch
-    r = runner.reload(spec, vname, fspec)
-    skip_if_baseline_nonfinite(runner, spec, vname)
-    base = runner.built(spec, "baseline").outputs
-    th = spec.variant(vname).thresholds.fidelity
+    r = runner.reload(t)
+    skip_if_baseline_nonfinite(runner, t)
+    base = runner.built(t.baseline()).outputs
+    th = t.variant.thresholds.fidelity
     cos = torch.nn.functional.cosine_similarity(r.outputs.reshape(len(r.outputs), -1).double(),
                                                 base.reshape(len(base), -1).double(), dim=1)
     mean, worst, at = cos.mean().item(), cos.min().item(), int(cos.argmin())
     if not math.isfinite(mean):
-        from .numeric import describe_nonfinite, nonfinite
         info = nonfinite(r.outputs)
-        why = describe_nonfinite(info, whose=f"the reloaded {fspec.name} outputs") if info else "cosine is not finite"
+        why = describe_nonfinite(info, whose=f"the reloaded {t.fmt} outputs") if info else "cosine is not finite"
         return Verdict("fidelity", False, f"cosine to the baseline is not a number: {why}", "cosine is not finite",
                        mean, None, {"mean_cosine": mean})
     parts, failed = [], []
@@ -478,7 +446,7 @@ def fidelity_check(runner, spec, vname, fspec) -> Verdict:
                                          f"min_cosine {fmt_num(th.min_cosine)}")
     formula = "; ".join(failed or parts)
     if failed:
-        where, det = where_it_departs(runner, spec, vname)
+        where, det = where_it_departs(runner, t)
         return Verdict("fidelity", False, formula + where, formula, mean,
                        {k: getattr(th, k) for k in ("min_mean_cosine", "min_cosine") if getattr(th, k) is not None},
                        {"mean_cosine": mean, "min_cosine": worst, "worst_sample": at, **det})
@@ -494,23 +462,17 @@ def _triplet_order(emb, triplets):
     return kept
 
 
-@check("semantic", applies=lambda spec, v, f=None: spec.semantic is not None)
-def semantic_check(runner, spec, vname, fspec) -> Verdict:
-    import torch
-    r = runner.reload(spec, vname, fspec)
-    batches, triplets = runner.semantic_batches(spec)
-    base_model = runner.built(spec, "baseline").model
-    if base_model is None:  # the baseline is an artifact: its own reloaded embeddings
-        base_emb = runner.reload(spec, "baseline", spec.variant("baseline").formats[0]).extra_outputs
-    else:
-        with torch.inference_mode():
-            base_emb = torch.cat([base_model(b).float() for b in batches])
+@check("semantic", applies=lambda t: t.spec.semantic is not None)
+def semantic_check(runner, t: Target) -> Verdict:
+    r = runner.reload(t)
+    _, triplets = runner.semantic_batches(t.spec)
+    base_emb = runner.embeddings(t.baseline())  # once per session, whatever the number of formats
     base_kept = set(_triplet_order(base_emb, triplets))
     kept = set(_triplet_order(r.extra_outputs, triplets))
     n = len(triplets)
     agreement = len(kept) / n if n else 1.0
     lost = sorted(base_kept - kept)
-    need = spec.semantic.min_agreement
+    need = t.spec.semantic.min_agreement
     ok = agreement >= need
     formula = (f"{len(kept)} of {n} triplets keep their order (agreement {agreement:.3f} {'>=' if ok else '<'} "
                f"min_agreement {fmt_num(need)}; the baseline keeps {len(base_kept)})")

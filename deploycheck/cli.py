@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import re
 import sys
 import tempfile
 
+from .cache import KINDS, clean, default_root, entries, fmt_size
+from .errors import SpecError
+from .formats import FORMATS, formats_by_name, sniff
+from .formats.integrity import FORMAT_NAMES, Diagnosis, check_file, read_manifest, sha256
+from .isolation import WorkerPool
+from .protocol import ArtifactRef, load_request
+from .report.compare import add_commands
+from .spec import parse, parse_file
+from .spec.loader import is_spec_text
+from .spec.model import Spec
+from .spec.schema import json_schema
+
 
 def _spec_files(paths: list[str]) -> list[str]:
-    from .spec.loader import is_spec_text
     out = []
     for p in paths or ["specs"]:
         if os.path.isdir(p):
@@ -31,8 +44,6 @@ def _spec_files(paths: list[str]) -> list[str]:
 
 
 def cmd_validate(args) -> int:
-    from .errors import SpecError
-    from .spec import parse_file
     files = _spec_files(args.paths)
     if not files:
         print("no deploycheck specs found (a spec is a YAML file with a top-level 'deploycheck: 1')", file=sys.stderr)
@@ -53,8 +64,6 @@ def cmd_validate(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from .spec.model import Spec
-    from .spec.schema import json_schema
     print(json.dumps(json_schema(Spec), indent=2, sort_keys=True))
     return 0
 
@@ -83,8 +92,6 @@ thresholds:
 
 
 def cmd_init(args) -> int:
-    from .errors import SpecError
-    from .spec import parse
     name = args.name or args.factory.rpartition(":")[2].lower().replace("_", "-")
     text = INIT_TEMPLATE.format(name=name, factory=args.factory, shape=", ".join(str(int(s)) for s in args.shape.split(",")),
                                 data=args.data, metric=args.metric, schema=args.schema)
@@ -105,8 +112,6 @@ def cmd_init(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .formats import FORMATS, formats_by_name, sniff
-    from .formats.integrity import FORMAT_NAMES, check_file, read_manifest, sha256
     path = args.file
     if not os.path.exists(path):
         print(f"missing: {path}: the file does not exist")
@@ -134,8 +139,7 @@ def cmd_inspect(args) -> int:
         if args.format == found:
             print(f"note:     {mismatch}; checked as {found}, as --format says")
         elif diag is None:
-            from .formats.integrity import Diagnosis
-            diag = Diagnosis("wrong-format", mismatch + ": rename it, or pass --format " + found)
+                    diag = Diagnosis("wrong-format", mismatch + ": rename it, or pass --format " + found)
     if diag is None and declared in FORMATS and not args.no_load:
         diag = _try_load(path, declared, manifest, args.timeout)
     if diag is not None:
@@ -148,32 +152,26 @@ def cmd_inspect(args) -> int:
 
 def _try_load(path, fmt, manifest, timeout):
     """Load in a fresh worker process, so a crashing file cannot take this command down."""
-    import dataclasses
     import torch
-    from .formats import FORMATS
-    from .formats.integrity import Diagnosis
-    from .isolation import WorkerPool
     opts = FORMATS.get(fmt).Options
     options = dataclasses.asdict(opts(allow=True) if fmt == "pickle" else opts())
     with tempfile.TemporaryDirectory() as d:
         pool = WorkerPool(d)
         try:
             torch.save([], os.path.join(d, "in.pt"))
-            req = {"target": {"artifact": os.path.abspath(path), "format": fmt, "options": options, "manifest": manifest},
-                   "inputs": os.path.join(d, "in.pt"), "outputs": os.path.join(d, "out.pt"),
-                   "result": os.path.join(d, "result.json"), "threads": 1, "latency": None, "python_path": []}
+            req = load_request(ArtifactRef(os.path.abspath(path), fmt, options, manifest), workdir=d, stem="inspect",
+                               inputs=os.path.join(d, "in.pt"))
             out = pool.run(req, timeout_s=timeout)
         finally:
             pool.close()
     if out.result is None:
         return Diagnosis("crash", out.death() or "no answer")
-    if not out.result.get("ok") and out.result.get("stage") == "load":
-        return Diagnosis(out.result["kind"], out.result["message"].splitlines()[0])
+    if not out.result.ok and out.result.stage == "load":
+        return Diagnosis(out.result.kind, out.result.message.splitlines()[0])
     return None
 
 
 def cmd_cache(args) -> int:
-    from .cache import KINDS, clean, default_root, entries, fmt_size
     root = os.path.abspath(args.dir) if args.dir else default_root()
     if args.action == "info":
         es = entries(root) if os.path.isdir(root) else []
@@ -199,7 +197,6 @@ def cmd_cache(args) -> int:
 
 def _duration(text: str) -> float:
     """'7d', '12h', '30m', '45s' -> seconds."""
-    import re
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([dhms])\s*", text)
     if not m:
         raise ValueError(f"--older-than: expected a duration such as 7d, 12h, 30m or 45s, got {text!r}")
@@ -237,7 +234,6 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--dir", help="cache folder (default: $DEPLOYCHECK_CACHE_DIR, else $XDG_CACHE_HOME/deploycheck, "
                                  "else ~/.cache/deploycheck)")
     c.set_defaults(fn=cmd_cache)
-    from .report.compare import add_commands
     add_commands(sub)
     args = p.parse_args(argv)
     return args.fn(args)

@@ -6,18 +6,31 @@ Items only run a check and show its verdict; failures print a domain message, no
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
+import os
+from typing import Any, Callable
 
 import pytest
 
+from .checks import CHECKS
 from .errors import SpecError, StageError
+from .metrics import METRICS
+from .report.records import Record, jsonable
+from .snapshots import make_locatable
+from .spec import parse_file
+from .stages.save import VariantUnsupported
+from .target import Target
+
+#: set by the plugin at configure: returns the session's Runner (made on first use)
+RUNNER_FACTORY = pytest.StashKey[Callable[[], Any]]()
 
 FORMAT_CHECKS = ("load", "outputs", "metric", "fidelity", "semantic", "latency", "size", "snapshot")
 
 
 class SpecFile(pytest.File):
     def collect(self):
-        from .spec import parse_file
         try:
             spec = parse_file(str(self.path))
         except SpecError as e:
@@ -32,7 +45,6 @@ class SpecFile(pytest.File):
 
 def _missing_requirements(spec) -> str | None:
     """Why a spec cannot run on this installation (checked without importing anything heavy)."""
-    import importlib.util
     if spec.model.hf is not None:
         if importlib.util.find_spec("transformers") is None:
             return "needs Hugging Face transformers for model.hf: pip install 'deploycheck[hf]'"
@@ -44,14 +56,12 @@ def _missing_requirements(spec) -> str | None:
 
 
 def _display(node) -> str:
-    import os
     rel = os.path.relpath(str(node.path), node.config.rootpath)
     return str(node.path) if rel.startswith("..") else rel
 
 
 def _relpath(spec, node):
     """Messages show the spec path relative to the rootdir; file access keeps the absolute path."""
-    import dataclasses
     return dataclasses.replace(spec, display=_display(node))
 
 
@@ -61,7 +71,6 @@ class SpecNode(pytest.Collector):
         self.spec = spec
 
     def collect(self):
-        from .checks import CHECKS
         for vname, v in self.spec.variants.items():
             yield VariantNode.from_parent(self, name=vname, spec=self.spec, variant=v)
 
@@ -72,12 +81,12 @@ class VariantNode(pytest.Collector):
         self.spec, self.variant = spec, variant
 
     def collect(self):
-        from .checks import CHECKS
         group = _group_marker(self.config, self.spec, self.variant)
+        target = Target(self.spec, self.variant)
         for name in CHECKS.names():
             c = CHECKS.get(name)
-            if c.level == "variant" and c.applies(self.spec, self.variant):
-                item = CheckItem.from_parent(self, name=name, spec=self.spec, variant=self.variant, fspec=None, check=c)
+            if c.level == "variant" and c.applies(target):
+                item = CheckItem.from_parent(self, name=name, target=target, check=c)
                 if group:
                     item.add_marker(group)
                 yield item
@@ -91,15 +100,14 @@ class FormatNode(pytest.Collector):
         self.spec, self.variant, self.fspec = spec, variant, fspec
 
     def collect(self):
-        from .checks import CHECKS
         group = _group_marker(self.config, self.spec, self.variant)
+        target = Target(self.spec, self.variant, self.fspec)
         order = list(FORMAT_CHECKS) + [n for n in CHECKS.names() if n not in FORMAT_CHECKS]
         for name in order:
             c = CHECKS.get(name)
-            if c.level == "format" and c.applies(self.spec, self.variant, self.fspec):
+            if c.level == "format" and c.applies(target):
                 cls = SnapshotItem if c.needs_item else CheckItem
-                item = cls.from_parent(self, name=name, spec=self.spec, variant=self.variant,
-                                       fspec=self.fspec, check=c)
+                item = cls.from_parent(self, name=name, target=target, check=c)
                 if group:
                     item.add_marker(group)
                 yield item
@@ -119,21 +127,23 @@ class CheckFailed(Exception):
 
 
 class CheckItem(pytest.Item):
-    def __init__(self, *, spec, variant, fspec, check, **kw):
+    def __init__(self, *, target: Target, check, **kw):
         super().__init__(**kw)
-        self.spec, self.variant, self.fspec, self.check = spec, variant, fspec, check
+        self.target, self.check = target, check
+        self.spec, self.variant, self.fspec = target.spec, target.variant, target.fspec
 
     @property
     def display_path(self) -> str:
         return self.nodeid.split("::", 1)[0]
 
+    def runner(self):
+        return self.config.stash[RUNNER_FACTORY]()
+
     def runtest(self):
-        from .plugin import get_runner
-        from .runner import VariantUnsupported
-        runner = get_runner(self.config)
+        runner = self.runner()
         try:
             extra = {"item": self} if self.check.needs_item else {}
-            verdict = self.check.run(runner, self.spec, self.variant.name, self.fspec, **extra)
+            verdict = self.check.run(runner, self.target, **extra)
         except VariantUnsupported as e:
             self._record("unsupported", message=str(e))
             if self.spec.on_unsupported == "fail":
@@ -147,31 +157,28 @@ class CheckItem(pytest.Item):
             raise CheckFailed(verdict)
 
     def _record(self, status: str, *, verdict=None, message: str = "", stage: str | None = None):
-        rec = {"spec": self.spec.name, "file": self.display_path, "variant": self.variant.name,
-               "format": self.fspec.name if self.fspec else None, "check": self.check.name, "status": status,
-               "recipe": self.variant.recipe}
+        metric = self.spec.metric
+        rec = Record(spec=self.spec.name, file=self.display_path, variant=self.variant.name,
+                     format=self.fspec.name if self.fspec else None, check=self.check.name, status=status,
+                     recipe=self.variant.recipe, message=message, stage=stage,
+                     variant_info=_variant_info(self.runner(), self.target),
+                     metric=metric.callable if metric.name == "callable" else metric.name,
+                     higher_is_better=_direction(metric))
         if verdict is not None:
-            rec.update(value=verdict.value, threshold=verdict.threshold, formula=verdict.formula,
-                       message=verdict.message, details=verdict.details)
-        else:
-            rec.update(message=message, stage=stage)
-        from .plugin import get_runner
-        rec["variant_info"] = _variant_info(get_runner(self.config), self.spec, self.variant.name)
-        self.user_properties.append(("deploycheck", json.dumps(rec, default=_jsonable, sort_keys=True)))
+            rec.value, rec.threshold, rec.formula = verdict.value, verdict.threshold, verdict.formula
+            rec.message, rec.details = verdict.message, verdict.details
+        self.user_properties.append(("deploycheck", rec.dumps()))
         # JUnit: pytest's --junitxml writes user_properties as <property> elements
         self.user_properties.append(("deploycheck.status", status))
         if verdict is not None:
             self.user_properties.append(("deploycheck.formula", verdict.formula))
-            self.user_properties.append(("deploycheck.value", json.dumps(verdict.value, default=_jsonable)))
-            self.user_properties.append(("deploycheck.threshold", json.dumps(verdict.threshold, default=_jsonable)))
+            self.user_properties.append(("deploycheck.value", json.dumps(verdict.value, default=jsonable)))
+            self.user_properties.append(("deploycheck.threshold", json.dumps(verdict.threshold, default=jsonable)))
 
     def repr_failure(self, excinfo, style=None):
-        from .runner import VariantUnsupported
         e = excinfo.value
-        loc = self.spec.at(self.fspec.line if self.fspec and self.fspec.line else self.variant.line)
         if isinstance(e, CheckFailed):
-            return f"[check] {self.check.name} failed for {self.spec.name}::{self.variant.name}" + \
-                   (f"::{self.fspec.name}" if self.fspec else "") + f" ({loc})\n{e.verdict.message}"
+            return f"[check] {self.check.name} failed for {self.target.id} ({self.target.where})\n{e.verdict.message}"
         if isinstance(e, StageError):
             return e.render()
         if isinstance(e, VariantUnsupported):
@@ -179,31 +186,31 @@ class CheckItem(pytest.Item):
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self):
-        return self.path, self.variant.line - 1, f"{self.spec.name}::{self.variant.name}" + \
-            (f"::{self.fspec.name}" if self.fspec else "") + f"::{self.check.name}"
+        return self.path, self.variant.line - 1, f"{self.target.id}::{self.check.name}"
 
 
 class SnapshotItem(CheckItem):
-    """An item syrupy can locate: syrupy reads ``obj.__module__`` / ``obj.__name__`` and the path."""
+    """An item syrupy can locate and track as its own."""
 
     syrupy_compatible = True
 
     def __init__(self, **kw):
         super().__init__(**kw)
-
-        def snapshot():  # stands in for a test function in syrupy's bookkeeping
-            pass
-
-        snapshot.__module__ = self.path.stem
-        self.obj = snapshot
+        make_locatable(self)
 
 
-def _variant_info(runner, spec, vname) -> dict:
+def _direction(metric) -> bool | None:
+    if metric.name == "callable":
+        return metric.higher_is_better
+    return METRICS.get(metric.name).higher_is_better if metric.name in METRICS else None
+
+
+def _variant_info(runner, t: Target) -> dict:
     """Build facts of a variant (only if it was built), for report rows."""
-    b = runner.built_if_ready(spec, vname)
+    b = runner.built_if_ready(t)
     if b is None:
         return {}
-    base = runner.built_if_ready(spec, "baseline")
+    base = runner.built_if_ready(t.baseline())
     state_ratio = (b.state_bytes / base.state_bytes if base is not None and base.state_bytes and b.state_bytes is not None
                    else None)
     return {"state_ratio": state_ratio, "params": b.params, "nonzero": b.nonzero,
@@ -212,11 +219,3 @@ def _variant_info(runner, spec, vname) -> dict:
             "steps": [{"recipe": s.recipe, "summary": s.summary, "seconds": s.seconds, "params": s.params,
                        "nonzero": s.nonzero, "state_bytes": s.state_bytes, "details": s.details} for s in b.steps]}
 
-
-def _jsonable(o):
-    if isinstance(o, tuple):
-        return list(o)
-    try:
-        return float(o)
-    except (TypeError, ValueError):
-        return str(o)

@@ -16,12 +16,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from .protocol import WorkerRequest, WorkerResult
+
 TAIL = 4000
 
 
 @dataclass
 class Outcome:
-    result: dict | None      # the worker's answer, or None when it died
+    result: WorkerResult | None  # the worker's answer, or None when it died
     returncode: int | None
     timed_out: bool
     log_tail: str
@@ -100,10 +102,10 @@ class WorkerPool:
             p = _Proc(self.workdir)
         return p
 
-    def run(self, request: dict, *, timeout_s: float) -> Outcome:
-        req_path = request["result"] + ".request.json"
+    def run(self, request: WorkerRequest, *, timeout_s: float) -> Outcome:
+        req_path = request.result + ".request.json"
         with open(req_path, "w") as fh:
-            json.dump(request, fh)
+            json.dump(request.to_json(), fh)
         proc = self._take()
         t0 = time.perf_counter()
         timed_out = False
@@ -119,9 +121,9 @@ class WorkerPool:
             proc.kill()
         seconds = time.perf_counter() - t0
         result = None
-        if not timed_out and os.path.exists(request["result"]):
-            with open(request["result"]) as fh:
-                result = json.load(fh)
+        if not timed_out and os.path.exists(request.result):
+            with open(request.result) as fh:
+                result = WorkerResult.from_json(json.load(fh))
         out = Outcome(result, proc.popen.returncode, timed_out, proc.tail(), seconds)
         proc.close()
         self._spare = _Proc(self.workdir)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .registry import Registry
+from .models import import_callable, search_dirs
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,6 @@ def resolve(spec) -> Metric:
     """The spec's metric as a callable with its direction."""
     m = spec.metric
     if m.name == "callable":
-        from .models import import_callable, search_dirs
         fn = import_callable(m.callable, search_dirs(spec))
         return Metric(m.callable, fn, bool(m.higher_is_better), False)
     if m.name == "top_k":

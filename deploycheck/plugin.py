@@ -6,9 +6,21 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
+import time
 
 import pytest
+
+from .cache import Cache, default_root, evict, parse_size
+from .collect import RUNNER_FACTORY, SpecFile
+from .machine import summary as machine_summary
+from .report import summary_rows, terminal_table
+from .report.records import Record
+from .report.write import write_reports
+from .runner import Runner
+from .snapshots import enable_for_items
+from .spec.loader import is_spec_text
 
 _RUNNER = pytest.StashKey[object]()
 log = logging.getLogger("deploycheck")
@@ -38,7 +50,7 @@ def pytest_configure(config):
     cache_size(config)  # a bad size is a usage error now, not at the end
     _start_session(config)
     config.pluginmanager.register(ReportCollector(config), "deploycheck-report")
-    from .snapshots import enable_for_items
+    config.stash[RUNNER_FACTORY] = lambda: get_runner(config)
     enable_for_items()
     # Keep the items of one variant in one xdist worker: it is built once there.
     if getattr(config.option, "dist", None) == "load" and getattr(config.option, "numprocesses", None):
@@ -48,14 +60,12 @@ def pytest_configure(config):
 def pytest_collect_file(file_path, parent):
     if file_path.suffix not in (".yaml", ".yml"):
         return None
-    from .spec.loader import is_spec_text
     try:
         text = file_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return None
     if not is_spec_text(text):
         return None  # other YAML (CI workflows, configs) is not ours
-    from .collect import SpecFile
     return SpecFile.from_parent(parent, path=file_path)
 
 
@@ -81,13 +91,11 @@ def _start_session(config) -> None:
     (their process is gone); the last session's artifacts stay until the next session starts."""
     if _is_worker(config):
         return
-    import time
     os.environ[_SESSION_ENV] = f"{os.getpid()}-{int(time.time())}"
     given = config.getoption("deploycheck_run_dir")
     runs = os.path.join(os.path.abspath(given) if given else _base_dir(config), "run")
     if not os.path.isdir(runs):
         return
-    import shutil
     for name in os.listdir(runs):
         pid = name.split("-", 1)[0]
         if not pid.isdigit() or _alive(int(pid)):
@@ -110,13 +118,11 @@ def _alive(pid: int) -> bool:
 def cache_dir(config) -> str | None:
     if config.getoption("deploycheck_cache") == "off":
         return None
-    from .cache import default_root
     given = config.getoption("deploycheck_cache_dir")
     return os.path.abspath(given) if given else default_root()
 
 
 def cache_size(config) -> int:
-    from .cache import parse_size
     text = config.getoption("deploycheck_cache_size") or config.getini("deploycheck_cache_size")
     try:
         return parse_size(text)
@@ -135,8 +141,6 @@ def _share_cores(config) -> None:
 
 def get_runner(config):
     if _RUNNER not in config.stash:
-        from .cache import Cache
-        from .runner import Runner
         _share_cores(config)
         cache = Cache(cache_dir(config), level=config.getoption("deploycheck_cache"))
         config.stash[_RUNNER] = Runner(run_dir=run_dir(config), log=log.info, cache=cache)
@@ -148,7 +152,7 @@ class ReportCollector:
 
     def __init__(self, config):
         self.config = config
-        self.records: list[dict] = []
+        self.records: list[Record] = []
         self.paths: list[str] = []
 
     def pytest_runtest_logreport(self, report):
@@ -156,26 +160,23 @@ class ReportCollector:
             return
         for name, value in getattr(report, "user_properties", ()):
             if name == "deploycheck":
-                self.records.append(json.loads(value))
+                self.records.append(Record.from_json(json.loads(value)))
 
     def pytest_sessionfinish(self, session, exitstatus):
         # Also runs after -x or Ctrl-C, so a run cut short still writes what ran.
         if _is_worker(self.config) or not self.records or self.config.getoption("deploycheck_no_report"):
             return
-        from .report import write_reports
         self.paths = write_reports(self.records, report_dir(self.config), rootdir=str(self.config.rootpath),
                                    exitstatus=int(exitstatus))
 
     def pytest_terminal_summary(self, terminalreporter):
         if _is_worker(self.config) or not self.records:
             return
-        from .report import summary_rows, terminal_table
         tr = terminalreporter
         tr.section("deploycheck summary")
         for line in terminal_table(summary_rows(self.records)).splitlines():
             tr.write_line(line)
-        from .machine import summary
-        tr.write_line(summary())
+        tr.write_line(machine_summary())
         runner = self.config.stash.get(_RUNNER, None)
         if runner is not None and runner.cache.enabled:
             h = runner.cache.hits
@@ -201,5 +202,4 @@ def pytest_unconfigure(config):
     if not _is_worker(config):
         root = cache_dir(config)
         if root and os.path.isdir(root):
-            from .cache import evict
             evict(root, cache_size(config))

@@ -9,14 +9,24 @@ from typing import Callable, Generic, Iterator, TypeVar
 T = TypeVar("T")
 
 
+def did_you_mean(name: object, choices, *, n: int = 1) -> str:
+    """``"did you mean 'x'? "`` for the closest of ``choices``, or ``""``: the one suggestion
+    helper behind every unknown name (plug-ins, spec keys, enum values, preprocessing steps)."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=n)
+    return f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+
+
+def unknown(what: str, name: object, choices, *, listed: str = "available", n: int = 1) -> str:
+    """The one message for an unknown name: ``unknown recipe 'x'; did you mean 'y'? available: …``."""
+    return f"unknown {what} {name!r}; {did_you_mean(name, choices, n=n)}{listed}: {', '.join(str(c) for c in choices)}"
+
+
 class UnknownName(KeyError):
     """An unknown plug-in name; the message lists close matches and what is available."""
 
     def __init__(self, kind: str, name: str, available: list[str]):
         self.kind, self.name, self.available = kind, name, available
-        close = difflib.get_close_matches(name, available, n=3)
-        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
-        super().__init__(f"unknown {kind} {name!r}; {hint}available: {', '.join(available)}")
+        super().__init__(unknown(kind, name, available, n=3))
 
     def __str__(self) -> str:  # KeyError quotes its message otherwise
         return self.args[0]
@@ -46,11 +56,15 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._items[name] = obj
 
+    def unknown(self, name: str) -> UnknownName:
+        """The error for a name this registry lacks (did you mean …? available: …)."""
+        return UnknownName(self.kind, name, self.names())
+
     def get(self, name: str) -> T:
         try:
             obj = self._items[name]
         except KeyError:
-            raise UnknownName(self.kind, name, self.names()) from None
+            raise self.unknown(name) from None
         if isinstance(obj, str):
             mod, _, attr = obj.partition(":")
             obj = getattr(importlib.import_module(mod), attr)
@@ -59,6 +73,10 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+    def in_order(self) -> list[str]:
+        """Names in registration order (for docs and messages that follow the author's order)."""
+        return list(self._items)
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

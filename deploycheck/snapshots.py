@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+from syrupy.assertion import SnapshotAssertion
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
+from syrupy.location import PyTestLocation
 
 from .numeric import compare_arrays, fmt_num, render_mismatch
 
@@ -274,12 +278,58 @@ class DeploycheckSnapshotExtension(SingleFileSnapshotExtension):
         return self.last["ok"]
 
 
+@dataclass
+class Outcome:
+    """What syrupy decided for one snapshot item."""
+
+    ok: bool
+    created: bool
+    updated: bool
+    missing: bool                       # no approved snapshot on disk
+    error: BaseException | None         # the stored file could not be read or compared
+    comparison: dict = field(default_factory=dict)   # :func:`compare`'s result, when it ran
+    path: str = ""                      # the snapshot file, relative to the rootdir
+
+
+def assert_matches(item, data: dict, *, settings, current: str, precision: str | None) -> Outcome:
+    """Compare ``data`` with the item's approved snapshot through syrupy (which also writes it on
+    ``--snapshot-update`` and reports unused snapshots). The only place that talks to syrupy's API."""
+    opt = item.config.option
+    snap = SnapshotAssertion(update_snapshots=opt.update_snapshots,
+                             update_new_snapshots_only=getattr(opt, "update_new_snapshots_only", False),
+                             extension_class=DeploycheckSnapshotExtension, test_location=PyTestLocation(item),
+                             session=item.config._syrupy)
+    location = snap.extension.get_location(test_location=snap.test_location, index=0)
+    try:
+        with open(location, encoding="utf-8") as fh:
+            stored = json.load(fh)
+    except (OSError, ValueError):
+        stored = None
+    ext = snap.extension
+    ext.settings, ext.current, ext.precision, ext.update = settings, current, precision, bool(opt.update_snapshots)
+    ok = snap == merged(stored, data)
+    result = snap.executions[0]
+    return Outcome(ok, result.created, result.updated, result.recalled_data is None, result.exception,
+                   ext.last or {}, os.path.relpath(location, str(item.config.rootpath)))
+
+
+def make_locatable(item) -> None:
+    """syrupy locates a snapshot by its test function (``obj.__module__``, ``obj.__name__``) and
+    path: give a non-function item a stand-in."""
+    def snapshot():
+        pass
+
+    snapshot.__module__ = item.path.stem
+    item.obj = snapshot
+    item.syrupy_compatible = True
+
+
 def enable_for_items() -> None:
     """Let syrupy's session track deploycheck's snapshot items besides pytest.Function.
 
     Items are recognised by an attribute, not by class identity, so the patch stays right when
-    deploycheck is imported again in one process (pytester's in-process runs do that)."""
-    import pytest
+    deploycheck is imported again in one process (pytester's in-process runs do that). The
+    session class is looked up now, not at import: an in-process run may hold a fresh syrupy."""
     from syrupy.session import SnapshotSession
     if getattr(SnapshotSession.filter_valid_items, "_deploycheck", False):
         return

@@ -14,96 +14,88 @@ import sys
 import time
 import traceback
 
+from . import timing
+from .formats import FORMATS
+from .formats.integrity import check_file, classify
+from .protocol import ArtifactRef, LatencyPlan, WorkerRequest, WorkerResult, primary_output
+
 
 def _peak_rss_mb() -> float:
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _load(spec: dict):
-    """(callable, diagnosis-or-None) for one artifact description."""
-    from .formats import FORMATS
-    from .formats.integrity import check_file, classify
-    diag = check_file(spec["artifact"], spec["format"], spec.get("manifest"))
+def _load(ref: ArtifactRef):
+    """(callable, diagnosis-or-None) for one artifact."""
+    import torch
+    manifest = ref.manifest or {}
+    diag = check_file(ref.artifact, ref.format, ref.manifest)
     if diag:
         return None, diag
-    fmt = FORMATS.get(spec["format"])()
-    opts_cls = fmt.Options
-    import torch
-    engine = ((spec.get("manifest") or {}).get("torch_settings") or {}).get("quantized_engine")
+    fmt = FORMATS.get(ref.format)()
+    engine = (manifest.get("torch_settings") or {}).get("quantized_engine")
     if engine:  # packed int8 weights are repacked for the engine that is current at load time
         torch.backends.quantized.engine = engine
-    for lib in (spec.get("manifest") or {}).get("requires", []):
+    for lib in manifest.get("requires", []):
         # Runtime libraries (not user code) that register the artifact's operators, e.g. torchao's
         # quantized_decomposed ops for pt2e int8 graphs; a deployment host installs them too.
         try:
             __import__(lib)
         except ImportError as e:
-            return None, classify(e, spec["artifact"])
-    options = opts_cls(**spec.get("options", {}))
+            return None, classify(e, ref.artifact)
+    options = fmt.Options(**ref.options)
     try:
-        return fmt.load(spec["artifact"], options=options, manifest=spec.get("manifest") or {}), None
+        return fmt.load(ref.artifact, options=options, manifest=manifest), None
     except BaseException as e:  # noqa: BLE001 - any load failure is diagnosed, never raised
-        d = classify(e, spec["artifact"])
+        d = classify(e, ref.artifact)
         return None, type(d)(d.kind, d.message + "\n" + "".join(traceback.format_exception(e))[-3000:])
 
 
-def handle(req: dict) -> dict:
+def handle(req: WorkerRequest) -> WorkerResult:
     import torch
-    torch.set_num_threads(int(req.get("threads", 1)))
-    for p in req.get("python_path", []):
+    torch.set_num_threads(int(req.threads))
+    for p in req.python_path:
         sys.path.insert(0, p)
-    res: dict = {"ok": False, "threads": torch.get_num_threads(), "pid": os.getpid()}
+    res = WorkerResult(threads=torch.get_num_threads(), pid=os.getpid())
     t0 = time.perf_counter()
-    fn, diag = _load(req["target"])
-    res["load_s"] = time.perf_counter() - t0
+    fn, diag = _load(req.target)
+    res.load_s = time.perf_counter() - t0
     if diag:
-        res.update(stage="load", kind=diag.kind, message=diag.message)
-        return res
+        return res.fail("load", diag.kind, diag.message)
     stage = "latency"
     try:
-        lat = req.get("latency")
-        if lat:
+        if req.latency:
             # Measured first, on fresh loads, before the evaluation batches touch the variant:
             # runtimes that specialise on the shapes they have seen (TorchScript's profiling
             # executor, onnxruntime's arena) would otherwise not be in the baseline's state.
-            res["latency"] = _latency(fn, lat)
+            res.latency = _latency(fn, req.latency)
         stage = "run"
-        batches = torch.load(req["inputs"], weights_only=True)
+        batches = torch.load(req.inputs, weights_only=True)
         outs = []
         with torch.inference_mode():
             for i, b in enumerate(batches):
-                o = fn(b)
-                if isinstance(o, (tuple, list)):
-                    o = o[0]
-                if isinstance(o, dict):
-                    o = next(iter(o.values()))
-                if not isinstance(o, torch.Tensor):
-                    raise TypeError(f"the model returned {type(o).__name__}, not a tensor")
+                o = primary_output(fn(b))
                 if o.shape[:1] != b.shape[:1]:
-                    res.update(stage="run", kind="signature", message=(
+                    return res.fail("run", "signature", (
                         f"batch {i}: input batch of {b.shape[0]} gave output of shape {tuple(o.shape)}: the artifact "
                         "was built for a fixed batch size (export with a dynamic batch dimension)"))
-                    return res
                 outs.append(o.detach().float().cpu())
-        torch.save(outs, req["outputs"])
-        if req.get("extra_inputs"):
+        torch.save(outs, req.outputs)
+        if req.extra_inputs:
             with torch.inference_mode():
-                extra = [fn(b) for b in torch.load(req["extra_inputs"], weights_only=True)]
-            torch.save([(e[0] if isinstance(e, (tuple, list)) else e).detach().float() for e in extra],
-                       req["outputs"] + ".extra.pt")
-        res["output_shape"] = [sum(o.shape[0] for o in outs)] + list(outs[0].shape[1:]) if outs else []
+                extra = [primary_output(fn(b)).detach().float() for b in torch.load(req.extra_inputs, weights_only=True)]
+            torch.save(extra, req.outputs + ".extra.pt")
+        res.output_shape = [sum(o.shape[0] for o in outs)] + list(outs[0].shape[1:]) if outs else []
     except BaseException as e:  # noqa: BLE001 - a crashing model is a result, not a worker failure
         msg = f"{type(e).__name__}: {e}".strip()
         kind = "signature" if _is_signature_error(msg) else "error"
         if isinstance(e, MemoryError) or "can't allocate memory" in msg or "not enough memory" in msg:
             kind = "memory"
-            msg = f"ran out of memory (isolation.memory_mb: {req.get('memory_mb')}): {msg.splitlines()[0][:300]}"
-        res.update(stage=stage, kind=kind, message=msg.splitlines()[0][:500] if msg else type(e).__name__,
-                   traceback="".join(traceback.format_exception(e))[-3000:])
-        return res
-    res["ok"] = True
-    res["peak_rss_mb"] = _peak_rss_mb()
+            msg = f"ran out of memory (isolation.memory_mb: {req.memory_mb}): {msg.splitlines()[0][:300]}"
+        return res.fail(stage, kind, msg.splitlines()[0][:500] if msg else type(e).__name__,
+                        "".join(traceback.format_exception(e))[-3000:])
+    res.ok = True
+    res.peak_rss_mb = _peak_rss_mb()
     return res
 
 
@@ -114,17 +106,16 @@ def _is_signature_error(msg: str) -> bool:
     return any(k in low for k in keys)
 
 
-def _latency(fn, lat: dict) -> dict:
+def _latency(fn, lat: LatencyPlan) -> dict:
     """Absolute percentiles, and for variants the side-by-side ratio with a control.
 
     With a baseline, the baseline artifact is loaded twice (the second copy is the A/A control)
     and all three are measured by :func:`timing.side_by_side`; the variant's percentiles come
     from its own rounds there, so they too are taken in the same state as the baseline's."""
     import torch
-    from . import timing
-    x = torch.load(lat["example"], weights_only=True)
+    x = torch.load(lat.example, weights_only=True)
     out: dict = {}
-    base = lat.get("baseline")
+    base = lat.baseline
     if base:
         # Loaded exactly as the variant was: outside inference_mode. Parameters created inside it
         # are inference tensors, which skip autograd bookkeeping on every op: a baseline loaded
@@ -140,24 +131,24 @@ def _latency(fn, lat: dict) -> dict:
             else:
                 ratio = timing.side_by_side(
                     call, lambda: bfn(x), (lambda: cfn(x)) if cfn is not None else None,
-                    limit=lat.get("ratio_limit"), warmup=lat["warmup"], min_rounds=lat["min_rounds"],
-                    max_time_s=lat["max_time_s"], round_s=lat["round_ms"] / 1e3, confidence=lat["confidence"])
+                    limit=lat.ratio_limit, warmup=lat.warmup, min_rounds=lat.min_rounds,
+                    max_time_s=lat.max_time_s, round_s=lat.round_ms / 1e3, confidence=lat.confidence)
                 if cdiag:
                     ratio["control_error"] = f"{cdiag.kind}: {cdiag.message.splitlines()[0]}"
                 out["ratio"] = ratio
         if ratio is not None:
             st, n = dict(ratio["variant"]), ratio["calls_per_round"]
         else:
-            st, n = timing.measure(call, warmup=lat["warmup"], rounds=lat["min_rounds"], round_s=lat["round_ms"] / 1e3)
+            st, n = timing.measure(call, warmup=lat.warmup, rounds=lat.min_rounds, round_s=lat.round_ms / 1e3)
         out.update(st, calls_per_round=n, batch=int(x.shape[0]))
         out["throughput_per_s"] = x.shape[0] / (st["p50_ms"] / 1e3) if st["p50_ms"] > 0 else None
-        sizes = lat.get("batch_sizes") or []
+        sizes = lat.batch_sizes
         if sizes:  # throughput mode: the example's rows repeated to each declared batch size
             out["throughput"] = {}
             for bs in sizes:
                 xb = x.repeat((bs + x.shape[0] - 1) // x.shape[0], *([1] * (x.dim() - 1)))[:bs]
-                sb, _ = timing.measure(lambda: fn(xb), warmup=max(1, lat["warmup"] // 2),
-                                       rounds=max(5, lat["min_rounds"] // 3), round_s=lat["round_ms"] / 1e3)
+                sb, _ = timing.measure(lambda: fn(xb), warmup=max(1, lat.warmup // 2),
+                                       rounds=max(5, lat.min_rounds // 3), round_s=lat.round_ms / 1e3)
                 out["throughput"][str(bs)] = {"p50_ms": sb["p50_ms"], "samples_per_s": bs / (sb["p50_ms"] / 1e3)}
     return out
 
@@ -168,19 +159,19 @@ def serve() -> int:
     if not line:
         return 0
     with open(line) as fh:
-        req = json.load(fh)
-    if req.get("memory_mb"):
+        req = WorkerRequest.from_json(json.load(fh))
+    if req.memory_mb:
         import resource
-        lim = int(req["memory_mb"]) * 1024 * 1024
+        lim = int(req.memory_mb) * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
     try:
         res = handle(req)
     except MemoryError:
-        res = {"ok": False, "stage": "run", "kind": "memory", "message": f"ran out of memory (limit {req.get('memory_mb')} MB)"}
-    tmp = req["result"] + ".tmp"
+        res = WorkerResult().fail("run", "memory", f"ran out of memory (limit {req.memory_mb} MB)")
+    tmp = req.result + ".tmp"
     with open(tmp, "w") as fh:
-        json.dump(res, fh)
-    os.replace(tmp, req["result"])
+        json.dump(res.to_json(), fh)
+    os.replace(tmp, req.result)
     sys.stdout.flush()
     return 0
 

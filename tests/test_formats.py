@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from deploycheck.formats import FORMATS, sniff
+from deploycheck.protocol import ArtifactRef, load_request
 from deploycheck.formats.integrity import read_manifest, write_manifest
 from deploycheck.isolation import WorkerPool
 
@@ -62,11 +63,8 @@ def artifacts(models_dir, tmp_path_factory):
 def run(pool, tmp_path, *, path, fmt, manifest, inputs=None, python_path=(), timeout=120):
     batches = inputs if inputs is not None else [torch.randn(5, 4), torch.randn(3, 4)]
     torch.save(batches, tmp_path / "in.pt")
-    req = {"target": {"artifact": path, "format": fmt, "options": dataclasses.asdict(options_for(fmt)),
-                      "manifest": manifest},
-           "inputs": str(tmp_path / "in.pt"), "outputs": str(tmp_path / "out.pt"),
-           "result": str(tmp_path / "result.json"), "threads": 1, "latency": None,
-           "python_path": list(python_path)}
+    req = load_request(ArtifactRef(path, fmt, dataclasses.asdict(options_for(fmt)), manifest), workdir=str(tmp_path),
+                       stem="t", inputs=str(tmp_path / "in.pt"), python_path=python_path)
     return pool.run(req, timeout_s=timeout)
 
 
@@ -87,9 +85,9 @@ def copy_broken(src: str, dst: str, how: str, offset: int = 0) -> None:
 def test_good_artifact_loads_and_runs_in_a_fresh_process(pool, artifacts, models_dir, tmp_path, fmt):
     code = [str(models_dir)] if fmt in NEEDS_CODE else []
     out = run(pool, tmp_path, path=artifacts[fmt], fmt=fmt, manifest=read_manifest(artifacts[fmt]), python_path=code)
-    assert out.result["ok"], out.result
-    assert out.result["output_shape"] == [8, 3]
-    assert out.result["pid"] != os.getpid()
+    assert out.result.ok, out.result
+    assert out.result.output_shape == [8, 3]
+    assert out.result.pid != os.getpid()
 
 
 @pytest.mark.parametrize("fmt", FORMAT_NAMES)
@@ -103,13 +101,13 @@ def test_broken_file_is_classified(pool, artifacts, tmp_path, fmt, case):
     copy_broken(src, dst, how, offset)
     out = run(pool, tmp_path, path=dst, fmt=fmt, manifest=read_manifest(src))
     r = out.result
-    assert r["ok"] is False and r["stage"] == "load"
+    assert r.ok is False and r.stage == "load"
     expected = {"truncate": "truncated", "flip": "corrupted", "empty": "empty"}[how]
-    assert r["kind"] == expected
+    assert r.kind == expected
     first = {"truncated": f"the file is incomplete: {offset} of {size} bytes",
              "corrupted": "checksum mismatch (same size, different bytes)",
              "empty": "the file is empty (0 bytes)"}[expected]
-    assert r["message"].startswith(first)
+    assert r.message.startswith(first)
 
 
 @pytest.mark.parametrize("declared,actual", [("export", "onnx"), ("onnx", "torchscript"), ("torchscript", "safetensors"),
@@ -120,15 +118,15 @@ def test_file_of_another_format_is_named(pool, artifacts, tmp_path, declared, ac
     shutil.copy(artifacts[actual], dst)
     out = run(pool, tmp_path, path=dst, fmt=declared, manifest=None)
     r = out.result
-    assert (r["stage"], r["kind"]) == ("load", "wrong-format")
-    assert "but it is declared as" in r["message"]
+    assert (r.stage, r.kind) == ("load", "wrong-format")
+    assert "but it is declared as" in r.message
 
 
 def test_truncated_zip_without_manifest_is_still_diagnosed(pool, artifacts, tmp_path):
     dst = str(tmp_path / "model.ts")
     copy_broken(artifacts["torchscript"], dst, "truncate", os.path.getsize(artifacts["torchscript"]) // 2)
     r = run(pool, tmp_path, path=dst, fmt="torchscript", manifest=None).result
-    assert (r["kind"], r["message"].split(":")[0]) == ("truncated", "the zip archive has no readable directory")
+    assert (r.kind, r.message.split(":")[0]) == ("truncated", "the zip archive has no readable directory")
 
 
 @pytest.mark.parametrize("fmt", FORMAT_NAMES)
@@ -136,7 +134,7 @@ def test_wrong_input_shape_is_a_signature_error(pool, artifacts, models_dir, tmp
     code = [str(models_dir)] if fmt in NEEDS_CODE else []
     r = run(pool, tmp_path, path=artifacts[fmt], fmt=fmt, manifest=read_manifest(artifacts[fmt]),
             inputs=[torch.randn(5, 7)], python_path=code).result
-    assert (r["ok"], r["stage"], r["kind"]) == (False, "run", "signature"), r
+    assert (r.ok, r.stage, r.kind) == (False, "run", "signature"), r
 
 
 def test_fixed_batch_artifact_returning_wrong_rows_is_caught(pool, models_dir, tmp_path):
@@ -146,7 +144,7 @@ def test_fixed_batch_artifact_returning_wrong_rows_is_caught(pool, models_dir, t
     path = str(tmp_path / "fixed.ts")
     fmt.save(tinymodels_fi.FirstRowOnly().eval(), path, example=torch.ones(1, 4), options=options_for("torchscript"), arch={})
     r = run(pool, tmp_path, path=path, fmt="torchscript", manifest=None, inputs=[torch.randn(6, 4)]).result
-    assert (r["kind"], r["message"]) == ("signature", "batch 0: input batch of 6 gave output of shape (1, 3): the "
+    assert (r.kind, r.message) == ("signature", "batch 0: input batch of 6 gave output of shape (1, 3): the "
                                          "artifact was built for a fixed batch size (export with a dynamic batch dimension)")
 
 
@@ -158,7 +156,7 @@ def test_aoti_package_compiled_for_one_batch_size_is_caught(pool, models_dir, tm
     fmt.save(tinymodels_fi.Tiny().eval(), path, example=torch.ones(1, 4), options=FORMATS.get("aoti").Options(dynamic_batch=False),
              arch={})
     r = run(pool, tmp_path, path=path, fmt="aoti", manifest=None, inputs=[torch.randn(6, 4)]).result
-    assert (r["kind"], r["message"]) == ("signature", "batch 0: input batch of 6 gave output of shape (1, 3): the "
+    assert (r.kind, r.message) == ("signature", "batch 0: input batch of 6 gave output of shape (1, 3): the "
                                          "artifact was built for a fixed batch size (export with a dynamic batch dimension)")
 
 
@@ -169,8 +167,8 @@ def test_version_skew_is_classified(pool, artifacts, tmp_path):
     dst = str(tmp_path / "new.onnx")
     onnx.save(m, dst)
     r = run(pool, tmp_path, path=dst, fmt="onnx", manifest=None).result
-    assert r["kind"] == "version-skew", r
-    assert r["message"].startswith("the file was written by a newer library or opset than this runtime reads")
+    assert r.kind == "version-skew", r
+    assert r.message.startswith("the file was written by a newer library or opset than this runtime reads")
 
 
 def test_missing_custom_operator_is_classified(pool, tmp_path):
@@ -186,7 +184,7 @@ def test_missing_custom_operator_is_classified(pool, tmp_path):
     path = str(tmp_path / "custom.ts")
     torch.jit.save(torch.jit.trace(UsesCustomOp(), torch.ones(1, 4)), path)
     r = run(pool, tmp_path, path=path, fmt="torchscript", manifest=None).result
-    assert r["kind"] == "missing-operator", r
+    assert r.kind == "missing-operator", r
 
 
 def test_sniff_names_formats_from_bytes(artifacts):

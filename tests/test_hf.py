@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deploycheck.data import preprocess
+from deploycheck.data.dataset import preprocess
 from deploycheck.errors import SpecError
 from deploycheck.spec import parse
 

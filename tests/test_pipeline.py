@@ -193,3 +193,44 @@ def test_throughput_mode_measures_each_declared_batch_size(project):
     tp = doc["rows"][0]["throughput"]
     assert sorted(tp) == ["1", "16"]
     assert all(v["samples_per_s"] > 0 and v["p50_ms"] > 0 for v in tp.values())
+
+
+def test_compare_judges_a_custom_lower_is_better_metric_by_its_declared_direction(project, tmp_path):
+    """A callable metric named nothing like mse/mae: its direction comes from the spec, through
+    the report records, never from its name. A loss that rises is a regression; one that falls is not."""
+    from deploycheck.cli import main
+    project.tester.makepyfile(lossfns="""
+        import torch
+        def xent(outputs, targets):
+            return torch.nn.functional.cross_entropy(outputs.float(), targets.long()).item()
+    """)
+    metric = "metric: {name: callable, callable: 'lossfns:xent', higher_is_better: false}"
+    variants = "  baseline: {}\n  pruned:\n    prune: {method: l1_unstructured, amount: %s}"
+    reports, loss = {}, {}
+    for amount in ("0.1", "0.95"):
+        project.write(make_spec(variants=variants % amount, thresholds="  outputs: {atol: 10}", extra=metric))
+        project.run("-k", "metric")
+        doc = json.loads((project.path / "reports" / "deploycheck.json").read_text())
+        rec = next(r for r in doc["records"] if r["variant"] == "pruned" and r["check"] == "metric")
+        assert (rec["metric"], rec["higher_is_better"]) == ("lossfns:xent", False)
+        loss[amount] = rec["value"]
+        reports[amount] = tmp_path / f"pruned-{amount}.json"
+        (project.path / "reports" / "deploycheck.json").rename(reports[amount])
+    low, high = sorted(loss, key=loss.get)
+    assert loss[high] - loss[low] > 0.01
+
+    def compare(old, new):
+        import io
+        from contextlib import redirect_stdout
+        buf = io.StringIO()
+        with redirect_stdout(buf):
+            code = main(["compare", str(reports[old]), str(reports[new]), "--metric-tol", "0.001"])
+        return code, buf.getvalue()
+
+    code, out = compare(low, high)  # the loss rises: worse, though the number went up
+    assert code == 1, out
+    line = next(ln for ln in out.splitlines() if ln.startswith("REGRESSION"))
+    assert "pruned" in line and f"lossfns:xent {loss[low]:.4g} -> {loss[high]:.4g}" in line and "beyond ±0.001" in line
+    code, out = compare(high, low)  # the loss falls: better, though the number went down
+    assert code == 0, out
+    assert out.rstrip().endswith("0 regressions")

@@ -68,7 +68,8 @@ def test_markdown_summary_fits_a_pull_request_comment_at_50_specs():
 
 def test_merge_of_20_shard_reports_gives_a_comment_sized_summary(tmp_path):
     from deploycheck.cli import main
-    from deploycheck.report import metadata, summary_rows, write_documents
+    from deploycheck.report import summary_rows
+    from deploycheck.report.write import metadata, write_documents
     paths = []
     for i in range(20):
         recs = _records(3, tag=f"s{i}-")

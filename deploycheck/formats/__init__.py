@@ -1,10 +1,10 @@
-"""Serialization formats. One module each (save, load, sniff); this module holds the registry,
-the shared base class and content sniffing. Option classes are light: torch loads in methods."""
+"""Serialization formats. One module each (save, load); this module holds the registry (lazy
+``"module:attr"`` entries), the shared base class and content sniffing. Option classes are light:
+torch loads in methods."""
 
 from __future__ import annotations
 
 import os
-
 import zipfile
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -35,11 +35,6 @@ class Format:
     def load(self, path: str, *, options: Any, manifest: dict) -> Callable[..., Any]:
         """Load in the deployment-like process; return a callable taking one input batch."""
         raise NotImplementedError
-
-
-def register(cls: type) -> type:
-    FORMATS.register(cls.name, cls)
-    return cls
 
 
 @dataclass(frozen=True)
@@ -92,5 +87,8 @@ def sniff(path: str) -> str | None:
     return None
 
 
-# Register the built-in formats (light modules).
-from . import aoti, export, hdf5, onnx, pickle, safetensors, torchscript  # noqa: E402,F401
+# The built-in formats, imported when a spec names one (light modules: torch loads in methods).
+for _name, _cls in (("aoti", "AotiFormat"), ("export", "ExportFormat"), ("hdf5", "Hdf5Format"),
+                    ("onnx", "OnnxFormat"), ("pickle", "PickleFormat"), ("safetensors", "SafetensorsFormat"),
+                    ("torchscript", "TorchScriptFormat")):
+    FORMATS.register(_name, f"deploycheck.formats.{_name}:{_cls}")

@@ -13,7 +13,7 @@ import io
 from dataclasses import dataclass
 
 from ..spec.schema import field
-from . import Format, Unsupported, register
+from . import Format, Unsupported
 from .export import _first_line, export_program
 
 
@@ -24,7 +24,6 @@ class AotiOptions:
     dynamic_batch: bool = field(True, doc="compile with a dynamic batch dimension")
 
 
-@register
 class AotiFormat(Format):
     name = "aoti"
     suffix = ".aoti.pt2"

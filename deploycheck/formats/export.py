@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..spec.schema import field
-from . import Format, Unsupported, register
+from . import Format, Unsupported
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,6 @@ def export_program(model, example, *, dynamic_batch: bool, strict: bool = False)
         raise Unsupported(f"torch.export failed: {type(e).__name__}: {_first_line(e)}") from e
 
 
-@register
 class ExportFormat(Format):
     name = "export"
     suffix = ".pt2"

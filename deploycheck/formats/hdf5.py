@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from . import Unsupported, register
+from . import Unsupported
 from .safetensors import StateDictFormat
 
 
-@register
 class Hdf5Format(StateDictFormat):
     name = "hdf5"
     suffix = ".h5"

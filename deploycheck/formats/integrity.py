@@ -9,11 +9,10 @@ import hashlib
 import json
 import os
 import re
-import zipfile
 from dataclasses import dataclass
 
 from ..machine import snapshot_machine
-from . import FORMATS, sniff
+from . import sniff
 
 
 def sha256(path: str) -> str:

@@ -7,7 +7,7 @@ import io
 from dataclasses import dataclass
 
 from ..spec.schema import field
-from . import Format, Unsupported, register
+from . import Format, Unsupported
 from .export import _first_line, batch_dims, batch_example
 
 
@@ -19,7 +19,6 @@ class OnnxOptions:
     dynamic_batch: bool = field(True, doc="export with a dynamic batch dimension")
 
 
-@register
 class OnnxFormat(Format):
     name = "onnx"
     suffix = ".onnx"

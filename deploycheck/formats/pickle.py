@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..spec.schema import field
-from . import Format, register
+from . import Format
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,6 @@ class PickleOptions:
         return []
 
 
-@register
 class PickleFormat(Format):
     name = "pickle"
     suffix = ".pkl.pt"

@@ -6,7 +6,8 @@ parameters, fp16/bf16 casts, rebuilding from the factory); subclasses only read 
 
 from __future__ import annotations
 
-from . import Format, NoOptions, Unsupported, register
+from . import Format, NoOptions, Unsupported
+from ..models import call_factory
 
 
 class StateDictFormat(Format):
@@ -44,7 +45,6 @@ class StateDictFormat(Format):
 
     def load(self, path, *, options, manifest):
         import torch
-        from ..models import call_factory
         model = call_factory(manifest["factory"], manifest["kwargs"])
         state = self.read_tensors(path)
         if manifest.get("float_dtype"):
@@ -56,7 +56,6 @@ class StateDictFormat(Format):
         return model.eval()
 
 
-@register
 class SafetensorsFormat(StateDictFormat):
     name = "safetensors"
     suffix = ".safetensors"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..spec.schema import field
-from . import Format, Unsupported, register
+from . import Format, Unsupported
 from .export import _first_line
 
 
@@ -18,7 +18,6 @@ class TorchScriptOptions:
     mode: Literal["trace", "script"] = field("trace", doc="trace with the example input, or script the module")
 
 
-@register
 class TorchScriptFormat(Format):
     name = "torchscript"
     suffix = ".ts"

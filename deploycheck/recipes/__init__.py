@@ -1,7 +1,10 @@
-"""Optimization recipes. A recipe is a small frozen config dataclass plus a handler registered
-for it; a variant's recipe is a chain (a tuple) of configs applied in order to the baseline.
+"""Optimization recipes. A recipe is a small frozen config dataclass (its options, validated at
+collection) plus a handler that makes the new model; a variant's recipe is a chain (a tuple) of
+configs applied in order to the baseline.
 
-Config classes import nothing heavy, so specs validate without importing torch.
+Both live in lazy registries, as ``"module:attr"`` strings: the config modules are light and load
+when a spec names the recipe; the handlers import torch and load when a variant is built. A
+plug-in's config (entry-point group ``deploycheck.recipes``) carries its own ``apply(model, ctx)``.
 """
 
 from __future__ import annotations
@@ -13,23 +16,31 @@ from ..registry import Registry
 
 #: recipe name (the key used in a spec) -> config dataclass
 RECIPES: Registry[type] = Registry("recipe")
-_HANDLERS: dict[type, Callable[..., Any]] = {}
+#: recipe name -> handler(config, model, ctx) -> StepResult (built-ins; plug-ins use config.apply)
+HANDLERS: Registry[Callable[..., "StepResult"]] = Registry("recipe handler")
+
+for _name, _config, _handler in (
+        ("quantize", "deploycheck.recipes.quantize:QuantizeConfig", "deploycheck.recipes._quantize_impl:run"),
+        ("prune", "deploycheck.recipes.prune:PruneConfig", "deploycheck.recipes._prune_impl:run"),
+        ("distill", "deploycheck.recipes.distill:DistillConfig", "deploycheck.recipes._distill_impl:run"),
+        ("custom", "deploycheck.recipes.custom:CustomConfig", "deploycheck.recipes._custom_impl:run")):
+    RECIPES.register(_name, _config)
+    HANDLERS.register(_name, _handler)
+
+ENTRY_POINT_GROUP = "deploycheck.recipes"
 
 
-def recipe(name: str):
-    """Register a config class under ``name``; its handler is registered with :func:`handler`."""
-    def deco(cls: type) -> type:
-        cls.recipe_name = name
-        RECIPES.register(name, cls)
-        return cls
-    return deco
+@dataclass
+class StepResult:
+    """What one recipe step returns: the new model, a one-line summary for the report, and what a
+    loader needs to rebuild or run it."""
 
-
-def handler(config_cls: type):
-    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        _HANDLERS[config_cls] = fn
-        return fn
-    return deco
+    model: Any
+    summary: str
+    details: dict = field(default_factory=dict)
+    arch: dict | None = None          # a new architecture (distillation's student) for state-dict formats
+    requires: tuple[str, ...] = ()    # libraries a loader imports first (they register the artifact's ops)
+    settings: dict = field(default_factory=dict)  # torch settings a loader applies (quantized engine)
 
 
 @dataclass
@@ -45,34 +56,45 @@ class StepRecord:
     details: dict = field(default_factory=dict)
 
 
-def apply(config: Any, model: Any, ctx: Any) -> Any:
-    """Dispatch on the config's type. ``ctx`` gives handlers the data and the baseline model.
+@dataclass
+class RecipeContext:
+    """What recipe handlers may use: the data, the baseline, where to import from, and a logger."""
 
-    A plug-in's config carries its own ``apply(model, ctx)``, which returns the new module (or
-    the dict built-in handlers return: model, summary, details)."""
-    fn = _HANDLERS.get(type(config))
-    if fn is not None:
-        return fn(config, model, ctx)
-    out = config.apply(model, ctx)
-    if isinstance(out, dict):
-        return out
-    name = getattr(type(config), "recipe_name", type(config).__name__)
-    return {"model": model if out is None else out, "summary": f"plug-in recipe {name}", "details": {}}
+    spec: Any
+    data: Any
+    baseline: Any
+    search: list
+    log: Callable[[str], None]
+    where: str
+    example: Any
 
 
-ENTRY_POINT_GROUP = "deploycheck.recipes"
-
-
-def load_plugin(name: str) -> type:
-    """A plug-in recipe's config class, imported on first use and given the defaults a step needs."""
+def config_class(name: str) -> type:
+    """The config class of recipe ``name``, imported on first use; a plug-in's class gets the
+    defaults a step needs (its name, a short label)."""
     cls = RECIPES.get(name)
-    if not hasattr(cls, "recipe_name"):
+    if type(cls) is not type or (name not in HANDLERS and not hasattr(cls, "apply")):
+        raise TypeError(f"{cls!r} is not a recipe config class with an apply(model, ctx) method")
+    if getattr(cls, "recipe_name", None) != name:
         cls.recipe_name = name
     if not hasattr(cls, "short"):
         cls.short = lambda self, _n=name: _n
-    if type(cls) is not type or not hasattr(cls, "apply") and cls not in _HANDLERS:
-        raise TypeError(f"{cls!r} is not a recipe config class with an apply(model, ctx) method")
     return cls
+
+
+def apply(config: Any, model: Any, ctx: RecipeContext) -> StepResult:
+    """Run one step: the built-in handler registered for the config's recipe, else the plug-in
+    config's own ``apply``, which may return the new module (None: changed in place), a
+    :class:`StepResult`, or a dict with its fields."""
+    name = type(config).recipe_name
+    if name in HANDLERS:
+        return HANDLERS.get(name)(config, model, ctx)
+    out = config.apply(model, ctx)
+    if isinstance(out, StepResult):
+        return out
+    if isinstance(out, dict):
+        return StepResult(**{"summary": f"plug-in recipe {name}", **out})
+    return StepResult(model if out is None else out, f"plug-in recipe {name}")
 
 
 def _register_plugins() -> None:
@@ -86,8 +108,5 @@ def _register_plugins() -> None:
             continue  # a built-in name is never shadowed by a plug-in
         RECIPES.register(ep.name, ep.value)
 
-
-# Importing the modules registers their recipes (configs are light; torch loads in handlers).
-from . import custom, distill, prune, quantize  # noqa: E402,F401
 
 _register_plugins()

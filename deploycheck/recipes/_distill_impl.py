@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from ..models import call_factory
+from . import StepResult
 
 
-def run(cfg, teacher, ctx) -> dict:
+def run(cfg, teacher, ctx) -> StepResult:
     x, y = ctx.data.train_tensors()
     torch.manual_seed(cfg.seed)
     student = call_factory(cfg.student, cfg.student_kwargs, ctx.search)
@@ -43,6 +44,6 @@ def run(cfg, teacher, ctx) -> dict:
     student.eval()
     tp = sum(p.numel() for p in teacher.parameters())
     sp = sum(p.numel() for p in student.parameters())
-    return {"model": student, "arch": {"factory": cfg.student, "kwargs": dict(cfg.student_kwargs)},
-            "summary": f"student {cfg.student} with {sp} parameters ({sp / tp:.1%} of the teacher's {tp})",
-            "details": {"teacher_params": tp, "student_params": sp, "param_ratio": sp / tp}}
+    return StepResult(student, f"student {cfg.student} with {sp} parameters ({sp / tp:.1%} of the teacher's {tp})",
+                      {"teacher_params": tp, "student_params": sp, "param_ratio": sp / tp},
+                      arch={"factory": cfg.student, "kwargs": dict(cfg.student_kwargs)})

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.utils.prune as P
 
+from . import StepResult
 from ._select import select
 
 
-def run(cfg, model, ctx) -> dict:
+def run(cfg, model, ctx) -> StepResult:
     chosen = select(model, cfg.modules, cfg.skip)
     if cfg.method == "global_l1_unstructured":
         P.global_unstructured([(m, "weight") for _, m in chosen], pruning_method=P.L1Unstructured, amount=cfg.amount)
@@ -32,8 +33,8 @@ def run(cfg, model, ctx) -> dict:
     total = sum(m.weight.numel() for _, m in chosen)
     zeros = sum(m.weight.numel() - int(torch.count_nonzero(m.weight)) for _, m in chosen)
     overall = zeros / total
-    return {"model": model.eval(), "summary": f"{cfg.method} amount {cfg.amount:g}: {overall:.1%} of pruned-layer weights are zero",
-            "details": {"sparsity_per_layer": layers, "sparsity_pruned_layers": overall}}
+    return StepResult(model.eval(), f"{cfg.method} amount {cfg.amount:g}: {overall:.1%} of pruned-layer weights are zero",
+                      {"sparsity_per_layer": layers, "sparsity_pruned_layers": overall})
 
 
 def _finetune(ft, model, ctx) -> None:

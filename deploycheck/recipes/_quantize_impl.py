@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import torch
 
+from ..formats.export import batch_dims, batch_example
+from ..nn import Cast
+from . import StepResult
 from ._select import select
 
 
-def run(cfg, model, ctx) -> dict:
+def run(cfg, model, ctx) -> StepResult:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return {"dynamic_int8": _dynamic, "weight_only_int8": _weight_only, "static_int8": _static,
                 "fp16": _cast, "bf16": _cast}[cfg.method](cfg, model, ctx)
 
 
-def _dynamic(cfg, model, ctx) -> dict:
+def _dynamic(cfg, model, ctx) -> StepResult:
     chosen = select(model, cfg.modules, cfg.skip)
     backend = "torch.ao" if cfg.backend == "auto" else cfg.backend
     if backend == "torch.ao":
@@ -36,33 +40,32 @@ def _dynamic(cfg, model, ctx) -> dict:
         names = {n for n, _ in chosen if type(dict(model.named_modules())[n]).__name__ == "Linear"}
         quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=lambda m, fqn: fqn in names)
         q = model
-    return {"model": q, "requires": ["torchao"] if backend == "torchao" else [],
-            "settings": {"quantized_engine": cfg.engine} if backend == "torch.ao" else {},
-            "summary": f"dynamic int8 ({backend}{', ' + cfg.engine if backend == 'torch.ao' else ''}) on {len(chosen)} modules",
-            "details": {"backend": backend, "modules": [n for n, _ in chosen]}}
+    return StepResult(
+        q, f"dynamic int8 ({backend}{', ' + cfg.engine if backend == 'torch.ao' else ''}) on {len(chosen)} modules",
+        {"backend": backend, "modules": [n for n, _ in chosen]},
+        requires=("torchao",) if backend == "torchao" else (),
+        settings={"quantized_engine": cfg.engine} if backend == "torch.ao" else {})
 
 
-def _weight_only(cfg, model, ctx) -> dict:
+def _weight_only(cfg, model, ctx) -> StepResult:
     from torchao.quantization import Int8WeightOnlyConfig, quantize_
     chosen = [(n, m) for n, m in select(model, cfg.modules, cfg.skip) if type(m).__name__ == "Linear"]
     names = {n for n, _ in chosen}
     quantize_(model, Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: fqn in names)
-    return {"model": model, "requires": ["torchao"], "summary": f"weight-only int8 (torchao) on {len(chosen)} Linear modules",
-            "details": {"backend": "torchao", "modules": sorted(names)}}
+    return StepResult(model, f"weight-only int8 (torchao) on {len(chosen)} Linear modules",
+                      {"backend": "torchao", "modules": sorted(names)}, requires=("torchao",))
 
 
-def _static(cfg, model, ctx) -> dict:
+def _static(cfg, model, ctx) -> StepResult:
     """pt2e: torch.export -> prepare_pt2e (x86 quantizer) -> calibrate -> convert_pt2e."""
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from ..formats.export import batch_dims, batch_example
     gm = torch.export.export(model, (batch_example(ctx.example, True),), dynamic_shapes=batch_dims(True)).module()
     quantizer = xiq.X86InductorQuantizer()
     qconfig = xiq.get_default_x86_inductor_quantization_config(reduce_range=cfg.reduce_range)
     if cfg.weight_bits == 7:
         # Weights in [-64, 63]: a pair of u8 x s7 products stays below 2^15, so the 16-bit
         # intermediate of non-VNNI int8 dot products never saturates, in torch or onnxruntime.
-        import dataclasses
         qconfig = dataclasses.replace(qconfig, weight=dataclasses.replace(qconfig.weight, quant_min=-64, quant_max=63))
     quantizer.set_global(qconfig)
     prepared = prepare_pt2e(gm, quantizer)
@@ -81,15 +84,11 @@ def _static(cfg, model, ctx) -> dict:
     q = move_exported_model_to_eval(q)
     bits = (f"{'7-bit activations (reduce_range)' if cfg.reduce_range else '8-bit activations'}, "
             f"{cfg.weight_bits}-bit weights")
-    return {"model": q, "summary": f"static int8 (pt2e, x86 quantizer, {bits}), calibrated on {n} samples",
-            "requires": ["torchao"],
-            "details": {"backend": "torchao.pt2e", "calibration_samples": n, "reduce_range": cfg.reduce_range,
-                        "weight_bits": cfg.weight_bits}}
+    return StepResult(q, f"static int8 (pt2e, x86 quantizer, {bits}), calibrated on {n} samples",
+                      {"backend": "torchao.pt2e", "calibration_samples": n, "reduce_range": cfg.reduce_range,
+                       "weight_bits": cfg.weight_bits}, requires=("torchao",))
 
 
-def _cast(cfg, model, ctx) -> dict:
-    from ..nn import Cast
+def _cast(cfg, model, ctx) -> StepResult:
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[cfg.method]
-    arch = None
-    return {"model": Cast(model, dtype), "summary": f"cast to {cfg.method} behind a float32 interface",
-            "details": {"dtype": str(dtype)}, **({"arch": arch} if arch else {})}
+    return StepResult(Cast(model, dtype), f"cast to {cfg.method} behind a float32 interface", {"dtype": str(dtype)})

@@ -9,16 +9,16 @@ at the build stage, with the step and the spec line named, like the built-in rec
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ..spec.schema import field
-from . import handler, recipe
 
 
-@recipe("custom")
 @dataclass(frozen=True)
 class CustomConfig:
     """A user function ``fn(model, ctx, **kwargs) -> nn.Module`` (module imported from the spec's python_path)."""
+
+    recipe_name: ClassVar[str] = "custom"
 
     callable: str = field(doc="import path 'package.module:function'")
     kwargs: dict[str, Any] = field(default_factory=dict, doc="keyword arguments passed to the function")
@@ -46,24 +46,3 @@ class CustomContext:
     baseline: Any           # the unmodified baseline model (do not modify it)
     log: Any                # log(str): a line in pytest's log
 
-
-@handler(CustomConfig)
-def custom(cfg: CustomConfig, model, ctx):
-    import torch
-
-    from ..models import import_callable
-    try:
-        fn = import_callable(cfg.callable, ctx.search)
-    except Exception as e:  # noqa: BLE001 - named with the step by the runner
-        raise RuntimeError(f"cannot import {cfg.callable}: {type(e).__name__}: {e}") from e
-    x, y = ctx.data.train_tensors()
-    torch.manual_seed(cfg.seed)
-    cctx = CustomContext(x_train=x, y_train=y, example=ctx.example, data=ctx.spec.data,
-                         generator=torch.Generator().manual_seed(cfg.seed), baseline=ctx.baseline, log=ctx.log)
-    out = fn(model, cctx, **cfg.kwargs)
-    if out is None:
-        out = model  # modified in place
-    if not isinstance(out, torch.nn.Module):
-        raise TypeError(f"{cfg.callable} returned {type(out).__name__}, not a torch.nn.Module")
-    return {"model": out, "summary": f"custom recipe {cfg.callable}" + (f" {cfg.kwargs}" if cfg.kwargs else ""),
-            "details": {"callable": cfg.callable, "kwargs": cfg.kwargs}}

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from ..spec.schema import field
-from . import handler, recipe
 
 
-@recipe("distill")
 @dataclass(frozen=True)
 class DistillConfig:
     """Train ``student`` to match the teacher's softened outputs and the true labels."""
+
+    recipe_name: ClassVar[str] = "distill"
 
     student: str = field(doc="import path 'module:callable' returning the student nn.Module")
     student_kwargs: dict[str, Any] = field(default_factory=dict, doc="keyword arguments for the student factory")
@@ -32,9 +32,3 @@ class DistillConfig:
 
     def short(self) -> str:
         return f"distill:{self.student.rpartition(':')[2]}"
-
-
-@handler(DistillConfig)
-def distill(cfg: DistillConfig, model, ctx):
-    from ._distill_impl import run
-    return run(cfg, model, ctx)

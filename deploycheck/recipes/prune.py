@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from ..spec.schema import field
-from . import handler, recipe
 
 
 @dataclass(frozen=True)
@@ -19,10 +18,11 @@ class FineTune:
     seed: int = field(0, doc="seed for shuffling")
 
 
-@recipe("prune")
 @dataclass(frozen=True)
 class PruneConfig:
     """Zero out weights; the result is made permanent (no masks or reparametrization remain)."""
+
+    recipe_name: ClassVar[str] = "prune"
 
     method: Literal["l1_unstructured", "global_l1_unstructured", "random_unstructured", "ln_structured"] = field(
         doc="l1_unstructured (per layer) | global_l1_unstructured | random_unstructured | ln_structured")
@@ -46,9 +46,3 @@ class PruneConfig:
 
     def short(self) -> str:
         return f"prune:{self.method}@{self.amount:g}" + ("+ft" if self.finetune else "")
-
-
-@handler(PruneConfig)
-def prune(cfg: PruneConfig, model, ctx):
-    from ._prune_impl import run
-    return run(cfg, model, ctx)

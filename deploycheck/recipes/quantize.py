@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from ..spec.schema import field
-from . import handler, recipe
 
 Method = Literal["dynamic_int8", "weight_only_int8", "static_int8", "fp16", "bf16"]
 ModuleType = Literal["Linear", "LSTM", "GRU", "Conv1d", "Conv2d"]
 
 
-@recipe("quantize")
 @dataclass(frozen=True)
 class QuantizeConfig:
     """Quantize the model's weights (and, for dynamic/static int8, activations)."""
+
+    recipe_name: ClassVar[str] = "quantize"
 
     method: Method = field(doc="dynamic_int8 | weight_only_int8 | static_int8 | fp16 | bf16")
     backend: Literal["auto", "torch.ao", "torchao"] = field(
@@ -57,9 +57,3 @@ class QuantizeConfig:
 
     def short(self) -> str:
         return f"quantize:{self.method}" + (f"({self.backend})" if self.backend != "auto" else "")
-
-
-@handler(QuantizeConfig)
-def quantize(cfg: QuantizeConfig, model, ctx):
-    from ._quantize_impl import run
-    return run(cfg, model, ctx)

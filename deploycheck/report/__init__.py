@@ -7,22 +7,15 @@ spec files' hashes. Files are written atomically.
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
-import json
-import os
-import subprocess
 from typing import Any
 
-from ..machine import fingerprint
+from tabulate import tabulate
+
 from ..machine import summary as machine_summary
+from .records import Record, as_records
 
 SCHEMA_VERSION = 1
 STATUS_ORDER = {"error": 0, "failed": 1, "unsupported": 2, "passed": 3}
-
-
-def _key(rec: dict) -> tuple:
-    return (rec["spec"], rec["variant"] != "baseline", rec["variant"], rec["format"] or "")
 
 
 def higher_is_better(row: dict) -> bool:
@@ -38,23 +31,24 @@ def _first(text: str | None) -> str:
     return lines[0] if lines else ""
 
 
-def summary_rows(records: list[dict]) -> list[dict]:
-    """One row per (spec, variant, format); variant-level checks fold into every row of their variant."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in records:
-        groups.setdefault((r["spec"], r["variant"], r["format"]), []).append(r)
+def summary_rows(records) -> list[dict]:
+    """One row per (spec, variant, format); variant-level checks fold into every row of their variant.
+    ``records`` are :class:`Record` objects or their JSON form."""
+    groups: dict[tuple, list[Record]] = {}
+    for r in sorted(as_records(records), key=Record.sort_key):
+        groups.setdefault((r.spec, r.variant, r.format), []).append(r)
     variant_level = {(s, v): recs for (s, v, f), recs in groups.items() if f is None}
     rows = []
-    for (s, v, f), recs in sorted(groups.items(), key=lambda kv: _key(kv[1][0])):
+    for (s, v, f), recs in groups.items():
         if f is None:
             continue
         allrecs = recs + variant_level.get((s, v), [])
-        by = {r["check"]: r for r in recs}
-        info = next((r.get("variant_info") for r in allrecs if r.get("variant_info")), {}) or {}
-        det = lambda c: (by.get(c) or {}).get("details") or {}  # noqa: E731
-        statuses = [r["status"] for r in allrecs]
-        missing = [r for r in allrecs if _missing_snapshot(r)]
-        real_fail = [r for r in allrecs if r["status"] in ("error", "failed") and not _missing_snapshot(r)]
+        by = {r.check: r for r in recs}
+        info = next((r.variant_info for r in allrecs if r.variant_info), {})
+        det = lambda c: by[c].details if c in by else {}  # noqa: E731
+        statuses = [r.status for r in allrecs]
+        missing = [r for r in allrecs if r.missing_snapshot]
+        real_fail = [r for r in allrecs if r.status in ("error", "failed") and not r.missing_snapshot]
         if real_fail:
             verdict = "FAIL"
         elif missing:
@@ -65,22 +59,25 @@ def summary_rows(records: list[dict]) -> list[dict]:
             verdict = "pass"
         reasons = []
         for r in allrecs:
-            if _missing_snapshot(r):
+            if r.missing_snapshot:
                 reasons.append("snapshot: new, not yet approved (pytest --snapshot-update)")
-            elif r["status"] == "failed":
-                reasons.append(f"{r['check']}: {_first(r.get('formula') or r.get('message')) or 'failed'}")
-            elif r["status"] == "error":
+            elif r.status == "failed":
+                reasons.append(f"{r.check}: {_first(r.formula or r.message) or 'failed'}")
+            elif r.status == "error":
                 # one stage failure fails every check that needs it: name it once
-                reason = _first(r.get("message")) or "error"
+                reason = _first(r.message) or "error"
                 if reason not in reasons:
                     reasons.append(reason)
         if verdict == "unsupported":
-            reasons = [_first(next(r.get("message") for r in allrecs if r["status"] == "unsupported"))]
-        load = by.get("load", {}).get("status")
+            reasons = [_first(next(r.message for r in allrecs if r.status == "unsupported"))]
+        load = by["load"].status if "load" in by else None
+        direction = next((r.higher_is_better for r in allrecs if r.higher_is_better is not None),
+                         det("metric").get("higher_is_better"))
         rows.append({
-            "spec": s, "variant": v, "format": f, "recipe": recs[0].get("recipe"),
-            "metric_name": det("metric").get("metric"), "metric": det("metric").get("value"),
-            "higher_is_better": det("metric").get("higher_is_better"),
+            "spec": s, "variant": v, "format": f, "recipe": recs[0].recipe,
+            "metric_name": det("metric").get("metric") or next((r.metric for r in allrecs if r.metric), None),
+            "metric": det("metric").get("value"),
+            "higher_is_better": direction,
             "metric_delta": det("metric").get("delta"), "max_abs_diff": det("outputs").get("max_abs"),
             "p50_ms": det("latency").get("p50_ms"), "p95_ms": det("latency").get("p95_ms"),
             "p99_ms": det("latency").get("p99_ms"), "throughput_per_s": det("latency").get("throughput_per_s"),
@@ -88,19 +85,15 @@ def summary_rows(records: list[dict]) -> list[dict]:
             "latency_ratio": det("latency").get("ratio"), "latency_ratio_ci": det("latency").get("ratio_ci"),
             "peak_rss_mb": det("load").get("peak_rss_mb"), "latency_samples_ms": det("latency").get("samples_ms"),
             "size_mb": det("size").get("size_mb"), "size_ratio": det("size").get("size_ratio"),
-            "params": info.get("params"), "state_ratio": info.get("state_ratio"), "sparsity": info.get("sparsity"), "build_s": info.get("build_s"),
+            "params": info.get("params"), "state_ratio": info.get("state_ratio"), "sparsity": info.get("sparsity"),
+            "build_s": info.get("build_s"),
             "load": {"passed": "ok (cached)" if det("load").get("cached") else "ok", "error": "FAILED",
                      "unsupported": "unsupported"}.get(load, load or "-"),
             "verdict": verdict, "reason": "; ".join(reasons), "new_snapshots": len(missing),
-            "divergence": next(((r.get("details") or {}).get("divergence") for r in allrecs
-                                if r["status"] == "failed" and (r.get("details") or {}).get("divergence")), None),
+            "divergence": next((r.details.get("divergence") for r in allrecs
+                                if r.status == "failed" and r.details.get("divergence")), None),
         })
     return rows
-
-
-def _missing_snapshot(rec: dict) -> bool:
-    """A snapshot item that failed only because nothing is approved yet (a first run)."""
-    return rec.get("check") == "snapshot" and rec.get("status") == "failed" and rec.get("value") == "missing"
 
 
 def new_snapshots(rows: list[dict]) -> int:
@@ -148,7 +141,6 @@ def row_cells(row: dict) -> list[str]:
 
 
 def terminal_table(rows: list[dict]) -> str:
-    from tabulate import tabulate
     text = tabulate([row_cells(r) for r in rows], headers=[h for _, h in COLUMNS], tablefmt="simple", disable_numparse=True)
     fails = [r for r in rows if r["verdict"] == "FAIL"]
     if fails:
@@ -218,7 +210,6 @@ def markdown(rows: list[dict], meta: dict, *, limit: int = COMMENT_LIMIT, full_r
     Per spec a verdict matrix, then only the failing rows with their reasons; the full tables
     follow in collapsed <details> blocks while the text stays under ``limit``; past it they are
     left to the HTML and JSON reports, and past that the failing rows are cut with a pointer."""
-    from tabulate import tabulate
     n_fail = sum(r["verdict"] == "FAIL" for r in rows)
     n_pass = sum(r["verdict"] == "pass" for r in rows)
     n_uns = sum(r["verdict"] == "unsupported" for r in rows)
@@ -269,57 +260,3 @@ def markdown(rows: list[dict], meta: dict, *, limit: int = COMMENT_LIMIT, full_r
     more = len(fails) - len(kept)
     body = ["## Failures", ""] + kept + ["", f"… and {more} more failing rows. {pointer}", ""]
     return "\n".join(head + body) + "\n"
-
-
-def _git(rootdir: str) -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=rootdir, capture_output=True, text=True, timeout=5)
-        if commit.returncode != 0:
-            return {}
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=rootdir, capture_output=True, text=True, timeout=5)
-        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {}
-
-
-def metadata(records: list[dict], rootdir: str, exitstatus: int) -> dict:
-    from ..formats.integrity import library_versions
-    files = sorted({r["file"] for r in records})
-    hashes = {}
-    for f in files:
-        p = f if os.path.isabs(f) else os.path.join(rootdir, f)
-        try:
-            with open(p, "rb") as fh:
-                hashes[f] = hashlib.sha256(fh.read()).hexdigest()
-        except OSError:
-            hashes[f] = None
-    return {"schema_version": SCHEMA_VERSION,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "exitstatus": exitstatus,
-            "machine": fingerprint(),
-            "libraries": library_versions(), "git": _git(rootdir), "spec_files": hashes}
-
-
-def atomic_write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
-def write_reports(records: list[dict], out_dir: str, *, rootdir: str, exitstatus: int) -> list[str]:
-    meta = metadata(records, rootdir, exitstatus)
-    doc = {**meta, "rows": summary_rows(records), "records": sorted(records, key=lambda r: (_key(r), r["check"]))}
-    return write_documents(doc, out_dir)
-
-
-def write_documents(doc: dict, out_dir: str, *, stem: str = "deploycheck") -> list[str]:
-    """Write the JSON record and the Markdown and HTML renderings of one report document."""
-    from .html import render
-    rows = doc["rows"]
-    paths = {ext: os.path.join(out_dir, f"{stem}.{ext}") for ext in ("md", "html", "json")}
-    atomic_write(paths["json"], json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
-    atomic_write(paths["md"], markdown(rows, doc, full_report=f"{stem}.html"))
-    atomic_write(paths["html"], render(rows, doc, summary_lines(rows)))
-    return [paths["md"], paths["html"], paths["json"]]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 
-from . import higher_is_better, summary_rows, write_documents
+from . import higher_is_better, summary_rows
+from .write import write_documents
 
 
 def _load(path: str) -> dict:

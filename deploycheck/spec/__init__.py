@@ -7,9 +7,10 @@ import os
 from typing import Any
 
 from ..errors import Problem, SpecError
-from .loader import LMap, LSeq, is_spec_text, load
-from .model import NAME, ArtifactSource, FormatSpec, ModelOverride, Spec, Thresholds, VariantSpec
-from .schema import Ctx, Invalid, build, build_fields, finish
+from ..formats import FORMATS, formats_by_name, sniff
+from .loader import LMap, is_spec_text, load
+from .model import NAME, FormatSpec, Spec, Thresholds, VariantSpec
+from .schema import Ctx, Invalid, build_fields, finish
 
 __all__ = ["Spec", "VariantSpec", "FormatSpec", "parse", "parse_file", "is_spec_text", "SpecError"]
 
@@ -91,7 +92,6 @@ def _parse_spec(raw: Any, filename: str, ctx: Ctx) -> Spec:
 
 
 def _parse_variants(raw: Any, line: int, thresholds: Thresholds, formats: tuple, ctx: Ctx) -> dict | None:
-    from ..recipes import RECIPES
     if raw is None:
         raw = LMap()
     if not isinstance(raw, dict):
@@ -117,7 +117,8 @@ def _parse_variants(raw: Any, line: int, thresholds: Thresholds, formats: tuple,
             bad = True
             continue
         try:
-            out[str(vname)] = _parse_variant(str(vname), vraw, vline, path, thresholds, formats, ctx)
+            out[str(vname)] = VariantSpec.parse(vraw, path=path, line=vline, ctx=ctx, name=str(vname),
+                                                thresholds=thresholds, formats=formats)
         except Invalid:
             bad = True
     if bad:
@@ -125,137 +126,9 @@ def _parse_variants(raw: Any, line: int, thresholds: Thresholds, formats: tuple,
     return out
 
 
-def _recipe_step(key: str, value: Any, *, path: str, line: int, ctx: Ctx) -> Any:
-    from ..recipes import load_plugin
-    try:
-        cls = load_plugin(key)
-    except Exception as e:  # a plug-in that cannot be imported is this spec's error, at its line
-        ctx.error(line, path, f"recipe {key!r} cannot be loaded: {type(e).__name__}: {e}")
-        raise Invalid from None
-    kw = build_fields(cls, {} if value is None else value, path=path, line=line, ctx=ctx)
-    return finish(cls, kw, path=path, line=line, ctx=ctx, raw=value)
-
-
-def _parse_variant(name: str, raw: Any, line: int, path: str, thresholds: Thresholds, formats: tuple,
-                   ctx: Ctx) -> VariantSpec:
-    from ..recipes import RECIPES
-    import difflib
-    steps: list[Any] = []
-    bad = False
-    recipe_keys = [k for k in raw if k not in VariantSpec.RESERVED]
-    for k in recipe_keys:
-        kl = raw.line_of(k) if isinstance(raw, LMap) else line
-        if k not in RECIPES:
-            allowed = RECIPES.names() + list(VariantSpec.RESERVED)
-            close = difflib.get_close_matches(str(k), allowed, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            ctx.error(kl, f"{path}.{k}", f"unknown key; {hint}allowed: {', '.join(allowed)}")
-            bad = True
-    if len(recipe_keys) > 1 and not bad:
-        ctx.error(line, path, f"a variant names one recipe ({', '.join(recipe_keys)} given); chain several with steps: [...]")
-        bad = True
-    if recipe_keys and "steps" in raw and not bad:
-        ctx.error(line, path, "use either one recipe key or steps: [...], not both")
-        bad = True
-    if not bad and recipe_keys:
-        k = recipe_keys[0]
-        kl = raw.line_of(k) if isinstance(raw, LMap) else line
-        try:
-            steps.append(_recipe_step(k, raw[k], path=f"{path}.{k}", line=kl, ctx=ctx))
-        except Invalid:
-            bad = True
-    if "steps" in raw:
-        sraw = raw["steps"]
-        sl = raw.line_of("steps")
-        if not isinstance(sraw, list) or not sraw:
-            ctx.error(sl, f"{path}.steps", "expected a non-empty list of one-key mappings such as [{prune: {...}}, {quantize: {...}}]")
-            bad = True
-        else:
-            for i, item in enumerate(sraw):
-                il = sraw.line_of(i) if isinstance(sraw, LSeq) else sl
-                ip = f"{path}.steps[{i}]"
-                if not isinstance(item, dict) or len(item) != 1:
-                    ctx.error(il, ip, f"a step is a one-key mapping, one of {RECIPES.names()}")
-                    bad = True
-                    continue
-                (k, v), = item.items()
-                if k not in RECIPES:
-                    close = difflib.get_close_matches(str(k), RECIPES.names(), n=1)
-                    hint = f"did you mean {close[0]!r}? " if close else ""
-                    ctx.error(il, f"{ip}.{k}", f"unknown recipe; {hint}available: {', '.join(RECIPES.names())}")
-                    bad = True
-                    continue
-                try:
-                    steps.append(_recipe_step(k, v, path=f"{ip}.{k}", line=il, ctx=ctx))
-                except Invalid:
-                    bad = True
-    artifact = model = None
-    if "artifact" in raw:
-        al = raw.line_of("artifact")
-        try:
-            artifact = _artifact(raw["artifact"], path=f"{path}.artifact", line=al, ctx=ctx)
-        except Invalid:
-            bad = True
-        for k in [k for k in raw if k in ("formats", "model", "steps") or k in recipe_keys]:
-            why = {"formats": "an artifact variant is gated as the one file it is; 'formats' does not apply "
-                              "(its format is artifact.format, or sniffed)",
-                   "model": "give either 'artifact' (a file made elsewhere) or 'model' (a model to serialize), not both"}
-            ctx.error(raw.line_of(k), f"{path}.{k}", why.get(k, "an artifact variant is not built: recipes do not apply "
-                                                                 "(make a variant with model: and the recipe instead)"))
-            bad = True
-    if "model" in raw and "artifact" not in raw:
-        ml = raw.line_of("model")
-        try:
-            kw = build_fields(ModelOverride, raw["model"], path=f"{path}.model", line=ml, ctx=ctx)
-            model = finish(ModelOverride, kw, path=f"{path}.model", line=ml, ctx=ctx, raw=raw["model"])
-        except Invalid:
-            bad = True
-    if name == "baseline" and (recipe_keys or "steps" in raw or "model" in raw):
-        ctx.error(line, path, "the baseline is the unmodified model and takes no recipe; name the variant differently")
-        bad = True
-    th = thresholds
-    if "thresholds" in raw:
-        try:
-            th = thresholds.override(raw["thresholds"], path=f"{path}.thresholds", line=raw.line_of("thresholds"), ctx=ctx)
-        except Invalid:
-            bad = True
-    fmts = formats
-    if "formats" in raw:
-        try:
-            fmts = build(tuple[FormatSpec, ...], raw["formats"], path=f"{path}.formats", line=raw.line_of("formats"), ctx=ctx)
-        except Invalid:
-            bad = True
-    desc = ""
-    if "description" in raw:
-        try:
-            desc = build(str, raw["description"], path=f"{path}.description", line=raw.line_of("description"), ctx=ctx)
-        except Invalid:
-            bad = True
-    if bad:
-        raise Invalid
-    if artifact is not None:
-        fmts = ()  # resolved by _resolve_artifacts, which knows the spec's folder
-    return VariantSpec(name=name, steps=tuple(steps), thresholds=th, formats=tuple(fmts), line=line, description=desc,
-                       artifact=artifact, model=model)
-
-
-def _artifact(value: Any, *, path: str, line: int, ctx: Ctx):
-    """An artifact source; its format is checked (and resolved) by :func:`_resolve_artifacts`."""
-    from ..formats import FORMATS
-    from ..registry import UnknownName
-    kw = build_fields(ArtifactSource, value, path=path, line=line, ctx=ctx)
-    src = finish(ArtifactSource, kw, path=path, line=line, ctx=ctx, raw=value)
-    if src.format is not None and src.format not in FORMATS:
-        fl = value.line_of("format") if isinstance(value, LMap) and "format" in value else line
-        ctx.error(fl, f"{path}.format", str(UnknownName("format", src.format, FORMATS.names())))
-        raise Invalid
-    return src
-
-
 def _resolve_artifacts(variants: dict, raw_variants: Any, filename: str, ctx: Ctx) -> dict:
     """Each artifact variant's one format: declared, else sniffed from its bytes, else (a missing
     file, which its load check will report) guessed from its suffix."""
-    from ..formats import FORMATS, formats_by_name, sniff
     base = os.path.dirname(os.path.abspath(filename))
     out = {}
     for name, v in variants.items():

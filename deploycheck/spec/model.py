@@ -10,18 +10,17 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..data import PREPROCESS, SOURCES
+from ..formats import FORMATS
+from ..metrics import METRICS
+from ..recipes import RECIPES, config_class
+from ..registry import UnknownName, did_you_mean
 from .loader import LMap, LSeq
-from .schema import Ctx, Invalid, build, build_fields, dataclass_schema, field, finish, json_schema
+from .schema import (Ctx, Invalid, build, build_fields, dataclass_schema, field, finish, import_path_problem,
+                     json_schema, type_hints)
 
 DType = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8"]
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-def _import_path_problem(value: str) -> str | None:
-    mod, sep, attr = value.partition(":")
-    if not sep or not mod or not attr or not all(p.isidentifier() for p in mod.split(".") + attr.split(".")):
-        return f"expected an import path 'package.module:callable', got {value!r}"
-    return None
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ class ModelSpec:
             return [("factory", "give exactly one of 'factory' (a python callable) or 'hf' (a Hugging Face folder)")]
         if self.hf is not None and self.weights:
             return [("weights", "an hf model reads its own weights from its folder")]
-        msg = self.factory and _import_path_problem(self.factory)
+        msg = self.factory and import_path_problem(self.factory)
         return [("factory", msg)] if msg else []
 
 
@@ -84,103 +83,49 @@ class SplitSpec:
 
 @dataclass(frozen=True)
 class Step:
-    """One preprocessing step: a single-key mapping such as ``{scale: 0.0625}``."""
+    """One preprocessing step: a single-key mapping such as ``{scale: 0.0625}``; the steps are the
+    :data:`deploycheck.data.PREPROCESS` registry, which gives each one's argument type and check."""
 
     op: str
     arg: Any
 
-    OPS = {
-        "scale": "multiply by a number",
-        "shift": "add a number",
-        "normalize": "{mean: [...], std: [...]} per channel (channel = first per-sample axis), or numbers",
-        "clip": "[low, high]",
-        "reshape": "per-sample shape, e.g. [1, 8, 8]",
-        "dtype": "cast to a dtype (float32, float16, bfloat16, float64, int64, int32, uint8)",
-        "callable": "'module:function' taking and returning a numpy array of the whole batch",
-        "tokenize": "{max_length, path}: text -> int64 (N, 2, max_length) token ids and attention mask, "
-                    "with the tokenizer of model.hf (or of the folder in path)",
-    }
-
     @classmethod
     def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> "Step":
         if not isinstance(value, dict) or len(value) != 1:
-            ctx.error(line, path, f"a preprocessing step is a mapping with one key, one of {sorted(cls.OPS)}")
+            ctx.error(line, path, f"a preprocessing step is a mapping with one key, one of {PREPROCESS.names()}")
             raise Invalid
         (op, arg), = value.items()
         kl = value.line_of(op) if isinstance(value, LMap) else line
         p = f"{path}.{op}"
-        if op not in cls.OPS:
-            import difflib
-            close = difflib.get_close_matches(op, list(cls.OPS), n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            ctx.error(kl, p, f"unknown preprocessing step; {hint}allowed: {', '.join(sorted(cls.OPS))}")
+        if op not in PREPROCESS:
+            ctx.error(kl, p, f"unknown preprocessing step; {did_you_mean(op, PREPROCESS.names())}allowed: "
+                             f"{', '.join(PREPROCESS.names())}")
             raise Invalid
-        if op in ("scale", "shift"):
-            arg = build(float, arg, path=p, line=kl, ctx=ctx)
-        elif op == "clip":
-            arg = build(tuple[float, ...], arg, path=p, line=kl, ctx=ctx)
-            if len(arg) != 2 or arg[0] > arg[1]:
-                ctx.error(kl, p, f"expected [low, high] with low <= high, got {list(arg)}")
-                raise Invalid
-        elif op == "reshape":
-            arg = build(tuple[int, ...], arg, path=p, line=kl, ctx=ctx)
-            if any(d < 1 and d != -1 for d in arg):
-                ctx.error(kl, p, f"sizes must be positive (or -1 once), got {list(arg)}")
-                raise Invalid
-        elif op == "dtype":
-            arg = build(DType, arg, path=p, line=kl, ctx=ctx)
-        elif op == "normalize":
-            kw = build_fields(Normalize, arg, path=p, line=kl, ctx=ctx)
-            arg = finish(Normalize, kw, path=p, line=kl, ctx=ctx, raw=arg)
-        elif op == "tokenize":
-            kw = build_fields(Tokenize, {} if arg is None else arg, path=p, line=kl, ctx=ctx)
-            arg = finish(Tokenize, kw, path=p, line=kl, ctx=ctx, raw=arg)
-        elif op == "callable":
-            arg = build(str, arg, path=p, line=kl, ctx=ctx)
-            msg = _import_path_problem(arg)
-            if msg:
-                ctx.error(kl, p, msg)
-                raise Invalid
+        spec = PREPROCESS.get(op)
+        if dataclasses.is_dataclass(spec.arg):
+            kw = build_fields(spec.arg, {} if arg is None else arg, path=p, line=kl, ctx=ctx)
+            arg = finish(spec.arg, kw, path=p, line=kl, ctx=ctx, raw=arg)
+        else:
+            arg = build(spec.arg, arg, path=p, line=kl, ctx=ctx)
+        msg = spec.check(arg)
+        if msg:
+            ctx.error(kl, p, msg)
+            raise Invalid
         return cls(op, arg)
 
     @classmethod
     def json_schema_hook(cls) -> dict:
         return {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
-                "properties": {k: {"description": v} for k, v in cls.OPS.items()},
+                "properties": {k: {"description": PREPROCESS.get(k).doc} for k in PREPROCESS.in_order()},
                 "description": "one preprocessing step"}
-
-
-@dataclass(frozen=True)
-class Tokenize:
-    """Text to token ids with a Hugging Face tokenizer, padded to a fixed length."""
-
-    max_length: int = field(128, ge=2, doc="pad or truncate every text to this many tokens")
-    path: str | None = field(None, doc="tokenizer folder (same forms as model.hf.path); default: model.hf.path")
-
-
-@dataclass(frozen=True)
-class Normalize:
-    """(x - mean) / std, per channel."""
-
-    mean: tuple[float, ...] | float = field(doc="mean, one number or one per channel")
-    std: tuple[float, ...] | float = field(doc="standard deviation, one number or one per channel")
-
-    def check(self) -> list[tuple[str, str]]:
-        stds = self.std if isinstance(self.std, tuple) else (self.std,)
-        means = self.mean if isinstance(self.mean, tuple) else (self.mean,)
-        if any(s <= 0 for s in stds):
-            return [("std", "every std must be > 0")]
-        if isinstance(self.std, tuple) and isinstance(self.mean, tuple) and len(means) != len(stds):
-            return [("std", f"mean has {len(means)} values but std has {len(stds)}")]
-        return []
 
 
 @dataclass(frozen=True)
 class DataSpec:
     """Evaluation (and training / calibration) data."""
 
-    source: str = field(doc="'sklearn:digits' | 'sklearn:iris' | 'sklearn:wine' | 'sklearn:breast_cancer' | "
-                            "'npz:relative/path.npz' | 'text:relative/lines.txt' (one text per line) | "
+    source: str = field(doc="'scheme:rest', one of the data sources below: 'sklearn:digits', "
+                            "'npz:relative/path.npz', 'text:relative/lines.txt' (one text per line), "
                             "'python:module:function'")
     split: SplitSpec = field(default_factory=SplitSpec, doc="train / evaluation split: {test_fraction, seed, stratify}")
     preprocess: tuple[Step, ...] = field((), doc="steps applied in order to every input (evaluation, "
@@ -190,14 +135,11 @@ class DataSpec:
 
     def check(self) -> list[tuple[str, str]]:
         scheme, sep, rest = self.source.partition(":")
-        if scheme not in ("sklearn", "npz", "text", "python") or not sep or not rest:
-            return [("source", f"expected 'sklearn:NAME', 'npz:PATH', 'text:PATH' or 'python:module:function', "
-                               f"got {self.source!r}")]
-        if scheme == "python":
-            msg = _import_path_problem(rest)
-            if msg:
-                return [("source", msg)]
-        return []
+        if scheme not in SOURCES or not sep or not rest:
+            forms = [f"'{SOURCES.get(n).form}'" for n in SOURCES.in_order()]
+            return [("source", f"expected {', '.join(forms[:-1])} or {forms[-1]}, got {self.source!r}")]
+        msg = SOURCES.get(scheme).check(rest)
+        return [("source", msg)] if msg else []
 
 
 @dataclass(frozen=True)
@@ -211,7 +153,6 @@ class MetricSpec:
 
     @classmethod
     def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> "MetricSpec":
-        from ..metrics import METRICS
         given_as_name = isinstance(value, str)
         if given_as_name:
             value = {"name": value}
@@ -219,7 +160,6 @@ class MetricSpec:
         name = kw.get("name", "callable" if "callable" in kw else "accuracy")
         kw["name"] = name
         if name not in METRICS and name != "callable":
-            from ..registry import UnknownName
             ctx.error(line, path if given_as_name else f"{path}.name",
                       str(UnknownName("metric", name, METRICS.names() + ["callable"])))
             raise Invalid
@@ -227,7 +167,7 @@ class MetricSpec:
             if not kw.get("callable") or kw.get("higher_is_better") is None:
                 ctx.error(line, path, "a callable metric needs both 'callable' and 'higher_is_better'")
                 raise Invalid
-            msg = _import_path_problem(kw["callable"])
+            msg = import_path_problem(kw["callable"])
             if msg:
                 ctx.error(line, f"{path}.callable", msg)
                 raise Invalid
@@ -314,12 +254,11 @@ class Thresholds:
             raise Invalid
         sections = {f.name: f for f in dataclasses.fields(self)}
         out, bad = {}, False
-        from .schema import _hints
-        hints = _hints(Thresholds)
+        hints = type_hints(Thresholds)
         for key, sub in value.items():
             kl = value.line_of(key) if isinstance(value, LMap) else line
             if key not in sections:
-                ctx.error(kl, f"{path}.{key}", f"unknown key; allowed: {', '.join(sections)}")
+                ctx.error(kl, f"{path}.{key}", f"unknown key; {did_you_mean(key, sections)}allowed: {', '.join(sections)}")
                 bad = True
                 continue
             try:
@@ -342,8 +281,6 @@ class FormatSpec:
 
     @classmethod
     def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> "FormatSpec":
-        from ..formats import FORMATS
-        from ..registry import UnknownName
         if isinstance(value, str):
             name, opts, ol = value, {}, line
         elif isinstance(value, dict) and len(value) == 1:
@@ -362,7 +299,6 @@ class FormatSpec:
 
     @classmethod
     def json_schema_hook(cls) -> dict:
-        from ..formats import FORMATS
         alts: list[dict] = [{"enum": FORMATS.names()}]
         for n in FORMATS.names():
             alts.append({"type": "object", "additionalProperties": False,
@@ -396,7 +332,7 @@ class ModelOverride:
     weights: str | None = field(None, doc="weights file relative to the spec (.safetensors or a state dict)")
 
     def check(self) -> list[tuple[str, str]]:
-        msg = self.factory and _import_path_problem(self.factory)
+        msg = self.factory and import_path_problem(self.factory)
         return [("factory", msg)] if msg else []
 
 
@@ -414,6 +350,13 @@ class VariantSpec:
     model: ModelOverride | None = None
 
     RESERVED = ("steps", "thresholds", "formats", "description", "artifact", "model")
+
+    @classmethod
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx, name: str, thresholds: "Thresholds",
+              formats: tuple) -> "VariantSpec":
+        """One variant: a recipe key or ``steps``, or ``artifact``/``model``, plus thresholds that
+        override the spec's (``thresholds``) key by key and formats that replace ``formats``."""
+        return _parse_variant(value, path=path, line=line, ctx=ctx, name=name, thresholds=thresholds, formats=formats)
 
     @property
     def recipe(self) -> str:
@@ -536,7 +479,6 @@ class Spec:
 
 
 def VARIANT_SCHEMA() -> dict:
-    from ..recipes import RECIPES
     recipe_props = {n: dataclass_schema(RECIPES.get(n)) for n in RECIPES.names()}
     step = {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
             "properties": recipe_props}
@@ -548,3 +490,124 @@ def VARIANT_SCHEMA() -> dict:
                            "description": {"type": "string"},
                            "artifact": dataclass_schema(ArtifactSource),
                            "model": dataclass_schema(ModelOverride)}}
+
+
+# --- variants ------------------------------------------------------------------------------------
+
+def _recipe_step(key: str, value: Any, *, path: str, line: int, ctx: Ctx) -> Any:
+    try:
+        cls = config_class(key)
+    except Exception as e:  # a plug-in that cannot be imported is this spec's error, at its line
+        ctx.error(line, path, f"recipe {key!r} cannot be loaded: {type(e).__name__}: {e}")
+        raise Invalid from None
+    kw = build_fields(cls, {} if value is None else value, path=path, line=line, ctx=ctx)
+    return finish(cls, kw, path=path, line=line, ctx=ctx, raw=value)
+
+
+def _parse_variant(raw: Any, *, path: str, line: int, ctx: Ctx, name: str, thresholds: "Thresholds",
+                   formats: tuple) -> "VariantSpec":
+    steps: list[Any] = []
+    bad = False
+    recipe_keys = [k for k in raw if k not in VariantSpec.RESERVED]
+    for k in recipe_keys:
+        kl = raw.line_of(k) if isinstance(raw, LMap) else line
+        if k not in RECIPES:
+            allowed = RECIPES.names() + list(VariantSpec.RESERVED)
+            ctx.error(kl, f"{path}.{k}", f"unknown key; {did_you_mean(k, allowed)}allowed: {', '.join(allowed)}")
+            bad = True
+    if len(recipe_keys) > 1 and not bad:
+        ctx.error(line, path, f"a variant names one recipe ({', '.join(recipe_keys)} given); chain several with steps: [...]")
+        bad = True
+    if recipe_keys and "steps" in raw and not bad:
+        ctx.error(line, path, "use either one recipe key or steps: [...], not both")
+        bad = True
+    if not bad and recipe_keys:
+        k = recipe_keys[0]
+        kl = raw.line_of(k) if isinstance(raw, LMap) else line
+        try:
+            steps.append(_recipe_step(k, raw[k], path=f"{path}.{k}", line=kl, ctx=ctx))
+        except Invalid:
+            bad = True
+    if "steps" in raw:
+        sraw = raw["steps"]
+        sl = raw.line_of("steps")
+        if not isinstance(sraw, list) or not sraw:
+            ctx.error(sl, f"{path}.steps", "expected a non-empty list of one-key mappings such as [{prune: {...}}, {quantize: {...}}]")
+            bad = True
+        else:
+            for i, item in enumerate(sraw):
+                il = sraw.line_of(i) if isinstance(sraw, LSeq) else sl
+                ip = f"{path}.steps[{i}]"
+                if not isinstance(item, dict) or len(item) != 1:
+                    ctx.error(il, ip, f"a step is a one-key mapping, one of {RECIPES.names()}")
+                    bad = True
+                    continue
+                (k, v), = item.items()
+                if k not in RECIPES:
+                    ctx.error(il, f"{ip}.{k}", f"unknown recipe; {did_you_mean(k, RECIPES.names())}available: "
+                                               f"{', '.join(RECIPES.names())}")
+                    bad = True
+                    continue
+                try:
+                    steps.append(_recipe_step(k, v, path=f"{ip}.{k}", line=il, ctx=ctx))
+                except Invalid:
+                    bad = True
+    artifact = model = None
+    if "artifact" in raw:
+        al = raw.line_of("artifact")
+        try:
+            artifact = _artifact(raw["artifact"], path=f"{path}.artifact", line=al, ctx=ctx)
+        except Invalid:
+            bad = True
+        for k in [k for k in raw if k in ("formats", "model", "steps") or k in recipe_keys]:
+            why = {"formats": "an artifact variant is gated as the one file it is; 'formats' does not apply "
+                              "(its format is artifact.format, or sniffed)",
+                   "model": "give either 'artifact' (a file made elsewhere) or 'model' (a model to serialize), not both"}
+            ctx.error(raw.line_of(k), f"{path}.{k}", why.get(k, "an artifact variant is not built: recipes do not apply "
+                                                                 "(make a variant with model: and the recipe instead)"))
+            bad = True
+    if "model" in raw and "artifact" not in raw:
+        ml = raw.line_of("model")
+        try:
+            kw = build_fields(ModelOverride, raw["model"], path=f"{path}.model", line=ml, ctx=ctx)
+            model = finish(ModelOverride, kw, path=f"{path}.model", line=ml, ctx=ctx, raw=raw["model"])
+        except Invalid:
+            bad = True
+    if name == "baseline" and (recipe_keys or "steps" in raw or "model" in raw):
+        ctx.error(line, path, "the baseline is the unmodified model and takes no recipe; name the variant differently")
+        bad = True
+    th = thresholds
+    if "thresholds" in raw:
+        try:
+            th = thresholds.override(raw["thresholds"], path=f"{path}.thresholds", line=raw.line_of("thresholds"), ctx=ctx)
+        except Invalid:
+            bad = True
+    fmts = formats
+    if "formats" in raw:
+        try:
+            fmts = build(tuple[FormatSpec, ...], raw["formats"], path=f"{path}.formats", line=raw.line_of("formats"), ctx=ctx)
+        except Invalid:
+            bad = True
+    desc = ""
+    if "description" in raw:
+        try:
+            desc = build(str, raw["description"], path=f"{path}.description", line=raw.line_of("description"), ctx=ctx)
+        except Invalid:
+            bad = True
+    if bad:
+        raise Invalid
+    if artifact is not None:
+        fmts = ()  # resolved by _resolve_artifacts, which knows the spec's folder
+    return VariantSpec(name=name, steps=tuple(steps), thresholds=th, formats=tuple(fmts), line=line, description=desc,
+                       artifact=artifact, model=model)
+
+
+def _artifact(value: Any, *, path: str, line: int, ctx: Ctx):
+    """An artifact source; its format is checked (and resolved) when the spec is assembled (its folder is known there)."""
+    kw = build_fields(ArtifactSource, value, path=path, line=line, ctx=ctx)
+    src = finish(ArtifactSource, kw, path=path, line=line, ctx=ctx, raw=value)
+    if src.format is not None and src.format not in FORMATS:
+        fl = value.line_of("format") if isinstance(value, LMap) and "format" in value else line
+        ctx.error(fl, f"{path}.format", str(UnknownName("format", src.format, FORMATS.names())))
+        raise Invalid
+    return src

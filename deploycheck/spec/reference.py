@@ -7,9 +7,17 @@ a test fails when they drift apart. Regenerate with ``python -m deploycheck.spec
 from __future__ import annotations
 
 import dataclasses
-import typing
 
-from .schema import MISSING, describe
+from ..data import PREPROCESS, SOURCES
+from ..data.ops import Normalize, Tokenize
+from ..formats import FORMATS
+from ..recipes import RECIPES
+from ..recipes.prune import FineTune
+from .model import (ArtifactSource, BatchInvariance, CrossMachineRule, DataSpec, FidelityThreshold, HFSource,
+                    InputSpec, IsolationSettings, LatencySettings, LatencyThreshold, MetricSpec, MetricThreshold,
+                    ModelOverride, ModelSpec, OutputThreshold, SemanticSpec, SizeThreshold, SnapshotSettings,
+                    SplitSpec, Spec, Thresholds)
+from .schema import MISSING, describe, type_hints
 
 
 def _default(f: dataclasses.Field) -> str:
@@ -35,7 +43,7 @@ def _default(f: dataclasses.Field) -> str:
 
 
 def table(cls: type, skip: tuple[str, ...] = ()) -> str:
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)
     rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     for f in dataclasses.fields(cls):
         if not f.init or f.name in skip or not f.metadata.get("doc"):
@@ -51,13 +59,6 @@ def table(cls: type, skip: tuple[str, ...] = ()) -> str:
 
 
 def render() -> str:
-    from ..formats import FORMATS
-    from ..recipes import RECIPES
-    from ..recipes.prune import FineTune
-    from .model import (ArtifactSource, BatchInvariance, CrossMachineRule, ModelOverride, DataSpec, FidelityThreshold, HFSource, InputSpec, IsolationSettings,
-                        LatencySettings, LatencyThreshold, MetricSpec, MetricThreshold, ModelSpec, Normalize,
-                        OutputThreshold, SemanticSpec, SizeThreshold, SnapshotSettings, SplitSpec, Spec, Step,
-                        Thresholds, Tokenize)
     out = []
 
     def sec(title: str, body: str) -> None:
@@ -69,7 +70,10 @@ def render() -> str:
     sec("`model.hf`", (HFSource.__doc__ or "").strip() + "\n\n" + table(HFSource))
     sec("`data`", table(DataSpec))
     sec("`data.split`", table(SplitSpec))
-    steps = ["| step | argument |", "| --- | --- |"] + [f"| `{k}` | {v} |" for k, v in Step.OPS.items()]
+    sources = ["| source | what it reads |", "| --- | --- |"] + [
+        f"| `{SOURCES.get(k).form}` | {SOURCES.get(k).doc} |" for k in SOURCES.in_order()]
+    sec("`data.source` schemes", "\n".join(sources))
+    steps = ["| step | argument |", "| --- | --- |"] + [f"| `{k}` | {PREPROCESS.get(k).doc} |" for k in PREPROCESS.in_order()]
     sec("`data.preprocess` steps (each a one-key mapping, applied in order)", "\n".join(steps) + "\n\n`normalize` takes:\n\n" + table(Normalize)
         + "\n\n`tokenize` takes:\n\n" + table(Tokenize))
     sec("`metric` (a name, or a mapping)", table(MetricSpec))

@@ -8,18 +8,27 @@ single source of truth: this module validates against their type hints and field
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
+import sys
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
 from ..errors import Problem
+from ..registry import did_you_mean
 from .loader import LMap, LSeq
 
 import re
 
 MISSING = dataclasses.MISSING
+
+
+def import_path_problem(value: str) -> str | None:
+    """Why ``value`` is not an import path 'package.module:callable', or None."""
+    mod, sep, attr = value.partition(":")
+    if not sep or not mod or not attr or not all(p.isidentifier() for p in mod.split(".") + attr.split(".")):
+        return f"expected an import path 'package.module:callable', got {value!r}"
+    return None
 _EXP_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
@@ -57,8 +66,15 @@ def _kind(value: Any) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def type_hints(cls: type) -> dict[str, Any]:
+    # The namespace the class was defined in, from its generated __init__: robust when its module
+    # is no longer in sys.modules (pytester's in-process runs restore sys.modules afterwards, and
+    # registries load plug-in modules lazily, so a class can outlive its sys.modules entry).
+    ns = getattr(getattr(cls, "__init__", None), "__globals__", None)
+    if ns is None:
+        mod = sys.modules.get(cls.__module__)
+        ns = vars(mod) if mod is not None else None
+    return typing.get_type_hints(cls, globalns=ns)
 
 
 @functools.lru_cache(maxsize=None)
@@ -118,9 +134,8 @@ def build_plain(tp: Any, value: Any, *, path: str, line: int, ctx: Ctx) -> Any:
     if origin is Literal:
         allowed = list(get_args(tp))
         if value not in allowed or isinstance(value, bool) != any(isinstance(a, bool) for a in allowed):
-            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            ctx.error(line, path, f"{value!r} is not one of {allowed}{hint}")
+            hint = did_you_mean(value, allowed).strip()
+            ctx.error(line, path, f"{value!r} is not one of {allowed}" + (f" ({hint})" if hint else ""))
             raise Invalid
         return value
     if origin in (list, tuple):
@@ -221,7 +236,7 @@ def build_fields(cls: type, value: Any, *, path: str, line: int, ctx: Ctx,
     if not isinstance(value, dict):
         ctx.error(line, path, f"expected a mapping, got {_kind(value)}")
         raise Invalid
-    hints = _hints(cls)
+    hints = type_hints(cls)
     fields = {f.name: f for f in _fields(cls) if f.init and f.name not in skip}
     kwargs: dict[str, Any] = {}
     bad = False
@@ -231,9 +246,7 @@ def build_fields(cls: type, value: Any, *, path: str, line: int, ctx: Ctx,
         kl = value.line_of(key) if isinstance(value, LMap) else line
         kpath = f"{path}.{key}" if path else str(key)
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            ctx.error(kl, kpath, f"unknown key; {hint}allowed: {', '.join(sorted(fields))}")
+            ctx.error(kl, kpath, f"unknown key; {did_you_mean(key, fields)}allowed: {', '.join(sorted(fields))}")
             bad = True
             continue
         f = fields[key]
@@ -325,7 +338,7 @@ def json_schema(tp: Any) -> dict[str, Any]:
 
 
 def dataclass_schema(cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    hints = _hints(cls)
+    hints = type_hints(cls)
     props, required = {}, []
     for f in dataclasses.fields(cls):
         if not f.init or f.name in skip:

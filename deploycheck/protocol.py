@@ -1,0 +1,116 @@
+"""What the test process asks of a fresh worker process, and what it answers: typed, and written
+as JSON files between the two (see :mod:`deploycheck.isolation`, :mod:`deploycheck.worker`).
+
+:func:`load_request` is the one builder: the runner and ``deploycheck inspect`` both use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """One file to load: its path, format name, the format's options and its manifest."""
+
+    artifact: str
+    format: str
+    options: dict = field(default_factory=dict)
+    manifest: dict | None = None
+
+
+@dataclass(frozen=True)
+class LatencyPlan:
+    """How the worker measures latency; with ``baseline``, side by side with a control."""
+
+    example: str
+    warmup: int
+    min_rounds: int
+    max_time_s: float
+    round_ms: float
+    confidence: float
+    batch_sizes: tuple[int, ...] = ()
+    compare: bool = False                # a ratio with the baseline is wanted (a variant)
+    baseline: ArtifactRef | None = None  # None with compare: the baseline has no artifact in this format
+    ratio_limit: float | None = None
+
+
+@dataclass(frozen=True)
+class WorkerRequest:
+    target: ArtifactRef
+    inputs: str                          # torch.save'd list of evaluation batches
+    outputs: str                         # where the worker saves its outputs
+    result: str                          # where it writes its WorkerResult as JSON
+    threads: int = 1
+    latency: LatencyPlan | None = None
+    extra_inputs: str | None = None      # semantic triplets' texts, run after the evaluation batches
+    memory_mb: int | None = None
+    python_path: tuple[str, ...] = ()    # only for formats that import the model's code
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "WorkerRequest":
+        lat = d.get("latency")
+        if lat is not None:
+            base = lat.get("baseline")
+            lat = LatencyPlan(**{**lat, "baseline": ArtifactRef(**base) if base else None,
+                                 "batch_sizes": tuple(lat.get("batch_sizes", ()))})
+        return cls(**{**d, "target": ArtifactRef(**d["target"]), "latency": lat,
+                      "python_path": tuple(d.get("python_path", ()))})
+
+
+@dataclass
+class WorkerResult:
+    """The worker's answer. ``ok`` False: ``stage`` (load, latency, run), ``kind`` and ``message`` say why."""
+
+    ok: bool = False
+    stage: str | None = None
+    kind: str | None = None
+    message: str = ""
+    traceback: str = ""
+    threads: int | None = None
+    pid: int | None = None
+    load_s: float = 0.0
+    latency: dict | None = None
+    output_shape: list = field(default_factory=list)
+    peak_rss_mb: float | None = None
+    cached: bool = False                 # reused from the cache, not measured in this session
+
+    def fail(self, stage: str, kind: str, message: str, traceback: str = "") -> "WorkerResult":
+        self.ok, self.stage, self.kind, self.message, self.traceback = False, stage, kind, message, traceback
+        return self
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "WorkerResult":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def load_request(ref: ArtifactRef, *, workdir: str, stem: str, inputs: str, threads: int = 1,
+                 latency: LatencyPlan | None = None, extra_inputs: str | None = None, memory_mb: int | None = None,
+                 python_path: tuple[str, ...] | list[str] = ()) -> WorkerRequest:
+    """A request to load ``ref`` and run it on ``inputs``; its output and result files are
+    ``<workdir>/<stem>.outputs.pt`` and ``<workdir>/<stem>.result.json``."""
+    return WorkerRequest(target=ref, inputs=inputs, outputs=os.path.join(workdir, f"{stem}.outputs.pt"),
+                         result=os.path.join(workdir, f"{stem}.result.json"), threads=threads, latency=latency,
+                         extra_inputs=extra_inputs, memory_mb=memory_mb, python_path=tuple(python_path))
+
+
+def primary_output(o: Any) -> Any:
+    """The tensor a model's call returns, whatever it wraps it in: a tensor as it is, the first
+    element of a tuple or list, the first value of a dict (a Hugging Face output, say)."""
+    if isinstance(o, (tuple, list)) and o:
+        o = o[0]
+    if isinstance(o, dict) and o:
+        o = next(iter(o.values()))
+    if not hasattr(o, "shape"):
+        raise TypeError(f"the model returned {type(o).__name__}, not a tensor")
+    return o

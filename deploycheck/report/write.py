@@ -1,0 +1,69 @@
+"""Writing a report: the JSON record of the run with its metadata (machine, libraries, git
+commit, spec file hashes), and its Markdown and HTML renderings. Files are written atomically."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import subprocess
+
+from ..formats.integrity import library_versions
+from ..machine import fingerprint
+from . import SCHEMA_VERSION, markdown, summary_lines, summary_rows
+from .html import render
+from .records import Record, as_records
+
+
+def _git(rootdir: str) -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=rootdir, capture_output=True, text=True, timeout=5)
+        if commit.returncode != 0:
+            return {}
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=rootdir, capture_output=True, text=True, timeout=5)
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
+def metadata(records, rootdir: str, exitstatus: int) -> dict:
+    files = sorted({r.file for r in as_records(records)})
+    hashes = {}
+    for f in files:
+        p = f if os.path.isabs(f) else os.path.join(rootdir, f)
+        try:
+            with open(p, "rb") as fh:
+                hashes[f] = hashlib.sha256(fh.read()).hexdigest()
+        except OSError:
+            hashes[f] = None
+    return {"schema_version": SCHEMA_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "exitstatus": exitstatus,
+            "machine": fingerprint(),
+            "libraries": library_versions(), "git": _git(rootdir), "spec_files": hashes}
+
+
+def atomic_write(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_reports(records, out_dir: str, *, rootdir: str, exitstatus: int) -> list[str]:
+    recs = sorted(as_records(records), key=Record.sort_key)
+    meta = metadata(recs, rootdir, exitstatus)
+    doc = {**meta, "rows": summary_rows(recs), "records": [r.to_json() for r in recs]}
+    return write_documents(doc, out_dir)
+
+
+def write_documents(doc: dict, out_dir: str, *, stem: str = "deploycheck") -> list[str]:
+    """Write the JSON record and the Markdown and HTML renderings of one report document."""
+    rows = doc["rows"]
+    paths = {ext: os.path.join(out_dir, f"{stem}.{ext}") for ext in ("md", "html", "json")}
+    atomic_write(paths["json"], json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write(paths["md"], markdown(rows, doc, full_report=f"{stem}.html"))
+    atomic_write(paths["html"], render(rows, doc, summary_lines(rows)))
+    return [paths["md"], paths["html"], paths["json"]]

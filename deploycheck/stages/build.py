@@ -1,0 +1,143 @@
+"""Build stage: a variant's model (the baseline, its recipe chain, or its own model), with its
+in-memory outputs on the evaluation batches and their metric. Reused across sessions by content
+hash (see :mod:`deploycheck.cache`)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..cache import build_key
+from ..errors import StageError
+from ..models import (baseline_arch, build_variant_model, count_params, describe_exc, search_dirs, state_bytes,
+                      use_search_path, variant_arch)
+from ..protocol import primary_output
+from ..recipes import RecipeContext, StepRecord
+from ..recipes import apply as apply_step
+
+
+@dataclass
+class Built:
+    model: Any
+    arch: dict
+    steps: list
+    build_s: float
+    params: int | None
+    nonzero: int | None
+    state_bytes: int | None
+    outputs: Any               # in-memory outputs on the evaluation batches, concatenated
+    metric: float
+    recipe: str
+    requires: tuple = ()       # libraries a loader must import first (they register the artifact's ops)
+    settings: dict = field(default_factory=dict)  # torch settings a loader must apply (quantized engine)
+    key: str = ""              # content hash (see cache.build_key)
+    cached: bool = False
+
+    def meta(self) -> dict:
+        """What the cache stores next to the model and its outputs."""
+        return {"arch": self.arch, "steps": [dataclasses.asdict(r) for r in self.steps], "build_s": self.build_s,
+                "params": self.params, "nonzero": self.nonzero, "state_bytes": self.state_bytes,
+                "metric": self.metric, "recipe": self.recipe, "requires": list(self.requires),
+                "settings": self.settings}
+
+    @classmethod
+    def from_meta(cls, meta: dict, model: Any, outputs: Any, key: str) -> "Built":
+        return cls(model, meta["arch"], [StepRecord(**r) for r in meta["steps"]], meta["build_s"], meta["params"],
+                   meta["nonzero"], meta["state_bytes"], outputs, meta["metric"], meta["recipe"],
+                   tuple(meta["requires"]), meta.get("settings", {}), key, cached=True)
+
+
+def build(runner, t) -> Built:
+    """The variant of ``t`` built (or reused from the cache); an ``artifact:`` variant is not
+    built: its outputs are the file's own, run in the fresh process."""
+    if t.made_elsewhere:
+        r = runner.reload(t.with_format(t.variant.formats[0]))
+        arch = baseline_arch(t.spec) if (t.spec.model.factory or t.spec.model.hf) else {}
+        return Built(None, arch, [], 0.0, None, None, None, r.outputs, r.metric, t.variant.recipe)
+    key = build_key(t.spec, t.vname)
+    use_search_path(search_dirs(t.spec))  # a cached model unpickles the user's classes
+    hit = runner.cache.get_built(key)
+    if hit is not None:
+        meta, model, outputs = hit
+        return Built.from_meta(meta, model, outputs, key)
+    built = _fresh(runner, t)
+    built.key = key
+    runner.cache.put_built(key, built.meta(), built.model, built.outputs)
+    return built
+
+
+def _fresh(runner, t) -> Built:
+    import torch
+    spec, v = t.spec, t.variant
+    base = runner.baseline_model(spec) if (spec.model.factory or spec.model.hf) else None
+    data = runner.data(spec)
+    t0 = time.perf_counter()
+    if v.model is not None:  # the variant's own model (a QAT checkpoint, a student), then its recipes
+        model = build_variant_model(spec, v)
+    else:
+        model = base if not v.steps else copy.deepcopy(base)
+    arch = variant_arch(spec, v)
+    records, requires, settings = [], [], {}
+    for i, step in enumerate(v.steps):
+        name = type(step).recipe_name
+        ctx = RecipeContext(spec=spec, data=data, baseline=base, search=search_dirs(spec),
+                            log=lambda s, _n=name: runner.log(f"{t.id} {_n}: {s}"), where=t.where,
+                            example=runner.example(spec))
+        ts = time.perf_counter()
+        torch.manual_seed(0)
+        try:
+            out = apply_step(step, model, ctx)
+        except StageError:
+            raise
+        except Exception as e:
+            raise StageError("build", f"recipe step {i + 1} ({step.short()}) failed: {describe_exc(e)}",
+                             spec=spec.name, variant=t.vname, where=t.where) from e
+        model = out.model
+        if out.arch is not None:
+            arch = out.arch
+        requires += [r for r in out.requires if r not in requires]
+        settings.update(out.settings)
+        p, nz = count_params(model)
+        records.append(StepRecord(step.short(), out.summary, time.perf_counter() - ts, p, nz, state_bytes(model),
+                                  out.details))
+    _eval_mode(model)
+    build_s = time.perf_counter() - t0
+    outputs = run_in_memory(runner, t, model)
+    value = runner.score(t, outputs, what="in-memory")
+    p, nz = count_params(model)
+    return Built(model, arch, records, build_s, p, nz, state_bytes(model), outputs, value, v.recipe, tuple(requires),
+                 settings)
+
+
+def run_in_memory(runner, t, model):
+    """The model's outputs on the evaluation batches, concatenated (float32)."""
+    import torch
+    outs = []
+    b = None
+    try:
+        with torch.inference_mode():
+            for b in runner.batches(t.spec):
+                o = primary_output(model(b))
+                if o.shape[:1] != b.shape[:1]:
+                    raise StageError("run", f"the in-memory model returned shape {tuple(o.shape)} for a batch of "
+                                     f"{b.shape[0]}: outputs must keep the batch dimension first",
+                                     spec=t.spec.name, variant=t.vname, where=t.spec.at(t.variant.line))
+                outs.append(o.detach().float())
+    except StageError:
+        raise
+    except Exception as e:
+        shape = tuple(b.shape) if b is not None else "?"
+        raise StageError("run", f"the in-memory model failed on an evaluation batch of shape {shape}: "
+                         f"{describe_exc(e)}", spec=t.spec.name, variant=t.vname,
+                         where=t.spec.at(t.variant.line)) from e
+    return torch.cat(outs)
+
+
+def _eval_mode(model) -> None:
+    try:
+        model.eval()
+    except NotImplementedError:  # pt2e-converted graphs are switched by the recipe itself
+        pass

@@ -1,0 +1,87 @@
+"""Reload stage: load the artifact in a fresh process (:mod:`deploycheck.worker`), measure its
+latency side by side with the baseline's, run the evaluation batches, and score the outputs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..cache import result_key
+from ..errors import StageError
+from ..formats import FORMATS
+from ..models import search_dirs
+from ..protocol import LatencyPlan, WorkerResult, load_request
+from .save import VariantUnsupported
+
+
+@dataclass
+class Reload:
+    result: WorkerResult
+    outputs: Any
+    metric: float | None
+    seconds: float
+    extra_outputs: Any = None  # outputs on the semantic triplets' texts, when the spec has them
+
+
+def latency_plan(runner, t) -> LatencyPlan:
+    lat = t.spec.latency
+    compare, base, limit = False, None, None
+    if not t.is_baseline:
+        compare = True
+        try:
+            base = runner.artifact(t.baseline()).ref()
+        except (StageError, VariantUnsupported):
+            base = None  # the latency check says the baseline has no artifact in this format
+        th = t.variant.thresholds.latency
+        limits = [x for x in (th.max_ratio, 1 / th.min_speedup if th.min_speedup else None) if x]
+        limit = min(limits) if limits else None
+    return LatencyPlan(example=runner.inputs_files(t.spec)["example"], warmup=lat.warmup, min_rounds=lat.min_rounds,
+                       max_time_s=lat.max_time_s, round_ms=lat.round_ms, confidence=lat.confidence,
+                       batch_sizes=tuple(lat.batch_sizes), compare=compare, baseline=base, ratio_limit=limit)
+
+
+def reload(runner, t) -> Reload:
+    art = runner.artifact(t)
+    files = runner.inputs_files(t.spec)
+    req = load_request(art.ref(), workdir=runner.variant_dir(t), stem=t.fmt, inputs=files["eval"],
+                       threads=t.spec.latency.threads, latency=latency_plan(runner, t),
+                       extra_inputs=files.get("semantic"), memory_mb=t.spec.isolation.memory_mb,
+                       python_path=search_dirs(t.spec) if FORMATS.get(t.fmt)().needs_code(t.fspec.options) else ())
+    if os.path.exists(req.result):
+        os.unlink(req.result)
+    rkey = result_key(req.to_json(), runner.inputs_sha(t.spec))
+    cached = runner.cache.get_result(rkey, req.outputs)
+    if cached is not None:
+        res = WorkerResult.from_json(cached)
+        res.cached = True
+        return _finish(runner, t, res, req.outputs, 0.0)
+    out = runner.pool.run(req, timeout_s=t.spec.isolation.timeout_s)
+    if out.result is None:
+        raise StageError("load", f"{out.death()} while loading and running {os.path.basename(art.path)}",
+                         detail=_tail("process output", out.log_tail), **t.ident())
+    r = out.result
+    if not r.ok:
+        stage = "load" if r.stage == "load" else "run"
+        msg = f"{r.kind}: {r.message.splitlines()[0] if r.message else ''}"
+        detail = r.traceback or "\n".join(r.message.splitlines()[1:])
+        raise StageError(stage, msg, detail=_tail("traceback", detail) if detail else "", **t.ident())
+    runner.cache.put_result(rkey, r.to_json(), req.outputs)
+    return _finish(runner, t, r, req.outputs, out.seconds)
+
+
+def _finish(runner, t, r: WorkerResult, outputs_path: str, seconds: float) -> Reload:
+    import torch
+    outputs = torch.cat(torch.load(outputs_path, weights_only=True))
+    value = runner.score(t, outputs, what="reloaded")
+    extra = None
+    if os.path.exists(outputs_path + ".extra.pt"):
+        extra = torch.cat(torch.load(outputs_path + ".extra.pt", weights_only=True))
+    return Reload(r, outputs, value, seconds, extra)
+
+
+def _tail(title: str, text: str, n: int = 25) -> str:
+    lines = text.rstrip().splitlines()
+    if not lines:
+        return ""
+    return f"--- {title} (last {min(n, len(lines))} lines) ---\n" + "\n".join(lines[-n:])

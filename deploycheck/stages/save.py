@@ -1,0 +1,91 @@
+"""Save stage: serialize a built variant into one format, next to its manifest (size, sha256,
+input signature, what a loader needs). Files are written under a temporary name and renamed, so
+an interrupted save never leaves a file that looks whole. A variant made elsewhere is used in
+place, never copied or rewritten."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import warnings
+from dataclasses import dataclass
+
+from ..cache import artifact_key
+from ..errors import StageError
+from ..formats import FORMATS, Unsupported
+from ..formats.integrity import read_manifest, sha256, write_manifest
+from ..models import baseline_arch, describe_exc
+from ..protocol import ArtifactRef
+
+
+class VariantUnsupported(Exception):
+    """A format cannot hold a variant; carries the exporter's reason."""
+
+    def __init__(self, reason: str, *, spec: str, variant: str, fmt: str, where: str):
+        self.reason, self.spec, self.variant, self.fmt, self.where = reason, spec, variant, fmt, where
+        super().__init__(f"{fmt} cannot hold variant {variant!r}: {reason}")
+
+
+@dataclass
+class Artifact:
+    path: str
+    manifest: dict
+    size: int
+    sha256: str
+    save_s: float
+    format: str = ""
+    options: dict = dataclasses.field(default_factory=dict)
+    cached: bool = False
+
+    def ref(self) -> ArtifactRef:
+        """What a worker process needs to load it."""
+        return ArtifactRef(self.path, self.format, self.options, self.manifest)
+
+
+def save(runner, t) -> Artifact:
+    if t.made_elsewhere:
+        return _made_elsewhere(t)
+    b = runner.built(t)
+    fmt = FORMATS.get(t.fmt)()
+    options = dataclasses.asdict(t.fspec.options)
+    path = os.path.join(runner.variant_dir(t), f"model{fmt.suffix}")
+    akey = artifact_key(b.key, t.fspec)
+    man = runner.cache.get_artifact(akey, path)
+    if man is not None:
+        return Artifact(path, man, man["size"], man["sha256"], 0.0, t.fmt, options, cached=True)
+    tmp = os.path.join(os.path.dirname(path), f"partial-{os.path.basename(path)}")  # keeps the suffix
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            extra = fmt.save(b.model, tmp, example=runner.example(t.spec), options=t.fspec.options, arch=b.arch)
+    except Unsupported as e:
+        raise VariantUnsupported(str(e), spec=t.spec.name, variant=t.vname, fmt=t.fmt, where=t.where) from e
+    except Exception as e:
+        raise StageError("save", f"saving as {t.fmt} failed: {describe_exc(e)}", **t.ident()) from e
+    os.replace(tmp, path)
+    man = write_manifest(path, fmt=t.fmt, input_shape=t.spec.model.inputs.shape, input_dtype=t.spec.model.inputs.dtype,
+                         extra={**(extra or {}), "requires": list(b.requires), "torch_settings": b.settings})
+    runner.cache.put_artifact(akey, path, man)
+    return Artifact(path, man, man["size"], man["sha256"], time.perf_counter() - t0, t.fmt, options)
+
+
+def _made_elsewhere(t) -> Artifact:
+    """The user's file, used in place. Its manifest is the one deploycheck wrote next to it, if
+    any, else its size and checksum (pinned by artifact.sha256)."""
+    spec, src = t.spec, t.variant.artifact
+    path = os.path.join(os.path.dirname(os.path.abspath(spec.path)), src.path)
+    exists = os.path.isfile(path)
+    actual = sha256(path) if exists else ""
+    man = dict(read_manifest(path) or {}) if exists else {}
+    fspec = t.variant.formats[0]
+    if not man:
+        man = {"format": src.format, "size": None, "sha256": actual, "made_elsewhere": True}
+        if FORMATS.get(src.format)().needs_code(fspec.options) and (spec.model.factory or spec.model.hf):
+            man.update(baseline_arch(spec))  # a state dict rebuilds the spec's architecture
+    if src.sha256:
+        man["sha256"] = src.sha256  # a pinned checksum: a changed file fails load as corrupted
+        man["pinned_by"] = "artifact.sha256 in the spec"
+    return Artifact(path, man, os.path.getsize(path) if exists else 0, actual, 0.0, fspec.name,
+                    dataclasses.asdict(fspec.options))
