@@ -76,12 +76,13 @@ def baseline_nonfinite(runner, t: Target) -> str | None:
     return None
 
 
-def where_it_departs(runner, t: Target) -> tuple[str, dict]:
-    """On a failing comparison with the baseline: the message's continuation naming the first
-    module where the variant departs, with a short per-layer table, and the same as details."""
-    if t.is_baseline:
+def where_it_departs(runner, t: Target, *, against: str = "baseline") -> tuple[str, dict]:
+    """On a failing comparison: the message's continuation naming the first module where the
+    variant (its reloaded artifact where the format exposes layers) departs from the baseline,
+    or from the in-memory variant, with a short per-layer table, and the same as details."""
+    if t.is_baseline and against == "baseline":
         return "", {}
-    res = runner.divergence(t)
+    res = runner.divergence(t, against=against)
     if res.get("note") == "artifact made elsewhere":
         return ("\n  where: an artifact made elsewhere has no in-memory model here to compare layer by layer",
                 {"divergence": res})
@@ -143,6 +144,10 @@ def outputs_check(runner, t: Target) -> Verdict:
                               left="reloaded", right="baseline" if made_elsewhere else "in-memory", atol=th.atol,
                               rtol=th.rtol)
         msg += saturation_hint(v)
+        if not made_elsewhere:
+            where, det = where_it_departs(runner, t, against="in-memory")
+            msg += where
+            details.update(det)
         return Verdict("outputs", False, msg, formula, st["max_abs"], {"atol": th.atol, "rtol": th.rtol}, details)
     return Verdict("outputs", True, formula=formula, value=st["max_abs"], threshold={"atol": th.atol, "rtol": th.rtol},
                    details=details)

@@ -190,9 +190,7 @@ class CheckItem(pytest.Item):
 
 
 class SnapshotItem(CheckItem):
-    """An item syrupy can locate and track as its own."""
-
-    syrupy_compatible = True
+    """An item syrupy can locate and track as its own (see snapshots.make_locatable)."""
 
     def __init__(self, **kw):
         super().__init__(**kw)

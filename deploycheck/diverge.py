@@ -1,40 +1,34 @@
-"""Where a variant departs from its baseline: per-layer comparison on the failing probes.
+"""Where a variant departs from its reference: per-layer comparison on the failing probes.
 
-Run only when a check that compares a variant with its baseline fails (metric, fidelity,
-snapshot), so it costs nothing while checks pass. Both in-memory models run the same probes
-with forward hooks on every module; modules are matched by name (a wrapper's prefix such as the
-fp16 cast's ``inner.`` is stripped). Per matched module, in the variant's execution order: the
-largest absolute difference, the mean cosine similarity to the baseline's activation, and the
-relative error ``||variant - baseline|| / ||baseline||`` as a share of the final output's. The
-first module whose relative error is beyond tolerance is where the variant departs.
+Run only when a check fails (outputs, metric, fidelity, snapshot), so it costs nothing while
+checks pass. Activations are captured per module, by name:
 
-A reloaded artifact does not expose its layers here (an exported graph or an ONNX session would
-need format-specific plumbing), so the table always describes the in-memory variant, and says so.
+- eager models: forward hooks on every module;
+- a reloaded ``export`` artifact: its graph nodes, mapped to the modules they came from by their
+  ``nn_module_stack`` (a module's activation is its last node's output);
+- a reloaded ``onnx`` artifact: every node's output made a graph output, run by onnxruntime, and
+  mapped to modules by the exporter's ``name_scopes`` metadata.
+
+Other formats (TorchScript, AOTInductor, state dicts) do not expose their layers; the table then
+describes the in-memory variant and says so. Modules are matched by name (a wrapper's prefix such
+as the fp16 cast's ``inner.`` is stripped). Per matched module, in execution order: the largest
+absolute difference, the mean cosine similarity to the reference activation, and the relative
+error ``||x - reference|| / ||reference||`` as a share of the final output's. The first module whose
+relative error is beyond tolerance is where it departs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from .protocol import first_tensor
+
 #: a layer departs when its relative error exceeds this, or 10% of the final output's
 MIN_REL = 1e-3
 
 
-def _first_tensor(out: Any):
-    import torch
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)):
-        for o in out:
-            t = _first_tensor(o)
-            if t is not None:
-                return t
-    if isinstance(out, dict):
-        for o in out.values():
-            t = _first_tensor(o)
-            if t is not None:
-                return t
-    return None
+#: formats whose reloaded artifact exposes per-module activations here
+EXPOSES_LAYERS = ("export", "onnx")
 
 
 def _capture(model, probes) -> tuple[dict[str, Any], list[str], Any]:
@@ -49,7 +43,7 @@ def _capture(model, probes) -> tuple[dict[str, Any], list[str], Any]:
             continue
 
         def hook(_m, _inp, out, _name=name):
-            t = _first_tensor(out)
+            t = first_tensor(out)
             if t is not None and _name not in acts:
                 try:
                     acts[_name] = t.detach().dequantize() if t.is_quantized else t.detach()
@@ -62,7 +56,7 @@ def _capture(model, probes) -> tuple[dict[str, Any], list[str], Any]:
             pass
     try:
         with torch.inference_mode():
-            final = _first_tensor(model(probes))
+            final = first_tensor(model(probes))
     finally:
         for h in hooks:
             h.remove()
@@ -93,11 +87,97 @@ def _stats(a, b) -> dict | None:
     return {"max_abs": diff.abs().max().item() if diff.numel() else 0.0, "rel": rel, "cosine": cos}
 
 
-def localise(baseline, variant, probes) -> dict:
-    """Per-layer comparison of ``variant`` with ``baseline`` on ``probes`` (see module doc)."""
+def capture_artifact(path: str, fmt: str, probes, *, manifest: dict | None = None):
+    """Per-module activations of a reloaded artifact (see the module doc), or None where the
+    format does not expose its layers."""
+    if fmt not in EXPOSES_LAYERS:
+        return None
+    for lib in (manifest or {}).get("requires", []):
+        __import__(lib)  # libraries that register the artifact's operators (torchao for pt2e int8)
+    return _capture_export(path, probes) if fmt == "export" else _capture_onnx(path, probes)
+
+
+def _capture_export(path: str, probes):
+    import torch
+    import torch.fx
+
+    gm = torch.export.load(path).module()
+    acts: dict[str, Any] = {}
+    order: list[str] = []
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            stack = n.meta.get("nn_module_stack") if n.op == "call_function" else None
+            t = first_tensor(out) if stack else None
+            if t is not None and t.is_floating_point():
+                for name, _type in stack.values():
+                    if name:
+                        if name not in acts:
+                            order.append(name)
+                        acts[name] = t.detach()  # the module's last node so far: its output at the end
+            return out
+
+    with torch.inference_mode():
+        final = first_tensor(Recorder(gm).run(probes))
+    return acts, order, final
+
+
+def _capture_onnx(path: str, probes):
+    import ast
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    model = onnx.load(path)
     try:
-        b_acts, _, b_final = _capture(baseline, probes)
-        v_acts, v_order, v_final = _capture(variant, probes)
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - outputs without inferred types still run
+        pass
+    typed = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.output)}
+    existing = {o.name for o in model.graph.output}
+    scopes: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        if "pkg.torch.onnx.name_scopes" not in meta or not node.output or not node.output[0]:
+            continue
+        try:
+            names = [n for n in ast.literal_eval(meta["pkg.torch.onnx.name_scopes"])[:-1] if n]
+        except (ValueError, SyntaxError):
+            continue
+        out = node.output[0]
+        scopes[out] = names
+        if out not in existing:
+            model.graph.output.append(typed.get(out) or onnx.ValueInfoProto(name=out))
+            existing.add(out)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every node's output
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: probes.numpy()}
+    names = [o.name for o in sess.get_outputs()]
+    values = dict(zip(names, sess.run(names, feed)))
+    acts: dict[str, Any] = {}
+    order: list[str] = []
+    for out, mods in scopes.items():  # graph order
+        v = values.get(out)
+        if v is None or not np.issubdtype(np.asarray(v).dtype, np.floating):
+            continue
+        for name in mods:
+            if name not in acts:
+                order.append(name)
+            acts[name] = torch.from_numpy(np.asarray(v))
+    final = torch.from_numpy(np.asarray(values[names[0]]))
+    return acts, order, final
+
+
+def localise(reference, variant, probes, *, captured=None) -> dict:
+    """Per-layer comparison of ``variant`` with ``reference`` on ``probes`` (see module doc);
+    ``captured`` replaces the variant's eager capture with an artifact's."""
+    try:
+        b_acts, _, b_final = _capture(reference, probes)
+        v_acts, v_order, v_final = captured if captured is not None else _capture(variant, probes)
     except Exception as e:  # noqa: BLE001 - localisation explains a failure; it never adds one
         return {"rows": [], "first": None, "note": f"could not run the layer comparison: {type(e).__name__}: {e}"}
     names = _strip(v_order, set(b_acts))
@@ -130,10 +210,12 @@ def render(result: dict, *, probes: int, limit_rows: int = 10) -> str:
     """The message's continuation: where it departs, then a short per-layer table."""
     rows = result.get("rows") or []
     lines = []
+    subject = result.get("subject", "the variant")
+    reference = result.get("reference", "the baseline")
+    source = result.get("source", "in memory")
     if result.get("first"):
-        lines.append(f"  where: the variant first departs from the baseline at module {result['first']!r} "
-                     f"(relative error > {result['limit']:.2g}), on {probes} probes, in memory "
-                     "(a reloaded artifact does not expose its layers)")
+        lines.append(f"  where: {subject} first departs from {reference} at module {result['first']!r} "
+                     f"(relative error > {result['limit']:.2g}), on {probes} probes, {source}")
     elif rows:
         lines.append(f"  where: no module departs beyond {result['limit']:.2g}; the difference appears at the output")
     if result.get("note"):

@@ -104,13 +104,25 @@ def load_request(ref: ArtifactRef, *, workdir: str, stem: str, inputs: str, thre
                          extra_inputs=extra_inputs, memory_mb=memory_mb, python_path=tuple(python_path))
 
 
+def first_tensor(o: Any) -> Any:
+    """The first tensor in what a model or module returns (a tensor as it is; the first one found
+    in a tuple, list or dict, depth first, e.g. a Hugging Face output), or None."""
+    if hasattr(o, "shape") and hasattr(o, "dtype"):
+        return o
+    if isinstance(o, dict):
+        o = list(o.values())
+    if isinstance(o, (tuple, list)):
+        for x in o:
+            t = first_tensor(x)
+            if t is not None:
+                return t
+    return None
+
+
 def primary_output(o: Any) -> Any:
-    """The tensor a model's call returns, whatever it wraps it in: a tensor as it is, the first
-    element of a tuple or list, the first value of a dict (a Hugging Face output, say)."""
-    if isinstance(o, (tuple, list)) and o:
-        o = o[0]
-    if isinstance(o, dict) and o:
-        o = next(iter(o.values()))
-    if not hasattr(o, "shape"):
+    """The tensor a model's call returns, whatever it wraps it in (see :func:`first_tensor`);
+    anything else is an error the caller reports with its stage."""
+    t = first_tensor(o)
+    if t is None:
         raise TypeError(f"the model returned {type(o).__name__}, not a tensor")
-    return o
+    return t

@@ -195,14 +195,43 @@ class Runner:
             return self.reload(t.with_format(t.variant.formats[0])).extra_outputs
         return torch.cat(self.run_model(t, "semantic", lambda: self.semantic_batches(t.spec)[0]))
 
-    def divergence(self, t: Target) -> dict:
-        """Where the in-memory variant departs from the baseline, layer by layer (computed once
-        per variant, only when a check fails)."""
+    def divergence(self, t: Target, *, against: str = "baseline") -> dict:
+        """Where the variant departs from ``against`` ("baseline", or "in-memory" for the reloaded
+        artifact against its own in-memory model), layer by layer; computed once per variant,
+        format and reference, and only when a check fails. The reloaded artifact's own layers
+        where its format exposes them (export, onnx), else the in-memory variant's, said so."""
         def make():
             import torch
-            base, var = self.built(t.baseline()).model, self.built(t).model
-            if base is None or var is None:
-                return {"rows": [], "first": None, "note": "artifact made elsewhere"}
+            ref_t = t.baseline() if against == "baseline" else t
+            ref, var = self.built(ref_t).model, self.built(t).model
             probes = torch.cat(self.batches(t.spec))[:DIVERGENCE_PROBES]
-            return {**diverge.localise(base, var, probes), "probes": len(probes)}
-        return self._memo(t.without_format().key("divergence"), make)
+            words = {"subject": "the variant", "reference": "the baseline" if against == "baseline"
+                     else "the in-memory variant", "probes": len(probes)}
+            if ref is None:
+                return {"rows": [], "first": None, "note": "artifact made elsewhere", **words}
+            captured, fmt = None, t.fmt
+            if fmt in diverge.EXPOSES_LAYERS:
+                art = self.artifact(t)
+                try:
+                    captured = diverge.capture_artifact(art.path, fmt, probes, manifest=art.manifest)
+                except Exception as e:  # noqa: BLE001 - localisation explains a failure; it never adds one
+                    words["note"] = f"the {fmt} artifact's layers could not be read ({describe_exc(e)}); in memory instead"
+            if captured is not None:
+                words.update(subject=f"the reloaded {fmt} artifact",
+                             source="in its own layers (" + ("graph nodes mapped to modules" if fmt == "export"
+                                                            else "intermediate outputs from onnxruntime") + ")")
+            elif against != "baseline":
+                return {"rows": [], "first": None, **words,
+                        "note": words.get("note") or f"a {fmt} artifact does not expose its layers here "
+                                                     f"(layer tables read {' and '.join(diverge.EXPOSES_LAYERS)})"}
+            elif var is None:
+                return {"rows": [], "first": None, "note": "artifact made elsewhere", **words}
+            else:
+                words["source"] = "in memory" + (f" (a reloaded {fmt} artifact does not expose its layers)" if fmt
+                                                 else "")
+            res = diverge.localise(ref, var, probes, captured=captured)
+            if words.get("note") and not res.get("note"):
+                res["note"] = words.pop("note")
+            return {**res, **{k: v for k, v in words.items() if k != "note"}}
+        key = (t if t.fmt else t.without_format()).key(f"divergence:{against}")
+        return self._memo(key, make)

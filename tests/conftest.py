@@ -220,6 +220,15 @@ class Deep(nn.Module):
         return self.l4(torch.relu(self.l3(torch.relu(self.l2(torch.relu(self.l1(x)))))))
 
 
+class ExportsDifferently(Deep):
+    """Deep, but l3 adds 1 while torch.export traces it: a stand-in for a conversion that changes
+    one layer, so the reloaded export/ONNX file departs from the in-memory model at l3."""
+
+    def __init__(self):
+        super().__init__()
+        self.l3.register_forward_hook(lambda m, i, o: o + 1.0 if torch.compiler.is_exporting() else o)
+
+
 def corrupt(model, ctx, layer="l2"):
     """A custom recipe standing in for a bad conversion: one layer's weights scrambled."""
     with torch.no_grad():

@@ -44,7 +44,7 @@ def test_a_corrupted_layer_is_named_first(project):
     res.stdout.fnmatch_lines([
         "mean cosine vs baseline * < min_mean_cosine 0.999",
         "  where: the variant first departs from the baseline at module 'l2' (relative error > *), on 16 probes, "
-        "in memory (a reloaded artifact does not expose its layers)",
+        "in memory (a reloaded torchscript artifact does not expose its layers)",
         "    module  max abs diff     cosine  share of final error",
         "    l1 * 0 * 1.00000 * 0.0%",  # the layer before it is untouched
         "    l2 *%",
@@ -54,6 +54,53 @@ def test_a_corrupted_layer_is_named_first(project):
     assert rec["details"]["divergence"]["first"] == "l2"
     page = (project.path / "reports" / "deploycheck.html").read_text()
     assert "first departs at <code>l2</code>" in page
+
+
+def test_exported_graphs_and_onnx_are_localised_in_their_own_layers(project):
+    project.write(make_spec(factory="Deep", formats="[torchscript, export, onnx]",
+                            variants="  baseline: {}\n  bad:\n    custom: {callable: 'tinymodels:corrupt', kwargs: {layer: l2}}",
+                            thresholds="  fidelity: {min_mean_cosine: 0.999}"))
+    res = project.run("-k", "bad and fidelity")
+    res.assert_outcomes(failed=3)
+    res.stdout.fnmatch_lines([
+        "  where: the reloaded export artifact first departs from the baseline at module 'l2' (relative error > *), "
+        "on 16 probes, in its own layers (graph nodes mapped to modules)",
+        "    module  max abs diff     cosine  share of final error",
+        "    l1 * 1.00000 *",
+        "    l2 *%",
+    ])
+    res.stdout.fnmatch_lines([
+        "  where: the reloaded onnx artifact first departs from the baseline at module 'l2' (relative error > *), "
+        "on 16 probes, in its own layers (intermediate outputs from onnxruntime)",
+        "    module  max abs diff     cosine  share of final error",
+        "    l1 * 1.00000 *",
+        "    l2 *%",
+    ])
+    res.stdout.fnmatch_lines(["  where: the variant first departs from the baseline at module 'l2' *, in memory "
+                              "(a reloaded torchscript artifact does not expose its layers)"])
+
+
+def test_a_reloaded_file_that_departs_from_its_in_memory_model_names_the_layer(project):
+    """The outputs check (reloaded vs in-memory): the layer table compares the file's own layers
+    with the in-memory model's, where the format exposes them, and says when it cannot."""
+    import json
+    project.write(make_spec(factory="ExportsDifferently", formats="[torchscript, export, onnx]",
+                            thresholds="  outputs: {atol: 0.001}"))
+    res = project.run("-k", "outputs")
+    res.assert_outcomes(failed=2, passed=1)  # torchscript traces without torch.export: it matches
+    for fmt, how in (("export", "graph nodes mapped to modules"), ("onnx", "intermediate outputs from onnxruntime")):
+        res.stdout.fnmatch_lines([
+            f"*check] outputs failed for tiny::baseline::{fmt}*",
+            "outputs of the reloaded * artifact differ from the in-memory variant*",
+            f"  where: the reloaded {fmt} artifact first departs from the in-memory variant at module 'l3' "
+            f"(relative error > *), on 16 probes, in its own layers ({how})",
+        ])
+    doc = json.loads((project.path / "reports" / "deploycheck.json").read_text())
+    rows = {r["format"]: r["details"]["divergence"] for r in doc["records"] if r["check"] == "outputs"
+            and r["status"] == "failed"}
+    assert rows["export"]["first"] == rows["onnx"]["first"] == "l3"
+    l2 = next(r for r in rows["export"]["rows"] if r["module"] == "l2")
+    assert l2["max_abs"] == 0.0  # before the changed layer the file agrees exactly
 
 
 def test_a_pruned_variant_shows_its_error_growing_over_layers(project):

@@ -72,11 +72,14 @@ def test_unused_snapshot_is_reported_and_removed_on_update(project):
     assert (project.path / "__snapshots__/tiny/tiny.baseline.torchscript.snapshot.json").exists()
 
 
-def test_snapshot_details_option_works(project):
+def test_snapshot_details_option_names_each_snapshot_file(project):
     project.write(make_spec(snapshot="true"))
-    project.run("-k", "snapshot", "--snapshot-update").assert_outcomes(passed=1)
-    res = project.run("-k", "snapshot", "--snapshot-details")
+    res = project.run("-k", "snapshot", "--snapshot-update", "--snapshot-details")
     res.assert_outcomes(passed=1)
+    res.stdout.fnmatch_lines(["Generated * (*__snapshots__/tiny/tiny.baseline.torchscript.snapshot.json)"])
+    project.write(make_spec(snapshot="true", formats="[export]"))  # the torchscript snapshot is now unused
+    res = project.run("-k", "snapshot", "--snapshot-details")
+    res.stdout.fnmatch_lines(["Unused * (*__snapshots__/tiny/tiny.baseline.torchscript.snapshot.json)"])
 
 
 def test_update_under_xdist_loses_nothing(project):

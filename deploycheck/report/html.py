@@ -122,8 +122,10 @@ def divergence_table(row: dict) -> str:
     """Where a failing variant departs from its baseline, per module (see deploycheck.diverge)."""
     e = html.escape
     d = row["divergence"]
+    how = (f" ({e(d.get('subject', 'the variant'))} vs {e(d.get('reference', 'the baseline'))}, "
+           f"{e(d.get('source', 'in memory'))})")
     head = (f"<details><summary>{e(row['variant'])} / {e(row['format'])}: first departs at "
-            f"<code>{e(str(d.get('first')))}</code></summary><div class='wrap'><table><tr><th>module</th>"
+            f"<code>{e(str(d.get('first')))}</code>{how}</summary><div class='wrap'><table><tr><th>module</th>"
             "<th>max abs diff</th><th>cosine</th><th>share of final error</th></tr>")
     body = "".join(f"<tr class='{'FAIL' if r['module'] == d.get('first') else ''}'><td class='l'>{e(r['module'])}</td>"
                    f"<td>{r['max_abs']:.4g}</td><td>{r['cosine']:.5f}</td><td>{r['share']:.1%}</td></tr>"
