@@ -36,9 +36,16 @@ class Registry(Generic[T]):
     """Name -> plug-in. Register with ``@registry.register("name")`` or lazily with a
     ``"module:attr"`` string, so heavy modules load only when a spec uses them."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, *, discover: Callable[["Registry[T]"], None] | None = None):
         self.kind = kind
         self._items: dict[str, T | str] = {}
+        self._discover = discover  # registers installed plug-ins, once, when a name is first looked up
+
+    def _discovered(self) -> dict[str, T | str]:
+        if self._discover is not None:
+            discover, self._discover = self._discover, None
+            discover(self)
+        return self._items
 
     def register(self, name: str, obj: T | str | None = None) -> Callable[[T], T] | T | str:
         if obj is not None:
@@ -62,7 +69,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         try:
-            obj = self._items[name]
+            obj = self._discovered()[name]
         except KeyError:
             raise self.unknown(name) from None
         if isinstance(obj, str):
@@ -72,14 +79,14 @@ class Registry(Generic[T]):
         return obj
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return sorted(self._discovered())
 
     def in_order(self) -> list[str]:
         """Names in registration order (for docs and messages that follow the author's order)."""
-        return list(self._items)
+        return list(self._discovered())
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._discovered()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

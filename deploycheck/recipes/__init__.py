@@ -14,8 +14,22 @@ from typing import Any, Callable
 
 from ..registry import Registry
 
+def _register_plugins(registry: Registry) -> None:
+    """Installed packages add recipes through the ``deploycheck.recipes`` entry-point group:
+    ``name = "package.module:ConfigClass"``, a dataclass whose fields are the recipe's options
+    (validated at collection with file:line like the built-ins) and whose ``apply(model, ctx)``
+    makes the new module. Found when a recipe name is first looked up; a plug-in module is
+    imported only when a spec uses it."""
+    from importlib.metadata import entry_points  # scanning installed packages: ~20 ms, only when needed
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in registry._items:
+            continue  # a built-in name is never shadowed by a plug-in
+        registry.register(ep.name, ep.value)
+
+
+ENTRY_POINT_GROUP = "deploycheck.recipes"
 #: recipe name (the key used in a spec) -> config dataclass
-RECIPES: Registry[type] = Registry("recipe")
+RECIPES: Registry[type] = Registry("recipe", discover=_register_plugins)
 #: recipe name -> handler(config, model, ctx) -> StepResult (built-ins; plug-ins use config.apply)
 HANDLERS: Registry[Callable[..., "StepResult"]] = Registry("recipe handler")
 
@@ -26,9 +40,6 @@ for _name, _config, _handler in (
         ("custom", "deploycheck.recipes.custom:CustomConfig", "deploycheck.recipes._custom_impl:run")):
     RECIPES.register(_name, _config)
     HANDLERS.register(_name, _handler)
-
-ENTRY_POINT_GROUP = "deploycheck.recipes"
-
 
 @dataclass
 class StepResult:
@@ -96,17 +107,3 @@ def apply(config: Any, model: Any, ctx: RecipeContext) -> StepResult:
         return StepResult(**{"summary": f"plug-in recipe {name}", **out})
     return StepResult(model if out is None else out, f"plug-in recipe {name}")
 
-
-def _register_plugins() -> None:
-    """Installed packages add recipes through the ``deploycheck.recipes`` entry-point group:
-    ``name = "package.module:ConfigClass"``, a dataclass whose fields are the recipe's options
-    (validated at collection with file:line like the built-ins) and whose ``apply(model, ctx)``
-    makes the new module. Registered lazily: a plug-in is imported only when a spec uses it."""
-    from importlib.metadata import entry_points
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in RECIPES:
-            continue  # a built-in name is never shadowed by a plug-in
-        RECIPES.register(ep.name, ep.value)
-
-
-_register_plugins()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from deploycheck.recipes import StepResult
 from deploycheck.spec.schema import field
 
 
@@ -25,5 +26,5 @@ class ScaleOutputs:
             def forward(self, x):
                 return self.inner(x) * self.factor
 
-        return {"model": Scaled(model, self.factor), "summary": f"outputs scaled by {self.factor}",
-                "details": {"factor": self.factor}}
+        # A plain module would do too; a StepResult also says what the step did in the report.
+        return StepResult(Scaled(model, self.factor), f"outputs scaled by {self.factor}", {"factor": self.factor})
