@@ -137,8 +137,8 @@ def _capture_onnx(path: str, probes):
     except Exception:  # noqa: BLE001 - outputs without inferred types still run
         pass
     typed = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.output)}
-    existing = {o.name for o in model.graph.output}
-    scopes: dict[str, list[str]] = {}
+    last: dict[str, str] = {}   # module -> the output of its last node (its activation)
+    order: list[str] = []       # modules in the order they first run
     for node in model.graph.node:
         meta = {p.key: p.value for p in node.metadata_props}
         if "pkg.torch.onnx.name_scopes" not in meta or not node.output or not node.output[0]:
@@ -147,11 +147,16 @@ def _capture_onnx(path: str, probes):
             names = [n for n in ast.literal_eval(meta["pkg.torch.onnx.name_scopes"])[:-1] if n]
         except (ValueError, SyntaxError):
             continue
-        out = node.output[0]
-        scopes[out] = names
+        for name in names:
+            if name not in last:
+                order.append(name)
+            last[name] = node.output[0]
+    # Only the activations the table needs become graph outputs (a transformer's every node
+    # output, on 16 probes, would not fit in memory).
+    existing = {o.name for o in model.graph.output}
+    for out in dict.fromkeys(last.values()):
         if out not in existing:
             model.graph.output.append(typed.get(out) or onnx.ValueInfoProto(name=out))
-            existing.add(out)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every node's output
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
@@ -159,15 +164,12 @@ def _capture_onnx(path: str, probes):
     names = [o.name for o in sess.get_outputs()]
     values = dict(zip(names, sess.run(names, feed)))
     acts: dict[str, Any] = {}
-    order: list[str] = []
-    for out, mods in scopes.items():  # graph order
-        v = values.get(out)
+    for name in list(order):
+        v = values.get(last[name])
         if v is None or not np.issubdtype(np.asarray(v).dtype, np.floating):
+            order.remove(name)
             continue
-        for name in mods:
-            if name not in acts:
-                order.append(name)
-            acts[name] = torch.from_numpy(np.asarray(v))
+        acts[name] = torch.from_numpy(np.asarray(v))
     final = torch.from_numpy(np.asarray(values[names[0]]))
     return acts, order, final
 

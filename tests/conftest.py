@@ -299,8 +299,12 @@ def _private_cache(tmp_path_factory):
 
 
 @pytest.fixture
-def project(pytester, tmp_path_factory):
+def project(pytester, tmp_path_factory, monkeypatch):
     """A pytester dir with the tiny model module; ``write(spec_text, name)`` adds a spec file."""
+    # Under `pytest -n`, the inner runs are sessions of their own, not xdist workers: syrupy
+    # prints no snapshot report in a worker, and deploycheck would split the cores between workers.
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
     pytester.makepyfile(tinymodels=TINY_MODELS)
     pytester.makeini("[pytest]\n")  # rootdir = the project, as in a real repository
     run_dir = tmp_path_factory.mktemp("run")
