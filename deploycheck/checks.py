@@ -13,11 +13,11 @@ from typing import Any, Callable
 import pytest
 
 from . import diverge, machine, snapshots
+from .errors import StageError
 from .metrics import resolve
 from .numeric import compare_arrays, describe_nonfinite, fmt_num, nonfinite, render_mismatch
 from .registry import Registry
-from .errors import StageError
-from .runner import VariantUnsupported
+from .stages.save import VariantUnsupported
 from .target import Target
 
 
