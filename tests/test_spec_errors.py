@@ -100,6 +100,12 @@ def test_metric_and_data_errors():
     assert errors(make_spec().replace("sklearn:iris", "csv:iris.csv")) == [
         "s.yaml:7: data.source: expected 'sklearn:NAME', 'npz:PATH', 'text:PATH' or 'python:module:function', "
         "got 'csv:iris.csv'"]
+    assert errors(make_spec().replace("sklearn:iris", "skleran:iris")) == [
+        "s.yaml:7: data.source: did you mean 'sklearn'? expected 'sklearn:NAME', 'npz:PATH', 'text:PATH' or "
+        "'python:module:function', got 'skleran:iris'"]
+    assert errors(make_spec().replace("sklearn:iris", "sklearn:irises")) == [
+        "s.yaml:7: data.source: unknown sklearn dataset 'irises'; did you mean 'iris'? available: breast_cancer, "
+        "diabetes, digits, iris, wine"]
 
 
 def test_distill_student_must_be_an_import_path():

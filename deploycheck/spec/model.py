@@ -137,7 +137,8 @@ class DataSpec:
         scheme, sep, rest = self.source.partition(":")
         if scheme not in SOURCES or not sep or not rest:
             forms = [f"'{SOURCES.get(n).form}'" for n in SOURCES.in_order()]
-            return [("source", f"expected {', '.join(forms[:-1])} or {forms[-1]}, got {self.source!r}")]
+            hint = did_you_mean(scheme, SOURCES.names()) if sep else ""
+            return [("source", f"{hint}expected {', '.join(forms[:-1])} or {forms[-1]}, got {self.source!r}")]
         msg = SOURCES.get(scheme).check(rest)
         return [("source", msg)] if msg else []
 
