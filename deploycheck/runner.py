@@ -233,5 +233,4 @@ class Runner:
             if words.get("note") and not res.get("note"):
                 res["note"] = words.pop("note")
             return {**res, **{k: v for k, v in words.items() if k != "note"}}
-        key = (t if t.fmt else t.without_format()).key(f"divergence:{against}")
-        return self._memo(key, make)
+        return self._memo(t.key(f"divergence:{against}"), make)
