@@ -17,8 +17,8 @@ from .formats.integrity import FORMAT_NAMES, Diagnosis, check_file, read_manifes
 from .isolation import WorkerPool
 from .protocol import ArtifactRef, load_request
 from .report.compare import add_commands
-from .spec import parse, parse_file
-from .spec.loader import is_spec_text
+from .spec import duplicate_name, parse, parse_file
+from .spec.loader import may_be_spec
 from .spec.model import Spec
 from .spec.schema import json_schema
 
@@ -32,12 +32,8 @@ def _spec_files(paths: list[str]) -> list[str]:
                 for f in sorted(files):
                     if f.endswith((".yaml", ".yml")):
                         full = os.path.join(root, f)
-                        try:
-                            with open(full, encoding="utf-8") as fh:
-                                if is_spec_text(fh.read()):
-                                    out.append(full)
-                        except (OSError, UnicodeDecodeError):
-                            continue
+                        if may_be_spec(full):
+                            out.append(full)
         else:
             out.append(p)
     return out
@@ -49,12 +45,19 @@ def cmd_validate(args) -> int:
         print("no deploycheck specs found (a spec is a YAML file with a top-level 'deploycheck: 1')", file=sys.stderr)
         return 1
     bad = 0
+    names: dict[str, str] = {}
     for f in files:
         try:
             spec = parse_file(f)
         except SpecError as e:
             bad += 1
             print(e)
+            continue
+        spec = dataclasses.replace(spec, display=f)
+        other = names.setdefault(spec.name, f)
+        if other != f:
+            bad += 1
+            print(duplicate_name(spec, other))
             continue
         n = len(spec.variants)
         formats = sorted({fs.name for v in spec.variants.values() for fs in v.formats})

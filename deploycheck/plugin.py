@@ -20,7 +20,7 @@ from .report.records import Record
 from .report.write import write_reports
 from .runner import Runner
 from .snapshots import enable_for_items
-from .spec.loader import is_spec_text
+from .spec.loader import may_be_spec
 
 _RUNNER = pytest.StashKey[object]()
 log = logging.getLogger("deploycheck")
@@ -60,11 +60,7 @@ def pytest_configure(config):
 def pytest_collect_file(file_path, parent):
     if file_path.suffix not in (".yaml", ".yml"):
         return None
-    try:
-        text = file_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    if not is_spec_text(text):
+    if not may_be_spec(str(file_path)):
         return None  # other YAML (CI workflows, configs) is not ours
     return SpecFile.from_parent(parent, path=file_path)
 
