@@ -96,14 +96,21 @@ thresholds:
 
 def cmd_init(args) -> int:
     name = args.name or args.factory.rpartition(":")[2].lower().replace("_", "-")
-    text = INIT_TEMPLATE.format(name=name, factory=args.factory, shape=", ".join(str(int(s)) for s in args.shape.split(",")),
-                                data=args.data, metric=args.metric, schema=args.schema)
     out = args.output or os.path.join("specs", f"{name}.yaml")
+
+    def render(metric: str) -> str:
+        return INIT_TEMPLATE.format(name=name, factory=args.factory, data=args.data, metric=metric, schema=args.schema,
+                                    shape=", ".join(str(int(s)) for s in args.shape.split(",")))
     try:
-        parse(text, filename=out)
+        spec = parse(render(args.metric or "accuracy"), filename=out)
+        metric = args.metric or _metric_for(spec)
     except SpecError as e:
         print(e, file=sys.stderr)
         return 2
+    except InitError as e:
+        print(f"deploycheck init: {e}", file=sys.stderr)
+        return 2
+    text = render(metric)
     if os.path.exists(out) and not args.force:
         print(f"{out} exists; not overwriting it (use --force)", file=sys.stderr)
         return 1
@@ -112,6 +119,28 @@ def cmd_init(args) -> int:
         fh.write(text)
     print(f"wrote {out}; run: pytest {out}")
     return 0
+
+
+class InitError(Exception):
+    pass
+
+
+def _metric_for(spec) -> str:
+    """The metric that fits the data's targets: accuracy for integer class labels, r2 for values to
+    predict, cosine (to the baseline's outputs) for data without targets."""
+    import numpy as np
+    from .data.dataset import _raw
+    from .models import describe_exc
+    try:
+        raw = _raw(spec)
+    except Exception as e:
+        raise InitError(f"cannot load --data {spec.data.source!r} to choose a metric: {describe_exc(e)}; "
+                        "fix it, or pass --metric") from None
+    y = raw[1] if len(raw) == 2 else raw[3]
+    if y is None:
+        return "cosine"
+    y = np.asarray(y)
+    return "accuracy" if np.issubdtype(y.dtype, np.integer) or y.dtype == bool else "r2"
 
 
 def cmd_inspect(args) -> int:
@@ -219,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--factory", required=True, help="module:callable returning the nn.Module")
     i.add_argument("--shape", required=True, help="example input shape, batch first, e.g. 1,64")
     i.add_argument("--data", default="sklearn:digits", help="data source (default: sklearn:digits)")
-    i.add_argument("--metric", default="accuracy")
+    i.add_argument("--metric", help="quality metric (default: from the data's targets: accuracy for class "
+                                     "labels, r2 for values to predict, cosine without targets)")
     i.add_argument("--name")
     i.add_argument("--schema", default="../reports/deploycheck.schema.json", help="$schema path for editors")
     i.add_argument("-o", "--output", help="spec path (default: specs/NAME.yaml)")
