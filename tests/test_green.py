@@ -144,3 +144,172 @@ def test_init_picks_the_metric_from_the_targets(tmp_path):
                             "--data", data, "-o", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert p.returncode == 0, p.stderr
         assert f"\nmetric: {metric}\n" in out.read_text()
+
+
+# --- approved snapshots are never deleted by accident -----------------------------------------
+
+SNAPS = ["tiny.baseline.torchscript.snapshot.json", "tiny.p1.torchscript.snapshot.json",
+         "tiny.p2.torchscript.snapshot.json"]
+
+
+def snap_spec(p1: str = "prune: {method: random_unstructured, amount: 0.1, seed: 1}", p2_extra: str = "",
+              thresholds: str = "  metric: {max_drop: 0.5}") -> str:
+    variants = (f"  baseline: {{}}\n  p1:\n    {p1}\n"
+                f"  p2:\n    prune: {{method: random_unstructured, amount: 0.2, seed: 2}}\n{p2_extra}")
+    return make_spec(variants=variants.rstrip("\n"), snapshot="true", thresholds=thresholds)
+
+
+def recorded(project) -> dict[str, bytes]:
+    project.write(snap_spec())
+    project.run("-k", "snapshot", "--snapshot-update").assert_outcomes(passed=3)
+    folder = project.path / "__snapshots__/tiny"
+    files = {f: (folder / f).read_bytes() for f in sorted(os.listdir(folder))}
+    assert sorted(files) == SNAPS
+    return files
+
+
+def still_there(project, files: dict[str, bytes]) -> None:
+    folder = project.path / "__snapshots__/tiny"
+    assert {f: (folder / f).read_bytes() for f in sorted(os.listdir(folder))} == files
+
+
+def test_update_after_x_keeps_the_snapshots_that_never_ran(project):
+    files = recorded(project)
+    project.write(snap_spec(thresholds="  metric: {min: 2.0}"))  # the first metric item fails; -x stops there
+    res = project.run("--snapshot-update", "-x")
+    res.assert_outcomes(failed=1, passed=2)
+    assert "deleted" not in res.stdout.str()
+    still_there(project, files)
+
+
+def test_update_keeps_the_snapshot_of_a_variant_that_fails_to_build(project):
+    files = recorded(project)
+    project.write(snap_spec(p1="custom: {callable: 'tinymodels:crashes'}"))
+    res = project.run("-k", "snapshot", "--snapshot-update")
+    res.assert_outcomes(passed=2, failed=1)
+    res.stdout.fnmatch_lines(["*the recipe tripped over its own feet*"])
+    assert "deleted" not in res.stdout.str() and "unused" not in res.stdout.str()
+    still_there(project, files)
+
+
+def test_update_keeps_deselected_and_last_failed_snapshots(project):
+    files = recorded(project)
+    res = project.run("-k", "baseline and snapshot", "--snapshot-update")
+    res.assert_outcomes(passed=1)
+    assert "deleted" not in res.stdout.str()
+    still_there(project, files)
+    # --lf: only the item that failed last time runs
+    project.write(snap_spec(p2_extra="    thresholds: {metric: {min: 2.0}}"))
+    base = ("-p", "cacheprovider", f"--deploycheck-run-dir={project.path / 'run'}")
+    project.tester.runpytest(*base, "-k", "metric").assert_outcomes(passed=2, failed=1)
+    res = project.tester.runpytest(*base, "--lf", "--snapshot-update")
+    res.assert_outcomes(failed=1)
+    assert "deleted" not in res.stdout.str()
+    still_there(project, files)
+
+
+def test_update_under_xdist_keeps_what_it_did_not_run(project):
+    files = recorded(project)
+    res = project.run_subprocess("-n", "2", "-k", "p1 and snapshot", "--snapshot-update")
+    res.assert_outcomes(passed=1)
+    assert "deleted" not in res.stdout.str()
+    still_there(project, files)
+
+
+def test_snapshot_with_merge_conflict_markers_is_an_error_never_rewritten(project):
+    files = recorded(project)
+    path = project.path / "__snapshots__/tiny" / SNAPS[0]
+    text = files[SNAPS[0]].decode()
+    conflicted = text.replace('  "entries": {', '<<<<<<< HEAD\n  "entries": {', 1) + "=======\n{}\n>>>>>>> other\n"
+    path.write_text(conflicted)
+    res = project.run("-k", "snapshot", "--snapshot-update")
+    res.assert_outcomes(passed=2, failed=1)
+    line = text[:text.index('  "entries": {')].count("\n") + 1
+    res.stdout.fnmatch_lines([f"approved snapshot __snapshots__/tiny/{SNAPS[0]} does not parse: it holds merge-conflict "
+                              f"markers (line {line}: <<<<<<<); it is left as it is, even with --snapshot-update: "
+                              "resolve it by hand (keep every machine's entry), or delete it and record it anew"])
+    assert path.read_text() == conflicted
+    assert "deleted" not in res.stdout.str()
+
+
+def test_update_still_deletes_the_snapshot_of_a_removed_variant(project):
+    recorded(project)
+    project.write(snap_spec().replace("  p2:\n    prune: {method: random_unstructured, amount: 0.2, seed: 2}\n", ""))
+    res = project.run("-k", "snapshot", "--snapshot-update")
+    res.stdout.fnmatch_lines(["*1 unused snapshot deleted*"])
+    assert sorted(os.listdir(project.path / "__snapshots__/tiny")) == SNAPS[:2]
+
+
+# --- recipes do what they say -----------------------------------------------------------------
+
+SEQ_MODELS = """
+import torch
+from torch import nn
+
+
+class Recurrent(nn.Module):
+    \"\"\"Iris features as a sequence of 4 steps: an LSTM, a GRU and an attention layer, then a Linear.\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lstm = nn.LSTM(1, 16, batch_first=True)
+        self.gru = nn.GRU(16, 16, batch_first=True)
+        self.att = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h, _ = self.lstm(x.unsqueeze(-1))
+        h, _ = self.gru(h)
+        a, _ = self.att(h, h, h)
+        return self.out(a[:, -1])
+
+
+class Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp = nn.Linear(4, 64)
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.out(self.enc(self.inp(x).reshape(len(x), 4, 16))[:, 0])
+"""
+
+
+def seq_spec(factory: str, variants: str) -> str:
+    return make_spec(factory=factory, variants=variants, thresholds="  metric: {max_drop: 1.0}",
+                     formats="[torchscript]").replace("tinymodels:", "seqmodels:")
+
+
+def test_prune_covers_lstm_gru_and_attention_and_fails_when_it_falls_short(project):
+    project.tester.makepyfile(seqmodels=SEQ_MODELS)
+    project.write(seq_spec("Recurrent", "  baseline: {}\n  pruned:\n    prune: {method: l1_unstructured, amount: 0.5}\n"
+                                        "  linear-only:\n    prune: {method: l1_unstructured, amount: 0.5, modules: [Linear]}"))
+    res = project.run("-k", "metric")
+    res.assert_outcomes(passed=2, failed=1)
+    res.stdout.fnmatch_lines([
+        "*build] tiny::linear-only (declared at tiny.yaml:*): recipe step 1 (prune:l1_unstructured@0.5) failed: "
+        "ValueError: amount 0.5 was asked for, but only 4.1% of the model's weights are zero: 5 weight matrices (92% of "
+        "the weights) were not pruned: lstm.weight_hh_l0 (LSTM, 1,024), gru.weight_ih_l0 (GRU, 768), gru.weight_hh_l0 "
+        "(GRU, 768), att.in_proj_weight (MultiheadAttention, 768), lstm.weight_ih_l0 (LSTM, 64); add GRU, LSTM, "
+        "MultiheadAttention to prune.modules (now Linear), "
+        "or name those modules in prune.skip to keep them dense on purpose"])
+    rows = {r["variant"]: r for r in json.loads((project.path / "reports/deploycheck.json").read_text())["records"]}
+    info = rows["pruned"]["variant_info"]
+    assert info["steps"][0]["details"]["sparsity_model"] == 0.5
+    assert info["sparsity"] > 0.45  # every weight matrix (biases and norms apart) is half zero
+
+
+def test_torch_ao_dynamic_int8_on_a_transformer_encoder_names_the_module(project):
+    project.tester.makepyfile(seqmodels=SEQ_MODELS)
+    project.write(seq_spec("Encoder", "  baseline: {}\n  int8:\n    quantize: {method: dynamic_int8}"))
+    res = project.run("-k", "metric and not baseline")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines([
+        "*build] tiny::int8 (declared at tiny.yaml:*): recipe step 1 (*) failed: ValueError: torch.ao dynamic int8 made "
+        "the model fail in module 'enc.layers.0' (TransformerEncoderLayer): AttributeError: 'function' object has no attribute "
+        "'device'. torch.ao replaces each quantized Linear by a packed module without a weight tensor, which that module "
+        "reads; use backend: torchao (quantize: {method: dynamic_int8, backend: torchao}), or leave its Linear modules "
+        "out with skip"])
