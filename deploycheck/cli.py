@@ -17,6 +17,7 @@ from .formats.integrity import FORMAT_NAMES, Diagnosis, check_file, read_manifes
 from .isolation import WorkerPool
 from .protocol import ArtifactRef, load_request
 from .report.compare import add_commands
+from .resolve import name_problems
 from .spec import duplicate_name, parse, parse_file
 from .spec.loader import may_be_spec
 from .spec.model import Spec
@@ -58,6 +59,11 @@ def cmd_validate(args) -> int:
         if other != f:
             bad += 1
             print(duplicate_name(spec, other))
+            continue
+        unresolved = name_problems(spec)
+        if unresolved:
+            bad += 1
+            print(SpecError(f, unresolved))
             continue
         n = len(spec.variants)
         formats = sorted({fs.name for v in spec.variants.values() for fs in v.formats})
@@ -103,6 +109,9 @@ def cmd_init(args) -> int:
                                     shape=", ".join(str(int(s)) for s in args.shape.split(",")))
     try:
         spec = parse(render(args.metric or "accuracy"), filename=out)
+        factory = [p for p in name_problems(spec) if p.path == "model.factory"]
+        if factory:
+            raise InitError(f"--factory {factory[0].message}")
         metric = args.metric or _metric_for(spec)
     except SpecError as e:
         print(e, file=sys.stderr)

@@ -313,3 +313,53 @@ def test_torch_ao_dynamic_int8_on_a_transformer_encoder_names_the_module(project
         "'device'. torch.ao replaces each quantized Linear by a packed module without a weight tensor, which that module "
         "reads; use backend: torchao (quantize: {method: dynamic_int8, backend: torchao}), or leave its Linear modules "
         "out with skip"])
+
+
+# --- validate resolves names ------------------------------------------------------------------
+
+def test_validate_resolves_factories_callables_and_files(project, capsys):
+    from conftest import TINY_MODELS
+    (project.path / "gate").mkdir()
+    (project.path / "gate/models.py").write_text(TINY_MODELS + "\n\ndef rows():\n    return None\n")
+    spec = (make_spec(factory="Tinyy", variants="  baseline: {}\n  custom:\n    custom: {callable: 'models:repaet'}\n"
+                                                "  student:\n    distill: {student: 'modles:Student'}")
+            .replace("tinymodels:", "models:").replace("source: sklearn:iris", "source: 'python:models:row'")
+            .replace("  inputs:", "  weights: weights.safetensors\n  inputs:"))
+    (project.path / "gate/tiny.yaml").write_text(spec)
+    capsys.readouterr()
+    assert main(["validate", str(project.path / "gate")]) == 1
+    f = f"{project.path}/gate/tiny.yaml"
+    search = f"{project.path}/gate, {project.path}"
+    assert capsys.readouterr().out.splitlines() == [
+        f"{f}:3: model.factory: cannot import 'models:Tinyy': models ({project.path}/gate/models.py) has no attribute "
+        "'Tinyy'; did you mean 'Tiny'?",
+        f"{f}:3: model.weights: file not found: {project.path}/gate/weights.safetensors",
+        f"{f}:7: data.source: cannot import 'models:row': models ({project.path}/gate/models.py) has no attribute "
+        "'row'; did you mean 'rows'?",
+        f"{f}:13: variants.custom.custom.callable: cannot import 'models:repaet': models ({project.path}/gate/models.py) "
+        "has no attribute 'repaet'; did you mean 'repeat'?",
+        f"{f}:15: variants.student.distill.student: cannot import 'modles:Student': No module named 'modles'; did you "
+        f"mean 'models'? searched python_path {search}, then sys.path (installed packages)",
+        "0 valid, 1 invalid"]
+
+
+def test_run_time_import_error_names_the_folders_searched(project):
+    project.write(make_spec().replace("tinymodels:Tiny", "models:Tiny"))
+    res = project.run("-k", "metric")
+    res.stdout.fnmatch_lines([f"*cannot create the model from factory 'models:Tiny': UnresolvedName: cannot import "
+                              f"'models:Tiny': No module named 'models'; did you mean 'tinymodels'? searched python_path "
+                              f"{project.path}, {project.path.parent}, then sys.path (installed packages)"])
+    res.assert_outcomes(failed=1)
+
+
+def test_init_refuses_a_factory_that_does_not_resolve(tmp_path):
+    import subprocess
+    import sys
+    (tmp_path / "regress.py").write_text(REGRESSOR)
+    p = subprocess.run([sys.executable, "-m", "deploycheck.cli", "init", "--factory", "regres:Reg", "--shape", "1,10",
+                        "-o", str(tmp_path / "r.yaml")], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr == (f"deploycheck init: --factory cannot import 'regres:Reg': No module named 'regres'; did you mean "
+                        f"'regress'? searched python_path {tmp_path}, {tmp_path.parent}, then sys.path (installed "
+                        "packages)\n")
+    assert not (tmp_path / "r.yaml").exists()
