@@ -95,7 +95,7 @@ def skip_if_baseline_nonfinite(runner, t: Target) -> None:
         return
     why = baseline_nonfinite(runner, t)
     if why:
-        pytest.skip(f"not compared: {why}")
+        raise pytest.skip.Exception(f"not compared: {why}", _use_item_location=True)
 
 
 # --- outputs ------------------------------------------------------------------------------------

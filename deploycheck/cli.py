@@ -278,7 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     c.set_defaults(fn=cmd_cache)
     add_commands(sub)
     args = p.parse_args(argv)
-    return args.fn(args)
+    try:
+        rc = args.fn(args)
+        sys.stdout.flush()  # here, so a closed pipe is seen while we can still handle it
+    except BrokenPipeError:
+        # `deploycheck schema | head`: the reader has gone; end quietly, as a process killed by SIGPIPE
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    return rc
 
 
 if __name__ == "__main__":

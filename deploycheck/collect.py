@@ -155,7 +155,8 @@ class CheckItem(pytest.Item):
             self._record("unsupported", message=str(e))
             if self.spec.on_unsupported == "fail":
                 raise
-            pytest.skip(f"unsupported: {e} (on_unsupported: skip)")
+            # reported at the spec line that declared the variant, not at this line of deploycheck
+            raise pytest.skip.Exception(f"unsupported: {e} (on_unsupported: skip)", _use_item_location=True) from None
         except StageError as e:
             self._record("error", message=e.headline(), stage=e.stage)
             raise

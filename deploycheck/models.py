@@ -195,14 +195,40 @@ def count_params(model) -> tuple[int, int]:
     return total, nonzero
 
 
+def _own_state(mod) -> list:
+    """A module's own parameters: buffers apart (BatchNorm's running statistics are not parameters),
+    except in a graph module (pt2e, torch.export), which holds its weights as buffers."""
+    import torch.fx
+    tensors = list(mod.parameters(recurse=False))
+    if isinstance(mod, torch.fx.GraphModule):
+        tensors += list(mod.buffers(recurse=False))
+    return tensors
+
+
+def _packed_rnn(mod) -> list:
+    """The weights and biases of a torch.ao dynamic-quantized LSTM/GRU (packed, not parameters)."""
+    wb = getattr(mod, "_weight_bias", None)
+    if not callable(wb) or not type(mod).__module__.startswith("torch.ao.nn.quantized"):
+        return []
+    try:
+        d = wb()
+    except Exception:
+        return []
+    if not isinstance(d, dict):  # a quantized Linear's (weight, bias): counted through its weight() method
+        return []
+    return [t for group in ("weight", "bias") for t in (d.get(group) or {}).values()]
+
+
 def _weight_tensors(model):
     import torch
     seen = set()
     for _, mod in model.named_modules():
-        for t in list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False)):
+        for t in _own_state(mod):
             if id(t) not in seen and t.is_floating_point():
                 seen.add(id(t))
                 yield _plain(t)
+        for t in _packed_rnn(mod):
+            yield t.dequantize() if t.is_quantized else t
         w = getattr(mod, "weight", None)
         if callable(w) and not isinstance(w, torch.Tensor):  # torch.ao quantized modules: weight() method
             try:
@@ -235,7 +261,7 @@ def state_bytes(model) -> int:
     import torch
     total, seen = 0, set()
     for mod in model.modules():
-        tensors = list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False))
+        tensors = list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False)) + _packed_rnn(mod)
         w = getattr(mod, "weight", None)
         if callable(w) and not isinstance(w, torch.Tensor):  # torch.ao packed modules
             try:

@@ -363,3 +363,82 @@ def test_init_refuses_a_factory_that_does_not_resolve(tmp_path):
                         f"'regress'? searched python_path {tmp_path}, {tmp_path.parent}, then sys.path (installed "
                         "packages)\n")
     assert not (tmp_path / "r.yaml").exists()
+
+
+# --- reports tell the truth -------------------------------------------------------------------
+
+def test_params_leave_buffers_out_and_packed_int8_weights_count():
+    import warnings
+
+    import torch
+    from torch import nn
+
+    from deploycheck.models import count_params, state_bytes
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.lstm, self.fc, self.bn = nn.LSTM(8, 32), nn.Linear(32, 3), nn.BatchNorm1d(3)
+
+        def forward(self, x):
+            return self.bn(self.fc(self.lstm(x)[0][-1]))
+
+    m = M().eval()
+    assert count_params(m)[0] == sum(p.numel() for p in m.parameters()) == 5481  # running stats (6) not counted
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torch.ao.quantization.quantize_dynamic(m, {nn.LSTM, nn.Linear}, dtype=torch.qint8)
+    assert count_params(q)[0] == 5481  # the LSTM's packed weights count (490 of them were all that was counted)
+    ratio = state_bytes(q) / state_bytes(m)
+    assert 0.25 < ratio < 0.35  # int8 weights, float biases: about a third (not 0.0115)
+
+
+def test_onnx_unsupported_reason_keeps_its_cause(tmp_path):
+    import warnings
+
+    import torch
+
+    from deploycheck.formats import FORMATS, Unsupported
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(4, 3)).eval(),
+                                                   {torch.nn.Linear}, dtype=torch.qint8)
+    fmt = FORMATS.get("onnx")
+    try:
+        fmt().save(q, str(tmp_path / "m.onnx"), example=torch.ones(1, 4), options=fmt.Options(), arch={})
+    except Unsupported as e:
+        msg = str(e)
+    assert msg.startswith("torch.onnx.export failed: ") and "Next steps" not in msg
+    assert "caused by AttributeError: __torch__.torch.classes.quantized.LinearPackedParamsBase" in msg, msg
+
+
+def test_unsupported_skip_points_at_the_spec_line(project):
+    project.write(make_spec(formats="[export]", variants="  baseline: {}\n  int8:\n    quantize: {method: dynamic_int8}"))
+    res = project.run("-k", "int8 and load", "-rs")
+    res.assert_outcomes(skipped=1)
+    res.stdout.fnmatch_lines(["SKIPPED ?1? tiny.yaml:12: unsupported: export cannot hold variant 'int8': *"])
+    assert "collect.py" not in res.stdout.str()
+
+
+def test_compare_leaves_out_unchanged_unsupported_rows(tmp_path, capsys):
+    row = {"spec": "s", "variant": "int8", "format": "onnx", "verdict": "unsupported", "metric": None,
+           "metric_name": "accuracy", "p50_ms": None, "size_mb": None, "reason": "onnx cannot hold variant 'int8'"}
+    doc = {"schema_version": 1, "created": "2026-01-01T00:00:00+00:00", "git": {"commit": "abc"}, "libraries": {},
+           "machine": {}, "rows": [row], "records": []}
+    (tmp_path / "a.json").write_text(json.dumps(doc))
+    assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "a.json")]) == 0
+    out = capsys.readouterr().out
+    assert "int8" not in out
+    assert out.splitlines()[-2:] == ["1 unchanged row not listed (unsupported)", "0 regressions"]
+
+
+def test_cli_output_to_a_closed_pipe_ends_quietly():
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-m", "deploycheck.cli", "schema"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader (`| head`) has gone before the first write
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141
+    assert err == ""
