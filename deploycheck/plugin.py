@@ -46,6 +46,44 @@ def pytest_addoption(parser):
     parser.addini("deploycheck_cache_size", "size cap of the cache (e.g. 2GB)", default="2GB")
 
 
+#: options that take a folder: in their space form (``--opt /tmp/x``) pytest, which sets its rootdir
+#: before plugins add their options, takes the folder for a test path
+PATH_OPTIONS = ("--deploycheck-run-dir", "--deploycheck-report-dir", "--deploycheck-cache-dir")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    _fix_rootdir(early_config, args)
+
+
+def _fix_rootdir(config, args) -> None:
+    """Give pytest back the rootdir (and ini file) it would have chosen had a deploycheck path option
+    been written ``--opt=value``: with ``--deploycheck-run-dir /tmp/x``, pytest chose its rootdir
+    from /tmp/x (``rootdir: /``), so reports, the pytest cache and the project's ini settings went
+    astray. By now the options are known, so the args are parsed right and the setup is redone."""
+    if not any(a in PATH_OPTIONS for a in args):
+        return
+    from _pytest.config.findpaths import determine_setup
+    ns = config.known_args_namespace
+    rootpath, inipath, inicfg, ignored = determine_setup(
+        inifile=ns.inifilename, override_ini=ns.override_ini, args=ns.file_or_dir,
+        rootdir_cmd_arg=ns.rootdir or None, invocation_dir=config.invocation_params.dir)
+    if rootpath == config.rootpath and inipath == config.inipath:
+        return
+    old_cut = str(config.inipath.parent) if config.inipath is not None else str(config.rootpath)
+    config._rootpath, config._inipath, config._inicfg, config._ignored_config_files = rootpath, inipath, inicfg, ignored
+    config._inicache.clear()
+    config._parser.extra_info["rootdir"] = str(rootpath)
+    config._parser.extra_info["inifile"] = str(inipath)
+    if ns.confcutdir == old_cut:
+        ns.confcutdir = str(inipath.parent) if inipath is not None else str(rootpath)
+    if "addopts" in inicfg:
+        import warnings
+        warnings.warn(pytest.PytestConfigWarning(
+            f"the addopts of {inipath} were not applied: a deploycheck path option was given as `--opt value`; "
+            "write `--opt=value`"), stacklevel=1)
+
+
 def pytest_configure(config):
     cache_size(config)  # a bad size is a usage error now, not at the end
     _start_session(config)

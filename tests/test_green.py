@@ -442,3 +442,15 @@ def test_cli_output_to_a_closed_pipe_ends_quietly():
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 141
     assert err == ""
+
+
+def test_path_options_in_space_form_keep_the_rootdir(project, tmp_path_factory):
+    project.write(make_spec())
+    run_dir, report_dir, cache_dir = (tmp_path_factory.mktemp(n) for n in ("space-run", "space-report", "space-cache"))
+    res = project.tester.runpytest("--deploycheck-run-dir", str(run_dir), "--deploycheck-report-dir", str(report_dir),
+                                   "--deploycheck-cache-dir", str(cache_dir), "-k", "metric")
+    res.assert_outcomes(passed=1)
+    res.stdout.fnmatch_lines([f"rootdir: {project.path}", "configfile: tox.ini"])
+    assert (report_dir / "deploycheck.json").exists()
+    assert (project.path / ".pytest_cache").is_dir()
+    assert os.listdir(run_dir) == ["run"] and os.listdir(cache_dir)
