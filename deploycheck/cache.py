@@ -391,12 +391,15 @@ class Cache:
         try:
             with open(os.path.join(d, "manifest.json")) as fh:
                 manifest = json.load(fh)
+            if file_sha(src) != manifest["sha256"] or not isinstance(manifest["size"], int):
+                self.discard("artifact", key, "does not match its manifest")
+                return None
             tmp = dest + ".cache-copy"
             shutil.copyfile(src, tmp)
             os.replace(tmp, dest)
             with open(dest + ".manifest.json", "w") as fh:
                 json.dump(manifest, fh, indent=2, sort_keys=True)
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             return None
         self.hits["artifact"] += 1
         self._touch(d)
