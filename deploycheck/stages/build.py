@@ -50,6 +50,24 @@ class Built:
                    tuple(meta["requires"]), meta.get("settings", {}), key, cached=True)
 
 
+class LazyBuilt(Built):
+    """A cached build whose model the cache did not hold (a model of classes a cache may not
+    unpickle, such as packed int8 weights): the facts and outputs are the cache's, the model is
+    rebuilt on first use (a save whose artifact is not cached, a divergence report)."""
+
+    rebuild: Any = None
+
+    @property  # type: ignore[override]
+    def model(self) -> Any:
+        if self.__dict__.get("_model") is None and self.rebuild is not None:
+            self.__dict__["_model"], self.rebuild = self.rebuild(), None
+        return self.__dict__.get("_model")
+
+    @model.setter
+    def model(self, value: Any) -> None:
+        self.__dict__["_model"] = value
+
+
 def build(runner, t) -> Built:
     """The variant of ``t`` built (or reused from the cache); an ``artifact:`` variant is not
     built: its outputs are the file's own, run in the fresh process."""
@@ -63,7 +81,11 @@ def build(runner, t) -> Built:
     # The arch rebuilds state dicts in the worker: an entry naming other code than the spec is not used.
     if hit is not None and _canon(hit[0].get("arch")) == _canon(expected_arch(t.spec, t.variant)):
         meta, model, outputs = hit
-        return Built.from_meta(meta, model, outputs, key)
+        if model is not None:
+            return Built.from_meta(meta, model, outputs, key)
+        lazy = LazyBuilt.from_meta(meta, None, outputs, key)
+        lazy.rebuild = lambda: _fresh(runner, t).model
+        return lazy
     built = _fresh(runner, t)
     built.key = key
     runner.cache.put_built(key, built.meta(), built.model, built.outputs, trusted_modules=mods)
@@ -80,7 +102,7 @@ def spec_modules(spec) -> list[str]:
         mod = path.partition(":")[0]
         try:
             importlib.import_module(mod)
-        except Exception:  # noqa: BLE001 - the build names the failure with its spec line
+        except Exception:  # noqa: BLE001,S112 - the build names the failure with its spec line
             continue
         out.append(mod)
     return out
