@@ -288,6 +288,17 @@ class Cache:
             json.dump(result, fh)
         self._publish(tmp, self._dir("result", key))
 
+    def drop_result(self, key: str) -> bool:
+        """Forget a fresh-process result (a failed timing verdict is measured again next run,
+        never served from the cache). True if there was an entry."""
+        if not self.enabled:
+            return False
+        d = self._dir("result", key)
+        if not os.path.isdir(d):
+            return False
+        _remove(d)
+        return True
+
 
 # --- location, size and eviction ---------------------------------------------------------------
 

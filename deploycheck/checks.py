@@ -30,6 +30,7 @@ class Verdict:
     value: Any = None
     threshold: Any = None
     details: dict = field(default_factory=dict)
+    inconclusive: bool = False     # the measurement cannot decide (noise): the item is skipped, saying why
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,12 @@ def ratio_formula(ratio: dict, th) -> str:
                  f"(CI {ctrl['ci_low']:.3f}–{ctrl['ci_high']:.3f})")
     else:
         cnote = "; no control" + (f" ({ratio['control_error']})" if ratio.get("control_error") else "")
+    if ratio["decision"] == "inconclusive-busy":
+        clo, chi = ratio["cpu_ci"]
+        return (f"inconclusive: the machine was busy (wall/CPU {ratio['busy']:.1f}): latency ratio "
+                f"{ratio['ratio']:.3f} by wall time (CI {ratio['ci_low']:.3f}–{ratio['ci_high']:.3f}) but "
+                f"{ratio['cpu_ratio']:.3f} by CPU time (CI {clo:.3f}–{chi:.3f}, {ratio['pairs']} rounds) against "
+                f"the limit {ratio['effective_limit']:.3f}; not failed, and measured again next run{cnote}")
     if th.min_speedup is not None and (th.max_ratio is None or 1 / th.min_speedup < th.max_ratio):
         sp, lo, hi = 1 / ratio["ratio"], 1 / ratio["ci_high"], 1 / ratio["ci_low"]
         bound = th.min_speedup / noise
@@ -242,20 +249,28 @@ def latency_check(runner, t: Target) -> Verdict:
     lat = r.result.latency or {}
     th = t.variant.thresholds.latency
     parts, failed = [], []
+    elsewhere = machine.scope_mismatch(th.machines) if th.machines is not None else None
     for key in ("p50_ms", "p95_ms", "p99_ms"):
         limit = getattr(th, key)
         if limit is not None:
             v = lat[key]
             ok = v <= limit
+            if elsewhere:  # a ceiling set for other machines: reported, not gated
+                parts.append(f"{key[:3]} {fmt_num(v)} ms (not gated by {key} {fmt_num(limit)} ms: set for other "
+                             f"machines; {elsewhere})")
+                continue
             (parts if ok else failed).append(f"{key[:3]} {fmt_num(v)} ms {'<=' if ok else '>'} {key} {fmt_num(limit)} ms")
     ratio = lat.get("ratio")
     details = {k: lat.get(k) for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "rounds", "calls_per_round",
                                         "throughput_per_s", "batch", "samples_ms", "throughput")}
     details["threads"] = r.result.threads
+    if elsewhere:
+        details["absolute_not_gated"] = elsewhere
     if ratio:
         details.update(ratio=ratio["ratio"], ratio_ci=[ratio["ci_low"], ratio["ci_high"]], ratio_pairs=ratio["pairs"],
                        ratio_decision=ratio["decision"], control=ratio.get("control"),
-                       effective_limit=ratio.get("effective_limit"))
+                       effective_limit=ratio.get("effective_limit"), busy=ratio.get("busy"),
+                       cpu_ratio=ratio.get("cpu_ratio"))
     wants_ratio = th.max_ratio is not None or th.min_speedup is not None
     if wants_ratio and not t.is_baseline:
         if not ratio:
@@ -266,8 +281,16 @@ def latency_check(runner, t: Target) -> Verdict:
         parts.append(f"p50 {fmt_num(lat.get('p50_ms'))} ms, p95 {fmt_num(lat.get('p95_ms'))} ms (no threshold set)")
     formula = "; ".join(failed or parts)
     thr = {k: getattr(th, k) for k in ("p50_ms", "p95_ms", "p99_ms", "max_ratio", "min_speedup") if getattr(th, k) is not None}
-    return Verdict("latency", not failed, formula if failed else "", formula, lat.get(t.spec.latency.percentile + "_ms"),
-                   thr, details)
+    message = ""
+    if ratio and ratio["decision"] == "inconclusive-busy" and not t.is_baseline:
+        details["forgotten"] = runner.forget_measurement(t)  # a busy machine's numbers are not kept
+    if failed:
+        # a failing measurement is never served again: the next run measures afresh
+        details["forgotten"] = runner.forget_measurement(t)
+        message = formula + ("\n  (a cached measurement: dropped, the next run measures again)" if r.result.cached
+                             else "\n  (not kept in the cache: the next run measures again)")
+    return Verdict("latency", not failed, message, formula, lat.get(t.spec.latency.percentile + "_ms"),
+                   thr, details, inconclusive=bool(ratio and ratio["decision"] == "inconclusive-busy" and not failed))
 
 
 # --- size ---------------------------------------------------------------------------------------

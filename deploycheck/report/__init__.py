@@ -15,7 +15,7 @@ from ..machine import summary as machine_summary
 from .records import Record, as_records
 
 SCHEMA_VERSION = 1
-STATUS_ORDER = {"error": 0, "failed": 1, "unsupported": 2, "passed": 3}
+STATUS_ORDER = {"error": 0, "failed": 1, "inconclusive": 2, "unsupported": 3, "passed": 4}
 
 
 def higher_is_better(row: dict) -> bool:
@@ -55,14 +55,16 @@ def summary_rows(records) -> list[dict]:
             verdict = "new"       # passes every check; only its snapshot awaits approval
         elif "unsupported" in statuses:
             verdict = "unsupported"
+        elif "inconclusive" in statuses:
+            verdict = "inconclusive"  # every check passed but one that noise left undecided
         else:
             verdict = "pass"
         reasons = []
         for r in allrecs:
             if r.missing_snapshot:
                 reasons.append("snapshot: new, not yet approved (pytest --snapshot-update)")
-            elif r.status == "failed":
-                reasons.append(f"{r.check}: {_first(r.formula or r.message) or 'failed'}")
+            elif r.status in ("failed", "inconclusive"):
+                reasons.append(f"{r.check}: {_first(r.formula or r.message) or r.status}")
             elif r.status == "error":
                 # one stage failure fails every check that needs it: name it once
                 reason = _first(r.message) or "error"
@@ -182,7 +184,7 @@ def machine_line(machine: dict) -> str:
     return "machine: " + (machine.get("processor") or machine.get("machine") or "unknown")
 
 
-MARK = {"pass": "✅", "FAIL": "❌", "new": "🆕", "unsupported": "➖"}
+MARK = {"pass": "✅", "FAIL": "❌", "new": "🆕", "unsupported": "➖", "inconclusive": "❔"}
 #: GitHub refuses a comment body over 65,536 characters; stay well under it
 COMMENT_LIMIT = 60_000
 
@@ -225,7 +227,7 @@ def markdown(rows: list[dict], meta: dict, *, limit: int = COMMENT_LIMIT, full_r
     if nl:
         head += [f"> **{nl}**", ""]
     head += [f"- {line}" for line in summary_lines(rows)] + [""]
-    head += ["## Verdicts", "", "✅ pass · ❌ fail · 🆕 passes, snapshot awaiting approval · ➖ unsupported", ""]
+    head += ["## Verdicts", "", "✅ pass · ❌ fail · 🆕 passes, snapshot awaiting approval · ➖ unsupported · ❔ inconclusive (noise)", ""]
     matrices = {spec: verdict_matrix(rows, spec) for spec in specs}
     if sum(len(m) for m in matrices.values()) > limit // 2:  # very many specs: matrices for the failing ones only
         bad = {r["spec"] for r in rows if r["verdict"] in ("FAIL", "new")}
