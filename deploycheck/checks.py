@@ -15,7 +15,7 @@ import pytest
 from . import diverge, machine, snapshots
 from .errors import StageError
 from .metrics import resolve
-from .numeric import compare_arrays, describe_nonfinite, fmt_num, nonfinite, render_mismatch
+from .numeric import compare_arrays, describe_nonfinite, fmt_num, nonfinite, output_tolerance, render_mismatch
 from .registry import Registry
 from .stages.save import VariantUnsupported
 from .target import Target
@@ -137,21 +137,28 @@ def outputs_check(runner, t: Target) -> Verdict:
         return Verdict("outputs", False, f"the reloaded {fspec.name} artifact returned shape {tuple(r.outputs.shape)} "
                        f"but {other} returned {tuple(b.outputs.shape)} for the same {n_in} inputs",
                        value=list(r.outputs.shape), threshold=list(b.outputs.shape))
-    st = compare_arrays(r.outputs, b.outputs, atol=th.atol, rtol=th.rtol)
-    details = {k: st[k] for k in ("mismatched", "total", "max_abs", "mean_abs", "max_rel")}
-    formula = f"max abs diff {fmt_num(st['max_abs'])}; {st['mismatched']} of {st['total']} elements outside atol {fmt_num(th.atol)} + rtol {fmt_num(th.rtol)} * |expected|"
+    tol = output_tolerance(atol=th.atol, rtol=th.rtol, precision=None if made_elsewhere else precision(v),
+                           quant_steps=th.quant_steps, span=float(b.outputs.double().max() - b.outputs.double().min())
+                           if b.outputs.numel() else 0.0)
+    st = compare_arrays(r.outputs, b.outputs, atol=tol.atol, rtol=tol.rtol)
+    details = {k: st[k] for k in ("mismatched", "total", "max_abs", "mean_abs", "max_rel", "min_atol")}
+    formula = (f"max abs diff {fmt_num(st['max_abs'])}; {st['mismatched']} of {st['total']} elements outside "
+               f"{tol.describe(st['max_abs'])}")
+    threshold: dict = {"atol": tol.atol, "rtol": tol.rtol}
+    if tol.steps is not None:
+        threshold.update(quant_steps=tol.steps, precision=tol.precision, step=tol.step)
+        details["steps"] = st["max_abs"] / tol.step if tol.step else None
     if st["mismatched"]:
         msg = render_mismatch(st, what=f"outputs of the reloaded {fspec.name} artifact differ from {other}",
-                              left="reloaded", right="baseline" if made_elsewhere else "in-memory", atol=th.atol,
-                              rtol=th.rtol)
+                              left="reloaded", right="baseline" if made_elsewhere else "in-memory", atol=tol.atol,
+                              rtol=tol.rtol, hint=f"  {tol.describe(st['max_abs'])}" if tol.steps is not None else "")
         msg += saturation_hint(v)
         if not made_elsewhere:
             where, det = where_it_departs(runner, t, against="in-memory")
             msg += where
             details.update(det)
-        return Verdict("outputs", False, msg, formula, st["max_abs"], {"atol": th.atol, "rtol": th.rtol}, details)
-    return Verdict("outputs", True, formula=formula, value=st["max_abs"], threshold={"atol": th.atol, "rtol": th.rtol},
-                   details=details)
+        return Verdict("outputs", False, msg, formula, st["max_abs"], threshold, details)
+    return Verdict("outputs", True, formula=formula, value=st["max_abs"], threshold=threshold, details=details)
 
 
 # --- metric -------------------------------------------------------------------------------------

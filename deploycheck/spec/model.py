@@ -191,10 +191,18 @@ class MetricThreshold:
 
 @dataclass(frozen=True)
 class OutputThreshold:
-    """Reloaded artifact vs the in-memory variant, on the same batches: |a - b| <= atol + rtol * |b|."""
+    """Reloaded artifact vs the in-memory variant, on the same batches: |a - b| <= atol + rtol * |b|.
+    With neither atol nor rtol set (here or in the spec's thresholds), full-precision variants use
+    atol 1e-4 and rtol 1e-3, and variants whose recipe lowers precision (int8, fp16, bf16) allow
+    ``quant_steps`` steps of their precision over the in-memory outputs' range (an int8 step is the
+    range / 255), as the cross-machine snapshot rule does: runtimes round reduced precision by
+    whole steps."""
 
-    atol: float = field(1e-4, ge=0, doc="absolute tolerance")
-    rtol: float = field(1e-3, ge=0, doc="relative tolerance")
+    atol: float | None = field(None, ge=0, doc="absolute tolerance (not set: 1e-4, or quant_steps steps for "
+                                              "reduced precision)")
+    rtol: float | None = field(None, ge=0, doc="relative tolerance (not set: 1e-3, or 0 for reduced precision)")
+    quant_steps: float = field(2.0, ge=0, doc="int8, fp16 and bf16 variants with atol and rtol unset: how many "
+                                              "steps of their precision outputs may differ by")
 
 
 @dataclass(frozen=True)
@@ -266,7 +274,7 @@ class Thresholds:
     """Acceptance thresholds; a variant's own `thresholds` override these key by key."""
 
     metric: MetricThreshold = field(default_factory=MetricThreshold, doc="{max_drop, max_relative_drop, min, max}")
-    outputs: OutputThreshold = field(default_factory=OutputThreshold, doc="{atol, rtol}")
+    outputs: OutputThreshold = field(default_factory=OutputThreshold, doc="{atol, rtol, quant_steps}")
     fidelity: FidelityThreshold = field(default_factory=FidelityThreshold, doc="{min_mean_cosine, min_cosine}")
     latency: LatencyThreshold = field(default_factory=LatencyThreshold, doc="{p50_ms, p95_ms, p99_ms, max_ratio, "
                                                                                "min_speedup, machines}")
