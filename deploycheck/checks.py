@@ -14,7 +14,7 @@ import pytest
 
 from . import diverge, machine, snapshots
 from .errors import StageError
-from .metrics import resolve
+from .metrics import resolve, targets_for
 from .numeric import compare_arrays, describe_nonfinite, fmt_num, nonfinite, output_tolerance, render_mismatch
 from .registry import Registry
 from .stages.save import VariantUnsupported
@@ -163,9 +163,31 @@ def outputs_check(runner, t: Target) -> Verdict:
 
 # --- metric -------------------------------------------------------------------------------------
 
-def metric_verdict(name: str, value: float, baseline: float, higher: bool, th) -> Verdict:
-    """Decide the metric gate; the formula shows every number that decided it."""
-    parts, failed = [], []
+def _with_interval(ok: bool, f: str, *, name: str, key: str, limit: float, ci, th, notes: list) -> tuple[bool, str]:
+    """The point verdict ``ok`` with its formula ``f``, revised by the drop's paired interval:
+    an interval wholly within (beyond) the limit decides; one that straddles it is inconclusive
+    and ``th.inconclusive`` decides (the measured drop, pass, or fail)."""
+    if ci is None:
+        return ok, f
+    from .stats import judge, samples_to_decide
+    outcome = judge(ci, limit)
+    op = {"pass": "<=", "fail": ">", "inconclusive": "straddles"}[outcome]
+    f += f"; {name} drop {ci.drop:.4f} ({ci.describe()}) {op} {key} {fmt_num(limit)}"
+    if outcome != "inconclusive":
+        return outcome == "pass", f
+    need = samples_to_decide(ci, limit)
+    how = {"point": "the measured drop decides", "pass": "passed (inconclusive: pass)",
+           "fail": "failed (inconclusive: fail: the whole interval must be within the limit)"}[th.inconclusive]
+    notes.append(f"inconclusive: {key} {fmt_num(limit)} lies inside the {ci.confidence:.0%} interval; "
+                 + (f"about {need:,} samples (now {ci.n:,}) would decide it" if need else
+                    "the drop sits on the limit, no sample size decides it") + f"; {how}")
+    return (ok if th.inconclusive == "point" else th.inconclusive == "pass"), f
+
+
+def metric_verdict(name: str, value: float, baseline: float, higher: bool, th, ci=None) -> Verdict:
+    """Decide the metric gate; the formula shows every number that decided it. ``ci``: the
+    drop's paired interval (:mod:`deploycheck.stats`), which revises the drop thresholds."""
+    parts, failed, notes = [], [], []
     sign = "-" if higher else "+"
     delta = value - baseline
     if th.max_drop is not None:
@@ -173,6 +195,7 @@ def metric_verdict(name: str, value: float, baseline: float, higher: bool, th) -
         ok = value >= bound - 1e-12 if higher else value <= bound + 1e-12
         op = (">=" if ok else "<") if higher else ("<=" if ok else ">")
         f = f"{name} {fmt_num(value)} {op} baseline {fmt_num(baseline)} {sign} max_drop {fmt_num(th.max_drop)} = {fmt_num(bound)}"
+        ok, f = _with_interval(ok, f, name=name, key="max_drop", limit=th.max_drop, ci=ci, th=th, notes=notes)
         (parts if ok else failed).append(f)
     if th.max_relative_drop is not None:
         factor = 1 - th.max_relative_drop if higher else 1 + th.max_relative_drop
@@ -181,6 +204,8 @@ def metric_verdict(name: str, value: float, baseline: float, higher: bool, th) -
         op = (">=" if ok else "<") if higher else ("<=" if ok else ">")
         f = (f"{name} {fmt_num(value)} {op} baseline {fmt_num(baseline)} × (1 {sign} max_relative_drop "
              f"{fmt_num(th.max_relative_drop)}) = {fmt_num(bound)}")
+        ok, f = _with_interval(ok, f, name=name, key="max_relative_drop", limit=abs(baseline) * th.max_relative_drop,
+                               ci=ci, th=th, notes=notes)
         (parts if ok else failed).append(f)
     if th.min is not None:
         ok = value >= th.min
@@ -190,10 +215,43 @@ def metric_verdict(name: str, value: float, baseline: float, higher: bool, th) -
         (parts if ok else failed).append(f"{name} {fmt_num(value)} {'<=' if ok else '>'} max {fmt_num(th.max)}")
     if not parts and not failed:
         parts.append(f"{name} {fmt_num(value)} (baseline {fmt_num(baseline)}, delta {delta:+.4g}; no threshold set)")
-    formula = "; ".join(failed or parts)
+    formula = "; ".join((failed or parts) + notes)
     details = {"metric": name, "value": value, "baseline": baseline, "delta": delta, "higher_is_better": higher}
+    if ci is not None:
+        details["drop_ci"] = {"drop": ci.drop, "low": ci.low, "high": ci.high, "confidence": ci.confidence,
+                              "n": ci.n, "method": ci.method, "inconclusive": bool(notes)}
     thr = {k: getattr(th, k) for k in ("max_drop", "max_relative_drop", "min", "max") if getattr(th, k) is not None}
     return Verdict("metric", not failed, formula if failed else "", formula, value, thr, details)
+
+
+def drop_interval(runner, t: Target, outputs, metric, confidence: float):
+    """The paired interval of the variant's drop vs the baseline on the same samples, or None
+    when there is nothing to pair (no drop threshold, outputs of another length)."""
+    th = t.variant.thresholds.metric
+    if th.max_drop is None and th.max_relative_drop is None:
+        return None
+    import numpy as np
+    import torch
+
+    from .stats import bootstrap_paired_drop, exact_paired_drop
+    base = runner.built(t.baseline()).outputs
+    if len(base) != len(outputs) or len(outputs) < 2:
+        return None
+    targets = targets_for(metric, runner.labels(t.spec), base)
+    name = t.spec.metric.name
+    if name in ("accuracy", "top_k") and metric.needs_labels and base.ndim == 2:
+        y = targets.long().view(-1, 1)
+        k = 1 if name == "accuracy" else min(t.spec.metric.k, base.shape[1])
+        hit = lambda o: (o.float().topk(k, dim=1).indices == y).any(1).numpy()  # noqa: E731
+        return exact_paired_drop(hit(base), hit(outputs), confidence)
+
+    def score(idx):
+        i = torch.from_numpy(np.asarray(idx))
+        return metric(base[i], targets[i]), metric(outputs[i], targets[i])
+    try:
+        return bootstrap_paired_drop(score, len(outputs), higher=metric.higher_is_better, confidence=confidence)
+    except Exception:  # noqa: BLE001 - a metric that cannot score a resample: the point verdict stands alone
+        return None
 
 
 @check("metric")
@@ -209,7 +267,9 @@ def metric_check(runner, t: Target) -> Verdict:
         return Verdict("metric", False, f"metric {m.name} is {r.metric}, not a number to compare: {why}",
                        f"metric {m.name} is {r.metric}", r.metric, None, {"metric": m.name, "value": r.metric,
                                                                           "higher_is_better": m.higher_is_better})
-    v = metric_verdict(m.name, r.metric, base, m.higher_is_better, t.variant.thresholds.metric)
+    th = t.variant.thresholds.metric
+    ci = None if t.is_baseline else drop_interval(runner, t, r.outputs, m, th.confidence)
+    v = metric_verdict(m.name, r.metric, base, m.higher_is_better, th, ci)
     if not v.passed:
         where, det = where_it_departs(runner, t)
         v.message += saturation_hint(t.variant) + where

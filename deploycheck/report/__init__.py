@@ -80,7 +80,8 @@ def summary_rows(records) -> list[dict]:
             "metric_name": det("metric").get("metric") or next((r.metric for r in allrecs if r.metric), None),
             "metric": det("metric").get("value"),
             "higher_is_better": direction,
-            "metric_delta": det("metric").get("delta"), "max_abs_diff": det("outputs").get("max_abs"),
+            "metric_delta": det("metric").get("delta"), "metric_delta_ci": _delta_ci(det("metric")),
+            "max_abs_diff": det("outputs").get("max_abs"),
             "p50_ms": det("latency").get("p50_ms"), "p95_ms": det("latency").get("p95_ms"),
             "p99_ms": det("latency").get("p99_ms"), "throughput_per_s": det("latency").get("throughput_per_s"),
             "throughput": det("latency").get("throughput"),
@@ -96,6 +97,16 @@ def summary_rows(records) -> list[dict]:
                                 if r.status == "failed" and r.details.get("divergence")), None),
         })
     return rows
+
+
+def _delta_ci(metric_details: dict) -> list[float] | None:
+    """The paired interval of (variant - baseline), from the drop's interval and the metric's direction."""
+    ci = metric_details.get("drop_ci")
+    if not ci:
+        return None
+    if metric_details.get("higher_is_better", True):
+        return [-ci["high"], -ci["low"]]
+    return [ci["low"], ci["high"]]
 
 
 def new_snapshots(rows: list[dict]) -> int:
@@ -131,7 +142,8 @@ def row_cells(row: dict) -> list[str]:
     for key, _ in COLUMNS:
         v = row.get(key)
         if key == "metric_delta" and v is not None:
-            out.append(f"{v:+.4f}")
+            ci = row.get("metric_delta_ci")
+            out.append(f"{v:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""))
         elif key == "sparsity" and v is not None:
             out.append(f"{v:.1%}")
         elif key == "latency_ratio" and v is not None:

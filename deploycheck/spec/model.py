@@ -187,6 +187,13 @@ class MetricThreshold:
     max_relative_drop: float | None = field(None, ge=0, doc="largest allowed worsening as a fraction of the baseline")
     min: float | None = field(None, doc="absolute floor: the metric must be >= this")
     max: float | None = field(None, doc="absolute ceiling: the metric must be <= this")
+    confidence: float = field(0.95, gt=0.5, lt=1, doc="level of the paired interval of the drop (exact on "
+                                                      "discordant pairs for accuracy and top_k, else a paired "
+                                                      "bootstrap) shown with max_drop and max_relative_drop")
+    inconclusive: Literal["point", "pass", "fail"] = field(
+        "point", doc="when the drop's interval straddles its limit: point = the measured drop decides, pass, or "
+                     "fail (non-inferiority: pass only when the whole interval is within the limit); the verdict "
+                     "says inconclusive and how many samples would decide it")
 
 
 @dataclass(frozen=True)
@@ -273,7 +280,8 @@ class BatchInvariance:
 class Thresholds:
     """Acceptance thresholds; a variant's own `thresholds` override these key by key."""
 
-    metric: MetricThreshold = field(default_factory=MetricThreshold, doc="{max_drop, max_relative_drop, min, max}")
+    metric: MetricThreshold = field(default_factory=MetricThreshold, doc="{max_drop, max_relative_drop, min, max, "
+                                                                             "confidence, inconclusive}")
     outputs: OutputThreshold = field(default_factory=OutputThreshold, doc="{atol, rtol, quant_steps}")
     fidelity: FidelityThreshold = field(default_factory=FidelityThreshold, doc="{min_mean_cosine, min_cosine}")
     latency: LatencyThreshold = field(default_factory=LatencyThreshold, doc="{p50_ms, p95_ms, p99_ms, max_ratio, "
