@@ -207,10 +207,20 @@ def verdict_matrix(rows: list[dict], spec: str) -> str:
     fmts = sorted({r["format"] for r in srows})
     variants = list(dict.fromkeys(r["variant"] for r in srows))
     cell = {(r["variant"], r["format"]): MARK.get(r["verdict"], r["verdict"]) for r in srows}
-    head = "| variant | " + " | ".join(fmts) + " |"
+    head = "| variant | " + " | ".join(md(f) for f in fmts) + " |"
     sep = "| --- | " + " | ".join(":-:" for _ in fmts) + " |"
-    body = [f"| {v} | " + " | ".join(cell.get((v, f), " ") for f in fmts) + " |" for v in variants]
+    body = [f"| {md(v)} | " + " | ".join(md(cell.get((v, f), " ")) for f in fmts) + " |" for v in variants]
     return "\n".join([head, sep, *body])
+
+
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]|~"} | {"<": "&lt;", ">": "&gt;", "&": "&amp;"})
+
+
+def md(text: Any) -> str:
+    """A user string (a name, a reason, a path, an error text) as literal Markdown text on one line:
+    HTML (``<!--``, ``<script>``) becomes entities, and backticks, pipes, emphasis and link brackets
+    are escaped, so nothing a spec or a model prints can hide or restyle the rest of a PR comment."""
+    return " ".join(str(text).split()).translate(_MD_SPECIAL)
 
 
 def _clip(text: str, n: int = 300) -> str:
@@ -232,13 +242,13 @@ def markdown(rows: list[dict], meta: dict, *, limit: int = COMMENT_LIMIT, full_r
     specs = sorted({r["spec"] for r in rows})
     head = ["# deploycheck report", "",
             f"{n_pass} passed, {n_fail} failed, {n_uns} unsupported" + (f", {n_new} awaiting snapshot approval" if n_new else "")
-            + f" — torch {(meta.get('libraries') or {}).get('torch', '?')}, "
-            f"commit {((meta.get('git') or {}).get('commit') or 'n/a')[:12]}, {meta.get('created', '')}", "",
-            machine_line(machine), ""]
+            + f" — torch {md((meta.get('libraries') or {}).get('torch', '?'))}, "
+            f"commit {md(((meta.get('git') or {}).get('commit') or 'n/a')[:12])}, {md(meta.get('created', ''))}", "",
+            md(machine_line(machine)), ""]
     nl = new_snapshots_line(rows)
     if nl:
         head += [f"> **{nl}**", ""]
-    head += [f"- {line}" for line in summary_lines(rows)] + [""]
+    head += [f"- {md(line)}" for line in summary_lines(rows)] + [""]
     head += ["## Verdicts", "", "✅ pass · ❌ fail · 🆕 passes, snapshot awaiting approval · ➖ unsupported · ❔ inconclusive (noise)", ""]
     matrices = {spec: verdict_matrix(rows, spec) for spec in specs}
     if sum(len(m) for m in matrices.values()) > limit // 2:  # very many specs: matrices for the failing ones only
@@ -246,15 +256,16 @@ def markdown(rows: list[dict], meta: dict, *, limit: int = COMMENT_LIMIT, full_r
         matrices = {spec: m for spec, m in matrices.items() if spec in bad}
         head += [f"{len(specs) - len(matrices)} specs pass in every variant and format (matrices omitted)", ""]
     for spec, m in matrices.items():
-        head += [f"**{spec}**", "", m, ""]
+        head += [f"**{md(spec)}**", "", m, ""]
     fails = [r for r in rows if r["verdict"] == "FAIL"]
-    fail_lines = ["## Failures", ""] + [f"- `{r['spec']}::{r['variant']}::{r['format']}`: {_clip(r['reason'] or 'failed')}"
+    fail_lines = ["## Failures", ""] + [f"- **{md(r['spec'])}::{md(r['variant'])}::{md(r['format'])}**: "
+                                        f"{md(_clip(r['reason'] or 'failed'))}"
                                         for r in fails] + [""] if fails else []
     details = ["## Full tables", ""]
     for spec in specs:
         srows = [r for r in rows if r["spec"] == spec]
-        details += [f"<details><summary>{spec}: {len(srows)} rows</summary>", "",
-                    tabulate([row_cells(r)[1:] + [_clip(r["reason"] or "", 200)] for r in srows],
+        details += [f"<details><summary>{md(spec)}: {len(srows)} rows</summary>", "",
+                    tabulate([[md(c) for c in row_cells(r)[1:]] + [md(_clip(r["reason"] or "", 200))] for r in srows],
                              headers=[h for _, h in COLUMNS[1:]] + ["reason"], tablefmt="github", disable_numparse=True),
                     "", "</details>", ""]
     pointer = f"Full tables: `{full_report}` and `deploycheck.json` in the uploaded reports."
