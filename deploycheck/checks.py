@@ -142,8 +142,12 @@ def outputs_check(runner, t: Target) -> Verdict:
                            if b.outputs.numel() else 0.0)
     st = compare_arrays(r.outputs, b.outputs, atol=tol.atol, rtol=tol.rtol)
     details = {k: st[k] for k in ("mismatched", "total", "max_abs", "mean_abs", "max_rel", "min_atol")}
-    formula = (f"max abs diff {fmt_num(st['max_abs'])}; {st['mismatched']} of {st['total']} elements outside "
-               f"{tol.describe(st['max_abs'])}")
+    if tol.steps is not None:
+        formula = (f"max abs diff {fmt_num(st['max_abs'])}: {tol.describe(st['max_abs'])}; {st['mismatched']} of "
+                   f"{st['total']} elements beyond it")
+    else:
+        formula = (f"max abs diff {fmt_num(st['max_abs'])}; {st['mismatched']} of {st['total']} elements outside "
+                   f"{tol.describe(st['max_abs'])}")
     threshold: dict = {"atol": tol.atol, "rtol": tol.rtol}
     if tol.steps is not None:
         threshold.update(quant_steps=tol.steps, precision=tol.precision, step=tol.step)

@@ -94,7 +94,8 @@ def test_a_static_int8_onnx_variant_passes_its_default_outputs_check_and_a_corru
     recs = {r["variant"]: r for r in doc["records"] if r["check"] == "outputs"}
     ok, bad = recs["int8"], recs["broken"]
     assert ok["status"] == "passed" and ok["threshold"]["precision"] == "int8" and ok["threshold"]["quant_steps"] == 2
-    assert " elements outside within " in ok["formula"] and " int8 steps; limit 2 (one step " in ok["formula"]
+    assert ok["formula"].startswith("max abs diff ") and ": within " in ok["formula"]
+    assert " int8 steps; limit 2 (one step " in ok["formula"] and ok["formula"].endswith(" elements beyond it")
     assert ok["details"]["steps"] <= 2
     res.stdout.fnmatch_lines(["*check] outputs failed for tiny::broken::onnx*",
                               "outputs of the reloaded onnx artifact differ from the in-memory variant (atol *, rtol 0)*",
@@ -259,5 +260,6 @@ def test_the_metric_gate_reports_its_paired_interval_and_inconclusive_decides_by
     assert "drop_ci" not in recs["baseline"]["details"]
     md = (project.path / "reports" / "deploycheck.md").read_text()
     html = (project.path / "reports" / "deploycheck.html").read_text()
-    for text in (md, html, res.stdout.str()):  # the Δ vs base cell carries the paired interval
-        assert "+0.0000 [-0.1206, +0.1206]" in text
+    cell = "+0.0000 [-0.1206, +0.1206]"  # the Δ vs base cell carries the paired interval
+    assert cell in html and cell in res.stdout.str()
+    assert "+0.0000 \\[-0.1206, +0.1206\\]" in md  # Markdown escapes link brackets

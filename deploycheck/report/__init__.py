@@ -105,7 +105,7 @@ def _delta_ci(metric_details: dict) -> list[float] | None:
     if not ci:
         return None
     if metric_details.get("higher_is_better", True):
-        return [-ci["high"], -ci["low"]]
+        return [0.0 - ci["high"] + 0.0, 0.0 - ci["low"] + 0.0]  # + 0.0: no "-0.0000"
     return [ci["low"], ci["high"]]
 
 
