@@ -120,7 +120,8 @@ def render(rows: list[dict], seconds: float, args) -> str:
     from tabulate import tabulate
     gate = "`max_ratio: 1.05` (far pairs: their own limits)" if args.only == "all" else "each pair's own limit"
     lines = [f"Measured on {machine_line()}; {args.quiet_runs} quiet and {args.loaded_runs} loaded ({args.load}) runs "
-             f"of `python benchmarks/latency_verdicts.py --only {args.only} --load {args.load}` "
+             f"of `python benchmarks/latency_verdicts.py --only {args.only} --load {args.load}"
+             + (f" --models {' '.join(args.models)}" if args.models else "") + "` "
              f"({seconds / 60:.0f} min). Gate {gate}.", ""]
     table = []
     for cond in ("quiet", "loaded", "all"):

@@ -263,3 +263,24 @@ def test_the_metric_gate_reports_its_paired_interval_and_inconclusive_decides_by
     cell = "+0.0000 [-0.1206, +0.1206]"  # the Δ vs base cell carries the paired interval
     assert cell in html and cell in res.stdout.str()
     assert "+0.0000 \\[-0.1206, +0.1206\\]" in md  # Markdown escapes link brackets
+
+
+def test_a_busy_machines_latency_verdict_says_so_and_its_row_is_inconclusive():
+    from deploycheck.checks import ratio_formula
+    from deploycheck.report import MARK, summary_rows
+    from deploycheck.report.records import Record
+    from deploycheck.spec.model import LatencyThreshold
+    ratio = {"ratio": 3.952, "ci_low": 3.9, "ci_high": 4.0, "pairs": 80, "confidence": 0.95,
+             "decision": "inconclusive-busy", "busy": 2.1, "cpu_ratio": 2.004, "cpu_ci": [1.98, 2.03],
+             "effective_limit": 2.6, "control": {"ratio": 1.0, "ci_low": 0.99, "ci_high": 1.01, "noise": 1.0}}
+    formula = ratio_formula(ratio, LatencyThreshold(max_ratio=2.6))
+    assert formula == ("inconclusive: the machine was busy (wall/CPU 2.1): latency ratio 3.952 by wall time "
+                       "(CI 3.900–4.000) but 2.004 by CPU time (CI 1.980–2.030, 80 rounds) against the limit 2.600; "
+                       "not failed, and measured again next run; control: baseline reloaded vs baseline 1.000 "
+                       "(CI 0.990–1.010)")
+    recs = [Record(spec="s", file="s.yaml", variant="v", format="onnx", check="load", status="passed"),
+            Record(spec="s", file="s.yaml", variant="v", format="onnx", check="latency", status="inconclusive",
+                   formula=formula)]
+    (row,) = summary_rows(recs)
+    assert row["verdict"] == "inconclusive" and MARK["inconclusive"] == "❔"
+    assert row["reason"] == "latency: " + formula
