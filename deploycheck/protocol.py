@@ -78,6 +78,7 @@ class WorkerResult:
     load_s: float = 0.0
     latency: dict | None = None
     output_shape: list = field(default_factory=list)
+    output_shapes: dict = field(default_factory=dict)  # every output's shape, by name
     peak_rss_mb: float | None = None
     cached: bool = False                 # reused from the cache, not measured in this session
 
@@ -119,10 +120,33 @@ def first_tensor(o: Any) -> Any:
     return None
 
 
-def primary_output(o: Any) -> Any:
-    """The tensor a model's call returns, whatever it wraps it in (see :func:`first_tensor`);
-    anything else is an error the caller reports with its stage."""
-    t = first_tensor(o)
-    if t is None:
-        raise TypeError(f"the model returned {type(o).__name__}, not a tensor")
-    return t
+def call(fn: Any, x: Any) -> Any:
+    """Run a model on one input batch: a tensor, a tuple of positional inputs, or a dict of
+    named inputs (passed by keyword)."""
+    if isinstance(x, dict):
+        return fn(**x)
+    if isinstance(x, (tuple, list)):
+        return fn(*x)
+    return fn(x)
+
+
+def batch_len(x: Any) -> int:
+    """The batch size of one input batch (its first input's first dimension)."""
+    t = first_tensor(x)
+    return int(t.shape[0])
+
+
+def run_batch(fn: Any, x: Any, *, index: int | None = None) -> dict:
+    """The named outputs of ``fn`` on one batch (see :func:`deploycheck.outputs.flatten`), each
+    checked to keep the batch dimension first; a ValueError says which output did not."""
+    from .outputs import flatten
+    named = flatten(call(fn, x))
+    n = batch_len(x)
+    for name, o in named.items():
+        if tuple(o.shape[:1]) != (n,):
+            what = f"output {name!r}" if len(named) > 1 else "the output"
+            at = f"batch {index}: " if index is not None else ""
+            raise ValueError(f"{at}an input batch of {n} gave {what} of shape {tuple(o.shape)}: outputs must keep "
+                             "the batch dimension first (a fixed batch size in the artifact, or an output without "
+                             "one)")
+    return named

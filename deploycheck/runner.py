@@ -21,7 +21,8 @@ from .errors import StageError
 from .isolation import WorkerPool
 from .metrics import resolve, targets_for
 from .models import build_baseline, describe_exc
-from .protocol import primary_output
+from .outputs import pick
+from .protocol import run_batch
 from .stages import build, reload, save
 from .stages.build import Built
 from .stages.reload import Reload
@@ -165,11 +166,13 @@ class Runner:
         return self._memo(t.key("reload"), lambda: reload.reload(self, t))
 
     def score(self, t: Target, outputs, *, what: str) -> float:
-        """The spec's metric on ``outputs`` (labels, or the baseline's in-memory outputs as targets)."""
+        """The spec's metric on the output it reads (``metric.output``, default the first) of the
+        named ``outputs`` (labels, or the baseline's in-memory outputs as targets)."""
         metric = resolve(t.spec)
+        name = t.spec.metric.output
         base = outputs if t.is_baseline else self.built(t.baseline()).outputs
         try:
-            return metric(outputs, targets_for(metric, self.labels(t.spec), base))
+            return metric(pick(outputs, name), targets_for(metric, self.labels(t.spec), pick(base, name)))
         except Exception as e:
             raise StageError("check", f"metric {metric.name!r} failed on the {what} outputs: {describe_exc(e)}",
                              **(t.ident() if what == "reloaded" else
@@ -178,22 +181,23 @@ class Runner:
     # --- model runs checks need -------------------------------------------------------------------
 
     def run_model(self, t: Target, name: str, inputs: Callable[[], list]) -> list:
-        """The in-memory variant's outputs on extra inputs (one tensor per batch), run once per
-        session: ``name`` identifies the inputs (e.g. "semantic", "batch-invariance")."""
+        """The in-memory variant's named outputs on extra inputs (one mapping per batch), run once
+        per session: ``name`` identifies the inputs (e.g. "semantic", "batch-invariance")."""
         def make():
             import torch
             model = self.built(t).model
             with torch.inference_mode():
-                return [primary_output(model(x)).float() for x in inputs()]
+                return [{k: o.float() for k, o in run_batch(model, x).items()} for x in inputs()]
         return self._memo(t.without_format().key(f"run:{name}"), make)
 
     def embeddings(self, t: Target):
         """The variant's embeddings of the semantic triplets' texts, in memory (the baseline's
         when it is an artifact: its reloaded ones, from the file's own format)."""
         import torch
+        name = t.spec.metric.output
         if self.built(t).model is None:
-            return self.reload(t.with_format(t.variant.formats[0])).extra_outputs
-        return torch.cat(self.run_model(t, "semantic", lambda: self.semantic_batches(t.spec)[0]))
+            return pick(self.reload(t.with_format(t.variant.formats[0])).extra_outputs, name)
+        return torch.cat([pick(o, name) for o in self.run_model(t, "semantic", lambda: self.semantic_batches(t.spec)[0])])
 
     def divergence(self, t: Target, *, against: str = "baseline") -> dict:
         """Where the variant departs from ``against`` ("baseline", or "in-memory" for the reloaded

@@ -53,9 +53,12 @@ class OnnxFormat(Format):
         so.inter_op_num_threads = 1
         sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
+        outs = [o.name for o in sess.get_outputs()]
 
         def run(x):
-            out = sess.run(None, {name: np.ascontiguousarray(x.numpy())})[0]
-            return torch.from_numpy(out)
+            got = sess.run(None, {name: np.ascontiguousarray(x.numpy())})
+            # every graph output, in the graph's order (the exporter flattens tuples and dicts in
+            # their own order); a lone output is returned as it is
+            return torch.from_numpy(got[0]) if len(outs) == 1 else tuple(torch.from_numpy(g) for g in got)
 
         return run

@@ -32,7 +32,8 @@ class TorchScriptFormat(Format):
                 if options.mode == "script":
                     sm = torch.jit.script(model)
                 else:
-                    sm = torch.jit.trace(model, (example,), check_trace=False)
+                    # strict=False: a dict or list output is traced as it is (checked by every key)
+                    sm = torch.jit.trace(model, (example,), check_trace=False, strict=False)
             except Exception as e:
                 raise Unsupported(f"torch.jit.{options.mode} failed: {type(e).__name__}: {_first_line(e)}") from e
             torch.jit.save(sm, path)

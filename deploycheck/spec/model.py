@@ -151,6 +151,8 @@ class MetricSpec:
     k: int = field(5, ge=1, doc="top_k: how many top classes count as a hit")
     callable: str | None = field(None, doc="'module:function(outputs, targets) -> float' for a custom metric")
     higher_is_better: bool | None = field(None, doc="direction of a custom metric (required with callable)")
+    output: str | None = field(None, doc="the output the metric reads, by name: a dict key ('logits'), a "
+                                         "position ('0', '1') or a nested path ('past.0.key'); default the first")
 
     @classmethod
     def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> "MetricSpec":

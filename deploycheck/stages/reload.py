@@ -11,6 +11,7 @@ from ..cache import result_key
 from ..errors import StageError
 from ..formats import FORMATS
 from ..models import search_dirs
+from ..outputs import align, as_named
 from ..protocol import LatencyPlan, WorkerResult, load_request
 from .save import VariantUnsupported
 
@@ -72,11 +73,23 @@ def reload(runner, t) -> Reload:
 
 def _finish(runner, t, r: WorkerResult, outputs_path: str, seconds: float) -> Reload:
     import torch
-    outputs = torch.cat(torch.load(outputs_path, weights_only=True))
+    outputs = as_named(torch.load(outputs_path, weights_only=True))
+    ref = None
+    if not t.made_elsewhere:
+        ref = runner.built(t).outputs
+    elif not t.is_baseline:
+        ref = runner.built(t.baseline()).outputs  # a file made elsewhere is held to the baseline
+    if ref is not None:
+        # The format may not carry the output structure (ONNX names its graph outputs itself):
+        # paired by position under the in-memory names, so the metric reads the same output.
+        pairs, why = align(ref, outputs)
+        if why is not None:
+            raise StageError("run", f"the reloaded {t.fmt} artifact {why}", **t.ident())
+        outputs = {n: g for n, _, g in pairs}
     value = runner.score(t, outputs, what="reloaded")
     extra = None
     if os.path.exists(outputs_path + ".extra.pt"):
-        extra = torch.cat(torch.load(outputs_path + ".extra.pt", weights_only=True))
+        extra = as_named(torch.load(outputs_path + ".extra.pt", weights_only=True))
     return Reload(r, outputs, value, seconds, extra)
 
 

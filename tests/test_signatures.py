@@ -1,0 +1,151 @@
+"""Model signatures: every output checked by name, the baseline run as declared before any format.
+
+pytester runs with real artifacts; each test asserts what a user sees (exit code, the item's
+outcome, the message naming the output or the input)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+SIG_MODELS = '''
+import torch
+from torch import nn
+
+
+class Pair(nn.Module):
+    """(logits, emb): emb takes a Python branch on the batch size, which torch.jit.trace freezes
+    at the example's batch of 1, so a reloaded TorchScript file doubles no emb while the model does."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 16)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.fc(x))
+        emb = h if x.shape[0] == 1 else h * 2.0
+        return self.out(h), emb
+
+
+class Heads(nn.Module):
+    """A dict of outputs; with ``tamper`` the emb head adds 1 while it is traced or exported."""
+
+    def __init__(self, tamper: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 16)
+        self.out = nn.Linear(16, 3)
+        self.tamper = tamper
+
+    def forward(self, x):
+        h = torch.relu(self.fc(x))
+        emb = h * 1.0
+        if self.tamper and (torch.jit.is_tracing() or torch.compiler.is_exporting()):
+            emb = emb + 1.0
+        return {"logits": self.out(h), "emb": emb}
+
+
+class Conv(nn.Module):
+    """Needs (N, 1, 8, 8) images."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fc = nn.Linear(4 * 6 * 6, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+'''
+
+SPEC = """\
+deploycheck: 1
+name: {name}
+model:
+  factory: sigmodels:{factory}
+  kwargs: {kwargs}
+  inputs: {{shape: {shape}}}
+data:
+  source: {data}
+  split: {{test_fraction: 0.25, seed: 0}}
+{metric}
+formats: {formats}
+variants:
+  baseline: {{}}
+thresholds:
+  metric: {{max_drop: 0.01}}
+{thresholds}
+latency: {{warmup: 1, min_rounds: 5, max_time_s: 0.3, round_ms: 0.2}}
+snapshot: {{enabled: {snapshot}}}
+"""
+
+
+def spec(*, name: str = "sig", factory: str = "Pair", kwargs: str = "{}", shape: str = "[1, 4]",
+         data: str = "sklearn:iris", formats: str = "[torchscript]", metric: str = "", thresholds: str = "",
+         snapshot: str = "false") -> str:
+    return SPEC.format(name=name, factory=factory, kwargs=kwargs, shape=shape, data=data, formats=formats,
+                       metric=metric, thresholds=thresholds, snapshot=snapshot)
+
+
+@pytest.fixture
+def sig(project):
+    project.tester.makepyfile(sigmodels=SIG_MODELS)
+    return project
+
+
+def outcomes(result) -> dict[str, str]:
+    """``{item id tail: PASSED | FAILED | SKIPPED | ERROR}`` from a -rA verbose run."""
+    out = {}
+    for line in result.outlines:
+        for word in ("PASSED", "FAILED", "SKIPPED", "ERROR"):
+            if f" {word}" in line and "::" in line and not line.startswith(word):
+                out[line.split(" ")[0].split("::", 1)[1]] = word
+    return out
+
+
+def test_second_output_frozen_by_trace_fails_naming_it(sig):
+    """The false pass of issue 21: logits match, emb differs; outputs fails on output '1'."""
+    sig.write(spec())
+    r = sig.run("-v", "-rA")
+    got = outcomes(r)
+    assert got["sig::baseline::torchscript::outputs"] == "FAILED", got
+    assert got["sig::baseline::torchscript::metric"] == "PASSED", got  # the metric reads the logits
+    r.stdout.fnmatch_lines(["*output '1' of the reloaded torchscript artifact differs from the in-memory variant*"])
+    assert r.ret == 1
+
+
+def test_metric_output_names_the_output_it_reads(sig):
+    """metric.output picks the output; a name the model does not return is an error naming its outputs."""
+    sig.write(spec(metric="metric: {name: mse, output: nope}", data="sklearn:iris"))
+    r = sig.run("-v", "-rA")
+    r.stdout.fnmatch_lines(["*metric.output 'nope' is not an output of the model; its outputs are '0', '1'*"])
+    assert r.ret == 1
+
+
+
+
+def test_dict_outputs_checked_on_every_key(sig):
+    """A dict of outputs goes through torchscript, export and onnx; each key is compared and
+    snapshotted, and an artifact that changed only 'emb' fails naming it while the metric (on
+    logits) passes."""
+    pytest.importorskip("onnxscript")
+    for name, tamper in (("faithful", "false"), ("tampered", "true")):
+        sig.write(spec(name=name, factory="Heads", kwargs=f"{{tamper: {tamper}}}", formats="[torchscript, export, onnx]",
+                       snapshot="true"), name)
+    r = sig.run("-v", "-rA", "--snapshot-update")
+    got = outcomes(r)
+    for fmt in ("torchscript", "export", "onnx"):
+        for name in ("faithful", "tampered"):
+            assert got[f"{name}::baseline::{fmt}::load"] == "PASSED", got
+            assert got[f"{name}::baseline::{fmt}::metric"] == "PASSED", got
+        assert got[f"faithful::baseline::{fmt}::outputs"] == "PASSED", got
+        assert got[f"tampered::baseline::{fmt}::outputs"] == "FAILED", got
+        r.stdout.fnmatch_lines([f"*output 'emb' of the reloaded {fmt} artifact differs from the in-memory variant*"])
+    assert r.ret == 1
+    doc = json.loads((sig.path / "__snapshots__" / "faithful" / "faithful.baseline.export.snapshot.json").read_text())
+    assert doc["shape"] == {"logits": [3], "emb": [16]}
+    (entry,) = doc["entries"].values()
+    assert list(entry["outputs"]) == ["logits", "emb"]
