@@ -37,6 +37,20 @@ DIVERGENCE_PROBES = 16
 _STAGE_OF = {"artifact": "save", "reload": "load"}
 
 
+def baseline_input_problem(spec, *, what: str, given, sample: list, error: str) -> str:
+    """Why the baseline cannot run as declared, with what was declared and what the data gave,
+    pointing at the two keys that decide it."""
+    from .stages.build import describe_batch
+    inp = spec.model.inputs
+    declared = f"shape {list(inp.shape)} {inp.dtype}"
+    data = describe_batch(sample[0]) if sample else "no samples"
+    return (f"the baseline model cannot run on {what} ({describe_batch(given)}): {error}\n"
+            f"  model.inputs declares {declared}; the data ({spec.data.source}"
+            f"{' after preprocess' if spec.data.preprocess else ''}) gives evaluation batches of {data}\n"
+            f"  fix model.inputs to the shape and dtype the model takes, or the data (data.preprocess: reshape, "
+            f"scale, dtype) to match it")
+
+
 class Runner:
     def __init__(self, *, run_dir: str, log: Callable[[str], None] = lambda s: None, cache: Cache | None = None):
         self.cache = cache or Cache(None)
@@ -150,8 +164,35 @@ class Runner:
     def baseline_model(self, spec):
         return self._memo(("baseline-model", spec.path), lambda: build_baseline(spec))
 
+    def baseline_runs(self, spec) -> None:
+        """The in-memory baseline run on the declared example input and on the first evaluation
+        batch, once, before any variant is built or any format saved: a spec whose model cannot
+        take what ``model.inputs`` declares or what ``data`` gives fails every item with this one
+        message, instead of each format calling the baseline unsupported."""
+        def make():
+            import torch
+            if not (spec.model.factory or spec.model.hf):
+                return None  # the baseline is a file made elsewhere: its own load item says how it runs
+            model = self.baseline_model(spec)
+            batches = self.batches(spec)
+            example = self.example(spec)
+            for what, x in (("the declared example input", example),
+                            ("the first evaluation batch", batches[0] if batches else None)):
+                if x is None:
+                    continue
+                try:
+                    with torch.inference_mode():
+                        run_batch(model, x)
+                except Exception as e:
+                    raise StageError("build", baseline_input_problem(spec, what=what, given=x, sample=batches,
+                                                                     error=describe_exc(e)),
+                                     spec=spec.name, variant="baseline", where=spec.where("model")) from e
+            return None
+        return self._memo(("baseline-runs", spec.path), make)
+
     def built(self, t: Target) -> Built:
         v = t.without_format()
+        self.baseline_runs(t.spec)
         return self._memo(v.key("built"), lambda: build.build(self, v))
 
     def built_if_ready(self, t: Target) -> Built | None:
@@ -160,6 +201,7 @@ class Runner:
         return got[1] if got and got[0] == "ok" else None
 
     def artifact(self, t: Target) -> Artifact:
+        self.baseline_runs(t.spec)
         return self._memo(t.key("artifact"), lambda: save.save(self, t))
 
     def reload(self, t: Target) -> Reload:

@@ -149,3 +149,20 @@ def test_dict_outputs_checked_on_every_key(sig):
     assert doc["shape"] == {"logits": [3], "emb": [16]}
     (entry,) = doc["entries"].values()
     assert list(entry["outputs"]) == ["logits", "emb"]
+
+
+def test_baseline_that_cannot_take_the_declared_input_fails_every_item(sig):
+    """A CNN declared with shape [1, 64] (it needs [1, 1, 8, 8]): no item passes or is skipped as
+    a format limit; each fails with the one message naming model.inputs and data, with both shapes."""
+    sig.write(spec(factory="Conv", shape="[1, 64]", data="sklearn:digits", formats="[torchscript, export]"))
+    r = sig.run("-v", "-rA")
+    got = outcomes(r)
+    assert got and set(got.values()) == {"FAILED"}, got
+    res = r.parseoutcomes()
+    assert res.get("skipped", 0) == 0 and res["failed"] == len(got)
+    r.stdout.fnmatch_lines([
+        "*the baseline model cannot run on the declared example input (shape (1, 64) float32): RuntimeError: *conv2d*",
+        "*model.inputs declares shape [[]1, 64[]] float32; the data (sklearn:digits) gives evaluation batches of "
+        "shape (64, 64) float32*",
+        "*fix model.inputs to the shape and dtype the model takes, or the data (data.preprocess: reshape, scale, dtype)*"])
+    assert r.ret == 1

@@ -149,7 +149,7 @@ def describe_batch(b) -> str:
         return ", ".join(f"{k} {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}" for k, v in b.items())
     if isinstance(b, (tuple, list)):
         return ", ".join(f"input {i} {tuple(v.shape)}" for i, v in enumerate(b))
-    return f"shape {tuple(b.shape)}"
+    return f"shape {tuple(b.shape)} {str(b.dtype).replace('torch.', '')}"
 
 
 def _eval_mode(model) -> None:
