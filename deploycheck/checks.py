@@ -17,7 +17,7 @@ from . import diverge, machine, snapshots
 from .errors import StageError
 from .metrics import resolve
 from .outputs import align, label, pick
-from .protocol import batch_len
+from .protocol import batch_len, concat_inputs, rows, take
 from .numeric import compare_arrays, describe_nonfinite, fmt_num, nonfinite, render_mismatch
 from .registry import Registry
 from .stages.save import VariantUnsupported
@@ -391,28 +391,29 @@ def _bi_applies(t: Target) -> bool:
 def batch_invariance_check(runner, t: Target) -> Verdict:
     import torch
     th = t.variant.thresholds.batch_invariance
-    x = torch.from_numpy(runner.data(t.spec).x_test)
-    n = min(th.probes, len(x))
-    probes = x[:n]
-    fill = x[n:n + max(th.batch_size - n, 0)]
+    x = concat_inputs(runner.batches(t.spec))
+    n = min(th.probes, rows(x))
+    probes = take(x, slice(0, n))
+    fill = take(x, slice(n, n + max(th.batch_size - n, 0)))
+    n_fill = rows(fill)
     # each probe alone; all probes first in a batch of other samples; then last in it
-    outs = runner.run_model(t, "batch-invariance", lambda: [probes[i:i + 1] for i in range(n)]
-                            + [torch.cat([probes, fill]), torch.cat([fill, probes])])
+    outs = runner.run_model(t, "batch-invariance", lambda: [take(probes, slice(i, i + 1)) for i in range(n)]
+                            + [concat_inputs([probes, fill]), concat_inputs([fill, probes])])
     diff = 0.0
     for name in outs[0]:  # every output: a batch-dependent embedding is as wrong as a batch-dependent logit
         a = torch.cat([o[name] for o in outs[:n]])
-        d = torch.maximum((a - outs[n][name][:n]).abs().amax(), (a - outs[n + 1][name][len(fill):]).abs().amax())
+        d = torch.maximum((a - outs[n][name][:n]).abs().amax(), (a - outs[n + 1][name][n_fill:]).abs().amax())
         diff = max(diff, d.item())
     mo = [pick(o, t.spec.metric.output) for o in outs]
     alone = torch.cat(mo[:n])
-    batched, rev = mo[n][:n], mo[n + 1][len(fill):]
+    batched, rev = mo[n][:n], mo[n + 1][n_fill:]
     changed = 0
     if alone.ndim == 2 and alone.shape[1] > 1 and resolve(t.spec).needs_labels:  # classifiers: compare predictions
         changed = int(((alone.argmax(1) != batched.argmax(1)) | (alone.argmax(1) != rev.argmax(1))).sum())
     ok = diff <= th.atol and changed <= th.max_changed_predictions
     formula = (f"max |alone - batched| {fmt_num(diff)} {'<=' if diff <= th.atol else '>'} atol {fmt_num(th.atol)}; "
                f"changed predictions {changed} {'<=' if changed <= th.max_changed_predictions else '>'} "
-               f"max_changed_predictions {th.max_changed_predictions} ({n} probes, batches of {n + len(fill)})")
+               f"max_changed_predictions {th.max_changed_predictions} ({n} probes, batches of {n + n_fill})")
     return Verdict("batch_invariance", ok, "" if ok else formula, formula, diff,
                    {"atol": th.atol, "max_changed_predictions": th.max_changed_predictions},
                    {"max_diff": diff, "changed_predictions": changed, "probes": n})

@@ -150,3 +150,20 @@ def run_batch(fn: Any, x: Any, *, index: int | None = None) -> dict:
                              "the batch dimension first (a fixed batch size in the artifact, or an output without "
                              "one)")
     return named
+
+
+def rows(x) -> int:
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
+def concat_inputs(batches: list):
+    """Input batches (tensors) joined along the batch dimension, input by input."""
+    import torch
+    if batches and isinstance(batches[0], dict):
+        return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    return torch.cat(batches)
+
+
+def take(x, index):
+    """Rows of one input or of every named input alike."""
+    return {k: v[index] for k, v in x.items()} if isinstance(x, dict) else x[index]

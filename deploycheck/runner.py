@@ -22,7 +22,7 @@ from .isolation import WorkerPool
 from .metrics import resolve, targets_for
 from .models import build_baseline, describe_exc
 from .outputs import pick
-from .protocol import run_batch
+from .protocol import batch_len, concat_inputs, run_batch, take
 from .stages import build, reload, save
 from .stages.build import Built
 from .stages.reload import Reload
@@ -37,12 +37,20 @@ DIVERGENCE_PROBES = 16
 _STAGE_OF = {"artifact": "save", "reload": "load"}
 
 
+def with_declared_dtypes(spec, b):
+    """bfloat16 inputs (numpy has none) cast on the tensor side; every other dtype is the data's."""
+    import torch
+    if isinstance(b, dict):
+        decl = dict(spec.model.inputs.items)
+        return {k: v.to(torch.bfloat16) if decl[k].dtype == "bfloat16" else v for k, v in b.items()}
+    return b.to(torch.bfloat16) if spec.model.inputs.dtype == "bfloat16" else b
+
+
 def baseline_input_problem(spec, *, what: str, given, sample: list, error: str) -> str:
     """Why the baseline cannot run as declared, with what was declared and what the data gave,
     pointing at the two keys that decide it."""
     from .stages.build import describe_batch
-    inp = spec.model.inputs
-    declared = f"shape {list(inp.shape)} {inp.dtype}"
+    declared = spec.model.inputs.describe()
     data = describe_batch(sample[0]) if sample else "no samples"
     return (f"the baseline model cannot run on {what} ({describe_batch(given)}): {error}\n"
             f"  model.inputs declares {declared}; the data ({spec.data.source}"
@@ -86,7 +94,10 @@ class Runner:
         return self._memo(("data", spec.path), lambda: load(spec))
 
     def batches(self, spec) -> list:
-        return self._memo(("batches", spec.path), lambda: self.data(spec).eval_batches(spec.data.batch_size))
+        def make():
+            batches = self.data(spec).eval_batches(spec.data.batch_size)
+            return [with_declared_dtypes(spec, b) for b in batches]
+        return self._memo(("batches", spec.path), make)
 
     def labels(self, spec):
         import torch
@@ -94,19 +105,29 @@ class Runner:
         return None if y is None else torch.from_numpy(y)
 
     def example(self, spec):
-        """The example input: real held-out samples when their shape fits, else seeded random values."""
+        """The example input (each named input's, by name): real held-out samples when their shape
+        fits, else seeded random values of the declared dtype."""
         def make():
             import numpy as np
             import torch
-            shape = tuple(spec.model.inputs.shape)
-            dtype = getattr(torch, spec.model.inputs.dtype)
-            x = self.data(spec).x_test
-            if tuple(x.shape[1:]) == shape[1:] and len(x) >= shape[0]:
-                return torch.from_numpy(np.ascontiguousarray(x[:shape[0]])).to(dtype)
-            g = torch.Generator().manual_seed(0)
-            if dtype.is_floating_point:
-                return torch.randn(shape, generator=g).to(dtype)
-            return torch.randint(0, 100, shape, generator=g, dtype=dtype)
+            sig = spec.model.inputs
+            x_all = self.data(spec).x_test
+            out = {}
+            for name, inp in sig.items:
+                shape = tuple(inp.shape)
+                dtype = getattr(torch, inp.dtype)
+                x = x_all[name] if isinstance(x_all, dict) else x_all
+                if tuple(x.shape[1:]) == shape[1:] and len(x) >= shape[0]:
+                    out[name] = torch.from_numpy(np.ascontiguousarray(x[:shape[0]])).to(dtype)
+                    continue
+                g = torch.Generator().manual_seed(0)
+                if dtype.is_floating_point:
+                    out[name] = torch.randn(shape, generator=g).to(dtype)
+                elif dtype == torch.bool:
+                    out[name] = torch.ones(shape, dtype=torch.bool)  # a mask that keeps every position
+                else:
+                    out[name] = torch.randint(0, 100, shape, generator=g, dtype=dtype)
+            return out if sig.named else out["x"]
         return self._memo(("example", spec.path), make)
 
     def semantic_batches(self, spec):
@@ -146,11 +167,13 @@ class Runner:
 
     def inputs_sha(self, spec) -> str:
         def make():
+            import torch
             h = hashlib.sha256()
             extra = self.semantic_batches(spec)[0] if spec.semantic is not None else []
-            for b in self.batches(spec) + [self.example(spec)] + extra:
-                h.update(str((tuple(b.shape), str(b.dtype))).encode())
-                h.update(b.contiguous().numpy().tobytes())
+            for batch in self.batches(spec) + [self.example(spec)] + extra:
+                for name, b in (batch.items() if isinstance(batch, dict) else [("", batch)]):
+                    h.update(str((name, tuple(b.shape), str(b.dtype))).encode())
+                    h.update(b.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
             return h.hexdigest()
         return self._memo(("inputs-sha", spec.path), make)
 
@@ -250,9 +273,9 @@ class Runner:
             import torch
             ref_t = t.baseline() if against == "baseline" else t
             ref, var = self.built(ref_t).model, self.built(t).model
-            probes = torch.cat(self.batches(t.spec))[:DIVERGENCE_PROBES]
+            probes = take(concat_inputs(self.batches(t.spec)), slice(0, DIVERGENCE_PROBES))
             words = {"subject": "the variant", "reference": "the baseline" if against == "baseline"
-                     else "the in-memory variant", "probes": len(probes)}
+                     else "the in-memory variant", "probes": batch_len(probes)}
             if ref is None:
                 return {"rows": [], "first": None, "note": "artifact made elsewhere", **words}
             captured, fmt = None, t.fmt

@@ -48,6 +48,37 @@ class Heads(nn.Module):
         return {"logits": self.out(h), "emb": emb}
 
 
+class Tokens(nn.Module):
+    """Token ids (int64) and an attention mask (bool) -> {logits, pooled}: a masked mean of embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(50, 8)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, input_ids, attention_mask):
+        m = attention_mask.unsqueeze(-1).to(self.emb.weight.dtype)
+        pooled = (self.emb(input_ids) * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return {"logits": self.out(pooled), "pooled": pooled}
+
+
+def token_data(as_tuple=False, length=16):
+    """120 sequences of ``length`` token ids with a mask that hides a tail; labels from the first token."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50, size=(120, length))
+    lens = rng.integers(length // 2, length + 1, size=120)
+    mask = (np.arange(length)[None, :] < lens[:, None]).astype(np.int64)
+    y = ids[:, 0] % 3
+    x = (ids, mask) if as_tuple else {"input_ids": ids, "attention_mask": mask}
+    return x, y
+
+
+def token_tuple():
+    return token_data(as_tuple=True)
+
+
 class Conv(nn.Module):
     """Needs (N, 1, 8, 8) images."""
 
