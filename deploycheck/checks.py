@@ -17,7 +17,7 @@ from . import diverge, machine, snapshots
 from .errors import StageError
 from .metrics import resolve
 from .outputs import align, label, pick
-from .protocol import batch_len, concat_inputs, rows, take
+from .protocol import batch_len, concat_inputs, rows, run_batch, take
 from .numeric import compare_arrays, describe_nonfinite, fmt_num, nonfinite, render_mismatch
 from .registry import Registry
 from .stages.save import VariantUnsupported
@@ -186,6 +186,75 @@ def output_threshold(variant, name: str):
     """The tolerances for one output: ``thresholds.outputs.<name>`` where given, else the flat ones."""
     th = variant.thresholds.outputs
     return th.per_output.get(name, th) if hasattr(th, "per_output") else th
+
+
+# --- dynamic dimensions --------------------------------------------------------------------------
+
+def _has_dynamic(t: Target) -> bool:
+    return any(d.dim > 0 and d.min is not None and d.max is not None
+               for _, i in t.spec.model.inputs.items for d in i.dynamic_dims)
+
+
+@check("dynamic", applies=_has_dynamic)
+def dynamic_check(runner, t: Target) -> Verdict:
+    """The reloaded artifact at every declared dynamic dimension's min, middle and max size,
+    against the in-memory variant (the baseline, for a file made elsewhere) on the same inputs."""
+    r = runner.reload(t)
+    probes = runner.dynamic_probes(t.spec)
+    ref_t = t.baseline() if t.made_elsewhere and not t.is_baseline else t
+    if t.made_elsewhere and t.is_baseline:
+        pytest.skip("an artifact made elsewhere as the baseline has no in-memory model to compare sizes with")
+    model = runner.built(ref_t).model
+    failed, ok_labels, details = [], [], {}
+    got_all = r.dynamic_outputs or []
+    errors = r.result.dynamic_errors or []
+    for i, p in enumerate(probes):
+        head = f"{p.name} traced at {p.traced}; at {p.size} ({', '.join(p.where)})"
+        try:
+            import torch
+            with torch.inference_mode():
+                ref = {k: o.float() for k, o in run_batch(model, p.batch).items()}
+        except Exception as e:  # the declaration promises a size the model itself cannot take
+            failed.append(f"{head} the in-memory variant fails: {type(e).__name__}: {str(e).splitlines()[0][:300]} "
+                          f"(check model.inputs dynamic min/max)")
+            details[p.label()] = "in-memory failed"
+            continue
+        err = errors[i] if i < len(errors) else "no result for this size"
+        if err:
+            failed.append(f"{head} the reloaded {t.fmt} artifact fails: {err}")
+            details[p.label()] = "failed"
+            continue
+        got = got_all[i]
+        pairs, why = align(ref, got)
+        if why is not None:
+            failed.append(f"{head} the reloaded {t.fmt} artifact {why.replace('the reference', 'the in-memory variant')}")
+            continue
+        bad = []
+        for name, a, g in pairs:
+            lab = f" output {name!r}" if len(pairs) > 1 else " output"
+            if g.shape != a.shape:
+                bad.append(f"returned{lab} of shape {tuple(g.shape)} where the in-memory variant returned "
+                           f"{tuple(a.shape)}")
+                continue
+            th = output_threshold(t.variant, name)
+            st = compare_arrays(g, a, atol=th.atol, rtol=th.rtol)
+            if st["mismatched"]:
+                bad.append(f"differs on{lab}: {st['mismatched']} of {st['total']} elements outside atol "
+                           f"{fmt_num(th.atol)} + rtol {fmt_num(th.rtol)} * |expected| (max abs diff "
+                           f"{fmt_num(st['max_abs'])})")
+        if bad:
+            failed.append(f"{head} the reloaded {t.fmt} artifact " + "; ".join(bad))
+            details[p.label()] = "differs"
+        else:
+            ok_labels.append(p.label())
+            details[p.label()] = "ok"
+    sizes = ", ".join(p.label() for p in probes)
+    if failed:
+        msg = "\n".join(failed) + (f"\n  export with these dimensions dynamic (model.inputs dynamic) or fix the "
+                                  f"model's size-dependent Python code; sizes tried: {sizes}")
+        return Verdict("dynamic", False, msg, failed[0], len(failed), {"sizes": sizes}, details)
+    return Verdict("dynamic", True, formula=f"matches the in-memory variant at {sizes}", value=len(probes),
+                   details=details)
 
 
 # --- metric -------------------------------------------------------------------------------------

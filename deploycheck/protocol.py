@@ -47,6 +47,7 @@ class WorkerRequest:
     threads: int = 1
     latency: LatencyPlan | None = None
     extra_inputs: str | None = None      # semantic triplets' texts, run after the evaluation batches
+    dynamic_inputs: str | None = None    # batches at each declared dynamic dimension's sizes (see runner)
     memory_mb: int | None = None
     python_path: tuple[str, ...] = ()    # only for formats that import the model's code
 
@@ -79,6 +80,7 @@ class WorkerResult:
     latency: dict | None = None
     output_shape: list = field(default_factory=list)
     output_shapes: dict = field(default_factory=dict)  # every output's shape, by name
+    dynamic_errors: list = field(default_factory=list)  # per dynamic-size batch: None, or why it failed
     peak_rss_mb: float | None = None
     cached: bool = False                 # reused from the cache, not measured in this session
 
@@ -97,12 +99,13 @@ class WorkerResult:
 
 def load_request(ref: ArtifactRef, *, workdir: str, stem: str, inputs: str, threads: int = 1,
                  latency: LatencyPlan | None = None, extra_inputs: str | None = None, memory_mb: int | None = None,
-                 python_path: tuple[str, ...] | list[str] = ()) -> WorkerRequest:
+                 python_path: tuple[str, ...] | list[str] = (), dynamic_inputs: str | None = None) -> WorkerRequest:
     """A request to load ``ref`` and run it on ``inputs``; its output and result files are
     ``<workdir>/<stem>.outputs.pt`` and ``<workdir>/<stem>.result.json``."""
     return WorkerRequest(target=ref, inputs=inputs, outputs=os.path.join(workdir, f"{stem}.outputs.pt"),
                          result=os.path.join(workdir, f"{stem}.result.json"), threads=threads, latency=latency,
-                         extra_inputs=extra_inputs, memory_mb=memory_mb, python_path=tuple(python_path))
+                         extra_inputs=extra_inputs, memory_mb=memory_mb, python_path=tuple(python_path),
+                         dynamic_inputs=dynamic_inputs)
 
 
 def first_tensor(o: Any) -> Any:

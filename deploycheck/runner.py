@@ -162,14 +162,25 @@ class Runner:
             if spec.semantic is not None:
                 files["semantic"] = os.path.join(d, "semantic_inputs.pt")
                 torch.save(self.semantic_batches(spec)[0], files["semantic"])
+            probes = self.dynamic_probes(spec)
+            if probes:
+                files["dynamic"] = os.path.join(d, "dynamic_inputs.pt")
+                torch.save([p.batch for p in probes], files["dynamic"])
             return files
         return self._memo(("inputs-files", spec.path), make)
+
+    def dynamic_probes(self, spec) -> list:
+        """Batches at each declared dynamic dimension's min, middle and max size (see
+        :func:`deploycheck.signature.dynamic_probes`), built from the first evaluation rows."""
+        from .signature import dynamic_probes
+        return self._memo(("dynamic-probes", spec.path), lambda: dynamic_probes(spec, self.batches(spec)))
 
     def inputs_sha(self, spec) -> str:
         def make():
             import torch
             h = hashlib.sha256()
             extra = self.semantic_batches(spec)[0] if spec.semantic is not None else []
+            extra = extra + [p.batch for p in self.dynamic_probes(spec)]
             for batch in self.batches(spec) + [self.example(spec)] + extra:
                 for name, b in (batch.items() if isinstance(batch, dict) else [("", batch)]):
                     h.update(str((name, tuple(b.shape), str(b.dtype))).encode())

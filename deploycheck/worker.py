@@ -89,6 +89,19 @@ def handle(req: WorkerRequest) -> WorkerResult:
                 extra = concat([{k: o.detach().float() for k, o in run_batch(fn, b).items()}
                                 for b in torch.load(req.extra_inputs, weights_only=True)])
             torch.save(extra, req.outputs + ".extra.pt")
+        if req.dynamic_inputs:
+            # each declared dynamic size on its own: one that the artifact cannot run is a
+            # verdict of the dynamic check (naming the input and dimension), not a failed load
+            dyn = []
+            for b in torch.load(req.dynamic_inputs, weights_only=True):
+                try:
+                    with torch.inference_mode():
+                        dyn.append({k: o.detach().float().cpu() for k, o in run_batch(fn, b).items()})
+                    res.dynamic_errors.append(None)
+                except Exception as e:  # noqa: BLE001 - reported by the dynamic check
+                    dyn.append({})
+                    res.dynamic_errors.append((f"{type(e).__name__}: {e}".strip().splitlines() or [""])[0][:400])
+            torch.save(dyn, req.outputs + ".dynamic.pt")
         res.output_shape = list(next(iter(joined.values())).shape) if joined else []
         res.output_shapes = {k: list(v.shape) for k, v in joined.items()}
     except BaseException as e:  # noqa: BLE001 - a crashing model is a result, not a worker failure

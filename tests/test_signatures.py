@@ -63,6 +63,14 @@ class Tokens(nn.Module):
         return {"logits": self.out(pooled), "pooled": pooled}
 
 
+class SeqFixed(Tokens):
+    """Divides by the sequence length as a Python float: a TorchScript trace bakes in the traced length."""
+
+    def forward(self, input_ids, attention_mask):
+        pooled = self.emb(input_ids).sum(1) / float(input_ids.shape[1])
+        return {"logits": self.out(pooled), "pooled": pooled}
+
+
 def token_data(as_tuple=False, length=16):
     """120 sequences of ``length`` token ids with a mask that hides a tail; labels from the first token."""
     import numpy as np
@@ -159,27 +167,19 @@ def test_metric_output_names_the_output_it_reads(sig):
 
 
 def test_dict_outputs_checked_on_every_key(sig):
-    """A dict of outputs goes through torchscript, export and onnx; each key is compared and
-    snapshotted, and an artifact that changed only 'emb' fails naming it while the metric (on
-    logits) passes."""
+    """A dict of outputs through torchscript, export and onnx, each key compared: an artifact that
+    changed only 'emb' fails naming it while the metric (on logits) passes. (The faithful dict case
+    passes in the named-inputs test below.)"""
     pytest.importorskip("onnxscript")
-    for name, tamper in (("faithful", "false"), ("tampered", "true")):
-        sig.write(spec(name=name, factory="Heads", kwargs=f"{{tamper: {tamper}}}", formats="[torchscript, export, onnx]",
-                       snapshot="true"), name)
-    r = sig.run("-v", "-rA", "--snapshot-update")
+    sig.write(spec(name="tampered", factory="Heads", kwargs="{tamper: true}", formats="[torchscript, export, onnx]"))
+    r = sig.run("-v", "-rA")
     got = outcomes(r)
     for fmt in ("torchscript", "export", "onnx"):
-        for name in ("faithful", "tampered"):
-            assert got[f"{name}::baseline::{fmt}::load"] == "PASSED", got
-            assert got[f"{name}::baseline::{fmt}::metric"] == "PASSED", got
-        assert got[f"faithful::baseline::{fmt}::outputs"] == "PASSED", got
+        assert got[f"tampered::baseline::{fmt}::load"] == "PASSED", got
+        assert got[f"tampered::baseline::{fmt}::metric"] == "PASSED", got
         assert got[f"tampered::baseline::{fmt}::outputs"] == "FAILED", got
         r.stdout.fnmatch_lines([f"*output 'emb' of the reloaded {fmt} artifact differs from the in-memory variant*"])
     assert r.ret == 1
-    doc = json.loads((sig.path / "__snapshots__" / "faithful" / "faithful.baseline.export.snapshot.json").read_text())
-    assert doc["shape"] == {"logits": [3], "emb": [16]}
-    (entry,) = doc["entries"].values()
-    assert list(entry["outputs"]) == ["logits", "emb"]
 
 
 def test_baseline_that_cannot_take_the_declared_input_fails_every_item(sig):
@@ -196,4 +196,70 @@ def test_baseline_that_cannot_take_the_declared_input_fails_every_item(sig):
         "*model.inputs declares shape [[]1, 64[]] float32; the data (sklearn:digits) gives evaluation batches of "
         "shape (64, 64) float32*",
         "*fix model.inputs to the shape and dtype the model takes, or the data (data.preprocess: reshape, scale, dtype)*"])
+    assert r.ret == 1
+
+
+TOKENS = """\
+deploycheck: 1
+name: {name}
+model:
+  factory: sigmodels:{factory}
+  inputs:
+    input_ids: {{shape: [2, 16], dtype: int64, dynamic: {{1: {{name: seq, min: 4, max: 24}}}}}}
+    attention_mask: {{shape: [2, 16], dtype: bool, dynamic: {{1: {{name: seq, min: 4, max: 24}}}}}}
+data:
+  source: python:sigmodels:{data}
+formats: {formats}
+variants:
+  baseline: {{}}
+thresholds:
+  outputs: {{atol: 1.0e-4, rtol: 1.0e-3}}
+latency: {{warmup: 1, min_rounds: 5, max_time_s: 0.3, round_ms: 0.2}}
+snapshot: {{enabled: {snapshot}}}
+"""
+
+
+def test_named_int_and_bool_inputs_with_a_dynamic_length_through_every_format(sig):
+    """Token ids (int64) and a mask (bool), given as a dict, through torchscript, export, onnx and
+    safetensors: each loads, matches on every output, and runs at seq 4, 14 and 24. A model whose
+    trace bakes in the length (data given as a tuple) fails the dynamic item naming the dimension."""
+    pytest.importorskip("onnxscript")
+    sig.write(TOKENS.format(name="tokens", factory="Tokens", data="token_data",
+                            formats="[torchscript, export, onnx, safetensors]", snapshot="true"), "tokens")
+    sig.write(TOKENS.format(name="fixed", factory="SeqFixed", data="token_tuple", formats="[torchscript]",
+                            snapshot="false"), "fixed")
+    r = sig.run("-v", "-rA", "--snapshot-update")
+    got = outcomes(r)
+    for fmt in ("torchscript", "export", "onnx", "safetensors"):
+        for check in ("load", "outputs", "dynamic", "metric"):
+            assert got[f"tokens::baseline::{fmt}::{check}"] == "PASSED", (fmt, check, got)
+    assert got["fixed::baseline::torchscript::outputs"] == "PASSED", got  # right at the traced length
+    assert got["fixed::baseline::torchscript::dynamic"] == "FAILED", got
+    r.stdout.fnmatch_lines(["*seq traced at 16; at 4 (input_ids[[]1[]], attention_mask[[]1[]]) the reloaded "
+                            "torchscript artifact differs on output 'logits': *"])
+    assert "seq traced at 16; at 14" not in r.stdout.str().split("fixed::baseline::torchscript::dynamic")[0]
+    assert r.ret == 1
+    # every output is snapshotted by name
+    doc = json.loads((sig.path / "__snapshots__" / "tokens" / "tokens.baseline.onnx.snapshot.json").read_text())
+    assert doc["shape"] == {"logits": [3], "pooled": [8]}
+    (entry,) = doc["entries"].values()
+    assert list(entry["outputs"]) == ["logits", "pooled"]
+
+
+def test_declared_dtype_mismatch_names_the_input(sig):
+    """Fractional values given to an int64 input: an error naming the input, found and declared dtype."""
+    sig.tester.makepyfile(fracdata="""
+import numpy as np
+
+
+def data():
+    x, y = __import__("sigmodels").token_data()
+    x["input_ids"] = x["input_ids"] + 0.5
+    return x, y
+""")
+    sig.write(TOKENS.format(name="frac", factory="Tokens", data="token_data", formats="[torchscript]", snapshot="false")
+              .replace("python:sigmodels:token_data", "python:fracdata:data"), "frac")
+    r = sig.run("-v", "-rA")
+    r.stdout.fnmatch_lines(["*input 'input_ids': the data gives float64 values that are not whole numbers (e.g. "
+                            "*) but model.inputs declares int64*"])
     assert r.ret == 1

@@ -23,6 +23,7 @@ class Reload:
     metric: float | None
     seconds: float
     extra_outputs: Any = None  # outputs on the semantic triplets' texts, when the spec has them
+    dynamic_outputs: Any = None  # per dynamic-size batch: its named outputs ({} where it failed)
 
 
 def latency_plan(runner, t) -> LatencyPlan:
@@ -47,10 +48,12 @@ def reload(runner, t) -> Reload:
     files = runner.inputs_files(t.spec)
     req = load_request(art.ref(), workdir=runner.variant_dir(t), stem=t.fmt, inputs=files["eval"],
                        threads=t.spec.latency.threads, latency=latency_plan(runner, t),
-                       extra_inputs=files.get("semantic"), memory_mb=t.spec.isolation.memory_mb,
+                       extra_inputs=files.get("semantic"), dynamic_inputs=files.get("dynamic"),
+                       memory_mb=t.spec.isolation.memory_mb,
                        python_path=search_dirs(t.spec) if FORMATS.get(t.fmt)().needs_code(t.fspec.options) else ())
-    if os.path.exists(req.result):
-        os.unlink(req.result)
+    for stale in (req.result, req.outputs + ".extra.pt", req.outputs + ".dynamic.pt"):
+        if os.path.exists(stale):
+            os.unlink(stale)
     rkey = result_key(req.to_json(), runner.inputs_sha(t.spec))
     cached = runner.cache.get_result(rkey, req.outputs)
     if cached is not None:
@@ -90,7 +93,10 @@ def _finish(runner, t, r: WorkerResult, outputs_path: str, seconds: float) -> Re
     extra = None
     if os.path.exists(outputs_path + ".extra.pt"):
         extra = as_named(torch.load(outputs_path + ".extra.pt", weights_only=True))
-    return Reload(r, outputs, value, seconds, extra)
+    dyn = None
+    if os.path.exists(outputs_path + ".dynamic.pt"):
+        dyn = torch.load(outputs_path + ".dynamic.pt", weights_only=True)
+    return Reload(r, outputs, value, seconds, extra, dyn)
 
 
 def _tail(title: str, text: str, n: int = 25) -> str:
