@@ -141,6 +141,11 @@ def outputs_check(runner, t: Target) -> Verdict:
     if why is not None:
         return Verdict("outputs", False, f"the reloaded {fspec.name} artifact {why.replace('the reference', other)}",
                        value=list(r.outputs), threshold=list(b.outputs))
+    unknown = [n for n in v.thresholds.outputs.per_output if n not in b.outputs]
+    if unknown:
+        return Verdict("outputs", False, f"thresholds.outputs gives tolerances for {', '.join(map(repr, unknown))}, "
+                       f"not an output of the model; its outputs are {', '.join(map(repr, b.outputs))}",
+                       value=unknown, threshold=list(b.outputs))
     failed, formulas, per = [], [], {}
     for name, ref, got in pairs:
         th = output_threshold(v, name)
@@ -185,7 +190,7 @@ def outputs_check(runner, t: Target) -> Verdict:
 def output_threshold(variant, name: str):
     """The tolerances for one output: ``thresholds.outputs.<name>`` where given, else the flat ones."""
     th = variant.thresholds.outputs
-    return th.per_output.get(name, th) if hasattr(th, "per_output") else th
+    return th.per_output.get(name, th)
 
 
 # --- dynamic dimensions --------------------------------------------------------------------------

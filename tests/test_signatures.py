@@ -156,6 +156,19 @@ def test_second_output_frozen_by_trace_fails_naming_it(sig):
     assert r.ret == 1
 
 
+def test_per_output_tolerances(sig):
+    """thresholds.outputs per output: a wide tolerance on '1' lets it pass; a name the model does not
+    return is a failure naming it, never ignored."""
+    sig.write(spec(name="wide", thresholds="  outputs: {atol: 1.0e-4, 1: {atol: 100}}"), "wide")
+    sig.write(spec(name="typo", thresholds="  outputs: {atol: 1.0e-4, emd: {atol: 100}}"), "typo")
+    r = sig.run("-v", "-rA")
+    got = outcomes(r)
+    assert got["wide::baseline::torchscript::outputs"] == "PASSED", got
+    assert got["typo::baseline::torchscript::outputs"] == "FAILED", got
+    r.stdout.fnmatch_lines(["*thresholds.outputs gives tolerances for 'emd', not an output of the model; its outputs "
+                            "are '0', '1'*"])
+
+
 def test_metric_output_names_the_output_it_reads(sig):
     """metric.output picks the output; a name the model does not return is an error naming its outputs."""
     sig.write(spec(metric="metric: {name: mse, output: nope}", data="sklearn:iris"))

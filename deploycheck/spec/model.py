@@ -303,10 +303,54 @@ class MetricThreshold:
 
 @dataclass(frozen=True)
 class OutputThreshold:
-    """Reloaded artifact vs the in-memory variant, on the same batches: |a - b| <= atol + rtol * |b|."""
+    """Reloaded artifact vs the in-memory variant, on the same batches: |a - b| <= atol + rtol * |b|.
+    Flat ``{atol, rtol}`` holds for every output; an output's name as a key gives that output its
+    own (``{atol: 1.0e-4, emb: {atol: 0.01}}``), its unset keys taken from the flat ones."""
 
     atol: float = field(1e-4, ge=0, doc="absolute tolerance")
     rtol: float = field(1e-3, ge=0, doc="relative tolerance")
+    per_output: dict[str, Any] = dataclasses.field(default_factory=dict)  # {output name: OutputThreshold}
+
+    @classmethod
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx, base: "OutputThreshold | None" = None,
+              partial: bool = False) -> "OutputThreshold":
+        """The flat keys, then one mapping per named output; with ``base`` (a variant's override),
+        given keys replace the base's and per-output entries are merged."""
+        if not isinstance(value, dict):
+            ctx.error(line, path, f"expected a mapping {{atol, rtol}} or per output {{NAME: {{atol, rtol}}}}, "
+                                  f"got {value!r}")
+            raise Invalid
+        flat_map = LMap({k: v for k, v in value.items() if k in ("atol", "rtol")})
+        flat_map.line = getattr(value, "line", line)
+        flat_map.key_lines = {k: value.line_of(k) for k in flat_map} if isinstance(value, LMap) else {}
+        given = build_fields(cls, flat_map, path=path, line=line, ctx=ctx, partial=True, skip=("per_output",))
+        start = base if base is not None else cls()
+        top = dataclasses.replace(start, **given)
+        per, bad = dict(start.per_output), False
+        for name, sub in value.items():
+            if name in ("atol", "rtol"):
+                continue
+            kl = value.line_of(name) if isinstance(value, LMap) else line
+            if not isinstance(sub, dict):
+                ctx.error(kl, f"{path}.{name}", f"unknown key {name!r}: expected atol, rtol, or an output's name "
+                                                f"mapping to {{atol, rtol}}")
+                bad = True
+                continue
+            try:
+                kw = build_fields(cls, sub, path=f"{path}.{name}", line=kl, ctx=ctx, partial=True,
+                                  skip=("per_output",))
+            except Invalid:
+                bad = True
+                continue
+            per[str(name)] = dataclasses.replace(per.get(str(name)) or OutputThreshold(top.atol, top.rtol), **kw)
+        if bad:
+            raise Invalid
+        return dataclasses.replace(top, per_output=per)
+
+    @classmethod
+    def json_schema_hook(cls) -> dict:
+        one = dataclass_schema(cls, skip=("per_output",))
+        return {**one, "additionalProperties": {**one, "description": "one output's own tolerances, by its name"}}
 
 
 @dataclass(frozen=True)
@@ -375,6 +419,9 @@ class Thresholds:
                 bad = True
                 continue
             try:
+                if key == "outputs":  # flat and per-output tolerances, merged over the spec's
+                    out[key] = OutputThreshold.parse(sub, path=f"{path}.{key}", line=kl, ctx=ctx, base=self.outputs)
+                    continue
                 given = build_fields(hints[key], sub, path=f"{path}.{key}", line=kl, ctx=ctx, partial=True)
                 out[key] = dataclasses.replace(getattr(self, key), **given)
             except Invalid:
