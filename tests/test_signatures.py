@@ -276,3 +276,30 @@ def data():
     r.stdout.fnmatch_lines(["*input 'input_ids': the data gives float64 values that are not whole numbers (e.g. "
                             "*) but model.inputs declares int64*"])
     assert r.ret == 1
+
+
+def test_init_matches_the_data_to_the_declared_shape_and_takes_dtypes_and_names(tmp_path):
+    """init reads the data: digits (N, 64) in [0, 16] for --shape 1,1,8,8 gets scale and reshape;
+    named inputs and --dtype are written as given; every spec it writes validates."""
+    import subprocess
+    import sys
+
+    from deploycheck.cli import main
+
+    def init(*args):
+        out = tmp_path / f"s{len(list(tmp_path.iterdir()))}.yaml"
+        p = subprocess.run([sys.executable, "-m", "deploycheck.cli", "init", "--factory", "pkg.models:Net", *args,
+                            "-o", str(out)], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        assert main(["validate", str(out)]) == 0
+        return out.read_text(), p.stderr
+
+    text, _ = init("--shape", "1,1,8,8")
+    assert "  preprocess:\n    - scale: 0.0625  # data in [0, 16] -> [0, 1]\n    - reshape: [1, 8, 8]  #" in text
+    text, _ = init("--shape", "input_ids=1,16", "--shape", "attention_mask=1,16", "--dtype", "input_ids=int64",
+                   "--dtype", "attention_mask=bool")
+    assert ("  inputs:\n    input_ids: {shape: [1, 16], dtype: int64}\n"
+            "    attention_mask: {shape: [1, 16], dtype: bool}\n") in text
+    text, err = init("--shape", "1,3,32,32", "--dtype", "float16")
+    assert "inputs: {shape: [1, 3, 32, 32], dtype: float16}" in text and "reshape" not in text
+    assert "note: the data gives samples of shape (64,) but --shape declares (3, 32, 32) per sample" in err
