@@ -14,12 +14,17 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ArtifactRef:
-    """One file to load: its path, format name, the format's options and its manifest."""
+    """One file to load: its path, format name, the format's options and its manifest.
+
+    The manifest is data read from a file (it may come from anywhere); ``code`` is the factory
+    and kwargs that rebuild a state dict, and it comes from the spec alone (see
+    :func:`deploycheck.formats.integrity.vet_manifest`)."""
 
     artifact: str
     format: str
     options: dict = field(default_factory=dict)
     manifest: dict | None = None
+    code: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -139,19 +144,25 @@ def batch_len(x: Any) -> int:
     return int(t.shape[0])
 
 
-def run_batch(fn: Any, x: Any, *, index: int | None = None) -> dict:
+class BatchDimError(ValueError):
+    """An output that does not keep the batch dimension first."""
+
+
+def run_batch(fn: Any, x: Any, *, index: int | None = None, in_memory: bool = False) -> dict:
     """The named outputs of ``fn`` on one batch (see :func:`deploycheck.outputs.flatten`), each
-    checked to keep the batch dimension first; a ValueError says which output did not."""
+    checked to keep the batch dimension first (a :class:`BatchDimError` says which did not)."""
     from .outputs import flatten
     named = flatten(call(fn, x))
     n = batch_len(x)
     for name, o in named.items():
         if tuple(o.shape[:1]) != (n,):
-            what = f"output {name!r}" if len(named) > 1 else "the output"
+            what = f" output {name!r}" if len(named) > 1 else ""
+            if in_memory:
+                raise BatchDimError(f"the in-memory model returned{what} shape {tuple(o.shape)} for a batch of {n}: "
+                                    "outputs must keep the batch dimension first")
             at = f"batch {index}: " if index is not None else ""
-            raise ValueError(f"{at}an input batch of {n} gave {what} of shape {tuple(o.shape)}: outputs must keep "
-                             "the batch dimension first (a fixed batch size in the artifact, or an output without "
-                             "one)")
+            raise BatchDimError(f"{at}input batch of {n} gave{what or ' output'} of shape {tuple(o.shape)}: the "
+                                "artifact was built for a fixed batch size (export with a dynamic batch dimension)")
     return named
 
 

@@ -21,8 +21,8 @@ from .errors import StageError
 from .isolation import WorkerPool
 from .metrics import resolve, targets_for
 from .models import build_baseline, describe_exc
-from .outputs import pick
-from .protocol import batch_len, concat_inputs, run_batch, take
+from .outputs import OutputError, pick
+from .protocol import BatchDimError, batch_len, concat_inputs, run_batch, take
 from .stages import build, reload, save
 from .stages.build import Built
 from .stages.reload import Reload
@@ -216,7 +216,12 @@ class Runner:
                     continue
                 try:
                     with torch.inference_mode():
-                        run_batch(model, x)
+                        run_batch(model, x, in_memory=True)
+                except (BatchDimError, OutputError) as e:  # it ran: what it returned is the problem
+                    where = spec.at(spec.variants["baseline"].line) if "baseline" in spec.variants else spec.where("model")
+                    raise StageError("run", str(e) if isinstance(e, BatchDimError) else
+                                     f"the in-memory model's outputs cannot be checked: {e}",
+                                     spec=spec.name, variant="baseline", where=where) from e
                 except Exception as e:
                     raise StageError("build", baseline_input_problem(spec, what=what, given=x, sample=batches,
                                                                      error=describe_exc(e)),
@@ -240,6 +245,12 @@ class Runner:
 
     def reload(self, t: Target) -> Reload:
         return self._memo(t.key("reload"), lambda: reload.reload(self, t))
+
+    def forget_measurement(self, t: Target) -> bool:
+        """A timing verdict failed: drop the cached fresh-process result, so the next session
+        measures again instead of serving the failing numbers (whatever the cache mode)."""
+        got = self._memo_store.get(t.key("reload"))
+        return bool(got and got[0] == "ok" and got[1].key and self.cache.drop_result(got[1].key))
 
     def score(self, t: Target, outputs, *, what: str) -> float:
         """The spec's metric on the output it reads (``metric.output``, default the first) of the

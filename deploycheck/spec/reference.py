@@ -14,7 +14,7 @@ from ..formats import FORMATS
 from ..recipes import RECIPES
 from ..recipes.prune import FineTune
 from .model import (ArtifactSource, BatchInvariance, CrossMachineRule, DataSpec, FidelityThreshold, HFSource,
-                    InputSpec, IsolationSettings, LatencySettings, LatencyThreshold, MetricSpec, MetricThreshold,
+                    InputSpec, IsolationSettings, LatencySettings, LatencyThreshold, MachineScope, MetricSpec, MetricThreshold,
                     ModelOverride, ModelSpec, OutputThreshold, SemanticSpec, SizeThreshold, SnapshotSettings,
                     SplitSpec, Spec, Thresholds)
 from .schema import MISSING, describe, type_hints
@@ -122,6 +122,8 @@ def render() -> str:
                        ("latency", LatencyThreshold),
                        ("size", SizeThreshold), ("batch_invariance", BatchInvariance)):
         sec(f"`thresholds.{title}`", (cls.__doc__ or "").strip() + "\n\n" + table(cls))
+        if cls is LatencyThreshold:
+            sec("`thresholds.latency.machines`", (MachineScope.__doc__ or "").strip() + "\n\n" + table(MachineScope))
     sec("`latency`", table(LatencySettings))
     sec("`isolation`", table(IsolationSettings))
     sec("`snapshot`", table(SnapshotSettings))
