@@ -15,7 +15,7 @@ from ..machine import summary as machine_summary
 from .records import Record, as_records
 
 SCHEMA_VERSION = 1
-STATUS_ORDER = {"error": 0, "failed": 1, "unsupported": 2, "passed": 3}
+STATUS_ORDER = {"error": 0, "failed": 1, "inconclusive": 2, "unsupported": 3, "passed": 4}
 
 
 def higher_is_better(row: dict) -> bool:
@@ -55,14 +55,16 @@ def summary_rows(records) -> list[dict]:
             verdict = "new"       # passes every check; only its snapshot awaits approval
         elif "unsupported" in statuses:
             verdict = "unsupported"
+        elif "inconclusive" in statuses:
+            verdict = "inconclusive"  # every check passed but one that noise left undecided
         else:
             verdict = "pass"
         reasons = []
         for r in allrecs:
             if r.missing_snapshot:
                 reasons.append("snapshot: new, not yet approved (pytest --snapshot-update)")
-            elif r.status == "failed":
-                reasons.append(f"{r.check}: {_first(r.formula or r.message) or 'failed'}")
+            elif r.status in ("failed", "inconclusive"):
+                reasons.append(f"{r.check}: {_first(r.formula or r.message) or r.status}")
             elif r.status == "error":
                 # one stage failure fails every check that needs it: name it once
                 reason = _first(r.message) or "error"
@@ -78,7 +80,8 @@ def summary_rows(records) -> list[dict]:
             "metric_name": det("metric").get("metric") or next((r.metric for r in allrecs if r.metric), None),
             "metric": det("metric").get("value"),
             "higher_is_better": direction,
-            "metric_delta": det("metric").get("delta"), "max_abs_diff": det("outputs").get("max_abs"),
+            "metric_delta": det("metric").get("delta"), "metric_delta_ci": _delta_ci(det("metric")),
+            "max_abs_diff": det("outputs").get("max_abs"),
             "p50_ms": det("latency").get("p50_ms"), "p95_ms": det("latency").get("p95_ms"),
             "p99_ms": det("latency").get("p99_ms"), "throughput_per_s": det("latency").get("throughput_per_s"),
             "throughput": det("latency").get("throughput"),
@@ -94,6 +97,16 @@ def summary_rows(records) -> list[dict]:
                                 if r.status == "failed" and r.details.get("divergence")), None),
         })
     return rows
+
+
+def _delta_ci(metric_details: dict) -> list[float] | None:
+    """The paired interval of (variant - baseline), from the drop's interval and the metric's direction."""
+    ci = metric_details.get("drop_ci")
+    if not ci:
+        return None
+    if metric_details.get("higher_is_better", True):
+        return [0.0 - ci["high"] + 0.0, 0.0 - ci["low"] + 0.0]  # + 0.0: no "-0.0000"
+    return [ci["low"], ci["high"]]
 
 
 def new_snapshots(rows: list[dict]) -> int:
@@ -129,7 +142,8 @@ def row_cells(row: dict) -> list[str]:
     for key, _ in COLUMNS:
         v = row.get(key)
         if key == "metric_delta" and v is not None:
-            out.append(f"{v:+.4f}")
+            ci = row.get("metric_delta_ci")
+            out.append(f"{v:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""))
         elif key == "sparsity" and v is not None:
             out.append(f"{v:.1%}")
         elif key == "latency_ratio" and v is not None:
@@ -182,7 +196,7 @@ def machine_line(machine: dict) -> str:
     return "machine: " + (machine.get("processor") or machine.get("machine") or "unknown")
 
 
-MARK = {"pass": "✅", "FAIL": "❌", "new": "🆕", "unsupported": "➖"}
+MARK = {"pass": "✅", "FAIL": "❌", "new": "🆕", "unsupported": "➖", "inconclusive": "❔"}
 #: GitHub refuses a comment body over 65,536 characters; stay well under it
 COMMENT_LIMIT = 60_000
 
@@ -235,7 +249,7 @@ def markdown(rows: list[dict], meta: dict, *, limit: int = COMMENT_LIMIT, full_r
     if nl:
         head += [f"> **{nl}**", ""]
     head += [f"- {md(line)}" for line in summary_lines(rows)] + [""]
-    head += ["## Verdicts", "", "✅ pass · ❌ fail · 🆕 passes, snapshot awaiting approval · ➖ unsupported", ""]
+    head += ["## Verdicts", "", "✅ pass · ❌ fail · 🆕 passes, snapshot awaiting approval · ➖ unsupported · ❔ inconclusive (noise)", ""]
     matrices = {spec: verdict_matrix(rows, spec) for spec in specs}
     if sum(len(m) for m in matrices.values()) > limit // 2:  # very many specs: matrices for the failing ones only
         bad = {r["spec"] for r in rows if r["verdict"] in ("FAIL", "new")}
