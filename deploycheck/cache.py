@@ -420,8 +420,9 @@ class Cache:
             with open(os.path.join(d, "result.json")) as fh:
                 result = json.load(fh)
             shutil.copyfile(os.path.join(d, "outputs.pt"), outputs_dest)
-            if os.path.exists(os.path.join(d, "extra.pt")):  # outputs on the semantic triplets
-                shutil.copyfile(os.path.join(d, "extra.pt"), outputs_dest + ".extra.pt")
+            for side in ("extra", "dynamic"):  # outputs on the semantic triplets, at the dynamic sizes
+                if os.path.exists(os.path.join(d, f"{side}.pt")):
+                    shutil.copyfile(os.path.join(d, f"{side}.pt"), outputs_dest + f".{side}.pt")
         except (OSError, ValueError):
             return None
         self.hits["result"] += 1
@@ -434,8 +435,9 @@ class Cache:
 
         def write(tmp: str) -> None:
             shutil.copyfile(outputs_path, os.path.join(tmp, "outputs.pt"))
-            if os.path.exists(outputs_path + ".extra.pt"):
-                shutil.copyfile(outputs_path + ".extra.pt", os.path.join(tmp, "extra.pt"))
+            for side in ("extra", "dynamic"):  # semantic triplets' outputs, outputs at the dynamic sizes
+                if os.path.exists(outputs_path + f".{side}.pt"):
+                    shutil.copyfile(outputs_path + f".{side}.pt", os.path.join(tmp, f"{side}.pt"))
             with open(os.path.join(tmp, "result.json"), "w") as fh:
                 json.dump(result, fh)
         self._put("result", key, write)

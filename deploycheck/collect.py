@@ -26,7 +26,7 @@ from .target import Target
 #: set by the plugin at configure: returns the session's Runner (made on first use)
 RUNNER_FACTORY = pytest.StashKey[Callable[[], Any]]()
 
-FORMAT_CHECKS = ("load", "outputs", "metric", "fidelity", "semantic", "latency", "size", "snapshot")
+FORMAT_CHECKS = ("load", "outputs", "dynamic", "metric", "fidelity", "semantic", "latency", "size", "snapshot")
 
 
 class SpecFile(pytest.File):

@@ -14,7 +14,8 @@ from ..cache import build_key, code_paths
 from ..errors import StageError
 from ..models import (baseline_arch, build_variant_model, count_params, describe_exc, search_dirs, state_bytes,
                       use_search_path, variant_arch)
-from ..protocol import primary_output
+from ..outputs import OutputError, concat
+from ..protocol import BatchDimError, run_batch
 from ..recipes import RecipeContext, StepRecord
 from ..recipes import apply as apply_step
 
@@ -28,7 +29,7 @@ class Built:
     params: int | None
     nonzero: int | None
     state_bytes: int | None
-    outputs: Any               # in-memory outputs on the evaluation batches, concatenated
+    outputs: Any               # in-memory outputs on the evaluation batches, by name, concatenated
     metric: float
     recipe: str
     requires: tuple = ()       # libraries a loader must import first (they register the artifact's ops)
@@ -146,27 +147,40 @@ def _fresh(runner, t) -> Built:
 
 
 def run_in_memory(runner, t, model):
-    """The model's outputs on the evaluation batches, concatenated (float32)."""
+    """The model's named outputs on the evaluation batches, concatenated (float32)."""
     import torch
     outs = []
     b = None
     try:
         with torch.inference_mode():
             for b in runner.batches(t.spec):
-                o = primary_output(model(b))
-                if o.shape[:1] != b.shape[:1]:
-                    raise StageError("run", f"the in-memory model returned shape {tuple(o.shape)} for a batch of "
-                                     f"{b.shape[0]}: outputs must keep the batch dimension first",
-                                     spec=t.spec.name, variant=t.vname, where=t.spec.at(t.variant.line))
-                outs.append(o.detach().float())
+                try:
+                    named = run_batch(model, b, in_memory=True)
+                except OutputError as e:
+                    raise StageError("run", f"the in-memory model's outputs cannot be checked: {e}",
+                                     spec=t.spec.name, variant=t.vname, where=t.spec.at(t.variant.line)) from e
+                except BatchDimError as e:
+                    raise StageError("run", str(e), spec=t.spec.name, variant=t.vname,
+                                     where=t.spec.at(t.variant.line)) from e
+                outs.append({k: o.detach().float() for k, o in named.items()})
     except StageError:
         raise
     except Exception as e:
-        shape = tuple(b.shape) if b is not None else "?"
-        raise StageError("run", f"the in-memory model failed on an evaluation batch of shape {shape}: "
+        raise StageError("run", f"the in-memory model failed on an evaluation batch of {describe_batch(b)}: "
                          f"{describe_exc(e)}", spec=t.spec.name, variant=t.vname,
                          where=t.spec.at(t.variant.line)) from e
-    return torch.cat(outs)
+    return concat(outs)
+
+
+def describe_batch(b) -> str:
+    """``shape (64, 1, 8, 8)``, or each named input's shape and dtype."""
+    if b is None:
+        return "shape ?"
+    if isinstance(b, dict):
+        return ", ".join(f"{k} {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}" for k, v in b.items())
+    if isinstance(b, (tuple, list)):
+        return ", ".join(f"input {i} {tuple(v.shape)}" for i, v in enumerate(b))
+    return f"shape {tuple(b.shape)} {str(b.dtype).replace('torch.', '')}"
 
 
 def _eval_mode(model) -> None:
