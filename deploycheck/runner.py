@@ -22,7 +22,8 @@ from .isolation import WorkerPool
 from .metrics import resolve, targets_for
 from .models import build_baseline, describe_exc
 from .outputs import OutputError, pick
-from .protocol import BatchDimError, batch_len, concat_inputs, run_batch, take
+from .protocol import BatchDimError, batch_len, concat_inputs, describe_batch, run_batch, take
+from .signature import dynamic_probes
 from .stages import build, reload, save
 from .stages.build import Built
 from .stages.reload import Reload
@@ -49,7 +50,6 @@ def with_declared_dtypes(spec, b):
 def baseline_input_problem(spec, *, what: str, given, sample: list, error: str) -> str:
     """Why the baseline cannot run as declared, with what was declared and what the data gave,
     pointing at the two keys that decide it."""
-    from .stages.build import describe_batch
     declared = spec.model.inputs.describe()
     data = describe_batch(sample[0]) if sample else "no samples"
     return (f"the baseline model cannot run on {what} ({describe_batch(given)}): {error}\n"
@@ -172,7 +172,6 @@ class Runner:
     def dynamic_probes(self, spec) -> list:
         """Batches at each declared dynamic dimension's min, middle and max size (see
         :func:`deploycheck.signature.dynamic_probes`), built from the first evaluation rows."""
-        from .signature import dynamic_probes
         return self._memo(("dynamic-probes", spec.path), lambda: dynamic_probes(spec, self.batches(spec)))
 
     def inputs_sha(self, spec) -> str:

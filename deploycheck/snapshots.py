@@ -29,6 +29,7 @@ from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 from syrupy.location import PyTestLocation
 
 from .numeric import LEVELS, compare_arrays, fmt_num, render_mismatch
+from .outputs import pick
 
 FORMAT_VERSION = 2
 LEGACY_CLASS = "unrecorded machine (snapshot format 1)"
@@ -49,7 +50,6 @@ def snapshot_data(*, spec, vname: str, fmt: str, outputs, metric_name: str, metr
     statistics and labels come from the output the metric reads.
     ``labels`` (top-k classes per probe) are stored only for classifiers: the arg-max dimension
     of an embedding or a regression output is not a label."""
-    from .outputs import pick
     named = outputs if isinstance(outputs, dict) else {"0": outputs}
     o = pick(named, metric_output).float()
     flat = o.reshape(len(o), -1)

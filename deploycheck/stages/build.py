@@ -15,7 +15,7 @@ from ..errors import StageError
 from ..models import (baseline_arch, build_variant_model, count_params, describe_exc, search_dirs, state_bytes,
                       use_search_path, variant_arch)
 from ..outputs import OutputError, concat
-from ..protocol import BatchDimError, run_batch
+from ..protocol import BatchDimError, describe_batch, run_batch
 from ..recipes import RecipeContext, StepRecord
 from ..recipes import apply as apply_step
 
@@ -192,17 +192,6 @@ def run_in_memory(runner, t, model):
                          f"{describe_exc(e)}", spec=t.spec.name, variant=t.vname,
                          where=t.spec.at(t.variant.line)) from e
     return concat(outs)
-
-
-def describe_batch(b) -> str:
-    """``shape (64, 1, 8, 8)``, or each named input's shape and dtype."""
-    if b is None:
-        return "shape ?"
-    if isinstance(b, dict):
-        return ", ".join(f"{k} {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}" for k, v in b.items())
-    if isinstance(b, (tuple, list)):
-        return ", ".join(f"input {i} {tuple(v.shape)}" for i, v in enumerate(b))
-    return f"shape {tuple(b.shape)} {str(b.dtype).replace('torch.', '')}"
 
 
 def _eval_mode(model) -> None:
