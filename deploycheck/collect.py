@@ -29,7 +29,7 @@ RUNNER_FACTORY = pytest.StashKey[Callable[[], Any]]()
 #: spec name -> the file that declared it first in this session
 _SPEC_NAMES = pytest.StashKey[dict]()
 
-FORMAT_CHECKS = ("load", "outputs", "metric", "fidelity", "semantic", "latency", "size", "snapshot")
+FORMAT_CHECKS = ("load", "outputs", "dynamic", "metric", "fidelity", "semantic", "latency", "size", "snapshot")
 
 
 class SpecFile(pytest.File):
@@ -160,6 +160,9 @@ class CheckItem(pytest.Item):
         except StageError as e:
             self._record("error", message=e.headline(), stage=e.stage)
             raise
+        if verdict.inconclusive:  # noise decided nothing: not a pass (nothing was shown), not a fail
+            self._record("inconclusive", verdict=verdict)
+            pytest.skip(verdict.formula)
         self._record("passed" if verdict.passed else "failed", verdict=verdict)
         if not verdict.passed:
             raise CheckFailed(verdict)
