@@ -63,10 +63,25 @@ def build(runner, t) -> Built:
     if hit is not None:
         meta, model, outputs = hit
         return Built.from_meta(meta, model, outputs, key)
-    built = _fresh(runner, t)
+    _prerequisites(runner, t)
+    built = runner.contained(lambda: _fresh(runner, t), spec=t.spec, variant=t.vname, where=t.where,
+                             what=f"building variant {t.vname!r}")
     built.key = key
     runner.cache.put_built(key, built.meta(), built.model, built.outputs)
     return built
+
+
+def _prerequisites(runner, t) -> None:
+    """What a build shares with the other variants (the data, the baseline model, the baseline's
+    outputs), made here before the build's own process is forked, so it is made once."""
+    spec = t.spec
+    runner.batches(spec)
+    if t.variant.steps:
+        runner.example(spec)  # recipes get it
+    if spec.model.factory or spec.model.hf:
+        runner.baseline_model(spec)
+    if not t.is_baseline:
+        runner.built(t.baseline())
 
 
 def _fresh(runner, t) -> Built:
