@@ -37,9 +37,21 @@ _STAGE_OF = {"artifact": "save", "reload": "load"}
 
 
 def _stacks(dump: str, n: int = 40) -> str:
-    """faulthandler's dump of a build process, cut to its first lines (most recent call first:
-    the frame that hung or crashed is on top)."""
-    lines = dump.rstrip().splitlines()
+    """faulthandler's dump of a build process, cut to the build's own frames (the frames under the
+    fork are how the session got there) and to its first lines (most recent call first: the frame
+    that hung or crashed is on top)."""
+    lines: list[str] = []
+    under_fork = False
+    for line in dump.rstrip().splitlines():
+        if line.startswith("  File "):
+            if under_fork:
+                continue
+            if 'isolation.py", line' in line and line.endswith(" in _child_run"):
+                under_fork = True
+                continue
+        else:
+            under_fork = False
+        lines.append(line)
     return "\n".join(lines[:n] + ([f"[… {len(lines) - n} more lines]"] if len(lines) > n else []))
 
 
