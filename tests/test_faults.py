@@ -77,6 +77,15 @@ class HangsInWorker(Tiny):
         return super().forward(x)
 
 
+class DiesWhenSaved(Tiny):
+    """Builds and runs, but ends the pytest process itself when the save stage traces it."""
+
+    def forward(self, x):
+        if torch.jit.is_tracing():
+            os._exit(3)
+        return super().forward(x)
+
+
 def hangs_recorded():
     _record("build")
     time.sleep(60)
@@ -165,6 +174,22 @@ def test_a_factory_that_ends_its_process_fails_alone_and_the_report_keeps_the_re
     got = sorted((r["spec"], r["check"], r["status"]) for r in doc["records"])
     assert got == [("dies", "load", "error"), ("dies", "metric", "error"),
                    ("tiny", "load", "passed"), ("tiny", "metric", "passed")]
+
+
+def test_a_session_that_dies_leaves_the_records_of_finished_items(faulty):
+    faulty.write(make_spec(), name="a_good")
+    faulty.write(make_spec(factory="DiesWhenSaved").replace("name: tiny", "name: dies"), name="b_dies")
+    res = faulty.run_subprocess("-k", "load or metric")
+    assert res.ret == 3
+    assert not (faulty.path / "reports" / "deploycheck.json").exists()
+    lines = (faulty.path / "reports" / "deploycheck.partial.jsonl").read_text().splitlines()
+    assert sorted((r["spec"], r["check"], r["status"]) for r in map(json.loads, lines)) == [
+        ("tiny", "load", "passed"), ("tiny", "metric", "passed")]
+    # the next session that completes writes its reports and removes the journal
+    (faulty.path / "b_dies.yaml").unlink()
+    faulty.run("-k", "load").assert_outcomes(passed=1)
+    assert not (faulty.path / "reports" / "deploycheck.partial.jsonl").exists()
+    assert json.loads((faulty.path / "reports" / "deploycheck.json").read_text())["records"][0]["spec"] == "tiny"
 
 
 def test_a_segfaulting_recipe_fails_its_variant_with_the_crash_stack(faulty):
