@@ -24,6 +24,23 @@ from .protocol import WorkerRequest, WorkerResult
 
 TAIL = 4000
 
+#: the pid of the process that started a worker (see :func:`die_with_parent`)
+PARENT_ENV = "DEPLOYCHECK_PARENT_PID"
+
+
+def die_with_parent(parent: int) -> None:
+    """Linux: have the kernel kill this process when ``parent`` ends, even by SIGKILL, so a
+    worker or build whose session was killed outright does not run on. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it ended before the request was made
+        os._exit(1)
+
 
 @dataclass
 class Outcome:
@@ -57,6 +74,7 @@ class _Proc:
         self.log = open(self.log_path, "wb")
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
         env.setdefault("OMP_NUM_THREADS", "1")
+        env[PARENT_ENV] = str(os.getpid())
         # -I: no PYTHONPATH, no user site, no script directory: only installed packages are importable.
         self.popen = subprocess.Popen([sys.executable, "-I", "-m", "deploycheck.worker", "--serve"],
                                       stdin=subprocess.PIPE, stdout=self.log, stderr=subprocess.STDOUT,
@@ -211,6 +229,7 @@ def call_forked(fn: Callable[[], Any], *, timeout_s: float, workdir: str) -> Any
     r, w = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
+    parent = os.getpid()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: "process is multi-threaded"
         pid = os.fork()
@@ -219,6 +238,7 @@ def call_forked(fn: Callable[[], Any], *, timeout_s: float, workdir: str) -> Any
         try:
             os.close(r)
             os.setpgid(0, 0)
+            die_with_parent(parent)
             _child_setup(dump_fd)
             _child_run(fn, w, io)
         except BaseException:  # noqa: BLE001 - the parent reports the missing answer

@@ -17,6 +17,7 @@ import traceback
 from . import timing
 from .formats import FORMATS
 from .formats.integrity import check_file, classify
+from .isolation import PARENT_ENV, die_with_parent
 from .protocol import ArtifactRef, LatencyPlan, WorkerRequest, WorkerResult, primary_output
 
 
@@ -154,6 +155,9 @@ def _latency(fn, lat: LatencyPlan) -> dict:
 
 
 def serve() -> int:
+    parent = os.environ.get(PARENT_ENV, "")
+    if parent.isdigit():
+        die_with_parent(int(parent))
     import torch  # noqa: F401 - the point of a spare worker: pay the import before the request arrives
     line = sys.stdin.readline().strip()
     if not line:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,9 @@ def _prerequisites(runner, t) -> None:
         runner.baseline_model(spec)
     if not t.is_baseline:
         runner.built(t.baseline())
+    for step in t.variant.steps:  # libraries the step imports, which this process needs for its result too
+        for name in getattr(step, "imports", lambda: ())():
+            importlib.import_module(name)
 
 
 def _fresh(runner, t) -> Built:
