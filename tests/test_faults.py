@@ -31,6 +31,17 @@ def hangs():
     return Tiny()
 
 
+def hang_data():
+    time.sleep(600)
+
+
+def local_class():
+    """A model whose class lives inside the function: it cannot be pickled back from a build."""
+    class Local(Tiny):
+        pass
+    return Local()
+
+
 def exits():
     os._exit(3)
 
@@ -143,6 +154,28 @@ def test_a_hanging_factory_fails_its_items_with_where_it_hung(faulty):
         "Current thread 0x* (most recent call first):",
         '  File "*tinymodels.py", line * in hangs',
     ])
+
+
+def test_a_hanging_data_callable_fails_the_spec_with_where_it_hung(faulty):
+    faulty.write(make_spec(extra="isolation: {build_timeout_s: 2}").replace("sklearn:iris", "python:tinymodels:hang_data"))
+    res = faulty.run("-k", "load")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines([
+        "[[]build[]] tiny (declared at tiny.yaml:6): loading data 'python:tinymodels:hang_data' did not finish "
+        "within 2 s and was killed (isolation.build_timeout_s: 2 at tiny.yaml:16)",
+        "--- where it was when the timeout struck (most recent call first) ---",
+        "*",
+        '  File "*tinymodels.py", line * in hang_data',
+    ])
+
+
+def test_a_model_that_cannot_be_pickled_is_built_again_in_the_session(faulty):
+    faulty.write(make_spec(factory="local_class"))
+    res = faulty.run("-k", "load or outputs", "--log-cli-level=INFO")
+    res.assert_outcomes(passed=2)
+    res.stdout.fnmatch_lines(["*tiny: creating the model with factory 'tinymodels:local_class': the result cannot be "
+                              "sent back from its build process (AttributeError: Can't pickle local object "
+                              "'local_class.<locals>.Local'); built again in this process*"])
 
 
 def test_a_hanging_recipe_fails_its_variant_and_the_baseline_still_passes(faulty):
