@@ -26,7 +26,7 @@ from .target import Target
 #: set by the plugin at configure: returns the session's Runner (made on first use)
 RUNNER_FACTORY = pytest.StashKey[Callable[[], Any]]()
 
-FORMAT_CHECKS = ("load", "outputs", "metric", "fidelity", "semantic", "latency", "size", "snapshot")
+FORMAT_CHECKS = ("load", "outputs", "dynamic", "metric", "fidelity", "semantic", "latency", "size", "snapshot")
 
 
 class SpecFile(pytest.File):
@@ -152,6 +152,9 @@ class CheckItem(pytest.Item):
         except StageError as e:
             self._record("error", message=e.headline(), stage=e.stage)
             raise
+        if verdict.inconclusive:  # noise decided nothing: not a pass (nothing was shown), not a fail
+            self._record("inconclusive", verdict=verdict)
+            pytest.skip(verdict.formula)
         self._record("passed" if verdict.passed else "failed", verdict=verdict)
         if not verdict.passed:
             raise CheckFailed(verdict)

@@ -11,11 +11,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..cache import build_key
+from ..cache import build_key, code_paths
 from ..errors import StageError
 from ..models import (baseline_arch, build_variant_model, count_params, describe_exc, search_dirs, state_bytes,
                       use_search_path, variant_arch)
-from ..protocol import primary_output
+from ..outputs import OutputError, concat
+from ..protocol import BatchDimError, describe_batch, run_batch
 from ..recipes import RecipeContext, StepRecord
 from ..recipes import apply as apply_step
 
@@ -29,7 +30,7 @@ class Built:
     params: int | None
     nonzero: int | None
     state_bytes: int | None
-    outputs: Any               # in-memory outputs on the evaluation batches, concatenated
+    outputs: Any               # in-memory outputs on the evaluation batches, by name, concatenated
     metric: float
     recipe: str
     requires: tuple = ()       # libraries a loader must import first (they register the artifact's ops)
@@ -51,6 +52,24 @@ class Built:
                    tuple(meta["requires"]), meta.get("settings", {}), key, cached=True)
 
 
+class LazyBuilt(Built):
+    """A cached build whose model the cache did not hold (a model of classes a cache may not
+    unpickle, such as packed int8 weights): the facts and outputs are the cache's, the model is
+    rebuilt on first use (a save whose artifact is not cached, a divergence report)."""
+
+    rebuild: Any = None
+
+    @property  # type: ignore[override]
+    def model(self) -> Any:
+        if self.__dict__.get("_model") is None and self.rebuild is not None:
+            self.__dict__["_model"], self.rebuild = self.rebuild(), None
+        return self.__dict__.get("_model")
+
+    @model.setter
+    def model(self, value: Any) -> None:
+        self.__dict__["_model"] = value
+
+
 def build(runner, t) -> Built:
     """The variant of ``t`` built (or reused from the cache); an ``artifact:`` variant is not
     built: its outputs are the file's own, run in the fresh process."""
@@ -59,17 +78,51 @@ def build(runner, t) -> Built:
         arch = baseline_arch(t.spec) if (t.spec.model.factory or t.spec.model.hf) else {}
         return Built(None, arch, [], 0.0, None, None, None, r.outputs, r.metric, t.variant.recipe)
     key = build_key(t.spec, t.vname)
-    use_search_path(search_dirs(t.spec))  # a cached model unpickles the user's classes
-    hit = runner.cache.get_built(key)
-    if hit is not None:
+    mods = spec_modules(t.spec)  # a cached model may be made of the spec's classes, and no others
+    hit = runner.cache.get_built(key, trusted_modules=mods)
+    # The arch rebuilds state dicts in the worker: an entry naming other code than the spec is not used.
+    if hit is not None and _canon(hit[0].get("arch")) == _canon(expected_arch(t.spec, t.variant)):
         meta, model, outputs = hit
-        return Built.from_meta(meta, model, outputs, key)
-    _prerequisites(runner, t)
-    built = runner.contained(lambda: _fresh(runner, t), spec=t.spec, variant=t.vname, where=t.where,
-                             what=f"building variant {t.vname!r}")
+        if model is not None:
+            return Built.from_meta(meta, model, outputs, key)
+        lazy = LazyBuilt.from_meta(meta, None, outputs, key)
+        lazy.rebuild = lambda: _contained_fresh(runner, t).model
+        return lazy
+    built = _contained_fresh(runner, t)
     built.key = key
-    runner.cache.put_built(key, built.meta(), built.model, built.outputs)
+    runner.cache.put_built(key, built.meta(), built.model, built.outputs, trusted_modules=mods)
     return built
+
+
+def spec_modules(spec) -> list[str]:
+    """The modules the spec's import paths name, imported (they are the spec's code, trusted):
+    the classes of a cached model must come from them, torch, torchao or deploycheck."""
+    use_search_path(search_dirs(spec))
+    out = []
+    for path in code_paths(spec):
+        mod = path.partition(":")[0]
+        try:
+            importlib.import_module(mod)
+        except Exception:  # noqa: BLE001,S112 - the build names the failure with its spec line
+            continue
+        out.append(mod)
+    return out
+
+
+def _canon(x) -> str:
+    import json
+    return json.dumps(x, sort_keys=True, default=str)
+
+
+def expected_arch(spec, v) -> dict:
+    """The factory and kwargs the spec says rebuild variant ``v``: its own model's, else the
+    baseline's, else a distillation's student (a plug-in recipe that changes the architecture is
+    not predicted: its builds are not reused)."""
+    arch = variant_arch(spec, v)
+    for step in v.steps:
+        if getattr(step, "student", None):
+            arch = {"factory": step.student, "kwargs": dict(step.student_kwargs)}
+    return arch
 
 
 def _prerequisites(runner, t) -> None:
@@ -86,6 +139,13 @@ def _prerequisites(runner, t) -> None:
     for step in t.variant.steps:  # libraries the step imports, which this process needs for its result too
         for name in getattr(step, "imports", lambda: ())():
             importlib.import_module(name)
+
+
+def _contained_fresh(runner, t) -> Built:
+    """:func:`_fresh` in the build's own process (see :meth:`Runner.contained`)."""
+    _prerequisites(runner, t)
+    return runner.contained(lambda: _fresh(runner, t), spec=t.spec, variant=t.vname, where=t.where,
+                            what=f"building variant {t.vname!r}")
 
 
 def _fresh(runner, t) -> Built:
@@ -132,27 +192,29 @@ def _fresh(runner, t) -> Built:
 
 
 def run_in_memory(runner, t, model):
-    """The model's outputs on the evaluation batches, concatenated (float32)."""
+    """The model's named outputs on the evaluation batches, concatenated (float32)."""
     import torch
     outs = []
     b = None
     try:
         with torch.inference_mode():
             for b in runner.batches(t.spec):
-                o = primary_output(model(b))
-                if o.shape[:1] != b.shape[:1]:
-                    raise StageError("run", f"the in-memory model returned shape {tuple(o.shape)} for a batch of "
-                                     f"{b.shape[0]}: outputs must keep the batch dimension first",
-                                     spec=t.spec.name, variant=t.vname, where=t.spec.at(t.variant.line))
-                outs.append(o.detach().float())
+                try:
+                    named = run_batch(model, b, in_memory=True)
+                except OutputError as e:
+                    raise StageError("run", f"the in-memory model's outputs cannot be checked: {e}",
+                                     spec=t.spec.name, variant=t.vname, where=t.spec.at(t.variant.line)) from e
+                except BatchDimError as e:
+                    raise StageError("run", str(e), spec=t.spec.name, variant=t.vname,
+                                     where=t.spec.at(t.variant.line)) from e
+                outs.append({k: o.detach().float() for k, o in named.items()})
     except StageError:
         raise
     except Exception as e:
-        shape = tuple(b.shape) if b is not None else "?"
-        raise StageError("run", f"the in-memory model failed on an evaluation batch of shape {shape}: "
+        raise StageError("run", f"the in-memory model failed on an evaluation batch of {describe_batch(b)}: "
                          f"{describe_exc(e)}", spec=t.spec.name, variant=t.vname,
                          where=t.spec.at(t.variant.line)) from e
-    return torch.cat(outs)
+    return concat(outs)
 
 
 def _eval_mode(model) -> None:
