@@ -257,7 +257,7 @@ class DataSpec:
 class MetricSpec:
     """The quality metric. A string names a built-in; a mapping gives options or a callable."""
 
-    name: str = field("accuracy", doc="accuracy | top_k | mse | mae | cosine | callable")
+    name: str = field("accuracy", doc="accuracy | top_k | mse | mae | r2 | cosine | callable")
     k: int = field(5, ge=1, doc="top_k: how many top classes count as a hit")
     callable: str | None = field(None, doc="'module:function(outputs, targets) -> float' for a custom metric")
     higher_is_better: bool | None = field(None, doc="direction of a custom metric (required with callable)")
@@ -646,7 +646,7 @@ class Spec:
     data: DataSpec = field(doc="evaluation data: {source, split, preprocess, batch_size, limit}")
     name: str = field("", doc="spec name used in test ids (default: the file name without .yaml)")
     description: str = field("", doc="free text shown in reports")
-    metric: MetricSpec = field(default_factory=MetricSpec, doc="accuracy | top_k | mse | mae | cosine | {callable, higher_is_better}")
+    metric: MetricSpec = field(default_factory=MetricSpec, doc="accuracy | top_k | mse | mae | r2 | cosine | {callable, higher_is_better}")
     formats: tuple[FormatSpec, ...] = field(default_factory=tuple, doc="formats every variant is shipped in")
     variants: dict[str, Any] = field(default_factory=dict, doc="name -> {quantize|prune|distill: {...}} or {steps: [...]} "
                                                                "plus optional thresholds, formats, description")
