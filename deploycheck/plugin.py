@@ -17,7 +17,7 @@ from .collect import RUNNER_FACTORY, SpecFile
 from .machine import summary as machine_summary
 from .report import summary_rows, terminal_table
 from .report.records import Record
-from .report.write import write_reports
+from .report.write import Journal, write_reports
 from .runner import Runner
 from .snapshots import enable_for_items
 from .spec.loader import may_be_spec
@@ -202,6 +202,8 @@ class ReportCollector:
         self.records: list[Record] = []
         self.paths: list[str] = []
         self.error: str | None = None
+        self.journal = (None if _is_worker(config) or config.getoption("deploycheck_no_report")
+                        else Journal(report_dir(config)))
 
     def pytest_runtest_logreport(self, report):
         if report.when != "call":  # setup/teardown reports carry the same properties
@@ -209,6 +211,8 @@ class ReportCollector:
         for name, value in getattr(report, "user_properties", ()):
             if name == "deploycheck":
                 self.records.append(Record.from_json(json.loads(value)))
+                if self.journal is not None:
+                    self.journal.add(value)
 
     def pytest_sessionfinish(self, session, exitstatus):
         # Also runs after -x or Ctrl-C, so a run cut short still writes what ran.
@@ -222,6 +226,9 @@ class ReportCollector:
             self.error = f"deploycheck: the reports could not be written to {out}: {_os_why(e)}; {REPORT_DIR_HINT}"
             if session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            return  # the journal keeps the records
+        if self.journal is not None:
+            self.journal.close()
 
     def pytest_terminal_summary(self, terminalreporter):
         if _is_worker(self.config) or not self.records:

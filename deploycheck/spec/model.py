@@ -587,10 +587,13 @@ class LatencySettings:
 
 @dataclass(frozen=True)
 class IsolationSettings:
-    """Limits of the fresh process that reloads and runs each artifact."""
+    """Limits of the fresh process that reloads and runs each artifact, and of the build process."""
 
     timeout_s: float = field(300.0, gt=0, doc="a reload + evaluation + latency run longer than this is killed")
     memory_mb: int | None = field(None, ge=256, doc="address-space limit of the process (none: unlimited)")
+    build_timeout_s: float = field(600.0, gt=0, doc="loading the data, creating the model, or building one variant "
+                                                    "(its recipes and in-memory evaluation) longer than this is "
+                                                    "killed, with the stack of where it was")
 
 
 @dataclass(frozen=True)
@@ -651,7 +654,7 @@ class Spec:
     on_unsupported: Literal["skip", "fail"] = field("skip", doc="a variant a format cannot hold is skipped (with the "
                                                                  "exporter's reason) or failed")
     latency: LatencySettings = field(default_factory=LatencySettings, doc="latency measurement settings")
-    isolation: IsolationSettings = field(default_factory=IsolationSettings, doc="fresh-process limits: {timeout_s, memory_mb}")
+    isolation: IsolationSettings = field(default_factory=IsolationSettings, doc="fresh-process limits: {timeout_s, memory_mb, build_timeout_s}")
     snapshot: SnapshotSettings = field(default_factory=SnapshotSettings, doc="output snapshot settings")
     semantic: SemanticSpec | None = field(None, doc="embedding models: {triplets, min_agreement}, a check that "
                                                     "similar texts stay closer than dissimilar ones")
