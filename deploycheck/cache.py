@@ -229,7 +229,7 @@ def load_model(path: str, *, trusted_modules: Iterable[str] = ()) -> Any:
     import torch
     from torch.serialization import get_unsafe_globals_in_checkpoint, safe_globals
     names = get_unsafe_globals_in_checkpoint(path)
-    allowed = []
+    allowed: list[Any] = []
     for name in names:
         obj = allowed_global(name, trusted_modules)
         if obj is None:
@@ -269,6 +269,7 @@ class Cache:
         self.root = None
 
     def _dir(self, kind: str, key: str) -> str:
+        assert self.root is not None  # callers check enabled first
         return os.path.join(self.root, kind, key[:2], key)
 
     def _touch(self, d: str) -> None:
@@ -280,6 +281,7 @@ class Cache:
 
     def _staging(self, kind: str) -> str:
         import tempfile
+        assert self.root is not None
         d = os.path.join(self.root, "tmp")
         os.makedirs(d, exist_ok=True)
         return tempfile.mkdtemp(prefix=f"{kind}-", dir=d)

@@ -8,7 +8,7 @@ import copy
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from ..cache import build_key, code_paths
 from ..errors import StageError
@@ -45,7 +45,7 @@ class Built:
                 "settings": self.settings}
 
     @classmethod
-    def from_meta(cls, meta: dict, model: Any, outputs: Any, key: str) -> "Built":
+    def from_meta(cls, meta: dict, model: Any, outputs: Any, key: str) -> Self:
         return cls(model, meta["arch"], [StepRecord(**r) for r in meta["steps"]], meta["build_s"], meta["params"],
                    meta["nonzero"], meta["state_bytes"], outputs, meta["metric"], meta["recipe"],
                    tuple(meta["requires"]), meta.get("settings", {}), key, cached=True)
