@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .outputs import flatten
+
 
 @dataclass(frozen=True)
 class ArtifactRef:
@@ -151,7 +153,6 @@ class BatchDimError(ValueError):
 def run_batch(fn: Any, x: Any, *, index: int | None = None, in_memory: bool = False) -> dict:
     """The named outputs of ``fn`` on one batch (see :func:`deploycheck.outputs.flatten`), each
     checked to keep the batch dimension first (a :class:`BatchDimError` says which did not)."""
-    from .outputs import flatten
     named = flatten(call(fn, x))
     n = batch_len(x)
     for name, o in named.items():
@@ -181,3 +182,14 @@ def concat_inputs(batches: list):
 def take(x, index):
     """Rows of one input or of every named input alike."""
     return {k: v[index] for k, v in x.items()} if isinstance(x, dict) else x[index]
+
+
+def describe_batch(b) -> str:
+    """``shape (64, 1, 8, 8)``, or each named input's shape and dtype."""
+    if b is None:
+        return "shape ?"
+    if isinstance(b, dict):
+        return ", ".join(f"{k} {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}" for k, v in b.items())
+    if isinstance(b, (tuple, list)):
+        return ", ".join(f"input {i} {tuple(v.shape)}" for i, v in enumerate(b))
+    return f"shape {tuple(b.shape)} {str(b.dtype).replace('torch.', '')}"

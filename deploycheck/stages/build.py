@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Self
@@ -15,7 +16,7 @@ from ..errors import StageError
 from ..models import (baseline_arch, build_variant_model, count_params, describe_exc, search_dirs, state_bytes,
                       use_search_path, variant_arch)
 from ..outputs import OutputError, concat
-from ..protocol import BatchDimError, run_batch
+from ..protocol import BatchDimError, describe_batch, run_batch
 from ..recipes import RecipeContext, StepRecord
 from ..recipes import apply as apply_step
 
@@ -85,9 +86,9 @@ def build(runner, t) -> Built:
         if model is not None:
             return Built.from_meta(meta, model, outputs, key)
         lazy = LazyBuilt.from_meta(meta, None, outputs, key)
-        lazy.rebuild = lambda: _fresh(runner, t).model
+        lazy.rebuild = lambda: _contained_fresh(runner, t).model
         return lazy
-    built = _fresh(runner, t)
+    built = _contained_fresh(runner, t)
     built.key = key
     runner.cache.put_built(key, built.meta(), built.model, built.outputs, trusted_modules=mods)
     return built
@@ -96,7 +97,6 @@ def build(runner, t) -> Built:
 def spec_modules(spec) -> list[str]:
     """The modules the spec's import paths name, imported (they are the spec's code, trusted):
     the classes of a cached model must come from them, torch, torchao or deploycheck."""
-    import importlib
     use_search_path(search_dirs(spec))
     out = []
     for path in code_paths(spec):
@@ -123,6 +123,29 @@ def expected_arch(spec, v) -> dict:
         if getattr(step, "student", None):
             arch = {"factory": step.student, "kwargs": dict(step.student_kwargs)}
     return arch
+
+
+def _prerequisites(runner, t) -> None:
+    """What a build shares with the other variants (the data, the baseline model, the baseline's
+    outputs), made here before the build's own process is forked, so it is made once."""
+    spec = t.spec
+    runner.batches(spec)
+    if t.variant.steps:
+        runner.example(spec)  # recipes get it
+    if spec.model.factory or spec.model.hf:
+        runner.baseline_model(spec)
+    if not t.is_baseline:
+        runner.built(t.baseline())
+    for step in t.variant.steps:  # libraries the step imports, which this process needs for its result too
+        for name in getattr(step, "imports", lambda: ())():
+            importlib.import_module(name)
+
+
+def _contained_fresh(runner, t) -> Built:
+    """:func:`_fresh` in the build's own process (see :meth:`Runner.contained`)."""
+    _prerequisites(runner, t)
+    return runner.contained(lambda: _fresh(runner, t), spec=t.spec, variant=t.vname, where=t.where,
+                            what=f"building variant {t.vname!r}")
 
 
 def _fresh(runner, t) -> Built:
@@ -192,17 +215,6 @@ def run_in_memory(runner, t, model):
                          f"{describe_exc(e)}", spec=t.spec.name, variant=t.vname,
                          where=t.spec.at(t.variant.line)) from e
     return concat(outs)
-
-
-def describe_batch(b) -> str:
-    """``shape (64, 1, 8, 8)``, or each named input's shape and dtype."""
-    if b is None:
-        return "shape ?"
-    if isinstance(b, dict):
-        return ", ".join(f"{k} {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}" for k, v in b.items())
-    if isinstance(b, (tuple, list)):
-        return ", ".join(f"input {i} {tuple(v.shape)}" for i, v in enumerate(b))
-    return f"shape {tuple(b.shape)} {str(b.dtype).replace('torch.', '')}"
 
 
 def _eval_mode(model) -> None:
