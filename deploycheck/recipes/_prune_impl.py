@@ -20,15 +20,16 @@ _TABLES = (nn.Embedding, nn.EmbeddingBag)
 
 
 def _weights(name: str, m) -> list[tuple[str, object, str]]:
-    """(label, owner module, parameter name) of the weight matrices a module's pruning covers."""
+    """(label, owner module, parameter name) of the weight matrices a module's pruning covers; the
+    label keys ``sparsity_per_layer``."""
     def label(p: str) -> str:
         return f"{name}.{p}" if name else p
     if isinstance(m, nn.MultiheadAttention):
         own = ["in_proj_weight"] if m.in_proj_weight is not None else ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
-        return [(label(p), m, p) for p in own] + [(label("out_proj.weight"), m.out_proj, "weight")]
+        return [(label(p), m, p) for p in own] + [(label("out_proj"), m.out_proj, "weight")]
     if isinstance(m, nn.RNNBase):  # weight_ih_l0, weight_hh_l0 (and _reverse, weight_hr_ for projections)
         return [(label(p), m, p) for p, _ in m.named_parameters(recurse=False) if p.startswith("weight_")]
-    return [(label("weight"), m, "weight")]
+    return [(name, m, "weight")]  # a layer with one weight is named by its module, as before
 
 
 def _skipped(name: str, skip: tuple[str, ...]) -> bool:
