@@ -17,9 +17,11 @@ cover them, with and without xdist.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -322,6 +324,29 @@ class Outcome:
     path: str = ""                      # the snapshot file, relative to the rootdir
 
 
+class UnreadableSnapshot(ValueError):
+    """An approved snapshot file that does not parse: an error, never rewritten by ``--snapshot-update``
+    (it may hold other machines' approved entries, or both sides of a merge)."""
+
+
+CONFLICT = re.compile(r"^(<{7}|={7}|>{7})( |$)", re.MULTILINE)
+
+
+def parse_stored(text: str) -> dict:
+    """An approved snapshot document, or UnreadableSnapshot saying why (merge-conflict markers, bad JSON)."""
+    m = CONFLICT.search(text)
+    if m:
+        line = text[:m.start()].count("\n") + 1
+        raise UnreadableSnapshot(f"it holds merge-conflict markers (line {line}: {m.group(1)})")
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise UnreadableSnapshot(f"it is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UnreadableSnapshot(f"it holds a JSON {type(data).__name__}, not a deploycheck snapshot")
+    return data
+
+
 def assert_matches(item, data: dict, *, settings, current: str, precision: str | None) -> Outcome:
     """Compare ``data`` with the item's approved snapshot through syrupy (which also writes it on
     ``--snapshot-update`` and reports unused snapshots). The only place that talks to syrupy's API."""
@@ -331,17 +356,25 @@ def assert_matches(item, data: dict, *, settings, current: str, precision: str |
                              extension_class=DeploycheckSnapshotExtension, test_location=PyTestLocation(item),
                              session=item.config._syrupy)
     location = snap.extension.get_location(test_location=snap.test_location, index=0)
+    rel = os.path.relpath(location, str(item.config.rootpath))
     try:
         with open(location, encoding="utf-8") as fh:
-            stored = json.load(fh)
-    except (OSError, ValueError):
+            text = fh.read()
+    except FileNotFoundError:
         stored = None
+    except (OSError, ValueError) as e:  # never overwrite a file that could not be read
+        return Outcome(False, False, False, False, UnreadableSnapshot(f"cannot be read: {e}"), {}, rel)
+    else:
+        try:
+            stored = parse_stored(text)
+        except UnreadableSnapshot as e:
+            return Outcome(False, False, False, False, e, {}, rel)
     ext = snap.extension
     ext.settings, ext.current, ext.precision, ext.update = settings, current, precision, bool(opt.update_snapshots)
     ok = snap == merged(stored, data)
     result = snap.executions[0]
     return Outcome(ok, result.created, result.updated, result.recalled_data is None, result.exception,
-                   ext.last or {}, os.path.relpath(location, str(item.config.rootpath)))
+                   ext.last or {}, rel)
 
 
 def make_locatable(item) -> None:
@@ -370,3 +403,60 @@ def enable_for_items() -> None:
 
     filter_valid_items._deploycheck = True
     SnapshotSession.filter_valid_items = staticmethod(filter_valid_items)
+    _keep_declared_snapshots()
+
+
+def _keep_declared_snapshots() -> None:
+    """syrupy calls a snapshot unused, and ``--snapshot-update`` deletes it, when the item that owns
+    it made no assertion in this session: after ``-x``, a failed build, ``-k``, ``--lf`` or an xdist
+    worker that died, approved files were lost. A deploycheck snapshot is unused only when its spec
+    file parses and no longer declares it (the variant, the format or the spec's snapshots are gone);
+    a spec that does not parse keeps all its files. Works on the xdist controller too: it reads the
+    specs, not the items."""
+    from syrupy.report import SnapshotReport
+    original = SnapshotReport.__dict__["unused"]
+    if getattr(original, "_deploycheck", False):
+        return
+
+    def unused(self):
+        from syrupy.data import SnapshotCollections
+        out = SnapshotCollections()
+        for collection in original.func(self):
+            if not still_declared(collection.location):
+                out.add(collection)
+        return out
+
+    unused.__name__ = "unused"
+    prop = functools.cached_property(unused)
+    prop.__set_name__(SnapshotReport, "unused")
+    prop._deploycheck = True  # type: ignore[attr-defined]
+    SnapshotReport.unused = prop
+
+
+def still_declared(location: str) -> bool:
+    """Whether the snapshot file at ``location`` belongs to a spec that declares it, or to a spec
+    that cannot be read (whose declarations are unknown): either way it must be kept."""
+    from .spec import SpecError, parse_file
+    from .spec.loader import may_be_spec
+    folder = os.path.dirname(location)
+    if os.path.basename(os.path.dirname(folder)) != "__snapshots__" or not location.endswith(".snapshot.json"):
+        return False  # not a deploycheck snapshot: syrupy decides
+    base = os.path.dirname(os.path.dirname(folder))
+    spec_path = next((p for p in (os.path.join(base, os.path.basename(folder) + ext) for ext in (".yaml", ".yml"))
+                      if os.path.exists(p)), None)
+    if spec_path is None or not may_be_spec(spec_path):
+        return False  # the spec is gone: its snapshots are stale
+    try:
+        spec = parse_file(spec_path)
+    except SpecError:
+        return True
+    return os.path.basename(location) in declared_files(spec)
+
+
+def declared_files(spec) -> set[str]:
+    """The snapshot file names a spec declares: ``<spec>.<variant>.<format>.snapshot.json``."""
+    from .checks import CHECKS
+    from .target import Target
+    check = CHECKS.get("snapshot")
+    return {f"{spec.name}.{v.name}.{f.name}.snapshot.json" for v in spec.variants.values() for f in v.formats
+            if check.applies(Target(spec, v, f))}

@@ -17,6 +17,7 @@ import traceback
 from . import timing
 from .formats import FORMATS
 from .formats.integrity import check_file, classify, vet_manifest
+from .isolation import PARENT_ENV, die_with_parent
 from .outputs import OutputError, concat
 from .protocol import (ArtifactRef, BatchDimError, LatencyPlan, WorkerRequest, WorkerResult, batch_len, call,
                        run_batch)
@@ -184,6 +185,9 @@ def _repeat_to(x, bs: int):
 
 
 def serve() -> int:
+    parent = os.environ.get(PARENT_ENV, "")
+    if parent.isdigit():
+        die_with_parent(int(parent))
     import torch  # noqa: F401 - the point of a spare worker: pay the import before the request arrives
     line = sys.stdin.readline().strip()
     if not line:

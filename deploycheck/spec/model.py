@@ -257,7 +257,7 @@ class DataSpec:
 class MetricSpec:
     """The quality metric. A string names a built-in; a mapping gives options or a callable."""
 
-    name: str = field("accuracy", doc="accuracy | top_k | mse | mae | cosine | callable")
+    name: str = field("accuracy", doc="accuracy | top_k | mse | mae | r2 | cosine | callable")
     k: int = field(5, ge=1, doc="top_k: how many top classes count as a hit")
     callable: str | None = field(None, doc="'module:function(outputs, targets) -> float' for a custom metric")
     higher_is_better: bool | None = field(None, doc="direction of a custom metric (required with callable)")
@@ -587,10 +587,13 @@ class LatencySettings:
 
 @dataclass(frozen=True)
 class IsolationSettings:
-    """Limits of the fresh process that reloads and runs each artifact."""
+    """Limits of the fresh process that reloads and runs each artifact, and of the build process."""
 
     timeout_s: float = field(300.0, gt=0, doc="a reload + evaluation + latency run longer than this is killed")
     memory_mb: int | None = field(None, ge=256, doc="address-space limit of the process (none: unlimited)")
+    build_timeout_s: float = field(600.0, gt=0, doc="loading the data, creating the model, or building one variant "
+                                                    "(its recipes and in-memory evaluation) longer than this is "
+                                                    "killed, with the stack of where it was")
 
 
 @dataclass(frozen=True)
@@ -643,7 +646,7 @@ class Spec:
     data: DataSpec = field(doc="evaluation data: {source, split, preprocess, batch_size, limit}")
     name: str = field("", doc="spec name used in test ids (default: the file name without .yaml)")
     description: str = field("", doc="free text shown in reports")
-    metric: MetricSpec = field(default_factory=MetricSpec, doc="accuracy | top_k | mse | mae | cosine | {callable, higher_is_better}")
+    metric: MetricSpec = field(default_factory=MetricSpec, doc="accuracy | top_k | mse | mae | r2 | cosine | {callable, higher_is_better}")
     formats: tuple[FormatSpec, ...] = field(default_factory=tuple, doc="formats every variant is shipped in")
     variants: dict[str, Any] = field(default_factory=dict, doc="name -> {quantize|prune|distill: {...}} or {steps: [...]} "
                                                                "plus optional thresholds, formats, description")
@@ -651,7 +654,7 @@ class Spec:
     on_unsupported: Literal["skip", "fail"] = field("skip", doc="a variant a format cannot hold is skipped (with the "
                                                                  "exporter's reason) or failed")
     latency: LatencySettings = field(default_factory=LatencySettings, doc="latency measurement settings")
-    isolation: IsolationSettings = field(default_factory=IsolationSettings, doc="fresh-process limits: {timeout_s, memory_mb}")
+    isolation: IsolationSettings = field(default_factory=IsolationSettings, doc="fresh-process limits: {timeout_s, memory_mb, build_timeout_s}")
     snapshot: SnapshotSettings = field(default_factory=SnapshotSettings, doc="output snapshot settings")
     semantic: SemanticSpec | None = field(None, doc="embedding models: {triplets, min_agreement}, a check that "
                                                     "similar texts stay closer than dissimilar ones")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,24 @@ class Built:
                    tuple(meta["requires"]), meta.get("settings", {}), key, cached=True)
 
 
+class LazyBuilt(Built):
+    """A cached build whose model the cache did not hold (a model of classes a cache may not
+    unpickle, such as packed int8 weights): the facts and outputs are the cache's, the model is
+    rebuilt on first use (a save whose artifact is not cached, a divergence report)."""
+
+    rebuild: Any = None
+
+    @property  # type: ignore[override]
+    def model(self) -> Any:
+        if self.__dict__.get("_model") is None and self.rebuild is not None:
+            self.__dict__["_model"], self.rebuild = self.rebuild(), None
+        return self.__dict__.get("_model")
+
+    @model.setter
+    def model(self, value: Any) -> None:
+        self.__dict__["_model"] = value
+
+
 def build(runner, t) -> Built:
     """The variant of ``t`` built (or reused from the cache); an ``artifact:`` variant is not
     built: its outputs are the file's own, run in the fresh process."""
@@ -64,8 +83,12 @@ def build(runner, t) -> Built:
     # The arch rebuilds state dicts in the worker: an entry naming other code than the spec is not used.
     if hit is not None and _canon(hit[0].get("arch")) == _canon(expected_arch(t.spec, t.variant)):
         meta, model, outputs = hit
-        return Built.from_meta(meta, model, outputs, key)
-    built = _fresh(runner, t)
+        if model is not None:
+            return Built.from_meta(meta, model, outputs, key)
+        lazy = LazyBuilt.from_meta(meta, None, outputs, key)
+        lazy.rebuild = lambda: _contained_fresh(runner, t).model
+        return lazy
+    built = _contained_fresh(runner, t)
     built.key = key
     runner.cache.put_built(key, built.meta(), built.model, built.outputs, trusted_modules=mods)
     return built
@@ -74,14 +97,13 @@ def build(runner, t) -> Built:
 def spec_modules(spec) -> list[str]:
     """The modules the spec's import paths name, imported (they are the spec's code, trusted):
     the classes of a cached model must come from them, torch, torchao or deploycheck."""
-    import importlib
     use_search_path(search_dirs(spec))
     out = []
     for path in code_paths(spec):
         mod = path.partition(":")[0]
         try:
             importlib.import_module(mod)
-        except Exception:  # noqa: BLE001 - the build names the failure with its spec line
+        except Exception:  # noqa: BLE001,S112 - the build names the failure with its spec line
             continue
         out.append(mod)
     return out
@@ -101,6 +123,29 @@ def expected_arch(spec, v) -> dict:
         if getattr(step, "student", None):
             arch = {"factory": step.student, "kwargs": dict(step.student_kwargs)}
     return arch
+
+
+def _prerequisites(runner, t) -> None:
+    """What a build shares with the other variants (the data, the baseline model, the baseline's
+    outputs), made here before the build's own process is forked, so it is made once."""
+    spec = t.spec
+    runner.batches(spec)
+    if t.variant.steps:
+        runner.example(spec)  # recipes get it
+    if spec.model.factory or spec.model.hf:
+        runner.baseline_model(spec)
+    if not t.is_baseline:
+        runner.built(t.baseline())
+    for step in t.variant.steps:  # libraries the step imports, which this process needs for its result too
+        for name in getattr(step, "imports", lambda: ())():
+            importlib.import_module(name)
+
+
+def _contained_fresh(runner, t) -> Built:
+    """:func:`_fresh` in the build's own process (see :meth:`Runner.contained`)."""
+    _prerequisites(runner, t)
+    return runner.contained(lambda: _fresh(runner, t), spec=t.spec, variant=t.vname, where=t.where,
+                            what=f"building variant {t.vname!r}")
 
 
 def _fresh(runner, t) -> Built:
