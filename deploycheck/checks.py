@@ -390,6 +390,12 @@ def metric_check(runner, t: Target) -> Verdict:
     th = t.variant.thresholds.metric
     ci = None if t.is_baseline else drop_interval(runner, t, r.outputs, m, th.confidence)
     v = metric_verdict(m.name, r.metric, base, m.higher_is_better, th, ci)
+    read = t.spec.metric.output or next(iter(r.outputs))
+    v.details["output"] = read
+    if len(r.outputs) > 1:  # which of several outputs the metric read, said in the verdict and the report
+        v.formula += f" (metric on output {read!r} of {', '.join(map(repr, r.outputs))})"
+        if v.message:
+            v.message += f" (metric on output {read!r})"
     if not v.passed:
         where, det = where_it_departs(runner, t)
         v.message += saturation_hint(t.variant) + where
