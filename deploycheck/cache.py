@@ -22,10 +22,10 @@ import platform
 import shutil
 from typing import Any
 
+from . import usercode
 from .formats.integrity import library_versions
 from .machine import kernel_key
 from .models import baseline_arch, search_dirs
-from . import usercode
 
 
 def _h(data: Any) -> str:
@@ -43,7 +43,7 @@ def file_sha(path: str) -> str | None:
         return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _package_source_hash() -> str:
     root = os.path.dirname(os.path.abspath(__file__))
     h = hashlib.sha256()
@@ -201,6 +201,7 @@ class Cache:
         d = self._dir("built", key)
         try:
             import warnings
+
             import torch
             with open(os.path.join(d, "meta.json")) as fh:
                 meta = json.load(fh)

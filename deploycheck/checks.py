@@ -7,8 +7,9 @@ One registry: each check says when it applies and how it decides. Items in
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -100,7 +101,7 @@ def skip_if_baseline_nonfinite(runner, t: Target) -> None:
 
 # --- outputs ------------------------------------------------------------------------------------
 
-def finite_verdict(runner, t: Target) -> "Verdict | None":
+def finite_verdict(runner, t: Target) -> Verdict | None:
     """NaN or Inf in the in-memory or reloaded outputs: a failed ``outputs`` verdict saying where."""
     b = runner.built(t)
     r = runner.reload(t)

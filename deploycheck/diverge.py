@@ -162,7 +162,7 @@ def _capture_onnx(path: str, probes):
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     feed = {sess.get_inputs()[0].name: probes.numpy()}
     names = [o.name for o in sess.get_outputs()]
-    values = dict(zip(names, sess.run(names, feed)))
+    values = dict(zip(names, sess.run(names, feed), strict=True))
     acts: dict[str, Any] = {}
     for name in list(order):
         v = values.get(last[name])

@@ -54,7 +54,7 @@ class WorkerRequest:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "WorkerRequest":
+    def from_json(cls, d: dict) -> WorkerRequest:
         lat = d.get("latency")
         if lat is not None:
             base = lat.get("baseline")
@@ -81,7 +81,7 @@ class WorkerResult:
     peak_rss_mb: float | None = None
     cached: bool = False                 # reused from the cache, not measured in this session
 
-    def fail(self, stage: str, kind: str, message: str, traceback: str = "") -> "WorkerResult":
+    def fail(self, stage: str, kind: str, message: str, traceback: str = "") -> WorkerResult:
         self.ok, self.stage, self.kind, self.message, self.traceback = False, stage, kind, message, traceback
         return self
 
@@ -89,7 +89,7 @@ class WorkerResult:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "WorkerResult":
+    def from_json(cls, d: dict) -> WorkerResult:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 

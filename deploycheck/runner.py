@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import os
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import diverge
 from .cache import Cache

@@ -17,6 +17,7 @@ cover them, with and without xdist.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -202,7 +203,7 @@ def compare(old: dict, new: dict, *, settings, current: str, precision: str | No
     if "labels" in approved and "labels" in mine:
         top_old = [r[0] for r in approved["labels"]]
         top_new = [r[0] for r in mine["labels"]]
-        changed = [i for i, (x, y) in enumerate(zip(top_old, top_new)) if x != y]
+        changed = [i for i, (x, y) in enumerate(itertools.zip_longest(top_old, top_new)) if x != y]
         agreement = 1 - len(changed) / max(len(top_old), 1)
         out["labels"] = {"changed": changed, "agreement": agreement, "old": top_old, "new": top_new}
         if agreement < rule.min_label_agreement:

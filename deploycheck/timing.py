@@ -11,7 +11,7 @@ own deviation (see :func:`side_by_side`).
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import textwrap
 
-import pytest
-
 # pytester's in-process runs restore sys.modules afterwards; C extensions such as torch cannot be
 # imported twice in one process, so they are imported once here, before any inner run.
 import numpy  # noqa: F401,E402
+import pytest
 import safetensors.torch  # noqa: F401,E402
 import sklearn.datasets  # noqa: F401,E402
 import sklearn.model_selection  # noqa: F401,E402
 import torch  # noqa: F401,E402
-import torch.ao.quantization  # noqa: F401,E402
-import yaml  # noqa: F401,E402  (its C loader, too, must not be imported twice)
-
 import torch._dynamo  # noqa: F401,E402
 import torch._inductor.codecache  # noqa: F401,E402  (registers cache artifact types once per process)
 import torch._inductor.runtime.autotune_cache  # noqa: F401,E402
+import torch.ao.quantization  # noqa: F401,E402
 import torch.export  # noqa: F401,E402
+import yaml  # noqa: F401,E402  (its C loader, too, must not be imported twice)
 
 
 def _warm_up_lazy_imports() -> None:

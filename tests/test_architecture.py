@@ -152,7 +152,7 @@ def test_the_walk_sees_a_light_import_inside_a_function(tmp_path):
 def test_loading_the_plugin_and_collecting_imports_no_heavy_library():
     code = ("import sys, deploycheck.plugin, deploycheck.collect, deploycheck.checks, deploycheck.cli, "
             "deploycheck.spec, deploycheck.runner\n"
-            "print(sorted(m for m in %r if m in sys.modules))" % sorted(HEAVY))
+            f"print(sorted(m for m in {sorted(HEAVY)!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
     assert out.stdout.strip() == "[]"

@@ -138,6 +138,7 @@ def test_eviction_keeps_the_cache_under_its_cap_and_the_most_recent_entries(tmp_
 
 def test_cache_info_and_clean_print_exact_output(tmp_path, capsys):
     import time
+
     from deploycheck.cli import main
     _fake_entry(tmp_path, "built", "aa" + "0" * 10, 1500, time.time() - 10 * 86400)
     _fake_entry(tmp_path, "artifact", "bb" + "0" * 10, 2_500_000, time.time())
@@ -174,7 +175,7 @@ def test_two_concurrent_sessions_on_one_cache_both_pass(project, tmp_path):
     procs = [subprocess.Popen(cmd + [f"--deploycheck-run-dir={tmp_path / f'run{i}'}"], cwd=project.path,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outs):
+    for p, out in zip(procs, outs, strict=True):
         assert p.returncode == 0, out[-3000:]
         assert "20 passed" in out
     # and a third session reuses what they published

@@ -12,6 +12,7 @@ from ..errors import StageError
 from ..models import describe_exc
 from . import PREPROCESS, SOURCES
 
+
 @dataclass
 class Dataset:
     """Preprocessed arrays. ``y`` is None for unlabelled data (the baseline's outputs become the targets)."""

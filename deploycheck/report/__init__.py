@@ -45,7 +45,7 @@ def summary_rows(records) -> list[dict]:
         allrecs = recs + variant_level.get((s, v), [])
         by = {r.check: r for r in recs}
         info = next((r.variant_info for r in allrecs if r.variant_info), {})
-        det = lambda c: by[c].details if c in by else {}  # noqa: E731
+        det = lambda c, by=by: by[c].details if c in by else {}  # noqa: E731
         statuses = [r.status for r in allrecs]
         missing = [r for r in allrecs if r.missing_snapshot]
         real_fail = [r for r in allrecs if r.status in ("error", "failed") and not r.missing_snapshot]

@@ -14,7 +14,7 @@ def _load(path: str) -> dict:
         with open(path, encoding="utf-8") as fh:
             doc = json.load(fh)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"deploycheck: cannot read report {path}: {e}")
+        raise SystemExit(f"deploycheck: cannot read report {path}: {e}") from None
     if not isinstance(doc, dict) or doc.get("schema_version") != 1 or "rows" not in doc:
         raise SystemExit(f"deploycheck: {path} is not a deploycheck JSON report (schema_version 1)")
     return doc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import io
+import itertools
 from typing import Any
 
 from . import COLUMNS, higher_is_better, machine_line, new_snapshots_line, row_cells
@@ -54,7 +55,7 @@ def plots(rows: list[dict]) -> dict[str, list[str]]:
             front = set(pareto(pts, higher))
             fig, ax = plt.subplots(figsize=(7, 4.2))
             fmts = sorted({r["format"] for r in rs})
-            markers = dict(zip(fmts, "osD^vP*X"))
+            markers = dict(zip(fmts, itertools.cycle("osD^vP*X")))  # more formats than markers: reuse them
             # Numbered markers and a legend instead of text labels: a spec's many rows often sit
             # on one metric value, where labels pile onto one line and cannot be read.
             for i, r in enumerate(rs, 1):

@@ -38,7 +38,7 @@ def metadata(records, rootdir: str, exitstatus: int) -> dict:
         except OSError:
             hashes[f] = None
     return {"schema_version": SCHEMA_VERSION,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "exitstatus": exitstatus,
             "machine": fingerprint(),
             "libraries": library_versions(), "git": _git(rootdir), "spec_files": hashes}

@@ -16,8 +16,18 @@ from ..metrics import METRICS
 from ..recipes import RECIPES, config_class
 from ..registry import UnknownName, did_you_mean
 from .loader import LMap, LSeq
-from .schema import (Ctx, Invalid, build, build_fields, dataclass_schema, field, finish, import_path_problem,
-                     json_schema, type_hints)
+from .schema import (
+    Ctx,
+    Invalid,
+    build,
+    build_fields,
+    dataclass_schema,
+    field,
+    finish,
+    import_path_problem,
+    json_schema,
+    type_hints,
+)
 
 DType = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8"]
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -90,7 +100,7 @@ class Step:
     arg: Any
 
     @classmethod
-    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> "Step":
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> Step:
         if not isinstance(value, dict) or len(value) != 1:
             ctx.error(line, path, f"a preprocessing step is a mapping with one key, one of {PREPROCESS.names()}")
             raise Invalid
@@ -153,7 +163,7 @@ class MetricSpec:
     higher_is_better: bool | None = field(None, doc="direction of a custom metric (required with callable)")
 
     @classmethod
-    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> "MetricSpec":
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> MetricSpec:
         given_as_name = isinstance(value, str)
         if given_as_name:
             value = {"name": value}
@@ -248,7 +258,7 @@ class Thresholds:
     batch_invariance: BatchInvariance = field(default_factory=BatchInvariance,
                                               doc="{enabled, probes, batch_size, atol, max_changed_predictions}")
 
-    def override(self, value: Any, *, path: str, line: int, ctx: Ctx) -> "Thresholds":
+    def override(self, value: Any, *, path: str, line: int, ctx: Ctx) -> Thresholds:
         """Apply a variant's partial thresholds on top of these defaults, key by key."""
         if not isinstance(value, dict):
             ctx.error(line, path, "expected a mapping")
@@ -281,7 +291,7 @@ class FormatSpec:
     line: int = 0
 
     @classmethod
-    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> "FormatSpec":
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> FormatSpec:
         if isinstance(value, str):
             name, opts, ol = value, {}, line
         elif isinstance(value, dict) and len(value) == 1:
@@ -353,8 +363,8 @@ class VariantSpec:
     RESERVED = ("steps", "thresholds", "formats", "description", "artifact", "model")
 
     @classmethod
-    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx, name: str, thresholds: "Thresholds",
-              formats: tuple) -> "VariantSpec":
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx, name: str, thresholds: Thresholds,
+              formats: tuple) -> VariantSpec:
         """One variant: a recipe key or ``steps``, or ``artifact``/``model``, plus thresholds that
         override the spec's (``thresholds``) key by key and formats that replace ``formats``."""
         return _parse_variant(value, path=path, line=line, ctx=ctx, name=name, thresholds=thresholds, formats=formats)
@@ -505,8 +515,8 @@ def _recipe_step(key: str, value: Any, *, path: str, line: int, ctx: Ctx) -> Any
     return finish(cls, kw, path=path, line=line, ctx=ctx, raw=value)
 
 
-def _parse_variant(raw: Any, *, path: str, line: int, ctx: Ctx, name: str, thresholds: "Thresholds",
-                   formats: tuple) -> "VariantSpec":
+def _parse_variant(raw: Any, *, path: str, line: int, ctx: Ctx, name: str, thresholds: Thresholds,
+                   formats: tuple) -> VariantSpec:
     steps: list[Any] = []
     bad = False
     recipe_keys = [k for k in raw if k not in VariantSpec.RESERVED]

@@ -13,10 +13,29 @@ from ..data.ops import Normalize, Tokenize
 from ..formats import FORMATS
 from ..recipes import RECIPES
 from ..recipes.prune import FineTune
-from .model import (ArtifactSource, BatchInvariance, CrossMachineRule, DataSpec, FidelityThreshold, HFSource,
-                    InputSpec, IsolationSettings, LatencySettings, LatencyThreshold, MetricSpec, MetricThreshold,
-                    ModelOverride, ModelSpec, OutputThreshold, SemanticSpec, SizeThreshold, SnapshotSettings,
-                    SplitSpec, Spec, Thresholds)
+from .model import (
+    ArtifactSource,
+    BatchInvariance,
+    CrossMachineRule,
+    DataSpec,
+    FidelityThreshold,
+    HFSource,
+    InputSpec,
+    IsolationSettings,
+    LatencySettings,
+    LatencyThreshold,
+    MetricSpec,
+    MetricThreshold,
+    ModelOverride,
+    ModelSpec,
+    OutputThreshold,
+    SemanticSpec,
+    SizeThreshold,
+    SnapshotSettings,
+    Spec,
+    SplitSpec,
+    Thresholds,
+)
 from .schema import MISSING, describe, type_hints
 
 

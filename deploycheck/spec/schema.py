@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import sys
 import types
 import typing
@@ -17,8 +18,6 @@ from typing import Any, Literal, Union, get_args, get_origin
 from ..errors import Problem
 from ..registry import did_you_mean
 from .loader import LMap, LSeq
-
-import re
 
 MISSING = dataclasses.MISSING
 
@@ -65,7 +64,7 @@ def _kind(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def type_hints(cls: type) -> dict[str, Any]:
     # The namespace the class was defined in, from its generated __init__: robust when its module
     # is no longer in sys.modules (pytester's in-process runs restore sys.modules afterwards, and
@@ -77,7 +76,7 @@ def type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, globalns=ns)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fields(cls: type) -> tuple:
     return dataclasses.fields(cls)
 
@@ -125,7 +124,7 @@ def build_plain(tp: Any, value: Any, *, path: str, line: int, ctx: Ctx) -> Any:
             except Invalid:
                 tried.append(sub)
         # Report the alternative that matched the value's shape, else a summary.
-        for a, sub in zip(candidates, tried):
+        for a, sub in zip(candidates, tried, strict=True):
             if _shape_matches(a, value):
                 ctx.problems.extend(sub.problems)
                 raise Invalid

@@ -12,8 +12,16 @@ from typing import Any
 
 from ..cache import build_key
 from ..errors import StageError
-from ..models import (baseline_arch, build_variant_model, count_params, describe_exc, search_dirs, state_bytes,
-                      use_search_path, variant_arch)
+from ..models import (
+    baseline_arch,
+    build_variant_model,
+    count_params,
+    describe_exc,
+    search_dirs,
+    state_bytes,
+    use_search_path,
+    variant_arch,
+)
 from ..protocol import primary_output
 from ..recipes import RecipeContext, StepRecord
 from ..recipes import apply as apply_step
@@ -44,7 +52,7 @@ class Built:
                 "settings": self.settings}
 
     @classmethod
-    def from_meta(cls, meta: dict, model: Any, outputs: Any, key: str) -> "Built":
+    def from_meta(cls, meta: dict, model: Any, outputs: Any, key: str) -> Built:
         return cls(model, meta["arch"], [StepRecord(**r) for r in meta["steps"]], meta["build_s"], meta["params"],
                    meta["nonzero"], meta["state_bytes"], outputs, meta["metric"], meta["recipe"],
                    tuple(meta["requires"]), meta.get("settings", {}), key, cached=True)
