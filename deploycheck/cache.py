@@ -172,6 +172,7 @@ class Cache:
         return self.root is not None
 
     def _dir(self, kind: str, key: str) -> str:
+        assert self.root is not None, "the cache is disabled"
         return os.path.join(self.root, kind, key[:2], key)
 
     def _touch(self, d: str) -> None:
@@ -190,6 +191,7 @@ class Cache:
 
     def _staging(self, kind: str) -> str:
         import tempfile
+        assert self.root is not None, "the cache is disabled"
         d = os.path.join(self.root, "tmp")
         os.makedirs(d, exist_ok=True)
         return tempfile.mkdtemp(prefix=f"{kind}-", dir=d)

@@ -158,7 +158,8 @@ def outputs_check(runner, t: Target) -> Verdict:
 
 def metric_verdict(name: str, value: float, baseline: float, higher: bool, th) -> Verdict:
     """Decide the metric gate; the formula shows every number that decided it."""
-    parts, failed = [], []
+    parts: list[str] = []
+    failed: list[str] = []
     sign = "-" if higher else "+"
     delta = value - baseline
     if th.max_drop is not None:
@@ -242,7 +243,8 @@ def latency_check(runner, t: Target) -> Verdict:
     r = runner.reload(t)
     lat = r.result.latency or {}
     th = t.variant.thresholds.latency
-    parts, failed = [], []
+    parts: list[str] = []
+    failed: list[str] = []
     for key in ("p50_ms", "p95_ms", "p99_ms"):
         limit = getattr(th, key)
         if limit is not None:
@@ -260,7 +262,7 @@ def latency_check(runner, t: Target) -> Verdict:
     wants_ratio = th.max_ratio is not None or th.min_speedup is not None
     if wants_ratio and not t.is_baseline:
         if not ratio:
-            failed.append(f"no side-by-side measurement vs the baseline: {lat.get('ratio_error') or 'the baseline has no ' + t.fmt + ' artifact'}")
+            failed.append(f"no side-by-side measurement vs the baseline: {lat.get('ratio_error') or f'the baseline has no {t.fmt} artifact'}")
         else:
             (parts if not ratio["decision"].startswith("fail") else failed).append(ratio_formula(ratio, th))
     if not parts and not failed:
@@ -278,7 +280,8 @@ def size_check(runner, t: Target) -> Verdict:
     art = runner.artifact(t)
     th = t.variant.thresholds.size
     mb = art.size / 1e6
-    parts, failed = [], []
+    parts: list[str] = []
+    failed: list[str] = []
     details = {"size_mb": mb, "sha256": art.sha256, "path": art.path}
     if th.max_mb is not None:
         ok = mb <= th.max_mb
@@ -383,6 +386,7 @@ def batch_invariance_check(runner, t: Target) -> Verdict:
 
 @check("snapshot", applies=lambda t: t.spec.snapshot.enabled, needs_item=True)
 def snapshot_check(runner, t: Target, *, item) -> Verdict:
+    assert t.fmt is not None  # a snapshot item is per format
     r = runner.reload(t)
     st = t.spec.snapshot
     metric = resolve(t.spec)
@@ -439,7 +443,8 @@ def fidelity_check(runner, t: Target) -> Verdict:
         why = describe_nonfinite(info, whose=f"the reloaded {t.fmt} outputs") if info else "cosine is not finite"
         return Verdict("fidelity", False, f"cosine to the baseline is not a number: {why}", "cosine is not finite",
                        mean, None, {"mean_cosine": mean})
-    parts, failed = [], []
+    parts: list[str] = []
+    failed: list[str] = []
     if th.min_mean_cosine is not None:
         ok = mean >= th.min_mean_cosine
         (parts if ok else failed).append(f"mean cosine vs baseline {mean:.6f} (1 - cos = {1 - mean:.1e}) "

@@ -131,7 +131,7 @@ def cmd_inspect(args) -> int:
         print("manifest: none (size and checksum cannot be verified)")
     diag = check_file(path, declared, manifest)
     named = formats_by_name(path)
-    if found in FORMATS and named and found not in named:
+    if found is not None and found in FORMATS and named and found not in named:
         # The name promises another format than the bytes hold: a loader that goes by the name fails.
         says = " or ".join(FORMAT_NAMES.get(n, n) for n in named)
         mismatch = (f"the file is {FORMAT_NAMES.get(found, found)} file, but its name "
@@ -167,7 +167,7 @@ def _try_load(path, fmt, manifest, timeout):
     if out.result is None:
         return Diagnosis("crash", out.death() or "no answer")
     if not out.result.ok and out.result.stage == "load":
-        return Diagnosis(out.result.kind, out.result.message.splitlines()[0])
+        return Diagnosis(out.result.kind or "load-error", out.result.message.splitlines()[0])
     return None
 
 

@@ -110,7 +110,7 @@ def _capture_export(path: str, probes):
             out = super().run_node(n)
             stack = n.meta.get("nn_module_stack") if n.op == "call_function" else None
             t = first_tensor(out) if stack else None
-            if t is not None and t.is_floating_point():
+            if stack and t is not None and t.is_floating_point():
                 for name, _type in stack.values():
                     if name:
                         if name not in acts:

@@ -109,6 +109,7 @@ class WorkerPool:
         proc = self._take()
         t0 = time.perf_counter()
         timed_out = False
+        assert proc.popen.stdin is not None  # opened with stdin=PIPE
         try:
             proc.popen.stdin.write((req_path + "\n").encode())
             proc.popen.stdin.close()

@@ -7,7 +7,7 @@ and rel error and the worst elements.
 from __future__ import annotations
 
 
-def fmt_num(x: float) -> str:
+def fmt_num(x: float | None) -> str:
     if x is None:
         return "n/a"
     if x == 0:

@@ -229,21 +229,21 @@ def describe_rule(cmp: dict) -> str:
 
 
 def render_drift(cmp: dict, *, where: str) -> str:
-    rule = cmp.get("rule")
+    rule = cmp.get("rule")  # absent only after a shape problem, which compared nothing it would apply to
     lines = [f"outputs drifted from the approved snapshot ({where}): {', '.join(cmp['problems'])} moved beyond tolerance"]
     if cmp.get("reference"):
         lines.append("  " + describe_rule(cmp))
     lines.append("  accept the new behaviour after review with: pytest --snapshot-update")
-    if "values" in cmp and cmp["values"]["mismatched"]:
+    if rule is not None and "values" in cmp and cmp["values"]["mismatched"]:
         lines.append(render_mismatch(cmp["values"], what="  values", left="new", right="approved",
                                      atol=rule.atol, rtol=rule.rtol))
-    if "labels" in cmp:
+    if rule is not None and "labels" in cmp:
         lb = cmp["labels"]
         lines.append(f"  labels: agreement {lb['agreement']:.1%} (min {rule.min_label_agreement:.1%}); "
                      f"{len(lb['changed'])} probe(s) changed their top label"
                      + "".join(f"\n    probe {i}: {lb['old'][i]} -> {lb['new'][i]}" for i in lb["changed"][:5]))
     m = cmp.get("metric") or {}
-    if m.get("old") is not None and m.get("new") is not None:
+    if rule is not None and m.get("old") is not None and m.get("new") is not None:
         lines.append(f"  metric {m['name']}: approved {fmt_num(m['old'])} -> now {fmt_num(m['new'])} "
                      f"(drift {m['new'] - m['old']:+.3g}, max_metric_drift {fmt_num(rule.max_metric_drift)})")
     if cmp["problems"] and cmp["problems"][0].startswith(("output shape", "the stored")):
@@ -307,6 +307,7 @@ def assert_matches(item, data: dict, *, settings, current: str, precision: str |
     except (OSError, ValueError):
         stored = None
     ext = snap.extension
+    assert isinstance(ext, DeploycheckSnapshotExtension)
     ext.settings, ext.current, ext.precision, ext.update = settings, current, precision, bool(opt.update_snapshots)
     ok = snap == merged(stored, data)
     result = snap.executions[0]
@@ -338,5 +339,5 @@ def enable_for_items() -> None:
     def filter_valid_items(items):
         return (i for i in items if isinstance(i, pytest.Function) or getattr(i, "syrupy_compatible", False))
 
-    filter_valid_items._deploycheck = True
-    SnapshotSession.filter_valid_items = staticmethod(filter_valid_items)
+    filter_valid_items._deploycheck = True  # type: ignore[attr-defined]  # the mark that it is patched
+    SnapshotSession.filter_valid_items = staticmethod(filter_valid_items)  # type: ignore[method-assign]

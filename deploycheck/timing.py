@@ -125,7 +125,7 @@ def side_by_side(variant: Callable[[], object], baseline: Callable[[], object], 
             ctrl = {"ratio": cmed, "ci_low": clo, "ci_high": chi, "noise": noise}
         elapsed = time.perf_counter() - t_start
         if limit is None:
-            decision = "measured"
+            decision: str | None = "measured"
             break
         decision = _decide(lo, hi, med, limit, noise, final=elapsed >= max_time_s)
         if decision is not None:

@@ -8,6 +8,7 @@ stdin, answers it in a result file, and exits: one fresh process per artifact.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -147,7 +148,7 @@ def _latency(fn, lat: LatencyPlan) -> dict:
             out["throughput"] = {}
             for bs in sizes:
                 xb = x.repeat((bs + x.shape[0] - 1) // x.shape[0], *([1] * (x.dim() - 1)))[:bs]
-                sb, _ = timing.measure(lambda xb=xb: fn(xb), warmup=max(1, lat.warmup // 2),
+                sb, _ = timing.measure(functools.partial(fn, xb), warmup=max(1, lat.warmup // 2),
                                        rounds=max(5, lat.min_rounds // 3), round_s=lat.round_ms / 1e3)
                 out["throughput"][str(bs)] = {"p50_ms": sb["p50_ms"], "samples_per_s": bs / (sb["p50_ms"] / 1e3)}
     return out

@@ -25,12 +25,14 @@ def test_a_nan_baseline_fails_once_at_the_baseline(project):
 def test_fp16_overflow_to_inf_is_named(project):
     project.write(make_spec(factory="Overflows", variants="  baseline: {}\n  half:\n    quantize: {method: fp16}",
                             thresholds="  metric: {max_drop: 0.01}\n  outputs: {atol: 0.1}"))
-    res = project.run("-k", "half")
+    res = project.run("-k", "half", "-v")
     res.stdout.fnmatch_lines([
         "*check] outputs failed for tiny::half::torchscript*",
         "the variant's in-memory outputs contain *Inf* of 114 values; first at sample 0, output index [[]*[]]",
     ])
-    assert "tiny::half::torchscript::load PASSED" in res.stdout.str() or res.parseoutcomes().get("passed", 0) >= 1
+    # the artifact itself is fine: it reloads; only the checks of its values fail
+    res.stdout.fnmatch_lines(["*tiny::half::torchscript::load PASSED*"])
+    res.assert_outcomes(failed=1, passed=4)  # load, metric, latency, size pass; outputs alone fails
 
 
 def test_a_corrupted_layer_is_named_first(project):

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from ..registry import Registry
 
-FORMATS: Registry[type] = Registry("format")
+FORMATS: Registry[type[Format]] = Registry("format")
 
 
 class Unsupported(Exception):

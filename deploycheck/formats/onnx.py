@@ -40,6 +40,8 @@ class OnnxFormat(Format):
                                          external_data=False)
             except Exception as e:
                 raise Unsupported(f"torch.onnx.export failed: {type(e).__name__}: {_first_line(e)}") from e
+        if prog is None:  # only without dynamo=True
+            raise Unsupported("torch.onnx.export returned no program")
         prog.save(path)
         return {"opset": options.opset, "dynamic_batch": options.dynamic_batch}
 

@@ -31,7 +31,7 @@ def _register_plugins(registry: Registry) -> None:
 
 ENTRY_POINT_GROUP = "deploycheck.recipes"
 #: recipe name (the key used in a spec) -> config dataclass
-RECIPES: Registry[type] = Registry("recipe", discover=_register_plugins)
+RECIPES: Registry[type[Any]] = Registry("recipe", discover=_register_plugins)
 #: recipe name -> handler(config, model, ctx) -> StepResult (built-ins; plug-ins use config.apply)
 HANDLERS: Registry[Callable[..., StepResult]] = Registry("recipe handler")
 

@@ -88,7 +88,7 @@ def summary_rows(records) -> list[dict]:
             "params": info.get("params"), "state_ratio": info.get("state_ratio"), "sparsity": info.get("sparsity"),
             "build_s": info.get("build_s"),
             "load": {"passed": "ok (cached)" if det("load").get("cached") else "ok", "error": "FAILED",
-                     "unsupported": "unsupported"}.get(load, load or "-"),
+                     "unsupported": "unsupported"}.get(load or "", load or "-"),
             "verdict": verdict, "reason": "; ".join(reasons), "new_snapshots": len(missing),
             "divergence": next((r.details.get("divergence") for r in allrecs
                                 if r.status == "failed" and r.details.get("divergence")), None),

@@ -29,7 +29,7 @@ def _git(rootdir: str) -> dict:
 
 def metadata(records, rootdir: str, exitstatus: int) -> dict:
     files = sorted({r.file for r in as_records(records)})
-    hashes = {}
+    hashes: dict[str, str | None] = {}
     for f in files:
         p = f if os.path.isabs(f) else os.path.join(rootdir, f)
         try:

@@ -112,7 +112,7 @@ class Step:
                              f"{', '.join(PREPROCESS.names())}")
             raise Invalid
         spec = PREPROCESS.get(op)
-        if dataclasses.is_dataclass(spec.arg):
+        if isinstance(spec.arg, type) and dataclasses.is_dataclass(spec.arg):
             kw = build_fields(spec.arg, {} if arg is None else arg, path=p, line=kl, ctx=ctx)
             arg = finish(spec.arg, kw, path=p, line=kl, ctx=ctx, raw=arg)
         else:
@@ -293,7 +293,7 @@ class FormatSpec:
     @classmethod
     def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> FormatSpec:
         if isinstance(value, str):
-            name, opts, ol = value, {}, line
+            name, opts, ol = value, dict[str, Any](), line
         elif isinstance(value, dict) and len(value) == 1:
             (name, opts), = value.items()
             ol = value.line_of(name) if isinstance(value, LMap) else line

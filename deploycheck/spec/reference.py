@@ -53,7 +53,7 @@ def _default(f: dataclasses.Field) -> str:
         if v == "":
             return '""'
         return str(v)
-    v = f.default_factory()
+    v = f.default_factory()  # type: ignore[operator]  # typeshed: MISSING | factory; MISSING is ruled out above
     if isinstance(v, dict):
         return "{}"
     if isinstance(v, tuple):

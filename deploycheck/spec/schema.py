@@ -102,8 +102,9 @@ def describe(tp: Any) -> str:
 
 def build(tp: Any, value: Any, *, path: str, line: int, ctx: Ctx) -> Any:
     """Convert ``value`` to type ``tp``, recording problems in ``ctx``; raises Invalid on failure."""
-    if hasattr(tp, "parse") and dataclasses.is_dataclass(tp):
-        return tp.parse(value, path=path, line=line, ctx=ctx)
+    parse = getattr(tp, "parse", None)
+    if parse is not None and dataclasses.is_dataclass(tp):
+        return parse(value, path=path, line=line, ctx=ctx)
     return build_plain(tp, value, path=path, line=line, ctx=ctx)
 
 
@@ -157,17 +158,18 @@ def build_plain(tp: Any, value: Any, *, path: str, line: int, ctx: Ctx) -> Any:
             ctx.error(line, path, f"expected a mapping, got {_kind(value)}")
             raise Invalid
         _, vt = get_args(tp)
-        out, bad = {}, False
+        mapping: dict[str, Any] = {}
+        bad = False
         for k, v in value.items():
             kl = value.line_of(k) if isinstance(value, LMap) else line
             try:
-                out[str(k)] = build(vt, v, path=f"{path}.{k}" if path else str(k), line=kl, ctx=ctx)
+                mapping[str(k)] = build(vt, v, path=f"{path}.{k}" if path else str(k), line=kl, ctx=ctx)
             except Invalid:
                 bad = True
         if bad:
             raise Invalid
-        return out
-    if dataclasses.is_dataclass(tp):
+        return mapping
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build_dataclass(tp, value, path=path, line=line, ctx=ctx)
     if tp is bool:
         if not isinstance(value, bool):
@@ -273,7 +275,7 @@ def build_dataclass(cls: type, value: Any, *, path: str, line: int, ctx: Ctx) ->
     return finish(cls, kwargs, path=path, line=line, ctx=ctx, raw=value)
 
 
-def finish(cls: type, kwargs: dict[str, Any], *, path: str, line: int, ctx: Ctx, raw: Any = None) -> Any:
+def finish(cls: type[Any], kwargs: dict[str, Any], *, path: str, line: int, ctx: Ctx, raw: Any = None) -> Any:
     """Instantiate and run the class's cross-field ``check()``, which returns (field, message) pairs.
     A problem is reported at its field's line when the raw mapping is given."""
     obj = cls(**kwargs)
@@ -330,7 +332,7 @@ def json_schema(tp: Any) -> dict[str, Any]:
         return {"type": "array", "items": json_schema(get_args(tp)[0])}
     if origin is dict:
         return {"type": "object", "additionalProperties": json_schema(get_args(tp)[1])}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return dataclass_schema(tp)
     return {int: {"type": "integer"}, float: {"type": "number"}, str: {"type": "string"},
             bool: {"type": "boolean"}}[tp]

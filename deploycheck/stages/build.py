@@ -91,8 +91,11 @@ def _fresh(runner, t) -> Built:
     records, requires, settings = [], [], {}
     for i, step in enumerate(v.steps):
         name = type(step).recipe_name
-        ctx = RecipeContext(spec=spec, data=data, baseline=base, search=search_dirs(spec),
-                            log=lambda s, _n=name: runner.log(f"{t.id} {_n}: {s}"), where=t.where,
+
+        def log(s: str, _n: str = name) -> None:
+            runner.log(f"{t.id} {_n}: {s}")
+
+        ctx = RecipeContext(spec=spec, data=data, baseline=base, search=search_dirs(spec), log=log, where=t.where,
                             example=runner.example(spec))
         ts = time.perf_counter()
         torch.manual_seed(0)
