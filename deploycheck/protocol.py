@@ -33,8 +33,7 @@ class LatencyPlan:
     round_ms: float
     confidence: float
     batch_sizes: tuple[int, ...] = ()
-    compare: bool = False                # a ratio with the baseline is wanted (a variant)
-    baseline: ArtifactRef | None = None  # None with compare: the baseline has no artifact in this format
+    baseline: ArtifactRef | None = None  # None for a variant: the baseline has no artifact in this format
     ratio_limit: float | None = None
 
 

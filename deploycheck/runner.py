@@ -29,8 +29,6 @@ from .stages.reload import Reload
 from .stages.save import Artifact, VariantUnsupported
 from .target import Target
 
-__all__ = ["Runner", "Built", "Artifact", "Reload", "VariantUnsupported", "DIVERGENCE_PROBES"]
-
 #: evaluation samples the divergence table is computed on
 DIVERGENCE_PROBES = 16
 

@@ -32,7 +32,6 @@ from syrupy.location import PyTestLocation
 from .numeric import compare_arrays, fmt_num, render_mismatch
 
 FORMAT_VERSION = 2
-LEGACY_CLASS = "unrecorded machine (snapshot format 1)"
 
 
 def _round(x: float) -> float:
@@ -61,23 +60,12 @@ def snapshot_data(*, spec, vname: str, fmt: str, outputs, metric_name: str, metr
             "probes": int(len(o)), "shape": list(o.shape[1:]), "entries": {isa_class: entry}}
 
 
-def upgrade(old: dict) -> dict:
-    """A format-1 snapshot (one unnamed machine) as a format-2 document with one entry."""
-    if old.get("deploycheck_snapshot") != 1:
-        return old
-    entry = {k: old[k] for k in ("metric", "stats", "labels", "outputs") if k in old}
-    entry["machine"] = {}
-    head = {k: old[k] for k in ("spec", "variant", "format", "probes", "shape") if k in old}
-    return {"deploycheck_snapshot": FORMAT_VERSION, **head, "entries": {LEGACY_CLASS: entry}}
-
-
 def merged(stored: dict | None, new: dict) -> dict:
     """The document to assert: every approved entry of other classes kept, this class's entry new.
 
     ``--snapshot-update`` writes it, so approving this machine never drops another machine's entry."""
     if not stored:
         return new
-    stored = upgrade(stored)
     if stored.get("deploycheck_snapshot") != FORMAT_VERSION or stored.get("shape") != new["shape"] \
             or stored.get("probes") != new["probes"]:
         return new  # the outputs' shape changed: other machines' entries describe another model
@@ -161,7 +149,7 @@ def pick_reference(entries: dict, current: str) -> tuple[str, dict] | None:
         return current, entries[current]
     if not entries:
         return None
-    ranked = sorted(entries, key=lambda c: ("emulated" in c, c == LEGACY_CLASS, c))
+    ranked = sorted(entries, key=lambda c: ("emulated" in c, c))
     return ranked[0], entries[ranked[0]]
 
 
@@ -173,7 +161,6 @@ def compare(old: dict, new: dict, *, settings, current: str, precision: str | No
     import torch
     problems: list[str] = []
     out: dict[str, Any] = {"problems": problems, "current": current}
-    old = upgrade(old)
     if old.get("deploycheck_snapshot") != FORMAT_VERSION:
         problems.append("the stored snapshot has another format version")
         out["ok"] = False

@@ -18,12 +18,11 @@ SCHEMA_VERSION = 1
 STATUS_ORDER = {"error": 0, "failed": 1, "unsupported": 2, "passed": 3}
 
 
-def higher_is_better(row: dict) -> bool:
-    """The metric's direction as the check recorded it; reports from before it was recorded fall
-    back to the built-in lower-is-better names."""
-    if row.get("higher_is_better") is not None:
-        return bool(row["higher_is_better"])
-    return row.get("metric_name") not in ("mse", "mae")
+def higher_is_better(row: dict) -> bool | None:
+    """The metric's direction as the check recorded it; None where none was recorded (never
+    guessed from the metric's name)."""
+    value = row.get("higher_is_better")
+    return None if value is None else bool(value)
 
 
 def _first(text: str | None) -> str:

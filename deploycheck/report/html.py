@@ -52,7 +52,7 @@ def plots(rows: list[dict]) -> dict[str, list[str]]:
         if rs:
             higher = higher_is_better(rs[0])
             pts = [(r["p50_ms"], r["metric"], (r["variant"], r["format"])) for r in rs]
-            front = set(pareto(pts, higher))
+            front = set(pareto(pts, higher)) if higher is not None else set()  # no direction, no front
             fig, ax = plt.subplots(figsize=(7, 4.2))
             fmts = sorted({r["format"] for r in rs})
             markers = dict(zip(fmts, itertools.cycle("osD^vP*X")))  # more formats than markers: reuse them

@@ -303,14 +303,6 @@ def finish(cls: type[Any], kwargs: dict[str, Any], *, path: str, line: int, ctx:
     return obj
 
 
-def validate(cls: type, value: Any, *, path: str = "", line: int = 1) -> tuple[Any, list[Problem]]:
-    ctx = Ctx()
-    try:
-        return build(cls, value, path=path, line=line, ctx=ctx), ctx.problems
-    except Invalid:
-        return None, ctx.problems
-
-
 # --- JSON Schema ------------------------------------------------------------------------------
 
 def json_schema(tp: Any) -> dict[str, Any]:

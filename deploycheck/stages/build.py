@@ -42,7 +42,6 @@ class Built:
     requires: tuple = ()       # libraries a loader must import first (they register the artifact's ops)
     settings: dict = field(default_factory=dict)  # torch settings a loader must apply (quantized engine)
     key: str = ""              # content hash (see cache.build_key)
-    cached: bool = False
 
     def meta(self) -> dict:
         """What the cache stores next to the model and its outputs."""
@@ -55,7 +54,7 @@ class Built:
     def from_meta(cls, meta: dict, model: Any, outputs: Any, key: str) -> Built:
         return cls(model, meta["arch"], [StepRecord(**r) for r in meta["steps"]], meta["build_s"], meta["params"],
                    meta["nonzero"], meta["state_bytes"], outputs, meta["metric"], meta["recipe"],
-                   tuple(meta["requires"]), meta.get("settings", {}), key, cached=True)
+                   tuple(meta["requires"]), meta.get("settings", {}), key)
 
 
 def build(runner, t) -> Built:

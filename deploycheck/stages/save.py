@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 import warnings
 from dataclasses import dataclass
 
@@ -33,10 +32,8 @@ class Artifact:
     manifest: dict
     size: int
     sha256: str
-    save_s: float
     format: str = ""
     options: dict = dataclasses.field(default_factory=dict)
-    cached: bool = False
 
     def ref(self) -> ArtifactRef:
         """What a worker process needs to load it."""
@@ -53,9 +50,8 @@ def save(runner, t) -> Artifact:
     akey = artifact_key(b.key, t.fspec)
     man = runner.cache.get_artifact(akey, path)
     if man is not None:
-        return Artifact(path, man, man["size"], man["sha256"], 0.0, t.fmt, options, cached=True)
+        return Artifact(path, man, man["size"], man["sha256"], t.fmt, options)
     tmp = os.path.join(os.path.dirname(path), f"partial-{os.path.basename(path)}")  # keeps the suffix
-    t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -68,7 +64,7 @@ def save(runner, t) -> Artifact:
     man = write_manifest(path, fmt=t.fmt, input_shape=t.spec.model.inputs.shape, input_dtype=t.spec.model.inputs.dtype,
                          extra={**(extra or {}), "requires": list(b.requires), "torch_settings": b.settings})
     runner.cache.put_artifact(akey, path, man)
-    return Artifact(path, man, man["size"], man["sha256"], time.perf_counter() - t0, t.fmt, options)
+    return Artifact(path, man, man["size"], man["sha256"], t.fmt, options)
 
 
 def _made_elsewhere(t) -> Artifact:
@@ -87,5 +83,5 @@ def _made_elsewhere(t) -> Artifact:
     if src.sha256:
         man["sha256"] = src.sha256  # a pinned checksum: a changed file fails load as corrupted
         man["pinned_by"] = "artifact.sha256 in the spec"
-    return Artifact(path, man, os.path.getsize(path) if exists else 0, actual, 0.0, fspec.name,
+    return Artifact(path, man, os.path.getsize(path) if exists else 0, actual, fspec.name,
                     dataclasses.asdict(fspec.options))
