@@ -8,7 +8,7 @@ from typing import Any
 
 from ..models import import_callable, search_dirs
 from ..registry import Registry
-from ..spec.schema import import_path_problem
+from ..schema import import_path_problem
 from . import DataSource
 
 #: scikit-learn's bundled datasets: no download, always available offline.

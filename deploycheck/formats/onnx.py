@@ -6,7 +6,7 @@ import contextlib
 import io
 from dataclasses import dataclass
 
-from ..spec.schema import field
+from ..schema import field
 from . import Format, Unsupported
 from .export import _first_line, batch_dims, batch_example
 

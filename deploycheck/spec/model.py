@@ -15,6 +15,7 @@ from ..formats import FORMATS
 from ..metrics import METRICS
 from ..recipes import RECIPES, config_class
 from ..registry import UnknownName, did_you_mean
+from ..schema import DType
 from .loader import LMap, LSeq
 from .schema import (
     Ctx,
@@ -29,7 +30,6 @@ from .schema import (
     type_hints,
 )
 
-DType = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8"]
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 

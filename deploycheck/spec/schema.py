@@ -17,27 +17,11 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from ..errors import Problem
 from ..registry import did_you_mean
+from ..schema import MISSING, field, import_path_problem  # the bottom layer; re-exported here
 from .loader import LMap, LSeq
 
-MISSING = dataclasses.MISSING
-
-
-def import_path_problem(value: str) -> str | None:
-    """Why ``value`` is not an import path 'package.module:callable', or None."""
-    mod, sep, attr = value.partition(":")
-    if not sep or not mod or not attr or not all(p.isidentifier() for p in mod.split(".") + attr.split(".")):
-        return f"expected an import path 'package.module:callable', got {value!r}"
-    return None
+__all__ = ["MISSING", "field", "import_path_problem"]  # besides this module's own names
 _EXP_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def field(default: Any = MISSING, *, doc: str, ge: float | None = None, gt: float | None = None,
-          le: float | None = None, lt: float | None = None, default_factory: Any = MISSING) -> Any:
-    """A dataclass field with its documentation and numeric bounds."""
-    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt}
-    if default_factory is not MISSING:
-        return dataclasses.field(default_factory=default_factory, metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
 
 
 class Ctx:
