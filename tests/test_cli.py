@@ -90,9 +90,20 @@ def _report(rows):
             "machine": {}, "rows": rows, "records": []}
 
 
-def _row(variant, fmt, verdict="pass", metric=0.95, p50=1.0, size=1.0, reason=""):
+def _row(variant, fmt, verdict="pass", metric=0.95, p50=1.0, size=1.0, reason="", higher=True):
     return {"spec": "s", "variant": variant, "format": fmt, "verdict": verdict, "metric": metric, "metric_name": "accuracy",
-            "p50_ms": p50, "size_mb": size, "reason": reason}
+            "higher_is_better": higher, "p50_ms": p50, "size_mb": size, "reason": reason}
+
+
+def test_compare_judges_a_metric_move_by_its_recorded_direction_and_never_guesses_it(tmp_path, capsys):
+    """accuracy up is fine where the report says higher is better; where no direction was recorded,
+    the name 'accuracy' decides nothing: a move beyond the tolerance either way is listed."""
+    for higher, regressions in ((True, 0), (False, 1), (None, 1)):
+        old, new = tmp_path / f"old{higher}.json", tmp_path / f"new{higher}.json"
+        old.write_text(json.dumps(_report([_row("int8", "export", metric=0.90, higher=higher)])))
+        new.write_text(json.dumps(_report([_row("int8", "export", metric=0.95, higher=higher)])))
+        assert main(["compare", str(old), str(new)]) == (1 if regressions else 0)
+        assert capsys.readouterr().out.splitlines()[-1] == ("1 regression" if regressions else "0 regressions")
 
 
 def test_compare_lists_regressions_first_and_exits_1(tmp_path, capsys):
