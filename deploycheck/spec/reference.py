@@ -24,6 +24,7 @@ from .model import (
     IsolationSettings,
     LatencySettings,
     LatencyThreshold,
+    MachineScope,
     MetricSpec,
     MetricThreshold,
     ModelOverride,
@@ -120,6 +121,8 @@ def render() -> str:
                        ("latency", LatencyThreshold),
                        ("size", SizeThreshold), ("batch_invariance", BatchInvariance)):
         sec(f"`thresholds.{title}`", (cls.__doc__ or "").strip() + "\n\n" + table(cls))
+        if cls is LatencyThreshold:
+            sec("`thresholds.latency.machines`", (MachineScope.__doc__ or "").strip() + "\n\n" + table(MachineScope))
     sec("`latency`", table(LatencySettings))
     sec("`isolation`", table(IsolationSettings))
     sec("`snapshot`", table(SnapshotSettings))
