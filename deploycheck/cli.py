@@ -17,8 +17,9 @@ from .formats.integrity import FORMAT_NAMES, Diagnosis, check_file, read_manifes
 from .isolation import WorkerPool
 from .protocol import ArtifactRef, load_request
 from .report.compare import add_commands
-from .spec import parse, parse_file
-from .spec.loader import is_spec_text
+from .resolve import name_problems
+from .spec import duplicate_name, parse, parse_file
+from .spec.loader import may_be_spec
 from .spec.model import Spec
 from .spec.schema import json_schema
 
@@ -32,12 +33,8 @@ def _spec_files(paths: list[str]) -> list[str]:
                 for f in sorted(files):
                     if f.endswith((".yaml", ".yml")):
                         full = os.path.join(root, f)
-                        try:
-                            with open(full, encoding="utf-8") as fh:
-                                if is_spec_text(fh.read()):
-                                    out.append(full)
-                        except (OSError, UnicodeDecodeError):
-                            continue
+                        if may_be_spec(full):
+                            out.append(full)
         else:
             out.append(p)
     return out
@@ -49,12 +46,24 @@ def cmd_validate(args) -> int:
         print("no deploycheck specs found (a spec is a YAML file with a top-level 'deploycheck: 1')", file=sys.stderr)
         return 1
     bad = 0
+    names: dict[str, str] = {}
     for f in files:
         try:
             spec = parse_file(f)
         except SpecError as e:
             bad += 1
             print(e)
+            continue
+        spec = dataclasses.replace(spec, display=f)
+        other = names.setdefault(spec.name, f)
+        if other != f:
+            bad += 1
+            print(duplicate_name(spec, other))
+            continue
+        unresolved = name_problems(spec)
+        if unresolved:
+            bad += 1
+            print(SpecError(f, unresolved))
             continue
         n = len(spec.variants)
         formats = sorted({fs.name for v in spec.variants.values() for fs in v.formats})
@@ -74,10 +83,10 @@ deploycheck: 1
 name: {name}
 model:
   factory: {factory}
-  inputs: {{shape: [{shape}], dtype: float32}}
+  inputs:{inputs}
   # weights: model.safetensors      # relative to this file; omit to keep the factory's initialisation
 data:
-  source: {data}
+  source: {data}{preprocess}
 metric: {metric}
 formats: [export, torchscript]
 variants:
@@ -91,24 +100,105 @@ thresholds:
 """
 
 
+def init_inputs(shapes: list[str], dtypes: list[str]) -> tuple[str, list[tuple[str, list[int], str]]]:
+    """``model.inputs`` for init from ``--shape 1,64`` (one input) or ``--shape NAME=1,16`` (each
+    named input) and ``--dtype int64`` / ``--dtype NAME=int64``; and the inputs as (name, shape, dtype)."""
+    named = [s.partition("=") for s in shapes]
+    by_name = {n: d for n, sep, d in (x.partition("=") for x in dtypes) if sep}
+    plain = [d for d in dtypes if "=" not in d]
+    items = []
+    for n, sep, shape in named:
+        dims = [int(v) for v in (shape if sep else n).split(",")]
+        name = n if sep else "x"
+        items.append((name, dims, by_name.get(name, plain[-1] if plain else "float32")))
+    if len(items) == 1 and not named[0][1]:
+        _, dims, dt = items[0]
+        return f" {{shape: {dims}, dtype: {dt}}}", items
+    lines = "".join(f"\n    {n}: {{shape: {dims}, dtype: {dt}}}" for n, dims, dt in items)
+    return lines, items
+
+
+def init_steps(text: str, *, out: str, shape: list[int], dtype: str) -> tuple[list[str], str | None]:
+    """The ``scale``/``reshape`` steps that make the data's samples the shape ``--shape`` declares,
+    read from the data itself; or why none could be found (printed, the spec still written)."""
+    import numpy as np
+
+    from .data.dataset import _raw
+    try:
+        x = np.asarray(_raw(parse(text, filename=out))[0])
+    except Exception as e:  # noqa: BLE001 - init never fails on data it cannot read; the run will say more
+        return [], f"could not read the data to match its shape ({type(e).__name__}: {e})"
+    steps, note = [], None
+    if dtype.startswith(("float", "bfloat")) and x.dtype.kind in "fiu" and x.size and x.min() >= 0 and x.max() > 1:
+        steps.append(f"- scale: {1 / float(x.max()):.6g}  # data in [0, {float(x.max()):g}] -> [0, 1]")
+    sample, want = list(x.shape[1:]), shape[1:]
+    if sample != want:
+        if int(np.prod(sample)) == int(np.prod(want)):
+            steps.append(f"- reshape: {want}  # per-sample shape: {tuple(x.shape[1:])} -> {tuple(want)}")
+        else:
+            note = (f"the data gives samples of shape {tuple(sample)} but --shape declares {tuple(want)} per sample "
+                    "(batch first): fix --shape, or add preprocess steps to the spec")
+    return steps, note
+
+
 def cmd_init(args) -> int:
     name = args.name or args.factory.rpartition(":")[2].lower().replace("_", "-")
-    text = INIT_TEMPLATE.format(name=name, factory=args.factory, shape=", ".join(str(int(s)) for s in args.shape.split(",")),
-                                data=args.data, metric=args.metric, schema=args.schema)
+    inputs, items = init_inputs(args.shape, args.dtype or [])
     out = args.output or os.path.join("specs", f"{name}.yaml")
+    fields = dict(name=name, factory=args.factory, inputs=inputs, data=args.data, schema=args.schema)
+
+    def render(metric: str, preprocess: str = "") -> str:
+        return INIT_TEMPLATE.format(preprocess=preprocess, metric=metric, **fields)
     try:
-        parse(text, filename=out)
+        spec = parse(render(args.metric or "accuracy"), filename=out)
+        factory = [p for p in name_problems(spec) if p.path == "model.factory"]
+        if factory:
+            raise InitError(f"--factory {factory[0].message}")
+        metric = args.metric or _metric_for(spec)
     except SpecError as e:
         print(e, file=sys.stderr)
         return 2
+    except InitError as e:
+        print(f"deploycheck init: {e}", file=sys.stderr)
+        return 2
+    text = render(metric)
     if os.path.exists(out) and not args.force:
         print(f"{out} exists; not overwriting it (use --force)", file=sys.stderr)
         return 1
+    if len(items) == 1 and items[0][0] == "x":  # one input: make the data's samples its shape
+        steps, note = init_steps(text, out=out, shape=items[0][1], dtype=items[0][2])
+        if steps:
+            text = render(metric, "\n  preprocess:" + "".join(f"\n    {s}" for s in steps))
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w", encoding="utf-8") as fh:
         fh.write(text)
     print(f"wrote {out}; run: pytest {out}")
     return 0
+
+
+class InitError(Exception):
+    pass
+
+
+def _metric_for(spec) -> str:
+    """The metric that fits the data's targets: accuracy for integer class labels, r2 for values to
+    predict, cosine (to the baseline's outputs) for data without targets."""
+    import numpy as np
+
+    from .data.dataset import _raw
+    from .models import describe_exc
+    try:
+        raw = _raw(spec)
+    except Exception as e:
+        raise InitError(f"cannot load --data {spec.data.source!r} to choose a metric: {describe_exc(e)}; "
+                        "fix it, or pass --metric") from None
+    y = raw[1] if len(raw) == 2 else raw[3]
+    if y is None:
+        return "cosine"
+    y = np.asarray(y)
+    return "accuracy" if np.issubdtype(y.dtype, np.integer) or y.dtype == bool else "r2"
 
 
 def cmd_inspect(args) -> int:
@@ -227,9 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(fn=cmd_schema)
     i = sub.add_parser("init", help="scaffold a spec for a model factory (never prompts)")
     i.add_argument("--factory", required=True, help="module:callable returning the nn.Module")
-    i.add_argument("--shape", required=True, help="example input shape, batch first, e.g. 1,64")
+    i.add_argument("--shape", required=True, action="append",
+                   help="example input shape, batch first, e.g. 1,64; NAME=1,16 (repeated) for named inputs")
+    i.add_argument("--dtype", action="append",
+                   help="input dtype (default float32), e.g. int64; NAME=int64 for a named input")
     i.add_argument("--data", default="sklearn:digits", help="data source (default: sklearn:digits)")
-    i.add_argument("--metric", default="accuracy")
+    i.add_argument("--metric", help="quality metric (default: from the data's targets: accuracy for class "
+                                     "labels, r2 for values to predict, cosine without targets)")
     i.add_argument("--name")
     i.add_argument("--schema", default="../reports/deploycheck.schema.json", help="$schema path for editors")
     i.add_argument("-o", "--output", help="spec path (default: specs/NAME.yaml)")
@@ -251,7 +345,15 @@ def main(argv: list[str] | None = None) -> int:
     c.set_defaults(fn=cmd_cache)
     add_commands(sub)
     args = p.parse_args(argv)
-    return args.fn(args)
+    try:
+        rc = args.fn(args)
+        sys.stdout.flush()  # here, so a closed pipe is seen while we can still handle it
+    except BrokenPipeError:
+        # `deploycheck schema | head`: the reader has gone; end quietly, as a process killed by SIGPIPE
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    return rc
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 MISSING = dataclasses.MISSING
 
-DType = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8"]
+DType = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool"]
 
 
 def import_path_problem(value: str) -> str | None:

@@ -17,10 +17,12 @@ cover them, with and without xdist.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,7 @@ from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 from syrupy.location import PyTestLocation
 
 from .numeric import LEVELS, compare_arrays, fmt_num, render_mismatch
+from .outputs import pick
 
 FORMAT_VERSION = 2
 
@@ -41,12 +44,16 @@ def _round(x: float) -> float:
 
 
 def snapshot_data(*, spec, vname: str, fmt: str, outputs, metric_name: str, metric: float, top_k: int,
-                  classifier: bool, machine: dict, isa_class: str) -> dict:
+                  classifier: bool, machine: dict, isa_class: str, metric_output: str | None = None) -> dict:
     """What is frozen for one variant and format on this machine's ISA class: plain numbers only.
 
+    ``outputs`` is one tensor or the named outputs; a model with one output is stored as it always
+    was, one with several stores every output by name (``shape`` and ``outputs`` become mappings),
+    statistics and labels come from the output the metric reads.
     ``labels`` (top-k classes per probe) are stored only for classifiers: the arg-max dimension
     of an embedding or a regression output is not a label."""
-    o = outputs.float()
+    named = outputs if isinstance(outputs, dict) else {"0": outputs}
+    o = pick(named, metric_output).float()
     flat = o.reshape(len(o), -1)
     entry: dict[str, Any] = {"machine": machine, "metric": {"name": metric_name, "value": _round(metric)},
                              "stats": {"mean": _round(flat.mean().item()),
@@ -55,9 +62,18 @@ def snapshot_data(*, spec, vname: str, fmt: str, outputs, metric_name: str, metr
     if classifier and o.ndim == 2 and o.shape[1] > 1:
         k = min(top_k, o.shape[1])
         entry["labels"] = o.topk(k, dim=1).indices.tolist()
-    entry["outputs"] = [[_round(v) for v in row] for row in flat.tolist()]
+    if len(named) == 1:
+        entry["outputs"] = _rows(o)
+        shape: Any = list(o.shape[1:])
+    else:
+        entry["outputs"] = {n: _rows(v.float()) for n, v in named.items()}
+        shape = {n: list(v.shape[1:]) for n, v in named.items()}
     return {"deploycheck_snapshot": FORMAT_VERSION, "spec": spec.name, "variant": vname, "format": fmt,
-            "probes": int(len(o)), "shape": list(o.shape[1:]), "entries": {isa_class: entry}}
+            "probes": int(len(o)), "shape": shape, "entries": {isa_class: entry}}
+
+
+def _rows(o) -> list:
+    return [[_round(v) for v in row] for row in o.reshape(len(o), -1).tolist()]
 
 
 def merged(stored: dict | None, new: dict) -> dict:
@@ -88,7 +104,13 @@ def dumps(data: dict) -> str:
         for k in sorted(x for x in e if x not in ("labels", "outputs")):
             sub.append(f"      {json.dumps(k)}: {json.dumps(e[k], sort_keys=True)},")
         for key in ("labels", "outputs"):
-            if key in e:
+            if isinstance(e.get(key), dict):  # several outputs: one block per output, one probe per line
+                parts = []
+                for name, rows_of in e[key].items():
+                    rows = ",\n".join(f"          {json.dumps(r)}" for r in rows_of)
+                    parts.append(f"        {json.dumps(name)}: [\n{rows}\n        ]")
+                sub.append(f"      {json.dumps(key)}: {{\n" + ",\n".join(parts) + "\n      },")
+            elif key in e:
                 rows = ",\n".join(f"        {json.dumps(r)}" for r in e[key])
                 sub.append(f"      {json.dumps(key)}: [\n{rows}\n      ],")
         sub[-1] = sub[-1].rstrip(",")
@@ -171,18 +193,25 @@ def compare(old: dict, new: dict, *, settings, current: str, precision: str | No
     ref_class, approved = ref
     out["reference"] = ref_class
     out["missing_class"] = ref_class != current
-    if old.get("shape") != new.get("shape") or len(approved.get("outputs", [])) != len(mine.get("outputs", [])):
-        problems.append(f"output shape changed: {len(approved.get('outputs', []))} probes × {old.get('shape')} -> "
-                        f"{len(mine.get('outputs', []))} probes × {new.get('shape')}")
+    mine_o, old_o = _by_output(mine.get("outputs", [])), _by_output(approved.get("outputs", []))
+    n_old, n_new = (len(next(iter(x.values()), [])) for x in (old_o, mine_o))
+    if old.get("shape") != new.get("shape") or n_old != n_new or list(old_o) != list(mine_o):
+        problems.append(f"output shape changed: {n_old} probes × {old.get('shape')} -> "
+                        f"{n_new} probes × {new.get('shape')}")
         out["ok"] = False
         return out
     rule = rule_for(settings=settings, same_class=ref_class == current, precision=precision, approved=approved)
     out["rule"] = rule
-    a = torch.tensor(mine["outputs"], dtype=torch.float64)
-    e = torch.tensor(approved["outputs"], dtype=torch.float64)
-    st = compare_arrays(a, e, atol=rule.atol, rtol=rule.rtol)
-    out["values"] = st
-    if st["mismatched"]:
+    per = {}
+    for name in mine_o:
+        a = torch.tensor(mine_o[name], dtype=torch.float64)
+        e = torch.tensor(old_o[name], dtype=torch.float64)
+        per[name] = compare_arrays(a, e, atol=rule.atol, rtol=rule.rtol)
+    worst = max(per, key=lambda n: (per[n]["mismatched"] > 0, per[n]["max_abs"]))
+    out["values"] = per[worst]
+    if len(per) > 1:
+        out["values_by_output"] = per
+    if any(st["mismatched"] for st in per.values()):
         problems.append("values")
     if "labels" in approved and "labels" in mine:
         top_old = [r[0] for r in approved["labels"]]
@@ -200,6 +229,11 @@ def compare(old: dict, new: dict, *, settings, current: str, precision: str | No
     return out
 
 
+def _by_output(stored: Any) -> dict:
+    """A snapshot entry's ``outputs`` by output name (one unnamed output as it was always stored)."""
+    return stored if isinstance(stored, dict) else {"0": stored}
+
+
 def describe_rule(cmp: dict) -> str:
     """Which approved entry was used and under which rule: never silently weaker."""
     rule = cmp.get("rule")
@@ -213,14 +247,16 @@ def describe_rule(cmp: dict) -> str:
 
 
 def render_drift(cmp: dict, *, where: str) -> str:
-    rule = cmp.get("rule")  # absent only after a shape problem, which compared nothing it would apply to
+    rule = cmp.get("rule")
     lines = [f"outputs drifted from the approved snapshot ({where}): {', '.join(cmp['problems'])} moved beyond tolerance"]
     if cmp.get("reference"):
         lines.append("  " + describe_rule(cmp))
     lines.append("  accept the new behaviour after review with: pytest --snapshot-update")
-    if rule is not None and "values" in cmp and cmp["values"]["mismatched"]:
-        lines.append(render_mismatch(cmp["values"], what="  values", left="new", right="approved",
-                                     atol=rule.atol, rtol=rule.rtol))
+    by = cmp.get("values_by_output") or ({"": cmp["values"]} if "values" in cmp else {})
+    for name, st in by.items():
+        if st["mismatched"]:
+            lines.append(render_mismatch(st, what=f"  values of output {name!r}" if name else "  values", left="new",
+                                         right="approved", atol=rule.atol, rtol=rule.rtol))
     if rule is not None and "labels" in cmp:
         lb = cmp["labels"]
         lines.append(f"  labels: agreement {lb['agreement']:.1%} (min {rule.min_label_agreement:.1%}); "
@@ -276,6 +312,29 @@ class Outcome:
     path: str = ""                      # the snapshot file, relative to the rootdir
 
 
+class UnreadableSnapshot(ValueError):
+    """An approved snapshot file that does not parse: an error, never rewritten by ``--snapshot-update``
+    (it may hold other machines' approved entries, or both sides of a merge)."""
+
+
+CONFLICT = re.compile(r"^(<{7}|={7}|>{7})( |$)", re.MULTILINE)
+
+
+def parse_stored(text: str) -> dict:
+    """An approved snapshot document, or UnreadableSnapshot saying why (merge-conflict markers, bad JSON)."""
+    m = CONFLICT.search(text)
+    if m:
+        line = text[:m.start()].count("\n") + 1
+        raise UnreadableSnapshot(f"it holds merge-conflict markers (line {line}: {m.group(1)})")
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise UnreadableSnapshot(f"it is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UnreadableSnapshot(f"it holds a JSON {type(data).__name__}, not a deploycheck snapshot")
+    return data
+
+
 def assert_matches(item, data: dict, *, settings, current: str, precision: str | None) -> Outcome:
     """Compare ``data`` with the item's approved snapshot through syrupy (which also writes it on
     ``--snapshot-update`` and reports unused snapshots). The only place that talks to syrupy's API."""
@@ -285,18 +344,26 @@ def assert_matches(item, data: dict, *, settings, current: str, precision: str |
                              extension_class=DeploycheckSnapshotExtension, test_location=PyTestLocation(item),
                              session=item.config._syrupy)
     location = snap.extension.get_location(test_location=snap.test_location, index=0)
+    rel = os.path.relpath(location, str(item.config.rootpath))
     try:
         with open(location, encoding="utf-8") as fh:
-            stored = json.load(fh)
-    except (OSError, ValueError):
+            text = fh.read()
+    except FileNotFoundError:
         stored = None
+    except (OSError, ValueError) as e:  # never overwrite a file that could not be read
+        return Outcome(False, False, False, False, UnreadableSnapshot(f"cannot be read: {e}"), {}, rel)
+    else:
+        try:
+            stored = parse_stored(text)
+        except UnreadableSnapshot as e:
+            return Outcome(False, False, False, False, e, {}, rel)
     ext = snap.extension
     assert isinstance(ext, DeploycheckSnapshotExtension)
     ext.settings, ext.current, ext.precision, ext.update = settings, current, precision, bool(opt.update_snapshots)
     ok = snap == merged(stored, data)
     result = snap.executions[0]
     return Outcome(ok, result.created, result.updated, result.recalled_data is None, result.exception,
-                   ext.last or {}, os.path.relpath(location, str(item.config.rootpath)))
+                   ext.last or {}, rel)
 
 
 def make_locatable(item) -> None:
@@ -325,3 +392,60 @@ def enable_for_items() -> None:
 
     filter_valid_items._deploycheck = True  # type: ignore[attr-defined]  # the mark that it is patched
     SnapshotSession.filter_valid_items = staticmethod(filter_valid_items)  # type: ignore[method-assign]
+    _keep_declared_snapshots()
+
+
+def _keep_declared_snapshots() -> None:
+    """syrupy calls a snapshot unused, and ``--snapshot-update`` deletes it, when the item that owns
+    it made no assertion in this session: after ``-x``, a failed build, ``-k``, ``--lf`` or an xdist
+    worker that died, approved files were lost. A deploycheck snapshot is unused only when its spec
+    file parses and no longer declares it (the variant, the format or the spec's snapshots are gone);
+    a spec that does not parse keeps all its files. Works on the xdist controller too: it reads the
+    specs, not the items."""
+    from syrupy.report import SnapshotReport
+    original = SnapshotReport.__dict__["unused"]
+    if getattr(original, "_deploycheck", False):
+        return
+
+    def unused(self):
+        from syrupy.data import SnapshotCollections
+        out = SnapshotCollections()
+        for collection in original.func(self):
+            if not still_declared(collection.location):
+                out.add(collection)
+        return out
+
+    unused.__name__ = "unused"
+    prop = functools.cached_property(unused)
+    prop.__set_name__(SnapshotReport, "unused")
+    prop._deploycheck = True  # type: ignore[attr-defined]
+    SnapshotReport.unused = prop
+
+
+def still_declared(location: str) -> bool:
+    """Whether the snapshot file at ``location`` belongs to a spec that declares it, or to a spec
+    that cannot be read (whose declarations are unknown): either way it must be kept."""
+    from .spec import SpecError, parse_file
+    from .spec.loader import may_be_spec
+    folder = os.path.dirname(location)
+    if os.path.basename(os.path.dirname(folder)) != "__snapshots__" or not location.endswith(".snapshot.json"):
+        return False  # not a deploycheck snapshot: syrupy decides
+    base = os.path.dirname(os.path.dirname(folder))
+    spec_path = next((p for p in (os.path.join(base, os.path.basename(folder) + ext) for ext in (".yaml", ".yml"))
+                      if os.path.exists(p)), None)
+    if spec_path is None or not may_be_spec(spec_path):
+        return False  # the spec is gone: its snapshots are stale
+    try:
+        spec = parse_file(spec_path)
+    except SpecError:
+        return True
+    return os.path.basename(location) in declared_files(spec)
+
+
+def declared_files(spec) -> set[str]:
+    """The snapshot file names a spec declares: ``<spec>.<variant>.<format>.snapshot.json``."""
+    from .checks import CHECKS
+    from .target import Target
+    check = CHECKS.get("snapshot")
+    return {f"{spec.name}.{v.name}.{f.name}.snapshot.json" for v in spec.variants.values() for f in v.formats
+            if check.applies(Target(spec, v, f))}

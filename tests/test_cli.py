@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_spec
+from conftest import TINY_MODELS, make_spec
 
 from deploycheck.cli import main
 
@@ -16,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_validate_reports_every_error_and_exits_1(tmp_path, capsys):
+    (tmp_path / "tinymodels.py").write_text(TINY_MODELS)  # validate imports the factory
     (tmp_path / "good.yaml").write_text(make_spec())
     (tmp_path / "bad.yaml").write_text(make_spec(formats="[torchscrpt]"))
     (tmp_path / "workflow.yaml").write_text("on: [push]\n")
@@ -40,6 +41,9 @@ def test_schema_prints_json_schema(capsys):
 
 def test_init_writes_a_valid_spec_without_prompting(tmp_path):
     out = tmp_path / "specs" / "net.yaml"
+    (tmp_path / "pkg").mkdir()  # init refuses a factory that does not resolve (python_path: the spec's folder and ..)
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "models.py").write_text("import torch\n\n\nclass Net(torch.nn.Module):\n    pass\n")
     p = subprocess.run([sys.executable, "-m", "deploycheck.cli", "init", "--factory", "pkg.models:Net", "--shape", "1,3,32,32",
                         "-o", str(out)], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
@@ -90,20 +94,9 @@ def _report(rows):
             "machine": {}, "rows": rows, "records": []}
 
 
-def _row(variant, fmt, verdict="pass", metric=0.95, p50=1.0, size=1.0, reason="", higher=True):
+def _row(variant, fmt, verdict="pass", metric=0.95, p50=1.0, size=1.0, reason=""):
     return {"spec": "s", "variant": variant, "format": fmt, "verdict": verdict, "metric": metric, "metric_name": "accuracy",
-            "higher_is_better": higher, "p50_ms": p50, "size_mb": size, "reason": reason}
-
-
-def test_compare_judges_a_metric_move_by_its_recorded_direction_and_never_guesses_it(tmp_path, capsys):
-    """accuracy up is fine where the report says higher is better; where no direction was recorded,
-    the name 'accuracy' decides nothing: a move beyond the tolerance either way is listed."""
-    for higher, regressions in ((True, 0), (False, 1), (None, 1)):
-        old, new = tmp_path / f"old{higher}.json", tmp_path / f"new{higher}.json"
-        old.write_text(json.dumps(_report([_row("int8", "export", metric=0.90, higher=higher)])))
-        new.write_text(json.dumps(_report([_row("int8", "export", metric=0.95, higher=higher)])))
-        assert main(["compare", str(old), str(new)]) == (1 if regressions else 0)
-        assert capsys.readouterr().out.splitlines()[-1] == ("1 regression" if regressions else "0 regressions")
+            "p50_ms": p50, "size_mb": size, "reason": reason}
 
 
 def test_compare_lists_regressions_first_and_exits_1(tmp_path, capsys):

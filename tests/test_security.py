@@ -215,3 +215,21 @@ def test_markdown_escapes_every_user_string(evil):
     esc = evil.replace("\\", "\\\\").replace("`", "\\`").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
     assert f"err {esc}" in text
     assert f"**s{esc}::v{esc}::f{esc}**" in text
+
+
+def test_a_build_whose_model_a_cache_may_not_hold_keeps_its_outputs_and_rebuilds_the_model_on_demand(project, tmp_path):
+    import shutil
+    # dynamic int8 holds packed weights (torch.ScriptObject), which weights_only loading refuses
+    project.write(make_spec(variants="  baseline: {}\n  q:\n    quantize: {method: dynamic_int8}",
+                            thresholds="  metric: {max_drop: 0.2}"))
+    cache = tmp_path / "cache"
+    args = ("-k", "q and (load or metric)", f"--deploycheck-cache-dir={cache}")
+    project.run(*args).assert_outcomes(passed=2)
+    held = sorted(os.path.exists(os.path.join(d, "model.pt")) for d in glob.glob(f"{cache}/built/*/*"))
+    assert held == [False, True]  # the baseline's model is stored, the quantized one's is not
+    shutil.rmtree(cache / "artifact")  # the saves need the models again
+    shutil.rmtree(cache / "result")
+    res = project.run(*args)
+    res.assert_outcomes(passed=2)
+    assert "reused 2 built variants, 0 artifacts, 0 fresh-process results" in res.stdout.str()
+    assert "CacheWarning" not in res.stdout.str()

@@ -17,25 +17,58 @@ class ExportOptions:
 
 
 def batch_example(example, dynamic: bool):
-    """torch.export specializes a size-1 dimension, so a dynamic batch is traced with batch 2."""
+    """torch.export specializes a size-1 dimension, so a dynamic batch is traced with batch 2
+    (every named input alike)."""
     import torch
+    if isinstance(example, dict):
+        return {k: batch_example(v, dynamic) for k, v in example.items()}
     if dynamic and example.shape[0] == 1:
         return torch.cat([example, example], 0)
     return example
 
 
-def batch_dims(dynamic: bool):
-    """dynamic_shapes for a single input whose first dimension is the batch."""
+def batch_dims(dynamic: bool, inputs=None):
+    """dynamic_shapes: the batch dimension (when ``dynamic``) and every declared dynamic
+    dimension, as ``Dim`` objects shared by name; a tuple for one input, a dict for named ones."""
     from torch.export import Dim
-    return ({0: Dim("batch", min=1, max=65536)},) if dynamic else None
+    if inputs is None or not inputs.named:
+        dims = {0: Dim("batch", min=1, max=65536)} if dynamic else {}
+        for d in (inputs.first.dynamic_dims if inputs is not None else ()):
+            if d.dim > 0:
+                dims[d.dim] = Dim(d.name, min=d.min or 1, max=d.max or 65536)
+        return (dims,) if dims else None
+    made: dict = {}
+
+    def dim(name, lo, hi):
+        if name not in made:
+            made[name] = Dim(name, min=lo or 1, max=hi or 65536)
+        return made[name]
+    out = {}
+    for name, inp in inputs.items:
+        dims = {0: dim("batch", 1, 65536)} if dynamic else {}
+        for d in inp.dynamic_dims:
+            if d.dim > 0:
+                dims[d.dim] = dim(d.name, d.min, d.max)
+        out[name] = dims or None
+    return out
 
 
-def export_program(model, example, *, dynamic_batch: bool, strict: bool = False):
-    """torch.export with the batch dimension dynamic; a failure is Unsupported with the exporter's reason."""
+def export_args(example):
+    """(args, kwargs) for torch.export / the ONNX exporter: named inputs go by keyword."""
+    if isinstance(example, dict):
+        return (), example
+    return (example,), None
+
+
+def export_program(model, example, *, dynamic_batch: bool, strict: bool = False, inputs=None):
+    """torch.export with the batch dimension and the declared dynamic dimensions dynamic; a
+    failure is Unsupported with the exporter's reason."""
     import torch
     x = batch_example(example, dynamic_batch)
+    args, kwargs = export_args(x)
     try:
-        return torch.export.export(model, (x,), dynamic_shapes=batch_dims(dynamic_batch), strict=strict)
+        return torch.export.export(model, args, kwargs=kwargs, dynamic_shapes=batch_dims(dynamic_batch, inputs),
+                                   strict=strict)
     except Exception as e:  # the exporter's own reason is the message users need
         raise Unsupported(f"torch.export failed: {type(e).__name__}: {_first_line(e)}") from e
 
@@ -46,9 +79,9 @@ class ExportFormat(Format):
     Options = ExportOptions
     description = "torch.export ExportedProgram (.pt2)"
 
-    def save(self, model, path, *, example, options, arch):
+    def save(self, model, path, *, example, options, arch, inputs=None):
         import torch
-        ep = export_program(model, example, dynamic_batch=options.dynamic_batch, strict=options.strict)
+        ep = export_program(model, example, dynamic_batch=options.dynamic_batch, strict=options.strict, inputs=inputs)
         torch.export.save(ep, path)
         return {"dynamic_batch": options.dynamic_batch}
 
@@ -61,3 +94,20 @@ def _first_line(e: BaseException) -> str:
     import re
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()  # exporters colour their messages
     return text[0][:500] if text else ""
+
+
+def exporter_reason(e: BaseException) -> str:
+    """An exporter's failure as one line that keeps its cause: the ONNX exporter's first line is
+    "Failed to export ... step 1/3 ... Next steps:" (advice), its cause is the chained exception."""
+    head = _first_line(e)
+    head = head.split(" Next steps:")[0].strip().rstrip(".")
+    inner, seen = e, {id(e)}
+    while True:
+        nxt = inner.__cause__ or inner.__context__
+        if nxt is None or id(nxt) in seen:
+            break
+        seen.add(id(nxt))
+        inner = nxt
+    if inner is e:
+        return f"{type(e).__name__}: {head}"
+    return f"{type(e).__name__}: {head}: caused by {type(inner).__name__}: {_first_line(inner)}"

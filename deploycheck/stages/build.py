@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,8 @@ from ..models import (
     use_search_path,
     variant_arch,
 )
-from ..protocol import primary_output
+from ..outputs import OutputError, concat
+from ..protocol import BatchDimError, describe_batch, run_batch
 from ..recipes import RecipeContext, StepRecord
 from ..recipes import apply as apply_step
 
@@ -36,7 +38,7 @@ class Built:
     params: int | None
     nonzero: int | None
     state_bytes: int | None
-    outputs: Any               # in-memory outputs on the evaluation batches, concatenated
+    outputs: Any               # in-memory outputs on the evaluation batches, by name, concatenated
     metric: float
     recipe: str
     requires: tuple = ()       # libraries a loader must import first (they register the artifact's ops)
@@ -57,6 +59,24 @@ class Built:
                    tuple(meta["requires"]), meta.get("settings", {}), key)
 
 
+class LazyBuilt(Built):
+    """A cached build whose model the cache did not hold (a model of classes a cache may not
+    unpickle, such as packed int8 weights): the facts and outputs are the cache's, the model is
+    rebuilt on first use (a save whose artifact is not cached, a divergence report)."""
+
+    rebuild: Any = None
+
+    @property  # type: ignore[override]
+    def model(self) -> Any:
+        if self.__dict__.get("_model") is None and self.rebuild is not None:
+            self.__dict__["_model"], self.rebuild = self.rebuild(), None
+        return self.__dict__.get("_model")
+
+    @model.setter
+    def model(self, value: Any) -> None:
+        self.__dict__["_model"] = value
+
+
 def build(runner, t) -> Built:
     """The variant of ``t`` built (or reused from the cache); an ``artifact:`` variant is not
     built: its outputs are the file's own, run in the fresh process."""
@@ -70,8 +90,12 @@ def build(runner, t) -> Built:
     # The arch rebuilds state dicts in the worker: an entry naming other code than the spec is not used.
     if hit is not None and _canon(hit[0].get("arch")) == _canon(expected_arch(t.spec, t.variant)):
         meta, model, outputs = hit
-        return Built.from_meta(meta, model, outputs, key)
-    built = _fresh(runner, t)
+        if model is not None:
+            return Built.from_meta(meta, model, outputs, key)
+        lazy = LazyBuilt.from_meta(meta, None, outputs, key)
+        lazy.rebuild = lambda: _contained_fresh(runner, t).model
+        return lazy
+    built = _contained_fresh(runner, t)
     built.key = key
     runner.cache.put_built(key, built.meta(), built.model, built.outputs, trusted_modules=mods)
     return built
@@ -80,14 +104,13 @@ def build(runner, t) -> Built:
 def spec_modules(spec) -> list[str]:
     """The modules the spec's import paths name, imported (they are the spec's code, trusted):
     the classes of a cached model must come from them, torch, torchao or deploycheck."""
-    import importlib
     use_search_path(search_dirs(spec))
     out = []
     for path in code_paths(spec):
         mod = path.partition(":")[0]
         try:
             importlib.import_module(mod)
-        except Exception:  # noqa: BLE001 - the build names the failure with its spec line
+        except Exception:  # noqa: BLE001,S112 - the build names the failure with its spec line
             continue
         out.append(mod)
     return out
@@ -109,6 +132,29 @@ def expected_arch(spec, v) -> dict:
     return arch
 
 
+def _prerequisites(runner, t) -> None:
+    """What a build shares with the other variants (the data, the baseline model, the baseline's
+    outputs), made here before the build's own process is forked, so it is made once."""
+    spec = t.spec
+    runner.batches(spec)
+    if t.variant.steps:
+        runner.example(spec)  # recipes get it
+    if spec.model.factory or spec.model.hf:
+        runner.baseline_model(spec)
+    if not t.is_baseline:
+        runner.built(t.baseline())
+    for step in t.variant.steps:  # libraries the step imports, which this process needs for its result too
+        for name in getattr(step, "imports", lambda: ())():
+            importlib.import_module(name)
+
+
+def _contained_fresh(runner, t) -> Built:
+    """:func:`_fresh` in the build's own process (see :meth:`Runner.contained`)."""
+    _prerequisites(runner, t)
+    return runner.contained(lambda: _fresh(runner, t), spec=t.spec, variant=t.vname, where=t.where,
+                            what=f"building variant {t.vname!r}")
+
+
 def _fresh(runner, t) -> Built:
     import torch
     spec, v = t.spec, t.variant
@@ -123,11 +169,8 @@ def _fresh(runner, t) -> Built:
     records, requires, settings = [], [], {}
     for i, step in enumerate(v.steps):
         name = type(step).recipe_name
-
-        def log(s: str, _n: str = name) -> None:
-            runner.log(f"{t.id} {_n}: {s}")
-
-        ctx = RecipeContext(spec=spec, data=data, baseline=base, search=search_dirs(spec), log=log, where=t.where,
+        ctx = RecipeContext(spec=spec, data=data, baseline=base, search=search_dirs(spec),
+                            log=lambda s, _n=name: runner.log(f"{t.id} {_n}: {s}"), where=t.where,
                             example=runner.example(spec))
         ts = time.perf_counter()
         torch.manual_seed(0)
@@ -156,27 +199,29 @@ def _fresh(runner, t) -> Built:
 
 
 def run_in_memory(runner, t, model):
-    """The model's outputs on the evaluation batches, concatenated (float32)."""
+    """The model's named outputs on the evaluation batches, concatenated (float32)."""
     import torch
     outs = []
     b = None
     try:
         with torch.inference_mode():
             for b in runner.batches(t.spec):
-                o = primary_output(model(b))
-                if o.shape[:1] != b.shape[:1]:
-                    raise StageError("run", f"the in-memory model returned shape {tuple(o.shape)} for a batch of "
-                                     f"{b.shape[0]}: outputs must keep the batch dimension first",
-                                     spec=t.spec.name, variant=t.vname, where=t.spec.at(t.variant.line))
-                outs.append(o.detach().float())
+                try:
+                    named = run_batch(model, b, in_memory=True)
+                except OutputError as e:
+                    raise StageError("run", f"the in-memory model's outputs cannot be checked: {e}",
+                                     spec=t.spec.name, variant=t.vname, where=t.spec.at(t.variant.line)) from e
+                except BatchDimError as e:
+                    raise StageError("run", str(e), spec=t.spec.name, variant=t.vname,
+                                     where=t.spec.at(t.variant.line)) from e
+                outs.append({k: o.detach().float() for k, o in named.items()})
     except StageError:
         raise
     except Exception as e:
-        shape = tuple(b.shape) if b is not None else "?"
-        raise StageError("run", f"the in-memory model failed on an evaluation batch of shape {shape}: "
+        raise StageError("run", f"the in-memory model failed on an evaluation batch of {describe_batch(b)}: "
                          f"{describe_exc(e)}", spec=t.spec.name, variant=t.vname,
                          where=t.spec.at(t.variant.line)) from e
-    return torch.cat(outs)
+    return concat(outs)
 
 
 def _eval_mode(model) -> None:
