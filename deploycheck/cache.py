@@ -35,10 +35,10 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from . import usercode
 from .formats.integrity import library_versions
 from .machine import kernel_key
 from .models import baseline_arch, search_dirs
-from . import usercode
 
 
 def _h(data: Any) -> str:
@@ -56,7 +56,7 @@ def file_sha(path: str) -> str | None:
         return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _package_source_hash() -> str:
     root = os.path.dirname(os.path.abspath(__file__))
     h = hashlib.sha256()
@@ -193,6 +193,7 @@ def allowed_global(name: str, trusted_modules: Iterable[str] = ()) -> Any:
     tensor class from :data:`TRUSTED_PACKAGES` or the spec's modules. The module is checked
     before anything is imported, so a file cannot make this process import a module it names."""
     import importlib
+
     import torch
     mod_name, _, qual = name.rpartition(".")
     trusted = set(trusted_modules)

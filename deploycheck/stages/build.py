@@ -13,8 +13,16 @@ from typing import Any, Self
 
 from ..cache import build_key, code_paths
 from ..errors import StageError
-from ..models import (baseline_arch, build_variant_model, count_params, describe_exc, search_dirs, state_bytes,
-                      use_search_path, variant_arch)
+from ..models import (
+    baseline_arch,
+    build_variant_model,
+    count_params,
+    describe_exc,
+    search_dirs,
+    state_bytes,
+    use_search_path,
+    variant_arch,
+)
 from ..outputs import OutputError, concat
 from ..protocol import BatchDimError, describe_batch, run_batch
 from ..recipes import RecipeContext, StepRecord
@@ -36,7 +44,6 @@ class Built:
     requires: tuple = ()       # libraries a loader must import first (they register the artifact's ops)
     settings: dict = field(default_factory=dict)  # torch settings a loader must apply (quantized engine)
     key: str = ""              # content hash (see cache.build_key)
-    cached: bool = False
 
     def meta(self) -> dict:
         """What the cache stores next to the model and its outputs."""
@@ -49,7 +56,7 @@ class Built:
     def from_meta(cls, meta: dict, model: Any, outputs: Any, key: str) -> Self:
         return cls(model, meta["arch"], [StepRecord(**r) for r in meta["steps"]], meta["build_s"], meta["params"],
                    meta["nonzero"], meta["state_bytes"], outputs, meta["metric"], meta["recipe"],
-                   tuple(meta["requires"]), meta.get("settings", {}), key, cached=True)
+                   tuple(meta["requires"]), meta.get("settings", {}), key)
 
 
 class LazyBuilt(Built):
