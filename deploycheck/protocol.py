@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .outputs import flatten
+
 
 @dataclass(frozen=True)
 class ArtifactRef:
@@ -38,8 +40,7 @@ class LatencyPlan:
     round_ms: float
     confidence: float
     batch_sizes: tuple[int, ...] = ()
-    compare: bool = False                # a ratio with the baseline is wanted (a variant)
-    baseline: ArtifactRef | None = None  # None with compare: the baseline has no artifact in this format
+    baseline: ArtifactRef | None = None  # None for a variant: the baseline has no artifact in this format
     ratio_limit: float | None = None
 
 
@@ -60,7 +61,7 @@ class WorkerRequest:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "WorkerRequest":
+    def from_json(cls, d: dict) -> WorkerRequest:
         lat = d.get("latency")
         if lat is not None:
             base = lat.get("baseline")
@@ -89,7 +90,7 @@ class WorkerResult:
     peak_rss_mb: float | None = None
     cached: bool = False                 # reused from the cache, not measured in this session
 
-    def fail(self, stage: str, kind: str, message: str, traceback: str = "") -> "WorkerResult":
+    def fail(self, stage: str, kind: str, message: str, traceback: str = "") -> WorkerResult:
         self.ok, self.stage, self.kind, self.message, self.traceback = False, stage, kind, message, traceback
         return self
 
@@ -97,7 +98,7 @@ class WorkerResult:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "WorkerResult":
+    def from_json(cls, d: dict) -> WorkerResult:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -151,7 +152,6 @@ class BatchDimError(ValueError):
 def run_batch(fn: Any, x: Any, *, index: int | None = None, in_memory: bool = False) -> dict:
     """The named outputs of ``fn`` on one batch (see :func:`deploycheck.outputs.flatten`), each
     checked to keep the batch dimension first (a :class:`BatchDimError` says which did not)."""
-    from .outputs import flatten
     named = flatten(call(fn, x))
     n = batch_len(x)
     for name, o in named.items():
@@ -181,3 +181,14 @@ def concat_inputs(batches: list):
 def take(x, index):
     """Rows of one input or of every named input alike."""
     return {k: v[index] for k, v in x.items()} if isinstance(x, dict) else x[index]
+
+
+def describe_batch(b) -> str:
+    """``shape (64, 1, 8, 8)``, or each named input's shape and dtype."""
+    if b is None:
+        return "shape ?"
+    if isinstance(b, dict):
+        return ", ".join(f"{k} {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}" for k, v in b.items())
+    if isinstance(b, (tuple, list)):
+        return ", ".join(f"input {i} {tuple(v.shape)}" for i, v in enumerate(b))
+    return f"shape {tuple(b.shape)} {str(b.dtype).replace('torch.', '')}"

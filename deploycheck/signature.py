@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .protocol import take
+
 #: evaluation rows each dynamic-size batch holds (a batch size the example did not have)
 PROBE_ROWS = 3
 
@@ -58,7 +60,6 @@ def dynamic_probes(spec, batches: list) -> list[DynamicProbe]:
                 continue
             dims.setdefault(d.name, []).append((name, d.dim))
             bounds.setdefault(d.name, (d.min, d.max, inp.shape[d.dim]))
-    from .protocol import take
     base = take(batches[0], slice(0, PROBE_ROWS))
     out = []
     for dname, where in dims.items():

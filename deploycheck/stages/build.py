@@ -6,16 +6,25 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from ..cache import build_key, code_paths
 from ..errors import StageError
-from ..models import (baseline_arch, build_variant_model, count_params, describe_exc, search_dirs, state_bytes,
-                      use_search_path, variant_arch)
+from ..models import (
+    baseline_arch,
+    build_variant_model,
+    count_params,
+    describe_exc,
+    search_dirs,
+    state_bytes,
+    use_search_path,
+    variant_arch,
+)
 from ..outputs import OutputError, concat
-from ..protocol import BatchDimError, run_batch
+from ..protocol import BatchDimError, describe_batch, run_batch
 from ..recipes import RecipeContext, StepRecord
 from ..recipes import apply as apply_step
 
@@ -35,7 +44,6 @@ class Built:
     requires: tuple = ()       # libraries a loader must import first (they register the artifact's ops)
     settings: dict = field(default_factory=dict)  # torch settings a loader must apply (quantized engine)
     key: str = ""              # content hash (see cache.build_key)
-    cached: bool = False
 
     def meta(self) -> dict:
         """What the cache stores next to the model and its outputs."""
@@ -45,10 +53,28 @@ class Built:
                 "settings": self.settings}
 
     @classmethod
-    def from_meta(cls, meta: dict, model: Any, outputs: Any, key: str) -> "Built":
+    def from_meta(cls, meta: dict, model: Any, outputs: Any, key: str) -> Self:
         return cls(model, meta["arch"], [StepRecord(**r) for r in meta["steps"]], meta["build_s"], meta["params"],
                    meta["nonzero"], meta["state_bytes"], outputs, meta["metric"], meta["recipe"],
-                   tuple(meta["requires"]), meta.get("settings", {}), key, cached=True)
+                   tuple(meta["requires"]), meta.get("settings", {}), key)
+
+
+class LazyBuilt(Built):
+    """A cached build whose model the cache did not hold (a model of classes a cache may not
+    unpickle, such as packed int8 weights): the facts and outputs are the cache's, the model is
+    rebuilt on first use (a save whose artifact is not cached, a divergence report)."""
+
+    rebuild: Any = None
+
+    @property  # type: ignore[override]
+    def model(self) -> Any:
+        if self.__dict__.get("_model") is None and self.rebuild is not None:
+            self.__dict__["_model"], self.rebuild = self.rebuild(), None
+        return self.__dict__.get("_model")
+
+    @model.setter
+    def model(self, value: Any) -> None:
+        self.__dict__["_model"] = value
 
 
 def build(runner, t) -> Built:
@@ -64,8 +90,12 @@ def build(runner, t) -> Built:
     # The arch rebuilds state dicts in the worker: an entry naming other code than the spec is not used.
     if hit is not None and _canon(hit[0].get("arch")) == _canon(expected_arch(t.spec, t.variant)):
         meta, model, outputs = hit
-        return Built.from_meta(meta, model, outputs, key)
-    built = _fresh(runner, t)
+        if model is not None:
+            return Built.from_meta(meta, model, outputs, key)
+        lazy = LazyBuilt.from_meta(meta, None, outputs, key)
+        lazy.rebuild = lambda: _contained_fresh(runner, t).model
+        return lazy
+    built = _contained_fresh(runner, t)
     built.key = key
     runner.cache.put_built(key, built.meta(), built.model, built.outputs, trusted_modules=mods)
     return built
@@ -74,14 +104,13 @@ def build(runner, t) -> Built:
 def spec_modules(spec) -> list[str]:
     """The modules the spec's import paths name, imported (they are the spec's code, trusted):
     the classes of a cached model must come from them, torch, torchao or deploycheck."""
-    import importlib
     use_search_path(search_dirs(spec))
     out = []
     for path in code_paths(spec):
         mod = path.partition(":")[0]
         try:
             importlib.import_module(mod)
-        except Exception:  # noqa: BLE001 - the build names the failure with its spec line
+        except Exception:  # noqa: BLE001,S112 - the build names the failure with its spec line
             continue
         out.append(mod)
     return out
@@ -101,6 +130,29 @@ def expected_arch(spec, v) -> dict:
         if getattr(step, "student", None):
             arch = {"factory": step.student, "kwargs": dict(step.student_kwargs)}
     return arch
+
+
+def _prerequisites(runner, t) -> None:
+    """What a build shares with the other variants (the data, the baseline model, the baseline's
+    outputs), made here before the build's own process is forked, so it is made once."""
+    spec = t.spec
+    runner.batches(spec)
+    if t.variant.steps:
+        runner.example(spec)  # recipes get it
+    if spec.model.factory or spec.model.hf:
+        runner.baseline_model(spec)
+    if not t.is_baseline:
+        runner.built(t.baseline())
+    for step in t.variant.steps:  # libraries the step imports, which this process needs for its result too
+        for name in getattr(step, "imports", lambda: ())():
+            importlib.import_module(name)
+
+
+def _contained_fresh(runner, t) -> Built:
+    """:func:`_fresh` in the build's own process (see :meth:`Runner.contained`)."""
+    _prerequisites(runner, t)
+    return runner.contained(lambda: _fresh(runner, t), spec=t.spec, variant=t.vname, where=t.where,
+                            what=f"building variant {t.vname!r}")
 
 
 def _fresh(runner, t) -> Built:
@@ -170,17 +222,6 @@ def run_in_memory(runner, t, model):
                          f"{describe_exc(e)}", spec=t.spec.name, variant=t.vname,
                          where=t.spec.at(t.variant.line)) from e
     return concat(outs)
-
-
-def describe_batch(b) -> str:
-    """``shape (64, 1, 8, 8)``, or each named input's shape and dtype."""
-    if b is None:
-        return "shape ?"
-    if isinstance(b, dict):
-        return ", ".join(f"{k} {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}" for k, v in b.items())
-    if isinstance(b, (tuple, list)):
-        return ", ".join(f"input {i} {tuple(v.shape)}" for i, v in enumerate(b))
-    return f"shape {tuple(b.shape)} {str(b.dtype).replace('torch.', '')}"
 
 
 def _eval_mode(model) -> None:
