@@ -254,7 +254,7 @@ def render_drift(cmp: dict, *, where: str) -> str:
     lines.append("  accept the new behaviour after review with: pytest --snapshot-update")
     by = cmp.get("values_by_output") or ({"": cmp["values"]} if "values" in cmp else {})
     for name, st in by.items():
-        if st["mismatched"]:
+        if st["mismatched"] and rule is not None:
             lines.append(render_mismatch(st, what=f"  values of output {name!r}" if name else "  values", left="new",
                                          right="approved", atol=rule.atol, rtol=rule.rtol))
     if rule is not None and "labels" in cmp:
@@ -419,7 +419,7 @@ def _keep_declared_snapshots() -> None:
     prop = functools.cached_property(unused)
     prop.__set_name__(SnapshotReport, "unused")
     prop._deploycheck = True  # type: ignore[attr-defined]
-    SnapshotReport.unused = prop
+    SnapshotReport.unused = prop  # type: ignore[method-assign,assignment]
 
 
 def still_declared(location: str) -> bool:
