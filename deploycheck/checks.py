@@ -6,10 +6,10 @@ One registry: each check says when it applies and how it decides. Items in
 
 from __future__ import annotations
 
-import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -104,7 +104,7 @@ def skip_if_baseline_nonfinite(runner, t: Target) -> None:
 
 # --- outputs ------------------------------------------------------------------------------------
 
-def finite_verdict(runner, t: Target) -> "Verdict | None":
+def finite_verdict(runner, t: Target) -> Verdict | None:
     """NaN or Inf in the in-memory or reloaded outputs: a failed ``outputs`` verdict saying where."""
     b = runner.built(t)
     r = runner.reload(t)
@@ -147,7 +147,10 @@ def outputs_check(runner, t: Target) -> Verdict:
         return Verdict("outputs", False, f"thresholds.outputs gives tolerances for {', '.join(map(repr, unknown))}, "
                        f"not an output of the model; its outputs are {', '.join(map(repr, b.outputs))}",
                        value=unknown, threshold=list(b.outputs))
-    failed, formulas, per, thresholds = [], [], {}, {}
+    failed: list[str] = []
+    formulas: list[str] = []
+    per: dict[str, dict[str, Any]] = {}
+    thresholds: dict[str, Any] = {}
     for name, ref, got in pairs:
         th = output_threshold(v, name)
         lab = label(name, b.outputs)
@@ -306,7 +309,9 @@ def _with_interval(ok: bool, f: str, *, name: str, key: str, limit: float, ci, t
 def metric_verdict(name: str, value: float, baseline: float, higher: bool, th, ci=None) -> Verdict:
     """Decide the metric gate; the formula shows every number that decided it. ``ci``: the
     drop's paired interval (:mod:`deploycheck.stats`), which revises the drop thresholds."""
-    parts, failed, notes = [], [], []
+    parts: list[str] = []
+    failed: list[str] = []
+    notes: list[str] = []
     sign = "-" if higher else "+"
     delta = value - baseline
     if th.max_drop is not None:
@@ -390,6 +395,12 @@ def metric_check(runner, t: Target) -> Verdict:
     th = t.variant.thresholds.metric
     ci = None if t.is_baseline else drop_interval(runner, t, r.outputs, m, th.confidence)
     v = metric_verdict(m.name, r.metric, base, m.higher_is_better, th, ci)
+    read = t.spec.metric.output or next(iter(r.outputs))
+    v.details["output"] = read
+    if len(r.outputs) > 1:  # which of several outputs the metric read, said in the verdict and the report
+        v.formula += f" (metric on output {read!r} of {', '.join(map(repr, r.outputs))})"
+        if v.message:
+            v.message += f" (metric on output {read!r})"
     if not v.passed:
         where, det = where_it_departs(runner, t)
         v.message += saturation_hint(t.variant) + where
@@ -435,7 +446,8 @@ def latency_check(runner, t: Target) -> Verdict:
     r = runner.reload(t)
     lat = r.result.latency or {}
     th = t.variant.thresholds.latency
-    parts, failed = [], []
+    parts: list[str] = []
+    failed: list[str] = []
     elsewhere = machine.scope_mismatch(th.machines) if th.machines is not None else None
     for key in ("p50_ms", "p95_ms", "p99_ms"):
         limit = getattr(th, key)
@@ -461,7 +473,7 @@ def latency_check(runner, t: Target) -> Verdict:
     wants_ratio = th.max_ratio is not None or th.min_speedup is not None
     if wants_ratio and not t.is_baseline:
         if not ratio:
-            failed.append(f"no side-by-side measurement vs the baseline: {lat.get('ratio_error') or 'the baseline has no ' + t.fmt + ' artifact'}")
+            failed.append(f"no side-by-side measurement vs the baseline: {lat.get('ratio_error') or f'the baseline has no {t.fmt} artifact'}")
         else:
             (parts if not ratio["decision"].startswith("fail") else failed).append(ratio_formula(ratio, th))
     if not parts and not failed:
@@ -487,7 +499,8 @@ def size_check(runner, t: Target) -> Verdict:
     art = runner.artifact(t)
     th = t.variant.thresholds.size
     mb = art.size / 1e6
-    parts, failed = [], []
+    parts: list[str] = []
+    failed: list[str] = []
     details = {"size_mb": mb, "sha256": art.sha256, "path": art.path}
     if th.max_mb is not None:
         ok = mb <= th.max_mb
@@ -598,6 +611,7 @@ def batch_invariance_check(runner, t: Target) -> Verdict:
 
 @check("snapshot", applies=lambda t: t.spec.snapshot.enabled, needs_item=True)
 def snapshot_check(runner, t: Target, *, item) -> Verdict:
+    assert t.fmt is not None  # a snapshot item is per format
     r = runner.reload(t)
     st = t.spec.snapshot
     metric = resolve(t.spec)
@@ -658,7 +672,9 @@ def fidelity_check(runner, t: Target) -> Verdict:
     if why is not None:
         return Verdict("fidelity", False, f"the reloaded {t.fmt} artifact {why.replace('the reference', 'the baseline')}",
                        "outputs differ", None, thr)
-    parts, failed, per = [], [], {}
+    parts: list[str] = []
+    failed: list[str] = []
+    per: dict[str, dict[str, Any]] = {}
     for name, ref, got in pairs:
         lab = f"output {name!r}: " if len(pairs) > 1 else ""
         if got.shape != ref.shape:
@@ -686,15 +702,15 @@ def fidelity_check(runner, t: Target) -> Verdict:
                                              f"min_cosine {fmt_num(th.min_cosine)}")
     formula = "; ".join(failed or parts)
     first = per.get(pairs[0][0], {}) if pairs else {}
-    mean = min((d["mean_cosine"] for d in per.values()), default=None)
-    details = {"mean_cosine": mean, "min_cosine": min((d["min_cosine"] for d in per.values()), default=None),
+    lowest = min((d["mean_cosine"] for d in per.values()), default=None)
+    details: dict[str, Any] = {"mean_cosine": lowest, "min_cosine": min((d["min_cosine"] for d in per.values()), default=None),
                "worst_sample": first.get("worst_sample")}
     if len(pairs) > 1:
         details["outputs"] = per
     if failed:
         where, det = where_it_departs(runner, t)
-        return Verdict("fidelity", False, formula + where, formula, mean, thr, {**details, **det})
-    return Verdict("fidelity", True, "", formula, mean, thr, details)
+        return Verdict("fidelity", False, formula + where, formula, lowest, thr, {**details, **det})
+    return Verdict("fidelity", True, "", formula, lowest, thr, details)
 
 
 def _triplet_order(emb, triplets):

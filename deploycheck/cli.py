@@ -186,6 +186,7 @@ def _metric_for(spec) -> str:
     """The metric that fits the data's targets: accuracy for integer class labels, r2 for values to
     predict, cosine (to the baseline's outputs) for data without targets."""
     import numpy as np
+
     from .data.dataset import _raw
     from .models import describe_exc
     try:
@@ -220,7 +221,7 @@ def cmd_inspect(args) -> int:
         print("manifest: none (size and checksum cannot be verified)")
     diag = check_file(path, declared, manifest)
     named = formats_by_name(path)
-    if found in FORMATS and named and found not in named:
+    if found is not None and found in FORMATS and named and found not in named:
         # The name promises another format than the bytes hold: a loader that goes by the name fails.
         says = " or ".join(FORMAT_NAMES.get(n, n) for n in named)
         mismatch = (f"the file is {FORMAT_NAMES.get(found, found)} file, but its name "
@@ -232,7 +233,7 @@ def cmd_inspect(args) -> int:
     named_code = (manifest or {}).get("factory")
     if named_code is not None:
         print(f"note:     the manifest names factory {named_code!r}: not used (only a spec chooses code to run)")
-    if diag is None and declared in FORMATS and not args.no_load:
+    if diag is None and declared is not None and declared in FORMATS and not args.no_load:
         fmt = FORMATS.get(declared)
         if fmt.unpickles and not args.allow_pickle:
             print("status:   NOT LOADED")
@@ -269,7 +270,7 @@ def _try_load(path, fmt, manifest, timeout):
     if out.result is None:
         return Diagnosis("crash", out.death() or "no answer")
     if not out.result.ok and out.result.stage == "load":
-        return Diagnosis(out.result.kind, out.result.message.splitlines()[0])
+        return Diagnosis(out.result.kind or "load-error", out.result.message.splitlines()[0])
     return None
 
 

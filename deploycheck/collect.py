@@ -10,7 +10,8 @@ import dataclasses
 import importlib.util
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 

@@ -32,9 +32,6 @@ class SpecError(Exception):
         super().__init__("\n".join(p.render(filename) for p in self.problems))
 
 
-STAGES = ("build", "save", "load", "run", "check")
-
-
 class StageError(Exception):
     """A runtime failure in one pipeline stage for one spec / variant / format.
 

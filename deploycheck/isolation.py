@@ -18,8 +18,9 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .errors import StageError
 from .protocol import WorkerRequest, WorkerResult
@@ -148,7 +149,7 @@ class _Proc:
         pass
 
 
-def _close_pool(ref: "weakref.ref[WorkerPool]") -> None:
+def _close_pool(ref: weakref.ref[WorkerPool]) -> None:
     pool = ref()
     if pool is not None:
         pool.close()
@@ -179,6 +180,7 @@ class WorkerPool:
         proc = self._take()
         t0 = time.perf_counter()
         timed_out = False
+        assert proc.popen.stdin is not None  # opened with stdin=PIPE
         try:
             proc.popen.stdin.write((req_path + "\n").encode())
             proc.popen.stdin.close()

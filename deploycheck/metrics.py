@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from .registry import Registry
 from .models import import_callable, search_dirs
+from .registry import Registry
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import os
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import diverge
 from .cache import Cache
@@ -29,8 +30,6 @@ from .stages.build import Built
 from .stages.reload import Reload
 from .stages.save import Artifact, VariantUnsupported
 from .target import Target
-
-__all__ = ["Runner", "Built", "Artifact", "Reload", "VariantUnsupported", "DIVERGENCE_PROBES"]
 
 #: evaluation samples the divergence table is computed on
 DIVERGENCE_PROBES = 16
@@ -355,7 +354,6 @@ class Runner:
         format and reference, and only when a check fails. The reloaded artifact's own layers
         where its format exposes them (export, onnx), else the in-memory variant's, said so."""
         def make():
-            import torch
             ref_t = t.baseline() if against == "baseline" else t
             ref, var = self.built(ref_t).model, self.built(t).model
             probes = take(concat_inputs(self.batches(t.spec)), slice(0, DIVERGENCE_PROBES))

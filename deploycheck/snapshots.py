@@ -18,6 +18,7 @@ cover them, with and without xdist.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import os
@@ -34,7 +35,6 @@ from .numeric import LEVELS, compare_arrays, fmt_num, render_mismatch
 from .outputs import pick
 
 FORMAT_VERSION = 2
-LEGACY_CLASS = "unrecorded machine (snapshot format 1)"
 
 
 def _round(x: float) -> float:
@@ -76,23 +76,12 @@ def _rows(o) -> list:
     return [[_round(v) for v in row] for row in o.reshape(len(o), -1).tolist()]
 
 
-def upgrade(old: dict) -> dict:
-    """A format-1 snapshot (one unnamed machine) as a format-2 document with one entry."""
-    if old.get("deploycheck_snapshot") != 1:
-        return old
-    entry = {k: old[k] for k in ("metric", "stats", "labels", "outputs") if k in old}
-    entry["machine"] = {}
-    head = {k: old[k] for k in ("spec", "variant", "format", "probes", "shape") if k in old}
-    return {"deploycheck_snapshot": FORMAT_VERSION, **head, "entries": {LEGACY_CLASS: entry}}
-
-
 def merged(stored: dict | None, new: dict) -> dict:
     """The document to assert: every approved entry of other classes kept, this class's entry new.
 
     ``--snapshot-update`` writes it, so approving this machine never drops another machine's entry."""
     if not stored:
         return new
-    stored = upgrade(stored)
     if stored.get("deploycheck_snapshot") != FORMAT_VERSION or stored.get("shape") != new["shape"] \
             or stored.get("probes") != new["probes"]:
         return new  # the outputs' shape changed: other machines' entries describe another model
@@ -179,7 +168,7 @@ def pick_reference(entries: dict, current: str) -> tuple[str, dict] | None:
         return current, entries[current]
     if not entries:
         return None
-    ranked = sorted(entries, key=lambda c: ("emulated" in c, c == LEGACY_CLASS, c))
+    ranked = sorted(entries, key=lambda c: ("emulated" in c, c))
     return ranked[0], entries[ranked[0]]
 
 
@@ -191,7 +180,6 @@ def compare(old: dict, new: dict, *, settings, current: str, precision: str | No
     import torch
     problems: list[str] = []
     out: dict[str, Any] = {"problems": problems, "current": current}
-    old = upgrade(old)
     if old.get("deploycheck_snapshot") != FORMAT_VERSION:
         problems.append("the stored snapshot has another format version")
         out["ok"] = False
@@ -228,7 +216,7 @@ def compare(old: dict, new: dict, *, settings, current: str, precision: str | No
     if "labels" in approved and "labels" in mine:
         top_old = [r[0] for r in approved["labels"]]
         top_new = [r[0] for r in mine["labels"]]
-        changed = [i for i, (x, y) in enumerate(zip(top_old, top_new)) if x != y]
+        changed = [i for i, (x, y) in enumerate(itertools.zip_longest(top_old, top_new)) if x != y]
         agreement = 1 - len(changed) / max(len(top_old), 1)
         out["labels"] = {"changed": changed, "agreement": agreement, "old": top_old, "new": top_new}
         if agreement < rule.min_label_agreement:
@@ -266,16 +254,16 @@ def render_drift(cmp: dict, *, where: str) -> str:
     lines.append("  accept the new behaviour after review with: pytest --snapshot-update")
     by = cmp.get("values_by_output") or ({"": cmp["values"]} if "values" in cmp else {})
     for name, st in by.items():
-        if st["mismatched"]:
+        if st["mismatched"] and rule is not None:
             lines.append(render_mismatch(st, what=f"  values of output {name!r}" if name else "  values", left="new",
                                          right="approved", atol=rule.atol, rtol=rule.rtol))
-    if "labels" in cmp:
+    if rule is not None and "labels" in cmp:
         lb = cmp["labels"]
         lines.append(f"  labels: agreement {lb['agreement']:.1%} (min {rule.min_label_agreement:.1%}); "
                      f"{len(lb['changed'])} probe(s) changed their top label"
                      + "".join(f"\n    probe {i}: {lb['old'][i]} -> {lb['new'][i]}" for i in lb["changed"][:5]))
     m = cmp.get("metric") or {}
-    if m.get("old") is not None and m.get("new") is not None:
+    if rule is not None and m.get("old") is not None and m.get("new") is not None:
         lines.append(f"  metric {m['name']}: approved {fmt_num(m['old'])} -> now {fmt_num(m['new'])} "
                      f"(drift {m['new'] - m['old']:+.3g}, max_metric_drift {fmt_num(rule.max_metric_drift)})")
     if cmp["problems"] and cmp["problems"][0].startswith(("output shape", "the stored")):
@@ -370,6 +358,7 @@ def assert_matches(item, data: dict, *, settings, current: str, precision: str |
         except UnreadableSnapshot as e:
             return Outcome(False, False, False, False, e, {}, rel)
     ext = snap.extension
+    assert isinstance(ext, DeploycheckSnapshotExtension)
     ext.settings, ext.current, ext.precision, ext.update = settings, current, precision, bool(opt.update_snapshots)
     ok = snap == merged(stored, data)
     result = snap.executions[0]
@@ -401,8 +390,8 @@ def enable_for_items() -> None:
     def filter_valid_items(items):
         return (i for i in items if isinstance(i, pytest.Function) or getattr(i, "syrupy_compatible", False))
 
-    filter_valid_items._deploycheck = True
-    SnapshotSession.filter_valid_items = staticmethod(filter_valid_items)
+    filter_valid_items._deploycheck = True  # type: ignore[attr-defined]  # the mark that it is patched
+    SnapshotSession.filter_valid_items = staticmethod(filter_valid_items)  # type: ignore[method-assign]
     _keep_declared_snapshots()
 
 
@@ -430,7 +419,7 @@ def _keep_declared_snapshots() -> None:
     prop = functools.cached_property(unused)
     prop.__set_name__(SnapshotReport, "unused")
     prop._deploycheck = True  # type: ignore[attr-defined]
-    SnapshotReport.unused = prop
+    SnapshotReport.unused = prop  # type: ignore[method-assign,assignment]
 
 
 def still_declared(location: str) -> bool:

@@ -8,10 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TINY_MODELS, make_spec
 
 from deploycheck.cli import main
-
-from conftest import TINY_MODELS, make_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,6 +57,7 @@ def test_init_writes_a_valid_spec_without_prompting(tmp_path):
 
 def _artifact(tmp_path):
     import torch
+
     from deploycheck.formats import FORMATS
     from deploycheck.formats.integrity import write_manifest
     path = str(tmp_path / "m.pt2")

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import os
 
-from deploycheck.cli import main
-
 from conftest import make_spec
+
+from deploycheck.cli import main
 
 LATIN1 = make_spec().replace("name: tiny\n", "name: tiny\n# owner: Ren\xe9\n").encode("latin-1")
 

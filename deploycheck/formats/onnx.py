@@ -6,7 +6,7 @@ import contextlib
 import io
 from dataclasses import dataclass
 
-from ..spec.schema import field
+from ..schema import field
 from . import Format, Unsupported
 from .export import batch_dims, batch_example, export_args, exporter_reason
 
@@ -41,6 +41,8 @@ class OnnxFormat(Format):
                                          external_data=False)
             except Exception as e:
                 raise Unsupported(f"torch.onnx.export failed: {exporter_reason(e)}") from e
+        if prog is None:
+            raise Unsupported("torch.onnx.export returned no program")
         prog.save(path)
         return {"opset": options.opset, "dynamic_batch": options.dynamic_batch}
 
@@ -62,7 +64,7 @@ class OnnxFormat(Format):
                 if missing:
                     raise ValueError(f"the ONNX graph takes inputs {names}; not given: {missing}")
                 return {n: np.ascontiguousarray(kwargs[n].numpy()) for n in names}
-            return {n: np.ascontiguousarray(a.numpy()) for n, a in zip(names, args)}
+            return {n: np.ascontiguousarray(a.numpy()) for n, a in zip(names, args, strict=False)}
 
         def run(*args, **kwargs):
             got = sess.run(None, feed(args, kwargs))

@@ -10,7 +10,6 @@ from torch import nn
 
 from . import StepResult
 
-
 #: module types ``prune.modules`` can name; a subclass counts as its base (MultiheadAttention's
 #: out_proj is a NonDynamicallyQuantizableLinear, a Linear)
 KINDS = {"Linear": nn.Linear, "Conv1d": nn.Conv1d, "Conv2d": nn.Conv2d, "Conv3d": nn.Conv3d, "LSTM": nn.LSTM,

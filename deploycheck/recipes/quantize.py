@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from ..spec.schema import field
+from ..schema import field
 
 Method = Literal["dynamic_int8", "weight_only_int8", "static_int8", "fp16", "bf16"]
 ModuleType = Literal["Linear", "LSTM", "GRU", "Conv1d", "Conv2d"]

@@ -14,7 +14,7 @@ def _load(path: str) -> dict:
         with open(path, encoding="utf-8") as fh:
             doc = json.load(fh)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"deploycheck: cannot read report {path}: {e}")
+        raise SystemExit(f"deploycheck: cannot read report {path}: {e}") from None
     if not isinstance(doc, dict) or doc.get("schema_version") != 1 or "rows" not in doc:
         raise SystemExit(f"deploycheck: {path} is not a deploycheck JSON report (schema_version 1)")
     return doc
@@ -48,7 +48,8 @@ def compare(old: dict, new: dict, *, metric_tol: float, latency_tol: float, size
             if a.get("metric") is not None and b.get("metric") is not None:
                 d = b["metric"] - a["metric"]
                 entry["metric_delta"] = d
-                worse = -d if higher_is_better(b) else d
+                higher = higher_is_better(b)
+                worse = abs(d) if higher is None else -d if higher else d  # no direction: any move counts
                 if worse > metric_tol:
                     reasons.append(f"{b.get('metric_name') or 'metric'} {a['metric']:.4g} -> {b['metric']:.4g} "
                                    f"({d:+.4g}, beyond ±{metric_tol:g})")
@@ -60,7 +61,8 @@ def compare(old: dict, new: dict, *, metric_tol: float, latency_tol: float, size
             entry["size_ratio"] = sr
             if sr is not None and sr > 1 + size_tol:
                 reasons.append(f"size {a['size_mb']:.4g} -> {b['size_mb']:.4g} MB (×{sr:.3f})")
-        if entry["change"] == "changed" and not reasons and a["verdict"] == b["verdict"] and \
+        if entry["change"] == "changed" and not reasons and a is not None and b is not None and \
+                a["verdict"] == b["verdict"] and \
                 not any(entry.get(k) not in (None, 0, 1) for k in ("metric_delta", "latency_ratio", "size_ratio")):
             entry["change"] = "unchanged"  # e.g. unsupported -> unsupported: nothing to review
         entry["regression"] = bool(reasons)

@@ -29,7 +29,7 @@ def _git(rootdir: str) -> dict:
 
 def metadata(records, rootdir: str, exitstatus: int) -> dict:
     files = sorted({r.file for r in as_records(records)})
-    hashes = {}
+    hashes: dict[str, str | None] = {}
     for f in files:
         p = f if os.path.isabs(f) else os.path.join(rootdir, f)
         try:
@@ -38,7 +38,7 @@ def metadata(records, rootdir: str, exitstatus: int) -> dict:
         except OSError:
             hashes[f] = None
     return {"schema_version": SCHEMA_VERSION,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "exitstatus": exitstatus,
             "machine": fingerprint(),
             "libraries": library_versions(), "git": _git(rootdir), "spec_files": hashes}

@@ -183,10 +183,10 @@ def _convert(loader, node: yaml.Node, problems: list[Problem], path: str) -> Any
             out.key_lines[key] = kline
         return out
     if isinstance(node, yaml.SequenceNode):
-        out = LSeq()
-        out.line, out.item_lines = node.start_mark.line + 1, []
+        seq = LSeq()
+        seq.line, seq.item_lines = node.start_mark.line + 1, []
         for i, item in enumerate(node.value):
-            out.append(_convert(loader, item, problems, f"{path}[{i}]"))
-            out.item_lines.append(item.start_mark.line + 1)
-        return out
+            seq.append(_convert(loader, item, problems, f"{path}[{i}]"))
+            seq.item_lines.append(item.start_mark.line + 1)
+        return seq
     return loader.construct_object(node, deep=True)

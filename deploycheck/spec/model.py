@@ -15,11 +15,22 @@ from ..formats import FORMATS
 from ..metrics import METRICS
 from ..recipes import RECIPES, config_class
 from ..registry import UnknownName, did_you_mean
+from ..schema import DType
 from .loader import LMap, LSeq
-from .schema import (Ctx, Invalid, build, build_dataclass, build_fields, dataclass_schema, field, finish, import_path_problem,
-                     json_schema, type_hints)
+from .schema import (
+    Ctx,
+    Invalid,
+    build,
+    build_dataclass,
+    build_fields,
+    dataclass_schema,
+    field,
+    finish,
+    import_path_problem,
+    json_schema,
+    type_hints,
+)
 
-DType = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool"]
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 INPUT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -114,7 +125,7 @@ class Inputs:
         return ", ".join(f"{n}: {one(i)}" for n, i in self.items)
 
     @classmethod
-    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> "Inputs":
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> Inputs:
         if not isinstance(value, dict):
             ctx.error(line, path, f"expected a mapping: {{shape, dtype, dynamic}} for one input, or named inputs "
                                   f"{{input_ids: {{shape, dtype}}, attention_mask: {{shape, dtype}}}}, got "
@@ -200,7 +211,7 @@ class Step:
     arg: Any
 
     @classmethod
-    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> "Step":
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> Step:
         if not isinstance(value, dict) or len(value) != 1:
             ctx.error(line, path, f"a preprocessing step is a mapping with one key, one of {PREPROCESS.names()}")
             raise Invalid
@@ -212,7 +223,7 @@ class Step:
                              f"{', '.join(PREPROCESS.names())}")
             raise Invalid
         spec = PREPROCESS.get(op)
-        if dataclasses.is_dataclass(spec.arg):
+        if isinstance(spec.arg, type) and dataclasses.is_dataclass(spec.arg):
             kw = build_fields(spec.arg, {} if arg is None else arg, path=p, line=kl, ctx=ctx)
             arg = finish(spec.arg, kw, path=p, line=kl, ctx=ctx, raw=arg)
         else:
@@ -265,7 +276,7 @@ class MetricSpec:
                                          "position ('0', '1') or a nested path ('past.0.key'); default the first")
 
     @classmethod
-    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> "MetricSpec":
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> MetricSpec:
         given_as_name = isinstance(value, str)
         if given_as_name:
             value = {"name": value}
@@ -329,8 +340,8 @@ class OutputThreshold:
     per_output: dict[str, Any] = dataclasses.field(default_factory=dict)  # {output name: OutputThreshold}
 
     @classmethod
-    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx, base: "OutputThreshold | None" = None,
-              partial: bool = False) -> "OutputThreshold":
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx, base: OutputThreshold | None = None,
+              partial: bool = False) -> OutputThreshold:
         """The flat keys, then one mapping per named output; with ``base`` (a variant's override),
         given keys replace the base's and per-output entries are merged."""
         if not isinstance(value, dict):
@@ -448,13 +459,14 @@ class Thresholds:
     batch_invariance: BatchInvariance = field(default_factory=BatchInvariance,
                                               doc="{enabled, probes, batch_size, atol, max_changed_predictions}")
 
-    def override(self, value: Any, *, path: str, line: int, ctx: Ctx) -> "Thresholds":
+    def override(self, value: Any, *, path: str, line: int, ctx: Ctx) -> Thresholds:
         """Apply a variant's partial thresholds on top of these defaults, key by key."""
         if not isinstance(value, dict):
             ctx.error(line, path, "expected a mapping")
             raise Invalid
         sections = {f.name: f for f in dataclasses.fields(self)}
-        out, bad = {}, False
+        out: dict[str, Any] = {}
+        bad = False
         hints = type_hints(Thresholds)
         for key, sub in value.items():
             kl = value.line_of(key) if isinstance(value, LMap) else line
@@ -484,7 +496,8 @@ class FormatSpec:
     line: int = 0
 
     @classmethod
-    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> "FormatSpec":
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> FormatSpec:
+        opts: Any
         if isinstance(value, str):
             name, opts, ol = value, {}, line
         elif isinstance(value, dict) and len(value) == 1:
@@ -556,8 +569,8 @@ class VariantSpec:
     RESERVED = ("steps", "thresholds", "formats", "description", "artifact", "model")
 
     @classmethod
-    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx, name: str, thresholds: "Thresholds",
-              formats: tuple) -> "VariantSpec":
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx, name: str, thresholds: Thresholds,
+              formats: tuple) -> VariantSpec:
         """One variant: a recipe key or ``steps``, or ``artifact``/``model``, plus thresholds that
         override the spec's (``thresholds``) key by key and formats that replace ``formats``."""
         return _parse_variant(value, path=path, line=line, ctx=ctx, name=name, thresholds=thresholds, formats=formats)
@@ -711,8 +724,8 @@ def _recipe_step(key: str, value: Any, *, path: str, line: int, ctx: Ctx) -> Any
     return finish(cls, kw, path=path, line=line, ctx=ctx, raw=value)
 
 
-def _parse_variant(raw: Any, *, path: str, line: int, ctx: Ctx, name: str, thresholds: "Thresholds",
-                   formats: tuple) -> "VariantSpec":
+def _parse_variant(raw: Any, *, path: str, line: int, ctx: Ctx, name: str, thresholds: Thresholds,
+                   formats: tuple) -> VariantSpec:
     steps: list[Any] = []
     bad = False
     recipe_keys = [k for k in raw if k not in VariantSpec.RESERVED]

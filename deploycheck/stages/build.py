@@ -6,15 +6,24 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import importlib
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from ..cache import build_key, code_paths
 from ..errors import StageError
-from ..models import (baseline_arch, build_variant_model, count_params, describe_exc, search_dirs, state_bytes,
-                      use_search_path, variant_arch)
+from ..models import (
+    baseline_arch,
+    build_variant_model,
+    count_params,
+    describe_exc,
+    search_dirs,
+    state_bytes,
+    use_search_path,
+    variant_arch,
+)
 from ..outputs import OutputError, concat
 from ..protocol import BatchDimError, describe_batch, run_batch
 from ..recipes import RecipeContext, StepRecord
@@ -36,7 +45,6 @@ class Built:
     requires: tuple = ()       # libraries a loader must import first (they register the artifact's ops)
     settings: dict = field(default_factory=dict)  # torch settings a loader must apply (quantized engine)
     key: str = ""              # content hash (see cache.build_key)
-    cached: bool = False
 
     def meta(self) -> dict:
         """What the cache stores next to the model and its outputs."""
@@ -46,10 +54,10 @@ class Built:
                 "settings": self.settings}
 
     @classmethod
-    def from_meta(cls, meta: dict, model: Any, outputs: Any, key: str) -> "Built":
+    def from_meta(cls, meta: dict, model: Any, outputs: Any, key: str) -> Self:
         return cls(model, meta["arch"], [StepRecord(**r) for r in meta["steps"]], meta["build_s"], meta["params"],
                    meta["nonzero"], meta["state_bytes"], outputs, meta["metric"], meta["recipe"],
-                   tuple(meta["requires"]), meta.get("settings", {}), key, cached=True)
+                   tuple(meta["requires"]), meta.get("settings", {}), key)
 
 
 class LazyBuilt(Built):
@@ -59,7 +67,7 @@ class LazyBuilt(Built):
 
     rebuild: Any = None
 
-    @property  # type: ignore[override]
+    @property
     def model(self) -> Any:
         if self.__dict__.get("_model") is None and self.rebuild is not None:
             self.__dict__["_model"], self.rebuild = self.rebuild(), None
@@ -68,6 +76,10 @@ class LazyBuilt(Built):
     @model.setter
     def model(self, value: Any) -> None:
         self.__dict__["_model"] = value
+
+
+def _step_log(log, prefix: str, message: str) -> None:
+    log(f"{prefix}: {message}")
 
 
 def build(runner, t) -> Built:
@@ -163,7 +175,7 @@ def _fresh(runner, t) -> Built:
     for i, step in enumerate(v.steps):
         name = type(step).recipe_name
         ctx = RecipeContext(spec=spec, data=data, baseline=base, search=search_dirs(spec),
-                            log=lambda s, _n=name: runner.log(f"{t.id} {_n}: {s}"), where=t.where,
+                            log=functools.partial(_step_log, runner.log, f"{t.id} {name}"), where=t.where,
                             example=runner.example(spec))
         ts = time.perf_counter()
         torch.manual_seed(0)
