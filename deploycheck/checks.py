@@ -737,3 +737,10 @@ def semantic_check(runner, t: Target) -> Verdict:
     msg = formula if ok else formula + "".join(f"\n  triplet {i + 1} lost its order" for i in lost[:10])
     return Verdict("semantic", ok, "" if ok else msg, formula, agreement, {"min_agreement": need},
                    {"kept": len(kept), "triplets": n, "baseline_kept": len(base_kept), "lost": lost})
+
+
+def declared_files(spec) -> set[str]:
+    """The snapshot file names a spec declares: ``<spec>.<variant>.<format>.snapshot.json``."""
+    check = CHECKS.get("snapshot")
+    return {f"{spec.name}.{v.name}.{f.name}.snapshot.json" for v in spec.variants.values() for f in v.formats
+            if check.applies(Target(spec, v, f))}
