@@ -189,3 +189,16 @@ def test_quantized_engine_is_recorded_for_the_loader(tmp_path):
     assert torch.backends.quantized.engine != "qnnpack"  # the process-wide engine is restored after packing
     art = r.artifact(Target(spec, spec.variant("q"), spec.variant("q").formats[0]))
     assert art.manifest["torch_settings"] == {"quantized_engine": "qnnpack"}
+
+
+def test_reduced_precision_variants_export_and_never_read_as_a_format_limit(project):
+    """fp16/bf16 wrap the model in ``Cast`` (forward(*args)): its export must be carried out and
+    checked, not skipped as 'unsupported' because dynamic_shapes did not follow *args."""
+    from conftest import make_spec
+    project.write(make_spec(formats="[export, onnx]",
+                            variants="  half:\n    quantize: {method: fp16}\n  brain:\n    quantize: {method: bf16}\n"
+                                     "    formats: [export]",  # onnxruntime's CPU has no bf16 Gemm: a load failure
+                            thresholds="  metric: {max_drop: 0.05}"))
+    res = project.run("-k", "(half or brain) and (load or outputs)", "-rs")
+    res.assert_outcomes(passed=6)
+    assert "unsupported" not in res.stdout.str()

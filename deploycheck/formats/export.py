@@ -53,6 +53,23 @@ def batch_dims(dynamic: bool, inputs=None):
     return out
 
 
+def fit_signature(model, dynamic_shapes):
+    """dynamic_shapes follow the parameters of ``forward``: a model whose forward takes ``*args``
+    (the fp16/bf16 ``Cast`` wrapper) receives its positional inputs as one tuple parameter, so its
+    per-input dims go one level down. Without this, every reduced-precision variant would be
+    reported as a format limit instead of being exported."""
+    import inspect
+    if not isinstance(dynamic_shapes, tuple):
+        return dynamic_shapes
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return dynamic_shapes
+    if params and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
+        return (dynamic_shapes,)
+    return dynamic_shapes
+
+
 def export_args(example):
     """(args, kwargs) for torch.export / the ONNX exporter: named inputs go by keyword."""
     if isinstance(example, dict):
@@ -67,7 +84,7 @@ def export_program(model, example, *, dynamic_batch: bool, strict: bool = False,
     x = batch_example(example, dynamic_batch)
     args, kwargs = export_args(x)
     try:
-        return torch.export.export(model, args, kwargs=kwargs, dynamic_shapes=batch_dims(dynamic_batch, inputs),
+        return torch.export.export(model, args, kwargs=kwargs, dynamic_shapes=fit_signature(model, batch_dims(dynamic_batch, inputs)),
                                    strict=strict)
     except Exception as e:  # the exporter's own reason is the message users need
         raise Unsupported(f"torch.export failed: {type(e).__name__}: {_first_line(e)}") from e

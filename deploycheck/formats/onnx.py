@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..schema import field
 from . import Format, Unsupported
-from .export import batch_dims, batch_example, export_args, exporter_reason
+from .export import batch_dims, batch_example, export_args, exporter_reason, fit_signature
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class OnnxFormat(Format):
         except ImportError as e:
             raise Unsupported("the ONNX dynamo exporter needs onnxscript: pip install 'deploycheck[onnx]'") from e
         x = batch_example(example, options.dynamic_batch)
-        dyn = batch_dims(options.dynamic_batch, inputs)
+        dyn = fit_signature(model, batch_dims(options.dynamic_batch, inputs))
         args, kwargs = export_args(x)
         # The exporter prints progress lines; keep them out of pytest's output.
         with contextlib.redirect_stdout(io.StringIO()):
