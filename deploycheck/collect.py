@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import pytest
 
+from . import checks_lm  # noqa: F401 - registers the causal-LM checks
 from .checks import CHECKS
 from .errors import SpecError, StageError
 from .metrics import METRICS
@@ -26,7 +27,8 @@ from .target import Target
 #: set by the plugin at configure: returns the session's Runner (made on first use)
 RUNNER_FACTORY = pytest.StashKey[Callable[[], Any]]()
 
-FORMAT_CHECKS = ("load", "outputs", "metric", "fidelity", "semantic", "latency", "size", "snapshot")
+FORMAT_CHECKS = ("load", "outputs", "metric", "perplexity", "next_token", "generation", "tokenizer", "fidelity",
+                 "semantic", "latency", "size", "snapshot")
 
 
 class SpecFile(pytest.File):

@@ -194,3 +194,21 @@ def generation_verdict(gens: Sequence[Sequence[int]], refs: Sequence[Sequence[in
     if len(deps) > show:
         lines.append(f"  … and {len(deps) - show} more departing prompts")
     return ok, "\n".join(lines), deps
+
+
+def hf_steps(model) -> tuple[Callable, Callable]:
+    """``(prefill, decode)`` for :func:`greedy` over an in-memory ``transformers`` causal LM, its
+    own KV cache (a ``DynamicCache``) carried as the state."""
+    import torch
+
+    def prefill(ids: Sequence[int]):
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([list(ids)]), use_cache=True)
+        return out.logits[0, -1].float(), out.past_key_values
+
+    def decode(tok: int, cache):
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([[tok]]), past_key_values=cache, use_cache=True)
+        return out.logits[0, -1].float(), out.past_key_values
+
+    return prefill, decode

@@ -72,6 +72,16 @@ def mae(outputs, targets):
     return (o - t).abs().mean().item()
 
 
+@_metric("token_agreement", higher=True, labels=False)
+def token_agreement(outputs, targets):
+    """Causal LMs: the fraction of positions (padding included) whose most likely next token is
+    the baseline's; the ``next_token`` check counts real text only and adds the KL divergence."""
+    o, t = _align(outputs, targets)
+    if o.ndim != 3:
+        raise ValueError(f"token_agreement needs (batch, seq_len, vocab) logits, got {tuple(o.shape)}")
+    return (o.argmax(-1) == t.argmax(-1)).float().mean().item()
+
+
 @_metric("cosine", higher=True, labels=False)
 def cosine(outputs, targets):
     import torch

@@ -112,6 +112,44 @@ class Runner:
             return [t[i:i + bs] for i in range(0, len(t), bs)], triplets
         return self._memo(("semantic", spec.path), make)
 
+    def tokenizer_dir(self, spec) -> str:
+        """The folder of a causal LM's model and tokenizer (model.hf.path, resolved)."""
+        from .hf import resolve
+        return resolve(spec.model.hf.path, os.path.dirname(os.path.abspath(spec.path)))
+
+    def prompts(self, spec) -> tuple[list[str], list[list[int]]]:
+        """The generation prompts' texts and their token ids (the model's own tokenizer)."""
+        def make():
+            from .data.sources import read_lines
+            from .hf import token_ids
+            where = spec.where("generation")
+            try:
+                texts = read_lines(os.path.join(os.path.dirname(os.path.abspath(spec.path)), spec.generation.prompts))
+                if not texts:
+                    raise ValueError(f"{spec.generation.prompts} holds no prompt")
+                return texts, token_ids(texts, path=self.tokenizer_dir(spec))
+            except Exception as e:
+                raise StageError("build", f"cannot read the generation prompts: {describe_exc(e)}", spec=spec.name,
+                                 where=where) from e
+        return self._memo(("prompts", spec.path), make)
+
+    def generations(self, t: Target) -> list[list[int]]:
+        """The in-memory variant's greedy generations, through its own KV cache (``transformers``'
+        cache), once per session."""
+        def make():
+            from .lm import greedy, hf_steps
+            model = self.built(t).model
+            from .hf import CausalLM
+            lm = next((m for m in model.modules() if isinstance(m, CausalLM)), None) if model is not None else None
+            if lm is None:
+                raise StageError("check", "greedy generation in memory needs a model.hf causal LM", **t.ident())
+            prefill, decode = hf_steps(lm.lm)
+            _, ids = self.prompts(t.spec)
+            eos = getattr(lm.lm.config, "eos_token_id", None)
+            return [greedy(prefill, decode, p, new_tokens=t.spec.generation.new_tokens,
+                           eos_id=eos if isinstance(eos, int) else None) for p in ids]
+        return self._memo(t.without_format().key("generations"), make)
+
     def inputs_files(self, spec) -> dict:
         """The evaluation batches, example input and semantic texts as files a worker reads.
         Written once per session, never reused from an earlier one: the run dir outlives sessions
@@ -126,6 +164,9 @@ class Runner:
             if spec.semantic is not None:
                 files["semantic"] = os.path.join(d, "semantic_inputs.pt")
                 torch.save(self.semantic_batches(spec)[0], files["semantic"])
+            if spec.generation is not None:
+                files["prompts"] = os.path.join(d, "prompt_ids.pt")
+                torch.save(self.prompts(spec)[1], files["prompts"])
             return files
         return self._memo(("inputs-files", spec.path), make)
 
@@ -136,6 +177,8 @@ class Runner:
             for b in self.batches(spec) + [self.example(spec)] + extra:
                 h.update(str((tuple(b.shape), str(b.dtype))).encode())
                 h.update(b.contiguous().numpy().tobytes())
+            if spec.generation is not None:
+                h.update(repr(self.prompts(spec)[1]).encode())
             return h.hexdigest()
         return self._memo(("inputs-sha", spec.path), make)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..spec.schema import field
 from . import Format, Unsupported
-from .export import _first_line, batch_dims, batch_example
+from .export import _first_line, batch_dims, batch_example, model_dynamic_dims
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,8 @@ class OnnxOptions:
 
     opset: int = field(18, ge=7, doc="ONNX opset version")
     dynamic_batch: bool = field(True, doc="export with a dynamic batch dimension")
+    dynamic_seq: bool = field(True, doc="keep a model's declared dynamic dimensions (a causal LM's sequence "
+                                        "length) dynamic; false specialises them to the example's sizes")
 
 
 class OnnxFormat(Format):
@@ -32,7 +34,7 @@ class OnnxFormat(Format):
         except ImportError as e:
             raise Unsupported("the ONNX dynamo exporter needs onnxscript: pip install 'deploycheck[onnx]'") from e
         x = batch_example(example, options.dynamic_batch)
-        dyn = batch_dims(options.dynamic_batch)
+        dyn = batch_dims(options.dynamic_batch, model_dynamic_dims(model) if options.dynamic_seq else None)
         # The exporter prints progress lines; keep them out of pytest's output.
         with contextlib.redirect_stdout(io.StringIO()):
             try:
@@ -41,7 +43,7 @@ class OnnxFormat(Format):
             except Exception as e:
                 raise Unsupported(f"torch.onnx.export failed: {type(e).__name__}: {_first_line(e)}") from e
         prog.save(path)
-        return {"opset": options.opset, "dynamic_batch": options.dynamic_batch}
+        return {"opset": options.opset, "dynamic_batch": options.dynamic_batch, "dynamic_seq": options.dynamic_seq}
 
     def load(self, path, *, options, manifest):
         import numpy as np

@@ -13,7 +13,8 @@ from ..data.ops import Normalize, Tokenize
 from ..formats import FORMATS
 from ..recipes import RECIPES
 from ..recipes.prune import FineTune
-from .model import (ArtifactSource, BatchInvariance, CrossMachineRule, DataSpec, FidelityThreshold, HFSource,
+from .model import (ArtifactSource, BatchInvariance, CrossMachineRule, DataSpec, FidelityThreshold, GenerationSpec,
+                    GenerationThreshold, HFSource, NextTokenThreshold, PerplexityThreshold,
                     InputSpec, IsolationSettings, LatencySettings, LatencyThreshold, MetricSpec, MetricThreshold,
                     ModelOverride, ModelSpec, OutputThreshold, SemanticSpec, SizeThreshold, SnapshotSettings,
                     SplitSpec, Spec, Thresholds)
@@ -99,13 +100,16 @@ def render() -> str:
     sec("`thresholds` (and `variants.<name>.thresholds`, which override key by key)", table(Thresholds))
     for title, cls in (("metric", MetricThreshold), ("outputs", OutputThreshold), ("fidelity", FidelityThreshold),
                        ("latency", LatencyThreshold),
-                       ("size", SizeThreshold), ("batch_invariance", BatchInvariance)):
+                       ("size", SizeThreshold), ("batch_invariance", BatchInvariance),
+                       ("perplexity", PerplexityThreshold), ("next_token", NextTokenThreshold),
+                       ("generation", GenerationThreshold)):
         sec(f"`thresholds.{title}`", (cls.__doc__ or "").strip() + "\n\n" + table(cls))
     sec("`latency`", table(LatencySettings))
     sec("`isolation`", table(IsolationSettings))
     sec("`snapshot`", table(SnapshotSettings))
     sec("`snapshot.cross_machine`", (CrossMachineRule.__doc__ or "").strip() + "\n\n" + table(CrossMachineRule))
     sec("`semantic`", (SemanticSpec.__doc__ or "").strip() + "\n\n" + table(SemanticSpec))
+    sec("`generation`", (GenerationSpec.__doc__ or "").strip() + "\n\n" + table(GenerationSpec))
     return "\n".join(out).rstrip() + "\n"
 
 

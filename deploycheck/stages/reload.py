@@ -11,7 +11,7 @@ from ..cache import result_key
 from ..errors import StageError
 from ..formats import FORMATS
 from ..models import search_dirs
-from ..protocol import LatencyPlan, WorkerResult, load_request
+from ..protocol import GeneratePlan, LatencyPlan, WorkerResult, load_request
 from .save import VariantUnsupported
 
 
@@ -41,13 +41,26 @@ def latency_plan(runner, t) -> LatencyPlan:
                        batch_sizes=tuple(lat.batch_sizes), compare=compare, baseline=base, ratio_limit=limit)
 
 
+def generate_plan(runner, t) -> GeneratePlan | None:
+    """Causal LMs with ``generation``: the worker generates greedily from the prompts too."""
+    g = t.spec.generation
+    if g is None:
+        return None
+    import json
+    with open(os.path.join(runner.tokenizer_dir(t.spec), "config.json"), encoding="utf-8") as fh:
+        eos = json.load(fh).get("eos_token_id")  # a number from the spec's own model folder
+    return GeneratePlan(prompts=runner.inputs_files(t.spec)["prompts"], new_tokens=g.new_tokens,
+                        eos_id=eos if isinstance(eos, int) else None)
+
+
 def reload(runner, t) -> Reload:
     art = runner.artifact(t)
     files = runner.inputs_files(t.spec)
     req = load_request(art.ref(), workdir=runner.variant_dir(t), stem=t.fmt, inputs=files["eval"],
                        threads=t.spec.latency.threads, latency=latency_plan(runner, t),
                        extra_inputs=files.get("semantic"), memory_mb=t.spec.isolation.memory_mb,
-                       python_path=search_dirs(t.spec) if FORMATS.get(t.fmt)().needs_code(t.fspec.options) else ())
+                       python_path=search_dirs(t.spec) if FORMATS.get(t.fmt)().needs_code(t.fspec.options) else (),
+                       generate=generate_plan(runner, t))
     if os.path.exists(req.result):
         os.unlink(req.result)
     rkey = result_key(req.to_json(), runner.inputs_sha(t.spec))

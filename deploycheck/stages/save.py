@@ -52,6 +52,7 @@ def save(runner, t) -> Artifact:
     path = os.path.join(runner.variant_dir(t), f"model{fmt.suffix}")
     akey = artifact_key(b.key, t.fspec)
     man = runner.cache.get_artifact(akey, path)
+    tok = _ship_tokenizer(runner, t, os.path.dirname(path))
     if man is not None:
         return Artifact(path, man, man["size"], man["sha256"], 0.0, t.fmt, options, cached=True)
     tmp = os.path.join(os.path.dirname(path), f"partial-{os.path.basename(path)}")  # keeps the suffix
@@ -66,9 +67,28 @@ def save(runner, t) -> Artifact:
         raise StageError("save", f"saving as {t.fmt} failed: {describe_exc(e)}", **t.ident()) from e
     os.replace(tmp, path)
     man = write_manifest(path, fmt=t.fmt, input_shape=t.spec.model.inputs.shape, input_dtype=t.spec.model.inputs.dtype,
-                         extra={**(extra or {}), "requires": list(b.requires), "torch_settings": b.settings})
+                         extra={**(extra or {}), "requires": list(b.requires), "torch_settings": b.settings,
+                                **({"tokenizer": tok} if tok else {})})
     runner.cache.put_artifact(akey, path, man)
     return Artifact(path, man, man["size"], man["sha256"], time.perf_counter() - t0, t.fmt, options)
+
+
+def _ship_tokenizer(runner, t, folder: str) -> dict[str, str]:
+    """A causal LM ships with its tokenizer: its files are copied into ``folder/tokenizer`` next to
+    the artifact and their sha256 go into the manifest (the ``tokenizer`` check compares both)."""
+    hf = t.spec.model.hf
+    if hf is None or hf.task != "causal-lm":
+        return {}
+    import shutil
+
+    from ..hf import tokenizer_files
+    src = runner.tokenizer_dir(t.spec)
+    files = tokenizer_files(src)
+    dest = os.path.join(folder, "tokenizer")
+    os.makedirs(dest, exist_ok=True)
+    for name in files:
+        shutil.copyfile(os.path.join(src, name), os.path.join(dest, name))
+    return files
 
 
 def _made_elsewhere(t) -> Artifact:
