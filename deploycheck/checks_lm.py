@@ -12,6 +12,7 @@ import os
 
 from . import lm
 from .checks import Verdict, check, skip_if_baseline_nonfinite
+from .data.sources import read_lines
 from .errors import StageError
 from .target import Target
 
@@ -88,27 +89,28 @@ def generation_check(runner, t: Target) -> Verdict:
     gens = [list(x) for x in r.result.generations]
     dec = decoder(runner.tokenizer_dir(t.spec))
     parts, failed, details = [], [], {"generations": gens, "seconds": r.result.generation_s}
-    refs = [("the baseline", t.baseline(), th.min_exact_match)]
+    refs = [("the baseline", t.baseline(), th.min_exact_match, "min_exact_match")]
+    in_memory = (t, th.min_exact_match_in_memory, "min_exact_match_in_memory")
     if not t.made_elsewhere and not t.is_baseline:
-        refs.append(("the in-memory variant", t, th.min_exact_match_in_memory))
+        refs.append(("the in-memory variant", *in_memory))
     elif t.is_baseline:
-        refs = [("the in-memory baseline", t, th.min_exact_match_in_memory)]
-    for label, ref_t, need in refs:
+        refs = [("the in-memory baseline", *in_memory)]
+    for label, ref_t, need, name in refs:
         ref = runner.generations(ref_t)
         ok, msg, deps = lm.generation_verdict(gens, ref, min_exact_match=need, against=label, prompts=texts,
-                                              decode=dec, show=g.show)
+                                              decode=dec, show=g.show, name=name)
         (parts if ok else failed).append(msg)
         details[label] = {"exact_match": 1 - len(deps) / len(ref), "departures": [
             {"prompt": d.prompt, "position": d.position} for d in deps]}
     n_tok = sum(len(x) for x in gens)
     tail = (f" ({len(gens)} prompts × up to {g.new_tokens} new tokens, {n_tok} generated through the reloaded "
             f"{t.fmt} artifact)")
-    formula = "\n".join(failed or parts)
-    first = formula.splitlines()[0] + tail
-    message = "\n".join([first] + formula.splitlines()[1:]) if failed else ""
-    return Verdict("generation", not failed, message, first, details.get("the baseline", details.get(
-        "the in-memory baseline", {})).get("exact_match"), {"min_exact_match": th.min_exact_match,
-                                                            "min_exact_match_in_memory": th.min_exact_match_in_memory},
+    shown = failed or parts
+    formula = "; ".join(m.splitlines()[0] for m in shown) + tail
+    message = "\n".join([formula] + [ln for m in failed for ln in m.splitlines()[1:]]) if failed else ""
+    value = details.get("the baseline", details.get("the in-memory baseline", {})).get("exact_match")
+    return Verdict("generation", not failed, message, formula, value,
+                   {"min_exact_match": th.min_exact_match, "min_exact_match_in_memory": th.min_exact_match_in_memory},
                    details)
 
 
@@ -116,7 +118,6 @@ def generation_check(runner, t: Target) -> Verdict:
 def tokenizer_check(runner, t: Target) -> Verdict:
     """The tokenizer files shipped next to the artifact are the ones hashed into its manifest and
     give the same ids as the spec's tokenizer on every held-out text and prompt."""
-    from .data.sources import read_lines
     from .hf import token_ids, tokenizer_files
     art = runner.artifact(t)
     shipped = os.path.join(os.path.dirname(art.path), "tokenizer")

@@ -173,14 +173,14 @@ def agreement_verdict(stats: dict[str, Any], *, min_top1: float | None = None,
 
 def generation_verdict(gens: Sequence[Sequence[int]], refs: Sequence[Sequence[int]], *, min_exact_match: float,
                        against: str, prompts: Sequence[str] = (), decode: Callable[[list[int]], str] | None = None,
-                       show: int = 3) -> tuple[bool, str, list[Departure]]:
+                       show: int = 3, name: str = "min_exact_match") -> tuple[bool, str, list[Departure]]:
     """``exact match 14/16 = 0.875 >= min_exact_match 0.8 vs the baseline``; on failure (and on
     success with departures) each departing prompt's first differing position with decoded text."""
     deps = departures(gens, refs)
     n = len(refs)
     rate = 1 - len(deps) / n if n else 1.0
     ok = rate >= min_exact_match - 1e-12
-    formula = (f"greedy exact match {n - len(deps)}/{n} = {rate:.3f} {_cmp(ok, False)} min_exact_match "
+    formula = (f"greedy exact match {n - len(deps)}/{n} = {rate:.3f} {_cmp(ok, False)} {name} "
                f"{fmt_num(min_exact_match)} vs {against}")
     if deps:
         d = deps[0]

@@ -18,7 +18,9 @@ from typing import Any, Callable
 from . import diverge
 from .cache import Cache
 from .errors import StageError
+from .data.sources import read_lines
 from .isolation import WorkerPool
+from .lm import greedy, hf_steps
 from .metrics import resolve, targets_for
 from .models import build_baseline, describe_exc
 from .protocol import primary_output
@@ -120,7 +122,6 @@ class Runner:
     def prompts(self, spec) -> tuple[list[str], list[list[int]]]:
         """The generation prompts' texts and their token ids (the model's own tokenizer)."""
         def make():
-            from .data.sources import read_lines
             from .hf import token_ids
             where = spec.where("generation")
             try:
@@ -137,7 +138,6 @@ class Runner:
         """The in-memory variant's greedy generations, through its own KV cache (``transformers``'
         cache), once per session."""
         def make():
-            from .lm import greedy, hf_steps
             model = self.built(t).model
             from .hf import CausalLM
             lm = next((m for m in model.modules() if isinstance(m, CausalLM)), None) if model is not None else None

@@ -17,6 +17,7 @@ import traceback
 from . import timing
 from .formats import FORMATS
 from .formats.integrity import check_file, classify
+from .lm import greedy
 from .protocol import ArtifactRef, GeneratePlan, LatencyPlan, WorkerRequest, WorkerResult, primary_output
 
 
@@ -115,8 +116,6 @@ def _generate(fn, plan: GeneratePlan) -> list[list[int]]:
     stacked) takes the whole sequence each step, one token longer every time, so an artifact
     that specialised the sequence length fails here on the second token."""
     import torch
-
-    from .lm import greedy
 
     def full(ids):
         x = torch.tensor([[ids, [1] * len(ids)]], dtype=torch.int64)

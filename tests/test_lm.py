@@ -164,3 +164,110 @@ def test_generation_verdict_names_the_first_departing_position_with_decoded_text
     ok, msg, _ = lm.generation_verdict(refs, refs, min_exact_match=1.0, against="the baseline")
     assert ok and msg == "greedy exact match 3/3 = 1.000 >= min_exact_match 1 vs the baseline"
     assert lm.exact_match_rate(gens[:1] + refs[1:], refs) == pytest.approx(2 / 3)
+
+
+# --- the checks on the example model, through pytest ----------------------------------------------
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+LM_SPEC = """\
+deploycheck: 1
+name: lm
+model:
+  hf: {{path: {root}/specs/models/tiny_lm, task: causal-lm}}
+  inputs: {{shape: [1, 2, 64], dtype: int64}}
+data:
+  source: text:{root}/specs/data/tiny_lm_heldout.txt
+  split: {{test_fraction: 0.25, seed: 0}}
+  preprocess: [{{tokenize: {{max_length: 64}}}}]
+  batch_size: 16
+metric: token_agreement
+generation: {{prompts: prompts.txt, new_tokens: 6}}
+formats: [export]
+latency: {{warmup: 1, min_rounds: 5, max_time_s: 0.3, round_ms: 0.2}}
+snapshot: {{enabled: false}}
+thresholds:
+  outputs: {{atol: 1.0e-4, rtol: 1.0e-3}}
+  metric: {{max_drop: 1.0}}
+  perplexity: {{max_relative_increase: 0.01}}
+  next_token: {{min_top1: 0.99, max_mean_kl: 1.0e-4}}
+variants:
+  baseline: {{}}
+  faulty:                                   # one layer's weights scaled: a bad conversion
+    custom: {{callable: 'lmfaults:scale', kwargs: {{layer: lm.model.layers.1.mlp.down_proj, factor: 1.6}}}}
+  pinned:                                   # the baseline, exported with the sequence length fixed at 64
+    formats: [{{export: {{dynamic_seq: false}}}}]
+"""
+
+LM_FAULTS = '''
+import torch
+
+def scale(model, ctx, layer, factor):
+    with torch.no_grad():
+        dict(model.named_modules())[layer].weight.mul_(factor)
+    return model
+'''
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory):
+    """One inner pytest run over the example LM: baseline, a fault in one layer, a pinned export."""
+    pytest.importorskip("transformers", reason="needs the hf extra: pip install 'deploycheck[hf]'")
+    import json
+    import subprocess
+    import sys
+    d = tmp_path_factory.mktemp("lm")
+    (d / "lm.yaml").write_text(LM_SPEC.format(root=ROOT))
+    (d / "lmfaults.py").write_text(LM_FAULTS)
+    prompts = (ROOT / "specs" / "data" / "tiny_lm_prompts.txt").read_text().splitlines()[:6]
+    (d / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    (d / "pytest.ini").write_text("[pytest]\n")
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "lm.yaml", "-rA",
+           f"--deploycheck-run-dir={d / 'run'}", f"--deploycheck-cache-dir={d / 'cache'}"]
+    out = subprocess.run(cmd, cwd=d, capture_output=True, text=True, timeout=900)
+    doc = json.loads((d / "reports" / "deploycheck.json").read_text())
+    recs = {(r["variant"], r["format"], r["check"]): r for r in doc["records"]}
+    return out.stdout, recs
+
+
+def test_the_baseline_passes_every_lm_check(lm_run):
+    _, recs = lm_run
+    for check in ("perplexity", "next_token", "generation", "tokenizer", "outputs", "load"):
+        assert recs[("baseline", "export", check)]["status"] == "passed", recs[("baseline", "export", check)]
+    gen = recs[("baseline", "export", "generation")]["formula"]
+    assert gen == ("greedy exact match 6/6 = 1.000 >= min_exact_match_in_memory 1 vs the in-memory baseline "
+                   "(6 prompts × up to 6 new tokens, 36 generated through the reloaded export artifact)")
+    tok = recs[("baseline", "export", "tokenizer")]["formula"]
+    assert tok.startswith("22 of 22 texts tokenize to the same ids with the tokenizer shipped next to the artifact")
+
+
+def test_a_fault_in_one_layer_fails_perplexity_kl_and_generation(lm_run):
+    _, recs = lm_run
+    ppl = recs[("faulty", "export", "perplexity")]
+    assert ppl["status"] == "failed"
+    assert ppl["details"]["perplexity"] > ppl["details"]["baseline"] * 1.01
+    assert " > baseline " in ppl["message"] and "× (1 + max_relative_increase 0.01) = " in ppl["message"]
+    nt = recs[("faulty", "export", "next_token")]
+    assert nt["status"] == "failed" and nt["details"]["mean_kl"] > 1e-4
+    assert "nats > max_mean_kl 0.0001" in nt["message"]
+    gen = recs[("faulty", "export", "generation")]
+    assert gen["status"] == "failed"
+    first = gen["message"].splitlines()[0]
+    deps = gen["details"]["the baseline"]["departures"]
+    assert deps, gen
+    d0 = deps[0]
+    # the message names the first departing prompt and position, then each with its decoded text
+    assert (f"vs the baseline; first departure: prompt {d0['prompt']} at new token {d0['position']}" in first)
+    assert f"  prompt {d0['prompt']} '" in gen["message"] and f"departs at new token {d0['position']} after " in gen["message"]
+    # the artifact still generates what its own in-memory model generates: not shown as a failure
+    assert gen["details"]["the in-memory variant"]["exact_match"] == 1.0
+    assert "in-memory variant" not in gen["message"]
+
+
+def test_an_export_that_specialises_the_sequence_length_is_caught(lm_run):
+    _, recs = lm_run
+    # held-out texts are padded to the example's 64 tokens: those checks alone cannot see it
+    assert recs[("pinned", "export", "perplexity")]["status"] == "passed"
+    gen = recs[("pinned", "export", "generation")]
+    assert gen["status"] == "failed"
+    assert gen["message"].startswith("greedy generation through the reloaded export artifact failed: ")
+    assert "was the sequence length specialised at export?" in gen["message"]
