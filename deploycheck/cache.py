@@ -6,21 +6,32 @@ the library versions, and for results also the artifact's sha256, the evaluation
 measurement settings and the machine. A changed input invalidates exactly what depends on it.
 
 Entries are written atomically (temp file + rename), so xdist workers and interrupted runs never
-leave a half-written entry. Built models are stored with ``torch.save`` and read back with
-``weights_only=False``: the cache folder is trusted local state, like ``.pytest_cache``; a model
-that cannot be pickled is simply not cached.
+leave a half-written entry. Each entry records the sha256 of its files at publish
+(``checksums.json``) and is verified before every use: a damaged entry (flipped bits, a truncated
+file) is removed and rebuilt, with one warning saying so.
+
+A cache folder may come from elsewhere (a CI cache, a shared disk), so nothing in it chooses code
+to run: built models are read back with ``weights_only=True``, allowing only module and tensor
+classes of torch, torchao, deploycheck and the modules the spec names (see :func:`load_model`);
+a model that needs anything else is not cached. Pickle-format artifacts are never cached.
+
+A cache that cannot be written (a full disk, a read-only folder) turns itself off with one
+warning; the run goes on without it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
 import os
 import platform
 import shutil
-from typing import Any
+import sys
+import warnings
+from typing import Any, Callable, Iterable
 
 from .formats.integrity import library_versions
 from .machine import kernel_key
@@ -165,19 +176,104 @@ def result_key(request: dict, inputs_sha: str | None) -> str:
                "machine": machine()})
 
 
+class CacheWarning(UserWarning):
+    """A cache entry was damaged and rebuilt, or the cache could not be written and was turned off."""
+
+
+CHECKSUMS = "checksums.json"
+#: Top-level packages whose module and tensor classes a cached model may be made of (runtime
+#: libraries, not files' choices); the spec's own modules are added per spec.
+TRUSTED_PACKAGES = ("torch", "torchao", "deploycheck")
+
+
+def _no_space(e: BaseException) -> bool:
+    """A write failed because the disk (or the user's quota) is full. torch.save reports it as
+    'file write failed' without an errno."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(e)
+
+
+def allowed_global(name: str, trusted_modules: Iterable[str] = ()) -> Any:
+    """The class a pickled model may name as ``name`` ('module.Qualname'), or None: a module or
+    tensor class from :data:`TRUSTED_PACKAGES` or the spec's modules. The module is checked
+    before anything is imported, so a file cannot make this process import a module it names."""
+    import importlib
+    import torch
+    mod_name, _, qual = name.rpartition(".")
+    trusted = set(trusted_modules)
+    top = mod_name.split(".")[0]
+    if not mod_name or not (top in TRUSTED_PACKAGES or mod_name in trusted or mod_name in sys.modules):
+        return None
+    if top not in TRUSTED_PACKAGES and mod_name not in trusted:
+        # a module the spec's code imported (a helper module of its factory's): already in this process
+        if not any((getattr(sys.modules[mod_name], "__file__", None) or "").startswith(d)
+                   for d in _trusted_dirs(trusted)):
+            return None
+    try:
+        obj: Any = importlib.import_module(mod_name)
+        for part in qual.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError):
+        return None
+    if isinstance(obj, type) and issubclass(obj, (torch.nn.Module, torch.Tensor)):
+        return obj
+    return None
+
+
+def _trusted_dirs(modules: Iterable[str]) -> list[str]:
+    out = []
+    for m in modules:
+        f = getattr(sys.modules.get(m), "__file__", None)
+        if f:
+            out.append(os.path.dirname(os.path.abspath(f)) + os.sep)
+    return out
+
+
+def load_model(path: str, *, trusted_modules: Iterable[str] = ()) -> Any:
+    """A cached model, read with ``weights_only=True``; ValueError naming the first global the
+    file asks for that is not an allowed class (see :func:`allowed_global`)."""
+    import torch
+    from torch.serialization import get_unsafe_globals_in_checkpoint, safe_globals
+    names = get_unsafe_globals_in_checkpoint(path)
+    allowed = []
+    for name in names:
+        obj = allowed_global(name, trusted_modules)
+        if obj is None:
+            raise ValueError(f"it names {name!r}, which is not a torch, torchao or spec module class")
+        allowed.append((obj, name))
+    with safe_globals(allowed), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation notes of the quantized storages inside
+        return torch.load(path, weights_only=True, map_location="cpu")
+
+
 class Cache:
     """A folder of entries; ``root=None`` disables caching. ``level`` is 'all' or 'build'."""
 
-    def __init__(self, root: str | None, *, level: str = "all"):
+    def __init__(self, root: str | None, *, level: str = "all", warn: Callable[[str], None] | None = None):
         self.root = root
         self.level = level
         self.hits: dict[str, int] = {"built": 0, "artifact": 0, "result": 0}
+        self.rebuilt: list[str] = []   # entries found damaged and removed this session
+        self._warn = warn or (lambda msg: warnings.warn(msg, CacheWarning, stacklevel=3))
         if root:
-            os.makedirs(root, exist_ok=True)
+            try:
+                os.makedirs(root, exist_ok=True)
+                if not os.access(root, os.W_OK | os.X_OK):
+                    raise PermissionError(errno.EACCES, "permission denied", root)
+            except OSError as e:
+                self._off(e)
 
     @property
     def enabled(self) -> bool:
         return self.root is not None
+
+    def _off(self, e: BaseException) -> None:
+        """The cache cannot be written: say so once, and go on without it."""
+        why = "no space left on device" if _no_space(e) else (getattr(e, "strerror", None) or str(e))
+        self._warn(f"deploycheck cache: {why} in {self.root}; caching is off for the rest of this session "
+                   "(free space, or pass --deploycheck-cache-dir / --deploycheck-cache off)")
+        self.root = None
 
     def _dir(self, kind: str, key: str) -> str:
         return os.path.join(self.root, kind, key[:2], key)
@@ -189,65 +285,120 @@ class Cache:
         except OSError:
             pass
 
-    def _publish(self, tmp: str, final: str) -> None:
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another worker published the same entry first
-            shutil.rmtree(tmp, ignore_errors=True)
-
     def _staging(self, kind: str) -> str:
         import tempfile
         d = os.path.join(self.root, "tmp")
         os.makedirs(d, exist_ok=True)
         return tempfile.mkdtemp(prefix=f"{kind}-", dir=d)
 
-    # built variants
-    def get_built(self, key: str):
+    def _put(self, kind: str, key: str, write: Callable[[str], None]) -> None:
+        """Write an entry in a staging folder, record its checksums, and publish it atomically.
+        ``write`` may raise :class:`NotCacheable`; a full or unwritable disk turns the cache off."""
+        if not self.enabled:
+            return
+        tmp = None
+        try:
+            tmp = self._staging(kind)
+            write(tmp)
+            sums = {f: file_sha(os.path.join(tmp, f)) for f in sorted(os.listdir(tmp))}
+            with open(os.path.join(tmp, CHECKSUMS), "w") as fh:
+                json.dump(sums, fh, sort_keys=True)
+            final = self._dir(kind, key)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            try:
+                os.replace(tmp, final)
+                tmp = None
+            except OSError as e:  # another worker published the same entry first
+                if _no_space(e):
+                    raise
+        except NotCacheable:
+            pass
+        except Exception as e:
+            if isinstance(e, OSError) or _no_space(e):
+                self._off(e)
+            # else: not picklable (some exported graphs): just not cached
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _entry(self, kind: str, key: str) -> str | None:
+        """The entry's folder once every file matches the checksum recorded at publish; a damaged
+        entry is removed (so the rebuild can take its place) with one warning; None when absent."""
         if not self.enabled:
             return None
-        d = self._dir("built", key)
+        d = self._dir(kind, key)
+        if not os.path.isdir(d):
+            return None
+        bad = None
         try:
-            import warnings
-            import torch
+            with open(os.path.join(d, CHECKSUMS)) as fh:
+                sums = json.load(fh)
+            present = set(os.listdir(d)) - {CHECKSUMS}
+            if not isinstance(sums, dict) or set(sums) != present:
+                bad = CHECKSUMS
+            else:
+                bad = next((f for f in sorted(sums) if file_sha(os.path.join(d, f)) != sums[f]), None)
+        except (OSError, ValueError):
+            bad = CHECKSUMS
+        if bad is None:
+            return d
+        self.discard(kind, key, f"failed its checksum ({bad})")
+        return None
+
+    def discard(self, kind: str, key: str, why: str) -> None:
+        """Remove a bad entry, saying so once."""
+        _remove(self._dir(kind, key))
+        self.rebuilt.append(f"{kind}/{key}")
+        self._warn(f"deploycheck cache: entry {kind}/{key[:16]} {why}; removed and rebuilt")
+
+    # built variants
+    def get_built(self, key: str, *, trusted_modules: Iterable[str] = ()):
+        d = self._entry("built", key)
+        if d is None:
+            return None
+        import torch
+        try:
             with open(os.path.join(d, "meta.json")) as fh:
                 meta = json.load(fh)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # deprecation notes of the quantized storages inside
-                model = torch.load(os.path.join(d, "model.pt"), weights_only=False, map_location="cpu")
             outputs = torch.load(os.path.join(d, "outputs.pt"), weights_only=True)
         except Exception:
+            self.discard("built", key, "could not be read")
+            return None
+        try:
+            model = load_model(os.path.join(d, "model.pt"), trusted_modules=trusted_modules)
+        except ValueError as e:
+            self.discard("built", key, f"holds a model this process does not unpickle ({e})")
+            return None
+        except Exception:
+            self.discard("built", key, "could not be read")
             return None
         self.hits["built"] += 1
         self._touch(d)
         return meta, model, outputs
 
-    def put_built(self, key: str, meta: dict, model, outputs) -> None:
-        if not self.enabled:
-            return
-        import torch
-        tmp = self._staging("built")
-        try:
+    def put_built(self, key: str, meta: dict, model, outputs, *, trusted_modules: Iterable[str] = ()) -> None:
+        def write(tmp: str) -> None:
+            import torch
+            from torch.serialization import get_unsafe_globals_in_checkpoint
             torch.save(model, os.path.join(tmp, "model.pt"))
+            # only what the next session will load: a model of other classes is not cached
+            if any(allowed_global(n, trusted_modules) is None
+                   for n in get_unsafe_globals_in_checkpoint(os.path.join(tmp, "model.pt"))):
+                raise NotCacheable
             torch.save(outputs, os.path.join(tmp, "outputs.pt"))
             with open(os.path.join(tmp, "meta.json"), "w") as fh:
                 json.dump(meta, fh, default=str)
-        except Exception:  # not picklable (some exported graphs): just not cached
-            shutil.rmtree(tmp, ignore_errors=True)
-            return
-        self._publish(tmp, self._dir("built", key))
+        self._put("built", key, write)
 
     # artifacts
     def get_artifact(self, key: str, dest: str) -> dict | None:
-        if not self.enabled:
+        d = self._entry("artifact", key)
+        if d is None:
             return None
-        d = self._dir("artifact", key)
         src = os.path.join(d, "artifact")
         try:
             with open(os.path.join(d, "manifest.json")) as fh:
                 manifest = json.load(fh)
-            if file_sha(src) != manifest["sha256"]:
-                return None  # a damaged entry is rebuilt, never used
             tmp = dest + ".cache-copy"
             shutil.copyfile(src, tmp)
             os.replace(tmp, dest)
@@ -260,19 +411,19 @@ class Cache:
         return manifest
 
     def put_artifact(self, key: str, path: str, manifest: dict) -> None:
-        if not self.enabled:
-            return
-        tmp = self._staging("artifact")
-        shutil.copyfile(path, os.path.join(tmp, "artifact"))
-        with open(os.path.join(tmp, "manifest.json"), "w") as fh:
-            json.dump(manifest, fh, sort_keys=True)
-        self._publish(tmp, self._dir("artifact", key))
+        def write(tmp: str) -> None:
+            shutil.copyfile(path, os.path.join(tmp, "artifact"))
+            with open(os.path.join(tmp, "manifest.json"), "w") as fh:
+                json.dump(manifest, fh, sort_keys=True)
+        self._put("artifact", key, write)
 
     # fresh-process results
     def get_result(self, key: str, outputs_dest: str) -> dict | None:
-        if not self.enabled or self.level != "all":
+        if self.level != "all":
             return None
-        d = self._dir("result", key)
+        d = self._entry("result", key)
+        if d is None:
+            return None
         try:
             with open(os.path.join(d, "result.json")) as fh:
                 result = json.load(fh)
@@ -286,15 +437,31 @@ class Cache:
         return result
 
     def put_result(self, key: str, result: dict, outputs_path: str) -> None:
-        if not self.enabled or self.level != "all":
+        if self.level != "all":
             return
-        tmp = self._staging("result")
-        shutil.copyfile(outputs_path, os.path.join(tmp, "outputs.pt"))
-        if os.path.exists(outputs_path + ".extra.pt"):
-            shutil.copyfile(outputs_path + ".extra.pt", os.path.join(tmp, "extra.pt"))
-        with open(os.path.join(tmp, "result.json"), "w") as fh:
-            json.dump(result, fh)
-        self._publish(tmp, self._dir("result", key))
+
+        def write(tmp: str) -> None:
+            shutil.copyfile(outputs_path, os.path.join(tmp, "outputs.pt"))
+            if os.path.exists(outputs_path + ".extra.pt"):
+                shutil.copyfile(outputs_path + ".extra.pt", os.path.join(tmp, "extra.pt"))
+            with open(os.path.join(tmp, "result.json"), "w") as fh:
+                json.dump(result, fh)
+        self._put("result", key, write)
+
+    def drop_result(self, key: str) -> bool:
+        """Forget a fresh-process result (a failed timing verdict is measured again next run,
+        never served from the cache). True if there was an entry."""
+        if not self.enabled:
+            return False
+        d = self._dir("result", key)
+        if not os.path.isdir(d):
+            return False
+        _remove(d)
+        return True
+
+
+class NotCacheable(Exception):
+    """An entry that is not worth caching (a model of classes the next session would not load)."""
 
 
 # --- location, size and eviction ---------------------------------------------------------------

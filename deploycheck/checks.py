@@ -14,8 +14,8 @@ import pytest
 
 from . import diverge, machine, snapshots
 from .errors import StageError
-from .metrics import resolve
-from .numeric import compare_arrays, describe_nonfinite, fmt_num, nonfinite, render_mismatch
+from .metrics import resolve, targets_for
+from .numeric import compare_arrays, describe_nonfinite, fmt_num, nonfinite, output_tolerance, render_mismatch
 from .registry import Registry
 from .stages.save import VariantUnsupported
 from .target import Target
@@ -30,6 +30,7 @@ class Verdict:
     value: Any = None
     threshold: Any = None
     details: dict = field(default_factory=dict)
+    inconclusive: bool = False     # the measurement cannot decide (noise): the item is skipped, saying why
 
 
 @dataclass(frozen=True)
@@ -136,28 +137,61 @@ def outputs_check(runner, t: Target) -> Verdict:
         return Verdict("outputs", False, f"the reloaded {fspec.name} artifact returned shape {tuple(r.outputs.shape)} "
                        f"but {other} returned {tuple(b.outputs.shape)} for the same {n_in} inputs",
                        value=list(r.outputs.shape), threshold=list(b.outputs.shape))
-    st = compare_arrays(r.outputs, b.outputs, atol=th.atol, rtol=th.rtol)
-    details = {k: st[k] for k in ("mismatched", "total", "max_abs", "mean_abs", "max_rel")}
-    formula = f"max abs diff {fmt_num(st['max_abs'])}; {st['mismatched']} of {st['total']} elements outside atol {fmt_num(th.atol)} + rtol {fmt_num(th.rtol)} * |expected|"
+    tol = output_tolerance(atol=th.atol, rtol=th.rtol, precision=None if made_elsewhere else precision(v),
+                           quant_steps=th.quant_steps, span=float(b.outputs.double().max() - b.outputs.double().min())
+                           if b.outputs.numel() else 0.0)
+    st = compare_arrays(r.outputs, b.outputs, atol=tol.atol, rtol=tol.rtol)
+    details = {k: st[k] for k in ("mismatched", "total", "max_abs", "mean_abs", "max_rel", "min_atol")}
+    if tol.steps is not None:
+        formula = (f"max abs diff {fmt_num(st['max_abs'])}: {tol.describe(st['max_abs'])}; {st['mismatched']} of "
+                   f"{st['total']} elements beyond it")
+    else:
+        formula = (f"max abs diff {fmt_num(st['max_abs'])}; {st['mismatched']} of {st['total']} elements outside "
+                   f"{tol.describe(st['max_abs'])}")
+    threshold: dict = {"atol": tol.atol, "rtol": tol.rtol}
+    if tol.steps is not None:
+        threshold.update(quant_steps=tol.steps, precision=tol.precision, step=tol.step)
+        details["steps"] = st["max_abs"] / tol.step if tol.step else None
     if st["mismatched"]:
         msg = render_mismatch(st, what=f"outputs of the reloaded {fspec.name} artifact differ from {other}",
-                              left="reloaded", right="baseline" if made_elsewhere else "in-memory", atol=th.atol,
-                              rtol=th.rtol)
+                              left="reloaded", right="baseline" if made_elsewhere else "in-memory", atol=tol.atol,
+                              rtol=tol.rtol, hint=f"  {tol.describe(st['max_abs'])}" if tol.steps is not None else "")
         msg += saturation_hint(v)
         if not made_elsewhere:
             where, det = where_it_departs(runner, t, against="in-memory")
             msg += where
             details.update(det)
-        return Verdict("outputs", False, msg, formula, st["max_abs"], {"atol": th.atol, "rtol": th.rtol}, details)
-    return Verdict("outputs", True, formula=formula, value=st["max_abs"], threshold={"atol": th.atol, "rtol": th.rtol},
-                   details=details)
+        return Verdict("outputs", False, msg, formula, st["max_abs"], threshold, details)
+    return Verdict("outputs", True, formula=formula, value=st["max_abs"], threshold=threshold, details=details)
 
 
 # --- metric -------------------------------------------------------------------------------------
 
-def metric_verdict(name: str, value: float, baseline: float, higher: bool, th) -> Verdict:
-    """Decide the metric gate; the formula shows every number that decided it."""
-    parts, failed = [], []
+def _with_interval(ok: bool, f: str, *, name: str, key: str, limit: float, ci, th, notes: list) -> tuple[bool, str]:
+    """The point verdict ``ok`` with its formula ``f``, revised by the drop's paired interval:
+    an interval wholly within (beyond) the limit decides; one that straddles it is inconclusive
+    and ``th.inconclusive`` decides (the measured drop, pass, or fail)."""
+    if ci is None:
+        return ok, f
+    from .stats import judge, samples_to_decide
+    outcome = judge(ci, limit)
+    op = {"pass": "<=", "fail": ">", "inconclusive": "straddles"}[outcome]
+    f += f"; {name} drop {ci.drop:.4f} ({ci.describe()}) {op} {key} {fmt_num(limit)}"
+    if outcome != "inconclusive":
+        return outcome == "pass", f
+    need = samples_to_decide(ci, limit)
+    how = {"point": "the measured drop decides", "pass": "passed (inconclusive: pass)",
+           "fail": "failed (inconclusive: fail: the whole interval must be within the limit)"}[th.inconclusive]
+    notes.append(f"inconclusive: {key} {fmt_num(limit)} lies inside the {ci.confidence:.0%} interval; "
+                 + (f"about {need:,} samples (now {ci.n:,}) would decide it" if need else
+                    "the drop sits on the limit, no sample size decides it") + f"; {how}")
+    return (ok if th.inconclusive == "point" else th.inconclusive == "pass"), f
+
+
+def metric_verdict(name: str, value: float, baseline: float, higher: bool, th, ci=None) -> Verdict:
+    """Decide the metric gate; the formula shows every number that decided it. ``ci``: the
+    drop's paired interval (:mod:`deploycheck.stats`), which revises the drop thresholds."""
+    parts, failed, notes = [], [], []
     sign = "-" if higher else "+"
     delta = value - baseline
     if th.max_drop is not None:
@@ -165,6 +199,7 @@ def metric_verdict(name: str, value: float, baseline: float, higher: bool, th) -
         ok = value >= bound - 1e-12 if higher else value <= bound + 1e-12
         op = (">=" if ok else "<") if higher else ("<=" if ok else ">")
         f = f"{name} {fmt_num(value)} {op} baseline {fmt_num(baseline)} {sign} max_drop {fmt_num(th.max_drop)} = {fmt_num(bound)}"
+        ok, f = _with_interval(ok, f, name=name, key="max_drop", limit=th.max_drop, ci=ci, th=th, notes=notes)
         (parts if ok else failed).append(f)
     if th.max_relative_drop is not None:
         factor = 1 - th.max_relative_drop if higher else 1 + th.max_relative_drop
@@ -173,6 +208,8 @@ def metric_verdict(name: str, value: float, baseline: float, higher: bool, th) -
         op = (">=" if ok else "<") if higher else ("<=" if ok else ">")
         f = (f"{name} {fmt_num(value)} {op} baseline {fmt_num(baseline)} × (1 {sign} max_relative_drop "
              f"{fmt_num(th.max_relative_drop)}) = {fmt_num(bound)}")
+        ok, f = _with_interval(ok, f, name=name, key="max_relative_drop", limit=abs(baseline) * th.max_relative_drop,
+                               ci=ci, th=th, notes=notes)
         (parts if ok else failed).append(f)
     if th.min is not None:
         ok = value >= th.min
@@ -182,10 +219,43 @@ def metric_verdict(name: str, value: float, baseline: float, higher: bool, th) -
         (parts if ok else failed).append(f"{name} {fmt_num(value)} {'<=' if ok else '>'} max {fmt_num(th.max)}")
     if not parts and not failed:
         parts.append(f"{name} {fmt_num(value)} (baseline {fmt_num(baseline)}, delta {delta:+.4g}; no threshold set)")
-    formula = "; ".join(failed or parts)
+    formula = "; ".join((failed or parts) + notes)
     details = {"metric": name, "value": value, "baseline": baseline, "delta": delta, "higher_is_better": higher}
+    if ci is not None:
+        details["drop_ci"] = {"drop": ci.drop, "low": ci.low, "high": ci.high, "confidence": ci.confidence,
+                              "n": ci.n, "method": ci.method, "inconclusive": bool(notes)}
     thr = {k: getattr(th, k) for k in ("max_drop", "max_relative_drop", "min", "max") if getattr(th, k) is not None}
     return Verdict("metric", not failed, formula if failed else "", formula, value, thr, details)
+
+
+def drop_interval(runner, t: Target, outputs, metric, confidence: float):
+    """The paired interval of the variant's drop vs the baseline on the same samples, or None
+    when there is nothing to pair (no drop threshold, outputs of another length)."""
+    th = t.variant.thresholds.metric
+    if th.max_drop is None and th.max_relative_drop is None:
+        return None
+    import numpy as np
+    import torch
+
+    from .stats import bootstrap_paired_drop, exact_paired_drop
+    base = runner.built(t.baseline()).outputs
+    if len(base) != len(outputs) or len(outputs) < 2:
+        return None
+    targets = targets_for(metric, runner.labels(t.spec), base)
+    name = t.spec.metric.name
+    if name in ("accuracy", "top_k") and metric.needs_labels and base.ndim == 2:
+        y = targets.long().view(-1, 1)
+        k = 1 if name == "accuracy" else min(t.spec.metric.k, base.shape[1])
+        hit = lambda o: (o.float().topk(k, dim=1).indices == y).any(1).numpy()  # noqa: E731
+        return exact_paired_drop(hit(base), hit(outputs), confidence)
+
+    def score(idx):
+        i = torch.from_numpy(np.asarray(idx))
+        return metric(base[i], targets[i]), metric(outputs[i], targets[i])
+    try:
+        return bootstrap_paired_drop(score, len(outputs), higher=metric.higher_is_better, confidence=confidence)
+    except Exception:  # noqa: BLE001 - a metric that cannot score a resample: the point verdict stands alone
+        return None
 
 
 @check("metric")
@@ -201,7 +271,9 @@ def metric_check(runner, t: Target) -> Verdict:
         return Verdict("metric", False, f"metric {m.name} is {r.metric}, not a number to compare: {why}",
                        f"metric {m.name} is {r.metric}", r.metric, None, {"metric": m.name, "value": r.metric,
                                                                           "higher_is_better": m.higher_is_better})
-    v = metric_verdict(m.name, r.metric, base, m.higher_is_better, t.variant.thresholds.metric)
+    th = t.variant.thresholds.metric
+    ci = None if t.is_baseline else drop_interval(runner, t, r.outputs, m, th.confidence)
+    v = metric_verdict(m.name, r.metric, base, m.higher_is_better, th, ci)
     if not v.passed:
         where, det = where_it_departs(runner, t)
         v.message += saturation_hint(t.variant) + where
@@ -225,6 +297,12 @@ def ratio_formula(ratio: dict, th) -> str:
                  f"(CI {ctrl['ci_low']:.3f}–{ctrl['ci_high']:.3f})")
     else:
         cnote = "; no control" + (f" ({ratio['control_error']})" if ratio.get("control_error") else "")
+    if ratio["decision"] == "inconclusive-busy":
+        clo, chi = ratio["cpu_ci"]
+        return (f"inconclusive: the machine was busy (wall/CPU {ratio['busy']:.1f}): latency ratio "
+                f"{ratio['ratio']:.3f} by wall time (CI {ratio['ci_low']:.3f}–{ratio['ci_high']:.3f}) but "
+                f"{ratio['cpu_ratio']:.3f} by CPU time (CI {clo:.3f}–{chi:.3f}, {ratio['pairs']} rounds) against "
+                f"the limit {ratio['effective_limit']:.3f}; not failed, and measured again next run{cnote}")
     if th.min_speedup is not None and (th.max_ratio is None or 1 / th.min_speedup < th.max_ratio):
         sp, lo, hi = 1 / ratio["ratio"], 1 / ratio["ci_high"], 1 / ratio["ci_low"]
         bound = th.min_speedup / noise
@@ -242,20 +320,28 @@ def latency_check(runner, t: Target) -> Verdict:
     lat = r.result.latency or {}
     th = t.variant.thresholds.latency
     parts, failed = [], []
+    elsewhere = machine.scope_mismatch(th.machines) if th.machines is not None else None
     for key in ("p50_ms", "p95_ms", "p99_ms"):
         limit = getattr(th, key)
         if limit is not None:
             v = lat[key]
             ok = v <= limit
+            if elsewhere:  # a ceiling set for other machines: reported, not gated
+                parts.append(f"{key[:3]} {fmt_num(v)} ms (not gated by {key} {fmt_num(limit)} ms: set for other "
+                             f"machines; {elsewhere})")
+                continue
             (parts if ok else failed).append(f"{key[:3]} {fmt_num(v)} ms {'<=' if ok else '>'} {key} {fmt_num(limit)} ms")
     ratio = lat.get("ratio")
     details = {k: lat.get(k) for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "rounds", "calls_per_round",
                                         "throughput_per_s", "batch", "samples_ms", "throughput")}
     details["threads"] = r.result.threads
+    if elsewhere:
+        details["absolute_not_gated"] = elsewhere
     if ratio:
         details.update(ratio=ratio["ratio"], ratio_ci=[ratio["ci_low"], ratio["ci_high"]], ratio_pairs=ratio["pairs"],
                        ratio_decision=ratio["decision"], control=ratio.get("control"),
-                       effective_limit=ratio.get("effective_limit"))
+                       effective_limit=ratio.get("effective_limit"), busy=ratio.get("busy"),
+                       cpu_ratio=ratio.get("cpu_ratio"))
     wants_ratio = th.max_ratio is not None or th.min_speedup is not None
     if wants_ratio and not t.is_baseline:
         if not ratio:
@@ -266,8 +352,16 @@ def latency_check(runner, t: Target) -> Verdict:
         parts.append(f"p50 {fmt_num(lat.get('p50_ms'))} ms, p95 {fmt_num(lat.get('p95_ms'))} ms (no threshold set)")
     formula = "; ".join(failed or parts)
     thr = {k: getattr(th, k) for k in ("p50_ms", "p95_ms", "p99_ms", "max_ratio", "min_speedup") if getattr(th, k) is not None}
-    return Verdict("latency", not failed, formula if failed else "", formula, lat.get(t.spec.latency.percentile + "_ms"),
-                   thr, details)
+    message = ""
+    if ratio and ratio["decision"] == "inconclusive-busy" and not t.is_baseline:
+        details["forgotten"] = runner.forget_measurement(t)  # a busy machine's numbers are not kept
+    if failed:
+        # a failing measurement is never served again: the next run measures afresh
+        details["forgotten"] = runner.forget_measurement(t)
+        message = formula + ("\n  (a cached measurement: dropped, the next run measures again)" if r.result.cached
+                             else "\n  (not kept in the cache: the next run measures again)")
+    return Verdict("latency", not failed, message, formula, lat.get(t.spec.latency.percentile + "_ms"),
+                   thr, details, inconclusive=bool(ratio and ratio["decision"] == "inconclusive-busy" and not failed))
 
 
 # --- size ---------------------------------------------------------------------------------------

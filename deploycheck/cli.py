@@ -140,7 +140,20 @@ def cmd_inspect(args) -> int:
             print(f"note:     {mismatch}; checked as {found}, as --format says")
         elif diag is None:
                     diag = Diagnosis("wrong-format", mismatch + ": rename it, or pass --format " + found)
+    named_code = (manifest or {}).get("factory")
+    if named_code is not None:
+        print(f"note:     the manifest names factory {named_code!r}: not used (only a spec chooses code to run)")
     if diag is None and declared in FORMATS and not args.no_load:
+        fmt = FORMATS.get(declared)
+        if fmt.unpickles and not args.allow_pickle:
+            print("status:   NOT LOADED")
+            print(f"reason:   {declared}: {path}: loading a pickle runs code from the file; "
+                  "pass --allow-pickle to load it if you trust where it came from")
+            return 1
+        if fmt().needs_code(fmt.Options()):
+            print(f"status:   ok (bytes checked; not loaded: a {declared} state dict is rebuilt by a spec's "
+                  "model.factory, and a manifest never chooses the code to run)")
+            return 0
         diag = _try_load(path, declared, manifest, args.timeout)
     if diag is not None:
         print("status:   BROKEN")
@@ -154,7 +167,7 @@ def _try_load(path, fmt, manifest, timeout):
     """Load in a fresh worker process, so a crashing file cannot take this command down."""
     import torch
     opts = FORMATS.get(fmt).Options
-    options = dataclasses.asdict(opts(allow=True) if fmt == "pickle" else opts())
+    options = dataclasses.asdict(opts(allow=True) if FORMATS.get(fmt).unpickles else opts())  # --allow-pickle given
     with tempfile.TemporaryDirectory() as d:
         pool = WorkerPool(d)
         try:
@@ -227,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--format", help="the format it is declared as (default: from its manifest, else sniffed)")
     n.add_argument("--no-load", action="store_true", help="only check bytes, do not load in a fresh process")
     n.add_argument("--timeout", type=float, default=120.0)
+    n.add_argument("--allow-pickle", action="store_true",
+                   help="load a torch.save pickle (it runs code from the file: only for files you trust)")
     n.set_defaults(fn=cmd_inspect)
     c = sub.add_parser("cache", help="show or empty the cache of built variants, artifacts and results")
     c.add_argument("action", choices=("info", "clean"))

@@ -154,6 +154,9 @@ class CheckItem(pytest.Item):
         except StageError as e:
             self._record("error", message=e.headline(), stage=e.stage)
             raise
+        if verdict.inconclusive:  # noise decided nothing: not a pass (nothing was shown), not a fail
+            self._record("inconclusive", verdict=verdict)
+            pytest.skip(verdict.formula)
         self._record("passed" if verdict.passed else "failed", verdict=verdict)
         if not verdict.passed:
             raise CheckFailed(verdict)

@@ -92,7 +92,8 @@ def capture_artifact(path: str, fmt: str, probes, *, manifest: dict | None = Non
     format does not expose its layers."""
     if fmt not in EXPOSES_LAYERS:
         return None
-    for lib in (manifest or {}).get("requires", []):
+    from .formats.integrity import runtime_libraries
+    for lib in runtime_libraries(manifest):
         __import__(lib)  # libraries that register the artifact's operators (torchao for pt2e int8)
     return _capture_export(path, probes) if fmt == "export" else _capture_onnx(path, probes)
 

@@ -12,13 +12,63 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from .protocol import WorkerRequest, WorkerResult
 
 TAIL = 4000
+#: Bytes of a worker's output kept in memory (its last ones); the rest is counted, not stored, so a
+#: model that floods stdout costs neither memory nor disk.
+KEEP = 1 << 20
+
+
+def fmt_bytes(n: int) -> str:
+    for unit, f in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= f:
+            return f"{n / f:.1f} {unit}"
+    return f"{n} bytes"
+
+
+class OutputTail:
+    """Drains a pipe on a thread, keeping its last :data:`KEEP` bytes and counting the rest."""
+
+    def __init__(self, stream, keep: int = KEEP):
+        self.keep = keep
+        self.total = 0
+        self._chunks: deque[bytes] = deque()
+        self._held = 0
+        self._thread = threading.Thread(target=self._drain, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _drain(self, stream) -> None:
+        try:
+            for chunk in iter(lambda: stream.read1(1 << 16), b""):
+                self.total += len(chunk)
+                self._chunks.append(chunk)
+                self._held += len(chunk)
+                while self._held - len(self._chunks[0]) >= self.keep:
+                    self._held -= len(self._chunks.popleft())
+        except (OSError, ValueError):
+            pass
+        finally:
+            stream.close()
+
+    def text(self, n: int = TAIL, wait_s: float = 2.0) -> str:
+        """The last ``n`` characters, after a line saying how much came before them."""
+        self._thread.join(wait_s)
+        data = b"".join(list(self._chunks))[-self.keep:]
+        shown = data[-n:].decode("utf-8", "replace")
+        lost = self.total - len(data)
+        cut = len(data) - min(n, len(data))
+        notes = []
+        if lost > 0:
+            notes.append(f"… {fmt_bytes(lost)} more output not kept")
+        if cut > 0:
+            notes.append(f"{cut} earlier bytes of output cut")
+        return (f"[{'; '.join(notes)}]\n" if notes else "") + shown
 
 
 @dataclass
@@ -49,27 +99,16 @@ class Outcome:
 
 class _Proc:
     def __init__(self, workdir: str):
-        self.log_path = tempfile.mktemp(prefix="worker-", suffix=".log", dir=workdir)
-        self.log = open(self.log_path, "wb")
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
         env.setdefault("OMP_NUM_THREADS", "1")
         # -I: no PYTHONPATH, no user site, no script directory: only installed packages are importable.
         self.popen = subprocess.Popen([sys.executable, "-I", "-m", "deploycheck.worker", "--serve"],
-                                      stdin=subprocess.PIPE, stdout=self.log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       cwd=workdir, env=env, start_new_session=True)
+        self.output = OutputTail(self.popen.stdout)
 
     def tail(self) -> str:
-        self.log.flush()
-        try:
-            with open(self.log_path, "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                size = fh.tell()
-                fh.seek(max(0, size - TAIL))
-                data = fh.read().decode("utf-8", "replace")
-            prefix = f"[… {size - TAIL} earlier bytes of output cut]\n" if size > TAIL else ""
-            return prefix + data
-        except OSError:
-            return ""
+        return self.output.text()
 
     def kill(self) -> None:
         try:
@@ -79,11 +118,7 @@ class _Proc:
         self.popen.wait()
 
     def close(self) -> None:
-        self.log.close()
-        try:
-            os.unlink(self.log_path)
-        except OSError:
-            pass
+        pass
 
 
 class WorkerPool:

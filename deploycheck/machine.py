@@ -167,3 +167,20 @@ def saturation_risk(fp: dict | None = None) -> bool:
     """True where int8 dot products use 16-bit intermediates (x86 without VNNI)."""
     fp = fp or fingerprint()
     return fp.get("arch") in ("x86_64", "AMD64", "i686") and not fp.get("vnni")
+
+
+def scope_mismatch(scope, fp: dict | None = None) -> str | None:
+    """Why this machine is not one a latency ceiling's ``machines`` scope names, or None when it
+    is (every key given must match). ``scope`` is a spec ``MachineScope``."""
+    fp = fp or fingerprint()
+    why = []
+    levels = scope.isa_levels()
+    if levels and fp.get("effective_isa") not in levels:
+        why.append(f"ISA {fp.get('effective_isa')}, not {' or '.join(levels)}")
+    if scope.min_cores is not None and (fp.get("cpu_count") or 0) < scope.min_cores:
+        why.append(f"{fp.get('cpu_count')} CPUs, fewer than min_cores {scope.min_cores}")
+    if scope.arch is not None and fp.get("arch") != scope.arch:
+        why.append(f"arch {fp.get('arch')}, not {scope.arch}")
+    if scope.cpu_model is not None and scope.cpu_model.lower() not in (fp.get("cpu_model") or "").lower():
+        why.append(f"CPU {fp.get('cpu_model') or 'unknown'!r}, not {scope.cpu_model!r}")
+    return "this machine has " + "; ".join(why) if why else None

@@ -6,6 +6,8 @@ and rel error and the worst elements.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 def fmt_num(x: float) -> str:
     if x is None:
@@ -16,6 +18,46 @@ def fmt_num(x: float) -> str:
     if a >= 1000 or a < 1e-3:
         return f"{x:.3g}"
     return f"{x:.4g}" if a < 1 else f"{x:.4g}"
+
+
+#: levels of one quantization step per reduced precision: int8 has 255 steps over the output
+#: range; fp16 keeps 10 mantissa bits, bf16 7 (one step is the range / 2^bits)
+LEVELS = {"int8": 255.0, "fp16": 2.0 ** 10, "bf16": 2.0 ** 7}
+#: the outputs tolerance of full-precision variants when none is set
+FLOAT_ATOL, FLOAT_RTOL = 1e-4, 1e-3
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """The tolerance an outputs comparison uses, and where it came from: set in the spec, the
+    float default, or ``steps`` steps of a reduced ``precision`` over an output range ``span``."""
+
+    atol: float
+    rtol: float
+    precision: str | None = None
+    steps: float | None = None
+    step: float | None = None
+    span: float | None = None
+
+    def describe(self, max_abs: float) -> str:
+        """``within 1.2 int8 steps; limit 2 (one step 0.2 = output range 51 / 255)`` for a
+        tolerance in steps, else the atol/rtol sentence."""
+        if self.steps is None or not self.step:
+            return f"atol {fmt_num(self.atol)} + rtol {fmt_num(self.rtol)} * |expected|"
+        used = max_abs / self.step
+        word = "within" if used <= self.steps else "off by"
+        return (f"{word} {used:.2g} {self.precision} steps; limit {self.steps:g} (one step {self.step:.3g} = output "
+                f"range {self.span:.4g} / {LEVELS[self.precision]:g}; default for {self.precision} variants)")
+
+
+def output_tolerance(*, atol: float | None, rtol: float | None, precision: str | None, quant_steps: float,
+                     span: float) -> Tolerance:
+    """The outputs tolerance: atol/rtol when either is set; else for a reduced ``precision``
+    ``quant_steps`` steps of it over ``span`` (never below the float atol); else the float default."""
+    if atol is not None or rtol is not None or precision not in LEVELS:
+        return Tolerance(FLOAT_ATOL if atol is None else atol, FLOAT_RTOL if rtol is None else rtol)
+    step = span / LEVELS[precision]
+    return Tolerance(max(quant_steps * step, FLOAT_ATOL), 0.0, precision, quant_steps, step, span)
 
 
 def compare_arrays(actual, expected, *, atol: float, rtol: float, worst: int = 5) -> dict:
@@ -30,6 +72,10 @@ def compare_arrays(actual, expected, *, atol: float, rtol: float, worst: int = 5
     bad = diff > atol + rtol * e.abs()
     bad = bad | torch.isnan(a) ^ torch.isnan(e)
     n_bad = int(bad.sum())
+    # the smallest atol that would have passed at this rtol (inf where NaN meets a number)
+    need = (diff - rtol * e.abs()).clamp_min(0)
+    need = torch.where(torch.isnan(a) ^ torch.isnan(e), torch.full_like(need, float("inf")), need)
+    min_atol = float(need.max()) if need.numel() else 0.0
     flat = diff.flatten()
     order = torch.argsort(flat, descending=True)[:worst]
     rows = []
@@ -39,7 +85,7 @@ def compare_arrays(actual, expected, *, atol: float, rtol: float, worst: int = 5
     return {"shape": tuple(a.shape), "mismatched": n_bad, "total": a.numel(),
             "max_abs": float(diff.max()) if diff.numel() else 0.0, "mean_abs": float(diff.mean()) if diff.numel() else 0.0,
             "max_rel": float(rel.max()) if rel.numel() else 0.0, "mean_rel": float(rel.mean()) if rel.numel() else 0.0,
-            "worst": rows}
+            "min_atol": min_atol, "worst": rows}
 
 
 def _unravel(idx: int, shape: tuple) -> list[int]:
@@ -59,6 +105,7 @@ def render_mismatch(st: dict, *, what: str, left: str, right: str, atol: float, 
               f"  mismatched elements: {st['mismatched']} / {st['total']} ({pct:.2f}%)",
               f"  max abs diff: {fmt_num(st['max_abs'])}   mean abs diff: {fmt_num(st['mean_abs'])}",
               f"  max rel diff: {fmt_num(st['max_rel'])}   mean rel diff: {fmt_num(st['mean_rel'])}",
+              f"  minimum required atol: {fmt_num(st['min_atol'])} (at rtol {fmt_num(rtol)})",
               "  worst elements:",
               f"    {'index':<14}{left:>14}{right:>14}{'abs diff':>12}"]
     for pos, av, ev, d in st["worst"]:

@@ -57,6 +57,19 @@ def pytest_configure(config):
         config.option.dist = "loadgroup"
 
 
+def pytest_sessionstart(session):
+    # an xdist controller collects nothing itself: check there at once
+    if getattr(session.config.option, "numprocesses", None) and not _is_worker(session.config):
+        check_report_dir(session.config)
+
+
+def pytest_collection_finish(session):
+    # an unusable report folder is named before the first test runs, not after every test ran
+    from .collect import CheckItem
+    if any(isinstance(i, CheckItem) for i in session.items):
+        check_report_dir(session.config)
+
+
 def pytest_collect_file(file_path, parent):
     if file_path.suffix not in (".yaml", ".yml"):
         return None
@@ -142,7 +155,7 @@ def _share_cores(config) -> None:
 def get_runner(config):
     if _RUNNER not in config.stash:
         _share_cores(config)
-        cache = Cache(cache_dir(config), level=config.getoption("deploycheck_cache"))
+        cache = Cache(cache_dir(config), level=config.getoption("deploycheck_cache"))  # warns once when unusable
         config.stash[_RUNNER] = Runner(run_dir=run_dir(config), log=log.info, cache=cache)
     return config.stash[_RUNNER]
 
@@ -154,6 +167,7 @@ class ReportCollector:
         self.config = config
         self.records: list[Record] = []
         self.paths: list[str] = []
+        self.error: str | None = None
 
     def pytest_runtest_logreport(self, report):
         if report.when != "call":  # setup/teardown reports carry the same properties
@@ -166,8 +180,14 @@ class ReportCollector:
         # Also runs after -x or Ctrl-C, so a run cut short still writes what ran.
         if _is_worker(self.config) or not self.records or self.config.getoption("deploycheck_no_report"):
             return
-        self.paths = write_reports(self.records, report_dir(self.config), rootdir=str(self.config.rootpath),
-                                   exitstatus=int(exitstatus))
+        out = report_dir(self.config)
+        try:
+            self.paths = write_reports(self.records, out, rootdir=str(self.config.rootpath),
+                                       exitstatus=int(exitstatus))
+        except OSError as e:  # the disk filled during the run: say so, and do not pass
+            self.error = f"deploycheck: the reports could not be written to {out}: {_os_why(e)}; {REPORT_DIR_HINT}"
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter):
         if _is_worker(self.config) or not self.records:
@@ -184,6 +204,8 @@ class ReportCollector:
                           f"{h['result']} fresh-process results ({runner.cache.root})")
         for p in self.paths:
             tr.write_line(f"report written: {p}")
+        if self.error:
+            tr.write_line(self.error, red=True, bold=True)
 
 
 def _is_worker(config) -> bool:
@@ -193,6 +215,44 @@ def _is_worker(config) -> bool:
 def report_dir(config) -> str:
     given = config.getoption("deploycheck_report_dir") or config.getini("deploycheck_report_dir")
     return given if os.path.isabs(given) else str(config.rootpath / given)
+
+
+REPORT_DIR_HINT = ("write them elsewhere with --deploycheck-report-dir DIR (or ini deploycheck_report_dir), "
+                   "or not at all with --deploycheck-no-report")
+
+
+def _os_why(e: OSError) -> str:
+    import errno
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on device"
+    return e.strerror or str(e)
+
+
+def check_report_dir(config) -> None:
+    """The report folder (or, while it does not exist, its nearest existing parent) must be a
+    writable folder with room for a file: probed with a small temporary file, removed at once."""
+    if _is_worker(config) or config.getoption("deploycheck_no_report"):
+        return
+    out = report_dir(config)
+    probe_in = out
+    while not os.path.exists(probe_in):
+        parent = os.path.dirname(probe_in)
+        if parent == probe_in:
+            break
+        probe_in = parent
+    why = None
+    if not os.path.isdir(probe_in):
+        why = f"{probe_in} is a file, not a folder"
+    else:
+        try:
+            with tempfile.NamedTemporaryFile(dir=probe_in, prefix=".deploycheck-probe-") as fh:
+                fh.write(b"x" * 4096)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as e:
+            why = _os_why(e)
+    if why:
+        raise pytest.UsageError(f"deploycheck: cannot write reports to {out}: {why}; {REPORT_DIR_HINT}")
 
 
 def pytest_unconfigure(config):

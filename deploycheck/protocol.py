@@ -14,12 +14,17 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ArtifactRef:
-    """One file to load: its path, format name, the format's options and its manifest."""
+    """One file to load: its path, format name, the format's options and its manifest.
+
+    The manifest is data read from a file (it may come from anywhere); ``code`` is the factory
+    and kwargs that rebuild a state dict, and it comes from the spec alone (see
+    :func:`deploycheck.formats.integrity.vet_manifest`)."""
 
     artifact: str
     format: str
     options: dict = field(default_factory=dict)
     manifest: dict | None = None
+    code: dict | None = None
 
 
 @dataclass(frozen=True)

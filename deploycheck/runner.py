@@ -207,6 +207,12 @@ class Runner:
     def reload(self, t: Target) -> Reload:
         return self._memo(t.key("reload"), lambda: reload.reload(self, t))
 
+    def forget_measurement(self, t: Target) -> bool:
+        """A timing verdict failed: drop the cached fresh-process result, so the next session
+        measures again instead of serving the failing numbers (whatever the cache mode)."""
+        got = self._memo_store.get(t.key("reload"))
+        return bool(got and got[0] == "ok" and got[1].key and self.cache.drop_result(got[1].key))
+
     def score(self, t: Target, outputs, *, what: str) -> float:
         """The spec's metric on ``outputs`` (labels, or the baseline's in-memory outputs as targets)."""
         metric = resolve(t.spec)

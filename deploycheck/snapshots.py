@@ -28,7 +28,7 @@ from syrupy.assertion import SnapshotAssertion
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 from syrupy.location import PyTestLocation
 
-from .numeric import compare_arrays, fmt_num, render_mismatch
+from .numeric import LEVELS, compare_arrays, fmt_num, render_mismatch
 
 FORMAT_VERSION = 2
 LEGACY_CLASS = "unrecorded machine (snapshot format 1)"
@@ -123,9 +123,6 @@ class Rule:
     note: str = ""
 
 
-#: levels of one quantization step per reduced precision: int8 has 255 steps over the output
-#: range; fp16 keeps 10 mantissa bits, bf16 7 (one step is the range / 2^bits)
-LEVELS = {"int8": 255.0, "fp16": 2.0 ** 10, "bf16": 2.0 ** 7}
 
 
 def rule_for(*, settings, same_class: bool, precision: str | None, approved: dict) -> Rule:

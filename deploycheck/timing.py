@@ -6,6 +6,12 @@ variant, the baseline and a control (the baseline loaded a second time) fresh in
 before anything else runs there, give them identical call histories, interleave their rounds
 and judge a bootstrap interval of the median ratio against the limit widened by the control's
 own deviation (see :func:`side_by_side`).
+
+The clocks are injectable (``clock`` for wall time, ``cpu_clock`` for this process's CPU time),
+so the decisions are tested on synthetic times. Each round records both: on a busy machine the
+process waits for a core and wall time grows while CPU time barely moves; the wall/CPU ratio
+says how busy the machine was, and a verdict that a busy machine could have made fail is judged
+on CPU time too, or called inconclusive (see :func:`decide`).
 """
 
 from __future__ import annotations
@@ -15,24 +21,38 @@ from typing import Callable
 
 import numpy as np
 
+Clock = Callable[[], float]
 
-def calibrate(fn: Callable[[], object], round_s: float) -> int:
+#: median wall/CPU time of the rounds above which the machine counts as busy: one core shared
+#: with another runnable process gives about 2; a quiet machine 1.00-1.05
+BUSY = 1.3
+
+
+def calibrate(fn: Callable[[], object], round_s: float, *, clock: Clock = time.perf_counter) -> int:
     n = 1
     while True:
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(n):
             fn()
-        dt = time.perf_counter() - t0
+        dt = clock() - t0
         if dt >= round_s or n >= 1 << 20:
             return n
         n = max(n * 2, int(n * round_s / max(dt, 1e-9) * 1.2))
 
 
-def one_round(fn: Callable[[], object], n: int) -> float:
-    t0 = time.perf_counter()
+def one_round(fn: Callable[[], object], n: int, *, clock: Clock = time.perf_counter) -> float:
+    t0 = clock()
     for _ in range(n):
         fn()
-    return (time.perf_counter() - t0) / n
+    return (clock() - t0) / n
+
+
+def timed_round(fn: Callable[[], object], n: int, *, clock: Clock, cpu_clock: Clock) -> tuple[float, float]:
+    """Wall and CPU seconds per call over one round of ``n`` calls."""
+    w0, c0 = clock(), cpu_clock()
+    for _ in range(n):
+        fn()
+    return (clock() - w0) / n, (cpu_clock() - c0) / n
 
 
 def stats(samples_s: list[float]) -> dict:
@@ -43,11 +63,12 @@ def stats(samples_s: list[float]) -> dict:
             "samples_ms": [float(f"{v:.5g}") for v in a]}
 
 
-def measure(fn: Callable[[], object], *, warmup: int, rounds: int, round_s: float) -> tuple[dict, int]:
+def measure(fn: Callable[[], object], *, warmup: int, rounds: int, round_s: float,
+            clock: Clock = time.perf_counter) -> tuple[dict, int]:
     for _ in range(warmup):
         fn()
-    n = calibrate(fn, round_s)
-    samples = [one_round(fn, n) for _ in range(rounds)]
+    n = calibrate(fn, round_s, clock=clock)
+    samples = [one_round(fn, n, clock=clock) for _ in range(rounds)]
     return stats(samples), n
 
 
@@ -74,9 +95,25 @@ def _decide(lo: float, hi: float, med: float, limit: float, noise: float, *, fin
     return None
 
 
+def decide(*, wall: tuple[float, float, float], cpu: tuple[float, float, float], busy: float, limit: float,
+           noise: float, final: bool) -> str | None:
+    """The ratio verdict from the wall-time interval ``(lo, median, hi)``, guarded by CPU time.
+
+    On a quiet machine (``busy`` = median wall/CPU of the rounds below :data:`BUSY`) wall time
+    decides. On a busy one a wall-time fail stands only if the CPU-time interval fails too (the
+    variant really does more work); otherwise the waiting for a core may be what made it slow:
+    measure more while time is left, then ``inconclusive-busy``, never a false fail."""
+    got = _decide(wall[0], wall[2], wall[1], limit, noise, final=final)
+    if busy < BUSY or got is None or not got.startswith("fail"):
+        return got
+    if _decide(cpu[0], cpu[2], cpu[1], limit, noise, final=True) == "fail":
+        return "fail"
+    return "inconclusive-busy" if final else None
+
+
 def side_by_side(variant: Callable[[], object], baseline: Callable[[], object], control: Callable[[], object] | None,
                  *, limit: float | None, warmup: int, min_rounds: int, max_time_s: float, round_s: float,
-                 confidence: float) -> dict:
+                 confidence: float, clock: Clock = time.perf_counter, cpu_clock: Clock = time.process_time) -> dict:
     """Variant vs baseline, with a control: a second, independently loaded copy of the baseline.
 
     The three callables were loaded fresh in this process and get the same call history: the
@@ -88,7 +125,8 @@ def side_by_side(variant: Callable[[], object], baseline: Callable[[], object], 
     judged against ``limit x noise``, where ``noise`` is the control's median deviation from 1
     (``max(c, 1/c)``, never below 1): ``fail`` only when the variant's whole interval is beyond
     that, ``pass`` when it is all within; otherwise measure more (doubling) until
-    ``max_time_s``, then decide by the medians and mark the verdict ``unsure``.
+    ``max_time_s``, then decide by the medians and mark the verdict ``unsure``. A busy machine
+    (wall/CPU of the rounds at least :data:`BUSY`) never fails a verdict alone: see :func:`decide`.
     """
     sides = [variant, baseline, control] if control is not None else [variant, baseline]
     for _ in range(warmup):
@@ -98,41 +136,51 @@ def side_by_side(variant: Callable[[], object], baseline: Callable[[], object], 
     def all_once():
         for f in sides:
             f()
-    n = max(1, calibrate(all_once, round_s * len(sides)))
+    n = max(1, calibrate(all_once, round_s * len(sides), clock=clock))
     times: list[list[float]] = [[] for _ in sides]
-    t_start = time.perf_counter()
+    cpus: list[list[float]] = [[] for _ in sides]
+    t_start = clock()
     target = min_rounds
     rounds = 0
     orders = ORDERS if len(sides) == 3 else ((0, 1), (1, 0))
     while True:
         while rounds < target:
-            got = [0.0] * len(sides)
+            got = [(0.0, 0.0)] * len(sides)
             for i in orders[rounds % len(orders)]:
-                got[i] = one_round(sides[i], n)
-            for i, t in enumerate(got):
-                times[i].append(t)
+                got[i] = timed_round(sides[i], n, clock=clock, cpu_clock=cpu_clock)
+            for i, (w, c) in enumerate(got):
+                times[i].append(w)
+                cpus[i].append(c)
             rounds += 1
         v, b = np.asarray(times[0]), np.asarray(times[1])
         r = v / b
         lo, hi = bootstrap_ci(r, confidence)
         med = float(np.median(r))
+        wall_all, cpu_all = np.concatenate([np.asarray(t) for t in times]), np.concatenate([np.asarray(c) for c in cpus])
+        busy = float(np.median(wall_all / np.maximum(cpu_all, 1e-12)))
+        cv, cb = np.asarray(cpus[0]), np.asarray(cpus[1])
+        cr = cv / np.maximum(cb, 1e-12)
+        clo, chi = bootstrap_ci(cr, confidence, seed=2)
+        cmed_cpu = float(np.median(cr))
         noise, ctrl = 1.0, None
         if control is not None:
             c = np.asarray(times[2]) / b
-            clo, chi = bootstrap_ci(c, confidence, seed=1)
+            klo, khi = bootstrap_ci(c, confidence, seed=1)
             cmed = float(np.median(c))
             noise = max(1.0, cmed, 1.0 / cmed) if cmed > 0 else 1.0
-            ctrl = {"ratio": cmed, "ci_low": clo, "ci_high": chi, "noise": noise}
-        elapsed = time.perf_counter() - t_start
+            ctrl = {"ratio": cmed, "ci_low": klo, "ci_high": khi, "noise": noise}
+        elapsed = clock() - t_start
         if limit is None:
             decision = "measured"
             break
-        decision = _decide(lo, hi, med, limit, noise, final=elapsed >= max_time_s)
+        decision = decide(wall=(lo, med, hi), cpu=(clo, cmed_cpu, chi), busy=busy, limit=limit, noise=noise,
+                          final=elapsed >= max_time_s)
         if decision is not None:
             break
         target = rounds * 2
     return {"ratio": med, "ci_low": lo, "ci_high": hi, "pairs": rounds, "calls_per_round": n,
-            "confidence": confidence, "decision": decision, "elapsed_s": time.perf_counter() - t_start,
+            "confidence": confidence, "decision": decision, "elapsed_s": clock() - t_start,
             "control": ctrl, "limit": limit, "effective_limit": None if limit is None else limit * noise,
+            "busy": busy, "cpu_ratio": cmed_cpu, "cpu_ci": [clo, chi],
             "variant": stats(times[0]), "baseline": stats(times[1]),
             "history": {"warmup": warmup, "calls_per_side": warmup + n * (1 + rounds)}}

@@ -16,7 +16,7 @@ import traceback
 
 from . import timing
 from .formats import FORMATS
-from .formats.integrity import check_file, classify
+from .formats.integrity import check_file, classify, vet_manifest
 from .lm import greedy
 from .protocol import ArtifactRef, GeneratePlan, LatencyPlan, WorkerRequest, WorkerResult, primary_output
 
@@ -29,22 +29,25 @@ def _peak_rss_mb() -> float:
 def _load(ref: ArtifactRef):
     """(callable, diagnosis-or-None) for one artifact."""
     import torch
-    manifest = ref.manifest or {}
     diag = check_file(ref.artifact, ref.format, ref.manifest)
     if diag:
         return None, diag
     fmt = FORMATS.get(ref.format)()
+    options = fmt.Options(**ref.options)
+    # the manifest is data: its factory and kwargs are the spec's, its libraries on an allow-list
+    manifest, diag = vet_manifest(ref.manifest, ref.code, path=ref.artifact, uses_code=fmt.needs_code(options))
+    if diag:
+        return None, diag
     engine = (manifest.get("torch_settings") or {}).get("quantized_engine")
     if engine:  # packed int8 weights are repacked for the engine that is current at load time
         torch.backends.quantized.engine = engine
     for lib in manifest.get("requires", []):
-        # Runtime libraries (not user code) that register the artifact's operators, e.g. torchao's
-        # quantized_decomposed ops for pt2e int8 graphs; a deployment host installs them too.
+        # Runtime libraries (not user code, see RUNTIME_LIBRARIES) that register the artifact's
+        # operators, e.g. torchao's quantized_decomposed ops for pt2e int8 graphs; a deployment host installs them too.
         try:
             __import__(lib)
         except ImportError as e:
             return None, classify(e, ref.artifact)
-    options = fmt.Options(**ref.options)
     try:
         return fmt.load(ref.artifact, options=options, manifest=manifest), None
     except BaseException as e:  # noqa: BLE001 - any load failure is diagnosed, never raised

@@ -1,12 +1,37 @@
-"""The latency gate inside the real pipeline: both sides in the same state, and an A/A control."""
+"""The latency gate inside the real pipeline: both sides in the same state, an A/A control, and
+the formula. No assertion here depends on how fast anything ran: the state is read from what the
+models record about their own calls, and the verdicts use limits no timing can meet or miss."""
 
 from __future__ import annotations
 
 import json
 
-from conftest import make_spec, tinymodels_of
+from conftest import make_spec
 
 LATENCY = "latency: {warmup: 5, min_rounds: 20, max_time_s: 2.0, round_ms: 1.0}"
+
+RECORDER = '''
+import os
+
+import torch
+
+from tinymodels import Tiny
+
+
+class Records(Tiny):
+    """Tiny that appends, per call: its process, its batch size, and whether its weights are
+    inference tensors (made inside torch.inference_mode(), which skips autograd bookkeeping)."""
+
+    def __init__(self, log: str = ""):
+        super().__init__()
+        self.log = log
+
+    def forward(self, x):
+        if self.log:
+            with open(self.log, "a") as fh:
+                fh.write(f"{os.getpid()} {id(self)} {x.shape[0]} {int(self.fc.weight.is_inference())}\\n")
+        return super().forward(x)
+'''
 
 
 def latency_record(project, variant: str) -> dict:
@@ -14,61 +39,65 @@ def latency_record(project, variant: str) -> dict:
     return next(r for r in doc["records"] if r["check"] == "latency" and r["variant"] == variant)
 
 
-def test_a_variant_that_has_seen_other_shapes_is_measured_in_the_baselines_state(project):
+def test_every_side_is_measured_fresh_and_loaded_alike_before_any_evaluation_batch(project):
     # The variant's evaluation runs batches of 16 (and a ragged 6); a runtime that specialises
-    # on what it has seen slows down after that. The ratio must not see it: both sides are
-    # loaded fresh and measured on the example input before any evaluation batch.
-    spec = make_spec(factory="HistorySensitive", formats="[safetensors]",
+    # on what it has seen slows down after that, and weights loaded inside inference_mode run
+    # faster. Neither may bias the ratio: in the worker that measures, the variant, the baseline
+    # and the control are three models that see only the example input (batch 1) until the
+    # measurement is over, and none holds inference tensors.
+    project.tester.makepyfile(recorder=RECORDER)
+    log = project.path / "calls.log"
+    spec = make_spec(factory="Tiny", formats="[safetensors]",
                      variants="  baseline: {}\n  aa:\n    prune: {method: l1_unstructured, amount: 0.01}",
-                     thresholds="  latency: {max_ratio: 1.10}").replace(
+                     thresholds="  latency: {max_ratio: 1.0e6}").replace(
+        "factory: tinymodels:Tiny", f"factory: recorder:Records\n  kwargs: {{log: '{log}'}}").replace(
         "latency: {warmup: 1, min_rounds: 5, max_time_s: 0.5, round_ms: 0.2}", LATENCY).replace(
         "  split: {test_fraction: 0.25, seed: 0}", "  split: {test_fraction: 0.25, seed: 0}\n  batch_size: 16")
     project.write(spec)
-    res = project.run("-k", "latency")
-    res.assert_outcomes(passed=2)
+    project.run("-k", "aa and latency", "--deploycheck-cache=off").assert_outcomes(passed=1)
+    calls = [line.split() for line in log.read_text().splitlines()]
+    by_pid: dict[str, list] = {}
+    for pid, model, batch, inference in calls:
+        by_pid.setdefault(pid, []).append((model, int(batch), inference == "1"))
+    # the worker that measured: three models called with batch 1 many times
+    worker = max(by_pid.values(), key=lambda cs: len({m for m, b, _ in cs if b == 1}))
+    models = {m for m, _, _ in worker}
+    assert len(models) == 3, "variant, baseline and control: three separately loaded models"
+    first_batch = next((i for i, (_, b, _) in enumerate(worker) if b > 1), len(worker))
+    measured = worker[:first_batch]
+    assert {m for m, _, _ in measured} == models
+    counts = {m: sum(1 for mm, _, _ in measured if mm == m) for m in models}
+    assert len(set(counts.values())) == 1 and min(counts.values()) > 20, counts  # the same call history
+    assert not any(inf for _, _, inf in worker), "a side was loaded inside inference_mode"
     d = latency_record(project, "aa")["details"]
-    assert d["ratio_decision"] == "pass" and d["ratio"] < 1.10
-    assert d["control"]["ratio"] < 1.10  # the control: the baseline loaded twice
-    # and the model really is history-sensitive: after a batch, a call costs many times more,
-    # which is what biased the old order (evaluation first, then latency on the variant only)
-    assert history_cost_ratio(project) > 3
+    assert d["control"] is not None and d["ratio_pairs"] >= 20
 
 
-def history_cost_ratio(project) -> float:
-    import timeit
-
-    import torch
-    tm = tinymodels_of(project)
-    fresh, seen = tm.HistorySensitive(), tm.HistorySensitive()
-    seen(torch.ones(16, 4))
-    x = torch.ones(1, 4)
-    return min(timeit.repeat(lambda: seen(x), number=50, repeat=5)) / min(timeit.repeat(lambda: fresh(x), number=50, repeat=5))
-
-
-def test_a_slower_variant_fails_with_the_control_in_the_formula(project):
+def test_a_variant_that_cannot_meet_its_limit_fails_with_the_control_in_the_formula(project):
+    # min_speedup 1e6: no variant is a million times faster than its baseline, so this fails on
+    # any machine, quiet or busy; what is tested is the verdict's wording and numbers
     spec = make_spec(formats="[torchscript]",
                      variants="  baseline: {}\n  slow:\n    custom: {callable: 'tinymodels:repeat', kwargs: {times: 4}}",
-                     thresholds="  latency: {max_ratio: 1.10}").replace(
+                     thresholds="  latency: {min_speedup: 1.0e6}").replace(
         "latency: {warmup: 1, min_rounds: 5, max_time_s: 0.5, round_ms: 0.2}", LATENCY)
     project.write(spec)
     res = project.run("-k", "slow and latency")
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*check] latency failed for tiny::slow::torchscript*",
-                              "latency ratio * (95% CI *, * rounds) > max_ratio 1.1 × control * = *; "
-                              "control: baseline reloaded vs baseline * (CI *)"])
+                              "speedup * (95% CI *, * rounds) < min_speedup 1e+06 / control * = *; "
+                              "control: baseline reloaded vs baseline * (CI *)",
+                              "  (not kept in the cache: the next run measures again)"])
     d = latency_record(project, "slow")["details"]
-    assert d["ratio"] > 1.5 and d["ratio_decision"] == "fail"
+    assert d["ratio_decision"] == "fail" and set(d) >= {"busy", "cpu_ratio", "ratio_ci", "control"}
 
 
-def test_an_identical_torchscript_variant_is_not_slower_than_its_baseline(project):
-    # The A/A pair of the report that failed a 1.10 gate 6 runs of 6: the baseline was loaded
-    # inside torch.inference_mode() (inference tensors skip autograd bookkeeping per op), the
-    # variant outside it. Both are now loaded alike and the ratio sits at 1.
+def test_a_ratio_within_a_generous_limit_passes_with_its_interval(project):
     spec = make_spec(formats="[torchscript]",
                      variants="  baseline: {}\n  aa:\n    prune: {method: l1_unstructured, amount: 0.01}",
-                     thresholds="  latency: {max_ratio: 1.10}").replace(
+                     thresholds="  latency: {max_ratio: 1.0e6}").replace(
         "latency: {warmup: 1, min_rounds: 5, max_time_s: 0.5, round_ms: 0.2}", LATENCY)
     project.write(spec)
     project.run("-k", "aa and latency").assert_outcomes(passed=1)
-    d = latency_record(project, "aa")["details"]
-    assert d["ratio_decision"] == "pass" and 0.9 < d["ratio"] < 1.08, d
+    rec = latency_record(project, "aa")
+    assert rec["formula"].startswith("latency ratio ") and "<= max_ratio 1e+06 × control" in rec["formula"]
+    assert rec["details"]["ratio_decision"] == "pass"

@@ -1,60 +1,81 @@
-"""The latency gate's three outcomes, on synthetic work of known relative cost (ratios, never absolute times)."""
+"""The latency gate's decisions on synthetic time: a fake clock that only the fake models advance,
+so every outcome is known in advance and no test reads the wall clock."""
 
 from __future__ import annotations
 
-import time
+import random
 
 import numpy as np
 
-from deploycheck.timing import bootstrap_ci, measure, side_by_side, stats
+from deploycheck.timing import BUSY, bootstrap_ci, decide, measure, side_by_side, stats
 
 
-def spin(us: float):
-    def fn():
-        end = time.perf_counter() + us * 1e-6
-        while time.perf_counter() < end:
-            pass
-    return fn
+class FakeClock:
+    """Wall and CPU time that move only when a fake model runs: a call costs ``cpu_s`` of CPU
+    time and ``cpu_s x busy`` of wall time (``busy`` > 1: it waited for a core)."""
+
+    def __init__(self) -> None:
+        self.wall = 0.0
+        self.cpu = 0.0
+
+    def wall_clock(self) -> float:
+        return self.wall
+
+    def cpu_clock(self) -> float:
+        return self.cpu
+
+    def model(self, cost_us: float, *, jitter: float = 0.0, busy: float = 1.0, seed: int = 0):
+        rng = random.Random(seed)
+
+        def fn():
+            c = cost_us * 1e-6 * (1 + jitter * rng.uniform(-1, 1))
+            self.cpu += c
+            self.wall += c * busy
+        return fn
+
+    def bursty(self, mean_us: float, seed: int = 0):
+        """``mean_us`` on average, but 6.4x that one call in ten: rounds vary by about 40%."""
+        rng = random.Random(seed)
+        light, heavy = self.model(mean_us * 0.4), self.model(mean_us * 6.4)
+
+        def fn():
+            (heavy if rng.random() < 0.1 else light)()
+        return fn
 
 
-def gate(variant_us: float, limit: float, max_time_s: float = 1.0, control_us: float | None = 100):
-    return side_by_side(spin(variant_us), spin(100), spin(control_us) if control_us else None, limit=limit, warmup=3,
-                        min_rounds=20, max_time_s=max_time_s, round_s=2e-3, confidence=0.95)
+def gate(clock: FakeClock, variant, baseline, control, *, limit: float | None, max_time_s: float = 1.0,
+         min_rounds: int = 20) -> dict:
+    return side_by_side(variant, baseline, control, limit=limit, warmup=3, min_rounds=min_rounds,
+                        max_time_s=max_time_s, round_s=2e-3, confidence=0.95, clock=clock.wall_clock,
+                        cpu_clock=clock.cpu_clock)
 
 
 def test_pass_when_the_interval_is_inside_the_limit():
-    r = gate(100, limit=1.5)
+    c = FakeClock()
+    r = gate(c, c.model(100, jitter=0.05, seed=1), c.model(100, jitter=0.05, seed=2), c.model(100, jitter=0.05, seed=3),
+             limit=1.5)
     assert r["decision"] == "pass"
-    assert r["ci_high"] <= 1.5 and 0.8 < r["ratio"] < 1.2
+    assert r["pairs"] == 20  # decided at once: nothing more to measure
+    assert 0.97 < r["ratio"] < 1.03 and r["ci_high"] <= 1.5
+    assert r["busy"] == 1.0
 
 
 def test_fail_when_the_interval_is_past_the_limit():
-    r = gate(300, limit=1.3)
+    c = FakeClock()
+    r = gate(c, c.model(300, jitter=0.05, seed=1), c.model(100, jitter=0.05, seed=2), c.model(100, jitter=0.05, seed=3),
+             limit=1.3)
     assert r["decision"] == "fail", r
-    assert r["ci_low"] > 1.3 and 2.0 < r["ratio"] < 4.0
-
-
-def bursty(mean_us: float, seed: int = 0):
-    """Calls that cost ``mean_us`` on average but 6.4x that one time in ten: rounds vary by about
-    40%, so the interval of a true ratio of 1.0 stays wide (about ±8%) for the whole time budget,
-    wider than any bias of a busy machine; a plain spin would give an interval a few tenths of a
-    percent wide, which such a bias can push wholly past 1.0."""
-    import random
-    rng = random.Random(seed)
-    light, heavy = spin(mean_us * 0.4), spin(mean_us * 6.4)
-
-    def fn():
-        (heavy if rng.random() < 0.1 else light)()
-    return fn
+    assert r["ci_low"] > 1.3 and 2.8 < r["ratio"] < 3.2
 
 
 def test_unsure_measures_more_then_decides_by_the_median():
-    # true ratio 1.0 sits exactly on the limit
-    r = side_by_side(bursty(100), spin(100), None, limit=1.0, warmup=3, min_rounds=20, max_time_s=0.3, round_s=2e-3,
-                     confidence=0.95)
+    # true ratio 1.0 sits exactly on the limit: the interval straddles it for the whole budget
+    c = FakeClock()
+    r = gate(c, c.bursty(100), c.model(100), None, limit=1.0, max_time_s=0.3)
     assert r["decision"] in ("pass-unsure", "fail-unsure"), r
     assert r["pairs"] > 20  # it kept measuring while unsure
     assert r["ci_low"] <= 1.0 <= r["ci_high"]
+    assert r["elapsed_s"] >= 0.3  # the synthetic time budget was spent
 
 
 def test_bootstrap_interval_contains_the_median_and_shrinks_with_more_data():
@@ -68,31 +89,70 @@ def test_bootstrap_interval_contains_the_median_and_shrinks_with_more_data():
 
 
 def test_measure_calibrates_rounds_and_reports_percentiles():
-    st, n = measure(spin(20), warmup=2, rounds=10, round_s=1e-3)
-    assert n >= 10  # several 20 µs calls per 1 ms round
+    c = FakeClock()
+    st, n = measure(c.model(20), warmup=2, rounds=10, round_s=1e-3, clock=c.wall_clock)
+    assert n >= 50  # 20 µs calls fill a 1 ms round fifty times over
     assert st["rounds"] == 10 and len(st["samples_ms"]) == 10
-    assert st["p50_ms"] <= st["p95_ms"] <= st["p99_ms"]
+    assert abs(st["p50_ms"] - 0.020) < 1e-9 and st["p50_ms"] <= st["p95_ms"] <= st["p99_ms"]
     assert stats([0.001, 0.002, 0.003])["p50_ms"] == 2.0
 
 
 def test_the_control_widens_the_limit_by_its_own_deviation():
     # a "control" 30% slower than the baseline means identical artifacts differ by 30% here:
     # a variant 20% slower is then not clearly beyond a 1.1 limit
-    r = gate(120, limit=1.1, control_us=130)
-    assert r["control"]["ratio"] > 1.2 and r["control"]["noise"] > 1.2
-    assert r["effective_limit"] > 1.1 * 1.2
+    c = FakeClock()
+    r = gate(c, c.model(120), c.model(100), c.model(130), limit=1.1)
+    assert abs(r["control"]["ratio"] - 1.3) < 1e-9 and abs(r["control"]["noise"] - 1.3) < 1e-9
+    assert abs(r["effective_limit"] - 1.1 * 1.3) < 1e-9
     assert r["decision"] == "pass", r
-    assert gate(120, limit=1.1, control_us=None)["decision"] == "fail"
+    c = FakeClock()
+    assert gate(c, c.model(120), c.model(100), None, limit=1.1)["decision"] == "fail"
 
 
 def test_every_side_gets_the_same_call_history():
     calls = {"v": 0, "b": 0, "c": 0}
+    c = FakeClock()
 
     def counted(name):
+        tick = c.model(10)
+
         def fn():
             calls[name] += 1
+            tick()
         return fn
-    r = side_by_side(counted("v"), counted("b"), counted("c"), limit=None, warmup=4, min_rounds=10, max_time_s=1.0,
-                     round_s=1e-4, confidence=0.95)
+    r = gate(c, counted("v"), counted("b"), counted("c"), limit=None, min_rounds=10)
     assert calls["v"] == calls["b"] == calls["c"]
     assert r["pairs"] == 10 and r["decision"] == "measured"
+
+
+def test_a_busy_machine_that_slows_the_heavier_model_more_is_inconclusive_not_a_fail():
+    # True cost: the variant does 2x the baseline's work (CPU time), limit 2.6. Under load the
+    # variant waited for a core 3x its run time, the baseline 1.5x: wall time says 4.0.
+    c = FakeClock()
+    r = gate(c, c.model(200, jitter=0.05, busy=3.0, seed=1), c.model(100, jitter=0.05, busy=1.5, seed=2),
+             c.model(100, jitter=0.05, busy=1.5, seed=3), limit=2.6, max_time_s=0.5)
+    assert r["ci_low"] > 2.6 * r["control"]["noise"]  # wall time alone would have failed it
+    assert r["decision"] == "inconclusive-busy", r
+    assert r["busy"] >= BUSY and 1.9 < r["cpu_ratio"] < 2.1
+    assert r["pairs"] > 20  # it measured more before giving up
+
+
+def test_a_busy_machine_still_fails_a_variant_that_does_more_work():
+    c = FakeClock()
+    r = gate(c, c.model(400, jitter=0.05, busy=2.0, seed=1), c.model(100, jitter=0.05, busy=2.0, seed=2),
+             c.model(100, jitter=0.05, busy=2.0, seed=3), limit=2.6)
+    assert r["busy"] >= BUSY and r["decision"] == "fail", r
+
+
+def test_decide_on_known_intervals():
+    quiet, busy = 1.0, 2.0
+    kw = dict(limit=1.5, noise=1.0, final=False)
+    assert decide(wall=(1.1, 1.2, 1.3), cpu=(1.1, 1.2, 1.3), busy=quiet, **kw) == "pass"
+    assert decide(wall=(1.6, 1.7, 1.8), cpu=(1.1, 1.2, 1.3), busy=quiet, **kw) == "fail"  # quiet: wall decides
+    assert decide(wall=(1.6, 1.7, 1.8), cpu=(1.6, 1.7, 1.8), busy=busy, **kw) == "fail"
+    assert decide(wall=(1.6, 1.7, 1.8), cpu=(1.1, 1.2, 1.3), busy=busy, **kw) is None  # measure more
+    assert decide(wall=(1.6, 1.7, 1.8), cpu=(1.1, 1.2, 1.3), busy=busy, limit=1.5, noise=1.0,
+                  final=True) == "inconclusive-busy"
+    assert decide(wall=(1.4, 1.6, 1.8), cpu=(1.4, 1.6, 1.8), busy=quiet, limit=1.5, noise=1.0,
+                  final=True) == "fail-unsure"
+    assert decide(wall=(1.6, 1.7, 1.8), cpu=(1.6, 1.7, 1.8), busy=quiet, limit=1.5, noise=1.3, final=False) == "pass"

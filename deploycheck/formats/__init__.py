@@ -23,6 +23,8 @@ class Format:
     suffix: ClassVar[str]
     Options: ClassVar[type]
     description: ClassVar[str] = ""
+    #: loading runs ``pickle`` on the file (code from the file): never cached, only loaded on opt-in
+    unpickles: ClassVar[bool] = False
 
     def needs_code(self, options: Any) -> bool:
         """Whether loading needs the model's Python code (the factory) importable."""

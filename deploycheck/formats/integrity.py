@@ -102,6 +102,62 @@ def check_file(path: str, declared: str | None, manifest: dict | None) -> Diagno
     return None
 
 
+#: Runtime libraries a loader may import before loading an artifact, because they register its
+#: operators (torchao's quantized_decomposed ops for pt2e int8 graphs). A manifest's ``requires``
+#: may name only these: a file never chooses a module to import.
+RUNTIME_LIBRARIES = ("torchao",)
+#: Manifest keys that would choose code: they come from the spec (:attr:`ArtifactRef.code`), never a file.
+CODE_KEYS = ("factory", "kwargs")
+_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _canon(x) -> str:
+    return json.dumps(x, sort_keys=True, default=str)
+
+
+def vet_manifest(manifest: dict | None, code: dict | None, *, path: str,
+                 uses_code: bool = True) -> tuple[dict, Diagnosis | None]:
+    """The manifest a loader may act on: its factory and kwargs replaced by ``code`` (the spec's),
+    its runtime libraries checked against :data:`RUNTIME_LIBRARIES`, its dtypes against torch's
+    float dtypes. A manifest that names other code than the spec is reported, never obeyed."""
+    man = dict(manifest or {})
+    named = {k: man.pop(k) for k in CODE_KEYS if k in man}
+    side = os.path.basename(manifest_path(path))
+    if uses_code and named.get("factory") is not None:  # (a format that rebuilds no module ignores them)
+        if not code or not code.get("factory"):
+            return man, Diagnosis("manifest-mismatch", f"{side} names factory {named['factory']!r}, but the spec names "
+                                                       "no factory to rebuild this model with: a manifest never "
+                                                       "chooses the code to run; give the spec a model.factory")
+        if _canon([named["factory"], named.get("kwargs") or {}]) != _canon([code["factory"], code.get("kwargs") or {}]):
+            return man, Diagnosis("manifest-mismatch", (
+                f"{side} names factory {named['factory']!r} with kwargs {_canon(named.get('kwargs') or {})}, but the "
+                f"spec rebuilds this model with {code['factory']!r} and kwargs {_canon(code.get('kwargs') or {})}: "
+                "a manifest never chooses the code to run; fix the spec's model, or delete the stale manifest"))
+    if code and uses_code:
+        man.update({k: code[k] for k in CODE_KEYS if k in code})
+    libs = man.get("requires") or []
+    bad = [lib for lib in libs if lib not in RUNTIME_LIBRARIES] if isinstance(libs, list) else [libs]
+    if bad:
+        return man, Diagnosis("manifest-refused", (
+            f"{side} asks to import {bad[0]!r} before loading; deploycheck imports only the runtime libraries "
+            f"{', '.join(RUNTIME_LIBRARIES)} for an artifact (they register its operators), never a module a file "
+            "names; remove it from the manifest's requires"))
+    for k in ("cast", "float_dtype"):
+        if man.get(k) is not None and man[k] not in _FLOAT_DTYPES:
+            return man, Diagnosis("manifest-refused", f"{side}: {k} {man[k]!r} is not one of {', '.join(_FLOAT_DTYPES)}")
+    return man, None
+
+
+def runtime_libraries(manifest: dict | None) -> list[str]:
+    """The manifest's ``requires`` that are on :data:`RUNTIME_LIBRARIES`; ValueError for any other."""
+    libs = (manifest or {}).get("requires") or []
+    bad = [lib for lib in libs if lib not in RUNTIME_LIBRARIES]
+    if bad:
+        raise ValueError(f"the manifest asks to import {bad[0]!r}, which is not one of the runtime libraries "
+                         f"({', '.join(RUNTIME_LIBRARIES)}); a file never chooses a module to import")
+    return list(libs)
+
+
 _VERSION = re.compile(r"(newer|version|opset|ir_version|unsupported model ir|produced by)", re.I)
 _MODULE = re.compile(r"No module named '([^']+)'|Can't get attribute '([^']+)'")
 _OPERATOR = re.compile(r"(Unknown builtin op|Could not find any similar ops|no schema|operator .* not found|"

@@ -28,6 +28,7 @@ class PickleFormat(Format):
     suffix = ".pkl.pt"
     Options = PickleOptions
     description = "torch.save of the whole module (opt-in)"
+    unpickles = True
 
     def needs_code(self, options) -> bool:
         return options.with_code

@@ -45,7 +45,10 @@ class StateDictFormat(Format):
 
     def load(self, path, *, options, manifest):
         import torch
-        model = call_factory(manifest["factory"], manifest["kwargs"])
+        if not manifest.get("factory"):  # only the spec names it (see integrity.vet_manifest)
+            raise Unsupported(f"a {self.name} state dict is rebuilt by the model's factory, and no spec named one "
+                              "(a manifest never chooses the code to run)")
+        model = call_factory(manifest["factory"], manifest.get("kwargs") or {})
         state = self.read_tensors(path)
         if manifest.get("float_dtype"):
             model = model.to(getattr(torch, manifest["float_dtype"]))

@@ -15,7 +15,7 @@ from ..machine import summary as machine_summary
 from .records import Record, as_records
 
 SCHEMA_VERSION = 1
-STATUS_ORDER = {"error": 0, "failed": 1, "unsupported": 2, "passed": 3}
+STATUS_ORDER = {"error": 0, "failed": 1, "inconclusive": 2, "unsupported": 3, "passed": 4}
 
 
 def higher_is_better(row: dict) -> bool:
@@ -55,14 +55,16 @@ def summary_rows(records) -> list[dict]:
             verdict = "new"       # passes every check; only its snapshot awaits approval
         elif "unsupported" in statuses:
             verdict = "unsupported"
+        elif "inconclusive" in statuses:
+            verdict = "inconclusive"  # every check passed but one that noise left undecided
         else:
             verdict = "pass"
         reasons = []
         for r in allrecs:
             if r.missing_snapshot:
                 reasons.append("snapshot: new, not yet approved (pytest --snapshot-update)")
-            elif r.status == "failed":
-                reasons.append(f"{r.check}: {_first(r.formula or r.message) or 'failed'}")
+            elif r.status in ("failed", "inconclusive"):
+                reasons.append(f"{r.check}: {_first(r.formula or r.message) or r.status}")
             elif r.status == "error":
                 # one stage failure fails every check that needs it: name it once
                 reason = _first(r.message) or "error"
@@ -78,7 +80,8 @@ def summary_rows(records) -> list[dict]:
             "metric_name": det("metric").get("metric") or next((r.metric for r in allrecs if r.metric), None),
             "metric": det("metric").get("value"),
             "higher_is_better": direction,
-            "metric_delta": det("metric").get("delta"), "max_abs_diff": det("outputs").get("max_abs"),
+            "metric_delta": det("metric").get("delta"), "metric_delta_ci": _delta_ci(det("metric")),
+            "max_abs_diff": det("outputs").get("max_abs"),
             "p50_ms": det("latency").get("p50_ms"), "p95_ms": det("latency").get("p95_ms"),
             "p99_ms": det("latency").get("p99_ms"), "throughput_per_s": det("latency").get("throughput_per_s"),
             "throughput": det("latency").get("throughput"),
@@ -97,6 +100,16 @@ def summary_rows(records) -> list[dict]:
                                 if r.status == "failed" and r.details.get("divergence")), None),
         })
     return rows
+
+
+def _delta_ci(metric_details: dict) -> list[float] | None:
+    """The paired interval of (variant - baseline), from the drop's interval and the metric's direction."""
+    ci = metric_details.get("drop_ci")
+    if not ci:
+        return None
+    if metric_details.get("higher_is_better", True):
+        return [0.0 - ci["high"] + 0.0, 0.0 - ci["low"] + 0.0]  # + 0.0: no "-0.0000"
+    return [ci["low"], ci["high"]]
 
 
 def new_snapshots(rows: list[dict]) -> int:
@@ -145,7 +158,8 @@ def row_cells(row: dict, cols: list[tuple[str, str]] | None = None) -> list[str]
     for key, _ in cols or COLUMNS:
         v = row.get(key)
         if key == "metric_delta" and v is not None:
-            out.append(f"{v:+.4f}")
+            ci = row.get("metric_delta_ci")
+            out.append(f"{v:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""))
         elif key == "sparsity" and v is not None:
             out.append(f"{v:.1%}")
         elif key == "latency_ratio" and v is not None:
@@ -200,7 +214,7 @@ def machine_line(machine: dict) -> str:
     return "machine: " + (machine.get("processor") or machine.get("machine") or "unknown")
 
 
-MARK = {"pass": "✅", "FAIL": "❌", "new": "🆕", "unsupported": "➖"}
+MARK = {"pass": "✅", "FAIL": "❌", "new": "🆕", "unsupported": "➖", "inconclusive": "❔"}
 #: GitHub refuses a comment body over 65,536 characters; stay well under it
 COMMENT_LIMIT = 60_000
 
@@ -211,10 +225,20 @@ def verdict_matrix(rows: list[dict], spec: str) -> str:
     fmts = sorted({r["format"] for r in srows})
     variants = list(dict.fromkeys(r["variant"] for r in srows))
     cell = {(r["variant"], r["format"]): MARK.get(r["verdict"], r["verdict"]) for r in srows}
-    head = "| variant | " + " | ".join(fmts) + " |"
+    head = "| variant | " + " | ".join(md(f) for f in fmts) + " |"
     sep = "| --- | " + " | ".join(":-:" for _ in fmts) + " |"
-    body = [f"| {v} | " + " | ".join(cell.get((v, f), " ") for f in fmts) + " |" for v in variants]
+    body = [f"| {md(v)} | " + " | ".join(md(cell.get((v, f), " ")) for f in fmts) + " |" for v in variants]
     return "\n".join([head, sep, *body])
+
+
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]|~"} | {"<": "&lt;", ">": "&gt;", "&": "&amp;"})
+
+
+def md(text: Any) -> str:
+    """A user string (a name, a reason, a path, an error text) as literal Markdown text on one line:
+    HTML (``<!--``, ``<script>``) becomes entities, and backticks, pipes, emphasis and link brackets
+    are escaped, so nothing a spec or a model prints can hide or restyle the rest of a PR comment."""
+    return " ".join(str(text).split()).translate(_MD_SPECIAL)
 
 
 def _clip(text: str, n: int = 300) -> str:
@@ -236,29 +260,31 @@ def markdown(rows: list[dict], meta: dict, *, limit: int = COMMENT_LIMIT, full_r
     specs = sorted({r["spec"] for r in rows})
     head = ["# deploycheck report", "",
             f"{n_pass} passed, {n_fail} failed, {n_uns} unsupported" + (f", {n_new} awaiting snapshot approval" if n_new else "")
-            + f" — torch {(meta.get('libraries') or {}).get('torch', '?')}, "
-            f"commit {((meta.get('git') or {}).get('commit') or 'n/a')[:12]}, {meta.get('created', '')}", "",
-            machine_line(machine), ""]
+            + f" — torch {md((meta.get('libraries') or {}).get('torch', '?'))}, "
+            f"commit {md(((meta.get('git') or {}).get('commit') or 'n/a')[:12])}, {md(meta.get('created', ''))}", "",
+            md(machine_line(machine)), ""]
     nl = new_snapshots_line(rows)
     if nl:
         head += [f"> **{nl}**", ""]
-    head += [f"- {line}" for line in summary_lines(rows)] + [""]
-    head += ["## Verdicts", "", "✅ pass · ❌ fail · 🆕 passes, snapshot awaiting approval · ➖ unsupported", ""]
+    head += [f"- {md(line)}" for line in summary_lines(rows)] + [""]
+    head += ["## Verdicts", "", "✅ pass · ❌ fail · 🆕 passes, snapshot awaiting approval · ➖ unsupported · ❔ inconclusive (noise)", ""]
     matrices = {spec: verdict_matrix(rows, spec) for spec in specs}
     if sum(len(m) for m in matrices.values()) > limit // 2:  # very many specs: matrices for the failing ones only
         bad = {r["spec"] for r in rows if r["verdict"] in ("FAIL", "new")}
         matrices = {spec: m for spec, m in matrices.items() if spec in bad}
         head += [f"{len(specs) - len(matrices)} specs pass in every variant and format (matrices omitted)", ""]
     for spec, m in matrices.items():
-        head += [f"**{spec}**", "", m, ""]
+        head += [f"**{md(spec)}**", "", m, ""]
     fails = [r for r in rows if r["verdict"] == "FAIL"]
-    fail_lines = ["## Failures", ""] + [f"- `{r['spec']}::{r['variant']}::{r['format']}`: {_clip(r['reason'] or 'failed')}"
+    fail_lines = ["## Failures", ""] + [f"- **{md(r['spec'])}::{md(r['variant'])}::{md(r['format'])}**: "
+                                        f"{md(_clip(r['reason'] or 'failed'))}"
                                         for r in fails] + [""] if fails else []
     details = ["## Full tables", ""]
     for spec in specs:
         srows = [r for r in rows if r["spec"] == spec]
-        details += [f"<details><summary>{spec}: {len(srows)} rows</summary>", "",
-                    tabulate([row_cells(r, columns(srows))[1:] + [_clip(r["reason"] or "", 200)] for r in srows],
+        details += [f"<details><summary>{md(spec)}: {len(srows)} rows</summary>", "",
+                    tabulate([[md(c) for c in row_cells(r, columns(srows))[1:]] + [md(_clip(r["reason"] or "", 200))]
+                              for r in srows],
                              headers=[h for _, h in columns(srows)[1:]] + ["reason"], tablefmt="github",
                              disable_numparse=True),
                     "", "</details>", ""]

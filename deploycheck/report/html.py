@@ -115,7 +115,7 @@ table.matrix td.new{background:#dfeaff;color:#1b3f8b} table.matrix td.unsupporte
 code{background:#f5f5f5;padding:0 3px;overflow-wrap:anywhere}
 """
 
-_MARK = {"pass": "pass", "FAIL": "FAIL", "new": "new", "unsupported": "–"}
+_MARK = {"pass": "pass", "FAIL": "FAIL", "new": "new", "unsupported": "–", "inconclusive": "?"}
 
 
 def divergence_table(row: dict) -> str:

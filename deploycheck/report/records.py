@@ -16,7 +16,7 @@ class Record:
     variant: str
     format: str | None
     check: str
-    status: str                          # passed | failed | error | unsupported
+    status: str                          # passed | failed | error | unsupported | inconclusive (skipped: noise)
     recipe: str = ""
     value: Any = None
     threshold: Any = None

@@ -54,6 +54,7 @@ def load(text: str, filename: str) -> Any:
         node = loader.get_single_node()
         if node is None:
             raise SpecError(filename, [Problem(1, "", "the file is empty")])
+        _check_aliases(node, filename)
         return _convert(loader, node, problems, "")
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -70,6 +71,58 @@ def load(text: str, filename: str) -> Any:
         loader.dispose()
         if problems:
             raise SpecError(filename, problems)
+
+
+#: Bounds on YAML aliases: a spec reuses an anchor a few times, never thousands; a "billion laughs"
+#: file (nine levels of nine aliases, 629 bytes) would otherwise expand to 387 million values.
+MAX_ALIASES = 1000
+MAX_VALUES = 100_000
+
+
+def _check_aliases(root: yaml.Node, filename: str) -> None:
+    """Count alias uses and the values the document expands to, without expanding it: each node's
+    expanded size is computed once (memoised by identity), so a bomb is refused in linear time."""
+    size: dict[int, int] = {}
+    seen: set[int] = set()
+    referenced: set[int] = {id(root)}
+    aliases = 0
+    first_alias_line = 0
+    # iterative post-order walk: a deep document must not hit the recursion limit here
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if id(node) in size:
+            continue
+        if not done:
+            if id(node) in seen:  # a second visit before the first finished: a recursive alias
+                raise SpecError(filename, [Problem(node.start_mark.line + 1, "",
+                                                   "YAML error: a recursive alias (an anchor used inside itself)")])
+            seen.add(id(node))
+            stack.append((node, True))
+            for child in _children(node):
+                if id(child) in referenced:  # the same node once more: an alias use
+                    aliases += 1
+                    first_alias_line = first_alias_line or child.start_mark.line + 1
+                referenced.add(id(child))
+                stack.append((child, False))
+            continue
+        size[id(node)] = 1 + sum(size[id(c)] for c in _children(node))
+        if aliases > MAX_ALIASES:
+            raise SpecError(filename, [Problem(first_alias_line, "", (
+                f"YAML error: {aliases} alias uses (at most {MAX_ALIASES}); a spec never needs this "
+                "(an alias bomb?); write the values out or use fewer anchors"))])
+        if size[id(node)] > MAX_VALUES:
+            raise SpecError(filename, [Problem(node.start_mark.line + 1, "", (
+                f"YAML error: the aliases here expand to more than {MAX_VALUES} values; a spec never needs "
+                "this (an alias bomb?); write the values out or use fewer anchors"))])
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def _convert(loader, node: yaml.Node, problems: list[Problem], path: str) -> Any:

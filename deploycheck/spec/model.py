@@ -191,14 +191,29 @@ class MetricThreshold:
     max_relative_drop: float | None = field(None, ge=0, doc="largest allowed worsening as a fraction of the baseline")
     min: float | None = field(None, doc="absolute floor: the metric must be >= this")
     max: float | None = field(None, doc="absolute ceiling: the metric must be <= this")
+    confidence: float = field(0.95, gt=0.5, lt=1, doc="level of the paired interval of the drop (exact on "
+                                                      "discordant pairs for accuracy and top_k, else a paired "
+                                                      "bootstrap) shown with max_drop and max_relative_drop")
+    inconclusive: Literal["point", "pass", "fail"] = field(
+        "point", doc="when the drop's interval straddles its limit: point = the measured drop decides, pass, or "
+                     "fail (non-inferiority: pass only when the whole interval is within the limit); the verdict "
+                     "says inconclusive and how many samples would decide it")
 
 
 @dataclass(frozen=True)
 class OutputThreshold:
-    """Reloaded artifact vs the in-memory variant, on the same batches: |a - b| <= atol + rtol * |b|."""
+    """Reloaded artifact vs the in-memory variant, on the same batches: |a - b| <= atol + rtol * |b|.
+    With neither atol nor rtol set (here or in the spec's thresholds), full-precision variants use
+    atol 1e-4 and rtol 1e-3, and variants whose recipe lowers precision (int8, fp16, bf16) allow
+    ``quant_steps`` steps of their precision over the in-memory outputs' range (an int8 step is the
+    range / 255), as the cross-machine snapshot rule does: runtimes round reduced precision by
+    whole steps."""
 
-    atol: float = field(1e-4, ge=0, doc="absolute tolerance")
-    rtol: float = field(1e-3, ge=0, doc="relative tolerance")
+    atol: float | None = field(None, ge=0, doc="absolute tolerance (not set: 1e-4, or quant_steps steps for "
+                                              "reduced precision)")
+    rtol: float | None = field(None, ge=0, doc="relative tolerance (not set: 1e-3, or 0 for reduced precision)")
+    quant_steps: float = field(2.0, ge=0, doc="int8, fp16 and bf16 variants with atol and rtol unset: how many "
+                                              "steps of their precision outputs may differ by")
 
 
 @dataclass(frozen=True)
@@ -209,16 +224,41 @@ class FidelityThreshold:
     min_cosine: float | None = field(None, ge=-1, le=1, doc="every row's cosine similarity must be >= this")
 
 
+#: ISA levels of the machine fingerprint (deploycheck.machine), from the most to the least capable
+IsaLevel = Literal["amx", "avx512_vnni", "avx512", "avx_vnni", "avx2", "default"]
+
+
+@dataclass(frozen=True)
+class MachineScope:
+    """The machines an absolute latency ceiling was set for, matched against the machine
+    fingerprint. Every key given must match; on any other machine the percentiles are reported,
+    not gated, and the verdict says why."""
+
+    isa: IsaLevel | tuple[IsaLevel, ...] | None = field(None, doc="the effective ISA level(s) it was set on "
+                                                                   "(the fingerprint's effective_isa), e.g. "
+                                                                   "avx512_vnni or [amx, avx512_vnni]")
+    min_cores: int | None = field(None, ge=1, doc="at least this many logical CPUs (os.cpu_count())")
+    arch: str | None = field(None, doc="CPU architecture, e.g. x86_64, aarch64")
+    cpu_model: str | None = field(None, doc="text the CPU model name must contain, e.g. 'EPYC 9'")
+
+    def isa_levels(self) -> tuple[str, ...]:
+        return (self.isa,) if isinstance(self.isa, str) else tuple(self.isa or ())
+
+
 @dataclass(frozen=True)
 class LatencyThreshold:
-    """Latency gates. Absolute ones use the reloaded artifact's percentiles; ratios are measured
-    side by side with the baseline in the same process."""
+    """Latency gates. Absolute ones use the reloaded artifact's percentiles and hold only on the
+    machines they name (``machines``; none named: every machine); ratios are measured side by
+    side with the baseline in the same process, on any machine."""
 
     p50_ms: float | None = field(None, gt=0, doc="median latency ceiling in ms")
     p95_ms: float | None = field(None, gt=0, doc="95th percentile ceiling in ms")
     p99_ms: float | None = field(None, gt=0, doc="99th percentile ceiling in ms")
     max_ratio: float | None = field(None, gt=0, doc="variant / baseline median time must be <= this (1.10 = at most 10% slower)")
     min_speedup: float | None = field(None, gt=0, doc="baseline / variant median time must be >= this")
+    machines: MachineScope | None = field(None, doc="{isa, min_cores, arch, cpu_model}: the machines p50_ms, "
+                                                    "p95_ms and p99_ms hold on; elsewhere they are reported, not "
+                                                    "gated (null: every machine)")
 
 
 @dataclass(frozen=True)
@@ -268,10 +308,12 @@ class GenerationThreshold:
 class Thresholds:
     """Acceptance thresholds; a variant's own `thresholds` override these key by key."""
 
-    metric: MetricThreshold = field(default_factory=MetricThreshold, doc="{max_drop, max_relative_drop, min, max}")
-    outputs: OutputThreshold = field(default_factory=OutputThreshold, doc="{atol, rtol}")
+    metric: MetricThreshold = field(default_factory=MetricThreshold, doc="{max_drop, max_relative_drop, min, max, "
+                                                                             "confidence, inconclusive}")
+    outputs: OutputThreshold = field(default_factory=OutputThreshold, doc="{atol, rtol, quant_steps}")
     fidelity: FidelityThreshold = field(default_factory=FidelityThreshold, doc="{min_mean_cosine, min_cosine}")
-    latency: LatencyThreshold = field(default_factory=LatencyThreshold, doc="{p50_ms, p95_ms, p99_ms, max_ratio, min_speedup}")
+    latency: LatencyThreshold = field(default_factory=LatencyThreshold, doc="{p50_ms, p95_ms, p99_ms, max_ratio, "
+                                                                               "min_speedup, machines}")
     size: SizeThreshold = field(default_factory=SizeThreshold, doc="{max_mb, max_ratio}")
     batch_invariance: BatchInvariance = field(default_factory=BatchInvariance,
                                               doc="{enabled, probes, batch_size, atol, max_changed_predictions}")

@@ -14,8 +14,8 @@ from ..formats import FORMATS
 from ..recipes import RECIPES
 from ..recipes.prune import FineTune
 from .model import (ArtifactSource, BatchInvariance, CrossMachineRule, DataSpec, FidelityThreshold, GenerationSpec,
-                    GenerationThreshold, HFSource, NextTokenThreshold, PerplexityThreshold,
-                    InputSpec, IsolationSettings, LatencySettings, LatencyThreshold, MetricSpec, MetricThreshold,
+                    GenerationThreshold, HFSource, InputSpec, IsolationSettings, LatencySettings, LatencyThreshold,
+                    MachineScope, MetricSpec, MetricThreshold, NextTokenThreshold, PerplexityThreshold,
                     ModelOverride, ModelSpec, OutputThreshold, SemanticSpec, SizeThreshold, SnapshotSettings,
                     SplitSpec, Spec, Thresholds)
 from .schema import MISSING, describe, type_hints
@@ -104,6 +104,8 @@ def render() -> str:
                        ("perplexity", PerplexityThreshold), ("next_token", NextTokenThreshold),
                        ("generation", GenerationThreshold)):
         sec(f"`thresholds.{title}`", (cls.__doc__ or "").strip() + "\n\n" + table(cls))
+        if cls is LatencyThreshold:
+            sec("`thresholds.latency.machines`", (MachineScope.__doc__ or "").strip() + "\n\n" + table(MachineScope))
     sec("`latency`", table(LatencySettings))
     sec("`isolation`", table(IsolationSettings))
     sec("`snapshot`", table(SnapshotSettings))

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..cache import build_key
+from ..cache import build_key, code_paths
 from ..errors import StageError
 from ..models import (baseline_arch, build_variant_model, count_params, describe_exc, search_dirs, state_bytes,
                       use_search_path, variant_arch)
@@ -58,15 +58,48 @@ def build(runner, t) -> Built:
         arch = baseline_arch(t.spec) if (t.spec.model.factory or t.spec.model.hf) else {}
         return Built(None, arch, [], 0.0, None, None, None, r.outputs, r.metric, t.variant.recipe)
     key = build_key(t.spec, t.vname)
-    use_search_path(search_dirs(t.spec))  # a cached model unpickles the user's classes
-    hit = runner.cache.get_built(key)
-    if hit is not None:
+    mods = spec_modules(t.spec)  # a cached model may be made of the spec's classes, and no others
+    hit = runner.cache.get_built(key, trusted_modules=mods)
+    # The arch rebuilds state dicts in the worker: an entry naming other code than the spec is not used.
+    if hit is not None and _canon(hit[0].get("arch")) == _canon(expected_arch(t.spec, t.variant)):
         meta, model, outputs = hit
         return Built.from_meta(meta, model, outputs, key)
     built = _fresh(runner, t)
     built.key = key
-    runner.cache.put_built(key, built.meta(), built.model, built.outputs)
+    runner.cache.put_built(key, built.meta(), built.model, built.outputs, trusted_modules=mods)
     return built
+
+
+def spec_modules(spec) -> list[str]:
+    """The modules the spec's import paths name, imported (they are the spec's code, trusted):
+    the classes of a cached model must come from them, torch, torchao or deploycheck."""
+    import importlib
+    use_search_path(search_dirs(spec))
+    out = []
+    for path in code_paths(spec):
+        mod = path.partition(":")[0]
+        try:
+            importlib.import_module(mod)
+        except Exception:  # noqa: BLE001 - the build names the failure with its spec line
+            continue
+        out.append(mod)
+    return out
+
+
+def _canon(x) -> str:
+    import json
+    return json.dumps(x, sort_keys=True, default=str)
+
+
+def expected_arch(spec, v) -> dict:
+    """The factory and kwargs the spec says rebuild variant ``v``: its own model's, else the
+    baseline's, else a distillation's student (a plug-in recipe that changes the architecture is
+    not predicted: its builds are not reused)."""
+    arch = variant_arch(spec, v)
+    for step in v.steps:
+        if getattr(step, "student", None):
+            arch = {"factory": step.student, "kwargs": dict(step.student_kwargs)}
+    return arch
 
 
 def _fresh(runner, t) -> Built:

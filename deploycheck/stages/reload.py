@@ -22,6 +22,7 @@ class Reload:
     metric: float | None
     seconds: float
     extra_outputs: Any = None  # outputs on the semantic triplets' texts, when the spec has them
+    key: str = ""              # the result's cache key (a failed timing verdict drops the entry)
 
 
 def latency_plan(runner, t) -> LatencyPlan:
@@ -68,7 +69,7 @@ def reload(runner, t) -> Reload:
     if cached is not None:
         res = WorkerResult.from_json(cached)
         res.cached = True
-        return _finish(runner, t, res, req.outputs, 0.0)
+        return _finish(runner, t, res, req.outputs, 0.0, rkey)
     out = runner.pool.run(req, timeout_s=t.spec.isolation.timeout_s)
     if out.result is None:
         raise StageError("load", f"{out.death()} while loading and running {os.path.basename(art.path)}",
@@ -80,17 +81,17 @@ def reload(runner, t) -> Reload:
         detail = r.traceback or "\n".join(r.message.splitlines()[1:])
         raise StageError(stage, msg, detail=_tail("traceback", detail) if detail else "", **t.ident())
     runner.cache.put_result(rkey, r.to_json(), req.outputs)
-    return _finish(runner, t, r, req.outputs, out.seconds)
+    return _finish(runner, t, r, req.outputs, out.seconds, rkey)
 
 
-def _finish(runner, t, r: WorkerResult, outputs_path: str, seconds: float) -> Reload:
+def _finish(runner, t, r: WorkerResult, outputs_path: str, seconds: float, key: str) -> Reload:
     import torch
     outputs = torch.cat(torch.load(outputs_path, weights_only=True))
     value = runner.score(t, outputs, what="reloaded")
     extra = None
     if os.path.exists(outputs_path + ".extra.pt"):
         extra = torch.cat(torch.load(outputs_path + ".extra.pt", weights_only=True))
-    return Reload(r, outputs, value, seconds, extra)
+    return Reload(r, outputs, value, seconds, extra, key)
 
 
 def _tail(title: str, text: str, n: int = 25) -> str:

@@ -37,10 +37,11 @@ class Artifact:
     format: str = ""
     options: dict = dataclasses.field(default_factory=dict)
     cached: bool = False
+    code: dict | None = None   # the spec's factory and kwargs (a state dict is rebuilt with them)
 
     def ref(self) -> ArtifactRef:
         """What a worker process needs to load it."""
-        return ArtifactRef(self.path, self.format, self.options, self.manifest)
+        return ArtifactRef(self.path, self.format, self.options, self.manifest, self.code)
 
 
 def save(runner, t) -> Artifact:
@@ -51,11 +52,17 @@ def save(runner, t) -> Artifact:
     options = dataclasses.asdict(t.fspec.options)
     path = os.path.join(runner.variant_dir(t), f"model{fmt.suffix}")
     akey = artifact_key(b.key, t.fspec)
-    man = runner.cache.get_artifact(akey, path)
+    code = dict(b.arch) if b.arch else None
+    man = runner.cache.get_artifact(akey, path) if not fmt.unpickles else None
     tok = _ship_tokenizer(runner, t, os.path.dirname(path))
     if man is not None:
-        return Artifact(path, man, man["size"], man["sha256"], 0.0, t.fmt, options, cached=True)
+        return Artifact(path, man, man["size"], man["sha256"], 0.0, t.fmt, options, cached=True, code=code)
     tmp = os.path.join(os.path.dirname(path), f"partial-{os.path.basename(path)}")  # keeps the suffix
+    # Some writers abort the process on a full disk (torch.jit.save); a folder with less room than
+    # the model's state (plus a margin) fails this item before they start.
+    need = (b.state_bytes or 0) + (1 << 20)
+    if free_bytes(os.path.dirname(path)) < need:
+        raise StageError("save", no_space_message(os.path.dirname(path)), **t.ident())
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -64,13 +71,52 @@ def save(runner, t) -> Artifact:
     except Unsupported as e:
         raise VariantUnsupported(str(e), spec=t.spec.name, variant=t.vname, fmt=t.fmt, where=t.where) from e
     except Exception as e:
+        _remove_partial(tmp)
+        if no_space(e):
+            raise StageError("save", no_space_message(os.path.dirname(path)), **t.ident()) from e
         raise StageError("save", f"saving as {t.fmt} failed: {describe_exc(e)}", **t.ident()) from e
-    os.replace(tmp, path)
-    man = write_manifest(path, fmt=t.fmt, input_shape=t.spec.model.inputs.shape, input_dtype=t.spec.model.inputs.dtype,
-                         extra={**(extra or {}), "requires": list(b.requires), "torch_settings": b.settings,
-                                **({"tokenizer": tok} if tok else {})})
-    runner.cache.put_artifact(akey, path, man)
-    return Artifact(path, man, man["size"], man["sha256"], time.perf_counter() - t0, t.fmt, options)
+    try:
+        os.replace(tmp, path)
+        man = write_manifest(path, fmt=t.fmt, input_shape=t.spec.model.inputs.shape,
+                             input_dtype=t.spec.model.inputs.dtype,
+                             extra={**(extra or {}), "requires": list(b.requires), "torch_settings": b.settings,
+                                    **({"tokenizer": tok} if tok else {})})
+    except OSError as e:
+        if no_space(e):
+            raise StageError("save", no_space_message(os.path.dirname(path)), **t.ident()) from e
+        raise
+    if not fmt.unpickles:  # a cached pickle would be code from a folder that may come from elsewhere
+        runner.cache.put_artifact(akey, path, man)
+    return Artifact(path, man, man["size"], man["sha256"], time.perf_counter() - t0, t.fmt, options, code=code)
+
+
+def free_bytes(folder: str) -> int:
+    import shutil
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 1 << 62  # unknown: let the writer say
+
+
+def no_space(e: BaseException) -> bool:
+    """A write failed on a full disk (torch's writers say 'file write failed' with no errno)."""
+    import errno
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(e) or "file write failed" in str(e)
+
+
+def no_space_message(folder: str) -> str:
+    return (f"no space left on device in {folder}: free space there, or move the run folder with "
+            "--deploycheck-run-dir DIR")
+
+
+def _remove_partial(tmp: str) -> None:
+    import shutil
+    if os.path.isdir(tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+    elif os.path.exists(tmp):
+        os.unlink(tmp)
 
 
 def _ship_tokenizer(runner, t, folder: str) -> dict[str, str]:
@@ -93,7 +139,8 @@ def _ship_tokenizer(runner, t, folder: str) -> dict[str, str]:
 
 def _made_elsewhere(t) -> Artifact:
     """The user's file, used in place. Its manifest is the one deploycheck wrote next to it, if
-    any, else its size and checksum (pinned by artifact.sha256)."""
+    any, else its size and checksum (pinned by artifact.sha256). The manifest is data: a state
+    dict is rebuilt with the spec's factory, and a manifest naming another is a load error."""
     spec, src = t.spec, t.variant.artifact
     path = os.path.join(os.path.dirname(os.path.abspath(spec.path)), src.path)
     exists = os.path.isfile(path)
@@ -102,10 +149,11 @@ def _made_elsewhere(t) -> Artifact:
     fspec = t.variant.formats[0]
     if not man:
         man = {"format": src.format, "size": None, "sha256": actual, "made_elsewhere": True}
-        if FORMATS.get(src.format)().needs_code(fspec.options) and (spec.model.factory or spec.model.hf):
-            man.update(baseline_arch(spec))  # a state dict rebuilds the spec's architecture
+    code = None
+    if FORMATS.get(src.format)().needs_code(fspec.options) and (spec.model.factory or spec.model.hf):
+        code = baseline_arch(spec)  # a state dict rebuilds the spec's architecture
     if src.sha256:
         man["sha256"] = src.sha256  # a pinned checksum: a changed file fails load as corrupted
         man["pinned_by"] = "artifact.sha256 in the spec"
     return Artifact(path, man, os.path.getsize(path) if exists else 0, actual, 0.0, fspec.name,
-                    dataclasses.asdict(fspec.options))
+                    dataclasses.asdict(fspec.options), code=code)
