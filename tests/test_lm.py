@@ -237,7 +237,7 @@ def test_the_baseline_passes_every_lm_check(lm_run):
     assert gen == ("greedy exact match 6/6 = 1.000 >= min_exact_match_in_memory 1 vs the in-memory baseline "
                    "(6 prompts × up to 6 new tokens, 36 generated through the reloaded export artifact)")
     tok = recs[("baseline", "export", "tokenizer")]["formula"]
-    assert tok.startswith("22 of 22 texts tokenize to the same ids with the tokenizer shipped next to the artifact")
+    assert tok.startswith("70 of 70 texts tokenize to the same ids with the tokenizer shipped next to the artifact")
 
 
 def test_a_fault_in_one_layer_fails_perplexity_kl_and_generation(lm_run):
