@@ -13,7 +13,8 @@ file) is removed and rebuilt, with one warning saying so.
 A cache folder may come from elsewhere (a CI cache, a shared disk), so nothing in it chooses code
 to run: built models are read back with ``weights_only=True``, allowing only module and tensor
 classes of torch, torchao, deploycheck and the modules the spec names (see :func:`load_model`);
-a model that needs anything else is not cached. Pickle-format artifacts are never cached.
+a model that needs anything else is not stored (its entry keeps the build's facts and outputs,
+and the model is rebuilt only when a save needs it). Pickle-format artifacts are never cached.
 
 A cache that cannot be written (a full disk, a read-only folder) turns itself off with one
 warning; the run goes on without it.
@@ -31,7 +32,8 @@ import platform
 import shutil
 import sys
 import warnings
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .formats.integrity import library_versions
 from .machine import kernel_key
@@ -205,11 +207,10 @@ def allowed_global(name: str, trusted_modules: Iterable[str] = ()) -> Any:
     top = mod_name.split(".")[0]
     if not mod_name or not (top in TRUSTED_PACKAGES or mod_name in trusted or mod_name in sys.modules):
         return None
-    if top not in TRUSTED_PACKAGES and mod_name not in trusted:
-        # a module the spec's code imported (a helper module of its factory's): already in this process
-        if not any((getattr(sys.modules[mod_name], "__file__", None) or "").startswith(d)
-                   for d in _trusted_dirs(trusted)):
-            return None
+    # else a module the spec's code imported (a helper module of its factory's): already in this process
+    if top not in TRUSTED_PACKAGES and mod_name not in trusted and not any(
+            (getattr(sys.modules[mod_name], "__file__", None) or "").startswith(d) for d in _trusted_dirs(trusted)):
+        return None
     try:
         obj: Any = importlib.import_module(mod_name)
         for part in qual.split("."):
@@ -293,7 +294,7 @@ class Cache:
 
     def _put(self, kind: str, key: str, write: Callable[[str], None]) -> None:
         """Write an entry in a staging folder, record its checksums, and publish it atomically.
-        ``write`` may raise :class:`NotCacheable`; a full or unwritable disk turns the cache off."""
+        A full or unwritable disk turns the cache off."""
         if not self.enabled:
             return
         tmp = None
@@ -311,9 +312,7 @@ class Cache:
             except OSError as e:  # another worker published the same entry first
                 if _no_space(e):
                     raise
-        except NotCacheable:
-            pass
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a cache write never fails the run
             if isinstance(e, OSError) or _no_space(e):
                 self._off(e)
             # else: not picklable (some exported graphs): just not cached
@@ -353,6 +352,7 @@ class Cache:
 
     # built variants
     def get_built(self, key: str, *, trusted_modules: Iterable[str] = ()):
+        """(meta, model, outputs); model is None when the entry holds none (see :meth:`put_built`)."""
         d = self._entry("built", key)
         if d is None:
             return None
@@ -361,33 +361,43 @@ class Cache:
             with open(os.path.join(d, "meta.json")) as fh:
                 meta = json.load(fh)
             outputs = torch.load(os.path.join(d, "outputs.pt"), weights_only=True)
-        except Exception:
+        except Exception:  # noqa: BLE001 - an unreadable entry is rebuilt, whatever the reader raised
             self.discard("built", key, "could not be read")
             return None
-        try:
-            model = load_model(os.path.join(d, "model.pt"), trusted_modules=trusted_modules)
-        except ValueError as e:
-            self.discard("built", key, f"holds a model this process does not unpickle ({e})")
-            return None
-        except Exception:
-            self.discard("built", key, "could not be read")
-            return None
+        model = None
+        if os.path.exists(os.path.join(d, "model.pt")):
+            try:
+                model = load_model(os.path.join(d, "model.pt"), trusted_modules=trusted_modules)
+            except ValueError as e:
+                self.discard("built", key, f"holds a model this process does not unpickle ({e})")
+                return None
+            except Exception:  # noqa: BLE001 - an unreadable entry is rebuilt, whatever the reader raised
+                self.discard("built", key, "could not be read")
+                return None
         self.hits["built"] += 1
         self._touch(d)
         return meta, model, outputs
 
     def put_built(self, key: str, meta: dict, model, outputs, *, trusted_modules: Iterable[str] = ()) -> None:
+        """The build's facts and outputs, and its model when the next session may load it: one made
+        only of allowed classes (see :func:`allowed_global`); otherwise the model is rebuilt when needed."""
         def write(tmp: str) -> None:
             import torch
             from torch.serialization import get_unsafe_globals_in_checkpoint
-            torch.save(model, os.path.join(tmp, "model.pt"))
-            # only what the next session will load: a model of other classes is not cached
-            if any(allowed_global(n, trusted_modules) is None
-                   for n in get_unsafe_globals_in_checkpoint(os.path.join(tmp, "model.pt"))):
-                raise NotCacheable
             torch.save(outputs, os.path.join(tmp, "outputs.pt"))
             with open(os.path.join(tmp, "meta.json"), "w") as fh:
                 json.dump(meta, fh, default=str)
+            path = os.path.join(tmp, "model.pt")
+            try:
+                torch.save(model, path)
+                ok = all(allowed_global(n, trusted_modules) is not None
+                         for n in get_unsafe_globals_in_checkpoint(path))
+            except Exception as e:  # noqa: BLE001 - not picklable (some exported graphs): not stored
+                if _no_space(e):
+                    raise
+                ok = False
+            if not ok and os.path.exists(path):
+                os.unlink(path)
         self._put("built", key, write)
 
     # artifacts
@@ -399,12 +409,15 @@ class Cache:
         try:
             with open(os.path.join(d, "manifest.json")) as fh:
                 manifest = json.load(fh)
+            if file_sha(src) != manifest["sha256"] or not isinstance(manifest["size"], int):
+                self.discard("artifact", key, "does not match its manifest")
+                return None
             tmp = dest + ".cache-copy"
             shutil.copyfile(src, tmp)
             os.replace(tmp, dest)
             with open(dest + ".manifest.json", "w") as fh:
                 json.dump(manifest, fh, indent=2, sort_keys=True)
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             return None
         self.hits["artifact"] += 1
         self._touch(d)
@@ -428,8 +441,9 @@ class Cache:
             with open(os.path.join(d, "result.json")) as fh:
                 result = json.load(fh)
             shutil.copyfile(os.path.join(d, "outputs.pt"), outputs_dest)
-            if os.path.exists(os.path.join(d, "extra.pt")):  # outputs on the semantic triplets
-                shutil.copyfile(os.path.join(d, "extra.pt"), outputs_dest + ".extra.pt")
+            for side in ("extra", "dynamic"):  # outputs on the semantic triplets, at the dynamic sizes
+                if os.path.exists(os.path.join(d, f"{side}.pt")):
+                    shutil.copyfile(os.path.join(d, f"{side}.pt"), outputs_dest + f".{side}.pt")
         except (OSError, ValueError):
             return None
         self.hits["result"] += 1
@@ -442,8 +456,9 @@ class Cache:
 
         def write(tmp: str) -> None:
             shutil.copyfile(outputs_path, os.path.join(tmp, "outputs.pt"))
-            if os.path.exists(outputs_path + ".extra.pt"):
-                shutil.copyfile(outputs_path + ".extra.pt", os.path.join(tmp, "extra.pt"))
+            for side in ("extra", "dynamic"):  # semantic triplets' outputs, outputs at the dynamic sizes
+                if os.path.exists(outputs_path + f".{side}.pt"):
+                    shutil.copyfile(outputs_path + f".{side}.pt", os.path.join(tmp, f"{side}.pt"))
             with open(os.path.join(tmp, "result.json"), "w") as fh:
                 json.dump(result, fh)
         self._put("result", key, write)
@@ -458,10 +473,6 @@ class Cache:
             return False
         _remove(d)
         return True
-
-
-class NotCacheable(Exception):
-    """An entry that is not worth caching (a model of classes the next session would not load)."""
 
 
 # --- location, size and eviction ---------------------------------------------------------------

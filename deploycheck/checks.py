@@ -6,6 +6,7 @@ One registry: each check says when it applies and how it decides. Items in
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -16,6 +17,8 @@ from . import diverge, machine, snapshots
 from .errors import StageError
 from .metrics import resolve, targets_for
 from .numeric import compare_arrays, describe_nonfinite, fmt_num, nonfinite, output_tolerance, render_mismatch
+from .outputs import align, label, pick
+from .protocol import batch_len, concat_inputs, rows, run_batch, take
 from .registry import Registry
 from .stages.save import VariantUnsupported
 from .target import Target
@@ -72,7 +75,7 @@ def baseline_nonfinite(runner, t: Target) -> str | None:
 
     The baseline's own ``outputs`` items fail with the details, once; a variant's comparisons
     with it are skipped with this pointer instead of failing as a delta."""
-    if nonfinite(runner.built(t.baseline()).outputs) is not None:
+    if any(nonfinite(o) is not None for o in runner.built(t.baseline()).outputs.values()):
         return f"the baseline's in-memory outputs are not finite (see {t.spec.name}::baseline::*::outputs)"
     return None
 
@@ -108,11 +111,14 @@ def finite_verdict(runner, t: Target) -> "Verdict | None":
     whose = "the baseline's" if t.is_baseline else "the variant's"
     problems, details = [], {}
     sides = [("in-memory", b.outputs)] if not t.made_elsewhere else []
-    for label, out in sides + [(f"reloaded {t.fmt}", r.outputs)]:
-        info = nonfinite(out)
-        if info is not None:
-            details[label] = info
-            problems.append(describe_nonfinite(info, whose=f"{whose} {label} outputs"))
+    for side, outs in sides + [(f"reloaded {t.fmt}", r.outputs)]:
+        for name, out in outs.items():
+            info = nonfinite(out)
+            if info is not None:
+                key = side + label(name, outs)
+                details[key] = info
+                what = f"{whose} {side} output {name!r}" if len(outs) > 1 else f"{whose} {side} outputs"
+                problems.append(describe_nonfinite(info, whose=what))
     if not problems:
         return None
     return Verdict("outputs", False, "\n".join(problems), problems[0], sum(d["bad"] for d in details.values()),
@@ -131,38 +137,147 @@ def outputs_check(runner, t: Target) -> Verdict:
     made_elsewhere = t.made_elsewhere and not t.is_baseline
     b = runner.built(t.baseline() if made_elsewhere else t)
     other = "the baseline" if made_elsewhere else "the in-memory variant"
-    th = v.thresholds.outputs
-    n_in = sum(int(x.shape[0]) for x in runner.batches(t.spec))
-    if r.outputs.shape != b.outputs.shape:
-        return Verdict("outputs", False, f"the reloaded {fspec.name} artifact returned shape {tuple(r.outputs.shape)} "
-                       f"but {other} returned {tuple(b.outputs.shape)} for the same {n_in} inputs",
-                       value=list(r.outputs.shape), threshold=list(b.outputs.shape))
-    tol = output_tolerance(atol=th.atol, rtol=th.rtol, precision=None if made_elsewhere else precision(v),
-                           quant_steps=th.quant_steps, span=float(b.outputs.double().max() - b.outputs.double().min())
-                           if b.outputs.numel() else 0.0)
-    st = compare_arrays(r.outputs, b.outputs, atol=tol.atol, rtol=tol.rtol)
-    details = {k: st[k] for k in ("mismatched", "total", "max_abs", "mean_abs", "max_rel", "min_atol")}
-    if tol.steps is not None:
-        formula = (f"max abs diff {fmt_num(st['max_abs'])}: {tol.describe(st['max_abs'])}; {st['mismatched']} of "
-                   f"{st['total']} elements beyond it")
-    else:
-        formula = (f"max abs diff {fmt_num(st['max_abs'])}; {st['mismatched']} of {st['total']} elements outside "
-                   f"{tol.describe(st['max_abs'])}")
-    threshold: dict = {"atol": tol.atol, "rtol": tol.rtol}
-    if tol.steps is not None:
-        threshold.update(quant_steps=tol.steps, precision=tol.precision, step=tol.step)
-        details["steps"] = st["max_abs"] / tol.step if tol.step else None
-    if st["mismatched"]:
-        msg = render_mismatch(st, what=f"outputs of the reloaded {fspec.name} artifact differ from {other}",
-                              left="reloaded", right="baseline" if made_elsewhere else "in-memory", atol=tol.atol,
-                              rtol=tol.rtol, hint=f"  {tol.describe(st['max_abs'])}" if tol.steps is not None else "")
-        msg += saturation_hint(v)
-        if not made_elsewhere:
+    n_in = sum(batch_len(x) for x in runner.batches(t.spec))
+    pairs, why = align(b.outputs, r.outputs)
+    if why is not None:
+        return Verdict("outputs", False, f"the reloaded {fspec.name} artifact {why.replace('the reference', other)}",
+                       value=list(r.outputs), threshold=list(b.outputs))
+    unknown = [n for n in v.thresholds.outputs.per_output if n not in b.outputs]
+    if unknown:
+        return Verdict("outputs", False, f"thresholds.outputs gives tolerances for {', '.join(map(repr, unknown))}, "
+                       f"not an output of the model; its outputs are {', '.join(map(repr, b.outputs))}",
+                       value=unknown, threshold=list(b.outputs))
+    failed, formulas, per, thresholds = [], [], {}, {}
+    for name, ref, got in pairs:
+        th = output_threshold(v, name)
+        lab = label(name, b.outputs)
+        if got.shape != ref.shape:
+            msg = (f"the reloaded {fspec.name} artifact returned{lab} of shape {tuple(got.shape)} but {other} "
+                   f"returned {tuple(ref.shape)} for the same {n_in} inputs")
+            failed.append(msg)
+            formulas.append(msg)
+            per[name] = {"shape": list(got.shape), "expected_shape": list(ref.shape)}
+            continue
+        tol = output_tolerance(atol=th.atol, rtol=th.rtol, precision=None if made_elsewhere else precision(v),
+                               quant_steps=th.quant_steps,
+                               span=float(ref.double().max() - ref.double().min()) if ref.numel() else 0.0)
+        st = compare_arrays(got, ref, atol=tol.atol, rtol=tol.rtol)
+        per[name] = {k: st[k] for k in ("mismatched", "total", "max_abs", "mean_abs", "max_rel", "min_atol")}
+        thr: dict = {"atol": tol.atol, "rtol": tol.rtol}
+        if tol.steps is not None:
+            thr.update(quant_steps=tol.steps, precision=tol.precision, step=tol.step)
+            per[name]["steps"] = st["max_abs"] / tol.step if tol.step else None
+            f = (f"max abs diff {fmt_num(st['max_abs'])}: {tol.describe(st['max_abs'])}; {st['mismatched']} of "
+                 f"{st['total']} elements beyond it")
+        else:
+            f = (f"max abs diff {fmt_num(st['max_abs'])}; {st['mismatched']} of {st['total']} elements outside "
+                 f"{tol.describe(st['max_abs'])}")
+        thresholds[name] = thr
+        formulas.append((f"{name}: " if lab else "") + f)
+        if st["mismatched"]:
+            what = (f"output {name!r} of the reloaded {fspec.name} artifact differs from {other}" if lab
+                    else f"outputs of the reloaded {fspec.name} artifact differ from {other}")
+            failed.append(render_mismatch(st, what=what, left="reloaded",
+                                          right="baseline" if made_elsewhere else "in-memory", atol=tol.atol,
+                                          rtol=tol.rtol,
+                                          hint=f"  {tol.describe(st['max_abs'])}" if tol.steps is not None else ""))
+    compared = [d for d in per.values() if "total" in d]
+    details: dict = {"mismatched": sum(d["mismatched"] for d in compared), "total": sum(d["total"] for d in compared),
+                     "max_abs": max((d["max_abs"] for d in compared), default=None),
+                     "mean_abs": max((d["mean_abs"] for d in compared), default=None),
+                     "max_rel": max((d["max_rel"] for d in compared), default=None),
+                     "min_atol": max((d["min_atol"] for d in compared), default=None)}
+    if len(pairs) == 1 and compared and "steps" in compared[0]:
+        details["steps"] = compared[0]["steps"]
+    if len(pairs) > 1:
+        details["outputs"] = per
+    formula = "; ".join(formulas)
+    threshold = next(iter(thresholds.values())) if len(thresholds) == 1 else thresholds
+    if failed:
+        msg = "\n".join(failed) + saturation_hint(v)
+        if not made_elsewhere and compared:
             where, det = where_it_departs(runner, t, against="in-memory")
             msg += where
             details.update(det)
-        return Verdict("outputs", False, msg, formula, st["max_abs"], threshold, details)
-    return Verdict("outputs", True, formula=formula, value=st["max_abs"], threshold=threshold, details=details)
+        return Verdict("outputs", False, msg, formula, details["max_abs"], threshold, details)
+    return Verdict("outputs", True, formula=formula, value=details["max_abs"], threshold=threshold, details=details)
+
+
+def output_threshold(variant, name: str):
+    """The tolerances for one output: ``thresholds.outputs.<name>`` where given, else the flat ones."""
+    th = variant.thresholds.outputs
+    return th.per_output.get(name, th)
+
+
+# --- dynamic dimensions --------------------------------------------------------------------------
+
+def _has_dynamic(t: Target) -> bool:
+    return any(d.dim > 0 and d.min is not None and d.max is not None
+               for _, i in t.spec.model.inputs.items for d in i.dynamic_dims)
+
+
+@check("dynamic", applies=_has_dynamic)
+def dynamic_check(runner, t: Target) -> Verdict:
+    """The reloaded artifact at every declared dynamic dimension's min, middle and max size,
+    against the in-memory variant (the baseline, for a file made elsewhere) on the same inputs."""
+    r = runner.reload(t)
+    probes = runner.dynamic_probes(t.spec)
+    ref_t = t.baseline() if t.made_elsewhere and not t.is_baseline else t
+    if t.made_elsewhere and t.is_baseline:
+        pytest.skip("an artifact made elsewhere as the baseline has no in-memory model to compare sizes with")
+    model = runner.built(ref_t).model
+    failed, ok_labels, details = [], [], {}
+    got_all = r.dynamic_outputs or []
+    errors = r.result.dynamic_errors or []
+    for i, p in enumerate(probes):
+        head = f"{p.name} traced at {p.traced}; at {p.size} ({', '.join(p.where)})"
+        try:
+            import torch
+            with torch.inference_mode():
+                ref = {k: o.float() for k, o in run_batch(model, p.batch).items()}
+        except Exception as e:  # the declaration promises a size the model itself cannot take
+            failed.append(f"{head} the in-memory variant fails: {type(e).__name__}: {str(e).splitlines()[0][:300]} "
+                          f"(check model.inputs dynamic min/max)")
+            details[p.label()] = "in-memory failed"
+            continue
+        err = errors[i] if i < len(errors) else "no result for this size"
+        if err:
+            failed.append(f"{head} the reloaded {t.fmt} artifact fails: {err}")
+            details[p.label()] = "failed"
+            continue
+        got = got_all[i]
+        pairs, why = align(ref, got)
+        if why is not None:
+            failed.append(f"{head} the reloaded {t.fmt} artifact {why.replace('the reference', 'the in-memory variant')}")
+            continue
+        bad = []
+        for name, a, g in pairs:
+            lab = f" output {name!r}" if len(pairs) > 1 else " output"
+            if g.shape != a.shape:
+                bad.append(f"returned{lab} of shape {tuple(g.shape)} where the in-memory variant returned "
+                           f"{tuple(a.shape)}")
+                continue
+            th = output_threshold(t.variant, name)
+            tol = output_tolerance(atol=th.atol, rtol=th.rtol, precision=None if t.made_elsewhere else
+                                   precision(t.variant), quant_steps=th.quant_steps,
+                                   span=float(a.double().max() - a.double().min()) if a.numel() else 0.0)
+            st = compare_arrays(g, a, atol=tol.atol, rtol=tol.rtol)
+            if st["mismatched"]:
+                bad.append(f"differs on{lab}: {st['mismatched']} of {st['total']} elements outside "
+                           f"{tol.describe(st['max_abs'])} (max abs diff {fmt_num(st['max_abs'])})")
+        if bad:
+            failed.append(f"{head} the reloaded {t.fmt} artifact " + "; ".join(bad))
+            details[p.label()] = "differs"
+        else:
+            ok_labels.append(p.label())
+            details[p.label()] = "ok"
+    sizes = ", ".join(p.label() for p in probes)
+    if failed:
+        msg = "\n".join(failed) + (f"\n  export with these dimensions dynamic (model.inputs dynamic) or fix the "
+                                  f"model's size-dependent Python code; sizes tried: {sizes}")
+        return Verdict("dynamic", False, msg, failed[0], len(failed), {"sizes": sizes}, details)
+    return Verdict("dynamic", True, formula=f"matches the in-memory variant at {sizes}", value=len(probes),
+                   details=details)
 
 
 # --- metric -------------------------------------------------------------------------------------
@@ -238,7 +353,8 @@ def drop_interval(runner, t: Target, outputs, metric, confidence: float):
     import torch
 
     from .stats import bootstrap_paired_drop, exact_paired_drop
-    base = runner.built(t.baseline()).outputs
+    base = pick(runner.built(t.baseline()).outputs, t.spec.metric.output)  # the output the metric reads
+    outputs = pick(outputs, t.spec.metric.output)
     if len(base) != len(outputs) or len(outputs) < 2:
         return None
     targets = targets_for(metric, runner.labels(t.spec), base)
@@ -265,7 +381,7 @@ def metric_check(runner, t: Target) -> Verdict:
     m = resolve(t.spec)
     skip_if_baseline_nonfinite(runner, t)
     if not math.isfinite(r.metric):
-        info = nonfinite(r.outputs)
+        info = nonfinite(pick(r.outputs, t.spec.metric.output))
         why = (describe_nonfinite(info, whose=f"the reloaded {t.fmt} outputs") if info
                else "the metric function returned a non-finite value")
         return Verdict("metric", False, f"metric {m.name} is {r.metric}, not a number to compare: {why}",
@@ -450,23 +566,29 @@ def _bi_applies(t: Target) -> bool:
 def batch_invariance_check(runner, t: Target) -> Verdict:
     import torch
     th = t.variant.thresholds.batch_invariance
-    x = torch.from_numpy(runner.data(t.spec).x_test)
-    n = min(th.probes, len(x))
-    probes = x[:n]
-    fill = x[n:n + max(th.batch_size - n, 0)]
+    x = concat_inputs(runner.batches(t.spec))
+    n = min(th.probes, rows(x))
+    probes = take(x, slice(0, n))
+    fill = take(x, slice(n, n + max(th.batch_size - n, 0)))
+    n_fill = rows(fill)
     # each probe alone; all probes first in a batch of other samples; then last in it
-    outs = runner.run_model(t, "batch-invariance", lambda: [probes[i:i + 1] for i in range(n)]
-                            + [torch.cat([probes, fill]), torch.cat([fill, probes])])
-    alone = torch.cat(outs[:n])
-    batched, rev = outs[n][:n], outs[n + 1][len(fill):]
-    diff = torch.maximum((alone - batched).abs().amax(), (alone - rev).abs().amax()).item()
+    outs = runner.run_model(t, "batch-invariance", lambda: [take(probes, slice(i, i + 1)) for i in range(n)]
+                            + [concat_inputs([probes, fill]), concat_inputs([fill, probes])])
+    diff = 0.0
+    for name in outs[0]:  # every output: a batch-dependent embedding is as wrong as a batch-dependent logit
+        a = torch.cat([o[name] for o in outs[:n]])
+        d = torch.maximum((a - outs[n][name][:n]).abs().amax(), (a - outs[n + 1][name][n_fill:]).abs().amax())
+        diff = max(diff, d.item())
+    mo = [pick(o, t.spec.metric.output) for o in outs]
+    alone = torch.cat(mo[:n])
+    batched, rev = mo[n][:n], mo[n + 1][n_fill:]
     changed = 0
     if alone.ndim == 2 and alone.shape[1] > 1 and resolve(t.spec).needs_labels:  # classifiers: compare predictions
         changed = int(((alone.argmax(1) != batched.argmax(1)) | (alone.argmax(1) != rev.argmax(1))).sum())
     ok = diff <= th.atol and changed <= th.max_changed_predictions
     formula = (f"max |alone - batched| {fmt_num(diff)} {'<=' if diff <= th.atol else '>'} atol {fmt_num(th.atol)}; "
                f"changed predictions {changed} {'<=' if changed <= th.max_changed_predictions else '>'} "
-               f"max_changed_predictions {th.max_changed_predictions} ({n} probes, batches of {n + len(fill)})")
+               f"max_changed_predictions {th.max_changed_predictions} ({n} probes, batches of {n + n_fill})")
     return Verdict("batch_invariance", ok, "" if ok else formula, formula, diff,
                    {"atol": th.atol, "max_changed_predictions": th.max_changed_predictions},
                    {"max_diff": diff, "changed_predictions": changed, "probes": n})
@@ -481,7 +603,9 @@ def snapshot_check(runner, t: Target, *, item) -> Verdict:
     metric = resolve(t.spec)
     fp = machine.fingerprint()
     current = machine.isa_class(fp)
-    data = snapshots.snapshot_data(spec=t.spec, vname=t.vname, fmt=t.fmt, outputs=r.outputs[:st.probes],
+    data = snapshots.snapshot_data(spec=t.spec, vname=t.vname, fmt=t.fmt,
+                                   outputs={k: o[:st.probes] for k, o in r.outputs.items()},
+                                   metric_output=t.spec.metric.output,
                                    metric_name=metric.name, metric=r.metric, top_k=st.top_k,
                                    classifier=metric.needs_labels, machine=machine.snapshot_machine(fp),
                                    isa_class=current)
@@ -519,39 +643,54 @@ def _fidelity_applies(t: Target) -> bool:
 
 @check("fidelity", applies=_fidelity_applies)
 def fidelity_check(runner, t: Target) -> Verdict:
+    """Row-wise cosine to the baseline, for every output (a failure names the output)."""
     import torch
     r = runner.reload(t)
     skip_if_baseline_nonfinite(runner, t)
     base = runner.built(t.baseline()).outputs
     th = t.variant.thresholds.fidelity
-    cos = torch.nn.functional.cosine_similarity(r.outputs.reshape(len(r.outputs), -1).double(),
-                                                base.reshape(len(base), -1).double(), dim=1)
-    mean, worst, at = cos.mean().item(), cos.min().item(), int(cos.argmin())
-    if not math.isfinite(mean):
-        info = nonfinite(r.outputs)
-        why = describe_nonfinite(info, whose=f"the reloaded {t.fmt} outputs") if info else "cosine is not finite"
-        return Verdict("fidelity", False, f"cosine to the baseline is not a number: {why}", "cosine is not finite",
-                       mean, None, {"mean_cosine": mean})
-    parts, failed = [], []
-    if th.min_mean_cosine is not None:
-        ok = mean >= th.min_mean_cosine
-        (parts if ok else failed).append(f"mean cosine vs baseline {mean:.6f} (1 - cos = {1 - mean:.1e}) "
-                                         f"{'>=' if ok else '<'} min_mean_cosine "
-                                         f"{fmt_num(th.min_mean_cosine)}")
-    if th.min_cosine is not None:
-        ok = worst >= th.min_cosine
-        (parts if ok else failed).append(f"min cosine vs baseline {worst:.6f} (1 - cos = {1 - worst:.1e}, sample {at}) "
-                                         f"{'>=' if ok else '<'} "
-                                         f"min_cosine {fmt_num(th.min_cosine)}")
+    thr = {k: getattr(th, k) for k in ("min_mean_cosine", "min_cosine") if getattr(th, k) is not None}
+    pairs, why = align(base, r.outputs)
+    if why is not None:
+        return Verdict("fidelity", False, f"the reloaded {t.fmt} artifact {why.replace('the reference', 'the baseline')}",
+                       "outputs differ", None, thr)
+    parts, failed, per = [], [], {}
+    for name, ref, got in pairs:
+        lab = f"output {name!r}: " if len(pairs) > 1 else ""
+        if got.shape != ref.shape:
+            failed.append(f"{lab}shape {tuple(got.shape)} differs from the baseline's {tuple(ref.shape)}")
+            continue
+        cos = torch.nn.functional.cosine_similarity(got.reshape(len(got), -1).double(),
+                                                    ref.reshape(len(ref), -1).double(), dim=1)
+        mean, worst, at = cos.mean().item(), cos.min().item(), int(cos.argmin())
+        per[name] = {"mean_cosine": mean, "min_cosine": worst, "worst_sample": at}
+        if not math.isfinite(mean):
+            info = nonfinite(got)
+            what = f"the reloaded {t.fmt} " + (f"output {name!r}" if lab else "outputs")
+            why = describe_nonfinite(info, whose=what) if info else "cosine is not finite"
+            return Verdict("fidelity", False, f"cosine to the baseline is not a number: {why}", "cosine is not finite",
+                           mean, None, {"mean_cosine": mean})
+        if th.min_mean_cosine is not None:
+            ok = mean >= th.min_mean_cosine
+            (parts if ok else failed).append(f"{lab}mean cosine vs baseline {mean:.6f} (1 - cos = {1 - mean:.1e}) "
+                                             f"{'>=' if ok else '<'} min_mean_cosine "
+                                             f"{fmt_num(th.min_mean_cosine)}")
+        if th.min_cosine is not None:
+            ok = worst >= th.min_cosine
+            (parts if ok else failed).append(f"{lab}min cosine vs baseline {worst:.6f} (1 - cos = {1 - worst:.1e}, "
+                                             f"sample {at}) {'>=' if ok else '<'} "
+                                             f"min_cosine {fmt_num(th.min_cosine)}")
     formula = "; ".join(failed or parts)
+    first = per.get(pairs[0][0], {}) if pairs else {}
+    mean = min((d["mean_cosine"] for d in per.values()), default=None)
+    details = {"mean_cosine": mean, "min_cosine": min((d["min_cosine"] for d in per.values()), default=None),
+               "worst_sample": first.get("worst_sample")}
+    if len(pairs) > 1:
+        details["outputs"] = per
     if failed:
         where, det = where_it_departs(runner, t)
-        return Verdict("fidelity", False, formula + where, formula, mean,
-                       {k: getattr(th, k) for k in ("min_mean_cosine", "min_cosine") if getattr(th, k) is not None},
-                       {"mean_cosine": mean, "min_cosine": worst, "worst_sample": at, **det})
-    return Verdict("fidelity", not failed, formula if failed else "", formula, mean,
-                   {k: getattr(th, k) for k in ("min_mean_cosine", "min_cosine") if getattr(th, k) is not None},
-                   {"mean_cosine": mean, "min_cosine": worst, "worst_sample": at})
+        return Verdict("fidelity", False, formula + where, formula, mean, thr, {**details, **det})
+    return Verdict("fidelity", True, "", formula, mean, thr, details)
 
 
 def _triplet_order(emb, triplets):
@@ -567,7 +706,7 @@ def semantic_check(runner, t: Target) -> Verdict:
     _, triplets = runner.semantic_batches(t.spec)
     base_emb = runner.embeddings(t.baseline())  # once per session, whatever the number of formats
     base_kept = set(_triplet_order(base_emb, triplets))
-    kept = set(_triplet_order(r.extra_outputs, triplets))
+    kept = set(_triplet_order(pick(r.extra_outputs, t.spec.metric.output), triplets))
     n = len(triplets)
     agreement = len(kept) / n if n else 1.0
     lost = sorted(base_kept - kept)

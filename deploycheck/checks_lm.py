@@ -14,6 +14,7 @@ from . import lm
 from .checks import Verdict, check, skip_if_baseline_nonfinite
 from .data.sources import read_lines
 from .errors import StageError
+from .outputs import pick
 from .target import Target
 
 
@@ -36,11 +37,12 @@ def _logits(runner, t: Target):
     """(reloaded logits, baseline's in-memory logits), shapes checked."""
     r = runner.reload(t)
     skip_if_baseline_nonfinite(runner, t)
-    base = runner.built(t.baseline()).outputs
-    if r.outputs.ndim != 3:
+    name = t.spec.metric.output  # the logits: the output the metric reads (the first by default)
+    out, base = pick(r.outputs, name), pick(runner.built(t.baseline()).outputs, name)
+    if out.ndim != 3:
         raise StageError("check", f"a causal LM returns (batch, seq_len, vocab) logits; the reloaded {t.fmt} artifact "
-                                  f"returned shape {tuple(r.outputs.shape)}", **t.ident())
-    return r.outputs, base
+                                  f"returned shape {tuple(out.shape)}", **t.ident())
+    return out, base
 
 
 @check("perplexity", applies=is_causal_lm)

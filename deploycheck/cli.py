@@ -74,10 +74,10 @@ deploycheck: 1
 name: {name}
 model:
   factory: {factory}
-  inputs: {{shape: [{shape}], dtype: float32}}
+  inputs:{inputs}
   # weights: model.safetensors      # relative to this file; omit to keep the factory's initialisation
 data:
-  source: {data}
+  source: {data}{preprocess}
 metric: {metric}
 formats: [export, torchscript]
 variants:
@@ -91,11 +91,54 @@ thresholds:
 """
 
 
+def init_inputs(shapes: list[str], dtypes: list[str]) -> tuple[str, list[tuple[str, list[int], str]]]:
+    """``model.inputs`` for init from ``--shape 1,64`` (one input) or ``--shape NAME=1,16`` (each
+    named input) and ``--dtype int64`` / ``--dtype NAME=int64``; and the inputs as (name, shape, dtype)."""
+    named = [s.partition("=") for s in shapes]
+    by_name = {n: d for n, sep, d in (x.partition("=") for x in dtypes) if sep}
+    plain = [d for d in dtypes if "=" not in d]
+    items = []
+    for n, sep, shape in named:
+        dims = [int(v) for v in (shape if sep else n).split(",")]
+        name = n if sep else "x"
+        items.append((name, dims, by_name.get(name, plain[-1] if plain else "float32")))
+    if len(items) == 1 and not named[0][1]:
+        _, dims, dt = items[0]
+        return f" {{shape: {dims}, dtype: {dt}}}", items
+    lines = "".join(f"\n    {n}: {{shape: {dims}, dtype: {dt}}}" for n, dims, dt in items)
+    return lines, items
+
+
+def init_steps(text: str, *, out: str, shape: list[int], dtype: str) -> tuple[list[str], str | None]:
+    """The ``scale``/``reshape`` steps that make the data's samples the shape ``--shape`` declares,
+    read from the data itself; or why none could be found (printed, the spec still written)."""
+    import numpy as np
+
+    from .data.dataset import _raw
+    try:
+        x = np.asarray(_raw(parse(text, filename=out))[0])
+    except Exception as e:  # noqa: BLE001 - init never fails on data it cannot read; the run will say more
+        return [], f"could not read the data to match its shape ({type(e).__name__}: {e})"
+    steps, note = [], None
+    if dtype.startswith(("float", "bfloat")) and x.dtype.kind in "fiu" and x.size and x.min() >= 0 and x.max() > 1:
+        steps.append(f"- scale: {1 / float(x.max()):.6g}  # data in [0, {float(x.max()):g}] -> [0, 1]")
+    sample, want = list(x.shape[1:]), shape[1:]
+    if sample != want:
+        if int(np.prod(sample)) == int(np.prod(want)):
+            steps.append(f"- reshape: {want}  # per-sample shape: {tuple(x.shape[1:])} -> {tuple(want)}")
+        else:
+            note = (f"the data gives samples of shape {tuple(sample)} but --shape declares {tuple(want)} per sample "
+                    "(batch first): fix --shape, or add preprocess steps to the spec")
+    return steps, note
+
+
 def cmd_init(args) -> int:
     name = args.name or args.factory.rpartition(":")[2].lower().replace("_", "-")
-    text = INIT_TEMPLATE.format(name=name, factory=args.factory, shape=", ".join(str(int(s)) for s in args.shape.split(",")),
-                                data=args.data, metric=args.metric, schema=args.schema)
+    inputs, items = init_inputs(args.shape, args.dtype or [])
     out = args.output or os.path.join("specs", f"{name}.yaml")
+    fields = dict(name=name, factory=args.factory, inputs=inputs, data=args.data, metric=args.metric,
+                  schema=args.schema)
+    text = INIT_TEMPLATE.format(preprocess="", **fields)
     try:
         parse(text, filename=out)
     except SpecError as e:
@@ -104,6 +147,12 @@ def cmd_init(args) -> int:
     if os.path.exists(out) and not args.force:
         print(f"{out} exists; not overwriting it (use --force)", file=sys.stderr)
         return 1
+    if len(items) == 1 and items[0][0] == "x":  # one input: make the data's samples its shape
+        steps, note = init_steps(text, out=out, shape=items[0][1], dtype=items[0][2])
+        if steps:
+            text = INIT_TEMPLATE.format(preprocess="\n  preprocess:" + "".join(f"\n    {s}" for s in steps), **fields)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -227,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(fn=cmd_schema)
     i = sub.add_parser("init", help="scaffold a spec for a model factory (never prompts)")
     i.add_argument("--factory", required=True, help="module:callable returning the nn.Module")
-    i.add_argument("--shape", required=True, help="example input shape, batch first, e.g. 1,64")
+    i.add_argument("--shape", required=True, action="append",
+                   help="example input shape, batch first, e.g. 1,64; NAME=1,16 (repeated) for named inputs")
+    i.add_argument("--dtype", action="append",
+                   help="input dtype (default float32), e.g. int64; NAME=int64 for a named input")
     i.add_argument("--data", default="sklearn:digits", help="data source (default: sklearn:digits)")
     i.add_argument("--metric", default="accuracy")
     i.add_argument("--name")

@@ -27,8 +27,8 @@ from .target import Target
 #: set by the plugin at configure: returns the session's Runner (made on first use)
 RUNNER_FACTORY = pytest.StashKey[Callable[[], Any]]()
 
-FORMAT_CHECKS = ("load", "outputs", "metric", "perplexity", "next_token", "generation", "tokenizer", "fidelity",
-                 "semantic", "latency", "size", "snapshot")
+FORMAT_CHECKS = ("load", "outputs", "dynamic", "metric", "perplexity", "next_token", "generation", "tokenizer",
+                 "fidelity", "semantic", "latency", "size", "snapshot")
 
 
 class SpecFile(pytest.File):

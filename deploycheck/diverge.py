@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .protocol import first_tensor
+from .protocol import call, first_tensor
 
 #: a layer departs when its relative error exceeds this, or 10% of the final output's
 MIN_REL = 1e-3
@@ -56,7 +56,7 @@ def _capture(model, probes) -> tuple[dict[str, Any], list[str], Any]:
             pass
     try:
         with torch.inference_mode():
-            final = first_tensor(model(probes))
+            final = first_tensor(call(model, probes))
     finally:
         for h in hooks:
             h.remove()
@@ -120,7 +120,8 @@ def _capture_export(path: str, probes):
             return out
 
     with torch.inference_mode():
-        final = first_tensor(Recorder(gm).run(probes))
+        args = list(probes.values()) if isinstance(probes, dict) else [probes]
+        final = first_tensor(Recorder(gm).run(*args))
     return acts, order, final
 
 
@@ -161,7 +162,8 @@ def _capture_onnx(path: str, probes):
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every node's output
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    feed = {sess.get_inputs()[0].name: probes.numpy()}
+    feed = ({k: v.numpy() for k, v in probes.items()} if isinstance(probes, dict)
+            else {sess.get_inputs()[0].name: probes.numpy()})
     names = [o.name for o in sess.get_outputs()]
     values = dict(zip(names, sess.run(names, feed)))
     acts: dict[str, Any] = {}

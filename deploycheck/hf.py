@@ -65,12 +65,11 @@ def encoder(path: str, pooling: str = "mean", normalize: bool = False) -> TextEn
 
 class CausalLM(torch.nn.Module):
     """A causal language model behind the one-tensor interface: (batch, 2, seq_len) int64 token ids
-    and attention mask -> (batch, seq_len, vocab) float32 next-token logits. The sequence length
-    is a dynamic dimension of every export (``dynamic_dims``), so one artifact serves held-out
-    texts and every step of a generation loop. No KV cache in this interface: a generation
-    through the artifact recomputes the prefix each step (see README, "Causal language models")."""
-
-    dynamic_dims = {2: "seq"}  # dimension index of the input -> name; the batch (0) is dynamic too
+    and attention mask -> (batch, seq_len, vocab) float32 next-token logits. Declare the sequence
+    length dynamic in ``model.inputs`` (``dynamic: {2: {name: seq, min, max}}``) so one artifact
+    serves the held-out texts and every step of a generation loop. No KV cache in this interface:
+    a generation through the artifact recomputes the prefix each step (README, "Causal language
+    models")."""
 
     def __init__(self, path: str):
         super().__init__()

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .outputs import flatten
+
 
 @dataclass(frozen=True)
 class ArtifactRef:
@@ -61,6 +63,7 @@ class WorkerRequest:
     threads: int = 1
     latency: LatencyPlan | None = None
     extra_inputs: str | None = None      # semantic triplets' texts, run after the evaluation batches
+    dynamic_inputs: str | None = None    # batches at each declared dynamic dimension's sizes (see runner)
     memory_mb: int | None = None
     python_path: tuple[str, ...] = ()    # only for formats that import the model's code
     generate: GeneratePlan | None = None
@@ -95,6 +98,8 @@ class WorkerResult:
     load_s: float = 0.0
     latency: dict | None = None
     output_shape: list = field(default_factory=list)
+    output_shapes: dict = field(default_factory=dict)  # every output's shape, by name
+    dynamic_errors: list = field(default_factory=list)  # per dynamic-size batch: None, or why it failed
     peak_rss_mb: float | None = None
     cached: bool = False                 # reused from the cache, not measured in this session
     generations: list | None = None      # greedy new-token ids per prompt (a GeneratePlan was given)
@@ -116,13 +121,14 @@ class WorkerResult:
 
 def load_request(ref: ArtifactRef, *, workdir: str, stem: str, inputs: str, threads: int = 1,
                  latency: LatencyPlan | None = None, extra_inputs: str | None = None, memory_mb: int | None = None,
-                 python_path: tuple[str, ...] | list[str] = (), generate: GeneratePlan | None = None) -> WorkerRequest:
+                 python_path: tuple[str, ...] | list[str] = (), dynamic_inputs: str | None = None,
+                 generate: GeneratePlan | None = None) -> WorkerRequest:
     """A request to load ``ref`` and run it on ``inputs``; its output and result files are
     ``<workdir>/<stem>.outputs.pt`` and ``<workdir>/<stem>.result.json``."""
     return WorkerRequest(target=ref, inputs=inputs, outputs=os.path.join(workdir, f"{stem}.outputs.pt"),
                          result=os.path.join(workdir, f"{stem}.result.json"), threads=threads, latency=latency,
                          extra_inputs=extra_inputs, memory_mb=memory_mb, python_path=tuple(python_path),
-                         generate=generate)
+                         dynamic_inputs=dynamic_inputs, generate=generate)
 
 
 def first_tensor(o: Any) -> Any:
@@ -140,10 +146,66 @@ def first_tensor(o: Any) -> Any:
     return None
 
 
-def primary_output(o: Any) -> Any:
-    """The tensor a model's call returns, whatever it wraps it in (see :func:`first_tensor`);
-    anything else is an error the caller reports with its stage."""
-    t = first_tensor(o)
-    if t is None:
-        raise TypeError(f"the model returned {type(o).__name__}, not a tensor")
-    return t
+def call(fn: Any, x: Any) -> Any:
+    """Run a model on one input batch: a tensor, a tuple of positional inputs, or a dict of
+    named inputs (passed by keyword)."""
+    if isinstance(x, dict):
+        return fn(**x)
+    if isinstance(x, (tuple, list)):
+        return fn(*x)
+    return fn(x)
+
+
+def batch_len(x: Any) -> int:
+    """The batch size of one input batch (its first input's first dimension)."""
+    t = first_tensor(x)
+    return int(t.shape[0])
+
+
+class BatchDimError(ValueError):
+    """An output that does not keep the batch dimension first."""
+
+
+def run_batch(fn: Any, x: Any, *, index: int | None = None, in_memory: bool = False) -> dict:
+    """The named outputs of ``fn`` on one batch (see :func:`deploycheck.outputs.flatten`), each
+    checked to keep the batch dimension first (a :class:`BatchDimError` says which did not)."""
+    named = flatten(call(fn, x))
+    n = batch_len(x)
+    for name, o in named.items():
+        if tuple(o.shape[:1]) != (n,):
+            what = f" output {name!r}" if len(named) > 1 else ""
+            if in_memory:
+                raise BatchDimError(f"the in-memory model returned{what} shape {tuple(o.shape)} for a batch of {n}: "
+                                    "outputs must keep the batch dimension first")
+            at = f"batch {index}: " if index is not None else ""
+            raise BatchDimError(f"{at}input batch of {n} gave{what or ' output'} of shape {tuple(o.shape)}: the "
+                                "artifact was built for a fixed batch size (export with a dynamic batch dimension)")
+    return named
+
+
+def rows(x) -> int:
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
+def concat_inputs(batches: list):
+    """Input batches (tensors) joined along the batch dimension, input by input."""
+    import torch
+    if batches and isinstance(batches[0], dict):
+        return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    return torch.cat(batches)
+
+
+def take(x, index):
+    """Rows of one input or of every named input alike."""
+    return {k: v[index] for k, v in x.items()} if isinstance(x, dict) else x[index]
+
+
+def describe_batch(b) -> str:
+    """``shape (64, 1, 8, 8)``, or each named input's shape and dtype."""
+    if b is None:
+        return "shape ?"
+    if isinstance(b, dict):
+        return ", ".join(f"{k} {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}" for k, v in b.items())
+    if isinstance(b, (tuple, list)):
+        return ", ".join(f"input {i} {tuple(v.shape)}" for i, v in enumerate(b))
+    return f"shape {tuple(b.shape)} {str(b.dtype).replace('torch.', '')}"

@@ -23,7 +23,9 @@ from .isolation import WorkerPool
 from .lm import greedy, hf_steps
 from .metrics import resolve, targets_for
 from .models import build_baseline, describe_exc
-from .protocol import primary_output
+from .outputs import OutputError, pick
+from .protocol import BatchDimError, batch_len, concat_inputs, describe_batch, run_batch, take
+from .signature import dynamic_probes
 from .stages import build, reload, save
 from .stages.build import Built
 from .stages.reload import Reload
@@ -36,6 +38,27 @@ __all__ = ["Runner", "Built", "Artifact", "Reload", "VariantUnsupported", "DIVER
 DIVERGENCE_PROBES = 16
 
 _STAGE_OF = {"artifact": "save", "reload": "load"}
+
+
+def with_declared_dtypes(spec, b):
+    """bfloat16 inputs (numpy has none) cast on the tensor side; every other dtype is the data's."""
+    import torch
+    if isinstance(b, dict):
+        decl = dict(spec.model.inputs.items)
+        return {k: v.to(torch.bfloat16) if decl[k].dtype == "bfloat16" else v for k, v in b.items()}
+    return b.to(torch.bfloat16) if spec.model.inputs.dtype == "bfloat16" else b
+
+
+def baseline_input_problem(spec, *, what: str, given, sample: list, error: str) -> str:
+    """Why the baseline cannot run as declared, with what was declared and what the data gave,
+    pointing at the two keys that decide it."""
+    declared = spec.model.inputs.describe()
+    data = describe_batch(sample[0]) if sample else "no samples"
+    return (f"the baseline model cannot run on {what} ({describe_batch(given)}): {error}\n"
+            f"  model.inputs declares {declared}; the data ({spec.data.source}"
+            f"{' after preprocess' if spec.data.preprocess else ''}) gives evaluation batches of {data}\n"
+            f"  fix model.inputs to the shape and dtype the model takes, or the data (data.preprocess: reshape, "
+            f"scale, dtype) to match it")
 
 
 class Runner:
@@ -73,7 +96,10 @@ class Runner:
         return self._memo(("data", spec.path), lambda: load(spec))
 
     def batches(self, spec) -> list:
-        return self._memo(("batches", spec.path), lambda: self.data(spec).eval_batches(spec.data.batch_size))
+        def make():
+            batches = self.data(spec).eval_batches(spec.data.batch_size)
+            return [with_declared_dtypes(spec, b) for b in batches]
+        return self._memo(("batches", spec.path), make)
 
     def labels(self, spec):
         import torch
@@ -81,19 +107,29 @@ class Runner:
         return None if y is None else torch.from_numpy(y)
 
     def example(self, spec):
-        """The example input: real held-out samples when their shape fits, else seeded random values."""
+        """The example input (each named input's, by name): real held-out samples when their shape
+        fits, else seeded random values of the declared dtype."""
         def make():
             import numpy as np
             import torch
-            shape = tuple(spec.model.inputs.shape)
-            dtype = getattr(torch, spec.model.inputs.dtype)
-            x = self.data(spec).x_test
-            if tuple(x.shape[1:]) == shape[1:] and len(x) >= shape[0]:
-                return torch.from_numpy(np.ascontiguousarray(x[:shape[0]])).to(dtype)
-            g = torch.Generator().manual_seed(0)
-            if dtype.is_floating_point:
-                return torch.randn(shape, generator=g).to(dtype)
-            return torch.randint(0, 100, shape, generator=g, dtype=dtype)
+            sig = spec.model.inputs
+            x_all = self.data(spec).x_test
+            out = {}
+            for name, inp in sig.items:
+                shape = tuple(inp.shape)
+                dtype = getattr(torch, inp.dtype)
+                x = x_all[name] if isinstance(x_all, dict) else x_all
+                if tuple(x.shape[1:]) == shape[1:] and len(x) >= shape[0]:
+                    out[name] = torch.from_numpy(np.ascontiguousarray(x[:shape[0]])).to(dtype)
+                    continue
+                g = torch.Generator().manual_seed(0)
+                if dtype.is_floating_point:
+                    out[name] = torch.randn(shape, generator=g).to(dtype)
+                elif dtype == torch.bool:
+                    out[name] = torch.ones(shape, dtype=torch.bool)  # a mask that keeps every position
+                else:
+                    out[name] = torch.randint(0, 100, shape, generator=g, dtype=dtype)
+            return out if sig.named else out["x"]
         return self._memo(("example", spec.path), make)
 
     def semantic_batches(self, spec):
@@ -164,19 +200,31 @@ class Runner:
             if spec.semantic is not None:
                 files["semantic"] = os.path.join(d, "semantic_inputs.pt")
                 torch.save(self.semantic_batches(spec)[0], files["semantic"])
+            probes = self.dynamic_probes(spec)
+            if probes:
+                files["dynamic"] = os.path.join(d, "dynamic_inputs.pt")
+                torch.save([p.batch for p in probes], files["dynamic"])
             if spec.generation is not None:
                 files["prompts"] = os.path.join(d, "prompt_ids.pt")
                 torch.save(self.prompts(spec)[1], files["prompts"])
             return files
         return self._memo(("inputs-files", spec.path), make)
 
+    def dynamic_probes(self, spec) -> list:
+        """Batches at each declared dynamic dimension's min, middle and max size (see
+        :func:`deploycheck.signature.dynamic_probes`), built from the first evaluation rows."""
+        return self._memo(("dynamic-probes", spec.path), lambda: dynamic_probes(spec, self.batches(spec)))
+
     def inputs_sha(self, spec) -> str:
         def make():
+            import torch
             h = hashlib.sha256()
             extra = self.semantic_batches(spec)[0] if spec.semantic is not None else []
-            for b in self.batches(spec) + [self.example(spec)] + extra:
-                h.update(str((tuple(b.shape), str(b.dtype))).encode())
-                h.update(b.contiguous().numpy().tobytes())
+            extra = extra + [p.batch for p in self.dynamic_probes(spec)]
+            for batch in self.batches(spec) + [self.example(spec)] + extra:
+                for name, b in (batch.items() if isinstance(batch, dict) else [("", batch)]):
+                    h.update(str((name, tuple(b.shape), str(b.dtype))).encode())
+                    h.update(b.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
             if spec.generation is not None:
                 h.update(repr(self.prompts(spec)[1]).encode())
             return h.hexdigest()
@@ -192,8 +240,40 @@ class Runner:
     def baseline_model(self, spec):
         return self._memo(("baseline-model", spec.path), lambda: build_baseline(spec))
 
+    def baseline_runs(self, spec) -> None:
+        """The in-memory baseline run on the declared example input and on the first evaluation
+        batch, once, before any variant is built or any format saved: a spec whose model cannot
+        take what ``model.inputs`` declares or what ``data`` gives fails every item with this one
+        message, instead of each format calling the baseline unsupported."""
+        def make():
+            import torch
+            if not (spec.model.factory or spec.model.hf):
+                return None  # the baseline is a file made elsewhere: its own load item says how it runs
+            model = self.baseline_model(spec)
+            batches = self.batches(spec)
+            example = self.example(spec)
+            for what, x in (("the declared example input", example),
+                            ("the first evaluation batch", batches[0] if batches else None)):
+                if x is None:
+                    continue
+                try:
+                    with torch.inference_mode():
+                        run_batch(model, x, in_memory=True)
+                except (BatchDimError, OutputError) as e:  # it ran: what it returned is the problem
+                    where = spec.at(spec.variants["baseline"].line) if "baseline" in spec.variants else spec.where("model")
+                    raise StageError("run", str(e) if isinstance(e, BatchDimError) else
+                                     f"the in-memory model's outputs cannot be checked: {e}",
+                                     spec=spec.name, variant="baseline", where=where) from e
+                except Exception as e:
+                    raise StageError("build", baseline_input_problem(spec, what=what, given=x, sample=batches,
+                                                                     error=describe_exc(e)),
+                                     spec=spec.name, variant="baseline", where=spec.where("model")) from e
+            return None
+        return self._memo(("baseline-runs", spec.path), make)
+
     def built(self, t: Target) -> Built:
         v = t.without_format()
+        self.baseline_runs(t.spec)
         return self._memo(v.key("built"), lambda: build.build(self, v))
 
     def built_if_ready(self, t: Target) -> Built | None:
@@ -202,6 +282,7 @@ class Runner:
         return got[1] if got and got[0] == "ok" else None
 
     def artifact(self, t: Target) -> Artifact:
+        self.baseline_runs(t.spec)
         return self._memo(t.key("artifact"), lambda: save.save(self, t))
 
     def reload(self, t: Target) -> Reload:
@@ -214,11 +295,13 @@ class Runner:
         return bool(got and got[0] == "ok" and got[1].key and self.cache.drop_result(got[1].key))
 
     def score(self, t: Target, outputs, *, what: str) -> float:
-        """The spec's metric on ``outputs`` (labels, or the baseline's in-memory outputs as targets)."""
+        """The spec's metric on the output it reads (``metric.output``, default the first) of the
+        named ``outputs`` (labels, or the baseline's in-memory outputs as targets)."""
         metric = resolve(t.spec)
+        name = t.spec.metric.output
         base = outputs if t.is_baseline else self.built(t.baseline()).outputs
         try:
-            return metric(outputs, targets_for(metric, self.labels(t.spec), base))
+            return metric(pick(outputs, name), targets_for(metric, self.labels(t.spec), pick(base, name)))
         except Exception as e:
             raise StageError("check", f"metric {metric.name!r} failed on the {what} outputs: {describe_exc(e)}",
                              **(t.ident() if what == "reloaded" else
@@ -227,22 +310,23 @@ class Runner:
     # --- model runs checks need -------------------------------------------------------------------
 
     def run_model(self, t: Target, name: str, inputs: Callable[[], list]) -> list:
-        """The in-memory variant's outputs on extra inputs (one tensor per batch), run once per
-        session: ``name`` identifies the inputs (e.g. "semantic", "batch-invariance")."""
+        """The in-memory variant's named outputs on extra inputs (one mapping per batch), run once
+        per session: ``name`` identifies the inputs (e.g. "semantic", "batch-invariance")."""
         def make():
             import torch
             model = self.built(t).model
             with torch.inference_mode():
-                return [primary_output(model(x)).float() for x in inputs()]
+                return [{k: o.float() for k, o in run_batch(model, x).items()} for x in inputs()]
         return self._memo(t.without_format().key(f"run:{name}"), make)
 
     def embeddings(self, t: Target):
         """The variant's embeddings of the semantic triplets' texts, in memory (the baseline's
         when it is an artifact: its reloaded ones, from the file's own format)."""
         import torch
+        name = t.spec.metric.output
         if self.built(t).model is None:
-            return self.reload(t.with_format(t.variant.formats[0])).extra_outputs
-        return torch.cat(self.run_model(t, "semantic", lambda: self.semantic_batches(t.spec)[0]))
+            return pick(self.reload(t.with_format(t.variant.formats[0])).extra_outputs, name)
+        return torch.cat([pick(o, name) for o in self.run_model(t, "semantic", lambda: self.semantic_batches(t.spec)[0])])
 
     def divergence(self, t: Target, *, against: str = "baseline") -> dict:
         """Where the variant departs from ``against`` ("baseline", or "in-memory" for the reloaded
@@ -253,9 +337,9 @@ class Runner:
             import torch
             ref_t = t.baseline() if against == "baseline" else t
             ref, var = self.built(ref_t).model, self.built(t).model
-            probes = torch.cat(self.batches(t.spec))[:DIVERGENCE_PROBES]
+            probes = take(concat_inputs(self.batches(t.spec)), slice(0, DIVERGENCE_PROBES))
             words = {"subject": "the variant", "reference": "the baseline" if against == "baseline"
-                     else "the in-memory variant", "probes": len(probes)}
+                     else "the in-memory variant", "probes": batch_len(probes)}
             if ref is None:
                 return {"rows": [], "first": None, "note": "artifact made elsewhere", **words}
             captured, fmt = None, t.fmt

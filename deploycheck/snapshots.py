@@ -29,6 +29,7 @@ from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 from syrupy.location import PyTestLocation
 
 from .numeric import LEVELS, compare_arrays, fmt_num, render_mismatch
+from .outputs import pick
 
 FORMAT_VERSION = 2
 LEGACY_CLASS = "unrecorded machine (snapshot format 1)"
@@ -41,12 +42,16 @@ def _round(x: float) -> float:
 
 
 def snapshot_data(*, spec, vname: str, fmt: str, outputs, metric_name: str, metric: float, top_k: int,
-                  classifier: bool, machine: dict, isa_class: str) -> dict:
+                  classifier: bool, machine: dict, isa_class: str, metric_output: str | None = None) -> dict:
     """What is frozen for one variant and format on this machine's ISA class: plain numbers only.
 
+    ``outputs`` is one tensor or the named outputs; a model with one output is stored as it always
+    was, one with several stores every output by name (``shape`` and ``outputs`` become mappings),
+    statistics and labels come from the output the metric reads.
     ``labels`` (top-k classes per probe) are stored only for classifiers: the arg-max dimension
     of an embedding or a regression output is not a label."""
-    o = outputs.float()
+    named = outputs if isinstance(outputs, dict) else {"0": outputs}
+    o = pick(named, metric_output).float()
     flat = o.reshape(len(o), -1)
     entry: dict[str, Any] = {"machine": machine, "metric": {"name": metric_name, "value": _round(metric)},
                              "stats": {"mean": _round(flat.mean().item()),
@@ -55,9 +60,18 @@ def snapshot_data(*, spec, vname: str, fmt: str, outputs, metric_name: str, metr
     if classifier and o.ndim == 2 and o.shape[1] > 1:
         k = min(top_k, o.shape[1])
         entry["labels"] = o.topk(k, dim=1).indices.tolist()
-    entry["outputs"] = [[_round(v) for v in row] for row in flat.tolist()]
+    if len(named) == 1:
+        entry["outputs"] = _rows(o)
+        shape: Any = list(o.shape[1:])
+    else:
+        entry["outputs"] = {n: _rows(v.float()) for n, v in named.items()}
+        shape = {n: list(v.shape[1:]) for n, v in named.items()}
     return {"deploycheck_snapshot": FORMAT_VERSION, "spec": spec.name, "variant": vname, "format": fmt,
-            "probes": int(len(o)), "shape": list(o.shape[1:]), "entries": {isa_class: entry}}
+            "probes": int(len(o)), "shape": shape, "entries": {isa_class: entry}}
+
+
+def _rows(o) -> list:
+    return [[_round(v) for v in row] for row in o.reshape(len(o), -1).tolist()]
 
 
 def upgrade(old: dict) -> dict:
@@ -99,7 +113,13 @@ def dumps(data: dict) -> str:
         for k in sorted(x for x in e if x not in ("labels", "outputs")):
             sub.append(f"      {json.dumps(k)}: {json.dumps(e[k], sort_keys=True)},")
         for key in ("labels", "outputs"):
-            if key in e:
+            if isinstance(e.get(key), dict):  # several outputs: one block per output, one probe per line
+                parts = []
+                for name, rows_of in e[key].items():
+                    rows = ",\n".join(f"          {json.dumps(r)}" for r in rows_of)
+                    parts.append(f"        {json.dumps(name)}: [\n{rows}\n        ]")
+                sub.append(f"      {json.dumps(key)}: {{\n" + ",\n".join(parts) + "\n      },")
+            elif key in e:
                 rows = ",\n".join(f"        {json.dumps(r)}" for r in e[key])
                 sub.append(f"      {json.dumps(key)}: [\n{rows}\n      ],")
         sub[-1] = sub[-1].rstrip(",")
@@ -183,18 +203,25 @@ def compare(old: dict, new: dict, *, settings, current: str, precision: str | No
     ref_class, approved = ref
     out["reference"] = ref_class
     out["missing_class"] = ref_class != current
-    if old.get("shape") != new.get("shape") or len(approved.get("outputs", [])) != len(mine.get("outputs", [])):
-        problems.append(f"output shape changed: {len(approved.get('outputs', []))} probes × {old.get('shape')} -> "
-                        f"{len(mine.get('outputs', []))} probes × {new.get('shape')}")
+    mine_o, old_o = _by_output(mine.get("outputs", [])), _by_output(approved.get("outputs", []))
+    n_old, n_new = (len(next(iter(x.values()), [])) for x in (old_o, mine_o))
+    if old.get("shape") != new.get("shape") or n_old != n_new or list(old_o) != list(mine_o):
+        problems.append(f"output shape changed: {n_old} probes × {old.get('shape')} -> "
+                        f"{n_new} probes × {new.get('shape')}")
         out["ok"] = False
         return out
     rule = rule_for(settings=settings, same_class=ref_class == current, precision=precision, approved=approved)
     out["rule"] = rule
-    a = torch.tensor(mine["outputs"], dtype=torch.float64)
-    e = torch.tensor(approved["outputs"], dtype=torch.float64)
-    st = compare_arrays(a, e, atol=rule.atol, rtol=rule.rtol)
-    out["values"] = st
-    if st["mismatched"]:
+    per = {}
+    for name in mine_o:
+        a = torch.tensor(mine_o[name], dtype=torch.float64)
+        e = torch.tensor(old_o[name], dtype=torch.float64)
+        per[name] = compare_arrays(a, e, atol=rule.atol, rtol=rule.rtol)
+    worst = max(per, key=lambda n: (per[n]["mismatched"] > 0, per[n]["max_abs"]))
+    out["values"] = per[worst]
+    if len(per) > 1:
+        out["values_by_output"] = per
+    if any(st["mismatched"] for st in per.values()):
         problems.append("values")
     if "labels" in approved and "labels" in mine:
         top_old = [r[0] for r in approved["labels"]]
@@ -210,6 +237,11 @@ def compare(old: dict, new: dict, *, settings, current: str, precision: str | No
         problems.append("metric")
     out["ok"] = not problems
     return out
+
+
+def _by_output(stored: Any) -> dict:
+    """A snapshot entry's ``outputs`` by output name (one unnamed output as it was always stored)."""
+    return stored if isinstance(stored, dict) else {"0": stored}
 
 
 def describe_rule(cmp: dict) -> str:
@@ -230,9 +262,11 @@ def render_drift(cmp: dict, *, where: str) -> str:
     if cmp.get("reference"):
         lines.append("  " + describe_rule(cmp))
     lines.append("  accept the new behaviour after review with: pytest --snapshot-update")
-    if "values" in cmp and cmp["values"]["mismatched"]:
-        lines.append(render_mismatch(cmp["values"], what="  values", left="new", right="approved",
-                                     atol=rule.atol, rtol=rule.rtol))
+    by = cmp.get("values_by_output") or ({"": cmp["values"]} if "values" in cmp else {})
+    for name, st in by.items():
+        if st["mismatched"]:
+            lines.append(render_mismatch(st, what=f"  values of output {name!r}" if name else "  values", left="new",
+                                         right="approved", atol=rule.atol, rtol=rule.rtol))
     if "labels" in cmp:
         lb = cmp["labels"]
         lines.append(f"  labels: agreement {lb['agreement']:.1%} (min {rule.min_label_agreement:.1%}); "

@@ -17,8 +17,10 @@ import traceback
 from . import timing
 from .formats import FORMATS
 from .formats.integrity import check_file, classify, vet_manifest
+from .outputs import OutputError, concat
 from .lm import greedy
-from .protocol import ArtifactRef, GeneratePlan, LatencyPlan, WorkerRequest, WorkerResult, primary_output
+from .protocol import (ArtifactRef, BatchDimError, GeneratePlan, LatencyPlan, WorkerRequest, WorkerResult, batch_len, call,
+                       first_tensor, run_batch)
 
 
 def _peak_rss_mb() -> float:
@@ -78,18 +80,33 @@ def handle(req: WorkerRequest) -> WorkerResult:
         outs = []
         with torch.inference_mode():
             for i, b in enumerate(batches):
-                o = primary_output(fn(b))
-                if o.shape[:1] != b.shape[:1]:
-                    return res.fail("run", "signature", (
-                        f"batch {i}: input batch of {b.shape[0]} gave output of shape {tuple(o.shape)}: the artifact "
-                        "was built for a fixed batch size (export with a dynamic batch dimension)"))
-                outs.append(o.detach().float().cpu())
-        torch.save(outs, req.outputs)
+                try:
+                    named = run_batch(fn, b, index=i)
+                except (BatchDimError, OutputError) as e:
+                    return res.fail("run", "signature", str(e))
+                outs.append({k: o.detach().float().cpu() for k, o in named.items()})
+        joined = concat(outs)
+        torch.save(joined, req.outputs)
         if req.extra_inputs:
             with torch.inference_mode():
-                extra = [primary_output(fn(b)).detach().float() for b in torch.load(req.extra_inputs, weights_only=True)]
+                extra = concat([{k: o.detach().float() for k, o in run_batch(fn, b).items()}
+                                for b in torch.load(req.extra_inputs, weights_only=True)])
             torch.save(extra, req.outputs + ".extra.pt")
-        res.output_shape = [sum(o.shape[0] for o in outs)] + list(outs[0].shape[1:]) if outs else []
+        if req.dynamic_inputs:
+            # each declared dynamic size on its own: one that the artifact cannot run is a
+            # verdict of the dynamic check (naming the input and dimension), not a failed load
+            dyn = []
+            for b in torch.load(req.dynamic_inputs, weights_only=True):
+                try:
+                    with torch.inference_mode():
+                        dyn.append({k: o.detach().float().cpu() for k, o in run_batch(fn, b).items()})
+                    res.dynamic_errors.append(None)
+                except Exception as e:  # noqa: BLE001 - reported by the dynamic check
+                    dyn.append({})
+                    res.dynamic_errors.append((f"{type(e).__name__}: {e}".strip().splitlines() or [""])[0][:400])
+            torch.save(dyn, req.outputs + ".dynamic.pt")
+        res.output_shape = list(next(iter(joined.values())).shape) if joined else []
+        res.output_shapes = {k: list(v.shape) for k, v in joined.items()}
         if req.generate:
             # A generation that fails is the generation check's failure (with its message); the
             # evaluation outputs above stand on their own for the other checks.
@@ -123,7 +140,9 @@ def _generate(fn, plan: GeneratePlan) -> list[list[int]]:
     def full(ids):
         x = torch.tensor([[ids, [1] * len(ids)]], dtype=torch.int64)
         with torch.inference_mode():
-            logits = primary_output(fn(x))
+            logits = first_tensor(fn(x))
+        if logits is None:
+            raise TypeError("the artifact returned no tensor")
         if logits.ndim != 3 or logits.shape[1] != len(ids):
             raise ValueError(f"a causal LM returns (batch, seq_len, vocab) logits; for {len(ids)} tokens the artifact "
                              f"returned shape {tuple(logits.shape)}")
@@ -160,14 +179,14 @@ def _latency(fn, lat: LatencyPlan) -> dict:
         bfn, diag = _load(base)
         cfn, cdiag = _load(base) if not diag else (None, None)
     with torch.inference_mode():
-        call = lambda: fn(x)  # noqa: E731
+        run = lambda: call(fn, x)  # noqa: E731
         ratio = None
         if base:
             if diag:
                 out["ratio_error"] = f"baseline artifact failed to load: {diag.kind}: {diag.message.splitlines()[0]}"
             else:
                 ratio = timing.side_by_side(
-                    call, lambda: bfn(x), (lambda: cfn(x)) if cfn is not None else None,
+                    run, lambda: call(bfn, x), (lambda: call(cfn, x)) if cfn is not None else None,
                     limit=lat.ratio_limit, warmup=lat.warmup, min_rounds=lat.min_rounds,
                     max_time_s=lat.max_time_s, round_s=lat.round_ms / 1e3, confidence=lat.confidence)
                 if cdiag:
@@ -176,18 +195,28 @@ def _latency(fn, lat: LatencyPlan) -> dict:
         if ratio is not None:
             st, n = dict(ratio["variant"]), ratio["calls_per_round"]
         else:
-            st, n = timing.measure(call, warmup=lat.warmup, rounds=lat.min_rounds, round_s=lat.round_ms / 1e3)
-        out.update(st, calls_per_round=n, batch=int(x.shape[0]))
-        out["throughput_per_s"] = x.shape[0] / (st["p50_ms"] / 1e3) if st["p50_ms"] > 0 else None
+            st, n = timing.measure(run, warmup=lat.warmup, rounds=lat.min_rounds, round_s=lat.round_ms / 1e3)
+        nx = batch_len(x)
+        out.update(st, calls_per_round=n, batch=nx)
+        out["throughput_per_s"] = nx / (st["p50_ms"] / 1e3) if st["p50_ms"] > 0 else None
         sizes = lat.batch_sizes
         if sizes:  # throughput mode: the example's rows repeated to each declared batch size
             out["throughput"] = {}
             for bs in sizes:
-                xb = x.repeat((bs + x.shape[0] - 1) // x.shape[0], *([1] * (x.dim() - 1)))[:bs]
-                sb, _ = timing.measure(lambda: fn(xb), warmup=max(1, lat.warmup // 2),
+                xb = _repeat_to(x, bs)
+                sb, _ = timing.measure(lambda: call(fn, xb), warmup=max(1, lat.warmup // 2),
                                        rounds=max(5, lat.min_rounds // 3), round_s=lat.round_ms / 1e3)
                 out["throughput"][str(bs)] = {"p50_ms": sb["p50_ms"], "samples_per_s": bs / (sb["p50_ms"] / 1e3)}
     return out
+
+
+def _repeat_to(x, bs: int):
+    """One input batch's rows repeated to ``bs`` rows (every input of a tuple or dict alike)."""
+    if isinstance(x, dict):
+        return {k: _repeat_to(v, bs) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_repeat_to(v, bs) for v in x)
+    return x.repeat((bs + x.shape[0] - 1) // x.shape[0], *([1] * (x.dim() - 1)))[:bs]
 
 
 def serve() -> int:

@@ -63,7 +63,8 @@ def artifacts(models_dir, tmp_path_factory):
 def run(pool, tmp_path, *, path, fmt, manifest, inputs=None, python_path=(), timeout=120):
     batches = inputs if inputs is not None else [torch.randn(5, 4), torch.randn(3, 4)]
     torch.save(batches, tmp_path / "in.pt")
-    req = load_request(ArtifactRef(path, fmt, dataclasses.asdict(options_for(fmt)), manifest), workdir=str(tmp_path),
+    code = {"factory": "tinymodels_fi:Tiny", "kwargs": {}} if fmt in NEEDS_CODE else None  # as the spec would say
+    req = load_request(ArtifactRef(path, fmt, dataclasses.asdict(options_for(fmt)), manifest, code), workdir=str(tmp_path),
                        stem="t", inputs=str(tmp_path / "in.pt"), python_path=python_path)
     return pool.run(req, timeout_s=timeout)
 

@@ -174,7 +174,7 @@ deploycheck: 1
 name: lm
 model:
   hf: {{path: {root}/specs/models/tiny_lm, task: causal-lm}}
-  inputs: {{shape: [1, 2, 64], dtype: int64}}
+  inputs: {{shape: [1, 2, 64], dtype: int64, dynamic: {{0: batch, 2: {{name: seq, min: 4, max: 64}}}}}}
 data:
   source: text:{root}/specs/data/tiny_lm_heldout.txt
   split: {{test_fraction: 0.25, seed: 0}}

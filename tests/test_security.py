@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import make_spec, tinymodels_of
 
 
@@ -63,9 +62,9 @@ def test_a_sidecar_never_chooses_the_factory_or_modules_to_import(project):
 
 
 def test_inspect_never_runs_a_sidecars_factory(tmp_path, capsys):
+    import torch
     from safetensors.torch import save_file
 
-    import torch
     from deploycheck.cli import main
     path = tmp_path / "w.safetensors"
     save_file({"w": torch.ones(2)}, str(path))
@@ -141,6 +140,7 @@ def test_a_damaged_cache_entry_is_removed_and_rebuilt_and_a_planted_pickle_never
 
 def test_cached_models_load_weights_only_with_the_specs_classes(tmp_path):
     import torch
+
     from deploycheck.cache import load_model
     sys.path.insert(0, str(tmp_path))
     (tmp_path / "mymodels.py").write_text("import torch\nclass M(torch.nn.Module):\n"
@@ -215,3 +215,21 @@ def test_markdown_escapes_every_user_string(evil):
     esc = evil.replace("\\", "\\\\").replace("`", "\\`").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
     assert f"err {esc}" in text
     assert f"**s{esc}::v{esc}::f{esc}**" in text
+
+
+def test_a_build_whose_model_a_cache_may_not_hold_keeps_its_outputs_and_rebuilds_the_model_on_demand(project, tmp_path):
+    import shutil
+    # dynamic int8 holds packed weights (torch.ScriptObject), which weights_only loading refuses
+    project.write(make_spec(variants="  baseline: {}\n  q:\n    quantize: {method: dynamic_int8}",
+                            thresholds="  metric: {max_drop: 0.2}"))
+    cache = tmp_path / "cache"
+    args = ("-k", "q and (load or metric)", f"--deploycheck-cache-dir={cache}")
+    project.run(*args).assert_outcomes(passed=2)
+    held = sorted(os.path.exists(os.path.join(d, "model.pt")) for d in glob.glob(f"{cache}/built/*/*"))
+    assert held == [False, True]  # the baseline's model is stored, the quantized one's is not
+    shutil.rmtree(cache / "artifact")  # the saves need the models again
+    shutil.rmtree(cache / "result")
+    res = project.run(*args)
+    res.assert_outcomes(passed=2)
+    assert "reused 2 built variants, 0 artifacts, 0 fresh-process results" in res.stdout.str()
+    assert "CacheWarning" not in res.stdout.str()

@@ -38,7 +38,7 @@ def test_every_error_reported_sorted_by_line():
     text = text.replace("inputs: {shape: [1, 4]}", "inputs: {shape: [1, 4], dtype: float33}")
     assert errors(text) == [
         "s.yaml:5: model.inputs.dtype: 'float33' is not one of ['float32', 'float16', 'bfloat16', 'float64', "
-        "'int64', 'int32', 'uint8'] (did you mean 'float32'?)",
+        "'int64', 'int32', 'uint8', 'bool'] (did you mean 'float32'?)",
         "s.yaml:12: variants.q.quantize.method: 'int3' is not one of ['dynamic_int8', 'weight_only_int8', "
         "'weight_only_int4', 'static_int8', 'fp16', 'bf16']",
         "s.yaml:14: variants.p.prune.amount: must be < 1.0, got 1.5",

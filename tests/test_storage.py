@@ -8,7 +8,6 @@ import os
 import warnings
 
 import pytest
-
 from conftest import make_spec
 
 

@@ -10,27 +10,36 @@ import numpy as np
 
 from ..errors import StageError
 from ..models import describe_exc
+from ..protocol import rows, take
 from . import PREPROCESS, SOURCES
 
 @dataclass
 class Dataset:
-    """Preprocessed arrays. ``y`` is None for unlabelled data (the baseline's outputs become the targets)."""
+    """Preprocessed arrays. ``y`` is None for unlabelled data (the baseline's outputs become the targets).
+    ``x`` is one array, or ``{input name: array}`` for a model with named inputs."""
 
-    x_train: np.ndarray
+    x_train: Any
     y_train: np.ndarray | None
-    x_test: np.ndarray
+    x_test: Any
     y_test: np.ndarray | None
 
     def eval_batches(self, batch_size: int):
-        import torch
-        x = torch.from_numpy(np.ascontiguousarray(self.x_test))
-        return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
+        x = as_tensors(self.x_test)
+        return [take(x, slice(i, i + batch_size)) for i in range(0, rows(x), batch_size)]
 
     def train_tensors(self):
         import torch
-        x = torch.from_numpy(np.ascontiguousarray(self.x_train))
+        x = as_tensors(self.x_train)
         y = None if self.y_train is None else torch.from_numpy(np.ascontiguousarray(self.y_train))
         return x, y
+
+
+def as_tensors(x):
+    """Arrays as tensors, keeping a dict of named inputs a dict."""
+    import torch
+    if isinstance(x, dict):
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in x.items()}
+    return torch.from_numpy(np.ascontiguousarray(x))
 
 
 def _raw(spec) -> tuple[Any, Any, Any, Any] | tuple[Any, Any]:
@@ -60,24 +69,88 @@ def load_triplets(spec):
 
 
 def load(spec) -> Dataset:
-    """Load, split and preprocess the spec's data. Failures are build-stage errors naming the data line."""
+    """Load, split and preprocess the spec's data, and give each input its declared dtype.
+    Failures are build-stage errors naming the data line."""
     try:
         raw = _raw(spec)
         if len(raw) == 2:
-            x, y = np.asarray(raw[0]), None if raw[1] is None else np.asarray(raw[1])
+            x, y = inputs_of(spec, raw[0]), None if raw[1] is None else np.asarray(raw[1])
             xtr, ytr, xte, yte = _split(spec, x, y)
         else:
-            xtr, ytr, xte, yte = (None if a is None else np.asarray(a) for a in raw)
+            xtr, xte = inputs_of(spec, raw[0]), inputs_of(spec, raw[2])
+            ytr, yte = (None if a is None else np.asarray(a) for a in (raw[1], raw[3]))
         if spec.data.limit:
-            xte = xte[:spec.data.limit]
+            xte = take(xte, slice(0, spec.data.limit))
             yte = None if yte is None else yte[:spec.data.limit]
-        xtr, xte = preprocess(spec, xtr), preprocess(spec, xte)
+        xtr, xte = _prepare(spec, xtr), _prepare(spec, xte)
     except StageError:
         raise
     except Exception as e:
         raise StageError("build", f"cannot load data {spec.data.source!r}: {describe_exc(e)}", spec=spec.name,
                          where=spec.where("data")) from e
     return Dataset(xtr, _labels(ytr), xte, _labels(yte))
+
+
+def inputs_of(spec, x):
+    """The data's inputs as the model declares them: one array, or ``{name: array}`` for named
+    inputs. A source gives named inputs as a dict (matched by name) or a tuple (in declared order)."""
+    sig = spec.model.inputs
+    names = [n for n, _ in sig.items]
+    if isinstance(x, dict):
+        if not sig.named:
+            raise ValueError(f"the data gives named inputs {sorted(x)}; declare them by name under model.inputs")
+        missing, extra = [n for n in names if n not in x], [k for k in x if k not in names]
+        if missing or extra:
+            raise ValueError(f"the data gives inputs {list(x)} but model.inputs declares {names}"
+                             + (f" (missing {missing})" if missing else "") + (f" (not declared: {extra})" if extra else ""))
+        out = {n: np.asarray(x[n]) for n in names}
+    elif isinstance(x, (tuple, list)) and not (x and np.isscalar(x[0])) and all(hasattr(a, "__len__") for a in x) \
+            and sig.named:
+        if len(x) != len(names):
+            raise ValueError(f"the data gives {len(x)} inputs but model.inputs declares {len(names)} ({names})")
+        out = dict(zip(names, (np.asarray(a) for a in x)))
+    elif sig.named:
+        if len(names) != 1:
+            raise ValueError(f"the data gives one array but model.inputs declares {len(names)} inputs ({names}); "
+                             "return a dict by name or a tuple in that order")
+        out = {names[0]: np.asarray(x)}
+    else:
+        return np.asarray(x)
+    lens = {n: len(a) for n, a in out.items()}
+    if len(set(lens.values())) > 1:
+        raise ValueError(f"the inputs have different numbers of samples: {lens}")
+    return out
+
+
+def _prepare(spec, x):
+    """Preprocess, then cast every input to its declared dtype."""
+    sig = spec.model.inputs
+    if isinstance(x, dict):
+        decl = dict(sig.items)
+        return {n: cast(n, preprocess(spec, a, default_float=False), decl[n].dtype, named=True)
+                for n, a in x.items()}
+    x = preprocess(spec, x)
+    if sig.dtype == "float32":
+        return x  # the default: numeric data are float32 already, a dtype or tokenize step decides otherwise
+    return cast("x", x, sig.dtype, named=False)
+
+
+def cast(name: str, a: np.ndarray, dtype: str, *, named: bool) -> np.ndarray:
+    """``a`` as the declared dtype; integer and bool inputs must be given whole numbers (0 and 1
+    for bool): anything else is an error naming the input, the dtype found and the one declared."""
+    if a.dtype.kind in "OUS":
+        return a  # texts: the model's own tokenizer step, or the worker, says what is wrong
+    who = f"input {name!r}" if named else "the input"
+    if dtype in ("int64", "int32", "uint8", "bool") and a.dtype.kind == "f":
+        if a.size and (np.mod(a, 1) != 0).any():
+            raise ValueError(f"{who}: the data gives {a.dtype} values that are not whole numbers (e.g. "
+                             f"{a.flat[int(np.flatnonzero(np.mod(a, 1) != 0)[0])]:.6g}) but model.inputs declares "
+                             f"{dtype}")
+    if dtype == "bool" and a.dtype.kind in "fiu" and a.size and not np.isin(a, (0, 1)).all():
+        raise ValueError(f"{who}: the data gives {a.dtype} values other than 0 and 1 but model.inputs declares bool")
+    if dtype == "bfloat16":
+        return a.astype(np.float32)  # numpy has no bfloat16: cast on the tensor side (see runner.batches)
+    return a.astype(np.dtype(dtype), copy=False)
 
 
 def _labels(y):
@@ -92,6 +165,13 @@ def _split(spec, x, y):
     from sklearn.model_selection import train_test_split
     s = spec.data.split
     strat = y if (s.stratify and y is not None and np.issubdtype(np.asarray(y).dtype, np.integer)) else None
+    if isinstance(x, dict):  # named inputs: split the row indices, then take the same rows of each
+        idx = np.arange(rows(x))
+        if y is None:
+            itr, ite = train_test_split(idx, test_size=s.test_fraction, random_state=s.seed)
+            return take(x, itr), None, take(x, ite), None
+        itr, ite = train_test_split(idx, test_size=s.test_fraction, random_state=s.seed, stratify=strat)
+        return take(x, itr), y[itr], take(x, ite), y[ite]
     if y is None:
         xtr, xte = train_test_split(x, test_size=s.test_fraction, random_state=s.seed)
         return xtr, None, xte, None
@@ -99,10 +179,11 @@ def _split(spec, x, y):
     return xtr, ytr, xte, yte
 
 
-def preprocess(spec, x: np.ndarray) -> np.ndarray:
-    """Apply the spec's steps in order; the default result is float32 for float data."""
+def preprocess(spec, x: np.ndarray, *, default_float: bool = True) -> np.ndarray:
+    """Apply the spec's steps in order; the default result is float32 for numeric data (named
+    inputs keep their own dtype until their declared one is applied)."""
     x = np.asarray(x)
-    if x.dtype.kind in "fiub":
+    if x.dtype.kind in "fiub" and default_float:
         x = x.astype(np.float32)  # a dtype step casts back (token ids, say)
     steps = [(s, PREPROCESS.get(s.op)) for s in spec.data.preprocess]
     if x.dtype.kind in "OUS" and not any(op.reads_text for _, op in steps):

@@ -30,9 +30,9 @@ class AotiFormat(Format):
     Options = AotiOptions
     description = "AOTInductor package (compiled torch.export, .pt2); opt-in: compiling takes tens of seconds"
 
-    def save(self, model, path, *, example, options, arch):
+    def save(self, model, path, *, example, options, arch, inputs=None):
         import torch
-        ep = export_program(model, example, dynamic_batch=options.dynamic_batch)
+        ep = export_program(model, example, dynamic_batch=options.dynamic_batch, inputs=inputs)
         with contextlib.redirect_stdout(io.StringIO()):
             try:
                 torch._inductor.aoti_compile_and_package(ep, package_path=path)

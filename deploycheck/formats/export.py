@@ -13,46 +13,66 @@ class ExportOptions:
     """Options of the torch.export format."""
 
     dynamic_batch: bool = field(True, doc="export with a dynamic batch dimension")
-    dynamic_seq: bool = field(True, doc="keep a model's declared dynamic dimensions (a causal LM's sequence "
+    dynamic_seq: bool = field(True, doc="keep model.inputs' declared dynamic dimensions (a causal LM's sequence "
                                         "length) dynamic; false specialises them to the example's sizes")
     strict: bool = field(False, doc="strict (TorchDynamo) tracing instead of non-strict")
 
 
 def batch_example(example, dynamic: bool):
-    """torch.export specializes a size-1 dimension, so a dynamic batch is traced with batch 2."""
+    """torch.export specializes a size-1 dimension, so a dynamic batch is traced with batch 2
+    (every named input alike)."""
     import torch
+    if isinstance(example, dict):
+        return {k: batch_example(v, dynamic) for k, v in example.items()}
     if dynamic and example.shape[0] == 1:
         return torch.cat([example, example], 0)
     return example
 
 
-def model_dynamic_dims(model) -> dict[int, str]:
-    """The input dimensions a model declares dynamic besides the batch (``dynamic_dims`` on it or on
-    a module inside a recipe's wrapper), e.g. ``{2: "seq"}`` for a causal LM's sequence length."""
-    for m in model.modules() if hasattr(model, "modules") else [model]:
-        dims = getattr(m, "dynamic_dims", None)
-        if dims:
-            return dict(dims)
-    return {}
-
-
-def batch_dims(dynamic: bool, extra: dict[int, str] | None = None):
-    """dynamic_shapes for a single input whose first dimension is the batch, plus ``extra`` dims."""
+def batch_dims(dynamic: bool, inputs=None, declared: bool = True):
+    """dynamic_shapes: the batch dimension (when ``dynamic``) and every declared dynamic
+    dimension, as ``Dim`` objects shared by name; a tuple for one input, a dict for named ones.
+    ``declared=False`` leaves the declared ones out (the export specialises them)."""
     from torch.export import Dim
-    dims = {0: Dim("batch", min=1, max=65536)} if dynamic else {}
-    for i, name in (extra or {}).items():
-        dims[i] = Dim(name, min=2, max=65536)
-    return (dims,) if dims else None
+    if inputs is None or not inputs.named:
+        dims = {0: Dim("batch", min=1, max=65536)} if dynamic else {}
+        for d in (inputs.first.dynamic_dims if inputs is not None and declared else ()):
+            if d.dim > 0:
+                dims[d.dim] = Dim(d.name, min=d.min or 1, max=d.max or 65536)
+        return (dims,) if dims else None
+    made: dict = {}
+
+    def dim(name, lo, hi):
+        if name not in made:
+            made[name] = Dim(name, min=lo or 1, max=hi or 65536)
+        return made[name]
+    out = {}
+    for name, inp in inputs.items:
+        dims = {0: dim("batch", 1, 65536)} if dynamic else {}
+        for d in (inp.dynamic_dims if declared else ()):
+            if d.dim > 0:
+                dims[d.dim] = dim(d.name, d.min, d.max)
+        out[name] = dims or None
+    return out
 
 
-def export_program(model, example, *, dynamic_batch: bool, dynamic_seq: bool = True, strict: bool = False):
-    """torch.export with the batch dimension (and the model's declared dimensions) dynamic; a
+def export_args(example):
+    """(args, kwargs) for torch.export / the ONNX exporter: named inputs go by keyword."""
+    if isinstance(example, dict):
+        return (), example
+    return (example,), None
+
+
+def export_program(model, example, *, dynamic_batch: bool, strict: bool = False, inputs=None,
+                   dynamic_seq: bool = True):
+    """torch.export with the batch dimension and the declared dynamic dimensions dynamic; a
     failure is Unsupported with the exporter's reason."""
     import torch
     x = batch_example(example, dynamic_batch)
-    extra = model_dynamic_dims(model) if dynamic_seq else {}
+    args, kwargs = export_args(x)
     try:
-        return torch.export.export(model, (x,), dynamic_shapes=batch_dims(dynamic_batch, extra), strict=strict)
+        return torch.export.export(model, args, kwargs=kwargs, dynamic_shapes=batch_dims(dynamic_batch, inputs, dynamic_seq),
+                                   strict=strict)
     except Exception as e:  # the exporter's own reason is the message users need
         raise Unsupported(f"torch.export failed: {type(e).__name__}: {_first_line(e)}") from e
 
@@ -63,10 +83,10 @@ class ExportFormat(Format):
     Options = ExportOptions
     description = "torch.export ExportedProgram (.pt2)"
 
-    def save(self, model, path, *, example, options, arch):
+    def save(self, model, path, *, example, options, arch, inputs=None):
         import torch
-        ep = export_program(model, example, dynamic_batch=options.dynamic_batch, dynamic_seq=options.dynamic_seq,
-                            strict=options.strict)
+        ep = export_program(model, example, dynamic_batch=options.dynamic_batch, strict=options.strict, inputs=inputs,
+                            dynamic_seq=options.dynamic_seq)
         torch.export.save(ep, path)
         return {"dynamic_batch": options.dynamic_batch, "dynamic_seq": options.dynamic_seq}
 

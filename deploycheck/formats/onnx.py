@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..spec.schema import field
 from . import Format, Unsupported
-from .export import _first_line, batch_dims, batch_example, model_dynamic_dims
+from .export import _first_line, batch_dims, batch_example, export_args
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class OnnxOptions:
 
     opset: int = field(18, ge=7, doc="ONNX opset version")
     dynamic_batch: bool = field(True, doc="export with a dynamic batch dimension")
-    dynamic_seq: bool = field(True, doc="keep a model's declared dynamic dimensions (a causal LM's sequence "
+    dynamic_seq: bool = field(True, doc="keep model.inputs' declared dynamic dimensions (a causal LM's sequence "
                                         "length) dynamic; false specialises them to the example's sizes")
 
 
@@ -27,18 +27,19 @@ class OnnxFormat(Format):
     Options = OnnxOptions
     description = "ONNX (dynamo exporter), run with onnxruntime on CPU"
 
-    def save(self, model, path, *, example, options, arch):
+    def save(self, model, path, *, example, options, arch, inputs=None):
         import torch
         try:
             import onnxscript  # noqa: F401
         except ImportError as e:
             raise Unsupported("the ONNX dynamo exporter needs onnxscript: pip install 'deploycheck[onnx]'") from e
         x = batch_example(example, options.dynamic_batch)
-        dyn = batch_dims(options.dynamic_batch, model_dynamic_dims(model) if options.dynamic_seq else None)
+        dyn = batch_dims(options.dynamic_batch, inputs, options.dynamic_seq)
+        args, kwargs = export_args(x)
         # The exporter prints progress lines; keep them out of pytest's output.
         with contextlib.redirect_stdout(io.StringIO()):
             try:
-                prog = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=dyn, opset_version=options.opset,
+                prog = torch.onnx.export(model, args, kwargs=kwargs, dynamo=True, dynamic_shapes=dyn, opset_version=options.opset,
                                          external_data=False)
             except Exception as e:
                 raise Unsupported(f"torch.onnx.export failed: {type(e).__name__}: {_first_line(e)}") from e
@@ -54,10 +55,21 @@ class OnnxFormat(Format):
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
+        names = [i.name for i in sess.get_inputs()]
+        outs = [o.name for o in sess.get_outputs()]
 
-        def run(x):
-            out = sess.run(None, {name: np.ascontiguousarray(x.numpy())})[0]
-            return torch.from_numpy(out)
+        def feed(args, kwargs):
+            if kwargs:  # named inputs: the graph's inputs carry the model's argument names
+                missing = [n for n in names if n not in kwargs]
+                if missing:
+                    raise ValueError(f"the ONNX graph takes inputs {names}; not given: {missing}")
+                return {n: np.ascontiguousarray(kwargs[n].numpy()) for n in names}
+            return {n: np.ascontiguousarray(a.numpy()) for n, a in zip(names, args)}
+
+        def run(*args, **kwargs):
+            got = sess.run(None, feed(args, kwargs))
+            # every graph output, in the graph's order (the exporter flattens tuples and dicts in
+            # their own order); a lone output is returned as it is
+            return torch.from_numpy(got[0]) if len(outs) == 1 else tuple(torch.from_numpy(g) for g in got)
 
         return run

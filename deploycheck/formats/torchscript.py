@@ -24,7 +24,7 @@ class TorchScriptFormat(Format):
     Options = TorchScriptOptions
     description = "TorchScript archive (.ts); deprecated in torch 2.13 but still widely deployed"
 
-    def save(self, model, path, *, example, options, arch):
+    def save(self, model, path, *, example, options, arch, inputs=None):
         import torch
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -32,7 +32,12 @@ class TorchScriptFormat(Format):
                 if options.mode == "script":
                     sm = torch.jit.script(model)
                 else:
-                    sm = torch.jit.trace(model, (example,), check_trace=False)
+                    # strict=False: a dict or list output is traced as it is (checked by every key);
+                    # named inputs are traced by keyword, so the file is called by the same names
+                    if isinstance(example, dict):
+                        sm = torch.jit.trace(model, example_kwarg_inputs=example, check_trace=False, strict=False)
+                    else:
+                        sm = torch.jit.trace(model, (example,), check_trace=False, strict=False)
             except Exception as e:
                 raise Unsupported(f"torch.jit.{options.mode} failed: {type(e).__name__}: {_first_line(e)}") from e
             torch.jit.save(sm, path)

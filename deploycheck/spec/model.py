@@ -16,24 +16,134 @@ from ..metrics import METRICS
 from ..recipes import RECIPES, config_class
 from ..registry import UnknownName, did_you_mean
 from .loader import LMap, LSeq
-from .schema import (Ctx, Invalid, build, build_fields, dataclass_schema, field, finish, import_path_problem,
+from .schema import (Ctx, Invalid, build, build_dataclass, build_fields, dataclass_schema, field, finish, import_path_problem,
                      json_schema, type_hints)
 
-DType = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8"]
+DType = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool"]
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+INPUT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class DynamicDim:
+    """One dimension of an input whose size varies: exported as a ``torch.export.Dim`` of this
+    name (inputs that share a name share the size), tried at its min, a middle size and its max."""
+
+    dim: int
+    name: str
+    min: int | None = None
+    max: int | None = None
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The example input used for export / tracing and latency (batch dimension first)."""
+    """One input, batch dimension first: the example used for export / tracing and latency."""
 
     shape: tuple[int, ...] = field(doc="example input shape, batch first, e.g. [1, 64]")
-    dtype: DType = field("float32", doc="example input dtype")
+    dtype: DType = field("float32", doc="the input's dtype; the data are cast to it (an integer or bool input "
+                                        "given values that are not whole numbers / 0 and 1 is an error)")
+    dynamic: dict[str, Any] = field(default_factory=dict,
+                                    doc="dimensions whose size varies, by position: a name "
+                                        "(`{0: batch}`) or `{name, min, max}` (`{1: {name: seq, min: 4, max: 128}}`); "
+                                        "the batch dimension is dynamic unless a format option says otherwise")
 
     def check(self) -> list[tuple[str, str]]:
         if not self.shape or any(d < 1 for d in self.shape):
             return [("shape", f"must be a non-empty list of positive sizes, got {list(self.shape)}")]
+        for k, v in self.dynamic.items():
+            if not k.lstrip("-").isdigit() or not 0 <= int(k) < len(self.shape):
+                return [("dynamic", f"key {k!r} is not a dimension of shape {list(self.shape)} "
+                                    f"(0 to {len(self.shape) - 1})")]
+            if isinstance(v, dict):
+                extra = set(v) - {"name", "min", "max"}
+                if extra or not isinstance(v.get("name"), str):
+                    return [("dynamic", f"dimension {k}: expected {{name, min, max}} with a string name, got {v}")]
+                lo, hi = v.get("min"), v.get("max")
+                if any(b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1) for b in (lo, hi)):
+                    return [("dynamic", f"dimension {k}: min and max are positive integers, got {v}")]
+                if lo is not None and hi is not None and lo > hi:
+                    return [("dynamic", f"dimension {k}: min {lo} > max {hi}")]
+                if int(k) > 0 and (lo is None or hi is None):
+                    return [("dynamic", f"dimension {k} ({v['name']}): give both min and max, the sizes it is "
+                                        "tried at")]
+            elif not isinstance(v, str):
+                return [("dynamic", f"dimension {k}: expected a name or {{name, min, max}}, got {v!r}")]
+            elif int(k) > 0:
+                return [("dynamic", f"dimension {k} ({v}): give {{name: {v}, min: …, max: …}}, the sizes it is "
+                                    "tried at")]
         return []
+
+    @property
+    def dynamic_dims(self) -> tuple[DynamicDim, ...]:
+        out = []
+        for k, v in sorted(self.dynamic.items(), key=lambda kv: int(kv[0])):
+            if isinstance(v, str):
+                out.append(DynamicDim(int(k), v))
+            else:
+                out.append(DynamicDim(int(k), v["name"], v.get("min"), v.get("max")))
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """``model.inputs``: one input (``{shape, dtype, dynamic}``, today's form) or a mapping of named
+    inputs, each ``{shape, dtype, dynamic}``, passed to the model by keyword in this order."""
+
+    items: tuple[tuple[str, InputSpec], ...]
+    named: bool = False
+
+    @property
+    def first(self) -> InputSpec:
+        return self.items[0][1]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The first input's shape (the only one's, for a single unnamed input)."""
+        return self.first.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.first.dtype
+
+    def describe(self) -> str:
+        """``shape [1, 64] float32``, or each named input's."""
+        def one(i: InputSpec) -> str:
+            return f"shape {list(i.shape)} {i.dtype}"
+        if not self.named:
+            return one(self.first)
+        return ", ".join(f"{n}: {one(i)}" for n, i in self.items)
+
+    @classmethod
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> "Inputs":
+        if not isinstance(value, dict):
+            ctx.error(line, path, f"expected a mapping: {{shape, dtype, dynamic}} for one input, or named inputs "
+                                  f"{{input_ids: {{shape, dtype}}, attention_mask: {{shape, dtype}}}}, got "
+                                  f"{'a list' if isinstance(value, list) else repr(value)}")
+            raise Invalid
+        if "shape" in value and not isinstance(value["shape"], dict):
+            return cls(((("x", build_dataclass(InputSpec, value, path=path, line=line, ctx=ctx)),)), False)
+        items, bad = [], False
+        for name, sub in value.items():
+            kl = value.line_of(name) if isinstance(value, LMap) else line
+            if not isinstance(name, str) or not INPUT_NAME.match(name):
+                ctx.error(kl, f"{path}.{name}", "an input name is a Python identifier (the model's argument name)")
+                bad = True
+                continue
+            try:
+                items.append((name, build_dataclass(InputSpec, sub, path=f"{path}.{name}", line=kl, ctx=ctx)))
+            except Invalid:
+                bad = True
+        if bad:
+            raise Invalid
+        if not items:
+            ctx.error(line, path, "declare at least one input")
+            raise Invalid
+        return cls(tuple(items), True)
+
+    @classmethod
+    def json_schema_hook(cls) -> dict:
+        one = dataclass_schema(InputSpec)
+        return {"anyOf": [one, {"type": "object", "additionalProperties": one}], "description": cls.__doc__}
 
 
 @dataclass(frozen=True)
@@ -54,8 +164,8 @@ class HFSource:
 class ModelSpec:
     """Where the model comes from and what it takes: a python ``factory`` or a Hugging Face ``hf`` folder."""
 
-    inputs: InputSpec = field(doc="example input: {shape, dtype}; text models take int64 (batch, 2, seq_len): "
-                                  "token ids and attention mask")
+    inputs: Inputs = field(doc="one input {shape, dtype, dynamic}, or named inputs {NAME: {shape, dtype, dynamic}} "
+                               "passed by keyword (see model.inputs)")
     factory: str | None = field(None, doc="import path 'module:callable' returning the nn.Module (or use hf; "
                                           "neither only when the baseline is an artifact)")
     hf: HFSource | None = field(None, doc="a Hugging Face encoder instead of a factory: {path, pooling, normalize}; "
@@ -155,6 +265,8 @@ class MetricSpec:
     k: int = field(5, ge=1, doc="top_k: how many top classes count as a hit")
     callable: str | None = field(None, doc="'module:function(outputs, targets) -> float' for a custom metric")
     higher_is_better: bool | None = field(None, doc="direction of a custom metric (required with callable)")
+    output: str | None = field(None, doc="the output the metric reads, by name: a dict key ('logits'), a "
+                                         "position ('0', '1') or a nested path ('past.0.key'); default the first")
 
     @classmethod
     def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> "MetricSpec":
@@ -200,6 +312,9 @@ class MetricThreshold:
                      "says inconclusive and how many samples would decide it")
 
 
+FLAT_TOLERANCES = ("atol", "rtol", "quant_steps")
+
+
 @dataclass(frozen=True)
 class OutputThreshold:
     """Reloaded artifact vs the in-memory variant, on the same batches: |a - b| <= atol + rtol * |b|.
@@ -207,13 +322,56 @@ class OutputThreshold:
     atol 1e-4 and rtol 1e-3, and variants whose recipe lowers precision (int8, fp16, bf16) allow
     ``quant_steps`` steps of their precision over the in-memory outputs' range (an int8 step is the
     range / 255), as the cross-machine snapshot rule does: runtimes round reduced precision by
-    whole steps."""
+    whole steps. The flat keys hold for every output; an output's name as a key gives that output
+    its own (``{atol: 1.0e-4, emb: {atol: 0.01}}``), its unset keys taken from the flat ones."""
 
     atol: float | None = field(None, ge=0, doc="absolute tolerance (not set: 1e-4, or quant_steps steps for "
                                               "reduced precision)")
     rtol: float | None = field(None, ge=0, doc="relative tolerance (not set: 1e-3, or 0 for reduced precision)")
     quant_steps: float = field(2.0, ge=0, doc="int8, fp16 and bf16 variants with atol and rtol unset: how many "
                                               "steps of their precision outputs may differ by")
+    per_output: dict[str, Any] = dataclasses.field(default_factory=dict)  # {output name: OutputThreshold}
+
+    @classmethod
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx, base: "OutputThreshold | None" = None,
+              partial: bool = False) -> "OutputThreshold":
+        """The flat keys, then one mapping per named output; with ``base`` (a variant's override),
+        given keys replace the base's and per-output entries are merged."""
+        if not isinstance(value, dict):
+            ctx.error(line, path, f"expected a mapping {{atol, rtol}} or per output {{NAME: {{atol, rtol}}}}, "
+                                  f"got {value!r}")
+            raise Invalid
+        flat_map = LMap({k: v for k, v in value.items() if k in FLAT_TOLERANCES})
+        flat_map.line = getattr(value, "line", line)
+        flat_map.key_lines = {k: value.line_of(k) for k in flat_map} if isinstance(value, LMap) else {}
+        given = build_fields(cls, flat_map, path=path, line=line, ctx=ctx, partial=True, skip=("per_output",))
+        start = base if base is not None else cls()
+        top = dataclasses.replace(start, **given)
+        per, bad = dict(start.per_output), False
+        for name, sub in value.items():
+            if name in FLAT_TOLERANCES:
+                continue
+            kl = value.line_of(name) if isinstance(value, LMap) else line
+            if not isinstance(sub, dict):
+                ctx.error(kl, f"{path}.{name}", f"unknown key {name!r}: expected atol, rtol, quant_steps, or an "
+                                                f"output's name mapping to {{atol, rtol}}")
+                bad = True
+                continue
+            try:
+                kw = build_fields(cls, sub, path=f"{path}.{name}", line=kl, ctx=ctx, partial=True,
+                                  skip=("per_output",))
+            except Invalid:
+                bad = True
+                continue
+            per[str(name)] = dataclasses.replace(per.get(str(name)) or OutputThreshold(top.atol, top.rtol, top.quant_steps), **kw)
+        if bad:
+            raise Invalid
+        return dataclasses.replace(top, per_output=per)
+
+    @classmethod
+    def json_schema_hook(cls) -> dict:
+        one = dataclass_schema(cls, skip=("per_output",))
+        return {**one, "additionalProperties": {**one, "description": "one output's own tolerances, by its name"}}
 
 
 @dataclass(frozen=True)
@@ -340,6 +498,9 @@ class Thresholds:
                 bad = True
                 continue
             try:
+                if key == "outputs":  # flat and per-output tolerances, merged over the spec's
+                    out[key] = OutputThreshold.parse(sub, path=f"{path}.{key}", line=kl, ctx=ctx, base=self.outputs)
+                    continue
                 given = build_fields(hints[key], sub, path=f"{path}.{key}", line=kl, ctx=ctx, partial=True)
                 out[key] = dataclasses.replace(getattr(self, key), **given)
             except Invalid:

@@ -59,6 +59,27 @@ def table(cls: type, skip: tuple[str, ...] = ()) -> str:
     return "\n".join(rows)
 
 
+INPUTS_DOC = """One input (today's form), or a mapping of named inputs passed to the model by keyword, in order:
+
+```yaml
+inputs: {shape: [1, 64], dtype: float32}                  # one input: model(x)
+inputs:                                                   # named inputs: model(input_ids=..., attention_mask=...)
+  input_ids: {shape: [2, 16], dtype: int64, dynamic: {0: batch, 1: {name: seq, min: 4, max: 128}}}
+  attention_mask: {shape: [2, 16], dtype: bool, dynamic: {0: batch, 1: {name: seq, min: 4, max: 128}}}
+```
+
+The data give named inputs as a dict by name or a tuple in the declared order (`python:` returns
+`({"input_ids": ids, "attention_mask": mask}, y)` or `((ids, mask), y)`; an `npz:` file or a built-in
+dataset gives one array, so one input). Each input is cast to its declared dtype; an integer or bool
+input given fractional values (or bool given values other than 0/1) is an error naming the input,
+the dtype found and the one declared. Every format carries the signature: TorchScript traces by
+keyword, torch.export and AOTInductor take `kwargs` with a `Dim` per dynamic dimension (inputs that
+name the same dimension share it), ONNX names its graph inputs and makes those axes dynamic, and
+state-dict formats rebuild the module. A dynamic dimension with `min` and `max` (other than the batch)
+is tried in every reloaded artifact at its min, middle and max size against the in-memory variant
+(the `dynamic` item); an artifact that specialised it fails naming the input and dimension."""
+
+
 def render() -> str:
     out = []
 
@@ -67,7 +88,7 @@ def render() -> str:
 
     sec("Top level", table(Spec, skip=("path", "display", "lines")))
     sec("`model`", table(ModelSpec))
-    sec("`model.inputs`", table(InputSpec))
+    sec("`model.inputs`", INPUTS_DOC + "\n\nEach input takes:\n\n" + table(InputSpec))
     sec("`model.hf`", (HFSource.__doc__ or "").strip() + "\n\n" + table(HFSource))
     sec("`data`", table(DataSpec))
     sec("`data.split`", table(SplitSpec))

@@ -14,7 +14,8 @@ from ..cache import build_key, code_paths
 from ..errors import StageError
 from ..models import (baseline_arch, build_variant_model, count_params, describe_exc, search_dirs, state_bytes,
                       use_search_path, variant_arch)
-from ..protocol import primary_output
+from ..outputs import OutputError, concat
+from ..protocol import BatchDimError, describe_batch, run_batch
 from ..recipes import RecipeContext, StepRecord
 from ..recipes import apply as apply_step
 
@@ -28,7 +29,7 @@ class Built:
     params: int | None
     nonzero: int | None
     state_bytes: int | None
-    outputs: Any               # in-memory outputs on the evaluation batches, concatenated
+    outputs: Any               # in-memory outputs on the evaluation batches, by name, concatenated
     metric: float
     recipe: str
     requires: tuple = ()       # libraries a loader must import first (they register the artifact's ops)
@@ -50,6 +51,24 @@ class Built:
                    tuple(meta["requires"]), meta.get("settings", {}), key, cached=True)
 
 
+class LazyBuilt(Built):
+    """A cached build whose model the cache did not hold (a model of classes a cache may not
+    unpickle, such as packed int8 weights): the facts and outputs are the cache's, the model is
+    rebuilt on first use (a save whose artifact is not cached, a divergence report)."""
+
+    rebuild: Any = None
+
+    @property  # type: ignore[override]
+    def model(self) -> Any:
+        if self.__dict__.get("_model") is None and self.rebuild is not None:
+            self.__dict__["_model"], self.rebuild = self.rebuild(), None
+        return self.__dict__.get("_model")
+
+    @model.setter
+    def model(self, value: Any) -> None:
+        self.__dict__["_model"] = value
+
+
 def build(runner, t) -> Built:
     """The variant of ``t`` built (or reused from the cache); an ``artifact:`` variant is not
     built: its outputs are the file's own, run in the fresh process."""
@@ -63,7 +82,11 @@ def build(runner, t) -> Built:
     # The arch rebuilds state dicts in the worker: an entry naming other code than the spec is not used.
     if hit is not None and _canon(hit[0].get("arch")) == _canon(expected_arch(t.spec, t.variant)):
         meta, model, outputs = hit
-        return Built.from_meta(meta, model, outputs, key)
+        if model is not None:
+            return Built.from_meta(meta, model, outputs, key)
+        lazy = LazyBuilt.from_meta(meta, None, outputs, key)
+        lazy.rebuild = lambda: _fresh(runner, t).model
+        return lazy
     built = _fresh(runner, t)
     built.key = key
     runner.cache.put_built(key, built.meta(), built.model, built.outputs, trusted_modules=mods)
@@ -80,7 +103,7 @@ def spec_modules(spec) -> list[str]:
         mod = path.partition(":")[0]
         try:
             importlib.import_module(mod)
-        except Exception:  # noqa: BLE001 - the build names the failure with its spec line
+        except Exception:  # noqa: BLE001,S112 - the build names the failure with its spec line
             continue
         out.append(mod)
     return out
@@ -146,27 +169,29 @@ def _fresh(runner, t) -> Built:
 
 
 def run_in_memory(runner, t, model):
-    """The model's outputs on the evaluation batches, concatenated (float32)."""
+    """The model's named outputs on the evaluation batches, concatenated (float32)."""
     import torch
     outs = []
     b = None
     try:
         with torch.inference_mode():
             for b in runner.batches(t.spec):
-                o = primary_output(model(b))
-                if o.shape[:1] != b.shape[:1]:
-                    raise StageError("run", f"the in-memory model returned shape {tuple(o.shape)} for a batch of "
-                                     f"{b.shape[0]}: outputs must keep the batch dimension first",
-                                     spec=t.spec.name, variant=t.vname, where=t.spec.at(t.variant.line))
-                outs.append(o.detach().float())
+                try:
+                    named = run_batch(model, b, in_memory=True)
+                except OutputError as e:
+                    raise StageError("run", f"the in-memory model's outputs cannot be checked: {e}",
+                                     spec=t.spec.name, variant=t.vname, where=t.spec.at(t.variant.line)) from e
+                except BatchDimError as e:
+                    raise StageError("run", str(e), spec=t.spec.name, variant=t.vname,
+                                     where=t.spec.at(t.variant.line)) from e
+                outs.append({k: o.detach().float() for k, o in named.items()})
     except StageError:
         raise
     except Exception as e:
-        shape = tuple(b.shape) if b is not None else "?"
-        raise StageError("run", f"the in-memory model failed on an evaluation batch of shape {shape}: "
+        raise StageError("run", f"the in-memory model failed on an evaluation batch of {describe_batch(b)}: "
                          f"{describe_exc(e)}", spec=t.spec.name, variant=t.vname,
                          where=t.spec.at(t.variant.line)) from e
-    return torch.cat(outs)
+    return concat(outs)
 
 
 def _eval_mode(model) -> None:

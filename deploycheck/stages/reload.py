@@ -11,6 +11,7 @@ from ..cache import result_key
 from ..errors import StageError
 from ..formats import FORMATS
 from ..models import search_dirs
+from ..outputs import align, as_named
 from ..protocol import GeneratePlan, LatencyPlan, WorkerResult, load_request
 from .save import VariantUnsupported
 
@@ -23,6 +24,7 @@ class Reload:
     seconds: float
     extra_outputs: Any = None  # outputs on the semantic triplets' texts, when the spec has them
     key: str = ""              # the result's cache key (a failed timing verdict drops the entry)
+    dynamic_outputs: Any = None  # per dynamic-size batch: its named outputs ({} where it failed)
 
 
 def latency_plan(runner, t) -> LatencyPlan:
@@ -59,11 +61,13 @@ def reload(runner, t) -> Reload:
     files = runner.inputs_files(t.spec)
     req = load_request(art.ref(), workdir=runner.variant_dir(t), stem=t.fmt, inputs=files["eval"],
                        threads=t.spec.latency.threads, latency=latency_plan(runner, t),
-                       extra_inputs=files.get("semantic"), memory_mb=t.spec.isolation.memory_mb,
+                       extra_inputs=files.get("semantic"), dynamic_inputs=files.get("dynamic"),
+                       memory_mb=t.spec.isolation.memory_mb,
                        python_path=search_dirs(t.spec) if FORMATS.get(t.fmt)().needs_code(t.fspec.options) else (),
                        generate=generate_plan(runner, t))
-    if os.path.exists(req.result):
-        os.unlink(req.result)
+    for stale in (req.result, req.outputs + ".extra.pt", req.outputs + ".dynamic.pt"):
+        if os.path.exists(stale):
+            os.unlink(stale)
     rkey = result_key(req.to_json(), runner.inputs_sha(t.spec))
     cached = runner.cache.get_result(rkey, req.outputs)
     if cached is not None:
@@ -86,12 +90,27 @@ def reload(runner, t) -> Reload:
 
 def _finish(runner, t, r: WorkerResult, outputs_path: str, seconds: float, key: str) -> Reload:
     import torch
-    outputs = torch.cat(torch.load(outputs_path, weights_only=True))
+    outputs = as_named(torch.load(outputs_path, weights_only=True))
+    ref = None
+    if not t.made_elsewhere:
+        ref = runner.built(t).outputs
+    elif not t.is_baseline:
+        ref = runner.built(t.baseline()).outputs  # a file made elsewhere is held to the baseline
+    if ref is not None:
+        # The format may not carry the output structure (ONNX names its graph outputs itself):
+        # paired by position under the in-memory names, so the metric reads the same output.
+        pairs, why = align(ref, outputs)
+        if why is not None:
+            raise StageError("run", f"the reloaded {t.fmt} artifact {why}", **t.ident())
+        outputs = {n: g for n, _, g in pairs}
     value = runner.score(t, outputs, what="reloaded")
     extra = None
     if os.path.exists(outputs_path + ".extra.pt"):
-        extra = torch.cat(torch.load(outputs_path + ".extra.pt", weights_only=True))
-    return Reload(r, outputs, value, seconds, extra, key)
+        extra = as_named(torch.load(outputs_path + ".extra.pt", weights_only=True))
+    dyn = None
+    if os.path.exists(outputs_path + ".dynamic.pt"):
+        dyn = torch.load(outputs_path + ".dynamic.pt", weights_only=True)
+    return Reload(r, outputs, value, seconds, extra, key, dyn)
 
 
 def _tail(title: str, text: str, n: int = 25) -> str:

@@ -6,6 +6,7 @@ place, never copied or rewritten."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import time
 import warnings
@@ -67,7 +68,8 @@ def save(runner, t) -> Artifact:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            extra = fmt.save(b.model, tmp, example=runner.example(t.spec), options=t.fspec.options, arch=b.arch)
+            kw = {"inputs": t.spec.model.inputs} if "inputs" in inspect.signature(fmt.save).parameters else {}
+            extra = fmt.save(b.model, tmp, example=runner.example(t.spec), options=t.fspec.options, arch=b.arch, **kw)
     except Unsupported as e:
         raise VariantUnsupported(str(e), spec=t.spec.name, variant=t.vname, fmt=t.fmt, where=t.where) from e
     except Exception as e:
@@ -77,10 +79,13 @@ def save(runner, t) -> Artifact:
         raise StageError("save", f"saving as {t.fmt} failed: {describe_exc(e)}", **t.ident()) from e
     try:
         os.replace(tmp, path)
-        man = write_manifest(path, fmt=t.fmt, input_shape=t.spec.model.inputs.shape,
-                             input_dtype=t.spec.model.inputs.dtype,
-                             extra={**(extra or {}), "requires": list(b.requires), "torch_settings": b.settings,
-                                    **({"tokenizer": tok} if tok else {})})
+        sig = t.spec.model.inputs
+        signature = {"inputs": {n: {"shape": list(i.shape), "dtype": i.dtype,
+                                    "dynamic": {str(d.dim): d.name for d in i.dynamic_dims}}
+                                for n, i in sig.items}} if sig.named or sig.first.dynamic else {}
+        man = write_manifest(path, fmt=t.fmt, input_shape=sig.shape, input_dtype=sig.dtype,
+                             extra={**(extra or {}), **signature, "requires": list(b.requires),
+                                    "torch_settings": b.settings})
     except OSError as e:
         if no_space(e):
             raise StageError("save", no_space_message(os.path.dirname(path)), **t.ident()) from e
