@@ -85,7 +85,7 @@ def save(runner, t) -> Artifact:
                                 for n, i in sig.items}} if sig.named or sig.first.dynamic else {}
         man = write_manifest(path, fmt=t.fmt, input_shape=sig.shape, input_dtype=sig.dtype,
                              extra={**(extra or {}), **signature, "requires": list(b.requires),
-                                    "torch_settings": b.settings})
+                                    "torch_settings": b.settings, **({"tokenizer": tok} if tok else {})})
     except OSError as e:
         if no_space(e):
             raise StageError("save", no_space_message(os.path.dirname(path)), **t.ident()) from e
