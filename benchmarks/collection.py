@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ def profiled_own_time(d: str) -> float:
     import io
     import pstats
     from contextlib import redirect_stdout
+
     import pytest
     prof = cProfile.Profile()
     cwd = os.getcwd()

@@ -60,9 +60,9 @@ def main() -> None:
         for cls, e in sorted(entries.items()):
             if cls == real[0]:
                 continue
-            diff = max((abs(a - b) for ra, rb in zip(e["outputs"], ref["outputs"]) for a, b in zip(ra, rb)), default=0.0)
-            rel = max((abs(a - b) / max(abs(b), 1e-12) for ra, rb in zip(e["outputs"], ref["outputs"])
-                       for a, b in zip(ra, rb) if abs(a - b) > 1e-6), default=0.0)
+            diff = max((abs(a - b) for ra, rb in zip(e["outputs"], ref["outputs"], strict=True) for a, b in zip(ra, rb, strict=True)), default=0.0)
+            rel = max((abs(a - b) / max(abs(b), 1e-12) for ra, rb in zip(e["outputs"], ref["outputs"], strict=True)
+                       for a, b in zip(ra, rb, strict=True) if abs(a - b) > 1e-6), default=0.0)
             drift = abs(e["metric"]["value"] - ref["metric"]["value"])
             rows.append([doc["spec"], doc["variant"], doc["format"], cls.split(" (")[0].split("/")[1],
                          f"{diff:.3g}", f"{rel:.3g}", f"{diff / (span / 255):.2f}", f"{drift:.3g}"])

@@ -10,7 +10,6 @@ import sys
 
 import torch
 import torch.utils.benchmark as tb
-
 from _common import ROOT, machine_line, write_section
 
 sys.path.insert(0, ROOT)
@@ -18,6 +17,7 @@ sys.path.insert(0, ROOT)
 
 def models():
     from safetensors.torch import load_file
+
     from examples.digits import CNN, MLP, TinyMLP
     mlp = MLP()
     mlp.load_state_dict(load_file(os.path.join(ROOT, "specs", "models", "digits_mlp.safetensors")))
@@ -32,12 +32,13 @@ def models():
 
 def main() -> None:
     from tabulate import tabulate
+
     from deploycheck.timing import measure
     torch.set_num_threads(1)
     rows = []
     with torch.inference_mode():
         for name, m, x in models():
-            ours, n = measure(lambda: m(x), warmup=10, rounds=60, round_s=1e-3)
+            ours, n = measure(lambda m=m, x=x: m(x), warmup=10, rounds=60, round_s=1e-3)
             timer = tb.Timer("m(x)", globals={"m": m, "x": x}, num_threads=1).blocked_autorange(min_run_time=1.0)
             ref = timer.median * 1e3
             rows.append([name, f"{ours['p50_ms']:.4f}", f"{ref:.4f}", f"{(ours['p50_ms'] / ref - 1) * 100:+.1f}%", n])

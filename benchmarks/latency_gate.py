@@ -29,7 +29,6 @@ import time
 
 import numpy as np
 import torch
-
 from _common import ROOT, machine_line, write_section
 
 sys.path.insert(0, ROOT)
@@ -37,6 +36,7 @@ sys.path.insert(0, ROOT)
 
 def model():
     from safetensors.torch import load_file
+
     from examples.digits import MLP
     m = MLP()
     m.load_state_dict(load_file(os.path.join(ROOT, "specs", "models", "digits_mlp.safetensors")))

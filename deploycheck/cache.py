@@ -35,10 +35,10 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from . import usercode
 from .formats.integrity import library_versions
 from .machine import kernel_key
 from .models import baseline_arch, search_dirs
-from . import usercode
 
 
 def _h(data: Any) -> str:
@@ -56,7 +56,7 @@ def file_sha(path: str) -> str | None:
         return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _package_source_hash() -> str:
     root = os.path.dirname(os.path.abspath(__file__))
     h = hashlib.sha256()
@@ -201,6 +201,7 @@ def allowed_global(name: str, trusted_modules: Iterable[str] = ()) -> Any:
     tensor class from :data:`TRUSTED_PACKAGES` or the spec's modules. The module is checked
     before anything is imported, so a file cannot make this process import a module it names."""
     import importlib
+
     import torch
     mod_name, _, qual = name.rpartition(".")
     trusted = set(trusted_modules)
@@ -237,7 +238,7 @@ def load_model(path: str, *, trusted_modules: Iterable[str] = ()) -> Any:
     import torch
     from torch.serialization import get_unsafe_globals_in_checkpoint, safe_globals
     names = get_unsafe_globals_in_checkpoint(path)
-    allowed = []
+    allowed: list[Any] = []
     for name in names:
         obj = allowed_global(name, trusted_modules)
         if obj is None:
@@ -277,6 +278,7 @@ class Cache:
         self.root = None
 
     def _dir(self, kind: str, key: str) -> str:
+        assert self.root is not None  # callers check enabled first
         return os.path.join(self.root, kind, key[:2], key)
 
     def _touch(self, d: str) -> None:
@@ -288,6 +290,7 @@ class Cache:
 
     def _staging(self, kind: str) -> str:
         import tempfile
+        assert self.root is not None
         d = os.path.join(self.root, "tmp")
         os.makedirs(d, exist_ok=True)
         return tempfile.mkdtemp(prefix=f"{kind}-", dir=d)

@@ -6,10 +6,10 @@ One registry: each check says when it applies and how it decides. Items in
 
 from __future__ import annotations
 
-import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -99,12 +99,12 @@ def skip_if_baseline_nonfinite(runner, t: Target) -> None:
         return
     why = baseline_nonfinite(runner, t)
     if why:
-        pytest.skip(f"not compared: {why}")
+        raise pytest.skip.Exception(f"not compared: {why}", _use_item_location=True)
 
 
 # --- outputs ------------------------------------------------------------------------------------
 
-def finite_verdict(runner, t: Target) -> "Verdict | None":
+def finite_verdict(runner, t: Target) -> Verdict | None:
     """NaN or Inf in the in-memory or reloaded outputs: a failed ``outputs`` verdict saying where."""
     b = runner.built(t)
     r = runner.reload(t)
@@ -306,7 +306,9 @@ def _with_interval(ok: bool, f: str, *, name: str, key: str, limit: float, ci, t
 def metric_verdict(name: str, value: float, baseline: float, higher: bool, th, ci=None) -> Verdict:
     """Decide the metric gate; the formula shows every number that decided it. ``ci``: the
     drop's paired interval (:mod:`deploycheck.stats`), which revises the drop thresholds."""
-    parts, failed, notes = [], [], []
+    parts: list[str] = []
+    failed: list[str] = []
+    notes: list[str] = []
     sign = "-" if higher else "+"
     delta = value - baseline
     if th.max_drop is not None:
@@ -390,6 +392,12 @@ def metric_check(runner, t: Target) -> Verdict:
     th = t.variant.thresholds.metric
     ci = None if t.is_baseline else drop_interval(runner, t, r.outputs, m, th.confidence)
     v = metric_verdict(m.name, r.metric, base, m.higher_is_better, th, ci)
+    read = t.spec.metric.output or next(iter(r.outputs))
+    v.details["output"] = read
+    if len(r.outputs) > 1:  # which of several outputs the metric read, said in the verdict and the report
+        v.formula += f" (metric on output {read!r} of {', '.join(map(repr, r.outputs))})"
+        if v.message:
+            v.message += f" (metric on output {read!r})"
     if not v.passed:
         where, det = where_it_departs(runner, t)
         v.message += saturation_hint(t.variant) + where
@@ -435,7 +443,8 @@ def latency_check(runner, t: Target) -> Verdict:
     r = runner.reload(t)
     lat = r.result.latency or {}
     th = t.variant.thresholds.latency
-    parts, failed = [], []
+    parts: list[str] = []
+    failed: list[str] = []
     elsewhere = machine.scope_mismatch(th.machines) if th.machines is not None else None
     for key in ("p50_ms", "p95_ms", "p99_ms"):
         limit = getattr(th, key)
@@ -461,7 +470,7 @@ def latency_check(runner, t: Target) -> Verdict:
     wants_ratio = th.max_ratio is not None or th.min_speedup is not None
     if wants_ratio and not t.is_baseline:
         if not ratio:
-            failed.append(f"no side-by-side measurement vs the baseline: {lat.get('ratio_error') or 'the baseline has no ' + t.fmt + ' artifact'}")
+            failed.append(f"no side-by-side measurement vs the baseline: {lat.get('ratio_error') or f'the baseline has no {t.fmt} artifact'}")
         else:
             (parts if not ratio["decision"].startswith("fail") else failed).append(ratio_formula(ratio, th))
     if not parts and not failed:
@@ -487,7 +496,8 @@ def size_check(runner, t: Target) -> Verdict:
     art = runner.artifact(t)
     th = t.variant.thresholds.size
     mb = art.size / 1e6
-    parts, failed = [], []
+    parts: list[str] = []
+    failed: list[str] = []
     details = {"size_mb": mb, "sha256": art.sha256, "path": art.path}
     if th.max_mb is not None:
         ok = mb <= th.max_mb
@@ -598,6 +608,7 @@ def batch_invariance_check(runner, t: Target) -> Verdict:
 
 @check("snapshot", applies=lambda t: t.spec.snapshot.enabled, needs_item=True)
 def snapshot_check(runner, t: Target, *, item) -> Verdict:
+    assert t.fmt is not None  # a snapshot item is per format
     r = runner.reload(t)
     st = t.spec.snapshot
     metric = resolve(t.spec)
@@ -622,6 +633,10 @@ def snapshot_check(runner, t: Target, *, item) -> Verdict:
         msg = (f"no approved snapshot at {rel}: run `pytest --snapshot-update` to record the current outputs "
                f"({data['probes']} probes), then review and commit the file")
         return Verdict("snapshot", False, msg, "snapshot missing", "missing", details=details)
+    if isinstance(out.error, snapshots.UnreadableSnapshot):
+        msg = (f"approved snapshot {rel} does not parse: {out.error}; it is left as it is, even with "
+               "--snapshot-update: resolve it by hand (keep every machine's entry), or delete it and record it anew")
+        return Verdict("snapshot", False, msg, "snapshot unreadable", "error", details=details)
     if out.error is not None:
         msg = f"snapshot {rel} could not be compared: {type(out.error).__name__}: {out.error}"
         return Verdict("snapshot", False, msg, "snapshot unreadable", "error", details=details)

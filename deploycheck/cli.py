@@ -17,8 +17,9 @@ from .formats.integrity import FORMAT_NAMES, Diagnosis, check_file, read_manifes
 from .isolation import WorkerPool
 from .protocol import ArtifactRef, load_request
 from .report.compare import add_commands
-from .spec import parse, parse_file
-from .spec.loader import is_spec_text
+from .resolve import name_problems
+from .spec import duplicate_name, parse, parse_file
+from .spec.loader import may_be_spec
 from .spec.model import Spec
 from .spec.schema import json_schema
 
@@ -32,12 +33,8 @@ def _spec_files(paths: list[str]) -> list[str]:
                 for f in sorted(files):
                     if f.endswith((".yaml", ".yml")):
                         full = os.path.join(root, f)
-                        try:
-                            with open(full, encoding="utf-8") as fh:
-                                if is_spec_text(fh.read()):
-                                    out.append(full)
-                        except (OSError, UnicodeDecodeError):
-                            continue
+                        if may_be_spec(full):
+                            out.append(full)
         else:
             out.append(p)
     return out
@@ -49,12 +46,24 @@ def cmd_validate(args) -> int:
         print("no deploycheck specs found (a spec is a YAML file with a top-level 'deploycheck: 1')", file=sys.stderr)
         return 1
     bad = 0
+    names: dict[str, str] = {}
     for f in files:
         try:
             spec = parse_file(f)
         except SpecError as e:
             bad += 1
             print(e)
+            continue
+        spec = dataclasses.replace(spec, display=f)
+        other = names.setdefault(spec.name, f)
+        if other != f:
+            bad += 1
+            print(duplicate_name(spec, other))
+            continue
+        unresolved = name_problems(spec)
+        if unresolved:
+            bad += 1
+            print(SpecError(f, unresolved))
             continue
         n = len(spec.variants)
         formats = sorted({fs.name for v in spec.variants.values() for fs in v.formats})
@@ -136,21 +145,30 @@ def cmd_init(args) -> int:
     name = args.name or args.factory.rpartition(":")[2].lower().replace("_", "-")
     inputs, items = init_inputs(args.shape, args.dtype or [])
     out = args.output or os.path.join("specs", f"{name}.yaml")
-    fields = dict(name=name, factory=args.factory, inputs=inputs, data=args.data, metric=args.metric,
-                  schema=args.schema)
-    text = INIT_TEMPLATE.format(preprocess="", **fields)
+    fields = dict(name=name, factory=args.factory, inputs=inputs, data=args.data, schema=args.schema)
+
+    def render(metric: str, preprocess: str = "") -> str:
+        return INIT_TEMPLATE.format(preprocess=preprocess, metric=metric, **fields)
     try:
-        parse(text, filename=out)
+        spec = parse(render(args.metric or "accuracy"), filename=out)
+        factory = [p for p in name_problems(spec) if p.path == "model.factory"]
+        if factory:
+            raise InitError(f"--factory {factory[0].message}")
+        metric = args.metric or _metric_for(spec)
     except SpecError as e:
         print(e, file=sys.stderr)
         return 2
+    except InitError as e:
+        print(f"deploycheck init: {e}", file=sys.stderr)
+        return 2
+    text = render(metric)
     if os.path.exists(out) and not args.force:
         print(f"{out} exists; not overwriting it (use --force)", file=sys.stderr)
         return 1
     if len(items) == 1 and items[0][0] == "x":  # one input: make the data's samples its shape
         steps, note = init_steps(text, out=out, shape=items[0][1], dtype=items[0][2])
         if steps:
-            text = INIT_TEMPLATE.format(preprocess="\n  preprocess:" + "".join(f"\n    {s}" for s in steps), **fields)
+            text = render(metric, "\n  preprocess:" + "".join(f"\n    {s}" for s in steps))
         if note:
             print(f"note: {note}", file=sys.stderr)
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
@@ -158,6 +176,29 @@ def cmd_init(args) -> int:
         fh.write(text)
     print(f"wrote {out}; run: pytest {out}")
     return 0
+
+
+class InitError(Exception):
+    pass
+
+
+def _metric_for(spec) -> str:
+    """The metric that fits the data's targets: accuracy for integer class labels, r2 for values to
+    predict, cosine (to the baseline's outputs) for data without targets."""
+    import numpy as np
+
+    from .data.dataset import _raw
+    from .models import describe_exc
+    try:
+        raw = _raw(spec)
+    except Exception as e:
+        raise InitError(f"cannot load --data {spec.data.source!r} to choose a metric: {describe_exc(e)}; "
+                        "fix it, or pass --metric") from None
+    y = raw[1] if len(raw) == 2 else raw[3]
+    if y is None:
+        return "cosine"
+    y = np.asarray(y)
+    return "accuracy" if np.issubdtype(y.dtype, np.integer) or y.dtype == bool else "r2"
 
 
 def cmd_inspect(args) -> int:
@@ -180,7 +221,7 @@ def cmd_inspect(args) -> int:
         print("manifest: none (size and checksum cannot be verified)")
     diag = check_file(path, declared, manifest)
     named = formats_by_name(path)
-    if found in FORMATS and named and found not in named:
+    if found is not None and found in FORMATS and named and found not in named:
         # The name promises another format than the bytes hold: a loader that goes by the name fails.
         says = " or ".join(FORMAT_NAMES.get(n, n) for n in named)
         mismatch = (f"the file is {FORMAT_NAMES.get(found, found)} file, but its name "
@@ -192,7 +233,7 @@ def cmd_inspect(args) -> int:
     named_code = (manifest or {}).get("factory")
     if named_code is not None:
         print(f"note:     the manifest names factory {named_code!r}: not used (only a spec chooses code to run)")
-    if diag is None and declared in FORMATS and not args.no_load:
+    if diag is None and declared is not None and declared in FORMATS and not args.no_load:
         fmt = FORMATS.get(declared)
         if fmt.unpickles and not args.allow_pickle:
             print("status:   NOT LOADED")
@@ -229,7 +270,7 @@ def _try_load(path, fmt, manifest, timeout):
     if out.result is None:
         return Diagnosis("crash", out.death() or "no answer")
     if not out.result.ok and out.result.stage == "load":
-        return Diagnosis(out.result.kind, out.result.message.splitlines()[0])
+        return Diagnosis(out.result.kind or "load-error", out.result.message.splitlines()[0])
     return None
 
 
@@ -281,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--dtype", action="append",
                    help="input dtype (default float32), e.g. int64; NAME=int64 for a named input")
     i.add_argument("--data", default="sklearn:digits", help="data source (default: sklearn:digits)")
-    i.add_argument("--metric", default="accuracy")
+    i.add_argument("--metric", help="quality metric (default: from the data's targets: accuracy for class "
+                                     "labels, r2 for values to predict, cosine without targets)")
     i.add_argument("--name")
     i.add_argument("--schema", default="../reports/deploycheck.schema.json", help="$schema path for editors")
     i.add_argument("-o", "--output", help="spec path (default: specs/NAME.yaml)")
@@ -303,7 +345,15 @@ def main(argv: list[str] | None = None) -> int:
     c.set_defaults(fn=cmd_cache)
     add_commands(sub)
     args = p.parse_args(argv)
-    return args.fn(args)
+    try:
+        rc = args.fn(args)
+        sys.stdout.flush()  # here, so a closed pipe is seen while we can still handle it
+    except BrokenPipeError:
+        # `deploycheck schema | head`: the reader has gone; end quietly, as a process killed by SIGPIPE
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    return rc
 
 
 if __name__ == "__main__":

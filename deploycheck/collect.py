@@ -10,7 +10,8 @@ import dataclasses
 import importlib.util
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -20,12 +21,15 @@ from .errors import SpecError, StageError
 from .metrics import METRICS
 from .report.records import Record, jsonable
 from .snapshots import make_locatable
-from .spec import parse_file
+from .spec import duplicate_name, parse_file
 from .stages.save import VariantUnsupported
 from .target import Target
 
 #: set by the plugin at configure: returns the session's Runner (made on first use)
 RUNNER_FACTORY = pytest.StashKey[Callable[[], Any]]()
+
+#: spec name -> the file that declared it first in this session
+_SPEC_NAMES = pytest.StashKey[dict]()
 
 FORMAT_CHECKS = ("load", "outputs", "dynamic", "metric", "perplexity", "next_token", "generation", "tokenizer",
                  "fidelity", "semantic", "latency", "size", "snapshot")
@@ -38,6 +42,10 @@ class SpecFile(pytest.File):
         except SpecError as e:
             raise self.CollectError(str(SpecError(_display(self), e.problems))) from None
         spec = _relpath(spec, self)
+        claimed = self.config.stash.setdefault(_SPEC_NAMES, {})
+        other = claimed.setdefault(spec.name, spec.display)
+        if other != spec.display:
+            raise self.CollectError(str(duplicate_name(spec, other)))
         node = SpecNode.from_parent(self, name=spec.name, spec=spec)
         missing = _missing_requirements(spec)
         if missing:
@@ -150,7 +158,8 @@ class CheckItem(pytest.Item):
             self._record("unsupported", message=str(e))
             if self.spec.on_unsupported == "fail":
                 raise
-            pytest.skip(f"unsupported: {e} (on_unsupported: skip)")
+            # reported at the spec line that declared the variant, not at this line of deploycheck
+            raise pytest.skip.Exception(f"unsupported: {e} (on_unsupported: skip)", _use_item_location=True) from None
         except StageError as e:
             self._record("error", message=e.headline(), stage=e.stage)
             raise

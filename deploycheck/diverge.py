@@ -111,7 +111,7 @@ def _capture_export(path: str, probes):
             out = super().run_node(n)
             stack = n.meta.get("nn_module_stack") if n.op == "call_function" else None
             t = first_tensor(out) if stack else None
-            if t is not None and t.is_floating_point():
+            if stack and t is not None and t.is_floating_point():
                 for name, _type in stack.values():
                     if name:
                         if name not in acts:
@@ -165,7 +165,7 @@ def _capture_onnx(path: str, probes):
     feed = ({k: v.numpy() for k, v in probes.items()} if isinstance(probes, dict)
             else {sess.get_inputs()[0].name: probes.numpy()})
     names = [o.name for o in sess.get_outputs()]
-    values = dict(zip(names, sess.run(names, feed)))
+    values = dict(zip(names, sess.run(names, feed), strict=True))
     acts: dict[str, Any] = {}
     for name in list(order):
         v = values.get(last[name])

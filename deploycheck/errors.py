@@ -32,9 +32,6 @@ class SpecError(Exception):
         super().__init__("\n".join(p.render(filename) for p in self.problems))
 
 
-STAGES = ("build", "save", "load", "run", "check")
-
-
 class StageError(Exception):
     """A runtime failure in one pipeline stage for one spec / variant / format.
 
@@ -55,3 +52,11 @@ class StageError(Exception):
 
     def render(self) -> str:
         return self.headline() + (f"\n{self.detail.rstrip()}" if self.detail else "")
+
+    def __reduce__(self):
+        # keyword-only fields: pickled by value, so a build's error comes back from its child process
+        return (_stage_error, (self.stage, self.message, self.spec, self.variant, self.fmt, self.where, self.detail))
+
+
+def _stage_error(stage, message, spec, variant, fmt, where, detail) -> StageError:
+    return StageError(stage, message, spec=spec, variant=variant, fmt=fmt, where=where, detail=detail)

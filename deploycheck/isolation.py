@@ -7,16 +7,22 @@ torch import overlap with the parent's own work instead of adding to every reloa
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from .errors import StageError
 from .protocol import WorkerRequest, WorkerResult
 
 TAIL = 4000
@@ -70,6 +76,23 @@ class OutputTail:
             notes.append(f"{cut} earlier bytes of output cut")
         return (f"[{'; '.join(notes)}]\n" if notes else "") + shown
 
+#: the pid of the process that started a worker (see :func:`die_with_parent`)
+PARENT_ENV = "DEPLOYCHECK_PARENT_PID"
+
+
+def die_with_parent(parent: int) -> None:
+    """Linux: have the kernel kill this process when ``parent`` ends, even by SIGKILL, so a
+    worker or build whose session was killed outright does not run on. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it ended before the request was made
+        os._exit(1)
+
 
 @dataclass
 class Outcome:
@@ -101,6 +124,7 @@ class _Proc:
     def __init__(self, workdir: str):
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
         env.setdefault("OMP_NUM_THREADS", "1")
+        env[PARENT_ENV] = str(os.getpid())
         # -I: no PYTHONPATH, no user site, no script directory: only installed packages are importable.
         self.popen = subprocess.Popen([sys.executable, "-I", "-m", "deploycheck.worker", "--serve"],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -110,15 +134,25 @@ class _Proc:
     def tail(self) -> str:
         return self.output.text()
 
+    def wait(self, timeout_s: float) -> bool:
+        """Whether the worker ended within ``timeout_s``; it stays unreaped, so its process group
+        is still this worker's own when :meth:`kill` sends to it."""
+        return _await_exit(self.popen.pid, timeout_s)
+
     def kill(self) -> None:
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        """Kill the worker's whole process group (it runs in its own session): whatever its model
+        started goes too, then reap it."""
+        _kill_group(self.popen.pid)
         self.popen.wait()
 
     def close(self) -> None:
         pass
+
+
+def _close_pool(ref: weakref.ref[WorkerPool]) -> None:
+    pool = ref()
+    if pool is not None:
+        pool.close()
 
 
 class WorkerPool:
@@ -128,6 +162,8 @@ class WorkerPool:
         self.workdir = workdir
         os.makedirs(workdir, exist_ok=True)
         self._spare: _Proc | None = None
+        # a session that ends without closing the pool (an error, Ctrl-C) leaves no spare behind
+        atexit.register(_close_pool, weakref.ref(self))
 
     def _take(self) -> _Proc:
         p, self._spare = self._spare, None
@@ -144,15 +180,15 @@ class WorkerPool:
         proc = self._take()
         t0 = time.perf_counter()
         timed_out = False
+        assert proc.popen.stdin is not None  # opened with stdin=PIPE
         try:
             proc.popen.stdin.write((req_path + "\n").encode())
             proc.popen.stdin.close()
         except BrokenPipeError:
             pass
         try:
-            proc.popen.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            timed_out = not proc.wait(timeout_s)
+        finally:  # also on Ctrl-C: the worker and every process it started end here
             proc.kill()
         seconds = time.perf_counter() - t0
         result = None
@@ -169,3 +205,276 @@ class WorkerPool:
             self._spare.kill()
             self._spare.close()
             self._spare = None
+
+
+# --- the spec's own code (factories, data callables, recipes) in a forked child -----------------
+
+class ChildGone(Exception):
+    """The forked child gave no answer: it ran past its timeout or ended without one.
+
+    ``stacks`` is Python's own dump of every thread of the child (faulthandler): where it was
+    when the timeout struck, or where a fatal signal (segfault, abort) hit it."""
+
+    def __init__(self, why: str, *, timed_out: bool, stacks: str = ""):
+        super().__init__(why)
+        self.why, self.timed_out, self.stacks = why, timed_out, stacks
+
+
+class ChildUnpicklable(Exception):
+    """The child's answer could not be pickled, so it cannot come back (e.g. a local class)."""
+
+
+class RemoteError(Exception):
+    """An exception raised by the child's function that could not be sent back as itself."""
+
+    def __init__(self, description: str, traceback_text: str):
+        super().__init__(description)
+        self.description, self.traceback_text = description, traceback_text
+
+
+def can_fork() -> bool:
+    """Whether user code can run in a forked child: POSIX fork, and no CUDA context in this
+    process (CUDA cannot be used in a child forked after it was initialised)."""
+    if not hasattr(os, "fork"):
+        return False
+    torch = sys.modules.get("torch")
+    try:
+        return not (torch is not None and torch.cuda.is_initialized())
+    except Exception:  # noqa: BLE001 - a torch without CUDA support answers nothing useful
+        return True
+
+
+def status_words(status: int) -> str:
+    """A child's wait status in words, as :meth:`Outcome.death` says it for workers."""
+    if os.WIFSIGNALED(status):
+        return Outcome(None, -os.WTERMSIG(status), False, "", 0.0).death() or ""
+    return Outcome(None, os.waitstatus_to_exitcode(status), False, "", 0.0).death() or ""
+
+
+def call_forked(fn: Callable[[], Any], *, timeout_s: float, workdir: str) -> Any:
+    """``fn()`` run in a forked child in its own process group; its value comes back pickled
+    (``torch.save``) through a pipe. The child is this process's own copy running the spec's code,
+    so what it sends is as trusted as the spec. On return, timeout, death or Ctrl-C, the child's
+    whole process group is killed, so nothing it started survives it.
+
+    Raises :class:`ChildGone` when it times out or dies, :class:`ChildUnpicklable` when its value
+    cannot be pickled, and :class:`RemoteError` when ``fn`` raised something unpicklable."""
+    import io
+    import warnings
+
+    os.makedirs(workdir, exist_ok=True)
+    dump_fd, dump_path = tempfile.mkstemp(prefix="build-", suffix=".stacks", dir=workdir)
+    r, w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    parent = os.getpid()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: "process is multi-threaded"
+        pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller's stack
+        code = 0
+        try:
+            os.close(r)
+            os.setpgid(0, 0)
+            die_with_parent(parent)
+            _child_setup(dump_fd)
+            _child_run(fn, w, io)
+        except BaseException:  # noqa: BLE001 - the parent reports the missing answer
+            code = 70
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+    os.close(w)
+    os.close(dump_fd)
+    try:
+        os.setpgid(pid, pid)  # also from this side: killpg works even before the child ran a line
+    except OSError:
+        pass
+    reaped = False
+    try:
+        data, timed_out = _read_answer(r, pid, timeout_s)
+        if timed_out:
+            _dump_stacks(pid, dump_path)
+        else:  # it ends by itself once it has answered (or died); then whatever it started goes
+            _await_exit(pid, 5.0)
+        _kill_group(pid)
+        _, status = os.waitpid(pid, 0)
+        reaped = True
+        stacks = _read_text(dump_path)
+        if timed_out:
+            raise ChildGone(f"did not finish within {timeout_s:g} s and was killed", timed_out=True, stacks=stacks)
+        if data is None:
+            raise ChildGone(status_words(status).replace("the process", "the build process", 1), timed_out=False,
+                            stacks=stacks)
+    finally:
+        if not reaped:  # Ctrl-C or an error while waiting: the child and its children go too
+            _kill_group(pid)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        os.close(r)
+        try:
+            os.unlink(dump_path)
+        except OSError:
+            pass
+    import torch
+    try:
+        kind, *rest = torch.load(io.BytesIO(data), weights_only=False)  # this process's own child wrote it
+    except Exception as e:  # noqa: BLE001 - pickled, but cannot be rebuilt here
+        raise ChildUnpicklable(f"{type(e).__name__}: {e}") from e
+    if kind == "ok":
+        return rest[0]
+    if kind == "unpicklable":
+        raise ChildUnpicklable(rest[0])
+    if kind == "raised":
+        raise rest[0]
+    raise RemoteError(rest[0], rest[1])
+
+
+def _child_setup(fd: int) -> None:
+    import faulthandler
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        # GNU OpenMP cannot start a thread team in a process forked after its parent ran one: a
+        # second thread would hang the child on its first parallel operator.
+        torch.set_num_threads(1)
+    faulthandler.cancel_dump_traceback_later()  # pytest's faulthandler_timeout belongs to the parent
+    faulthandler.enable(file=fd, all_threads=True)
+    faulthandler.register(signal.SIGUSR1, file=fd, all_threads=True, chain=False)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # the parent alone handles Ctrl-C, and kills this group
+
+
+def _child_run(fn: Callable[[], Any], w: int, io: Any) -> None:
+    import traceback
+
+    import torch
+    try:
+        payload: tuple = ("ok", fn())
+    except StageError as e:  # pickles by value (see StageError.__reduce__)
+        payload = ("raised", e)
+    except BaseException as e:  # noqa: BLE001 - any other exception comes back as its text and traceback
+        text = str(e).strip()
+        payload = ("remote", f"{type(e).__name__}: {text}" if text else type(e).__name__,
+                   "".join(traceback.format_exception(e))[-3000:])
+    buf = io.BytesIO()
+    try:
+        torch.save(payload, buf)
+    except Exception as e:  # noqa: BLE001 - the value cannot be pickled
+        buf = io.BytesIO()
+        torch.save(("unpicklable", f"{type(e).__name__}: {e}"), buf)
+    data = buf.getvalue()
+    view = memoryview(len(data).to_bytes(8, "little") + data)
+    while view:
+        n = os.write(w, view)
+        view = view[n:]
+    os.close(w)
+
+
+def _read_answer(r: int, pid: int, timeout_s: float) -> tuple[bytes | None, bool]:
+    """(the answer, or None when the child ended without all of it; whether time ran out).
+    The answer is length-prefixed and the child's exit is watched, so a grandchild that kept the
+    pipe open cannot hold us up."""
+    import select
+    deadline = time.monotonic() + timeout_s
+    buf = bytearray()
+    need: int | None = None
+    while need is None or len(buf) < need + 8:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None, True
+        ready, _, _ = select.select([r], [], [], min(left, 0.25))
+        if not ready:
+            if _exited(pid) and not select.select([r], [], [], 0)[0]:
+                return None, False
+            continue
+        chunk = os.read(r, 1 << 20)
+        if not chunk:
+            return None, False
+        buf += chunk
+        if need is None and len(buf) >= 8:
+            need = int.from_bytes(buf[:8], "little")
+    return bytes(buf[8:8 + need]), False
+
+
+def _exited(pid: int) -> bool:
+    """Whether the child has ended, leaving it unreaped (its pid, and so its group, stay ours)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _await_exit(pid: int, seconds: float) -> bool:
+    """Whether the child ``pid`` ended within ``seconds`` (left unreaped, see :func:`_exited`)."""
+    end = time.monotonic() + seconds
+    pause = 0.002
+    while not _exited(pid):
+        left = end - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, 0.05)
+    return True
+
+
+def _dump_stacks(pid: int, path: str) -> None:
+    """Ask the child's faulthandler for every thread's stack, and give it a moment to write it
+    (it writes from its signal handler, so even a child stuck in C code answers)."""
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        return
+    end, last = time.monotonic() + 2.0, -1
+    while time.monotonic() < end:
+        time.sleep(0.05)
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        if size and size == last:
+            return
+        last = size
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _read_text(path: str, limit: int = 20000) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()[-limit:].decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def call_in_thread(fn: Callable[[], Any], *, timeout_s: float) -> Any:
+    """``fn()`` in this process, in a daemon thread joined with a timeout: the fallback where no
+    child can be forked. A timed-out ``fn`` cannot be stopped: it keeps running in the background
+    until the session ends. Raises :class:`ChildGone` with the thread's stack on a timeout."""
+    import threading
+    import traceback
+    box: dict[str, Any] = {}
+
+    def target():
+        try:
+            box["ok"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            box["err"] = e
+
+    th = threading.Thread(target=target, name="deploycheck-build", daemon=True)
+    th.start()
+    th.join(timeout_s)
+    if th.is_alive():
+        frame = sys._current_frames().get(th.ident or -1)
+        stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
+        raise ChildGone(f"did not finish within {timeout_s:g} s (it still runs in the background: a build in "
+                        f"this process cannot be killed)", timed_out=True,
+                        stacks=f"Thread {th.name} (most recent call last):\n{stack}")
+    if "err" in box:
+        raise box["err"]
+    return box["ok"]

@@ -18,6 +18,7 @@ import functools
 import os
 import platform
 import re
+from typing import Any
 
 # From the most to the least capable; the first one whose flags are all present is the level.
 _LEVELS = (
@@ -41,7 +42,7 @@ _ONEDNN_VNNI = ("avx2_vnni", "avx2_vnni_2", "avx512_core_vnni", "avx512_core_bf1
 @functools.lru_cache(maxsize=1)
 def _cpuinfo() -> dict:
     """Vendor, model name and flags from /proc/cpuinfo (Linux); empty elsewhere."""
-    out = {"vendor": None, "model": None, "flags": ()}
+    out: dict[str, Any] = {"vendor": None, "model": None, "flags": ()}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             text = fh.read(1 << 16)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from .registry import Registry
 from .models import import_callable, search_dirs
+from .registry import Registry
 
 
 @dataclass(frozen=True)
@@ -36,15 +37,37 @@ def _logits(outputs):
     return outputs.float()
 
 
+REGRESSION_HINT = "use metric mse, mae or r2"
+
+
+def class_labels(outputs, targets, name: str):
+    """The targets as class indices, or a ValueError when they are not labels of these outputs: a
+    regression target must never be truncated to int and scored as classes."""
+    t = targets.reshape(-1)
+    if t.is_floating_point():
+        whole = t == t.round()
+        if not bool(whole.all()):
+            raise ValueError(f"{name} needs integer class labels, but the targets are not whole numbers "
+                             f"(e.g. {t[~whole][0].item():g}): they look like values to predict; {REGRESSION_HINT}")
+    t = t.long()
+    if len(t) and (int(t.min()) < 0 or int(t.max()) >= outputs.shape[1]):
+        raise ValueError(f"{name} needs class labels 0..{outputs.shape[1] - 1} (one per output column), but the "
+                         f"targets run from {int(t.min())} to {int(t.max())}: if they are values to predict, "
+                         f"{REGRESSION_HINT}")
+    return t
+
+
 @_metric("accuracy", higher=True, labels=True)
 def accuracy(outputs, targets):
-    return (_logits(outputs).argmax(1) == targets.long()).float().mean().item()
+    o = _logits(outputs)
+    return (o.argmax(1) == class_labels(o, targets, "accuracy")).float().mean().item()
 
 
 def top_k(outputs, targets, k: int = 5):
     o = _logits(outputs)
+    t = class_labels(o, targets, f"top_{k}")
     k = min(k, o.shape[1])
-    hits = (o.topk(k, dim=1).indices == targets.long().view(-1, 1)).any(1)
+    hits = (o.topk(k, dim=1).indices == t.view(-1, 1)).any(1)
     return hits.float().mean().item()
 
 
@@ -80,6 +103,19 @@ def token_agreement(outputs, targets):
     if o.ndim != 3:
         raise ValueError(f"token_agreement needs (batch, seq_len, vocab) logits, got {tuple(o.shape)}")
     return (o.argmax(-1) == t.argmax(-1)).float().mean().item()
+
+
+@_metric("r2", higher=True, labels=False)
+def r2(outputs, targets):
+    """Coefficient of determination, 1 - SS_res / SS_tot per output column, averaged over columns
+    (scikit-learn's ``r2_score``): 1 is perfect, 0 is no better than predicting the mean."""
+    o, t = _align(outputs, targets)
+    o, t = o.double().reshape(len(o), -1), t.double().reshape(len(t), -1)
+    ss_res = ((t - o) ** 2).sum(0)
+    ss_tot = ((t - t.mean(0)) ** 2).sum(0)
+    if bool((ss_tot == 0).any()):
+        raise ValueError("r2 is undefined for targets that do not vary; use mse or mae")
+    return (1 - ss_res / ss_tot).mean().item()
 
 
 @_metric("cosine", higher=True, labels=False)

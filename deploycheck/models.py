@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .errors import StageError
+from .registry import did_you_mean
 
 
 def search_dirs(spec) -> list[str]:
@@ -23,17 +25,62 @@ def use_search_path(search: Iterable[str]) -> None:
             sys.path.insert(0, d)
 
 
+class UnresolvedName(ImportError):
+    """An import path ('module:attr') that does not resolve: says which folders were searched, and
+    the closest name that exists."""
+
+
 def import_callable(path: str, search: Iterable[str] = ()) -> Callable[..., Any]:
     """Import ``module:attr`` from the spec's python_path (see :func:`use_search_path`)."""
+    search = list(search)
     use_search_path(search)
     mod_name, _, attr = path.partition(":")
-    mod = importlib.import_module(mod_name)
+    try:
+        mod = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        missing = e.name or mod_name
+        if mod_name != missing and not mod_name.startswith(missing + "."):
+            raise  # the module exists but imports something missing: its own error says what
+        raise UnresolvedName(f"cannot import {path!r}: No module named {missing!r}; "
+                             f"{did_you_mean(missing, _modules_near(missing, search))}searched python_path "
+                             f"{', '.join(search) if search else '(none)'}, then sys.path (installed packages)") from None
     obj: Any = mod
+    done = mod_name
     for part in attr.split("."):
+        if not hasattr(obj, part):
+            names = [n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None))]
+            raise UnresolvedName(f"cannot import {path!r}: {done} ({getattr(obj, '__file__', None) or type(obj).__name__}) "
+                                 f"has no attribute {part!r}; {did_you_mean(part, names)}".rstrip("; ").rstrip())
         obj = getattr(obj, part)
+        done = f"{done}:{part}" if done == mod_name else f"{done}.{part}"
     if not callable(obj):
         raise TypeError(f"{path} is a {type(obj).__name__}, not a callable")
     return obj
+
+
+def _modules_near(name: str, search: list[str]) -> list[str]:
+    """Module names that exist where ``name`` was looked for: its package's folder, or the python_path
+    folders (for a did-you-mean)."""
+    parent, _, _ = name.rpartition(".")
+    if parent:
+        try:
+            pkg = importlib.import_module(parent)
+        except Exception:
+            return []
+        folders = list(getattr(pkg, "__path__", []))
+    else:
+        folders = search
+    out = []
+    for d in folders:
+        try:
+            entries = sorted(os.listdir(d))
+        except OSError:
+            continue
+        for e in entries:
+            stem = e[:-3] if e.endswith(".py") else e if os.path.isfile(os.path.join(d, e, "__init__.py")) else None
+            if stem and stem.isidentifier():
+                out.append(f"{parent}.{stem}" if parent else stem)
+    return out
 
 
 def call_factory(factory: str, kwargs: dict, search: Iterable[str] = ()) -> Any:
@@ -151,14 +198,40 @@ def count_params(model) -> tuple[int, int]:
     return total, nonzero
 
 
+def _own_state(mod) -> list:
+    """A module's own parameters: buffers apart (BatchNorm's running statistics are not parameters),
+    except in a graph module (pt2e, torch.export), which holds its weights as buffers."""
+    import torch.fx
+    tensors = list(mod.parameters(recurse=False))
+    if isinstance(mod, torch.fx.GraphModule):
+        tensors += list(mod.buffers(recurse=False))
+    return tensors
+
+
+def _packed_rnn(mod) -> list:
+    """The weights and biases of a torch.ao dynamic-quantized LSTM/GRU (packed, not parameters)."""
+    wb = getattr(mod, "_weight_bias", None)
+    if not callable(wb) or not type(mod).__module__.startswith("torch.ao.nn.quantized"):
+        return []
+    try:
+        d = wb()
+    except Exception:
+        return []
+    if not isinstance(d, dict):  # a quantized Linear's (weight, bias): counted through its weight() method
+        return []
+    return [t for group in ("weight", "bias") for t in (d.get(group) or {}).values()]
+
+
 def _weight_tensors(model):
     import torch
     seen = set()
     for _, mod in model.named_modules():
-        for t in list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False)):
+        for t in _own_state(mod):
             if id(t) not in seen and t.is_floating_point():
                 seen.add(id(t))
                 yield _plain(t)
+        for t in _packed_rnn(mod):
+            yield t.dequantize() if t.is_quantized else t
         w = getattr(mod, "weight", None)
         if callable(w) and not isinstance(w, torch.Tensor):  # torch.ao quantized modules: weight() method
             try:
@@ -191,7 +264,7 @@ def state_bytes(model) -> int:
     import torch
     total, seen = 0, set()
     for mod in model.modules():
-        tensors = list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False))
+        tensors = list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False)) + _packed_rnn(mod)
         w = getattr(mod, "weight", None)
         if callable(w) and not isinstance(w, torch.Tensor):  # torch.ao packed modules
             try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-def fmt_num(x: float) -> str:
+def fmt_num(x: float | None) -> str:
     if x is None:
         return "n/a"
     if x == 0:
@@ -42,7 +42,7 @@ class Tolerance:
     def describe(self, max_abs: float) -> str:
         """``within 1.2 int8 steps; limit 2 (one step 0.2 = output range 51 / 255)`` for a
         tolerance in steps, else the atol/rtol sentence."""
-        if self.steps is None or not self.step:
+        if self.steps is None or not self.step or self.precision is None:
             return f"atol {fmt_num(self.atol)} + rtol {fmt_num(self.rtol)} * |expected|"
         used = max_abs / self.step
         word = "within" if used <= self.steps else "off by"

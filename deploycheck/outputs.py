@@ -87,6 +87,6 @@ def align(ref: Named, got: Named) -> tuple[list[tuple[str, Any, Any]], str | Non
     if list(ref) == list(got):
         return [(n, ref[n], got[n]) for n in ref], None
     if len(ref) == len(got):
-        return [(n, r, g) for (n, r), g in zip(ref.items(), got.values())], None
+        return [(n, r, g) for (n, r), g in zip(ref.items(), got.values(), strict=False)], None
     return [], (f"returned {len(got)} output(s) ({', '.join(got)}) where the reference returned {len(ref)} "
                 f"({', '.join(ref)})")

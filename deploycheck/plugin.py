@@ -17,10 +17,10 @@ from .collect import RUNNER_FACTORY, SpecFile
 from .machine import summary as machine_summary
 from .report import summary_rows, terminal_table
 from .report.records import Record
-from .report.write import write_reports
+from .report.write import Journal, write_reports
 from .runner import Runner
 from .snapshots import enable_for_items
-from .spec.loader import is_spec_text
+from .spec.loader import may_be_spec
 
 _RUNNER = pytest.StashKey[object]()
 log = logging.getLogger("deploycheck")
@@ -44,6 +44,44 @@ def pytest_addoption(parser):
                      "least recently used entries are evicted at the end of a session")
     parser.addini("deploycheck_report_dir", "report folder, relative to the rootdir", default="reports")
     parser.addini("deploycheck_cache_size", "size cap of the cache (e.g. 2GB)", default="2GB")
+
+
+#: options that take a folder: in their space form (``--opt /tmp/x``) pytest, which sets its rootdir
+#: before plugins add their options, takes the folder for a test path
+PATH_OPTIONS = ("--deploycheck-run-dir", "--deploycheck-report-dir", "--deploycheck-cache-dir")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    _fix_rootdir(early_config, args)
+
+
+def _fix_rootdir(config, args) -> None:
+    """Give pytest back the rootdir (and ini file) it would have chosen had a deploycheck path option
+    been written ``--opt=value``: with ``--deploycheck-run-dir /tmp/x``, pytest chose its rootdir
+    from /tmp/x (``rootdir: /``), so reports, the pytest cache and the project's ini settings went
+    astray. By now the options are known, so the args are parsed right and the setup is redone."""
+    if not any(a in PATH_OPTIONS for a in args):
+        return
+    from _pytest.config.findpaths import determine_setup
+    ns = config.known_args_namespace
+    rootpath, inipath, inicfg, ignored = determine_setup(
+        inifile=ns.inifilename, override_ini=ns.override_ini, args=ns.file_or_dir,
+        rootdir_cmd_arg=ns.rootdir or None, invocation_dir=config.invocation_params.dir)
+    if rootpath == config.rootpath and inipath == config.inipath:
+        return
+    old_cut = str(config.inipath.parent) if config.inipath is not None else str(config.rootpath)
+    config._rootpath, config._inipath, config._inicfg, config._ignored_config_files = rootpath, inipath, inicfg, ignored
+    config._inicache.clear()
+    config._parser.extra_info["rootdir"] = str(rootpath)
+    config._parser.extra_info["inifile"] = str(inipath)
+    if ns.confcutdir == old_cut:
+        ns.confcutdir = str(inipath.parent) if inipath is not None else str(rootpath)
+    if "addopts" in inicfg:
+        import warnings
+        warnings.warn(pytest.PytestConfigWarning(
+            f"the addopts of {inipath} were not applied: a deploycheck path option was given as `--opt value`; "
+            "write `--opt=value`"), stacklevel=1)
 
 
 def pytest_configure(config):
@@ -73,11 +111,7 @@ def pytest_collection_finish(session):
 def pytest_collect_file(file_path, parent):
     if file_path.suffix not in (".yaml", ".yml"):
         return None
-    try:
-        text = file_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    if not is_spec_text(text):
+    if not may_be_spec(str(file_path)):
         return None  # other YAML (CI workflows, configs) is not ours
     return SpecFile.from_parent(parent, path=file_path)
 
@@ -168,6 +202,8 @@ class ReportCollector:
         self.records: list[Record] = []
         self.paths: list[str] = []
         self.error: str | None = None
+        self.journal = (None if _is_worker(config) or config.getoption("deploycheck_no_report")
+                        else Journal(report_dir(config)))
 
     def pytest_runtest_logreport(self, report):
         if report.when != "call":  # setup/teardown reports carry the same properties
@@ -175,6 +211,8 @@ class ReportCollector:
         for name, value in getattr(report, "user_properties", ()):
             if name == "deploycheck":
                 self.records.append(Record.from_json(json.loads(value)))
+                if self.journal is not None:
+                    self.journal.add(value)
 
     def pytest_sessionfinish(self, session, exitstatus):
         # Also runs after -x or Ctrl-C, so a run cut short still writes what ran.
@@ -188,6 +226,9 @@ class ReportCollector:
             self.error = f"deploycheck: the reports could not be written to {out}: {_os_why(e)}; {REPORT_DIR_HINT}"
             if session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            return  # the journal keeps the records
+        if self.journal is not None:
+            self.journal.close()
 
     def pytest_terminal_summary(self, terminalreporter):
         if _is_worker(self.config) or not self.records:

@@ -40,8 +40,7 @@ class LatencyPlan:
     round_ms: float
     confidence: float
     batch_sizes: tuple[int, ...] = ()
-    compare: bool = False                # a ratio with the baseline is wanted (a variant)
-    baseline: ArtifactRef | None = None  # None with compare: the baseline has no artifact in this format
+    baseline: ArtifactRef | None = None  # None for a variant: the baseline has no artifact in this format
     ratio_limit: float | None = None
 
 
@@ -72,7 +71,7 @@ class WorkerRequest:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "WorkerRequest":
+    def from_json(cls, d: dict) -> WorkerRequest:
         lat = d.get("latency")
         if lat is not None:
             base = lat.get("baseline")
@@ -106,7 +105,7 @@ class WorkerResult:
     generation_s: float | None = None    # wall time of the whole generation loop
     generation_error: str | None = None  # why the generation loop failed (the evaluation run succeeded)
 
-    def fail(self, stage: str, kind: str, message: str, traceback: str = "") -> "WorkerResult":
+    def fail(self, stage: str, kind: str, message: str, traceback: str = "") -> WorkerResult:
         self.ok, self.stage, self.kind, self.message, self.traceback = False, stage, kind, message, traceback
         return self
 
@@ -114,7 +113,7 @@ class WorkerResult:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "WorkerResult":
+    def from_json(cls, d: dict) -> WorkerResult:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 

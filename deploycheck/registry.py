@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -36,7 +37,7 @@ class Registry(Generic[T]):
     """Name -> plug-in. Register with ``@registry.register("name")`` or lazily with a
     ``"module:attr"`` string, so heavy modules load only when a spec uses them."""
 
-    def __init__(self, kind: str, *, discover: Callable[["Registry[T]"], None] | None = None):
+    def __init__(self, kind: str, *, discover: Callable[[Registry[T]], None] | None = None):
         self.kind = kind
         self._items: dict[str, T | str] = {}
         self._discover = discover  # registers installed plug-ins, once, when a name is first looked up

@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import os
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import diverge
 from .cache import Cache
 from .errors import StageError
 from .data.sources import read_lines
-from .isolation import WorkerPool
+from .isolation import ChildGone, ChildUnpicklable, RemoteError, WorkerPool, call_forked, call_in_thread, can_fork
 from .lm import greedy, hf_steps
 from .metrics import resolve, targets_for
 from .models import build_baseline, describe_exc
@@ -32,12 +33,29 @@ from .stages.reload import Reload
 from .stages.save import Artifact, VariantUnsupported
 from .target import Target
 
-__all__ = ["Runner", "Built", "Artifact", "Reload", "VariantUnsupported", "DIVERGENCE_PROBES"]
-
 #: evaluation samples the divergence table is computed on
 DIVERGENCE_PROBES = 16
 
 _STAGE_OF = {"artifact": "save", "reload": "load"}
+
+
+def _stacks(dump: str, n: int = 40) -> str:
+    """faulthandler's dump of a build process, cut to the build's own frames (the frames under the
+    fork are how the session got there) and to its first lines (most recent call first: the frame
+    that hung or crashed is on top)."""
+    lines: list[str] = []
+    under_fork = False
+    for line in dump.rstrip().splitlines():
+        if line.startswith("  File "):
+            if under_fork:
+                continue
+            if 'isolation.py", line' in line and line.endswith(" in _child_run"):
+                under_fork = True
+                continue
+        else:
+            under_fork = False
+        lines.append(line)
+    return "\n".join(lines[:n] + ([f"[… {len(lines) - n} more lines]"] if len(lines) > n else []))
 
 
 def with_declared_dtypes(spec, b):
@@ -93,7 +111,8 @@ class Runner:
 
     def data(self, spec):
         from .data.dataset import load  # numpy
-        return self._memo(("data", spec.path), lambda: load(spec))
+        return self._memo(("data", spec.path), lambda: self.contained(
+            lambda: load(spec), spec=spec, what=f"loading data {spec.data.source!r}", where=spec.where("data")))
 
     def batches(self, spec) -> list:
         def make():
@@ -238,7 +257,51 @@ class Runner:
     # --- stages -----------------------------------------------------------------------------------
 
     def baseline_model(self, spec):
-        return self._memo(("baseline-model", spec.path), lambda: build_baseline(spec))
+        what = (f"loading Hugging Face model {spec.model.hf.path!r}" if spec.model.hf is not None
+                else f"creating the model with factory {spec.model.factory!r}")
+        return self._memo(("baseline-model", spec.path), lambda: self.contained(
+            lambda: build_baseline(spec), spec=spec, variant="baseline", what=what, where=spec.where("model")))
+
+    def contained(self, fn: Callable[[], Any], *, spec, what: str, where: str, variant: str | None = None) -> Any:
+        """``fn()``, which runs the spec's own code (factory, data callable, recipes, the in-memory
+        evaluation), in a forked child process limited by ``isolation.build_timeout_s``: a build
+        that hangs, segfaults or ends its process fails its items, and the session goes on. The
+        value comes back pickled; one that cannot be pickled is built again in this process (a
+        daemon thread, still under the timeout). Its log lines are replayed here."""
+        timeout = spec.isolation.build_timeout_s
+        lines: list[str] = []
+
+        def in_child():
+            self.log = lines.append  # this is the child's copy of the runner
+            return fn(), lines
+
+        limit = f"isolation.build_timeout_s: {timeout:g}" + (
+            f" at {spec.where('isolation')}" if "isolation" in spec.lines else ", the default")
+        ident = dict(spec=spec.name, variant=variant, where=where)
+        try:
+            if can_fork():
+                try:
+                    value, lines = call_forked(in_child, timeout_s=timeout, workdir=os.path.join(self.run_dir, "builds"))
+                except ChildUnpicklable as e:
+                    self.log(f"{spec.name}: {what}: the result cannot be sent back from its build process ({e}); "
+                             f"built again in this process")
+                    value = call_in_thread(fn, timeout_s=timeout)
+            else:
+                value = call_in_thread(fn, timeout_s=timeout)
+        except ChildGone as e:
+            if e.timed_out:
+                msg = f"{what} {e.why} ({limit})"
+                title = "where it was when the timeout struck (most recent call first)"
+            else:
+                msg = f"{e.why} while {what}: the factory, a data callable or a recipe ended it"
+                title = "where it died (most recent call first)"
+            detail = f"--- {title} ---\n{_stacks(e.stacks)}" if e.stacks.strip() else ""
+            raise StageError("build", msg, detail=detail, **ident) from None
+        except RemoteError as e:
+            raise StageError("build", f"unexpected error: {e.description}", detail=e.traceback_text, **ident) from None
+        for line in lines:
+            self.log(line)
+        return value
 
     def baseline_runs(self, spec) -> None:
         """The in-memory baseline run on the declared example input and on the first evaluation
@@ -334,7 +397,6 @@ class Runner:
         format and reference, and only when a check fails. The reloaded artifact's own layers
         where its format exposes them (export, onnx), else the in-memory variant's, said so."""
         def make():
-            import torch
             ref_t = t.baseline() if against == "baseline" else t
             ref, var = self.built(ref_t).model, self.built(t).model
             probes = take(concat_inputs(self.batches(t.spec)), slice(0, DIVERGENCE_PROBES))

@@ -14,8 +14,9 @@ Pure functions on arrays: tested on synthetic data with known answers.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 

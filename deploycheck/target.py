@@ -48,17 +48,17 @@ class Target:
         """A memo key: stages that do not depend on the format leave it out."""
         return (stage, self.spec.path, self.vname) + ((self.fmt,) if self.fmt else ())
 
-    def of(self, vname: str) -> "Target":
+    def of(self, vname: str) -> Target:
         """Another variant of the same spec, in the same format."""
         return Target(self.spec, self.spec.variant(vname), self.fspec)
 
-    def baseline(self) -> "Target":
+    def baseline(self) -> Target:
         return self.of("baseline")
 
-    def without_format(self) -> "Target":
+    def without_format(self) -> Target:
         return Target(self.spec, self.variant)
 
-    def with_format(self, fspec: Any) -> "Target":
+    def with_format(self, fspec: Any) -> Target:
         return Target(self.spec, self.variant, fspec)
 
     def ident(self) -> dict:

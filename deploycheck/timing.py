@@ -17,7 +17,7 @@ on CPU time too, or called inconclusive (see :func:`decide`).
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -175,7 +175,7 @@ def side_by_side(variant: Callable[[], object], baseline: Callable[[], object], 
             ctrl = {"ratio": cmed, "ci_low": klo, "ci_high": khi, "noise": noise}
         elapsed = clock() - t_start
         if limit is None:
-            decision = "measured"
+            decision: str | None = "measured"
             break
         decision = decide(wall=(lo, med, hi), cpu=(clo, cmed_cpu, chi), busy=busy, limit=limit, noise=noise,
                           final=elapsed >= max_time_s)

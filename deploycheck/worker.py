@@ -8,6 +8,7 @@ stdin, answers it in a result file, and exits: one fresh process per artifact.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -17,6 +18,7 @@ import traceback
 from . import timing
 from .formats import FORMATS
 from .formats.integrity import check_file, classify, vet_manifest
+from .isolation import PARENT_ENV, die_with_parent
 from .outputs import OutputError, concat
 from .lm import greedy
 from .protocol import (ArtifactRef, BatchDimError, GeneratePlan, LatencyPlan, WorkerRequest, WorkerResult, batch_len, call,
@@ -204,7 +206,7 @@ def _latency(fn, lat: LatencyPlan) -> dict:
             out["throughput"] = {}
             for bs in sizes:
                 xb = _repeat_to(x, bs)
-                sb, _ = timing.measure(lambda: call(fn, xb), warmup=max(1, lat.warmup // 2),
+                sb, _ = timing.measure(functools.partial(call, fn, xb), warmup=max(1, lat.warmup // 2),
                                        rounds=max(5, lat.min_rounds // 3), round_s=lat.round_ms / 1e3)
                 out["throughput"][str(bs)] = {"p50_ms": sb["p50_ms"], "samples_per_s": bs / (sb["p50_ms"] / 1e3)}
     return out
@@ -220,6 +222,9 @@ def _repeat_to(x, bs: int):
 
 
 def serve() -> int:
+    parent = os.environ.get(PARENT_ENV, "")
+    if parent.isdigit():
+        die_with_parent(int(parent))
     import torch  # noqa: F401 - the point of a spare worker: pay the import before the request arrives
     line = sys.stdin.readline().strip()
     if not line:

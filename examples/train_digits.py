@@ -18,10 +18,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def train(spec_file: str, epochs: int = 40, lr: float = 3e-3, seed: int = 0) -> float:
+    import dataclasses
+
     from deploycheck import data as dc_data
     from deploycheck.models import build_baseline, import_callable, search_dirs
     from deploycheck.spec import parse_file
-    import dataclasses
 
     spec = parse_file(os.path.join(ROOT, spec_file))
     ds = dc_data.load(spec)
@@ -31,7 +32,7 @@ def train(spec_file: str, epochs: int = 40, lr: float = 3e-3, seed: int = 0) -> 
     x, y = ds.train_tensors()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
+    for _epoch in range(epochs):
         model.train()
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), 64):

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import textwrap
 
-import pytest
-
 # pytester's in-process runs restore sys.modules afterwards; C extensions such as torch cannot be
 # imported twice in one process, so they are imported once here, before any inner run.
 import numpy  # noqa: F401,E402
+import pytest
 import safetensors.torch  # noqa: F401,E402
 import sklearn.datasets  # noqa: F401,E402
 import sklearn.model_selection  # noqa: F401,E402
 import torch  # noqa: F401,E402
-import torch.ao.quantization  # noqa: F401,E402
-import yaml  # noqa: F401,E402  (its C loader, too, must not be imported twice)
-
 import torch._dynamo  # noqa: F401,E402
 import torch._inductor.codecache  # noqa: F401,E402  (registers cache artifact types once per process)
 import torch._inductor.runtime.autotune_cache  # noqa: F401,E402
+import torch.ao.quantization  # noqa: F401,E402
 import torch.export  # noqa: F401,E402
+import yaml  # noqa: F401,E402  (its C loader, too, must not be imported twice)
 
 
 def _warm_up_lazy_imports() -> None:
@@ -282,6 +280,25 @@ def tinymodels_of(project):
     finally:
         sys.path.remove(str(project.path))
         sys.modules.pop("tinymodels", None)
+
+
+def run_once(tmp_path_factory, spec_text: str, *args: str, name: str = "tiny"):
+    """One inner session, in a subprocess, for a module-scoped fixture whose result several tests
+    read (pytester is function-scoped): returns the project folder and the completed process."""
+    import os
+    import subprocess
+    import sys
+    root = tmp_path_factory.mktemp("project")
+    (root / "tinymodels.py").write_text(TINY_MODELS)
+    (root / "pytest.ini").write_text("[pytest]\n")
+    (root / f"{name}.yaml").write_text(textwrap.dedent(spec_text))
+    # an inner session is a session of its own, not an xdist worker (see ``project``)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST") and k != "PYTEST_ADDOPTS"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                           f"--deploycheck-run-dir={tmp_path_factory.mktemp('run')}",
+                           f"--deploycheck-cache-dir={tmp_path_factory.mktemp('cache')}", *args],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    return root, proc
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import make_spec, tinymodels_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

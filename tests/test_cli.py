@@ -8,15 +8,15 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TINY_MODELS, make_spec
 
 from deploycheck.cli import main
-
-from conftest import make_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_validate_reports_every_error_and_exits_1(tmp_path, capsys):
+    (tmp_path / "tinymodels.py").write_text(TINY_MODELS)  # validate imports the factory
     (tmp_path / "good.yaml").write_text(make_spec())
     (tmp_path / "bad.yaml").write_text(make_spec(formats="[torchscrpt]"))
     (tmp_path / "workflow.yaml").write_text("on: [push]\n")
@@ -41,6 +41,9 @@ def test_schema_prints_json_schema(capsys):
 
 def test_init_writes_a_valid_spec_without_prompting(tmp_path):
     out = tmp_path / "specs" / "net.yaml"
+    (tmp_path / "pkg").mkdir()  # init refuses a factory that does not resolve (python_path: the spec's folder and ..)
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "models.py").write_text("import torch\n\n\nclass Net(torch.nn.Module):\n    pass\n")
     p = subprocess.run([sys.executable, "-m", "deploycheck.cli", "init", "--factory", "pkg.models:Net", "--shape", "1,3,32,32",
                         "-o", str(out)], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
@@ -54,6 +57,7 @@ def test_init_writes_a_valid_spec_without_prompting(tmp_path):
 
 def _artifact(tmp_path):
     import torch
+
     from deploycheck.formats import FORMATS
     from deploycheck.formats.integrity import write_manifest
     path = str(tmp_path / "m.pt2")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import make_spec
 
 from deploycheck.errors import SpecError
 from deploycheck.spec import parse
-
-from conftest import make_spec
 
 
 def errors(text: str) -> list[str]:

@@ -10,13 +10,12 @@ import sys
 
 import pytest
 import torch
+from conftest import TINY_MODELS, make_spec
 
 from deploycheck.formats import FORMATS, sniff
-from deploycheck.protocol import ArtifactRef, load_request
 from deploycheck.formats.integrity import read_manifest, write_manifest
 from deploycheck.isolation import WorkerPool
-
-from conftest import TINY_MODELS, make_spec
+from deploycheck.protocol import ArtifactRef, load_request
 
 FORMAT_NAMES = ["export", "torchscript", "onnx", "safetensors", "pickle", "hdf5", "aoti"]
 NEEDS_CODE = ("safetensors", "pickle", "hdf5")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import yaml
+from conftest import make_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deploycheck.errors import SpecError
 from deploycheck.spec import parse
-
-from conftest import make_spec
 
 VALID = make_spec(variants="  baseline: {}\n  q:\n    quantize: {method: dynamic_int8}\n"
                            "  c:\n    steps:\n      - prune: {method: l1_unstructured, amount: 0.5}\n"

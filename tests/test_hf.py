@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_spec
 
 from deploycheck.data.dataset import preprocess
 from deploycheck.errors import SpecError
 from deploycheck.spec import parse
-
-from conftest import make_spec
-
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "dog", "sat", "ran", "on", "mat", "market",
          "fell", "stock", "rain", "snow", "cold", "warm", "sun", "a", "is", "was", "big", "small", "."]

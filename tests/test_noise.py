@@ -97,6 +97,7 @@ def test_a_static_int8_onnx_variant_passes_its_default_outputs_check_and_a_corru
     assert ok["formula"].startswith("max abs diff ") and ": within " in ok["formula"]
     assert " int8 steps; limit 2 (one step " in ok["formula"] and ok["formula"].endswith(" elements beyond it")
     assert ok["details"]["steps"] <= 2
+    assert bad["status"] == "failed"
     res.stdout.fnmatch_lines(["*check] outputs failed for tiny::broken::onnx*",
                               "outputs of the reloaded onnx artifact differ from the in-memory variant (atol *, rtol 0)*",
                               "  off by * int8 steps; limit 2 (one step * = output range * / 255; default for int8 "

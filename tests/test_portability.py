@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import make_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

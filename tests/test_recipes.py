@@ -128,7 +128,7 @@ def test_distilled_student_is_small_accurate_and_deterministic(tmp_path):
     assert st.arch == {"factory": "examples.digits:TinyMLP", "kwargs": {"hidden": 32}}
     _, r2 = runner_for(v, tmp_path / "again")
     again = built(r2, spec, "st")
-    assert all(torch.equal(a, b) for a, b in zip(st.model.state_dict().values(), again.model.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(st.model.state_dict().values(), again.model.state_dict().values(), strict=True))
 
 
 def test_chain_records_each_step(tmp_path):

@@ -8,18 +8,18 @@ import shutil
 import subprocess
 
 import pytest
-
-from conftest import make_spec
+from conftest import make_spec, run_once
 
 VARIANTS = "  baseline: {}\n  half:\n    quantize: {method: fp16}\n  pruned:\n    prune: {method: l1_unstructured, amount: 0.9}"
 
 
-@pytest.fixture
-def report_dir(project):
-    project.write(make_spec(variants=VARIANTS, formats="[torchscript, export]",
-                            thresholds="  outputs: {atol: 0.05, rtol: 0.01}"))
-    project.run()
-    return project.path / "reports"
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory):
+    """One session's reports, read by several tests (one run instead of one per test)."""
+    root, proc = run_once(tmp_path_factory, make_spec(variants=VARIANTS, formats="[torchscript, export]",
+                                                      thresholds="  outputs: {atol: 0.05, rtol: 0.01}"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root / "reports"
 
 
 def test_markdown_has_a_summary_a_verdict_matrix_and_collapsed_tables(report_dir):

@@ -160,7 +160,7 @@ def test_cached_models_load_weights_only_with_the_specs_classes(tmp_path):
 # --- bounded inputs ------------------------------------------------------------------------------
 
 BOMB = "deploycheck: 1\na: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n" + "".join(
-    f"{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    f"{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
 
 BOMB_MESSAGE = ("bomb.yaml:7: YAML error: the aliases here expand to more than 100000 values; a spec never needs "
                 "this (an alias bomb?); write the values out or use fewer anchors")

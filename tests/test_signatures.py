@@ -152,6 +152,8 @@ def test_second_output_frozen_by_trace_fails_naming_it(sig):
     got = outcomes(r)
     assert got["sig::baseline::torchscript::outputs"] == "FAILED", got
     assert got["sig::baseline::torchscript::metric"] == "PASSED", got  # the metric reads the logits
+    report = json.loads((sig.path / "reports" / "deploycheck.json").read_text())
+    assert "metric on output '0' of '0', '1'" in json.dumps(report)
     r.stdout.fnmatch_lines(["*output '1' of the reloaded torchscript artifact differs from the in-memory variant*"])
     assert r.ret == 1
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import make_spec
 
 from deploycheck.errors import SpecError
 from deploycheck.spec import parse
-
-from conftest import make_spec
 
 
 def errors(text: str) -> list[str]:
@@ -95,7 +94,7 @@ def test_format_errors_and_pickle_opt_in():
 
 def test_metric_and_data_errors():
     assert errors(make_spec(extra="metric: acuracy")) == [
-        "s.yaml:16: metric: unknown metric 'acuracy'; did you mean 'accuracy'? available: accuracy, cosine, mae, mse, "
+        "s.yaml:16: metric: unknown metric 'acuracy'; did you mean 'accuracy'? available: accuracy, cosine, mae, mse, r2, "
         "token_agreement, top_k, callable"]
     assert errors(make_spec().replace("sklearn:iris", "csv:iris.csv")) == [
         "s.yaml:7: data.source: expected 'sklearn:NAME', 'npz:PATH', 'text:PATH' or 'python:module:function', "

@@ -8,8 +8,9 @@ loads, splits and preprocesses the arrays.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..registry import Registry
 

@@ -13,6 +13,7 @@ from ..models import describe_exc
 from ..protocol import rows, take
 from . import PREPROCESS, SOURCES
 
+
 @dataclass
 class Dataset:
     """Preprocessed arrays. ``y`` is None for unlabelled data (the baseline's outputs become the targets).
@@ -108,7 +109,7 @@ def inputs_of(spec, x):
             and sig.named:
         if len(x) != len(names):
             raise ValueError(f"the data gives {len(x)} inputs but model.inputs declares {len(names)} ({names})")
-        out = dict(zip(names, (np.asarray(a) for a in x)))
+        out = dict(zip(names, (np.asarray(a) for a in x), strict=False))
     elif sig.named:
         if len(names) != 1:
             raise ValueError(f"the data gives one array but model.inputs declares {len(names)} inputs ({names}); "

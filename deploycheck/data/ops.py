@@ -9,8 +9,7 @@ import os
 from dataclasses import dataclass
 
 from ..models import import_callable, search_dirs
-from ..spec.model import DType
-from ..spec.schema import field, import_path_problem
+from ..schema import DType, field, import_path_problem
 from . import PreprocessOp
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 from ..models import import_callable, search_dirs
 from ..registry import Registry
-from ..spec.schema import import_path_problem
+from ..schema import import_path_problem
 from . import DataSource
 
 #: scikit-learn's bundled datasets: no download, always available offline.
-SKLEARN_DATASETS: Registry[str] = Registry("sklearn dataset")
+SKLEARN_DATASETS: Registry[Callable[..., Any]] = Registry("sklearn dataset")
 for _n in ("digits", "iris", "wine", "breast_cancer", "diabetes"):
     SKLEARN_DATASETS.register(_n, f"sklearn.datasets:load_{_n}")
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from ..registry import Registry
 
-FORMATS: Registry[type] = Registry("format")
+FORMATS: Registry[type[Format]] = Registry("format")
 
 
 class Unsupported(Exception):

@@ -12,7 +12,7 @@ import contextlib
 import io
 from dataclasses import dataclass
 
-from ..spec.schema import field
+from ..schema import field
 from . import Format, Unsupported
 from .export import _first_line, export_program
 

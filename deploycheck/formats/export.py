@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..spec.schema import field
+from ..schema import field
 from . import Format, Unsupported
 
 
@@ -99,3 +99,20 @@ def _first_line(e: BaseException) -> str:
     import re
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()  # exporters colour their messages
     return text[0][:500] if text else ""
+
+
+def exporter_reason(e: BaseException) -> str:
+    """An exporter's failure as one line that keeps its cause: the ONNX exporter's first line is
+    "Failed to export ... step 1/3 ... Next steps:" (advice), its cause is the chained exception."""
+    head = _first_line(e)
+    head = head.split(" Next steps:")[0].strip().rstrip(".")
+    inner, seen = e, {id(e)}
+    while True:
+        nxt = inner.__cause__ or inner.__context__
+        if nxt is None or id(nxt) in seen:
+            break
+        seen.add(id(nxt))
+        inner = nxt
+    if inner is e:
+        return f"{type(e).__name__}: {head}"
+    return f"{type(e).__name__}: {head}: caused by {type(inner).__name__}: {_first_line(inner)}"

@@ -6,9 +6,9 @@ import contextlib
 import io
 from dataclasses import dataclass
 
-from ..spec.schema import field
+from ..schema import field
 from . import Format, Unsupported
-from .export import _first_line, batch_dims, batch_example, export_args
+from .export import batch_dims, batch_example, export_args, exporter_reason
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class OnnxFormat(Format):
                 prog = torch.onnx.export(model, args, kwargs=kwargs, dynamo=True, dynamic_shapes=dyn, opset_version=options.opset,
                                          external_data=False)
             except Exception as e:
-                raise Unsupported(f"torch.onnx.export failed: {type(e).__name__}: {_first_line(e)}") from e
+                raise Unsupported(f"torch.onnx.export failed: {exporter_reason(e)}") from e
         prog.save(path)
         return {"opset": options.opset, "dynamic_batch": options.dynamic_batch, "dynamic_seq": options.dynamic_seq}
 
@@ -64,7 +64,7 @@ class OnnxFormat(Format):
                 if missing:
                     raise ValueError(f"the ONNX graph takes inputs {names}; not given: {missing}")
                 return {n: np.ascontiguousarray(kwargs[n].numpy()) for n in names}
-            return {n: np.ascontiguousarray(a.numpy()) for n, a in zip(names, args)}
+            return {n: np.ascontiguousarray(a.numpy()) for n, a in zip(names, args, strict=False)}
 
         def run(*args, **kwargs):
             got = sess.run(None, feed(args, kwargs))

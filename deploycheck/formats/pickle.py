@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..spec.schema import field
+from ..schema import field
 from . import Format
 
 

@@ -6,8 +6,8 @@ parameters, fp16/bf16 casts, rebuilding from the factory); subclasses only read 
 
 from __future__ import annotations
 
-from . import Format, NoOptions, Unsupported
 from ..models import call_factory
+from . import Format, NoOptions, Unsupported
 
 
 class StateDictFormat(Format):
@@ -24,6 +24,7 @@ class StateDictFormat(Format):
 
     def save(self, model, path, *, example, options, arch):
         import torch
+
         from ..nn import Cast
         cast = None
         if isinstance(model, Cast):  # fp16 / bf16 recipe: store the inner module's weights

@@ -6,7 +6,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Literal
 
-from ..spec.schema import field
+from ..schema import field
 from . import Format, Unsupported
 from .export import _first_line
 

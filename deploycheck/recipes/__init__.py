@@ -9,10 +9,12 @@ plug-in's config (entry-point group ``deploycheck.recipes``) carries its own ``a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..registry import Registry
+
 
 def _register_plugins(registry: Registry) -> None:
     """Installed packages add recipes through the ``deploycheck.recipes`` entry-point group:
@@ -29,9 +31,9 @@ def _register_plugins(registry: Registry) -> None:
 
 ENTRY_POINT_GROUP = "deploycheck.recipes"
 #: recipe name (the key used in a spec) -> config dataclass
-RECIPES: Registry[type] = Registry("recipe", discover=_register_plugins)
+RECIPES: Registry[type[Any]] = Registry("recipe", discover=_register_plugins)
 #: recipe name -> handler(config, model, ctx) -> StepResult (built-ins; plug-ins use config.apply)
-HANDLERS: Registry[Callable[..., "StepResult"]] = Registry("recipe handler")
+HANDLERS: Registry[Callable[..., StepResult]] = Registry("recipe handler")
 
 for _name, _config, _handler in (
         ("quantize", "deploycheck.recipes.quantize:QuantizeConfig", "deploycheck.recipes._quantize_impl:run"),

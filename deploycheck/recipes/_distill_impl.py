@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -13,9 +15,10 @@ def run(cfg, teacher, ctx) -> StepResult:
     x, y = ctx.data.train_tensors()
     torch.manual_seed(cfg.seed)
     student = call_factory(cfg.student, cfg.student_kwargs, ctx.search)
-    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-               "sgd": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9)}[cfg.optimizer]
-    opt = opt_cls(student.parameters(), lr=cfg.lr)
+    optimizers: dict[str, Callable[..., torch.optim.Optimizer]] = {
+        "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+        "sgd": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9)}
+    opt = optimizers[cfg.optimizer](student.parameters(), lr=cfg.lr)
     teacher.eval()
     with torch.no_grad():
         soft_all = teacher(x).float()

@@ -2,39 +2,124 @@
 
 from __future__ import annotations
 
+import fnmatch
+
 import torch
 import torch.nn.utils.prune as P
+from torch import nn
 
 from . import StepResult
-from ._select import select
+
+#: module types ``prune.modules`` can name; a subclass counts as its base (MultiheadAttention's
+#: out_proj is a NonDynamicallyQuantizableLinear, a Linear)
+KINDS = {"Linear": nn.Linear, "Conv1d": nn.Conv1d, "Conv2d": nn.Conv2d, "Conv3d": nn.Conv3d, "LSTM": nn.LSTM,
+         "GRU": nn.GRU, "RNN": nn.RNN, "MultiheadAttention": nn.MultiheadAttention}
+#: lookup tables, not compute: their rows are never pruned and do not count against the amount
+_TABLES = (nn.Embedding, nn.EmbeddingBag)
+
+
+def _weights(name: str, m) -> list[tuple[str, object, str]]:
+    """(label, owner module, parameter name) of the weight matrices a module's pruning covers; the
+    label keys ``sparsity_per_layer``."""
+    def label(p: str) -> str:
+        return f"{name}.{p}" if name else p
+    if isinstance(m, nn.MultiheadAttention):
+        own = ["in_proj_weight"] if m.in_proj_weight is not None else ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
+        return [(label(p), m, p) for p in own] + [(label("out_proj"), m.out_proj, "weight")]
+    if isinstance(m, nn.RNNBase):  # weight_ih_l0, weight_hh_l0 (and _reverse, weight_hr_ for projections)
+        return [(label(p), m, p) for p, _ in m.named_parameters(recurse=False) if p.startswith("weight_")]
+    return [(name, m, "weight")]  # a layer with one weight is named by its module, as before
+
+
+def _skipped(name: str, skip: tuple[str, ...]) -> bool:
+    """A module is skipped when its name, or the name of a module holding it, matches a glob."""
+    parts = name.split(".")
+    return any(fnmatch.fnmatchcase(".".join(parts[:i]), g) for i in range(1, len(parts) + 1) for g in skip)
+
+
+def targets(model, types: tuple[str, ...], skip: tuple[str, ...]) -> list[tuple[str, object, str]]:
+    names = [n for n, _ in model.named_modules() if n]
+    for g in skip:
+        if not any(fnmatch.fnmatchcase(n, g) for n in names):
+            raise ValueError(f"skip glob {g!r} matches no module; modules are: {', '.join(names[:20])}"
+                             + (" …" if len(names) > 20 else ""))
+    kinds = tuple(KINDS[t] for t in types)
+    out: list[tuple[str, object, str]] = []
+    seen: set[tuple[int, str]] = set()
+    for n, m in model.named_modules():
+        if not n or not isinstance(m, kinds) or _skipped(n, skip):
+            continue
+        for label, owner, p in _weights(n, m):
+            if (id(owner), p) not in seen:  # an attention's out_proj is also a Linear
+                seen.add((id(owner), p))
+                out.append((label, owner, p))
+    if not out:
+        raise ValueError(f"no module of type {', '.join(types)} to work on"
+                         + (f" after skipping {list(skip)}" if skip else ""))
+    return out
+
+
+def missed(model, chosen, skip: tuple[str, ...]) -> list[tuple[str, str, int]]:
+    """Weight matrices (2-D or more) that pruning left alone without being told to: (name, module type, size)."""
+    covered = {(id(owner), p) for _, owner, p in chosen}
+    out = []
+    for n, m in model.named_modules():
+        if isinstance(m, _TABLES) or (n and _skipped(n, skip)):
+            continue
+        for p, t in m.named_parameters(recurse=False):
+            if t.dim() >= 2 and t.is_floating_point() and (id(m), p) not in covered:
+                kind = next((k for k, cls in KINDS.items() if isinstance(m, cls)), type(m).__name__)
+                out.append((f"{n}.{p}" if n else p, kind, t.numel()))
+    return out
 
 
 def run(cfg, model, ctx) -> StepResult:
-    chosen = select(model, cfg.modules, cfg.skip)
+    chosen = targets(model, cfg.modules, cfg.skip)
     if cfg.method == "global_l1_unstructured":
-        P.global_unstructured([(m, "weight") for _, m in chosen], pruning_method=P.L1Unstructured, amount=cfg.amount)
+        P.global_unstructured([(m, p) for _, m, p in chosen], pruning_method=P.L1Unstructured, amount=cfg.amount)
     else:
         torch.manual_seed(cfg.seed)
-        for _, m in chosen:
+        for label, m, p in chosen:
             if cfg.method == "l1_unstructured":
-                P.l1_unstructured(m, "weight", amount=cfg.amount)
+                P.l1_unstructured(m, p, amount=cfg.amount)
             elif cfg.method == "random_unstructured":
-                P.random_unstructured(m, "weight", amount=cfg.amount)
+                P.random_unstructured(m, p, amount=cfg.amount)
             else:
-                if cfg.dim >= m.weight.dim() or cfg.dim < -m.weight.dim():
-                    raise ValueError(f"dim {cfg.dim} is out of range for {type(m).__name__} weight of shape "
-                                     f"{tuple(m.weight.shape)}")
-                P.ln_structured(m, "weight", amount=cfg.amount, n=cfg.n, dim=cfg.dim)
+                w = getattr(m, p)
+                if cfg.dim >= w.dim() or cfg.dim < -w.dim():
+                    raise ValueError(f"dim {cfg.dim} is out of range for {label} of shape {tuple(w.shape)}")
+                P.ln_structured(m, p, amount=cfg.amount, n=cfg.n, dim=cfg.dim)
     if cfg.finetune:
         _finetune(cfg.finetune, model, ctx)
-    for _, m in chosen:
-        P.remove(m, "weight")  # permanent: no masks or reparametrization left in the artifact
-    layers = {n: 1.0 - float(torch.count_nonzero(m.weight)) / m.weight.numel() for n, m in chosen}
-    total = sum(m.weight.numel() for _, m in chosen)
-    zeros = sum(m.weight.numel() - int(torch.count_nonzero(m.weight)) for _, m in chosen)
+    for _, m, p in chosen:
+        P.remove(m, p)  # permanent: no masks or reparametrization left in the artifact
+    for _, m, _p in chosen:
+        if isinstance(m, nn.RNNBase):
+            m._init_flat_weights()  # the RNN kernels read their flat list of weights, not the attributes
+    weights = {label: getattr(m, p) for label, m, p in chosen}
+    layers = {label: 1.0 - float(torch.count_nonzero(w)) / w.numel() for label, w in weights.items()}
+    total = sum(w.numel() for w in weights.values())
+    zeros = sum(w.numel() - int(torch.count_nonzero(w)) for w in weights.values())
     overall = zeros / total
+    left = missed(model, chosen, cfg.skip)
+    whole = total + sum(n for _, _, n in left)
+    achieved = zeros / whole
+    if left and achieved < cfg.amount / 2:
+        left.sort(key=lambda x: -x[2])
+        names = ", ".join(f"{n} ({kind}, {size:,})" for n, kind, size in left[:6]) + (" …" if len(left) > 6 else "")
+        kinds = sorted({kind for _, kind, _ in left if kind in KINDS})
+        others = sorted({kind for _, kind, _ in left if kind not in KINDS})
+        how = []
+        if kinds:
+            how.append(f"add {', '.join(kinds)} to prune.modules (now {', '.join(cfg.modules)})")
+        if others:
+            how.append(f"prune {', '.join(others)} with a custom recipe (this recipe prunes {', '.join(KINDS)})")
+        raise ValueError(f"amount {cfg.amount:g} was asked for, but only {achieved:.1%} of the model's weights are zero: "
+                         f"{len(left)} weight matri{'ces' if len(left) > 1 else 'x'} ({1 - total / whole:.0%} of the "
+                         f"weights) were not pruned: {names}; {', or '.join(how)}, or name those modules in prune.skip "
+                         "to keep them dense on purpose")
     return StepResult(model.eval(), f"{cfg.method} amount {cfg.amount:g}: {overall:.1%} of pruned-layer weights are zero",
-                      {"sparsity_per_layer": layers, "sparsity_pruned_layers": overall})
+                      {"sparsity_per_layer": layers, "sparsity_pruned_layers": overall, "sparsity_model": achieved})
 
 
 def _finetune(ft, model, ctx) -> None:

@@ -34,6 +34,7 @@ def _dynamic(cfg, model, ctx) -> StepResult:
                   else torch.ao.quantization.default_dynamic_qconfig)
             qspec = {name: qc for name, _ in chosen}
             q = torch.ao.quantization.quantize_dynamic(model, qconfig_spec=qspec, dtype=torch.qint8, inplace=False)
+            _check_runs(q, model, ctx.example)
         finally:
             torch.backends.quantized.engine = previous
     else:
@@ -46,6 +47,34 @@ def _dynamic(cfg, model, ctx) -> StepResult:
         {"backend": backend, "modules": [n for n, _ in chosen]},
         requires=("torchao",) if backend == "torchao" else (),
         settings={"quantized_engine": cfg.engine} if backend == "torch.ao" else {})
+
+
+def _check_runs(q, model, example) -> None:
+    """Run the torch.ao-quantized model once: some modules (nn.TransformerEncoder's fast path, say)
+    read their Linear children's weight tensor, which a packed torch.ao module replaces by a method.
+    The failure names the innermost module that was running (from the traceback: hooks would
+    switch that fast path off) and the backend that handles it."""
+    try:
+        with torch.inference_mode():
+            q(example)
+    except Exception as e:
+        try:
+            with torch.inference_mode():
+                model(example)
+        except Exception:
+            return  # the float model fails too: not torch.ao's doing, and reported where the model runs
+        names = {id(m): (n or "<model>", type(m).__name__) for n, m in q.named_modules()}
+        where, tb = "when run", e.__traceback__
+        while tb is not None:
+            owner = tb.tb_frame.f_locals.get("self")
+            if id(owner) in names:
+                where = f"in module {names[id(owner)][0]!r} ({names[id(owner)][1]})"
+            tb = tb.tb_next
+        from ..models import describe_exc
+        raise ValueError(f"torch.ao dynamic int8 made the model fail {where}: {describe_exc(e)}. torch.ao replaces each "
+                         "quantized Linear by a packed module without a weight tensor, which that module reads; use "
+                         "backend: torchao (quantize: {method: dynamic_int8, backend: torchao}), or leave its Linear "
+                         "modules out with skip") from e
 
 
 def _weight_only(cfg, model, ctx) -> StepResult:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
+from typing import Any
 
 
-def select(model, types: tuple[str, ...], skip: tuple[str, ...]) -> list[tuple[str, object]]:
+def select(model, types: tuple[str, ...], skip: tuple[str, ...]) -> list[tuple[str, Any]]:
     names = [n for n, _ in model.named_modules() if n]
     for g in skip:
         if not any(fnmatch.fnmatchcase(n, g) for n in names):

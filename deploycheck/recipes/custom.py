@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..spec.schema import field
+from ..schema import field
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from ..spec.schema import field
+from ..schema import field
 
 
 @dataclass(frozen=True)

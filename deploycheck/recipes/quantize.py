@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from ..spec.schema import field
+from ..schema import field
 
 Method = Literal["dynamic_int8", "weight_only_int8", "weight_only_int4", "static_int8", "fp16", "bf16"]
 ModuleType = Literal["Linear", "LSTM", "GRU", "Conv1d", "Conv2d"]
@@ -57,6 +57,14 @@ class QuantizeConfig:
         if self.method in ("fp16", "bf16") and self.backend != "auto":
             return [("backend", f"{self.method} is a plain cast; leave backend at auto")]
         return []
+
+    def imports(self) -> tuple[str, ...]:
+        """Libraries the handler imports. A build runs in a forked child, whose imports die with it;
+        the session imports these first (it needs them to unpickle the result anyway), so a build
+        does not pay for them twice."""
+        if self.backend == "torchao" or (self.backend == "auto" and self.method in ("weight_only_int8", "static_int8")):
+            return ("torchao.quantization",) + (("torch.export",) if self.method == "static_int8" else ())
+        return ()
 
     def short(self) -> str:
         return f"quantize:{self.method}" + (f"({self.backend})" if self.backend != "auto" else "")

@@ -18,12 +18,11 @@ SCHEMA_VERSION = 1
 STATUS_ORDER = {"error": 0, "failed": 1, "inconclusive": 2, "unsupported": 3, "passed": 4}
 
 
-def higher_is_better(row: dict) -> bool:
-    """The metric's direction as the check recorded it; reports from before it was recorded fall
-    back to the built-in lower-is-better names."""
-    if row.get("higher_is_better") is not None:
-        return bool(row["higher_is_better"])
-    return row.get("metric_name") not in ("mse", "mae")
+def higher_is_better(row: dict) -> bool | None:
+    """The metric's direction as the check recorded it; None where none was recorded (never
+    guessed from the metric's name)."""
+    value = row.get("higher_is_better")
+    return None if value is None else bool(value)
 
 
 def _first(text: str | None) -> str:
@@ -45,7 +44,7 @@ def summary_rows(records) -> list[dict]:
         allrecs = recs + variant_level.get((s, v), [])
         by = {r.check: r for r in recs}
         info = next((r.variant_info for r in allrecs if r.variant_info), {})
-        det = lambda c: by[c].details if c in by else {}  # noqa: E731
+        det = lambda c, by=by: by[c].details if c in by else {}  # noqa: E731
         statuses = [r.status for r in allrecs]
         missing = [r for r in allrecs if r.missing_snapshot]
         real_fail = [r for r in allrecs if r.status in ("error", "failed") and not r.missing_snapshot]
@@ -94,7 +93,7 @@ def summary_rows(records) -> list[dict]:
             "params": info.get("params"), "state_ratio": info.get("state_ratio"), "sparsity": info.get("sparsity"),
             "build_s": info.get("build_s"),
             "load": {"passed": "ok (cached)" if det("load").get("cached") else "ok", "error": "FAILED",
-                     "unsupported": "unsupported"}.get(load, load or "-"),
+                     "unsupported": "unsupported"}.get(load or "", load or "-"),
             "verdict": verdict, "reason": "; ".join(reasons), "new_snapshots": len(missing),
             "divergence": next((r.details.get("divergence") for r in allrecs
                                 if r.status == "failed" and r.details.get("divergence")), None),

@@ -14,7 +14,7 @@ def _load(path: str) -> dict:
         with open(path, encoding="utf-8") as fh:
             doc = json.load(fh)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"deploycheck: cannot read report {path}: {e}")
+        raise SystemExit(f"deploycheck: cannot read report {path}: {e}") from None
     if not isinstance(doc, dict) or doc.get("schema_version") != 1 or "rows" not in doc:
         raise SystemExit(f"deploycheck: {path} is not a deploycheck JSON report (schema_version 1)")
     return doc
@@ -48,7 +48,8 @@ def compare(old: dict, new: dict, *, metric_tol: float, latency_tol: float, size
             if a.get("metric") is not None and b.get("metric") is not None:
                 d = b["metric"] - a["metric"]
                 entry["metric_delta"] = d
-                worse = -d if higher_is_better(b) else d
+                higher = higher_is_better(b)
+                worse = abs(d) if higher is None else -d if higher else d  # no direction: any move counts
                 if worse > metric_tol:
                     reasons.append(f"{b.get('metric_name') or 'metric'} {a['metric']:.4g} -> {b['metric']:.4g} "
                                    f"({d:+.4g}, beyond ±{metric_tol:g})")
@@ -60,6 +61,9 @@ def compare(old: dict, new: dict, *, metric_tol: float, latency_tol: float, size
             entry["size_ratio"] = sr
             if sr is not None and sr > 1 + size_tol:
                 reasons.append(f"size {a['size_mb']:.4g} -> {b['size_mb']:.4g} MB (×{sr:.3f})")
+        if entry["change"] == "changed" and not reasons and a["verdict"] == b["verdict"] and \
+                not any(entry.get(k) not in (None, 0, 1) for k in ("metric_delta", "latency_ratio", "size_ratio")):
+            entry["change"] = "unchanged"  # e.g. unsupported -> unsupported: nothing to review
         entry["regression"] = bool(reasons)
         entry["reasons"] = reasons
         out.append(entry)
@@ -71,6 +75,8 @@ def cmd_compare(args) -> int:
     from tabulate import tabulate
     old, new = _load(args.old), _load(args.new)
     entries = compare(old, new, metric_tol=args.metric_tol, latency_tol=args.latency_tol, size_tol=args.size_tol)
+    same = [e for e in entries if e["change"] == "unchanged"]
+    entries = [e for e in entries if e["change"] != "unchanged"]
     f = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
     rows = [["REGRESSION" if e["regression"] else e["change"], e["spec"], e["variant"], e["format"],
              f"{e['old_verdict'] or '-'} -> {e['new_verdict'] or '-'}", f(e.get("metric_delta"), "+.4f"),
@@ -79,6 +85,9 @@ def cmd_compare(args) -> int:
           f"{args.new} ({new.get('git', {}).get('commit', '?')[:10]}, {new.get('created')})")
     print(tabulate(rows, headers=["", "spec", "variant", "format", "verdict", "Δ metric", "p50 ×", "size ×", "why"],
                    tablefmt="simple", disable_numparse=True))
+    if same:
+        print(f"{len(same)} unchanged row{'s' * (len(same) != 1)} not listed "
+              f"({', '.join(sorted({e['new_verdict'] for e in same}))})")
     n = sum(e["regression"] for e in entries)
     print(f"{n} regression{'s' * (n != 1)}")
     return 1 if n else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import io
+import itertools
 from typing import Any
 
 from . import columns, higher_is_better, machine_line, new_snapshots_line, row_cells
@@ -51,10 +52,10 @@ def plots(rows: list[dict]) -> dict[str, list[str]]:
         if rs:
             higher = higher_is_better(rs[0])
             pts = [(r["p50_ms"], r["metric"], (r["variant"], r["format"])) for r in rs]
-            front = set(pareto(pts, higher))
+            front = set(pareto(pts, higher)) if higher is not None else set()  # no direction, no front
             fig, ax = plt.subplots(figsize=(7, 4.2))
             fmts = sorted({r["format"] for r in rs})
-            markers = dict(zip(fmts, "osD^vP*X"))
+            markers = dict(zip(fmts, itertools.cycle("osD^vP*X")))  # more formats than markers: reuse them
             # Numbered markers and a legend instead of text labels: a spec's many rows often sit
             # on one metric value, where labels pile onto one line and cannot be read.
             for i, r in enumerate(rs, 1):

@@ -43,7 +43,7 @@ class Record:
         return json.dumps(self.to_json(), default=jsonable, sort_keys=True)
 
     @classmethod
-    def from_json(cls, d: dict) -> "Record":
+    def from_json(cls, d: dict) -> Record:
         """From a record in a JSON report (older reports lack the newer fields)."""
         known = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}

@@ -29,7 +29,7 @@ def _git(rootdir: str) -> dict:
 
 def metadata(records, rootdir: str, exitstatus: int) -> dict:
     files = sorted({r.file for r in as_records(records)})
-    hashes = {}
+    hashes: dict[str, str | None] = {}
     for f in files:
         p = f if os.path.isabs(f) else os.path.join(rootdir, f)
         try:
@@ -38,7 +38,7 @@ def metadata(records, rootdir: str, exitstatus: int) -> dict:
         except OSError:
             hashes[f] = None
     return {"schema_version": SCHEMA_VERSION,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "exitstatus": exitstatus,
             "machine": fingerprint(),
             "libraries": library_versions(), "git": _git(rootdir), "spec_files": hashes}
@@ -67,3 +67,37 @@ def write_documents(doc: dict, out_dir: str, *, stem: str = "deploycheck") -> li
     atomic_write(paths["md"], markdown(rows, doc, full_report=f"{stem}.html"))
     atomic_write(paths["html"], render(rows, doc, summary_lines(rows)))
     return [paths["md"], paths["html"], paths["json"]]
+
+
+PARTIAL = "deploycheck.partial.jsonl"
+
+
+class Journal:
+    """Each finished item's record, appended to ``deploycheck.partial.jsonl`` in the report dir as
+    soon as it is known (one JSON object a line, flushed), so a session that dies in its own
+    process (a crash while saving, an in-memory model run that segfaults) leaves the results it had.
+    Started afresh by each session; removed once the full reports are written."""
+
+    def __init__(self, out_dir: str):
+        self.path = os.path.join(out_dir, PARTIAL)
+        self._mode = "w"  # the first record replaces an earlier session's journal
+        self._broken = False
+
+    def add(self, record_json: str) -> None:
+        if self._broken:
+            return
+        try:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            with open(self.path, self._mode, encoding="utf-8") as fh:
+                fh.write(record_json + "\n")  # compact JSON: one line
+            self._mode = "a"
+        except OSError:
+            self._broken = True  # the reports at the end say what is wrong with the folder
+
+    def close(self) -> None:
+        """The full reports are written: the journal has done its job."""
+        if self._mode == "a":
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass

@@ -8,21 +8,25 @@ from typing import Any
 
 from ..errors import Problem, SpecError
 from ..formats import FORMATS, formats_by_name, sniff
-from .loader import LMap, is_spec_text, load
+from .loader import LMap, is_spec_text, load, read_spec
 from .model import NAME, FormatSpec, Spec, Thresholds, VariantSpec
 from .schema import Ctx, Invalid, build_fields, finish
 
-__all__ = ["Spec", "VariantSpec", "FormatSpec", "parse", "parse_file", "is_spec_text", "SpecError"]
+__all__ = ["Spec", "VariantSpec", "FormatSpec", "parse", "parse_file", "duplicate_name", "is_spec_text", "SpecError"]
 
 
 def parse_file(path: str | os.PathLike) -> Spec:
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(path, [Problem(1, "", f"cannot read spec: {e}")]) from None
-    return parse(text, filename=path)
+    return parse(read_spec(path), filename=path)
+
+
+def duplicate_name(spec, other: str) -> SpecError:
+    """Two specs of one session with one name would share report rows, run folders and baselines."""
+    named = "name" in spec.lines
+    how = f"name {spec.name!r}" if named else f"name {spec.name!r} (no 'name:' given, so the file's stem)"
+    return SpecError(spec.display, [Problem(spec.lines.get("name", 1), "name",
+                                            f"{how} is also the name of {other}: two specs with one name would share "
+                                            "report rows, run folders and a baseline; give each spec its own 'name:'")])
 
 
 def parse(text: str, *, filename: str) -> Spec:

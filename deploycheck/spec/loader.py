@@ -33,9 +33,47 @@ class LSeq(list):
         return self.item_lines[index] if index < len(self.item_lines) else self.line
 
 
+MARKER_BYTES = re.compile(rb"^deploycheck\s*:", re.MULTILINE)
+
+
 def is_spec_text(text: str) -> bool:
     """Cheap test used at collection: other YAML in a repository (CI workflows, configs) is ignored."""
     return MARKER.search(text) is not None
+
+
+def may_be_spec(path: str) -> bool:
+    """Whether a ``.yaml`` file must be collected as a spec (pytest and ``deploycheck validate``).
+
+    Other YAML is ignored by design, but a file that cannot be judged is never skipped silently:
+    an unreadable file, and a file that is not UTF-8 but whose bytes hold a top-level
+    ``deploycheck:`` line, are collected so that reading them fails with their path
+    (:func:`read_spec`). Undecodable YAML without that line is not a spec of any encoding
+    deploycheck reads, and stays ignored like any other YAML."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return True
+    try:
+        return is_spec_text(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        return MARKER_BYTES.search(data) is not None
+
+
+def read_spec(path: str) -> str:
+    """A spec file's text (UTF-8), or a SpecError naming the file, and the line of a byte that is not UTF-8."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as e:
+        raise SpecError(path, [Problem(1, "", f"cannot read the spec file: {e.strerror or e}")]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise SpecError(path, [Problem(line, "", f"the file is not UTF-8: byte 0x{data[e.start]:02x} at column {col} "
+                                                 "cannot be decoded; save the spec as UTF-8")]) from None
 
 
 #: libyaml's parser when present (several times faster; collection of many specs stays cheap).
@@ -145,10 +183,10 @@ def _convert(loader, node: yaml.Node, problems: list[Problem], path: str) -> Any
             out.key_lines[key] = kline
         return out
     if isinstance(node, yaml.SequenceNode):
-        out = LSeq()
-        out.line, out.item_lines = node.start_mark.line + 1, []
+        seq = LSeq()
+        seq.line, seq.item_lines = node.start_mark.line + 1, []
         for i, item in enumerate(node.value):
-            out.append(_convert(loader, item, problems, f"{path}[{i}]"))
-            out.item_lines.append(item.start_mark.line + 1)
-        return out
+            seq.append(_convert(loader, item, problems, f"{path}[{i}]"))
+            seq.item_lines.append(item.start_mark.line + 1)
+        return seq
     return loader.construct_object(node, deep=True)

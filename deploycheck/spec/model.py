@@ -15,11 +15,22 @@ from ..formats import FORMATS
 from ..metrics import METRICS
 from ..recipes import RECIPES, config_class
 from ..registry import UnknownName, did_you_mean
+from ..schema import DType
 from .loader import LMap, LSeq
-from .schema import (Ctx, Invalid, build, build_dataclass, build_fields, dataclass_schema, field, finish, import_path_problem,
-                     json_schema, type_hints)
+from .schema import (
+    Ctx,
+    Invalid,
+    build,
+    build_dataclass,
+    build_fields,
+    dataclass_schema,
+    field,
+    finish,
+    import_path_problem,
+    json_schema,
+    type_hints,
+)
 
-DType = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool"]
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 INPUT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -114,7 +125,7 @@ class Inputs:
         return ", ".join(f"{n}: {one(i)}" for n, i in self.items)
 
     @classmethod
-    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> "Inputs":
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> Inputs:
         if not isinstance(value, dict):
             ctx.error(line, path, f"expected a mapping: {{shape, dtype, dynamic}} for one input, or named inputs "
                                   f"{{input_ids: {{shape, dtype}}, attention_mask: {{shape, dtype}}}}, got "
@@ -204,7 +215,7 @@ class Step:
     arg: Any
 
     @classmethod
-    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> "Step":
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> Step:
         if not isinstance(value, dict) or len(value) != 1:
             ctx.error(line, path, f"a preprocessing step is a mapping with one key, one of {PREPROCESS.names()}")
             raise Invalid
@@ -261,7 +272,7 @@ class DataSpec:
 class MetricSpec:
     """The quality metric. A string names a built-in; a mapping gives options or a callable."""
 
-    name: str = field("accuracy", doc="accuracy | top_k | mse | mae | cosine | token_agreement | callable")
+    name: str = field("accuracy", doc="accuracy | top_k | mse | mae | r2 | cosine | token_agreement | callable")
     k: int = field(5, ge=1, doc="top_k: how many top classes count as a hit")
     callable: str | None = field(None, doc="'module:function(outputs, targets) -> float' for a custom metric")
     higher_is_better: bool | None = field(None, doc="direction of a custom metric (required with callable)")
@@ -269,7 +280,7 @@ class MetricSpec:
                                          "position ('0', '1') or a nested path ('past.0.key'); default the first")
 
     @classmethod
-    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> "MetricSpec":
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> MetricSpec:
         given_as_name = isinstance(value, str)
         if given_as_name:
             value = {"name": value}
@@ -333,8 +344,8 @@ class OutputThreshold:
     per_output: dict[str, Any] = dataclasses.field(default_factory=dict)  # {output name: OutputThreshold}
 
     @classmethod
-    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx, base: "OutputThreshold | None" = None,
-              partial: bool = False) -> "OutputThreshold":
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx, base: OutputThreshold | None = None,
+              partial: bool = False) -> OutputThreshold:
         """The flat keys, then one mapping per named output; with ``base`` (a variant's override),
         given keys replace the base's and per-output entries are merged."""
         if not isinstance(value, dict):
@@ -483,7 +494,7 @@ class Thresholds:
                                             doc="causal LMs with `generation`: {min_exact_match, "
                                                 "min_exact_match_in_memory}")
 
-    def override(self, value: Any, *, path: str, line: int, ctx: Ctx) -> "Thresholds":
+    def override(self, value: Any, *, path: str, line: int, ctx: Ctx) -> Thresholds:
         """Apply a variant's partial thresholds on top of these defaults, key by key."""
         if not isinstance(value, dict):
             ctx.error(line, path, "expected a mapping")
@@ -519,7 +530,7 @@ class FormatSpec:
     line: int = 0
 
     @classmethod
-    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> "FormatSpec":
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> FormatSpec:
         if isinstance(value, str):
             name, opts, ol = value, {}, line
         elif isinstance(value, dict) and len(value) == 1:
@@ -591,8 +602,8 @@ class VariantSpec:
     RESERVED = ("steps", "thresholds", "formats", "description", "artifact", "model")
 
     @classmethod
-    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx, name: str, thresholds: "Thresholds",
-              formats: tuple) -> "VariantSpec":
+    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx, name: str, thresholds: Thresholds,
+              formats: tuple) -> VariantSpec:
         """One variant: a recipe key or ``steps``, or ``artifact``/``model``, plus thresholds that
         override the spec's (``thresholds``) key by key and formats that replace ``formats``."""
         return _parse_variant(value, path=path, line=line, ctx=ctx, name=name, thresholds=thresholds, formats=formats)
@@ -622,10 +633,13 @@ class LatencySettings:
 
 @dataclass(frozen=True)
 class IsolationSettings:
-    """Limits of the fresh process that reloads and runs each artifact."""
+    """Limits of the fresh process that reloads and runs each artifact, and of the build process."""
 
     timeout_s: float = field(300.0, gt=0, doc="a reload + evaluation + latency run longer than this is killed")
     memory_mb: int | None = field(None, ge=256, doc="address-space limit of the process (none: unlimited)")
+    build_timeout_s: float = field(600.0, gt=0, doc="loading the data, creating the model, or building one variant "
+                                                    "(its recipes and in-memory evaluation) longer than this is "
+                                                    "killed, with the stack of where it was")
 
 
 @dataclass(frozen=True)
@@ -687,7 +701,7 @@ class Spec:
     data: DataSpec = field(doc="evaluation data: {source, split, preprocess, batch_size, limit}")
     name: str = field("", doc="spec name used in test ids (default: the file name without .yaml)")
     description: str = field("", doc="free text shown in reports")
-    metric: MetricSpec = field(default_factory=MetricSpec, doc="accuracy | top_k | mse | mae | cosine | token_agreement | {callable, higher_is_better}")
+    metric: MetricSpec = field(default_factory=MetricSpec, doc="accuracy | top_k | mse | mae | r2 | cosine | token_agreement | {callable, higher_is_better}")
     formats: tuple[FormatSpec, ...] = field(default_factory=tuple, doc="formats every variant is shipped in")
     variants: dict[str, Any] = field(default_factory=dict, doc="name -> {quantize|prune|distill: {...}} or {steps: [...]} "
                                                                "plus optional thresholds, formats, description")
@@ -695,7 +709,7 @@ class Spec:
     on_unsupported: Literal["skip", "fail"] = field("skip", doc="a variant a format cannot hold is skipped (with the "
                                                                  "exporter's reason) or failed")
     latency: LatencySettings = field(default_factory=LatencySettings, doc="latency measurement settings")
-    isolation: IsolationSettings = field(default_factory=IsolationSettings, doc="fresh-process limits: {timeout_s, memory_mb}")
+    isolation: IsolationSettings = field(default_factory=IsolationSettings, doc="fresh-process limits: {timeout_s, memory_mb, build_timeout_s}")
     snapshot: SnapshotSettings = field(default_factory=SnapshotSettings, doc="output snapshot settings")
     semantic: SemanticSpec | None = field(None, doc="embedding models: {triplets, min_agreement}, a check that "
                                                     "similar texts stay closer than dissimilar ones")
@@ -754,8 +768,8 @@ def _recipe_step(key: str, value: Any, *, path: str, line: int, ctx: Ctx) -> Any
     return finish(cls, kw, path=path, line=line, ctx=ctx, raw=value)
 
 
-def _parse_variant(raw: Any, *, path: str, line: int, ctx: Ctx, name: str, thresholds: "Thresholds",
-                   formats: tuple) -> "VariantSpec":
+def _parse_variant(raw: Any, *, path: str, line: int, ctx: Ctx, name: str, thresholds: Thresholds,
+                   formats: tuple) -> VariantSpec:
     steps: list[Any] = []
     bad = False
     recipe_keys = [k for k in raw if k not in VariantSpec.RESERVED]

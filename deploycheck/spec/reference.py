@@ -13,11 +13,34 @@ from ..data.ops import Normalize, Tokenize
 from ..formats import FORMATS
 from ..recipes import RECIPES
 from ..recipes.prune import FineTune
-from .model import (ArtifactSource, BatchInvariance, CrossMachineRule, DataSpec, FidelityThreshold, GenerationSpec,
-                    GenerationThreshold, HFSource, InputSpec, IsolationSettings, LatencySettings, LatencyThreshold,
-                    MachineScope, MetricSpec, MetricThreshold, NextTokenThreshold, PerplexityThreshold,
-                    ModelOverride, ModelSpec, OutputThreshold, SemanticSpec, SizeThreshold, SnapshotSettings,
-                    SplitSpec, Spec, Thresholds)
+from .model import (
+    ArtifactSource,
+    BatchInvariance,
+    CrossMachineRule,
+    DataSpec,
+    FidelityThreshold,
+    GenerationSpec,
+    GenerationThreshold,
+    HFSource,
+    InputSpec,
+    IsolationSettings,
+    LatencySettings,
+    LatencyThreshold,
+    MachineScope,
+    MetricSpec,
+    MetricThreshold,
+    ModelOverride,
+    ModelSpec,
+    NextTokenThreshold,
+    OutputThreshold,
+    PerplexityThreshold,
+    SemanticSpec,
+    SizeThreshold,
+    SnapshotSettings,
+    Spec,
+    SplitSpec,
+    Thresholds,
+)
 from .schema import MISSING, describe, type_hints
 
 
@@ -35,7 +58,7 @@ def _default(f: dataclasses.Field) -> str:
         if v == "":
             return '""'
         return str(v)
-    v = f.default_factory()
+    v = f.default_factory()  # type: ignore[operator]  # typeshed: MISSING | factory; MISSING is ruled out above
     if isinstance(v, dict):
         return "{}"
     if isinstance(v, tuple):

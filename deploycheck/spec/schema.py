@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import sys
 import types
 import typing
@@ -16,29 +17,11 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from ..errors import Problem
 from ..registry import did_you_mean
+from ..schema import MISSING, field, import_path_problem  # the bottom layer; re-exported here
 from .loader import LMap, LSeq
 
-import re
-
-MISSING = dataclasses.MISSING
-
-
-def import_path_problem(value: str) -> str | None:
-    """Why ``value`` is not an import path 'package.module:callable', or None."""
-    mod, sep, attr = value.partition(":")
-    if not sep or not mod or not attr or not all(p.isidentifier() for p in mod.split(".") + attr.split(".")):
-        return f"expected an import path 'package.module:callable', got {value!r}"
-    return None
+__all__ = ["MISSING", "field", "import_path_problem"]  # besides this module's own names
 _EXP_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def field(default: Any = MISSING, *, doc: str, ge: float | None = None, gt: float | None = None,
-          le: float | None = None, lt: float | None = None, default_factory: Any = MISSING) -> Any:
-    """A dataclass field with its documentation and numeric bounds."""
-    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt}
-    if default_factory is not MISSING:
-        return dataclasses.field(default_factory=default_factory, metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
 
 
 class Ctx:
@@ -65,7 +48,7 @@ def _kind(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def type_hints(cls: type) -> dict[str, Any]:
     # The namespace the class was defined in, from its generated __init__: robust when its module
     # is no longer in sys.modules (pytester's in-process runs restore sys.modules afterwards, and
@@ -77,7 +60,7 @@ def type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, globalns=ns)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fields(cls: type) -> tuple:
     return dataclasses.fields(cls)
 
@@ -103,8 +86,9 @@ def describe(tp: Any) -> str:
 
 def build(tp: Any, value: Any, *, path: str, line: int, ctx: Ctx) -> Any:
     """Convert ``value`` to type ``tp``, recording problems in ``ctx``; raises Invalid on failure."""
-    if hasattr(tp, "parse") and dataclasses.is_dataclass(tp):
-        return tp.parse(value, path=path, line=line, ctx=ctx)
+    parse = getattr(tp, "parse", None)
+    if parse is not None and dataclasses.is_dataclass(tp):
+        return parse(value, path=path, line=line, ctx=ctx)
     return build_plain(tp, value, path=path, line=line, ctx=ctx)
 
 
@@ -125,7 +109,7 @@ def build_plain(tp: Any, value: Any, *, path: str, line: int, ctx: Ctx) -> Any:
             except Invalid:
                 tried.append(sub)
         # Report the alternative that matched the value's shape, else a summary.
-        for a, sub in zip(candidates, tried):
+        for a, sub in zip(candidates, tried, strict=True):
             if _shape_matches(a, value):
                 ctx.problems.extend(sub.problems)
                 raise Invalid
@@ -158,17 +142,18 @@ def build_plain(tp: Any, value: Any, *, path: str, line: int, ctx: Ctx) -> Any:
             ctx.error(line, path, f"expected a mapping, got {_kind(value)}")
             raise Invalid
         _, vt = get_args(tp)
-        out, bad = {}, False
+        mapping: dict[str, Any] = {}
+        bad = False
         for k, v in value.items():
             kl = value.line_of(k) if isinstance(value, LMap) else line
             try:
-                out[str(k)] = build(vt, v, path=f"{path}.{k}" if path else str(k), line=kl, ctx=ctx)
+                mapping[str(k)] = build(vt, v, path=f"{path}.{k}" if path else str(k), line=kl, ctx=ctx)
             except Invalid:
                 bad = True
         if bad:
             raise Invalid
-        return out
-    if dataclasses.is_dataclass(tp):
+        return mapping
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build_dataclass(tp, value, path=path, line=line, ctx=ctx)
     if tp is bool:
         if not isinstance(value, bool):
@@ -274,7 +259,7 @@ def build_dataclass(cls: type, value: Any, *, path: str, line: int, ctx: Ctx) ->
     return finish(cls, kwargs, path=path, line=line, ctx=ctx, raw=value)
 
 
-def finish(cls: type, kwargs: dict[str, Any], *, path: str, line: int, ctx: Ctx, raw: Any = None) -> Any:
+def finish(cls: type[Any], kwargs: dict[str, Any], *, path: str, line: int, ctx: Ctx, raw: Any = None) -> Any:
     """Instantiate and run the class's cross-field ``check()``, which returns (field, message) pairs.
     A problem is reported at its field's line when the raw mapping is given."""
     obj = cls(**kwargs)
@@ -302,14 +287,6 @@ def finish(cls: type, kwargs: dict[str, Any], *, path: str, line: int, ctx: Ctx,
     return obj
 
 
-def validate(cls: type, value: Any, *, path: str = "", line: int = 1) -> tuple[Any, list[Problem]]:
-    ctx = Ctx()
-    try:
-        return build(cls, value, path=path, line=line, ctx=ctx), ctx.problems
-    except Invalid:
-        return None, ctx.problems
-
-
 # --- JSON Schema ------------------------------------------------------------------------------
 
 def json_schema(tp: Any) -> dict[str, Any]:
@@ -331,7 +308,7 @@ def json_schema(tp: Any) -> dict[str, Any]:
         return {"type": "array", "items": json_schema(get_args(tp)[0])}
     if origin is dict:
         return {"type": "object", "additionalProperties": json_schema(get_args(tp)[1])}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return dataclass_schema(tp)
     return {int: {"type": "integer"}, float: {"type": "number"}, str: {"type": "string"},
             bool: {"type": "boolean"}}[tp]

@@ -6,14 +6,23 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from ..cache import build_key, code_paths
 from ..errors import StageError
-from ..models import (baseline_arch, build_variant_model, count_params, describe_exc, search_dirs, state_bytes,
-                      use_search_path, variant_arch)
+from ..models import (
+    baseline_arch,
+    build_variant_model,
+    count_params,
+    describe_exc,
+    search_dirs,
+    state_bytes,
+    use_search_path,
+    variant_arch,
+)
 from ..outputs import OutputError, concat
 from ..protocol import BatchDimError, describe_batch, run_batch
 from ..recipes import RecipeContext, StepRecord
@@ -35,7 +44,6 @@ class Built:
     requires: tuple = ()       # libraries a loader must import first (they register the artifact's ops)
     settings: dict = field(default_factory=dict)  # torch settings a loader must apply (quantized engine)
     key: str = ""              # content hash (see cache.build_key)
-    cached: bool = False
 
     def meta(self) -> dict:
         """What the cache stores next to the model and its outputs."""
@@ -45,10 +53,10 @@ class Built:
                 "settings": self.settings}
 
     @classmethod
-    def from_meta(cls, meta: dict, model: Any, outputs: Any, key: str) -> "Built":
+    def from_meta(cls, meta: dict, model: Any, outputs: Any, key: str) -> Self:
         return cls(model, meta["arch"], [StepRecord(**r) for r in meta["steps"]], meta["build_s"], meta["params"],
                    meta["nonzero"], meta["state_bytes"], outputs, meta["metric"], meta["recipe"],
-                   tuple(meta["requires"]), meta.get("settings", {}), key, cached=True)
+                   tuple(meta["requires"]), meta.get("settings", {}), key)
 
 
 class LazyBuilt(Built):
@@ -85,9 +93,9 @@ def build(runner, t) -> Built:
         if model is not None:
             return Built.from_meta(meta, model, outputs, key)
         lazy = LazyBuilt.from_meta(meta, None, outputs, key)
-        lazy.rebuild = lambda: _fresh(runner, t).model
+        lazy.rebuild = lambda: _contained_fresh(runner, t).model
         return lazy
-    built = _fresh(runner, t)
+    built = _contained_fresh(runner, t)
     built.key = key
     runner.cache.put_built(key, built.meta(), built.model, built.outputs, trusted_modules=mods)
     return built
@@ -96,7 +104,6 @@ def build(runner, t) -> Built:
 def spec_modules(spec) -> list[str]:
     """The modules the spec's import paths name, imported (they are the spec's code, trusted):
     the classes of a cached model must come from them, torch, torchao or deploycheck."""
-    import importlib
     use_search_path(search_dirs(spec))
     out = []
     for path in code_paths(spec):
@@ -123,6 +130,29 @@ def expected_arch(spec, v) -> dict:
         if getattr(step, "student", None):
             arch = {"factory": step.student, "kwargs": dict(step.student_kwargs)}
     return arch
+
+
+def _prerequisites(runner, t) -> None:
+    """What a build shares with the other variants (the data, the baseline model, the baseline's
+    outputs), made here before the build's own process is forked, so it is made once."""
+    spec = t.spec
+    runner.batches(spec)
+    if t.variant.steps:
+        runner.example(spec)  # recipes get it
+    if spec.model.factory or spec.model.hf:
+        runner.baseline_model(spec)
+    if not t.is_baseline:
+        runner.built(t.baseline())
+    for step in t.variant.steps:  # libraries the step imports, which this process needs for its result too
+        for name in getattr(step, "imports", lambda: ())():
+            importlib.import_module(name)
+
+
+def _contained_fresh(runner, t) -> Built:
+    """:func:`_fresh` in the build's own process (see :meth:`Runner.contained`)."""
+    _prerequisites(runner, t)
+    return runner.contained(lambda: _fresh(runner, t), spec=t.spec, variant=t.vname, where=t.where,
+                            what=f"building variant {t.vname!r}")
 
 
 def _fresh(runner, t) -> Built:

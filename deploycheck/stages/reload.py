@@ -29,9 +29,8 @@ class Reload:
 
 def latency_plan(runner, t) -> LatencyPlan:
     lat = t.spec.latency
-    compare, base, limit = False, None, None
+    base, limit = None, None
     if not t.is_baseline:
-        compare = True
         try:
             base = runner.artifact(t.baseline()).ref()
         except (StageError, VariantUnsupported):
@@ -41,7 +40,7 @@ def latency_plan(runner, t) -> LatencyPlan:
         limit = min(limits) if limits else None
     return LatencyPlan(example=runner.inputs_files(t.spec)["example"], warmup=lat.warmup, min_rounds=lat.min_rounds,
                        max_time_s=lat.max_time_s, round_ms=lat.round_ms, confidence=lat.confidence,
-                       batch_sizes=tuple(lat.batch_sizes), compare=compare, baseline=base, ratio_limit=limit)
+                       batch_sizes=tuple(lat.batch_sizes), baseline=base, ratio_limit=limit)
 
 
 def generate_plan(runner, t) -> GeneratePlan | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
-import time
 import warnings
 from dataclasses import dataclass
 
@@ -34,10 +33,8 @@ class Artifact:
     manifest: dict
     size: int
     sha256: str
-    save_s: float
     format: str = ""
     options: dict = dataclasses.field(default_factory=dict)
-    cached: bool = False
     code: dict | None = None   # the spec's factory and kwargs (a state dict is rebuilt with them)
 
     def ref(self) -> ArtifactRef:
@@ -57,14 +54,13 @@ def save(runner, t) -> Artifact:
     man = runner.cache.get_artifact(akey, path) if not fmt.unpickles else None
     tok = _ship_tokenizer(runner, t, os.path.dirname(path))
     if man is not None:
-        return Artifact(path, man, man["size"], man["sha256"], 0.0, t.fmt, options, cached=True, code=code)
+        return Artifact(path, man, man["size"], man["sha256"], t.fmt, options, code=code)
     tmp = os.path.join(os.path.dirname(path), f"partial-{os.path.basename(path)}")  # keeps the suffix
     # Some writers abort the process on a full disk (torch.jit.save); a folder with less room than
     # the model's state (plus a margin) fails this item before they start.
     need = (b.state_bytes or 0) + (1 << 20)
     if free_bytes(os.path.dirname(path)) < need:
         raise StageError("save", no_space_message(os.path.dirname(path)), **t.ident())
-    t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -92,7 +88,7 @@ def save(runner, t) -> Artifact:
         raise
     if not fmt.unpickles:  # a cached pickle would be code from a folder that may come from elsewhere
         runner.cache.put_artifact(akey, path, man)
-    return Artifact(path, man, man["size"], man["sha256"], time.perf_counter() - t0, t.fmt, options, code=code)
+    return Artifact(path, man, man["size"], man["sha256"], t.fmt, options, code=code)
 
 
 def free_bytes(folder: str) -> int:
@@ -160,5 +156,5 @@ def _made_elsewhere(t) -> Artifact:
     if src.sha256:
         man["sha256"] = src.sha256  # a pinned checksum: a changed file fails load as corrupted
         man["pinned_by"] = "artifact.sha256 in the spec"
-    return Artifact(path, man, os.path.getsize(path) if exists else 0, actual, 0.0, fspec.name,
+    return Artifact(path, man, os.path.getsize(path) if exists else 0, actual, fspec.name,
                     dataclasses.asdict(fspec.options), code=code)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from deploycheck.recipes import StepResult
-from deploycheck.spec.schema import field
+from deploycheck.schema import field
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,72 @@
+"""Name resolution for ``deploycheck validate`` and ``init``: every import path a spec names
+(factories, data and preprocessing callables, metric callables, custom recipes, distillation
+students) is imported and looked up, and every file it names (weights, artifacts, npz/text data)
+must exist, so a typo is found before a run, with "did you mean" and the folders searched.
+
+Collection (pytest) does not do this: importing the user's modules there would make every
+``pytest --collect-only`` pay for torch and the models; a name that does not resolve still fails
+each of its items at run time with the same message."""
+
+from __future__ import annotations
+
+import os
+
+from .errors import Problem
+from .models import describe_exc, import_callable, search_dirs
+
+
+def name_problems(spec) -> list[Problem]:
+    """Every import path and file of ``spec`` that does not resolve, at its spec line."""
+    search = search_dirs(spec)
+    base = os.path.dirname(os.path.abspath(spec.path))
+    problems: list[Problem] = []
+
+    def callable_at(path: str, line: int, where: str) -> None:
+        try:
+            import_callable(path, search)
+        except Exception as e:
+            problems.append(Problem(line, where, str(e) if e.__class__.__name__ == "UnresolvedName"
+                                    else f"cannot import {path!r}: {describe_exc(e)}"))
+
+    def file_at(rel: str, line: int, where: str) -> None:
+        full = os.path.join(base, rel)
+        if not os.path.isfile(full):
+            from .registry import did_you_mean
+            folder = os.path.dirname(full)
+            near = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+            hint = did_you_mean(os.path.basename(rel), near)
+            problems.append(Problem(line, where, f"file not found: {full}" + (f"; {hint.rstrip()}" if hint else "")))
+
+    m = spec.model
+    mline = spec.lines.get("model", 1)
+    if m.factory:
+        callable_at(m.factory, mline, "model.factory")
+    if m.weights:
+        file_at(m.weights, mline, "model.weights")
+    dline = spec.lines.get("data", 1)
+    scheme, _, rest = spec.data.source.partition(":")
+    if scheme == "python":
+        callable_at(rest, dline, "data.source")
+    elif scheme in ("npz", "text"):
+        file_at(rest, dline, "data.source")
+    for i, step in enumerate(spec.data.preprocess):
+        if step.op == "callable":
+            callable_at(step.arg, dline, f"data.preprocess[{i}].callable")
+    if spec.metric.name == "callable" and spec.metric.callable:
+        callable_at(spec.metric.callable, spec.lines.get("metric", 1), "metric.callable")
+    for vname, v in spec.variants.items():
+        where = f"variants.{vname}"
+        if v.artifact is not None:
+            file_at(v.artifact.path, v.line, f"{where}.artifact.path")
+        if v.model is not None:
+            if v.model.factory:
+                callable_at(v.model.factory, v.line, f"{where}.model.factory")
+            if v.model.weights:
+                file_at(v.model.weights, v.line, f"{where}.model.weights")
+        for j, step in enumerate(v.steps):
+            for key in ("student", "callable"):
+                value = getattr(step, key, None)
+                if isinstance(value, str):
+                    callable_at(value, v.line, f"{where}.steps[{j}].{key}" if len(v.steps) > 1 else
+                                f"{where}.{getattr(step, 'recipe_name', 'recipe')}.{key}")
+    return problems
