@@ -147,7 +147,10 @@ def outputs_check(runner, t: Target) -> Verdict:
         return Verdict("outputs", False, f"thresholds.outputs gives tolerances for {', '.join(map(repr, unknown))}, "
                        f"not an output of the model; its outputs are {', '.join(map(repr, b.outputs))}",
                        value=unknown, threshold=list(b.outputs))
-    failed, formulas, per, thresholds = [], [], {}, {}
+    failed: list[str] = []
+    formulas: list[str] = []
+    per: dict[str, dict[str, Any]] = {}
+    thresholds: dict[str, Any] = {}
     for name, ref, got in pairs:
         th = output_threshold(v, name)
         lab = label(name, b.outputs)
@@ -669,7 +672,9 @@ def fidelity_check(runner, t: Target) -> Verdict:
     if why is not None:
         return Verdict("fidelity", False, f"the reloaded {t.fmt} artifact {why.replace('the reference', 'the baseline')}",
                        "outputs differ", None, thr)
-    parts, failed, per = [], [], {}
+    parts: list[str] = []
+    failed: list[str] = []
+    per: dict[str, dict[str, Any]] = {}
     for name, ref, got in pairs:
         lab = f"output {name!r}: " if len(pairs) > 1 else ""
         if got.shape != ref.shape:
@@ -697,15 +702,15 @@ def fidelity_check(runner, t: Target) -> Verdict:
                                              f"min_cosine {fmt_num(th.min_cosine)}")
     formula = "; ".join(failed or parts)
     first = per.get(pairs[0][0], {}) if pairs else {}
-    mean = min((d["mean_cosine"] for d in per.values()), default=None)
-    details = {"mean_cosine": mean, "min_cosine": min((d["min_cosine"] for d in per.values()), default=None),
+    lowest = min((d["mean_cosine"] for d in per.values()), default=None)
+    details: dict[str, Any] = {"mean_cosine": lowest, "min_cosine": min((d["min_cosine"] for d in per.values()), default=None),
                "worst_sample": first.get("worst_sample")}
     if len(pairs) > 1:
         details["outputs"] = per
     if failed:
         where, det = where_it_departs(runner, t)
-        return Verdict("fidelity", False, formula + where, formula, mean, thr, {**details, **det})
-    return Verdict("fidelity", True, "", formula, mean, thr, details)
+        return Verdict("fidelity", False, formula + where, formula, lowest, thr, {**details, **det})
+    return Verdict("fidelity", True, "", formula, lowest, thr, details)
 
 
 def _triplet_order(emb, triplets):
@@ -732,3 +737,10 @@ def semantic_check(runner, t: Target) -> Verdict:
     msg = formula if ok else formula + "".join(f"\n  triplet {i + 1} lost its order" for i in lost[:10])
     return Verdict("semantic", ok, "" if ok else msg, formula, agreement, {"min_agreement": need},
                    {"kept": len(kept), "triplets": n, "baseline_kept": len(base_kept), "lost": lost})
+
+
+def declared_files(spec) -> set[str]:
+    """The snapshot file names a spec declares: ``<spec>.<variant>.<format>.snapshot.json``."""
+    check = CHECKS.get("snapshot")
+    return {f"{spec.name}.{v.name}.{f.name}.snapshot.json" for v in spec.variants.values() for f in v.formats
+            if check.applies(Target(spec, v, f))}

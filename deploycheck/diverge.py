@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .formats.integrity import runtime_libraries
 from .protocol import call, first_tensor
 
 #: a layer departs when its relative error exceeds this, or 10% of the final output's
@@ -92,7 +93,6 @@ def capture_artifact(path: str, fmt: str, probes, *, manifest: dict | None = Non
     format does not expose its layers."""
     if fmt not in EXPOSES_LAYERS:
         return None
-    from .formats.integrity import runtime_libraries
     for lib in runtime_libraries(manifest):
         __import__(lib)  # libraries that register the artifact's operators (torchao for pt2e int8)
     return _capture_export(path, probes) if fmt == "export" else _capture_onnx(path, probes)

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from .cache import Cache, default_root, evict, parse_size
-from .collect import RUNNER_FACTORY, SpecFile
+from .checks import declared_files
+from .collect import RUNNER_FACTORY, CheckItem, SpecFile
 from .machine import summary as machine_summary
 from .report import summary_rows, terminal_table
 from .report.records import Record
@@ -89,7 +90,7 @@ def pytest_configure(config):
     _start_session(config)
     config.pluginmanager.register(ReportCollector(config), "deploycheck-report")
     config.stash[RUNNER_FACTORY] = lambda: get_runner(config)
-    enable_for_items()
+    enable_for_items(declared=declared_files)
     # Keep the items of one variant in one xdist worker: it is built once there.
     if getattr(config.option, "dist", None) == "load" and getattr(config.option, "numprocesses", None):
         config.option.dist = "loadgroup"
@@ -103,7 +104,6 @@ def pytest_sessionstart(session):
 
 def pytest_collection_finish(session):
     # an unusable report folder is named before the first test runs, not after every test ran
-    from .collect import CheckItem
     if any(isinstance(i, CheckItem) for i in session.items):
         check_report_dir(session.config)
 

@@ -13,6 +13,7 @@ import os
 
 from .errors import Problem
 from .models import describe_exc, import_callable, search_dirs
+from .registry import did_you_mean
 
 
 def name_problems(spec) -> list[Problem]:
@@ -31,7 +32,6 @@ def name_problems(spec) -> list[Problem]:
     def file_at(rel: str, line: int, where: str) -> None:
         full = os.path.join(base, rel)
         if not os.path.isfile(full):
-            from .registry import did_you_mean
             folder = os.path.dirname(full)
             near = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
             hint = did_you_mean(os.path.basename(rel), near)

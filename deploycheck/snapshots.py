@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,8 @@ from syrupy.location import PyTestLocation
 
 from .numeric import LEVELS, compare_arrays, fmt_num, render_mismatch
 from .outputs import pick
+from .spec import SpecError, parse_file
+from .spec.loader import may_be_spec
 
 FORMAT_VERSION = 2
 
@@ -254,7 +257,7 @@ def render_drift(cmp: dict, *, where: str) -> str:
     lines.append("  accept the new behaviour after review with: pytest --snapshot-update")
     by = cmp.get("values_by_output") or ({"": cmp["values"]} if "values" in cmp else {})
     for name, st in by.items():
-        if st["mismatched"]:
+        if st["mismatched"] and rule is not None:
             lines.append(render_mismatch(st, what=f"  values of output {name!r}" if name else "  values", left="new",
                                          right="approved", atol=rule.atol, rtol=rule.rtol))
     if rule is not None and "labels" in cmp:
@@ -377,7 +380,7 @@ def make_locatable(item) -> None:
     item.syrupy_compatible = True
 
 
-def enable_for_items() -> None:
+def enable_for_items(*, declared: Callable[[Any], set[str]]) -> None:
     """Let syrupy's session track deploycheck's snapshot items besides pytest.Function.
 
     Items are recognised by an attribute, not by class identity, so the patch stays right when
@@ -392,10 +395,10 @@ def enable_for_items() -> None:
 
     filter_valid_items._deploycheck = True  # type: ignore[attr-defined]  # the mark that it is patched
     SnapshotSession.filter_valid_items = staticmethod(filter_valid_items)  # type: ignore[method-assign]
-    _keep_declared_snapshots()
+    _keep_declared_snapshots(declared)
 
 
-def _keep_declared_snapshots() -> None:
+def _keep_declared_snapshots(declared: Callable[[Any], set[str]]) -> None:
     """syrupy calls a snapshot unused, and ``--snapshot-update`` deletes it, when the item that owns
     it made no assertion in this session: after ``-x``, a failed build, ``-k``, ``--lf`` or an xdist
     worker that died, approved files were lost. A deploycheck snapshot is unused only when its spec
@@ -411,7 +414,7 @@ def _keep_declared_snapshots() -> None:
         from syrupy.data import SnapshotCollections
         out = SnapshotCollections()
         for collection in original.func(self):
-            if not still_declared(collection.location):
+            if not still_declared(collection.location, declared):
                 out.add(collection)
         return out
 
@@ -419,14 +422,12 @@ def _keep_declared_snapshots() -> None:
     prop = functools.cached_property(unused)
     prop.__set_name__(SnapshotReport, "unused")
     prop._deploycheck = True  # type: ignore[attr-defined]
-    SnapshotReport.unused = prop
+    SnapshotReport.unused = prop  # type: ignore[method-assign,assignment]
 
 
-def still_declared(location: str) -> bool:
+def still_declared(location: str, declared: Callable[[Any], set[str]]) -> bool:
     """Whether the snapshot file at ``location`` belongs to a spec that declares it, or to a spec
     that cannot be read (whose declarations are unknown): either way it must be kept."""
-    from .spec import SpecError, parse_file
-    from .spec.loader import may_be_spec
     folder = os.path.dirname(location)
     if os.path.basename(os.path.dirname(folder)) != "__snapshots__" or not location.endswith(".snapshot.json"):
         return False  # not a deploycheck snapshot: syrupy decides
@@ -439,13 +440,4 @@ def still_declared(location: str) -> bool:
         spec = parse_file(spec_path)
     except SpecError:
         return True
-    return os.path.basename(location) in declared_files(spec)
-
-
-def declared_files(spec) -> set[str]:
-    """The snapshot file names a spec declares: ``<spec>.<variant>.<format>.snapshot.json``."""
-    from .checks import CHECKS
-    from .target import Target
-    check = CHECKS.get("snapshot")
-    return {f"{spec.name}.{v.name}.{f.name}.snapshot.json" for v in spec.variants.values() for f in v.formats
-            if check.applies(Target(spec, v, f))}
+    return os.path.basename(location) in declared(spec)

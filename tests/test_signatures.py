@@ -288,9 +288,11 @@ def test_init_matches_the_data_to_the_declared_shape_and_takes_dtypes_and_names(
 
     from deploycheck.cli import main
 
+    (tmp_path / "mynet.py").write_text("import torch\n\n\ndef Net():\n    return torch.nn.Identity()\n")
+
     def init(*args):
         out = tmp_path / f"s{len(list(tmp_path.iterdir()))}.yaml"
-        p = subprocess.run([sys.executable, "-m", "deploycheck.cli", "init", "--factory", "pkg.models:Net", *args,
+        p = subprocess.run([sys.executable, "-m", "deploycheck.cli", "init", "--factory", "mynet:Net", *args,
                             "-o", str(out)], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
         assert p.returncode == 0, p.stderr
         assert main(["validate", str(out)]) == 0

@@ -43,6 +43,8 @@ class OnnxFormat(Format):
                                          external_data=False)
             except Exception as e:
                 raise Unsupported(f"torch.onnx.export failed: {exporter_reason(e)}") from e
+        if prog is None:
+            raise Unsupported("torch.onnx.export returned no program")
         prog.save(path)
         return {"opset": options.opset, "dynamic_batch": options.dynamic_batch, "dynamic_seq": options.dynamic_seq}
 

@@ -8,6 +8,7 @@ import warnings
 import torch
 
 from ..formats.export import batch_dims, batch_example
+from ..models import describe_exc
 from ..nn import Cast
 from . import StepResult
 from ._select import select
@@ -70,7 +71,6 @@ def _check_runs(q, model, example) -> None:
             if id(owner) in names:
                 where = f"in module {names[id(owner)][0]!r} ({names[id(owner)][1]})"
             tb = tb.tb_next
-        from ..models import describe_exc
         raise ValueError(f"torch.ao dynamic int8 made the model fail {where}: {describe_exc(e)}. torch.ao replaces each "
                          "quantized Linear by a packed module without a weight tensor, which that module reads; use "
                          "backend: torchao (quantize: {method: dynamic_int8, backend: torchao}), or leave its Linear "

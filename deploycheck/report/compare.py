@@ -61,7 +61,8 @@ def compare(old: dict, new: dict, *, metric_tol: float, latency_tol: float, size
             entry["size_ratio"] = sr
             if sr is not None and sr > 1 + size_tol:
                 reasons.append(f"size {a['size_mb']:.4g} -> {b['size_mb']:.4g} MB (×{sr:.3f})")
-        if entry["change"] == "changed" and not reasons and a["verdict"] == b["verdict"] and \
+        if entry["change"] == "changed" and not reasons and a is not None and b is not None and \
+                a["verdict"] == b["verdict"] and \
                 not any(entry.get(k) not in (None, 0, 1) for k in ("metric_delta", "latency_ratio", "size_ratio")):
             entry["change"] = "unchanged"  # e.g. unsupported -> unsupported: nothing to review
         entry["regression"] = bool(reasons)

@@ -227,7 +227,7 @@ class Step:
                              f"{', '.join(PREPROCESS.names())}")
             raise Invalid
         spec = PREPROCESS.get(op)
-        if dataclasses.is_dataclass(spec.arg):
+        if isinstance(spec.arg, type) and dataclasses.is_dataclass(spec.arg):
             kw = build_fields(spec.arg, {} if arg is None else arg, path=p, line=kl, ctx=ctx)
             arg = finish(spec.arg, kw, path=p, line=kl, ctx=ctx, raw=arg)
         else:
@@ -500,7 +500,8 @@ class Thresholds:
             ctx.error(line, path, "expected a mapping")
             raise Invalid
         sections = {f.name: f for f in dataclasses.fields(self)}
-        out, bad = {}, False
+        out: dict[str, Any] = {}
+        bad = False
         hints = type_hints(Thresholds)
         for key, sub in value.items():
             kl = value.line_of(key) if isinstance(value, LMap) else line
@@ -531,6 +532,7 @@ class FormatSpec:
 
     @classmethod
     def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> FormatSpec:
+        opts: Any
         if isinstance(value, str):
             name, opts, ol = value, {}, line
         elif isinstance(value, dict) and len(value) == 1:

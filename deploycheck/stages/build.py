@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import importlib
 import time
 from dataclasses import dataclass, field
@@ -66,7 +67,7 @@ class LazyBuilt(Built):
 
     rebuild: Any = None
 
-    @property  # type: ignore[override]
+    @property
     def model(self) -> Any:
         if self.__dict__.get("_model") is None and self.rebuild is not None:
             self.__dict__["_model"], self.rebuild = self.rebuild(), None
@@ -75,6 +76,10 @@ class LazyBuilt(Built):
     @model.setter
     def model(self, value: Any) -> None:
         self.__dict__["_model"] = value
+
+
+def _step_log(log, prefix: str, message: str) -> None:
+    log(f"{prefix}: {message}")
 
 
 def build(runner, t) -> Built:
@@ -170,7 +175,7 @@ def _fresh(runner, t) -> Built:
     for i, step in enumerate(v.steps):
         name = type(step).recipe_name
         ctx = RecipeContext(spec=spec, data=data, baseline=base, search=search_dirs(spec),
-                            log=lambda s, _n=name: runner.log(f"{t.id} {_n}: {s}"), where=t.where,
+                            log=functools.partial(_step_log, runner.log, f"{t.id} {name}"), where=t.where,
                             example=runner.example(spec))
         ts = time.perf_counter()
         torch.manual_seed(0)
