@@ -123,6 +123,7 @@ def build_key(spec, vname: str) -> str:
         semantic = file_sha(os.path.join(base, spec.semantic.triplets))
     return _h({"env": environment(), "kernels": kernel_key(), "model": dataclasses.asdict(spec.model),
                "hf_weights": file_sha(os.path.join(hf_dir, "model.safetensors")) if hf_dir else None,
+               "hf_files": _hf_files(hf_dir) if hf_dir else None,
                "semantic": semantic,
                "weights": file_sha(weights) if weights else None, "data": dataclasses.asdict(spec.data),
                "data_file": data_file, "metric": dataclasses.asdict(spec.metric),
@@ -131,6 +132,13 @@ def build_key(spec, vname: str) -> str:
                "variant_model": _variant_model(spec, vname, base),
                "plugins": _plugin_sources(spec.variant(vname).steps),
                "baseline_steps": vname == "baseline"})
+
+
+def _hf_files(folder: str) -> dict:
+    """The model folder's config and tokenizer files (a causal LM's artifact ships its tokenizer)."""
+    names = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+             "vocab.json", "merges.txt", "tokenizer.model")
+    return {n: file_sha(os.path.join(folder, n)) for n in names if os.path.isfile(os.path.join(folder, n))}
 
 
 def _plugin_sources(steps) -> dict:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from . import checks_lm  # noqa: F401 - registers the causal-LM checks
 from .checks import CHECKS
 from .errors import SpecError, StageError
 from .metrics import METRICS
@@ -30,7 +31,8 @@ RUNNER_FACTORY = pytest.StashKey[Callable[[], Any]]()
 #: spec name -> the file that declared it first in this session
 _SPEC_NAMES = pytest.StashKey[dict]()
 
-FORMAT_CHECKS = ("load", "outputs", "dynamic", "metric", "fidelity", "semantic", "latency", "size", "snapshot")
+FORMAT_CHECKS = ("load", "outputs", "dynamic", "metric", "perplexity", "next_token", "generation", "tokenizer",
+                 "fidelity", "semantic", "latency", "size", "snapshot")
 
 
 class SpecFile(pytest.File):

@@ -63,6 +63,63 @@ def encoder(path: str, pooling: str = "mean", normalize: bool = False) -> TextEn
     return TextEncoder(path, pooling, normalize).eval()
 
 
+class CausalLM(torch.nn.Module):
+    """A causal language model behind the one-tensor interface: (batch, 2, seq_len) int64 token ids
+    and attention mask -> (batch, seq_len, vocab) float32 next-token logits. Declare the sequence
+    length dynamic in ``model.inputs`` (``dynamic: {2: {name: seq, min, max}}``) so one artifact
+    serves the held-out texts and every step of a generation loop. No KV cache in this interface:
+    a generation through the artifact recomputes the prefix each step (README, "Causal language
+    models")."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        from transformers import AutoModelForCausalLM
+        self.lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, attn_implementation="eager",
+                                                       dtype=torch.float32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids, mask = x[:, 0], x[:, 1]
+        return self.lm(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+
+
+def causal_lm(path: str) -> CausalLM:
+    """Factory used for rebuilding (safetensors / HDF5 formats): ``path`` is already resolved."""
+    return CausalLM(path).eval()
+
+
+#: tokenizer files a folder may hold; the ones present are hashed into the manifest and shipped
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+                   "merges.txt", "tokenizer.model", "added_tokens.json")
+
+
+def tokenizer_files(path: str) -> dict[str, str]:
+    """name -> sha256 of the tokenizer files in a model folder (none: an error, the LM needs one)."""
+    import hashlib
+    out = {}
+    for name in TOKENIZER_FILES:
+        f = os.path.join(path, name)
+        if os.path.isfile(f):
+            with open(f, "rb") as fh:
+                out[name] = hashlib.sha256(fh.read()).hexdigest()
+    if not out:
+        raise FileNotFoundError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+    return out
+
+
+def token_ids(texts, *, path: str) -> list[list[int]]:
+    """Each text's token ids (special tokens such as BOS included, no padding), with the tokenizer in ``path``."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return [list(map(int, tok(str(t))["input_ids"])) for t in texts]
+
+
+def decoder(path: str):
+    """ids -> text with the tokenizer in ``path`` (special tokens kept, so nothing is hidden)."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return lambda ids: tok.decode(list(ids), skip_special_tokens=False)
+
+
 def tokenize(texts, *, path: str, max_length: int):
     import numpy as np
     from transformers import AutoTokenizer

@@ -95,6 +95,16 @@ def mae(outputs, targets):
     return (o - t).abs().mean().item()
 
 
+@_metric("token_agreement", higher=True, labels=False)
+def token_agreement(outputs, targets):
+    """Causal LMs: the fraction of positions (padding included) whose most likely next token is
+    the baseline's; the ``next_token`` check counts real text only and adds the KL divergence."""
+    o, t = _align(outputs, targets)
+    if o.ndim != 3:
+        raise ValueError(f"token_agreement needs (batch, seq_len, vocab) logits, got {tuple(o.shape)}")
+    return (o.argmax(-1) == t.argmax(-1)).float().mean().item()
+
+
 @_metric("r2", higher=True, labels=False)
 def r2(outputs, targets):
     """Coefficient of determination, 1 - SS_res / SS_tot per output column, averaged over columns

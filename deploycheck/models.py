@@ -103,6 +103,8 @@ def baseline_arch(spec) -> dict:
     if m.hf is not None:
         from .hf import resolve
         path = resolve(m.hf.path, os.path.dirname(os.path.abspath(spec.path)))
+        if m.hf.task == "causal-lm":
+            return {"factory": "deploycheck.hf:causal_lm", "kwargs": {"path": path}}
         return {"factory": "deploycheck.hf:encoder", "kwargs": {"path": path, "pooling": m.hf.pooling,
                                                                 "normalize": m.hf.normalize}}
     return {"factory": m.factory, "kwargs": dict(m.kwargs)}

@@ -45,6 +45,15 @@ class LatencyPlan:
 
 
 @dataclass(frozen=True)
+class GeneratePlan:
+    """Greedy generation in the worker (causal LMs): each prompt's ids, ``new_tokens`` tokens each."""
+
+    prompts: str                         # torch.save'd list of token-id lists
+    new_tokens: int
+    eos_id: int | None = None
+
+
+@dataclass(frozen=True)
 class WorkerRequest:
     target: ArtifactRef
     inputs: str                          # torch.save'd list of evaluation batches
@@ -56,6 +65,7 @@ class WorkerRequest:
     dynamic_inputs: str | None = None    # batches at each declared dynamic dimension's sizes (see runner)
     memory_mb: int | None = None
     python_path: tuple[str, ...] = ()    # only for formats that import the model's code
+    generate: GeneratePlan | None = None
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -67,8 +77,10 @@ class WorkerRequest:
             base = lat.get("baseline")
             lat = LatencyPlan(**{**lat, "baseline": ArtifactRef(**base) if base else None,
                                  "batch_sizes": tuple(lat.get("batch_sizes", ()))})
+        gen = d.get("generate")
         return cls(**{**d, "target": ArtifactRef(**d["target"]), "latency": lat,
-                      "python_path": tuple(d.get("python_path", ()))})
+                      "python_path": tuple(d.get("python_path", ())),
+                      "generate": GeneratePlan(**gen) if gen else None})
 
 
 @dataclass
@@ -89,6 +101,9 @@ class WorkerResult:
     dynamic_errors: list = field(default_factory=list)  # per dynamic-size batch: None, or why it failed
     peak_rss_mb: float | None = None
     cached: bool = False                 # reused from the cache, not measured in this session
+    generations: list | None = None      # greedy new-token ids per prompt (a GeneratePlan was given)
+    generation_s: float | None = None    # wall time of the whole generation loop
+    generation_error: str | None = None  # why the generation loop failed (the evaluation run succeeded)
 
     def fail(self, stage: str, kind: str, message: str, traceback: str = "") -> WorkerResult:
         self.ok, self.stage, self.kind, self.message, self.traceback = False, stage, kind, message, traceback
@@ -105,13 +120,14 @@ class WorkerResult:
 
 def load_request(ref: ArtifactRef, *, workdir: str, stem: str, inputs: str, threads: int = 1,
                  latency: LatencyPlan | None = None, extra_inputs: str | None = None, memory_mb: int | None = None,
-                 python_path: tuple[str, ...] | list[str] = (), dynamic_inputs: str | None = None) -> WorkerRequest:
+                 python_path: tuple[str, ...] | list[str] = (), dynamic_inputs: str | None = None,
+                 generate: GeneratePlan | None = None) -> WorkerRequest:
     """A request to load ``ref`` and run it on ``inputs``; its output and result files are
     ``<workdir>/<stem>.outputs.pt`` and ``<workdir>/<stem>.result.json``."""
     return WorkerRequest(target=ref, inputs=inputs, outputs=os.path.join(workdir, f"{stem}.outputs.pt"),
                          result=os.path.join(workdir, f"{stem}.result.json"), threads=threads, latency=latency,
                          extra_inputs=extra_inputs, memory_mb=memory_mb, python_path=tuple(python_path),
-                         dynamic_inputs=dynamic_inputs)
+                         dynamic_inputs=dynamic_inputs, generate=generate)
 
 
 def first_tensor(o: Any) -> Any:

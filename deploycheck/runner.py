@@ -19,7 +19,9 @@ from typing import Any
 from . import diverge
 from .cache import Cache
 from .errors import StageError
+from .data.sources import read_lines
 from .isolation import ChildGone, ChildUnpicklable, RemoteError, WorkerPool, call_forked, call_in_thread, can_fork
+from .lm import greedy, hf_steps
 from .metrics import resolve, targets_for
 from .models import build_baseline, describe_exc
 from .outputs import OutputError, pick
@@ -167,6 +169,42 @@ class Runner:
             return [t[i:i + bs] for i in range(0, len(t), bs)], triplets
         return self._memo(("semantic", spec.path), make)
 
+    def tokenizer_dir(self, spec) -> str:
+        """The folder of a causal LM's model and tokenizer (model.hf.path, resolved)."""
+        from .hf import resolve
+        return resolve(spec.model.hf.path, os.path.dirname(os.path.abspath(spec.path)))
+
+    def prompts(self, spec) -> tuple[list[str], list[list[int]]]:
+        """The generation prompts' texts and their token ids (the model's own tokenizer)."""
+        def make():
+            from .hf import token_ids
+            where = spec.where("generation")
+            try:
+                texts = read_lines(os.path.join(os.path.dirname(os.path.abspath(spec.path)), spec.generation.prompts))
+                if not texts:
+                    raise ValueError(f"{spec.generation.prompts} holds no prompt")
+                return texts, token_ids(texts, path=self.tokenizer_dir(spec))
+            except Exception as e:
+                raise StageError("build", f"cannot read the generation prompts: {describe_exc(e)}", spec=spec.name,
+                                 where=where) from e
+        return self._memo(("prompts", spec.path), make)
+
+    def generations(self, t: Target) -> list[list[int]]:
+        """The in-memory variant's greedy generations, through its own KV cache (``transformers``'
+        cache), once per session."""
+        def make():
+            model = self.built(t).model
+            from .hf import CausalLM
+            lm = next((m for m in model.modules() if isinstance(m, CausalLM)), None) if model is not None else None
+            if lm is None:
+                raise StageError("check", "greedy generation in memory needs a model.hf causal LM", **t.ident())
+            prefill, decode = hf_steps(lm.lm)
+            _, ids = self.prompts(t.spec)
+            eos = getattr(lm.lm.config, "eos_token_id", None)
+            return [greedy(prefill, decode, p, new_tokens=t.spec.generation.new_tokens,
+                           eos_id=eos if isinstance(eos, int) else None) for p in ids]
+        return self._memo(t.without_format().key("generations"), make)
+
     def inputs_files(self, spec) -> dict:
         """The evaluation batches, example input and semantic texts as files a worker reads.
         Written once per session, never reused from an earlier one: the run dir outlives sessions
@@ -185,6 +223,9 @@ class Runner:
             if probes:
                 files["dynamic"] = os.path.join(d, "dynamic_inputs.pt")
                 torch.save([p.batch for p in probes], files["dynamic"])
+            if spec.generation is not None:
+                files["prompts"] = os.path.join(d, "prompt_ids.pt")
+                torch.save(self.prompts(spec)[1], files["prompts"])
             return files
         return self._memo(("inputs-files", spec.path), make)
 
@@ -203,6 +244,8 @@ class Runner:
                 for name, b in (batch.items() if isinstance(batch, dict) else [("", batch)]):
                     h.update(str((name, tuple(b.shape), str(b.dtype))).encode())
                     h.update(b.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            if spec.generation is not None:
+                h.update(repr(self.prompts(spec)[1]).encode())
             return h.hexdigest()
         return self._memo(("inputs-sha", spec.path), make)
 

@@ -39,7 +39,7 @@ def test_every_error_reported_sorted_by_line():
         "s.yaml:5: model.inputs.dtype: 'float33' is not one of ['float32', 'float16', 'bfloat16', 'float64', "
         "'int64', 'int32', 'uint8', 'bool'] (did you mean 'float32'?)",
         "s.yaml:12: variants.q.quantize.method: 'int3' is not one of ['dynamic_int8', 'weight_only_int8', "
-        "'static_int8', 'fp16', 'bf16']",
+        "'weight_only_int4', 'static_int8', 'fp16', 'bf16']",
         "s.yaml:14: variants.p.prune.amount: must be < 1.0, got 1.5",
         "s.yaml:16: thresholds.latency.p95_ms: expected a number, got str 'fast'",
     ]
@@ -95,7 +95,7 @@ def test_format_errors_and_pickle_opt_in():
 def test_metric_and_data_errors():
     assert errors(make_spec(extra="metric: acuracy")) == [
         "s.yaml:16: metric: unknown metric 'acuracy'; did you mean 'accuracy'? available: accuracy, cosine, mae, mse, r2, "
-        "top_k, callable"]
+        "token_agreement, top_k, callable"]
     assert errors(make_spec().replace("sklearn:iris", "csv:iris.csv")) == [
         "s.yaml:7: data.source: expected 'sklearn:NAME', 'npz:PATH', 'text:PATH' or 'python:module:function', "
         "got 'csv:iris.csv'"]

@@ -13,6 +13,8 @@ class ExportOptions:
     """Options of the torch.export format."""
 
     dynamic_batch: bool = field(True, doc="export with a dynamic batch dimension")
+    dynamic_seq: bool = field(True, doc="keep model.inputs' declared dynamic dimensions (a causal LM's sequence "
+                                        "length) dynamic; false specialises them to the example's sizes")
     strict: bool = field(False, doc="strict (TorchDynamo) tracing instead of non-strict")
 
 
@@ -27,13 +29,14 @@ def batch_example(example, dynamic: bool):
     return example
 
 
-def batch_dims(dynamic: bool, inputs=None):
+def batch_dims(dynamic: bool, inputs=None, declared: bool = True):
     """dynamic_shapes: the batch dimension (when ``dynamic``) and every declared dynamic
-    dimension, as ``Dim`` objects shared by name; a tuple for one input, a dict for named ones."""
+    dimension, as ``Dim`` objects shared by name; a tuple for one input, a dict for named ones.
+    ``declared=False`` leaves the declared ones out (the export specialises them)."""
     from torch.export import Dim
     if inputs is None or not inputs.named:
         dims = {0: Dim("batch", min=1, max=65536)} if dynamic else {}
-        for d in (inputs.first.dynamic_dims if inputs is not None else ()):
+        for d in (inputs.first.dynamic_dims if inputs is not None and declared else ()):
             if d.dim > 0:
                 dims[d.dim] = Dim(d.name, min=d.min or 1, max=d.max or 65536)
         return (dims,) if dims else None
@@ -46,7 +49,7 @@ def batch_dims(dynamic: bool, inputs=None):
     out = {}
     for name, inp in inputs.items:
         dims = {0: dim("batch", 1, 65536)} if dynamic else {}
-        for d in inp.dynamic_dims:
+        for d in (inp.dynamic_dims if declared else ()):
             if d.dim > 0:
                 dims[d.dim] = dim(d.name, d.min, d.max)
         out[name] = dims or None
@@ -77,14 +80,16 @@ def export_args(example):
     return (example,), None
 
 
-def export_program(model, example, *, dynamic_batch: bool, strict: bool = False, inputs=None):
+def export_program(model, example, *, dynamic_batch: bool, strict: bool = False, inputs=None,
+                   dynamic_seq: bool = True):
     """torch.export with the batch dimension and the declared dynamic dimensions dynamic; a
     failure is Unsupported with the exporter's reason."""
     import torch
     x = batch_example(example, dynamic_batch)
     args, kwargs = export_args(x)
     try:
-        return torch.export.export(model, args, kwargs=kwargs, dynamic_shapes=fit_signature(model, batch_dims(dynamic_batch, inputs)),
+        return torch.export.export(model, args, kwargs=kwargs,
+                                   dynamic_shapes=fit_signature(model, batch_dims(dynamic_batch, inputs, dynamic_seq)),
                                    strict=strict)
     except Exception as e:  # the exporter's own reason is the message users need
         raise Unsupported(f"torch.export failed: {type(e).__name__}: {_first_line(e)}") from e
@@ -98,9 +103,10 @@ class ExportFormat(Format):
 
     def save(self, model, path, *, example, options, arch, inputs=None):
         import torch
-        ep = export_program(model, example, dynamic_batch=options.dynamic_batch, strict=options.strict, inputs=inputs)
+        ep = export_program(model, example, dynamic_batch=options.dynamic_batch, strict=options.strict, inputs=inputs,
+                            dynamic_seq=options.dynamic_seq)
         torch.export.save(ep, path)
-        return {"dynamic_batch": options.dynamic_batch}
+        return {"dynamic_batch": options.dynamic_batch, "dynamic_seq": options.dynamic_seq}
 
     def load(self, path, *, options, manifest):
         import torch

@@ -17,6 +17,8 @@ class OnnxOptions:
 
     opset: int = field(18, ge=7, doc="ONNX opset version")
     dynamic_batch: bool = field(True, doc="export with a dynamic batch dimension")
+    dynamic_seq: bool = field(True, doc="keep model.inputs' declared dynamic dimensions (a causal LM's sequence "
+                                        "length) dynamic; false specialises them to the example's sizes")
 
 
 class OnnxFormat(Format):
@@ -32,7 +34,7 @@ class OnnxFormat(Format):
         except ImportError as e:
             raise Unsupported("the ONNX dynamo exporter needs onnxscript: pip install 'deploycheck[onnx]'") from e
         x = batch_example(example, options.dynamic_batch)
-        dyn = fit_signature(model, batch_dims(options.dynamic_batch, inputs))
+        dyn = fit_signature(model, batch_dims(options.dynamic_batch, inputs, options.dynamic_seq))
         args, kwargs = export_args(x)
         # The exporter prints progress lines; keep them out of pytest's output.
         with contextlib.redirect_stdout(io.StringIO()):
@@ -44,7 +46,7 @@ class OnnxFormat(Format):
         if prog is None:
             raise Unsupported("torch.onnx.export returned no program")
         prog.save(path)
-        return {"opset": options.opset, "dynamic_batch": options.dynamic_batch}
+        return {"opset": options.opset, "dynamic_batch": options.dynamic_batch, "dynamic_seq": options.dynamic_seq}
 
     def load(self, path, *, options, manifest):
         import numpy as np

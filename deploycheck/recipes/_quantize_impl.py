@@ -17,7 +17,8 @@ from ._select import select
 def run(cfg, model, ctx) -> StepResult:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return {"dynamic_int8": _dynamic, "weight_only_int8": _weight_only, "static_int8": _static,
+        return {"dynamic_int8": _dynamic, "weight_only_int8": _weight_only, "weight_only_int4": _weight_only_int4,
+                "static_int8": _static,
                 "fp16": _cast, "bf16": _cast}[cfg.method](cfg, model, ctx)
 
 
@@ -83,6 +84,24 @@ def _weight_only(cfg, model, ctx) -> StepResult:
     quantize_(model, Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: fqn in names)
     return StepResult(model, f"weight-only int8 (torchao) on {len(chosen)} Linear modules",
                       {"backend": "torchao", "modules": sorted(names)}, requires=("torchao",))
+
+
+def _weight_only_int4(cfg, model, ctx) -> StepResult:
+    """torchao's IntxWeightOnlyConfig(int4, PerGroup): int4 values stored unpacked in int8 and
+    dequantized per call - the layout torchao intends for export (torch.export, ExecuTorch). Its
+    faster CPU kernel (tinygemm, Int4OpaqueTensor) needs bf16 activations and does not export;
+    docs/BENCHMARKS.md measures both."""
+    from torchao.quantization import IntxWeightOnlyConfig, PerGroup, quantize_
+    chosen = [(n, m) for n, m in select(model, cfg.modules, cfg.skip)
+              if type(m).__name__ == "Linear" and m.in_features % cfg.group_size == 0]
+    names = {n for n, _ in chosen}
+    if not names:
+        raise ValueError(f"no Linear layer has an input size divisible by group_size {cfg.group_size}")
+    quantize_(model, IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(cfg.group_size)),
+              filter_fn=lambda m, fqn: fqn in names)
+    return StepResult(model, f"weight-only int4 (torchao intx, group {cfg.group_size}) on {len(chosen)} Linear modules",
+                      {"backend": "torchao", "group_size": cfg.group_size, "modules": sorted(names)},
+                      requires=("torchao",))
 
 
 def _static(cfg, model, ctx) -> StepResult:

@@ -1,4 +1,4 @@
-"""Quantization: dynamic int8, weight-only int8, static int8 (pt2e), fp16 / bf16 casts."""
+"""Quantization: dynamic int8, weight-only int8 and int4, static int8 (pt2e), fp16 / bf16 casts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 
 from ..schema import field
 
-Method = Literal["dynamic_int8", "weight_only_int8", "static_int8", "fp16", "bf16"]
+Method = Literal["dynamic_int8", "weight_only_int8", "weight_only_int4", "static_int8", "fp16", "bf16"]
 ModuleType = Literal["Linear", "LSTM", "GRU", "Conv1d", "Conv2d"]
 
 
@@ -17,7 +17,7 @@ class QuantizeConfig:
 
     recipe_name: ClassVar[str] = "quantize"
 
-    method: Method = field(doc="dynamic_int8 | weight_only_int8 | static_int8 | fp16 | bf16")
+    method: Method = field(doc="dynamic_int8 | weight_only_int8 | weight_only_int4 | static_int8 | fp16 | bf16")
     backend: Literal["auto", "torch.ao", "torchao"] = field(
         "auto", doc="implementation; auto picks the measured-faster one on CPU: torch.ao for "
                     "dynamic_int8, torchao for weight_only_int8, torchao pt2e for static_int8")
@@ -34,6 +34,8 @@ class QuantizeConfig:
     reduce_range: bool = field(False, doc="static_int8: 7-bit activations (0..127), torch's older fix for the same "
                                           "saturation; onnxruntime does not keep the 127 clamp (QuantizeLinear "
                                           "saturates at 255), so ONNX outputs depart from torch's - prefer weight_bits: 7")
+    group_size: Literal[32, 64, 128, 256] = field(32, doc="weight_only_int4: input features per int4 scale (Linear "
+                                                         "layers whose input size it does not divide stay float)")
     per_channel: bool = field(False, doc="dynamic_int8 (torch.ao): one weight scale per output channel instead of per "
                                          "tensor: more accurate, slightly larger")
 
@@ -41,6 +43,7 @@ class QuantizeConfig:
     OPTIONS = {
         "dynamic_int8": ("backend", "modules", "skip", "engine", "per_channel"),
         "weight_only_int8": ("backend", "modules", "skip"),
+        "weight_only_int4": ("backend", "modules", "skip", "group_size"),
         "static_int8": ("backend", "calibration_batches", "weight_bits", "reduce_range"),
         "fp16": ("backend",),
         "bf16": ("backend",),
@@ -49,8 +52,8 @@ class QuantizeConfig:
     def check(self) -> list[tuple[str, str]]:
         if self.method == "static_int8" and self.backend == "torch.ao":
             return [("backend", "static_int8 runs through torchao's pt2e flow; use backend: auto or torchao")]
-        if self.method == "weight_only_int8" and self.backend == "torch.ao":
-            return [("backend", "weight_only_int8 is provided by torchao; use backend: auto or torchao")]
+        if self.method in ("weight_only_int8", "weight_only_int4") and self.backend == "torch.ao":
+            return [("backend", f"{self.method} is provided by torchao; use backend: auto or torchao")]
         if self.method in ("fp16", "bf16") and self.backend != "auto":
             return [("backend", f"{self.method} is a plain cast; leave backend at auto")]
         return []

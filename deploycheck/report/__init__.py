@@ -87,6 +87,9 @@ def summary_rows(records) -> list[dict]:
             "latency_ratio": det("latency").get("ratio"), "latency_ratio_ci": det("latency").get("ratio_ci"),
             "peak_rss_mb": det("load").get("peak_rss_mb"), "latency_samples_ms": det("latency").get("samples_ms"),
             "size_mb": det("size").get("size_mb"), "size_ratio": det("size").get("size_ratio"),
+            "perplexity": det("perplexity").get("perplexity"), "next_token_top1": det("next_token").get("top1"),
+            "mean_kl": det("next_token").get("mean_kl"),
+            "exact_match": (det("generation").get("the baseline") or {}).get("exact_match"),
             "params": info.get("params"), "state_ratio": info.get("state_ratio"), "sparsity": info.get("sparsity"),
             "build_s": info.get("build_s"),
             "load": {"passed": "ok (cached)" if det("load").get("cached") else "ok", "error": "FAILED",
@@ -136,9 +139,22 @@ COLUMNS = [("spec", "spec"), ("variant", "variant"), ("format", "format"), ("rec
            ("verdict", "verdict")]
 
 
-def row_cells(row: dict) -> list[str]:
+#: causal-LM columns, shown after max |Δout| when a row has them
+LM_COLUMNS = [("perplexity", "ppl"), ("next_token_top1", "top-1 agree"), ("mean_kl", "KL nats"),
+              ("exact_match", "gen match")]
+
+
+def columns(rows: list[dict]) -> list[tuple[str, str]]:
+    """The table's columns: the LM columns only where some row has a perplexity."""
+    if not any(r.get("perplexity") is not None for r in rows):
+        return COLUMNS
+    i = [k for k, _ in COLUMNS].index("max_abs_diff") + 1
+    return COLUMNS[:i] + LM_COLUMNS + COLUMNS[i:]
+
+
+def row_cells(row: dict, cols: list[tuple[str, str]] | None = None) -> list[str]:
     out = []
-    for key, _ in COLUMNS:
+    for key, _ in cols or COLUMNS:
         v = row.get(key)
         if key == "metric_delta" and v is not None:
             ci = row.get("metric_delta_ci")
@@ -154,7 +170,9 @@ def row_cells(row: dict) -> list[str]:
 
 
 def terminal_table(rows: list[dict]) -> str:
-    text = tabulate([row_cells(r) for r in rows], headers=[h for _, h in COLUMNS], tablefmt="simple", disable_numparse=True)
+    cols = columns(rows)
+    text = tabulate([row_cells(r, cols) for r in rows], headers=[h for _, h in cols], tablefmt="simple",
+                    disable_numparse=True)
     fails = [r for r in rows if r["verdict"] == "FAIL"]
     if fails:
         text += "\n\nfailing:\n" + "\n".join(f"  {r['spec']}::{r['variant']}::{r['format']}: {r['reason']}" for r in fails)
@@ -264,8 +282,10 @@ def markdown(rows: list[dict], meta: dict, *, limit: int = COMMENT_LIMIT, full_r
     for spec in specs:
         srows = [r for r in rows if r["spec"] == spec]
         details += [f"<details><summary>{md(spec)}: {len(srows)} rows</summary>", "",
-                    tabulate([[md(c) for c in row_cells(r)[1:]] + [md(_clip(r["reason"] or "", 200))] for r in srows],
-                             headers=[h for _, h in COLUMNS[1:]] + ["reason"], tablefmt="github", disable_numparse=True),
+                    tabulate([[md(c) for c in row_cells(r, columns(srows))[1:]] + [md(_clip(r["reason"] or "", 200))]
+                              for r in srows],
+                             headers=[h for _, h in columns(srows)[1:]] + ["reason"], tablefmt="github",
+                             disable_numparse=True),
                     "", "</details>", ""]
     pointer = f"Full tables: `{full_report}` and `deploycheck.json` in the uploaded reports."
     text = "\n".join(head + fail_lines + details)

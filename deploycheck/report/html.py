@@ -7,7 +7,7 @@ import io
 import itertools
 from typing import Any
 
-from . import COLUMNS, higher_is_better, machine_line, new_snapshots_line, row_cells
+from . import columns, higher_is_better, machine_line, new_snapshots_line, row_cells
 
 
 def _svg(fig) -> str:
@@ -166,10 +166,11 @@ def render(rows: list[dict], meta: dict, summary: list[str]) -> str:
         parts.append("<p><em>Plots need matplotlib: pip install 'deploycheck[html]'.</em></p>")
     for spec in sorted({r["spec"] for r in rows}):
         srows = [r for r in rows if r["spec"] == spec]
-        parts.append(f"<h2>{e(spec)}</h2><div class='wrap'><table><tr>" + "".join(f"<th>{e(h)}</th>" for _, h in COLUMNS[1:])
+        cols = columns(srows)
+        parts.append(f"<h2>{e(spec)}</h2><div class='wrap'><table><tr>" + "".join(f"<th>{e(h)}</th>" for _, h in cols[1:])
                      + "<th>reason</th></tr>")
         for r in srows:
-            cells = row_cells(r)[1:] + [r.get("reason") or ""]
+            cells = row_cells(r, cols)[1:] + [r.get("reason") or ""]
             parts.append(f"<tr class='{e(r['verdict'])}'>" + "".join(
                 f"<td class='reason'>{e(c)}</td>" if i == len(cells) - 1 else
                 f"<td class='l'>{e(c)}</td>" if i in (0, 1, 2) else f"<td>{e(c)}</td>"

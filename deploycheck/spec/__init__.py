@@ -84,6 +84,11 @@ def _parse_spec(raw: Any, filename: str, ctx: Ctx) -> Spec:
                     ctx.error(v.line, f"variants.{vname}", "needs a model to build from: model.factory (the baseline is "
                                                             "an artifact and the spec has no factory)")
                     bad = True
+    gen, model = kwargs.get("generation"), kwargs.get("model")
+    if gen is not None and (model is None or model.hf is None or model.hf.task != "causal-lm"):
+        ctx.error(raw.line_of("generation"), "generation",
+                  "greedy generation needs a causal language model: model.hf with task: causal-lm")
+        bad = True
     if bad or variants is None:
         raise Invalid
     if not formats and not any(v.formats for v in variants.values()):

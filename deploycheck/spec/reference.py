@@ -19,6 +19,8 @@ from .model import (
     CrossMachineRule,
     DataSpec,
     FidelityThreshold,
+    GenerationSpec,
+    GenerationThreshold,
     HFSource,
     InputSpec,
     IsolationSettings,
@@ -29,7 +31,9 @@ from .model import (
     MetricThreshold,
     ModelOverride,
     ModelSpec,
+    NextTokenThreshold,
     OutputThreshold,
+    PerplexityThreshold,
     SemanticSpec,
     SizeThreshold,
     SnapshotSettings,
@@ -140,7 +144,9 @@ def render() -> str:
     sec("`thresholds` (and `variants.<name>.thresholds`, which override key by key)", table(Thresholds))
     for title, cls in (("metric", MetricThreshold), ("outputs", OutputThreshold), ("fidelity", FidelityThreshold),
                        ("latency", LatencyThreshold),
-                       ("size", SizeThreshold), ("batch_invariance", BatchInvariance)):
+                       ("size", SizeThreshold), ("batch_invariance", BatchInvariance),
+                       ("perplexity", PerplexityThreshold), ("next_token", NextTokenThreshold),
+                       ("generation", GenerationThreshold)):
         sec(f"`thresholds.{title}`", (cls.__doc__ or "").strip() + "\n\n" + table(cls))
         if cls is LatencyThreshold:
             sec("`thresholds.latency.machines`", (MachineScope.__doc__ or "").strip() + "\n\n" + table(MachineScope))
@@ -149,6 +155,7 @@ def render() -> str:
     sec("`snapshot`", table(SnapshotSettings))
     sec("`snapshot.cross_machine`", (CrossMachineRule.__doc__ or "").strip() + "\n\n" + table(CrossMachineRule))
     sec("`semantic`", (SemanticSpec.__doc__ or "").strip() + "\n\n" + table(SemanticSpec))
+    sec("`generation`", (GenerationSpec.__doc__ or "").strip() + "\n\n" + table(GenerationSpec))
     return "\n".join(out).rstrip() + "\n"
 
 

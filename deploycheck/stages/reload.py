@@ -12,7 +12,7 @@ from ..errors import StageError
 from ..formats import FORMATS
 from ..models import search_dirs
 from ..outputs import align, as_named
-from ..protocol import LatencyPlan, WorkerResult, load_request
+from ..protocol import GeneratePlan, LatencyPlan, WorkerResult, load_request
 from .save import VariantUnsupported
 
 
@@ -43,6 +43,18 @@ def latency_plan(runner, t) -> LatencyPlan:
                        batch_sizes=tuple(lat.batch_sizes), baseline=base, ratio_limit=limit)
 
 
+def generate_plan(runner, t) -> GeneratePlan | None:
+    """Causal LMs with ``generation``: the worker generates greedily from the prompts too."""
+    g = t.spec.generation
+    if g is None:
+        return None
+    import json
+    with open(os.path.join(runner.tokenizer_dir(t.spec), "config.json"), encoding="utf-8") as fh:
+        eos = json.load(fh).get("eos_token_id")  # a number from the spec's own model folder
+    return GeneratePlan(prompts=runner.inputs_files(t.spec)["prompts"], new_tokens=g.new_tokens,
+                        eos_id=eos if isinstance(eos, int) else None)
+
+
 def reload(runner, t) -> Reload:
     art = runner.artifact(t)
     files = runner.inputs_files(t.spec)
@@ -50,7 +62,8 @@ def reload(runner, t) -> Reload:
                        threads=t.spec.latency.threads, latency=latency_plan(runner, t),
                        extra_inputs=files.get("semantic"), dynamic_inputs=files.get("dynamic"),
                        memory_mb=t.spec.isolation.memory_mb,
-                       python_path=search_dirs(t.spec) if FORMATS.get(t.fmt)().needs_code(t.fspec.options) else ())
+                       python_path=search_dirs(t.spec) if FORMATS.get(t.fmt)().needs_code(t.fspec.options) else (),
+                       generate=generate_plan(runner, t))
     for stale in (req.result, req.outputs + ".extra.pt", req.outputs + ".dynamic.pt"):
         if os.path.exists(stale):
             os.unlink(stale)

@@ -52,6 +52,7 @@ def save(runner, t) -> Artifact:
     akey = artifact_key(b.key, t.fspec)
     code = dict(b.arch) if b.arch else None
     man = runner.cache.get_artifact(akey, path) if not fmt.unpickles else None
+    tok = _ship_tokenizer(runner, t, os.path.dirname(path))
     if man is not None:
         return Artifact(path, man, man["size"], man["sha256"], t.fmt, options, code=code)
     tmp = os.path.join(os.path.dirname(path), f"partial-{os.path.basename(path)}")  # keeps the suffix
@@ -80,7 +81,7 @@ def save(runner, t) -> Artifact:
                                 for n, i in sig.items}} if sig.named or sig.first.dynamic else {}
         man = write_manifest(path, fmt=t.fmt, input_shape=sig.shape, input_dtype=sig.dtype,
                              extra={**(extra or {}), **signature, "requires": list(b.requires),
-                                    "torch_settings": b.settings})
+                                    "torch_settings": b.settings, **({"tokenizer": tok} if tok else {})})
     except OSError as e:
         if no_space(e):
             raise StageError("save", no_space_message(os.path.dirname(path)), **t.ident()) from e
@@ -117,6 +118,24 @@ def _remove_partial(tmp: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     elif os.path.exists(tmp):
         os.unlink(tmp)
+
+
+def _ship_tokenizer(runner, t, folder: str) -> dict[str, str]:
+    """A causal LM ships with its tokenizer: its files are copied into ``folder/tokenizer`` next to
+    the artifact and their sha256 go into the manifest (the ``tokenizer`` check compares both)."""
+    hf = t.spec.model.hf
+    if hf is None or hf.task != "causal-lm":
+        return {}
+    import shutil
+
+    from ..hf import tokenizer_files
+    src = runner.tokenizer_dir(t.spec)
+    files = tokenizer_files(src)
+    dest = os.path.join(folder, "tokenizer")
+    os.makedirs(dest, exist_ok=True)
+    for name in files:
+        shutil.copyfile(os.path.join(src, name), os.path.join(dest, name))
+    return files
 
 
 def _made_elsewhere(t) -> Artifact:

@@ -1,0 +1,273 @@
+"""Causal-LM checks: the math on synthetic logits with known answers, then the checks on the
+example model with a fault injected into one layer."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from deploycheck import lm  # noqa: E402
+
+
+def _logits_for(probs_per_pos, batch=1):
+    """Logits whose softmax is exactly ``probs_per_pos`` (seq, vocab)."""
+    p = torch.tensor(probs_per_pos, dtype=torch.float64)
+    return torch.log(p).unsqueeze(0).repeat(batch, 1, 1)
+
+
+# --- perplexity ---------------------------------------------------------------------------------
+
+def test_perplexity_of_uniform_logits_is_the_vocabulary_size():
+    logits = torch.zeros(2, 5, 7)
+    ids = torch.randint(0, 7, (2, 5))
+    mask = torch.ones(2, 5, dtype=torch.long)
+    assert lm.perplexity(logits, ids, mask) == pytest.approx(7.0)
+
+
+def test_perplexity_counts_only_real_next_tokens():
+    # the true next token always has p = 0.5 -> perplexity 2; padded positions carry p = 0.01
+    ids = torch.tensor([[0, 1, 1, 0], [0, 1, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    good = [[0.5, 0.5], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5]]
+    logits = _logits_for(good, batch=2)
+    # make the masked predictions (sample 1, positions 1 and 2) terrible; they must not count
+    logits[1, 1:] = torch.log(torch.tensor([0.99, 0.01], dtype=torch.float64))
+    assert lm.perplexity(logits, ids, mask) == pytest.approx(2.0)
+    nll, n = lm.token_nll(logits, ids, mask)
+    assert n == 3 + 1 and nll == pytest.approx(4 * math.log(2))
+
+
+def test_perplexity_with_nothing_to_score_is_an_error():
+    with pytest.raises(ValueError, match="no position to score"):
+        lm.perplexity(torch.zeros(1, 1, 3), torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1))
+
+
+def test_perplexity_of_nan_logits_is_infinite_and_fails():
+    logits = torch.full((1, 3, 4), float("nan"))
+    value = lm.perplexity(logits, torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3))
+    ok, formula = lm.perplexity_verdict(value, 3.9, max_relative_increase=0.05)
+    assert not ok and formula == "perplexity inf is not finite (baseline 3.9)"
+
+
+def test_perplexity_verdict_formula():
+    ok, f = lm.perplexity_verdict(4.12, 3.90, max_relative_increase=0.05)
+    assert not ok
+    assert f == "perplexity 4.12 > baseline 3.9 × (1 + max_relative_increase 0.05) = 4.095"
+    ok, f = lm.perplexity_verdict(4.0, 3.90, max_relative_increase=0.05, max_increase=0.2)
+    assert ok
+    assert f == ("perplexity 4 <= baseline 3.9 × (1 + max_relative_increase 0.05) = 4.095; "
+                 "perplexity 4 <= baseline 3.9 + max_increase 0.2 = 4.1")
+    ok, f = lm.perplexity_verdict(4.0, 3.90, max_increase=0.05)
+    assert not ok and f == "perplexity 4 > baseline 3.9 + max_increase 0.05 = 3.95"
+
+
+# --- next-token agreement and KL ----------------------------------------------------------------
+
+def test_identical_distributions_agree_fully_with_zero_kl():
+    logits = torch.randn(3, 6, 11)
+    st = lm.next_token_stats(logits, logits.clone(), torch.ones(3, 6))
+    assert st["top1"] == 1.0 and st["mean_kl"] == pytest.approx(0, abs=1e-12) and st["positions"] == 15
+
+
+def test_kl_and_top1_have_their_closed_form_values():
+    base = _logits_for([[0.5, 0.5], [0.8, 0.2], [0.5, 0.5]])
+    var = _logits_for([[0.9, 0.1], [0.3, 0.7], [0.1, 0.9]])
+    st = lm.next_token_stats(var, base, torch.ones(1, 3))
+    kl0 = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
+    kl1 = 0.8 * math.log(0.8 / 0.3) + 0.2 * math.log(0.2 / 0.7)
+    assert st["positions"] == 2  # the last position predicts past the text
+    assert st["mean_kl"] == pytest.approx((kl0 + kl1) / 2)
+    assert st["max_kl"] == pytest.approx(kl1) and st["worst"] == (0, 1)
+    # position 0: argmax 0 vs tie (0.5, 0.5) -> argmax 0 on both; position 1: 0 vs 1
+    assert st["top1"] == pytest.approx(0.5)
+    ok, f = lm.agreement_verdict(st, min_top1=0.9, max_mean_kl=0.01)
+    assert not ok
+    assert f == ("next-token top-1 agreement 0.5000 < min_top1 0.9 (2 positions); mean KL(baseline || variant) "
+                 f"{lm.fmt_num((kl0 + kl1) / 2)} nats > max_mean_kl 0.01 (2 positions; worst "
+                 f"{lm.fmt_num(kl1)} at text 0 position 1)")
+
+
+def test_kl_ignores_padded_positions():
+    base = torch.zeros(1, 4, 3)
+    var = base.clone()
+    var[0, 2:] = torch.tensor([9.0, -9.0, 0.0])  # different only where the mask ends
+    st = lm.next_token_stats(var, base, torch.tensor([[1, 1, 1, 0]]))
+    assert st["positions"] == 2 and st["mean_kl"] == pytest.approx(0, abs=1e-12)
+
+
+def test_shapes_must_match():
+    with pytest.raises(ValueError, match=r"logits of shape \(1, 4, 3\) cannot be compared with the baseline's \(1, 5, 3\)"):
+        lm.next_token_stats(torch.zeros(1, 4, 3), torch.zeros(1, 5, 3), torch.ones(1, 4))
+
+
+# --- greedy generation and departures -----------------------------------------------------------
+
+def _counting_model(vocab=10, stumble_at=None):
+    """A fake LM whose greedy next token is (last token + 1) mod vocab; state counts the cache length.
+    ``stumble_at``: after that many cached tokens it predicts 0 instead."""
+    calls = []
+
+    def logits_for(tok, length):
+        nxt = 0 if stumble_at is not None and length >= stumble_at else (tok + 1) % vocab
+        out = torch.zeros(vocab)
+        out[nxt] = 1.0
+        return out
+
+    def prefill(ids):
+        calls.append(("prefill", len(ids)))
+        return logits_for(ids[-1], len(ids)), len(ids)
+
+    def decode(tok, length):
+        calls.append(("decode", length))
+        return logits_for(tok, length + 1), length + 1
+
+    return prefill, decode, calls
+
+
+def test_greedy_prefills_once_then_decodes_one_token_at_a_time():
+    prefill, decode, calls = _counting_model()
+    assert lm.greedy(prefill, decode, [3, 4], new_tokens=5) == [5, 6, 7, 8, 9]
+    assert calls == [("prefill", 2), ("decode", 2), ("decode", 3), ("decode", 4), ("decode", 5)]
+
+
+def test_greedy_stops_at_eos():
+    prefill, decode, _ = _counting_model()
+    assert lm.greedy(prefill, decode, [5], new_tokens=8, eos_id=8) == [6, 7, 8]
+
+
+def test_first_departure():
+    assert lm.first_departure([1, 2, 3], [1, 2, 3]) is None
+    assert lm.first_departure([1, 2, 3], [1, 5, 3]) == 1
+    assert lm.first_departure([1, 2], [1, 2, 3]) == 2
+
+
+def test_generation_verdict_names_the_first_departing_position_with_decoded_text():
+    ref_p, ref_d, _ = _counting_model()
+    bad_p, bad_d, _ = _counting_model(stumble_at=4)
+    prompts = [[1], [2, 3], [7, 8, 9]]
+    refs = [lm.greedy(ref_p, ref_d, p, new_tokens=4) for p in prompts]
+    gens = [lm.greedy(bad_p, bad_d, p, new_tokens=4) for p in prompts]
+    assert refs[0] == [2, 3, 4, 5] and gens[0] == [2, 3, 4, 0]
+    ok, msg, deps = lm.generation_verdict(gens, refs, min_exact_match=0.9, against="the baseline",
+                                          prompts=["a", "bc", "hij"], decode=lambda ids: "".join("abcdefghij"[i] for i in ids))
+    assert not ok
+    assert [(d.prompt, d.position) for d in deps] == [(0, 3), (1, 2), (2, 1)]
+    assert msg.splitlines() == [
+        "greedy exact match 0/3 = 0.000 < min_exact_match 0.9 vs the baseline; first departure: prompt 0 at new token 3",
+        "  prompt 0 'a': departs at new token 3 after 'cde': got 'a', the baseline 'f'",
+        "  prompt 1 'bc': departs at new token 2 after 'ef': got 'aa', the baseline 'gh'",
+        "  prompt 2 'hij': departs at new token 1 after 'a': got 'aaa', the baseline 'bcd'",
+    ]
+    ok, msg, _ = lm.generation_verdict(refs, refs, min_exact_match=1.0, against="the baseline")
+    assert ok and msg == "greedy exact match 3/3 = 1.000 >= min_exact_match 1 vs the baseline"
+    assert lm.exact_match_rate(gens[:1] + refs[1:], refs) == pytest.approx(2 / 3)
+
+
+# --- the checks on the example model, through pytest ----------------------------------------------
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+LM_SPEC = """\
+deploycheck: 1
+name: lm
+model:
+  hf: {{path: {root}/specs/models/tiny_lm, task: causal-lm}}
+  inputs: {{shape: [1, 2, 64], dtype: int64, dynamic: {{0: batch, 2: {{name: seq, min: 4, max: 64}}}}}}
+data:
+  source: text:{root}/specs/data/tiny_lm_heldout.txt
+  split: {{test_fraction: 0.25, seed: 0}}
+  preprocess: [{{tokenize: {{max_length: 64}}}}]
+  batch_size: 16
+metric: token_agreement
+generation: {{prompts: prompts.txt, new_tokens: 6}}
+formats: [export]
+latency: {{warmup: 1, min_rounds: 5, max_time_s: 0.3, round_ms: 0.2}}
+snapshot: {{enabled: false}}
+thresholds:
+  outputs: {{atol: 1.0e-4, rtol: 1.0e-3}}
+  metric: {{max_drop: 1.0}}
+  perplexity: {{max_relative_increase: 0.01}}
+  next_token: {{min_top1: 0.99, max_mean_kl: 1.0e-4}}
+variants:
+  baseline: {{}}
+  faulty:                                   # one layer's weights scaled: a bad conversion
+    custom: {{callable: 'lmfaults:scale', kwargs: {{layer: lm.model.layers.1.mlp.down_proj, factor: 1.6}}}}
+  pinned:                                   # the baseline, exported with the sequence length fixed at 64
+    formats: [{{export: {{dynamic_seq: false}}}}]
+"""
+
+LM_FAULTS = '''
+import torch
+
+def scale(model, ctx, layer, factor):
+    with torch.no_grad():
+        dict(model.named_modules())[layer].weight.mul_(factor)
+    return model
+'''
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory):
+    """One inner pytest run over the example LM: baseline, a fault in one layer, a pinned export."""
+    pytest.importorskip("transformers", reason="needs the hf extra: pip install 'deploycheck[hf]'")
+    import json
+    import subprocess
+    import sys
+    d = tmp_path_factory.mktemp("lm")
+    (d / "lm.yaml").write_text(LM_SPEC.format(root=ROOT))
+    (d / "lmfaults.py").write_text(LM_FAULTS)
+    prompts = (ROOT / "specs" / "data" / "tiny_lm_prompts.txt").read_text().splitlines()[:6]
+    (d / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    (d / "pytest.ini").write_text("[pytest]\n")
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "lm.yaml", "-rA",
+           f"--deploycheck-run-dir={d / 'run'}", f"--deploycheck-cache-dir={d / 'cache'}"]
+    out = subprocess.run(cmd, cwd=d, capture_output=True, text=True, timeout=900)
+    doc = json.loads((d / "reports" / "deploycheck.json").read_text())
+    recs = {(r["variant"], r["format"], r["check"]): r for r in doc["records"]}
+    return out.stdout, recs
+
+
+def test_the_baseline_passes_every_lm_check(lm_run):
+    _, recs = lm_run
+    for check in ("perplexity", "next_token", "generation", "tokenizer", "outputs", "load"):
+        assert recs[("baseline", "export", check)]["status"] == "passed", recs[("baseline", "export", check)]
+    gen = recs[("baseline", "export", "generation")]["formula"]
+    assert gen == ("greedy exact match 6/6 = 1.000 >= min_exact_match_in_memory 1 vs the in-memory baseline "
+                   "(6 prompts × up to 6 new tokens, 36 generated through the reloaded export artifact)")
+    tok = recs[("baseline", "export", "tokenizer")]["formula"]
+    assert tok.startswith("70 of 70 texts tokenize to the same ids with the tokenizer shipped next to the artifact")
+
+
+def test_a_fault_in_one_layer_fails_perplexity_kl_and_generation(lm_run):
+    _, recs = lm_run
+    ppl = recs[("faulty", "export", "perplexity")]
+    assert ppl["status"] == "failed"
+    assert ppl["details"]["perplexity"] > ppl["details"]["baseline"] * 1.01
+    assert " > baseline " in ppl["message"] and "× (1 + max_relative_increase 0.01) = " in ppl["message"]
+    nt = recs[("faulty", "export", "next_token")]
+    assert nt["status"] == "failed" and nt["details"]["mean_kl"] > 1e-4
+    assert "nats > max_mean_kl 0.0001" in nt["message"]
+    gen = recs[("faulty", "export", "generation")]
+    assert gen["status"] == "failed"
+    first = gen["message"].splitlines()[0]
+    deps = gen["details"]["the baseline"]["departures"]
+    assert deps, gen
+    d0 = deps[0]
+    # the message names the first departing prompt and position, then each with its decoded text
+    assert (f"vs the baseline; first departure: prompt {d0['prompt']} at new token {d0['position']}" in first)
+    assert f"  prompt {d0['prompt']} '" in gen["message"] and f"departs at new token {d0['position']} after " in gen["message"]
+    # the artifact still generates what its own in-memory model generates: not shown as a failure
+    assert gen["details"]["the in-memory variant"]["exact_match"] == 1.0
+    assert "in-memory variant" not in gen["message"]
+
+
+def test_an_export_that_specialises_the_sequence_length_is_caught(lm_run):
+    _, recs = lm_run
+    # held-out texts are padded to the example's 64 tokens: those checks alone cannot see it
+    assert recs[("pinned", "export", "perplexity")]["status"] == "passed"
+    gen = recs[("pinned", "export", "generation")]
+    assert gen["status"] == "failed"
+    assert gen["message"].startswith("greedy generation through the reloaded export artifact failed: ")
+    assert "was the sequence length specialised at export?" in gen["message"]
