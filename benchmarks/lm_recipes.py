@@ -31,10 +31,18 @@ PROMPTS = os.path.join(ROOT, "specs", "data", "tiny_lm_prompts.txt")
 def recipes():
     """name -> (what it is, function(model) -> model). Configs as torchao 0.18 provides them for CPU."""
     import torch
-    from torchao.quantization import (Int8DynamicActivationInt8WeightConfig, Int8DynamicActivationIntxWeightConfig,
-                                      Int8WeightOnlyConfig, IntxWeightOnlyConfig, PerGroup, quantize_)
-    from torchao.prototype.quantization.int4.inference_workflow import (Int8DynamicActivationInt4WeightConfig,
-                                                                        PrototypeInt4WeightOnlyConfig)
+    from torchao.prototype.quantization.int4.inference_workflow import (
+        Int8DynamicActivationInt4WeightConfig,
+        PrototypeInt4WeightOnlyConfig,
+    )
+    from torchao.quantization import (
+        Int8DynamicActivationInt8WeightConfig,
+        Int8DynamicActivationIntxWeightConfig,
+        Int8WeightOnlyConfig,
+        IntxWeightOnlyConfig,
+        PerGroup,
+        quantize_,
+    )
 
     def q(cfg):
         def apply(m):
@@ -131,8 +139,8 @@ def main() -> None:
         b = times["fp32"]
         rows[n]["prefill_ms"] = statistics.median(t[0] for t in ts) * 1e3
         rows[n]["decode_ms"] = statistics.median(t[1] for t in ts) * 1e3
-        rows[n]["prefill_ratio"] = statistics.median(t[0] / u[0] for t, u in zip(ts, b))
-        rows[n]["decode_ratio"] = statistics.median(t[1] / u[1] for t, u in zip(ts, b))
+        rows[n]["prefill_ratio"] = statistics.median(t[0] / u[0] for t, u in zip(ts, b, strict=True))
+        rows[n]["decode_ratio"] = statistics.median(t[1] / u[1] for t, u in zip(ts, b, strict=True))
 
     from tabulate import tabulate
     table = [[n, f"{r['ppl']:.4f}", f"{r['top1']:.4f}", f"{r['kl']:.2e}", f"{r['em']:.3f}",

@@ -90,7 +90,9 @@ def generation_check(runner, t: Target) -> Verdict:
                        {"error": why, "traceback": r.result.traceback[-1500:]})
     gens = [list(x) for x in r.result.generations]
     dec = decoder(runner.tokenizer_dir(t.spec))
-    parts, failed, details = [], [], {"generations": gens, "seconds": r.result.generation_s}
+    parts: list[str] = []
+    failed: list[str] = []
+    details: dict = {"generations": gens, "seconds": r.result.generation_s}
     refs = [("the baseline", t.baseline(), th.min_exact_match, "min_exact_match")]
     in_memory = (t, th.min_exact_match_in_memory, "min_exact_match_in_memory")
     if not t.made_elsewhere and not t.is_baseline:
@@ -144,7 +146,7 @@ def tokenizer_check(runner, t: Target) -> Verdict:
                        "nothing compared")
     ref = token_ids(texts, path=runner.tokenizer_dir(t.spec))
     got = token_ids(texts, path=shipped)
-    bad = [i for i, (a, b) in enumerate(zip(got, ref)) if a != b]
+    bad = [i for i, (a, b) in enumerate(zip(got, ref, strict=True)) if a != b]
     formula = (f"{len(texts) - len(bad)} of {len(texts)} texts tokenize to the same ids with the tokenizer shipped "
                f"next to the artifact ({len(have)} files, sha256 as in the manifest)")
     if bad:

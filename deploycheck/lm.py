@@ -13,8 +13,9 @@ position counts where both the token and its successor are real.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .numeric import fmt_num
 
@@ -86,7 +87,7 @@ def greedy(prefill: Callable[[Sequence[int]], tuple[Any, Any]], decode: Callable
 
 def first_departure(gen: Sequence[int], ref: Sequence[int]) -> int | None:
     """The first position where two generations differ (a shorter one departs where it ends), or None."""
-    for i, (a, b) in enumerate(zip(gen, ref)):
+    for i, (a, b) in enumerate(zip(gen, ref, strict=False)):
         if a != b:
             return i
     return None if len(gen) == len(ref) else min(len(gen), len(ref))
@@ -105,7 +106,7 @@ def departures(gens: Sequence[Sequence[int]], refs: Sequence[Sequence[int]]) -> 
     if len(gens) != len(refs):
         raise ValueError(f"{len(gens)} generations cannot be compared with {len(refs)} reference generations")
     out = []
-    for i, (g, r) in enumerate(zip(gens, refs)):
+    for i, (g, r) in enumerate(zip(gens, refs, strict=True)):
         pos = first_departure(g, r)
         if pos is not None:
             out.append(Departure(i, pos, list(g[:pos]), list(g[pos:]), list(r[pos:])))
@@ -130,7 +131,8 @@ def perplexity_verdict(value: float, baseline: float, *, max_relative_increase: 
     """``perplexity V <= baseline B × (1 + max_relative_increase r) = L``; with ``max_increase`` an
     absolute bound ``baseline B + max_increase d = L`` too. Every bound set must hold."""
     import math
-    parts, failed = [], []
+    parts: list[str] = []
+    failed: list[str] = []
     if not math.isfinite(value):
         return False, f"perplexity {value} is not finite (baseline {fmt_num(baseline)})"
     if max_relative_increase is not None:
@@ -154,7 +156,8 @@ def agreement_verdict(stats: dict[str, Any], *, min_top1: float | None = None,
                       max_mean_kl: float | None = None) -> tuple[bool, str]:
     """``top-1 agreement A >= min_top1 m`` and ``mean KL K nats <= max_mean_kl k`` over n positions."""
     n = stats["positions"]
-    parts, failed = [], []
+    parts: list[str] = []
+    failed: list[str] = []
     if min_top1 is not None:
         ok = stats["top1"] >= min_top1 - 1e-12
         (parts if ok else failed).append(f"next-token top-1 agreement {stats['top1']:.4f} {_cmp(ok, False)} "

@@ -18,8 +18,8 @@ from typing import Any
 
 from . import diverge
 from .cache import Cache
-from .errors import StageError
 from .data.sources import read_lines
+from .errors import StageError
 from .isolation import ChildGone, ChildUnpicklable, RemoteError, WorkerPool, call_forked, call_in_thread, can_fork
 from .lm import greedy, hf_steps
 from .metrics import resolve, targets_for

@@ -19,10 +19,20 @@ from . import timing
 from .formats import FORMATS
 from .formats.integrity import check_file, classify, vet_manifest
 from .isolation import PARENT_ENV, die_with_parent
-from .outputs import OutputError, concat
 from .lm import greedy
-from .protocol import (ArtifactRef, BatchDimError, GeneratePlan, LatencyPlan, WorkerRequest, WorkerResult, batch_len, call,
-                       first_tensor, run_batch)
+from .outputs import OutputError, concat
+from .protocol import (
+    ArtifactRef,
+    BatchDimError,
+    GeneratePlan,
+    LatencyPlan,
+    WorkerRequest,
+    WorkerResult,
+    batch_len,
+    call,
+    first_tensor,
+    run_batch,
+)
 
 
 def _peak_rss_mb() -> float:
@@ -116,8 +126,8 @@ def handle(req: WorkerRequest) -> WorkerResult:
             try:
                 res.generations = _generate(fn, req.generate)
             except Exception as e:  # noqa: BLE001 - reported by the generation check
-                msg = f"{type(e).__name__}: {e}".strip().splitlines()
-                res.generation_error = (msg[0][:500] if msg else type(e).__name__)
+                first = f"{type(e).__name__}: {e}".strip().splitlines()
+                res.generation_error = (first[0][:500] if first else type(e).__name__)
                 res.traceback = "".join(traceback.format_exception(e))[-3000:]
             res.generation_s = time.perf_counter() - t1
     except BaseException as e:  # noqa: BLE001 - a crashing model is a result, not a worker failure

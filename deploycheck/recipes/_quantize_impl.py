@@ -97,7 +97,8 @@ def _weight_only_int4(cfg, model, ctx) -> StepResult:
     names = {n for n, _ in chosen}
     if not names:
         raise ValueError(f"no Linear layer has an input size divisible by group_size {cfg.group_size}")
-    quantize_(model, IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(cfg.group_size)),
+    quantize_(model, IntxWeightOnlyConfig(weight_dtype=torch.int4,  # type: ignore[attr-defined]  # torch >= 2.6 has int1..int7
+                                                  granularity=PerGroup(cfg.group_size)),
               filter_fn=lambda m, fqn: fqn in names)
     return StepResult(model, f"weight-only int4 (torchao intx, group {cfg.group_size}) on {len(chosen)} Linear modules",
                       {"backend": "torchao", "group_size": cfg.group_size, "modules": sorted(names)},
