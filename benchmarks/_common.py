@@ -12,8 +12,11 @@ DOC = os.path.join(ROOT, "docs", "BENCHMARKS.md")
 
 def machine_line() -> str:
     import torch
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"torch {torch.__version__}")
+
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__}"
+    )
 
 
 def write_section(name: str, markdown: str) -> None:
@@ -23,7 +26,9 @@ def write_section(name: str, markdown: str) -> None:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     if start not in doc:
         raise SystemExit(f"{DOC} has no {start} marker")
-    new = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: f"{start}\n{markdown.rstrip()}\n{end}", doc, flags=re.S)
+    new = re.sub(
+        re.escape(start) + r".*?" + re.escape(end), lambda _: f"{start}\n{markdown.rstrip()}\n{end}", doc, flags=re.S
+    )
     tmp = DOC + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(new)

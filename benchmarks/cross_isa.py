@@ -34,7 +34,9 @@ SETTINGS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--specs", nargs="*", default=["specs/digits_mlp.yaml", "specs/digits_cnn.yaml", "specs/minilm.yaml"])
+    ap.add_argument(
+        "--specs", nargs="*", default=["specs/digits_mlp.yaml", "specs/digits_cnn.yaml", "specs/minilm.yaml"]
+    )
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="dc-cross-isa-")
@@ -43,10 +45,24 @@ def main() -> None:
     with open(os.path.join(work, "pytest.ini"), "w") as fh:
         fh.write("[pytest]\n")
     for name, env in SETTINGS.items():
-        cmd = [sys.executable, "-m", "pytest", *args.specs, "-q", "-p", "no:cacheprovider", "-k", "snapshot",
-               "--snapshot-update", "--deploycheck-cache=off", "--deploycheck-no-report"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            *args.specs,
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            "snapshot",
+            "--snapshot-update",
+            "--deploycheck-cache=off",
+            "--deploycheck-no-report",
+        ]
         r = subprocess.run(cmd, cwd=work, env={**os.environ, **env}, capture_output=True, text=True)
-        print(f"{name}: exit {r.returncode}; {r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ''}", flush=True)
+        print(
+            f"{name}: exit {r.returncode}; {r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ''}", flush=True
+        )
     rows = []
     for path in sorted(glob.glob(os.path.join(work, "specs", "__snapshots__", "*", "*.json"))):
         with open(path) as fh:
@@ -60,19 +76,58 @@ def main() -> None:
         for cls, e in sorted(entries.items()):
             if cls == real[0]:
                 continue
-            diff = max((abs(a - b) for ra, rb in zip(e["outputs"], ref["outputs"], strict=True) for a, b in zip(ra, rb, strict=True)), default=0.0)
-            rel = max((abs(a - b) / max(abs(b), 1e-12) for ra, rb in zip(e["outputs"], ref["outputs"], strict=True)
-                       for a, b in zip(ra, rb, strict=True) if abs(a - b) > 1e-6), default=0.0)
+            diff = max(
+                (
+                    abs(a - b)
+                    for ra, rb in zip(e["outputs"], ref["outputs"], strict=True)
+                    for a, b in zip(ra, rb, strict=True)
+                ),
+                default=0.0,
+            )
+            rel = max(
+                (
+                    abs(a - b) / max(abs(b), 1e-12)
+                    for ra, rb in zip(e["outputs"], ref["outputs"], strict=True)
+                    for a, b in zip(ra, rb, strict=True)
+                    if abs(a - b) > 1e-6
+                ),
+                default=0.0,
+            )
             drift = abs(e["metric"]["value"] - ref["metric"]["value"])
-            rows.append([doc["spec"], doc["variant"], doc["format"], cls.split(" (")[0].split("/")[1],
-                         f"{diff:.3g}", f"{rel:.3g}", f"{diff / (span / 255):.2f}", f"{drift:.3g}"])
+            rows.append(
+                [
+                    doc["spec"],
+                    doc["variant"],
+                    doc["format"],
+                    cls.split(" (")[0].split("/")[1],
+                    f"{diff:.3g}",
+                    f"{rel:.3g}",
+                    f"{diff / (span / 255):.2f}",
+                    f"{drift:.3g}",
+                ]
+            )
     from tabulate import tabulate
+
     moved = [r for r in rows if float(r[4]) > 0 or float(r[7]) > 0]
-    md = (f"Measured on {machine_line()} with `python benchmarks/cross_isa.py`: each emulated class against the "
-          f"committed entry (approved on the real hardware). {len(rows) - len(moved)} of {len(rows)} comparisons "
-          f"were identical and are not shown. `in quant steps` divides by the output range / 255.\n\n"
-          + tabulate(moved, headers=["spec", "variant", "format", "emulated class", "max abs diff", "max rel diff",
-                                    "in quant steps", "metric drift"], tablefmt="github"))
+    md = (
+        f"Measured on {machine_line()} with `python benchmarks/cross_isa.py`: each emulated class against the "
+        f"committed entry (approved on the real hardware). {len(rows) - len(moved)} of {len(rows)} comparisons "
+        f"were identical and are not shown. `in quant steps` divides by the output range / 255.\n\n"
+        + tabulate(
+            moved,
+            headers=[
+                "spec",
+                "variant",
+                "format",
+                "emulated class",
+                "max abs diff",
+                "max rel diff",
+                "in quant steps",
+                "metric drift",
+            ],
+            tablefmt="github",
+        )
+    )
     shutil.rmtree(work, ignore_errors=True)
     print(md)
     if args.write:

@@ -55,8 +55,11 @@ thresholds:
   outputs: {atol: 0.2, rtol: 1.0e-2}
 """
 
-SETTINGS = {"hardware": {}, "ATEN=avx2, oneDNN=AVX2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
-            "ATEN=default": {"ATEN_CPU_CAPABILITY": "default"}}
+SETTINGS = {
+    "hardware": {},
+    "ATEN=avx2, oneDNN=AVX2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "ATEN=default": {"ATEN_CPU_CAPABILITY": "default"},
+}
 
 
 def main() -> None:
@@ -71,21 +74,57 @@ def main() -> None:
     table = []
     for name, env in SETTINGS.items():
         rep = os.path.join(work, "rep-" + str(len(table)))
-        subprocess.run([sys.executable, "-m", "pytest", "cnn_int8.yaml", "-q", "-p", "no:cacheprovider",
-                        "--deploycheck-cache=off", f"--deploycheck-report-dir={rep}"], cwd=work,
-                       env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "cnn_int8.yaml",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--deploycheck-cache=off",
+                f"--deploycheck-report-dir={rep}",
+            ],
+            cwd=work,
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         with open(os.path.join(rep, "deploycheck.json")) as fh:
             doc = json.load(fh)
         for r in doc["rows"]:
             if r["variant"] == "baseline":
                 continue
-            table.append([name, r["variant"], r["format"], f"{r['metric']:.4f}" if r["metric"] is not None else "-",
-                          f"{r['max_abs_diff']:.3g}" if r["max_abs_diff"] is not None else "-",
-                          f"{r['latency_ratio']:.2f}" if r["latency_ratio"] else "-", r["verdict"]])
+            table.append(
+                [
+                    name,
+                    r["variant"],
+                    r["format"],
+                    f"{r['metric']:.4f}" if r["metric"] is not None else "-",
+                    f"{r['max_abs_diff']:.3g}" if r["max_abs_diff"] is not None else "-",
+                    f"{r['latency_ratio']:.2f}" if r["latency_ratio"] else "-",
+                    r["verdict"],
+                ]
+            )
     from tabulate import tabulate
-    md = (f"Measured on {machine_line()} with `python benchmarks/int8_saturation.py`; baseline accuracy 0.9889.\n\n"
-          + tabulate(table, headers=["kernels", "variant", "format", "accuracy", "max |reloaded - in-memory|",
-                                     "latency ratio", "verdict (outputs atol 0.2)"], tablefmt="github"))
+
+    md = (
+        f"Measured on {machine_line()} with `python benchmarks/int8_saturation.py`; baseline accuracy 0.9889.\n\n"
+        + tabulate(
+            table,
+            headers=[
+                "kernels",
+                "variant",
+                "format",
+                "accuracy",
+                "max |reloaded - in-memory|",
+                "latency ratio",
+                "verdict (outputs atol 0.2)",
+            ],
+            tablefmt="github",
+        )
+    )
     shutil.rmtree(work, ignore_errors=True)
     print(md)
     if args.write:

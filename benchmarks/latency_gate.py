@@ -38,6 +38,7 @@ def model():
     from safetensors.torch import load_file
 
     from examples.digits import MLP
+
     m = MLP()
     m.load_state_dict(load_file(os.path.join(ROOT, "specs", "models", "digits_mlp.safetensors")))
     return torch.jit.trace(m.eval(), torch.rand(1, 64))
@@ -69,6 +70,7 @@ def burner(stop):
 def stored_baseline() -> tuple[float, int]:
     """The naive approach's reference: the baseline's median from an earlier, quiet run."""
     from deploycheck.timing import calibrate, one_round
+
     torch.set_num_threads(1)
     x = torch.rand(1, 64)
     a = model()
@@ -82,6 +84,7 @@ def stored_baseline() -> tuple[float, int]:
 
 def run(reps: int, noisy: bool, stored: float) -> dict:
     from deploycheck.timing import calibrate, one_round, side_by_side
+
     torch.set_num_threads(1)
     x = torch.rand(1, 64)
     a, b = model(), model()
@@ -105,14 +108,27 @@ def run(reps: int, noisy: bool, stored: float) -> dict:
                 for _ in range(reps):
                     var_med = np.median([one_round(var, n) for _ in range(30)])
                     naive_fail += (var_med / stored) > 1.10
-                    r = side_by_side(var, base, None, limit=1.10, warmup=2, min_rounds=30, max_time_s=2.0, round_s=1e-3,
-                                    confidence=0.95)
+                    r = side_by_side(
+                        var,
+                        base,
+                        None,
+                        limit=1.10,
+                        warmup=2,
+                        min_rounds=30,
+                        max_time_s=2.0,
+                        round_s=1e-3,
+                        confidence=0.95,
+                    )
                     dc_fail += r["decision"].startswith("fail")
                     ratios.append(r["ratio"])
                     pairs.append(r["pairs"])
-                results[name] = {"deploycheck_fail": dc_fail / reps, "naive_fail": naive_fail / reps,
-                                 "median_ratio": float(np.median(ratios)), "mean_pairs": float(np.mean(pairs)),
-                                 "seconds": time.perf_counter() - t0}
+                results[name] = {
+                    "deploycheck_fail": dc_fail / reps,
+                    "naive_fail": naive_fail / reps,
+                    "median_ratio": float(np.median(ratios)),
+                    "mean_pairs": float(np.mean(pairs)),
+                    "seconds": time.perf_counter() - t0,
+                }
     finally:
         stop.set()
         for p in procs:
@@ -123,21 +139,48 @@ def run(reps: int, noisy: bool, stored: float) -> dict:
 def main() -> None:
     reps = int(sys.argv[sys.argv.index("--reps") + 1]) if "--reps" in sys.argv else 100
     from tabulate import tabulate
+
     rows = []
     stored, _ = stored_baseline()
     for noisy in (False, True):
         res = run(reps, noisy, stored)
         for name, r in res.items():
             want = "fail" if "1.25" in name else ("pass" if "A/A" in name else "either (at the limit)")
-            rows.append(["busy (2 burner processes)" if noisy else "quiet", name, want,
-                         f"{r['deploycheck_fail']:.0%}", f"{r['naive_fail']:.0%}", f"{r['median_ratio']:.3f}",
-                         f"{r['mean_pairs']:.0f}", f"{r['seconds'] / reps:.2f}"])
+            rows.append(
+                [
+                    "busy (2 burner processes)" if noisy else "quiet",
+                    name,
+                    want,
+                    f"{r['deploycheck_fail']:.0%}",
+                    f"{r['naive_fail']:.0%}",
+                    f"{r['median_ratio']:.3f}",
+                    f"{r['mean_pairs']:.0f}",
+                    f"{r['seconds'] / reps:.2f}",
+                ]
+            )
             print(rows[-1], flush=True)
-    text = "\n".join([f"Measured on {machine_line()}, {reps} repetitions per row, gate `max_ratio: 1.10`; "
-                      "`python benchmarks/latency_gate.py --write`.", "",
-                      tabulate(rows, headers=["machine", "variant", "right verdict", "deploycheck: fail rate",
-                                              "naive: fail rate", "median ratio", "mean pairs", "s per decision"],
-                               tablefmt="github", disable_numparse=True)])
+    text = "\n".join(
+        [
+            f"Measured on {machine_line()}, {reps} repetitions per row, gate `max_ratio: 1.10`; "
+            "`python benchmarks/latency_gate.py --write`.",
+            "",
+            tabulate(
+                rows,
+                headers=[
+                    "machine",
+                    "variant",
+                    "right verdict",
+                    "deploycheck: fail rate",
+                    "naive: fail rate",
+                    "median ratio",
+                    "mean pairs",
+                    "s per decision",
+                ],
+                tablefmt="github",
+                disable_numparse=True,
+            ),
+        ]
+    )
     print(text)
     if "--write" in sys.argv:
         write_section("latency-gate", text)

@@ -39,11 +39,26 @@ from _common import ROOT, machine_line, write_section
 from latency_gate import burner
 
 SPECS = sorted(glob.glob(os.path.join(ROOT, "benchmarks", "verdicts", "*.yaml")))
-KIND = {"aa-copy": "A/A", "aa-prune": "A/A", "slow-110": "1.10x", "slow-125": "1.25x",
-        "far-2x": "2x @2.6", "far-4x": "4x @5.2", "far-4x-caught": "4x @2.6", "int8-onnx": "int8 (measured)"}
+KIND = {
+    "aa-copy": "A/A",
+    "aa-prune": "A/A",
+    "slow-110": "1.10x",
+    "slow-125": "1.25x",
+    "far-2x": "2x @2.6",
+    "far-4x": "4x @5.2",
+    "far-4x-caught": "4x @2.6",
+    "int8-onnx": "int8 (measured)",
+}
 #: the verdict each pair must get
-WANT = {"A/A": "passed", "1.10x": "failed", "1.25x": "failed", "2x @2.6": "passed", "4x @5.2": "passed",
-        "4x @2.6": "failed", "int8 (measured)": "passed"}
+WANT = {
+    "A/A": "passed",
+    "1.10x": "failed",
+    "1.25x": "failed",
+    "2x @2.6": "passed",
+    "4x @5.2": "passed",
+    "4x @2.6": "failed",
+    "int8 (measured)": "passed",
+}
 SELECT = {"all": "latency", "far": "latency and (far or aa or int8)"}
 
 
@@ -53,8 +68,20 @@ def constant_burner(stop):
 
 
 def one_run(cache: str, report: str, select: str = "latency", specs: list[str] = SPECS) -> list[dict]:
-    cmd = [sys.executable, "-m", "pytest", *specs, "-k", select, "-q", "-p", "no:cacheprovider",
-           "--deploycheck-cache=build", f"--deploycheck-cache-dir={cache}", f"--deploycheck-report-dir={report}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        *specs,
+        "-k",
+        select,
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--deploycheck-cache=build",
+        f"--deploycheck-cache-dir={cache}",
+        f"--deploycheck-report-dir={report}",
+    ]
     subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=1800)
     with open(os.path.join(report, "deploycheck.json")) as fh:
         doc = json.load(fh)
@@ -63,9 +90,20 @@ def one_run(cache: str, report: str, select: str = "latency", specs: list[str] =
         if r["check"] != "latency" or r["variant"] not in KIND:
             continue
         d = r.get("details") or {}
-        out.append({"model": r["spec"], "variant": r["variant"], "format": r["format"], "kind": KIND[r["variant"]],
-                    "status": r["status"], "ratio": d.get("ratio"), "control": (d.get("control") or {}).get("ratio"),
-                    "decision": d.get("ratio_decision"), "busy": d.get("busy"), "cpu_ratio": d.get("cpu_ratio")})
+        out.append(
+            {
+                "model": r["spec"],
+                "variant": r["variant"],
+                "format": r["format"],
+                "kind": KIND[r["variant"]],
+                "status": r["status"],
+                "ratio": d.get("ratio"),
+                "control": (d.get("control") or {}).get("ratio"),
+                "decision": d.get("ratio_decision"),
+                "busy": d.get("busy"),
+                "cpu_ratio": d.get("cpu_ratio"),
+            }
+        )
     return out
 
 
@@ -74,7 +112,9 @@ def main() -> None:
     ap.add_argument("--quiet-runs", type=int, default=5)
     ap.add_argument("--loaded-runs", type=int, default=4)
     ap.add_argument("--only", choices=sorted(SELECT), default="all", help="far: the far-from-1 pairs and A/A only")
-    ap.add_argument("--load", choices=("bursty", "constant"), default="bursty", help="how the loaded runs burn the cores")
+    ap.add_argument(
+        "--load", choices=("bursty", "constant"), default="bursty", help="how the loaded runs burn the cores"
+    )
     ap.add_argument("--models", nargs="*", default=None, help="spec names to run (default: all), e.g. mlp cnn")
     ap.add_argument("--write", action="store_true", help="write the results into docs/BENCHMARKS.md")
     ap.add_argument("--render", metavar="JSON", help="only render (and --write) the rows of an earlier run")
@@ -101,8 +141,11 @@ def main() -> None:
             for i in range(n):
                 rep = tempfile.mkdtemp(prefix="dc-verdicts-report-")
                 try:
-                    specs = [p for p in SPECS if args.models is None
-                             or os.path.splitext(os.path.basename(p))[0] in args.models]
+                    specs = [
+                        p
+                        for p in SPECS
+                        if args.models is None or os.path.splitext(os.path.basename(p))[0] in args.models
+                    ]
                     got = one_run(cache, rep, SELECT[args.only], specs)
                 finally:
                     shutil.rmtree(rep, ignore_errors=True)
@@ -127,11 +170,16 @@ def main() -> None:
 
 def render(rows: list[dict], seconds: float, args) -> str:
     from tabulate import tabulate
+
     gate = "`max_ratio: 1.05` (far pairs: their own limits)" if args.only == "all" else "each pair's own limit"
-    lines = [f"Measured on {machine_line()}; {args.quiet_runs} quiet and {args.loaded_runs} loaded ({args.load}) runs "
-             f"of `python benchmarks/latency_verdicts.py --only {args.only} --load {args.load}"
-             + (f" --models {' '.join(args.models)}" if args.models else "") + "` "
-             f"({seconds / 60:.0f} min). Gate {gate}.", ""]
+    lines = [
+        f"Measured on {machine_line()}; {args.quiet_runs} quiet and {args.loaded_runs} loaded ({args.load}) runs "
+        f"of `python benchmarks/latency_verdicts.py --only {args.only} --load {args.load}"
+        + (f" --models {' '.join(args.models)}" if args.models else "")
+        + "` "
+        f"({seconds / 60:.0f} min). Gate {gate}.",
+        "",
+    ]
     table = []
     for cond in ("quiet", "loaded", "all"):
         sel = [r for r in rows if cond == "all" or r["condition"] == cond]
@@ -148,12 +196,38 @@ def render(rows: list[dict], seconds: float, args) -> str:
             cpu = sorted(r["cpu_ratio"] for r in k if r.get("cpu_ratio") is not None)
             busy = sorted(r["busy"] for r in k if r.get("busy") is not None)
             med = ratios[len(ratios) // 2] if ratios else float("nan")
-            table.append([cond, kind, len(k), f"{rate:.1%}", "false fails" if want == "passed" else "caught", inconc,
-                          f"{med:.3f}", f"{ratios[0]:.3f}–{ratios[-1]:.3f}" if ratios else "-",
-                          f"{cpu[len(cpu) // 2]:.3f}" if cpu else "-", f"{busy[len(busy) // 2]:.2f}" if busy else "-"])
-    lines.append(tabulate(table, headers=["condition", "pair", "decisions", "rate", "", "inconclusive (busy)",
-                                          "median ratio", "range", "median CPU ratio", "median wall/CPU"],
-                          tablefmt="github"))
+            table.append(
+                [
+                    cond,
+                    kind,
+                    len(k),
+                    f"{rate:.1%}",
+                    "false fails" if want == "passed" else "caught",
+                    inconc,
+                    f"{med:.3f}",
+                    f"{ratios[0]:.3f}–{ratios[-1]:.3f}" if ratios else "-",
+                    f"{cpu[len(cpu) // 2]:.3f}" if cpu else "-",
+                    f"{busy[len(busy) // 2]:.2f}" if busy else "-",
+                ]
+            )
+    lines.append(
+        tabulate(
+            table,
+            headers=[
+                "condition",
+                "pair",
+                "decisions",
+                "rate",
+                "",
+                "inconclusive (busy)",
+                "median ratio",
+                "range",
+                "median CPU ratio",
+                "median wall/CPU",
+            ],
+            tablefmt="github",
+        )
+    )
     lines.append("")
     by = {}
     for r in rows:

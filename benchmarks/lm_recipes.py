@@ -48,6 +48,7 @@ def recipes():
         def apply(m):
             quantize_(m, cfg)
             return m
+
         return apply
 
     return {
@@ -55,17 +56,26 @@ def recipes():
         "fp16": ("model.half()", lambda m: m.half()),
         "bf16": ("model.bfloat16()", lambda m: m.bfloat16()),
         "int8 weight-only": ("Int8WeightOnlyConfig()", q(Int8WeightOnlyConfig())),
-        "int4 weight-only (tinygemm CPU)": ("PrototypeInt4WeightOnlyConfig(group_size=32) (Int4OpaqueTensor)",
-                                            lambda m: q(PrototypeInt4WeightOnlyConfig(group_size=32))(m.bfloat16())),
-        "int4 weight-only (intx)": ("IntxWeightOnlyConfig(torch.int4, PerGroup(32)) (unpacked_to_int8)",
-                                    q(IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32)))),
-        "int8 dyn act + int8 weight": ("Int8DynamicActivationInt8WeightConfig()",
-                                       q(Int8DynamicActivationInt8WeightConfig())),
-        "int8 dyn act + int4 weight (da8w4)": ("prototype Int8DynamicActivationInt4WeightConfig(group_size=32)",
-                                               q(Int8DynamicActivationInt4WeightConfig(group_size=32))),
-        "int8 dyn act + int4 weight (intx)": ("Int8DynamicActivationIntxWeightConfig(torch.int4, PerGroup(32))",
-                                              q(Int8DynamicActivationIntxWeightConfig(
-                                                  weight_dtype=torch.int4, weight_granularity=PerGroup(32)))),
+        "int4 weight-only (tinygemm CPU)": (
+            "PrototypeInt4WeightOnlyConfig(group_size=32) (Int4OpaqueTensor)",
+            lambda m: q(PrototypeInt4WeightOnlyConfig(group_size=32))(m.bfloat16()),
+        ),
+        "int4 weight-only (intx)": (
+            "IntxWeightOnlyConfig(torch.int4, PerGroup(32)) (unpacked_to_int8)",
+            q(IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32))),
+        ),
+        "int8 dyn act + int8 weight": (
+            "Int8DynamicActivationInt8WeightConfig()",
+            q(Int8DynamicActivationInt8WeightConfig()),
+        ),
+        "int8 dyn act + int4 weight (da8w4)": (
+            "prototype Int8DynamicActivationInt4WeightConfig(group_size=32)",
+            q(Int8DynamicActivationInt4WeightConfig(group_size=32)),
+        ),
+        "int8 dyn act + int4 weight (intx)": (
+            "Int8DynamicActivationIntxWeightConfig(torch.int4, PerGroup(32))",
+            q(Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32))),
+        ),
     }
 
 
@@ -103,9 +113,13 @@ def main() -> None:
             m = apply(copy.deepcopy(base)).eval()
             lg = logits(m)
             st = lm.next_token_stats(lg, base_logits, enc["attention_mask"])
-            rows[name] = {"what": what, "ppl": lm.perplexity(lg, enc["input_ids"], enc["attention_mask"]),
-                          "top1": st["top1"], "kl": st["mean_kl"],
-                          "em": lm.exact_match_rate(gens(m), base_gens)}
+            rows[name] = {
+                "what": what,
+                "ppl": lm.perplexity(lg, enc["input_ids"], enc["attention_mask"]),
+                "top1": st["top1"],
+                "kl": st["mean_kl"],
+                "em": lm.exact_match_rate(gens(m), base_gens),
+            }
             models[name] = m
         except Exception as e:  # a recipe that does not run here is a finding, not a crash
             errors[name] = (what, f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
@@ -143,19 +157,48 @@ def main() -> None:
         rows[n]["decode_ratio"] = statistics.median(t[1] / u[1] for t, u in zip(ts, b, strict=True))
 
     from tabulate import tabulate
-    table = [[n, f"{r['ppl']:.4f}", f"{r['top1']:.4f}", f"{r['kl']:.2e}", f"{r['em']:.3f}",
-              f"{r['prefill_ms']:.2f}", f"{r['prefill_ratio']:.2f}", f"{r['decode_ms']:.2f}", f"{r['decode_ratio']:.2f}"]
-             for n, r in rows.items()]
+
+    table = [
+        [
+            n,
+            f"{r['ppl']:.4f}",
+            f"{r['top1']:.4f}",
+            f"{r['kl']:.2e}",
+            f"{r['em']:.3f}",
+            f"{r['prefill_ms']:.2f}",
+            f"{r['prefill_ratio']:.2f}",
+            f"{r['decode_ms']:.2f}",
+            f"{r['decode_ratio']:.2f}",
+        ]
+        for n, r in rows.items()
+    ]
     n_params = sum(p.numel() for p in base.parameters())
-    out = [f"Measured on {machine_line()}, torch threads 1, a machine shared with other jobs (load average "
-           f"{os.getloadavg()[0]:.1f}); `python benchmarks/lm_recipes.py --write --rounds {args.rounds}`.", "",
-           f"Model: specs/models/tiny_lm (Llama, 2 layers, d=128, {n_params / 1e6:.2f} M parameters); "
-           f"{len(texts)} held-out texts ({int(enc['attention_mask'].sum())} tokens), {len(prompts)} prompts × "
-           f"{new_tokens} greedy tokens. Top-1, KL and exact match are against fp32. Speed: median of "
-           f"{args.rounds} interleaved rounds; ratio = the recipe's time / fp32's in the same round.", "",
-           tabulate(table, headers=["recipe", "perplexity", "top-1 vs fp32", "mean KL (nats)", "greedy exact match",
-                                    "prefill 32 tok (ms)", "prefill ratio", "decode / token (ms)", "decode ratio"],
-                    tablefmt="github"), ""]
+    out = [
+        f"Measured on {machine_line()}, torch threads 1, a machine shared with other jobs (load average "
+        f"{os.getloadavg()[0]:.1f}); `python benchmarks/lm_recipes.py --write --rounds {args.rounds}`.",
+        "",
+        f"Model: specs/models/tiny_lm (Llama, 2 layers, d=128, {n_params / 1e6:.2f} M parameters); "
+        f"{len(texts)} held-out texts ({int(enc['attention_mask'].sum())} tokens), {len(prompts)} prompts × "
+        f"{new_tokens} greedy tokens. Top-1, KL and exact match are against fp32. Speed: median of "
+        f"{args.rounds} interleaved rounds; ratio = the recipe's time / fp32's in the same round.",
+        "",
+        tabulate(
+            table,
+            headers=[
+                "recipe",
+                "perplexity",
+                "top-1 vs fp32",
+                "mean KL (nats)",
+                "greedy exact match",
+                "prefill 32 tok (ms)",
+                "prefill ratio",
+                "decode / token (ms)",
+                "decode ratio",
+            ],
+            tablefmt="github",
+        ),
+        "",
+    ]
     out += ["Configs: " + "; ".join(f"{n}: `{r['what']}`" for n, r in rows.items() if n != "fp32") + "."]
     for n, (what, err) in errors.items():
         out.append(f"- {n} (`{what}`) does not run on this CPU: `{err}`")

@@ -71,8 +71,11 @@ def _package_source_hash() -> str:
 
 
 def environment() -> dict:
-    return {"libraries": library_versions(), "deploycheck_source": _package_source_hash(),
-            "python": platform.python_version()}
+    return {
+        "libraries": library_versions(),
+        "deploycheck_source": _package_source_hash(),
+        "python": platform.python_version(),
+    }
 
 
 def machine() -> dict:
@@ -99,7 +102,7 @@ def code_paths(spec) -> list[str]:
         if v.model is not None and v.model.factory:
             paths.append(v.model.factory)
     if spec.data.source.startswith("python:"):
-        paths.append(spec.data.source[len("python:"):])
+        paths.append(spec.data.source[len("python:") :])
     paths += [s.arg for s in spec.data.preprocess if s.op == "callable"]
     if spec.metric.callable:
         paths.append(spec.metric.callable)
@@ -121,29 +124,46 @@ def build_key(spec, vname: str) -> str:
     semantic = None
     if spec.semantic is not None:
         semantic = file_sha(os.path.join(base, spec.semantic.triplets))
-    return _h({"env": environment(), "kernels": kernel_key(), "model": dataclasses.asdict(spec.model),
-               "hf_weights": file_sha(os.path.join(hf_dir, "model.safetensors")) if hf_dir else None,
-               "hf_files": _hf_files(hf_dir) if hf_dir else None,
-               "semantic": semantic,
-               "weights": file_sha(weights) if weights else None, "data": dataclasses.asdict(spec.data),
-               "data_file": data_file, "metric": dataclasses.asdict(spec.metric),
-               "code": code_hashes(spec),
-               "steps": [(type(s).__name__, dataclasses.asdict(s)) for s in spec.variant(vname).steps],
-               "variant_model": _variant_model(spec, vname, base),
-               "plugins": _plugin_sources(spec.variant(vname).steps),
-               "baseline_steps": vname == "baseline"})
+    return _h(
+        {
+            "env": environment(),
+            "kernels": kernel_key(),
+            "model": dataclasses.asdict(spec.model),
+            "hf_weights": file_sha(os.path.join(hf_dir, "model.safetensors")) if hf_dir else None,
+            "hf_files": _hf_files(hf_dir) if hf_dir else None,
+            "semantic": semantic,
+            "weights": file_sha(weights) if weights else None,
+            "data": dataclasses.asdict(spec.data),
+            "data_file": data_file,
+            "metric": dataclasses.asdict(spec.metric),
+            "code": code_hashes(spec),
+            "steps": [(type(s).__name__, dataclasses.asdict(s)) for s in spec.variant(vname).steps],
+            "variant_model": _variant_model(spec, vname, base),
+            "plugins": _plugin_sources(spec.variant(vname).steps),
+            "baseline_steps": vname == "baseline",
+        }
+    )
 
 
 def _hf_files(folder: str) -> dict:
     """The model folder's config and tokenizer files (a causal LM's artifact ships its tokenizer)."""
-    names = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-             "vocab.json", "merges.txt", "tokenizer.model")
+    names = (
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.txt",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer.model",
+    )
     return {n: file_sha(os.path.join(folder, n)) for n in names if os.path.isfile(os.path.join(folder, n))}
 
 
 def _plugin_sources(steps) -> dict:
     """Recipe plug-ins live in installed packages, outside the python_path: hash their module files."""
     import inspect
+
     out = {}
     for s in steps:
         cls = type(s)
@@ -170,12 +190,22 @@ def artifact_key(built_key: str, fspec) -> str:
 def result_key(request: dict, inputs_sha: str | None) -> str:
     def art(t):
         return None if not t else {"sha": t["manifest"]["sha256"], "format": t["format"], "options": t["options"]}
+
     lat = dict(request.get("latency") or {})
     base = lat.pop("baseline", None)
     lat.pop("example", None)
-    return _h({"target": art(request["target"]), "baseline": art(base), "latency": lat, "inputs": inputs_sha,
-               "threads": request.get("threads"), "memory_mb": request.get("memory_mb"), "env": environment(),
-               "machine": machine()})
+    return _h(
+        {
+            "target": art(request["target"]),
+            "baseline": art(base),
+            "latency": lat,
+            "inputs": inputs_sha,
+            "threads": request.get("threads"),
+            "memory_mb": request.get("memory_mb"),
+            "env": environment(),
+            "machine": machine(),
+        }
+    )
 
 
 class CacheWarning(UserWarning):
@@ -203,14 +233,20 @@ def allowed_global(name: str, trusted_modules: Iterable[str] = ()) -> Any:
     import importlib
 
     import torch
+
     mod_name, _, qual = name.rpartition(".")
     trusted = set(trusted_modules)
     top = mod_name.split(".")[0]
     if not mod_name or not (top in TRUSTED_PACKAGES or mod_name in trusted or mod_name in sys.modules):
         return None
     # else a module the spec's code imported (a helper module of its factory's): already in this process
-    if top not in TRUSTED_PACKAGES and mod_name not in trusted and not any(
-            (getattr(sys.modules[mod_name], "__file__", None) or "").startswith(d) for d in _trusted_dirs(trusted)):
+    if (
+        top not in TRUSTED_PACKAGES
+        and mod_name not in trusted
+        and not any(
+            (getattr(sys.modules[mod_name], "__file__", None) or "").startswith(d) for d in _trusted_dirs(trusted)
+        )
+    ):
         return None
     try:
         obj: Any = importlib.import_module(mod_name)
@@ -237,6 +273,7 @@ def load_model(path: str, *, trusted_modules: Iterable[str] = ()) -> Any:
     file asks for that is not an allowed class (see :func:`allowed_global`)."""
     import torch
     from torch.serialization import get_unsafe_globals_in_checkpoint, safe_globals
+
     names = get_unsafe_globals_in_checkpoint(path)
     allowed: list[Any] = []
     for name in names:
@@ -256,7 +293,7 @@ class Cache:
         self.root = root
         self.level = level
         self.hits: dict[str, int] = {"built": 0, "artifact": 0, "result": 0}
-        self.rebuilt: list[str] = []   # entries found damaged and removed this session
+        self.rebuilt: list[str] = []  # entries found damaged and removed this session
         self._warn = warn or (lambda msg: warnings.warn(msg, CacheWarning, stacklevel=3))
         if root:
             try:
@@ -273,8 +310,10 @@ class Cache:
     def _off(self, e: BaseException) -> None:
         """The cache cannot be written: say so once, and go on without it."""
         why = "no space left on device" if _no_space(e) else (getattr(e, "strerror", None) or str(e))
-        self._warn(f"deploycheck cache: {why} in {self.root}; caching is off for the rest of this session "
-                   "(free space, or pass --deploycheck-cache-dir / --deploycheck-cache off)")
+        self._warn(
+            f"deploycheck cache: {why} in {self.root}; caching is off for the rest of this session "
+            "(free space, or pass --deploycheck-cache-dir / --deploycheck-cache off)"
+        )
         self.root = None
 
     def _dir(self, kind: str, key: str) -> str:
@@ -290,6 +329,7 @@ class Cache:
 
     def _staging(self, kind: str) -> str:
         import tempfile
+
         assert self.root is not None
         d = os.path.join(self.root, "tmp")
         os.makedirs(d, exist_ok=True)
@@ -360,6 +400,7 @@ class Cache:
         if d is None:
             return None
         import torch
+
         try:
             with open(os.path.join(d, "meta.json")) as fh:
                 meta = json.load(fh)
@@ -384,23 +425,25 @@ class Cache:
     def put_built(self, key: str, meta: dict, model, outputs, *, trusted_modules: Iterable[str] = ()) -> None:
         """The build's facts and outputs, and its model when the next session may load it: one made
         only of allowed classes (see :func:`allowed_global`); otherwise the model is rebuilt when needed."""
+
         def write(tmp: str) -> None:
             import torch
             from torch.serialization import get_unsafe_globals_in_checkpoint
+
             torch.save(outputs, os.path.join(tmp, "outputs.pt"))
             with open(os.path.join(tmp, "meta.json"), "w") as fh:
                 json.dump(meta, fh, default=str)
             path = os.path.join(tmp, "model.pt")
             try:
                 torch.save(model, path)
-                ok = all(allowed_global(n, trusted_modules) is not None
-                         for n in get_unsafe_globals_in_checkpoint(path))
+                ok = all(allowed_global(n, trusted_modules) is not None for n in get_unsafe_globals_in_checkpoint(path))
             except Exception as e:  # noqa: BLE001 - not picklable (some exported graphs): not stored
                 if _no_space(e):
                     raise
                 ok = False
             if not ok and os.path.exists(path):
                 os.unlink(path)
+
         self._put("built", key, write)
 
     # artifacts
@@ -431,6 +474,7 @@ class Cache:
             shutil.copyfile(path, os.path.join(tmp, "artifact"))
             with open(os.path.join(tmp, "manifest.json"), "w") as fh:
                 json.dump(manifest, fh, sort_keys=True)
+
         self._put("artifact", key, write)
 
     # fresh-process results
@@ -464,6 +508,7 @@ class Cache:
                     shutil.copyfile(outputs_path + f".{side}.pt", os.path.join(tmp, f"{side}.pt"))
             with open(os.path.join(tmp, "result.json"), "w") as fh:
                 json.dump(result, fh)
+
         self._put("result", key, write)
 
     def drop_result(self, key: str) -> bool:
@@ -480,16 +525,26 @@ class Cache:
 
 # --- location, size and eviction ---------------------------------------------------------------
 
-DEFAULT_MAX_BYTES = 2 * 1000**3   # 2 GB
+DEFAULT_MAX_BYTES = 2 * 1000**3  # 2 GB
 KINDS = ("built", "artifact", "result")
-_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-          "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
 
 
 def default_root() -> str:
     """The user's cache folder, shared by every checkout (keys are content hashes):
     $DEPLOYCHECK_CACHE_DIR, else $XDG_CACHE_HOME/deploycheck, else the platform's cache folder."""
     import sys
+
     if os.environ.get("DEPLOYCHECK_CACHE_DIR"):
         return os.path.abspath(os.environ["DEPLOYCHECK_CACHE_DIR"])
     if os.environ.get("XDG_CACHE_HOME"):
@@ -504,6 +559,7 @@ def default_root() -> str:
 def parse_size(text: str | int) -> int:
     """'2GB', '500MB', '1.5GiB' or a number of bytes -> bytes."""
     import re
+
     if isinstance(text, int):
         return text
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
@@ -554,6 +610,7 @@ def entries(root: str) -> list[dict]:
 def _remove(path: str) -> None:
     """Take an entry out of sight atomically (rename), then delete it: a reader sees all or nothing."""
     import uuid
+
     trash = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(path))), "tmp", f"evicted-{uuid.uuid4().hex}")
     try:
         os.makedirs(os.path.dirname(trash), exist_ok=True)
@@ -567,6 +624,7 @@ def evict(root: str, max_bytes: int) -> list[dict]:
     """Remove least recently used entries until the cache is at most ``max_bytes``; returns them.
     Staging folders older than an hour (an interrupted writer) go too."""
     import time
+
     staging = os.path.join(root, "tmp")
     if os.path.isdir(staging):
         for name in os.listdir(staging):
@@ -591,6 +649,7 @@ def evict(root: str, max_bytes: int) -> list[dict]:
 def clean(root: str, *, older_than_s: float | None = None) -> list[dict]:
     """Remove every entry, or only those unused for longer than ``older_than_s``."""
     import time
+
     now = time.time()
     gone = [e for e in entries(root) if older_than_s is None or now - e["used"] > older_than_s]
     for e in gone:

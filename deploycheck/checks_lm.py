@@ -25,11 +25,16 @@ def is_causal_lm(t: Target) -> bool:
 
 def _ids_mask(runner, spec):
     import torch
+
     x = torch.cat(runner.batches(spec))
     if x.ndim != 3 or x.shape[1] != 2:
-        raise StageError("check", f"a causal LM's evaluation inputs are (N, 2, seq_len) token ids and attention mask "
-                                  f"(the tokenize step); got shape {tuple(x.shape)}", spec=spec.name,
-                         where=spec.where("data"))
+        raise StageError(
+            "check",
+            f"a causal LM's evaluation inputs are (N, 2, seq_len) token ids and attention mask "
+            f"(the tokenize step); got shape {tuple(x.shape)}",
+            spec=spec.name,
+            where=spec.where("data"),
+        )
     return x[:, 0], x[:, 1]
 
 
@@ -40,8 +45,12 @@ def _logits(runner, t: Target):
     name = t.spec.metric.output  # the logits: the output the metric reads (the first by default)
     out, base = pick(r.outputs, name), pick(runner.built(t.baseline()).outputs, name)
     if out.ndim != 3:
-        raise StageError("check", f"a causal LM returns (batch, seq_len, vocab) logits; the reloaded {t.fmt} artifact "
-                                  f"returned shape {tuple(out.shape)}", **t.ident())
+        raise StageError(
+            "check",
+            f"a causal LM returns (batch, seq_len, vocab) logits; the reloaded {t.fmt} artifact "
+            f"returned shape {tuple(out.shape)}",
+            **t.ident(),
+        )
     return out, base
 
 
@@ -51,13 +60,21 @@ def perplexity_check(runner, t: Target) -> Verdict:
     ids, mask = _ids_mask(runner, t.spec)
     value, ref = lm.perplexity(out, ids, mask), lm.perplexity(base, ids, mask)
     th = t.variant.thresholds.perplexity
-    ok, formula = lm.perplexity_verdict(value, ref, max_relative_increase=th.max_relative_increase,
-                                        max_increase=th.max_increase)
+    ok, formula = lm.perplexity_verdict(
+        value, ref, max_relative_increase=th.max_relative_increase, max_increase=th.max_increase
+    )
     _, n = lm.token_nll(out, ids, mask)
     formula += f" ({n} tokens of {len(ids)} held-out texts, reloaded {t.fmt})"
     thr = {k: getattr(th, k) for k in ("max_relative_increase", "max_increase") if getattr(th, k) is not None}
-    return Verdict("perplexity", ok, "" if ok else formula, formula, value, thr,
-                   {"perplexity": value, "baseline": ref, "tokens": n})
+    return Verdict(
+        "perplexity",
+        ok,
+        "" if ok else formula,
+        formula,
+        value,
+        thr,
+        {"perplexity": value, "baseline": ref, "tokens": n},
+    )
 
 
 @check("next_token", applies=is_causal_lm)
@@ -71,23 +88,40 @@ def next_token_check(runner, t: Target) -> Verdict:
     th = t.variant.thresholds.next_token
     ok, formula = lm.agreement_verdict(st, min_top1=th.min_top1, max_mean_kl=th.max_mean_kl)
     thr = {k: getattr(th, k) for k in ("min_top1", "max_mean_kl") if getattr(th, k) is not None}
-    return Verdict("next_token", ok, "" if ok else formula, formula, st["mean_kl"], thr,
-                   {k: st[k] for k in ("top1", "mean_kl", "max_kl", "positions")})
+    return Verdict(
+        "next_token",
+        ok,
+        "" if ok else formula,
+        formula,
+        st["mean_kl"],
+        thr,
+        {k: st[k] for k in ("top1", "mean_kl", "max_kl", "positions")},
+    )
 
 
 @check("generation", applies=lambda t: is_causal_lm(t) and t.spec.generation is not None)
 def generation_check(runner, t: Target) -> Verdict:
     from .hf import decoder
+
     r = runner.reload(t)
     g, th = t.spec.generation, t.variant.thresholds.generation
     texts, _ = runner.prompts(t.spec)
     if r.result.generation_error or r.result.generations is None:
         why = r.result.generation_error or "the worker returned no generations"
-        msg = (f"greedy generation through the reloaded {t.fmt} artifact failed: {why}\n"
-               f"  (the artifact ran the held-out texts, padded to one length, but not a sequence one token longer "
-               f"per step: was the sequence length specialised at export? see formats' dynamic_seq)")
-        return Verdict("generation", False, msg, "generation failed", None, None,
-                       {"error": why, "traceback": r.result.traceback[-1500:]})
+        msg = (
+            f"greedy generation through the reloaded {t.fmt} artifact failed: {why}\n"
+            f"  (the artifact ran the held-out texts, padded to one length, but not a sequence one token longer "
+            f"per step: was the sequence length specialised at export? see formats' dynamic_seq)"
+        )
+        return Verdict(
+            "generation",
+            False,
+            msg,
+            "generation failed",
+            None,
+            None,
+            {"error": why, "traceback": r.result.traceback[-1500:]},
+        )
     gens = [list(x) for x in r.result.generations]
     dec = decoder(runner.tokenizer_dir(t.spec))
     parts: list[str] = []
@@ -101,21 +135,32 @@ def generation_check(runner, t: Target) -> Verdict:
         refs = [("the in-memory baseline", *in_memory)]
     for label, ref_t, need, name in refs:
         ref = runner.generations(ref_t)
-        ok, msg, deps = lm.generation_verdict(gens, ref, min_exact_match=need, against=label, prompts=texts,
-                                              decode=dec, show=g.show, name=name)
+        ok, msg, deps = lm.generation_verdict(
+            gens, ref, min_exact_match=need, against=label, prompts=texts, decode=dec, show=g.show, name=name
+        )
         (parts if ok else failed).append(msg)
-        details[label] = {"exact_match": 1 - len(deps) / len(ref), "departures": [
-            {"prompt": d.prompt, "position": d.position} for d in deps]}
+        details[label] = {
+            "exact_match": 1 - len(deps) / len(ref),
+            "departures": [{"prompt": d.prompt, "position": d.position} for d in deps],
+        }
     n_tok = sum(len(x) for x in gens)
-    tail = (f" ({len(gens)} prompts × up to {g.new_tokens} new tokens, {n_tok} generated through the reloaded "
-            f"{t.fmt} artifact)")
+    tail = (
+        f" ({len(gens)} prompts × up to {g.new_tokens} new tokens, {n_tok} generated through the reloaded "
+        f"{t.fmt} artifact)"
+    )
     shown = failed or parts
     formula = "; ".join(m.splitlines()[0] for m in shown) + tail
     message = "\n".join([formula] + [ln for m in failed for ln in m.splitlines()[1:]]) if failed else ""
     value = details.get("the baseline", details.get("the in-memory baseline", {})).get("exact_match")
-    return Verdict("generation", not failed, message, formula, value,
-                   {"min_exact_match": th.min_exact_match, "min_exact_match_in_memory": th.min_exact_match_in_memory},
-                   details)
+    return Verdict(
+        "generation",
+        not failed,
+        message,
+        formula,
+        value,
+        {"min_exact_match": th.min_exact_match, "min_exact_match_in_memory": th.min_exact_match_in_memory},
+        details,
+    )
 
 
 @check("tokenizer", applies=lambda t: is_causal_lm(t) and not t.made_elsewhere)
@@ -123,6 +168,7 @@ def tokenizer_check(runner, t: Target) -> Verdict:
     """The tokenizer files shipped next to the artifact are the ones hashed into its manifest and
     give the same ids as the spec's tokenizer on every held-out text and prompt."""
     from .hf import token_ids, tokenizer_files
+
     art = runner.artifact(t)
     shipped = os.path.join(os.path.dirname(art.path), "tokenizer")
     want = art.manifest.get("tokenizer") or {}
@@ -134,21 +180,26 @@ def tokenizer_check(runner, t: Target) -> Verdict:
         return Verdict("tokenizer", False, f"no tokenizer shipped next to the artifact: {e}", "no tokenizer")
     changed = sorted(n for n in set(want) | set(have) if want.get(n) != have.get(n))
     if changed:
-        msg = (f"the tokenizer next to the artifact differs from the one hashed into its manifest: "
-               f"{', '.join(changed)}")
+        msg = f"the tokenizer next to the artifact differs from the one hashed into its manifest: {', '.join(changed)}"
         return Verdict("tokenizer", False, msg, msg, len(changed), None, {"changed": changed})
     texts = list(runner.prompts(t.spec)[0]) if t.spec.generation is not None else []
     scheme, _, rest = t.spec.data.source.partition(":")
     if scheme == "text":
         texts += read_lines(os.path.join(os.path.dirname(os.path.abspath(t.spec.path)), rest))
     if not texts:
-        return Verdict("tokenizer", False, "no texts to tokenize: give a text: data source or generation prompts",
-                       "nothing compared")
+        return Verdict(
+            "tokenizer",
+            False,
+            "no texts to tokenize: give a text: data source or generation prompts",
+            "nothing compared",
+        )
     ref = token_ids(texts, path=runner.tokenizer_dir(t.spec))
     got = token_ids(texts, path=shipped)
     bad = [i for i, (a, b) in enumerate(zip(got, ref, strict=True)) if a != b]
-    formula = (f"{len(texts) - len(bad)} of {len(texts)} texts tokenize to the same ids with the tokenizer shipped "
-               f"next to the artifact ({len(have)} files, sha256 as in the manifest)")
+    formula = (
+        f"{len(texts) - len(bad)} of {len(texts)} texts tokenize to the same ids with the tokenizer shipped "
+        f"next to the artifact ({len(have)} files, sha256 as in the manifest)"
+    )
     if bad:
         i = bad[0]
         msg = formula + f"\n  text {i} {texts[i]!r}: shipped {got[i][:20]}, spec's {ref[i][:20]}"

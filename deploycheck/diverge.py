@@ -35,6 +35,7 @@ EXPOSES_LAYERS = ("export", "onnx")
 def _capture(model, probes) -> tuple[dict[str, Any], list[str], Any]:
     """Every module's first output tensor on ``probes``, by name, and the call order."""
     import torch
+
     acts: dict[str, Any] = {}
     order: list[str] = []
     hooks = []
@@ -51,6 +52,7 @@ def _capture(model, probes) -> tuple[dict[str, Any], list[str], Any]:
                     order.append(_name)
                 except Exception:  # noqa: BLE001 - an activation we cannot read is just not compared
                     pass
+
         try:
             hooks.append(mod.register_forward_hook(hook))
         except Exception:  # noqa: BLE001 - scripted or exported modules may refuse hooks
@@ -78,10 +80,11 @@ def _strip(names, other: set[str]) -> dict[str, str]:
 
 def _stats(a, b) -> dict | None:
     import torch
+
     if a.shape != b.shape:
         return None
     a, b = a.double().reshape(len(a), -1), b.double().reshape(len(b), -1)
-    diff = (a - b)
+    diff = a - b
     denom = b.norm().item()
     rel = diff.norm().item() / denom if denom > 0 else float(diff.norm().item() > 0)
     cos = torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-12).mean().item()
@@ -139,8 +142,8 @@ def _capture_onnx(path: str, probes):
     except Exception:  # noqa: BLE001 - outputs without inferred types still run
         pass
     typed = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.output)}
-    last: dict[str, str] = {}   # module -> the output of its last node (its activation)
-    order: list[str] = []       # modules in the order they first run
+    last: dict[str, str] = {}  # module -> the output of its last node (its activation)
+    order: list[str] = []  # modules in the order they first run
     for node in model.graph.node:
         meta = {p.key: p.value for p in node.metadata_props}
         if "pkg.torch.onnx.name_scopes" not in meta or not node.output or not node.output[0]:
@@ -162,8 +165,11 @@ def _capture_onnx(path: str, probes):
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every node's output
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    feed = ({k: v.numpy() for k, v in probes.items()} if isinstance(probes, dict)
-            else {sess.get_inputs()[0].name: probes.numpy()})
+    feed = (
+        {k: v.numpy() for k, v in probes.items()}
+        if isinstance(probes, dict)
+        else {sess.get_inputs()[0].name: probes.numpy()}
+    )
     names = [o.name for o in sess.get_outputs()]
     values = dict(zip(names, sess.run(names, feed), strict=True))
     acts: dict[str, Any] = {}
@@ -204,8 +210,10 @@ def localise(reference, variant, probes, *, captured=None) -> dict:
     first = next((r["module"] for r in rows if r["rel"] > limit), None)
     note = ""
     if not rows:
-        note = ("no module of the variant matches the baseline's by name and shape (an exported graph, a "
-                "student or a restructured model): no layer table")
+        note = (
+            "no module of the variant matches the baseline's by name and shape (an exported graph, a "
+            "student or a restructured model): no layer table"
+        )
     elif skipped:
         note = f"{skipped} modules changed shape and are not compared"
     return {"rows": rows, "first": first, "limit": limit, "final": final, "note": note}
@@ -219,8 +227,10 @@ def render(result: dict, *, probes: int, limit_rows: int = 10) -> str:
     reference = result.get("reference", "the baseline")
     source = result.get("source", "in memory")
     if result.get("first"):
-        lines.append(f"  where: {subject} first departs from {reference} at module {result['first']!r} "
-                     f"(relative error > {result['limit']:.2g}), on {probes} probes, {source}")
+        lines.append(
+            f"  where: {subject} first departs from {reference} at module {result['first']!r} "
+            f"(relative error > {result['limit']:.2g}), on {probes} probes, {source}"
+        )
     elif rows:
         lines.append(f"  where: no module departs beyond {result['limit']:.2g}; the difference appears at the output")
     if result.get("note"):
@@ -229,7 +239,7 @@ def render(result: dict, *, probes: int, limit_rows: int = 10) -> str:
         start = 0
         if result.get("first"):
             start = max(0, next(i for i, r in enumerate(rows) if r["module"] == result["first"]) - 1)
-        shown = rows[start:start + limit_rows]
+        shown = rows[start : start + limit_rows]
         width = max(len("module"), *(len(r["module"]) for r in shown))
         lines.append(f"    {'module':<{width}}  {'max abs diff':>12}  {'cosine':>9}  {'share of final error':>20}")
         for r in shown:

@@ -39,8 +39,17 @@ class StageError(Exception):
     message points at what the user wrote, not at deploycheck's internals.
     """
 
-    def __init__(self, stage: str, message: str, *, spec: str, variant: str | None = None,
-                 fmt: str | None = None, where: str | None = None, detail: str = ""):
+    def __init__(
+        self,
+        stage: str,
+        message: str,
+        *,
+        spec: str,
+        variant: str | None = None,
+        fmt: str | None = None,
+        where: str | None = None,
+        detail: str = "",
+    ):
         self.stage, self.message, self.spec = stage, message, spec
         self.variant, self.fmt, self.where, self.detail = variant, fmt, where, detail
         super().__init__(self.headline())

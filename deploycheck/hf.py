@@ -22,7 +22,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 def resolve(path: str, base: str) -> str:
     """``package:NAME[/sub/dir]`` (a folder inside an installed package) or a folder relative to ``base``."""
     if path.startswith("package:"):
-        name, _, sub = path[len("package:"):].partition("/")
+        name, _, sub = path[len("package:") :].partition("/")
         spec = importlib.util.find_spec(name)
         if spec is None or not spec.submodule_search_locations:
             raise ModuleNotFoundError(f"package {name!r} is not installed (it should carry the model files)")
@@ -40,6 +40,7 @@ class TextEncoder(torch.nn.Module):
     def __init__(self, path: str, pooling: str = "mean", normalize: bool = False):
         super().__init__()
         from transformers import AutoModel
+
         self.encoder = AutoModel.from_pretrained(path, local_files_only=True, attn_implementation="eager")
         self.pooling, self.normalize = pooling, normalize
 
@@ -74,8 +75,10 @@ class CausalLM(torch.nn.Module):
     def __init__(self, path: str):
         super().__init__()
         from transformers import AutoModelForCausalLM
-        self.lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, attn_implementation="eager",
-                                                       dtype=torch.float32)
+
+        self.lm = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, attn_implementation="eager", dtype=torch.float32
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ids, mask = x[:, 0], x[:, 1]
@@ -88,13 +91,22 @@ def causal_lm(path: str) -> CausalLM:
 
 
 #: tokenizer files a folder may hold; the ones present are hashed into the manifest and shipped
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-                   "merges.txt", "tokenizer.model", "added_tokens.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+)
 
 
 def tokenizer_files(path: str) -> dict[str, str]:
     """name -> sha256 of the tokenizer files in a model folder (none: an error, the LM needs one)."""
     import hashlib
+
     out = {}
     for name in TOKENIZER_FILES:
         f = os.path.join(path, name)
@@ -109,6 +121,7 @@ def tokenizer_files(path: str) -> dict[str, str]:
 def token_ids(texts, *, path: str) -> list[list[int]]:
     """Each text's token ids (special tokens such as BOS included, no padding), with the tokenizer in ``path``."""
     from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return [list(map(int, tok(str(t))["input_ids"])) for t in texts]
 
@@ -116,6 +129,7 @@ def token_ids(texts, *, path: str) -> list[list[int]]:
 def decoder(path: str):
     """ids -> text with the tokenizer in ``path`` (special tokens kept, so nothing is hidden)."""
     from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return lambda ids: tok.decode(list(ids), skip_special_tokens=False)
 
@@ -123,6 +137,9 @@ def decoder(path: str):
 def tokenize(texts, *, path: str, max_length: int):
     import numpy as np
     from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    enc = tok([str(t) for t in texts], padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
+    enc = tok(
+        [str(t) for t in texts], padding="max_length", truncation=True, max_length=max_length, return_tensors="np"
+    )
     return np.stack([enc["input_ids"], enc["attention_mask"]], axis=1).astype(np.int64)

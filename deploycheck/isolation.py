@@ -65,7 +65,7 @@ class OutputTail:
     def text(self, n: int = TAIL, wait_s: float = 2.0) -> str:
         """The last ``n`` characters, after a line saying how much came before them."""
         self._thread.join(wait_s)
-        data = b"".join(list(self._chunks))[-self.keep:]
+        data = b"".join(list(self._chunks))[-self.keep :]
         shown = data[-n:].decode("utf-8", "replace")
         lost = self.total - len(data)
         cut = len(data) - min(n, len(data))
@@ -75,6 +75,7 @@ class OutputTail:
         if cut > 0:
             notes.append(f"{cut} earlier bytes of output cut")
         return (f"[{'; '.join(notes)}]\n" if notes else "") + shown
+
 
 #: the pid of the process that started a worker (see :func:`die_with_parent`)
 PARENT_ENV = "DEPLOYCHECK_PARENT_PID"
@@ -87,6 +88,7 @@ def die_with_parent(parent: int) -> None:
         return
     try:
         import ctypes
+
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
@@ -114,8 +116,12 @@ class Outcome:
                 name = signal.Signals(-rc).name
             except ValueError:
                 name = f"signal {-rc}"
-            why = {"SIGSEGV": "segmentation fault", "SIGABRT": "aborted", "SIGKILL": "killed (out of memory?)",
-                   "SIGBUS": "bus error"}.get(name, name)
+            why = {
+                "SIGSEGV": "segmentation fault",
+                "SIGABRT": "aborted",
+                "SIGKILL": "killed (out of memory?)",
+                "SIGBUS": "bus error",
+            }.get(name, name)
             return f"the process died with {name} ({why})"
         return f"the process exited with code {rc} without an answer"
 
@@ -126,9 +132,15 @@ class _Proc:
         env.setdefault("OMP_NUM_THREADS", "1")
         env[PARENT_ENV] = str(os.getpid())
         # -I: no PYTHONPATH, no user site, no script directory: only installed packages are importable.
-        self.popen = subprocess.Popen([sys.executable, "-I", "-m", "deploycheck.worker", "--serve"],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      cwd=workdir, env=env, start_new_session=True)
+        self.popen = subprocess.Popen(
+            [sys.executable, "-I", "-m", "deploycheck.worker", "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env=env,
+            start_new_session=True,
+        )
         self.output = OutputTail(self.popen.stdout)
 
     def tail(self) -> str:
@@ -208,6 +220,7 @@ class WorkerPool:
 
 
 # --- the spec's own code (factories, data callables, recipes) in a forked child -----------------
+
 
 class ChildGone(Exception):
     """The forked child gave no answer: it ran past its timeout or ended without one.
@@ -307,8 +320,9 @@ def call_forked(fn: Callable[[], Any], *, timeout_s: float, workdir: str) -> Any
         if timed_out:
             raise ChildGone(f"did not finish within {timeout_s:g} s and was killed", timed_out=True, stacks=stacks)
         if data is None:
-            raise ChildGone(status_words(status).replace("the process", "the build process", 1), timed_out=False,
-                            stacks=stacks)
+            raise ChildGone(
+                status_words(status).replace("the process", "the build process", 1), timed_out=False, stacks=stacks
+            )
     finally:
         if not reaped:  # Ctrl-C or an error while waiting: the child and its children go too
             _kill_group(pid)
@@ -322,6 +336,7 @@ def call_forked(fn: Callable[[], Any], *, timeout_s: float, workdir: str) -> Any
         except OSError:
             pass
     import torch
+
     try:
         kind, *rest = torch.load(io.BytesIO(data), weights_only=False)  # this process's own child wrote it
     except Exception as e:  # noqa: BLE001 - pickled, but cannot be rebuilt here
@@ -337,6 +352,7 @@ def call_forked(fn: Callable[[], Any], *, timeout_s: float, workdir: str) -> Any
 
 def _child_setup(fd: int) -> None:
     import faulthandler
+
     torch = sys.modules.get("torch")
     if torch is not None:
         # GNU OpenMP cannot start a thread team in a process forked after its parent ran one: a
@@ -352,14 +368,18 @@ def _child_run(fn: Callable[[], Any], w: int, io: Any) -> None:
     import traceback
 
     import torch
+
     try:
         payload: tuple = ("ok", fn())
     except StageError as e:  # pickles by value (see StageError.__reduce__)
         payload = ("raised", e)
     except BaseException as e:  # noqa: BLE001 - any other exception comes back as its text and traceback
         text = str(e).strip()
-        payload = ("remote", f"{type(e).__name__}: {text}" if text else type(e).__name__,
-                   "".join(traceback.format_exception(e))[-3000:])
+        payload = (
+            "remote",
+            f"{type(e).__name__}: {text}" if text else type(e).__name__,
+            "".join(traceback.format_exception(e))[-3000:],
+        )
     buf = io.BytesIO()
     try:
         torch.save(payload, buf)
@@ -379,6 +399,7 @@ def _read_answer(r: int, pid: int, timeout_s: float) -> tuple[bytes | None, bool
     The answer is length-prefixed and the child's exit is watched, so a grandchild that kept the
     pipe open cannot hold us up."""
     import select
+
     deadline = time.monotonic() + timeout_s
     buf = bytearray()
     need: int | None = None
@@ -397,7 +418,7 @@ def _read_answer(r: int, pid: int, timeout_s: float) -> tuple[bytes | None, bool
         buf += chunk
         if need is None and len(buf) >= 8:
             need = int.from_bytes(buf[:8], "little")
-    return bytes(buf[8:8 + need]), False
+    return bytes(buf[8 : 8 + need]), False
 
 
 def _exited(pid: int) -> bool:
@@ -458,6 +479,7 @@ def call_in_thread(fn: Callable[[], Any], *, timeout_s: float) -> Any:
     until the session ends. Raises :class:`ChildGone` with the thread's stack on a timeout."""
     import threading
     import traceback
+
     box: dict[str, Any] = {}
 
     def target():
@@ -472,9 +494,12 @@ def call_in_thread(fn: Callable[[], Any], *, timeout_s: float) -> Any:
     if th.is_alive():
         frame = sys._current_frames().get(th.ident or -1)
         stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
-        raise ChildGone(f"did not finish within {timeout_s:g} s (it still runs in the background: a build in "
-                        f"this process cannot be killed)", timed_out=True,
-                        stacks=f"Thread {th.name} (most recent call last):\n{stack}")
+        raise ChildGone(
+            f"did not finish within {timeout_s:g} s (it still runs in the background: a build in "
+            f"this process cannot be killed)",
+            timed_out=True,
+            stacks=f"Thread {th.name} (most recent call last):\n{stack}",
+        )
     if "err" in box:
         raise box["err"]
     return box["ok"]

@@ -29,6 +29,7 @@ def _scored(mask):
 def token_nll(logits, ids, mask) -> tuple[float, int]:
     """Summed negative log-likelihood (nats, float64) of each real next token, and their count."""
     import torch
+
     logp = torch.log_softmax(logits[:, :-1].double(), dim=-1)
     nll = -logp.gather(-1, ids[:, 1:].long().unsqueeze(-1)).squeeze(-1)
     keep = _scored(mask)
@@ -38,6 +39,7 @@ def token_nll(logits, ids, mask) -> tuple[float, int]:
 def perplexity(logits, ids, mask) -> float:
     """exp(mean NLL per predicted token); ``inf`` when the logits are not finite."""
     import math
+
     total, n = token_nll(logits, ids, mask)
     if n == 0:
         raise ValueError("no position to score: every text is a single token (or fully masked)")
@@ -50,9 +52,11 @@ def next_token_stats(logits, base_logits, mask) -> dict[str, Any]:
     scored positions: ``{"top1": fraction, "mean_kl": nats, "max_kl": nats, "positions": n,
     "worst": (sample, position)}``."""
     import torch
+
     if tuple(logits.shape) != tuple(base_logits.shape):
-        raise ValueError(f"logits of shape {tuple(logits.shape)} cannot be compared with the baseline's "
-                         f"{tuple(base_logits.shape)}")
+        raise ValueError(
+            f"logits of shape {tuple(logits.shape)} cannot be compared with the baseline's {tuple(base_logits.shape)}"
+        )
     keep = _scored(mask)
     a = torch.log_softmax(logits[:, :-1].double(), dim=-1)[keep]
     b = torch.log_softmax(base_logits[:, :-1].double(), dim=-1)[keep]
@@ -65,12 +69,23 @@ def next_token_stats(logits, base_logits, mask) -> dict[str, Any]:
     kl = torch.where(pb > 0, pb * (b - a), torch.zeros_like(pb)).sum(-1).clamp_min(0)
     worst_flat = int(kl.argmax()) if n else 0
     where = keep.nonzero()[worst_flat].tolist() if n else [0, 0]
-    return {"top1": top1, "mean_kl": float(kl.mean()), "max_kl": float(kl.max()), "positions": n,
-            "worst": (int(where[0]), int(where[1]))}
+    return {
+        "top1": top1,
+        "mean_kl": float(kl.mean()),
+        "max_kl": float(kl.max()),
+        "positions": n,
+        "worst": (int(where[0]), int(where[1])),
+    }
 
 
-def greedy(prefill: Callable[[Sequence[int]], tuple[Any, Any]], decode: Callable[[int, Any], tuple[Any, Any]],
-           prompt: Sequence[int], *, new_tokens: int, eos_id: int | None = None) -> list[int]:
+def greedy(
+    prefill: Callable[[Sequence[int]], tuple[Any, Any]],
+    decode: Callable[[int, Any], tuple[Any, Any]],
+    prompt: Sequence[int],
+    *,
+    new_tokens: int,
+    eos_id: int | None = None,
+) -> list[int]:
     """Greedy decoding through a KV cache: ``prefill(prompt_ids) -> (last logits, state)`` once,
     then ``decode(token, state) -> (logits, state)`` per new token. Stops early on ``eos_id``.
     Ties break to the lowest id (argmax), the same on every backend."""
@@ -95,11 +110,11 @@ def first_departure(gen: Sequence[int], ref: Sequence[int]) -> int | None:
 
 @dataclass(frozen=True)
 class Departure:
-    prompt: int               # index of the prompt
-    position: int             # first differing new token (0 = the first generated token)
-    common: list[int]         # the tokens both produced before it
-    got: list[int]            # the rest of the generation from there
-    want: list[int]           # the reference's rest from there
+    prompt: int  # index of the prompt
+    position: int  # first differing new token (0 = the first generated token)
+    common: list[int]  # the tokens both produced before it
+    got: list[int]  # the rest of the generation from there
+    want: list[int]  # the reference's rest from there
 
 
 def departures(gens: Sequence[Sequence[int]], refs: Sequence[Sequence[int]]) -> list[Departure]:
@@ -122,15 +137,18 @@ def exact_match_rate(gens: Sequence[Sequence[int]], refs: Sequence[Sequence[int]
 
 # --- verdicts: (ok, formula) ---------------------------------------------------------------------
 
+
 def _cmp(ok: bool, low_is_good: bool) -> str:
     return ("<=" if ok else ">") if low_is_good else (">=" if ok else "<")
 
 
-def perplexity_verdict(value: float, baseline: float, *, max_relative_increase: float | None = None,
-                       max_increase: float | None = None) -> tuple[bool, str]:
+def perplexity_verdict(
+    value: float, baseline: float, *, max_relative_increase: float | None = None, max_increase: float | None = None
+) -> tuple[bool, str]:
     """``perplexity V <= baseline B × (1 + max_relative_increase r) = L``; with ``max_increase`` an
     absolute bound ``baseline B + max_increase d = L`` too. Every bound set must hold."""
     import math
+
     parts: list[str] = []
     failed: list[str] = []
     if not math.isfinite(value):
@@ -140,51 +158,70 @@ def perplexity_verdict(value: float, baseline: float, *, max_relative_increase: 
         ok = value <= bound * (1 + 1e-12)
         (parts if ok else failed).append(
             f"perplexity {fmt_num(value)} {_cmp(ok, True)} baseline {fmt_num(baseline)} × (1 + max_relative_increase "
-            f"{fmt_num(max_relative_increase)}) = {fmt_num(bound)}")
+            f"{fmt_num(max_relative_increase)}) = {fmt_num(bound)}"
+        )
     if max_increase is not None:
         bound = baseline + max_increase
         ok = value <= bound + 1e-12
         (parts if ok else failed).append(
             f"perplexity {fmt_num(value)} {_cmp(ok, True)} baseline {fmt_num(baseline)} + max_increase "
-            f"{fmt_num(max_increase)} = {fmt_num(bound)}")
+            f"{fmt_num(max_increase)} = {fmt_num(bound)}"
+        )
     if not parts and not failed:
         parts.append(f"perplexity {fmt_num(value)} (baseline {fmt_num(baseline)}; no threshold set)")
     return not failed, "; ".join(failed or parts)
 
 
-def agreement_verdict(stats: dict[str, Any], *, min_top1: float | None = None,
-                      max_mean_kl: float | None = None) -> tuple[bool, str]:
+def agreement_verdict(
+    stats: dict[str, Any], *, min_top1: float | None = None, max_mean_kl: float | None = None
+) -> tuple[bool, str]:
     """``top-1 agreement A >= min_top1 m`` and ``mean KL K nats <= max_mean_kl k`` over n positions."""
     n = stats["positions"]
     parts: list[str] = []
     failed: list[str] = []
     if min_top1 is not None:
         ok = stats["top1"] >= min_top1 - 1e-12
-        (parts if ok else failed).append(f"next-token top-1 agreement {stats['top1']:.4f} {_cmp(ok, False)} "
-                                         f"min_top1 {fmt_num(min_top1)} ({n} positions)")
+        (parts if ok else failed).append(
+            f"next-token top-1 agreement {stats['top1']:.4f} {_cmp(ok, False)} "
+            f"min_top1 {fmt_num(min_top1)} ({n} positions)"
+        )
     if max_mean_kl is not None:
         ok = stats["mean_kl"] <= max_mean_kl + 1e-15
         s, p = stats["worst"]
-        (parts if ok else failed).append(f"mean KL(baseline || variant) {fmt_num(stats['mean_kl'])} nats "
-                                         f"{_cmp(ok, True)} max_mean_kl {fmt_num(max_mean_kl)} ({n} positions; "
-                                         f"worst {fmt_num(stats['max_kl'])} at text {s} position {p})")
+        (parts if ok else failed).append(
+            f"mean KL(baseline || variant) {fmt_num(stats['mean_kl'])} nats "
+            f"{_cmp(ok, True)} max_mean_kl {fmt_num(max_mean_kl)} ({n} positions; "
+            f"worst {fmt_num(stats['max_kl'])} at text {s} position {p})"
+        )
     if not parts and not failed:
-        parts.append(f"next-token top-1 agreement {stats['top1']:.4f}, mean KL {fmt_num(stats['mean_kl'])} nats "
-                     f"({n} positions; no threshold set)")
+        parts.append(
+            f"next-token top-1 agreement {stats['top1']:.4f}, mean KL {fmt_num(stats['mean_kl'])} nats "
+            f"({n} positions; no threshold set)"
+        )
     return not failed, "; ".join(failed or parts)
 
 
-def generation_verdict(gens: Sequence[Sequence[int]], refs: Sequence[Sequence[int]], *, min_exact_match: float,
-                       against: str, prompts: Sequence[str] = (), decode: Callable[[list[int]], str] | None = None,
-                       show: int = 3, name: str = "min_exact_match") -> tuple[bool, str, list[Departure]]:
+def generation_verdict(
+    gens: Sequence[Sequence[int]],
+    refs: Sequence[Sequence[int]],
+    *,
+    min_exact_match: float,
+    against: str,
+    prompts: Sequence[str] = (),
+    decode: Callable[[list[int]], str] | None = None,
+    show: int = 3,
+    name: str = "min_exact_match",
+) -> tuple[bool, str, list[Departure]]:
     """``exact match 14/16 = 0.875 >= min_exact_match 0.8 vs the baseline``; on failure (and on
     success with departures) each departing prompt's first differing position with decoded text."""
     deps = departures(gens, refs)
     n = len(refs)
     rate = 1 - len(deps) / n if n else 1.0
     ok = rate >= min_exact_match - 1e-12
-    formula = (f"greedy exact match {n - len(deps)}/{n} = {rate:.3f} {_cmp(ok, False)} {name} "
-               f"{fmt_num(min_exact_match)} vs {against}")
+    formula = (
+        f"greedy exact match {n - len(deps)}/{n} = {rate:.3f} {_cmp(ok, False)} {name} "
+        f"{fmt_num(min_exact_match)} vs {against}"
+    )
     if deps:
         d = deps[0]
         formula += f"; first departure: prompt {d.prompt} at new token {d.position}"
@@ -192,8 +229,10 @@ def generation_verdict(gens: Sequence[Sequence[int]], refs: Sequence[Sequence[in
     dec = decode or (lambda ids: " ".join(map(str, ids)))
     for d in deps[:show]:
         head = repr(prompts[d.prompt]) if d.prompt < len(prompts) else f"prompt {d.prompt}"
-        lines.append(f"  prompt {d.prompt} {head}: departs at new token {d.position} after {dec(d.common)!r}: "
-                     f"got {dec(d.got)!r}, {against} {dec(d.want)!r}")
+        lines.append(
+            f"  prompt {d.prompt} {head}: departs at new token {d.position} after {dec(d.common)!r}: "
+            f"got {dec(d.got)!r}, {against} {dec(d.want)!r}"
+        )
     if len(deps) > show:
         lines.append(f"  … and {len(deps) - show} more departing prompts")
     return ok, "\n".join(lines), deps

@@ -31,12 +31,30 @@ _LEVELS = (
 #: ISA levels whose int8 dot products accumulate in 32 bits (no 16-bit saturation)
 VNNI_LEVELS = ("amx", "avx512_vnni", "avx_vnni")
 #: the environment variables that change which kernels run (recorded, and part of the cache keys)
-KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-              "MKL_ENABLE_INSTRUCTIONS", "KMP_AFFINITY")
+KERNEL_ENV = (
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "KMP_AFFINITY",
+)
 # ONEDNN_MAX_CPU_ISA values (lowercased) that still allow VNNI int8 kernels
-_ONEDNN_VNNI = ("avx2_vnni", "avx2_vnni_2", "avx512_core_vnni", "avx512_core_bf16", "avx512_core_fp16",
-                "avx512_core_amx", "avx512_core_amx_fp16", "avx10_1_512", "avx10_1_512_amx", "avx10_1_512_amx_fp16",
-                "all", "default")
+_ONEDNN_VNNI = (
+    "avx2_vnni",
+    "avx2_vnni_2",
+    "avx512_core_vnni",
+    "avx512_core_bf16",
+    "avx512_core_fp16",
+    "avx512_core_amx",
+    "avx512_core_amx_fp16",
+    "avx10_1_512",
+    "avx10_1_512_amx",
+    "avx10_1_512_amx_fp16",
+    "all",
+    "default",
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -67,12 +85,14 @@ def hardware_level(flags) -> str:
 
 def _onednn_version() -> str | None:
     import torch
+
     m = re.search(r"(?:MKL-DNN|oneDNN)\s+v?([\d.]+)", torch.__config__.show())
     return m.group(1) if m else None
 
 
 def _dist_version(name: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version(name)
     except PackageNotFoundError:
@@ -101,24 +121,50 @@ def effective_level(hw: str, capability: str, onednn_cap: str | None) -> str:
 def fingerprint() -> dict:
     """The machine as far as kernel results are concerned (imports torch: call at run time)."""
     import torch
+
     cpu = _cpuinfo()
     hw = hardware_level(cpu["flags"])
     capability = torch.backends.cpu.get_cpu_capability()
     onednn_cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
     level = effective_level(hw, capability, onednn_cap)
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
-                       "amx_int8") if f in cpu["flags"]]
+    isa = [
+        f
+        for f in (
+            "avx2",
+            "fma",
+            "avx512f",
+            "avx512bw",
+            "avx512_vnni",
+            "avx_vnni",
+            "avx512_bf16",
+            "amx_tile",
+            "amx_int8",
+        )
+        if f in cpu["flags"]
+    ]
     env = {k: os.environ[k] for k in KERNEL_ENV if k in os.environ}
     return {
         "arch": platform.machine(),
-        "cpu_vendor": cpu["vendor"], "cpu_model": cpu["model"], "cpu_count": os.cpu_count(),
-        "isa": isa, "isa_level": hw, "effective_isa": level, "vnni": level in VNNI_LEVELS,
-        "torch_cpu_capability": capability, "onednn_max_cpu_isa": onednn_cap,
+        "cpu_vendor": cpu["vendor"],
+        "cpu_model": cpu["model"],
+        "cpu_count": os.cpu_count(),
+        "isa": isa,
+        "isa_level": hw,
+        "effective_isa": level,
+        "vnni": level in VNNI_LEVELS,
+        "torch_cpu_capability": capability,
+        "onednn_max_cpu_isa": onednn_cap,
         "quantized_engine": torch.backends.quantized.engine,
-        "torch": torch.__version__, "onednn": _onednn_version(), "onnxruntime": _dist_version("onnxruntime"),
-        "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+        "torch": torch.__version__,
+        "onednn": _onednn_version(),
+        "onnxruntime": _dist_version("onnxruntime"),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
         "emulated": bool(level != hw or "ATEN_CPU_CAPABILITY" in env or onednn_cap),
-        "env": env, "platform": platform.platform(), "python": platform.python_version(), "node": platform.node(),
+        "env": env,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "node": platform.node(),
     }
 
 
@@ -138,27 +184,60 @@ def isa_class(fp: dict | None = None) -> str:
 def kernel_key(fp: dict | None = None) -> dict:
     """The part of the fingerprint that can change a number: for cache keys."""
     fp = fp or fingerprint()
-    return {k: fp.get(k) for k in ("arch", "cpu_vendor", "cpu_model", "isa_level", "effective_isa",
-                                   "torch_cpu_capability", "onednn_max_cpu_isa", "quantized_engine", "torch",
-                                   "onednn", "onnxruntime", "env")}
+    return {
+        k: fp.get(k)
+        for k in (
+            "arch",
+            "cpu_vendor",
+            "cpu_model",
+            "isa_level",
+            "effective_isa",
+            "torch_cpu_capability",
+            "onednn_max_cpu_isa",
+            "quantized_engine",
+            "torch",
+            "onednn",
+            "onnxruntime",
+            "env",
+        )
+    }
 
 
 def snapshot_machine(fp: dict | None = None) -> dict:
     """The fingerprint as stored in a snapshot entry: what made the numbers, nothing host-specific."""
     fp = fp or fingerprint()
-    return {k: fp.get(k) for k in ("cpu_vendor", "cpu_model", "isa_level", "effective_isa", "torch_cpu_capability",
-                                   "onednn_max_cpu_isa", "quantized_engine", "torch", "onednn", "onnxruntime", "env")
-            if fp.get(k) not in (None, {}, "")}
+    return {
+        k: fp.get(k)
+        for k in (
+            "cpu_vendor",
+            "cpu_model",
+            "isa_level",
+            "effective_isa",
+            "torch_cpu_capability",
+            "onednn_max_cpu_isa",
+            "quantized_engine",
+            "torch",
+            "onednn",
+            "onnxruntime",
+            "env",
+        )
+        if fp.get(k) not in (None, {}, "")
+    }
 
 
 def summary(fp: dict | None = None) -> str:
     """One line for the terminal summary and report headers."""
     fp = fp or fingerprint()
     cpu = " ".join(x for x in (fp.get("cpu_vendor"), fp.get("cpu_model")) if x) or fp.get("arch") or "unknown CPU"
-    parts = [f"{cpu} ({fp.get('cpu_count')} cpus)", f"class {isa_class(fp)}",
-             f"torch {fp.get('torch')} capability {fp.get('torch_cpu_capability')}",
-             f"quantized engine {fp.get('quantized_engine')}", f"oneDNN {fp.get('onednn') or '?'}",
-             f"onnxruntime {fp.get('onnxruntime') or 'not installed'}", f"{fp.get('threads')} threads"]
+    parts = [
+        f"{cpu} ({fp.get('cpu_count')} cpus)",
+        f"class {isa_class(fp)}",
+        f"torch {fp.get('torch')} capability {fp.get('torch_cpu_capability')}",
+        f"quantized engine {fp.get('quantized_engine')}",
+        f"oneDNN {fp.get('onednn') or '?'}",
+        f"onnxruntime {fp.get('onnxruntime') or 'not installed'}",
+        f"{fp.get('threads')} threads",
+    ]
     if fp.get("env"):
         parts.append(" ".join(f"{k}={v}" for k, v in sorted(fp["env"].items())))
     return "machine: " + "; ".join(parts)

@@ -28,6 +28,7 @@ def _metric(name: str, *, higher: bool, labels: bool):
     def deco(fn):
         METRICS.register(name, Metric(name, fn, higher, labels))
         return fn
+
     return deco
 
 
@@ -47,13 +48,17 @@ def class_labels(outputs, targets, name: str):
     if t.is_floating_point():
         whole = t == t.round()
         if not bool(whole.all()):
-            raise ValueError(f"{name} needs integer class labels, but the targets are not whole numbers "
-                             f"(e.g. {t[~whole][0].item():g}): they look like values to predict; {REGRESSION_HINT}")
+            raise ValueError(
+                f"{name} needs integer class labels, but the targets are not whole numbers "
+                f"(e.g. {t[~whole][0].item():g}): they look like values to predict; {REGRESSION_HINT}"
+            )
     t = t.long()
     if len(t) and (int(t.min()) < 0 or int(t.max()) >= outputs.shape[1]):
-        raise ValueError(f"{name} needs class labels 0..{outputs.shape[1] - 1} (one per output column), but the "
-                         f"targets run from {int(t.min())} to {int(t.max())}: if they are values to predict, "
-                         f"{REGRESSION_HINT}")
+        raise ValueError(
+            f"{name} needs class labels 0..{outputs.shape[1] - 1} (one per output column), but the "
+            f"targets run from {int(t.min())} to {int(t.max())}: if they are values to predict, "
+            f"{REGRESSION_HINT}"
+        )
     return t
 
 
@@ -121,6 +126,7 @@ def r2(outputs, targets):
 @_metric("cosine", higher=True, labels=False)
 def cosine(outputs, targets):
     import torch
+
     o, t = _align(outputs, targets)
     return torch.nn.functional.cosine_similarity(o.reshape(len(o), -1), t.reshape(len(t), -1), dim=1).mean().item()
 

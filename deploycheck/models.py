@@ -41,16 +41,20 @@ def import_callable(path: str, search: Iterable[str] = ()) -> Callable[..., Any]
         missing = e.name or mod_name
         if mod_name != missing and not mod_name.startswith(missing + "."):
             raise  # the module exists but imports something missing: its own error says what
-        raise UnresolvedName(f"cannot import {path!r}: No module named {missing!r}; "
-                             f"{did_you_mean(missing, _modules_near(missing, search))}searched python_path "
-                             f"{', '.join(search) if search else '(none)'}, then sys.path (installed packages)") from None
+        raise UnresolvedName(
+            f"cannot import {path!r}: No module named {missing!r}; "
+            f"{did_you_mean(missing, _modules_near(missing, search))}searched python_path "
+            f"{', '.join(search) if search else '(none)'}, then sys.path (installed packages)"
+        ) from None
     obj: Any = mod
     done = mod_name
     for part in attr.split("."):
         if not hasattr(obj, part):
             names = [n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None))]
-            raise UnresolvedName(f"cannot import {path!r}: {done} ({getattr(obj, '__file__', None) or type(obj).__name__}) "
-                                 f"has no attribute {part!r}; {did_you_mean(part, names)}".rstrip("; ").rstrip())
+            raise UnresolvedName(
+                f"cannot import {path!r}: {done} ({getattr(obj, '__file__', None) or type(obj).__name__}) "
+                f"has no attribute {part!r}; {did_you_mean(part, names)}".rstrip("; ").rstrip()
+            )
         obj = getattr(obj, part)
         done = f"{done}:{part}" if done == mod_name else f"{done}.{part}"
     if not callable(obj):
@@ -85,6 +89,7 @@ def _modules_near(name: str, search: list[str]) -> list[str]:
 
 def call_factory(factory: str, kwargs: dict, search: Iterable[str] = ()) -> Any:
     import torch
+
     fn = import_callable(factory, search)
     model = fn(**kwargs)
     if not isinstance(model, torch.nn.Module):
@@ -102,18 +107,22 @@ def baseline_arch(spec) -> dict:
     m = spec.model
     if m.hf is not None:
         from .hf import resolve
+
         path = resolve(m.hf.path, os.path.dirname(os.path.abspath(spec.path)))
         if m.hf.task == "causal-lm":
             return {"factory": "deploycheck.hf:causal_lm", "kwargs": {"path": path}}
-        return {"factory": "deploycheck.hf:encoder", "kwargs": {"path": path, "pooling": m.hf.pooling,
-                                                                "normalize": m.hf.normalize}}
+        return {
+            "factory": "deploycheck.hf:encoder",
+            "kwargs": {"path": path, "pooling": m.hf.pooling, "normalize": m.hf.normalize},
+        }
     return {"factory": m.factory, "kwargs": dict(m.kwargs)}
 
 
 def build_baseline(spec) -> Any:
     """Instantiate the spec's model with its weights; every failure names the spec line."""
-    return build_model(spec, arch=baseline_arch(spec), weights=spec.model.weights, variant="baseline",
-                       where=spec.where("model"))
+    return build_model(
+        spec, arch=baseline_arch(spec), weights=spec.model.weights, variant="baseline", where=spec.where("model")
+    )
 
 
 def variant_arch(spec, variant) -> dict:
@@ -128,20 +137,31 @@ def variant_arch(spec, variant) -> dict:
 
 def build_variant_model(spec, variant) -> Any:
     """A ``model:`` variant's starting point: its factory, kwargs and weights (a QAT checkpoint, a student)."""
-    return build_model(spec, arch=variant_arch(spec, variant), weights=variant.model.weights, variant=variant.name,
-                       where=spec.at(variant.line))
+    return build_model(
+        spec,
+        arch=variant_arch(spec, variant),
+        weights=variant.model.weights,
+        variant=variant.name,
+        where=spec.at(variant.line),
+    )
 
 
 def build_model(spec, *, arch: dict, weights: str | None, variant: str, where: str) -> Any:
     import torch
+
     m = spec.model
     torch.manual_seed(0)
     try:
         model = call_factory(arch["factory"], arch["kwargs"], search_dirs(spec))
     except Exception as e:
         what = f"Hugging Face model {m.hf.path!r}" if m.hf and variant == "baseline" else f"factory {arch['factory']!r}"
-        raise StageError("build", f"cannot create the model from {what}: {describe_exc(e)}",
-                         spec=spec.name, variant=variant, where=where) from e
+        raise StageError(
+            "build",
+            f"cannot create the model from {what}: {describe_exc(e)}",
+            spec=spec.name,
+            variant=variant,
+            where=where,
+        ) from e
     if weights:
         path = os.path.join(os.path.dirname(os.path.abspath(spec.path)), weights)
         state = _read_weights(spec, path, variant=variant, where=where)
@@ -151,21 +171,29 @@ def build_model(spec, *, arch: dict, weights: str | None, variant: str, where: s
 
 def _read_weights(spec, path: str, *, variant: str, where: str) -> dict:
     import torch
+
     if not os.path.exists(path):
         raise StageError("build", f"weights file not found: {path}", spec=spec.name, variant=variant, where=where)
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
+
             return load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise StageError("build", f"cannot read weights {path}: {describe_exc(e)}", spec=spec.name,
-                         variant=variant, where=where) from e
+        raise StageError(
+            "build", f"cannot read weights {path}: {describe_exc(e)}", spec=spec.name, variant=variant, where=where
+        ) from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise StageError("build", f"weights {path} hold a {type(state).__name__}, not a state dict",
-                         spec=spec.name, variant=variant, where=where)
+        raise StageError(
+            "build",
+            f"weights {path} hold a {type(state).__name__}, not a state dict",
+            spec=spec.name,
+            variant=variant,
+            where=where,
+        )
     return state
 
 
@@ -173,8 +201,11 @@ def _load_state(spec, model, state: dict, path: str, *, factory: str, variant: s
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -183,14 +214,20 @@ def _load_state(spec, model, state: dict, path: str, *, factory: str, variant: s
             parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:5])}")
         if shapes:
             parts.append(f"shape mismatch ({len(shapes)}): {'; '.join(shapes[:5])}")
-        raise StageError("build", f"weights {os.path.basename(path)} do not match the architecture of "
-                         f"{factory}: " + " | ".join(parts), spec=spec.name, variant=variant, where=where)
+        raise StageError(
+            "build",
+            f"weights {os.path.basename(path)} do not match the architecture of {factory}: " + " | ".join(parts),
+            spec=spec.name,
+            variant=variant,
+            where=where,
+        )
     model.load_state_dict(state, strict=True)
 
 
 def count_params(model) -> tuple[int, int]:
     """(parameters, non-zero parameters), counting quantized packed weights too."""
     import torch
+
     total = nonzero = 0
     for t in _weight_tensors(model):
         total += t.numel()
@@ -202,6 +239,7 @@ def _own_state(mod) -> list:
     """A module's own parameters: buffers apart (BatchNorm's running statistics are not parameters),
     except in a graph module (pt2e, torch.export), which holds its weights as buffers."""
     import torch.fx
+
     tensors = list(mod.parameters(recurse=False))
     if isinstance(mod, torch.fx.GraphModule):
         tensors += list(mod.buffers(recurse=False))
@@ -224,6 +262,7 @@ def _packed_rnn(mod) -> list:
 
 def _weight_tensors(model):
     import torch
+
     seen = set()
     for _, mod in model.named_modules():
         for t in _own_state(mod):
@@ -250,6 +289,7 @@ def _weight_tensors(model):
 def _plain(t):
     """A tensor subclass (torchao quantized weights) as a plain tensor of the same element count."""
     import torch
+
     if type(t) in (torch.Tensor, torch.nn.Parameter):
         return t.detach()
     try:
@@ -262,6 +302,7 @@ def state_bytes(model) -> int:
     """Bytes of the model's weights at the dtype they are stored in (int8 packed weights count one
     byte per element, plus their scales): the honest size of the state, without file overheads."""
     import torch
+
     total, seen = 0, set()
     for mod in model.modules():
         tensors = list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False)) + _packed_rnn(mod)
@@ -283,6 +324,7 @@ def state_bytes(model) -> int:
 
 def _tensor_bytes(t) -> int:
     import torch
+
     if type(t) not in (torch.Tensor, torch.nn.Parameter) and hasattr(t, "__tensor_flatten__"):
         names, _ = t.__tensor_flatten__()  # tensor subclasses (torchao): their inner tensors
         return sum(_tensor_bytes(getattr(t, n)) for n in names)

@@ -17,6 +17,7 @@ class Cast(torch.nn.Module):
         # float inputs go in at the reduced dtype (token ids and masks stay as they are); every
         # float output comes back as float32, whatever structure holds it
         from torch.utils._pytree import tree_map
+
         down = lambda t: t.to(self.dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
         up = lambda t: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
         return tree_map(up, self.inner(*tree_map(down, args), **tree_map(down, kwargs)))

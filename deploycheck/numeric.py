@@ -22,7 +22,7 @@ def fmt_num(x: float | None) -> str:
 
 #: levels of one quantization step per reduced precision: int8 has 255 steps over the output
 #: range; fp16 keeps 10 mantissa bits, bf16 7 (one step is the range / 2^bits)
-LEVELS = {"int8": 255.0, "fp16": 2.0 ** 10, "bf16": 2.0 ** 7}
+LEVELS = {"int8": 255.0, "fp16": 2.0**10, "bf16": 2.0**7}
 #: the outputs tolerance of full-precision variants when none is set
 FLOAT_ATOL, FLOAT_RTOL = 1e-4, 1e-3
 
@@ -46,12 +46,15 @@ class Tolerance:
             return f"atol {fmt_num(self.atol)} + rtol {fmt_num(self.rtol)} * |expected|"
         used = max_abs / self.step
         word = "within" if used <= self.steps else "off by"
-        return (f"{word} {used:.2g} {self.precision} steps; limit {self.steps:g} (one step {self.step:.3g} = output "
-                f"range {self.span:.4g} / {LEVELS[self.precision]:g}; default for {self.precision} variants)")
+        return (
+            f"{word} {used:.2g} {self.precision} steps; limit {self.steps:g} (one step {self.step:.3g} = output "
+            f"range {self.span:.4g} / {LEVELS[self.precision]:g}; default for {self.precision} variants)"
+        )
 
 
-def output_tolerance(*, atol: float | None, rtol: float | None, precision: str | None, quant_steps: float,
-                     span: float) -> Tolerance:
+def output_tolerance(
+    *, atol: float | None, rtol: float | None, precision: str | None, quant_steps: float, span: float
+) -> Tolerance:
     """The outputs tolerance: atol/rtol when either is set; else for a reduced ``precision``
     ``quant_steps`` steps of it over ``span`` (never below the float atol); else the float default."""
     if atol is not None or rtol is not None or precision not in LEVELS:
@@ -63,6 +66,7 @@ def output_tolerance(*, atol: float | None, rtol: float | None, precision: str |
 def compare_arrays(actual, expected, *, atol: float, rtol: float, worst: int = 5) -> dict:
     """pytest-regressions style statistics of |actual - expected| against atol + rtol * |expected|."""
     import torch
+
     a, e = actual.double(), expected.double()
     diff = (a - e).abs()
     # the same NaN or Inf on both sides is no difference (the finite check reports them)
@@ -82,10 +86,17 @@ def compare_arrays(actual, expected, *, atol: float, rtol: float, worst: int = 5
     for idx in order.tolist():
         pos = list(_unravel(idx, tuple(a.shape)))
         rows.append((pos, float(a.flatten()[idx]), float(e.flatten()[idx]), float(flat[idx])))
-    return {"shape": tuple(a.shape), "mismatched": n_bad, "total": a.numel(),
-            "max_abs": float(diff.max()) if diff.numel() else 0.0, "mean_abs": float(diff.mean()) if diff.numel() else 0.0,
-            "max_rel": float(rel.max()) if rel.numel() else 0.0, "mean_rel": float(rel.mean()) if rel.numel() else 0.0,
-            "min_atol": min_atol, "worst": rows}
+    return {
+        "shape": tuple(a.shape),
+        "mismatched": n_bad,
+        "total": a.numel(),
+        "max_abs": float(diff.max()) if diff.numel() else 0.0,
+        "mean_abs": float(diff.mean()) if diff.numel() else 0.0,
+        "max_rel": float(rel.max()) if rel.numel() else 0.0,
+        "mean_rel": float(rel.mean()) if rel.numel() else 0.0,
+        "min_atol": min_atol,
+        "worst": rows,
+    }
 
 
 def _unravel(idx: int, shape: tuple) -> list[int]:
@@ -98,16 +109,20 @@ def _unravel(idx: int, shape: tuple) -> list[int]:
 
 def render_mismatch(st: dict, *, what: str, left: str, right: str, atol: float, rtol: float, hint: str = "") -> str:
     pct = 100.0 * st["mismatched"] / max(st["total"], 1)
-    lines = [f"{what} (atol {fmt_num(atol)}, rtol {fmt_num(rtol)}): |{left} - {right}| <= atol + rtol * |{right}| failed"]
+    lines = [
+        f"{what} (atol {fmt_num(atol)}, rtol {fmt_num(rtol)}): |{left} - {right}| <= atol + rtol * |{right}| failed"
+    ]
     if hint:
         lines.append(hint)
-    lines += [f"  shape: {st['shape']}",
-              f"  mismatched elements: {st['mismatched']} / {st['total']} ({pct:.2f}%)",
-              f"  max abs diff: {fmt_num(st['max_abs'])}   mean abs diff: {fmt_num(st['mean_abs'])}",
-              f"  max rel diff: {fmt_num(st['max_rel'])}   mean rel diff: {fmt_num(st['mean_rel'])}",
-              f"  minimum required atol: {fmt_num(st['min_atol'])} (at rtol {fmt_num(rtol)})",
-              "  worst elements:",
-              f"    {'index':<14}{left:>14}{right:>14}{'abs diff':>12}"]
+    lines += [
+        f"  shape: {st['shape']}",
+        f"  mismatched elements: {st['mismatched']} / {st['total']} ({pct:.2f}%)",
+        f"  max abs diff: {fmt_num(st['max_abs'])}   mean abs diff: {fmt_num(st['mean_abs'])}",
+        f"  max rel diff: {fmt_num(st['max_rel'])}   mean rel diff: {fmt_num(st['mean_rel'])}",
+        f"  minimum required atol: {fmt_num(st['min_atol'])} (at rtol {fmt_num(rtol)})",
+        "  worst elements:",
+        f"    {'index':<14}{left:>14}{right:>14}{'abs diff':>12}",
+    ]
     for pos, av, ev, d in st["worst"]:
         lines.append(f"    {str(pos):<14}{av:>14.6g}{ev:>14.6g}{d:>12.4g}")
     return "\n".join(lines)
@@ -119,6 +134,7 @@ def nonfinite(t) -> dict | None:
     The first sample is the first row (batch index); the output index is the position inside
     that row's output, so a message can point at both."""
     import torch
+
     t = t.detach()
     if not t.is_floating_point():
         return None
@@ -128,9 +144,16 @@ def nonfinite(t) -> dict | None:
         return None
     first = int(torch.nonzero(bad.flatten())[0])
     pos = _unravel(first, tuple(t.shape))
-    return {"nan": int(torch.isnan(t).sum()), "posinf": int(torch.isposinf(t).sum()),
-            "neginf": int(torch.isneginf(t).sum()), "bad": n_bad, "total": t.numel(),
-            "first_sample": pos[0] if pos else 0, "first_index": pos[1:], "first_value": float(t.flatten()[first])}
+    return {
+        "nan": int(torch.isnan(t).sum()),
+        "posinf": int(torch.isposinf(t).sum()),
+        "neginf": int(torch.isneginf(t).sum()),
+        "bad": n_bad,
+        "total": t.numel(),
+        "first_sample": pos[0] if pos else 0,
+        "first_index": pos[1:],
+        "first_value": float(t.flatten()[first]),
+    }
 
 
 def describe_nonfinite(info: dict, *, whose: str) -> str:

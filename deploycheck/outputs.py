@@ -36,8 +36,10 @@ def flatten(o: Any) -> Named:
                 walk(v, f"{name}.{i}" if name else str(i))
         else:
             where = f"output {name!r}" if name else "the model's output"
-            raise OutputError(f"{where} is a {type(x).__name__}, not a tensor (outputs are tensors, or tuples, "
-                              "lists and dicts of them)")
+            raise OutputError(
+                f"{where} is a {type(x).__name__}, not a tensor (outputs are tensors, or tuples, "
+                "lists and dicts of them)"
+            )
 
     walk(o, "")
     if not out:
@@ -48,6 +50,7 @@ def flatten(o: Any) -> Named:
 def concat(parts: list[Named]) -> Named:
     """Per-batch outputs joined along the batch dimension; every batch must give the same names."""
     import torch
+
     if not parts:
         return {}
     names = list(parts[0])
@@ -73,8 +76,10 @@ def pick(outputs: Named, name: str | None) -> Any:
     if name is None:
         return next(iter(outputs.values()))
     if name not in outputs:
-        raise OutputError(f"metric.output {name!r} is not an output of the model; its outputs are "
-                          f"{', '.join(repr(n) for n in outputs)}")
+        raise OutputError(
+            f"metric.output {name!r} is not an output of the model; its outputs are "
+            f"{', '.join(repr(n) for n in outputs)}"
+        )
     return outputs[name]
 
 
@@ -88,5 +93,6 @@ def align(ref: Named, got: Named) -> tuple[list[tuple[str, Any, Any]], str | Non
         return [(n, ref[n], got[n]) for n in ref], None
     if len(ref) == len(got):
         return [(n, r, g) for (n, r), g in zip(ref.items(), got.values(), strict=False)], None
-    return [], (f"returned {len(got)} output(s) ({', '.join(got)}) where the reference returned {len(ref)} "
-                f"({', '.join(ref)})")
+    return [], (
+        f"returned {len(got)} output(s) ({', '.join(got)}) where the reference returned {len(ref)} ({', '.join(ref)})"
+    )

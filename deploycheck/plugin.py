@@ -29,20 +29,36 @@ log = logging.getLogger("deploycheck")
 
 def pytest_addoption(parser):
     g = parser.getgroup("deploycheck", "deploycheck: deployed-model checks")
-    g.addoption("--deploycheck-run-dir", default=None,
-                help="where artifacts are written (default: a folder under the system temp dir, outside the source tree)")
-    g.addoption("--deploycheck-report-dir", default=None,
-                help="where reports are written (default: ini deploycheck_report_dir, else <rootdir>/reports)")
+    g.addoption(
+        "--deploycheck-run-dir",
+        default=None,
+        help="where artifacts are written (default: a folder under the system temp dir, outside the source tree)",
+    )
+    g.addoption(
+        "--deploycheck-report-dir",
+        default=None,
+        help="where reports are written (default: ini deploycheck_report_dir, else <rootdir>/reports)",
+    )
     g.addoption("--deploycheck-no-report", action="store_true", default=False, help="do not write report files")
-    g.addoption("--deploycheck-cache", choices=("all", "build", "off"), default="all",
-                help="reuse results across sessions by content hash: all (built variants, artifacts and "
-                     "fresh-process results on this machine), build (re-measure every reload), off")
-    g.addoption("--deploycheck-cache-dir", default=None,
-                help="cache folder (default: $DEPLOYCHECK_CACHE_DIR, else $XDG_CACHE_HOME/deploycheck, else "
-                     "~/.cache/deploycheck; shared by every checkout)")
-    g.addoption("--deploycheck-cache-size", default=None,
-                help="size cap of the cache, e.g. 500MB or 5GB (default: ini deploycheck_cache_size, else 2GB); "
-                     "least recently used entries are evicted at the end of a session")
+    g.addoption(
+        "--deploycheck-cache",
+        choices=("all", "build", "off"),
+        default="all",
+        help="reuse results across sessions by content hash: all (built variants, artifacts and "
+        "fresh-process results on this machine), build (re-measure every reload), off",
+    )
+    g.addoption(
+        "--deploycheck-cache-dir",
+        default=None,
+        help="cache folder (default: $DEPLOYCHECK_CACHE_DIR, else $XDG_CACHE_HOME/deploycheck, else "
+        "~/.cache/deploycheck; shared by every checkout)",
+    )
+    g.addoption(
+        "--deploycheck-cache-size",
+        default=None,
+        help="size cap of the cache, e.g. 500MB or 5GB (default: ini deploycheck_cache_size, else 2GB); "
+        "least recently used entries are evicted at the end of a session",
+    )
     parser.addini("deploycheck_report_dir", "report folder, relative to the rootdir", default="reports")
     parser.addini("deploycheck_cache_size", "size cap of the cache (e.g. 2GB)", default="2GB")
 
@@ -65,10 +81,15 @@ def _fix_rootdir(config, args) -> None:
     if not any(a in PATH_OPTIONS for a in args):
         return
     from _pytest.config.findpaths import determine_setup
+
     ns = config.known_args_namespace
     rootpath, inipath, inicfg, ignored = determine_setup(
-        inifile=ns.inifilename, override_ini=ns.override_ini, args=ns.file_or_dir,
-        rootdir_cmd_arg=ns.rootdir or None, invocation_dir=config.invocation_params.dir)
+        inifile=ns.inifilename,
+        override_ini=ns.override_ini,
+        args=ns.file_or_dir,
+        rootdir_cmd_arg=ns.rootdir or None,
+        invocation_dir=config.invocation_params.dir,
+    )
     if rootpath == config.rootpath and inipath == config.inipath:
         return
     old_cut = str(config.inipath.parent) if config.inipath is not None else str(config.rootpath)
@@ -80,9 +101,14 @@ def _fix_rootdir(config, args) -> None:
         ns.confcutdir = str(inipath.parent) if inipath is not None else str(rootpath)
     if "addopts" in inicfg:
         import warnings
-        warnings.warn(pytest.PytestConfigWarning(
-            f"the addopts of {inipath} were not applied: a deploycheck path option was given as `--opt value`; "
-            "write `--opt=value`"), stacklevel=1)
+
+        warnings.warn(
+            pytest.PytestConfigWarning(
+                f"the addopts of {inipath} were not applied: a deploycheck path option was given as `--opt value`; "
+                "write `--opt=value`"
+            ),
+            stacklevel=1,
+        )
 
 
 def pytest_configure(config):
@@ -183,6 +209,7 @@ def _share_cores(config) -> None:
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
     if workers > 1:
         import torch
+
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
@@ -202,8 +229,9 @@ class ReportCollector:
         self.records: list[Record] = []
         self.paths: list[str] = []
         self.error: str | None = None
-        self.journal = (None if _is_worker(config) or config.getoption("deploycheck_no_report")
-                        else Journal(report_dir(config)))
+        self.journal = (
+            None if _is_worker(config) or config.getoption("deploycheck_no_report") else Journal(report_dir(config))
+        )
 
     def pytest_runtest_logreport(self, report):
         if report.when != "call":  # setup/teardown reports carry the same properties
@@ -220,8 +248,7 @@ class ReportCollector:
             return
         out = report_dir(self.config)
         try:
-            self.paths = write_reports(self.records, out, rootdir=str(self.config.rootpath),
-                                       exitstatus=int(exitstatus))
+            self.paths = write_reports(self.records, out, rootdir=str(self.config.rootpath), exitstatus=int(exitstatus))
         except OSError as e:  # the disk filled during the run: say so, and do not pass
             self.error = f"deploycheck: the reports could not be written to {out}: {_os_why(e)}; {REPORT_DIR_HINT}"
             if session.exitstatus == pytest.ExitCode.OK:
@@ -241,8 +268,10 @@ class ReportCollector:
         runner = self.config.stash.get(_RUNNER, None)
         if runner is not None and runner.cache.enabled:
             h = runner.cache.hits
-            tr.write_line(f"deploycheck cache: reused {h['built']} built variants, {h['artifact']} artifacts, "
-                          f"{h['result']} fresh-process results ({runner.cache.root})")
+            tr.write_line(
+                f"deploycheck cache: reused {h['built']} built variants, {h['artifact']} artifacts, "
+                f"{h['result']} fresh-process results ({runner.cache.root})"
+            )
         for p in self.paths:
             tr.write_line(f"report written: {p}")
         if self.error:
@@ -258,12 +287,15 @@ def report_dir(config) -> str:
     return given if os.path.isabs(given) else str(config.rootpath / given)
 
 
-REPORT_DIR_HINT = ("write them elsewhere with --deploycheck-report-dir DIR (or ini deploycheck_report_dir), "
-                   "or not at all with --deploycheck-no-report")
+REPORT_DIR_HINT = (
+    "write them elsewhere with --deploycheck-report-dir DIR (or ini deploycheck_report_dir), "
+    "or not at all with --deploycheck-no-report"
+)
 
 
 def _os_why(e: OSError) -> str:
     import errno
+
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return "no space left on device"
     return e.strerror or str(e)

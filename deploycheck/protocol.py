@@ -48,7 +48,7 @@ class LatencyPlan:
 class GeneratePlan:
     """Greedy generation in the worker (causal LMs): each prompt's ids, ``new_tokens`` tokens each."""
 
-    prompts: str                         # torch.save'd list of token-id lists
+    prompts: str  # torch.save'd list of token-id lists
     new_tokens: int
     eos_id: int | None = None
 
@@ -56,15 +56,15 @@ class GeneratePlan:
 @dataclass(frozen=True)
 class WorkerRequest:
     target: ArtifactRef
-    inputs: str                          # torch.save'd list of evaluation batches
-    outputs: str                         # where the worker saves its outputs
-    result: str                          # where it writes its WorkerResult as JSON
+    inputs: str  # torch.save'd list of evaluation batches
+    outputs: str  # where the worker saves its outputs
+    result: str  # where it writes its WorkerResult as JSON
     threads: int = 1
     latency: LatencyPlan | None = None
-    extra_inputs: str | None = None      # semantic triplets' texts, run after the evaluation batches
-    dynamic_inputs: str | None = None    # batches at each declared dynamic dimension's sizes (see runner)
+    extra_inputs: str | None = None  # semantic triplets' texts, run after the evaluation batches
+    dynamic_inputs: str | None = None  # batches at each declared dynamic dimension's sizes (see runner)
     memory_mb: int | None = None
-    python_path: tuple[str, ...] = ()    # only for formats that import the model's code
+    python_path: tuple[str, ...] = ()  # only for formats that import the model's code
     generate: GeneratePlan | None = None
 
     def to_json(self) -> dict:
@@ -75,12 +75,23 @@ class WorkerRequest:
         lat = d.get("latency")
         if lat is not None:
             base = lat.get("baseline")
-            lat = LatencyPlan(**{**lat, "baseline": ArtifactRef(**base) if base else None,
-                                 "batch_sizes": tuple(lat.get("batch_sizes", ()))})
+            lat = LatencyPlan(
+                **{
+                    **lat,
+                    "baseline": ArtifactRef(**base) if base else None,
+                    "batch_sizes": tuple(lat.get("batch_sizes", ())),
+                }
+            )
         gen = d.get("generate")
-        return cls(**{**d, "target": ArtifactRef(**d["target"]), "latency": lat,
-                      "python_path": tuple(d.get("python_path", ())),
-                      "generate": GeneratePlan(**gen) if gen else None})
+        return cls(
+            **{
+                **d,
+                "target": ArtifactRef(**d["target"]),
+                "latency": lat,
+                "python_path": tuple(d.get("python_path", ())),
+                "generate": GeneratePlan(**gen) if gen else None,
+            }
+        )
 
 
 @dataclass
@@ -100,9 +111,9 @@ class WorkerResult:
     output_shapes: dict = field(default_factory=dict)  # every output's shape, by name
     dynamic_errors: list = field(default_factory=list)  # per dynamic-size batch: None, or why it failed
     peak_rss_mb: float | None = None
-    cached: bool = False                 # reused from the cache, not measured in this session
-    generations: list | None = None      # greedy new-token ids per prompt (a GeneratePlan was given)
-    generation_s: float | None = None    # wall time of the whole generation loop
+    cached: bool = False  # reused from the cache, not measured in this session
+    generations: list | None = None  # greedy new-token ids per prompt (a GeneratePlan was given)
+    generation_s: float | None = None  # wall time of the whole generation loop
     generation_error: str | None = None  # why the generation loop failed (the evaluation run succeeded)
 
     def fail(self, stage: str, kind: str, message: str, traceback: str = "") -> WorkerResult:
@@ -118,16 +129,35 @@ class WorkerResult:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def load_request(ref: ArtifactRef, *, workdir: str, stem: str, inputs: str, threads: int = 1,
-                 latency: LatencyPlan | None = None, extra_inputs: str | None = None, memory_mb: int | None = None,
-                 python_path: tuple[str, ...] | list[str] = (), dynamic_inputs: str | None = None,
-                 generate: GeneratePlan | None = None) -> WorkerRequest:
+def load_request(
+    ref: ArtifactRef,
+    *,
+    workdir: str,
+    stem: str,
+    inputs: str,
+    threads: int = 1,
+    latency: LatencyPlan | None = None,
+    extra_inputs: str | None = None,
+    memory_mb: int | None = None,
+    python_path: tuple[str, ...] | list[str] = (),
+    dynamic_inputs: str | None = None,
+    generate: GeneratePlan | None = None,
+) -> WorkerRequest:
     """A request to load ``ref`` and run it on ``inputs``; its output and result files are
     ``<workdir>/<stem>.outputs.pt`` and ``<workdir>/<stem>.result.json``."""
-    return WorkerRequest(target=ref, inputs=inputs, outputs=os.path.join(workdir, f"{stem}.outputs.pt"),
-                         result=os.path.join(workdir, f"{stem}.result.json"), threads=threads, latency=latency,
-                         extra_inputs=extra_inputs, memory_mb=memory_mb, python_path=tuple(python_path),
-                         dynamic_inputs=dynamic_inputs, generate=generate)
+    return WorkerRequest(
+        target=ref,
+        inputs=inputs,
+        outputs=os.path.join(workdir, f"{stem}.outputs.pt"),
+        result=os.path.join(workdir, f"{stem}.result.json"),
+        threads=threads,
+        latency=latency,
+        extra_inputs=extra_inputs,
+        memory_mb=memory_mb,
+        python_path=tuple(python_path),
+        dynamic_inputs=dynamic_inputs,
+        generate=generate,
+    )
 
 
 def first_tensor(o: Any) -> Any:
@@ -174,11 +204,15 @@ def run_batch(fn: Any, x: Any, *, index: int | None = None, in_memory: bool = Fa
         if tuple(o.shape[:1]) != (n,):
             what = f" output {name!r}" if len(named) > 1 else ""
             if in_memory:
-                raise BatchDimError(f"the in-memory model returned{what} shape {tuple(o.shape)} for a batch of {n}: "
-                                    "outputs must keep the batch dimension first")
+                raise BatchDimError(
+                    f"the in-memory model returned{what} shape {tuple(o.shape)} for a batch of {n}: "
+                    "outputs must keep the batch dimension first"
+                )
             at = f"batch {index}: " if index is not None else ""
-            raise BatchDimError(f"{at}input batch of {n} gave{what or ' output'} of shape {tuple(o.shape)}: the "
-                                "artifact was built for a fixed batch size (export with a dynamic batch dimension)")
+            raise BatchDimError(
+                f"{at}input batch of {n} gave{what or ' output'} of shape {tuple(o.shape)}: the "
+                "artifact was built for a fixed batch size (export with a dynamic batch dimension)"
+            )
     return named
 
 
@@ -189,6 +223,7 @@ def rows(x) -> int:
 def concat_inputs(batches: list):
     """Input batches (tensors) joined along the batch dimension, input by input."""
     import torch
+
     if batches and isinstance(batches[0], dict):
         return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
     return torch.cat(batches)

@@ -26,8 +26,15 @@ def name_problems(spec) -> list[Problem]:
         try:
             import_callable(path, search)
         except Exception as e:
-            problems.append(Problem(line, where, str(e) if e.__class__.__name__ == "UnresolvedName"
-                                    else f"cannot import {path!r}: {describe_exc(e)}"))
+            problems.append(
+                Problem(
+                    line,
+                    where,
+                    str(e)
+                    if e.__class__.__name__ == "UnresolvedName"
+                    else f"cannot import {path!r}: {describe_exc(e)}",
+                )
+            )
 
     def file_at(rel: str, line: int, where: str) -> None:
         full = os.path.join(base, rel)
@@ -67,6 +74,11 @@ def name_problems(spec) -> list[Problem]:
             for key in ("student", "callable"):
                 value = getattr(step, key, None)
                 if isinstance(value, str):
-                    callable_at(value, v.line, f"{where}.steps[{j}].{key}" if len(v.steps) > 1 else
-                                f"{where}.{getattr(step, 'recipe_name', 'recipe')}.{key}")
+                    callable_at(
+                        value,
+                        v.line,
+                        f"{where}.steps[{j}].{key}"
+                        if len(v.steps) > 1
+                        else f"{where}.{getattr(step, 'recipe_name', 'recipe')}.{key}",
+                    )
     return problems

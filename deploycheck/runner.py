@@ -61,6 +61,7 @@ def _stacks(dump: str, n: int = 40) -> str:
 def with_declared_dtypes(spec, b):
     """bfloat16 inputs (numpy has none) cast on the tensor side; every other dtype is the data's."""
     import torch
+
     if isinstance(b, dict):
         decl = dict(spec.model.inputs.items)
         return {k: v.to(torch.bfloat16) if decl[k].dtype == "bfloat16" else v for k, v in b.items()}
@@ -72,11 +73,13 @@ def baseline_input_problem(spec, *, what: str, given, sample: list, error: str) 
     pointing at the two keys that decide it."""
     declared = spec.model.inputs.describe()
     data = describe_batch(sample[0]) if sample else "no samples"
-    return (f"the baseline model cannot run on {what} ({describe_batch(given)}): {error}\n"
-            f"  model.inputs declares {declared}; the data ({spec.data.source}"
-            f"{' after preprocess' if spec.data.preprocess else ''}) gives evaluation batches of {data}\n"
-            f"  fix model.inputs to the shape and dtype the model takes, or the data (data.preprocess: reshape, "
-            f"scale, dtype) to match it")
+    return (
+        f"the baseline model cannot run on {what} ({describe_batch(given)}): {error}\n"
+        f"  model.inputs declares {declared}; the data ({spec.data.source}"
+        f"{' after preprocess' if spec.data.preprocess else ''}) gives evaluation batches of {data}\n"
+        f"  fix model.inputs to the shape and dtype the model takes, or the data (data.preprocess: reshape, "
+        f"scale, dtype) to match it"
+    )
 
 
 class Runner:
@@ -98,10 +101,17 @@ class Runner:
             except (StageError, VariantUnsupported) as e:
                 self._memo_store[key] = ("err", e)
             except Exception as e:  # a bug or an unforeseen library error: still one clear, located message
-                self._memo_store[key] = ("err", StageError(
-                    _STAGE_OF.get(key[0], "build"), f"unexpected error: {describe_exc(e)}",
-                    spec=os.path.basename(key[1]), variant=key[2] if len(key) > 2 else None,
-                    fmt=key[3] if len(key) > 3 else None, detail="".join(traceback.format_exception(e))[-3000:]))
+                self._memo_store[key] = (
+                    "err",
+                    StageError(
+                        _STAGE_OF.get(key[0], "build"),
+                        f"unexpected error: {describe_exc(e)}",
+                        spec=os.path.basename(key[1]),
+                        variant=key[2] if len(key) > 2 else None,
+                        fmt=key[3] if len(key) > 3 else None,
+                        detail="".join(traceback.format_exception(e))[-3000:],
+                    ),
+                )
         status, value = self._memo_store[key]
         if status == "err":
             raise value
@@ -111,26 +121,35 @@ class Runner:
 
     def data(self, spec):
         from .data.dataset import load  # numpy
-        return self._memo(("data", spec.path), lambda: self.contained(
-            lambda: load(spec), spec=spec, what=f"loading data {spec.data.source!r}", where=spec.where("data")))
+
+        return self._memo(
+            ("data", spec.path),
+            lambda: self.contained(
+                lambda: load(spec), spec=spec, what=f"loading data {spec.data.source!r}", where=spec.where("data")
+            ),
+        )
 
     def batches(self, spec) -> list:
         def make():
             batches = self.data(spec).eval_batches(spec.data.batch_size)
             return [with_declared_dtypes(spec, b) for b in batches]
+
         return self._memo(("batches", spec.path), make)
 
     def labels(self, spec):
         import torch
+
         y = self.data(spec).y_test
         return None if y is None else torch.from_numpy(y)
 
     def example(self, spec):
         """The example input (each named input's, by name): real held-out samples when their shape
         fits, else seeded random values of the declared dtype."""
+
         def make():
             import numpy as np
             import torch
+
             sig = spec.model.inputs
             x_all = self.data(spec).x_test
             out = {}
@@ -139,7 +158,7 @@ class Runner:
                 dtype = getattr(torch, inp.dtype)
                 x = x_all[name] if isinstance(x_all, dict) else x_all
                 if tuple(x.shape[1:]) == shape[1:] and len(x) >= shape[0]:
-                    out[name] = torch.from_numpy(np.ascontiguousarray(x[:shape[0]])).to(dtype)
+                    out[name] = torch.from_numpy(np.ascontiguousarray(x[: shape[0]])).to(dtype)
                     continue
                 g = torch.Generator().manual_seed(0)
                 if dtype.is_floating_point:
@@ -149,35 +168,46 @@ class Runner:
                 else:
                     out[name] = torch.randint(0, 100, shape, generator=g, dtype=dtype)
             return out if sig.named else out["x"]
+
         return self._memo(("example", spec.path), make)
 
     def semantic_batches(self, spec):
         """The semantic triplets' texts, preprocessed like the data, in evaluation-sized batches."""
+
         def make():
             import torch
 
             from .data.dataset import load_triplets
+
             try:
                 x, triplets = load_triplets(spec)
             except StageError:
                 raise
             except Exception as e:
-                raise StageError("build", f"cannot read semantic triplets: {describe_exc(e)}", spec=spec.name,
-                                 where=spec.where("semantic")) from e
+                raise StageError(
+                    "build",
+                    f"cannot read semantic triplets: {describe_exc(e)}",
+                    spec=spec.name,
+                    where=spec.where("semantic"),
+                ) from e
             t = torch.from_numpy(x)
             bs = spec.data.batch_size
-            return [t[i:i + bs] for i in range(0, len(t), bs)], triplets
+            return [t[i : i + bs] for i in range(0, len(t), bs)], triplets
+
         return self._memo(("semantic", spec.path), make)
 
     def tokenizer_dir(self, spec) -> str:
         """The folder of a causal LM's model and tokenizer (model.hf.path, resolved)."""
         from .hf import resolve
+
         return resolve(spec.model.hf.path, os.path.dirname(os.path.abspath(spec.path)))
 
     def prompts(self, spec) -> tuple[list[str], list[list[int]]]:
         """The generation prompts' texts and their token ids (the model's own tokenizer)."""
+
         def make():
             from .hf import token_ids
+
             where = spec.where("generation")
             try:
                 texts = read_lines(os.path.join(os.path.dirname(os.path.abspath(spec.path)), spec.generation.prompts))
@@ -185,32 +215,47 @@ class Runner:
                     raise ValueError(f"{spec.generation.prompts} holds no prompt")
                 return texts, token_ids(texts, path=self.tokenizer_dir(spec))
             except Exception as e:
-                raise StageError("build", f"cannot read the generation prompts: {describe_exc(e)}", spec=spec.name,
-                                 where=where) from e
+                raise StageError(
+                    "build", f"cannot read the generation prompts: {describe_exc(e)}", spec=spec.name, where=where
+                ) from e
+
         return self._memo(("prompts", spec.path), make)
 
     def generations(self, t: Target) -> list[list[int]]:
         """The in-memory variant's greedy generations, through its own KV cache (``transformers``'
         cache), once per session."""
+
         def make():
             model = self.built(t).model
             from .hf import CausalLM
+
             lm = next((m for m in model.modules() if isinstance(m, CausalLM)), None) if model is not None else None
             if lm is None:
                 raise StageError("check", "greedy generation in memory needs a model.hf causal LM", **t.ident())
             prefill, decode = hf_steps(lm.lm)
             _, ids = self.prompts(t.spec)
             eos = getattr(lm.lm.config, "eos_token_id", None)
-            return [greedy(prefill, decode, p, new_tokens=t.spec.generation.new_tokens,
-                           eos_id=eos if isinstance(eos, int) else None) for p in ids]
+            return [
+                greedy(
+                    prefill,
+                    decode,
+                    p,
+                    new_tokens=t.spec.generation.new_tokens,
+                    eos_id=eos if isinstance(eos, int) else None,
+                )
+                for p in ids
+            ]
+
         return self._memo(t.without_format().key("generations"), make)
 
     def inputs_files(self, spec) -> dict:
         """The evaluation batches, example input and semantic texts as files a worker reads.
         Written once per session, never reused from an earlier one: the run dir outlives sessions
         and a changed spec (data, preprocessing) must not reload stale inputs."""
+
         def make():
             import torch
+
             d = os.path.join(self.run_dir, spec.name)
             os.makedirs(d, exist_ok=True)
             files = {"eval": os.path.join(d, "eval_inputs.pt"), "example": os.path.join(d, "example_input.pt")}
@@ -227,6 +272,7 @@ class Runner:
                 files["prompts"] = os.path.join(d, "prompt_ids.pt")
                 torch.save(self.prompts(spec)[1], files["prompts"])
             return files
+
         return self._memo(("inputs-files", spec.path), make)
 
     def dynamic_probes(self, spec) -> list:
@@ -237,16 +283,18 @@ class Runner:
     def inputs_sha(self, spec) -> str:
         def make():
             import torch
+
             h = hashlib.sha256()
             extra = self.semantic_batches(spec)[0] if spec.semantic is not None else []
             extra = extra + [p.batch for p in self.dynamic_probes(spec)]
             for batch in self.batches(spec) + [self.example(spec)] + extra:
-                for name, b in (batch.items() if isinstance(batch, dict) else [("", batch)]):
+                for name, b in batch.items() if isinstance(batch, dict) else [("", batch)]:
                     h.update(str((name, tuple(b.shape), str(b.dtype))).encode())
                     h.update(b.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
             if spec.generation is not None:
                 h.update(repr(self.prompts(spec)[1]).encode())
             return h.hexdigest()
+
         return self._memo(("inputs-sha", spec.path), make)
 
     def variant_dir(self, t: Target) -> str:
@@ -257,10 +305,17 @@ class Runner:
     # --- stages -----------------------------------------------------------------------------------
 
     def baseline_model(self, spec):
-        what = (f"loading Hugging Face model {spec.model.hf.path!r}" if spec.model.hf is not None
-                else f"creating the model with factory {spec.model.factory!r}")
-        return self._memo(("baseline-model", spec.path), lambda: self.contained(
-            lambda: build_baseline(spec), spec=spec, variant="baseline", what=what, where=spec.where("model")))
+        what = (
+            f"loading Hugging Face model {spec.model.hf.path!r}"
+            if spec.model.hf is not None
+            else f"creating the model with factory {spec.model.factory!r}"
+        )
+        return self._memo(
+            ("baseline-model", spec.path),
+            lambda: self.contained(
+                lambda: build_baseline(spec), spec=spec, variant="baseline", what=what, where=spec.where("model")
+            ),
+        )
 
     def contained(self, fn: Callable[[], Any], *, spec, what: str, where: str, variant: str | None = None) -> Any:
         """``fn()``, which runs the spec's own code (factory, data callable, recipes, the in-memory
@@ -276,15 +331,20 @@ class Runner:
             return fn(), lines
 
         limit = f"isolation.build_timeout_s: {timeout:g}" + (
-            f" at {spec.where('isolation')}" if "isolation" in spec.lines else ", the default")
+            f" at {spec.where('isolation')}" if "isolation" in spec.lines else ", the default"
+        )
         ident = dict(spec=spec.name, variant=variant, where=where)
         try:
             if can_fork():
                 try:
-                    value, lines = call_forked(in_child, timeout_s=timeout, workdir=os.path.join(self.run_dir, "builds"))
+                    value, lines = call_forked(
+                        in_child, timeout_s=timeout, workdir=os.path.join(self.run_dir, "builds")
+                    )
                 except ChildUnpicklable as e:
-                    self.log(f"{spec.name}: {what}: the result cannot be sent back from its build process ({e}); "
-                             f"built again in this process")
+                    self.log(
+                        f"{spec.name}: {what}: the result cannot be sent back from its build process ({e}); "
+                        f"built again in this process"
+                    )
                     value = call_in_thread(fn, timeout_s=timeout)
             else:
                 value = call_in_thread(fn, timeout_s=timeout)
@@ -308,30 +368,47 @@ class Runner:
         batch, once, before any variant is built or any format saved: a spec whose model cannot
         take what ``model.inputs`` declares or what ``data`` gives fails every item with this one
         message, instead of each format calling the baseline unsupported."""
+
         def make():
             import torch
+
             if not (spec.model.factory or spec.model.hf):
                 return None  # the baseline is a file made elsewhere: its own load item says how it runs
             model = self.baseline_model(spec)
             batches = self.batches(spec)
             example = self.example(spec)
-            for what, x in (("the declared example input", example),
-                            ("the first evaluation batch", batches[0] if batches else None)):
+            for what, x in (
+                ("the declared example input", example),
+                ("the first evaluation batch", batches[0] if batches else None),
+            ):
                 if x is None:
                     continue
                 try:
                     with torch.inference_mode():
                         run_batch(model, x, in_memory=True)
                 except (BatchDimError, OutputError) as e:  # it ran: what it returned is the problem
-                    where = spec.at(spec.variants["baseline"].line) if "baseline" in spec.variants else spec.where("model")
-                    raise StageError("run", str(e) if isinstance(e, BatchDimError) else
-                                     f"the in-memory model's outputs cannot be checked: {e}",
-                                     spec=spec.name, variant="baseline", where=where) from e
+                    where = (
+                        spec.at(spec.variants["baseline"].line) if "baseline" in spec.variants else spec.where("model")
+                    )
+                    raise StageError(
+                        "run",
+                        str(e)
+                        if isinstance(e, BatchDimError)
+                        else f"the in-memory model's outputs cannot be checked: {e}",
+                        spec=spec.name,
+                        variant="baseline",
+                        where=where,
+                    ) from e
                 except Exception as e:
-                    raise StageError("build", baseline_input_problem(spec, what=what, given=x, sample=batches,
-                                                                     error=describe_exc(e)),
-                                     spec=spec.name, variant="baseline", where=spec.where("model")) from e
+                    raise StageError(
+                        "build",
+                        baseline_input_problem(spec, what=what, given=x, sample=batches, error=describe_exc(e)),
+                        spec=spec.name,
+                        variant="baseline",
+                        where=spec.where("model"),
+                    ) from e
             return None
+
         return self._memo(("baseline-runs", spec.path), make)
 
     def built(self, t: Target) -> Built:
@@ -366,42 +443,58 @@ class Runner:
         try:
             return metric(pick(outputs, name), targets_for(metric, self.labels(t.spec), pick(base, name)))
         except Exception as e:
-            raise StageError("check", f"metric {metric.name!r} failed on the {what} outputs: {describe_exc(e)}",
-                             **(t.ident() if what == "reloaded" else
-                                dict(spec=t.spec.name, variant=t.vname, where=t.spec.where("metric")))) from e
+            raise StageError(
+                "check",
+                f"metric {metric.name!r} failed on the {what} outputs: {describe_exc(e)}",
+                **(
+                    t.ident()
+                    if what == "reloaded"
+                    else dict(spec=t.spec.name, variant=t.vname, where=t.spec.where("metric"))
+                ),
+            ) from e
 
     # --- model runs checks need -------------------------------------------------------------------
 
     def run_model(self, t: Target, name: str, inputs: Callable[[], list]) -> list:
         """The in-memory variant's named outputs on extra inputs (one mapping per batch), run once
         per session: ``name`` identifies the inputs (e.g. "semantic", "batch-invariance")."""
+
         def make():
             import torch
+
             model = self.built(t).model
             with torch.inference_mode():
                 return [{k: o.float() for k, o in run_batch(model, x).items()} for x in inputs()]
+
         return self._memo(t.without_format().key(f"run:{name}"), make)
 
     def embeddings(self, t: Target):
         """The variant's embeddings of the semantic triplets' texts, in memory (the baseline's
         when it is an artifact: its reloaded ones, from the file's own format)."""
         import torch
+
         name = t.spec.metric.output
         if self.built(t).model is None:
             return pick(self.reload(t.with_format(t.variant.formats[0])).extra_outputs, name)
-        return torch.cat([pick(o, name) for o in self.run_model(t, "semantic", lambda: self.semantic_batches(t.spec)[0])])
+        return torch.cat(
+            [pick(o, name) for o in self.run_model(t, "semantic", lambda: self.semantic_batches(t.spec)[0])]
+        )
 
     def divergence(self, t: Target, *, against: str = "baseline") -> dict:
         """Where the variant departs from ``against`` ("baseline", or "in-memory" for the reloaded
         artifact against its own in-memory model), layer by layer; computed once per variant,
         format and reference, and only when a check fails. The reloaded artifact's own layers
         where its format exposes them (export, onnx), else the in-memory variant's, said so."""
+
         def make():
             ref_t = t.baseline() if against == "baseline" else t
             ref, var = self.built(ref_t).model, self.built(t).model
             probes = take(concat_inputs(self.batches(t.spec)), slice(0, DIVERGENCE_PROBES))
-            words = {"subject": "the variant", "reference": "the baseline" if against == "baseline"
-                     else "the in-memory variant", "probes": batch_len(probes)}
+            words = {
+                "subject": "the variant",
+                "reference": "the baseline" if against == "baseline" else "the in-memory variant",
+                "probes": batch_len(probes),
+            }
             if ref is None:
                 return {"rows": [], "first": None, "note": "artifact made elsewhere", **words}
             captured, fmt = None, t.fmt
@@ -410,22 +503,34 @@ class Runner:
                 try:
                     captured = diverge.capture_artifact(art.path, fmt, probes, manifest=art.manifest)
                 except Exception as e:  # noqa: BLE001 - localisation explains a failure; it never adds one
-                    words["note"] = f"the {fmt} artifact's layers could not be read ({describe_exc(e)}); in memory instead"
+                    words["note"] = (
+                        f"the {fmt} artifact's layers could not be read ({describe_exc(e)}); in memory instead"
+                    )
             if captured is not None:
-                words.update(subject=f"the reloaded {fmt} artifact",
-                             source="in its own layers (" + ("graph nodes mapped to modules" if fmt == "export"
-                                                            else "intermediate outputs from onnxruntime") + ")")
+                words.update(
+                    subject=f"the reloaded {fmt} artifact",
+                    source="in its own layers ("
+                    + ("graph nodes mapped to modules" if fmt == "export" else "intermediate outputs from onnxruntime")
+                    + ")",
+                )
             elif against != "baseline":
-                return {"rows": [], "first": None, **words,
-                        "note": words.get("note") or f"a {fmt} artifact does not expose its layers here "
-                                                     f"(layer tables read {' and '.join(diverge.EXPOSES_LAYERS)})"}
+                return {
+                    "rows": [],
+                    "first": None,
+                    **words,
+                    "note": words.get("note")
+                    or f"a {fmt} artifact does not expose its layers here "
+                    f"(layer tables read {' and '.join(diverge.EXPOSES_LAYERS)})",
+                }
             elif var is None:
                 return {"rows": [], "first": None, "note": "artifact made elsewhere", **words}
             else:
-                words["source"] = "in memory" + (f" (a reloaded {fmt} artifact does not expose its layers)" if fmt
-                                                 else "")
+                words["source"] = "in memory" + (
+                    f" (a reloaded {fmt} artifact does not expose its layers)" if fmt else ""
+                )
             res = diverge.localise(ref, var, probes, captured=captured)
             if words.get("note") and not res.get("note"):
                 res["note"] = words.pop("note")
             return {**res, **{k: v for k, v in words.items() if k != "note"}}
+
         return self._memo(t.key(f"divergence:{against}"), make)

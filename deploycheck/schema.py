@@ -20,8 +20,16 @@ def import_path_problem(value: str) -> str | None:
     return None
 
 
-def field(default: Any = MISSING, *, doc: str, ge: float | None = None, gt: float | None = None,
-          le: float | None = None, lt: float | None = None, default_factory: Any = MISSING) -> Any:
+def field(
+    default: Any = MISSING,
+    *,
+    doc: str,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    default_factory: Any = MISSING,
+) -> Any:
     """A dataclass field with its documentation and numeric bounds."""
     meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt}
     if default_factory is not MISSING:

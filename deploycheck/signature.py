@@ -26,7 +26,7 @@ class DynamicProbe:
     name: str
     size: int
     traced: int
-    where: tuple[str, ...]          # e.g. ("input_ids[1]", "attention_mask[1]")
+    where: tuple[str, ...]  # e.g. ("input_ids[1]", "attention_mask[1]")
     batch: Any = field(compare=False, repr=False)
 
     def label(self) -> str:

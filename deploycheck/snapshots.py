@@ -46,8 +46,20 @@ def _round(x: float) -> float:
     return float(f"{x:.7g}")
 
 
-def snapshot_data(*, spec, vname: str, fmt: str, outputs, metric_name: str, metric: float, top_k: int,
-                  classifier: bool, machine: dict, isa_class: str, metric_output: str | None = None) -> dict:
+def snapshot_data(
+    *,
+    spec,
+    vname: str,
+    fmt: str,
+    outputs,
+    metric_name: str,
+    metric: float,
+    top_k: int,
+    classifier: bool,
+    machine: dict,
+    isa_class: str,
+    metric_output: str | None = None,
+) -> dict:
     """What is frozen for one variant and format on this machine's ISA class: plain numbers only.
 
     ``outputs`` is one tensor or the named outputs; a model with one output is stored as it always
@@ -58,10 +70,16 @@ def snapshot_data(*, spec, vname: str, fmt: str, outputs, metric_name: str, metr
     named = outputs if isinstance(outputs, dict) else {"0": outputs}
     o = pick(named, metric_output).float()
     flat = o.reshape(len(o), -1)
-    entry: dict[str, Any] = {"machine": machine, "metric": {"name": metric_name, "value": _round(metric)},
-                             "stats": {"mean": _round(flat.mean().item()),
-                                       "std": _round(flat.std().item()) if flat.numel() > 1 else 0.0,
-                                       "min": _round(flat.min().item()), "max": _round(flat.max().item())}}
+    entry: dict[str, Any] = {
+        "machine": machine,
+        "metric": {"name": metric_name, "value": _round(metric)},
+        "stats": {
+            "mean": _round(flat.mean().item()),
+            "std": _round(flat.std().item()) if flat.numel() > 1 else 0.0,
+            "min": _round(flat.min().item()),
+            "max": _round(flat.max().item()),
+        },
+    }
     if classifier and o.ndim == 2 and o.shape[1] > 1:
         k = min(top_k, o.shape[1])
         entry["labels"] = o.topk(k, dim=1).indices.tolist()
@@ -71,8 +89,15 @@ def snapshot_data(*, spec, vname: str, fmt: str, outputs, metric_name: str, metr
     else:
         entry["outputs"] = {n: _rows(v.float()) for n, v in named.items()}
         shape = {n: list(v.shape[1:]) for n, v in named.items()}
-    return {"deploycheck_snapshot": FORMAT_VERSION, "spec": spec.name, "variant": vname, "format": fmt,
-            "probes": int(len(o)), "shape": shape, "entries": {isa_class: entry}}
+    return {
+        "deploycheck_snapshot": FORMAT_VERSION,
+        "spec": spec.name,
+        "variant": vname,
+        "format": fmt,
+        "probes": int(len(o)),
+        "shape": shape,
+        "entries": {isa_class: entry},
+    }
 
 
 def _rows(o) -> list:
@@ -85,8 +110,11 @@ def merged(stored: dict | None, new: dict) -> dict:
     ``--snapshot-update`` writes it, so approving this machine never drops another machine's entry."""
     if not stored:
         return new
-    if stored.get("deploycheck_snapshot") != FORMAT_VERSION or stored.get("shape") != new["shape"] \
-            or stored.get("probes") != new["probes"]:
+    if (
+        stored.get("deploycheck_snapshot") != FORMAT_VERSION
+        or stored.get("shape") != new["shape"]
+        or stored.get("probes") != new["probes"]
+    ):
         return new  # the outputs' shape changed: other machines' entries describe another model
     entries = {k: v for k, v in (stored.get("entries") or {}).items() if k not in new["entries"]}
     entries.update(new["entries"])
@@ -129,14 +157,12 @@ def dumps(data: dict) -> str:
 class Rule:
     """The tolerances one comparison used, and why."""
 
-    name: str                      # "same-class" or "cross-machine"
+    name: str  # "same-class" or "cross-machine"
     atol: float
     rtol: float
     min_label_agreement: float
     max_metric_drift: float
     note: str = ""
-
-
 
 
 def rule_for(*, settings, same_class: bool, precision: str | None, approved: dict) -> Rule:
@@ -155,10 +181,18 @@ def rule_for(*, settings, same_class: bool, precision: str | None, approved: dic
         step = span / levels
         if cm.quant_steps * step > atol:
             atol = cm.quant_steps * step
-            note = (f" ({precision}: {fmt_steps(cm.quant_steps)} quantization steps of {step:.3g} = output range "
-                    f"{span:.4g} / {levels:g})")
-    return Rule("cross-machine", atol, max(cm.rtol, settings.rtol), min(cm.min_label_agreement, settings.min_label_agreement),
-                max(cm.max_metric_drift, settings.max_metric_drift), note)
+            note = (
+                f" ({precision}: {fmt_steps(cm.quant_steps)} quantization steps of {step:.3g} = output range "
+                f"{span:.4g} / {levels:g})"
+            )
+    return Rule(
+        "cross-machine",
+        atol,
+        max(cm.rtol, settings.rtol),
+        min(cm.min_label_agreement, settings.min_label_agreement),
+        max(cm.max_metric_drift, settings.max_metric_drift),
+        note,
+    )
 
 
 def fmt_steps(x: float) -> str:
@@ -181,6 +215,7 @@ def compare(old: dict, new: dict, *, settings, current: str, precision: str | No
     Returns {'ok', 'problems', 'reference', 'current', 'rule', and statistics for the message};
     ``missing_class`` is set when this ISA class has no approved entry yet."""
     import torch
+
     problems: list[str] = []
     out: dict[str, Any] = {"problems": problems, "current": current}
     if old.get("deploycheck_snapshot") != FORMAT_VERSION:
@@ -199,8 +234,9 @@ def compare(old: dict, new: dict, *, settings, current: str, precision: str | No
     mine_o, old_o = _by_output(mine.get("outputs", [])), _by_output(approved.get("outputs", []))
     n_old, n_new = (len(next(iter(x.values()), [])) for x in (old_o, mine_o))
     if old.get("shape") != new.get("shape") or n_old != n_new or list(old_o) != list(mine_o):
-        problems.append(f"output shape changed: {n_old} probes × {old.get('shape')} -> "
-                        f"{n_new} probes × {new.get('shape')}")
+        problems.append(
+            f"output shape changed: {n_old} probes × {old.get('shape')} -> {n_new} probes × {new.get('shape')}"
+        )
         out["ok"] = False
         return out
     rule = rule_for(settings=settings, same_class=ref_class == current, precision=precision, approved=approved)
@@ -244,31 +280,47 @@ def describe_rule(cmp: dict) -> str:
         return ""
     if rule.name == "same-class":
         return f"approved on {cmp['reference']}, compared on the same class"
-    return (f"approved on {cmp['reference']}, compared on {cmp['current']} by the cross-machine rule: "
-            f"atol {fmt_num(rule.atol)}{rule.note}, rtol {fmt_num(rule.rtol)}, labels >= {rule.min_label_agreement:.0%}, "
-            f"metric drift <= {fmt_num(rule.max_metric_drift)}; approve this class with `pytest --snapshot-update`")
+    return (
+        f"approved on {cmp['reference']}, compared on {cmp['current']} by the cross-machine rule: "
+        f"atol {fmt_num(rule.atol)}{rule.note}, rtol {fmt_num(rule.rtol)}, labels >= {rule.min_label_agreement:.0%}, "
+        f"metric drift <= {fmt_num(rule.max_metric_drift)}; approve this class with `pytest --snapshot-update`"
+    )
 
 
 def render_drift(cmp: dict, *, where: str) -> str:
     rule = cmp.get("rule")
-    lines = [f"outputs drifted from the approved snapshot ({where}): {', '.join(cmp['problems'])} moved beyond tolerance"]
+    lines = [
+        f"outputs drifted from the approved snapshot ({where}): {', '.join(cmp['problems'])} moved beyond tolerance"
+    ]
     if cmp.get("reference"):
         lines.append("  " + describe_rule(cmp))
     lines.append("  accept the new behaviour after review with: pytest --snapshot-update")
     by = cmp.get("values_by_output") or ({"": cmp["values"]} if "values" in cmp else {})
     for name, st in by.items():
         if st["mismatched"] and rule is not None:
-            lines.append(render_mismatch(st, what=f"  values of output {name!r}" if name else "  values", left="new",
-                                         right="approved", atol=rule.atol, rtol=rule.rtol))
+            lines.append(
+                render_mismatch(
+                    st,
+                    what=f"  values of output {name!r}" if name else "  values",
+                    left="new",
+                    right="approved",
+                    atol=rule.atol,
+                    rtol=rule.rtol,
+                )
+            )
     if rule is not None and "labels" in cmp:
         lb = cmp["labels"]
-        lines.append(f"  labels: agreement {lb['agreement']:.1%} (min {rule.min_label_agreement:.1%}); "
-                     f"{len(lb['changed'])} probe(s) changed their top label"
-                     + "".join(f"\n    probe {i}: {lb['old'][i]} -> {lb['new'][i]}" for i in lb["changed"][:5]))
+        lines.append(
+            f"  labels: agreement {lb['agreement']:.1%} (min {rule.min_label_agreement:.1%}); "
+            f"{len(lb['changed'])} probe(s) changed their top label"
+            + "".join(f"\n    probe {i}: {lb['old'][i]} -> {lb['new'][i]}" for i in lb["changed"][:5])
+        )
     m = cmp.get("metric") or {}
     if rule is not None and m.get("old") is not None and m.get("new") is not None:
-        lines.append(f"  metric {m['name']}: approved {fmt_num(m['old'])} -> now {fmt_num(m['new'])} "
-                     f"(drift {m['new'] - m['old']:+.3g}, max_metric_drift {fmt_num(rule.max_metric_drift)})")
+        lines.append(
+            f"  metric {m['name']}: approved {fmt_num(m['old'])} -> now {fmt_num(m['new'])} "
+            f"(drift {m['new'] - m['old']:+.3g}, max_metric_drift {fmt_num(rule.max_metric_drift)})"
+        )
     if cmp["problems"] and cmp["problems"][0].startswith(("output shape", "the stored")):
         lines.append("  " + cmp["problems"][0])
     return "\n".join(lines)
@@ -279,10 +331,10 @@ class DeploycheckSnapshotExtension(SingleFileSnapshotExtension):
 
     file_extension = "json"
     _write_mode = WriteMode.TEXT
-    settings: Any = None           # the spec's SnapshotSettings, set per assertion
-    current: str = ""              # this machine's ISA class
-    precision: str | None = None   # int8 / fp16 / bf16 variants: cross-machine atol in quantization steps
-    update: bool = False           # --snapshot-update is on
+    settings: Any = None  # the spec's SnapshotSettings, set per assertion
+    current: str = ""  # this machine's ISA class
+    precision: str | None = None  # int8 / fp16 / bf16 variants: cross-machine atol in quantization steps
+    update: bool = False  # --snapshot-update is on
     last: dict | None = None
 
     def serialize(self, data, *, exclude=None, include=None, matcher=None) -> str:
@@ -309,10 +361,10 @@ class Outcome:
     ok: bool
     created: bool
     updated: bool
-    missing: bool                       # no approved snapshot on disk
-    error: BaseException | None         # the stored file could not be read or compared
-    comparison: dict = field(default_factory=dict)   # :func:`compare`'s result, when it ran
-    path: str = ""                      # the snapshot file, relative to the rootdir
+    missing: bool  # no approved snapshot on disk
+    error: BaseException | None  # the stored file could not be read or compared
+    comparison: dict = field(default_factory=dict)  # :func:`compare`'s result, when it ran
+    path: str = ""  # the snapshot file, relative to the rootdir
 
 
 class UnreadableSnapshot(ValueError):
@@ -327,7 +379,7 @@ def parse_stored(text: str) -> dict:
     """An approved snapshot document, or UnreadableSnapshot saying why (merge-conflict markers, bad JSON)."""
     m = CONFLICT.search(text)
     if m:
-        line = text[:m.start()].count("\n") + 1
+        line = text[: m.start()].count("\n") + 1
         raise UnreadableSnapshot(f"it holds merge-conflict markers (line {line}: {m.group(1)})")
     try:
         data = json.loads(text)
@@ -342,10 +394,13 @@ def assert_matches(item, data: dict, *, settings, current: str, precision: str |
     """Compare ``data`` with the item's approved snapshot through syrupy (which also writes it on
     ``--snapshot-update`` and reports unused snapshots). The only place that talks to syrupy's API."""
     opt = item.config.option
-    snap = SnapshotAssertion(update_snapshots=opt.update_snapshots,
-                             update_new_snapshots_only=getattr(opt, "update_new_snapshots_only", False),
-                             extension_class=DeploycheckSnapshotExtension, test_location=PyTestLocation(item),
-                             session=item.config._syrupy)
+    snap = SnapshotAssertion(
+        update_snapshots=opt.update_snapshots,
+        update_new_snapshots_only=getattr(opt, "update_new_snapshots_only", False),
+        extension_class=DeploycheckSnapshotExtension,
+        test_location=PyTestLocation(item),
+        session=item.config._syrupy,
+    )
     location = snap.extension.get_location(test_location=snap.test_location, index=0)
     rel = os.path.relpath(location, str(item.config.rootpath))
     try:
@@ -365,13 +420,15 @@ def assert_matches(item, data: dict, *, settings, current: str, precision: str |
     ext.settings, ext.current, ext.precision, ext.update = settings, current, precision, bool(opt.update_snapshots)
     ok = snap == merged(stored, data)
     result = snap.executions[0]
-    return Outcome(ok, result.created, result.updated, result.recalled_data is None, result.exception,
-                   ext.last or {}, rel)
+    return Outcome(
+        ok, result.created, result.updated, result.recalled_data is None, result.exception, ext.last or {}, rel
+    )
 
 
 def make_locatable(item) -> None:
     """syrupy locates a snapshot by its test function (``obj.__module__``, ``obj.__name__``) and
     path: give a non-function item a stand-in."""
+
     def snapshot():
         pass
 
@@ -387,6 +444,7 @@ def enable_for_items(*, declared: Callable[[Any], set[str]]) -> None:
     deploycheck is imported again in one process (pytester's in-process runs do that). The
     session class is looked up now, not at import: an in-process run may hold a fresh syrupy."""
     from syrupy.session import SnapshotSession
+
     if getattr(SnapshotSession.filter_valid_items, "_deploycheck", False):
         return
 
@@ -406,12 +464,14 @@ def _keep_declared_snapshots(declared: Callable[[Any], set[str]]) -> None:
     a spec that does not parse keeps all its files. Works on the xdist controller too: it reads the
     specs, not the items."""
     from syrupy.report import SnapshotReport
+
     original = SnapshotReport.__dict__["unused"]
     if getattr(original, "_deploycheck", False):
         return
 
     def unused(self):
         from syrupy.data import SnapshotCollections
+
         out = SnapshotCollections()
         for collection in original.func(self):
             if not still_declared(collection.location, declared):
@@ -432,8 +492,14 @@ def still_declared(location: str, declared: Callable[[Any], set[str]]) -> bool:
     if os.path.basename(os.path.dirname(folder)) != "__snapshots__" or not location.endswith(".snapshot.json"):
         return False  # not a deploycheck snapshot: syrupy decides
     base = os.path.dirname(os.path.dirname(folder))
-    spec_path = next((p for p in (os.path.join(base, os.path.basename(folder) + ext) for ext in (".yaml", ".yml"))
-                      if os.path.exists(p)), None)
+    spec_path = next(
+        (
+            p
+            for p in (os.path.join(base, os.path.basename(folder) + ext) for ext in (".yaml", ".yml"))
+            if os.path.exists(p)
+        ),
+        None,
+    )
     if spec_path is None or not may_be_spec(spec_path):
         return False  # the spec is gone: its snapshots are stale
     try:

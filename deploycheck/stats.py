@@ -41,6 +41,7 @@ class DropCI:
 def clopper_pearson(k: int, m: int, confidence: float) -> tuple[float, float]:
     """Exact (Clopper-Pearson) interval of a binomial proportion: ``k`` successes in ``m``."""
     from scipy.stats import beta
+
     if m == 0:
         return 0.0, 1.0
     a = (1 - confidence) / 2
@@ -55,19 +56,27 @@ def exact_paired_drop(base_ok: np.ndarray, var_ok: np.ndarray, confidence: float
     With no discordant pair the two agree on every sample: the drop is exactly 0 here."""
     b, v = np.asarray(base_ok, dtype=bool), np.asarray(var_ok, dtype=bool)
     n = len(b)
-    lost = int(np.sum(b & ~v))    # the baseline right, the variant wrong
+    lost = int(np.sum(b & ~v))  # the baseline right, the variant wrong
     gained = int(np.sum(~b & v))
     m = lost + gained
     drop = (lost - gained) / n if n else 0.0
     if m == 0:
         return DropCI(drop, 0.0, 0.0, confidence, n, "exact, no discordant pairs")
     lo, hi = clopper_pearson(lost, m, confidence)
-    return DropCI(drop, m * (2 * lo - 1) / n, m * (2 * hi - 1) / n, confidence, n,
-                  f"exact on {m} discordant pairs of {n}")
+    return DropCI(
+        drop, m * (2 * lo - 1) / n, m * (2 * hi - 1) / n, confidence, n, f"exact on {m} discordant pairs of {n}"
+    )
 
 
-def bootstrap_paired_drop(score: Callable[[np.ndarray], tuple[float, float]], n: int, *, higher: bool,
-                          confidence: float, n_boot: int = 1000, seed: int = 0) -> DropCI:
+def bootstrap_paired_drop(
+    score: Callable[[np.ndarray], tuple[float, float]],
+    n: int,
+    *,
+    higher: bool,
+    confidence: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> DropCI:
     """Paired bootstrap of the drop for any metric: ``score(idx)`` returns (baseline, variant)
     metric values on the samples ``idx``; both sides are resampled together."""
     sign = 1.0 if higher else -1.0
@@ -79,8 +88,9 @@ def bootstrap_paired_drop(score: Callable[[np.ndarray], tuple[float, float]], n:
         b, v = score(rng.integers(0, n, size=n))
         drops[i] = sign * (b - v)
     lo, hi = np.percentile(drops, [(1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100])
-    return DropCI(float(drop), float(lo), float(hi), confidence, n,
-                  f"paired bootstrap, {n_boot} resamples, seed {seed}")
+    return DropCI(
+        float(drop), float(lo), float(hi), confidence, n, f"paired bootstrap, {n_boot} resamples, seed {seed}"
+    )
 
 
 def judge(ci: DropCI, limit: float) -> Outcome:

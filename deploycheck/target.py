@@ -10,9 +10,9 @@ from typing import Any
 
 @dataclass(frozen=True, eq=False)
 class Target:
-    spec: Any                      # deploycheck.spec.Spec
-    variant: Any                   # deploycheck.spec.VariantSpec
-    fspec: Any = None              # deploycheck.spec.FormatSpec, or None for variant-level checks
+    spec: Any  # deploycheck.spec.Spec
+    variant: Any  # deploycheck.spec.VariantSpec
+    fspec: Any = None  # deploycheck.spec.FormatSpec, or None for variant-level checks
 
     @property
     def vname(self) -> str:

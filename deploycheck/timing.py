@@ -57,14 +57,21 @@ def timed_round(fn: Callable[[], object], n: int, *, clock: Clock, cpu_clock: Cl
 
 def stats(samples_s: list[float]) -> dict:
     a = np.asarray(samples_s, dtype=np.float64) * 1e3
-    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
-            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "min_ms": float(a.min()),
-            "stdev_ms": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "rounds": int(len(a)),
-            "samples_ms": [float(f"{v:.5g}") for v in a]}
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p95_ms": float(np.percentile(a, 95)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "mean_ms": float(a.mean()),
+        "min_ms": float(a.min()),
+        "stdev_ms": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+        "rounds": int(len(a)),
+        "samples_ms": [float(f"{v:.5g}") for v in a],
+    }
 
 
-def measure(fn: Callable[[], object], *, warmup: int, rounds: int, round_s: float,
-            clock: Clock = time.perf_counter) -> tuple[dict, int]:
+def measure(
+    fn: Callable[[], object], *, warmup: int, rounds: int, round_s: float, clock: Clock = time.perf_counter
+) -> tuple[dict, int]:
     for _ in range(warmup):
         fn()
     n = calibrate(fn, round_s, clock=clock)
@@ -95,8 +102,15 @@ def _decide(lo: float, hi: float, med: float, limit: float, noise: float, *, fin
     return None
 
 
-def decide(*, wall: tuple[float, float, float], cpu: tuple[float, float, float], busy: float, limit: float,
-           noise: float, final: bool) -> str | None:
+def decide(
+    *,
+    wall: tuple[float, float, float],
+    cpu: tuple[float, float, float],
+    busy: float,
+    limit: float,
+    noise: float,
+    final: bool,
+) -> str | None:
     """The ratio verdict from the wall-time interval ``(lo, median, hi)``, guarded by CPU time.
 
     On a quiet machine (``busy``, the largest of the sides' median wall/CPU, below :data:`BUSY`) wall time
@@ -111,9 +125,20 @@ def decide(*, wall: tuple[float, float, float], cpu: tuple[float, float, float],
     return "inconclusive-busy" if final else None
 
 
-def side_by_side(variant: Callable[[], object], baseline: Callable[[], object], control: Callable[[], object] | None,
-                 *, limit: float | None, warmup: int, min_rounds: int, max_time_s: float, round_s: float,
-                 confidence: float, clock: Clock = time.perf_counter, cpu_clock: Clock = time.process_time) -> dict:
+def side_by_side(
+    variant: Callable[[], object],
+    baseline: Callable[[], object],
+    control: Callable[[], object] | None,
+    *,
+    limit: float | None,
+    warmup: int,
+    min_rounds: int,
+    max_time_s: float,
+    round_s: float,
+    confidence: float,
+    clock: Clock = time.perf_counter,
+    cpu_clock: Clock = time.process_time,
+) -> dict:
     """Variant vs baseline, with a control: a second, independently loaded copy of the baseline.
 
     The three callables were loaded fresh in this process and get the same call history: the
@@ -136,6 +161,7 @@ def side_by_side(variant: Callable[[], object], baseline: Callable[[], object], 
     def all_once():
         for f in sides:
             f()
+
     n = max(1, calibrate(all_once, round_s * len(sides), clock=clock))
     times: list[list[float]] = [[] for _ in sides]
     cpus: list[list[float]] = [[] for _ in sides]
@@ -159,8 +185,9 @@ def side_by_side(variant: Callable[[], object], baseline: Callable[[], object], 
         # how busy, per side: a side whose rounds are longer than the scheduler's slice is
         # preempted in most of them while short rounds often finish untouched, so a pooled
         # median can say "quiet" while the slower side waited 4x its run time (measured)
-        busy_sides = [float(np.median(np.asarray(times[i]) / np.maximum(np.asarray(cpus[i]), 1e-12)))
-                      for i in range(len(sides))]
+        busy_sides = [
+            float(np.median(np.asarray(times[i]) / np.maximum(np.asarray(cpus[i]), 1e-12))) for i in range(len(sides))
+        ]
         busy = max(busy_sides)
         cv, cb = np.asarray(cpus[0]), np.asarray(cpus[1])
         cr = cv / np.maximum(cb, 1e-12)
@@ -177,14 +204,34 @@ def side_by_side(variant: Callable[[], object], baseline: Callable[[], object], 
         if limit is None:
             decision: str | None = "measured"
             break
-        decision = decide(wall=(lo, med, hi), cpu=(clo, cmed_cpu, chi), busy=busy, limit=limit, noise=noise,
-                          final=elapsed >= max_time_s)
+        decision = decide(
+            wall=(lo, med, hi),
+            cpu=(clo, cmed_cpu, chi),
+            busy=busy,
+            limit=limit,
+            noise=noise,
+            final=elapsed >= max_time_s,
+        )
         if decision is not None:
             break
         target = rounds * 2
-    return {"ratio": med, "ci_low": lo, "ci_high": hi, "pairs": rounds, "calls_per_round": n,
-            "confidence": confidence, "decision": decision, "elapsed_s": clock() - t_start,
-            "control": ctrl, "limit": limit, "effective_limit": None if limit is None else limit * noise,
-            "busy": busy, "busy_sides": busy_sides, "cpu_ratio": cmed_cpu, "cpu_ci": [clo, chi],
-            "variant": stats(times[0]), "baseline": stats(times[1]),
-            "history": {"warmup": warmup, "calls_per_side": warmup + n * (1 + rounds)}}
+    return {
+        "ratio": med,
+        "ci_low": lo,
+        "ci_high": hi,
+        "pairs": rounds,
+        "calls_per_round": n,
+        "confidence": confidence,
+        "decision": decision,
+        "elapsed_s": clock() - t_start,
+        "control": ctrl,
+        "limit": limit,
+        "effective_limit": None if limit is None else limit * noise,
+        "busy": busy,
+        "busy_sides": busy_sides,
+        "cpu_ratio": cmed_cpu,
+        "cpu_ci": [clo, chi],
+        "variant": stats(times[0]),
+        "baseline": stats(times[1]),
+        "history": {"warmup": warmup, "calls_per_side": warmup + n * (1 + rounds)},
+    }

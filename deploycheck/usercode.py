@@ -44,7 +44,7 @@ def _imports(path: str, mtime_ns: int, module: str) -> tuple[str, ...]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base_parts = package.split(".") if package else []
-                base_parts = base_parts[:len(base_parts) - (node.level - 1)] if node.level > 1 else base_parts
+                base_parts = base_parts[: len(base_parts) - (node.level - 1)] if node.level > 1 else base_parts
                 base = ".".join(p for p in base_parts + ([node.module] if node.module else []) if p)
             else:
                 base = node.module or ""

@@ -37,12 +37,14 @@ from .protocol import (
 
 def _peak_rss_mb() -> float:
     import resource
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _load(ref: ArtifactRef):
     """(callable, diagnosis-or-None) for one artifact."""
     import torch
+
     diag = check_file(ref.artifact, ref.format, ref.manifest)
     if diag:
         return None, diag
@@ -71,6 +73,7 @@ def _load(ref: ArtifactRef):
 
 def handle(req: WorkerRequest) -> WorkerResult:
     import torch
+
     torch.set_num_threads(int(req.threads))
     for p in req.python_path:
         sys.path.insert(0, p)
@@ -101,8 +104,12 @@ def handle(req: WorkerRequest) -> WorkerResult:
         torch.save(joined, req.outputs)
         if req.extra_inputs:
             with torch.inference_mode():
-                extra = concat([{k: o.detach().float() for k, o in run_batch(fn, b).items()}
-                                for b in torch.load(req.extra_inputs, weights_only=True)])
+                extra = concat(
+                    [
+                        {k: o.detach().float() for k, o in run_batch(fn, b).items()}
+                        for b in torch.load(req.extra_inputs, weights_only=True)
+                    ]
+                )
             torch.save(extra, req.outputs + ".extra.pt")
         if req.dynamic_inputs:
             # each declared dynamic size on its own: one that the artifact cannot run is a
@@ -127,7 +134,7 @@ def handle(req: WorkerRequest) -> WorkerResult:
                 res.generations = _generate(fn, req.generate)
             except Exception as e:  # noqa: BLE001 - reported by the generation check
                 first = f"{type(e).__name__}: {e}".strip().splitlines()
-                res.generation_error = (first[0][:500] if first else type(e).__name__)
+                res.generation_error = first[0][:500] if first else type(e).__name__
                 res.traceback = "".join(traceback.format_exception(e))[-3000:]
             res.generation_s = time.perf_counter() - t1
     except BaseException as e:  # noqa: BLE001 - a crashing model is a result, not a worker failure
@@ -136,8 +143,12 @@ def handle(req: WorkerRequest) -> WorkerResult:
         if isinstance(e, MemoryError) or "can't allocate memory" in msg or "not enough memory" in msg:
             kind = "memory"
             msg = f"ran out of memory (isolation.memory_mb: {req.memory_mb}): {msg.splitlines()[0][:300]}"
-        return res.fail(stage, kind, msg.splitlines()[0][:500] if msg else type(e).__name__,
-                        "".join(traceback.format_exception(e))[-3000:])
+        return res.fail(
+            stage,
+            kind,
+            msg.splitlines()[0][:500] if msg else type(e).__name__,
+            "".join(traceback.format_exception(e))[-3000:],
+        )
     res.ok = True
     res.peak_rss_mb = _peak_rss_mb()
     return res
@@ -156,20 +167,33 @@ def _generate(fn, plan: GeneratePlan) -> list[list[int]]:
         if logits is None:
             raise TypeError("the artifact returned no tensor")
         if logits.ndim != 3 or logits.shape[1] != len(ids):
-            raise ValueError(f"a causal LM returns (batch, seq_len, vocab) logits; for {len(ids)} tokens the artifact "
-                             f"returned shape {tuple(logits.shape)}")
+            raise ValueError(
+                f"a causal LM returns (batch, seq_len, vocab) logits; for {len(ids)} tokens the artifact "
+                f"returned shape {tuple(logits.shape)}"
+            )
         return logits[0, -1].float(), ids
 
     def step(tok, ids):
         return full(ids + [tok])
 
-    return [greedy(full, step, list(p), new_tokens=plan.new_tokens, eos_id=plan.eos_id)
-            for p in torch.load(plan.prompts, weights_only=True)]
+    return [
+        greedy(full, step, list(p), new_tokens=plan.new_tokens, eos_id=plan.eos_id)
+        for p in torch.load(plan.prompts, weights_only=True)
+    ]
 
 
 def _is_signature_error(msg: str) -> bool:
-    keys = ("shape", "size mismatch", "dtype", "expected", "got invalid dimensions", "invalid_argument",
-            "mat1 and mat2", "dimension", "guard failed")
+    keys = (
+        "shape",
+        "size mismatch",
+        "dtype",
+        "expected",
+        "got invalid dimensions",
+        "invalid_argument",
+        "mat1 and mat2",
+        "dimension",
+        "guard failed",
+    )
     low = msg.lower()
     return any(k in low for k in keys)
 
@@ -181,6 +205,7 @@ def _latency(fn, lat: LatencyPlan) -> dict:
     and all three are measured by :func:`timing.side_by_side`; the variant's percentiles come
     from its own rounds there, so they too are taken in the same state as the baseline's."""
     import torch
+
     x = torch.load(lat.example, weights_only=True)
     out: dict = {}
     base = lat.baseline
@@ -198,9 +223,16 @@ def _latency(fn, lat: LatencyPlan) -> dict:
                 out["ratio_error"] = f"baseline artifact failed to load: {diag.kind}: {diag.message.splitlines()[0]}"
             else:
                 ratio = timing.side_by_side(
-                    run, lambda: call(bfn, x), (lambda: call(cfn, x)) if cfn is not None else None,
-                    limit=lat.ratio_limit, warmup=lat.warmup, min_rounds=lat.min_rounds,
-                    max_time_s=lat.max_time_s, round_s=lat.round_ms / 1e3, confidence=lat.confidence)
+                    run,
+                    lambda: call(bfn, x),
+                    (lambda: call(cfn, x)) if cfn is not None else None,
+                    limit=lat.ratio_limit,
+                    warmup=lat.warmup,
+                    min_rounds=lat.min_rounds,
+                    max_time_s=lat.max_time_s,
+                    round_s=lat.round_ms / 1e3,
+                    confidence=lat.confidence,
+                )
                 if cdiag:
                     ratio["control_error"] = f"{cdiag.kind}: {cdiag.message.splitlines()[0]}"
                 out["ratio"] = ratio
@@ -216,8 +248,12 @@ def _latency(fn, lat: LatencyPlan) -> dict:
             out["throughput"] = {}
             for bs in sizes:
                 xb = _repeat_to(x, bs)
-                sb, _ = timing.measure(functools.partial(call, fn, xb), warmup=max(1, lat.warmup // 2),
-                                       rounds=max(5, lat.min_rounds // 3), round_s=lat.round_ms / 1e3)
+                sb, _ = timing.measure(
+                    functools.partial(call, fn, xb),
+                    warmup=max(1, lat.warmup // 2),
+                    rounds=max(5, lat.min_rounds // 3),
+                    round_s=lat.round_ms / 1e3,
+                )
                 out["throughput"][str(bs)] = {"p50_ms": sb["p50_ms"], "samples_per_s": bs / (sb["p50_ms"] / 1e3)}
     return out
 
@@ -236,6 +272,7 @@ def serve() -> int:
     if parent.isdigit():
         die_with_parent(int(parent))
     import torch  # noqa: F401 - the point of a spare worker: pay the import before the request arrives
+
     line = sys.stdin.readline().strip()
     if not line:
         return 0
@@ -243,6 +280,7 @@ def serve() -> int:
         req = WorkerRequest.from_json(json.load(fh))
     if req.memory_mb:
         import resource
+
         lim = int(req.memory_mb) * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
     try:

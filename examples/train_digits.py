@@ -36,7 +36,7 @@ def train(spec_file: str, epochs: int = 40, lr: float = 3e-3, seed: int = 0) -> 
         model.train()
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), 64):
-            idx = perm[i:i + 64]
+            idx = perm[i : i + 64]
             opt.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
             loss.backward()

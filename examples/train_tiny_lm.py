@@ -63,19 +63,29 @@ def build_tokenizer():
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", vocab["<bos>"])])
+        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
     tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                   unk_token="<unk>", pad_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>"
+    )
 
 
 def build_model(vocab_size: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=32, hidden_size=128, intermediate_size=512, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
-        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=32,
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     assert vocab_size <= config.vocab_size
     return LlamaForCausalLM(config)
@@ -120,7 +130,7 @@ def main(steps: int = 800, batch: int = 32, seed: int = 0) -> None:
         for p in prompts:
             ids = tok(p, return_tensors="pt")["input_ids"]
             gen = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
-            text = tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)
+            text = tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=True)
             a, op, b = p[:-1].partition("+") if "+" in p else p[:-1].partition("-")
             want = int(a) + int(b) if op == "+" else int(a) - int(b)
             right += text.split(";")[0] == str(want)
@@ -135,7 +145,9 @@ def main(steps: int = 800, batch: int = 32, seed: int = 0) -> None:
         f.write("\n".join(heldout) + "\n")
     with open(PROMPTS, "w") as f:
         f.write("\n".join(prompts) + "\n")
-    print(f"wrote {os.path.relpath(MODEL_DIR, ROOT)}, {os.path.relpath(HELDOUT, ROOT)}, {os.path.relpath(PROMPTS, ROOT)}")
+    print(
+        f"wrote {os.path.relpath(MODEL_DIR, ROOT)}, {os.path.relpath(HELDOUT, ROOT)}, {os.path.relpath(PROMPTS, ROOT)}"
+    )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ def _warm_up_lazy_imports() -> None:
     import contextlib
     import io
     import warnings
+
     m = torch.nn.Linear(4, 2).eval()
     x = torch.ones(2, 4)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -263,10 +264,18 @@ snapshot: {{enabled: {snapshot}}}
 """
 
 
-def make_spec(*, factory: str = "Tiny", formats: str = "[torchscript]", variants: str = "  baseline: {}",
-              thresholds: str = "  metric: {max_drop: 0.01}", snapshot: str = "false", extra: str = "") -> str:
-    return BASE_SPEC.format(factory=factory, formats=formats, variants=variants, thresholds=thresholds,
-                            snapshot=snapshot, extra=extra)
+def make_spec(
+    *,
+    factory: str = "Tiny",
+    formats: str = "[torchscript]",
+    variants: str = "  baseline: {}",
+    thresholds: str = "  metric: {max_drop: 0.01}",
+    snapshot: str = "false",
+    extra: str = "",
+) -> str:
+    return BASE_SPEC.format(
+        factory=factory, formats=formats, variants=variants, thresholds=thresholds, snapshot=snapshot, extra=extra
+    )
 
 
 def tinymodels_of(project):
@@ -274,6 +283,7 @@ def tinymodels_of(project):
     pytest runs import their own copy)."""
     import importlib
     import sys
+
     sys.path.insert(0, str(project.path))
     try:
         return importlib.import_module("tinymodels")
@@ -288,16 +298,30 @@ def run_once(tmp_path_factory, spec_text: str, *args: str, name: str = "tiny"):
     import os
     import subprocess
     import sys
+
     root = tmp_path_factory.mktemp("project")
     (root / "tinymodels.py").write_text(TINY_MODELS)
     (root / "pytest.ini").write_text("[pytest]\n")
     (root / f"{name}.yaml").write_text(textwrap.dedent(spec_text))
     # an inner session is a session of its own, not an xdist worker (see ``project``)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST") and k != "PYTEST_ADDOPTS"}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
-                           f"--deploycheck-run-dir={tmp_path_factory.mktemp('run')}",
-                           f"--deploycheck-cache-dir={tmp_path_factory.mktemp('cache')}", *args],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            f"--deploycheck-run-dir={tmp_path_factory.mktemp('run')}",
+            f"--deploycheck-cache-dir={tmp_path_factory.mktemp('cache')}",
+            *args,
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     return root, proc
 
 
@@ -306,6 +330,7 @@ def _private_cache(tmp_path_factory):
     """The suite never touches the user's cache (~/.cache/deploycheck): its default points into
     pytest's own temporary folder, which pytest rotates."""
     import os
+
     old = os.environ.get("DEPLOYCHECK_CACHE_DIR")
     os.environ["DEPLOYCHECK_CACHE_DIR"] = str(tmp_path_factory.mktemp("default-cache"))
     yield
@@ -337,12 +362,22 @@ def project(pytester, tmp_path_factory, monkeypatch):
             return str(p)
 
         def run(self, *args: str):
-            return pytester.runpytest("-p", "no:cacheprovider", f"--deploycheck-run-dir={run_dir}",
-                                      f"--deploycheck-cache-dir={cache_dir}", *args)
+            return pytester.runpytest(
+                "-p",
+                "no:cacheprovider",
+                f"--deploycheck-run-dir={run_dir}",
+                f"--deploycheck-cache-dir={cache_dir}",
+                *args,
+            )
 
         def run_subprocess(self, *args: str):
-            return pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--deploycheck-run-dir={run_dir}",
-                                                 f"--deploycheck-cache-dir={cache_dir}", *args)
+            return pytester.runpytest_subprocess(
+                "-p",
+                "no:cacheprovider",
+                f"--deploycheck-run-dir={run_dir}",
+                f"--deploycheck-cache-dir={cache_dir}",
+                *args,
+            )
 
     p = P()
     p.tester = pytester

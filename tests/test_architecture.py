@@ -13,8 +13,20 @@ ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "deploycheck"
 
 #: third-party libraries whose import costs real time (measured with python -X importtime)
-HEAVY = {"torch", "numpy", "onnx", "onnxruntime", "onnxscript", "matplotlib", "transformers", "sklearn",
-         "safetensors", "h5py", "torchao", "scipy"}
+HEAVY = {
+    "torch",
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "matplotlib",
+    "transformers",
+    "sklearn",
+    "safetensors",
+    "h5py",
+    "torchao",
+    "scipy",
+}
 
 
 def _modname(p: Path) -> str:
@@ -46,7 +58,7 @@ def _imports(path: Path, mod: str | None = None):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = pkg.split(".")[:len(pkg.split(".")) - (node.level - 1)]
+                base = pkg.split(".")[: len(pkg.split(".")) - (node.level - 1)]
                 base_mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 base_mod = node.module or ""
@@ -133,8 +145,10 @@ def _package_graph(edges) -> dict[str, set[str]]:
     """Edges between deploycheck's top-level modules and subpackages (deploycheck.spec, .formats, …):
     importing any module of a package runs its ``__init__``, so modules that import each other's
     packages form a cycle even where no two modules do."""
+
     def unit(m: str) -> str:
         return ".".join(m.split(".")[:2])
+
     adj: dict[str, set[str]] = {}
     for m, es in edges.items():
         adj.setdefault(unit(m), set())
@@ -153,9 +167,12 @@ def test_no_import_cycles_among_the_subpackages():
 def test_a_package_cycle_through_modules_that_do_not_import_each_other_is_found():
     """The rule above can fail: spec.model -> formats and formats.onnx -> spec.schema is no module
     cycle, but it is one between the packages (the one issue 23 item 4 described)."""
-    edges = {"deploycheck.spec.model": {("deploycheck.formats", False, 1, False)},
-             "deploycheck.spec.schema": set(), "deploycheck.formats": set(),
-             "deploycheck.formats.onnx": {("deploycheck.spec.schema", False, 1, False)}}
+    edges = {
+        "deploycheck.spec.model": {("deploycheck.formats", False, 1, False)},
+        "deploycheck.spec.schema": set(),
+        "deploycheck.formats": set(),
+        "deploycheck.formats.onnx": {("deploycheck.spec.schema", False, 1, False)},
+    }
     assert _cycles({m: {t for t, _, _, _ in es} for m, es in edges.items()}) == []
     assert _cycles(_package_graph(edges)) == [["deploycheck.formats", "deploycheck.spec"]]
 
@@ -163,9 +180,12 @@ def test_a_package_cycle_through_modules_that_do_not_import_each_other_is_found(
 def test_function_level_imports_of_the_package_only_where_a_heavy_library_stands_behind_them():
     edges, external = _graph()
     heavy = _heavy_modules(edges, external)
-    light_inside_functions = sorted(f"{MODULES[m].relative_to(ROOT)}:{line}: {t}"
-                                    for m, es in edges.items() for t, func, line, parent in es
-                                    if func and not parent and t not in heavy)
+    light_inside_functions = sorted(
+        f"{MODULES[m].relative_to(ROOT)}:{line}: {t}"
+        for m, es in edges.items()
+        for t, func, line, parent in es
+        if func and not parent and t not in heavy
+    )
     assert light_inside_functions == []
     # the rule has teeth: these load torch or numpy when imported, so they stay behind functions
     assert {"deploycheck.data.dataset", "deploycheck.hf", "deploycheck.nn", "deploycheck.timing"} <= heavy
@@ -174,16 +194,25 @@ def test_function_level_imports_of_the_package_only_where_a_heavy_library_stands
 def test_the_walk_sees_a_light_import_inside_a_function(tmp_path):
     """The rule above can fail: a function-level import of a light module is found as such."""
     probe = tmp_path / "probe.py"
-    probe.write_text("from .registry import Registry\n\n\ndef f():\n    from .errors import StageError\n"
-                     "    return StageError\n")
+    probe.write_text(
+        "from .registry import Registry\n\n\ndef f():\n    from .errors import StageError\n    return StageError\n"
+    )
     found = {(name, func) for name, func, _ in _imports(probe, "deploycheck.probe")}
     assert found == {("deploycheck.registry", False), ("deploycheck.errors", True)}
 
 
 def test_loading_the_plugin_and_collecting_imports_no_heavy_library():
-    code = ("import sys, deploycheck.plugin, deploycheck.collect, deploycheck.checks, deploycheck.cli, "
-            "deploycheck.spec, deploycheck.runner\n"
-            f"print(sorted(m for m in {sorted(HEAVY)!r} if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    code = (
+        "import sys, deploycheck.plugin, deploycheck.collect, deploycheck.checks, deploycheck.cli, "
+        "deploycheck.spec, deploycheck.runner\n"
+        f"print(sorted(m for m in {sorted(HEAVY)!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=True,
+    )
     assert out.stdout.strip() == "[]"

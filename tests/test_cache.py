@@ -72,7 +72,7 @@ def test_a_damaged_cache_entry_is_rebuilt_not_used(project, tmp_path):
     res.stdout.fnmatch_lines(["deploycheck cache: reused 1 built variants, 0 artifacts, 0 fresh-process results (*)"])
 
 
-LAYERED = '''
+LAYERED = """
 import torch
 from torch import nn
 
@@ -88,8 +88,8 @@ class Layered(nn.Module):
 
     def forward(self, x):
         return self.out(self.block(x))
-'''
-LAYERS = '''
+"""
+LAYERS = """
 import torch
 from torch import nn
 
@@ -101,7 +101,7 @@ class Block(nn.Module):
 
     def forward(self, x):
         return torch.relu(self.fc(x)){extra}
-'''
+"""
 
 
 def test_a_change_in_a_helper_module_the_factory_imports_invalidates_the_build(project, pytester, tmp_path):
@@ -119,6 +119,7 @@ def test_a_change_in_a_helper_module_the_factory_imports_invalidates_the_build(p
 
 def _fake_entry(root, kind, key, size, used):
     import os
+
     d = root / kind / key[:2] / key
     d.mkdir(parents=True)
     (d / "blob").write_bytes(b"x" * size)
@@ -128,6 +129,7 @@ def _fake_entry(root, kind, key, size, used):
 
 def test_eviction_keeps_the_cache_under_its_cap_and_the_most_recent_entries(tmp_path):
     from deploycheck.cache import entries, evict
+
     old = [_fake_entry(tmp_path, "built", f"a{i}" + "0" * 10, 1000, 1_000_000 + i) for i in range(5)]
     new = [_fake_entry(tmp_path, "result", f"b{i}" + "0" * 10, 1000, 2_000_000 + i) for i in range(3)]
     removed = evict(str(tmp_path), 3500)
@@ -141,15 +143,18 @@ def test_cache_info_and_clean_print_exact_output(tmp_path, capsys):
     import time
 
     from deploycheck.cli import main
+
     _fake_entry(tmp_path, "built", "aa" + "0" * 10, 1500, time.time() - 10 * 86400)
     _fake_entry(tmp_path, "artifact", "bb" + "0" * 10, 2_500_000, time.time())
     _fake_entry(tmp_path, "result", "cc" + "0" * 10, 500, time.time())
     assert main(["cache", "info", "--dir", str(tmp_path)]) == 0
-    assert capsys.readouterr().out == (f"location: {tmp_path}\n"
-                                       "size: 2.5 MB in 3 entries\n"
-                                       "  built: 1 entries, 1.5 kB\n"
-                                       "  artifact: 1 entries, 2.5 MB\n"
-                                       "  result: 1 entries, 500 B\n")
+    assert capsys.readouterr().out == (
+        f"location: {tmp_path}\n"
+        "size: 2.5 MB in 3 entries\n"
+        "  built: 1 entries, 1.5 kB\n"
+        "  artifact: 1 entries, 2.5 MB\n"
+        "  result: 1 entries, 500 B\n"
+    )
     assert main(["cache", "clean", "--older-than", "7d", "--dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out == f"removed 1 entries unused for more than 7d (1.5 kB) from {tmp_path}\n"
     assert main(["cache", "clean", "--dir", str(tmp_path)]) == 0
@@ -160,8 +165,11 @@ def test_cache_info_and_clean_print_exact_output(tmp_path, capsys):
 
 def test_a_session_evicts_down_to_the_configured_size(project, tmp_path):
     from deploycheck.cache import entries
+
     project.write(make_spec(variants=VARIANTS, thresholds=TH))
-    project.run(f"--deploycheck-cache-dir={tmp_path / 'cache'}", "--deploycheck-cache-size=1kB").assert_outcomes(passed=10)
+    project.run(f"--deploycheck-cache-dir={tmp_path / 'cache'}", "--deploycheck-cache-size=1kB").assert_outcomes(
+        passed=10
+    )
     assert sum(e["bytes"] for e in entries(str(tmp_path / "cache"))) <= 1000
     res = project.run("--deploycheck-cache-size=lots")
     res.stderr.fnmatch_lines(["*--deploycheck-cache-size: not a size: 'lots' (examples: 500MB, 2GB, 1.5GiB, 1000000)*"])
@@ -169,6 +177,7 @@ def test_a_session_evicts_down_to_the_configured_size(project, tmp_path):
 
 def _artifact_entry(tmp_path, payload: bytes):
     import hashlib
+
     src = tmp_path / f"model-{hashlib.sha256(payload).hexdigest()[:8]}.bin"
     src.write_bytes(payload)
     return str(src), {"sha256": hashlib.sha256(payload).hexdigest(), "format": "torchscript"}
@@ -178,6 +187,7 @@ def test_a_second_publisher_of_one_entry_leaves_the_first_whole_and_no_staging_b
     """Two sessions that make the same entry both publish it by an atomic rename of a staged folder:
     the loser's folder is dropped, never merged into or over the entry a reader may be copying."""
     from deploycheck.cache import Cache
+
     first, second = Cache(str(tmp_path / "c")), Cache(str(tmp_path / "c"))
     path1, man1 = _artifact_entry(tmp_path, b"first" * 1000)
     path2, man2 = _artifact_entry(tmp_path, b"second" * 1000)
@@ -204,11 +214,13 @@ def test_concurrent_publishers_in_two_processes_never_expose_a_partial_entry(tmp
     import sys
 
     from deploycheck.cache import Cache
+
     payload = bytes(range(256)) * 4000  # 1 MB: a copy takes long enough to be caught half-done
     path, man = _artifact_entry(tmp_path, payload)
     root, key = str(tmp_path / "c"), "cd" * 32
-    procs = [subprocess.Popen([sys.executable, "-c", PUBLISHER, root, key, path, "40", man["sha256"]])
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", PUBLISHER, root, key, path, "40", man["sha256"]]) for _ in range(2)
+    ]
     reader = Cache(root)
     while any(p.poll() is None for p in procs):
         out = tmp_path / "read.bin"
@@ -221,6 +233,7 @@ def test_concurrent_publishers_in_two_processes_never_expose_a_partial_entry(tmp
 
 def test_old_session_run_folders_are_cleaned(project, tmp_path):
     import os
+
     project.write(make_spec())
     base = tmp_path / "base"
     project.run(f"--deploycheck-run-dir={base}").assert_outcomes(passed=5)

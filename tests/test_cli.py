@@ -22,7 +22,9 @@ def test_validate_reports_every_error_and_exits_1(tmp_path, capsys):
     (tmp_path / "workflow.yaml").write_text("on: [push]\n")
     assert main(["validate", str(tmp_path)]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"{tmp_path}/bad.yaml:9: formats[0]: unknown format 'torchscrpt'; did you mean 'torchscript'?")
+    assert out[0].startswith(
+        f"{tmp_path}/bad.yaml:9: formats[0]: unknown format 'torchscrpt'; did you mean 'torchscript'?"
+    )
     assert out[1] == f"{tmp_path}/good.yaml: ok (tiny: 1 variant, formats torchscript)"
     assert out[2] == "1 valid, 1 invalid"
     assert main(["validate", str(tmp_path / "good.yaml")]) == 0
@@ -44,14 +46,46 @@ def test_init_writes_a_valid_spec_without_prompting(tmp_path):
     (tmp_path / "pkg").mkdir()  # init refuses a factory that does not resolve (python_path: the spec's folder and ..)
     (tmp_path / "pkg" / "__init__.py").write_text("")
     (tmp_path / "pkg" / "models.py").write_text("import torch\n\n\nclass Net(torch.nn.Module):\n    pass\n")
-    p = subprocess.run([sys.executable, "-m", "deploycheck.cli", "init", "--factory", "pkg.models:Net", "--shape", "1,3,32,32",
-                        "-o", str(out)], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deploycheck.cli",
+            "init",
+            "--factory",
+            "pkg.models:Net",
+            "--shape",
+            "1,3,32,32",
+            "-o",
+            str(out),
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout == f"wrote {out}; run: pytest {out}\n"
     assert "inputs: {shape: [1, 3, 32, 32], dtype: float32}" in out.read_text()
     assert main(["validate", str(out)]) == 0
-    p = subprocess.run([sys.executable, "-m", "deploycheck.cli", "init", "--factory", "pkg.models:Net", "--shape", "1,4",
-                        "-o", str(out)], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deploycheck.cli",
+            "init",
+            "--factory",
+            "pkg.models:Net",
+            "--shape",
+            "1,4",
+            "-o",
+            str(out),
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert (p.returncode, p.stderr) == (1, f"{out} exists; not overwriting it (use --force)\n")
 
 
@@ -60,9 +94,11 @@ def _artifact(tmp_path):
 
     from deploycheck.formats import FORMATS
     from deploycheck.formats.integrity import write_manifest
+
     path = str(tmp_path / "m.pt2")
-    FORMATS.get("export")().save(torch.nn.Linear(4, 2).eval(), path, example=torch.ones(1, 4),
-                                 options=FORMATS.get("export").Options(), arch={})
+    FORMATS.get("export")().save(
+        torch.nn.Linear(4, 2).eval(), path, example=torch.ones(1, 4), options=FORMATS.get("export").Options(), arch={}
+    )
     write_manifest(path, fmt="export", input_shape=[1, 4], input_dtype="float32", extra={})
     return path
 
@@ -79,30 +115,54 @@ def test_inspect_good_and_broken_files(tmp_path, capsys):
     assert main(["inspect", path]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[-2] == "status:   BROKEN"
-    assert out[-1] == f"reason:   truncated: {path}: the file is incomplete: {len(data) // 3} of {len(data)} bytes " \
-                      "(a copy or upload was cut short); copy it again from the build"
+    assert (
+        out[-1] == f"reason:   truncated: {path}: the file is incomplete: {len(data) // 3} of {len(data)} bytes "
+        "(a copy or upload was cut short); copy it again from the build"
+    )
     onnx_named_pt2 = tmp_path / "x.pt2"
     onnx_named_pt2.write_bytes(b"\x08\x0a\x12\x07pytorch" + b"\x00" * 40)
     assert main(["inspect", str(onnx_named_pt2), "--format", "export"]) == 1
     assert capsys.readouterr().out.splitlines()[-1] == (
         f"reason:   wrong-format: {onnx_named_pt2}: the file is an ONNX file, but it is declared as a torch.export .pt2 "
-        "file: check which file was shipped")
+        "file: check which file was shipped"
+    )
 
 
 def _report(rows):
-    return {"schema_version": 1, "created": "2026-01-01T00:00:00+00:00", "git": {"commit": "abc"}, "libraries": {},
-            "machine": {}, "rows": rows, "records": []}
+    return {
+        "schema_version": 1,
+        "created": "2026-01-01T00:00:00+00:00",
+        "git": {"commit": "abc"},
+        "libraries": {},
+        "machine": {},
+        "rows": rows,
+        "records": [],
+    }
 
 
 def _row(variant, fmt, verdict="pass", metric=0.95, p50=1.0, size=1.0, reason=""):
-    return {"spec": "s", "variant": variant, "format": fmt, "verdict": verdict, "metric": metric, "metric_name": "accuracy",
-            "p50_ms": p50, "size_mb": size, "reason": reason}
+    return {
+        "spec": "s",
+        "variant": variant,
+        "format": fmt,
+        "verdict": verdict,
+        "metric": metric,
+        "metric_name": "accuracy",
+        "p50_ms": p50,
+        "size_mb": size,
+        "reason": reason,
+    }
 
 
 def test_compare_lists_regressions_first_and_exits_1(tmp_path, capsys):
     old = _report([_row("baseline", "export"), _row("int8", "export"), _row("pruned", "onnx")])
-    new = _report([_row("baseline", "export"), _row("int8", "export", verdict="FAIL", metric=0.90, p50=2.0,
-                                                    reason="metric: accuracy 0.9 < ..."), _row("student", "onnx")])
+    new = _report(
+        [
+            _row("baseline", "export"),
+            _row("int8", "export", verdict="FAIL", metric=0.90, p50=2.0, reason="metric: accuracy 0.9 < ..."),
+            _row("student", "onnx"),
+        ]
+    )
     (tmp_path / "old.json").write_text(json.dumps(old))
     (tmp_path / "new.json").write_text(json.dumps(new))
     assert main(["compare", str(tmp_path / "old.json"), str(tmp_path / "new.json")]) == 1
@@ -125,8 +185,18 @@ def test_compare_rejects_a_file_that_is_not_a_report(tmp_path):
 
 
 def test_merge_joins_shards_and_renders_them(tmp_path, capsys):
-    rec = lambda spec, status: {"spec": spec, "variant": "baseline", "format": "export", "check": "size", "status": status,  # noqa: E731
-                                "file": f"{spec}.yaml", "recipe": "baseline", "details": {"size_mb": 1.0}}
+    def rec(spec, status):
+        return {
+            "spec": spec,
+            "variant": "baseline",
+            "format": "export",
+            "check": "size",
+            "status": status,
+            "file": f"{spec}.yaml",
+            "recipe": "baseline",
+            "details": {"size_mb": 1.0},
+        }
+
     a = {**_report([]), "records": [rec("a", "passed")], "spec_files": {"a.yaml": "1"}}
     b = {**_report([]), "records": [rec("b", "failed")], "spec_files": {"b.yaml": "2"}}
     (tmp_path / "a.json").write_text(json.dumps(a))
@@ -142,6 +212,7 @@ def test_merge_joins_shards_and_renders_them(tmp_path, capsys):
 
 def test_example_ci_workflow_is_valid_yaml_using_real_commands():
     import yaml
+
     wf = yaml.safe_load(open(os.path.join(ROOT, "examples", "ci", "deploycheck.yml")))
     steps = [s.get("run", "") for job in wf["jobs"].values() for s in job["steps"]]
     assert any("deploycheck merge shards/shard-*.json -o reports/ALL.json --fail-on-failure" in s for s in steps)

@@ -44,12 +44,13 @@ def test_quick_start_block_holds_exactly_two_commands():
     assert len(lines) == 2
     assert lines[0].endswith("pytest specs/")
     ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
-    assert "pip install -q -c constraints.txt -e \".[onnx,ao,h5,html,hf,dev]\"" in ci
+    assert 'pip install -q -c constraints.txt -e ".[onnx,ao,h5,html,hf,dev]"' in ci
 
 
 def test_schema_is_valid_json_schema_and_accepts_the_examples():
     import jsonschema
     import yaml
+
     schema = json_schema(Spec)
     jsonschema.Draft202012Validator.check_schema(schema)
     for name in sorted(f for f in os.listdir(os.path.join(ROOT, "specs")) if f.endswith(".yaml")):

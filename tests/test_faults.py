@@ -147,49 +147,65 @@ def test_a_hanging_factory_fails_its_items_with_where_it_hung(faulty):
     faulty.write(make_spec(factory="hangs", extra="isolation: {build_timeout_s: 2}"))
     res = faulty.run("-k", "load or metric")
     res.assert_outcomes(failed=2)
-    res.stdout.fnmatch_lines([
-        "[[]build[]] tiny::baseline (declared at tiny.yaml:3): creating the model with factory 'tinymodels:hangs' "
-        "did not finish within 2 s and was killed (isolation.build_timeout_s: 2 at tiny.yaml:16)",
-        "--- where it was when the timeout struck (most recent call first) ---",
-        "Current thread 0x* (most recent call first):",
-        '  File "*tinymodels.py", line * in hangs',
-    ])
+    res.stdout.fnmatch_lines(
+        [
+            "[[]build[]] tiny::baseline (declared at tiny.yaml:3): creating the model with factory 'tinymodels:hangs' "
+            "did not finish within 2 s and was killed (isolation.build_timeout_s: 2 at tiny.yaml:16)",
+            "--- where it was when the timeout struck (most recent call first) ---",
+            "Current thread 0x* (most recent call first):",
+            '  File "*tinymodels.py", line * in hangs',
+        ]
+    )
 
 
 def test_a_hanging_data_callable_fails_the_spec_with_where_it_hung(faulty):
-    faulty.write(make_spec(extra="isolation: {build_timeout_s: 2}").replace("sklearn:iris", "python:tinymodels:hang_data"))
+    faulty.write(
+        make_spec(extra="isolation: {build_timeout_s: 2}").replace("sklearn:iris", "python:tinymodels:hang_data")
+    )
     res = faulty.run("-k", "load")
     res.assert_outcomes(failed=1)
-    res.stdout.fnmatch_lines([
-        "[[]build[]] tiny (declared at tiny.yaml:6): loading data 'python:tinymodels:hang_data' did not finish "
-        "within 2 s and was killed (isolation.build_timeout_s: 2 at tiny.yaml:16)",
-        "--- where it was when the timeout struck (most recent call first) ---",
-        "*",
-        '  File "*tinymodels.py", line * in hang_data',
-    ])
+    res.stdout.fnmatch_lines(
+        [
+            "[[]build[]] tiny (declared at tiny.yaml:6): loading data 'python:tinymodels:hang_data' did not finish "
+            "within 2 s and was killed (isolation.build_timeout_s: 2 at tiny.yaml:16)",
+            "--- where it was when the timeout struck (most recent call first) ---",
+            "*",
+            '  File "*tinymodels.py", line * in hang_data',
+        ]
+    )
 
 
 def test_a_model_that_cannot_be_pickled_is_built_again_in_the_session(faulty):
     faulty.write(make_spec(factory="local_class"))
     res = faulty.run("-k", "load or outputs", "--log-cli-level=INFO")
     res.assert_outcomes(passed=2)
-    res.stdout.fnmatch_lines(["*tiny: creating the model with factory 'tinymodels:local_class': the result cannot be "
-                              "sent back from its build process (AttributeError: Can't pickle local object "
-                              "'local_class.<locals>.Local'); built again in this process*"])
+    res.stdout.fnmatch_lines(
+        [
+            "*tiny: creating the model with factory 'tinymodels:local_class': the result cannot be "
+            "sent back from its build process (AttributeError: Can't pickle local object "
+            "'local_class.<locals>.Local'); built again in this process*"
+        ]
+    )
 
 
 def test_a_hanging_recipe_fails_its_variant_and_the_baseline_still_passes(faulty):
-    faulty.write(make_spec(variants="  baseline: {}\n  stuck:\n    custom: {callable: 'tinymodels:hang_recipe'}",
-                           extra="isolation: {build_timeout_s: 2}"))
+    faulty.write(
+        make_spec(
+            variants="  baseline: {}\n  stuck:\n    custom: {callable: 'tinymodels:hang_recipe'}",
+            extra="isolation: {build_timeout_s: 2}",
+        )
+    )
     res = faulty.run("-k", "load")
     res.assert_outcomes(passed=1, failed=1)
-    res.stdout.fnmatch_lines([
-        "[[]build[]] tiny::stuck (declared at tiny.yaml:12): building variant 'stuck' did not finish within 2 s "
-        "and was killed (isolation.build_timeout_s: 2 at tiny.yaml:18)",
-        "--- where it was when the timeout struck (most recent call first) ---",
-        "*",
-        '  File "*tinymodels.py", line * in hang_recipe',
-    ])
+    res.stdout.fnmatch_lines(
+        [
+            "[[]build[]] tiny::stuck (declared at tiny.yaml:12): building variant 'stuck' did not finish within 2 s "
+            "and was killed (isolation.build_timeout_s: 2 at tiny.yaml:18)",
+            "--- where it was when the timeout struck (most recent call first) ---",
+            "*",
+            '  File "*tinymodels.py", line * in hang_recipe',
+        ]
+    )
 
 
 def test_a_factory_that_ends_its_process_fails_alone_and_the_report_keeps_the_rest(faulty):
@@ -197,16 +213,22 @@ def test_a_factory_that_ends_its_process_fails_alone_and_the_report_keeps_the_re
     faulty.write(make_spec(factory="exits").replace("name: tiny", "name: dies"), name="dies")
     res = faulty.run("-k", "load or metric")
     res.assert_outcomes(passed=2, failed=2)
-    res.stdout.fnmatch_lines([
-        "[[]build[]] dies::baseline (declared at dies.yaml:3): the build process exited with code 3 without an "
-        "answer while creating the model with factory 'tinymodels:exits': the factory, a data callable or a "
-        "recipe ended it",
-    ])
+    res.stdout.fnmatch_lines(
+        [
+            "[[]build[]] dies::baseline (declared at dies.yaml:3): the build process exited with code 3 without an "
+            "answer while creating the model with factory 'tinymodels:exits': the factory, a data callable or a "
+            "recipe ended it",
+        ]
+    )
     res.stdout.fnmatch_lines(["*deploycheck summary*", "report written: */reports/deploycheck.json"])
     doc = json.loads((faulty.path / "reports" / "deploycheck.json").read_text())
     got = sorted((r["spec"], r["check"], r["status"]) for r in doc["records"])
-    assert got == [("dies", "load", "error"), ("dies", "metric", "error"),
-                   ("tiny", "load", "passed"), ("tiny", "metric", "passed")]
+    assert got == [
+        ("dies", "load", "error"),
+        ("dies", "metric", "error"),
+        ("tiny", "load", "passed"),
+        ("tiny", "metric", "passed"),
+    ]
 
 
 def test_a_session_that_dies_leaves_the_records_of_finished_items(faulty):
@@ -217,7 +239,9 @@ def test_a_session_that_dies_leaves_the_records_of_finished_items(faulty):
     assert not (faulty.path / "reports" / "deploycheck.json").exists()
     lines = (faulty.path / "reports" / "deploycheck.partial.jsonl").read_text().splitlines()
     assert sorted((r["spec"], r["check"], r["status"]) for r in map(json.loads, lines)) == [
-        ("tiny", "load", "passed"), ("tiny", "metric", "passed")]
+        ("tiny", "load", "passed"),
+        ("tiny", "metric", "passed"),
+    ]
     # the next session that completes writes its reports and removes the journal
     (faulty.path / "b_dies.yaml").unlink()
     faulty.run("-k", "load").assert_outcomes(passed=1)
@@ -229,21 +253,28 @@ def test_a_segfaulting_recipe_fails_its_variant_with_the_crash_stack(faulty):
     faulty.write(make_spec(variants="  baseline: {}\n  crashy:\n    custom: {callable: 'tinymodels:segfault_recipe'}"))
     res = faulty.run("-k", "load")
     res.assert_outcomes(passed=1, failed=1)
-    res.stdout.fnmatch_lines([
-        "[[]build[]] tiny::crashy (declared at tiny.yaml:12): the build process died with SIGSEGV (segmentation "
-        "fault) while building variant 'crashy': the factory, a data callable or a recipe ended it",
-        "--- where it died (most recent call first) ---",
-        "Fatal Python error: Segmentation fault",
-        "*",
-        "Current thread 0x* (most recent call first):",
-        '  File "*ctypes*", line * in string_at',
-        '  File "*tinymodels.py", line * in segfault_recipe',
-    ])
+    res.stdout.fnmatch_lines(
+        [
+            "[[]build[]] tiny::crashy (declared at tiny.yaml:12): the build process died with SIGSEGV (segmentation "
+            "fault) while building variant 'crashy': the factory, a data callable or a recipe ended it",
+            "--- where it died (most recent call first) ---",
+            "Fatal Python error: Segmentation fault",
+            "*",
+            "Current thread 0x* (most recent call first):",
+            '  File "*ctypes*", line * in string_at',
+            '  File "*tinymodels.py", line * in segfault_recipe',
+        ]
+    )
 
 
 def test_children_a_build_or_a_worker_starts_do_not_outlive_them(faulty):
-    faulty.write(make_spec(factory="Forks", formats=WITH_CODE,
-                           variants="  baseline: {}\n  forky:\n    custom: {callable: 'tinymodels:fork_recipe'}"))
+    faulty.write(
+        make_spec(
+            factory="Forks",
+            formats=WITH_CODE,
+            variants="  baseline: {}\n  forky:\n    custom: {callable: 'tinymodels:fork_recipe'}",
+        )
+    )
     res = faulty.run("-k", "load")
     res.assert_outcomes(passed=2)
     build_children, worker_children = _pids(faulty, "build-child"), _pids(faulty, "worker-child")
@@ -258,10 +289,24 @@ def test_ctrl_c_leaves_no_worker_or_build_running(faulty, tmp_path, where):
     else:
         faulty.write(make_spec(factory="hangs_recorded"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_ADDOPTS"))}
-    inner = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-k", "load",
-                              f"--deploycheck-run-dir={tmp_path / 'run'}", "--deploycheck-cache=off"],
-                             cwd=faulty.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+    inner = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            "load",
+            f"--deploycheck-run-dir={tmp_path / 'run'}",
+            "--deploycheck-cache=off",
+        ],
+        cwd=faulty.path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         end = time.monotonic() + 120
         while not _pids(faulty, where) and inner.poll() is None and time.monotonic() < end:

@@ -46,14 +46,20 @@ def options_for(name: str):
 def artifacts(models_dir, tmp_path_factory):
     """One good artifact per format, of the plain Tiny model, with manifests."""
     import tinymodels_fi
+
     model = tinymodels_fi.Tiny().eval()
     out = {}
     d = tmp_path_factory.mktemp("artifacts")
     for name in FORMAT_NAMES:
         fmt = FORMATS.get(name)()
         path = str(d / f"model{fmt.suffix}")
-        extra = fmt.save(model, path, example=torch.ones(1, 4), options=options_for(name),
-                         arch={"factory": "tinymodels_fi:Tiny", "kwargs": {}})
+        extra = fmt.save(
+            model,
+            path,
+            example=torch.ones(1, 4),
+            options=options_for(name),
+            arch={"factory": "tinymodels_fi:Tiny", "kwargs": {}},
+        )
         write_manifest(path, fmt=name, input_shape=[1, 4], input_dtype="float32", extra=extra or {})
         out[name] = path
     return out
@@ -63,8 +69,13 @@ def run(pool, tmp_path, *, path, fmt, manifest, inputs=None, python_path=(), tim
     batches = inputs if inputs is not None else [torch.randn(5, 4), torch.randn(3, 4)]
     torch.save(batches, tmp_path / "in.pt")
     code = {"factory": "tinymodels_fi:Tiny", "kwargs": {}} if fmt in NEEDS_CODE else None  # as the spec would say
-    req = load_request(ArtifactRef(path, fmt, dataclasses.asdict(options_for(fmt)), manifest, code), workdir=str(tmp_path),
-                       stem="t", inputs=str(tmp_path / "in.pt"), python_path=python_path)
+    req = load_request(
+        ArtifactRef(path, fmt, dataclasses.asdict(options_for(fmt)), manifest, code),
+        workdir=str(tmp_path),
+        stem="t",
+        inputs=str(tmp_path / "in.pt"),
+        python_path=python_path,
+    )
     return pool.run(req, timeout_s=timeout)
 
 
@@ -74,7 +85,7 @@ def copy_broken(src: str, dst: str, how: str, offset: int = 0) -> None:
         data = data[:offset]
     elif how == "flip":
         mid = len(data) // 2
-        data = data[:mid] + bytes(b ^ 0xFF for b in data[mid:mid + 16]) + data[mid + 16:]
+        data = data[:mid] + bytes(b ^ 0xFF for b in data[mid : mid + 16]) + data[mid + 16 :]
     elif how == "empty":
         data = b""
     with open(dst, "wb") as fh:
@@ -104,15 +115,27 @@ def test_broken_file_is_classified(pool, artifacts, tmp_path, fmt, case):
     assert r.ok is False and r.stage == "load"
     expected = {"truncate": "truncated", "flip": "corrupted", "empty": "empty"}[how]
     assert r.kind == expected
-    first = {"truncated": f"the file is incomplete: {offset} of {size} bytes",
-             "corrupted": "checksum mismatch (same size, different bytes)",
-             "empty": "the file is empty (0 bytes)"}[expected]
+    first = {
+        "truncated": f"the file is incomplete: {offset} of {size} bytes",
+        "corrupted": "checksum mismatch (same size, different bytes)",
+        "empty": "the file is empty (0 bytes)",
+    }[expected]
     assert r.message.startswith(first)
 
 
-@pytest.mark.parametrize("declared,actual", [("export", "onnx"), ("onnx", "torchscript"), ("torchscript", "safetensors"),
-                                             ("safetensors", "export"), ("pickle", "onnx"), ("hdf5", "safetensors"),
-                                             ("export", "aoti"), ("aoti", "export")])
+@pytest.mark.parametrize(
+    "declared,actual",
+    [
+        ("export", "onnx"),
+        ("onnx", "torchscript"),
+        ("torchscript", "safetensors"),
+        ("safetensors", "export"),
+        ("pickle", "onnx"),
+        ("hdf5", "safetensors"),
+        ("export", "aoti"),
+        ("aoti", "export"),
+    ],
+)
 def test_file_of_another_format_is_named(pool, artifacts, tmp_path, declared, actual):
     dst = str(tmp_path / ("model" + FORMATS.get(declared).suffix))
     shutil.copy(artifacts[actual], dst)
@@ -132,36 +155,59 @@ def test_truncated_zip_without_manifest_is_still_diagnosed(pool, artifacts, tmp_
 @pytest.mark.parametrize("fmt", FORMAT_NAMES)
 def test_wrong_input_shape_is_a_signature_error(pool, artifacts, models_dir, tmp_path, fmt):
     code = [str(models_dir)] if fmt in NEEDS_CODE else []
-    r = run(pool, tmp_path, path=artifacts[fmt], fmt=fmt, manifest=read_manifest(artifacts[fmt]),
-            inputs=[torch.randn(5, 7)], python_path=code).result
+    r = run(
+        pool,
+        tmp_path,
+        path=artifacts[fmt],
+        fmt=fmt,
+        manifest=read_manifest(artifacts[fmt]),
+        inputs=[torch.randn(5, 7)],
+        python_path=code,
+    ).result
     assert (r.ok, r.stage, r.kind) == (False, "run", "signature"), r
 
 
 def test_fixed_batch_artifact_returning_wrong_rows_is_caught(pool, models_dir, tmp_path):
     """The silent failure: a model built for one batch size returns (1, C) for a batch of N."""
     import tinymodels_fi
+
     fmt = FORMATS.get("torchscript")()
     path = str(tmp_path / "fixed.ts")
-    fmt.save(tinymodels_fi.FirstRowOnly().eval(), path, example=torch.ones(1, 4), options=options_for("torchscript"), arch={})
+    fmt.save(
+        tinymodels_fi.FirstRowOnly().eval(), path, example=torch.ones(1, 4), options=options_for("torchscript"), arch={}
+    )
     r = run(pool, tmp_path, path=path, fmt="torchscript", manifest=None, inputs=[torch.randn(6, 4)]).result
-    assert (r.kind, r.message) == ("signature", "batch 0: input batch of 6 gave output of shape (1, 3): the "
-                                         "artifact was built for a fixed batch size (export with a dynamic batch dimension)")
+    assert (r.kind, r.message) == (
+        "signature",
+        "batch 0: input batch of 6 gave output of shape (1, 3): the "
+        "artifact was built for a fixed batch size (export with a dynamic batch dimension)",
+    )
 
 
 def test_aoti_package_compiled_for_one_batch_size_is_caught(pool, models_dir, tmp_path):
     """Measured here: an AOTInductor package compiled for batch 1 returns (1, C) for a batch of N, no error."""
     import tinymodels_fi
+
     fmt = FORMATS.get("aoti")()
     path = str(tmp_path / "fixed.aoti.pt2")
-    fmt.save(tinymodels_fi.Tiny().eval(), path, example=torch.ones(1, 4), options=FORMATS.get("aoti").Options(dynamic_batch=False),
-             arch={})
+    fmt.save(
+        tinymodels_fi.Tiny().eval(),
+        path,
+        example=torch.ones(1, 4),
+        options=FORMATS.get("aoti").Options(dynamic_batch=False),
+        arch={},
+    )
     r = run(pool, tmp_path, path=path, fmt="aoti", manifest=None, inputs=[torch.randn(6, 4)]).result
-    assert (r.kind, r.message) == ("signature", "batch 0: input batch of 6 gave output of shape (1, 3): the "
-                                         "artifact was built for a fixed batch size (export with a dynamic batch dimension)")
+    assert (r.kind, r.message) == (
+        "signature",
+        "batch 0: input batch of 6 gave output of shape (1, 3): the "
+        "artifact was built for a fixed batch size (export with a dynamic batch dimension)",
+    )
 
 
 def test_version_skew_is_classified(pool, artifacts, tmp_path):
     import onnx
+
     m = onnx.load(artifacts["onnx"])
     m.ir_version = 99
     dst = str(tmp_path / "new.onnx")
@@ -196,11 +242,20 @@ def test_sniff_names_formats_from_bytes(artifacts):
 ISOLATION = "isolation: {timeout_s: 20}"
 
 
-@pytest.mark.parametrize("factory,message", [
-    ("Aborts", "[[]load[]] tiny::baseline::pickle (declared at tiny.yaml:9): the process died with SIGABRT (aborted) "
-               "while loading and running model.pkl.pt"),
-    ("Floods", "[[]run[]] tiny::baseline::pickle (declared at tiny.yaml:9): error: RuntimeError: boom after flooding stdout"),
-])
+@pytest.mark.parametrize(
+    "factory,message",
+    [
+        (
+            "Aborts",
+            "[[]load[]] tiny::baseline::pickle (declared at tiny.yaml:9): the process died with SIGABRT (aborted) "
+            "while loading and running model.pkl.pt",
+        ),
+        (
+            "Floods",
+            "[[]run[]] tiny::baseline::pickle (declared at tiny.yaml:9): error: RuntimeError: boom after flooding stdout",
+        ),
+    ],
+)
 def test_crashing_model_fails_its_items_and_the_session_continues(project, factory, message):
     project.write(make_spec(factory=factory, formats="[{pickle: {allow: true, with_code: true}}]", extra=ISOLATION))
     project.write(make_spec(formats="[torchscript]").replace("name: tiny", "name: healthy"), name="healthy")
@@ -210,21 +265,37 @@ def test_crashing_model_fails_its_items_and_the_session_continues(project, facto
 
 
 def test_model_exhausting_memory_fails_with_the_limit_named(project):
-    project.write(make_spec(factory="Hogs", formats="[{pickle: {allow: true, with_code: true}}]",
-                            extra="isolation: {timeout_s: 60, memory_mb: 3000}"))
+    project.write(
+        make_spec(
+            factory="Hogs",
+            formats="[{pickle: {allow: true, with_code: true}}]",
+            extra="isolation: {timeout_s: 60, memory_mb: 3000}",
+        )
+    )
     res = project.run("-k", "load")
     res.assert_outcomes(failed=1)
-    res.stdout.fnmatch_lines(["[[]run[]] tiny::baseline::pickle (declared at tiny.yaml:9): memory: ran out of memory "
-                              "(isolation.memory_mb: 3000): *"])
+    res.stdout.fnmatch_lines(
+        [
+            "[[]run[]] tiny::baseline::pickle (declared at tiny.yaml:9): memory: ran out of memory "
+            "(isolation.memory_mb: 3000): *"
+        ]
+    )
 
 
 def test_hanging_model_is_killed_after_the_timeout(project):
-    project.write(make_spec(factory="Sleeps", formats="[{pickle: {allow: true, with_code: true}}]",
-                            extra="isolation: {timeout_s: 3}"))
+    project.write(
+        make_spec(
+            factory="Sleeps", formats="[{pickle: {allow: true, with_code: true}}]", extra="isolation: {timeout_s: 3}"
+        )
+    )
     res = project.run("-k", "load")
     res.assert_outcomes(failed=1)
-    res.stdout.fnmatch_lines(["[[]load[]] tiny::baseline::pickle (declared at tiny.yaml:9): the process was killed after "
-                              "its timeout while loading and running model.pkl.pt"])
+    res.stdout.fnmatch_lines(
+        [
+            "[[]load[]] tiny::baseline::pickle (declared at tiny.yaml:9): the process was killed after "
+            "its timeout while loading and running model.pkl.pt"
+        ]
+    )
 
 
 def test_artifact_that_needs_training_code_is_caught_by_the_fresh_process(project):
@@ -232,9 +303,13 @@ def test_artifact_that_needs_training_code_is_caught_by_the_fresh_process(projec
     project.write(make_spec(formats="[{pickle: {allow: true}}]"))
     res = project.run("-k", "load")
     res.assert_outcomes(failed=1)
-    res.stdout.fnmatch_lines(["[[]load[]] tiny::baseline::pickle (declared at tiny.yaml:9): missing-module: loading needs "
-                              "Python module/attribute 'tinymodels', which this process cannot import: the artifact "
-                              "depends on the training code*"])
+    res.stdout.fnmatch_lines(
+        [
+            "[[]load[]] tiny::baseline::pickle (declared at tiny.yaml:9): missing-module: loading needs "
+            "Python module/attribute 'tinymodels', which this process cannot import: the artifact "
+            "depends on the training code*"
+        ]
+    )
     project.write(make_spec(formats="[{pickle: {allow: true, with_code: true}}]"))
     project.run("-k", "load").assert_outcomes(passed=1)
 
@@ -244,8 +319,12 @@ def test_unsupported_combination_is_skipped_with_the_exporters_reason_or_failed(
     project.write(make_spec(variants=variants, formats="[export]"))
     res = project.run("-k", "int8", "-rs")
     res.assert_outcomes(passed=1, skipped=5)  # batch_invariance runs in memory; every format item is skipped
-    res.stdout.fnmatch_lines(["*unsupported: export cannot hold variant 'int8': torch.export failed: *"
-                              "LinearPackedParamsBase*__obj_flatten__*(on_unsupported: skip)"])
+    res.stdout.fnmatch_lines(
+        [
+            "*unsupported: export cannot hold variant 'int8': torch.export failed: *"
+            "LinearPackedParamsBase*__obj_flatten__*(on_unsupported: skip)"
+        ]
+    )
     project.write(make_spec(variants=variants, formats="[export]", extra="on_unsupported: fail"))
     res = project.run("-k", "int8 and export")
     res.assert_outcomes(failed=5)

@@ -10,16 +10,24 @@ from hypothesis import strategies as st
 from deploycheck.errors import SpecError
 from deploycheck.spec import parse
 
-VALID = make_spec(variants="  baseline: {}\n  q:\n    quantize: {method: dynamic_int8}\n"
-                           "  c:\n    steps:\n      - prune: {method: l1_unstructured, amount: 0.5}\n"
-                           "      - quantize: {method: fp16}\n  d:\n    distill: {student: 'm:S', epochs: 2}",
-                  formats="[torchscript, {onnx: {opset: 18}}]",
-                  thresholds="  metric: {max_drop: 0.01}\n  latency: {p95_ms: 5.0, max_ratio: 1.1}")
+VALID = make_spec(
+    variants="  baseline: {}\n  q:\n    quantize: {method: dynamic_int8}\n"
+    "  c:\n    steps:\n      - prune: {method: l1_unstructured, amount: 0.5}\n"
+    "      - quantize: {method: fp16}\n  d:\n    distill: {student: 'm:S', epochs: 2}",
+    formats="[torchscript, {onnx: {opset: 18}}]",
+    thresholds="  metric: {max_drop: 0.01}\n  latency: {p95_ms: 5.0, max_ratio: 1.1}",
+)
 DOC = yaml.safe_load(VALID)
 
-garbage = st.one_of(st.none(), st.booleans(), st.integers(-10, 10), st.floats(allow_nan=True),
-                    st.text(max_size=8), st.lists(st.integers(), max_size=3),
-                    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
+garbage = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 10),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
 
 
 def paths(node, prefix=()):
@@ -37,6 +45,7 @@ ALL_PATHS = [p for p in paths(DOC) if p]
 
 def mutate(doc, path, action, value):
     import copy
+
     d = copy.deepcopy(doc)
     parent = d
     for k in path[:-1]:
@@ -57,8 +66,12 @@ def test_mutations_end_in_spec_errors(path, action, value):
     text = yaml.safe_dump(mutate(DOC, path, action, value), sort_keys=False)
     # A typo'd key in a schema mapping must be an error; free-form mappings (factory kwargs) and
     # the variants mapping (whose keys are names the user chooses) take any key.
-    typed = (action == "unknown" and isinstance(_parent(DOC, path), dict)
-             and not any(k in ("kwargs", "student_kwargs") for k in path) and tuple(path[:-1]) != ("variants",))
+    typed = (
+        action == "unknown"
+        and isinstance(_parent(DOC, path), dict)
+        and not any(k in ("kwargs", "student_kwargs") for k in path)
+        and tuple(path[:-1]) != ("variants",)
+    )
     try:
         parse(text, filename="f.yaml")
     except SpecError as e:

@@ -16,19 +16,24 @@ LATIN1 = make_spec().replace("name: tiny\n", "name: tiny\n# owner: Ren\xe9\n").e
 
 # --- nothing in a spec folder is skipped silently ---------------------------------------------
 
+
 def test_undecodable_spec_is_a_collection_error(project):
     (project.path / "gate.yaml").write_bytes(LATIN1)
     (project.path / "other.yaml").write_bytes(b"# caf\xe9\nkey: 1\n")  # not a spec: ignored as before
     res = project.run("--collect-only")
-    res.stdout.fnmatch_lines(["*ERROR collecting gate.yaml*",
-                              "gate.yaml:3: the file is not UTF-8: byte 0xe9 at column 13 cannot be decoded; "
-                              "save the spec as UTF-8"])
+    res.stdout.fnmatch_lines(
+        [
+            "*ERROR collecting gate.yaml*",
+            "gate.yaml:3: the file is not UTF-8: byte 0xe9 at column 13 cannot be decoded; save the spec as UTF-8",
+        ]
+    )
     assert "other.yaml" not in res.stdout.str()
     assert res.ret == 2
 
 
 def test_undecodable_and_unreadable_specs_fail_validate(tmp_path, capsys):
     from conftest import TINY_MODELS
+
     (tmp_path / "tinymodels.py").write_text(TINY_MODELS)  # validate imports the factory
     (tmp_path / "gate.yaml").write_bytes(LATIN1)
     (tmp_path / "good.yaml").write_text(make_spec().replace("name: tiny", "name: good"))
@@ -41,8 +46,10 @@ def test_undecodable_and_unreadable_specs_fail_validate(tmp_path, capsys):
     finally:
         locked.chmod(0o644)
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == (f"{tmp_path}/gate.yaml:3: the file is not UTF-8: byte 0xe9 at column 13 cannot be decoded; "
-                      "save the spec as UTF-8")
+    assert out[0] == (
+        f"{tmp_path}/gate.yaml:3: the file is not UTF-8: byte 0xe9 at column 13 cannot be decoded; "
+        "save the spec as UTF-8"
+    )
     assert out[1] == f"{tmp_path}/good.yaml: ok (good: 1 variant, formats torchscript)"
     if unreadable:
         assert out[2] == f"{tmp_path}/locked.yaml:1: cannot read the spec file: Permission denied"
@@ -52,19 +59,28 @@ def test_undecodable_and_unreadable_specs_fail_validate(tmp_path, capsys):
 def test_two_specs_with_one_name_are_an_error(project, tmp_path, capsys):
     for d in ("a", "b"):
         (project.path / d).mkdir()
-        (project.path / d / "model.yaml").write_text(make_spec().replace("name: tiny\n", "")
-                                                     .replace("factory: tinymodels", "python_path: ['..']\n  factory: tinymodels"))
+        (project.path / d / "model.yaml").write_text(
+            make_spec()
+            .replace("name: tiny\n", "")
+            .replace("factory: tinymodels", "python_path: ['..']\n  factory: tinymodels")
+        )
     res = project.run("--collect-only", "-q")
-    res.stdout.fnmatch_lines(["*ERROR collecting b/model.yaml*",
-                              "b/model.yaml:1: name: name 'model' (no 'name:' given, so the file's stem) is also the "
-                              "name of a/model.yaml: two specs with one name would share report rows, run folders and "
-                              "a baseline; give each spec its own 'name:'"])
+    res.stdout.fnmatch_lines(
+        [
+            "*ERROR collecting b/model.yaml*",
+            "b/model.yaml:1: name: name 'model' (no 'name:' given, so the file's stem) is also the "
+            "name of a/model.yaml: two specs with one name would share report rows, run folders and "
+            "a baseline; give each spec its own 'name:'",
+        ]
+    )
     assert res.ret == 2
     capsys.readouterr()
     assert main(["validate", str(project.path / "a"), str(project.path / "b")]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[1].startswith(f"{project.path}/b/model.yaml:1: name: name 'model' (no 'name:' given, so the file's stem) "
-                             f"is also the name of {project.path}/a/model.yaml: ")
+    assert out[1].startswith(
+        f"{project.path}/b/model.yaml:1: name: name 'model' (no 'name:' given, so the file's stem) "
+        f"is also the name of {project.path}/a/model.yaml: "
+    )
     assert out[2] == "1 valid, 1 invalid"
 
 
@@ -87,19 +103,27 @@ class Reg(nn.Module):
 
 
 def diabetes_spec(metric: str, out: int = 1) -> str:
-    return (make_spec(factory="Reg", thresholds="  metric: {max_drop: 0.01}")
-            .replace("tinymodels:Reg", "regress:Reg").replace("shape: [1, 4]", "shape: [1, 10]")
-            .replace("  inputs:", f"  kwargs: {{out: {out}}}\n  inputs:")
-            .replace("sklearn:iris", "sklearn:diabetes") + f"metric: {metric}\n")
+    return (
+        make_spec(factory="Reg", thresholds="  metric: {max_drop: 0.01}")
+        .replace("tinymodels:Reg", "regress:Reg")
+        .replace("shape: [1, 4]", "shape: [1, 10]")
+        .replace("  inputs:", f"  kwargs: {{out: {out}}}\n  inputs:")
+        .replace("sklearn:iris", "sklearn:diabetes")
+        + f"metric: {metric}\n"
+    )
 
 
 def test_accuracy_on_a_regression_target_is_an_error(project):
     project.tester.makepyfile(regress=REGRESSOR)
     project.write(diabetes_spec("accuracy", out=3))
     res = project.run("-k", "metric")
-    res.stdout.fnmatch_lines(["*metric 'accuracy' failed on the in-memory outputs: ValueError: accuracy needs class "
-                              "labels 0..2 (one per output column), but the targets run from * to *: if they are "
-                              "values to predict, use metric mse, mae or r2"])
+    res.stdout.fnmatch_lines(
+        [
+            "*metric 'accuracy' failed on the in-memory outputs: ValueError: accuracy needs class "
+            "labels 0..2 (one per output column), but the targets run from * to *: if they are "
+            "values to predict, use metric mse, mae or r2"
+        ]
+    )
     assert res.ret == 1 and "passed" not in res.stdout.lines[-1]
 
 
@@ -108,8 +132,11 @@ def test_r2_metric_scores_a_regression(project):
     project.write(diabetes_spec("r2"))
     res = project.run("-k", "metric")
     res.assert_outcomes(passed=1)
-    rows = [r for r in json.loads((project.path / "reports/deploycheck.json").read_text())["records"]
-            if r["check"] == "metric"]
+    rows = [
+        r
+        for r in json.loads((project.path / "reports/deploycheck.json").read_text())["records"]
+        if r["check"] == "metric"
+    ]
     assert rows[0]["metric"] == "r2" and rows[0]["higher_is_better"] is True and rows[0]["value"] < 1
 
 
@@ -118,8 +145,12 @@ def test_accuracy_on_fractional_targets_is_an_error():
     import torch
 
     from deploycheck.metrics import METRICS
-    with pytest.raises(ValueError, match=r"^accuracy needs integer class labels, but the targets are not whole numbers "
-                                         r"\(e.g. 0.5\): they look like values to predict; use metric mse, mae or r2$"):
+
+    with pytest.raises(
+        ValueError,
+        match=r"^accuracy needs integer class labels, but the targets are not whole numbers "
+        r"\(e.g. 0.5\): they look like values to predict; use metric mse, mae or r2$",
+    ):
         METRICS.get("accuracy")(torch.zeros(3, 2), torch.tensor([0.0, 0.5, 1.0]))
     assert METRICS.get("accuracy")(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0.0, 1.0])) == 1.0
 
@@ -129,6 +160,7 @@ def test_r2_is_scikit_learns_r2_score():
     from sklearn.metrics import r2_score
 
     from deploycheck.metrics import METRICS
+
     g = torch.Generator().manual_seed(0)
     o, t = torch.randn(50, 2, generator=g), torch.randn(50, 2, generator=g)
     assert abs(METRICS.get("r2")(o, t) - r2_score(t.numpy(), o.numpy())) < 1e-6
@@ -139,25 +171,52 @@ def test_r2_is_scikit_learns_r2_score():
 def test_init_picks_the_metric_from_the_targets(tmp_path):
     import subprocess
     import sys
+
     (tmp_path / "regress.py").write_text(REGRESSOR)
     for data, metric in (("sklearn:diabetes", "r2"), ("sklearn:digits", "accuracy")):
         out = tmp_path / f"{metric}.yaml"
-        p = subprocess.run([sys.executable, "-m", "deploycheck.cli", "init", "--factory", "regress:Reg", "--shape", "1,10",
-                            "--data", data, "-o", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "deploycheck.cli",
+                "init",
+                "--factory",
+                "regress:Reg",
+                "--shape",
+                "1,10",
+                "--data",
+                data,
+                "-o",
+                str(out),
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert p.returncode == 0, p.stderr
         assert f"\nmetric: {metric}\n" in out.read_text()
 
 
 # --- approved snapshots are never deleted by accident -----------------------------------------
 
-SNAPS = ["tiny.baseline.torchscript.snapshot.json", "tiny.p1.torchscript.snapshot.json",
-         "tiny.p2.torchscript.snapshot.json"]
+SNAPS = [
+    "tiny.baseline.torchscript.snapshot.json",
+    "tiny.p1.torchscript.snapshot.json",
+    "tiny.p2.torchscript.snapshot.json",
+]
 
 
-def snap_spec(p1: str = "prune: {method: random_unstructured, amount: 0.1, seed: 1}", p2_extra: str = "",
-              thresholds: str = "  metric: {max_drop: 0.5}") -> str:
-    variants = (f"  baseline: {{}}\n  p1:\n    {p1}\n"
-                f"  p2:\n    prune: {{method: random_unstructured, amount: 0.2, seed: 2}}\n{p2_extra}")
+def snap_spec(
+    p1: str = "prune: {method: random_unstructured, amount: 0.1, seed: 1}",
+    p2_extra: str = "",
+    thresholds: str = "  metric: {max_drop: 0.5}",
+) -> str:
+    variants = (
+        f"  baseline: {{}}\n  p1:\n    {p1}\n"
+        f"  p2:\n    prune: {{method: random_unstructured, amount: 0.2, seed: 2}}\n{p2_extra}"
+    )
     return make_spec(variants=variants.rstrip("\n"), snapshot="true", thresholds=thresholds)
 
 
@@ -226,10 +285,14 @@ def test_snapshot_with_merge_conflict_markers_is_an_error_never_rewritten(projec
     path.write_text(conflicted)
     res = project.run("-k", "snapshot", "--snapshot-update")
     res.assert_outcomes(passed=2, failed=1)
-    line = text[:text.index('  "entries": {')].count("\n") + 1
-    res.stdout.fnmatch_lines([f"approved snapshot __snapshots__/tiny/{SNAPS[0]} does not parse: it holds merge-conflict "
-                              f"markers (line {line}: <<<<<<<); it is left as it is, even with --snapshot-update: "
-                              "resolve it by hand (keep every machine's entry), or delete it and record it anew"])
+    line = text[: text.index('  "entries": {')].count("\n") + 1
+    res.stdout.fnmatch_lines(
+        [
+            f"approved snapshot __snapshots__/tiny/{SNAPS[0]} does not parse: it holds merge-conflict "
+            f"markers (line {line}: <<<<<<<); it is left as it is, even with --snapshot-update: "
+            "resolve it by hand (keep every machine's entry), or delete it and record it anew"
+        ]
+    )
     assert path.read_text() == conflicted
     assert "deleted" not in res.stdout.str()
 
@@ -281,23 +344,32 @@ class Encoder(nn.Module):
 
 
 def seq_spec(factory: str, variants: str) -> str:
-    return make_spec(factory=factory, variants=variants, thresholds="  metric: {max_drop: 1.0}",
-                     formats="[torchscript]").replace("tinymodels:", "seqmodels:")
+    return make_spec(
+        factory=factory, variants=variants, thresholds="  metric: {max_drop: 1.0}", formats="[torchscript]"
+    ).replace("tinymodels:", "seqmodels:")
 
 
 def test_prune_covers_lstm_gru_and_attention_and_fails_when_it_falls_short(project):
     project.tester.makepyfile(seqmodels=SEQ_MODELS)
-    project.write(seq_spec("Recurrent", "  baseline: {}\n  pruned:\n    prune: {method: l1_unstructured, amount: 0.5}\n"
-                                        "  linear-only:\n    prune: {method: l1_unstructured, amount: 0.5, modules: [Linear]}"))
+    project.write(
+        seq_spec(
+            "Recurrent",
+            "  baseline: {}\n  pruned:\n    prune: {method: l1_unstructured, amount: 0.5}\n"
+            "  linear-only:\n    prune: {method: l1_unstructured, amount: 0.5, modules: [Linear]}",
+        )
+    )
     res = project.run("-k", "metric")
     res.assert_outcomes(passed=2, failed=1)
-    res.stdout.fnmatch_lines([
-        "*build] tiny::linear-only (declared at tiny.yaml:*): recipe step 1 (prune:l1_unstructured@0.5) failed: "
-        "ValueError: amount 0.5 was asked for, but only 4.1% of the model's weights are zero: 5 weight matrices (92% of "
-        "the weights) were not pruned: lstm.weight_hh_l0 (LSTM, 1,024), gru.weight_ih_l0 (GRU, 768), gru.weight_hh_l0 "
-        "(GRU, 768), att.in_proj_weight (MultiheadAttention, 768), lstm.weight_ih_l0 (LSTM, 64); add GRU, LSTM, "
-        "MultiheadAttention to prune.modules (now Linear), "
-        "or name those modules in prune.skip to keep them dense on purpose"])
+    res.stdout.fnmatch_lines(
+        [
+            "*build] tiny::linear-only (declared at tiny.yaml:*): recipe step 1 (prune:l1_unstructured@0.5) failed: "
+            "ValueError: amount 0.5 was asked for, but only 4.1% of the model's weights are zero: 5 weight matrices (92% of "
+            "the weights) were not pruned: lstm.weight_hh_l0 (LSTM, 1,024), gru.weight_ih_l0 (GRU, 768), gru.weight_hh_l0 "
+            "(GRU, 768), att.in_proj_weight (MultiheadAttention, 768), lstm.weight_ih_l0 (LSTM, 64); add GRU, LSTM, "
+            "MultiheadAttention to prune.modules (now Linear), "
+            "or name those modules in prune.skip to keep them dense on purpose"
+        ]
+    )
     rows = {r["variant"]: r for r in json.loads((project.path / "reports/deploycheck.json").read_text())["records"]}
     info = rows["pruned"]["variant_info"]
     assert info["steps"][0]["details"]["sparsity_model"] == 0.5
@@ -309,24 +381,35 @@ def test_torch_ao_dynamic_int8_on_a_transformer_encoder_names_the_module(project
     project.write(seq_spec("Encoder", "  baseline: {}\n  int8:\n    quantize: {method: dynamic_int8}"))
     res = project.run("-k", "metric and not baseline")
     res.assert_outcomes(failed=1)
-    res.stdout.fnmatch_lines([
-        "*build] tiny::int8 (declared at tiny.yaml:*): recipe step 1 (*) failed: ValueError: torch.ao dynamic int8 made "
-        "the model fail in module 'enc.layers.0' (TransformerEncoderLayer): AttributeError: 'function' object has no attribute "
-        "'device'. torch.ao replaces each quantized Linear by a packed module without a weight tensor, which that module "
-        "reads; use backend: torchao (quantize: {method: dynamic_int8, backend: torchao}), or leave its Linear modules "
-        "out with skip"])
+    res.stdout.fnmatch_lines(
+        [
+            "*build] tiny::int8 (declared at tiny.yaml:*): recipe step 1 (*) failed: ValueError: torch.ao dynamic int8 made "
+            "the model fail in module 'enc.layers.0' (TransformerEncoderLayer): AttributeError: 'function' object has no attribute "
+            "'device'. torch.ao replaces each quantized Linear by a packed module without a weight tensor, which that module "
+            "reads; use backend: torchao (quantize: {method: dynamic_int8, backend: torchao}), or leave its Linear modules "
+            "out with skip"
+        ]
+    )
 
 
 # --- validate resolves names ------------------------------------------------------------------
 
+
 def test_validate_resolves_factories_callables_and_files(project, capsys):
     from conftest import TINY_MODELS
+
     (project.path / "gate").mkdir()
     (project.path / "gate/models.py").write_text(TINY_MODELS + "\n\ndef rows():\n    return None\n")
-    spec = (make_spec(factory="Tinyy", variants="  baseline: {}\n  custom:\n    custom: {callable: 'models:repaet'}\n"
-                                                "  student:\n    distill: {student: 'modles:Student'}")
-            .replace("tinymodels:", "models:").replace("source: sklearn:iris", "source: 'python:models:row'")
-            .replace("  inputs:", "  weights: weights.safetensors\n  inputs:"))
+    spec = (
+        make_spec(
+            factory="Tinyy",
+            variants="  baseline: {}\n  custom:\n    custom: {callable: 'models:repaet'}\n"
+            "  student:\n    distill: {student: 'modles:Student'}",
+        )
+        .replace("tinymodels:", "models:")
+        .replace("source: sklearn:iris", "source: 'python:models:row'")
+        .replace("  inputs:", "  weights: weights.safetensors\n  inputs:")
+    )
     (project.path / "gate/tiny.yaml").write_text(spec)
     capsys.readouterr()
     assert main(["validate", str(project.path / "gate")]) == 1
@@ -342,32 +425,57 @@ def test_validate_resolves_factories_callables_and_files(project, capsys):
         "has no attribute 'repaet'; did you mean 'repeat'?",
         f"{f}:15: variants.student.distill.student: cannot import 'modles:Student': No module named 'modles'; did you "
         f"mean 'models'? searched python_path {search}, then sys.path (installed packages)",
-        "0 valid, 1 invalid"]
+        "0 valid, 1 invalid",
+    ]
 
 
 def test_run_time_import_error_names_the_folders_searched(project):
     project.write(make_spec().replace("tinymodels:Tiny", "models:Tiny"))
     res = project.run("-k", "metric")
-    res.stdout.fnmatch_lines([f"*cannot create the model from factory 'models:Tiny': UnresolvedName: cannot import "
-                              f"'models:Tiny': No module named 'models'; did you mean 'tinymodels'? searched python_path "
-                              f"{project.path}, {project.path.parent}, then sys.path (installed packages)"])
+    res.stdout.fnmatch_lines(
+        [
+            f"*cannot create the model from factory 'models:Tiny': UnresolvedName: cannot import "
+            f"'models:Tiny': No module named 'models'; did you mean 'tinymodels'? searched python_path "
+            f"{project.path}, {project.path.parent}, then sys.path (installed packages)"
+        ]
+    )
     res.assert_outcomes(failed=1)
 
 
 def test_init_refuses_a_factory_that_does_not_resolve(tmp_path):
     import subprocess
     import sys
+
     (tmp_path / "regress.py").write_text(REGRESSOR)
-    p = subprocess.run([sys.executable, "-m", "deploycheck.cli", "init", "--factory", "regres:Reg", "--shape", "1,10",
-                        "-o", str(tmp_path / "r.yaml")], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deploycheck.cli",
+            "init",
+            "--factory",
+            "regres:Reg",
+            "--shape",
+            "1,10",
+            "-o",
+            str(tmp_path / "r.yaml"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2
-    assert p.stderr == (f"deploycheck init: --factory cannot import 'regres:Reg': No module named 'regres'; did you mean "
-                        f"'regress'? searched python_path {tmp_path}, {tmp_path.parent}, then sys.path (installed "
-                        "packages)\n")
+    assert p.stderr == (
+        f"deploycheck init: --factory cannot import 'regres:Reg': No module named 'regres'; did you mean "
+        f"'regress'? searched python_path {tmp_path}, {tmp_path.parent}, then sys.path (installed "
+        "packages)\n"
+    )
     assert not (tmp_path / "r.yaml").exists()
 
 
 # --- reports tell the truth -------------------------------------------------------------------
+
 
 def test_params_leave_buffers_out_and_packed_int8_weights_count():
     import warnings
@@ -402,10 +510,12 @@ def test_onnx_unsupported_reason_keeps_its_cause(tmp_path):
     import torch
 
     from deploycheck.formats import FORMATS, Unsupported
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        q = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(4, 3)).eval(),
-                                                   {torch.nn.Linear}, dtype=torch.qint8)
+        q = torch.ao.quantization.quantize_dynamic(
+            torch.nn.Sequential(torch.nn.Linear(4, 3)).eval(), {torch.nn.Linear}, dtype=torch.qint8
+        )
     fmt = FORMATS.get("onnx")
     try:
         fmt().save(q, str(tmp_path / "m.onnx"), example=torch.ones(1, 4), options=fmt.Options(), arch={})
@@ -416,7 +526,9 @@ def test_onnx_unsupported_reason_keeps_its_cause(tmp_path):
 
 
 def test_unsupported_skip_points_at_the_spec_line(project):
-    project.write(make_spec(formats="[export]", variants="  baseline: {}\n  int8:\n    quantize: {method: dynamic_int8}"))
+    project.write(
+        make_spec(formats="[export]", variants="  baseline: {}\n  int8:\n    quantize: {method: dynamic_int8}")
+    )
     res = project.run("-k", "int8 and load", "-rs")
     res.assert_outcomes(skipped=1)
     res.stdout.fnmatch_lines(["SKIPPED ?1? tiny.yaml:12: unsupported: export cannot hold variant 'int8': *"])
@@ -424,10 +536,26 @@ def test_unsupported_skip_points_at_the_spec_line(project):
 
 
 def test_compare_leaves_out_unchanged_unsupported_rows(tmp_path, capsys):
-    row = {"spec": "s", "variant": "int8", "format": "onnx", "verdict": "unsupported", "metric": None,
-           "metric_name": "accuracy", "p50_ms": None, "size_mb": None, "reason": "onnx cannot hold variant 'int8'"}
-    doc = {"schema_version": 1, "created": "2026-01-01T00:00:00+00:00", "git": {"commit": "abc"}, "libraries": {},
-           "machine": {}, "rows": [row], "records": []}
+    row = {
+        "spec": "s",
+        "variant": "int8",
+        "format": "onnx",
+        "verdict": "unsupported",
+        "metric": None,
+        "metric_name": "accuracy",
+        "p50_ms": None,
+        "size_mb": None,
+        "reason": "onnx cannot hold variant 'int8'",
+    }
+    doc = {
+        "schema_version": 1,
+        "created": "2026-01-01T00:00:00+00:00",
+        "git": {"commit": "abc"},
+        "libraries": {},
+        "machine": {},
+        "rows": [row],
+        "records": [],
+    }
     (tmp_path / "a.json").write_text(json.dumps(doc))
     assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "a.json")]) == 0
     out = capsys.readouterr().out
@@ -438,8 +566,10 @@ def test_compare_leaves_out_unchanged_unsupported_rows(tmp_path, capsys):
 def test_cli_output_to_a_closed_pipe_ends_quietly():
     import subprocess
     import sys
-    p = subprocess.Popen([sys.executable, "-m", "deploycheck.cli", "schema"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+
+    p = subprocess.Popen(
+        [sys.executable, "-m", "deploycheck.cli", "schema"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     p.stdout.close()  # the reader (`| head`) has gone before the first write
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 141
@@ -449,8 +579,16 @@ def test_cli_output_to_a_closed_pipe_ends_quietly():
 def test_path_options_in_space_form_keep_the_rootdir(project, tmp_path_factory):
     project.write(make_spec())
     run_dir, report_dir, cache_dir = (tmp_path_factory.mktemp(n) for n in ("space-run", "space-report", "space-cache"))
-    res = project.tester.runpytest("--deploycheck-run-dir", str(run_dir), "--deploycheck-report-dir", str(report_dir),
-                                   "--deploycheck-cache-dir", str(cache_dir), "-k", "metric")
+    res = project.tester.runpytest(
+        "--deploycheck-run-dir",
+        str(run_dir),
+        "--deploycheck-report-dir",
+        str(report_dir),
+        "--deploycheck-cache-dir",
+        str(cache_dir),
+        "-k",
+        "metric",
+    )
     res.assert_outcomes(passed=1)
     res.stdout.fnmatch_lines([f"rootdir: {project.path}", "configfile: tox.ini"])
     assert (report_dir / "deploycheck.json").exists()

@@ -10,8 +10,34 @@ from deploycheck.data.dataset import preprocess
 from deploycheck.errors import SpecError
 from deploycheck.spec import parse
 
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "dog", "sat", "ran", "on", "mat", "market",
-         "fell", "stock", "rain", "snow", "cold", "warm", "sun", "a", "is", "was", "big", "small", "."]
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "the",
+    "cat",
+    "dog",
+    "sat",
+    "ran",
+    "on",
+    "mat",
+    "market",
+    "fell",
+    "stock",
+    "rain",
+    "snow",
+    "cold",
+    "warm",
+    "sun",
+    "a",
+    "is",
+    "was",
+    "big",
+    "small",
+    ".",
+]
 
 
 @pytest.fixture
@@ -20,17 +46,37 @@ def tiny_bert(pytester):
     pytest.importorskip("transformers", reason="needs the hf extra: pip install 'deploycheck[hf]'")
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
+
     d = pytester.path / "tinybert"
     d.mkdir()
     BertTokenizerFast(vocab={w: i for i, w in enumerate(VOCAB)}).save_pretrained(str(d))
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64)
+    cfg = BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     BertModel(cfg).eval().save_pretrained(str(d))
-    (pytester.path / "texts.txt").write_text("\n".join([
-        "the cat sat on the mat .", "the dog ran on the mat .", "the stock market fell .", "rain is cold .",
-        "the sun is warm .", "snow was cold .", "a big cat sat .", "a small dog ran .", "the market was big .",
-        "the sun sat on the snow ."]) + "\n")
+    (pytester.path / "texts.txt").write_text(
+        "\n".join(
+            [
+                "the cat sat on the mat .",
+                "the dog ran on the mat .",
+                "the stock market fell .",
+                "rain is cold .",
+                "the sun is warm .",
+                "snow was cold .",
+                "a big cat sat .",
+                "a small dog ran .",
+                "the market was big .",
+                "the sun sat on the snow .",
+            ]
+        )
+        + "\n"
+    )
     (pytester.path / "triplets.tsv").write_text("the cat sat .\ta cat sat on the mat .\tthe stock market fell .\n")
     return d
 
@@ -66,12 +112,19 @@ def test_hf_model_from_a_local_folder_runs_every_check(project, tiny_bert):
     res.assert_outcomes(passed=22, skipped=7)
     assert "unsupported: export cannot hold variant 'int8'" in out
     import json
+
     doc = json.loads((project.path / "reports" / "deploycheck.json").read_text())
-    fid = next(r for r in doc["records"] if r["check"] == "fidelity" and r["variant"] == "int8"
-               and r["format"] == "torchscript")
+    fid = next(
+        r
+        for r in doc["records"]
+        if r["check"] == "fidelity" and r["variant"] == "int8" and r["format"] == "torchscript"
+    )
     assert fid["formula"].startswith("mean cosine vs baseline ") and fid["formula"].endswith(">= min_mean_cosine 0.9")
-    sem = next(r for r in doc["records"] if r["check"] == "semantic" and r["variant"] == "baseline"
-               and r["format"] == "torchscript")
+    sem = next(
+        r
+        for r in doc["records"]
+        if r["check"] == "semantic" and r["variant"] == "baseline" and r["format"] == "torchscript"
+    )
     assert sem["status"] == "passed", sem
     assert sem["formula"].startswith("1 of 1 triplets keep their order") or sem["formula"].startswith("0 of 1")
 
@@ -95,41 +148,59 @@ def test_missing_package_skips_the_spec_with_the_reason(project):
     project.write(HF_SPEC.replace("path: tinybert", "path: package:not_a_model_pkg/model"), name="tinybert")
     res = project.run("-rs")
     res.assert_outcomes(skipped=29)
-    res.stdout.fnmatch_lines(["SKIPPED [[]29[]] tinybert.yaml: model.hf.path names package 'not_a_model_pkg', which is not installed"])
+    res.stdout.fnmatch_lines(
+        ["SKIPPED [[]29[]] tinybert.yaml: model.hf.path names package 'not_a_model_pkg', which is not installed"]
+    )
 
 
 def test_without_transformers_the_spec_is_skipped(project, tiny_bert, monkeypatch):
     import importlib.util
+
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a)
+    )
     project.write(HF_SPEC, name="tinybert")
     res = project.run("-rs")
-    res.stdout.fnmatch_lines(["SKIPPED * needs Hugging Face transformers for model.hf: pip install 'deploycheck[[]hf[]]'"])
+    res.stdout.fnmatch_lines(
+        ["SKIPPED * needs Hugging Face transformers for model.hf: pip install 'deploycheck[[]hf[]]'"]
+    )
 
 
 def test_text_data_without_tokenize_is_a_clear_build_error(project, tiny_bert):
     project.write(HF_SPEC.replace("  preprocess: [{tokenize: {max_length: 16}}]\n", ""), name="tinybert")
     res = project.run("-k", "baseline and torchscript and load")
-    res.stdout.fnmatch_lines(["[[]build[]] tinybert (declared at tinybert.yaml:6): the data are texts: add a "
-                              "preprocessing step such as {tokenize: {max_length: 128}}"])
+    res.stdout.fnmatch_lines(
+        [
+            "[[]build[]] tinybert (declared at tinybert.yaml:6): the data are texts: add a "
+            "preprocessing step such as {tokenize: {max_length: 128}}"
+        ]
+    )
 
 
 def test_hf_and_factory_are_exclusive():
     text = HF_SPEC.replace("  hf: {path: tinybert, pooling: mean}", "  hf: {path: tinybert}\n  factory: m:f")
     with pytest.raises(SpecError) as ei:
         parse(text, filename="s.yaml")
-    assert "model.factory: give exactly one of 'factory' (a python callable) or 'hf' (a Hugging Face folder)" in str(ei.value)
+    assert "model.factory: give exactly one of 'factory' (a python callable) or 'hf' (a Hugging Face folder)" in str(
+        ei.value
+    )
 
 
-@pytest.mark.parametrize("steps,expected", [
-    ("[{scale: 0.5}, {shift: 1.0}]", [[1.5, 2.0, 2.5, 3.0]]),
-    ("[{clip: [2, 3]}]", [[2.0, 2.0, 3.0, 3.0]]),
-    ("[{reshape: [2, 2]}, {normalize: {mean: [1.0, 3.0], std: [1.0, 2.0]}}]", [[[0.0, 1.0], [0.0, 0.5]]]),
-    ("[{dtype: int64}]", [[1, 2, 3, 4]]),
-    ("[{callable: 'prep:double'}]", [[2.0, 4.0, 6.0, 8.0]]),
-])
+@pytest.mark.parametrize(
+    "steps,expected",
+    [
+        ("[{scale: 0.5}, {shift: 1.0}]", [[1.5, 2.0, 2.5, 3.0]]),
+        ("[{clip: [2, 3]}]", [[2.0, 2.0, 3.0, 3.0]]),
+        ("[{reshape: [2, 2]}, {normalize: {mean: [1.0, 3.0], std: [1.0, 2.0]}}]", [[[0.0, 1.0], [0.0, 0.5]]]),
+        ("[{dtype: int64}]", [[1, 2, 3, 4]]),
+        ("[{callable: 'prep:double'}]", [[2.0, 4.0, 6.0, 8.0]]),
+    ],
+)
 def test_preprocessing_steps(pytester, steps, expected):
     pytester.makepyfile(prep="def double(x):\n    return x * 2\n")
-    spec = parse(make_spec().replace("  split:", f"  preprocess: {steps}\n  split:"), filename=str(pytester.path / "s.yaml"))
+    spec = parse(
+        make_spec().replace("  split:", f"  preprocess: {steps}\n  split:"), filename=str(pytester.path / "s.yaml")
+    )
     out = preprocess(spec, np.asarray([[1, 2, 3, 4]]))
     assert out.tolist() == expected

@@ -47,12 +47,17 @@ def test_every_side_is_measured_fresh_and_loaded_alike_before_any_evaluation_bat
     # measurement is over, and none holds inference tensors.
     project.tester.makepyfile(recorder=RECORDER)
     log = project.path / "calls.log"
-    spec = make_spec(factory="Tiny", formats="[safetensors]",
-                     variants="  baseline: {}\n  aa:\n    prune: {method: l1_unstructured, amount: 0.01}",
-                     thresholds="  latency: {max_ratio: 1.0e6}").replace(
-        "factory: tinymodels:Tiny", f"factory: recorder:Records\n  kwargs: {{log: '{log}'}}").replace(
-        "latency: {warmup: 1, min_rounds: 5, max_time_s: 0.5, round_ms: 0.2}", LATENCY).replace(
-        "  split: {test_fraction: 0.25, seed: 0}", "  split: {test_fraction: 0.25, seed: 0}\n  batch_size: 16")
+    spec = (
+        make_spec(
+            factory="Tiny",
+            formats="[safetensors]",
+            variants="  baseline: {}\n  aa:\n    prune: {method: l1_unstructured, amount: 0.01}",
+            thresholds="  latency: {max_ratio: 1.0e6}",
+        )
+        .replace("factory: tinymodels:Tiny", f"factory: recorder:Records\n  kwargs: {{log: '{log}'}}")
+        .replace("latency: {warmup: 1, min_rounds: 5, max_time_s: 0.5, round_ms: 0.2}", LATENCY)
+        .replace("  split: {test_fraction: 0.25, seed: 0}", "  split: {test_fraction: 0.25, seed: 0}\n  batch_size: 16")
+    )
     project.write(spec)
     project.run("-k", "aa and latency", "--deploycheck-cache=off").assert_outcomes(passed=1)
     calls = [line.split() for line in log.read_text().splitlines()]
@@ -76,26 +81,32 @@ def test_every_side_is_measured_fresh_and_loaded_alike_before_any_evaluation_bat
 def test_a_variant_that_cannot_meet_its_limit_fails_with_the_control_in_the_formula(project):
     # min_speedup 1e6: no variant is a million times faster than its baseline, so this fails on
     # any machine, quiet or busy; what is tested is the verdict's wording and numbers
-    spec = make_spec(formats="[torchscript]",
-                     variants="  baseline: {}\n  slow:\n    custom: {callable: 'tinymodels:repeat', kwargs: {times: 4}}",
-                     thresholds="  latency: {min_speedup: 1.0e6}").replace(
-        "latency: {warmup: 1, min_rounds: 5, max_time_s: 0.5, round_ms: 0.2}", LATENCY)
+    spec = make_spec(
+        formats="[torchscript]",
+        variants="  baseline: {}\n  slow:\n    custom: {callable: 'tinymodels:repeat', kwargs: {times: 4}}",
+        thresholds="  latency: {min_speedup: 1.0e6}",
+    ).replace("latency: {warmup: 1, min_rounds: 5, max_time_s: 0.5, round_ms: 0.2}", LATENCY)
     project.write(spec)
     res = project.run("-k", "slow and latency")
     res.assert_outcomes(failed=1)
-    res.stdout.fnmatch_lines(["*check] latency failed for tiny::slow::torchscript*",
-                              "speedup * (95% CI *, * rounds) < min_speedup 1e+06 / control * = *; "
-                              "control: baseline reloaded vs baseline * (CI *)",
-                              "  (not kept in the cache: the next run measures again)"])
+    res.stdout.fnmatch_lines(
+        [
+            "*check] latency failed for tiny::slow::torchscript*",
+            "speedup * (95% CI *, * rounds) < min_speedup 1e+06 / control * = *; "
+            "control: baseline reloaded vs baseline * (CI *)",
+            "  (not kept in the cache: the next run measures again)",
+        ]
+    )
     d = latency_record(project, "slow")["details"]
     assert d["ratio_decision"] == "fail" and set(d) >= {"busy", "cpu_ratio", "ratio_ci", "control"}
 
 
 def test_a_ratio_within_a_generous_limit_passes_with_its_interval(project):
-    spec = make_spec(formats="[torchscript]",
-                     variants="  baseline: {}\n  aa:\n    prune: {method: l1_unstructured, amount: 0.01}",
-                     thresholds="  latency: {max_ratio: 1.0e6}").replace(
-        "latency: {warmup: 1, min_rounds: 5, max_time_s: 0.5, round_ms: 0.2}", LATENCY)
+    spec = make_spec(
+        formats="[torchscript]",
+        variants="  baseline: {}\n  aa:\n    prune: {method: l1_unstructured, amount: 0.01}",
+        thresholds="  latency: {max_ratio: 1.0e6}",
+    ).replace("latency: {warmup: 1, min_rounds: 5, max_time_s: 0.5, round_ms: 0.2}", LATENCY)
     project.write(spec)
     project.run("-k", "aa and latency").assert_outcomes(passed=1)
     rec = latency_record(project, "aa")

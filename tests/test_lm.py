@@ -20,6 +20,7 @@ def _logits_for(probs_per_pos, batch=1):
 
 # --- perplexity ---------------------------------------------------------------------------------
 
+
 def test_perplexity_of_uniform_logits_is_the_vocabulary_size():
     logits = torch.zeros(2, 5, 7)
     ids = torch.randint(0, 7, (2, 5))
@@ -58,13 +59,16 @@ def test_perplexity_verdict_formula():
     assert f == "perplexity 4.12 > baseline 3.9 × (1 + max_relative_increase 0.05) = 4.095"
     ok, f = lm.perplexity_verdict(4.0, 3.90, max_relative_increase=0.05, max_increase=0.2)
     assert ok
-    assert f == ("perplexity 4 <= baseline 3.9 × (1 + max_relative_increase 0.05) = 4.095; "
-                 "perplexity 4 <= baseline 3.9 + max_increase 0.2 = 4.1")
+    assert f == (
+        "perplexity 4 <= baseline 3.9 × (1 + max_relative_increase 0.05) = 4.095; "
+        "perplexity 4 <= baseline 3.9 + max_increase 0.2 = 4.1"
+    )
     ok, f = lm.perplexity_verdict(4.0, 3.90, max_increase=0.05)
     assert not ok and f == "perplexity 4 > baseline 3.9 + max_increase 0.05 = 3.95"
 
 
 # --- next-token agreement and KL ----------------------------------------------------------------
+
 
 def test_identical_distributions_agree_fully_with_zero_kl():
     logits = torch.randn(3, 6, 11)
@@ -85,9 +89,11 @@ def test_kl_and_top1_have_their_closed_form_values():
     assert st["top1"] == pytest.approx(0.5)
     ok, f = lm.agreement_verdict(st, min_top1=0.9, max_mean_kl=0.01)
     assert not ok
-    assert f == ("next-token top-1 agreement 0.5000 < min_top1 0.9 (2 positions); mean KL(baseline || variant) "
-                 f"{lm.fmt_num((kl0 + kl1) / 2)} nats > max_mean_kl 0.01 (2 positions; worst "
-                 f"{lm.fmt_num(kl1)} at text 0 position 1)")
+    assert f == (
+        "next-token top-1 agreement 0.5000 < min_top1 0.9 (2 positions); mean KL(baseline || variant) "
+        f"{lm.fmt_num((kl0 + kl1) / 2)} nats > max_mean_kl 0.01 (2 positions; worst "
+        f"{lm.fmt_num(kl1)} at text 0 position 1)"
+    )
 
 
 def test_kl_ignores_padded_positions():
@@ -99,11 +105,14 @@ def test_kl_ignores_padded_positions():
 
 
 def test_shapes_must_match():
-    with pytest.raises(ValueError, match=r"logits of shape \(1, 4, 3\) cannot be compared with the baseline's \(1, 5, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"logits of shape \(1, 4, 3\) cannot be compared with the baseline's \(1, 5, 3\)"
+    ):
         lm.next_token_stats(torch.zeros(1, 4, 3), torch.zeros(1, 5, 3), torch.ones(1, 4))
 
 
 # --- greedy generation and departures -----------------------------------------------------------
+
 
 def _counting_model(vocab=10, stumble_at=None):
     """A fake LM whose greedy next token is (last token + 1) mod vocab; state counts the cache length.
@@ -151,8 +160,14 @@ def test_generation_verdict_names_the_first_departing_position_with_decoded_text
     refs = [lm.greedy(ref_p, ref_d, p, new_tokens=4) for p in prompts]
     gens = [lm.greedy(bad_p, bad_d, p, new_tokens=4) for p in prompts]
     assert refs[0] == [2, 3, 4, 5] and gens[0] == [2, 3, 4, 0]
-    ok, msg, deps = lm.generation_verdict(gens, refs, min_exact_match=0.9, against="the baseline",
-                                          prompts=["a", "bc", "hij"], decode=lambda ids: "".join("abcdefghij"[i] for i in ids))
+    ok, msg, deps = lm.generation_verdict(
+        gens,
+        refs,
+        min_exact_match=0.9,
+        against="the baseline",
+        prompts=["a", "bc", "hij"],
+        decode=lambda ids: "".join("abcdefghij"[i] for i in ids),
+    )
     assert not ok
     assert [(d.prompt, d.position) for d in deps] == [(0, 3), (1, 2), (2, 1)]
     assert msg.splitlines() == [
@@ -198,14 +213,14 @@ variants:
     formats: [{{export: {{dynamic_seq: false}}}}]
 """
 
-LM_FAULTS = '''
+LM_FAULTS = """
 import torch
 
 def scale(model, ctx, layer, factor):
     with torch.no_grad():
         dict(model.named_modules())[layer].weight.mul_(factor)
     return model
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -215,14 +230,24 @@ def lm_run(tmp_path_factory):
     import json
     import subprocess
     import sys
+
     d = tmp_path_factory.mktemp("lm")
     (d / "lm.yaml").write_text(LM_SPEC.format(root=ROOT))
     (d / "lmfaults.py").write_text(LM_FAULTS)
     prompts = (ROOT / "specs" / "data" / "tiny_lm_prompts.txt").read_text().splitlines()[:6]
     (d / "prompts.txt").write_text("\n".join(prompts) + "\n")
     (d / "pytest.ini").write_text("[pytest]\n")
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "lm.yaml", "-rA",
-           f"--deploycheck-run-dir={d / 'run'}", f"--deploycheck-cache-dir={d / 'cache'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "lm.yaml",
+        "-rA",
+        f"--deploycheck-run-dir={d / 'run'}",
+        f"--deploycheck-cache-dir={d / 'cache'}",
+    ]
     out = subprocess.run(cmd, cwd=d, capture_output=True, text=True, timeout=900)
     doc = json.loads((d / "reports" / "deploycheck.json").read_text())
     recs = {(r["variant"], r["format"], r["check"]): r for r in doc["records"]}
@@ -234,8 +259,10 @@ def test_the_baseline_passes_every_lm_check(lm_run):
     for check in ("perplexity", "next_token", "generation", "tokenizer", "outputs", "load"):
         assert recs[("baseline", "export", check)]["status"] == "passed", recs[("baseline", "export", check)]
     gen = recs[("baseline", "export", "generation")]["formula"]
-    assert gen == ("greedy exact match 6/6 = 1.000 >= min_exact_match_in_memory 1 vs the in-memory baseline "
-                   "(6 prompts × up to 6 new tokens, 36 generated through the reloaded export artifact)")
+    assert gen == (
+        "greedy exact match 6/6 = 1.000 >= min_exact_match_in_memory 1 vs the in-memory baseline "
+        "(6 prompts × up to 6 new tokens, 36 generated through the reloaded export artifact)"
+    )
     tok = recs[("baseline", "export", "tokenizer")]["formula"]
     assert tok.startswith("70 of 70 texts tokenize to the same ids with the tokenizer shipped next to the artifact")
 
@@ -256,8 +283,11 @@ def test_a_fault_in_one_layer_fails_perplexity_kl_and_generation(lm_run):
     assert deps, gen
     d0 = deps[0]
     # the message names the first departing prompt and position, then each with its decoded text
-    assert (f"vs the baseline; first departure: prompt {d0['prompt']} at new token {d0['position']}" in first)
-    assert f"  prompt {d0['prompt']} '" in gen["message"] and f"departs at new token {d0['position']} after " in gen["message"]
+    assert f"vs the baseline; first departure: prompt {d0['prompt']} at new token {d0['position']}" in first
+    assert (
+        f"  prompt {d0['prompt']} '" in gen["message"]
+        and f"departs at new token {d0['position']} after " in gen["message"]
+    )
     # the artifact still generates what its own in-memory model generates: not shown as a failure
     assert gen["details"]["the in-memory variant"]["exact_match"] == 1.0
     assert "in-memory variant" not in gen["message"]

@@ -15,9 +15,13 @@ def test_a_failed_latency_result_is_measured_again_next_run_not_served_from_the_
     project.write(make_spec(thresholds=NEVER_FAST_ENOUGH))
     res = project.run()
     res.assert_outcomes(passed=4, failed=1)
-    res.stdout.fnmatch_lines(["*check] latency failed for tiny::baseline::torchscript*",
-                              "p50 * ms > p50_ms 1e-09 ms",
-                              "  (not kept in the cache: the next run measures again)"])
+    res.stdout.fnmatch_lines(
+        [
+            "*check] latency failed for tiny::baseline::torchscript*",
+            "p50 * ms > p50_ms 1e-09 ms",
+            "  (not kept in the cache: the next run measures again)",
+        ]
+    )
     res = project.run()  # default --deploycheck-cache=all: the build and artifact are reused, the result is not
     res.assert_outcomes(passed=4, failed=1)
     res.stdout.fnmatch_lines(["deploycheck cache: reused 1 built variants, 1 artifacts, 0 fresh-process results (*)"])
@@ -44,20 +48,29 @@ def test_an_absolute_latency_ceiling_for_other_machines_is_reported_not_gated(pr
 def test_machine_scope_matches_every_key_it_names():
     from deploycheck.machine import scope_mismatch
     from deploycheck.spec.model import MachineScope
+
     fp = {"arch": "x86_64", "effective_isa": "avx2", "cpu_count": 2, "cpu_model": "AMD EPYC 7763 64-Core"}
     assert scope_mismatch(MachineScope(), fp) is None
-    assert scope_mismatch(MachineScope(isa=("avx2", "avx512"), min_cores=2, arch="x86_64", cpu_model="epyc"), fp) is None
+    assert (
+        scope_mismatch(MachineScope(isa=("avx2", "avx512"), min_cores=2, arch="x86_64", cpu_model="epyc"), fp) is None
+    )
     assert scope_mismatch(MachineScope(isa="avx512_vnni", min_cores=8), fp) == (
-        "this machine has ISA avx2, not avx512_vnni; 2 CPUs, fewer than min_cores 8")
+        "this machine has ISA avx2, not avx512_vnni; 2 CPUs, fewer than min_cores 8"
+    )
     assert scope_mismatch(MachineScope(cpu_model="Xeon"), fp) == (
-        "this machine has CPU 'AMD EPYC 7763 64-Core', not 'Xeon'")
+        "this machine has CPU 'AMD EPYC 7763 64-Core', not 'Xeon'"
+    )
 
 
 def test_a_misspelt_machine_scope_is_a_collection_error(project):
     project.write(make_spec(thresholds="  latency: {p95_ms: 5, machines: {isa: avx512vnni, cores: 8}}"))
     res = project.run("--collect-only")
-    res.stdout.fnmatch_lines(["*tiny.yaml:*: thresholds.latency.machines.cores: unknown key*",
-                              "*tiny.yaml:*: thresholds.latency.machines.isa: *avx512vnni*"])
+    res.stdout.fnmatch_lines(
+        [
+            "*tiny.yaml:*: thresholds.latency.machines.cores: unknown key*",
+            "*tiny.yaml:*: thresholds.latency.machines.isa: *avx512vnni*",
+        ]
+    )
 
 
 BREAKS_ON_EXPORT = '''
@@ -85,8 +98,10 @@ def breaks_on_export(model, ctx):
 
 def test_a_static_int8_onnx_variant_passes_its_default_outputs_check_and_a_corrupted_one_fails(project):
     project.tester.makepyfile(convert=BREAKS_ON_EXPORT)
-    variants = ("  baseline: {}\n  int8:\n    quantize: {method: static_int8}\n  broken:\n    steps:\n"
-                "      - quantize: {method: static_int8}\n      - custom: {callable: 'convert:breaks_on_export'}")
+    variants = (
+        "  baseline: {}\n  int8:\n    quantize: {method: static_int8}\n  broken:\n    steps:\n"
+        "      - quantize: {method: static_int8}\n      - custom: {callable: 'convert:breaks_on_export'}"
+    )
     project.write(make_spec(factory="Deep", formats="[onnx]", variants=variants, thresholds="  size: {max_mb: 10}"))
     res = project.run("-k", "outputs and not baseline")
     res.assert_outcomes(passed=1, failed=1)
@@ -98,20 +113,25 @@ def test_a_static_int8_onnx_variant_passes_its_default_outputs_check_and_a_corru
     assert " int8 steps; limit 2 (one step " in ok["formula"] and ok["formula"].endswith(" elements beyond it")
     assert ok["details"]["steps"] <= 2
     assert bad["status"] == "failed"
-    res.stdout.fnmatch_lines(["*check] outputs failed for tiny::broken::onnx*",
-                              "outputs of the reloaded onnx artifact differ from the in-memory variant (atol *, rtol 0)*",
-                              "  off by * int8 steps; limit 2 (one step * = output range * / 255; default for int8 "
-                              "variants)",
-                              "*",
-                              "  minimum required atol: 0.5* (at rtol 0)"])
+    res.stdout.fnmatch_lines(
+        [
+            "*check] outputs failed for tiny::broken::onnx*",
+            "outputs of the reloaded onnx artifact differ from the in-memory variant (atol *, rtol 0)*",
+            "  off by * int8 steps; limit 2 (one step * = output range * / 255; default for int8 variants)",
+            "*",
+            "  minimum required atol: 0.5* (at rtol 0)",
+        ]
+    )
 
 
 def test_an_outputs_tolerance_that_is_set_is_used_as_given_for_reduced_precision_too():
     from deploycheck.numeric import FLOAT_ATOL, FLOAT_RTOL, output_tolerance
+
     t = output_tolerance(atol=None, rtol=None, precision="int8", quant_steps=2, span=51.0)
     assert (t.atol, t.rtol, t.step) == (0.4, 0.0, 0.2)
-    assert t.describe(0.24) == ("within 1.2 int8 steps; limit 2 (one step 0.2 = output range 51 / 255; default for "
-                                "int8 variants)")
+    assert t.describe(0.24) == (
+        "within 1.2 int8 steps; limit 2 (one step 0.2 = output range 51 / 255; default for int8 variants)"
+    )
     assert output_tolerance(atol=0.01, rtol=None, precision="int8", quant_steps=2, span=51.0).atol == 0.01
     assert output_tolerance(atol=None, rtol=0.1, precision="int8", quant_steps=2, span=51.0).atol == FLOAT_ATOL
     f = output_tolerance(atol=None, rtol=None, precision=None, quant_steps=2, span=51.0)
@@ -126,6 +146,7 @@ def test_the_minimum_required_atol_is_the_smallest_that_passes():
     import torch
 
     from deploycheck.numeric import compare_arrays
+
     a, e = torch.tensor([1.0, 2.5, -3.0]), torch.tensor([1.0, 2.0, -2.0])
     st = compare_arrays(a, e, atol=0.0, rtol=0.1)
     assert st["min_atol"] == 0.8  # |−3 − −2| − 0.1·2 = 0.8 beats |2.5 − 2| − 0.1·2 = 0.3
@@ -135,8 +156,10 @@ def test_the_minimum_required_atol_is_the_smallest_that_passes():
 
 # --- metric verdicts with their uncertainty (deploycheck.stats) ---------------------------------
 
+
 def test_clopper_pearson_matches_the_published_values():
     from deploycheck.stats import clopper_pearson
+
     lo, hi = clopper_pearson(0, 10, 0.95)
     assert lo == 0.0 and abs(hi - (1 - 0.025 ** (1 / 10))) < 1e-9  # 0.3085
     lo, hi = clopper_pearson(5, 10, 0.95)
@@ -147,11 +170,12 @@ def test_an_accuracy_drop_is_exact_on_the_discordant_pairs():
     import numpy as np
 
     from deploycheck.stats import clopper_pearson, exact_paired_drop
+
     base = np.ones(100, dtype=bool)
     base[:10] = False
     var = base.copy()
-    var[10:15] = False   # 5 samples lost
-    var[0] = True        # 1 gained
+    var[10:15] = False  # 5 samples lost
+    var[0] = True  # 1 gained
     ci = exact_paired_drop(base, var, 0.95)
     lo, hi = clopper_pearson(5, 6, 0.95)
     assert ci.drop == 0.04 and ci.n == 100 and ci.method == "exact on 6 discordant pairs of 100"
@@ -165,20 +189,23 @@ def test_a_paired_bootstrap_removes_the_samples_own_spread():
     import numpy as np
 
     from deploycheck.stats import bootstrap_paired_drop
+
     rng = np.random.default_rng(0)
-    truth = rng.normal(0, 10, 400)           # samples differ wildly from each other...
+    truth = rng.normal(0, 10, 400)  # samples differ wildly from each other...
     base_err = np.abs(truth) * 0.1
-    var_err = base_err + 0.05                 # ...but the variant is worse by exactly 0.05 on each
+    var_err = base_err + 0.05  # ...but the variant is worse by exactly 0.05 on each
 
     def score(idx):
         return float(base_err[idx].mean()), float(var_err[idx].mean())
+
     ci = bootstrap_paired_drop(score, 400, higher=False, confidence=0.95)
     assert abs(ci.drop - 0.05) < 1e-12 and abs(ci.low - 0.05) < 1e-9 and abs(ci.high - 0.05) < 1e-9
     assert ci.method == "paired bootstrap, 1000 resamples, seed 0"
     # with per-sample noise the interval covers the true drop and has the normal-theory width
     var_err2 = base_err + 0.05 + rng.normal(0, 0.2, 400)
-    ci2 = bootstrap_paired_drop(lambda i: (float(base_err[i].mean()), float(var_err2[i].mean())), 400, higher=False,
-                                confidence=0.95)
+    ci2 = bootstrap_paired_drop(
+        lambda i: (float(base_err[i].mean()), float(var_err2[i].mean())), 400, higher=False, confidence=0.95
+    )
     se = np.std(var_err2 - base_err, ddof=1) / np.sqrt(400)
     assert ci2.low < 0.05 < ci2.high
     assert abs((ci2.high - ci2.low) - 2 * 1.96 * se) < 0.15 * 2 * 1.96 * se
@@ -186,10 +213,11 @@ def test_a_paired_bootstrap_removes_the_samples_own_spread():
 
 def test_a_straddling_interval_is_inconclusive_with_the_samples_that_would_decide_it():
     from deploycheck.stats import DropCI, judge, samples_to_decide
+
     ci = DropCI(0.0074, -0.0011, 0.0160, 0.95, 540, "exact on 9 discordant pairs of 540")
     assert judge(ci, 0.01) == "inconclusive"
     assert judge(ci, 0.02) == "pass" and judge(ci, 0.001) == "inconclusive" and judge(ci, -0.002) == "fail"
-    assert samples_to_decide(ci, 0.01) == 5909   # 540 x (0.0086 / 0.0026)^2 = 5908.03, rounded up
+    assert samples_to_decide(ci, 0.01) == 5909  # 540 x (0.0086 / 0.0026)^2 = 5908.03, rounded up
     assert samples_to_decide(DropCI(0.01, 0.0, 0.02, 0.95, 100, ""), 0.01) is None
 
 
@@ -197,24 +225,30 @@ def test_the_metric_verdict_shows_the_interval_and_what_inconclusive_does():
     from deploycheck.checks import metric_verdict
     from deploycheck.spec.model import MetricThreshold
     from deploycheck.stats import DropCI
+
     ci = DropCI(0.0074, -0.0011, 0.0160, 0.95, 540, "exact on 9 discordant pairs of 540")
     v = metric_verdict("accuracy", 0.9426, 0.95, True, MetricThreshold(max_drop=0.01), ci)
     assert v.passed and v.formula == (
         "accuracy 0.9426 >= baseline 0.95 - max_drop 0.01 = 0.94; accuracy drop 0.0074 (95% CI -0.0011 to 0.0160, "
         "exact on 9 discordant pairs of 540) straddles max_drop 0.01; inconclusive: max_drop 0.01 lies inside the "
-        "95% interval; about 5,909 samples (now 540) would decide it; the measured drop decides")
+        "95% interval; about 5,909 samples (now 540) would decide it; the measured drop decides"
+    )
     assert v.details["drop_ci"]["inconclusive"] is True
     strict = metric_verdict("accuracy", 0.9426, 0.95, True, MetricThreshold(max_drop=0.01, inconclusive="fail"), ci)
     assert not strict.passed and strict.message.endswith(
-        "failed (inconclusive: fail: the whole interval must be within the limit)")
+        "failed (inconclusive: fail: the whole interval must be within the limit)"
+    )
     sure = DropCI(0.0074, 0.001, 0.009, 0.95, 5000, "exact on 90 discordant pairs of 5000")
     v = metric_verdict("accuracy", 0.9426, 0.95, True, MetricThreshold(max_drop=0.01, inconclusive="fail"), sure)
-    assert v.passed and v.formula.endswith("accuracy drop 0.0074 (95% CI 0.0010 to 0.0090, exact on 90 discordant "
-                                           "pairs of 5000) <= max_drop 0.01")
+    assert v.passed and v.formula.endswith(
+        "accuracy drop 0.0074 (95% CI 0.0010 to 0.0090, exact on 90 discordant pairs of 5000) <= max_drop 0.01"
+    )
     # a point verdict over the limit but an interval that straddles it, with inconclusive: pass
     ci3 = DropCI(0.012, 0.004, 0.02, 0.95, 300, "exact on 8 discordant pairs of 300")
     assert not metric_verdict("accuracy", 0.938, 0.95, True, MetricThreshold(max_drop=0.01), ci3).passed
-    assert metric_verdict("accuracy", 0.938, 0.95, True, MetricThreshold(max_drop=0.01, inconclusive="pass"), ci3).passed
+    assert metric_verdict(
+        "accuracy", 0.938, 0.95, True, MetricThreshold(max_drop=0.01, inconclusive="pass"), ci3
+    ).passed
 
 
 WOBBLE = '''
@@ -241,18 +275,26 @@ def wobble(model, ctx, scale=0.1):
 
 def test_the_metric_gate_reports_its_paired_interval_and_inconclusive_decides_by_the_option(project):
     project.tester.makepyfile(wobble=WOBBLE)
-    variants = ("  baseline: {}\n  w:\n    custom: {callable: 'wobble:wobble', kwargs: {scale: 0.3}}\n"
-                "  strict:\n    custom: {callable: 'wobble:wobble', kwargs: {scale: 0.3}}\n"
-                "    thresholds:\n      metric: {inconclusive: fail}")
+    variants = (
+        "  baseline: {}\n  w:\n    custom: {callable: 'wobble:wobble', kwargs: {scale: 0.3}}\n"
+        "  strict:\n    custom: {callable: 'wobble:wobble', kwargs: {scale: 0.3}}\n"
+        "    thresholds:\n      metric: {inconclusive: fail}"
+    )
     project.write(make_spec(factory="Deep", variants=variants, thresholds="  metric: {max_drop: 0.05}"))
     res = project.run("-k", "metric")
     res.assert_outcomes(passed=2, failed=1)
     # 38 test samples; the nudge flips 6 predictions, 3 each way: clopper_pearson(3, 6) = (0.1181, 0.8819)
-    interval = "accuracy drop 0.0000 (95% CI -0.1206 to 0.1206, exact on 6 discordant pairs of 38) straddles max_drop 0.05"
-    res.stdout.fnmatch_lines(["*check] metric failed for tiny::strict::torchscript*",
-                              f"accuracy 0.3421 >= baseline 0.3421 - max_drop 0.05 = 0.2921; {interval}; inconclusive: "
-                              "max_drop 0.05 lies inside the 95% interval; about 222 samples (now 38) would decide it; "
-                              "failed (inconclusive: fail: the whole interval must be within the limit)"])
+    interval = (
+        "accuracy drop 0.0000 (95% CI -0.1206 to 0.1206, exact on 6 discordant pairs of 38) straddles max_drop 0.05"
+    )
+    res.stdout.fnmatch_lines(
+        [
+            "*check] metric failed for tiny::strict::torchscript*",
+            f"accuracy 0.3421 >= baseline 0.3421 - max_drop 0.05 = 0.2921; {interval}; inconclusive: "
+            "max_drop 0.05 lies inside the 95% interval; about 222 samples (now 38) would decide it; "
+            "failed (inconclusive: fail: the whole interval must be within the limit)",
+        ]
+    )
     doc = json.loads((project.path / "reports" / "deploycheck.json").read_text())
     recs = {r["variant"]: r for r in doc["records"] if r["check"] == "metric"}
     w = recs["w"]
@@ -271,17 +313,33 @@ def test_a_busy_machines_latency_verdict_says_so_and_its_row_is_inconclusive():
     from deploycheck.report import MARK, summary_rows
     from deploycheck.report.records import Record
     from deploycheck.spec.model import LatencyThreshold
-    ratio = {"ratio": 3.952, "ci_low": 3.9, "ci_high": 4.0, "pairs": 80, "confidence": 0.95,
-             "decision": "inconclusive-busy", "busy": 2.1, "cpu_ratio": 2.004, "cpu_ci": [1.98, 2.03],
-             "effective_limit": 2.6, "control": {"ratio": 1.0, "ci_low": 0.99, "ci_high": 1.01, "noise": 1.0}}
+
+    ratio = {
+        "ratio": 3.952,
+        "ci_low": 3.9,
+        "ci_high": 4.0,
+        "pairs": 80,
+        "confidence": 0.95,
+        "decision": "inconclusive-busy",
+        "busy": 2.1,
+        "cpu_ratio": 2.004,
+        "cpu_ci": [1.98, 2.03],
+        "effective_limit": 2.6,
+        "control": {"ratio": 1.0, "ci_low": 0.99, "ci_high": 1.01, "noise": 1.0},
+    }
     formula = ratio_formula(ratio, LatencyThreshold(max_ratio=2.6))
-    assert formula == ("inconclusive: the machine was busy (wall/CPU 2.1): latency ratio 3.952 by wall time "
-                       "(CI 3.900–4.000) but 2.004 by CPU time (CI 1.980–2.030, 80 rounds) against the limit 2.600; "
-                       "not failed, and measured again next run; control: baseline reloaded vs baseline 1.000 "
-                       "(CI 0.990–1.010)")
-    recs = [Record(spec="s", file="s.yaml", variant="v", format="onnx", check="load", status="passed"),
-            Record(spec="s", file="s.yaml", variant="v", format="onnx", check="latency", status="inconclusive",
-                   formula=formula)]
+    assert formula == (
+        "inconclusive: the machine was busy (wall/CPU 2.1): latency ratio 3.952 by wall time "
+        "(CI 3.900–4.000) but 2.004 by CPU time (CI 1.980–2.030, 80 rounds) against the limit 2.600; "
+        "not failed, and measured again next run; control: baseline reloaded vs baseline 1.000 "
+        "(CI 0.990–1.010)"
+    )
+    recs = [
+        Record(spec="s", file="s.yaml", variant="v", format="onnx", check="load", status="passed"),
+        Record(
+            spec="s", file="s.yaml", variant="v", format="onnx", check="latency", status="inconclusive", formula=formula
+        ),
+    ]
     (row,) = summary_rows(recs)
     assert row["verdict"] == "inconclusive" and MARK["inconclusive"] == "❔"
     assert row["reason"] == "latency: " + formula

@@ -7,15 +7,22 @@ from conftest import make_spec, run_once
 
 
 def test_a_nan_baseline_fails_once_at_the_baseline(project):
-    project.write(make_spec(factory="NaNs", variants="  baseline: {}\n  pruned:\n    prune: {method: l1_unstructured, amount: 0.2}"))
+    project.write(
+        make_spec(
+            factory="NaNs", variants="  baseline: {}\n  pruned:\n    prune: {method: l1_unstructured, amount: 0.2}"
+        )
+    )
     res = project.run("-rs")
-    res.stdout.fnmatch_lines([
-        "*check] outputs failed for tiny::baseline::torchscript*",
-        "the baseline's in-memory outputs contain 114 NaN of 114 values; first at sample 0, output index [0]",
-        "the baseline's reloaded torchscript outputs contain 114 NaN of 114 values; first at sample 0, output index [0]",
-    ])
-    res.stdout.fnmatch_lines(["*not compared: the baseline's in-memory outputs are not finite "
-                              "(see tiny::baseline::*::outputs)*"])
+    res.stdout.fnmatch_lines(
+        [
+            "*check] outputs failed for tiny::baseline::torchscript*",
+            "the baseline's in-memory outputs contain 114 NaN of 114 values; first at sample 0, output index [0]",
+            "the baseline's reloaded torchscript outputs contain 114 NaN of 114 values; first at sample 0, output index [0]",
+        ]
+    )
+    res.stdout.fnmatch_lines(
+        ["*not compared: the baseline's in-memory outputs are not finite (see tiny::baseline::*::outputs)*"]
+    )
     assert "nan >" not in res.stdout.str() and "nan <" not in res.stdout.str()
     # the baseline's finite item, and the pruned variant's own NaN outputs; its metric is skipped
     res.assert_outcomes(failed=2, passed=7, skipped=1)
@@ -23,13 +30,20 @@ def test_a_nan_baseline_fails_once_at_the_baseline(project):
 
 
 def test_fp16_overflow_to_inf_is_named(project):
-    project.write(make_spec(factory="Overflows", variants="  baseline: {}\n  half:\n    quantize: {method: fp16}",
-                            thresholds="  metric: {max_drop: 0.01}\n  outputs: {atol: 0.1}"))
+    project.write(
+        make_spec(
+            factory="Overflows",
+            variants="  baseline: {}\n  half:\n    quantize: {method: fp16}",
+            thresholds="  metric: {max_drop: 0.01}\n  outputs: {atol: 0.1}",
+        )
+    )
     res = project.run("-k", "half", "-v")
-    res.stdout.fnmatch_lines([
-        "*check] outputs failed for tiny::half::torchscript*",
-        "the variant's in-memory outputs contain *Inf* of 114 values; first at sample 0, output index [[]*[]]",
-    ])
+    res.stdout.fnmatch_lines(
+        [
+            "*check] outputs failed for tiny::half::torchscript*",
+            "the variant's in-memory outputs contain *Inf* of 114 values; first at sample 0, output index [[]*[]]",
+        ]
+    )
     # the artifact itself is fine: it reloads; only the checks of its values fail
     res.stdout.fnmatch_lines(["*tiny::half::torchscript::load PASSED*"])
     res.assert_outcomes(failed=1, passed=4)  # load, metric, latency, size pass; outputs alone fails
@@ -39,10 +53,17 @@ def test_fp16_overflow_to_inf_is_named(project):
 def corrupted(tmp_path_factory):
     """One session for the localisation tests of a corrupted layer, in every format that can show
     it: a variant whose l2 weights a custom recipe scrambled, judged by its fidelity check."""
-    root, proc = run_once(tmp_path_factory, make_spec(
-        factory="Deep", formats="[torchscript, export, onnx]",
-        variants="  baseline: {}\n  bad:\n    custom: {callable: 'tinymodels:corrupt', kwargs: {layer: l2}}",
-        thresholds="  fidelity: {min_mean_cosine: 0.999}"), "-k", "bad and fidelity")
+    root, proc = run_once(
+        tmp_path_factory,
+        make_spec(
+            factory="Deep",
+            formats="[torchscript, export, onnx]",
+            variants="  baseline: {}\n  bad:\n    custom: {callable: 'tinymodels:corrupt', kwargs: {layer: l2}}",
+            thresholds="  fidelity: {min_mean_cosine: 0.999}",
+        ),
+        "-k",
+        "bad and fidelity",
+    )
     last = proc.stdout.splitlines()[-1]
     assert " 3 failed, " in last and "passed" not in last and "error" not in last, proc.stdout[-3000:]
     return root, pytest.LineMatcher(proc.stdout.splitlines())
@@ -50,16 +71,19 @@ def corrupted(tmp_path_factory):
 
 def test_a_corrupted_layer_is_named_first(corrupted):
     import json
+
     root, out = corrupted
-    out.fnmatch_lines([
-        "*check] fidelity failed for tiny::bad::torchscript*",
-        "mean cosine vs baseline * < min_mean_cosine 0.999",
-        "  where: the variant first departs from the baseline at module 'l2' (relative error > *), on 16 probes, "
-        "in memory (a reloaded torchscript artifact does not expose its layers)",
-        "    module  max abs diff     cosine  share of final error",
-        "    l1 * 0 * 1.00000 * 0.0%",  # the layer before it is untouched
-        "    l2 *%",
-    ])
+    out.fnmatch_lines(
+        [
+            "*check] fidelity failed for tiny::bad::torchscript*",
+            "mean cosine vs baseline * < min_mean_cosine 0.999",
+            "  where: the variant first departs from the baseline at module 'l2' (relative error > *), on 16 probes, "
+            "in memory (a reloaded torchscript artifact does not expose its layers)",
+            "    module  max abs diff     cosine  share of final error",
+            "    l1 * 0 * 1.00000 * 0.0%",  # the layer before it is untouched
+            "    l2 *%",
+        ]
+    )
     doc = json.loads((root / "reports" / "deploycheck.json").read_text())
     rec = next(r for r in doc["records"] if r["check"] == "fidelity" and r["format"] == "torchscript")
     assert rec["details"]["divergence"]["first"] == "l2"
@@ -69,42 +93,59 @@ def test_a_corrupted_layer_is_named_first(corrupted):
 
 def test_exported_graphs_and_onnx_are_localised_in_their_own_layers(corrupted):
     _, out = corrupted
-    out.fnmatch_lines([
-        "  where: the reloaded export artifact first departs from the baseline at module 'l2' (relative error > *), "
-        "on 16 probes, in its own layers (graph nodes mapped to modules)",
-        "    module  max abs diff     cosine  share of final error",
-        "    l1 * 1.00000 *",
-        "    l2 *%",
-    ])
-    out.fnmatch_lines([
-        "  where: the reloaded onnx artifact first departs from the baseline at module 'l2' (relative error > *), "
-        "on 16 probes, in its own layers (intermediate outputs from onnxruntime)",
-        "    module  max abs diff     cosine  share of final error",
-        "    l1 * 1.00000 *",
-        "    l2 *%",
-    ])
-    out.fnmatch_lines(["  where: the variant first departs from the baseline at module 'l2' *, in memory "
-                       "(a reloaded torchscript artifact does not expose its layers)"])
+    out.fnmatch_lines(
+        [
+            "  where: the reloaded export artifact first departs from the baseline at module 'l2' (relative error > *), "
+            "on 16 probes, in its own layers (graph nodes mapped to modules)",
+            "    module  max abs diff     cosine  share of final error",
+            "    l1 * 1.00000 *",
+            "    l2 *%",
+        ]
+    )
+    out.fnmatch_lines(
+        [
+            "  where: the reloaded onnx artifact first departs from the baseline at module 'l2' (relative error > *), "
+            "on 16 probes, in its own layers (intermediate outputs from onnxruntime)",
+            "    module  max abs diff     cosine  share of final error",
+            "    l1 * 1.00000 *",
+            "    l2 *%",
+        ]
+    )
+    out.fnmatch_lines(
+        [
+            "  where: the variant first departs from the baseline at module 'l2' *, in memory "
+            "(a reloaded torchscript artifact does not expose its layers)"
+        ]
+    )
 
 
 def test_a_reloaded_file_that_departs_from_its_in_memory_model_names_the_layer(project):
     """The outputs check (reloaded vs in-memory): the layer table compares the file's own layers
     with the in-memory model's, where the format exposes them, and says when it cannot."""
     import json
-    project.write(make_spec(factory="ExportsDifferently", formats="[torchscript, export, onnx]",
-                            thresholds="  outputs: {atol: 0.001}"))
+
+    project.write(
+        make_spec(
+            factory="ExportsDifferently", formats="[torchscript, export, onnx]", thresholds="  outputs: {atol: 0.001}"
+        )
+    )
     res = project.run("-k", "outputs")
     res.assert_outcomes(failed=2, passed=1)  # torchscript traces without torch.export: it matches
     for fmt, how in (("export", "graph nodes mapped to modules"), ("onnx", "intermediate outputs from onnxruntime")):
-        res.stdout.fnmatch_lines([
-            f"*check] outputs failed for tiny::baseline::{fmt}*",
-            "outputs of the reloaded * artifact differ from the in-memory variant*",
-            f"  where: the reloaded {fmt} artifact first departs from the in-memory variant at module 'l3' "
-            f"(relative error > *), on 16 probes, in its own layers ({how})",
-        ])
+        res.stdout.fnmatch_lines(
+            [
+                f"*check] outputs failed for tiny::baseline::{fmt}*",
+                "outputs of the reloaded * artifact differ from the in-memory variant*",
+                f"  where: the reloaded {fmt} artifact first departs from the in-memory variant at module 'l3' "
+                f"(relative error > *), on 16 probes, in its own layers ({how})",
+            ]
+        )
     doc = json.loads((project.path / "reports" / "deploycheck.json").read_text())
-    rows = {r["format"]: r["details"]["divergence"] for r in doc["records"] if r["check"] == "outputs"
-            and r["status"] == "failed"}
+    rows = {
+        r["format"]: r["details"]["divergence"]
+        for r in doc["records"]
+        if r["check"] == "outputs" and r["status"] == "failed"
+    }
     assert rows["export"]["first"] == rows["onnx"]["first"] == "l3"
     l2 = next(r for r in rows["export"]["rows"] if r["module"] == "l2")
     assert l2["max_abs"] == 0.0  # before the changed layer the file agrees exactly
@@ -112,8 +153,14 @@ def test_a_reloaded_file_that_departs_from_its_in_memory_model_names_the_layer(p
 
 def test_a_pruned_variant_shows_its_error_growing_over_layers(project):
     import json
-    project.write(make_spec(factory="Deep", variants="  baseline: {}\n  pruned:\n    prune: {method: l1_unstructured, amount: 0.6}",
-                            thresholds="  fidelity: {min_mean_cosine: 0.9999}"))
+
+    project.write(
+        make_spec(
+            factory="Deep",
+            variants="  baseline: {}\n  pruned:\n    prune: {method: l1_unstructured, amount: 0.6}",
+            thresholds="  fidelity: {min_mean_cosine: 0.9999}",
+        )
+    )
     res = project.run("-k", "pruned and fidelity")
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["  where: the variant first departs from the baseline at module 'l1'*"])
@@ -130,7 +177,13 @@ def test_passing_checks_pay_nothing_for_localisation(project, monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError("localise ran for a passing check")
+
     monkeypatch.setattr(dv, "localise", boom)
-    project.write(make_spec(factory="Deep", variants="  baseline: {}\n  pruned:\n    prune: {method: l1_unstructured, amount: 0.1}",
-                            thresholds="  metric: {max_drop: 1.0}"))
+    project.write(
+        make_spec(
+            factory="Deep",
+            variants="  baseline: {}\n  pruned:\n    prune: {method: l1_unstructured, amount: 0.1}",
+            thresholds="  metric: {max_drop: 1.0}",
+        )
+    )
     project.run("-k", "pruned and metric").assert_outcomes(passed=1)

@@ -10,11 +10,14 @@ from conftest import make_spec
 
 
 def test_item_ids_are_stable_and_selectable(project):
-    project.write(make_spec(variants="  baseline: {}\n  half:\n    quantize: {method: fp16}",
-                            formats="[torchscript, export]"))
+    project.write(
+        make_spec(variants="  baseline: {}\n  half:\n    quantize: {method: fp16}", formats="[torchscript, export]")
+    )
     res = project.run("--collect-only", "-q")
     ids = [ln for ln in res.stdout.lines if "::" in ln]
-    assert ids[:5] == [f"tiny.yaml::tiny::baseline::torchscript::{c}" for c in ("load", "outputs", "metric", "latency", "size")]
+    assert ids[:5] == [
+        f"tiny.yaml::tiny::baseline::torchscript::{c}" for c in ("load", "outputs", "metric", "latency", "size")
+    ]
     assert "tiny.yaml::tiny::half::export::size" in ids
     assert len(ids) == 20
     res = project.run("--collect-only", "-q", "-k", "half and export and metric")
@@ -25,14 +28,25 @@ def test_all_checks_pass_and_reports_are_written(project):
     project.write(make_spec(thresholds="  metric: {max_drop: 0.01}\n  latency: {p95_ms: 1000}\n  size: {max_mb: 1}"))
     res = project.run()
     res.assert_outcomes(passed=5)
-    res.stdout.fnmatch_lines(["*deploycheck summary*", "tiny*baseline*torchscript*baseline*ok*pass",
-                              "report written: */reports/deploycheck.md"])
+    res.stdout.fnmatch_lines(
+        [
+            "*deploycheck summary*",
+            "tiny*baseline*torchscript*baseline*ok*pass",
+            "report written: */reports/deploycheck.md",
+        ]
+    )
     doc = json.loads((project.path / "reports" / "deploycheck.json").read_text())
     assert doc["schema_version"] == 1
     assert doc["libraries"]["torch"].startswith("2.")
     assert set(doc["spec_files"]) == {"tiny.yaml"}
     (row,) = doc["rows"]
-    assert (row["spec"], row["variant"], row["format"], row["verdict"], row["load"]) == ("tiny", "baseline", "torchscript", "pass", "ok")
+    assert (row["spec"], row["variant"], row["format"], row["verdict"], row["load"]) == (
+        "tiny",
+        "baseline",
+        "torchscript",
+        "pass",
+        "ok",
+    )
     assert row["max_abs_diff"] == 0.0 and row["p95_ms"] > 0 and 0 < row["size_mb"] < 1
     assert sorted(r["check"] for r in doc["records"]) == ["latency", "load", "metric", "outputs", "size"]
     md = (project.path / "reports" / "deploycheck.md").read_text()
@@ -45,13 +59,17 @@ def test_metric_failure_prints_its_formula(project):
     res = project.run()
     res.assert_outcomes(passed=4, failed=1)
     out = res.stdout.str()
-    assert re.search(r"\[check\] metric failed for tiny::baseline::torchscript \(tiny\.yaml:9\)\n"
-                     r"accuracy 0\.\d+ < min 0\.99", out), out
+    assert re.search(
+        r"\[check\] metric failed for tiny::baseline::torchscript \(tiny\.yaml:9\)\n"
+        r"accuracy 0\.\d+ < min 0\.99",
+        out,
+    ), out
 
 
 def test_metric_formulas_in_both_directions():
     from deploycheck.checks import metric_verdict
     from deploycheck.spec.model import MetricThreshold
+
     v = metric_verdict("accuracy", 0.95, 0.98, True, MetricThreshold(max_relative_drop=0.02))
     assert (v.passed, v.message) == (False, "accuracy 0.95 < baseline 0.98 × (1 - max_relative_drop 0.02) = 0.9604")
     v = metric_verdict("mse", 0.12, 0.10, False, MetricThreshold(max_drop=0.01, max=0.2))
@@ -64,7 +82,9 @@ def test_changed_data_is_not_served_from_a_stale_run_dir(project):
     """The run dir outlives sessions: a changed preprocessing must reach the fresh process."""
     project.write(make_spec(thresholds="  size: {max_mb: 1}"))
     project.run("--deploycheck-cache=off").assert_outcomes(passed=5)
-    project.write(make_spec(thresholds="  size: {max_mb: 1}").replace("  split:", "  preprocess: [{scale: 3.0}]\n  split:"))
+    project.write(
+        make_spec(thresholds="  size: {max_mb: 1}").replace("  split:", "  preprocess: [{scale: 3.0}]\n  split:")
+    )
     project.run("--deploycheck-cache=off", "-k", "outputs").assert_outcomes(passed=1)
 
 
@@ -86,24 +106,30 @@ def test_outputs_mismatch_is_reported_like_pytest_regressions(project):
     project.write(make_spec(factory="Drifting"))
     res = project.run("-k", "outputs")
     res.assert_outcomes(failed=1)
-    res.stdout.fnmatch_lines([
-        "[[]check[]] outputs failed for tiny::baseline::torchscript (tiny.yaml:9)",
-        "outputs of the reloaded torchscript artifact differ from the in-memory variant (atol 0.0001, rtol 0.001): "
-        "|reloaded - in-memory| <= atol + rtol * |in-memory| failed",
-        "  shape: (38, 3)",
-        "  mismatched elements: 114 / 114 (100.00%)",
-        "  max abs diff: 1 * mean abs diff: 1",
-        "*worst elements:",
-        "*index*reloaded*in-memory*abs diff",
-    ])
+    res.stdout.fnmatch_lines(
+        [
+            "[[]check[]] outputs failed for tiny::baseline::torchscript (tiny.yaml:9)",
+            "outputs of the reloaded torchscript artifact differ from the in-memory variant (atol 0.0001, rtol 0.001): "
+            "|reloaded - in-memory| <= atol + rtol * |in-memory| failed",
+            "  shape: (38, 3)",
+            "  mismatched elements: 114 / 114 (100.00%)",
+            "  max abs diff: 1 * mean abs diff: 1",
+            "*worst elements:",
+            "*index*reloaded*in-memory*abs diff",
+        ]
+    )
 
 
 def test_output_batch_dimension_is_checked(project):
     project.write(make_spec(factory="FirstRowOnly"))
     res = project.run()
     res.assert_outcomes(failed=5)
-    res.stdout.fnmatch_lines(["[[]run[]] tiny::baseline (declared at tiny.yaml:11): the in-memory model returned shape "
-                              "(1, 3) for a batch of 38: outputs must keep the batch dimension first"])
+    res.stdout.fnmatch_lines(
+        [
+            "[[]run[]] tiny::baseline (declared at tiny.yaml:11): the in-memory model returned shape "
+            "(1, 3) for a batch of 38: outputs must keep the batch dimension first"
+        ]
+    )
 
 
 def test_build_failure_is_one_located_message_per_item(project):
@@ -111,8 +137,10 @@ def test_build_failure_is_one_located_message_per_item(project):
     res = project.run()
     res.assert_outcomes(failed=5)
     out = res.stdout.str()
-    msg = ("[build] tiny::baseline (declared at tiny.yaml:3): cannot create the model from factory "
-           "'tinymodels:broken': RuntimeError: factory exploded")
+    msg = (
+        "[build] tiny::baseline (declared at tiny.yaml:3): cannot create the model from factory "
+        "'tinymodels:broken': RuntimeError: factory exploded"
+    )
     assert res.stdout.lines.count(msg) == 5  # one per item, each a single line, no traceback
     assert "Traceback" not in out
     res.stdout.fnmatch_lines(["failing:", f"  tiny::baseline::torchscript: {msg}"])
@@ -121,17 +149,26 @@ def test_build_failure_is_one_located_message_per_item(project):
 def test_missing_and_mismatched_weights(project, pytester):
     project.write(make_spec().replace("  inputs:", "  weights: nope.safetensors\n  inputs:"))
     res = project.run("-k", "load")
-    res.stdout.fnmatch_lines(["[[]build[]] tiny::baseline (declared at tiny.yaml:3): weights file not found: */nope.safetensors"])
+    res.stdout.fnmatch_lines(
+        ["[[]build[]] tiny::baseline (declared at tiny.yaml:3): weights file not found: */nope.safetensors"]
+    )
     import torch
     from safetensors.torch import save_file
-    save_file({"fc.weight": torch.zeros(8, 4), "fc.bias": torch.zeros(8), "extra": torch.zeros(1)},
-              str(pytester.path / "w.safetensors"))
+
+    save_file(
+        {"fc.weight": torch.zeros(8, 4), "fc.bias": torch.zeros(8), "extra": torch.zeros(1)},
+        str(pytester.path / "w.safetensors"),
+    )
     project.write(make_spec().replace("  inputs:", "  weights: w.safetensors\n  inputs:"))
     res = project.run("-k", "load")
-    res.stdout.fnmatch_lines(["[[]build[]] tiny::baseline (declared at tiny.yaml:3): weights w.safetensors do not match "
-                              "the architecture of tinymodels:Tiny: missing keys (2): out.weight, out.bias | unexpected "
-                              "keys (1): extra | shape mismatch (2): fc.weight: file (8, 4) vs model (16, 4); fc.bias: "
-                              "file (8,) vs model (16,)"])
+    res.stdout.fnmatch_lines(
+        [
+            "[[]build[]] tiny::baseline (declared at tiny.yaml:3): weights w.safetensors do not match "
+            "the architecture of tinymodels:Tiny: missing keys (2): out.weight, out.bias | unexpected "
+            "keys (1): extra | shape mismatch (2): fc.weight: file (8, 4) vs model (16, 4); fc.bias: "
+            "file (8,) vs model (16,)"
+        ]
+    )
 
 
 def test_run_cut_short_by_x_still_writes_the_report(project):
@@ -169,14 +206,20 @@ def test_last_failed_reruns_only_the_failed_item(pytester, project):
 
 def test_compare_two_real_runs_lists_the_degraded_variant_first(project, tmp_path):
     from deploycheck.cli import main
+
     variants = "  baseline: {}\n  half:\n    quantize: {method: fp16}\n  pruned:\n    prune: {method: l1_unstructured, amount: 0.1}"
     project.write(make_spec(variants=variants, thresholds="  outputs: {atol: 0.05}"))
     project.run().assert_outcomes(passed=15)
     (project.path / "reports" / "deploycheck.json").rename(tmp_path / "old.json")
-    project.write(make_spec(variants=variants.replace("0.1}", "0.95}"), thresholds="  outputs: {atol: 0.05}\n  metric: {max_drop: 0.02}"))
+    project.write(
+        make_spec(
+            variants=variants.replace("0.1}", "0.95}"), thresholds="  outputs: {atol: 0.05}\n  metric: {max_drop: 0.02}"
+        )
+    )
     project.run()
     import io
     from contextlib import redirect_stdout
+
     buf = io.StringIO()
     with redirect_stdout(buf):
         code = main(["compare", str(tmp_path / "old.json"), str(project.path / "reports" / "deploycheck.json")])
@@ -199,11 +242,14 @@ def test_compare_judges_a_custom_lower_is_better_metric_by_its_declared_directio
     """A callable metric named nothing like mse/mae: its direction comes from the spec, through
     the report records, never from its name. A loss that rises is a regression; one that falls is not."""
     from deploycheck.cli import main
-    project.tester.makepyfile(lossfns="""
+
+    project.tester.makepyfile(
+        lossfns="""
         import torch
         def xent(outputs, targets):
             return torch.nn.functional.cross_entropy(outputs.float(), targets.long()).item()
-    """)
+    """
+    )
     metric = "metric: {name: callable, callable: 'lossfns:xent', higher_is_better: false}"
     variants = "  baseline: {}\n  pruned:\n    prune: {method: l1_unstructured, amount: %s}"
     reports, loss = {}, {}
@@ -222,6 +268,7 @@ def test_compare_judges_a_custom_lower_is_better_metric_by_its_declared_directio
     def compare(old, new):
         import io
         from contextlib import redirect_stdout
+
         buf = io.StringIO()
         with redirect_stdout(buf):
             code = main(["compare", str(reports[old]), str(reports[new]), "--metric-tol", "0.001"])

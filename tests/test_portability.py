@@ -35,10 +35,22 @@ def test_shipped_digits_specs_pass_under_an_emulated_isa(isa, tmp_path):
     env.pop("PYTEST_ADDOPTS", None)
     # The int8 variants and their baselines, where kernels differ most; every format but aoti
     # (its ~20 s compile per artifact would double CI time).
-    cmd = [sys.executable, "-m", "pytest", "specs/digits_mlp.yaml", "specs/digits_cnn.yaml", "-q", "-p", "no:cacheprovider",
-           "-k", "(baseline or int8) and not aoti and (snapshot or outputs or metric)", "--snapshot-warn-unused",
-           "--deploycheck-cache=off", f"--deploycheck-run-dir={tmp_path / 'run'}",
-           f"--deploycheck-report-dir={tmp_path / 'reports'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "specs/digits_mlp.yaml",
+        "specs/digits_cnn.yaml",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-k",
+        "(baseline or int8) and not aoti and (snapshot or outputs or metric)",
+        "--snapshot-warn-unused",
+        "--deploycheck-cache=off",
+        f"--deploycheck-run-dir={tmp_path / 'run'}",
+        f"--deploycheck-report-dir={tmp_path / 'reports'}",
+    ]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-2000:]
     assert f"class x86_64/{isa} (emulated on " in res.stdout
@@ -57,10 +69,18 @@ def test_fingerprint_goes_into_report_snapshot_and_manifest(project):
     res.assert_outcomes(passed=6)
     res.stdout.fnmatch_lines(["machine: * class x86_64/*; torch * capability *; quantized engine *"])
     doc = json.loads((project.path / "reports" / "deploycheck.json").read_text())
-    assert {"cpu_vendor", "cpu_model", "isa_level", "torch_cpu_capability", "quantized_engine", "onednn",
-            "onnxruntime", "threads"} <= set(doc["machine"])
+    assert {
+        "cpu_vendor",
+        "cpu_model",
+        "isa_level",
+        "torch_cpu_capability",
+        "quantized_engine",
+        "onednn",
+        "onnxruntime",
+        "threads",
+    } <= set(doc["machine"])
     snap = json.loads((project.path / "__snapshots__/tiny/tiny.baseline.torchscript.snapshot.json").read_text())
-    (cls, entry), = snap["entries"].items()
+    ((cls, entry),) = snap["entries"].items()
     assert cls.startswith("x86_64/") and entry["machine"]["isa_level"] == doc["machine"]["isa_level"]
     assert "labels" in entry  # iris accuracy: a classifier keeps its top-k labels
     art = next(r for r in doc["records"] if r["check"] == "size")["details"]["path"]
@@ -73,7 +93,7 @@ def test_another_class_is_compared_by_the_cross_machine_rule_and_update_adds_its
     project.run("-k", "snapshot", "--snapshot-update").assert_outcomes(passed=1)
     path = project.path / "__snapshots__/tiny/tiny.baseline.torchscript.snapshot.json"
     doc = json.loads(path.read_text())
-    (mine, entry), = doc["entries"].items()
+    ((mine, entry),) = doc["entries"].items()
     # pretend the approved entry came from another runner class, with float noise in its values
     other = json.loads(json.dumps(entry))
     other["outputs"] = [[v + 5e-4 for v in row] for row in other["outputs"]]
@@ -103,8 +123,11 @@ def snapshot_formula(project) -> str:
 
 def test_embeddings_store_no_labels(project):
     import numpy as np
+
     np.savez(project.path / "unlabelled.npz", x=np.random.default_rng(0).normal(size=(40, 4)).astype("float32"))
-    project.write(make_spec(snapshot="true", extra="metric: cosine").replace("source: sklearn:iris", "source: npz:unlabelled.npz"))
+    project.write(
+        make_spec(snapshot="true", extra="metric: cosine").replace("source: sklearn:iris", "source: npz:unlabelled.npz")
+    )
     project.run("-k", "snapshot", "--snapshot-update").assert_outcomes(passed=1)
     snap = json.loads((project.path / "__snapshots__/tiny/tiny.baseline.torchscript.snapshot.json").read_text())
     (entry,) = snap["entries"].values()
@@ -114,10 +137,19 @@ def test_embeddings_store_no_labels(project):
 def test_saturation_hint_names_the_option_on_a_cpu_without_vnni(project, monkeypatch):
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
-    project.write(make_spec(variants="  baseline: {}\n  static:\n    quantize: {method: static_int8}",
-                            formats="[onnx]", thresholds="  outputs: {atol: 0.0, rtol: 0.0}"))
+    project.write(
+        make_spec(
+            variants="  baseline: {}\n  static:\n    quantize: {method: static_int8}",
+            formats="[onnx]",
+            thresholds="  outputs: {atol: 0.0, rtol: 0.0}",
+        )
+    )
     res = project.run_subprocess("-k", "static and outputs")
     res.assert_outcomes(failed=1)
-    res.stdout.fnmatch_lines(["  likely cause: this CPU (x86_64/avx2 (emulated on *)) has no VNNI, so int8 dot "
-                              "products (u8 x s8) accumulate pairs in a saturating 16-bit intermediate*"
-                              "quantize with `weight_bits: 7`*"])
+    res.stdout.fnmatch_lines(
+        [
+            "  likely cause: this CPU (x86_64/avx2 (emulated on *)) has no VNNI, so int8 dot "
+            "products (u8 x s8) accumulate pairs in a saturating 16-bit intermediate*"
+            "quantize with `weight_bits: 7`*"
+        ]
+    )

@@ -80,9 +80,14 @@ def test_fp16_casts_weights_behind_a_float32_interface(tmp_path):
 
 
 def test_static_int8_pt2e_inserts_quantize_ops_and_keeps_accuracy(tmp_path):
-    spec, r = runner_for("  s:\n    quantize: {method: static_int8, calibration_batches: 4}", tmp_path,
-                         factory="CNN", weights="digits_cnn.safetensors", features="1, 8, 8",
-                         preprocess="{scale: 0.0625}, {reshape: [1, 8, 8]}, {normalize: {mean: 0.3, std: 0.4}}")
+    spec, r = runner_for(
+        "  s:\n    quantize: {method: static_int8, calibration_batches: 4}",
+        tmp_path,
+        factory="CNN",
+        weights="digits_cnn.safetensors",
+        features="1, 8, 8",
+        preprocess="{scale: 0.0625}, {reshape: [1, 8, 8]}, {normalize: {mean: 0.3, std: 0.4}}",
+    )
     s = built(r, spec, "s")
     targets = {str(n.target) for n in s.model.graph.nodes if n.op == "call_function"}
     assert any("quantize_per_tensor" in t for t in targets)
@@ -110,8 +115,10 @@ def test_global_pruning_reaches_the_overall_amount(tmp_path):
 
 
 def test_structured_pruning_removes_whole_rows_and_finetune_keeps_them_zero(tmp_path):
-    spec, r = runner_for("  s:\n    prune: {method: ln_structured, amount: 0.25, n: 2, dim: 0, skip: ['net.4'],"
-                         " finetune: {epochs: 2}}", tmp_path)
+    spec, r = runner_for(
+        "  s:\n    prune: {method: ln_structured, amount: 0.25, n: 2, dim: 0, skip: ['net.4'], finetune: {epochs: 2}}",
+        tmp_path,
+    )
     s = built(r, spec, "s")
     for name, m in linears(s.model):
         zero_rows = int((m.weight.abs().sum(1) == 0).sum())
@@ -128,12 +135,18 @@ def test_distilled_student_is_small_accurate_and_deterministic(tmp_path):
     assert st.arch == {"factory": "examples.digits:TinyMLP", "kwargs": {"hidden": 32}}
     _, r2 = runner_for(v, tmp_path / "again")
     again = built(r2, spec, "st")
-    assert all(torch.equal(a, b) for a, b in zip(st.model.state_dict().values(), again.model.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(st.model.state_dict().values(), again.model.state_dict().values(), strict=True)
+    )
 
 
 def test_chain_records_each_step(tmp_path):
-    spec, r = runner_for("  c:\n    steps:\n      - prune: {method: l1_unstructured, amount: 0.5}\n"
-                         "      - quantize: {method: dynamic_int8}", tmp_path)
+    spec, r = runner_for(
+        "  c:\n    steps:\n      - prune: {method: l1_unstructured, amount: 0.5}\n"
+        "      - quantize: {method: dynamic_int8}",
+        tmp_path,
+    )
     c = built(r, spec, "c")
     assert [s.recipe for s in c.steps] == ["prune:l1_unstructured@0.5", "quantize:dynamic_int8"]
     assert c.steps[0].nonzero < 0.6 * c.steps[0].params
@@ -147,11 +160,13 @@ def test_skip_glob_that_matches_nothing_fails_the_build_with_the_variant_line(tm
         built(r, spec, "q")
     assert ei.value.headline().startswith(
         "[build] r::q (declared at " + os.path.join(ROOT, "specs", "test_recipes.yaml") + ":12): recipe step 1 "
-        "(quantize:dynamic_int8) failed: ValueError: skip glob 'fc9*' matches no module; modules are: net, net.0")
+        "(quantize:dynamic_int8) failed: ValueError: skip glob 'fc9*' matches no module; modules are: net, net.0"
+    )
 
 
 def test_recipe_failure_fails_only_its_variant(project):
-    project.tester.makepyfile(branchy="""
+    project.tester.makepyfile(
+        branchy="""
         import torch
         class Branchy(torch.nn.Module):
             def __init__(self):
@@ -161,18 +176,29 @@ def test_recipe_failure_fails_only_its_variant(project):
                 if x.sum() > 0:  # data-dependent control flow: torch.export cannot trace it
                     return self.fc(x)
                 return -self.fc(x)
-    """)
+    """
+    )
     from conftest import make_spec
-    project.write(make_spec(factory="Branchy", variants="  baseline: {}\n  s:\n    quantize: {method: static_int8}",
-                            thresholds="  size: {max_mb: 1}").replace("tinymodels:Branchy", "branchy:Branchy"))
+
+    project.write(
+        make_spec(
+            factory="Branchy",
+            variants="  baseline: {}\n  s:\n    quantize: {method: static_int8}",
+            thresholds="  size: {max_mb: 1}",
+        ).replace("tinymodels:Branchy", "branchy:Branchy")
+    )
     res = project.run()
     res.assert_outcomes(passed=5, failed=5)
-    res.stdout.fnmatch_lines(["[[]build[]] tiny::s (declared at tiny.yaml:12): recipe step 1 (quantize:static_int8) failed: *"])
+    res.stdout.fnmatch_lines(
+        ["[[]build[]] tiny::s (declared at tiny.yaml:12): recipe step 1 (quantize:static_int8) failed: *"]
+    )
 
 
 def test_batch_invariance_reports_largest_difference_and_changed_predictions(tmp_path):
-    spec, r = runner_for("  q:\n    quantize: {method: dynamic_int8}\n    thresholds:\n"
-                         "      batch_invariance: {atol: 0.0, probes: 16}", tmp_path)
+    spec, r = runner_for(
+        "  q:\n    quantize: {method: dynamic_int8}\n    thresholds:\n      batch_invariance: {atol: 0.0, probes: 16}",
+        tmp_path,
+    )
     v = CHECKS.get("batch_invariance").run(r, Target(spec, spec.variant("q")))
     assert not v.passed
     assert v.message.startswith("max |alone - batched| ")
@@ -195,10 +221,15 @@ def test_reduced_precision_variants_export_and_never_read_as_a_format_limit(proj
     """fp16/bf16 wrap the model in ``Cast`` (forward(*args)): its export must be carried out and
     checked, not skipped as 'unsupported' because dynamic_shapes did not follow *args."""
     from conftest import make_spec
-    project.write(make_spec(formats="[export, onnx]",
-                            variants="  half:\n    quantize: {method: fp16}\n  brain:\n    quantize: {method: bf16}\n"
-                                     "    formats: [export]",  # onnxruntime's CPU has no bf16 Gemm: a load failure
-                            thresholds="  metric: {max_drop: 0.05}"))
+
+    project.write(
+        make_spec(
+            formats="[export, onnx]",
+            variants="  half:\n    quantize: {method: fp16}\n  brain:\n    quantize: {method: bf16}\n"
+            "    formats: [export]",  # onnxruntime's CPU has no bf16 Gemm: a load failure
+            thresholds="  metric: {max_drop: 0.05}",
+        )
+    )
     res = project.run("-k", "(half or brain) and (load or outputs)", "-rs")
     res.assert_outcomes(passed=6)
     assert "unsupported" not in res.stdout.str()

@@ -16,8 +16,10 @@ VARIANTS = "  baseline: {}\n  half:\n    quantize: {method: fp16}\n  pruned:\n  
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory):
     """One session's reports, read by several tests (one run instead of one per test)."""
-    root, proc = run_once(tmp_path_factory, make_spec(variants=VARIANTS, formats="[torchscript, export]",
-                                                      thresholds="  outputs: {atol: 0.05, rtol: 0.01}"))
+    root, proc = run_once(
+        tmp_path_factory,
+        make_spec(variants=VARIANTS, formats="[torchscript, export]", thresholds="  outputs: {atol: 0.05, rtol: 0.01}"),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root / "reports"
 
@@ -31,8 +33,13 @@ def test_markdown_has_a_summary_a_verdict_matrix_and_collapsed_tables(report_dir
     assert summary[0].startswith("- tiny: pass (6 passed, 0 failed, 0 unsupported); smallest passing: ")
     assert " MB); fastest passing: " in summary[0] and summary[0].endswith(" ms)")
     i = lines.index("**tiny**")
-    assert lines[i + 2:i + 7] == ["| variant | export | torchscript |", "| --- | :-: | :-: |", "| baseline | ✅ | ✅ |",
-                                  "| half | ✅ | ✅ |", "| pruned | ✅ | ✅ |"]
+    assert lines[i + 2 : i + 7] == [
+        "| variant | export | torchscript |",
+        "| --- | :-: | :-: |",
+        "| baseline | ✅ | ✅ |",
+        "| half | ✅ | ✅ |",
+        "| pruned | ✅ | ✅ |",
+    ]
     assert "## Failures" not in lines  # only failing rows are listed, and there are none
     assert "<details><summary>tiny: 6 rows</summary>" in lines
     table = [ln for ln in lines if ln.startswith("| variant   | format")]
@@ -46,17 +53,29 @@ def _records(n_specs: int, variants: int = 8, formats=("export", "torchscript", 
             for f in formats:
                 for check in ("load", "outputs", "metric", "latency", "size", "snapshot"):
                     failed = check == "metric" and v % 3 == 1
-                    recs.append({"spec": f"model-{tag}{s:03d}", "file": f"specs/m{tag}{s}.yaml", "variant": "baseline" if v == 0 else f"variant-{v}",
-                                 "format": f, "check": check, "status": "failed" if failed else "passed",
-                                 "recipe": "quantize:dynamic_int8", "value": 0.9,
-                                 "formula": ("accuracy 0.9512 < baseline 0.9722 - max_drop 0.01 = 0.9622 " * 3) if failed else "ok",
-                                 "message": "", "details": {"metric": "accuracy", "value": 0.95, "delta": -0.02,
-                                                            "higher_is_better": True}})
+                    recs.append(
+                        {
+                            "spec": f"model-{tag}{s:03d}",
+                            "file": f"specs/m{tag}{s}.yaml",
+                            "variant": "baseline" if v == 0 else f"variant-{v}",
+                            "format": f,
+                            "check": check,
+                            "status": "failed" if failed else "passed",
+                            "recipe": "quantize:dynamic_int8",
+                            "value": 0.9,
+                            "formula": ("accuracy 0.9512 < baseline 0.9722 - max_drop 0.01 = 0.9622 " * 3)
+                            if failed
+                            else "ok",
+                            "message": "",
+                            "details": {"metric": "accuracy", "value": 0.95, "delta": -0.02, "higher_is_better": True},
+                        }
+                    )
     return recs
 
 
 def test_markdown_summary_fits_a_pull_request_comment_at_50_specs():
     from deploycheck.report import COMMENT_LIMIT, markdown, summary_rows
+
     rows = summary_rows(_records(50))
     md = markdown(rows, {"machine": {}})
     assert len(md) <= COMMENT_LIMIT < 65_536
@@ -70,6 +89,7 @@ def test_merge_of_20_shard_reports_gives_a_comment_sized_summary(tmp_path):
     from deploycheck.cli import main
     from deploycheck.report import summary_rows
     from deploycheck.report.write import metadata, write_documents
+
     paths = []
     for i in range(20):
         recs = _records(3, tag=f"s{i}-")
@@ -83,11 +103,19 @@ def test_merge_of_20_shard_reports_gives_a_comment_sized_summary(tmp_path):
 
 
 def test_first_run_counts_new_snapshots_apart_from_failures(project):
-    project.write(make_spec(variants=VARIANTS, formats="[torchscript]", snapshot="true",
-                            thresholds="  outputs: {atol: 0.05, rtol: 0.01}"))
+    project.write(
+        make_spec(
+            variants=VARIANTS,
+            formats="[torchscript]",
+            snapshot="true",
+            thresholds="  outputs: {atol: 0.05, rtol: 0.01}",
+        )
+    )
     res = project.run()
     res.assert_outcomes(failed=3, passed=15)  # the snapshot items still fail, as syrupy's do
-    res.stdout.fnmatch_lines(["3 new snapshots to review: run `pytest --snapshot-update`, review the files, commit them*"])
+    res.stdout.fnmatch_lines(
+        ["3 new snapshots to review: run `pytest --snapshot-update`, review the files, commit them*"]
+    )
     assert "failing:" not in res.stdout.str()
     md = (project.path / "reports" / "deploycheck.md").read_text()
     assert "0 passed, 0 failed, 0 unsupported, 3 awaiting snapshot approval" in md
@@ -99,8 +127,17 @@ def test_first_run_counts_new_snapshots_apart_from_failures(project):
 
 def test_json_records_carry_value_threshold_formula_and_machine(report_dir):
     doc = json.loads((report_dir / "deploycheck.json").read_text())
-    assert {"schema_version", "created", "exitstatus", "machine", "libraries", "git", "spec_files", "rows",
-            "records"} <= set(doc)
+    assert {
+        "schema_version",
+        "created",
+        "exitstatus",
+        "machine",
+        "libraries",
+        "git",
+        "spec_files",
+        "rows",
+        "records",
+    } <= set(doc)
     rec = next(r for r in doc["records"] if r["check"] == "latency" and r["variant"] == "half")
     assert rec["status"] == "passed" and rec["formula"].startswith("p50 ")
     assert len(rec["details"]["samples_ms"]) == rec["details"]["rounds"]
@@ -113,6 +150,7 @@ def test_html_is_self_contained_with_plots(report_dir):
     assert page.count("<svg") == 3  # metric vs latency with its Pareto front, sizes, latency distributions
     assert "Pareto front" in page
     import re
+
     assert not re.search(r"(src|href)=[\"']?(https?:)?//", page)  # nothing fetched from the network
     assert "<script" not in page
 
@@ -123,9 +161,19 @@ def test_html_renders_in_headless_chromium_without_console_errors(report_dir, tm
         pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
     url = (report_dir / "deploycheck.html").as_uri()
     shot = tmp_path / "report.png"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]
     p = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "<h2>tiny</h2>" in p.stdout and "<svg" in p.stdout
@@ -133,14 +181,28 @@ def test_html_renders_in_headless_chromium_without_console_errors(report_dir, tm
     assert console == []
     # at 1400 px the page body must not scroll sideways: tables scroll inside their own box
     probe = tmp_path / "probe.html"
-    probe.write_text((report_dir / "deploycheck.html").read_text().replace(
-        "</body>", "<script>document.body.setAttribute('data-overflow', String("
-                   "document.documentElement.scrollWidth - document.documentElement.clientWidth))</script></body>"))
-    p = subprocess.run([chromium, *flags, "--window-size=1400,1000", "--dump-dom", probe.as_uri()],
-                       capture_output=True, text=True, timeout=120)
+    probe.write_text(
+        (report_dir / "deploycheck.html")
+        .read_text()
+        .replace(
+            "</body>",
+            "<script>document.body.setAttribute('data-overflow', String("
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth))</script></body>",
+        )
+    )
+    p = subprocess.run(
+        [chromium, *flags, "--window-size=1400,1000", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert 'data-overflow="0"' in p.stdout, p.stdout[:300]
-    p = subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1400,2400", url],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [chromium, *flags, f"--screenshot={shot}", "--window-size=1400,2400", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shot.exists() and os.path.getsize(shot) > 20_000
     if os.environ.get("DEPLOYCHECK_KEEP_SCREENSHOT"):
         shutil.copy(shot, os.environ["DEPLOYCHECK_KEEP_SCREENSHOT"])

@@ -122,11 +122,29 @@ snapshot: {{enabled: {snapshot}}}
 """
 
 
-def spec(*, name: str = "sig", factory: str = "Pair", kwargs: str = "{}", shape: str = "[1, 4]",
-         data: str = "sklearn:iris", formats: str = "[torchscript]", metric: str = "", thresholds: str = "",
-         snapshot: str = "false") -> str:
-    return SPEC.format(name=name, factory=factory, kwargs=kwargs, shape=shape, data=data, formats=formats,
-                       metric=metric, thresholds=thresholds, snapshot=snapshot)
+def spec(
+    *,
+    name: str = "sig",
+    factory: str = "Pair",
+    kwargs: str = "{}",
+    shape: str = "[1, 4]",
+    data: str = "sklearn:iris",
+    formats: str = "[torchscript]",
+    metric: str = "",
+    thresholds: str = "",
+    snapshot: str = "false",
+) -> str:
+    return SPEC.format(
+        name=name,
+        factory=factory,
+        kwargs=kwargs,
+        shape=shape,
+        data=data,
+        formats=formats,
+        metric=metric,
+        thresholds=thresholds,
+        snapshot=snapshot,
+    )
 
 
 @pytest.fixture
@@ -167,8 +185,9 @@ def test_per_output_tolerances(sig):
     got = outcomes(r)
     assert got["wide::baseline::torchscript::outputs"] == "PASSED", got
     assert got["typo::baseline::torchscript::outputs"] == "FAILED", got
-    r.stdout.fnmatch_lines(["*thresholds.outputs gives tolerances for 'emd', not an output of the model; its outputs "
-                            "are '0', '1'*"])
+    r.stdout.fnmatch_lines(
+        ["*thresholds.outputs gives tolerances for 'emd', not an output of the model; its outputs are '0', '1'*"]
+    )
 
 
 def test_metric_output_names_the_output_it_reads(sig):
@@ -177,8 +196,6 @@ def test_metric_output_names_the_output_it_reads(sig):
     r = sig.run("-v", "-rA")
     r.stdout.fnmatch_lines(["*metric.output 'nope' is not an output of the model; its outputs are '0', '1'*"])
     assert r.ret == 1
-
-
 
 
 def test_dict_outputs_checked_on_every_key(sig):
@@ -206,11 +223,14 @@ def test_baseline_that_cannot_take_the_declared_input_fails_every_item(sig):
     assert got and set(got.values()) == {"FAILED"}, got
     res = r.parseoutcomes()
     assert res.get("skipped", 0) == 0 and res["failed"] == len(got)
-    r.stdout.fnmatch_lines([
-        "*the baseline model cannot run on the declared example input (shape (1, 64) float32): RuntimeError: *conv2d*",
-        "*model.inputs declares shape [[]1, 64[]] float32; the data (sklearn:digits) gives evaluation batches of "
-        "shape (64, 64) float32*",
-        "*fix model.inputs to the shape and dtype the model takes, or the data (data.preprocess: reshape, scale, dtype)*"])
+    r.stdout.fnmatch_lines(
+        [
+            "*the baseline model cannot run on the declared example input (shape (1, 64) float32): RuntimeError: *conv2d*",
+            "*model.inputs declares shape [[]1, 64[]] float32; the data (sklearn:digits) gives evaluation batches of "
+            "shape (64, 64) float32*",
+            "*fix model.inputs to the shape and dtype the model takes, or the data (data.preprocess: reshape, scale, dtype)*",
+        ]
+    )
     assert r.ret == 1
 
 
@@ -239,10 +259,20 @@ def test_named_int_and_bool_inputs_with_a_dynamic_length_through_every_format(si
     safetensors: each loads, matches on every output, and runs at seq 4, 14 and 24. A model whose
     trace bakes in the length (data given as a tuple) fails the dynamic item naming the dimension."""
     pytest.importorskip("onnxscript")
-    sig.write(TOKENS.format(name="tokens", factory="Tokens", data="token_data",
-                            formats="[torchscript, export, onnx, safetensors]", snapshot="true"), "tokens")
-    sig.write(TOKENS.format(name="fixed", factory="SeqFixed", data="token_tuple", formats="[torchscript]",
-                            snapshot="false"), "fixed")
+    sig.write(
+        TOKENS.format(
+            name="tokens",
+            factory="Tokens",
+            data="token_data",
+            formats="[torchscript, export, onnx, safetensors]",
+            snapshot="true",
+        ),
+        "tokens",
+    )
+    sig.write(
+        TOKENS.format(name="fixed", factory="SeqFixed", data="token_tuple", formats="[torchscript]", snapshot="false"),
+        "fixed",
+    )
     r = sig.run("-v", "-rA", "--snapshot-update")
     got = outcomes(r)
     for fmt in ("torchscript", "export", "onnx", "safetensors"):
@@ -250,8 +280,12 @@ def test_named_int_and_bool_inputs_with_a_dynamic_length_through_every_format(si
             assert got[f"tokens::baseline::{fmt}::{check}"] == "PASSED", (fmt, check, got)
     assert got["fixed::baseline::torchscript::outputs"] == "PASSED", got  # right at the traced length
     assert got["fixed::baseline::torchscript::dynamic"] == "FAILED", got
-    r.stdout.fnmatch_lines(["*seq traced at 16; at 4 (input_ids[[]1[]], attention_mask[[]1[]]) the reloaded "
-                            "torchscript artifact differs on output 'logits': *"])
+    r.stdout.fnmatch_lines(
+        [
+            "*seq traced at 16; at 4 (input_ids[[]1[]], attention_mask[[]1[]]) the reloaded "
+            "torchscript artifact differs on output 'logits': *"
+        ]
+    )
     assert "seq traced at 16; at 14" not in r.stdout.str().split("fixed::baseline::torchscript::dynamic")[0]
     assert r.ret == 1
     # every output is snapshotted by name
@@ -263,7 +297,8 @@ def test_named_int_and_bool_inputs_with_a_dynamic_length_through_every_format(si
 
 def test_declared_dtype_mismatch_names_the_input(sig):
     """Fractional values given to an int64 input: an error naming the input, found and declared dtype."""
-    sig.tester.makepyfile(fracdata="""
+    sig.tester.makepyfile(
+        fracdata="""
 import numpy as np
 
 
@@ -271,12 +306,21 @@ def data():
     x, y = __import__("sigmodels").token_data()
     x["input_ids"] = x["input_ids"] + 0.5
     return x, y
-""")
-    sig.write(TOKENS.format(name="frac", factory="Tokens", data="token_data", formats="[torchscript]", snapshot="false")
-              .replace("python:sigmodels:token_data", "python:fracdata:data"), "frac")
+"""
+    )
+    sig.write(
+        TOKENS.format(
+            name="frac", factory="Tokens", data="token_data", formats="[torchscript]", snapshot="false"
+        ).replace("python:sigmodels:token_data", "python:fracdata:data"),
+        "frac",
+    )
     r = sig.run("-v", "-rA")
-    r.stdout.fnmatch_lines(["*input 'input_ids': the data gives float64 values that are not whole numbers (e.g. "
-                            "*) but model.inputs declares int64*"])
+    r.stdout.fnmatch_lines(
+        [
+            "*input 'input_ids': the data gives float64 values that are not whole numbers (e.g. "
+            "*) but model.inputs declares int64*"
+        ]
+    )
     assert r.ret == 1
 
 
@@ -292,18 +336,32 @@ def test_init_matches_the_data_to_the_declared_shape_and_takes_dtypes_and_names(
 
     def init(*args):
         out = tmp_path / f"s{len(list(tmp_path.iterdir()))}.yaml"
-        p = subprocess.run([sys.executable, "-m", "deploycheck.cli", "init", "--factory", "mynet:Net", *args,
-                            "-o", str(out)], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        p = subprocess.run(
+            [sys.executable, "-m", "deploycheck.cli", "init", "--factory", "mynet:Net", *args, "-o", str(out)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert p.returncode == 0, p.stderr
         assert main(["validate", str(out)]) == 0
         return out.read_text(), p.stderr
 
     text, _ = init("--shape", "1,1,8,8")
     assert "  preprocess:\n    - scale: 0.0625  # data in [0, 16] -> [0, 1]\n    - reshape: [1, 8, 8]  #" in text
-    text, _ = init("--shape", "input_ids=1,16", "--shape", "attention_mask=1,16", "--dtype", "input_ids=int64",
-                   "--dtype", "attention_mask=bool")
-    assert ("  inputs:\n    input_ids: {shape: [1, 16], dtype: int64}\n"
-            "    attention_mask: {shape: [1, 16], dtype: bool}\n") in text
+    text, _ = init(
+        "--shape",
+        "input_ids=1,16",
+        "--shape",
+        "attention_mask=1,16",
+        "--dtype",
+        "input_ids=int64",
+        "--dtype",
+        "attention_mask=bool",
+    )
+    assert (
+        "  inputs:\n    input_ids: {shape: [1, 16], dtype: int64}\n    attention_mask: {shape: [1, 16], dtype: bool}\n"
+    ) in text
     text, err = init("--shape", "1,3,32,32", "--dtype", "float16")
     assert "inputs: {shape: [1, 3, 32, 32], dtype: float16}" in text and "reshape" not in text
     assert "note: the data gives samples of shape (64,) but --shape declares (3, 32, 32) per sample" in err

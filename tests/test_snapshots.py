@@ -10,24 +10,32 @@ SNAP = "__snapshots__/tiny/tiny.baseline.torchscript.snapshot.json"
 
 
 def spec(shift: str, extra: str = "") -> str:
-    return make_spec(factory="Shifted", snapshot="true").replace(
-        "  inputs:", f"  kwargs: {{shift: {shift}}}\n  inputs:").replace("snapshot: {enabled: true}",
-                                                                      "snapshot: {enabled: true, probes: 6" + extra + "}")
+    return (
+        make_spec(factory="Shifted", snapshot="true")
+        .replace("  inputs:", f"  kwargs: {{shift: {shift}}}\n  inputs:")
+        .replace("snapshot: {enabled: true}", "snapshot: {enabled: true, probes: 6" + extra + "}")
+    )
 
 
 def test_full_snapshot_cycle(project):
     project.write(spec("0.0"))
     res = project.run("-k", "snapshot")
     res.assert_outcomes(failed=1)
-    res.stdout.fnmatch_lines([f"no approved snapshot at {SNAP}: run `pytest --snapshot-update` to record the current "
-                              "outputs (6 probes), then review and commit the file"])
+    res.stdout.fnmatch_lines(
+        [
+            f"no approved snapshot at {SNAP}: run `pytest --snapshot-update` to record the current "
+            "outputs (6 probes), then review and commit the file"
+        ]
+    )
 
     res = project.run("-k", "snapshot", "--snapshot-update")
     res.assert_outcomes(passed=1)
     res.stdout.fnmatch_lines(["1 snapshot generated."])
     path = project.path / SNAP
     first = path.read_bytes()
-    assert b'"outputs": [\n        [' in first and b'"entries": {\n    "x86_64/' in first  # one probe per line, per ISA class
+    assert (
+        b'"outputs": [\n        [' in first and b'"entries": {\n    "x86_64/' in first
+    )  # one probe per line, per ISA class
 
     project.run("-k", "snapshot").assert_outcomes(passed=1)
     project.run("-k", "snapshot", "--snapshot-update").assert_outcomes(passed=1)
@@ -39,17 +47,19 @@ def test_full_snapshot_cycle(project):
     project.write(spec("0.5"))  # a real change
     res = project.run("-k", "snapshot")
     res.assert_outcomes(failed=1)
-    res.stdout.fnmatch_lines([
-        f"outputs drifted from the approved snapshot ({SNAP}): values moved beyond tolerance",
-        "  accept the new behaviour after review with: pytest --snapshot-update",
-        "  values (atol 0.0001, rtol 0.001): |new - approved| <= atol + rtol * |approved| failed",
-        "  shape: (6, 3)",
-        "  mismatched elements: 18 / 18 (100.00%)",
-        "  max abs diff: 0.5   mean abs diff: 0.5",
-        "*worst elements:*",
-        "  labels: agreement *",
-        "  metric accuracy: approved * -> now *",
-    ])
+    res.stdout.fnmatch_lines(
+        [
+            f"outputs drifted from the approved snapshot ({SNAP}): values moved beyond tolerance",
+            "  accept the new behaviour after review with: pytest --snapshot-update",
+            "  values (atol 0.0001, rtol 0.001): |new - approved| <= atol + rtol * |approved| failed",
+            "  shape: (6, 3)",
+            "  mismatched elements: 18 / 18 (100.00%)",
+            "  max abs diff: 0.5   mean abs diff: 0.5",
+            "*worst elements:*",
+            "  labels: agreement *",
+            "  metric accuracy: approved * -> now *",
+        ]
+    )
     res = project.run("-k", "snapshot", "--snapshot-update")
     res.assert_outcomes(passed=1)
     res.stdout.fnmatch_lines(["1 snapshot updated."])
@@ -58,8 +68,13 @@ def test_full_snapshot_cycle(project):
 
 
 def test_unused_snapshot_is_reported_and_removed_on_update(project):
-    project.write(make_spec(variants="  baseline: {}\n  half:\n    quantize: {method: fp16}", snapshot="true",
-                            thresholds="  outputs: {atol: 0.1}"))
+    project.write(
+        make_spec(
+            variants="  baseline: {}\n  half:\n    quantize: {method: fp16}",
+            snapshot="true",
+            thresholds="  outputs: {atol: 0.1}",
+        )
+    )
     project.run("-k", "snapshot", "--snapshot-update").assert_outcomes(passed=2)
     stale = project.path / "__snapshots__/tiny/tiny.half.torchscript.snapshot.json"
     assert stale.exists()
@@ -83,8 +98,9 @@ def test_snapshot_details_option_names_each_snapshot_file(project):
 
 
 def test_update_under_xdist_loses_nothing(project):
-    variants = "  baseline: {}\n" + "".join(f"  p{i}:\n    prune: {{method: random_unstructured, amount: 0.{i + 1}, seed: {i}}}\n"
-                                            for i in range(5))
+    variants = "  baseline: {}\n" + "".join(
+        f"  p{i}:\n    prune: {{method: random_unstructured, amount: 0.{i + 1}, seed: {i}}}\n" for i in range(5)
+    )
     project.write(make_spec(variants=variants.rstrip("\n"), snapshot="true", formats="[torchscript, export]"))
     res = project.run_subprocess("-k", "snapshot", "--snapshot-update", "-n", "2")
     res.assert_outcomes(passed=12)

@@ -27,13 +27,17 @@ def test_valid_spec_parses_into_typed_objects():
 
 def test_unknown_key_names_line_and_suggests():
     text = make_spec().replace("  split:", "  splitt:")
-    assert errors(text) == ["s.yaml:8: data.splitt: unknown key; did you mean 'split'? allowed: batch_size, limit, "
-                            "preprocess, source, split"]
+    assert errors(text) == [
+        "s.yaml:8: data.splitt: unknown key; did you mean 'split'? allowed: batch_size, limit, "
+        "preprocess, source, split"
+    ]
 
 
 def test_every_error_reported_sorted_by_line():
-    text = make_spec(variants="  q:\n    quantize: {method: int3}\n  p:\n    prune: {method: l1_unstructured, amount: 1.5}",
-                     thresholds="  latency: {p95_ms: fast}")
+    text = make_spec(
+        variants="  q:\n    quantize: {method: int3}\n  p:\n    prune: {method: l1_unstructured, amount: 1.5}",
+        thresholds="  latency: {p95_ms: fast}",
+    )
     text = text.replace("inputs: {shape: [1, 4]}", "inputs: {shape: [1, 4], dtype: float33}")
     assert errors(text) == [
         "s.yaml:5: model.inputs.dtype: 'float33' is not one of ['float32', 'float16', 'bfloat16', 'float64', "
@@ -47,8 +51,10 @@ def test_every_error_reported_sorted_by_line():
 
 def test_missing_required_key():
     text = make_spec().replace("  factory: tinymodels:Tiny\n", "")
-    assert errors(text) == ["s.yaml:3: model.factory: give exactly one of 'factory' (a python callable) or 'hf' "
-                            "(a Hugging Face folder); only a spec whose baseline is an artifact may have neither"]
+    assert errors(text) == [
+        "s.yaml:3: model.factory: give exactly one of 'factory' (a python callable) or 'hf' "
+        "(a Hugging Face folder); only a spec whose baseline is an artifact may have neither"
+    ]
     text = make_spec().replace("  inputs: {shape: [1, 4]}\n", "")
     assert errors(text) == ["s.yaml:3: model.inputs: required key is missing"]
 
@@ -66,17 +72,22 @@ def test_duplicate_key_is_an_error():
 
 def test_variant_level_errors():
     assert errors(make_spec(variants="  baseline:\n    quantize: {method: fp16}")) == [
-        "s.yaml:11: variants.baseline: the baseline is the unmodified model and takes no recipe; name the variant differently"]
+        "s.yaml:11: variants.baseline: the baseline is the unmodified model and takes no recipe; name the variant differently"
+    ]
     assert errors(make_spec(variants="  q:\n    quantise: {method: fp16}")) == [
         "s.yaml:12: variants.q.quantise: unknown key; did you mean 'quantize'? allowed: custom, distill, prune, quantize, "
-        "steps, thresholds, formats, description, artifact, model"]
-    assert errors(make_spec(variants="  q:\n    prune: {method: l1_unstructured, amount: 0.5}\n    quantize: {method: fp16}")) == [
-        "s.yaml:11: variants.q: a variant names one recipe (prune, quantize given); chain several with steps: [...]"]
+        "steps, thresholds, formats, description, artifact, model"
+    ]
+    assert errors(
+        make_spec(variants="  q:\n    prune: {method: l1_unstructured, amount: 0.5}\n    quantize: {method: fp16}")
+    ) == ["s.yaml:11: variants.q: a variant names one recipe (prune, quantize given); chain several with steps: [...]"]
 
 
 def test_chain_steps_are_validated_with_their_lines():
-    text = make_spec(variants="  c:\n    steps:\n      - prune: {method: l1_unstructured, amount: 0.5}\n"
-                              "      - quantize: {method: dynamic_int8, skip: 3}\n      - compress: {}")
+    text = make_spec(
+        variants="  c:\n    steps:\n      - prune: {method: l1_unstructured, amount: 0.5}\n"
+        "      - quantize: {method: dynamic_int8, skip: 3}\n      - compress: {}"
+    )
     assert errors(text) == [
         "s.yaml:14: variants.c.steps[1].quantize.skip: expected a list of strings, got int 3",
         "s.yaml:15: variants.c.steps[2].compress: unknown recipe; available: custom, distill, prune, quantize",
@@ -86,43 +97,53 @@ def test_chain_steps_are_validated_with_their_lines():
 def test_format_errors_and_pickle_opt_in():
     assert errors(make_spec(formats="[torchscrpt]")) == [
         "s.yaml:9: formats[0]: unknown format 'torchscrpt'; did you mean 'torchscript'? available: aoti, export, hdf5, onnx, "
-        "pickle, safetensors, torchscript"]
+        "pickle, safetensors, torchscript"
+    ]
     (msg,) = errors(make_spec(formats="[pickle]"))
-    assert msg.startswith("s.yaml:9: formats[0].pickle.allow: the pickle format runs arbitrary code when loaded; opt in with")
+    assert msg.startswith(
+        "s.yaml:9: formats[0].pickle.allow: the pickle format runs arbitrary code when loaded; opt in with"
+    )
     assert errors(make_spec(formats="[{onnx: {opset: 5}}]")) == ["s.yaml:9: formats[0].onnx.opset: must be >= 7, got 5"]
 
 
 def test_metric_and_data_errors():
     assert errors(make_spec(extra="metric: acuracy")) == [
         "s.yaml:16: metric: unknown metric 'acuracy'; did you mean 'accuracy'? available: accuracy, cosine, mae, mse, r2, "
-        "token_agreement, top_k, callable"]
+        "token_agreement, top_k, callable"
+    ]
     assert errors(make_spec().replace("sklearn:iris", "csv:iris.csv")) == [
         "s.yaml:7: data.source: expected 'sklearn:NAME', 'npz:PATH', 'text:PATH' or 'python:module:function', "
-        "got 'csv:iris.csv'"]
+        "got 'csv:iris.csv'"
+    ]
     assert errors(make_spec().replace("sklearn:iris", "skleran:iris")) == [
         "s.yaml:7: data.source: did you mean 'sklearn'? expected 'sklearn:NAME', 'npz:PATH', 'text:PATH' or "
-        "'python:module:function', got 'skleran:iris'"]
+        "'python:module:function', got 'skleran:iris'"
+    ]
     assert errors(make_spec().replace("sklearn:iris", "sklearn:irises")) == [
         "s.yaml:7: data.source: unknown sklearn dataset 'irises'; did you mean 'iris'? available: breast_cancer, "
-        "diabetes, digits, iris, wine"]
+        "diabetes, digits, iris, wine"
+    ]
 
 
 def test_distill_student_must_be_an_import_path():
     assert errors(make_spec(variants="  s:\n    distill: {student: TinyStudent}")) == [
-        "s.yaml:12: variants.s.distill.student: expected 'module:callable', got 'TinyStudent'"]
+        "s.yaml:12: variants.s.distill.student: expected 'module:callable', got 'TinyStudent'"
+    ]
 
 
 def test_version_must_be_1():
     assert errors(make_spec().replace("deploycheck: 1", "deploycheck: 2")) == [
-        "s.yaml:1: deploycheck: unsupported spec version 2; this deploycheck reads version 1"]
+        "s.yaml:1: deploycheck: unsupported spec version 2; this deploycheck reads version 1"
+    ]
 
 
 def test_collection_error_in_pytest_has_no_traceback(project):
     project.write(make_spec(variants="  q:\n    quantize: {method: int3}"))
     res = project.run()
     res.assert_outcomes(errors=1)
-    res.stdout.fnmatch_lines(["*ERROR collecting tiny.yaml*",
-                              "tiny.yaml:12: variants.q.quantize.method: 'int3' is not one of *"])
+    res.stdout.fnmatch_lines(
+        ["*ERROR collecting tiny.yaml*", "tiny.yaml:12: variants.q.quantize.method: 'int3' is not one of *"]
+    )
     assert "Traceback" not in res.stdout.str()
     assert res.ret == 2
 

@@ -31,6 +31,7 @@ class FakeClock:
             c = cost_us * 1e-6 * (1 + jitter * rng.uniform(-1, 1))
             self.cpu += c
             self.wall += c * busy
+
         return fn
 
     def bursty(self, mean_us: float, seed: int = 0):
@@ -40,20 +41,37 @@ class FakeClock:
 
         def fn():
             (heavy if rng.random() < 0.1 else light)()
+
         return fn
 
 
-def gate(clock: FakeClock, variant, baseline, control, *, limit: float | None, max_time_s: float = 1.0,
-         min_rounds: int = 20) -> dict:
-    return side_by_side(variant, baseline, control, limit=limit, warmup=3, min_rounds=min_rounds,
-                        max_time_s=max_time_s, round_s=2e-3, confidence=0.95, clock=clock.wall_clock,
-                        cpu_clock=clock.cpu_clock)
+def gate(
+    clock: FakeClock, variant, baseline, control, *, limit: float | None, max_time_s: float = 1.0, min_rounds: int = 20
+) -> dict:
+    return side_by_side(
+        variant,
+        baseline,
+        control,
+        limit=limit,
+        warmup=3,
+        min_rounds=min_rounds,
+        max_time_s=max_time_s,
+        round_s=2e-3,
+        confidence=0.95,
+        clock=clock.wall_clock,
+        cpu_clock=clock.cpu_clock,
+    )
 
 
 def test_pass_when_the_interval_is_inside_the_limit():
     c = FakeClock()
-    r = gate(c, c.model(100, jitter=0.05, seed=1), c.model(100, jitter=0.05, seed=2), c.model(100, jitter=0.05, seed=3),
-             limit=1.5)
+    r = gate(
+        c,
+        c.model(100, jitter=0.05, seed=1),
+        c.model(100, jitter=0.05, seed=2),
+        c.model(100, jitter=0.05, seed=3),
+        limit=1.5,
+    )
     assert r["decision"] == "pass"
     assert r["pairs"] == 20  # decided at once: nothing more to measure
     assert 0.97 < r["ratio"] < 1.03 and r["ci_high"] <= 1.5
@@ -62,8 +80,13 @@ def test_pass_when_the_interval_is_inside_the_limit():
 
 def test_fail_when_the_interval_is_past_the_limit():
     c = FakeClock()
-    r = gate(c, c.model(300, jitter=0.05, seed=1), c.model(100, jitter=0.05, seed=2), c.model(100, jitter=0.05, seed=3),
-             limit=1.3)
+    r = gate(
+        c,
+        c.model(300, jitter=0.05, seed=1),
+        c.model(100, jitter=0.05, seed=2),
+        c.model(100, jitter=0.05, seed=3),
+        limit=1.3,
+    )
     assert r["decision"] == "fail", r
     assert r["ci_low"] > 1.3 and 2.8 < r["ratio"] < 3.2
 
@@ -119,7 +142,9 @@ def test_every_side_gets_the_same_call_history():
         def fn():
             calls[name] += 1
             tick()
+
         return fn
+
     r = gate(c, counted("v"), counted("b"), counted("c"), limit=None, min_rounds=10)
     assert calls["v"] == calls["b"] == calls["c"]
     assert r["pairs"] == 10 and r["decision"] == "measured"
@@ -129,8 +154,14 @@ def test_a_busy_machine_that_slows_the_heavier_model_more_is_inconclusive_not_a_
     # True cost: the variant does 2x the baseline's work (CPU time), limit 2.6. Under load the
     # variant waited for a core 3x its run time, the baseline 1.5x: wall time says 4.0.
     c = FakeClock()
-    r = gate(c, c.model(200, jitter=0.05, busy=3.0, seed=1), c.model(100, jitter=0.05, busy=1.5, seed=2),
-             c.model(100, jitter=0.05, busy=1.5, seed=3), limit=2.6, max_time_s=0.5)
+    r = gate(
+        c,
+        c.model(200, jitter=0.05, busy=3.0, seed=1),
+        c.model(100, jitter=0.05, busy=1.5, seed=2),
+        c.model(100, jitter=0.05, busy=1.5, seed=3),
+        limit=2.6,
+        max_time_s=0.5,
+    )
     assert r["ci_low"] > 2.6 * r["control"]["noise"]  # wall time alone would have failed it
     assert r["decision"] == "inconclusive-busy", r
     assert r["busy"] >= BUSY and 1.9 < r["cpu_ratio"] < 2.1
@@ -139,8 +170,13 @@ def test_a_busy_machine_that_slows_the_heavier_model_more_is_inconclusive_not_a_
 
 def test_a_busy_machine_still_fails_a_variant_that_does_more_work():
     c = FakeClock()
-    r = gate(c, c.model(400, jitter=0.05, busy=2.0, seed=1), c.model(100, jitter=0.05, busy=2.0, seed=2),
-             c.model(100, jitter=0.05, busy=2.0, seed=3), limit=2.6)
+    r = gate(
+        c,
+        c.model(400, jitter=0.05, busy=2.0, seed=1),
+        c.model(100, jitter=0.05, busy=2.0, seed=2),
+        c.model(100, jitter=0.05, busy=2.0, seed=3),
+        limit=2.6,
+    )
     assert r["busy"] >= BUSY and r["decision"] == "fail", r
 
 
@@ -151,10 +187,13 @@ def test_decide_on_known_intervals():
     assert decide(wall=(1.6, 1.7, 1.8), cpu=(1.1, 1.2, 1.3), busy=quiet, **kw) == "fail"  # quiet: wall decides
     assert decide(wall=(1.6, 1.7, 1.8), cpu=(1.6, 1.7, 1.8), busy=busy, **kw) == "fail"
     assert decide(wall=(1.6, 1.7, 1.8), cpu=(1.1, 1.2, 1.3), busy=busy, **kw) is None  # measure more
-    assert decide(wall=(1.6, 1.7, 1.8), cpu=(1.1, 1.2, 1.3), busy=busy, limit=1.5, noise=1.0,
-                  final=True) == "inconclusive-busy"
-    assert decide(wall=(1.4, 1.6, 1.8), cpu=(1.4, 1.6, 1.8), busy=quiet, limit=1.5, noise=1.0,
-                  final=True) == "fail-unsure"
+    assert (
+        decide(wall=(1.6, 1.7, 1.8), cpu=(1.1, 1.2, 1.3), busy=busy, limit=1.5, noise=1.0, final=True)
+        == "inconclusive-busy"
+    )
+    assert (
+        decide(wall=(1.4, 1.6, 1.8), cpu=(1.4, 1.6, 1.8), busy=quiet, limit=1.5, noise=1.0, final=True) == "fail-unsure"
+    )
     assert decide(wall=(1.6, 1.7, 1.8), cpu=(1.6, 1.7, 1.8), busy=quiet, limit=1.5, noise=1.3, final=False) == "pass"
 
 
@@ -163,7 +202,13 @@ def test_only_the_slower_side_waiting_for_a_core_is_enough_to_count_as_busy():
     # preempted (wall/CPU 4.5) while the baseline's and control's short ones mostly were not
     # (1.0): wall ratio 21, CPU ratio 3.9. A median pooled over all rounds said "quiet".
     c = FakeClock()
-    r = gate(c, c.model(400, jitter=0.05, busy=4.5, seed=1), c.model(100, jitter=0.05, seed=2),
-             c.model(100, jitter=0.05, seed=3), limit=5.2, max_time_s=0.5)
+    r = gate(
+        c,
+        c.model(400, jitter=0.05, busy=4.5, seed=1),
+        c.model(100, jitter=0.05, seed=2),
+        c.model(100, jitter=0.05, seed=3),
+        limit=5.2,
+        max_time_s=0.5,
+    )
     assert r["busy_sides"][1] == r["busy_sides"][2] == 1.0 and abs(r["busy"] - 4.5) < 1e-9
     assert r["decision"] == "inconclusive-busy" and 3.8 < r["cpu_ratio"] < 4.2, r

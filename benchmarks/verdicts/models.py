@@ -63,6 +63,7 @@ def mlp(n: int = 20):
 
 def cnn(n: int = 20):
     from examples.digits import CNN
+
     return Repeated(_seeded(lambda: CNN(channels=16)), n)
 
 

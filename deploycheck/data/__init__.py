@@ -20,9 +20,9 @@ class DataSource:
     """A ``data.source`` scheme: ``scheme:rest``."""
 
     scheme: str
-    form: str                                   # how the spec writes it, e.g. 'npz:PATH'
+    form: str  # how the spec writes it, e.g. 'npz:PATH'
     doc: str
-    load: Callable[..., tuple]                  # load(rest, spec) -> (x, y) or (x_train, y_train, x_test, y_test)
+    load: Callable[..., tuple]  # load(rest, spec) -> (x, y) or (x_train, y_train, x_test, y_test)
     check: Callable[[str], str | None] = lambda rest: None  # a problem with `rest`, found at collection
 
 
@@ -32,10 +32,10 @@ class PreprocessOp:
 
     name: str
     doc: str
-    arg: Any                                    # the argument's type (a dataclass takes a mapping of options)
-    apply: Callable[..., Any]                   # apply(x, arg, spec) -> x, on numpy arrays of the whole split
+    arg: Any  # the argument's type (a dataclass takes a mapping of options)
+    apply: Callable[..., Any]  # apply(x, arg, spec) -> x, on numpy arrays of the whole split
     check: Callable[[Any], str | None] = lambda arg: None
-    reads_text: bool = False                    # takes raw texts (the others need numbers)
+    reads_text: bool = False  # takes raw texts (the others need numbers)
 
 
 #: scheme -> DataSource

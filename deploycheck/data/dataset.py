@@ -30,6 +30,7 @@ class Dataset:
 
     def train_tensors(self):
         import torch
+
         x = as_tensors(self.x_train)
         y = None if self.y_train is None else torch.from_numpy(np.ascontiguousarray(self.y_train))
         return x, y
@@ -38,6 +39,7 @@ class Dataset:
 def as_tensors(x):
     """Arrays as tensors, keeping a dict of named inputs a dict."""
     import torch
+
     if isinstance(x, dict):
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in x.items()}
     return torch.from_numpy(np.ascontiguousarray(x))
@@ -82,13 +84,17 @@ def load(spec) -> Dataset:
             ytr, yte = (None if a is None else np.asarray(a) for a in (raw[1], raw[3]))
         if spec.data.limit:
             xte = take(xte, slice(0, spec.data.limit))
-            yte = None if yte is None else yte[:spec.data.limit]
+            yte = None if yte is None else yte[: spec.data.limit]
         xtr, xte = _prepare(spec, xtr), _prepare(spec, xte)
     except StageError:
         raise
     except Exception as e:
-        raise StageError("build", f"cannot load data {spec.data.source!r}: {describe_exc(e)}", spec=spec.name,
-                         where=spec.where("data")) from e
+        raise StageError(
+            "build",
+            f"cannot load data {spec.data.source!r}: {describe_exc(e)}",
+            spec=spec.name,
+            where=spec.where("data"),
+        ) from e
     return Dataset(xtr, _labels(ytr), xte, _labels(yte))
 
 
@@ -102,18 +108,27 @@ def inputs_of(spec, x):
             raise ValueError(f"the data gives named inputs {sorted(x)}; declare them by name under model.inputs")
         missing, extra = [n for n in names if n not in x], [k for k in x if k not in names]
         if missing or extra:
-            raise ValueError(f"the data gives inputs {list(x)} but model.inputs declares {names}"
-                             + (f" (missing {missing})" if missing else "") + (f" (not declared: {extra})" if extra else ""))
+            raise ValueError(
+                f"the data gives inputs {list(x)} but model.inputs declares {names}"
+                + (f" (missing {missing})" if missing else "")
+                + (f" (not declared: {extra})" if extra else "")
+            )
         out = {n: np.asarray(x[n]) for n in names}
-    elif isinstance(x, (tuple, list)) and not (x and np.isscalar(x[0])) and all(hasattr(a, "__len__") for a in x) \
-            and sig.named:
+    elif (
+        isinstance(x, (tuple, list))
+        and not (x and np.isscalar(x[0]))
+        and all(hasattr(a, "__len__") for a in x)
+        and sig.named
+    ):
         if len(x) != len(names):
             raise ValueError(f"the data gives {len(x)} inputs but model.inputs declares {len(names)} ({names})")
         out = dict(zip(names, (np.asarray(a) for a in x), strict=False))
     elif sig.named:
         if len(names) != 1:
-            raise ValueError(f"the data gives one array but model.inputs declares {len(names)} inputs ({names}); "
-                             "return a dict by name or a tuple in that order")
+            raise ValueError(
+                f"the data gives one array but model.inputs declares {len(names)} inputs ({names}); "
+                "return a dict by name or a tuple in that order"
+            )
         out = {names[0]: np.asarray(x)}
     else:
         return np.asarray(x)
@@ -128,8 +143,7 @@ def _prepare(spec, x):
     sig = spec.model.inputs
     if isinstance(x, dict):
         decl = dict(sig.items)
-        return {n: cast(n, preprocess(spec, a, default_float=False), decl[n].dtype, named=True)
-                for n, a in x.items()}
+        return {n: cast(n, preprocess(spec, a, default_float=False), decl[n].dtype, named=True) for n, a in x.items()}
     x = preprocess(spec, x)
     if sig.dtype == "float32":
         return x  # the default: numeric data are float32 already, a dtype or tokenize step decides otherwise
@@ -144,9 +158,11 @@ def cast(name: str, a: np.ndarray, dtype: str, *, named: bool) -> np.ndarray:
     who = f"input {name!r}" if named else "the input"
     if dtype in ("int64", "int32", "uint8", "bool") and a.dtype.kind == "f":
         if a.size and (np.mod(a, 1) != 0).any():
-            raise ValueError(f"{who}: the data gives {a.dtype} values that are not whole numbers (e.g. "
-                             f"{a.flat[int(np.flatnonzero(np.mod(a, 1) != 0)[0])]:.6g}) but model.inputs declares "
-                             f"{dtype}")
+            raise ValueError(
+                f"{who}: the data gives {a.dtype} values that are not whole numbers (e.g. "
+                f"{a.flat[int(np.flatnonzero(np.mod(a, 1) != 0)[0])]:.6g}) but model.inputs declares "
+                f"{dtype}"
+            )
     if dtype == "bool" and a.dtype.kind in "fiu" and a.size and not np.isin(a, (0, 1)).all():
         raise ValueError(f"{who}: the data gives {a.dtype} values other than 0 and 1 but model.inputs declares bool")
     if dtype == "bfloat16":
@@ -164,6 +180,7 @@ def _labels(y):
 
 def _split(spec, x, y):
     from sklearn.model_selection import train_test_split
+
     s = spec.data.split
     strat = y if (s.stratify and y is not None and np.issubdtype(np.asarray(y).dtype, np.integer)) else None
     if isinstance(x, dict):  # named inputs: split the row indices, then take the same rows of each
@@ -188,12 +205,20 @@ def preprocess(spec, x: np.ndarray, *, default_float: bool = True) -> np.ndarray
         x = x.astype(np.float32)  # a dtype step casts back (token ids, say)
     steps = [(s, PREPROCESS.get(s.op)) for s in spec.data.preprocess]
     if x.dtype.kind in "OUS" and not any(op.reads_text for _, op in steps):
-        raise StageError("build", "the data are texts: add a preprocessing step such as {tokenize: {max_length: 128}}",
-                         spec=spec.name, where=spec.where("data"))
+        raise StageError(
+            "build",
+            "the data are texts: add a preprocessing step such as {tokenize: {max_length: 128}}",
+            spec=spec.name,
+            where=spec.where("data"),
+        )
     for i, (step, op) in enumerate(steps):
         try:
             x = op.apply(x, step.arg, spec)
         except Exception as e:
-            raise StageError("build", f"preprocess[{i}] {step.op} failed on data of shape {tuple(x.shape)}: "
-                             f"{describe_exc(e)}", spec=spec.name, where=spec.where("data")) from e
+            raise StageError(
+                "build",
+                f"preprocess[{i}] {step.op} failed on data of shape {tuple(x.shape)}: {describe_exc(e)}",
+                spec=spec.name,
+                where=spec.where("data"),
+            ) from e
     return x

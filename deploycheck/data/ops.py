@@ -40,16 +40,19 @@ class Normalize:
 
 def _scale(x, arg, spec):
     import numpy as np
+
     return x * np.float32(arg)
 
 
 def _shift(x, arg, spec):
     import numpy as np
+
     return x + np.float32(arg)
 
 
 def _clip(x, arg, spec):
     import numpy as np
+
     return np.clip(x, arg[0], arg[1])
 
 
@@ -67,6 +70,7 @@ def _reshape_check(arg) -> str | None:
 
 def _dtype(x, arg, spec):
     import numpy as np
+
     if arg == "bfloat16":
         raise ValueError("bfloat16 data is not representable in numpy; cast the model instead")
     return x.astype(getattr(np, arg))
@@ -74,6 +78,7 @@ def _dtype(x, arg, spec):
 
 def _normalize(x, arg, spec):
     import numpy as np
+
     mean = np.asarray(arg.mean, dtype=np.float32)
     std = np.asarray(arg.std, dtype=np.float32)
     if mean.ndim:  # per channel: channel is the first per-sample axis
@@ -84,6 +89,7 @@ def _normalize(x, arg, spec):
 
 def _tokenize(x, arg, spec):
     from ..hf import resolve, tokenize  # transformers
+
     src = arg.path or (spec.model.hf.path if spec.model.hf else None)
     if src is None:
         raise ValueError("tokenize needs a tokenizer: set its path, or use model.hf")
@@ -92,6 +98,7 @@ def _tokenize(x, arg, spec):
 
 def _callable(x, arg, spec):
     import numpy as np
+
     out = np.asarray(import_callable(arg, search_dirs(spec))(x))
     if len(out) != len(x):
         raise ValueError(f"{arg} returned {len(out)} samples for {len(x)}")
@@ -100,14 +107,30 @@ def _callable(x, arg, spec):
 
 SCALE = PreprocessOp("scale", "multiply by a number", float, _scale)
 SHIFT = PreprocessOp("shift", "add a number", float, _shift)
-NORMALIZE = PreprocessOp("normalize", "{mean: [...], std: [...]} per channel (channel = first per-sample axis), "
-                         "or numbers", Normalize, _normalize)
+NORMALIZE = PreprocessOp(
+    "normalize",
+    "{mean: [...], std: [...]} per channel (channel = first per-sample axis), or numbers",
+    Normalize,
+    _normalize,
+)
 CLIP = PreprocessOp("clip", "[low, high]", tuple[float, ...], _clip, _clip_check)
 RESHAPE = PreprocessOp("reshape", "per-sample shape, e.g. [1, 8, 8]", tuple[int, ...], _reshape, _reshape_check)
-DTYPE = PreprocessOp("dtype", "cast to a dtype (float32, float16, bfloat16, float64, int64, int32, uint8)",
-                     DType, _dtype)
-CALLABLE = PreprocessOp("callable", "'module:function' taking and returning a numpy array of the whole batch", str,
-                        _callable, import_path_problem, reads_text=True)
-TOKENIZE = PreprocessOp("tokenize", "{max_length, path}: text -> int64 (N, 2, max_length) token ids and attention "
-                        "mask, with the tokenizer of model.hf (or of the folder in path)", Tokenize, _tokenize,
-                        reads_text=True)
+DTYPE = PreprocessOp(
+    "dtype", "cast to a dtype (float32, float16, bfloat16, float64, int64, int32, uint8)", DType, _dtype
+)
+CALLABLE = PreprocessOp(
+    "callable",
+    "'module:function' taking and returning a numpy array of the whole batch",
+    str,
+    _callable,
+    import_path_problem,
+    reads_text=True,
+)
+TOKENIZE = PreprocessOp(
+    "tokenize",
+    "{max_length, path}: text -> int64 (N, 2, max_length) token ids and attention "
+    "mask, with the tokenizer of model.hf (or of the folder in path)",
+    Tokenize,
+    _tokenize,
+    reads_text=True,
+)

@@ -31,14 +31,20 @@ def _sklearn_check(rest: str) -> str | None:
 
 def _npz(rest: str, spec):
     import numpy as np
+
     with np.load(os.path.join(_base(spec), rest), allow_pickle=False) as z:
         keys = set(z.files)
         if {"x_train", "x_test"} <= keys:
-            return (z["x_train"], z["y_train"] if "y_train" in keys else None,
-                    z["x_test"], z["y_test"] if "y_test" in keys else None)
+            return (
+                z["x_train"],
+                z["y_train"] if "y_train" in keys else None,
+                z["x_test"],
+                z["y_test"] if "y_test" in keys else None,
+            )
         if "x" not in keys:
-            raise ValueError(f"{rest} has arrays {sorted(keys)}; expected 'x' (and 'y'), "
-                             "or x_train/x_test (and y_train/y_test)")
+            raise ValueError(
+                f"{rest} has arrays {sorted(keys)}; expected 'x' (and 'y'), or x_train/x_test (and y_train/y_test)"
+            )
         return z["x"], (z["y"] if "y" in keys else None)
 
 
@@ -50,6 +56,7 @@ def read_lines(path: str) -> list[str]:
 
 def _text(rest: str, spec):
     import numpy as np
+
     return np.asarray(read_lines(os.path.join(_base(spec), rest)), dtype=object), None
 
 
@@ -61,15 +68,30 @@ def _python(rest: str, spec):
         return out["x"], out.get("y")
     if isinstance(out, tuple) and len(out) in (2, 4):
         return out
-    raise TypeError(f"{rest} returned {type(out).__name__}; expected (x, y), (x_train, y_train, x_test, y_test) "
-                    "or a dict with those keys")
+    raise TypeError(
+        f"{rest} returned {type(out).__name__}; expected (x, y), (x_train, y_train, x_test, y_test) "
+        "or a dict with those keys"
+    )
 
 
-SKLEARN = DataSource("sklearn", "sklearn:NAME", "a dataset bundled with scikit-learn: "
-                     + ", ".join(SKLEARN_DATASETS.names()), _sklearn, _sklearn_check)
-NPZ = DataSource("npz", "npz:PATH", "arrays x and y (split by `split`), or x_train/y_train/x_test/y_test, in an "
-                 ".npz file relative to the spec", _npz)
-TEXT = DataSource("text", "text:PATH", "one text per line, relative to the spec (blank and '#' lines skipped)",
-                  _text)
-PYTHON = DataSource("python", "python:module:function", "a function returning (x, y), (x_train, y_train, x_test, "
-                    "y_test) or a dict with those keys", _python, import_path_problem)
+SKLEARN = DataSource(
+    "sklearn",
+    "sklearn:NAME",
+    "a dataset bundled with scikit-learn: " + ", ".join(SKLEARN_DATASETS.names()),
+    _sklearn,
+    _sklearn_check,
+)
+NPZ = DataSource(
+    "npz",
+    "npz:PATH",
+    "arrays x and y (split by `split`), or x_train/y_train/x_test/y_test, in an .npz file relative to the spec",
+    _npz,
+)
+TEXT = DataSource("text", "text:PATH", "one text per line, relative to the spec (blank and '#' lines skipped)", _text)
+PYTHON = DataSource(
+    "python",
+    "python:module:function",
+    "a function returning (x, y), (x_train, y_train, x_test, y_test) or a dict with those keys",
+    _python,
+    import_path_problem,
+)

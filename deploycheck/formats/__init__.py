@@ -91,7 +91,13 @@ def sniff(path: str) -> str | None:
 
 
 # The built-in formats, imported when a spec names one (light modules: torch loads in methods).
-for _name, _cls in (("aoti", "AotiFormat"), ("export", "ExportFormat"), ("hdf5", "Hdf5Format"),
-                    ("onnx", "OnnxFormat"), ("pickle", "PickleFormat"), ("safetensors", "SafetensorsFormat"),
-                    ("torchscript", "TorchScriptFormat")):
+for _name, _cls in (
+    ("aoti", "AotiFormat"),
+    ("export", "ExportFormat"),
+    ("hdf5", "Hdf5Format"),
+    ("onnx", "OnnxFormat"),
+    ("pickle", "PickleFormat"),
+    ("safetensors", "SafetensorsFormat"),
+    ("torchscript", "TorchScriptFormat"),
+):
     FORMATS.register(_name, f"deploycheck.formats.{_name}:{_cls}")

@@ -32,6 +32,7 @@ class AotiFormat(Format):
 
     def save(self, model, path, *, example, options, arch, inputs=None):
         import torch
+
         ep = export_program(model, example, dynamic_batch=options.dynamic_batch, inputs=inputs)
         with contextlib.redirect_stdout(io.StringIO()):
             try:
@@ -42,4 +43,5 @@ class AotiFormat(Format):
 
     def load(self, path, *, options, manifest):
         import torch
+
         return torch._inductor.aoti_load_package(path)

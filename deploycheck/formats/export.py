@@ -13,8 +13,11 @@ class ExportOptions:
     """Options of the torch.export format."""
 
     dynamic_batch: bool = field(True, doc="export with a dynamic batch dimension")
-    dynamic_seq: bool = field(True, doc="keep model.inputs' declared dynamic dimensions (a causal LM's sequence "
-                                        "length) dynamic; false specialises them to the example's sizes")
+    dynamic_seq: bool = field(
+        True,
+        doc="keep model.inputs' declared dynamic dimensions (a causal LM's sequence "
+        "length) dynamic; false specialises them to the example's sizes",
+    )
     strict: bool = field(False, doc="strict (TorchDynamo) tracing instead of non-strict")
 
 
@@ -22,6 +25,7 @@ def batch_example(example, dynamic: bool):
     """torch.export specializes a size-1 dimension, so a dynamic batch is traced with batch 2
     (every named input alike)."""
     import torch
+
     if isinstance(example, dict):
         return {k: batch_example(v, dynamic) for k, v in example.items()}
     if dynamic and example.shape[0] == 1:
@@ -34,9 +38,10 @@ def batch_dims(dynamic: bool, inputs=None, declared: bool = True):
     dimension, as ``Dim`` objects shared by name; a tuple for one input, a dict for named ones.
     ``declared=False`` leaves the declared ones out (the export specialises them)."""
     from torch.export import Dim
+
     if inputs is None or not inputs.named:
         dims = {0: Dim("batch", min=1, max=65536)} if dynamic else {}
-        for d in (inputs.first.dynamic_dims if inputs is not None and declared else ()):
+        for d in inputs.first.dynamic_dims if inputs is not None and declared else ():
             if d.dim > 0:
                 dims[d.dim] = Dim(d.name, min=d.min or 1, max=d.max or 65536)
         return (dims,) if dims else None
@@ -46,10 +51,11 @@ def batch_dims(dynamic: bool, inputs=None, declared: bool = True):
         if name not in made:
             made[name] = Dim(name, min=lo or 1, max=hi or 65536)
         return made[name]
+
     out = {}
     for name, inp in inputs.items:
         dims = {0: dim("batch", 1, 65536)} if dynamic else {}
-        for d in (inp.dynamic_dims if declared else ()):
+        for d in inp.dynamic_dims if declared else ():
             if d.dim > 0:
                 dims[d.dim] = dim(d.name, d.min, d.max)
         out[name] = dims or None
@@ -62,6 +68,7 @@ def fit_signature(model, dynamic_shapes):
     per-input dims go one level down. Without this, every reduced-precision variant would be
     reported as a format limit instead of being exported."""
     import inspect
+
     if not isinstance(dynamic_shapes, tuple):
         return dynamic_shapes
     try:
@@ -80,17 +87,21 @@ def export_args(example):
     return (example,), None
 
 
-def export_program(model, example, *, dynamic_batch: bool, strict: bool = False, inputs=None,
-                   dynamic_seq: bool = True):
+def export_program(model, example, *, dynamic_batch: bool, strict: bool = False, inputs=None, dynamic_seq: bool = True):
     """torch.export with the batch dimension and the declared dynamic dimensions dynamic; a
     failure is Unsupported with the exporter's reason."""
     import torch
+
     x = batch_example(example, dynamic_batch)
     args, kwargs = export_args(x)
     try:
-        return torch.export.export(model, args, kwargs=kwargs,
-                                   dynamic_shapes=fit_signature(model, batch_dims(dynamic_batch, inputs, dynamic_seq)),
-                                   strict=strict)
+        return torch.export.export(
+            model,
+            args,
+            kwargs=kwargs,
+            dynamic_shapes=fit_signature(model, batch_dims(dynamic_batch, inputs, dynamic_seq)),
+            strict=strict,
+        )
     except Exception as e:  # the exporter's own reason is the message users need
         raise Unsupported(f"torch.export failed: {type(e).__name__}: {_first_line(e)}") from e
 
@@ -103,18 +114,27 @@ class ExportFormat(Format):
 
     def save(self, model, path, *, example, options, arch, inputs=None):
         import torch
-        ep = export_program(model, example, dynamic_batch=options.dynamic_batch, strict=options.strict, inputs=inputs,
-                            dynamic_seq=options.dynamic_seq)
+
+        ep = export_program(
+            model,
+            example,
+            dynamic_batch=options.dynamic_batch,
+            strict=options.strict,
+            inputs=inputs,
+            dynamic_seq=options.dynamic_seq,
+        )
         torch.export.save(ep, path)
         return {"dynamic_batch": options.dynamic_batch, "dynamic_seq": options.dynamic_seq}
 
     def load(self, path, *, options, manifest):
         import torch
+
         return torch.export.load(path).module()
 
 
 def _first_line(e: BaseException) -> str:
     import re
+
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()  # exporters colour their messages
     return text[0][:500] if text else ""
 

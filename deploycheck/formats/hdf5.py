@@ -17,6 +17,7 @@ class Hdf5Format(StateDictFormat):
         except ImportError as e:
             raise Unsupported("h5py is not installed: pip install 'deploycheck[h5]'") from e
         import torch
+
         with h5py.File(path, "w") as f:
             for k, v in tensors.items():
                 if v.dtype == torch.bfloat16:
@@ -27,10 +28,13 @@ class Hdf5Format(StateDictFormat):
     def read_tensors(self, path):
         import h5py
         import torch
+
         out = {}
         with h5py.File(path, "r") as f:
+
             def visit(name, obj):
                 if isinstance(obj, h5py.Dataset):
                     out[name] = torch.from_numpy(obj[()]).to(getattr(torch, obj.attrs.get("dtype", "float32")))
+
             f.visititems(visit)
         return out

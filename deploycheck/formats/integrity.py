@@ -29,6 +29,7 @@ def manifest_path(path: str) -> str:
 
 def library_versions() -> dict:
     import importlib.metadata as md
+
     out = {}
     for lib in ("torch", "onnx", "onnxruntime", "onnxscript", "torchao", "safetensors", "deploycheck"):
         try:
@@ -39,9 +40,16 @@ def library_versions() -> dict:
 
 
 def write_manifest(path: str, *, fmt: str, input_shape, input_dtype: str, extra: dict) -> dict:
-    man = {"format": fmt, "file": os.path.basename(path), "size": os.path.getsize(path), "sha256": sha256(path),
-           "libraries": library_versions(), "input": {"shape": list(input_shape), "dtype": input_dtype},
-           "machine": snapshot_machine(), **extra}
+    man = {
+        "format": fmt,
+        "file": os.path.basename(path),
+        "size": os.path.getsize(path),
+        "sha256": sha256(path),
+        "libraries": library_versions(),
+        "input": {"shape": list(input_shape), "dtype": input_dtype},
+        "machine": snapshot_machine(),
+        **extra,
+    }
     tmp = manifest_path(path) + ".tmp"
     with open(tmp, "w") as fh:
         json.dump(man, fh, indent=2, sort_keys=True)
@@ -59,15 +67,23 @@ def read_manifest(path: str) -> dict | None:
 
 @dataclass(frozen=True)
 class Diagnosis:
-    kind: str      # empty | missing | truncated | corrupted | wrong-format | version-skew | missing-module | missing-operator | load-error
+    kind: str  # empty | missing | truncated | corrupted | wrong-format | version-skew | missing-module | missing-operator | load-error
     message: str
 
     def render(self, path: str) -> str:
         return f"{self.kind}: {path}: {self.message}"
 
 
-FORMAT_NAMES = {"export": "a torch.export .pt2", "torchscript": "a TorchScript", "onnx": "an ONNX", "safetensors": "a safetensors",
-                "pickle": "a torch.save pickle", "hdf5": "an HDF5", "aoti": "an AOTInductor package", "zip": "a zip archive"}
+FORMAT_NAMES = {
+    "export": "a torch.export .pt2",
+    "torchscript": "a TorchScript",
+    "onnx": "an ONNX",
+    "safetensors": "a safetensors",
+    "pickle": "a torch.save pickle",
+    "hdf5": "an HDF5",
+    "aoti": "an AOTInductor package",
+    "zip": "a zip archive",
+}
 
 
 def check_file(path: str, declared: str | None, manifest: dict | None) -> Diagnosis | None:
@@ -76,29 +92,51 @@ def check_file(path: str, declared: str | None, manifest: dict | None) -> Diagno
         return Diagnosis("missing", "the file does not exist: was it shipped?")
     size = os.path.getsize(path)
     if size == 0:
-        return Diagnosis("empty", "the file is empty (0 bytes): the writer failed or the copy never happened; re-export it")
+        return Diagnosis(
+            "empty", "the file is empty (0 bytes): the writer failed or the copy never happened; re-export it"
+        )
     if manifest:
         want = manifest.get("size")
         if want is not None and size < want:
-            return Diagnosis("truncated", f"the file is incomplete: {size} of {want} bytes "
-                                          "(a copy or upload was cut short); copy it again from the build")
+            return Diagnosis(
+                "truncated",
+                f"the file is incomplete: {size} of {want} bytes "
+                "(a copy or upload was cut short); copy it again from the build",
+            )
         digest = sha256(path)
         if digest != manifest.get("sha256"):
-            how = (f"{size} bytes instead of {want}" if want is not None and size != want
-                   else "same size, different bytes" if want is not None else f"{size} bytes, different content")
-            return Diagnosis("corrupted", f"checksum mismatch ({how}): sha256 {digest[:16]}… but "
-                                          f"{manifest.get('pinned_by', 'the manifest')} says "
-                                          f"{str(manifest.get('sha256'))[:16]}…; the bytes changed after it was written; rebuild or copy it again")
+            how = (
+                f"{size} bytes instead of {want}"
+                if want is not None and size != want
+                else "same size, different bytes"
+                if want is not None
+                else f"{size} bytes, different content"
+            )
+            return Diagnosis(
+                "corrupted",
+                f"checksum mismatch ({how}): sha256 {digest[:16]}… but "
+                f"{manifest.get('pinned_by', 'the manifest')} says "
+                f"{str(manifest.get('sha256'))[:16]}…; the bytes changed after it was written; rebuild or copy it again",
+            )
     found = sniff(path)
     if found == "zip (unreadable)":
-        return Diagnosis("truncated", "the zip archive has no readable directory: the file is incomplete or damaged; "
-                                      "copy it again from the build")
+        return Diagnosis(
+            "truncated",
+            "the zip archive has no readable directory: the file is incomplete or damaged; "
+            "copy it again from the build",
+        )
     if declared and found and found != declared and not (declared == "pickle" and found == "torchscript"):
-        return Diagnosis("wrong-format", f"the file is {FORMAT_NAMES.get(found, found)} file, but it is declared as "
-                                         f"{FORMAT_NAMES.get(declared, declared)} file: check which file was shipped")
+        return Diagnosis(
+            "wrong-format",
+            f"the file is {FORMAT_NAMES.get(found, found)} file, but it is declared as "
+            f"{FORMAT_NAMES.get(declared, declared)} file: check which file was shipped",
+        )
     if declared and found is None and declared not in ("onnx",):
-        return Diagnosis("corrupted", f"the bytes are not {FORMAT_NAMES.get(declared, declared)} file "
-                                      "(unrecognised header): the file is damaged or of an unknown format")
+        return Diagnosis(
+            "corrupted",
+            f"the bytes are not {FORMAT_NAMES.get(declared, declared)} file "
+            "(unrecognised header): the file is damaged or of an unknown format",
+        )
     return None
 
 
@@ -115,8 +153,9 @@ def _canon(x) -> str:
     return json.dumps(x, sort_keys=True, default=str)
 
 
-def vet_manifest(manifest: dict | None, code: dict | None, *, path: str,
-                 uses_code: bool = True) -> tuple[dict, Diagnosis | None]:
+def vet_manifest(
+    manifest: dict | None, code: dict | None, *, path: str, uses_code: bool = True
+) -> tuple[dict, Diagnosis | None]:
     """The manifest a loader may act on: its factory and kwargs replaced by ``code`` (the spec's),
     its runtime libraries checked against :data:`RUNTIME_LIBRARIES`, its dtypes against torch's
     float dtypes. A manifest that names other code than the spec is reported, never obeyed."""
@@ -125,26 +164,39 @@ def vet_manifest(manifest: dict | None, code: dict | None, *, path: str,
     side = os.path.basename(manifest_path(path))
     if uses_code and named.get("factory") is not None:  # (a format that rebuilds no module ignores them)
         if not code or not code.get("factory"):
-            return man, Diagnosis("manifest-mismatch", f"{side} names factory {named['factory']!r}, but the spec names "
-                                                       "no factory to rebuild this model with: a manifest never "
-                                                       "chooses the code to run; give the spec a model.factory")
+            return man, Diagnosis(
+                "manifest-mismatch",
+                f"{side} names factory {named['factory']!r}, but the spec names "
+                "no factory to rebuild this model with: a manifest never "
+                "chooses the code to run; give the spec a model.factory",
+            )
         if _canon([named["factory"], named.get("kwargs") or {}]) != _canon([code["factory"], code.get("kwargs") or {}]):
-            return man, Diagnosis("manifest-mismatch", (
-                f"{side} names factory {named['factory']!r} with kwargs {_canon(named.get('kwargs') or {})}, but the "
-                f"spec rebuilds this model with {code['factory']!r} and kwargs {_canon(code.get('kwargs') or {})}: "
-                "a manifest never chooses the code to run; fix the spec's model, or delete the stale manifest"))
+            return man, Diagnosis(
+                "manifest-mismatch",
+                (
+                    f"{side} names factory {named['factory']!r} with kwargs {_canon(named.get('kwargs') or {})}, but the "
+                    f"spec rebuilds this model with {code['factory']!r} and kwargs {_canon(code.get('kwargs') or {})}: "
+                    "a manifest never chooses the code to run; fix the spec's model, or delete the stale manifest"
+                ),
+            )
     if code and uses_code:
         man.update({k: code[k] for k in CODE_KEYS if k in code})
     libs = man.get("requires") or []
     bad = [lib for lib in libs if lib not in RUNTIME_LIBRARIES] if isinstance(libs, list) else [libs]
     if bad:
-        return man, Diagnosis("manifest-refused", (
-            f"{side} asks to import {bad[0]!r} before loading; deploycheck imports only the runtime libraries "
-            f"{', '.join(RUNTIME_LIBRARIES)} for an artifact (they register its operators), never a module a file "
-            "names; remove it from the manifest's requires"))
+        return man, Diagnosis(
+            "manifest-refused",
+            (
+                f"{side} asks to import {bad[0]!r} before loading; deploycheck imports only the runtime libraries "
+                f"{', '.join(RUNTIME_LIBRARIES)} for an artifact (they register its operators), never a module a file "
+                "names; remove it from the manifest's requires"
+            ),
+        )
     for k in ("cast", "float_dtype"):
         if man.get(k) is not None and man[k] not in _FLOAT_DTYPES:
-            return man, Diagnosis("manifest-refused", f"{side}: {k} {man[k]!r} is not one of {', '.join(_FLOAT_DTYPES)}")
+            return man, Diagnosis(
+                "manifest-refused", f"{side}: {k} {man[k]!r} is not one of {', '.join(_FLOAT_DTYPES)}"
+            )
     return man, None
 
 
@@ -153,19 +205,27 @@ def runtime_libraries(manifest: dict | None) -> list[str]:
     libs = (manifest or {}).get("requires") or []
     bad = [lib for lib in libs if lib not in RUNTIME_LIBRARIES]
     if bad:
-        raise ValueError(f"the manifest asks to import {bad[0]!r}, which is not one of the runtime libraries "
-                         f"({', '.join(RUNTIME_LIBRARIES)}); a file never chooses a module to import")
+        raise ValueError(
+            f"the manifest asks to import {bad[0]!r}, which is not one of the runtime libraries "
+            f"({', '.join(RUNTIME_LIBRARIES)}); a file never chooses a module to import"
+        )
     return list(libs)
 
 
 _VERSION = re.compile(r"(newer|version|opset|ir_version|unsupported model ir|produced by)", re.I)
 _MODULE = re.compile(r"No module named '([^']+)'|Can't get attribute '([^']+)'")
-_OPERATOR = re.compile(r"(Unknown builtin op|Could not find any similar ops|no schema|operator .* not found|"
-                       r"unknown (custom )?op|Could not find schema|is not a registered|Unrecognized attribute|"
-                       r"NOT_IMPLEMENTED|Could not find an implementation)", re.I)
-_TRUNC = re.compile(r"(PytorchStreamReader failed|failed finding central directory|unexpected end|EOF|"
-                    r"Protobuf parsing failed|truncat|incomplete|Error parsing message|InvalidHeaderDeserialization|"
-                    r"MetadataIncompleteBuffer|invalid load key|not a zip file)", re.I)
+_OPERATOR = re.compile(
+    r"(Unknown builtin op|Could not find any similar ops|no schema|operator .* not found|"
+    r"unknown (custom )?op|Could not find schema|is not a registered|Unrecognized attribute|"
+    r"NOT_IMPLEMENTED|Could not find an implementation)",
+    re.I,
+)
+_TRUNC = re.compile(
+    r"(PytorchStreamReader failed|failed finding central directory|unexpected end|EOF|"
+    r"Protobuf parsing failed|truncat|incomplete|Error parsing message|InvalidHeaderDeserialization|"
+    r"MetadataIncompleteBuffer|invalid load key|not a zip file)",
+    re.I,
+)
 
 
 def classify(exc: BaseException, path: str) -> Diagnosis:
@@ -175,21 +235,36 @@ def classify(exc: BaseException, path: str) -> Diagnosis:
     m = _MODULE.search(text)
     if isinstance(exc, ModuleNotFoundError) or m:
         mod = (m.group(1) or m.group(2)) if m else getattr(exc, "name", "?")
-        return Diagnosis("missing-module", f"loading needs Python module/attribute {mod!r}, which this process cannot "
-                                           "import: the artifact depends on the training code; ship a self-contained "
-                                           f"format (export, torchscript, onnx) or install that code where it is deployed ({first})")
+        return Diagnosis(
+            "missing-module",
+            f"loading needs Python module/attribute {mod!r}, which this process cannot "
+            "import: the artifact depends on the training code; ship a self-contained "
+            f"format (export, torchscript, onnx) or install that code where it is deployed ({first})",
+        )
     if re.search(r"Type '?tensor\((bfloat16|float16|int8|uint8)\)'? of input parameter", text):
-        return Diagnosis("unsupported-type", "this runtime has no kernel for a dtype the artifact uses "
-                                             f"(onnxruntime CPU lacks most bfloat16 kernels): ship this variant in another "
-                                             f"format or another dtype ({first})")
+        return Diagnosis(
+            "unsupported-type",
+            "this runtime has no kernel for a dtype the artifact uses "
+            f"(onnxruntime CPU lacks most bfloat16 kernels): ship this variant in another "
+            f"format or another dtype ({first})",
+        )
     if _OPERATOR.search(text):
-        return Diagnosis("missing-operator", "the artifact uses an operator this runtime does not have (a custom op, "
-                                             "or one from a newer release): load the library that registers it, or "
-                                             f"export without it ({first})")
+        return Diagnosis(
+            "missing-operator",
+            "the artifact uses an operator this runtime does not have (a custom op, "
+            "or one from a newer release): load the library that registers it, or "
+            f"export without it ({first})",
+        )
     if _TRUNC.search(text):
-        return Diagnosis("truncated", f"the file could not be read to the end: it is incomplete or damaged; copy it "
-                                      f"again from the build ({first})")
+        return Diagnosis(
+            "truncated",
+            f"the file could not be read to the end: it is incomplete or damaged; copy it "
+            f"again from the build ({first})",
+        )
     if _VERSION.search(text):
-        return Diagnosis("version-skew", "the file was written by a newer library or opset than this runtime reads: "
-                                         f"upgrade the runtime or export for an older version ({first})")
+        return Diagnosis(
+            "version-skew",
+            "the file was written by a newer library or opset than this runtime reads: "
+            f"upgrade the runtime or export for an older version ({first})",
+        )
     return Diagnosis("load-error", first)

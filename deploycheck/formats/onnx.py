@@ -17,8 +17,11 @@ class OnnxOptions:
 
     opset: int = field(18, ge=7, doc="ONNX opset version")
     dynamic_batch: bool = field(True, doc="export with a dynamic batch dimension")
-    dynamic_seq: bool = field(True, doc="keep model.inputs' declared dynamic dimensions (a causal LM's sequence "
-                                        "length) dynamic; false specialises them to the example's sizes")
+    dynamic_seq: bool = field(
+        True,
+        doc="keep model.inputs' declared dynamic dimensions (a causal LM's sequence "
+        "length) dynamic; false specialises them to the example's sizes",
+    )
 
 
 class OnnxFormat(Format):
@@ -29,6 +32,7 @@ class OnnxFormat(Format):
 
     def save(self, model, path, *, example, options, arch, inputs=None):
         import torch
+
         try:
             import onnxscript  # noqa: F401
         except ImportError as e:
@@ -39,8 +43,15 @@ class OnnxFormat(Format):
         # The exporter prints progress lines; keep them out of pytest's output.
         with contextlib.redirect_stdout(io.StringIO()):
             try:
-                prog = torch.onnx.export(model, args, kwargs=kwargs, dynamo=True, dynamic_shapes=dyn, opset_version=options.opset,
-                                         external_data=False)
+                prog = torch.onnx.export(
+                    model,
+                    args,
+                    kwargs=kwargs,
+                    dynamo=True,
+                    dynamic_shapes=dyn,
+                    opset_version=options.opset,
+                    external_data=False,
+                )
             except Exception as e:
                 raise Unsupported(f"torch.onnx.export failed: {exporter_reason(e)}") from e
         if prog is None:
@@ -52,6 +63,7 @@ class OnnxFormat(Format):
         import numpy as np
         import onnxruntime as ort
         import torch
+
         so = ort.SessionOptions()
         threads = torch.get_num_threads()
         so.intra_op_num_threads = threads

@@ -13,13 +13,21 @@ class PickleOptions:
     """Options of the pickle format."""
 
     allow: bool = field(False, doc="must be true: loading a pickle executes code from the file")
-    with_code: bool = field(False, doc="the deployment host has the model's code importable "
-                                       "(false: reload in a process without it, as most hosts are)")
+    with_code: bool = field(
+        False,
+        doc="the deployment host has the model's code importable "
+        "(false: reload in a process without it, as most hosts are)",
+    )
 
     def check(self) -> list[tuple[str, str]]:
         if not self.allow:
-            return [("allow", "the pickle format runs arbitrary code when loaded; opt in with "
-                              "{pickle: {allow: true}} or ship export / torchscript / onnx / safetensors instead")]
+            return [
+                (
+                    "allow",
+                    "the pickle format runs arbitrary code when loaded; opt in with "
+                    "{pickle: {allow: true}} or ship export / torchscript / onnx / safetensors instead",
+                )
+            ]
         return []
 
 
@@ -35,9 +43,11 @@ class PickleFormat(Format):
 
     def save(self, model, path, *, example, options, arch):
         import torch
+
         torch.save(model, path)
         return {}
 
     def load(self, path, *, options, manifest):
         import torch
+
         return torch.load(path, weights_only=False, map_location="cpu").eval()

@@ -26,29 +26,42 @@ class StateDictFormat(Format):
         import torch
 
         from ..nn import Cast
+
         cast = None
         if isinstance(model, Cast):  # fp16 / bf16 recipe: store the inner module's weights
             cast, model = str(model.dtype).removeprefix("torch."), model.inner
         state = model.state_dict()
-        bad = [k for k, v in state.items()
-               if not isinstance(v, torch.Tensor) or type(v) not in (torch.Tensor, torch.nn.Parameter) or v.is_quantized]
+        bad = [
+            k
+            for k, v in state.items()
+            if not isinstance(v, torch.Tensor) or type(v) not in (torch.Tensor, torch.nn.Parameter) or v.is_quantized
+        ]
         if bad:
-            raise Unsupported(f"state dict holds {len(bad)} entries that are not plain tensors "
-                              f"(e.g. {bad[0]!r}: {type(state[bad[0]]).__name__}, packed or quantized parameters), "
-                              f"which {self.name} cannot store")
+            raise Unsupported(
+                f"state dict holds {len(bad)} entries that are not plain tensors "
+                f"(e.g. {bad[0]!r}: {type(state[bad[0]]).__name__}, packed or quantized parameters), "
+                f"which {self.name} cannot store"
+            )
         if not arch.get("factory"):
             raise Unsupported("the variant has no factory to rebuild its module from")
         dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in state.values() if v.is_floating_point()})
         # Tied weights share storage; state-dict files refuse shared tensors, so store copies.
         self.write_tensors({k: v.detach().contiguous().clone() for k, v in state.items()}, path)
-        return {"factory": arch["factory"], "kwargs": arch["kwargs"], "cast": cast,
-                "float_dtype": dtypes[0] if len(dtypes) == 1 else None}
+        return {
+            "factory": arch["factory"],
+            "kwargs": arch["kwargs"],
+            "cast": cast,
+            "float_dtype": dtypes[0] if len(dtypes) == 1 else None,
+        }
 
     def load(self, path, *, options, manifest):
         import torch
+
         if not manifest.get("factory"):  # only the spec names it (see integrity.vet_manifest)
-            raise Unsupported(f"a {self.name} state dict is rebuilt by the model's factory, and no spec named one "
-                              "(a manifest never chooses the code to run)")
+            raise Unsupported(
+                f"a {self.name} state dict is rebuilt by the model's factory, and no spec named one "
+                "(a manifest never chooses the code to run)"
+            )
         model = call_factory(manifest["factory"], manifest.get("kwargs") or {})
         state = self.read_tensors(path)
         if manifest.get("float_dtype"):
@@ -56,6 +69,7 @@ class StateDictFormat(Format):
         model.load_state_dict(state, strict=True)
         if manifest.get("cast"):
             from ..nn import Cast
+
             model = Cast(model, getattr(torch, manifest["cast"]))
         return model.eval()
 
@@ -67,8 +81,10 @@ class SafetensorsFormat(StateDictFormat):
 
     def write_tensors(self, tensors, path):
         from safetensors.torch import save_file
+
         save_file(tensors, path)
 
     def read_tensors(self, path):
         from safetensors.torch import load_file
+
         return load_file(path)

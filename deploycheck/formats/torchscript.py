@@ -26,6 +26,7 @@ class TorchScriptFormat(Format):
 
     def save(self, model, path, *, example, options, arch, inputs=None):
         import torch
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -45,6 +46,7 @@ class TorchScriptFormat(Format):
 
     def load(self, path, *, options, manifest):
         import torch
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             m = torch.jit.load(path, map_location="cpu")

@@ -23,6 +23,7 @@ def _register_plugins(registry: Registry) -> None:
     makes the new module. Found when a recipe name is first looked up; a plug-in module is
     imported only when a spec uses it."""
     from importlib.metadata import entry_points  # scanning installed packages: ~20 ms, only when needed
+
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in registry._items:
             continue  # a built-in name is never shadowed by a plug-in
@@ -36,12 +37,14 @@ RECIPES: Registry[type[Any]] = Registry("recipe", discover=_register_plugins)
 HANDLERS: Registry[Callable[..., StepResult]] = Registry("recipe handler")
 
 for _name, _config, _handler in (
-        ("quantize", "deploycheck.recipes.quantize:QuantizeConfig", "deploycheck.recipes._quantize_impl:run"),
-        ("prune", "deploycheck.recipes.prune:PruneConfig", "deploycheck.recipes._prune_impl:run"),
-        ("distill", "deploycheck.recipes.distill:DistillConfig", "deploycheck.recipes._distill_impl:run"),
-        ("custom", "deploycheck.recipes.custom:CustomConfig", "deploycheck.recipes._custom_impl:run")):
+    ("quantize", "deploycheck.recipes.quantize:QuantizeConfig", "deploycheck.recipes._quantize_impl:run"),
+    ("prune", "deploycheck.recipes.prune:PruneConfig", "deploycheck.recipes._prune_impl:run"),
+    ("distill", "deploycheck.recipes.distill:DistillConfig", "deploycheck.recipes._distill_impl:run"),
+    ("custom", "deploycheck.recipes.custom:CustomConfig", "deploycheck.recipes._custom_impl:run"),
+):
     RECIPES.register(_name, _config)
     HANDLERS.register(_name, _handler)
+
 
 @dataclass
 class StepResult:
@@ -51,8 +54,8 @@ class StepResult:
     model: Any
     summary: str
     details: dict = field(default_factory=dict)
-    arch: dict | None = None          # a new architecture (distillation's student) for state-dict formats
-    requires: tuple[str, ...] = ()    # libraries a loader imports first (they register the artifact's ops)
+    arch: dict | None = None  # a new architecture (distillation's student) for state-dict formats
+    requires: tuple[str, ...] = ()  # libraries a loader imports first (they register the artifact's ops)
     settings: dict = field(default_factory=dict)  # torch settings a loader applies (quantized engine)
 
 
@@ -108,4 +111,3 @@ def apply(config: Any, model: Any, ctx: RecipeContext) -> StepResult:
     if isinstance(out, dict):
         return StepResult(**{"summary": f"plug-in recipe {name}", **out})
     return StepResult(model if out is None else out, f"plug-in recipe {name}")
-

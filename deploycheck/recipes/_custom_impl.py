@@ -16,12 +16,22 @@ def run(cfg: CustomConfig, model, ctx: RecipeContext) -> StepResult:
         raise RuntimeError(f"cannot import {cfg.callable}: {type(e).__name__}: {e}") from e
     x, y = ctx.data.train_tensors()
     torch.manual_seed(cfg.seed)
-    cctx = CustomContext(x_train=x, y_train=y, example=ctx.example, data=ctx.spec.data,
-                         generator=torch.Generator().manual_seed(cfg.seed), baseline=ctx.baseline, log=ctx.log)
+    cctx = CustomContext(
+        x_train=x,
+        y_train=y,
+        example=ctx.example,
+        data=ctx.spec.data,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        baseline=ctx.baseline,
+        log=ctx.log,
+    )
     out = fn(model, cctx, **cfg.kwargs)
     if out is None:
         out = model  # modified in place
     if not isinstance(out, torch.nn.Module):
         raise TypeError(f"{cfg.callable} returned {type(out).__name__}, not a torch.nn.Module")
-    return StepResult(out, f"custom recipe {cfg.callable}" + (f" {cfg.kwargs}" if cfg.kwargs else ""),
-                      {"callable": cfg.callable, "kwargs": cfg.kwargs})
+    return StepResult(
+        out,
+        f"custom recipe {cfg.callable}" + (f" {cfg.kwargs}" if cfg.kwargs else ""),
+        {"callable": cfg.callable, "kwargs": cfg.kwargs},
+    )

@@ -16,8 +16,10 @@ def run(cfg, teacher, ctx) -> StepResult:
     torch.manual_seed(cfg.seed)
     student = call_factory(cfg.student, cfg.student_kwargs, ctx.search)
     optimizers: dict[str, Callable[..., torch.optim.Optimizer]] = {
-        "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-        "sgd": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9)}
+        "adam": torch.optim.Adam,
+        "adamw": torch.optim.AdamW,
+        "sgd": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9),
+    }
     opt = optimizers[cfg.optimizer](student.parameters(), lr=cfg.lr)
     teacher.eval()
     with torch.no_grad():
@@ -30,10 +32,12 @@ def run(cfg, teacher, ctx) -> StepResult:
         perm = torch.randperm(len(x), generator=g)
         total = 0.0
         for i in range(0, len(x), cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
+            idx = perm[i : i + cfg.batch_size]
             out = student(x[idx])
             if labelled:
-                soft = F.kl_div(F.log_softmax(out / T, 1), F.softmax(soft_all[idx] / T, 1), reduction="batchmean") * T * T
+                soft = (
+                    F.kl_div(F.log_softmax(out / T, 1), F.softmax(soft_all[idx] / T, 1), reduction="batchmean") * T * T
+                )
                 hard = F.cross_entropy(out, y[idx].long())
                 loss = cfg.alpha * soft + (1 - cfg.alpha) * hard
             else:  # regression / embeddings: match the teacher's outputs
@@ -47,6 +51,9 @@ def run(cfg, teacher, ctx) -> StepResult:
     student.eval()
     tp = sum(p.numel() for p in teacher.parameters())
     sp = sum(p.numel() for p in student.parameters())
-    return StepResult(student, f"student {cfg.student} with {sp} parameters ({sp / tp:.1%} of the teacher's {tp})",
-                      {"teacher_params": tp, "student_params": sp, "param_ratio": sp / tp},
-                      arch={"factory": cfg.student, "kwargs": dict(cfg.student_kwargs)})
+    return StepResult(
+        student,
+        f"student {cfg.student} with {sp} parameters ({sp / tp:.1%} of the teacher's {tp})",
+        {"teacher_params": tp, "student_params": sp, "param_ratio": sp / tp},
+        arch={"factory": cfg.student, "kwargs": dict(cfg.student_kwargs)},
+    )

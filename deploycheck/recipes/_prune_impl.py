@@ -12,8 +12,16 @@ from . import StepResult
 
 #: module types ``prune.modules`` can name; a subclass counts as its base (MultiheadAttention's
 #: out_proj is a NonDynamicallyQuantizableLinear, a Linear)
-KINDS = {"Linear": nn.Linear, "Conv1d": nn.Conv1d, "Conv2d": nn.Conv2d, "Conv3d": nn.Conv3d, "LSTM": nn.LSTM,
-         "GRU": nn.GRU, "RNN": nn.RNN, "MultiheadAttention": nn.MultiheadAttention}
+KINDS = {
+    "Linear": nn.Linear,
+    "Conv1d": nn.Conv1d,
+    "Conv2d": nn.Conv2d,
+    "Conv3d": nn.Conv3d,
+    "LSTM": nn.LSTM,
+    "GRU": nn.GRU,
+    "RNN": nn.RNN,
+    "MultiheadAttention": nn.MultiheadAttention,
+}
 #: lookup tables, not compute: their rows are never pruned and do not count against the amount
 _TABLES = (nn.Embedding, nn.EmbeddingBag)
 
@@ -21,10 +29,14 @@ _TABLES = (nn.Embedding, nn.EmbeddingBag)
 def _weights(name: str, m) -> list[tuple[str, object, str]]:
     """(label, owner module, parameter name) of the weight matrices a module's pruning covers; the
     label keys ``sparsity_per_layer``."""
+
     def label(p: str) -> str:
         return f"{name}.{p}" if name else p
+
     if isinstance(m, nn.MultiheadAttention):
-        own = ["in_proj_weight"] if m.in_proj_weight is not None else ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
+        own = (
+            ["in_proj_weight"] if m.in_proj_weight is not None else ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
+        )
         return [(label(p), m, p) for p in own] + [(label("out_proj"), m.out_proj, "weight")]
     if isinstance(m, nn.RNNBase):  # weight_ih_l0, weight_hh_l0 (and _reverse, weight_hr_ for projections)
         return [(label(p), m, p) for p, _ in m.named_parameters(recurse=False) if p.startswith("weight_")]
@@ -41,8 +53,10 @@ def targets(model, types: tuple[str, ...], skip: tuple[str, ...]) -> list[tuple[
     names = [n for n, _ in model.named_modules() if n]
     for g in skip:
         if not any(fnmatch.fnmatchcase(n, g) for n in names):
-            raise ValueError(f"skip glob {g!r} matches no module; modules are: {', '.join(names[:20])}"
-                             + (" …" if len(names) > 20 else ""))
+            raise ValueError(
+                f"skip glob {g!r} matches no module; modules are: {', '.join(names[:20])}"
+                + (" …" if len(names) > 20 else "")
+            )
     kinds = tuple(KINDS[t] for t in types)
     out: list[tuple[str, object, str]] = []
     seen: set[tuple[int, str]] = set()
@@ -54,8 +68,9 @@ def targets(model, types: tuple[str, ...], skip: tuple[str, ...]) -> list[tuple[
                 seen.add((id(owner), p))
                 out.append((label, owner, p))
     if not out:
-        raise ValueError(f"no module of type {', '.join(types)} to work on"
-                         + (f" after skipping {list(skip)}" if skip else ""))
+        raise ValueError(
+            f"no module of type {', '.join(types)} to work on" + (f" after skipping {list(skip)}" if skip else "")
+        )
     return out
 
 
@@ -114,12 +129,17 @@ def run(cfg, model, ctx) -> StepResult:
             how.append(f"add {', '.join(kinds)} to prune.modules (now {', '.join(cfg.modules)})")
         if others:
             how.append(f"prune {', '.join(others)} with a custom recipe (this recipe prunes {', '.join(KINDS)})")
-        raise ValueError(f"amount {cfg.amount:g} was asked for, but only {achieved:.1%} of the model's weights are zero: "
-                         f"{len(left)} weight matri{'ces' if len(left) > 1 else 'x'} ({1 - total / whole:.0%} of the "
-                         f"weights) were not pruned: {names}; {', or '.join(how)}, or name those modules in prune.skip "
-                         "to keep them dense on purpose")
-    return StepResult(model.eval(), f"{cfg.method} amount {cfg.amount:g}: {overall:.1%} of pruned-layer weights are zero",
-                      {"sparsity_per_layer": layers, "sparsity_pruned_layers": overall, "sparsity_model": achieved})
+        raise ValueError(
+            f"amount {cfg.amount:g} was asked for, but only {achieved:.1%} of the model's weights are zero: "
+            f"{len(left)} weight matri{'ces' if len(left) > 1 else 'x'} ({1 - total / whole:.0%} of the "
+            f"weights) were not pruned: {names}; {', or '.join(how)}, or name those modules in prune.skip "
+            "to keep them dense on purpose"
+        )
+    return StepResult(
+        model.eval(),
+        f"{cfg.method} amount {cfg.amount:g}: {overall:.1%} of pruned-layer weights are zero",
+        {"sparsity_per_layer": layers, "sparsity_pruned_layers": overall, "sparsity_model": achieved},
+    )
 
 
 def _finetune(ft, model, ctx) -> None:
@@ -135,7 +155,7 @@ def _finetune(ft, model, ctx) -> None:
         perm = torch.randperm(len(x), generator=g)
         total = 0.0
         for i in range(0, len(x), ft.batch_size):
-            idx = perm[i:i + ft.batch_size]
+            idx = perm[i : i + ft.batch_size]
             opt.zero_grad()
             loss = _loss(model(x[idx]), y[idx])
             loss.backward()

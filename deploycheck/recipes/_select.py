@@ -10,11 +10,17 @@ def select(model, types: tuple[str, ...], skip: tuple[str, ...]) -> list[tuple[s
     names = [n for n, _ in model.named_modules() if n]
     for g in skip:
         if not any(fnmatch.fnmatchcase(n, g) for n in names):
-            raise ValueError(f"skip glob {g!r} matches no module; modules are: {', '.join(names[:20])}"
-                             + (" …" if len(names) > 20 else ""))
-    out = [(n, m) for n, m in model.named_modules()
-           if n and type(m).__name__ in types and not any(fnmatch.fnmatchcase(n, g) for g in skip)]
+            raise ValueError(
+                f"skip glob {g!r} matches no module; modules are: {', '.join(names[:20])}"
+                + (" …" if len(names) > 20 else "")
+            )
+    out = [
+        (n, m)
+        for n, m in model.named_modules()
+        if n and type(m).__name__ in types and not any(fnmatch.fnmatchcase(n, g) for g in skip)
+    ]
     if not out:
-        raise ValueError(f"no module of type {', '.join(types)} to work on"
-                         + (f" after skipping {list(skip)}" if skip else ""))
+        raise ValueError(
+            f"no module of type {', '.join(types)} to work on" + (f" after skipping {list(skip)}" if skip else "")
+        )
     return out

@@ -38,11 +38,10 @@ class CustomConfig:
 class CustomContext:
     """What a custom recipe receives besides the model."""
 
-    x_train: Any            # torch.Tensor: the training split's inputs, preprocessed
-    y_train: Any            # torch.Tensor or None: its labels
-    example: Any            # the example input (batch first)
-    data: Any               # the spec's DataSpec (source, split, preprocess, batch_size)
-    generator: Any          # torch.Generator seeded with the step's seed
-    baseline: Any           # the unmodified baseline model (do not modify it)
-    log: Any                # log(str): a line in pytest's log
-
+    x_train: Any  # torch.Tensor: the training split's inputs, preprocessed
+    y_train: Any  # torch.Tensor or None: its labels
+    example: Any  # the example input (batch first)
+    data: Any  # the spec's DataSpec (source, split, preprocess, batch_size)
+    generator: Any  # torch.Generator seeded with the step's seed
+    baseline: Any  # the unmodified baseline model (do not modify it)
+    log: Any  # log(str): a line in pytest's log

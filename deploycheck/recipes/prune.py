@@ -25,18 +25,23 @@ class PruneConfig:
     recipe_name: ClassVar[str] = "prune"
 
     method: Literal["l1_unstructured", "global_l1_unstructured", "random_unstructured", "ln_structured"] = field(
-        doc="l1_unstructured (per layer) | global_l1_unstructured | random_unstructured | ln_structured")
+        doc="l1_unstructured (per layer) | global_l1_unstructured | random_unstructured | ln_structured"
+    )
     amount: float = field(gt=0.0, lt=1.0, doc="fraction of weights (or rows/channels) to prune, in (0, 1)")
     dim: int = field(0, doc="ln_structured: the weight dimension whose slices are pruned (0 = output rows/channels)")
     n: int = field(2, ge=1, doc="ln_structured: the norm used to rank slices")
-    modules: tuple[Literal["Linear", "Conv1d", "Conv2d", "Conv3d", "LSTM", "GRU", "RNN", "MultiheadAttention"], ...] = field(
-        ("Linear", "Conv1d", "Conv2d", "Conv3d", "LSTM", "GRU", "RNN", "MultiheadAttention"),
-        doc="module types whose weights are pruned (subclasses included): a Linear's or Conv's weight, an LSTM/GRU/RNN's "
+    modules: tuple[Literal["Linear", "Conv1d", "Conv2d", "Conv3d", "LSTM", "GRU", "RNN", "MultiheadAttention"], ...] = (
+        field(
+            ("Linear", "Conv1d", "Conv2d", "Conv3d", "LSTM", "GRU", "RNN", "MultiheadAttention"),
+            doc="module types whose weights are pruned (subclasses included): a Linear's or Conv's weight, an LSTM/GRU/RNN's "
             "weight_ih_l*/weight_hh_l*, a MultiheadAttention's in_proj_weight (or q/k/v_proj_weight) and out_proj.weight. "
             "When the weights left out (of modules not listed, embeddings apart) keep the model's sparsity under half the "
-            "amount, the build fails naming them")
-    skip: tuple[str, ...] = field((), doc="module name globs not pruned, with everything inside them (each must match a "
-                                          "module)")
+            "amount, the build fails naming them",
+        )
+    )
+    skip: tuple[str, ...] = field(
+        (), doc="module name globs not pruned, with everything inside them (each must match a module)"
+    )
     seed: int = field(0, doc="seed for random_unstructured")
     finetune: FineTune | None = field(None, doc="optional recovery fine-tune: {epochs, lr, batch_size, seed}")
 

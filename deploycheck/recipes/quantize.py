@@ -19,25 +19,42 @@ class QuantizeConfig:
 
     method: Method = field(doc="dynamic_int8 | weight_only_int8 | weight_only_int4 | static_int8 | fp16 | bf16")
     backend: Literal["auto", "torch.ao", "torchao"] = field(
-        "auto", doc="implementation; auto picks the measured-faster one on CPU: torch.ao for "
-                    "dynamic_int8, torchao for weight_only_int8, torchao pt2e for static_int8")
-    modules: tuple[ModuleType, ...] = field(("Linear", "LSTM", "GRU"),
-                                            doc="module types to quantize (dynamic_int8, weight_only_int8)")
+        "auto",
+        doc="implementation; auto picks the measured-faster one on CPU: torch.ao for "
+        "dynamic_int8, torchao for weight_only_int8, torchao pt2e for static_int8",
+    )
+    modules: tuple[ModuleType, ...] = field(
+        ("Linear", "LSTM", "GRU"), doc="module types to quantize (dynamic_int8, weight_only_int8)"
+    )
     skip: tuple[str, ...] = field((), doc="module name globs left in float (each must match a module)")
     calibration_batches: int = field(8, ge=1, doc="static_int8: batches of training data used to calibrate")
     engine: Literal["x86", "fbgemm", "qnnpack", "onednn"] = field(
-        "x86", doc="torch.ao quantized engine for dynamic_int8; recorded in the manifest and set by the loader. "
-                   "x86/fbgemm quantize activations to 7 bits (fast); qnnpack uses 8 bits (more accurate, slower on x86)")
-    weight_bits: Literal[8, 7] = field(8, doc="static_int8: 7 keeps weights in [-64, 63], so int8 dot products never "
-                                              "saturate their 16-bit intermediate on x86 CPUs without VNNI (AVX2, early "
-                                              "AVX-512): results agree across CI runners, in torch and onnxruntime alike")
-    reduce_range: bool = field(False, doc="static_int8: 7-bit activations (0..127), torch's older fix for the same "
-                                          "saturation; onnxruntime does not keep the 127 clamp (QuantizeLinear "
-                                          "saturates at 255), so ONNX outputs depart from torch's - prefer weight_bits: 7")
-    group_size: Literal[32, 64, 128, 256] = field(32, doc="weight_only_int4: input features per int4 scale (Linear "
-                                                         "layers whose input size it does not divide stay float)")
-    per_channel: bool = field(False, doc="dynamic_int8 (torch.ao): one weight scale per output channel instead of per "
-                                         "tensor: more accurate, slightly larger")
+        "x86",
+        doc="torch.ao quantized engine for dynamic_int8; recorded in the manifest and set by the loader. "
+        "x86/fbgemm quantize activations to 7 bits (fast); qnnpack uses 8 bits (more accurate, slower on x86)",
+    )
+    weight_bits: Literal[8, 7] = field(
+        8,
+        doc="static_int8: 7 keeps weights in [-64, 63], so int8 dot products never "
+        "saturate their 16-bit intermediate on x86 CPUs without VNNI (AVX2, early "
+        "AVX-512): results agree across CI runners, in torch and onnxruntime alike",
+    )
+    reduce_range: bool = field(
+        False,
+        doc="static_int8: 7-bit activations (0..127), torch's older fix for the same "
+        "saturation; onnxruntime does not keep the 127 clamp (QuantizeLinear "
+        "saturates at 255), so ONNX outputs depart from torch's - prefer weight_bits: 7",
+    )
+    group_size: Literal[32, 64, 128, 256] = field(
+        32,
+        doc="weight_only_int4: input features per int4 scale (Linear "
+        "layers whose input size it does not divide stay float)",
+    )
+    per_channel: bool = field(
+        False,
+        doc="dynamic_int8 (torch.ao): one weight scale per output channel instead of per "
+        "tensor: more accurate, slightly larger",
+    )
 
     OPTIONS_BY = "method"
     OPTIONS = {

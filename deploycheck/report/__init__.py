@@ -51,7 +51,7 @@ def summary_rows(records) -> list[dict]:
         if real_fail:
             verdict = "FAIL"
         elif missing:
-            verdict = "new"       # passes every check; only its snapshot awaits approval
+            verdict = "new"  # passes every check; only its snapshot awaits approval
         elif "unsupported" in statuses:
             verdict = "unsupported"
         elif "inconclusive" in statuses:
@@ -72,32 +72,59 @@ def summary_rows(records) -> list[dict]:
         if verdict == "unsupported":
             reasons = [_first(next(r.message for r in allrecs if r.status == "unsupported"))]
         load = by["load"].status if "load" in by else None
-        direction = next((r.higher_is_better for r in allrecs if r.higher_is_better is not None),
-                         det("metric").get("higher_is_better"))
-        rows.append({
-            "spec": s, "variant": v, "format": f, "recipe": recs[0].recipe,
-            "metric_name": det("metric").get("metric") or next((r.metric for r in allrecs if r.metric), None),
-            "metric": det("metric").get("value"),
-            "higher_is_better": direction,
-            "metric_delta": det("metric").get("delta"), "metric_delta_ci": _delta_ci(det("metric")),
-            "max_abs_diff": det("outputs").get("max_abs"),
-            "p50_ms": det("latency").get("p50_ms"), "p95_ms": det("latency").get("p95_ms"),
-            "p99_ms": det("latency").get("p99_ms"), "throughput_per_s": det("latency").get("throughput_per_s"),
-            "throughput": det("latency").get("throughput"),
-            "latency_ratio": det("latency").get("ratio"), "latency_ratio_ci": det("latency").get("ratio_ci"),
-            "peak_rss_mb": det("load").get("peak_rss_mb"), "latency_samples_ms": det("latency").get("samples_ms"),
-            "size_mb": det("size").get("size_mb"), "size_ratio": det("size").get("size_ratio"),
-            "perplexity": det("perplexity").get("perplexity"), "next_token_top1": det("next_token").get("top1"),
-            "mean_kl": det("next_token").get("mean_kl"),
-            "exact_match": (det("generation").get("the baseline") or {}).get("exact_match"),
-            "params": info.get("params"), "state_ratio": info.get("state_ratio"), "sparsity": info.get("sparsity"),
-            "build_s": info.get("build_s"),
-            "load": {"passed": "ok (cached)" if det("load").get("cached") else "ok", "error": "FAILED",
-                     "unsupported": "unsupported"}.get(load or "", load or "-"),
-            "verdict": verdict, "reason": "; ".join(reasons), "new_snapshots": len(missing),
-            "divergence": next((r.details.get("divergence") for r in allrecs
-                                if r.status == "failed" and r.details.get("divergence")), None),
-        })
+        direction = next(
+            (r.higher_is_better for r in allrecs if r.higher_is_better is not None),
+            det("metric").get("higher_is_better"),
+        )
+        rows.append(
+            {
+                "spec": s,
+                "variant": v,
+                "format": f,
+                "recipe": recs[0].recipe,
+                "metric_name": det("metric").get("metric") or next((r.metric for r in allrecs if r.metric), None),
+                "metric": det("metric").get("value"),
+                "higher_is_better": direction,
+                "metric_delta": det("metric").get("delta"),
+                "metric_delta_ci": _delta_ci(det("metric")),
+                "max_abs_diff": det("outputs").get("max_abs"),
+                "p50_ms": det("latency").get("p50_ms"),
+                "p95_ms": det("latency").get("p95_ms"),
+                "p99_ms": det("latency").get("p99_ms"),
+                "throughput_per_s": det("latency").get("throughput_per_s"),
+                "throughput": det("latency").get("throughput"),
+                "latency_ratio": det("latency").get("ratio"),
+                "latency_ratio_ci": det("latency").get("ratio_ci"),
+                "peak_rss_mb": det("load").get("peak_rss_mb"),
+                "latency_samples_ms": det("latency").get("samples_ms"),
+                "size_mb": det("size").get("size_mb"),
+                "size_ratio": det("size").get("size_ratio"),
+                "perplexity": det("perplexity").get("perplexity"),
+                "next_token_top1": det("next_token").get("top1"),
+                "mean_kl": det("next_token").get("mean_kl"),
+                "exact_match": (det("generation").get("the baseline") or {}).get("exact_match"),
+                "params": info.get("params"),
+                "state_ratio": info.get("state_ratio"),
+                "sparsity": info.get("sparsity"),
+                "build_s": info.get("build_s"),
+                "load": {
+                    "passed": "ok (cached)" if det("load").get("cached") else "ok",
+                    "error": "FAILED",
+                    "unsupported": "unsupported",
+                }.get(load or "", load or "-"),
+                "verdict": verdict,
+                "reason": "; ".join(reasons),
+                "new_snapshots": len(missing),
+                "divergence": next(
+                    (
+                        r.details.get("divergence")
+                        for r in allrecs
+                        if r.status == "failed" and r.details.get("divergence")
+                    ),
+                    None,
+                ),
+            }
+        )
     return rows
 
 
@@ -120,8 +147,10 @@ def new_snapshots_line(rows: list[dict]) -> str | None:
     n = new_snapshots(rows)
     if not n:
         return None
-    return (f"{n} new snapshot{'s' if n != 1 else ''} to review: run `pytest --snapshot-update`, review the files, "
-            "commit them (their items fail until then, as syrupy's do)")
+    return (
+        f"{n} new snapshot{'s' if n != 1 else ''} to review: run `pytest --snapshot-update`, review the files, "
+        "commit them (their items fail until then, as syrupy's do)"
+    )
 
 
 def _f(x: Any, digits: int = 4) -> str:
@@ -132,16 +161,35 @@ def _f(x: Any, digits: int = 4) -> str:
     return str(x)
 
 
-COLUMNS = [("spec", "spec"), ("variant", "variant"), ("format", "format"), ("recipe", "recipe"),
-           ("metric", "metric"), ("metric_delta", "Δ vs base"), ("max_abs_diff", "max |Δout|"),
-           ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("latency_ratio", "lat ratio"), ("size_mb", "size MB"),
-           ("size_ratio", "size ratio"), ("state_ratio", "state ratio"), ("params", "params"), ("build_s", "build s"), ("sparsity", "sparsity"), ("load", "load"),
-           ("verdict", "verdict")]
+COLUMNS = [
+    ("spec", "spec"),
+    ("variant", "variant"),
+    ("format", "format"),
+    ("recipe", "recipe"),
+    ("metric", "metric"),
+    ("metric_delta", "Δ vs base"),
+    ("max_abs_diff", "max |Δout|"),
+    ("p50_ms", "p50 ms"),
+    ("p95_ms", "p95 ms"),
+    ("latency_ratio", "lat ratio"),
+    ("size_mb", "size MB"),
+    ("size_ratio", "size ratio"),
+    ("state_ratio", "state ratio"),
+    ("params", "params"),
+    ("build_s", "build s"),
+    ("sparsity", "sparsity"),
+    ("load", "load"),
+    ("verdict", "verdict"),
+]
 
 
 #: causal-LM columns, shown after max |Δout| when a row has them
-LM_COLUMNS = [("perplexity", "ppl"), ("next_token_top1", "top-1 agree"), ("mean_kl", "KL nats"),
-              ("exact_match", "gen match")]
+LM_COLUMNS = [
+    ("perplexity", "ppl"),
+    ("next_token_top1", "top-1 agree"),
+    ("mean_kl", "KL nats"),
+    ("exact_match", "gen match"),
+]
 
 
 def columns(rows: list[dict]) -> list[tuple[str, str]]:
@@ -171,11 +219,14 @@ def row_cells(row: dict, cols: list[tuple[str, str]] | None = None) -> list[str]
 
 def terminal_table(rows: list[dict]) -> str:
     cols = columns(rows)
-    text = tabulate([row_cells(r, cols) for r in rows], headers=[h for _, h in cols], tablefmt="simple",
-                    disable_numparse=True)
+    text = tabulate(
+        [row_cells(r, cols) for r in rows], headers=[h for _, h in cols], tablefmt="simple", disable_numparse=True
+    )
     fails = [r for r in rows if r["verdict"] == "FAIL"]
     if fails:
-        text += "\n\nfailing:\n" + "\n".join(f"  {r['spec']}::{r['variant']}::{r['format']}: {r['reason']}" for r in fails)
+        text += "\n\nfailing:\n" + "\n".join(
+            f"  {r['spec']}::{r['variant']}::{r['format']}: {r['reason']}" for r in fails
+        )
     nl = new_snapshots_line(rows)
     if nl:
         text += "\n\n" + nl
@@ -191,9 +242,11 @@ def summary_lines(rows: list[dict]) -> list[str]:
         n_fail = sum(r["verdict"] == "FAIL" for r in srows)
         n_new = sum(r["verdict"] == "new" for r in srows)
         state = "FAIL" if n_fail else "new snapshots" if n_new else "pass"
-        line = f"{spec}: {state} ({len(ok)} passed, {n_fail} failed, " \
-               f"{sum(r['verdict'] == 'unsupported' for r in srows)} unsupported" + \
-               (f", {n_new} awaiting snapshot approval)" if n_new else ")")
+        line = (
+            f"{spec}: {state} ({len(ok)} passed, {n_fail} failed, "
+            f"{sum(r['verdict'] == 'unsupported' for r in srows)} unsupported"
+            + (f", {n_new} awaiting snapshot approval)" if n_new else ")")
+        )
         sized = [r for r in ok if r.get("size_mb") is not None]
         timed = [r for r in ok if r.get("p50_ms") is not None]
         if sized:
@@ -242,7 +295,7 @@ def md(text: Any) -> str:
 
 def _clip(text: str, n: int = 300) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= n else text[:n - 1] + "…"
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def markdown(rows: list[dict], meta: dict, *, limit: int = COMMENT_LIMIT, full_report: str = "deploycheck.html") -> str:
@@ -257,16 +310,27 @@ def markdown(rows: list[dict], meta: dict, *, limit: int = COMMENT_LIMIT, full_r
     n_new = sum(r["verdict"] == "new" for r in rows)
     machine = meta.get("machine") or {}
     specs = sorted({r["spec"] for r in rows})
-    head = ["# deploycheck report", "",
-            f"{n_pass} passed, {n_fail} failed, {n_uns} unsupported" + (f", {n_new} awaiting snapshot approval" if n_new else "")
-            + f" — torch {md((meta.get('libraries') or {}).get('torch', '?'))}, "
-            f"commit {md(((meta.get('git') or {}).get('commit') or 'n/a')[:12])}, {md(meta.get('created', ''))}", "",
-            md(machine_line(machine)), ""]
+    head = [
+        "# deploycheck report",
+        "",
+        f"{n_pass} passed, {n_fail} failed, {n_uns} unsupported"
+        + (f", {n_new} awaiting snapshot approval" if n_new else "")
+        + f" — torch {md((meta.get('libraries') or {}).get('torch', '?'))}, "
+        f"commit {md(((meta.get('git') or {}).get('commit') or 'n/a')[:12])}, {md(meta.get('created', ''))}",
+        "",
+        md(machine_line(machine)),
+        "",
+    ]
     nl = new_snapshots_line(rows)
     if nl:
         head += [f"> **{nl}**", ""]
     head += [f"- {md(line)}" for line in summary_lines(rows)] + [""]
-    head += ["## Verdicts", "", "✅ pass · ❌ fail · 🆕 passes, snapshot awaiting approval · ➖ unsupported · ❔ inconclusive (noise)", ""]
+    head += [
+        "## Verdicts",
+        "",
+        "✅ pass · ❌ fail · 🆕 passes, snapshot awaiting approval · ➖ unsupported · ❔ inconclusive (noise)",
+        "",
+    ]
     matrices = {spec: verdict_matrix(rows, spec) for spec in specs}
     if sum(len(m) for m in matrices.values()) > limit // 2:  # very many specs: matrices for the failing ones only
         bad = {r["spec"] for r in rows if r["verdict"] in ("FAIL", "new")}
@@ -275,18 +339,35 @@ def markdown(rows: list[dict], meta: dict, *, limit: int = COMMENT_LIMIT, full_r
     for spec, m in matrices.items():
         head += [f"**{md(spec)}**", "", m, ""]
     fails = [r for r in rows if r["verdict"] == "FAIL"]
-    fail_lines = ["## Failures", ""] + [f"- **{md(r['spec'])}::{md(r['variant'])}::{md(r['format'])}**: "
-                                        f"{md(_clip(r['reason'] or 'failed'))}"
-                                        for r in fails] + [""] if fails else []
+    fail_lines = (
+        ["## Failures", ""]
+        + [
+            f"- **{md(r['spec'])}::{md(r['variant'])}::{md(r['format'])}**: {md(_clip(r['reason'] or 'failed'))}"
+            for r in fails
+        ]
+        + [""]
+        if fails
+        else []
+    )
     details = ["## Full tables", ""]
     for spec in specs:
         srows = [r for r in rows if r["spec"] == spec]
-        details += [f"<details><summary>{md(spec)}: {len(srows)} rows</summary>", "",
-                    tabulate([[md(c) for c in row_cells(r, columns(srows))[1:]] + [md(_clip(r["reason"] or "", 200))]
-                              for r in srows],
-                             headers=[h for _, h in columns(srows)[1:]] + ["reason"], tablefmt="github",
-                             disable_numparse=True),
-                    "", "</details>", ""]
+        details += [
+            f"<details><summary>{md(spec)}: {len(srows)} rows</summary>",
+            "",
+            tabulate(
+                [
+                    [md(c) for c in row_cells(r, columns(srows))[1:]] + [md(_clip(r["reason"] or "", 200))]
+                    for r in srows
+                ],
+                headers=[h for _, h in columns(srows)[1:]] + ["reason"],
+                tablefmt="github",
+                disable_numparse=True,
+            ),
+            "",
+            "</details>",
+            "",
+        ]
     pointer = f"Full tables: `{full_report}` and `deploycheck.json` in the uploaded reports."
     text = "\n".join(head + fail_lines + details)
     if len(text) <= limit:

@@ -35,7 +35,13 @@ def compare(old: dict, new: dict, *, metric_tol: float, latency_tol: float, size
     for k in sorted(set(o) | set(n)):
         a, b = o.get(k), n.get(k)
         reasons = []
-        entry = {"spec": k[0], "variant": k[1], "format": k[2], "old_verdict": a and a["verdict"], "new_verdict": b and b["verdict"]}
+        entry = {
+            "spec": k[0],
+            "variant": k[1],
+            "format": k[2],
+            "old_verdict": a and a["verdict"],
+            "new_verdict": b and b["verdict"],
+        }
         if a is None:
             entry["change"] = "added"
         elif b is None:
@@ -44,26 +50,37 @@ def compare(old: dict, new: dict, *, metric_tol: float, latency_tol: float, size
         else:
             entry["change"] = "changed"
             if a["verdict"] == "pass" and b["verdict"] != "pass":
-                reasons.append(f"verdict {a['verdict']} -> {b['verdict']}" + (f" ({b['reason']})" if b.get("reason") else ""))
+                reasons.append(
+                    f"verdict {a['verdict']} -> {b['verdict']}" + (f" ({b['reason']})" if b.get("reason") else "")
+                )
             if a.get("metric") is not None and b.get("metric") is not None:
                 d = b["metric"] - a["metric"]
                 entry["metric_delta"] = d
                 higher = higher_is_better(b)
                 worse = abs(d) if higher is None else -d if higher else d  # no direction: any move counts
                 if worse > metric_tol:
-                    reasons.append(f"{b.get('metric_name') or 'metric'} {a['metric']:.4g} -> {b['metric']:.4g} "
-                                   f"({d:+.4g}, beyond ±{metric_tol:g})")
+                    reasons.append(
+                        f"{b.get('metric_name') or 'metric'} {a['metric']:.4g} -> {b['metric']:.4g} "
+                        f"({d:+.4g}, beyond ±{metric_tol:g})"
+                    )
             lr = _rel(b.get("p50_ms"), a.get("p50_ms"))
             entry["latency_ratio"] = lr
             if lr is not None and lr > 1 + latency_tol:
-                reasons.append(f"p50 {a['p50_ms']:.4g} -> {b['p50_ms']:.4g} ms (×{lr:.2f}, beyond ×{1 + latency_tol:.2f})")
+                reasons.append(
+                    f"p50 {a['p50_ms']:.4g} -> {b['p50_ms']:.4g} ms (×{lr:.2f}, beyond ×{1 + latency_tol:.2f})"
+                )
             sr = _rel(b.get("size_mb"), a.get("size_mb"))
             entry["size_ratio"] = sr
             if sr is not None and sr > 1 + size_tol:
                 reasons.append(f"size {a['size_mb']:.4g} -> {b['size_mb']:.4g} MB (×{sr:.3f})")
-        if entry["change"] == "changed" and not reasons and a is not None and b is not None and \
-                a["verdict"] == b["verdict"] and \
-                not any(entry.get(k) not in (None, 0, 1) for k in ("metric_delta", "latency_ratio", "size_ratio")):
+        if (
+            entry["change"] == "changed"
+            and not reasons
+            and a is not None
+            and b is not None
+            and a["verdict"] == b["verdict"]
+            and not any(entry.get(k) not in (None, 0, 1) for k in ("metric_delta", "latency_ratio", "size_ratio"))
+        ):
             entry["change"] = "unchanged"  # e.g. unsupported -> unsupported: nothing to review
         entry["regression"] = bool(reasons)
         entry["reasons"] = reasons
@@ -74,21 +91,43 @@ def compare(old: dict, new: dict, *, metric_tol: float, latency_tol: float, size
 
 def cmd_compare(args) -> int:
     from tabulate import tabulate
+
     old, new = _load(args.old), _load(args.new)
     entries = compare(old, new, metric_tol=args.metric_tol, latency_tol=args.latency_tol, size_tol=args.size_tol)
     same = [e for e in entries if e["change"] == "unchanged"]
     entries = [e for e in entries if e["change"] != "unchanged"]
     f = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
-    rows = [["REGRESSION" if e["regression"] else e["change"], e["spec"], e["variant"], e["format"],
-             f"{e['old_verdict'] or '-'} -> {e['new_verdict'] or '-'}", f(e.get("metric_delta"), "+.4f"),
-             f(e.get("latency_ratio"), ".2f"), f(e.get("size_ratio"), ".3f"), "; ".join(e["reasons"])] for e in entries]
-    print(f"comparing {args.old} ({old.get('git', {}).get('commit', '?')[:10]}, {old.get('created')}) -> "
-          f"{args.new} ({new.get('git', {}).get('commit', '?')[:10]}, {new.get('created')})")
-    print(tabulate(rows, headers=["", "spec", "variant", "format", "verdict", "Δ metric", "p50 ×", "size ×", "why"],
-                   tablefmt="simple", disable_numparse=True))
+    rows = [
+        [
+            "REGRESSION" if e["regression"] else e["change"],
+            e["spec"],
+            e["variant"],
+            e["format"],
+            f"{e['old_verdict'] or '-'} -> {e['new_verdict'] or '-'}",
+            f(e.get("metric_delta"), "+.4f"),
+            f(e.get("latency_ratio"), ".2f"),
+            f(e.get("size_ratio"), ".3f"),
+            "; ".join(e["reasons"]),
+        ]
+        for e in entries
+    ]
+    print(
+        f"comparing {args.old} ({old.get('git', {}).get('commit', '?')[:10]}, {old.get('created')}) -> "
+        f"{args.new} ({new.get('git', {}).get('commit', '?')[:10]}, {new.get('created')})"
+    )
+    print(
+        tabulate(
+            rows,
+            headers=["", "spec", "variant", "format", "verdict", "Δ metric", "p50 ×", "size ×", "why"],
+            tablefmt="simple",
+            disable_numparse=True,
+        )
+    )
     if same:
-        print(f"{len(same)} unchanged row{'s' * (len(same) != 1)} not listed "
-              f"({', '.join(sorted({e['new_verdict'] for e in same}))})")
+        print(
+            f"{len(same)} unchanged row{'s' * (len(same) != 1)} not listed "
+            f"({', '.join(sorted({e['new_verdict'] for e in same}))})"
+        )
     n = sum(e["regression"] for e in entries)
     print(f"{n} regression{'s' * (n != 1)}")
     return 1 if n else 0
@@ -101,13 +140,18 @@ def merge(docs: list[dict]) -> dict:
             records[(r["spec"], r["variant"], r["format"], r["check"])] = r
     recs = [records[k] for k in sorted(records, key=lambda k: tuple("" if x is None else x for x in k))]
     first = docs[0]
-    return {**{k: first[k] for k in ("schema_version", "libraries", "git") if k in first},
-            "created": max(d.get("created", "") for d in docs),
-            "exitstatus": max(d.get("exitstatus", 0) for d in docs),
-            "machine": first.get("machine"), "shards": [{"machine": d.get("machine"), "created": d.get("created"),
-                                                          "exitstatus": d.get("exitstatus")} for d in docs],
-            "spec_files": {k: v for d in docs for k, v in d.get("spec_files", {}).items()},
-            "rows": summary_rows(recs), "records": recs}
+    return {
+        **{k: first[k] for k in ("schema_version", "libraries", "git") if k in first},
+        "created": max(d.get("created", "") for d in docs),
+        "exitstatus": max(d.get("exitstatus", 0) for d in docs),
+        "machine": first.get("machine"),
+        "shards": [
+            {"machine": d.get("machine"), "created": d.get("created"), "exitstatus": d.get("exitstatus")} for d in docs
+        ],
+        "spec_files": {k: v for d in docs for k, v in d.get("spec_files", {}).items()},
+        "rows": summary_rows(recs),
+        "records": recs,
+    }
 
 
 def cmd_merge(args) -> int:
@@ -116,8 +160,10 @@ def cmd_merge(args) -> int:
     out_dir = os.path.dirname(os.path.abspath(args.output))
     stem = os.path.basename(args.output).removesuffix(".json")
     paths = write_documents(merged, out_dir, stem=stem)
-    print(f"merged {len(docs)} reports ({len(merged['records'])} records, {len(merged['rows'])} rows) into "
-          + ", ".join(os.path.relpath(p) for p in paths))
+    print(
+        f"merged {len(docs)} reports ({len(merged['records'])} records, {len(merged['rows'])} rows) into "
+        + ", ".join(os.path.relpath(p) for p in paths)
+    )
     return 1 if any(r["verdict"] == "FAIL" for r in merged["rows"]) and args.fail_on_failure else 0
 
 
@@ -134,4 +180,3 @@ def add_commands(sub) -> None:
     m.add_argument("-o", "--output", required=True, help="ALL.json; ALL.md and ALL.html are written beside it")
     m.add_argument("--fail-on-failure", action="store_true", help="exit 1 when a merged row failed (a CI gate)")
     m.set_defaults(fn=cmd_merge)
-

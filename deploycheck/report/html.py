@@ -13,11 +13,14 @@ from . import columns, higher_is_better, machine_line, new_snapshots_line, row_c
 def _svg(fig) -> str:
     buf = io.StringIO()
     # no metadata block: no date (stable bytes) and no RDF namespace URLs in the page
-    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+    fig.savefig(
+        buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None, "Format": None, "Type": None}
+    )
     import matplotlib.pyplot as plt
+
     plt.close(fig)
     text = buf.getvalue()
-    return text[text.index("<svg"):]  # drop the XML prolog: the SVG is inlined in HTML
+    return text[text.index("<svg") :]  # drop the XML prolog: the SVG is inlined in HTML
 
 
 def pareto(points: list[tuple[float, float, Any]], higher_is_better: bool) -> list[Any]:
@@ -40,6 +43,7 @@ def plots(rows: list[dict]) -> dict[str, list[str]]:
     """Per spec: accuracy vs latency (Pareto front marked), size per variant, latency distributions."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -60,25 +64,42 @@ def plots(rows: list[dict]) -> dict[str, list[str]]:
             # on one metric value, where labels pile onto one line and cannot be read.
             for i, r in enumerate(rs, 1):
                 on = (r["variant"], r["format"]) in front
-                ax.scatter(r["p50_ms"], r["metric"], marker=markers[r["format"]], s=70 if on else 35,
-                           edgecolors="black" if on else "none", color="tab:red" if r["verdict"] == "FAIL" else "tab:blue",
-                           alpha=0.9, label=f"{i}: {r['variant']} / {r['format']}")
-                ax.annotate(str(i), (r["p50_ms"], r["metric"]), fontsize=7, xytext=(3, 3 + 7 * (i % 3)),
-                            textcoords="offset points")
+                ax.scatter(
+                    r["p50_ms"],
+                    r["metric"],
+                    marker=markers[r["format"]],
+                    s=70 if on else 35,
+                    edgecolors="black" if on else "none",
+                    color="tab:red" if r["verdict"] == "FAIL" else "tab:blue",
+                    alpha=0.9,
+                    label=f"{i}: {r['variant']} / {r['format']}",
+                )
+                ax.annotate(
+                    str(i),
+                    (r["p50_ms"], r["metric"]),
+                    fontsize=7,
+                    xytext=(3, 3 + 7 * (i % 3)),
+                    textcoords="offset points",
+                )
             fp = sorted((p for p in pts if p[2] in front), key=lambda p: p[0])
             ax.plot([p[0] for p in fp], [p[1] for p in fp], "k--", lw=0.8, label="Pareto front")
             ax.set_xscale("log")
             ax.set_xlabel("p50 latency, ms (log)")
             ax.set_ylabel(rs[0].get("metric_name") or "metric")
             ax.set_title(f"{spec}: {rs[0].get('metric_name') or 'metric'} vs latency (red: failing)")
-            ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False,
-                      ncol=1 if len(rs) <= 24 else 2)
+            ax.legend(
+                loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False, ncol=1 if len(rs) <= 24 else 2
+            )
             figs.append(_svg(fig))
         sz = [r for r in rows if r["spec"] == spec and r.get("size_mb") is not None]
         if sz:
             fig, ax = plt.subplots(figsize=(7, 0.28 * len(sz) + 1.2))
             labels = [f"{r['variant']} / {r['format']}" for r in sz]
-            ax.barh(labels, [r["size_mb"] for r in sz], color=["tab:red" if r["verdict"] == "FAIL" else "tab:green" for r in sz])
+            ax.barh(
+                labels,
+                [r["size_mb"] for r in sz],
+                color=["tab:red" if r["verdict"] == "FAIL" else "tab:green" for r in sz],
+            )
             ax.invert_yaxis()
             ax.set_xlabel("artifact size, MB")
             ax.set_title(f"{spec}: size per variant and format")
@@ -123,14 +144,20 @@ def divergence_table(row: dict) -> str:
     """Where a failing variant departs from its baseline, per module (see deploycheck.diverge)."""
     e = html.escape
     d = row["divergence"]
-    how = (f" ({e(d.get('subject', 'the variant'))} vs {e(d.get('reference', 'the baseline'))}, "
-           f"{e(d.get('source', 'in memory'))})")
-    head = (f"<details><summary>{e(row['variant'])} / {e(row['format'])}: first departs at "
-            f"<code>{e(str(d.get('first')))}</code>{how}</summary><div class='wrap'><table><tr><th>module</th>"
-            "<th>max abs diff</th><th>cosine</th><th>share of final error</th></tr>")
-    body = "".join(f"<tr class='{'FAIL' if r['module'] == d.get('first') else ''}'><td class='l'>{e(r['module'])}</td>"
-                   f"<td>{r['max_abs']:.4g}</td><td>{r['cosine']:.5f}</td><td>{r['share']:.1%}</td></tr>"
-                   for r in d["rows"])
+    how = (
+        f" ({e(d.get('subject', 'the variant'))} vs {e(d.get('reference', 'the baseline'))}, "
+        f"{e(d.get('source', 'in memory'))})"
+    )
+    head = (
+        f"<details><summary>{e(row['variant'])} / {e(row['format'])}: first departs at "
+        f"<code>{e(str(d.get('first')))}</code>{how}</summary><div class='wrap'><table><tr><th>module</th>"
+        "<th>max abs diff</th><th>cosine</th><th>share of final error</th></tr>"
+    )
+    body = "".join(
+        f"<tr class='{'FAIL' if r['module'] == d.get('first') else ''}'><td class='l'>{e(r['module'])}</td>"
+        f"<td>{r['max_abs']:.4g}</td><td>{r['cosine']:.5f}</td><td>{r['share']:.1%}</td></tr>"
+        for r in d["rows"]
+    )
     return head + body + "</table></div></details>"
 
 
@@ -141,9 +168,15 @@ def matrix(rows: list[dict], spec: str) -> str:
     fmts = sorted({r["format"] for r in srows})
     variants = list(dict.fromkeys(r["variant"] for r in srows))
     cell = {(r["variant"], r["format"]): r["verdict"] for r in srows}
-    out = [f"<div class='wrap'><table class='matrix'><tr><th>{e(spec)}</th>" + "".join(f"<th>{e(f)}</th>" for f in fmts) + "</tr>"]
+    out = [
+        f"<div class='wrap'><table class='matrix'><tr><th>{e(spec)}</th>"
+        + "".join(f"<th>{e(f)}</th>" for f in fmts)
+        + "</tr>"
+    ]
     for v in variants:
-        tds = "".join(f"<td class='{e(cell.get((v, f), ''))}'>{e(_MARK.get(cell.get((v, f), ''), ''))}</td>" for f in fmts)
+        tds = "".join(
+            f"<td class='{e(cell.get((v, f), ''))}'>{e(_MARK.get(cell.get((v, f), ''), ''))}</td>" for f in fmts
+        )
         out.append(f"<tr><td class='l'>{e(v)}</td>{tds}</tr>")
     out.append("</table></div>")
     return "".join(out)
@@ -152,11 +185,17 @@ def matrix(rows: list[dict], spec: str) -> str:
 def render(rows: list[dict], meta: dict, summary: list[str]) -> str:
     figs = plots(rows)
     e = html.escape
-    parts = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>", "<title>deploycheck report</title>",
-             f"<style>{CSS}</style></head><body>", "<h1>deploycheck report</h1>",
-             f"<p>{e(meta.get('created', ''))} · torch {e((meta.get('libraries') or {}).get('torch', '?'))} · "
-             f"commit <code>{e(((meta.get('git') or {}).get('commit') or 'n/a')[:12])}</code></p>",
-             f"<p class='machine'>{e(machine_line(meta.get('machine') or {}))}</p>", "<ul>"]
+    parts = [
+        "<!DOCTYPE html>",
+        "<html lang='en'><head><meta charset='utf-8'>",
+        "<title>deploycheck report</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>deploycheck report</h1>",
+        f"<p>{e(meta.get('created', ''))} · torch {e((meta.get('libraries') or {}).get('torch', '?'))} · "
+        f"commit <code>{e(((meta.get('git') or {}).get('commit') or 'n/a')[:12])}</code></p>",
+        f"<p class='machine'>{e(machine_line(meta.get('machine') or {}))}</p>",
+        "<ul>",
+    ]
     parts += [f"<li>{e(s)}</li>" for s in summary] + ["</ul>"]
     nl = new_snapshots_line(rows)
     if nl:
@@ -167,14 +206,25 @@ def render(rows: list[dict], meta: dict, summary: list[str]) -> str:
     for spec in sorted({r["spec"] for r in rows}):
         srows = [r for r in rows if r["spec"] == spec]
         cols = columns(srows)
-        parts.append(f"<h2>{e(spec)}</h2><div class='wrap'><table><tr>" + "".join(f"<th>{e(h)}</th>" for _, h in cols[1:])
-                     + "<th>reason</th></tr>")
+        parts.append(
+            f"<h2>{e(spec)}</h2><div class='wrap'><table><tr>"
+            + "".join(f"<th>{e(h)}</th>" for _, h in cols[1:])
+            + "<th>reason</th></tr>"
+        )
         for r in srows:
             cells = row_cells(r, cols)[1:] + [r.get("reason") or ""]
-            parts.append(f"<tr class='{e(r['verdict'])}'>" + "".join(
-                f"<td class='reason'>{e(c)}</td>" if i == len(cells) - 1 else
-                f"<td class='l'>{e(c)}</td>" if i in (0, 1, 2) else f"<td>{e(c)}</td>"
-                for i, c in enumerate(cells)) + "</tr>")
+            parts.append(
+                f"<tr class='{e(r['verdict'])}'>"
+                + "".join(
+                    f"<td class='reason'>{e(c)}</td>"
+                    if i == len(cells) - 1
+                    else f"<td class='l'>{e(c)}</td>"
+                    if i in (0, 1, 2)
+                    else f"<td>{e(c)}</td>"
+                    for i, c in enumerate(cells)
+                )
+                + "</tr>"
+            )
         parts.append("</table></div>")
         for r in srows:
             if r.get("divergence") and r["divergence"].get("rows"):

@@ -16,16 +16,16 @@ class Record:
     variant: str
     format: str | None
     check: str
-    status: str                          # passed | failed | error | unsupported | inconclusive (skipped: noise)
+    status: str  # passed | failed | error | unsupported | inconclusive (skipped: noise)
     recipe: str = ""
     value: Any = None
     threshold: Any = None
     formula: str = ""
     message: str = ""
     details: dict = field(default_factory=dict)
-    stage: str | None = None             # the failed stage, for errors
+    stage: str | None = None  # the failed stage, for errors
     variant_info: dict = field(default_factory=dict)
-    metric: str | None = None            # the spec's metric, and its direction, so reports and
+    metric: str | None = None  # the spec's metric, and its direction, so reports and
     higher_is_better: bool | None = None  # `deploycheck compare` never guess it from a name
 
     @property

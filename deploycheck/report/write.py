@@ -37,11 +37,15 @@ def metadata(records, rootdir: str, exitstatus: int) -> dict:
                 hashes[f] = hashlib.sha256(fh.read()).hexdigest()
         except OSError:
             hashes[f] = None
-    return {"schema_version": SCHEMA_VERSION,
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "exitstatus": exitstatus,
-            "machine": fingerprint(),
-            "libraries": library_versions(), "git": _git(rootdir), "spec_files": hashes}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "exitstatus": exitstatus,
+        "machine": fingerprint(),
+        "libraries": library_versions(),
+        "git": _git(rootdir),
+        "spec_files": hashes,
+    }
 
 
 def atomic_write(path: str, text: str) -> None:

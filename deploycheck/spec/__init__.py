@@ -24,9 +24,17 @@ def duplicate_name(spec, other: str) -> SpecError:
     """Two specs of one session with one name would share report rows, run folders and baselines."""
     named = "name" in spec.lines
     how = f"name {spec.name!r}" if named else f"name {spec.name!r} (no 'name:' given, so the file's stem)"
-    return SpecError(spec.display, [Problem(spec.lines.get("name", 1), "name",
-                                            f"{how} is also the name of {other}: two specs with one name would share "
-                                            "report rows, run folders and a baseline; give each spec its own 'name:'")])
+    return SpecError(
+        spec.display,
+        [
+            Problem(
+                spec.lines.get("name", 1),
+                "name",
+                f"{how} is also the name of {other}: two specs with one name would share "
+                "report rows, run folders and a baseline; give each spec its own 'name:'",
+            )
+        ],
+    )
 
 
 def parse(text: str, *, filename: str) -> Spec:
@@ -47,7 +55,11 @@ def _parse_spec(raw: Any, filename: str, ctx: Ctx) -> Spec:
         ctx.error(getattr(raw, "line", 1), "", "a spec is a mapping at the top level")
         raise Invalid
     if "deploycheck" in raw and raw["deploycheck"] != 1:
-        ctx.error(raw.line_of("deploycheck"), "deploycheck", f"unsupported spec version {raw['deploycheck']!r}; this deploycheck reads version 1")
+        ctx.error(
+            raw.line_of("deploycheck"),
+            "deploycheck",
+            f"unsupported spec version {raw['deploycheck']!r}; this deploycheck reads version 1",
+        )
     kwargs: dict[str, Any] = {}
     bad = False
     try:
@@ -75,25 +87,38 @@ def _parse_spec(raw: Any, filename: str, ctx: Ctx) -> Spec:
         if model is not None and model.factory is None and model.hf is None:
             base = variants.get("baseline")
             if base is None or base.artifact is None:
-                ctx.error(raw.line_of("model"), "model.factory",
-                          "give exactly one of 'factory' (a python callable) or 'hf' (a Hugging Face folder); "
-                          "only a spec whose baseline is an artifact may have neither")
+                ctx.error(
+                    raw.line_of("model"),
+                    "model.factory",
+                    "give exactly one of 'factory' (a python callable) or 'hf' (a Hugging Face folder); "
+                    "only a spec whose baseline is an artifact may have neither",
+                )
                 bad = True
             for vname, v in variants.items():
                 if v.artifact is None and vname != "baseline" and not (v.model and v.model.factory):
-                    ctx.error(v.line, f"variants.{vname}", "needs a model to build from: model.factory (the baseline is "
-                                                            "an artifact and the spec has no factory)")
+                    ctx.error(
+                        v.line,
+                        f"variants.{vname}",
+                        "needs a model to build from: model.factory (the baseline is "
+                        "an artifact and the spec has no factory)",
+                    )
                     bad = True
     gen, model = kwargs.get("generation"), kwargs.get("model")
     if gen is not None and (model is None or model.hf is None or model.hf.task != "causal-lm"):
-        ctx.error(raw.line_of("generation"), "generation",
-                  "greedy generation needs a causal language model: model.hf with task: causal-lm")
+        ctx.error(
+            raw.line_of("generation"),
+            "generation",
+            "greedy generation needs a causal language model: model.hf with task: causal-lm",
+        )
         bad = True
     if bad or variants is None:
         raise Invalid
     if not formats and not any(v.formats for v in variants.values()):
-        ctx.error(raw.line_of("formats") if "formats" in raw else raw.line, "formats",
-                  "no formats declared: list at least one (e.g. [export, torchscript])")
+        ctx.error(
+            raw.line_of("formats") if "formats" in raw else raw.line,
+            "formats",
+            "no formats declared: list at least one (e.g. [export, torchscript])",
+        )
         raise Invalid
     lines = {k: raw.line_of(k) for k in raw}
     lines.update({f"variants.{k}": v.line for k, v in variants.items()})
@@ -126,8 +151,9 @@ def _parse_variants(raw: Any, line: int, thresholds: Thresholds, formats: tuple,
             bad = True
             continue
         try:
-            out[str(vname)] = VariantSpec.parse(vraw, path=path, line=vline, ctx=ctx, name=str(vname),
-                                                thresholds=thresholds, formats=formats)
+            out[str(vname)] = VariantSpec.parse(
+                vraw, path=path, line=vline, ctx=ctx, name=str(vname), thresholds=thresholds, formats=formats
+            )
         except Invalid:
             bad = True
     if bad:
@@ -152,16 +178,22 @@ def _resolve_artifacts(variants: dict, raw_variants: Any, filename: str, ctx: Ct
             found = sniff(os.path.join(base, src.path))
             fname = found if found in FORMATS else next(iter(formats_by_name(src.path)), None)
             if fname is None:
-                ctx.error(line, f"variants.{name}.artifact.format",
-                          f"cannot tell the format of {src.path!r} from its bytes or its name; give artifact.format "
-                          f"(one of {', '.join(FORMATS.names())})")
+                ctx.error(
+                    line,
+                    f"variants.{name}.artifact.format",
+                    f"cannot tell the format of {src.path!r} from its bytes or its name; give artifact.format "
+                    f"(one of {', '.join(FORMATS.names())})",
+                )
                 continue
         fmt = FORMATS.get(fname)
         try:
             kw = build_fields(fmt.Options, src.options, path=f"variants.{name}.artifact.options", line=line, ctx=ctx)
-            opts = finish(fmt.Options, kw, path=f"variants.{name}.artifact.options", line=line, ctx=ctx, raw=src.options)
+            opts = finish(
+                fmt.Options, kw, path=f"variants.{name}.artifact.options", line=line, ctx=ctx, raw=src.options
+            )
         except Invalid:
             continue
-        out[name] = dataclasses.replace(v, formats=(FormatSpec(fname, opts, line),),
-                                        artifact=dataclasses.replace(src, format=fname))
+        out[name] = dataclasses.replace(
+            v, formats=(FormatSpec(fname, opts, line),), artifact=dataclasses.replace(src, format=fname)
+        )
     return out

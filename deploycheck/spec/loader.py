@@ -70,10 +70,19 @@ def read_spec(path: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
+        line = data[: e.start].count(b"\n") + 1
         col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise SpecError(path, [Problem(line, "", f"the file is not UTF-8: byte 0x{data[e.start]:02x} at column {col} "
-                                                 "cannot be decoded; save the spec as UTF-8")]) from None
+        raise SpecError(
+            path,
+            [
+                Problem(
+                    line,
+                    "",
+                    f"the file is not UTF-8: byte 0x{data[e.start]:02x} at column {col} "
+                    "cannot be decoded; save the spec as UTF-8",
+                )
+            ],
+        ) from None
 
 
 #: libyaml's parser when present (several times faster; collection of many specs stays cheap).
@@ -84,9 +93,10 @@ def load(text: str, filename: str) -> Any:
     try:
         loader = _Loader(text)
     except yaml.reader.ReaderError as e:
-        line = text[:e.position].count("\n") + 1
-        raise SpecError(filename, [Problem(line, "", f"YAML error: character #x{e.character:04x} is not allowed "
-                                                     "in YAML")]) from None
+        line = text[: e.position].count("\n") + 1
+        raise SpecError(
+            filename, [Problem(line, "", f"YAML error: character #x{e.character:04x} is not allowed in YAML")]
+        ) from None
     problems: list[Problem] = []
     try:
         node = loader.get_single_node()
@@ -100,9 +110,10 @@ def load(text: str, filename: str) -> Any:
         msg = " ".join(x for x in (e.context, e.problem) if x)
         raise SpecError(filename, [Problem(line, "", f"YAML syntax error: {msg}")]) from None
     except yaml.reader.ReaderError as e:
-        line = text[:e.position].count("\n") + 1
-        raise SpecError(filename, [Problem(line, "", f"YAML error: character #x{e.character:04x} is not allowed "
-                                                     "in YAML")]) from None
+        line = text[: e.position].count("\n") + 1
+        raise SpecError(
+            filename, [Problem(line, "", f"YAML error: character #x{e.character:04x} is not allowed in YAML")]
+        ) from None
     except yaml.YAMLError as e:
         raise SpecError(filename, [Problem(1, "", f"YAML error: {e}")]) from None
     finally:
@@ -133,8 +144,14 @@ def _check_aliases(root: yaml.Node, filename: str) -> None:
             continue
         if not done:
             if id(node) in seen:  # a second visit before the first finished: a recursive alias
-                raise SpecError(filename, [Problem(node.start_mark.line + 1, "",
-                                                   "YAML error: a recursive alias (an anchor used inside itself)")])
+                raise SpecError(
+                    filename,
+                    [
+                        Problem(
+                            node.start_mark.line + 1, "", "YAML error: a recursive alias (an anchor used inside itself)"
+                        )
+                    ],
+                )
             seen.add(id(node))
             stack.append((node, True))
             for child in _children(node):
@@ -146,13 +163,33 @@ def _check_aliases(root: yaml.Node, filename: str) -> None:
             continue
         size[id(node)] = 1 + sum(size[id(c)] for c in _children(node))
         if aliases > MAX_ALIASES:
-            raise SpecError(filename, [Problem(first_alias_line, "", (
-                f"YAML error: {aliases} alias uses (at most {MAX_ALIASES}); a spec never needs this "
-                "(an alias bomb?); write the values out or use fewer anchors"))])
+            raise SpecError(
+                filename,
+                [
+                    Problem(
+                        first_alias_line,
+                        "",
+                        (
+                            f"YAML error: {aliases} alias uses (at most {MAX_ALIASES}); a spec never needs this "
+                            "(an alias bomb?); write the values out or use fewer anchors"
+                        ),
+                    )
+                ],
+            )
         if size[id(node)] > MAX_VALUES:
-            raise SpecError(filename, [Problem(node.start_mark.line + 1, "", (
-                f"YAML error: the aliases here expand to more than {MAX_VALUES} values; a spec never needs "
-                "this (an alias bomb?); write the values out or use fewer anchors"))])
+            raise SpecError(
+                filename,
+                [
+                    Problem(
+                        node.start_mark.line + 1,
+                        "",
+                        (
+                            f"YAML error: the aliases here expand to more than {MAX_VALUES} values; a spec never needs "
+                            "this (an alias bomb?); write the values out or use fewer anchors"
+                        ),
+                    )
+                ],
+            )
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

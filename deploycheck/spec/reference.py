@@ -73,8 +73,11 @@ def table(cls: type, skip: tuple[str, ...] = ()) -> str:
         if not f.init or f.name in skip or not f.metadata.get("doc"):
             continue
         tp = describe(hints[f.name]).replace("|", "\\|")
-        bounds = ", ".join(f"{w} {f.metadata[k]}" for k, w in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<"))
-                          if f.metadata.get(k) is not None)
+        bounds = ", ".join(
+            f"{w} {f.metadata[k]}"
+            for k, w in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<"))
+            if f.metadata.get(k) is not None
+        )
         if bounds:
             tp += f" ({bounds})"
         doc = f.metadata["doc"].replace("|", "\\|")
@@ -116,11 +119,20 @@ def render() -> str:
     sec("`data`", table(DataSpec))
     sec("`data.split`", table(SplitSpec))
     sources = ["| source | what it reads |", "| --- | --- |"] + [
-        f"| `{SOURCES.get(k).form}` | {SOURCES.get(k).doc} |" for k in SOURCES.in_order()]
+        f"| `{SOURCES.get(k).form}` | {SOURCES.get(k).doc} |" for k in SOURCES.in_order()
+    ]
     sec("`data.source` schemes", "\n".join(sources))
-    steps = ["| step | argument |", "| --- | --- |"] + [f"| `{k}` | {PREPROCESS.get(k).doc} |" for k in PREPROCESS.in_order()]
-    sec("`data.preprocess` steps (each a one-key mapping, applied in order)", "\n".join(steps) + "\n\n`normalize` takes:\n\n" + table(Normalize)
-        + "\n\n`tokenize` takes:\n\n" + table(Tokenize))
+    steps = ["| step | argument |", "| --- | --- |"] + [
+        f"| `{k}` | {PREPROCESS.get(k).doc} |" for k in PREPROCESS.in_order()
+    ]
+    sec(
+        "`data.preprocess` steps (each a one-key mapping, applied in order)",
+        "\n".join(steps)
+        + "\n\n`normalize` takes:\n\n"
+        + table(Normalize)
+        + "\n\n`tokenize` takes:\n\n"
+        + table(Tokenize),
+    )
     sec("`metric` (a name, or a mapping)", table(MetricSpec))
     for name in FORMATS.names():
         fmt = FORMATS.get(name)
@@ -132,21 +144,33 @@ def render() -> str:
         body = (cls.__doc__ or "").strip() + "\n\n" + table(cls)
         options = getattr(cls, "OPTIONS", None)
         if options:
-            body += (f"\n\nEach `{cls.OPTIONS_BY}` takes only its own options; any other is a spec error.\n\n"
-                     f"| `{cls.OPTIONS_BY}` | options it takes |\n| --- | --- |\n"
-                     + "\n".join(f"| `{m}` | {', '.join(f'`{o}`' for o in opts) or '-'} |" for m, opts in options.items()))
+            body += (
+                f"\n\nEach `{cls.OPTIONS_BY}` takes only its own options; any other is a spec error.\n\n"
+                f"| `{cls.OPTIONS_BY}` | options it takes |\n| --- | --- |\n"
+                + "\n".join(f"| `{m}` | {', '.join(f'`{o}`' for o in opts) or '-'} |" for m, opts in options.items())
+            )
         sec(f"`variants.<name>.{name}` (recipe)", body)
     sec("`variants.<name>.prune.finetune`", table(FineTune))
-    sec("`variants.<name>.artifact` (a file made elsewhere)", (ArtifactSource.__doc__ or "").strip() + "\n\n"
-        + table(ArtifactSource))
-    sec("`variants.<name>.model` (the variant's own model)", (ModelOverride.__doc__ or "").strip() + "\n\n"
-        + table(ModelOverride))
+    sec(
+        "`variants.<name>.artifact` (a file made elsewhere)",
+        (ArtifactSource.__doc__ or "").strip() + "\n\n" + table(ArtifactSource),
+    )
+    sec(
+        "`variants.<name>.model` (the variant's own model)",
+        (ModelOverride.__doc__ or "").strip() + "\n\n" + table(ModelOverride),
+    )
     sec("`thresholds` (and `variants.<name>.thresholds`, which override key by key)", table(Thresholds))
-    for title, cls in (("metric", MetricThreshold), ("outputs", OutputThreshold), ("fidelity", FidelityThreshold),
-                       ("latency", LatencyThreshold),
-                       ("size", SizeThreshold), ("batch_invariance", BatchInvariance),
-                       ("perplexity", PerplexityThreshold), ("next_token", NextTokenThreshold),
-                       ("generation", GenerationThreshold)):
+    for title, cls in (
+        ("metric", MetricThreshold),
+        ("outputs", OutputThreshold),
+        ("fidelity", FidelityThreshold),
+        ("latency", LatencyThreshold),
+        ("size", SizeThreshold),
+        ("batch_invariance", BatchInvariance),
+        ("perplexity", PerplexityThreshold),
+        ("next_token", NextTokenThreshold),
+        ("generation", GenerationThreshold),
+    ):
         sec(f"`thresholds.{title}`", (cls.__doc__ or "").strip() + "\n\n" + table(cls))
         if cls is LatencyThreshold:
             sec("`thresholds.latency.machines`", (MachineScope.__doc__ or "").strip() + "\n\n" + table(MachineScope))

@@ -206,8 +206,12 @@ def _check_bounds(f: dataclasses.Field, value: Any, *, path: str, line: int, ctx
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return True
     m = f.metadata
-    for key, ok, word in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
-                          ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")):
+    for key, ok, word in (
+        ("ge", lambda v, b: v >= b, ">="),
+        ("gt", lambda v, b: v > b, ">"),
+        ("le", lambda v, b: v <= b, "<="),
+        ("lt", lambda v, b: v < b, "<"),
+    ):
         bound = m.get(key)
         if bound is not None and not ok(value, bound):
             ctx.error(line, path, f"must be {word} {bound}, got {value!r}")
@@ -215,8 +219,9 @@ def _check_bounds(f: dataclasses.Field, value: Any, *, path: str, line: int, ctx
     return True
 
 
-def build_fields(cls: type, value: Any, *, path: str, line: int, ctx: Ctx,
-                 partial: bool = False, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+def build_fields(
+    cls: type, value: Any, *, path: str, line: int, ctx: Ctx, partial: bool = False, skip: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Validate a mapping against ``cls``'s fields; returns the kwargs (only given ones if partial)."""
     if not isinstance(value, dict):
         ctx.error(line, path, f"expected a mapping, got {_kind(value)}")
@@ -273,8 +278,11 @@ def finish(cls: type[Any], kwargs: dict[str, Any], *, path: str, line: int, ctx:
             if name != key and name not in allowed:
                 takes = ", ".join(allowed) if allowed else "no other options"
                 fl = raw.line_of(name) if isinstance(raw, LMap) else line
-                ctx.error(fl, f"{path}.{name}" if path else name,
-                          f"does not apply to {key} {getattr(obj, key)!r}; it takes: {takes}")
+                ctx.error(
+                    fl,
+                    f"{path}.{name}" if path else name,
+                    f"does not apply to {key} {getattr(obj, key)!r}; it takes: {takes}",
+                )
         if any(n != key and n not in allowed for n in raw):
             raise Invalid
     if check is not None:
@@ -288,6 +296,7 @@ def finish(cls: type[Any], kwargs: dict[str, Any], *, path: str, line: int, ctx:
 
 
 # --- JSON Schema ------------------------------------------------------------------------------
+
 
 def json_schema(tp: Any) -> dict[str, Any]:
     """The JSON Schema of a type; dataclasses may refine theirs with ``json_schema_hook``."""
@@ -310,8 +319,7 @@ def json_schema(tp: Any) -> dict[str, Any]:
         return {"type": "object", "additionalProperties": json_schema(get_args(tp)[1])}
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return dataclass_schema(tp)
-    return {int: {"type": "integer"}, float: {"type": "number"}, str: {"type": "string"},
-            bool: {"type": "boolean"}}[tp]
+    return {int: {"type": "integer"}, float: {"type": "number"}, str: {"type": "string"}, bool: {"type": "boolean"}}[tp]
 
 
 def dataclass_schema(cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -39,25 +39,45 @@ class Built:
     params: int | None
     nonzero: int | None
     state_bytes: int | None
-    outputs: Any               # in-memory outputs on the evaluation batches, by name, concatenated
+    outputs: Any  # in-memory outputs on the evaluation batches, by name, concatenated
     metric: float
     recipe: str
-    requires: tuple = ()       # libraries a loader must import first (they register the artifact's ops)
+    requires: tuple = ()  # libraries a loader must import first (they register the artifact's ops)
     settings: dict = field(default_factory=dict)  # torch settings a loader must apply (quantized engine)
-    key: str = ""              # content hash (see cache.build_key)
+    key: str = ""  # content hash (see cache.build_key)
 
     def meta(self) -> dict:
         """What the cache stores next to the model and its outputs."""
-        return {"arch": self.arch, "steps": [dataclasses.asdict(r) for r in self.steps], "build_s": self.build_s,
-                "params": self.params, "nonzero": self.nonzero, "state_bytes": self.state_bytes,
-                "metric": self.metric, "recipe": self.recipe, "requires": list(self.requires),
-                "settings": self.settings}
+        return {
+            "arch": self.arch,
+            "steps": [dataclasses.asdict(r) for r in self.steps],
+            "build_s": self.build_s,
+            "params": self.params,
+            "nonzero": self.nonzero,
+            "state_bytes": self.state_bytes,
+            "metric": self.metric,
+            "recipe": self.recipe,
+            "requires": list(self.requires),
+            "settings": self.settings,
+        }
 
     @classmethod
     def from_meta(cls, meta: dict, model: Any, outputs: Any, key: str) -> Self:
-        return cls(model, meta["arch"], [StepRecord(**r) for r in meta["steps"]], meta["build_s"], meta["params"],
-                   meta["nonzero"], meta["state_bytes"], outputs, meta["metric"], meta["recipe"],
-                   tuple(meta["requires"]), meta.get("settings", {}), key)
+        return cls(
+            model,
+            meta["arch"],
+            [StepRecord(**r) for r in meta["steps"]],
+            meta["build_s"],
+            meta["params"],
+            meta["nonzero"],
+            meta["state_bytes"],
+            outputs,
+            meta["metric"],
+            meta["recipe"],
+            tuple(meta["requires"]),
+            meta.get("settings", {}),
+            key,
+        )
 
 
 class LazyBuilt(Built):
@@ -123,6 +143,7 @@ def spec_modules(spec) -> list[str]:
 
 def _canon(x) -> str:
     import json
+
     return json.dumps(x, sort_keys=True, default=str)
 
 
@@ -156,12 +177,14 @@ def _prerequisites(runner, t) -> None:
 def _contained_fresh(runner, t) -> Built:
     """:func:`_fresh` in the build's own process (see :meth:`Runner.contained`)."""
     _prerequisites(runner, t)
-    return runner.contained(lambda: _fresh(runner, t), spec=t.spec, variant=t.vname, where=t.where,
-                            what=f"building variant {t.vname!r}")
+    return runner.contained(
+        lambda: _fresh(runner, t), spec=t.spec, variant=t.vname, where=t.where, what=f"building variant {t.vname!r}"
+    )
 
 
 def _fresh(runner, t) -> Built:
     import torch
+
     spec, v = t.spec, t.variant
     base = runner.baseline_model(spec) if (spec.model.factory or spec.model.hf) else None
     data = runner.data(spec)
@@ -174,9 +197,15 @@ def _fresh(runner, t) -> Built:
     records, requires, settings = [], [], {}
     for i, step in enumerate(v.steps):
         name = type(step).recipe_name
-        ctx = RecipeContext(spec=spec, data=data, baseline=base, search=search_dirs(spec),
-                            log=functools.partial(_step_log, runner.log, f"{t.id} {name}"), where=t.where,
-                            example=runner.example(spec))
+        ctx = RecipeContext(
+            spec=spec,
+            data=data,
+            baseline=base,
+            search=search_dirs(spec),
+            log=functools.partial(_step_log, runner.log, f"{t.id} {name}"),
+            where=t.where,
+            example=runner.example(spec),
+        )
         ts = time.perf_counter()
         torch.manual_seed(0)
         try:
@@ -184,28 +213,36 @@ def _fresh(runner, t) -> Built:
         except StageError:
             raise
         except Exception as e:
-            raise StageError("build", f"recipe step {i + 1} ({step.short()}) failed: {describe_exc(e)}",
-                             spec=spec.name, variant=t.vname, where=t.where) from e
+            raise StageError(
+                "build",
+                f"recipe step {i + 1} ({step.short()}) failed: {describe_exc(e)}",
+                spec=spec.name,
+                variant=t.vname,
+                where=t.where,
+            ) from e
         model = out.model
         if out.arch is not None:
             arch = out.arch
         requires += [r for r in out.requires if r not in requires]
         settings.update(out.settings)
         p, nz = count_params(model)
-        records.append(StepRecord(step.short(), out.summary, time.perf_counter() - ts, p, nz, state_bytes(model),
-                                  out.details))
+        records.append(
+            StepRecord(step.short(), out.summary, time.perf_counter() - ts, p, nz, state_bytes(model), out.details)
+        )
     _eval_mode(model)
     build_s = time.perf_counter() - t0
     outputs = run_in_memory(runner, t, model)
     value = runner.score(t, outputs, what="in-memory")
     p, nz = count_params(model)
-    return Built(model, arch, records, build_s, p, nz, state_bytes(model), outputs, value, v.recipe, tuple(requires),
-                 settings)
+    return Built(
+        model, arch, records, build_s, p, nz, state_bytes(model), outputs, value, v.recipe, tuple(requires), settings
+    )
 
 
 def run_in_memory(runner, t, model):
     """The model's named outputs on the evaluation batches, concatenated (float32)."""
     import torch
+
     outs = []
     b = None
     try:
@@ -214,18 +251,28 @@ def run_in_memory(runner, t, model):
                 try:
                     named = run_batch(model, b, in_memory=True)
                 except OutputError as e:
-                    raise StageError("run", f"the in-memory model's outputs cannot be checked: {e}",
-                                     spec=t.spec.name, variant=t.vname, where=t.spec.at(t.variant.line)) from e
+                    raise StageError(
+                        "run",
+                        f"the in-memory model's outputs cannot be checked: {e}",
+                        spec=t.spec.name,
+                        variant=t.vname,
+                        where=t.spec.at(t.variant.line),
+                    ) from e
                 except BatchDimError as e:
-                    raise StageError("run", str(e), spec=t.spec.name, variant=t.vname,
-                                     where=t.spec.at(t.variant.line)) from e
+                    raise StageError(
+                        "run", str(e), spec=t.spec.name, variant=t.vname, where=t.spec.at(t.variant.line)
+                    ) from e
                 outs.append({k: o.detach().float() for k, o in named.items()})
     except StageError:
         raise
     except Exception as e:
-        raise StageError("run", f"the in-memory model failed on an evaluation batch of {describe_batch(b)}: "
-                         f"{describe_exc(e)}", spec=t.spec.name, variant=t.vname,
-                         where=t.spec.at(t.variant.line)) from e
+        raise StageError(
+            "run",
+            f"the in-memory model failed on an evaluation batch of {describe_batch(b)}: {describe_exc(e)}",
+            spec=t.spec.name,
+            variant=t.vname,
+            where=t.spec.at(t.variant.line),
+        ) from e
     return concat(outs)
 
 

@@ -23,7 +23,7 @@ class Reload:
     metric: float | None
     seconds: float
     extra_outputs: Any = None  # outputs on the semantic triplets' texts, when the spec has them
-    key: str = ""              # the result's cache key (a failed timing verdict drops the entry)
+    key: str = ""  # the result's cache key (a failed timing verdict drops the entry)
     dynamic_outputs: Any = None  # per dynamic-size batch: its named outputs ({} where it failed)
 
 
@@ -38,9 +38,17 @@ def latency_plan(runner, t) -> LatencyPlan:
         th = t.variant.thresholds.latency
         limits = [x for x in (th.max_ratio, 1 / th.min_speedup if th.min_speedup else None) if x]
         limit = min(limits) if limits else None
-    return LatencyPlan(example=runner.inputs_files(t.spec)["example"], warmup=lat.warmup, min_rounds=lat.min_rounds,
-                       max_time_s=lat.max_time_s, round_ms=lat.round_ms, confidence=lat.confidence,
-                       batch_sizes=tuple(lat.batch_sizes), baseline=base, ratio_limit=limit)
+    return LatencyPlan(
+        example=runner.inputs_files(t.spec)["example"],
+        warmup=lat.warmup,
+        min_rounds=lat.min_rounds,
+        max_time_s=lat.max_time_s,
+        round_ms=lat.round_ms,
+        confidence=lat.confidence,
+        batch_sizes=tuple(lat.batch_sizes),
+        baseline=base,
+        ratio_limit=limit,
+    )
 
 
 def generate_plan(runner, t) -> GeneratePlan | None:
@@ -49,21 +57,32 @@ def generate_plan(runner, t) -> GeneratePlan | None:
     if g is None:
         return None
     import json
+
     with open(os.path.join(runner.tokenizer_dir(t.spec), "config.json"), encoding="utf-8") as fh:
         eos = json.load(fh).get("eos_token_id")  # a number from the spec's own model folder
-    return GeneratePlan(prompts=runner.inputs_files(t.spec)["prompts"], new_tokens=g.new_tokens,
-                        eos_id=eos if isinstance(eos, int) else None)
+    return GeneratePlan(
+        prompts=runner.inputs_files(t.spec)["prompts"],
+        new_tokens=g.new_tokens,
+        eos_id=eos if isinstance(eos, int) else None,
+    )
 
 
 def reload(runner, t) -> Reload:
     art = runner.artifact(t)
     files = runner.inputs_files(t.spec)
-    req = load_request(art.ref(), workdir=runner.variant_dir(t), stem=t.fmt, inputs=files["eval"],
-                       threads=t.spec.latency.threads, latency=latency_plan(runner, t),
-                       extra_inputs=files.get("semantic"), dynamic_inputs=files.get("dynamic"),
-                       memory_mb=t.spec.isolation.memory_mb,
-                       python_path=search_dirs(t.spec) if FORMATS.get(t.fmt)().needs_code(t.fspec.options) else (),
-                       generate=generate_plan(runner, t))
+    req = load_request(
+        art.ref(),
+        workdir=runner.variant_dir(t),
+        stem=t.fmt,
+        inputs=files["eval"],
+        threads=t.spec.latency.threads,
+        latency=latency_plan(runner, t),
+        extra_inputs=files.get("semantic"),
+        dynamic_inputs=files.get("dynamic"),
+        memory_mb=t.spec.isolation.memory_mb,
+        python_path=search_dirs(t.spec) if FORMATS.get(t.fmt)().needs_code(t.fspec.options) else (),
+        generate=generate_plan(runner, t),
+    )
     for stale in (req.result, req.outputs + ".extra.pt", req.outputs + ".dynamic.pt"):
         if os.path.exists(stale):
             os.unlink(stale)
@@ -75,8 +94,12 @@ def reload(runner, t) -> Reload:
         return _finish(runner, t, res, req.outputs, 0.0, rkey)
     out = runner.pool.run(req, timeout_s=t.spec.isolation.timeout_s)
     if out.result is None:
-        raise StageError("load", f"{out.death()} while loading and running {os.path.basename(art.path)}",
-                         detail=_tail("process output", out.log_tail), **t.ident())
+        raise StageError(
+            "load",
+            f"{out.death()} while loading and running {os.path.basename(art.path)}",
+            detail=_tail("process output", out.log_tail),
+            **t.ident(),
+        )
     r = out.result
     if not r.ok:
         stage = "load" if r.stage == "load" else "run"
@@ -89,6 +112,7 @@ def reload(runner, t) -> Reload:
 
 def _finish(runner, t, r: WorkerResult, outputs_path: str, seconds: float, key: str) -> Reload:
     import torch
+
     outputs = as_named(torch.load(outputs_path, weights_only=True))
     ref = None
     if not t.made_elsewhere:

@@ -35,7 +35,7 @@ class Artifact:
     sha256: str
     format: str = ""
     options: dict = dataclasses.field(default_factory=dict)
-    code: dict | None = None   # the spec's factory and kwargs (a state dict is rebuilt with them)
+    code: dict | None = None  # the spec's factory and kwargs (a state dict is rebuilt with them)
 
     def ref(self) -> ArtifactRef:
         """What a worker process needs to load it."""
@@ -76,12 +76,33 @@ def save(runner, t) -> Artifact:
     try:
         os.replace(tmp, path)
         sig = t.spec.model.inputs
-        signature = {"inputs": {n: {"shape": list(i.shape), "dtype": i.dtype,
-                                    "dynamic": {str(d.dim): d.name for d in i.dynamic_dims}}
-                                for n, i in sig.items}} if sig.named or sig.first.dynamic else {}
-        man = write_manifest(path, fmt=t.fmt, input_shape=sig.shape, input_dtype=sig.dtype,
-                             extra={**(extra or {}), **signature, "requires": list(b.requires),
-                                    "torch_settings": b.settings, **({"tokenizer": tok} if tok else {})})
+        signature = (
+            {
+                "inputs": {
+                    n: {
+                        "shape": list(i.shape),
+                        "dtype": i.dtype,
+                        "dynamic": {str(d.dim): d.name for d in i.dynamic_dims},
+                    }
+                    for n, i in sig.items
+                }
+            }
+            if sig.named or sig.first.dynamic
+            else {}
+        )
+        man = write_manifest(
+            path,
+            fmt=t.fmt,
+            input_shape=sig.shape,
+            input_dtype=sig.dtype,
+            extra={
+                **(extra or {}),
+                **signature,
+                "requires": list(b.requires),
+                "torch_settings": b.settings,
+                **({"tokenizer": tok} if tok else {}),
+            },
+        )
     except OSError as e:
         if no_space(e):
             raise StageError("save", no_space_message(os.path.dirname(path)), **t.ident()) from e
@@ -93,6 +114,7 @@ def save(runner, t) -> Artifact:
 
 def free_bytes(folder: str) -> int:
     import shutil
+
     try:
         return shutil.disk_usage(folder).free
     except OSError:
@@ -102,18 +124,21 @@ def free_bytes(folder: str) -> int:
 def no_space(e: BaseException) -> bool:
     """A write failed on a full disk (torch's writers say 'file write failed' with no errno)."""
     import errno
+
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     return "No space left on device" in str(e) or "file write failed" in str(e)
 
 
 def no_space_message(folder: str) -> str:
-    return (f"no space left on device in {folder}: free space there, or move the run folder with "
-            "--deploycheck-run-dir DIR")
+    return (
+        f"no space left on device in {folder}: free space there, or move the run folder with --deploycheck-run-dir DIR"
+    )
 
 
 def _remove_partial(tmp: str) -> None:
     import shutil
+
     if os.path.isdir(tmp):
         shutil.rmtree(tmp, ignore_errors=True)
     elif os.path.exists(tmp):
@@ -129,6 +154,7 @@ def _ship_tokenizer(runner, t, folder: str) -> dict[str, str]:
     import shutil
 
     from ..hf import tokenizer_files
+
     src = runner.tokenizer_dir(t.spec)
     files = tokenizer_files(src)
     dest = os.path.join(folder, "tokenizer")
@@ -156,5 +182,12 @@ def _made_elsewhere(t) -> Artifact:
     if src.sha256:
         man["sha256"] = src.sha256  # a pinned checksum: a changed file fails load as corrupted
         man["pinned_by"] = "artifact.sha256 in the spec"
-    return Artifact(path, man, os.path.getsize(path) if exists else 0, actual, fspec.name,
-                    dataclasses.asdict(fspec.options), code=code)
+    return Artifact(
+        path,
+        man,
+        os.path.getsize(path) if exists else 0,
+        actual,
+        fspec.name,
+        dataclasses.asdict(fspec.options),
+        code=code,
+    )

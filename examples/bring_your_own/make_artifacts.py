@@ -27,6 +27,7 @@ def main() -> None:
     from safetensors.torch import load_file
 
     from examples.digits import MLP
+
     model = MLP(hidden=128)
     model.load_state_dict(load_file(os.path.join(ROOT, "specs", "models", "digits_mlp.safetensors")))
     model.eval()
@@ -38,7 +39,9 @@ def main() -> None:
         prog = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=({0: batch},), external_data=False)
     prog.save(os.path.join(args.out, "model.onnx"))
     for name in ("model.ts", "model.onnx"):
-        print(f"wrote {os.path.relpath(os.path.join(args.out, name))} ({os.path.getsize(os.path.join(args.out, name))} bytes)")
+        print(
+            f"wrote {os.path.relpath(os.path.join(args.out, name))} ({os.path.getsize(os.path.join(args.out, name))} bytes)"
+        )
 
 
 if __name__ == "__main__":
