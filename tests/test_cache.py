@@ -180,7 +180,7 @@ def _artifact_entry(tmp_path, payload: bytes):
 
     src = tmp_path / f"model-{hashlib.sha256(payload).hexdigest()[:8]}.bin"
     src.write_bytes(payload)
-    return str(src), {"sha256": hashlib.sha256(payload).hexdigest(), "format": "torchscript"}
+    return str(src), {"sha256": hashlib.sha256(payload).hexdigest(), "format": "torchscript", "size": len(payload)}
 
 
 def test_a_second_publisher_of_one_entry_leaves_the_first_whole_and_no_staging_behind(tmp_path):
@@ -199,11 +199,12 @@ def test_a_second_publisher_of_one_entry_leaves_the_first_whole_and_no_staging_b
 
 
 PUBLISHER = """
+import json
 import sys
 from deploycheck.cache import Cache
 cache = Cache(sys.argv[1])
 for _ in range(int(sys.argv[4])):
-    cache.put_artifact(sys.argv[2], sys.argv[3], {"sha256": sys.argv[5], "format": "torchscript"})
+    cache.put_artifact(sys.argv[2], sys.argv[3], json.loads(sys.argv[5]))
 """
 
 
@@ -219,7 +220,7 @@ def test_concurrent_publishers_in_two_processes_never_expose_a_partial_entry(tmp
     path, man = _artifact_entry(tmp_path, payload)
     root, key = str(tmp_path / "c"), "cd" * 32
     procs = [
-        subprocess.Popen([sys.executable, "-c", PUBLISHER, root, key, path, "40", man["sha256"]]) for _ in range(2)
+        subprocess.Popen([sys.executable, "-c", PUBLISHER, root, key, path, "40", json.dumps(man)]) for _ in range(2)
     ]
     reader = Cache(root)
     while any(p.poll() is None for p in procs):

@@ -68,7 +68,10 @@ def test_a_custom_recipe_that_cannot_be_imported(project):
     res = project.run("-k", "bad and load")
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(
-        ["*recipe step 1 (custom:nope) failed: RuntimeError: cannot import tinymodels:nope: AttributeError*"]
+        [
+            "*recipe step 1 (custom:nope) failed: RuntimeError: cannot import tinymodels:nope: UnresolvedName: "
+            "cannot import 'tinymodels:nope': tinymodels (*tinymodels.py) has no attribute 'nope'"
+        ]
     )
 
 
