@@ -10,6 +10,7 @@ each of its items at run time with the same message."""
 from __future__ import annotations
 
 import os
+import sys
 
 from .errors import Problem
 from .models import describe_exc, import_callable, search_dirs
@@ -17,7 +18,24 @@ from .registry import did_you_mean
 
 
 def name_problems(spec) -> list[Problem]:
-    """Every import path and file of ``spec`` that does not resolve, at its spec line."""
+    """Every import path and file of ``spec`` that does not resolve, at its spec line. The spec's
+    own modules imported to check it are forgotten afterwards: a later spec (or a later check in
+    the same process) with a module of the same name in another folder must import its own."""
+    before, path_before = set(sys.modules), list(sys.path)
+    try:
+        return _name_problems(spec)
+    finally:
+        sys.path[:] = path_before
+        roots = [os.path.abspath(d) + os.sep for d in search_dirs(spec)]
+        for name in set(sys.modules) - before:
+            if name == "deploycheck" or name.startswith("deploycheck."):
+                continue  # (an editable install sits in the project the spec's python_path names)
+            path = getattr(sys.modules.get(name), "__file__", None) or ""
+            if any(os.path.abspath(path).startswith(r) for r in roots):
+                sys.modules.pop(name, None)
+
+
+def _name_problems(spec) -> list[Problem]:
     search = search_dirs(spec)
     base = os.path.dirname(os.path.abspath(spec.path))
     problems: list[Problem] = []
