@@ -39,6 +39,7 @@ from . import usercode
 from .formats.integrity import library_versions
 from .machine import kernel_key
 from .models import baseline_arch, search_dirs
+from .schema import TOKENIZER_FILES
 
 
 def _h(data: Any) -> str:
@@ -147,16 +148,7 @@ def build_key(spec, vname: str) -> str:
 
 def _hf_files(folder: str) -> dict:
     """The model folder's config and tokenizer files (a causal LM's artifact ships its tokenizer)."""
-    names = (
-        "config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "vocab.txt",
-        "vocab.json",
-        "merges.txt",
-        "tokenizer.model",
-    )
+    names = ("config.json", *TOKENIZER_FILES)
     return {n: file_sha(os.path.join(folder, n)) for n in names if os.path.isfile(os.path.join(folder, n))}
 
 

@@ -13,6 +13,8 @@ import os
 
 import torch
 
+from .schema import TOKENIZER_FILES
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: weights come from disk
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # progress bars would garble pytest's output
@@ -88,19 +90,6 @@ class CausalLM(torch.nn.Module):
 def causal_lm(path: str) -> CausalLM:
     """Factory used for rebuilding (safetensors / HDF5 formats): ``path`` is already resolved."""
     return CausalLM(path).eval()
-
-
-#: tokenizer files a folder may hold; the ones present are hashed into the manifest and shipped
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "added_tokens.json",
-)
 
 
 def tokenizer_files(path: str) -> dict[str, str]:

@@ -181,48 +181,32 @@ def isa_class(fp: dict | None = None) -> str:
     return name
 
 
+#: fingerprint keys that can change a number (cache keys add the architecture)
+NUMERIC_KEYS = (
+    "cpu_vendor",
+    "cpu_model",
+    "isa_level",
+    "effective_isa",
+    "torch_cpu_capability",
+    "onednn_max_cpu_isa",
+    "quantized_engine",
+    "torch",
+    "onednn",
+    "onnxruntime",
+    "env",
+)
+
+
 def kernel_key(fp: dict | None = None) -> dict:
     """The part of the fingerprint that can change a number: for cache keys."""
     fp = fp or fingerprint()
-    return {
-        k: fp.get(k)
-        for k in (
-            "arch",
-            "cpu_vendor",
-            "cpu_model",
-            "isa_level",
-            "effective_isa",
-            "torch_cpu_capability",
-            "onednn_max_cpu_isa",
-            "quantized_engine",
-            "torch",
-            "onednn",
-            "onnxruntime",
-            "env",
-        )
-    }
+    return {k: fp.get(k) for k in ("arch", *NUMERIC_KEYS)}
 
 
 def snapshot_machine(fp: dict | None = None) -> dict:
     """The fingerprint as stored in a snapshot entry: what made the numbers, nothing host-specific."""
     fp = fp or fingerprint()
-    return {
-        k: fp.get(k)
-        for k in (
-            "cpu_vendor",
-            "cpu_model",
-            "isa_level",
-            "effective_isa",
-            "torch_cpu_capability",
-            "onednn_max_cpu_isa",
-            "quantized_engine",
-            "torch",
-            "onednn",
-            "onnxruntime",
-            "env",
-        )
-        if fp.get(k) not in (None, {}, "")
-    }
+    return {k: fp.get(k) for k in NUMERIC_KEYS if fp.get(k) not in (None, {}, "")}
 
 
 def summary(fp: dict | None = None) -> str:

@@ -245,33 +245,22 @@ def run_in_memory(runner, t, model):
 
     outs = []
     b = None
+    fail = functools.partial(StageError, "run", spec=t.spec.name, variant=t.vname, where=t.spec.at(t.variant.line))
     try:
         with torch.inference_mode():
             for b in runner.batches(t.spec):
                 try:
                     named = run_batch(model, b, in_memory=True)
                 except OutputError as e:
-                    raise StageError(
-                        "run",
-                        f"the in-memory model's outputs cannot be checked: {e}",
-                        spec=t.spec.name,
-                        variant=t.vname,
-                        where=t.spec.at(t.variant.line),
-                    ) from e
+                    raise fail(f"the in-memory model's outputs cannot be checked: {e}") from e
                 except BatchDimError as e:
-                    raise StageError(
-                        "run", str(e), spec=t.spec.name, variant=t.vname, where=t.spec.at(t.variant.line)
-                    ) from e
+                    raise fail(str(e)) from e
                 outs.append({k: o.detach().float() for k, o in named.items()})
     except StageError:
         raise
     except Exception as e:
-        raise StageError(
-            "run",
-            f"the in-memory model failed on an evaluation batch of {describe_batch(b)}: {describe_exc(e)}",
-            spec=t.spec.name,
-            variant=t.vname,
-            where=t.spec.at(t.variant.line),
+        raise fail(
+            f"the in-memory model failed on an evaluation batch of {describe_batch(b)}: {describe_exc(e)}"
         ) from e
     return concat(outs)
 
