@@ -349,6 +349,13 @@ def project(pytester, tmp_path_factory, monkeypatch):
     monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
     pytester.makepyfile(tinymodels=TINY_MODELS)
     pytester.makeini("[pytest]\n")  # rootdir = the project, as in a real repository
+    # The inner runs write their HTML report as on a machine without the `html` extra (no
+    # matplotlib): the tables, not the plots. Drawing three SVG plots took a third of a small inner
+    # session and no test here reads them; tests/test_report.py draws them (in a session of its
+    # own, which this does not reach) and checks them, and renders plots of odd rows directly.
+    from deploycheck.report import html
+
+    monkeypatch.setattr(html, "plots", lambda rows: {})
     run_dir = tmp_path_factory.mktemp("run")
     cache_dir = tmp_path_factory.mktemp("cache")  # each test its own cache: no result leaks between tests
 
