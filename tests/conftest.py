@@ -389,3 +389,13 @@ def project(pytester, tmp_path_factory, monkeypatch):
     p = P()
     p.tester = pytester
     return p
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under `pytest -n 2` (``--dist loadgroup``, pyproject.toml), the tests that share a
+    module-scoped fixture (one inner session, files made once) run in one worker, so the fixture
+    runs once rather than once per worker; every other test goes wherever a worker is free."""
+    for item in items:
+        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        if any(fd[-1].scope == "module" for fd in defs.values() if fd):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
