@@ -292,37 +292,51 @@ def tinymodels_of(project):
         sys.modules.pop("tinymodels", None)
 
 
-def run_once(tmp_path_factory, spec_text: str, *args: str, name: str = "tiny"):
-    """One inner session, in a subprocess, for a module-scoped fixture whose result several tests
-    read (pytester is function-scoped): returns the project folder and the completed process."""
-    import os
-    import subprocess
-    import sys
+class _SharedRequest:
+    """What :class:`pytest.Pytester` reads from its request, for a run made once per module."""
 
-    root = tmp_path_factory.mktemp("project")
-    (root / "tinymodels.py").write_text(TINY_MODELS)
-    (root / "pytest.ini").write_text("[pytest]\n")
-    (root / f"{name}.yaml").write_text(textwrap.dedent(spec_text))
-    # an inner session is a session of its own, not an xdist worker (see ``project``)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST") and k != "PYTEST_ADDOPTS"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
+    function = None
+
+    def __init__(self, request, name: str):
+        self.node = type("Node", (), {"name": name})()
+        self.config = request.config
+        self.finalizers: list = []
+
+    def addfinalizer(self, fn) -> None:
+        self.finalizers.append(fn)
+
+
+def shared_run(request, tmp_path_factory, spec_text: str, *args: str, name: str = "tiny", plots: bool = False):
+    """One in-process inner session for a module-scoped fixture whose outcome several tests read
+    (``project`` is function-scoped): the project folder and pytester's RunResult. Set up like
+    ``project`` (the tiny models, a pytest.ini, its own run and cache folders, no xdist worker
+    variables, no HTML plots unless ``plots``); the working directory, environment and imported
+    modules are restored before it returns."""
+    mp = pytest.MonkeyPatch()
+    req = _SharedRequest(request, f"shared-{request.module.__name__}")
+    try:
+        tester = pytest.Pytester(req, tmp_path_factory, mp, _ispytest=True)
+        mp.delenv("PYTEST_XDIST_WORKER", raising=False)
+        mp.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+        if not plots:
+            from deploycheck.report import html
+
+            mp.setattr(html, "plots", lambda rows: {})
+        tester.makepyfile(tinymodels=TINY_MODELS)
+        tester.makeini("[pytest]\n")
+        (tester.path / f"{name}.yaml").write_text(textwrap.dedent(spec_text))
+        res = tester.runpytest(
             "-p",
             "no:cacheprovider",
             f"--deploycheck-run-dir={tmp_path_factory.mktemp('run')}",
             f"--deploycheck-cache-dir={tmp_path_factory.mktemp('cache')}",
             *args,
-        ],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    return root, proc
+        )
+    finally:
+        for fn in reversed(req.finalizers):
+            fn()
+        mp.undo()
+    return tester.path, res
 
 
 @pytest.fixture(scope="session", autouse=True)

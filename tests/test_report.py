@@ -8,19 +8,21 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import make_spec, run_once
+from conftest import make_spec, shared_run
 
 VARIANTS = "  baseline: {}\n  half:\n    quantize: {method: fp16}\n  pruned:\n    prune: {method: l1_unstructured, amount: 0.9}"
 
 
 @pytest.fixture(scope="module")
-def report_dir(tmp_path_factory):
-    """One session's reports, read by several tests (one run instead of one per test)."""
-    root, proc = run_once(
+def report_dir(request, tmp_path_factory):
+    """One session's reports, read by several tests (one run instead of one per test), with plots."""
+    root, res = shared_run(
+        request,
         tmp_path_factory,
         make_spec(variants=VARIANTS, formats="[torchscript, export]", thresholds="  outputs: {atol: 0.05, rtol: 0.01}"),
+        plots=True,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert res.ret == 0, res.stdout.str()[-3000:]
     return root / "reports"
 
 
