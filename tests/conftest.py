@@ -292,6 +292,22 @@ def tinymodels_of(project):
         sys.modules.pop("tinymodels", None)
 
 
+def cli(*args: str, cwd=None, timeout: float = 120):
+    """``python -m deploycheck.cli ARGS`` in a process of its own, as from a shell: its own imports
+    (a factory module it resolves stays out of this process), no stdin, text output captured."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "deploycheck.cli", *args],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 class _SharedRequest:
     """What :class:`pytest.Pytester` reads from its request, for a run made once per module."""
 
