@@ -422,9 +422,10 @@ def project(pytester, tmp_path_factory, monkeypatch):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under `pytest -n 2` (``--dist loadgroup``, pyproject.toml), the tests that share a
-    module-scoped fixture (one inner session, files made once) run in one worker, so the fixture
-    runs once rather than once per worker; every other test goes wherever a worker is free."""
+    """Under `pytest -n 2` (``--dist loadgroup``, which deploycheck's plugin picks when -n is given),
+    the tests that share a module-scoped fixture (one inner session, files made once) run in one
+    worker, so the fixture runs once rather than once per worker; every other test goes wherever a
+    worker is free."""
     for item in items:
         defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
         if any(fd[-1].scope == "module" for fd in defs.values() if fd):
