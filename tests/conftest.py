@@ -421,12 +421,11 @@ def project(pytester, tmp_path_factory, monkeypatch):
     return p
 
 
-def pytest_collection_modifyitems(config, items):
-    """Under `pytest -n 2` (``--dist loadgroup``, which deploycheck's plugin picks when -n is given),
-    the tests that share a module-scoped fixture (one inner session, files made once) run in one
-    worker, so the fixture runs once rather than once per worker; every other test goes wherever a
-    worker is free."""
-    for item in items:
-        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
-        if any(fd[-1].scope == "module" for fd in defs.values() if fd):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+def pytest_configure(config):
+    """Under `pytest -n 2`, the suite's files go to the workers whole (``--dist loadfile``): a
+    module-scoped fixture (one inner session, files made once) then runs once, not once in each
+    worker. Grouping single tests cannot do it here: pytest-xdist 3.8 marks a grouped test by
+    rewriting ``item._nodeid``, which pytest 9 no longer reads, so ``--dist loadgroup`` spreads a
+    group over the workers. An explicit other ``--dist`` is left as given."""
+    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) in ("load", "loadgroup"):
+        config.option.dist = "loadfile"
