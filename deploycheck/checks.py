@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from . import diverge, machine, snapshots
+from . import machine, snapshots
 from .errors import StageError
 from .metrics import resolve, targets_for
 from .numeric import compare_arrays, describe_nonfinite, fmt_num, nonfinite, output_tolerance, render_mismatch
@@ -99,12 +99,7 @@ def where_it_departs(runner, t: Target, *, against: str = "baseline") -> tuple[s
     if t.is_baseline and against == "baseline":
         return "", {}
     res = runner.divergence(t, against=against)
-    if res.get("note") == "artifact made elsewhere":
-        return (
-            "\n  where: an artifact made elsewhere has no in-memory model here to compare layer by layer",
-            {"divergence": res},
-        )
-    return "\n" + diverge.render(res, probes=res["probes"]), {"divergence": res}
+    return "\n" + res.render(), {"divergence": res.as_dict()}
 
 
 def skip_if_baseline_nonfinite(runner, t: Target) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, order=True)
@@ -53,6 +54,34 @@ class StageError(Exception):
         self.stage, self.message, self.spec = stage, message, spec
         self.variant, self.fmt, self.where, self.detail = variant, fmt, where, detail
         super().__init__(self.headline())
+
+    @classmethod
+    def at(
+        cls,
+        target: Any,
+        stage: str,
+        message: str,
+        *,
+        variant: str | None = None,
+        where: str | None = None,
+        detail: str = "",
+    ) -> StageError:
+        """The error of ``stage`` for ``target``: a :class:`~deploycheck.target.Target` (its spec,
+        variant and format, declared at its spec line unless ``where`` says otherwise), or a spec
+        (what a whole spec shares, such as its data; or a model built for ``variant``; ``where``
+        names the key)."""
+        if hasattr(target, "vname"):
+            ident = target.ident()
+            return cls(
+                stage,
+                message,
+                spec=ident["spec"],
+                variant=ident["variant"],
+                fmt=ident["fmt"],
+                where=where or ident["where"],
+                detail=detail,
+            )
+        return cls(stage, message, spec=target.name, variant=variant, where=where, detail=detail)
 
     def headline(self) -> str:
         target = "::".join(x for x in (self.spec, self.variant, self.fmt) if x)

@@ -89,11 +89,8 @@ def load(spec) -> Dataset:
     except StageError:
         raise
     except Exception as e:
-        raise StageError(
-            "build",
-            f"cannot load data {spec.data.source!r}: {describe_exc(e)}",
-            spec=spec.name,
-            where=spec.where("data"),
+        raise StageError.at(
+            spec, "build", f"cannot load data {spec.data.source!r}: {describe_exc(e)}", where=spec.where("data")
         ) from e
     return Dataset(xtr, _labels(ytr), xte, _labels(yte))
 
@@ -205,20 +202,20 @@ def preprocess(spec, x: np.ndarray, *, default_float: bool = True) -> np.ndarray
         x = x.astype(np.float32)  # a dtype step casts back (token ids, say)
     steps = [(s, PREPROCESS.get(s.op)) for s in spec.data.preprocess]
     if x.dtype.kind in "OUS" and not any(op.reads_text for _, op in steps):
-        raise StageError(
+        raise StageError.at(
+            spec,
             "build",
             "the data are texts: add a preprocessing step such as {tokenize: {max_length: 128}}",
-            spec=spec.name,
             where=spec.where("data"),
         )
     for i, (step, op) in enumerate(steps):
         try:
             x = op.apply(x, step.arg, spec)
         except Exception as e:
-            raise StageError(
+            raise StageError.at(
+                spec,
                 "build",
                 f"preprocess[{i}] {step.op} failed on data of shape {tuple(x.shape)}: {describe_exc(e)}",
-                spec=spec.name,
                 where=spec.where("data"),
             ) from e
     return x

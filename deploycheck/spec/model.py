@@ -14,7 +14,7 @@ from ..data import PREPROCESS, SOURCES
 from ..formats import FORMATS
 from ..metrics import METRICS
 from ..recipes import RECIPES, config_class
-from ..registry import UnknownName, did_you_mean
+from ..registry import UnknownName, did_you_mean, unknown
 from ..schema import DType
 from .loader import LMap, LSeq
 from .schema import (
@@ -257,12 +257,7 @@ class Step:
         kl = value.line_of(op) if isinstance(value, LMap) else line
         p = f"{path}.{op}"
         if op not in PREPROCESS:
-            ctx.error(
-                kl,
-                p,
-                f"unknown preprocessing step; {did_you_mean(op, PREPROCESS.names())}allowed: "
-                f"{', '.join(PREPROCESS.names())}",
-            )
+            ctx.error(kl, p, unknown("preprocessing step", op, PREPROCESS.names(), listed="allowed", named=False))
             raise Invalid
         spec = PREPROCESS.get(op)
         if isinstance(spec.arg, type) and dataclasses.is_dataclass(spec.arg):
@@ -604,9 +599,7 @@ class Thresholds:
         for key, sub in value.items():
             kl = value.line_of(key) if isinstance(value, LMap) else line
             if key not in sections:
-                ctx.error(
-                    kl, f"{path}.{key}", f"unknown key; {did_you_mean(key, sections)}allowed: {', '.join(sections)}"
-                )
+                ctx.error(kl, f"{path}.{key}", unknown("key", key, list(sections), listed="allowed", named=False))
                 bad = True
                 continue
             try:
@@ -930,7 +923,7 @@ def _parse_variant(
         kl = raw.line_of(k) if isinstance(raw, LMap) else line
         if k not in RECIPES:
             allowed = RECIPES.names() + list(VariantSpec.RESERVED)
-            ctx.error(kl, f"{path}.{k}", f"unknown key; {did_you_mean(k, allowed)}allowed: {', '.join(allowed)}")
+            ctx.error(kl, f"{path}.{k}", unknown("key", k, allowed, listed="allowed", named=False))
             bad = True
     if len(recipe_keys) > 1 and not bad:
         ctx.error(
@@ -967,11 +960,7 @@ def _parse_variant(
                     continue
                 ((k, v),) = item.items()
                 if k not in RECIPES:
-                    ctx.error(
-                        il,
-                        f"{ip}.{k}",
-                        f"unknown recipe; {did_you_mean(k, RECIPES.names())}available: {', '.join(RECIPES.names())}",
-                    )
+                    ctx.error(il, f"{ip}.{k}", unknown("recipe", k, RECIPES.names(), named=False))
                     bad = True
                     continue
                 try:
