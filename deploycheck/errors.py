@@ -98,3 +98,13 @@ class StageError(Exception):
 
 def _stage_error(stage, message, spec, variant, fmt, where, detail) -> StageError:
     return StageError(stage, message, spec=spec, variant=variant, fmt=fmt, where=where, detail=detail)
+
+
+def no_space(e: BaseException) -> bool:
+    """A write failed because the disk (or the user's quota) is full; torch's writers say 'file
+    write failed' with no errno. The one test, for the save stage and the cache alike."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(e) or "file write failed" in str(e)

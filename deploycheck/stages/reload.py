@@ -104,7 +104,7 @@ def run(
     for stale in (req.result, req.outputs + ".extra.pt", req.outputs + ".dynamic.pt"):
         if os.path.exists(stale):
             os.unlink(stale)
-    rkey = result_key(req.to_json(), inputs_sha)
+    rkey = result_key(req, inputs_sha)
     cached = cache.get_result(rkey, req.outputs)
     if cached is not None:
         res = WorkerResult.from_json(cached)

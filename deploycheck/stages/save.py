@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 
 from ..cache import artifact_key
-from ..errors import StageError
+from ..errors import StageError, no_space
 from ..formats import FORMATS, Unsupported
 from ..formats.integrity import read_manifest, sha256, write_manifest
 from ..models import baseline_arch, describe_exc
@@ -121,15 +121,6 @@ def free_bytes(folder: str) -> int:
         return shutil.disk_usage(folder).free
     except OSError:
         return 1 << 62  # unknown: let the writer say
-
-
-def no_space(e: BaseException) -> bool:
-    """A write failed on a full disk (torch's writers say 'file write failed' with no errno)."""
-    import errno
-
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return "No space left on device" in str(e) or "file write failed" in str(e)
 
 
 def no_space_message(folder: str) -> str:
