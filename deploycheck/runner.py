@@ -1,5 +1,6 @@
 """The session's pipeline: build -> save -> reload in a fresh process -> run (one module per
-stage in :mod:`deploycheck.stages`). The runner memoises every stage and every model run that
+stage in :mod:`deploycheck.stages`, each a function of its explicit inputs). The runner alone
+orders the stages, hands each what it needs, and memoises every stage and every model run that
 checks need, so each variant is built once, each artifact saved and reloaded once, and each
 extra model run (batch invariance, semantic embeddings, divergence tables) done once, whatever
 items ask for them.

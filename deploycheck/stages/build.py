@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from ..cache import build_key, code_paths
+from ..cache import Cache, build_key, code_paths
 from ..errors import StageError
 from ..metrics import resolve, targets_for
 from ..models import (
@@ -29,6 +29,7 @@ from ..outputs import OutputError, concat, pick
 from ..protocol import BatchDimError, describe_batch, run_batch
 from ..recipes import RecipeContext, StepRecord
 from ..recipes import apply as apply_step
+from ..target import Target
 
 
 @dataclass
@@ -116,7 +117,7 @@ class BuildInputs:
     reference: Any  # the baseline's in-memory outputs the metric reads as targets; None for the baseline
 
 
-def from_cache(t, *, cache, rebuild: Callable[[], Built]) -> Built | None:
+def from_cache(t: Target, *, cache: Cache, rebuild: Callable[[], Built]) -> Built | None:
     """The variant of ``t`` as an earlier session built it, or None. A model the cache did not
     hold is rebuilt with ``rebuild()`` on first use."""
     key = build_key(t.spec, t.vname)
@@ -133,7 +134,7 @@ def from_cache(t, *, cache, rebuild: Callable[[], Built]) -> Built | None:
     return lazy
 
 
-def to_cache(t, built: Built, *, cache) -> Built:
+def to_cache(t: Target, built: Built, *, cache: Cache) -> Built:
     """``built`` keyed by its content hash and stored for later sessions."""
     built.key = build_key(t.spec, t.vname)
     cache.put_built(built.key, built.meta(), built.model, built.outputs, trusted_modules=spec_modules(t.spec))
@@ -180,7 +181,7 @@ def import_step_libraries(variant) -> None:
             importlib.import_module(name)
 
 
-def build(t, inputs: BuildInputs, *, log: Callable[[str], None]) -> Built:
+def build(t: Target, inputs: BuildInputs, *, log: Callable[[str], None]) -> Built:
     """The variant of ``t`` built from ``inputs``: the baseline, its own model, then its recipe
     chain, with its in-memory outputs on the evaluation batches and their metric."""
     import torch
@@ -233,7 +234,7 @@ def build(t, inputs: BuildInputs, *, log: Callable[[str], None]) -> Built:
     )
 
 
-def score(t, outputs, *, labels, reference, what: str) -> float:
+def score(t: Target, outputs, *, labels, reference, what: str) -> float:
     """The spec's metric on the output it reads (``metric.output``, default the first) of the
     named ``outputs`` (``what`` they are: "in-memory" or "reloaded"), against ``labels`` or the
     baseline's in-memory outputs ``reference`` as targets."""
@@ -246,7 +247,7 @@ def score(t, outputs, *, labels, reference, what: str) -> float:
         raise StageError.at(t, "check", msg, where=None if what == "reloaded" else t.spec.where("metric")) from e
 
 
-def run_in_memory(t, model, batches: list):
+def run_in_memory(t: Target, model, batches: list):
     """The model's named outputs on the evaluation ``batches``, concatenated (float32)."""
     import torch
 
