@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..schema import field
 from . import Format, Unsupported
-from .export import batch_dims, batch_example, export_args, exporter_reason, fit_signature
+from .export import batch_dims, batch_example, export_args, exporter_reason, with_signature
 
 
 @dataclass(frozen=True)
@@ -37,14 +37,20 @@ class OnnxFormat(Format):
             import onnxscript  # noqa: F401
         except ImportError as e:
             raise Unsupported("the ONNX dynamo exporter needs onnxscript: pip install 'deploycheck[onnx]'") from e
+        bf16 = [n for n, i in (inputs.items if inputs is not None else ()) if i.dtype == "bfloat16"]
+        if bf16:
+            raise Unsupported(
+                f"model.inputs declares {', '.join(repr(n) for n in bf16)} bfloat16: onnxruntime's Python "
+                "API is fed numpy arrays, and numpy has no bfloat16"
+            )
         x = batch_example(example, options.dynamic_batch)
-        dyn = fit_signature(model, batch_dims(options.dynamic_batch, inputs, options.dynamic_seq))
+        dyn = batch_dims(options.dynamic_batch, inputs, options.dynamic_seq)
         args, kwargs = export_args(x)
         # The exporter prints progress lines; keep them out of pytest's output.
         with contextlib.redirect_stdout(io.StringIO()):
             try:
                 prog = torch.onnx.export(
-                    model,
+                    with_signature(model, inputs),
                     args,
                     kwargs=kwargs,
                     dynamo=True,
@@ -68,7 +74,14 @@ class OnnxFormat(Format):
         threads = torch.get_num_threads()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+        try:
+            sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            if "Could not find an implementation" in str(e) and _holds_bfloat16(path):
+                raise RuntimeError(
+                    f"no kernel for bfloat16 on onnxruntime's CPU provider (the graph computes in bfloat16): {e}"
+                ) from e
+            raise
         names = [i.name for i in sess.get_inputs()]
         outs = [o.name for o in sess.get_outputs()]
 
@@ -87,3 +100,17 @@ class OnnxFormat(Format):
             return torch.from_numpy(got[0]) if len(outs) == 1 else tuple(torch.from_numpy(g) for g in got)
 
         return run
+
+
+def _holds_bfloat16(path: str) -> bool:
+    """Whether the ONNX graph has a bfloat16 weight or value (onnxruntime's CPU provider lacks
+    most bfloat16 kernels, and says only that it found no implementation)."""
+    import onnx
+
+    try:
+        g = onnx.load(path, load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - an unreadable file is diagnosed by the load itself
+        return False
+    bf16 = onnx.TensorProto.BFLOAT16
+    values = [*g.input, *g.output, *g.value_info]
+    return any(t.data_type == bf16 for t in g.initializer) or any(v.type.tensor_type.elem_type == bf16 for v in values)
