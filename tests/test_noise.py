@@ -117,7 +117,7 @@ def test_a_static_int8_onnx_variant_passes_its_default_outputs_check_and_a_corru
           kwargs: {{channels: 16}}
           weights: {ROOT}/specs/models/digits_cnn.safetensors
           inputs: {{shape: [1, 1, 8, 8]}}
-          python_path: ["{ROOT}"]
+          python_path: ["{ROOT}", "."]
         data:
           source: sklearn:digits
           split: {{test_fraction: 0.25, seed: 0}}

@@ -10,6 +10,9 @@ from ..schema import field
 from . import Format, Unsupported
 from .export import batch_dims, batch_example, export_args, exporter_reason, with_signature
 
+#: onnx.TensorProto.BFLOAT16 (onnx itself is not imported to run a file)
+ONNX_BFLOAT16 = 16
+
 
 @dataclass(frozen=True)
 class OnnxOptions:
@@ -37,12 +40,6 @@ class OnnxFormat(Format):
             import onnxscript  # noqa: F401
         except ImportError as e:
             raise Unsupported("the ONNX dynamo exporter needs onnxscript: pip install 'deploycheck[onnx]'") from e
-        bf16 = [n for n, i in (inputs.items if inputs is not None else ()) if i.dtype == "bfloat16"]
-        if bf16:
-            raise Unsupported(
-                f"model.inputs declares {', '.join(repr(n) for n in bf16)} bfloat16: onnxruntime's Python "
-                "API is fed numpy arrays, and numpy has no bfloat16"
-            )
         x = batch_example(example, options.dynamic_batch)
         dyn = batch_dims(options.dynamic_batch, inputs, options.dynamic_seq)
         args, kwargs = export_args(x)
@@ -85,13 +82,19 @@ class OnnxFormat(Format):
         names = [i.name for i in sess.get_inputs()]
         outs = [o.name for o in sess.get_outputs()]
 
+        def value(t):
+            if t.dtype == torch.bfloat16:  # numpy has no bfloat16: onnxruntime gets the bits and their type
+                bits = t.contiguous().view(torch.int16).numpy().view(np.uint16)
+                return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, ONNX_BFLOAT16)
+            return np.ascontiguousarray(t.numpy())
+
         def feed(args, kwargs):
             if kwargs:  # named inputs: the graph's inputs carry the model's argument names
                 missing = [n for n in names if n not in kwargs]
                 if missing:
                     raise ValueError(f"the ONNX graph takes inputs {names}; not given: {missing}")
-                return {n: np.ascontiguousarray(kwargs[n].numpy()) for n in names}
-            return {n: np.ascontiguousarray(a.numpy()) for n, a in zip(names, args, strict=False)}
+                return {n: value(kwargs[n]) for n in names}
+            return {n: value(a) for n, a in zip(names, args, strict=False)}
 
         def run(*args, **kwargs):
             got = sess.run(None, feed(args, kwargs))

@@ -125,9 +125,9 @@ with the reason shown; ❌ the load fails with the reason; never a pass; · not 
 
 | form | torchscript | export | onnx | aoti | safetensors | hdf5 | pickle |
 | --- | --- | --- | --- | --- | --- | --- | --- |
-| one float32 input; a tensor, tuple or dict of outputs | ✅ | ✅ | ✅ | ✅ | ✅ | ✅ | ✅ |
-| one bfloat16 input; nested tuple outputs | · | ✅ | ➖ onnxruntime is fed numpy arrays: no bfloat16 | · | · | ✅ | · |
-| named int64, bool, int32 and float16 inputs (dict data), a dynamic `seq`, a tuple holding a dict of outputs | ✅ | ✅ | ✅ | ✅ | ✅ | ✅ | ✅ |
+| one float32 input, a tensor output (`tests/test_formats.py`) | ✅ | ✅ | ✅ | ✅ | ✅ | ✅ | ✅ |
+| one float32 input, a tuple or a dict of outputs | ✅ | ✅ | ✅ | · | · | · | · |
+| named int64, bool, int32, float16 and bfloat16 inputs (dict data), a dynamic `seq`, a tuple holding a dict of outputs | ✅ | ✅ | ✅ (bfloat16 fed as an `OrtValue`: numpy has none) | ✅ | ✅ | ✅ | ✅ |
 | named inputs from tuple data; an artifact that specialised `seq` | ✅ caught (the trace baked it in) | ✅ caught (`dynamic_seq: false`) | · | · | · | · | · |
 | fp16 variant of the named-input model | ✅ | ✅ (under onnx) | ✅ | · | · | · | · |
 | bf16 variant of the named-input model | · | · | ❌ onnxruntime's CPU provider has no bfloat16 kernels (`unsupported-type`) | · | · | ➖ numpy has no bfloat16 | · |
@@ -135,8 +135,9 @@ with the reason shown; ❌ the load fails with the reason; never a pass; · not 
 
 TorchScript's tracer cannot return a dict whose values differ in type (a tensor next to a tuple):
 such a model is ➖ in `torchscript` with the tracer's reason (`Tracer cannot infer type of …`) and
-runs in the other formats. A format that cannot export the model at all (a torch.ao packed int8 module through torch.export,
-a dynamic dimension the model's code specialises under torch.export) is ➖ with the exporter's reason."""
+runs in the other formats. A format that cannot export the model at all (a torch.ao packed int8
+module through torch.export, a dynamic dimension the model's code specialises under torch.export)
+is ➖ with the exporter's reason."""
 
 
 def render() -> str:
