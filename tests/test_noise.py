@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 from conftest import make_spec
 
 NEVER_FAST_ENOUGH = "  latency: {p50_ms: 1.0e-9}"  # one femtosecond: no machine meets it
@@ -140,7 +141,7 @@ def test_a_static_int8_onnx_variant_passes_its_default_outputs_check_and_a_corru
           metric: {{max_drop: 0.05}}
         """
     )
-    res = project.run("-k", "outputs")
+    res = project.run("-k", "outputs and not baseline")
     res.assert_outcomes(passed=1, failed=1)
     doc = json.loads((project.path / "reports" / "deploycheck.json").read_text())
     recs = {r["variant"]: r for r in doc["records"] if r["check"] == "outputs"}
@@ -158,6 +159,23 @@ def test_a_static_int8_onnx_variant_passes_its_default_outputs_check_and_a_corru
             "*",
             "  minimum required atol: * (at rtol 0)",
         ]
+    )
+
+
+def test_a_float_precision_step_follows_the_magnitude_an_int8_step_the_range():
+    """fp16 keeps 10 bits of each value: outputs near 1 spanning 0.35 round by ~1/1024, and one such
+    rounding must sit within the default 2 steps (it failed by 2.8 steps of range / 1024)."""
+    import torch
+
+    from deploycheck.numeric import output_tolerance, precision_span
+
+    t = torch.tensor([0.9, 1.25], dtype=torch.float64)
+    assert precision_span(t, "fp16") == 1.25 and precision_span(t, "bf16") == 1.25
+    assert precision_span(t, "int8") == pytest.approx(0.35)
+    assert precision_span(torch.tensor([]), "fp16") == 0.0
+    tol = output_tolerance(atol=None, rtol=None, precision="fp16", quant_steps=2, span=precision_span(t, "fp16"))
+    assert tol.describe(0.000977) == (
+        "within 0.8 fp16 steps; limit 2 (one step 0.00122 = largest |output| 1.25 / 1024; default for fp16 variants)"
     )
 
 
