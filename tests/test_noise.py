@@ -164,18 +164,20 @@ def test_a_static_int8_onnx_variant_passes_its_default_outputs_check_and_a_corru
 
 def test_a_float_precision_step_follows_the_magnitude_an_int8_step_the_range():
     """fp16 keeps 10 bits of each value: outputs near 1 spanning 0.35 round by ~1/1024, and one such
-    rounding must sit within the default 2 steps (it failed by 2.8 steps of range / 1024)."""
+    rounding must sit within the default 2 steps (it failed by 2.8 steps of range / 1024); where
+    the range is the larger, it stays the step (no tolerance got tighter)."""
     import torch
 
     from deploycheck.numeric import output_tolerance, precision_span
 
     t = torch.tensor([0.9, 1.25], dtype=torch.float64)
     assert precision_span(t, "fp16") == 1.25 and precision_span(t, "bf16") == 1.25
+    assert precision_span(torch.tensor([-10.0, 10.0]), "fp16") == 20.0  # the range stays the floor
     assert precision_span(t, "int8") == pytest.approx(0.35)
     assert precision_span(torch.tensor([]), "fp16") == 0.0
     tol = output_tolerance(atol=None, rtol=None, precision="fp16", quant_steps=2, span=precision_span(t, "fp16"))
     assert tol.describe(0.000977) == (
-        "within 0.8 fp16 steps; limit 2 (one step 0.00122 = largest |output| 1.25 / 1024; default for fp16 variants)"
+        "within 0.8 fp16 steps; limit 2 (one step 0.00122 = output scale 1.25 / 1024; default for fp16 variants)"
     )
 
 
