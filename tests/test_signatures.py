@@ -231,8 +231,8 @@ def test_metric_output_names_the_output_it_reads(sig):
 
 def test_dict_outputs_checked_on_every_key(sig):
     """A dict of outputs through torchscript, export and onnx, each key compared: an artifact that
-    changed only 'emb' fails naming it while the metric (on logits) passes. (The faithful dict case
-    passes in the named-inputs test below.)"""
+    changed only 'emb' fails naming it while the metric (on logits) passes. (The faithful case, a
+    tuple holding a dict, passes in the signature session below.)"""
     pytest.importorskip("onnxscript")
     sig.write(spec(name="tampered", factory="Heads", kwargs="{tamper: true}", formats="[torchscript, export, onnx]"))
     r = sig.run("-v", "-rA")
