@@ -16,7 +16,15 @@ import pytest
 from . import machine, snapshots
 from .errors import StageError
 from .metrics import resolve, targets_for
-from .numeric import compare_arrays, describe_nonfinite, fmt_num, nonfinite, output_tolerance, render_mismatch
+from .numeric import (
+    compare_arrays,
+    describe_nonfinite,
+    fmt_num,
+    nonfinite,
+    output_tolerance,
+    precision_span,
+    render_mismatch,
+)
 from .outputs import align, label, pick
 from .protocol import batch_len, concat_inputs, rows, run_batch, take
 from .registry import Registry
@@ -195,7 +203,7 @@ def outputs_check(runner, t: Target) -> Verdict:
             rtol=th.rtol,
             precision=None if made_elsewhere else precision(v),
             quant_steps=th.quant_steps,
-            span=float(ref.double().max() - ref.double().min()) if ref.numel() else 0.0,
+            span=precision_span(ref, None if made_elsewhere else precision(v)),
         )
         st = compare_arrays(got, ref, atol=tol.atol, rtol=tol.rtol)
         per[name] = {k: st[k] for k in ("mismatched", "total", "max_abs", "mean_abs", "max_rel", "min_atol")}
@@ -326,7 +334,7 @@ def dynamic_check(runner, t: Target) -> Verdict:
                 rtol=th.rtol,
                 precision=None if t.made_elsewhere else precision(t.variant),
                 quant_steps=th.quant_steps,
-                span=float(a.double().max() - a.double().min()) if a.numel() else 0.0,
+                span=precision_span(a, None if t.made_elsewhere else precision(t.variant)),
             )
             st = compare_arrays(g, a, atol=tol.atol, rtol=tol.rtol)
             if st["mismatched"]:

@@ -185,6 +185,15 @@ def call(fn: Any, x: Any) -> Any:
     return fn(x)
 
 
+def forward_output(fn: Any, x: Any, output: str | None = None) -> Any:
+    """The one output a recipe trains or calibrates on (``metric.output``, default the first),
+    from ``fn`` run on one batch of any structure (a tensor, a tuple, a dict of named inputs):
+    quantization calibration, distillation and fine-tuning feed batches through this."""
+    from .outputs import pick
+
+    return pick(flatten(call(fn, x)), output)
+
+
 def batch_len(x: Any) -> int:
     """The batch size of one input batch (its first input's first dimension)."""
     t = first_tensor(x)

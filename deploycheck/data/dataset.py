@@ -23,6 +23,7 @@ class Dataset:
     y_train: np.ndarray | None
     x_test: Any
     y_test: np.ndarray | None
+    bf16: tuple[str, ...] = ()  # inputs declared bfloat16 (held as float32: numpy has none); "x" for one input
 
     def eval_batches(self, batch_size: int):
         x = as_tensors(self.x_test)
@@ -31,18 +32,23 @@ class Dataset:
     def train_tensors(self):
         import torch
 
-        x = as_tensors(self.x_train)
+        x = as_tensors(self.x_train, self.bf16)
         y = None if self.y_train is None else torch.from_numpy(np.ascontiguousarray(self.y_train))
         return x, y
 
 
-def as_tensors(x):
-    """Arrays as tensors, keeping a dict of named inputs a dict."""
+def as_tensors(x, bf16: tuple[str, ...] = ()):
+    """Arrays as tensors, keeping a dict of named inputs a dict; the inputs named in ``bf16`` (``x``
+    for one input) as bfloat16, the dtype declared for them (recipes feed these to the model)."""
     import torch
 
+    def one(name, a):
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        return t.to(torch.bfloat16) if name in bf16 else t
+
     if isinstance(x, dict):
-        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in x.items()}
-    return torch.from_numpy(np.ascontiguousarray(x))
+        return {k: one(k, v) for k, v in x.items()}
+    return one("x", x)
 
 
 def _raw(spec) -> tuple[Any, Any, Any, Any] | tuple[Any, Any]:
@@ -92,7 +98,8 @@ def load(spec) -> Dataset:
         raise StageError.at(
             spec, "build", f"cannot load data {spec.data.source!r}: {describe_exc(e)}", where=spec.where("data")
         ) from e
-    return Dataset(xtr, _labels(ytr), xte, _labels(yte))
+    bf16 = tuple(n for n, i in spec.model.inputs.items if i.dtype == "bfloat16")
+    return Dataset(xtr, _labels(ytr), xte, _labels(yte), bf16)
 
 
 def inputs_of(spec, x):

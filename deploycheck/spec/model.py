@@ -385,10 +385,11 @@ class OutputThreshold:
     """Reloaded artifact vs the in-memory variant, on the same batches: |a - b| <= atol + rtol * |b|.
     With neither atol nor rtol set (here or in the spec's thresholds), full-precision variants use
     atol 1e-4 and rtol 1e-3, and variants whose recipe lowers precision (int8, fp16, bf16) allow
-    ``quant_steps`` steps of their precision over the in-memory outputs' range (an int8 step is the
-    range / 255), as the cross-machine snapshot rule does: runtimes round reduced precision by
-    whole steps. The flat keys hold for every output; an output's name as a key gives that output
-    its own (``{atol: 1.0e-4, emb: {atol: 0.01}}``), its unset keys taken from the flat ones."""
+    ``quant_steps`` steps of their precision (an int8 step is the in-memory output's range / 255;
+    an fp16 / bf16 step its scale, the larger of its range and its largest magnitude, / 2^10 or
+    2^7), as the cross-machine snapshot rule does: runtimes round reduced precision by whole
+    steps. The flat keys hold for every output; an output's name as a key gives that output its
+    own (``{atol: 1.0e-4, emb: {atol: 0.01}}``), its unset keys taken from the flat ones."""
 
     atol: float | None = field(
         None, ge=0, doc="absolute tolerance (not set: 1e-4, or quant_steps steps for reduced precision)"
