@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from . import checks_lm  # noqa: F401 - registers the causal-LM checks
 from .checks import CHECKS
 from .errors import SpecError, StageError
 from .metrics import METRICS

@@ -222,7 +222,7 @@ def test_a_straddling_interval_is_inconclusive_with_the_samples_that_would_decid
 
 
 def test_the_metric_verdict_shows_the_interval_and_what_inconclusive_does():
-    from deploycheck.checks import metric_verdict
+    from deploycheck.checks.quality import metric_verdict
     from deploycheck.spec.model import MetricThreshold
     from deploycheck.stats import DropCI
 
@@ -309,7 +309,7 @@ def test_the_metric_gate_reports_its_paired_interval_and_inconclusive_decides_by
 
 
 def test_a_busy_machines_latency_verdict_says_so_and_its_row_is_inconclusive():
-    from deploycheck.checks import ratio_formula
+    from deploycheck.checks.quality import ratio_formula
     from deploycheck.report import MARK, summary_rows
     from deploycheck.report.records import Record
     from deploycheck.spec.model import LatencyThreshold

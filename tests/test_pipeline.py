@@ -67,7 +67,7 @@ def test_metric_failure_prints_its_formula(project):
 
 
 def test_metric_formulas_in_both_directions():
-    from deploycheck.checks import metric_verdict
+    from deploycheck.checks.quality import metric_verdict
     from deploycheck.spec.model import MetricThreshold
 
     v = metric_verdict("accuracy", 0.95, 0.98, True, MetricThreshold(max_relative_drop=0.02))

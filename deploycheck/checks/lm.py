@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 
-from . import lm
-from .checks import Verdict, check, skip_if_baseline_nonfinite
-from .data.sources import read_lines
-from .errors import StageError
-from .outputs import pick
-from .target import Target
+from .. import lm
+from .quality import Verdict, check, skip_if_baseline_nonfinite
+from ..data.sources import read_lines
+from ..errors import StageError
+from ..outputs import pick
+from ..target import Target
 
 
 def is_causal_lm(t: Target) -> bool:
@@ -101,7 +101,7 @@ def next_token_check(runner, t: Target) -> Verdict:
 
 @check("generation", applies=lambda t: is_causal_lm(t) and t.spec.generation is not None)
 def generation_check(runner, t: Target) -> Verdict:
-    from .hf import decoder
+    from ..hf import decoder
 
     r = runner.reload(t)
     g, th = t.spec.generation, t.variant.thresholds.generation
@@ -167,7 +167,7 @@ def generation_check(runner, t: Target) -> Verdict:
 def tokenizer_check(runner, t: Target) -> Verdict:
     """The tokenizer files shipped next to the artifact are the ones hashed into its manifest and
     give the same ids as the spec's tokenizer on every held-out text and prompt."""
-    from .hf import token_ids, tokenizer_files
+    from ..hf import token_ids, tokenizer_files
 
     art = runner.artifact(t)
     shipped = os.path.join(os.path.dirname(art.path), "tokenizer")

@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
-from . import diverge, machine, snapshots
-from .errors import StageError
-from .metrics import resolve, targets_for
-from .numeric import compare_arrays, describe_nonfinite, fmt_num, nonfinite, output_tolerance, render_mismatch
-from .outputs import align, label, pick
-from .protocol import batch_len, concat_inputs, rows, run_batch, take
-from .registry import Registry
-from .stages.save import VariantUnsupported
-from .target import Target
+from .. import diverge, machine, snapshots
+from ..errors import StageError
+from ..metrics import resolve, targets_for
+from ..numeric import compare_arrays, describe_nonfinite, fmt_num, nonfinite, output_tolerance, render_mismatch
+from ..outputs import align, label, pick
+from ..protocol import batch_len, concat_inputs, rows, run_batch, take
+from ..registry import Registry
+from ..stages.save import VariantUnsupported
+from ..target import Target
 
 
 @dataclass
@@ -366,7 +366,7 @@ def _with_interval(ok: bool, f: str, *, name: str, key: str, limit: float, ci, t
     and ``th.inconclusive`` decides (the measured drop, pass, or fail)."""
     if ci is None:
         return ok, f
-    from .stats import judge, samples_to_decide
+    from ..stats import judge, samples_to_decide
 
     outcome = judge(ci, limit)
     op = {"pass": "<=", "fail": ">", "inconclusive": "straddles"}[outcome]
@@ -459,7 +459,7 @@ def drop_interval(runner, t: Target, outputs, metric, confidence: float):
     import numpy as np
     import torch
 
-    from .stats import bootstrap_paired_drop, exact_paired_drop
+    from ..stats import bootstrap_paired_drop, exact_paired_drop
 
     base = pick(runner.built(t.baseline()).outputs, t.spec.metric.output)  # the output the metric reads
     outputs = pick(outputs, t.spec.metric.output)
