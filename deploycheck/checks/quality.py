@@ -1,62 +1,20 @@
-"""Checks: thresholds -> verdicts that carry the formula and numbers that decided them.
-
-One registry: each check says when it applies and how it decides. Items in
-:mod:`deploycheck.collect` only run a check and show its verdict.
-"""
+"""Quality checks: does the reloaded artifact still compute what the model did? Loads and runs
+(``load``), the same outputs as in memory (``outputs``, ``dynamic``), the metric within its
+thresholds of the baseline's (``metric``), and for embedding models the cosine to the baseline
+(``fidelity``) and the order of triplets (``semantic``)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
-
-from .. import diverge, machine, snapshots
-from ..errors import StageError
+from .. import diverge, machine
 from ..metrics import resolve, targets_for
 from ..numeric import compare_arrays, describe_nonfinite, fmt_num, nonfinite, output_tolerance, render_mismatch
 from ..outputs import align, label, pick
-from ..protocol import batch_len, concat_inputs, rows, run_batch, take
-from ..registry import Registry
-from ..stages.save import VariantUnsupported
+from ..protocol import batch_len, run_batch
 from ..target import Target
-
-
-@dataclass
-class Verdict:
-    check: str
-    passed: bool
-    message: str = ""  # the failure message (or a note on success)
-    formula: str = ""  # e.g. "accuracy 0.9512 >= baseline 0.9722 - max_drop 0.01 = 0.9622"
-    value: Any = None
-    threshold: Any = None
-    details: dict = field(default_factory=dict)
-    inconclusive: bool = False  # the measurement cannot decide (noise): the item is skipped, saying why
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    level: str  # "format" (per variant and format) or "variant"
-    applies: Callable[[Target], bool]
-    run: Callable[..., Verdict]  # run(runner, target) -> Verdict
-    needs_item: bool = False  # run(..., item=the pytest item): for checks that talk to pytest plugins
-
-
-CHECKS: Registry[Check] = Registry("check")
-
-
-def check(
-    name: str, *, level: str = "format", applies: Callable[[Target], bool] = lambda t: True, needs_item: bool = False
-):
-    def deco(fn):
-        CHECKS.register(name, Check(name, level, applies, fn, needs_item))
-        return fn
-
-    return deco
-
+from .base import Bound, Gate, Verdict, check, given
 
 # --- load ---------------------------------------------------------------------------------------
 
@@ -66,8 +24,7 @@ def load_check(runner, t: Target) -> Verdict:
     r = runner.reload(t)
     cached = r.result.cached
     return Verdict(
-        "load",
-        True,
+        passed=True,
         formula="loaded and ran in a fresh process" + (" (cached result)" if cached else ""),
         value=round(r.result.load_s, 4),
         details={
@@ -107,13 +64,12 @@ def where_it_departs(runner, t: Target, *, against: str = "baseline") -> tuple[s
     return "\n" + diverge.render(res, probes=res["probes"]), {"divergence": res}
 
 
-def skip_if_baseline_nonfinite(runner, t: Target) -> None:
-    """A comparison with a NaN baseline is no verdict: skip it, pointing at the baseline's failure."""
+def baseline_not_compared(runner, t: Target) -> Verdict | None:
+    """A comparison with a NaN baseline is no verdict: a skip pointing at the baseline's failure."""
     if t.is_baseline:
-        return
+        return None
     why = baseline_nonfinite(runner, t)
-    if why:
-        raise pytest.skip.Exception(f"not compared: {why}", _use_item_location=True)
+    return Verdict.not_compared(f"not compared: {why}") if why else None
 
 
 # --- outputs ------------------------------------------------------------------------------------
@@ -137,13 +93,12 @@ def finite_verdict(runner, t: Target) -> Verdict | None:
     if not problems:
         return None
     return Verdict(
-        "outputs",
-        False,
-        "\n".join(problems),
-        problems[0],
-        sum(d["bad"] for d in details.values()),
-        {"finite": True},
-        {"nonfinite": details},
+        passed=False,
+        message="\n".join(problems),
+        formula=problems[0],
+        value=sum(d["bad"] for d in details.values()),
+        threshold={"finite": True},
+        details={"nonfinite": details},
     )
 
 
@@ -163,18 +118,16 @@ def outputs_check(runner, t: Target) -> Verdict:
     pairs, why = align(b.outputs, r.outputs)
     if why is not None:
         return Verdict(
-            "outputs",
-            False,
-            f"the reloaded {fspec.name} artifact {why.replace('the reference', other)}",
+            passed=False,
+            message=f"the reloaded {fspec.name} artifact {why.replace('the reference', other)}",
             value=list(r.outputs),
             threshold=list(b.outputs),
         )
     unknown = [n for n in v.thresholds.outputs.per_output if n not in b.outputs]
     if unknown:
         return Verdict(
-            "outputs",
-            False,
-            f"thresholds.outputs gives tolerances for {', '.join(map(repr, unknown))}, "
+            passed=False,
+            message=f"thresholds.outputs gives tolerances for {', '.join(map(repr, unknown))}, "
             f"not an output of the model; its outputs are {', '.join(map(repr, b.outputs))}",
             value=unknown,
             threshold=list(b.outputs),
@@ -257,8 +210,10 @@ def outputs_check(runner, t: Target) -> Verdict:
             where, det = where_it_departs(runner, t, against="in-memory")
             msg += where
             details.update(det)
-        return Verdict("outputs", False, msg, formula, details["max_abs"], threshold, details)
-    return Verdict("outputs", True, formula=formula, value=details["max_abs"], threshold=threshold, details=details)
+        return Verdict(
+            passed=False, message=msg, formula=formula, value=details["max_abs"], threshold=threshold, details=details
+        )
+    return Verdict(passed=True, formula=formula, value=details["max_abs"], threshold=threshold, details=details)
 
 
 def output_threshold(variant, name: str):
@@ -286,7 +241,9 @@ def dynamic_check(runner, t: Target) -> Verdict:
     probes = runner.dynamic_probes(t.spec)
     ref_t = t.baseline() if t.made_elsewhere and not t.is_baseline else t
     if t.made_elsewhere and t.is_baseline:
-        pytest.skip("an artifact made elsewhere as the baseline has no in-memory model to compare sizes with")
+        return Verdict.not_compared(
+            "an artifact made elsewhere as the baseline has no in-memory model to compare sizes with"
+        )
     model = runner.built(ref_t).model
     failed, ok_labels, details = [], [], {}
     got_all = r.dynamic_outputs or []
@@ -351,10 +308,10 @@ def dynamic_check(runner, t: Target) -> Verdict:
             f"\n  export with these dimensions dynamic (model.inputs dynamic) or fix the "
             f"model's size-dependent Python code; sizes tried: {sizes}"
         )
-        return Verdict("dynamic", False, msg, failed[0], len(failed), {"sizes": sizes}, details)
-    return Verdict(
-        "dynamic", True, formula=f"matches the in-memory variant at {sizes}", value=len(probes), details=details
-    )
+        return Verdict(
+            passed=False, message=msg, formula=failed[0], value=len(failed), threshold={"sizes": sizes}, details=details
+        )
+    return Verdict(passed=True, formula=f"matches the in-memory variant at {sizes}", value=len(probes), details=details)
 
 
 # --- metric -------------------------------------------------------------------------------------
@@ -391,50 +348,27 @@ def _with_interval(ok: bool, f: str, *, name: str, key: str, limit: float, ci, t
     return (ok if th.inconclusive == "point" else th.inconclusive == "pass"), f
 
 
-def metric_verdict(name: str, value: float, baseline: float, higher: bool, th, ci=None) -> Verdict:
+def metric_verdict(*, name: str, value: float, baseline: float, higher: bool, th, ci=None) -> Verdict:
     """Decide the metric gate; the formula shows every number that decided it. ``ci``: the
     drop's paired interval (:mod:`deploycheck.stats`), which revises the drop thresholds."""
-    parts: list[str] = []
-    failed: list[str] = []
+    gate = Gate()
     notes: list[str] = []
-    sign = "-" if higher else "+"
     delta = value - baseline
+    what = f"{name} {fmt_num(value)}"
     if th.max_drop is not None:
-        bound = baseline - th.max_drop if higher else baseline + th.max_drop
-        ok = value >= bound - 1e-12 if higher else value <= bound + 1e-12
-        op = (">=" if ok else "<") if higher else ("<=" if ok else ">")
-        f = f"{name} {fmt_num(value)} {op} baseline {fmt_num(baseline)} {sign} max_drop {fmt_num(th.max_drop)} = {fmt_num(bound)}"
-        ok, f = _with_interval(ok, f, name=name, key="max_drop", limit=th.max_drop, ci=ci, th=th, notes=notes)
-        (parts if ok else failed).append(f)
+        ok, f = Bound.drop(baseline=baseline, max_drop=th.max_drop, higher=higher).judge(value, what)
+        gate.add(*_with_interval(ok, f, name=name, key="max_drop", limit=th.max_drop, ci=ci, th=th, notes=notes))
     if th.max_relative_drop is not None:
-        factor = 1 - th.max_relative_drop if higher else 1 + th.max_relative_drop
-        bound = baseline * factor
-        ok = value >= bound - 1e-12 if higher else value <= bound + 1e-12
-        op = (">=" if ok else "<") if higher else ("<=" if ok else ">")
-        f = (
-            f"{name} {fmt_num(value)} {op} baseline {fmt_num(baseline)} × (1 {sign} max_relative_drop "
-            f"{fmt_num(th.max_relative_drop)}) = {fmt_num(bound)}"
-        )
-        ok, f = _with_interval(
-            ok,
-            f,
-            name=name,
-            key="max_relative_drop",
-            limit=abs(baseline) * th.max_relative_drop,
-            ci=ci,
-            th=th,
-            notes=notes,
-        )
-        (parts if ok else failed).append(f)
+        bound = Bound.relative_drop(baseline=baseline, max_relative_drop=th.max_relative_drop, higher=higher)
+        ok, f = bound.judge(value, what)
+        limit = abs(baseline) * th.max_relative_drop
+        gate.add(*_with_interval(ok, f, name=name, key="max_relative_drop", limit=limit, ci=ci, th=th, notes=notes))
     if th.min is not None:
-        ok = value >= th.min
-        (parts if ok else failed).append(f"{name} {fmt_num(value)} {'>=' if ok else '<'} min {fmt_num(th.min)}")
+        gate.bound(Bound.at_least("min", th.min), value, what)
     if th.max is not None:
-        ok = value <= th.max
-        (parts if ok else failed).append(f"{name} {fmt_num(value)} {'<=' if ok else '>'} max {fmt_num(th.max)}")
-    if not parts and not failed:
-        parts.append(f"{name} {fmt_num(value)} (baseline {fmt_num(baseline)}, delta {delta:+.4g}; no threshold set)")
-    formula = "; ".join((failed or parts) + notes)
+        gate.bound(Bound.at_most("max", th.max), value, what)
+    unset = f"{what} (baseline {fmt_num(baseline)}, delta {delta:+.4g}; no threshold set)"
+    formula = "; ".join([gate.formula(unset=unset)] + notes)
     details = {"metric": name, "value": value, "baseline": baseline, "delta": delta, "higher_is_better": higher}
     if ci is not None:
         details["drop_ci"] = {
@@ -446,8 +380,14 @@ def metric_verdict(name: str, value: float, baseline: float, higher: bool, th, c
             "method": ci.method,
             "inconclusive": bool(notes),
         }
-    thr = {k: getattr(th, k) for k in ("max_drop", "max_relative_drop", "min", "max") if getattr(th, k) is not None}
-    return Verdict("metric", not failed, formula if failed else "", formula, value, thr, details)
+    return Verdict(
+        passed=gate.ok,
+        message="" if gate.ok else formula,
+        formula=formula,
+        value=value,
+        threshold=given(th, "max_drop", "max_relative_drop", "min", "max"),
+        details=details,
+    )
 
 
 def drop_interval(runner, t: Target, outputs, metric, confidence: float):
@@ -488,7 +428,9 @@ def metric_check(runner, t: Target) -> Verdict:
     r = runner.reload(t)
     base = runner.built(t.baseline()).metric
     m = resolve(t.spec)
-    skip_if_baseline_nonfinite(runner, t)
+    skip = baseline_not_compared(runner, t)
+    if skip is not None:
+        return skip
     if not math.isfinite(r.metric):
         info = nonfinite(pick(r.outputs, t.spec.metric.output))
         why = (
@@ -497,17 +439,15 @@ def metric_check(runner, t: Target) -> Verdict:
             else "the metric function returned a non-finite value"
         )
         return Verdict(
-            "metric",
-            False,
-            f"metric {m.name} is {r.metric}, not a number to compare: {why}",
-            f"metric {m.name} is {r.metric}",
-            r.metric,
-            None,
-            {"metric": m.name, "value": r.metric, "higher_is_better": m.higher_is_better},
+            passed=False,
+            message=f"metric {m.name} is {r.metric}, not a number to compare: {why}",
+            formula=f"metric {m.name} is {r.metric}",
+            value=r.metric,
+            details={"metric": m.name, "value": r.metric, "higher_is_better": m.higher_is_better},
         )
     th = t.variant.thresholds.metric
     ci = None if t.is_baseline else drop_interval(runner, t, r.outputs, m, th.confidence)
-    v = metric_verdict(m.name, r.metric, base, m.higher_is_better, th, ci)
+    v = metric_verdict(name=m.name, value=r.metric, baseline=base, higher=m.higher_is_better, th=th, ci=ci)
     read = t.spec.metric.output or next(iter(r.outputs))
     v.details["output"] = read
     if len(r.outputs) > 1:  # which of several outputs the metric read, said in the verdict and the report
@@ -521,182 +461,116 @@ def metric_check(runner, t: Target) -> Verdict:
     return v
 
 
-# --- latency ------------------------------------------------------------------------------------
+# --- fidelity and semantic order (embedding models) ---------------------------------------------
 
 
-def ratio_formula(ratio: dict, th) -> str:
-    """The side-by-side verdict with the control that widened it, e.g.
-    ``latency ratio 1.182 (95% CI 1.171–1.190, 60 rounds) > max_ratio 1.1 × control 1.012 = 1.113``."""
-    conf = int(ratio["confidence"] * 100)
-    ctrl = ratio.get("control")
-    noise = ctrl["noise"] if ctrl else 1.0
-    failed = ratio["decision"].startswith("fail")
-    unsure = (
-        " (interval straddles the limit after the time budget; decided by the median)"
-        if ratio["decision"].endswith("unsure")
-        else ""
-    )
-    if ctrl:
-        cnote = (
-            f"; control: baseline reloaded vs baseline {ctrl['ratio']:.3f} "
-            f"(CI {ctrl['ci_low']:.3f}–{ctrl['ci_high']:.3f})"
-        )
-    else:
-        cnote = "; no control" + (f" ({ratio['control_error']})" if ratio.get("control_error") else "")
-    if ratio["decision"] == "inconclusive-busy":
-        clo, chi = ratio["cpu_ci"]
-        return (
-            f"inconclusive: the machine was busy (wall/CPU {ratio['busy']:.1f}): latency ratio "
-            f"{ratio['ratio']:.3f} by wall time (CI {ratio['ci_low']:.3f}–{ratio['ci_high']:.3f}) but "
-            f"{ratio['cpu_ratio']:.3f} by CPU time (CI {clo:.3f}–{chi:.3f}, {ratio['pairs']} rounds) against "
-            f"the limit {ratio['effective_limit']:.3f}; not failed, and measured again next run{cnote}"
-        )
-    if th.min_speedup is not None and (th.max_ratio is None or 1 / th.min_speedup < th.max_ratio):
-        sp, lo, hi = 1 / ratio["ratio"], 1 / ratio["ci_high"], 1 / ratio["ci_low"]
-        bound = th.min_speedup / noise
-        return (
-            f"speedup {sp:.3f} ({conf}% CI {lo:.3f}–{hi:.3f}, {ratio['pairs']} rounds) {'<' if failed else '>='} "
-            f"min_speedup {fmt_num(th.min_speedup)} / control {noise:.3f} = {bound:.3f}{unsure}{cnote}"
-        )
-    bound = th.max_ratio * noise
-    return (
-        f"latency ratio {ratio['ratio']:.3f} ({conf}% CI {ratio['ci_low']:.3f}–{ratio['ci_high']:.3f}, "
-        f"{ratio['pairs']} rounds) {'>' if failed else '<='} max_ratio {fmt_num(th.max_ratio)} × control "
-        f"{noise:.3f} = {bound:.3f}{unsure}{cnote}"
-    )
+def _fidelity_applies(t: Target) -> bool:
+    f = t.variant.thresholds.fidelity
+    return f.min_mean_cosine is not None or f.min_cosine is not None
 
 
-@check("latency")
-def latency_check(runner, t: Target) -> Verdict:
+@check("fidelity", applies=_fidelity_applies)
+def fidelity_check(runner, t: Target) -> Verdict:
+    """Row-wise cosine to the baseline, for every output (a failure names the output)."""
+    import torch
+
     r = runner.reload(t)
-    lat = r.result.latency or {}
-    th = t.variant.thresholds.latency
-    parts: list[str] = []
-    failed: list[str] = []
-    elsewhere = machine.scope_mismatch(th.machines) if th.machines is not None else None
-    for key in ("p50_ms", "p95_ms", "p99_ms"):
-        limit = getattr(th, key)
-        if limit is not None:
-            v = lat[key]
-            ok = v <= limit
-            if elsewhere:  # a ceiling set for other machines: reported, not gated
-                parts.append(
-                    f"{key[:3]} {fmt_num(v)} ms (not gated by {key} {fmt_num(limit)} ms: set for other "
-                    f"machines; {elsewhere})"
-                )
-                continue
-            (parts if ok else failed).append(
-                f"{key[:3]} {fmt_num(v)} ms {'<=' if ok else '>'} {key} {fmt_num(limit)} ms"
+    skip = baseline_not_compared(runner, t)
+    if skip is not None:
+        return skip
+    base = runner.built(t.baseline()).outputs
+    th = t.variant.thresholds.fidelity
+    thr = given(th, "min_mean_cosine", "min_cosine")
+    pairs, why = align(base, r.outputs)
+    if why is not None:
+        return Verdict(
+            passed=False,
+            message=f"the reloaded {t.fmt} artifact {why.replace('the reference', 'the baseline')}",
+            formula="outputs differ",
+            threshold=thr,
+        )
+    gate = Gate()
+    per: dict[str, dict[str, Any]] = {}
+    for name, ref, got in pairs:
+        lab = f"output {name!r}: " if len(pairs) > 1 else ""
+        if got.shape != ref.shape:
+            gate.add(False, f"{lab}shape {tuple(got.shape)} differs from the baseline's {tuple(ref.shape)}")
+            continue
+        cos = torch.nn.functional.cosine_similarity(
+            got.reshape(len(got), -1).double(), ref.reshape(len(ref), -1).double(), dim=1
+        )
+        mean, worst, at = cos.mean().item(), cos.min().item(), int(cos.argmin())
+        per[name] = {"mean_cosine": mean, "min_cosine": worst, "worst_sample": at}
+        if not math.isfinite(mean):
+            info = nonfinite(got)
+            what = f"the reloaded {t.fmt} " + (f"output {name!r}" if lab else "outputs")
+            why = describe_nonfinite(info, whose=what) if info else "cosine is not finite"
+            return Verdict(
+                passed=False,
+                message=f"cosine to the baseline is not a number: {why}",
+                formula="cosine is not finite",
+                value=mean,
+                details={"mean_cosine": mean},
             )
-    ratio = lat.get("ratio")
-    details = {
-        k: lat.get(k)
-        for k in (
-            "p50_ms",
-            "p95_ms",
-            "p99_ms",
-            "mean_ms",
-            "rounds",
-            "calls_per_round",
-            "throughput_per_s",
-            "batch",
-            "samples_ms",
-            "throughput",
-        )
+        if th.min_mean_cosine is not None:
+            what = f"{lab}mean cosine vs baseline {mean:.6f} (1 - cos = {1 - mean:.1e})"
+            gate.bound(Bound.at_least("min_mean_cosine", th.min_mean_cosine), mean, what)
+        if th.min_cosine is not None:
+            what = f"{lab}min cosine vs baseline {worst:.6f} (1 - cos = {1 - worst:.1e}, sample {at})"
+            gate.bound(Bound.at_least("min_cosine", th.min_cosine), worst, what)
+    formula = gate.formula()
+    first = per.get(pairs[0][0], {}) if pairs else {}
+    lowest = min((d["mean_cosine"] for d in per.values()), default=None)
+    details: dict[str, Any] = {
+        "mean_cosine": lowest,
+        "min_cosine": min((d["min_cosine"] for d in per.values()), default=None),
+        "worst_sample": first.get("worst_sample"),
     }
-    details["threads"] = r.result.threads
-    if elsewhere:
-        details["absolute_not_gated"] = elsewhere
-    if ratio:
-        details.update(
-            ratio=ratio["ratio"],
-            ratio_ci=[ratio["ci_low"], ratio["ci_high"]],
-            ratio_pairs=ratio["pairs"],
-            ratio_decision=ratio["decision"],
-            control=ratio.get("control"),
-            effective_limit=ratio.get("effective_limit"),
-            busy=ratio.get("busy"),
-            cpu_ratio=ratio.get("cpu_ratio"),
+    if len(pairs) > 1:
+        details["outputs"] = per
+    if not gate.ok:
+        where, det = where_it_departs(runner, t)
+        return Verdict(
+            passed=False, message=formula + where, formula=formula, value=lowest, threshold=thr, details=details | det
         )
-    wants_ratio = th.max_ratio is not None or th.min_speedup is not None
-    if wants_ratio and not t.is_baseline:
-        if not ratio:
-            failed.append(
-                f"no side-by-side measurement vs the baseline: {lat.get('ratio_error') or f'the baseline has no {t.fmt} artifact'}"
-            )
-        else:
-            (parts if not ratio["decision"].startswith("fail") else failed).append(ratio_formula(ratio, th))
-    if not parts and not failed:
-        parts.append(f"p50 {fmt_num(lat.get('p50_ms'))} ms, p95 {fmt_num(lat.get('p95_ms'))} ms (no threshold set)")
-    formula = "; ".join(failed or parts)
-    thr = {
-        k: getattr(th, k)
-        for k in ("p50_ms", "p95_ms", "p99_ms", "max_ratio", "min_speedup")
-        if getattr(th, k) is not None
-    }
-    message = ""
-    if ratio and ratio["decision"] == "inconclusive-busy" and not t.is_baseline:
-        details["forgotten"] = runner.forget_measurement(t)  # a busy machine's numbers are not kept
-    if failed:
-        # a failing measurement is never served again: the next run measures afresh
-        details["forgotten"] = runner.forget_measurement(t)
-        message = formula + (
-            "\n  (a cached measurement: dropped, the next run measures again)"
-            if r.result.cached
-            else "\n  (not kept in the cache: the next run measures again)"
-        )
+    return Verdict(passed=True, formula=formula, value=lowest, threshold=thr, details=details)
+
+
+def _triplet_order(emb, triplets):
+    import torch
+
+    e = torch.nn.functional.normalize(emb.reshape(len(emb), -1).double(), dim=1)
+    kept = [i for i, (a, c, f) in enumerate(triplets) if float(e[a] @ e[c]) > float(e[a] @ e[f])]
+    return kept
+
+
+@check("semantic", applies=lambda t: t.spec.semantic is not None)
+def semantic_check(runner, t: Target) -> Verdict:
+    r = runner.reload(t)
+    _, triplets = runner.semantic_batches(t.spec)
+    base_emb = runner.embeddings(t.baseline())  # once per session, whatever the number of formats
+    base_kept = set(_triplet_order(base_emb, triplets))
+    kept = set(_triplet_order(pick(r.extra_outputs, t.spec.metric.output), triplets))
+    n = len(triplets)
+    agreement = len(kept) / n if n else 1.0
+    lost = sorted(base_kept - kept)
+    need = t.spec.semantic.min_agreement
+    ok, formula = Bound.at_least("min_agreement", need).judge(
+        agreement,
+        f"{len(kept)} of {n} triplets keep their order (agreement {agreement:.3f}",
+        tail=f"; the baseline keeps {len(base_kept)})",
+    )
     return Verdict(
-        "latency",
-        not failed,
-        message,
-        formula,
-        lat.get(t.spec.latency.percentile + "_ms"),
-        thr,
-        details,
-        inconclusive=bool(ratio and ratio["decision"] == "inconclusive-busy" and not failed),
+        passed=ok,
+        message="" if ok else formula + "".join(f"\n  triplet {i + 1} lost its order" for i in lost[:10]),
+        formula=formula,
+        value=agreement,
+        threshold={"min_agreement": need},
+        details={"kept": len(kept), "triplets": n, "baseline_kept": len(base_kept), "lost": lost},
     )
 
 
-# --- size ---------------------------------------------------------------------------------------
-
-
-@check("size")
-def size_check(runner, t: Target) -> Verdict:
-    art = runner.artifact(t)
-    th = t.variant.thresholds.size
-    mb = art.size / 1e6
-    parts: list[str] = []
-    failed: list[str] = []
-    details = {"size_mb": mb, "sha256": art.sha256, "path": art.path}
-    if th.max_mb is not None:
-        ok = mb <= th.max_mb
-        (parts if ok else failed).append(f"size {fmt_num(mb)} MB {'<=' if ok else '>'} max_mb {fmt_num(th.max_mb)}")
-    base_size = None
-    if not t.is_baseline:
-        try:
-            base_size = runner.artifact(t.baseline()).size
-        except (StageError, VariantUnsupported):
-            base_size = None
-    if base_size:
-        details["size_ratio"] = art.size / base_size
-    if th.max_ratio is not None and not t.is_baseline:
-        if base_size is None:
-            failed.append(f"no baseline {t.fmt} artifact to compare the size with")
-        else:
-            ratio = art.size / base_size
-            ok = ratio <= th.max_ratio
-            (parts if ok else failed).append(
-                f"size ratio {ratio:.3f} ({fmt_num(mb)} MB / baseline {fmt_num(base_size / 1e6)} MB) "
-                f"{'<=' if ok else '>'} max_ratio {fmt_num(th.max_ratio)}"
-            )
-    if not parts and not failed:
-        parts.append(f"size {fmt_num(mb)} MB (no threshold set)")
-    formula = "; ".join(failed or parts)
-    thr = {k: getattr(th, k) for k in ("max_mb", "max_ratio") if getattr(th, k) is not None}
-    return Verdict("size", not failed, formula if failed else "", formula, mb, thr, details)
-
-
-# --- batch invariance (variant level) -----------------------------------------------------------
+# --- what a variant's recipe implies -------------------------------------------------------------
 
 INT8_METHODS = ("dynamic_int8", "weight_only_int8", "static_int8")
 
@@ -734,261 +608,3 @@ def saturation_hint(variant) -> str:
         f"\n  likely cause: this CPU ({machine.isa_class(fp)}) has no VNNI, so int8 dot products (u8 x s8) "
         f"accumulate pairs in a saturating 16-bit intermediate and results differ from VNNI machines; {fix}"
     )
-
-
-def _batch_sensitive(variant) -> bool:
-    """Recipes whose activations are quantized per batch make a sample's output depend on its neighbours."""
-    return any(getattr(s, "method", None) == "dynamic_int8" for s in variant.steps)
-
-
-def _bi_applies(t: Target) -> bool:
-    on = t.variant.thresholds.batch_invariance.enabled
-    return _batch_sensitive(t.variant) if on is None else on
-
-
-@check("batch_invariance", level="variant", applies=_bi_applies)
-def batch_invariance_check(runner, t: Target) -> Verdict:
-    import torch
-
-    th = t.variant.thresholds.batch_invariance
-    x = concat_inputs(runner.batches(t.spec))
-    n = min(th.probes, rows(x))
-    probes = take(x, slice(0, n))
-    fill = take(x, slice(n, n + max(th.batch_size - n, 0)))
-    n_fill = rows(fill)
-    # each probe alone; all probes first in a batch of other samples; then last in it
-    outs = runner.run_model(
-        t,
-        "batch-invariance",
-        lambda: (
-            [take(probes, slice(i, i + 1)) for i in range(n)]
-            + [concat_inputs([probes, fill]), concat_inputs([fill, probes])]
-        ),
-    )
-    diff = 0.0
-    for name in outs[0]:  # every output: a batch-dependent embedding is as wrong as a batch-dependent logit
-        a = torch.cat([o[name] for o in outs[:n]])
-        d = torch.maximum((a - outs[n][name][:n]).abs().amax(), (a - outs[n + 1][name][n_fill:]).abs().amax())
-        diff = max(diff, d.item())
-    mo = [pick(o, t.spec.metric.output) for o in outs]
-    alone = torch.cat(mo[:n])
-    batched, rev = mo[n][:n], mo[n + 1][n_fill:]
-    changed = 0
-    if alone.ndim == 2 and alone.shape[1] > 1 and resolve(t.spec).needs_labels:  # classifiers: compare predictions
-        changed = int(((alone.argmax(1) != batched.argmax(1)) | (alone.argmax(1) != rev.argmax(1))).sum())
-    ok = diff <= th.atol and changed <= th.max_changed_predictions
-    formula = (
-        f"max |alone - batched| {fmt_num(diff)} {'<=' if diff <= th.atol else '>'} atol {fmt_num(th.atol)}; "
-        f"changed predictions {changed} {'<=' if changed <= th.max_changed_predictions else '>'} "
-        f"max_changed_predictions {th.max_changed_predictions} ({n} probes, batches of {n + n_fill})"
-    )
-    return Verdict(
-        "batch_invariance",
-        ok,
-        "" if ok else formula,
-        formula,
-        diff,
-        {"atol": th.atol, "max_changed_predictions": th.max_changed_predictions},
-        {"max_diff": diff, "changed_predictions": changed, "probes": n},
-    )
-
-
-# --- snapshot (syrupy) --------------------------------------------------------------------------
-
-
-@check("snapshot", applies=lambda t: t.spec.snapshot.enabled, needs_item=True)
-def snapshot_check(runner, t: Target, *, item) -> Verdict:
-    assert t.fmt is not None  # a snapshot item is per format
-    r = runner.reload(t)
-    st = t.spec.snapshot
-    metric = resolve(t.spec)
-    fp = machine.fingerprint()
-    current = machine.isa_class(fp)
-    data = snapshots.snapshot_data(
-        spec=t.spec,
-        vname=t.vname,
-        fmt=t.fmt,
-        outputs={k: o[: st.probes] for k, o in r.outputs.items()},
-        metric_output=t.spec.metric.output,
-        metric_name=metric.name,
-        metric=r.metric,
-        top_k=st.top_k,
-        classifier=metric.needs_labels,
-        machine=machine.snapshot_machine(fp),
-        isa_class=current,
-    )
-    out = snapshots.assert_matches(item, data, settings=st, current=current, precision=precision(t.variant))
-    cmp, rel = out.comparison, out.path
-    details = {
-        "snapshot": rel,
-        "created": out.created,
-        "updated": out.updated,
-        "probes": data["probes"],
-        "isa_class": current,
-        "approved_on": cmp.get("reference"),
-        "rule": cmp["rule"].name if cmp.get("rule") else None,
-    }
-    if out.ok:
-        state = "created" if out.created else "updated" if out.updated else "matches"
-        how = snapshots.describe_rule(cmp) if state == "matches" else f"entry for {current}"
-        return Verdict("snapshot", True, formula=f"snapshot {state}: {rel} ({how})", value=state, details=details)
-    if out.missing:
-        msg = (
-            f"no approved snapshot at {rel}: run `pytest --snapshot-update` to record the current outputs "
-            f"({data['probes']} probes), then review and commit the file"
-        )
-        return Verdict("snapshot", False, msg, "snapshot missing", "missing", details=details)
-    if isinstance(out.error, snapshots.UnreadableSnapshot):
-        msg = (
-            f"approved snapshot {rel} does not parse: {out.error}; it is left as it is, even with "
-            "--snapshot-update: resolve it by hand (keep every machine's entry), or delete it and record it anew"
-        )
-        return Verdict("snapshot", False, msg, "snapshot unreadable", "error", details=details)
-    if out.error is not None:
-        msg = f"snapshot {rel} could not be compared: {type(out.error).__name__}: {out.error}"
-        return Verdict("snapshot", False, msg, "snapshot unreadable", "error", details=details)
-    cmp = cmp or {"problems": ["unknown"]}
-    where, det = where_it_departs(runner, t) if cmp.get("values", {}).get("mismatched") else ("", {})
-    msg = snapshots.render_drift(cmp, where=rel) + saturation_hint(t.variant) + where
-    details.update(det)
-    rule = cmp.get("rule")
-    return Verdict(
-        "snapshot",
-        False,
-        msg,
-        f"snapshot drift: {', '.join(cmp['problems'])}",
-        "drift",
-        {"atol": rule.atol, "rtol": rule.rtol} if rule else None,
-        details,
-    )
-
-
-# --- fidelity and semantic order (embedding models) ---------------------------------------------
-
-
-def _fidelity_applies(t: Target) -> bool:
-    f = t.variant.thresholds.fidelity
-    return f.min_mean_cosine is not None or f.min_cosine is not None
-
-
-@check("fidelity", applies=_fidelity_applies)
-def fidelity_check(runner, t: Target) -> Verdict:
-    """Row-wise cosine to the baseline, for every output (a failure names the output)."""
-    import torch
-
-    r = runner.reload(t)
-    skip_if_baseline_nonfinite(runner, t)
-    base = runner.built(t.baseline()).outputs
-    th = t.variant.thresholds.fidelity
-    thr = {k: getattr(th, k) for k in ("min_mean_cosine", "min_cosine") if getattr(th, k) is not None}
-    pairs, why = align(base, r.outputs)
-    if why is not None:
-        return Verdict(
-            "fidelity",
-            False,
-            f"the reloaded {t.fmt} artifact {why.replace('the reference', 'the baseline')}",
-            "outputs differ",
-            None,
-            thr,
-        )
-    parts: list[str] = []
-    failed: list[str] = []
-    per: dict[str, dict[str, Any]] = {}
-    for name, ref, got in pairs:
-        lab = f"output {name!r}: " if len(pairs) > 1 else ""
-        if got.shape != ref.shape:
-            failed.append(f"{lab}shape {tuple(got.shape)} differs from the baseline's {tuple(ref.shape)}")
-            continue
-        cos = torch.nn.functional.cosine_similarity(
-            got.reshape(len(got), -1).double(), ref.reshape(len(ref), -1).double(), dim=1
-        )
-        mean, worst, at = cos.mean().item(), cos.min().item(), int(cos.argmin())
-        per[name] = {"mean_cosine": mean, "min_cosine": worst, "worst_sample": at}
-        if not math.isfinite(mean):
-            info = nonfinite(got)
-            what = f"the reloaded {t.fmt} " + (f"output {name!r}" if lab else "outputs")
-            why = describe_nonfinite(info, whose=what) if info else "cosine is not finite"
-            return Verdict(
-                "fidelity",
-                False,
-                f"cosine to the baseline is not a number: {why}",
-                "cosine is not finite",
-                mean,
-                None,
-                {"mean_cosine": mean},
-            )
-        if th.min_mean_cosine is not None:
-            ok = mean >= th.min_mean_cosine
-            (parts if ok else failed).append(
-                f"{lab}mean cosine vs baseline {mean:.6f} (1 - cos = {1 - mean:.1e}) "
-                f"{'>=' if ok else '<'} min_mean_cosine "
-                f"{fmt_num(th.min_mean_cosine)}"
-            )
-        if th.min_cosine is not None:
-            ok = worst >= th.min_cosine
-            (parts if ok else failed).append(
-                f"{lab}min cosine vs baseline {worst:.6f} (1 - cos = {1 - worst:.1e}, "
-                f"sample {at}) {'>=' if ok else '<'} "
-                f"min_cosine {fmt_num(th.min_cosine)}"
-            )
-    formula = "; ".join(failed or parts)
-    first = per.get(pairs[0][0], {}) if pairs else {}
-    lowest = min((d["mean_cosine"] for d in per.values()), default=None)
-    details: dict[str, Any] = {
-        "mean_cosine": lowest,
-        "min_cosine": min((d["min_cosine"] for d in per.values()), default=None),
-        "worst_sample": first.get("worst_sample"),
-    }
-    if len(pairs) > 1:
-        details["outputs"] = per
-    if failed:
-        where, det = where_it_departs(runner, t)
-        return Verdict("fidelity", False, formula + where, formula, lowest, thr, {**details, **det})
-    return Verdict("fidelity", True, "", formula, lowest, thr, details)
-
-
-def _triplet_order(emb, triplets):
-    import torch
-
-    e = torch.nn.functional.normalize(emb.reshape(len(emb), -1).double(), dim=1)
-    kept = [i for i, (a, c, f) in enumerate(triplets) if float(e[a] @ e[c]) > float(e[a] @ e[f])]
-    return kept
-
-
-@check("semantic", applies=lambda t: t.spec.semantic is not None)
-def semantic_check(runner, t: Target) -> Verdict:
-    r = runner.reload(t)
-    _, triplets = runner.semantic_batches(t.spec)
-    base_emb = runner.embeddings(t.baseline())  # once per session, whatever the number of formats
-    base_kept = set(_triplet_order(base_emb, triplets))
-    kept = set(_triplet_order(pick(r.extra_outputs, t.spec.metric.output), triplets))
-    n = len(triplets)
-    agreement = len(kept) / n if n else 1.0
-    lost = sorted(base_kept - kept)
-    need = t.spec.semantic.min_agreement
-    ok = agreement >= need
-    formula = (
-        f"{len(kept)} of {n} triplets keep their order (agreement {agreement:.3f} {'>=' if ok else '<'} "
-        f"min_agreement {fmt_num(need)}; the baseline keeps {len(base_kept)})"
-    )
-    msg = formula if ok else formula + "".join(f"\n  triplet {i + 1} lost its order" for i in lost[:10])
-    return Verdict(
-        "semantic",
-        ok,
-        "" if ok else msg,
-        formula,
-        agreement,
-        {"min_agreement": need},
-        {"kept": len(kept), "triplets": n, "baseline_kept": len(base_kept), "lost": lost},
-    )
-
-
-def declared_files(spec) -> set[str]:
-    """The snapshot file names a spec declares: ``<spec>.<variant>.<format>.snapshot.json``."""
-    check = CHECKS.get("snapshot")
-    return {
-        f"{spec.name}.{v.name}.{f.name}.snapshot.json"
-        for v in spec.variants.values()
-        for f in v.formats
-        if check.applies(Target(spec, v, f))
-    }
