@@ -11,14 +11,10 @@ from ..target import Target
 from .base import Bound, Gate, Verdict, check
 
 
-def _batch_sensitive(variant) -> bool:
-    """Recipes whose activations are quantized per batch make a sample's output depend on its neighbours."""
-    return any(getattr(s, "method", None) == "dynamic_int8" for s in variant.steps)
-
-
 def _bi_applies(t: Target) -> bool:
+    """Where the spec says so, else where a recipe step makes outputs depend on the batch."""
     on = t.variant.thresholds.batch_invariance.enabled
-    return _batch_sensitive(t.variant) if on is None else on
+    return t.variant.batch_sensitive if on is None else on
 
 
 @check("batch_invariance", level="variant", applies=_bi_applies)

@@ -8,11 +8,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .. import diverge, machine
+from .. import diverge
 from ..metrics import resolve, targets_for
 from ..numeric import compare_arrays, describe_nonfinite, fmt_num, nonfinite, output_tolerance, render_mismatch
 from ..outputs import align, label, pick
 from ..protocol import batch_len, run_batch
+from ..recipes.quantize import saturation_hint
 from ..target import Target
 from .base import Bound, Gate, Verdict, check, given
 
@@ -151,7 +152,7 @@ def outputs_check(runner, t: Target) -> Verdict:
         tol = output_tolerance(
             atol=th.atol,
             rtol=th.rtol,
-            precision=None if made_elsewhere else precision(v),
+            precision=None if made_elsewhere else v.precision,
             quant_steps=th.quant_steps,
             span=float(ref.double().max() - ref.double().min()) if ref.numel() else 0.0,
         )
@@ -205,7 +206,7 @@ def outputs_check(runner, t: Target) -> Verdict:
     formula = "; ".join(formulas)
     threshold = next(iter(thresholds.values())) if len(thresholds) == 1 else thresholds
     if failed:
-        msg = "\n".join(failed) + saturation_hint(v)
+        msg = "\n".join(failed) + saturation_hint(v.steps)
         if not made_elsewhere and compared:
             where, det = where_it_departs(runner, t, against="in-memory")
             msg += where
@@ -286,7 +287,7 @@ def dynamic_check(runner, t: Target) -> Verdict:
             tol = output_tolerance(
                 atol=th.atol,
                 rtol=th.rtol,
-                precision=None if t.made_elsewhere else precision(t.variant),
+                precision=None if t.made_elsewhere else t.variant.precision,
                 quant_steps=th.quant_steps,
                 span=float(a.double().max() - a.double().min()) if a.numel() else 0.0,
             )
@@ -456,7 +457,7 @@ def metric_check(runner, t: Target) -> Verdict:
             v.message += f" (metric on output {read!r})"
     if not v.passed:
         where, det = where_it_departs(runner, t)
-        v.message += saturation_hint(t.variant) + where
+        v.message += saturation_hint(t.variant.steps) + where
         v.details.update(det)
     return v
 
@@ -567,44 +568,4 @@ def semantic_check(runner, t: Target) -> Verdict:
         value=agreement,
         threshold={"min_agreement": need},
         details={"kept": len(kept), "triplets": n, "baseline_kept": len(base_kept), "lost": lost},
-    )
-
-
-# --- what a variant's recipe implies -------------------------------------------------------------
-
-INT8_METHODS = ("dynamic_int8", "weight_only_int8", "static_int8")
-
-
-def is_int8(variant) -> bool:
-    """The variant has an int8 quantization step."""
-    return any(getattr(s, "method", None) in INT8_METHODS for s in variant.steps)
-
-
-def precision(variant) -> str | None:
-    """The coarsest reduced precision a variant's recipe uses: int8, bf16, fp16, or None."""
-    methods = {getattr(s, "method", None) for s in variant.steps}
-    if methods & set(INT8_METHODS):
-        return "int8"
-    return "bf16" if "bf16" in methods else "fp16" if "fp16" in methods else None
-
-
-def saturation_hint(variant) -> str:
-    """On x86 without VNNI, int8 u8 x s8 dot products saturate a 16-bit intermediate: say so, and
-    name the option that avoids it. Empty where it cannot be the cause."""
-    if not is_int8(variant) or not machine.saturation_risk():
-        return ""
-    fp = machine.fingerprint()
-    static = [s for s in variant.steps if getattr(s, "method", None) == "static_int8"]
-    if static and not all(s.weight_bits == 7 for s in static):
-        fix = "quantize with `weight_bits: 7` (weights in [-64, 63] keep every pair of u8 x s7 products inside 16 bits)"
-    elif static:
-        fix = "weight_bits is already 7, so saturation is ruled out; int8 rounding still differs by ISA"
-    else:
-        fix = (
-            "dynamic int8 on the x86/fbgemm engine already uses 7-bit activations; the ISA's int8 rounding "
-            "still differs, so widen the tolerance or approve this class with `pytest --snapshot-update`"
-        )
-    return (
-        f"\n  likely cause: this CPU ({machine.isa_class(fp)}) has no VNNI, so int8 dot products (u8 x s8) "
-        f"accumulate pairs in a saturating 16-bit intermediate and results differ from VNNI machines; {fix}"
     )

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from .. import machine, snapshots
 from ..metrics import resolve
+from ..recipes.quantize import saturation_hint
 from ..target import Target
 from .base import CHECKS, Verdict, check
-from .quality import precision, saturation_hint, where_it_departs
+from .quality import where_it_departs
 
 # --- snapshot (syrupy) --------------------------------------------------------------------------
 
@@ -33,7 +34,7 @@ def snapshot_check(runner, t: Target, *, item) -> Verdict:
         machine=machine.snapshot_machine(fp),
         isa_class=current,
     )
-    out = snapshots.assert_matches(item, data, settings=st, current=current, precision=precision(t.variant))
+    out = snapshots.assert_matches(item, data, settings=st, current=current, precision=t.variant.precision)
     cmp, rel = out.comparison, out.path
     details = {
         "snapshot": rel,
@@ -65,7 +66,7 @@ def snapshot_check(runner, t: Target, *, item) -> Verdict:
         return Verdict(passed=False, message=msg, formula="snapshot unreadable", value="error", details=details)
     cmp = cmp or {"problems": ["unknown"]}
     where, det = where_it_departs(runner, t) if cmp.get("values", {}).get("mismatched") else ("", {})
-    msg = snapshots.render_drift(cmp, where=rel) + saturation_hint(t.variant) + where
+    msg = snapshots.render_drift(cmp, where=rel) + saturation_hint(t.variant.steps) + where
     details.update(det)
     rule = cmp.get("rule")
     return Verdict(

@@ -728,6 +728,17 @@ class VariantSpec:
         chain = [f"model:{(self.model.factory or 'factory').rpartition(':')[2]}"] if self.model is not None else []
         return " -> ".join(chain + [s.short() for s in self.steps]) or "baseline"
 
+    @property
+    def precision(self) -> str | None:
+        """The coarsest reduced precision the recipe's steps compute in: int8, bf16, fp16, or None."""
+        found = {s.precision for s in self.steps}
+        return next((p for p in ("int8", "bf16", "fp16") if p in found), None)
+
+    @property
+    def batch_sensitive(self) -> bool:
+        """A step makes a sample's outputs depend on the other samples in its batch."""
+        return any(s.batch_sensitive for s in self.steps)
+
 
 @dataclass(frozen=True)
 class LatencySettings:

@@ -170,7 +170,7 @@ def _prerequisites(runner, t) -> None:
     if not t.is_baseline:
         runner.built(t.baseline())
     for step in t.variant.steps:  # libraries the step imports, which this process needs for its result too
-        for name in getattr(step, "imports", lambda: ())():
+        for name in step.imports():
             importlib.import_module(name)
 
 
