@@ -195,11 +195,16 @@ def test_a_plugin_option_named_like_a_protocol_property_is_refused(plugin_regist
 
 
 def test_a_plugin_without_apply_is_refused(plugin_registry):
-    from deploycheck.recipes import config_class
+    from deploycheck.recipes import Recipe, config_class
 
     class NoApply:
         pass
 
+    class InheritsOnly(Recipe):  # the protocol's apply only raises: not a recipe yet
+        pass
+
     plugin_registry.register("noapply", NoApply)
-    with pytest.raises(TypeError, match="is not a recipe config class with an apply"):
-        config_class("noapply")
+    plugin_registry.register("inheritsonly", InheritsOnly)
+    for name in ("noapply", "inheritsonly"):
+        with pytest.raises(TypeError, match="is not a recipe config class with an apply"):
+            config_class(name)

@@ -117,8 +117,8 @@ class Recipe:
         return False
 
 
-#: plug-in classes with the protocol's defaults, made once per recipe name
-_ADAPTED: dict[str, type[Recipe]] = {}
+#: (recipe name, plug-in class) -> the subclass with the protocol's defaults, made once
+_ADAPTED: dict[tuple[str, type], type[Recipe]] = {}
 
 
 def config_class(name: str) -> type[Recipe]:
@@ -126,11 +126,11 @@ def config_class(name: str) -> type[Recipe]:
     it is; a subclass that adds :class:`Recipe`'s defaults (its name, a short label, precision …)
     stands in for it, under the same module and qualified name (cache keys and messages name it)."""
     cls = RECIPES.get(name)
-    if type(cls) is not type or not callable(getattr(cls, "apply", None)):
+    if type(cls) is not type or getattr(cls, "apply", None) in (None, Recipe.apply):
         raise TypeError(f"{cls!r} is not a recipe config class with an apply(model, ctx) method")
     if issubclass(cls, Recipe) and cls.recipe_name == name:
         return cls
-    if name not in _ADAPTED:
+    if (name, cls) not in _ADAPTED:
         clash = sorted(set(getattr(cls, "__dataclass_fields__", ())) & {"precision", "batch_sensitive"})
         if clash:  # the checks read these as the protocol's; an option of that name would be misread
             raise TypeError(
@@ -143,8 +143,8 @@ def config_class(name: str) -> type[Recipe]:
             "__qualname__": cls.__qualname__,
             "__doc__": cls.__doc__,
         }
-        _ADAPTED[name] = type(cls.__name__, (cls, Recipe), ns)
-    return _ADAPTED[name]
+        _ADAPTED[name, cls] = type(cls.__name__, (cls, Recipe), ns)
+    return _ADAPTED[name, cls]
 
 
 def apply(config: Recipe, model: Any, ctx: RecipeContext) -> StepResult:
