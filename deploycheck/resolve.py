@@ -97,6 +97,6 @@ def _name_problems(spec) -> list[Problem]:
                         v.line,
                         f"{where}.steps[{j}].{key}"
                         if len(v.steps) > 1
-                        else f"{where}.{getattr(step, 'recipe_name', 'recipe')}.{key}",
+                        else f"{where}.{step.recipe_name}.{key}",
                     )
     return problems
