@@ -13,7 +13,7 @@ from typing import Any, Literal
 from ..data import PREPROCESS, SOURCES
 from ..formats import FORMATS
 from ..metrics import METRICS
-from ..recipes import RECIPES, config_class
+from ..recipes import RECIPES, Recipe, config_class
 from ..registry import UnknownName, did_you_mean
 from ..schema import DType
 from .loader import LMap, LSeq
@@ -703,7 +703,7 @@ class VariantSpec:
     """A named variant: the baseline with a chain of recipes applied, its own model, or a file."""
 
     name: str
-    steps: tuple[Any, ...]
+    steps: tuple[Recipe, ...]
     thresholds: Thresholds
     formats: tuple[FormatSpec, ...]
     line: int
