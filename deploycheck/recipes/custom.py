@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..models import import_callable
-from ..schema import field
+from ..schema import field, import_path_problem
 from . import Recipe, RecipeContext, StepResult
 
 
@@ -27,10 +27,8 @@ class CustomConfig(Recipe):
     seed: int = field(0, doc="seed of ctx.generator and of torch's global generator before the call")
 
     def check(self) -> list[tuple[str, str]]:
-        mod, sep, attr = self.callable.partition(":")
-        if not sep or not mod or not attr or not all(p.isidentifier() for p in mod.split(".") + attr.split(".")):
-            return [("callable", f"expected an import path 'package.module:function', got {self.callable!r}")]
-        return []
+        problem = import_path_problem(self.callable, what="function")
+        return [("callable", problem)] if problem else []
 
     def short(self) -> str:
         return f"custom:{self.callable.rpartition(':')[2]}"
