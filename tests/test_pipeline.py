@@ -84,14 +84,16 @@ def test_metric_failure_prints_its_formula(three_failures):
 
 
 def test_metric_formulas_in_both_directions():
-    from deploycheck.checks import metric_verdict
+    from deploycheck.checks.quality import metric_verdict
     from deploycheck.spec.model import MetricThreshold
 
-    v = metric_verdict("accuracy", 0.95, 0.98, True, MetricThreshold(max_relative_drop=0.02))
+    v = metric_verdict(
+        name="accuracy", value=0.95, baseline=0.98, higher=True, th=MetricThreshold(max_relative_drop=0.02)
+    )
     assert (v.passed, v.message) == (False, "accuracy 0.95 < baseline 0.98 × (1 - max_relative_drop 0.02) = 0.9604")
-    v = metric_verdict("mse", 0.12, 0.10, False, MetricThreshold(max_drop=0.01, max=0.2))
+    v = metric_verdict(name="mse", value=0.12, baseline=0.10, higher=False, th=MetricThreshold(max_drop=0.01, max=0.2))
     assert (v.passed, v.message) == (False, "mse 0.12 > baseline 0.1 + max_drop 0.01 = 0.11")
-    v = metric_verdict("mse", 0.105, 0.10, False, MetricThreshold(max_drop=0.01))
+    v = metric_verdict(name="mse", value=0.105, baseline=0.10, higher=False, th=MetricThreshold(max_drop=0.01))
     assert (v.passed, v.formula) == (True, "mse 0.105 <= baseline 0.1 + max_drop 0.01 = 0.11")
 
 

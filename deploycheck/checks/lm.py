@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 
-from . import lm
-from .checks import Verdict, check, skip_if_baseline_nonfinite
-from .data.sources import read_lines
-from .errors import StageError
-from .outputs import pick
-from .target import Target
+from .. import lm
+from ..data.sources import read_lines
+from ..errors import StageError
+from ..outputs import pick
+from ..target import Target
+from .base import Gate, Verdict, check, given
+from .quality import baseline_not_compared
 
 
 def is_causal_lm(t: Target) -> bool:
@@ -41,7 +42,6 @@ def _ids_mask(runner, spec):
 def _logits(runner, t: Target):
     """(reloaded logits, baseline's in-memory logits), shapes checked."""
     r = runner.reload(t)
-    skip_if_baseline_nonfinite(runner, t)
     name = t.spec.metric.output  # the logits: the output the metric reads (the first by default)
     out, base = pick(r.outputs, name), pick(runner.built(t.baseline()).outputs, name)
     if out.ndim != 3:
@@ -56,6 +56,10 @@ def _logits(runner, t: Target):
 
 @check("perplexity", applies=is_causal_lm)
 def perplexity_check(runner, t: Target) -> Verdict:
+    runner.reload(t)  # a load error comes first
+    skip = baseline_not_compared(runner, t)
+    if skip is not None:
+        return skip
     out, base = _logits(runner, t)
     ids, mask = _ids_mask(runner, t.spec)
     value, ref = lm.perplexity(out, ids, mask), lm.perplexity(base, ids, mask)
@@ -65,43 +69,43 @@ def perplexity_check(runner, t: Target) -> Verdict:
     )
     _, n = lm.token_nll(out, ids, mask)
     formula += f" ({n} tokens of {len(ids)} held-out texts, reloaded {t.fmt})"
-    thr = {k: getattr(th, k) for k in ("max_relative_increase", "max_increase") if getattr(th, k) is not None}
     return Verdict(
-        "perplexity",
-        ok,
-        "" if ok else formula,
-        formula,
-        value,
-        thr,
-        {"perplexity": value, "baseline": ref, "tokens": n},
+        passed=ok,
+        message="" if ok else formula,
+        formula=formula,
+        value=value,
+        threshold=given(th, "max_relative_increase", "max_increase"),
+        details={"perplexity": value, "baseline": ref, "tokens": n},
     )
 
 
 @check("next_token", applies=is_causal_lm)
 def next_token_check(runner, t: Target) -> Verdict:
+    runner.reload(t)  # a load error comes first
+    skip = baseline_not_compared(runner, t)
+    if skip is not None:
+        return skip
     out, base = _logits(runner, t)
     _, mask = _ids_mask(runner, t.spec)
     try:
         st = lm.next_token_stats(out, base, mask)
     except ValueError as e:
-        return Verdict("next_token", False, f"next-token distributions not compared: {e}", str(e))
+        return Verdict(passed=False, message=f"next-token distributions not compared: {e}", formula=str(e))
     th = t.variant.thresholds.next_token
     ok, formula = lm.agreement_verdict(st, min_top1=th.min_top1, max_mean_kl=th.max_mean_kl)
-    thr = {k: getattr(th, k) for k in ("min_top1", "max_mean_kl") if getattr(th, k) is not None}
     return Verdict(
-        "next_token",
-        ok,
-        "" if ok else formula,
-        formula,
-        st["mean_kl"],
-        thr,
-        {k: st[k] for k in ("top1", "mean_kl", "max_kl", "positions")},
+        passed=ok,
+        message="" if ok else formula,
+        formula=formula,
+        value=st["mean_kl"],
+        threshold=given(th, "min_top1", "max_mean_kl"),
+        details={k: st[k] for k in ("top1", "mean_kl", "max_kl", "positions")},
     )
 
 
 @check("generation", applies=lambda t: is_causal_lm(t) and t.spec.generation is not None)
 def generation_check(runner, t: Target) -> Verdict:
-    from .hf import decoder
+    from ..hf import decoder
 
     r = runner.reload(t)
     g, th = t.spec.generation, t.variant.thresholds.generation
@@ -114,18 +118,14 @@ def generation_check(runner, t: Target) -> Verdict:
             f"per step: was the sequence length specialised at export? see formats' dynamic_seq)"
         )
         return Verdict(
-            "generation",
-            False,
-            msg,
-            "generation failed",
-            None,
-            None,
-            {"error": why, "traceback": r.result.traceback[-1500:]},
+            passed=False,
+            message=msg,
+            formula="generation failed",
+            details={"error": why, "traceback": r.result.traceback[-1500:]},
         )
     gens = [list(x) for x in r.result.generations]
     dec = decoder(runner.tokenizer_dir(t.spec))
-    parts: list[str] = []
-    failed: list[str] = []
+    gate = Gate()
     details: dict = {"generations": gens, "seconds": r.result.generation_s}
     refs = [("the baseline", t.baseline(), th.min_exact_match, "min_exact_match")]
     in_memory = (t, th.min_exact_match_in_memory, "min_exact_match_in_memory")
@@ -138,7 +138,7 @@ def generation_check(runner, t: Target) -> Verdict:
         ok, msg, deps = lm.generation_verdict(
             gens, ref, min_exact_match=need, against=label, prompts=texts, decode=dec, show=g.show, name=name
         )
-        (parts if ok else failed).append(msg)
+        gate.add(ok, msg)
         details[label] = {
             "exact_match": 1 - len(deps) / len(ref),
             "departures": [{"prompt": d.prompt, "position": d.position} for d in deps],
@@ -148,18 +148,16 @@ def generation_check(runner, t: Target) -> Verdict:
         f" ({len(gens)} prompts × up to {g.new_tokens} new tokens, {n_tok} generated through the reloaded "
         f"{t.fmt} artifact)"
     )
-    shown = failed or parts
-    formula = "; ".join(m.splitlines()[0] for m in shown) + tail
-    message = "\n".join([formula] + [ln for m in failed for ln in m.splitlines()[1:]]) if failed else ""
+    formula = "; ".join(m.splitlines()[0] for m in gate.failed or gate.passed) + tail
+    message = "\n".join([formula] + [ln for m in gate.failed for ln in m.splitlines()[1:]]) if gate.failed else ""
     value = details.get("the baseline", details.get("the in-memory baseline", {})).get("exact_match")
     return Verdict(
-        "generation",
-        not failed,
-        message,
-        formula,
-        value,
-        {"min_exact_match": th.min_exact_match, "min_exact_match_in_memory": th.min_exact_match_in_memory},
-        details,
+        passed=gate.ok,
+        message=message,
+        formula=formula,
+        value=value,
+        threshold={"min_exact_match": th.min_exact_match, "min_exact_match_in_memory": th.min_exact_match_in_memory},
+        details=details,
     )
 
 
@@ -167,31 +165,32 @@ def generation_check(runner, t: Target) -> Verdict:
 def tokenizer_check(runner, t: Target) -> Verdict:
     """The tokenizer files shipped next to the artifact are the ones hashed into its manifest and
     give the same ids as the spec's tokenizer on every held-out text and prompt."""
-    from .hf import token_ids, tokenizer_files
+    from ..hf import token_ids, tokenizer_files
 
     art = runner.artifact(t)
     shipped = os.path.join(os.path.dirname(art.path), "tokenizer")
     want = art.manifest.get("tokenizer") or {}
     if not want:
-        return Verdict("tokenizer", False, f"the {t.fmt} artifact's manifest holds no tokenizer hashes", "no hashes")
+        return Verdict(
+            passed=False, message=f"the {t.fmt} artifact's manifest holds no tokenizer hashes", formula="no hashes"
+        )
     try:
         have = tokenizer_files(shipped)
     except FileNotFoundError as e:
-        return Verdict("tokenizer", False, f"no tokenizer shipped next to the artifact: {e}", "no tokenizer")
+        return Verdict(passed=False, message=f"no tokenizer shipped next to the artifact: {e}", formula="no tokenizer")
     changed = sorted(n for n in set(want) | set(have) if want.get(n) != have.get(n))
     if changed:
         msg = f"the tokenizer next to the artifact differs from the one hashed into its manifest: {', '.join(changed)}"
-        return Verdict("tokenizer", False, msg, msg, len(changed), None, {"changed": changed})
+        return Verdict(passed=False, message=msg, formula=msg, value=len(changed), details={"changed": changed})
     texts = list(runner.prompts(t.spec)[0]) if t.spec.generation is not None else []
     scheme, _, rest = t.spec.data.source.partition(":")
     if scheme == "text":
         texts += read_lines(os.path.join(os.path.dirname(os.path.abspath(t.spec.path)), rest))
     if not texts:
         return Verdict(
-            "tokenizer",
-            False,
-            "no texts to tokenize: give a text: data source or generation prompts",
-            "nothing compared",
+            passed=False,
+            message="no texts to tokenize: give a text: data source or generation prompts",
+            formula="nothing compared",
         )
     ref = token_ids(texts, path=runner.tokenizer_dir(t.spec))
     got = token_ids(texts, path=shipped)
@@ -203,5 +202,5 @@ def tokenizer_check(runner, t: Target) -> Verdict:
     if bad:
         i = bad[0]
         msg = formula + f"\n  text {i} {texts[i]!r}: shipped {got[i][:20]}, spec's {ref[i][:20]}"
-        return Verdict("tokenizer", False, msg, formula, len(bad), None, {"differing": bad})
-    return Verdict("tokenizer", True, formula=formula, value=0, details={"files": have, "texts": len(texts)})
+        return Verdict(passed=False, message=msg, formula=formula, value=len(bad), details={"differing": bad})
+    return Verdict(passed=True, formula=formula, value=0, details={"files": have, "texts": len(texts)})
