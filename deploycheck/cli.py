@@ -15,7 +15,7 @@ from .errors import SpecError
 from .formats import FORMATS, formats_by_name, sniff
 from .formats.integrity import FORMAT_NAMES, Diagnosis, check_file, read_manifest, sha256
 from .isolation import WorkerPool
-from .models import describe_exc
+from .loading import describe_exc
 from .protocol import ArtifactRef, load_request
 from .report.compare import add_commands
 from .resolve import name_problems

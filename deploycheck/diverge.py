@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .formats.integrity import runtime_libraries
-from .models import describe_exc
+from .loading import describe_exc
 from .protocol import batch_len, call, first_tensor
 
 #: a layer departs when its relative error exceeds this, or 10% of the final output's

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .models import import_callable, search_dirs
+from .loading import import_callable, search_dirs
 from .registry import Registry
 
 

@@ -13,7 +13,7 @@ import os
 import sys
 
 from .errors import Problem
-from .models import describe_exc, import_callable, search_dirs
+from .loading import describe_exc, import_callable, search_dirs
 from .registry import did_you_mean
 
 

@@ -23,7 +23,7 @@ from .data.sources import read_lines
 from .errors import StageError
 from .isolation import ChildGone, ChildUnpicklable, RemoteError, WorkerPool, call_forked, call_in_thread, can_fork
 from .lm import greedy, hf_steps
-from .models import baseline_arch, build_baseline, describe_exc
+from .loading import baseline_arch, build_baseline, describe_exc
 from .outputs import OutputError, pick
 from .protocol import ArtifactRef, BatchDimError, concat_inputs, describe_batch, run_batch, take
 from .signature import dynamic_probes

@@ -21,7 +21,7 @@ def train(spec_file: str, epochs: int = 40, lr: float = 3e-3, seed: int = 0) -> 
     import dataclasses
 
     from deploycheck import data as dc_data
-    from deploycheck.models import build_baseline, import_callable, search_dirs
+    from deploycheck.loading import build_baseline, import_callable, search_dirs
     from deploycheck.spec import parse_file
 
     spec = parse_file(os.path.join(ROOT, spec_file))

@@ -441,7 +441,7 @@ def test_params_leave_buffers_out_and_packed_int8_weights_count():
     import torch
     from torch import nn
 
-    from deploycheck.models import count_params, state_bytes
+    from deploycheck.loading import count_params, state_bytes
 
     class M(nn.Module):
         def __init__(self):

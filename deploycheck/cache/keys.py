@@ -10,10 +10,10 @@ import os
 import platform
 from typing import Any
 
-from .. import usercode
+from .. import userfiles
 from ..formats.integrity import library_versions, sha256
+from ..loading import baseline_arch, search_dirs
 from ..machine import kernel_key
-from ..models import baseline_arch, search_dirs
 from ..protocol import ArtifactRef, WorkerRequest
 from ..schema import TOKENIZER_FILES
 
@@ -61,8 +61,8 @@ def machine() -> dict:
 
 
 def code_hashes(spec) -> dict[str, str | None]:
-    """sha256 of every user file the spec's callables import from its python_path (see usercode)."""
-    return {path: file_sha(path) for path in usercode.files(code_paths(spec), search_dirs(spec))}
+    """sha256 of every user file the spec's callables import from its python_path (see userfiles)."""
+    return {path: file_sha(path) for path in userfiles.files(code_paths(spec), search_dirs(spec))}
 
 
 def code_paths(spec) -> list[str]:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StageError
-from ..models import describe_exc
+from ..loading import describe_exc
 from ..protocol import rows, take
 from . import PREPROCESS, SOURCES
 

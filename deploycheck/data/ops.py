@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..models import import_callable, search_dirs
+from ..loading import import_callable, search_dirs
 from ..schema import DType, field, import_path_problem
 from . import PreprocessOp
 

@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ..models import import_callable, search_dirs
+from ..loading import import_callable, search_dirs
 from ..registry import Registry
 from ..schema import import_path_problem
 from . import DataSource

@@ -4,7 +4,7 @@ Subclasses (:mod:`.safetensors`, :mod:`.hdf5`) only read and write tensors."""
 
 from __future__ import annotations
 
-from ..models import call_factory
+from ..loading import call_factory
 from . import Format, NoOptions, Unsupported
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..models import import_callable
+from ..loading import import_callable
 from ..schema import field, import_path_problem
 from . import Recipe, RecipeContext, StepResult
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from ..models import call_factory
+from ..loading import call_factory
 from ..protocol import forward_output, rows, take
 from ..schema import field, import_path_problem
 from . import Recipe, RecipeContext, StepResult

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 
 from .. import machine
 from ..formats.export import batch_dims, batch_example, export_args, with_signature
-from ..models import describe_exc
+from ..loading import describe_exc
 from ..protocol import call, rows, take
 from ..schema import field
 from . import Recipe, RecipeContext, StepResult

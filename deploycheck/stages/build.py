@@ -15,8 +15,7 @@ from typing import Any, Self
 
 from ..cache import Cache, build_key, code_paths
 from ..errors import StageError
-from ..metrics import resolve, targets_for
-from ..models import (
+from ..loading import (
     build_variant_model,
     count_params,
     describe_exc,
@@ -25,6 +24,7 @@ from ..models import (
     use_search_path,
     variant_arch,
 )
+from ..metrics import resolve, targets_for
 from ..outputs import OutputError, concat, pick
 from ..protocol import BatchDimError, describe_batch, run_batch
 from ..recipes import RecipeContext, StepRecord

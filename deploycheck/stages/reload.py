@@ -10,7 +10,7 @@ from typing import Any
 from ..cache import result_key
 from ..errors import StageError
 from ..formats import FORMATS
-from ..models import search_dirs
+from ..loading import search_dirs
 from ..outputs import align, as_named
 from ..protocol import ArtifactRef, GeneratePlan, LatencyPlan, WorkerResult, load_request
 from .build import score

@@ -15,7 +15,7 @@ from ..cache import artifact_key
 from ..errors import StageError, no_space
 from ..formats import FORMATS, Unsupported
 from ..formats.integrity import read_manifest, sha256, write_manifest
-from ..models import baseline_arch, describe_exc
+from ..loading import baseline_arch, describe_exc
 from ..protocol import ArtifactRef
 from .build import Built
 

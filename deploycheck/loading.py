@@ -1,4 +1,5 @@
-"""Model sources: import a factory, instantiate it, load its weights, put it in eval mode."""
+"""Model loading: import a factory or any "module:attr" callable from the spec's python_path,
+instantiate it, load its weights, put it in eval mode; count its parameters and bytes."""
 
 from __future__ import annotations
 
