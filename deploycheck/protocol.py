@@ -94,6 +94,90 @@ class WorkerRequest:
         )
 
 
+def _typed(where: str, v: Any, kinds: tuple[type, ...], *, optional: bool = False) -> Any:
+    """``v`` when it is one of ``kinds`` (None too with ``optional``); a JSON number read back as an
+    int where a float is wanted is fine, a bool is never a number."""
+    if v is None and optional:
+        return v
+    if isinstance(v, kinds) and not (isinstance(v, bool) and bool not in kinds):
+        return v
+    raise ValueError(f"worker result: {where}: expected {' or '.join(k.__name__ for k in kinds)}, got {v!r:.60}")
+
+
+_NUM = (float, int)
+
+
+@dataclass
+class Latency:
+    """What the worker measured (see :func:`deploycheck.worker._latency`): the variant's own
+    percentiles in ms, and against a baseline the side-by-side verdict of
+    :func:`deploycheck.timing.side_by_side` (``ratio``) or why there is none (``ratio_error``).
+
+    A dict only at the JSON edge: :meth:`from_json` checks every field's type, since the worker's
+    JSON (and a cached copy of it) is data, not code."""
+
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    stdev_ms: float
+    rounds: int
+    samples_ms: list[float]
+    calls_per_round: int
+    batch: int
+    throughput_per_s: float | None = None  # rows per second at the example's batch
+    throughput: dict[str, dict[str, float]] | None = None  # batch size -> p50_ms, samples_per_s
+    ratio: dict[str, Any] | None = None  # timing.side_by_side's verdict: ratio, CI, decision, control
+    ratio_error: str | None = None  # why there is no side-by-side measurement
+
+    def get(self, key: str) -> Any:
+        """A field by name (the report's and checks' ``p50_ms``-style lookups), None if unknown."""
+        return getattr(self, key, None) if key in _LATENCY_FIELDS else None
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Any) -> Latency:
+        if not isinstance(d, dict):
+            raise ValueError(f"worker result: latency: expected an object, got {d!r:.60}")
+        unknown = sorted(set(d) - _LATENCY_FIELDS)
+        if unknown:
+            raise ValueError(f"worker result: latency: unknown keys {unknown}")
+        w = "latency."
+        got: dict[str, Any] = {}
+        for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "min_ms", "stdev_ms"):
+            got[k] = float(_typed(w + k, d.get(k), _NUM))
+        for k in ("rounds", "calls_per_round", "batch"):
+            got[k] = _typed(w + k, d.get(k), (int,))
+        samples = _typed(w + "samples_ms", d.get("samples_ms"), (list,))
+        got["samples_ms"] = [float(_typed(f"{w}samples_ms[{i}]", v, _NUM)) for i, v in enumerate(samples)]
+        tps = _typed(w + "throughput_per_s", d.get("throughput_per_s"), _NUM, optional=True)
+        got["throughput_per_s"] = None if tps is None else float(tps)
+        thr = _typed(w + "throughput", d.get("throughput"), (dict,), optional=True)
+        if thr is not None:
+            thr = {
+                str(bs): {
+                    k: float(_typed(f"{w}throughput.{bs}.{k}", _typed(f"{w}throughput.{bs}", p, (dict,)).get(k), _NUM))
+                    for k in ("p50_ms", "samples_per_s")
+                }
+                for bs, p in thr.items()
+            }
+        got["throughput"] = thr
+        got["ratio"] = _typed(w + "ratio", d.get("ratio"), (dict,), optional=True)
+        if got["ratio"] is not None:
+            for k in ("ratio", "ci_low", "ci_high", "confidence"):
+                _typed(f"{w}ratio.{k}", got["ratio"].get(k), _NUM)
+            _typed(w + "ratio.pairs", got["ratio"].get("pairs"), (int,))
+            _typed(w + "ratio.decision", got["ratio"].get("decision"), (str,))
+        got["ratio_error"] = _typed(w + "ratio_error", d.get("ratio_error"), (str,), optional=True)
+        return cls(**got)
+
+
+_LATENCY_FIELDS = frozenset(f.name for f in dataclasses.fields(Latency))
+
+
 @dataclass
 class WorkerResult:
     """The worker's answer. ``ok`` False: ``stage`` (load, latency, run), ``kind`` and ``message`` say why."""
@@ -106,7 +190,7 @@ class WorkerResult:
     threads: int | None = None
     pid: int | None = None
     load_s: float = 0.0
-    latency: dict | None = None
+    latency: Latency | None = None
     output_shape: list = field(default_factory=list)
     output_shapes: dict = field(default_factory=dict)  # every output's shape, by name
     dynamic_errors: list = field(default_factory=list)  # per dynamic-size batch: None, or why it failed
@@ -126,7 +210,10 @@ class WorkerResult:
     @classmethod
     def from_json(cls, d: dict) -> WorkerResult:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        res = cls(**{k: v for k, v in d.items() if k in known and k != "latency"})
+        if d.get("latency") is not None:
+            res.latency = Latency.from_json(d["latency"])
+        return res
 
 
 def load_request(

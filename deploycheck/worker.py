@@ -25,6 +25,7 @@ from .protocol import (
     ArtifactRef,
     BatchDimError,
     GeneratePlan,
+    Latency,
     LatencyPlan,
     WorkerRequest,
     WorkerResult,
@@ -198,7 +199,7 @@ def _is_signature_error(msg: str) -> bool:
     return any(k in low for k in keys)
 
 
-def _latency(fn, lat: LatencyPlan) -> dict:
+def _latency(fn, lat: LatencyPlan) -> Latency:
     """Absolute percentiles, and for variants the side-by-side ratio with a control.
 
     With a baseline, the baseline artifact is loaded twice (the second copy is the A/A control)
@@ -255,7 +256,7 @@ def _latency(fn, lat: LatencyPlan) -> dict:
                     round_s=lat.round_ms / 1e3,
                 )
                 out["throughput"][str(bs)] = {"p50_ms": sb["p50_ms"], "samples_per_s": bs / (sb["p50_ms"] / 1e3)}
-    return out
+    return Latency(**out)
 
 
 def _repeat_to(x, bs: int):

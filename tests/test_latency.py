@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import make_spec
 
 LATENCY = "latency: {warmup: 5, min_rounds: 20, max_time_s: 2.0, round_ms: 1.0}"
@@ -112,3 +113,50 @@ def test_a_ratio_within_a_generous_limit_passes_with_its_interval(project):
     rec = latency_record(project, "aa")
     assert rec["formula"].startswith("latency ratio ") and "<= max_ratio 1e+06 × control" in rec["formula"]
     assert rec["details"]["ratio_decision"] == "pass"
+
+
+def _latency_json() -> dict:
+    from deploycheck.protocol import Latency
+
+    return Latency(
+        p50_ms=1.0, p95_ms=2.0, p99_ms=3, mean_ms=1.5, min_ms=0.9, stdev_ms=0.1, rounds=3,
+        samples_ms=[0.9, 1.0, 3.0], calls_per_round=4, batch=2, throughput_per_s=2000.0,
+        throughput={"8": {"p50_ms": 2.0, "samples_per_s": 4000.0}},
+        ratio={"ratio": 1.02, "ci_low": 1.0, "ci_high": 1.04, "confidence": 0.95, "pairs": 20, "decision": "pass"},
+    ).to_json()  # fmt: skip
+
+
+def test_latency_is_typed_and_round_trips_through_the_workers_json():
+    import json
+
+    from deploycheck.protocol import Latency, WorkerResult
+
+    res = WorkerResult.from_json(
+        json.loads(json.dumps(WorkerResult(ok=True, latency=Latency.from_json(_latency_json())).to_json()))
+    )
+    assert isinstance(res.latency, Latency)
+    assert res.latency.p99_ms == 3.0 and isinstance(res.latency.p99_ms, float)
+    assert res.latency.throughput == {"8": {"p50_ms": 2.0, "samples_per_s": 4000.0}}
+    assert res.to_json()["latency"] == _latency_json()
+    assert WorkerResult.from_json({"ok": True}).latency is None
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("p50_ms", "1.0", "worker result: latency.p50_ms: expected float or int, got '1.0'"),
+        ("rounds", True, "worker result: latency.rounds: expected int, got True"),
+        ("samples_ms", [1.0, None], "worker result: latency.samples_ms[1]: expected float or int, got None"),
+        ("throughput", {"8": {"p50_ms": "x"}}, "worker result: latency.throughput.8.p50_ms: expected float or int"),
+        ("ratio", {"ratio": 1.0}, "worker result: latency.ratio.ci_low: expected float or int, got None"),
+        ("ratio_error", 3, "worker result: latency.ratio_error: expected str, got 3"),
+        ("made_up", 1, "worker result: latency: unknown keys ['made_up']"),
+    ],
+)
+def test_latency_from_the_workers_json_is_type_checked(key, value, message):
+    from deploycheck.protocol import WorkerResult
+
+    d = {**_latency_json(), key: value}
+    with pytest.raises(ValueError) as e:
+        WorkerResult.from_json({"ok": True, "latency": d})
+    assert str(e.value).startswith(message)

@@ -58,14 +58,16 @@ def ratio_formula(ratio: dict, th) -> str:
 @check("latency")
 def latency_check(runner, t: Target) -> Verdict:
     r = runner.reload(t)
-    lat = r.result.latency or {}
+    lat = r.result.latency
     th = t.variant.thresholds.latency
+    if lat is None:  # the worker always measures when a latency item exists: never pass unmeasured
+        raise StageError.at(t, "latency", "the worker returned no latency measurement")
     gate = Gate()
     elsewhere = machine.scope_mismatch(th.machines) if th.machines is not None else None
     for key in ("p50_ms", "p95_ms", "p99_ms"):
         limit = getattr(th, key)
         if limit is not None:
-            v = lat[key]
+            v = getattr(lat, key)
             if elsewhere:  # a ceiling set for other machines: reported, not gated
                 gate.add(
                     True,
@@ -74,7 +76,7 @@ def latency_check(runner, t: Target) -> Verdict:
                 )
                 continue
             gate.bound(Bound.at_most(key, limit, unit=" ms"), v, f"{key[:3]} {fmt_num(v)} ms")
-    ratio = lat.get("ratio")
+    ratio = lat.ratio
     details = {
         k: lat.get(k)
         for k in (
@@ -109,13 +111,11 @@ def latency_check(runner, t: Target) -> Verdict:
         if not ratio:
             gate.add(
                 False,
-                f"no side-by-side measurement vs the baseline: {lat.get('ratio_error') or f'the baseline has no {t.fmt} artifact'}",
+                f"no side-by-side measurement vs the baseline: {lat.ratio_error or f'the baseline has no {t.fmt} artifact'}",
             )
         else:  # the decision is the timing module's (paired rounds, control, busy machine)
             gate.add(not ratio["decision"].startswith("fail"), ratio_formula(ratio, th))
-    formula = gate.formula(
-        unset=f"p50 {fmt_num(lat.get('p50_ms'))} ms, p95 {fmt_num(lat.get('p95_ms'))} ms (no threshold set)"
-    )
+    formula = gate.formula(unset=f"p50 {fmt_num(lat.p50_ms)} ms, p95 {fmt_num(lat.p95_ms)} ms (no threshold set)")
     thr = given(th, "p50_ms", "p95_ms", "p99_ms", "max_ratio", "min_speedup")
     message = ""
     if ratio and ratio["decision"] == "inconclusive-busy" and not t.is_baseline:
