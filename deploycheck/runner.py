@@ -226,6 +226,10 @@ class Runner:
         """The in-memory variant's greedy generations, through its own KV cache (``transformers``'
         cache), once per session."""
 
+        gen = t.spec.generation
+        if gen is None:
+            raise StageError.at(t, "check", "greedy generation needs the spec's generation section")
+
         def make():
             model = self.built(t).model
             from .hf import CausalLM
@@ -241,7 +245,7 @@ class Runner:
                     prefill,
                     decode,
                     p,
-                    new_tokens=t.spec.generation.new_tokens,
+                    new_tokens=gen.new_tokens,
                     eos_id=eos if isinstance(eos, int) else None,
                 )
                 for p in ids

@@ -5,14 +5,17 @@ and the test id are worked out in one place."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # typing only: target.py sits below spec/ in the import graph
+    from .spec.model import FormatSpec, Spec, VariantSpec
 
 
 @dataclass(frozen=True, eq=False)
 class Target:
-    spec: Any  # deploycheck.spec.Spec
-    variant: Any  # deploycheck.spec.VariantSpec
-    fspec: Any = None  # deploycheck.spec.FormatSpec, or None for variant-level checks
+    spec: Spec
+    variant: VariantSpec
+    fspec: FormatSpec | None = None  # None for variant-level checks
 
     @property
     def vname(self) -> str:
@@ -58,7 +61,7 @@ class Target:
     def without_format(self) -> Target:
         return Target(self.spec, self.variant)
 
-    def with_format(self, fspec: Any) -> Target:
+    def with_format(self, fspec: FormatSpec) -> Target:
         return Target(self.spec, self.variant, fspec)
 
     def ident(self) -> dict:

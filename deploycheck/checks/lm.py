@@ -109,6 +109,7 @@ def generation_check(runner, t: Target) -> Verdict:
 
     r = runner.reload(t)
     g, th = t.spec.generation, t.variant.thresholds.generation
+    assert g is not None  # applies= collects this check only for specs with a generation section
     texts, _ = runner.prompts(t.spec)
     if r.result.generation_error or r.result.generations is None:
         why = r.result.generation_error or "the worker returned no generations"

@@ -112,7 +112,7 @@ def outputs_check(runner, t: Target) -> Verdict:
     if bad is not None:
         return bad
     r = runner.reload(t)
-    fspec, v = t.fspec, t.variant
+    v = t.variant
     # A file made elsewhere has no in-memory twin: it is held to the baseline on the same batches.
     made_elsewhere = t.made_elsewhere and not t.is_baseline
     b = runner.built(t.baseline() if made_elsewhere else t)
@@ -122,7 +122,7 @@ def outputs_check(runner, t: Target) -> Verdict:
     if why is not None:
         return Verdict(
             passed=False,
-            message=f"the reloaded {fspec.name} artifact {why.replace('the reference', other)}",
+            message=f"the reloaded {t.fmt} artifact {why.replace('the reference', other)}",
             value=list(r.outputs),
             threshold=list(b.outputs),
         )
@@ -144,7 +144,7 @@ def outputs_check(runner, t: Target) -> Verdict:
         lab = label(name, b.outputs)
         if got.shape != ref.shape:
             msg = (
-                f"the reloaded {fspec.name} artifact returned{lab} of shape {tuple(got.shape)} but {other} "
+                f"the reloaded {t.fmt} artifact returned{lab} of shape {tuple(got.shape)} but {other} "
                 f"returned {tuple(ref.shape)} for the same {n_in} inputs"
             )
             failed.append(msg)
@@ -177,9 +177,9 @@ def outputs_check(runner, t: Target) -> Verdict:
         formulas.append((f"{name}: " if lab else "") + f)
         if st["mismatched"]:
             what = (
-                f"output {name!r} of the reloaded {fspec.name} artifact differs from {other}"
+                f"output {name!r} of the reloaded {t.fmt} artifact differs from {other}"
                 if lab
-                else f"outputs of the reloaded {fspec.name} artifact differ from {other}"
+                else f"outputs of the reloaded {t.fmt} artifact differ from {other}"
             )
             failed.append(
                 render_mismatch(
@@ -557,6 +557,7 @@ def semantic_check(runner, t: Target) -> Verdict:
     n = len(triplets)
     agreement = len(kept) / n if n else 1.0
     lost = sorted(base_kept - kept)
+    assert t.spec.semantic is not None  # applies= collects this check only for specs with one
     need = t.spec.semantic.min_agreement
     ok, formula = Bound.at_least("min_agreement", need).judge(
         agreement,
