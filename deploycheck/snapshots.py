@@ -209,47 +209,59 @@ def pick_reference(entries: dict, current: str) -> tuple[str, dict] | None:
     return ranked[0], entries[ranked[0]]
 
 
-def compare(old: dict, new: dict, *, settings, current: str, precision: str | None) -> dict:
-    """Tolerant comparison of this class's entry with the approved one it is judged against.
+@dataclass
+class Comparison:
+    """One tolerant comparison of this class's entry with the approved one (see :func:`compare`):
+    ``ok``, the ``problems`` that failed it (words: "values", "labels", "metric", or a sentence
+    when the files could not be compared at all), and the statistics the drift message shows."""
 
-    Returns {'ok', 'problems', 'reference', 'current', 'rule', and statistics for the message};
-    ``missing_class`` is set when this ISA class has no approved entry yet."""
+    ok: bool = False
+    problems: list[str] = field(default_factory=list)
+    current: str = ""  # this machine's ISA class
+    reference: str | None = None  # the ISA class of the approved entry it was judged against
+    missing_class: bool = False  # this ISA class has no approved entry yet
+    rule: Rule | None = None
+    values: dict[str, Any] | None = None  # the worst output's compare_arrays statistics
+    values_by_output: dict[str, dict[str, Any]] | None = None  # every output's, with more than one
+    labels: dict[str, Any] | None = None  # changed, agreement, old, new
+    metric: dict[str, Any] | None = None  # name, old, new
+
+
+def compare(old: dict, new: dict, *, settings, current: str, precision: str | None) -> Comparison:
+    """Tolerant comparison of this class's entry with the approved one it is judged against."""
     import torch
 
-    problems: list[str] = []
-    out: dict[str, Any] = {"problems": problems, "current": current}
+    out = Comparison(current=current)
+    problems = out.problems
     if old.get("deploycheck_snapshot") != FORMAT_VERSION:
         problems.append("the stored snapshot has another format version")
-        out["ok"] = False
         return out
     mine = new["entries"][current]
     ref = pick_reference(old.get("entries") or {}, current)
     if ref is None:
         problems.append("the stored snapshot has no approved entry")
-        out["ok"] = False
         return out
     ref_class, approved = ref
-    out["reference"] = ref_class
-    out["missing_class"] = ref_class != current
+    out.reference = ref_class
+    out.missing_class = ref_class != current
     mine_o, old_o = _by_output(mine.get("outputs", [])), _by_output(approved.get("outputs", []))
     n_old, n_new = (len(next(iter(x.values()), [])) for x in (old_o, mine_o))
     if old.get("shape") != new.get("shape") or n_old != n_new or list(old_o) != list(mine_o):
         problems.append(
             f"output shape changed: {n_old} probes × {old.get('shape')} -> {n_new} probes × {new.get('shape')}"
         )
-        out["ok"] = False
         return out
     rule = rule_for(settings=settings, same_class=ref_class == current, precision=precision, approved=approved)
-    out["rule"] = rule
+    out.rule = rule
     per = {}
     for name in mine_o:
         a = torch.tensor(mine_o[name], dtype=torch.float64)
         e = torch.tensor(old_o[name], dtype=torch.float64)
         per[name] = compare_arrays(a, e, atol=rule.atol, rtol=rule.rtol)
     worst = max(per, key=lambda n: (per[n]["mismatched"] > 0, per[n]["max_abs"]))
-    out["values"] = per[worst]
+    out.values = per[worst]
     if len(per) > 1:
-        out["values_by_output"] = per
+        out.values_by_output = per
     if any(st["mismatched"] for st in per.values()):
         problems.append("values")
     if "labels" in approved and "labels" in mine:
@@ -257,14 +269,14 @@ def compare(old: dict, new: dict, *, settings, current: str, precision: str | No
         top_new = [r[0] for r in mine["labels"]]
         changed = [i for i, (x, y) in enumerate(itertools.zip_longest(top_old, top_new)) if x != y]
         agreement = 1 - len(changed) / max(len(top_old), 1)
-        out["labels"] = {"changed": changed, "agreement": agreement, "old": top_old, "new": top_new}
+        out.labels = {"changed": changed, "agreement": agreement, "old": top_old, "new": top_new}
         if agreement < rule.min_label_agreement:
             problems.append("labels")
     mo, mn = approved.get("metric", {}).get("value"), mine.get("metric", {}).get("value")
-    out["metric"] = {"name": mine.get("metric", {}).get("name"), "old": mo, "new": mn}
+    out.metric = {"name": mine.get("metric", {}).get("name"), "old": mo, "new": mn}
     if mo is not None and mn is not None and not (abs(mn - mo) <= rule.max_metric_drift):
         problems.append("metric")
-    out["ok"] = not problems
+    out.ok = not problems
     return out
 
 
@@ -273,29 +285,27 @@ def _by_output(stored: Any) -> dict:
     return stored if isinstance(stored, dict) else {"0": stored}
 
 
-def describe_rule(cmp: dict) -> str:
+def describe_rule(cmp: Comparison) -> str:
     """Which approved entry was used and under which rule: never silently weaker."""
-    rule = cmp.get("rule")
+    rule = cmp.rule
     if rule is None:
         return ""
     if rule.name == "same-class":
-        return f"approved on {cmp['reference']}, compared on the same class"
+        return f"approved on {cmp.reference}, compared on the same class"
     return (
-        f"approved on {cmp['reference']}, compared on {cmp['current']} by the cross-machine rule: "
+        f"approved on {cmp.reference}, compared on {cmp.current} by the cross-machine rule: "
         f"atol {fmt_num(rule.atol)}{rule.note}, rtol {fmt_num(rule.rtol)}, labels >= {rule.min_label_agreement:.0%}, "
         f"metric drift <= {fmt_num(rule.max_metric_drift)}; approve this class with `pytest --snapshot-update`"
     )
 
 
-def render_drift(cmp: dict, *, where: str) -> str:
-    rule = cmp.get("rule")
-    lines = [
-        f"outputs drifted from the approved snapshot ({where}): {', '.join(cmp['problems'])} moved beyond tolerance"
-    ]
-    if cmp.get("reference"):
+def render_drift(cmp: Comparison, *, where: str) -> str:
+    rule = cmp.rule
+    lines = [f"outputs drifted from the approved snapshot ({where}): {', '.join(cmp.problems)} moved beyond tolerance"]
+    if cmp.reference:
         lines.append("  " + describe_rule(cmp))
     lines.append("  accept the new behaviour after review with: pytest --snapshot-update")
-    by = cmp.get("values_by_output") or ({"": cmp["values"]} if "values" in cmp else {})
+    by = cmp.values_by_output or ({"": cmp.values} if cmp.values is not None else {})
     for name, st in by.items():
         if st["mismatched"] and rule is not None:
             lines.append(
@@ -308,21 +318,21 @@ def render_drift(cmp: dict, *, where: str) -> str:
                     rtol=rule.rtol,
                 )
             )
-    if rule is not None and "labels" in cmp:
-        lb = cmp["labels"]
+    if rule is not None and cmp.labels is not None:
+        lb = cmp.labels
         lines.append(
             f"  labels: agreement {lb['agreement']:.1%} (min {rule.min_label_agreement:.1%}); "
             f"{len(lb['changed'])} probe(s) changed their top label"
             + "".join(f"\n    probe {i}: {lb['old'][i]} -> {lb['new'][i]}" for i in lb["changed"][:5])
         )
-    m = cmp.get("metric") or {}
+    m = cmp.metric or {}
     if rule is not None and m.get("old") is not None and m.get("new") is not None:
         lines.append(
             f"  metric {m['name']}: approved {fmt_num(m['old'])} -> now {fmt_num(m['new'])} "
             f"(drift {m['new'] - m['old']:+.3g}, max_metric_drift {fmt_num(rule.max_metric_drift)})"
         )
-    if cmp["problems"] and cmp["problems"][0].startswith(("output shape", "the stored")):
-        lines.append("  " + cmp["problems"][0])
+    if cmp.problems and cmp.problems[0].startswith(("output shape", "the stored")):
+        lines.append("  " + cmp.problems[0])
     return "\n".join(lines)
 
 
@@ -335,7 +345,7 @@ class DeploycheckSnapshotExtension(SingleFileSnapshotExtension):
     current: str = ""  # this machine's ISA class
     precision: str | None = None  # int8 / fp16 / bf16 variants: cross-machine atol in quantization steps
     update: bool = False  # --snapshot-update is on
-    last: dict | None = None
+    last: Comparison | None = None
 
     def serialize(self, data, *, exclude=None, include=None, matcher=None) -> str:
         return dumps(data) if isinstance(data, dict) else str(data)
@@ -344,14 +354,14 @@ class DeploycheckSnapshotExtension(SingleFileSnapshotExtension):
         try:
             old, new = json.loads(snapshot_data), json.loads(serialized_data)
         except (TypeError, ValueError):
-            self.last = {"ok": False, "problems": ["the stored snapshot is not valid JSON"]}
+            self.last = Comparison(problems=["the stored snapshot is not valid JSON"])
             return False
         if self.settings is None:
             return old == new
         self.last = compare(old, new, settings=self.settings, current=self.current, precision=self.precision)
-        if self.update and self.last.get("missing_class"):
+        if self.update and self.last.missing_class:
             return False  # --snapshot-update records this class's entry next to the others
-        return self.last["ok"]
+        return self.last.ok
 
 
 @dataclass
@@ -363,7 +373,7 @@ class Outcome:
     updated: bool
     missing: bool  # no approved snapshot on disk
     error: BaseException | None  # the stored file could not be read or compared
-    comparison: dict = field(default_factory=dict)  # :func:`compare`'s result, when it ran
+    comparison: Comparison | None = None  # :func:`compare`'s result, when it ran
     path: str = ""  # the snapshot file, relative to the rootdir
 
 
@@ -409,20 +419,18 @@ def assert_matches(item, data: dict, *, settings, current: str, precision: str |
     except FileNotFoundError:
         stored = None
     except (OSError, ValueError) as e:  # never overwrite a file that could not be read
-        return Outcome(False, False, False, False, UnreadableSnapshot(f"cannot be read: {e}"), {}, rel)
+        return Outcome(False, False, False, False, UnreadableSnapshot(f"cannot be read: {e}"), None, rel)
     else:
         try:
             stored = parse_stored(text)
         except UnreadableSnapshot as e:
-            return Outcome(False, False, False, False, e, {}, rel)
+            return Outcome(False, False, False, False, e, None, rel)
     ext = snap.extension
     assert isinstance(ext, DeploycheckSnapshotExtension)
     ext.settings, ext.current, ext.precision, ext.update = settings, current, precision, bool(opt.update_snapshots)
     ok = snap == merged(stored, data)
     result = snap.executions[0]
-    return Outcome(
-        ok, result.created, result.updated, result.recalled_data is None, result.exception, ext.last or {}, rel
-    )
+    return Outcome(ok, result.created, result.updated, result.recalled_data is None, result.exception, ext.last, rel)
 
 
 def make_locatable(item) -> None:

@@ -42,12 +42,12 @@ def snapshot_check(runner, t: Target, *, item) -> Verdict:
         "updated": out.updated,
         "probes": data["probes"],
         "isa_class": current,
-        "approved_on": cmp.get("reference"),
-        "rule": cmp["rule"].name if cmp.get("rule") else None,
+        "approved_on": cmp.reference if cmp else None,
+        "rule": cmp.rule.name if cmp and cmp.rule else None,
     }
     if out.ok:
         state = "created" if out.created else "updated" if out.updated else "matches"
-        how = snapshots.describe_rule(cmp) if state == "matches" else f"entry for {current}"
+        how = (snapshots.describe_rule(cmp) if cmp else "") if state == "matches" else f"entry for {current}"
         return Verdict(passed=True, formula=f"snapshot {state}: {rel} ({how})", value=state, details=details)
     if out.missing:
         msg = (
@@ -64,15 +64,15 @@ def snapshot_check(runner, t: Target, *, item) -> Verdict:
     if out.error is not None:
         msg = f"snapshot {rel} could not be compared: {type(out.error).__name__}: {out.error}"
         return Verdict(passed=False, message=msg, formula="snapshot unreadable", value="error", details=details)
-    cmp = cmp or {"problems": ["unknown"]}
-    where, det = where_it_departs(runner, t) if cmp.get("values", {}).get("mismatched") else ("", {})
+    cmp = cmp or snapshots.Comparison(problems=["unknown"])
+    where, det = where_it_departs(runner, t) if cmp.values and cmp.values.get("mismatched") else ("", {})
     msg = snapshots.render_drift(cmp, where=rel) + saturation_hint(t.variant.steps) + where
     details.update(det)
-    rule = cmp.get("rule")
+    rule = cmp.rule
     return Verdict(
         passed=False,
         message=msg,
-        formula=f"snapshot drift: {', '.join(cmp['problems'])}",
+        formula=f"snapshot drift: {', '.join(cmp.problems)}",
         value="drift",
         threshold={"atol": rule.atol, "rtol": rule.rtol} if rule else None,
         details=details,
