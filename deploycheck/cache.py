@@ -186,9 +186,15 @@ def result_key(request: dict, inputs_sha: str | None) -> str:
     lat = dict(request.get("latency") or {})
     base = lat.pop("baseline", None)
     lat.pop("example", None)
+    gen = dict(request.get("generate") or {})
+    gen.pop("prompts", None)  # a path; the prompts' ids are in inputs_sha
+    timing = dict(gen.pop("timing", None) or {})
+    gen["timing"] = {**timing, "baseline": art(timing.get("baseline"))} if timing else None
     return _h(
         {
             "target": art(request["target"]),
+            "kv_cache": ((request["target"].get("manifest") or {}).get("kv_cache") or {}).get("sha256"),
+            "generate": gen,
             "baseline": art(base),
             "latency": lat,
             "inputs": inputs_sha,

@@ -64,7 +64,33 @@ def generate_plan(runner, t) -> GeneratePlan | None:
         prompts=runner.inputs_files(t.spec)["prompts"],
         new_tokens=g.new_tokens,
         eos_id=eos if isinstance(eos, int) else None,
+        kv_cache=g.kv_cache,
+        timing=generation_timing_plan(runner, t),
     )
+
+
+def generation_timing_plan(runner, t) -> dict:
+    """Prefill and decode timing in the worker: absolute for the baseline; side by side with the
+    baseline artifact (and a control) when a variant's thresholds set a ratio, as latency is."""
+    import dataclasses
+
+    lat, th = t.spec.latency, t.variant.thresholds.generation
+    plan: dict[str, Any] = {
+        "warmup": lat.warmup,
+        "min_rounds": lat.min_rounds,
+        "max_time_s": lat.max_time_s,
+        "round_ms": lat.round_ms,
+        "confidence": lat.confidence,
+        "prefill_limit": th.max_prefill_ratio,
+        "decode_limit": th.max_decode_ratio,
+        "baseline": None,
+    }
+    if not t.is_baseline and (th.max_prefill_ratio is not None or th.max_decode_ratio is not None):
+        try:
+            plan["baseline"] = dataclasses.asdict(runner.artifact(t.baseline()).ref())
+        except (StageError, VariantUnsupported):
+            pass  # the generation check says the baseline has no artifact in this format
+    return plan
 
 
 def reload(runner, t) -> Reload:
