@@ -143,6 +143,10 @@ def generation_check(runner, t: Target) -> Verdict:
             "exact_match": 1 - len(deps) / len(ref),
             "departures": [{"prompt": d.prompt, "position": d.position} for d in deps],
         }
+        if label == "the baseline" and th.min_prefix_match is not None:
+            ok, msg, frac = lm.prefix_verdict(gens, ref, min_prefix_match=th.min_prefix_match)
+            (parts if ok else failed).append(msg)
+            details[label]["prefix_match"] = frac
     n_tok = sum(len(x) for x in gens)
     tail = (
         f" ({len(gens)} prompts × up to {g.new_tokens} new tokens, {n_tok} generated through the reloaded "
@@ -158,7 +162,11 @@ def generation_check(runner, t: Target) -> Verdict:
         message,
         formula,
         value,
-        {"min_exact_match": th.min_exact_match, "min_exact_match_in_memory": th.min_exact_match_in_memory},
+        {
+            "min_exact_match": th.min_exact_match,
+            "min_exact_match_in_memory": th.min_exact_match_in_memory,
+            **({"min_prefix_match": th.min_prefix_match} if th.min_prefix_match is not None else {}),
+        },
         details,
     )
 

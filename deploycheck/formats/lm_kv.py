@@ -17,6 +17,7 @@ from a manifest, and its sha256 is in the artifact's manifest (``kv_cache``).
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -134,13 +135,13 @@ def save_step(model, artifact: str, *, fmt: str, inputs, dynamic_seq: bool, opse
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
+            ep = _traced(model, step, args, dyn, layout, dynamic_seq)
             if fmt == "export":
-                ep = torch.export.export(step, args, dynamic_shapes=dyn, strict=False)
                 torch.export.save(ep, tmp)
             else:
                 with contextlib.redirect_stdout(io.StringIO()):
                     prog = torch.onnx.export(
-                        step,
+                        ep,  # the traced program: a spec with both formats traces once
                         args,
                         dynamo=True,
                         dynamic_shapes=dyn,
@@ -167,6 +168,18 @@ def save_step(model, artifact: str, *, fmt: str, inputs, dynamic_seq: bool, opse
 
 
 Step = Callable[[Any, Any, Any, Any], tuple[Any, Any, Any]]
+
+#: built variant -> {(layout, dynamic_seq): its traced KV step}; the export and onnx formats of
+#: one variant are saved in one process from the same model object, so the trace is shared
+_TRACED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _traced(model, step, args, dyn, layout: dict, dynamic_seq: bool):
+    key = (repr(layout), dynamic_seq)
+    memo = _TRACED.setdefault(model, {})
+    if key not in memo:
+        memo[key] = torch.export.export(step, args, dynamic_shapes=dyn, strict=False)
+    return memo[key]
 
 
 def load_step(artifact: str, *, fmt: str, info: dict) -> Step:

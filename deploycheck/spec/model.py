@@ -563,6 +563,13 @@ class GenerationThreshold:
         le=1,
         doc="the same against the in-memory variant (the file must generate what the model it came from generates)",
     )
+    min_prefix_match: float | None = field(
+        None,
+        ge=0,
+        le=1,
+        doc="mean share of each baseline generation the variant reproduces before it first departs "
+        "(a gate that still bites when every generation departs somewhere, as int4's do)",
+    )
     max_prefill_ratio: float | None = field(
         None,
         gt=0,
@@ -607,8 +614,8 @@ class Thresholds:
     )
     generation: GenerationThreshold = field(
         default_factory=GenerationThreshold,
-        doc="causal LMs with `generation`: {min_exact_match, min_exact_match_in_memory, max_prefill_ratio, "
-        "max_decode_ratio, max_peak_memory_ratio, max_peak_memory_mb}",
+        doc="causal LMs with `generation`: {min_exact_match, min_exact_match_in_memory, min_prefix_match, "
+        "max_prefill_ratio, max_decode_ratio, max_peak_memory_ratio, max_peak_memory_mb}",
     )
 
     def override(self, value: Any, *, path: str, line: int, ctx: Ctx) -> Thresholds:
