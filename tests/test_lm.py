@@ -153,6 +153,39 @@ def test_first_departure():
     assert lm.first_departure([1, 2], [1, 2, 3]) == 2
 
 
+def test_prefix_match_is_the_mean_share_reproduced_before_the_first_departure():
+    refs = [[1, 2, 3, 4], [5, 6, 7, 8], [9, 9]]
+    gens = [[1, 2, 0, 0], [5, 6, 7, 8], [0, 9]]
+    # 2/4, 4/4 and 0/2
+    assert lm.prefix_match(gens, refs) == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+    ok, msg, frac = lm.prefix_verdict(gens, refs, min_prefix_match=0.6)
+    assert not ok and frac == pytest.approx(0.5)
+    assert msg == (
+        "prefix match 0.500 < min_prefix_match 0.6 vs the baseline (mean share of each baseline generation "
+        "reproduced before the first departure)"
+    )
+    assert lm.prefix_verdict(refs, refs, min_prefix_match=1.0)[0]
+    with pytest.raises(ValueError, match="2 generations cannot be compared with 3"):
+        lm.prefix_match(gens[:2], refs)
+
+
+def test_a_kv_cache_step_whose_file_changed_is_not_loaded(tmp_path):
+    from deploycheck.formats import lm_kv
+
+    art = tmp_path / "model.onnx"
+    assert lm_kv.kv_path(str(art)) == str(tmp_path / "model.kv.onnx")
+    with pytest.raises(FileNotFoundError, match="no KV-cache step model.kv.onnx next to the artifact"):
+        lm_kv.load_step(str(art), fmt="onnx", info={"sha256": "0" * 64})
+    (tmp_path / "model.kv.onnx").write_bytes(b"not the file the manifest hashed")
+    with pytest.raises(ValueError, match="has sha256 .*, its manifest says 000000000000…: a changed or corrupted file"):
+        lm_kv.load_step(str(art), fmt="onnx", info={"sha256": "0" * 64})
+    # the manifest is data: a layout that is not a cache shape is refused before anything is allocated
+    with pytest.raises(ValueError, match="is not a cache shape and dtype"):
+        lm_kv.empty_cache({"shape": [2, 1, 4, 1 << 30, 32], "dtype": "float32"})
+    with pytest.raises(ValueError, match="is not a cache shape and dtype"):
+        lm_kv.empty_cache({"shape": [2, 1, 4, 8, 32], "dtype": "Tensor"})
+
+
 def test_generation_verdict_names_the_first_departing_position_with_decoded_text():
     ref_p, ref_d, _ = _counting_model()
     bad_p, bad_d, _ = _counting_model(stumble_at=4)

@@ -98,8 +98,11 @@ def max_cache_len(inputs, lm) -> int:
 
 
 def empty_cache(layout: dict):
-    shape = [int(x) for x in layout["shape"]]
-    dtype = getattr(torch, str(layout["dtype"]))
+    try:
+        shape = [int(x) for x in layout["shape"]]
+    except (KeyError, TypeError, ValueError):
+        shape = []
+    dtype = getattr(torch, str(layout.get("dtype")), None)
     if not isinstance(dtype, torch.dtype) or len(shape) != 5 or not all(0 < x <= 1 << 20 for x in shape):
         raise ValueError(f"the manifest's kv_cache layout {layout!r} is not a cache shape and dtype")
     return torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
@@ -110,7 +113,9 @@ def example_args(layout: dict, seq: int = 4):
     return (torch.zeros((1, seq), dtype=torch.int64), torch.arange(seq, dtype=torch.int64), k, v)
 
 
-def save_step(model, artifact: str, *, fmt: str, inputs, dynamic_seq: bool, opset: int = 18) -> dict:
+def save_step(
+    model, artifact: str, *, fmt: str, inputs, dynamic_seq: bool, opset: int = 18, max_len: int | None = None
+) -> dict:
     """Export the KV-cache step of ``model`` next to ``artifact``; the manifest's ``kv_cache``
     entry (file, sha256, layout), or ``{"error": reason}`` when it cannot be exported (the
     generation check then fails with that reason: a generation path that was never built is
@@ -125,7 +130,7 @@ def save_step(model, artifact: str, *, fmt: str, inputs, dynamic_seq: bool, opse
     lm = find_lm(model)
     if lm is None:
         return {"error": "no transformers causal LM inside the built variant"}
-    layout = cache_layout(lm, max_cache_len(inputs, lm))
+    layout = cache_layout(lm, max_len or max_cache_len(inputs, lm))
     step = KVStep(lm).eval()
     args = example_args(layout)
     seq = torch.export.Dim("seq", min=1, max=layout["shape"][3]) if dynamic_seq else None
