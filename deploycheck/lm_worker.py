@@ -196,21 +196,24 @@ def measure(g: Generation, plan: GeneratePlan, fn, *, load: Callable) -> dict:
         mine = _prepared(g.steps, prompt)  # type: ignore[arg-type]
         theirs = [_prepared(s, prompt) for s in base_steps]
         for i, (name, limit) in enumerate((("prefill", tp.get("prefill_limit")), ("decode", tp.get("decode_limit")))):
-            kw = dict(
-                warmup=int(tp.get("warmup", 3)),
-                min_rounds=int(tp.get("min_rounds", 5)),
-                max_time_s=float(tp.get("max_time_s", 1.0)),
-                round_s=float(tp.get("round_ms", 2.0)) / 1e3,
-                confidence=float(tp.get("confidence", 0.95)),
-            )
+            warmup, rounds = int(tp.get("warmup", 3)), int(tp.get("min_rounds", 5))
+            round_s = float(tp.get("round_ms", 2.0)) / 1e3
             if theirs:
                 r = timing.side_by_side(
-                    mine[i], theirs[0][i], theirs[1][i] if len(theirs) > 1 else None, limit=limit, **kw
+                    mine[i],
+                    theirs[0][i],
+                    theirs[1][i] if len(theirs) > 1 else None,
+                    limit=limit,
+                    warmup=warmup,
+                    min_rounds=rounds,
+                    max_time_s=float(tp.get("max_time_s", 1.0)),
+                    round_s=round_s,
+                    confidence=float(tp.get("confidence", 0.95)),
                 )
                 st = r["variant"]
                 out[name] = {"p50_ms": st["p50_ms"], "ratio": {k: v for k, v in r.items() if k not in ("variant",)}}
             else:
-                st, _ = timing.measure(mine[i], warmup=kw["warmup"], rounds=kw["min_rounds"], round_s=kw["round_s"])
+                st, _ = timing.measure(mine[i], warmup=warmup, rounds=rounds, round_s=round_s)
                 out[name] = {"p50_ms": st["p50_ms"]}
     out["prefill"]["tokens_per_s"] = (
         len(prompt) / (out["prefill"]["p50_ms"] / 1e3) if out["prefill"]["p50_ms"] else None
