@@ -249,6 +249,8 @@ variants:
     steps:                                  # memory and time), and a KV-cache step that ignores the past
       - custom: {{callable: 'lmfaults:widen', kwargs: {{layer: lm.model.layers.1.mlp.down_proj, factor: 64}}}}
       - custom: {{callable: 'lmfaults:forget_past'}}
+    thresholds:                             # measured 1.7x per decode step (a d=128 model is overhead-bound)
+      generation: {{max_decode_ratio: 1.25}}
 """
 
 LM_FAULTS = """
@@ -436,8 +438,9 @@ def test_a_wider_layer_fails_the_decode_and_memory_gates(lm_run):
     assert recs[("heavy", "export", "perplexity")]["status"] == "passed"
     speed = recs[("heavy", "export", "generation_speed")]
     assert speed["status"] == "failed", speed
-    assert speed["details"]["decode_ratio"] > 1.6
-    assert "decode time ratio " in speed["message"] and "> max_decode_ratio 1.6 × control " in speed["message"]
+    assert speed["details"]["decode_ratio"] > 1.25
+    assert speed["message"].startswith("decode time ratio ")
+    assert "> max_decode_ratio 1.25 × control " in speed["message"]
     mem = recs[("heavy", "export", "generation_memory")]
     assert mem["status"] == "failed", mem
     assert mem["details"]["ratio"] > 1.6
