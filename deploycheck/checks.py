@@ -13,10 +13,18 @@ from typing import Any
 
 import pytest
 
-from . import diverge, machine, snapshots
+from . import machine, snapshots
 from .errors import StageError
 from .metrics import resolve, targets_for
-from .numeric import compare_arrays, describe_nonfinite, fmt_num, nonfinite, output_tolerance, render_mismatch
+from .numeric import (
+    compare_arrays,
+    describe_nonfinite,
+    fmt_num,
+    nonfinite,
+    output_tolerance,
+    precision_span,
+    render_mismatch,
+)
 from .outputs import align, label, pick
 from .protocol import batch_len, concat_inputs, rows, run_batch, take
 from .registry import Registry
@@ -99,12 +107,7 @@ def where_it_departs(runner, t: Target, *, against: str = "baseline") -> tuple[s
     if t.is_baseline and against == "baseline":
         return "", {}
     res = runner.divergence(t, against=against)
-    if res.get("note") == "artifact made elsewhere":
-        return (
-            "\n  where: an artifact made elsewhere has no in-memory model here to compare layer by layer",
-            {"divergence": res},
-        )
-    return "\n" + diverge.render(res, probes=res["probes"]), {"divergence": res}
+    return "\n" + res.render(), {"divergence": res.as_dict()}
 
 
 def skip_if_baseline_nonfinite(runner, t: Target) -> None:
@@ -200,7 +203,7 @@ def outputs_check(runner, t: Target) -> Verdict:
             rtol=th.rtol,
             precision=None if made_elsewhere else precision(v),
             quant_steps=th.quant_steps,
-            span=float(ref.double().max() - ref.double().min()) if ref.numel() else 0.0,
+            span=precision_span(ref, None if made_elsewhere else precision(v)),
         )
         st = compare_arrays(got, ref, atol=tol.atol, rtol=tol.rtol)
         per[name] = {k: st[k] for k in ("mismatched", "total", "max_abs", "mean_abs", "max_rel", "min_atol")}
@@ -331,7 +334,7 @@ def dynamic_check(runner, t: Target) -> Verdict:
                 rtol=th.rtol,
                 precision=None if t.made_elsewhere else precision(t.variant),
                 quant_steps=th.quant_steps,
-                span=float(a.double().max() - a.double().min()) if a.numel() else 0.0,
+                span=precision_span(a, None if t.made_elsewhere else precision(t.variant)),
             )
             st = compare_arrays(g, a, atol=tol.atol, rtol=tol.rtol)
             if st["mismatched"]:

@@ -19,10 +19,13 @@ relative error is beyond tolerance is where it departs.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 from .formats.integrity import runtime_libraries
-from .protocol import call, first_tensor
+from .models import describe_exc
+from .protocol import batch_len, call, first_tensor
 
 #: a layer departs when its relative error exceeds this, or 10% of the final output's
 MIN_REL = 1e-3
@@ -30,6 +33,105 @@ MIN_REL = 1e-3
 
 #: formats whose reloaded artifact exposes per-module activations here
 EXPOSES_LAYERS = ("export", "onnx")
+
+#: evaluation samples the table is computed on
+PROBES = 16
+
+
+@dataclass
+class Layer:
+    """One matched module: how far the variant's activation is from the reference's."""
+
+    module: str
+    max_abs: float
+    rel: float  # ||x - reference|| / ||reference||
+    cosine: float  # mean over the probes
+    share: float = 0.0  # rel as a share of the final output's
+
+
+@dataclass
+class Divergence:
+    """Where ``subject`` departs from ``reference``, layer by layer (see the module doc)."""
+
+    probes: int
+    subject: str = "the variant"
+    reference: str = "the baseline"
+    source: str = "in memory"  # where the subject's layers were read
+    rows: list[Layer] = field(default_factory=list)
+    first: str | None = None  # the first module beyond ``limit``
+    limit: float | None = None
+    final: dict | None = None  # the final output's statistics
+    note: str = ""
+    made_elsewhere: bool = False  # a side is a file made elsewhere: no in-memory model to compare
+
+    def render(self, *, limit_rows: int = 10) -> str:
+        """The message's continuation: where it departs, then a short per-layer table."""
+        if self.made_elsewhere:
+            return "  where: an artifact made elsewhere has no in-memory model here to compare layer by layer"
+        rows = self.rows
+        lines = []
+        if self.first:
+            lines.append(
+                f"  where: {self.subject} first departs from {self.reference} at module {self.first!r} "
+                f"(relative error > {self.limit:.2g}), on {self.probes} probes, {self.source}"
+            )
+        elif rows:
+            lines.append(f"  where: no module departs beyond {self.limit:.2g}; the difference appears at the output")
+        if self.note:
+            lines.append(f"  note: {self.note}")
+        if rows:
+            start = 0
+            if self.first:
+                start = max(0, next(i for i, r in enumerate(rows) if r.module == self.first) - 1)
+            shown = rows[start : start + limit_rows]
+            width = max(len("module"), *(len(r.module) for r in shown))
+            lines.append(f"    {'module':<{width}}  {'max abs diff':>12}  {'cosine':>9}  {'share of final error':>20}")
+            for r in shown:
+                lines.append(f"    {r.module:<{width}}  {r.max_abs:>12.4g}  {r.cosine:>9.5f}  {r.share:>19.1%}")
+            if len(rows) > start + limit_rows:
+                lines.append(f"    … {len(rows) - start - limit_rows} more modules in the JSON report")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        """The JSON report's form (the HTML report's table reads it)."""
+        return dataclasses.asdict(self)
+
+
+def compare(reference, variant, probes, *, fmt: str | None, artifact=None, against: str = "baseline") -> Divergence:
+    """Where ``variant`` departs from ``reference`` (in-memory models; None for a file made
+    elsewhere) on ``probes``: in the reloaded ``artifact``'s own layers where its format ``fmt``
+    exposes them, else in the in-memory variant's, said so. ``against`` names the reference:
+    "baseline", or "in-memory" for an artifact held to its own in-memory model (only its own
+    layers say anything new then)."""
+    n = batch_len(probes)
+    reference_words = "the baseline" if against == "baseline" else "the in-memory variant"
+    if reference is None:
+        return Divergence(n, reference=reference_words, note="artifact made elsewhere", made_elsewhere=True)
+    captured, note = None, ""
+    if fmt in EXPOSES_LAYERS and artifact is not None:
+        try:
+            captured = capture_artifact(artifact.path, fmt, probes, manifest=artifact.manifest)
+        except Exception as e:  # noqa: BLE001 - localisation explains a failure; it never adds one
+            note = f"the {fmt} artifact's layers could not be read ({describe_exc(e)}); in memory instead"
+    if captured is not None:
+        how = "graph nodes mapped to modules" if fmt == "export" else "intermediate outputs from onnxruntime"
+        subject, source = f"the reloaded {fmt} artifact", f"in its own layers ({how})"
+    elif against != "baseline":
+        return Divergence(
+            n,
+            reference=reference_words,
+            note=note
+            or f"a {fmt} artifact does not expose its layers here (layer tables read {' and '.join(EXPOSES_LAYERS)})",
+        )
+    elif variant is None:
+        return Divergence(n, reference=reference_words, note="artifact made elsewhere", made_elsewhere=True)
+    else:
+        subject = "the variant"
+        source = "in memory" + (f" (a reloaded {fmt} artifact does not expose its layers)" if fmt else "")
+    res = localise(reference, variant, probes, captured=captured)
+    res.probes, res.subject, res.reference, res.source = n, subject, reference_words, source
+    res.note = res.note or note
+    return res
 
 
 def _capture(model, probes) -> tuple[dict[str, Any], list[str], Any]:
@@ -183,14 +285,15 @@ def _capture_onnx(path: str, probes):
     return acts, order, final
 
 
-def localise(reference, variant, probes, *, captured=None) -> dict:
+def localise(reference, variant, probes, *, captured=None) -> Divergence:
     """Per-layer comparison of ``variant`` with ``reference`` on ``probes`` (see module doc);
     ``captured`` replaces the variant's eager capture with an artifact's."""
+    n = batch_len(probes)
     try:
         b_acts, _, b_final = _capture(reference, probes)
         v_acts, v_order, v_final = captured if captured is not None else _capture(variant, probes)
     except Exception as e:  # noqa: BLE001 - localisation explains a failure; it never adds one
-        return {"rows": [], "first": None, "note": f"could not run the layer comparison: {type(e).__name__}: {e}"}
+        return Divergence(n, note=f"could not run the layer comparison: {type(e).__name__}: {e}")
     names = _strip(v_order, set(b_acts))
     final = _stats(v_final.float(), b_final.float()) if v_final is not None and b_final is not None else None
     final_rel = final["rel"] if final else 0.0
@@ -203,11 +306,9 @@ def localise(reference, variant, probes, *, captured=None) -> dict:
         if st is None:
             skipped += 1  # the recipe changed this layer's shape (structured pruning, a student)
             continue
-        st["module"] = bn
-        st["share"] = st["rel"] / final_rel if final_rel > 0 else 0.0
-        rows.append(st)
+        rows.append(Layer(bn, **st, share=st["rel"] / final_rel if final_rel > 0 else 0.0))
     limit = max(MIN_REL, 0.1 * final_rel)
-    first = next((r["module"] for r in rows if r["rel"] > limit), None)
+    first = next((r.module for r in rows if r.rel > limit), None)
     note = ""
     if not rows:
         note = (
@@ -216,34 +317,4 @@ def localise(reference, variant, probes, *, captured=None) -> dict:
         )
     elif skipped:
         note = f"{skipped} modules changed shape and are not compared"
-    return {"rows": rows, "first": first, "limit": limit, "final": final, "note": note}
-
-
-def render(result: dict, *, probes: int, limit_rows: int = 10) -> str:
-    """The message's continuation: where it departs, then a short per-layer table."""
-    rows = result.get("rows") or []
-    lines = []
-    subject = result.get("subject", "the variant")
-    reference = result.get("reference", "the baseline")
-    source = result.get("source", "in memory")
-    if result.get("first"):
-        lines.append(
-            f"  where: {subject} first departs from {reference} at module {result['first']!r} "
-            f"(relative error > {result['limit']:.2g}), on {probes} probes, {source}"
-        )
-    elif rows:
-        lines.append(f"  where: no module departs beyond {result['limit']:.2g}; the difference appears at the output")
-    if result.get("note"):
-        lines.append(f"  note: {result['note']}")
-    if rows:
-        start = 0
-        if result.get("first"):
-            start = max(0, next(i for i, r in enumerate(rows) if r["module"] == result["first"]) - 1)
-        shown = rows[start : start + limit_rows]
-        width = max(len("module"), *(len(r["module"]) for r in shown))
-        lines.append(f"    {'module':<{width}}  {'max abs diff':>12}  {'cosine':>9}  {'share of final error':>20}")
-        for r in shown:
-            lines.append(f"    {r['module']:<{width}}  {r['max_abs']:>12.4g}  {r['cosine']:>9.5f}  {r['share']:>19.1%}")
-        if len(rows) > start + limit_rows:
-            lines.append(f"    … {len(rows) - start - limit_rows} more modules in the JSON report")
-    return "\n".join(lines)
+    return Divergence(n, rows=rows, first=first, limit=limit, final=final, note=note)

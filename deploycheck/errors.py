@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, order=True)
@@ -54,6 +55,34 @@ class StageError(Exception):
         self.variant, self.fmt, self.where, self.detail = variant, fmt, where, detail
         super().__init__(self.headline())
 
+    @classmethod
+    def at(
+        cls,
+        target: Any,
+        stage: str,
+        message: str,
+        *,
+        variant: str | None = None,
+        where: str | None = None,
+        detail: str = "",
+    ) -> StageError:
+        """The error of ``stage`` for ``target``: a :class:`~deploycheck.target.Target` (its spec,
+        variant and format, declared at its spec line unless ``where`` says otherwise), or a spec
+        (what a whole spec shares, such as its data; or a model built for ``variant``; ``where``
+        names the key)."""
+        if hasattr(target, "vname"):
+            ident = target.ident()
+            return cls(
+                stage,
+                message,
+                spec=ident["spec"],
+                variant=ident["variant"],
+                fmt=ident["fmt"],
+                where=where or ident["where"],
+                detail=detail,
+            )
+        return cls(stage, message, spec=target.name, variant=variant, where=where, detail=detail)
+
     def headline(self) -> str:
         target = "::".join(x for x in (self.spec, self.variant, self.fmt) if x)
         loc = f" (declared at {self.where})" if self.where else ""
@@ -69,3 +98,13 @@ class StageError(Exception):
 
 def _stage_error(stage, message, spec, variant, fmt, where, detail) -> StageError:
     return StageError(stage, message, spec=spec, variant=variant, fmt=fmt, where=where, detail=detail)
+
+
+def no_space(e: BaseException) -> bool:
+    """A write failed because the disk (or the user's quota) is full; torch's writers say 'file
+    write failed' with no errno. The one test, for the save stage and the cache alike."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(e) or "file write failed" in str(e)

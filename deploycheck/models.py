@@ -155,12 +155,8 @@ def build_model(spec, *, arch: dict, weights: str | None, variant: str, where: s
         model = call_factory(arch["factory"], arch["kwargs"], search_dirs(spec))
     except Exception as e:
         what = f"Hugging Face model {m.hf.path!r}" if m.hf and variant == "baseline" else f"factory {arch['factory']!r}"
-        raise StageError(
-            "build",
-            f"cannot create the model from {what}: {describe_exc(e)}",
-            spec=spec.name,
-            variant=variant,
-            where=where,
+        raise StageError.at(
+            spec, "build", f"cannot create the model from {what}: {describe_exc(e)}", variant=variant, where=where
         ) from e
     if weights:
         path = os.path.join(os.path.dirname(os.path.abspath(spec.path)), weights)
@@ -173,7 +169,7 @@ def _read_weights(spec, path: str, *, variant: str, where: str) -> dict:
     import torch
 
     if not os.path.exists(path):
-        raise StageError("build", f"weights file not found: {path}", spec=spec.name, variant=variant, where=where)
+        raise StageError.at(spec, "build", f"weights file not found: {path}", variant=variant, where=where)
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -181,16 +177,16 @@ def _read_weights(spec, path: str, *, variant: str, where: str) -> dict:
             return load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise StageError(
-            "build", f"cannot read weights {path}: {describe_exc(e)}", spec=spec.name, variant=variant, where=where
+        raise StageError.at(
+            spec, "build", f"cannot read weights {path}: {describe_exc(e)}", variant=variant, where=where
         ) from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise StageError(
+        raise StageError.at(
+            spec,
             "build",
             f"weights {path} hold a {type(state).__name__}, not a state dict",
-            spec=spec.name,
             variant=variant,
             where=where,
         )
@@ -214,10 +210,10 @@ def _load_state(spec, model, state: dict, path: str, *, factory: str, variant: s
             parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:5])}")
         if shapes:
             parts.append(f"shape mismatch ({len(shapes)}): {'; '.join(shapes[:5])}")
-        raise StageError(
+        raise StageError.at(
+            spec,
             "build",
             f"weights {os.path.basename(path)} do not match the architecture of {factory}: " + " | ".join(parts),
-            spec=spec.name,
             variant=variant,
             where=where,
         )

@@ -21,8 +21,24 @@ def fmt_num(x: float | None) -> str:
 
 
 #: levels of one quantization step per reduced precision: int8 has 255 steps over the output
-#: range; fp16 keeps 10 mantissa bits, bf16 7 (one step is the range / 2^bits)
+#: range; fp16 keeps 10 mantissa bits, bf16 7 (one step is the output's scale / 2^bits)
 LEVELS = {"int8": 255.0, "fp16": 2.0**10, "bf16": 2.0**7}
+
+
+def precision_span(t, precision: str | None) -> float:
+    """What one step of ``precision`` divides: int8 quantizes an output's range (affine, 255 steps);
+    a float format keeps 10 (fp16) or 7 (bf16) bits of each value, so its step follows the output's
+    scale, the larger of its range and its largest magnitude: outputs near 1 that span 0.35 round
+    by 1/1024, not 0.35/1024 (an fp16 ONNX file one rounding away from torch failed its dynamic
+    item by 2.8 range-steps); the range alone stays the floor, so no tolerance got tighter."""
+    if not t.numel():
+        return 0.0
+    d = t.double()
+    if precision in ("fp16", "bf16"):
+        return max(float(d.max() - d.min()), float(d.abs().max()))
+    return float(d.max() - d.min())
+
+
 #: the outputs tolerance of full-precision variants when none is set
 FLOAT_ATOL, FLOAT_RTOL = 1e-4, 1e-3
 
@@ -46,9 +62,10 @@ class Tolerance:
             return f"atol {fmt_num(self.atol)} + rtol {fmt_num(self.rtol)} * |expected|"
         used = max_abs / self.step
         word = "within" if used <= self.steps else "off by"
+        over = "output range" if self.precision == "int8" else "output scale"
         return (
-            f"{word} {used:.2g} {self.precision} steps; limit {self.steps:g} (one step {self.step:.3g} = output "
-            f"range {self.span:.4g} / {LEVELS[self.precision]:g}; default for {self.precision} variants)"
+            f"{word} {used:.2g} {self.precision} steps; limit {self.steps:g} (one step {self.step:.3g} = {over} "
+            f"{self.span:.4g} / {LEVELS[self.precision]:g}; default for {self.precision} variants)"
         )
 
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
-import time
 
 import pytest
 
+from . import rundir
 from .cache import Cache, default_root, evict, parse_size
 from .checks import declared_files
 from .collect import RUNNER_FACTORY, CheckItem, SpecFile
@@ -142,50 +140,19 @@ def pytest_collect_file(file_path, parent):
     return SpecFile.from_parent(parent, path=file_path)
 
 
-def _base_dir(config) -> str:
-    tag = hashlib.sha256(str(config.rootpath).encode()).hexdigest()[:10]
-    return os.path.join(tempfile.gettempdir(), f"deploycheck-{tag}")
-
-
-_SESSION_ENV = "DEPLOYCHECK_SESSION"
-
-
 def run_dir(config) -> str:
-    """``<base>/run/<session>/<worker>``: one folder per session, so concurrent sessions never share
-    files; xdist workers inherit the controller's session through the environment."""
-    given = config.getoption("deploycheck_run_dir")
-    base = os.path.abspath(given) if given else _base_dir(config)
+    """This session's run folder (see :mod:`deploycheck.rundir`)."""
     worker = getattr(config, "workerinput", {}).get("workerid", "main")
-    return os.path.join(base, "run", os.environ.get(_SESSION_ENV, f"{os.getpid()}"), worker)
+    return rundir.session_dir(_run_base(config), worker=worker)
+
+
+def _run_base(config) -> str:
+    return rundir.base_dir(str(config.rootpath), config.getoption("deploycheck_run_dir"))
 
 
 def _start_session(config) -> None:
-    """Name this session's run folder and remove the folders of earlier sessions that have ended
-    (their process is gone); the last session's artifacts stay until the next session starts."""
-    if _is_worker(config):
-        return
-    os.environ[_SESSION_ENV] = f"{os.getpid()}-{int(time.time())}"
-    given = config.getoption("deploycheck_run_dir")
-    runs = os.path.join(os.path.abspath(given) if given else _base_dir(config), "run")
-    if not os.path.isdir(runs):
-        return
-    for name in os.listdir(runs):
-        pid = name.split("-", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)):
-            continue
-        shutil.rmtree(os.path.join(runs, name), ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    if not _is_worker(config):
+        rundir.start_session(_run_base(config))
 
 
 def cache_dir(config) -> str | None:

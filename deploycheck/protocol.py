@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .outputs import flatten
+from .outputs import flatten, pick
 
 
 @dataclass(frozen=True)
@@ -190,6 +190,13 @@ def call(fn: Any, x: Any) -> Any:
     if isinstance(x, (tuple, list)):
         return fn(*x)
     return fn(x)
+
+
+def forward_output(fn: Any, x: Any, output: str | None = None) -> Any:
+    """The one output a recipe trains or calibrates on (``metric.output``, default the first),
+    from ``fn`` run on one batch of any structure (a tensor, a tuple, a dict of named inputs):
+    quantization calibration, distillation and fine-tuning feed batches through this."""
+    return pick(flatten(call(fn, x)), output)
 
 
 def batch_len(x: Any) -> int:

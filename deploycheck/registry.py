@@ -17,9 +17,11 @@ def did_you_mean(name: object, choices, *, n: int = 1) -> str:
     return f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
 
 
-def unknown(what: str, name: object, choices, *, listed: str = "available", n: int = 1) -> str:
-    """The one message for an unknown name: ``unknown recipe 'x'; did you mean 'y'? available: …``."""
-    return f"unknown {what} {name!r}; {did_you_mean(name, choices, n=n)}{listed}: {', '.join(str(c) for c in choices)}"
+def unknown(what: str, name: object, choices, *, listed: str = "available", n: int = 1, named: bool = True) -> str:
+    """The one message for an unknown name: ``unknown recipe 'x'; did you mean 'y'? available: …``
+    (``named=False`` leaves the name out, where the message's field path already ends with it)."""
+    subject = f"{what} {name!r}" if named else what
+    return f"unknown {subject}; {did_you_mean(name, choices, n=n)}{listed}: {', '.join(str(c) for c in choices)}"
 
 
 class UnknownName(KeyError):

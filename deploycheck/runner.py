@@ -1,5 +1,6 @@
 """The session's pipeline: build -> save -> reload in a fresh process -> run (one module per
-stage in :mod:`deploycheck.stages`). The runner memoises every stage and every model run that
+stage in :mod:`deploycheck.stages`, each a function of its explicit inputs). The runner alone
+orders the stages, hands each what it needs, and memoises every stage and every model run that
 checks need, so each variant is built once, each artifact saved and reloaded once, and each
 extra model run (batch invariance, semantic embeddings, divergence tables) done once, whatever
 items ask for them.
@@ -22,19 +23,15 @@ from .data.sources import read_lines
 from .errors import StageError
 from .isolation import ChildGone, ChildUnpicklable, RemoteError, WorkerPool, call_forked, call_in_thread, can_fork
 from .lm import greedy, hf_steps
-from .metrics import resolve, targets_for
-from .models import build_baseline, describe_exc
+from .models import baseline_arch, build_baseline, describe_exc
 from .outputs import OutputError, pick
-from .protocol import BatchDimError, batch_len, concat_inputs, describe_batch, run_batch, take
+from .protocol import ArtifactRef, BatchDimError, concat_inputs, describe_batch, run_batch, take
 from .signature import dynamic_probes
 from .stages import build, reload, save
-from .stages.build import Built
+from .stages.build import BuildInputs, Built
 from .stages.reload import Reload
 from .stages.save import Artifact, VariantUnsupported
 from .target import Target
-
-#: evaluation samples the divergence table is computed on
-DIVERGENCE_PROBES = 16
 
 _STAGE_OF = {"artifact": "save", "reload": "load"}
 
@@ -56,6 +53,11 @@ def _stacks(dump: str, n: int = 40) -> str:
             under_fork = False
         lines.append(line)
     return "\n".join(lines[:n] + ([f"[… {len(lines) - n} more lines]"] if len(lines) > n else []))
+
+
+def _causal_lm(spec) -> bool:
+    """A causal LM ships with its tokenizer."""
+    return spec.model.hf is not None and spec.model.hf.task == "causal-lm"
 
 
 def with_declared_dtypes(spec, b):
@@ -94,7 +96,10 @@ class Runner:
     def close(self) -> None:
         self.pool.close()
 
-    def _memo(self, key: tuple, fn: Callable[[], Any]) -> Any:
+    def _memo(self, name: str, target: Any, fn: Callable[[], Any]) -> Any:
+        """``fn()`` once per session for ``name`` and ``target`` (a Target, or a spec for what the
+        whole spec shares); its error too, located at ``target``."""
+        key = target.key(name) if isinstance(target, Target) else (name, target.path)
         if key not in self._memo_store:
             try:
                 self._memo_store[key] = ("ok", fn())
@@ -103,12 +108,10 @@ class Runner:
             except Exception as e:  # a bug or an unforeseen library error: still one clear, located message
                 self._memo_store[key] = (
                     "err",
-                    StageError(
-                        _STAGE_OF.get(key[0], "build"),
+                    StageError.at(
+                        target,
+                        _STAGE_OF.get(name, "build"),
                         f"unexpected error: {describe_exc(e)}",
-                        spec=os.path.basename(key[1]),
-                        variant=key[2] if len(key) > 2 else None,
-                        fmt=key[3] if len(key) > 3 else None,
                         detail="".join(traceback.format_exception(e))[-3000:],
                     ),
                 )
@@ -123,7 +126,8 @@ class Runner:
         from .data.dataset import load  # numpy
 
         return self._memo(
-            ("data", spec.path),
+            "data",
+            spec,
             lambda: self.contained(
                 lambda: load(spec), spec=spec, what=f"loading data {spec.data.source!r}", where=spec.where("data")
             ),
@@ -134,7 +138,7 @@ class Runner:
             batches = self.data(spec).eval_batches(spec.data.batch_size)
             return [with_declared_dtypes(spec, b) for b in batches]
 
-        return self._memo(("batches", spec.path), make)
+        return self._memo("batches", spec, make)
 
     def labels(self, spec):
         import torch
@@ -169,7 +173,7 @@ class Runner:
                     out[name] = torch.randint(0, 100, shape, generator=g, dtype=dtype)
             return out if sig.named else out["x"]
 
-        return self._memo(("example", spec.path), make)
+        return self._memo("example", spec, make)
 
     def semantic_batches(self, spec):
         """The semantic triplets' texts, preprocessed like the data, in evaluation-sized batches."""
@@ -184,17 +188,14 @@ class Runner:
             except StageError:
                 raise
             except Exception as e:
-                raise StageError(
-                    "build",
-                    f"cannot read semantic triplets: {describe_exc(e)}",
-                    spec=spec.name,
-                    where=spec.where("semantic"),
+                raise StageError.at(
+                    spec, "build", f"cannot read semantic triplets: {describe_exc(e)}", where=spec.where("semantic")
                 ) from e
             t = torch.from_numpy(x)
             bs = spec.data.batch_size
             return [t[i : i + bs] for i in range(0, len(t), bs)], triplets
 
-        return self._memo(("semantic", spec.path), make)
+        return self._memo("semantic", spec, make)
 
     def tokenizer_dir(self, spec) -> str:
         """The folder of a causal LM's model and tokenizer (model.hf.path, resolved)."""
@@ -215,11 +216,11 @@ class Runner:
                     raise ValueError(f"{spec.generation.prompts} holds no prompt")
                 return texts, token_ids(texts, path=self.tokenizer_dir(spec))
             except Exception as e:
-                raise StageError(
-                    "build", f"cannot read the generation prompts: {describe_exc(e)}", spec=spec.name, where=where
+                raise StageError.at(
+                    spec, "build", f"cannot read the generation prompts: {describe_exc(e)}", where=where
                 ) from e
 
-        return self._memo(("prompts", spec.path), make)
+        return self._memo("prompts", spec, make)
 
     def generations(self, t: Target) -> list[list[int]]:
         """The in-memory variant's greedy generations, through its own KV cache (``transformers``'
@@ -231,7 +232,7 @@ class Runner:
 
             lm = next((m for m in model.modules() if isinstance(m, CausalLM)), None) if model is not None else None
             if lm is None:
-                raise StageError("check", "greedy generation in memory needs a model.hf causal LM", **t.ident())
+                raise StageError.at(t, "check", "greedy generation in memory needs a model.hf causal LM")
             prefill, decode = hf_steps(lm.lm)
             _, ids = self.prompts(t.spec)
             eos = getattr(lm.lm.config, "eos_token_id", None)
@@ -246,7 +247,7 @@ class Runner:
                 for p in ids
             ]
 
-        return self._memo(t.without_format().key("generations"), make)
+        return self._memo("generations", t.without_format(), make)
 
     def inputs_files(self, spec) -> dict:
         """The evaluation batches, example input and semantic texts as files a worker reads.
@@ -273,12 +274,12 @@ class Runner:
                 torch.save(self.prompts(spec)[1], files["prompts"])
             return files
 
-        return self._memo(("inputs-files", spec.path), make)
+        return self._memo("inputs-files", spec, make)
 
     def dynamic_probes(self, spec) -> list:
         """Batches at each declared dynamic dimension's min, middle and max size (see
         :func:`deploycheck.signature.dynamic_probes`), built from the first evaluation rows."""
-        return self._memo(("dynamic-probes", spec.path), lambda: dynamic_probes(spec, self.batches(spec)))
+        return self._memo("dynamic-probes", spec, lambda: dynamic_probes(spec, self.batches(spec)))
 
     def inputs_sha(self, spec) -> str:
         def make():
@@ -295,7 +296,7 @@ class Runner:
                 h.update(repr(self.prompts(spec)[1]).encode())
             return h.hexdigest()
 
-        return self._memo(("inputs-sha", spec.path), make)
+        return self._memo("inputs-sha", spec, make)
 
     def variant_dir(self, t: Target) -> str:
         d = os.path.join(self.run_dir, t.spec.name, t.vname)
@@ -311,7 +312,8 @@ class Runner:
             else f"creating the model with factory {spec.model.factory!r}"
         )
         return self._memo(
-            ("baseline-model", spec.path),
+            "baseline-model",
+            spec,
             lambda: self.contained(
                 lambda: build_baseline(spec), spec=spec, variant="baseline", what=what, where=spec.where("model")
             ),
@@ -333,7 +335,6 @@ class Runner:
         limit = f"isolation.build_timeout_s: {timeout:g}" + (
             f" at {spec.where('isolation')}" if "isolation" in spec.lines else ", the default"
         )
-        ident = dict(spec=spec.name, variant=variant, where=where)
         try:
             if can_fork():
                 try:
@@ -356,9 +357,16 @@ class Runner:
                 msg = f"{e.why} while {what}: the factory, a data callable or a recipe ended it"
                 title = "where it died (most recent call first)"
             detail = f"--- {title} ---\n{_stacks(e.stacks)}" if e.stacks.strip() else ""
-            raise StageError("build", msg, detail=detail, **ident) from None
+            raise StageError.at(spec, "build", msg, variant=variant, where=where, detail=detail) from None
         except RemoteError as e:
-            raise StageError("build", f"unexpected error: {e.description}", detail=e.traceback_text, **ident) from None
+            raise StageError.at(
+                spec,
+                "build",
+                f"unexpected error: {e.description}",
+                variant=variant,
+                where=where,
+                detail=e.traceback_text,
+            ) from None
         for line in lines:
             self.log(line)
         return value
@@ -390,31 +398,68 @@ class Runner:
                     where = (
                         spec.at(spec.variants["baseline"].line) if "baseline" in spec.variants else spec.where("model")
                     )
-                    raise StageError(
+                    raise StageError.at(
+                        spec,
                         "run",
                         str(e)
                         if isinstance(e, BatchDimError)
                         else f"the in-memory model's outputs cannot be checked: {e}",
-                        spec=spec.name,
                         variant="baseline",
                         where=where,
                     ) from e
                 except Exception as e:
-                    raise StageError(
+                    raise StageError.at(
+                        spec,
                         "build",
                         baseline_input_problem(spec, what=what, given=x, sample=batches, error=describe_exc(e)),
-                        spec=spec.name,
                         variant="baseline",
                         where=spec.where("model"),
                     ) from e
             return None
 
-        return self._memo(("baseline-runs", spec.path), make)
+        return self._memo("baseline-runs", spec, make)
 
     def built(self, t: Target) -> Built:
+        """The variant built (once per session, reused across sessions by the cache). An
+        ``artifact:`` variant is not built: it enters at reload, and this is its reloaded
+        outputs and metric in the file's first format (what checks hold other files to)."""
         v = t.without_format()
         self.baseline_runs(t.spec)
-        return self._memo(v.key("built"), lambda: build.build(self, v))
+        if v.made_elsewhere:
+            return self._memo("built", v, lambda: self._reloaded(v))
+        return self._memo("built", v, lambda: self._build(v))
+
+    def _build(self, v: Target) -> Built:
+        def fresh() -> Built:
+            return self._build_fresh(v)
+
+        return build.from_cache(v, cache=self.cache, rebuild=fresh) or build.to_cache(v, fresh(), cache=self.cache)
+
+    def _build_fresh(self, v: Target) -> Built:
+        """:func:`build.build` in the build's own process (see :meth:`contained`), on inputs made
+        here first, so what variants share is made once."""
+        spec = v.spec
+        inputs = BuildInputs(
+            data=self.data(spec),
+            batches=self.batches(spec),
+            example=self.example(spec) if v.variant.steps else None,
+            labels=self.labels(spec),
+            baseline=self.baseline_model(spec) if (spec.model.factory or spec.model.hf) else None,
+            reference=None if v.is_baseline else self.built(v.baseline()).outputs,
+        )
+        build.import_step_libraries(v.variant)
+        return self.contained(
+            lambda: build.build(v, inputs, log=lambda line: self.log(line)),  # the child's log, in a child
+            spec=spec,
+            variant=v.vname,
+            where=v.where,
+            what=f"building variant {v.vname!r}",
+        )
+
+    def _reloaded(self, v: Target) -> Built:
+        r = self.reload(v.with_format(v.variant.formats[0]))
+        arch = baseline_arch(v.spec) if (v.spec.model.factory or v.spec.model.hf) else {}
+        return Built(None, arch, [], 0.0, None, None, None, r.outputs, r.metric, v.variant.recipe)
 
     def built_if_ready(self, t: Target) -> Built | None:
         """The built variant if this session already built it successfully, else None (never builds)."""
@@ -422,36 +467,67 @@ class Runner:
         return got[1] if got and got[0] == "ok" else None
 
     def artifact(self, t: Target) -> Artifact:
+        """The variant saved in ``t``'s format; an ``artifact:`` variant's own file, in place."""
         self.baseline_runs(t.spec)
-        return self._memo(t.key("artifact"), lambda: save.save(self, t))
+        if t.made_elsewhere:
+            return self._memo("artifact", t, lambda: save.made_elsewhere(t))
+        return self._memo(
+            "artifact",
+            t,
+            lambda: save.save(
+                t,
+                self.built(t),
+                folder=self.variant_dir(t),
+                example=self.example(t.spec),
+                cache=self.cache,
+                tokenizer_dir=self.tokenizer_dir(t.spec) if _causal_lm(t.spec) else None,
+            ),
+        )
 
     def reload(self, t: Target) -> Reload:
-        return self._memo(t.key("reload"), lambda: reload.reload(self, t))
+        """The artifact loaded, timed and run in a fresh process, its outputs scored."""
+
+        def make() -> Reload:
+            art = self.artifact(t)
+            files = self.inputs_files(t.spec)
+            ran = reload.run(
+                t,
+                art,
+                files=files,
+                workdir=self.variant_dir(t),
+                latency=reload.latency_plan(t, example=files["example"], baseline=self._baseline_ref(t)),
+                generate=reload.generate_plan(
+                    t,
+                    prompts=files.get("prompts"),
+                    tokenizer_dir=self.tokenizer_dir(t.spec) if t.spec.generation is not None else None,
+                    baseline=self._baseline_ref(t),
+                ),
+                inputs_sha=self.inputs_sha(t.spec),
+                cache=self.cache,
+                pool=self.pool,
+            )
+            baseline = None if t.is_baseline else self.built(t.baseline()).outputs
+            # a file made elsewhere is held to the baseline; a built variant to its in-memory self
+            reference = baseline if t.made_elsewhere else self.built(t).outputs
+            return reload.finish(t, ran, reference=reference, baseline=baseline, labels=self.labels(t.spec))
+
+        return self._memo("reload", t, make)
+
+    def _baseline_ref(self, t: Target) -> ArtifactRef | None:
+        """The baseline's artifact in ``t``'s format, which latency is measured against (None for
+        the baseline, or where it has none: the latency check says so)."""
+        if t.is_baseline:
+            return None
+        try:
+            return self.artifact(t.baseline()).ref()
+        except (StageError, VariantUnsupported):
+            return None
 
     def forget_measurement(self, t: Target) -> bool:
         """A timing verdict failed: drop the cached fresh-process result, so the next session
         measures again instead of serving the failing numbers (whatever the cache mode)."""
         got = self._memo_store.get(t.key("reload"))
         return bool(got and got[0] == "ok" and got[1].key and self.cache.drop_result(got[1].key))
-
-    def score(self, t: Target, outputs, *, what: str) -> float:
-        """The spec's metric on the output it reads (``metric.output``, default the first) of the
-        named ``outputs`` (labels, or the baseline's in-memory outputs as targets)."""
-        metric = resolve(t.spec)
-        name = t.spec.metric.output
-        base = outputs if t.is_baseline else self.built(t.baseline()).outputs
-        try:
-            return metric(pick(outputs, name), targets_for(metric, self.labels(t.spec), pick(base, name)))
-        except Exception as e:
-            raise StageError(
-                "check",
-                f"metric {metric.name!r} failed on the {what} outputs: {describe_exc(e)}",
-                **(
-                    t.ident()
-                    if what == "reloaded"
-                    else dict(spec=t.spec.name, variant=t.vname, where=t.spec.where("metric"))
-                ),
-            ) from e
 
     # --- model runs checks need -------------------------------------------------------------------
 
@@ -466,7 +542,7 @@ class Runner:
             with torch.inference_mode():
                 return [{k: o.float() for k, o in run_batch(model, x).items()} for x in inputs()]
 
-        return self._memo(t.without_format().key(f"run:{name}"), make)
+        return self._memo(f"run:{name}", t.without_format(), make)
 
     def embeddings(self, t: Target):
         """The variant's embeddings of the semantic triplets' texts, in memory (the baseline's
@@ -474,63 +550,25 @@ class Runner:
         import torch
 
         name = t.spec.metric.output
-        if self.built(t).model is None:
+        if t.made_elsewhere:
             return pick(self.reload(t.with_format(t.variant.formats[0])).extra_outputs, name)
         return torch.cat(
             [pick(o, name) for o in self.run_model(t, "semantic", lambda: self.semantic_batches(t.spec)[0])]
         )
 
-    def divergence(self, t: Target, *, against: str = "baseline") -> dict:
+    def divergence(self, t: Target, *, against: str = "baseline") -> diverge.Divergence:
         """Where the variant departs from ``against`` ("baseline", or "in-memory" for the reloaded
-        artifact against its own in-memory model), layer by layer; computed once per variant,
-        format and reference, and only when a check fails. The reloaded artifact's own layers
-        where its format exposes them (export, onnx), else the in-memory variant's, said so."""
+        artifact against its own in-memory model), layer by layer (see :func:`diverge.compare`);
+        computed once per variant, format and reference, and only when a check fails."""
 
-        def make():
+        def make() -> diverge.Divergence:
             ref_t = t.baseline() if against == "baseline" else t
-            ref, var = self.built(ref_t).model, self.built(t).model
-            probes = take(concat_inputs(self.batches(t.spec)), slice(0, DIVERGENCE_PROBES))
-            words = {
-                "subject": "the variant",
-                "reference": "the baseline" if against == "baseline" else "the in-memory variant",
-                "probes": batch_len(probes),
-            }
+            probes = take(concat_inputs(self.batches(t.spec)), slice(0, diverge.PROBES))
+            ref = None if ref_t.made_elsewhere else self.built(ref_t).model
             if ref is None:
-                return {"rows": [], "first": None, "note": "artifact made elsewhere", **words}
-            captured, fmt = None, t.fmt
-            if fmt in diverge.EXPOSES_LAYERS:
-                art = self.artifact(t)
-                try:
-                    captured = diverge.capture_artifact(art.path, fmt, probes, manifest=art.manifest)
-                except Exception as e:  # noqa: BLE001 - localisation explains a failure; it never adds one
-                    words["note"] = (
-                        f"the {fmt} artifact's layers could not be read ({describe_exc(e)}); in memory instead"
-                    )
-            if captured is not None:
-                words.update(
-                    subject=f"the reloaded {fmt} artifact",
-                    source="in its own layers ("
-                    + ("graph nodes mapped to modules" if fmt == "export" else "intermediate outputs from onnxruntime")
-                    + ")",
-                )
-            elif against != "baseline":
-                return {
-                    "rows": [],
-                    "first": None,
-                    **words,
-                    "note": words.get("note")
-                    or f"a {fmt} artifact does not expose its layers here "
-                    f"(layer tables read {' and '.join(diverge.EXPOSES_LAYERS)})",
-                }
-            elif var is None:
-                return {"rows": [], "first": None, "note": "artifact made elsewhere", **words}
-            else:
-                words["source"] = "in memory" + (
-                    f" (a reloaded {fmt} artifact does not expose its layers)" if fmt else ""
-                )
-            res = diverge.localise(ref, var, probes, captured=captured)
-            if words.get("note") and not res.get("note"):
-                res["note"] = words.pop("note")
-            return {**res, **{k: v for k, v in words.items() if k != "note"}}
+                return diverge.compare(None, None, probes, fmt=t.fmt, against=against)
+            var = None if t.made_elsewhere else self.built(t).model
+            art = self.artifact(t) if t.fmt in diverge.EXPOSES_LAYERS else None
+            return diverge.compare(ref, var, probes, fmt=t.fmt, artifact=art, against=against)
 
-        return self._memo(t.key(f"divergence:{against}"), make)
+        return self._memo(f"divergence:{against}", t, make)

@@ -12,11 +12,12 @@ MISSING = dataclasses.MISSING
 DType = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool"]
 
 
-def import_path_problem(value: str) -> str | None:
-    """Why ``value`` is not an import path 'package.module:callable', or None."""
+def import_path_problem(value: str, *, what: str = "callable") -> str | None:
+    """Why ``value`` is not an import path 'package.module:<what>', or None: the one rule for every
+    import path a spec names (factories, callables, students)."""
     mod, sep, attr = value.partition(":")
     if not sep or not mod or not attr or not all(p.isidentifier() for p in mod.split(".") + attr.split(".")):
-        return f"expected an import path 'package.module:callable', got {value!r}"
+        return f"expected an import path 'package.module:{what}', got {value!r}"
     return None
 
 

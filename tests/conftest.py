@@ -292,9 +292,10 @@ def tinymodels_of(project):
         sys.modules.pop("tinymodels", None)
 
 
-def run_once(tmp_path_factory, spec_text: str, *args: str, name: str = "tiny"):
+def run_once(tmp_path_factory, spec_text: str, *args: str, name: str = "tiny", files: dict | None = None):
     """One inner session, in a subprocess, for a module-scoped fixture whose result several tests
-    read (pytester is function-scoped): returns the project folder and the completed process."""
+    read (pytester is function-scoped): returns the project folder and the completed process.
+    ``files`` adds more files to the project (``{"other.yaml": text}``)."""
     import os
     import subprocess
     import sys
@@ -303,6 +304,8 @@ def run_once(tmp_path_factory, spec_text: str, *args: str, name: str = "tiny"):
     (root / "tinymodels.py").write_text(TINY_MODELS)
     (root / "pytest.ini").write_text("[pytest]\n")
     (root / f"{name}.yaml").write_text(textwrap.dedent(spec_text))
+    for rel, text in (files or {}).items():  # more specs, or the modules they name
+        (root / rel).write_text(textwrap.dedent(text))
     # an inner session is a session of its own, not an xdist worker (see ``project``)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST") and k != "PYTEST_ADDOPTS"}
     proc = subprocess.run(

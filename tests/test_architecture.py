@@ -216,3 +216,37 @@ def test_loading_the_plugin_and_collecting_imports_no_heavy_library():
         check=True,
     )
     assert out.stdout.strip() == "[]"
+
+
+STAGES = sorted(p for p in (PKG / "stages").rglob("*.py"))
+
+
+def _refers_to_the_runner(path: Path, mod: str | None = None) -> list[str]:
+    """Where a module takes a ``runner`` parameter or imports deploycheck.runner."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = [
+        f"{path.name}:{line}: imports {name}"
+        for name, _, line in _imports(path, mod)
+        if name == "deploycheck.runner" or name.startswith("deploycheck.runner.")
+    ]
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            a = node.args
+            for arg in a.posonlyargs + a.args + a.kwonlyargs + [x for x in (a.vararg, a.kwarg) if x]:
+                if arg.arg == "runner":
+                    found.append(f"{path.name}:{node.lineno}: takes a runner")
+    return found
+
+
+def test_the_pipeline_stages_take_what_they_need_and_never_the_runner():
+    """Stages are functions of explicit inputs; only the runner orders and memoises them."""
+    assert STAGES, "no stage modules found"
+    assert [hit for p in STAGES for hit in _refers_to_the_runner(p)] == []
+
+
+def test_the_runner_rule_sees_a_runner_parameter_and_an_import(tmp_path):
+    """The rule above can fail: a stage taking ``runner`` or importing the runner is found."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("from ..runner import Runner\n\n\ndef build(runner, t):\n    return runner.built(t)\n")
+    hits = _refers_to_the_runner(probe, "deploycheck.stages.probe")
+    assert hits == ["probe.py:1: imports deploycheck.runner", "probe.py:4: takes a runner"]

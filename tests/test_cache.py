@@ -241,3 +241,40 @@ def test_old_session_run_folders_are_cleaned(project, tmp_path):
     (base / "run" / "999999999-1").mkdir(parents=True)  # a session whose process is gone
     project.run(f"--deploycheck-run-dir={base}").assert_outcomes(passed=5)
     assert "999999999-1" not in os.listdir(base / "run")
+
+
+def test_a_result_key_depends_on_what_is_measured_not_on_where_the_files_lie():
+    """The fresh-process result is keyed by the artifacts' contents, the measurement and generation
+    settings and the inputs; the run folder's paths change every session and must not count."""
+    from deploycheck.cache import result_key
+    from deploycheck.protocol import ArtifactRef, GeneratePlan, LatencyPlan, WorkerRequest
+
+    def request(folder: str, *, sha: str = "aa", rounds: int = 5, new_tokens: int = 8) -> WorkerRequest:
+        def ref(name: str, digest: str) -> ArtifactRef:
+            return ArtifactRef(f"{folder}/{name}", "torchscript", {}, {"sha256": digest})
+
+        latency = LatencyPlan(
+            example=f"{folder}/x.pt",
+            warmup=1,
+            min_rounds=rounds,
+            max_time_s=1.0,
+            round_ms=1.0,
+            confidence=0.95,
+            baseline=ref("base.pt", "bb"),
+        )
+        generate = GeneratePlan(prompts=f"{folder}/p.pt", new_tokens=new_tokens)
+        return WorkerRequest(
+            ref("model.pt", sha),
+            f"{folder}/in.pt",
+            f"{folder}/out.pt",
+            f"{folder}/r.json",
+            latency=latency,
+            generate=generate,
+        )
+
+    key = result_key(request("/run/1"), "inputs")
+    assert result_key(request("/run/2"), "inputs") == key
+    assert result_key(request("/run/1", sha="cc"), "inputs") != key
+    assert result_key(request("/run/1", rounds=9), "inputs") != key
+    assert result_key(request("/run/1", new_tokens=9), "inputs") != key
+    assert result_key(request("/run/1"), "other inputs") != key

@@ -323,3 +323,34 @@ def test_ctrl_c_leaves_no_worker_or_build_running(faulty, tmp_path, where):
     assert inner.returncode == 2, text
     assert "KeyboardInterrupt" in text, text
     assert _all_gone([pid]) == [], text
+
+
+def test_an_unforeseen_error_is_located_like_any_stage_error(tmp_path):
+    """A bug (not a StageError) inside a memoised stage still names its spec by name, with its
+    variant, format and spec line: ``[save] tiny::baseline::torchscript``, not ``tiny.yaml::…``."""
+    from deploycheck.errors import StageError
+    from deploycheck.runner import Runner
+    from deploycheck.spec import parse
+    from deploycheck.target import Target
+
+    spec = parse(make_spec(), filename=str(tmp_path / "tiny.yaml"))
+    runner = Runner(run_dir=str(tmp_path / "run"))
+    t = Target(spec, spec.variant("baseline"), spec.variant("baseline").formats[0])
+
+    def boom():
+        raise ZeroDivisionError("a bug")
+
+    try:
+        with pytest.raises(StageError) as ei:
+            runner._memo("artifact", t, boom)
+        assert ei.value.headline() == (
+            f"[save] tiny::baseline::torchscript (declared at {t.where}): unexpected error: ZeroDivisionError: a bug"
+        )
+        with pytest.raises(StageError) as ei:
+            runner._memo("data", spec, boom)
+        assert ei.value.headline() == "[build] tiny: unexpected error: ZeroDivisionError: a bug"
+        with pytest.raises(StageError) as again:  # memoised: the same error, not a second run
+            runner._memo("data", spec, lambda: 1)
+        assert again.value is ei.value
+    finally:
+        runner.close()

@@ -187,3 +187,24 @@ def test_passing_checks_pay_nothing_for_localisation(project, monkeypatch):
         )
     )
     project.run("-k", "pruned and metric").assert_outcomes(passed=1)
+
+
+def test_a_divergence_is_data_its_message_and_report_are_made_from_it():
+    """The table's words come from fields, not from sentence fragments read back by key; a file
+    made elsewhere says so by a flag, whatever its note reads."""
+    import torch
+
+    from deploycheck.diverge import Divergence, Layer, compare
+
+    d = Divergence(16, rows=[Layer("l1", 0.0, 0.0, 1.0, 0.0), Layer("l2", 0.5, 0.2, 0.9, 1.0)], first="l2", limit=0.02)
+    assert d.render().splitlines()[:2] == [
+        "  where: the variant first departs from the baseline at module 'l2' (relative error > 0.02), "
+        "on 16 probes, in memory",
+        "    module  max abs diff     cosine  share of final error",
+    ]
+    assert d.as_dict()["rows"][1] == {"module": "l2", "max_abs": 0.5, "rel": 0.2, "cosine": 0.9, "share": 1.0}
+    elsewhere = compare(None, None, torch.zeros(4, 3), fmt="onnx")
+    assert elsewhere.made_elsewhere and elsewhere.probes == 4
+    assert elsewhere.render() == (
+        "  where: an artifact made elsewhere has no in-memory model here to compare layer by layer"
+    )

@@ -87,6 +87,37 @@ def token_tuple():
     return token_data(as_tuple=True)
 
 
+class Mixed(nn.Module):
+    """Named inputs of five dtypes (token ids int64, a mask bool, positions int32, features float16,
+    a scale bfloat16) -> nested outputs (logits, {pooled, norm})."""
+
+    def __init__(self, dim: int = 8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(50, dim)
+        self.pos = nn.Embedding(32, dim)
+        self.feat = nn.Linear(4, dim)
+        self.out = nn.Linear(dim, 3)
+
+    def forward(self, input_ids, attention_mask, positions, feats, scale):
+        m = attention_mask.unsqueeze(-1).to(self.emb.weight.dtype)
+        h = self.emb(input_ids) + self.pos(positions.long())
+        pooled = (h * m).sum(1) / m.sum(1).clamp_min(1.0) + self.feat(feats.to(self.feat.weight.dtype))
+        pooled = pooled * scale.to(pooled.dtype)
+        return self.out(pooled), {"pooled": pooled, "norm": pooled.norm(dim=1, keepdim=True)}
+
+
+def mixed_data():
+    """token_data plus positions (0 .. length-1), four features and a scale; labels from the first token."""
+    import numpy as np
+    x, y = token_data()
+    n, length = x["input_ids"].shape
+    x["positions"] = np.tile(np.arange(length), (n, 1))
+    x["feats"] = np.random.default_rng(1).normal(size=(n, 4))
+    x["scale"] = np.random.default_rng(2).uniform(0.5, 1.5, size=(n, 1))
+    return x, y
+
+
 class Conv(nn.Module):
     """Needs (N, 1, 8, 8) images."""
 
@@ -200,8 +231,8 @@ def test_metric_output_names_the_output_it_reads(sig):
 
 def test_dict_outputs_checked_on_every_key(sig):
     """A dict of outputs through torchscript, export and onnx, each key compared: an artifact that
-    changed only 'emb' fails naming it while the metric (on logits) passes. (The faithful dict case
-    passes in the named-inputs test below.)"""
+    changed only 'emb' fails naming it while the metric (on logits) passes. (The faithful case, a
+    tuple holding a dict, passes in the signature session below.)"""
     pytest.importorskip("onnxscript")
     sig.write(spec(name="tampered", factory="Heads", kwargs="{tamper: true}", formats="[torchscript, export, onnx]"))
     r = sig.run("-v", "-rA")
@@ -254,45 +285,133 @@ snapshot: {{enabled: {snapshot}}}
 """
 
 
-def test_named_int_and_bool_inputs_with_a_dynamic_length_through_every_format(sig):
-    """Token ids (int64) and a mask (bool), given as a dict, through torchscript, export, onnx and
-    safetensors: each loads, matches on every output, and runs at seq 4, 14 and 24. A model whose
-    trace bakes in the length (data given as a tuple) fails the dynamic item naming the dimension."""
+MIXED = """\
+deploycheck: 1
+name: mixed
+model:
+  factory: sigmodels:Mixed
+  inputs:
+    input_ids: {shape: [2, 16], dtype: int64, dynamic: {1: {name: seq, min: 4, max: 24}}}
+    attention_mask: {shape: [2, 16], dtype: bool, dynamic: {1: {name: seq, min: 4, max: 24}}}
+    positions: {shape: [2, 16], dtype: int32, dynamic: {1: {name: seq, min: 4, max: 24}}}
+    feats: {shape: [2, 4], dtype: float16}
+    scale: {shape: [2, 1], dtype: bfloat16}
+data:
+  source: python:sigmodels:mixed_data
+metric: {name: accuracy, output: "0"}
+formats: [torchscript, export, onnx, aoti, safetensors, hdf5, {pickle: {allow: true, with_code: true}}]
+variants:
+  baseline: {}
+  half:
+    quantize: {method: fp16}
+    formats: [torchscript, onnx]
+  brain:
+    quantize: {method: bf16}
+    formats: [onnx, hdf5]
+  small:
+    steps:
+      - distill: {student: sigmodels:Mixed, student_kwargs: {dim: 4}, epochs: 1}
+      - quantize: {method: static_int8, calibration_batches: 2}
+    formats: [export]
+thresholds:
+  metric: {max_drop: 1.0}
+latency: {warmup: 1, min_rounds: 5, max_time_s: 0.3, round_ms: 0.2}
+snapshot: {enabled: true}
+"""
+
+ALL_FORMATS = ("torchscript", "export", "onnx", "aoti", "safetensors", "hdf5", "pickle")
+
+
+@pytest.fixture(scope="module")
+def signatures(tmp_path_factory):
+    """One inner session for the signature matrix (see the README's "Signatures by format"):
+    - mixed: named inputs of int64, bool, int32, float16 and bfloat16 with a dynamic ``seq``, a tuple holding
+      a dict of outputs, through every format; fp16 and bf16 variants; a student distilled and then
+      calibrated for static int8 on the named inputs;
+    - fixed: data given as a tuple, a model whose TorchScript trace bakes in the length and an
+      export that specialises it (``dynamic_seq: false``): both caught by the dynamic item."""
     pytest.importorskip("onnxscript")
-    sig.write(
-        TOKENS.format(
-            name="tokens",
-            factory="Tokens",
-            data="token_data",
-            formats="[torchscript, export, onnx, safetensors]",
-            snapshot="true",
-        ),
-        "tokens",
+    from conftest import run_once
+
+    root, proc = run_once(
+        tmp_path_factory,
+        MIXED,
+        "-v",
+        "-rA",
+        "--snapshot-update",
+        name="mixed",
+        files={
+            "sigmodels.py": SIG_MODELS,
+            "fixed.yaml": TOKENS.format(
+                name="fixed",
+                factory="SeqFixed",
+                data="token_tuple",
+                formats="[torchscript, {export: {dynamic_seq: false}}]",
+                snapshot="false",
+            ),
+        },
     )
-    sig.write(
-        TOKENS.format(name="fixed", factory="SeqFixed", data="token_tuple", formats="[torchscript]", snapshot="false"),
-        "fixed",
-    )
-    r = sig.run("-v", "-rA", "--snapshot-update")
-    got = outcomes(r)
-    for fmt in ("torchscript", "export", "onnx", "safetensors"):
+    out = proc.stdout + proc.stderr
+
+    class R:
+        outlines = out.splitlines()
+
+    return root, out, outcomes(R)
+
+
+def test_named_inputs_of_every_dtype_and_nested_outputs_through_every_format(signatures):
+    """int64 ids, a bool mask, int32 positions, float16 features and a bfloat16 scale by name (ONNX
+    gets the bfloat16 one as an OrtValue: numpy has no bfloat16), with a dynamic seq,
+    returning a tuple holding a dict: every format loads it, matches it on every output and runs it
+    at seq 4, 14 and 24; every output is snapshotted by its path."""
+    root, out, got = signatures
+    for fmt in ALL_FORMATS:
         for check in ("load", "outputs", "dynamic", "metric"):
-            assert got[f"tokens::baseline::{fmt}::{check}"] == "PASSED", (fmt, check, got)
-    assert got["fixed::baseline::torchscript::outputs"] == "PASSED", got  # right at the traced length
-    assert got["fixed::baseline::torchscript::dynamic"] == "FAILED", got
-    r.stdout.fnmatch_lines(
-        [
-            "*seq traced at 16; at 4 (input_ids[[]1[]], attention_mask[[]1[]]) the reloaded "
-            "torchscript artifact differs on output 'logits': *"
-        ]
-    )
-    assert "seq traced at 16; at 14" not in r.stdout.str().split("fixed::baseline::torchscript::dynamic")[0]
-    assert r.ret == 1
-    # every output is snapshotted by name
-    doc = json.loads((sig.path / "__snapshots__" / "tokens" / "tokens.baseline.onnx.snapshot.json").read_text())
-    assert doc["shape"] == {"logits": [3], "pooled": [8]}
-    (entry,) = doc["entries"].values()
-    assert list(entry["outputs"]) == ["logits", "pooled"]
+            assert got.get(f"mixed::baseline::{fmt}::{check}") == "PASSED", (fmt, check, out[-3000:])
+    doc = json.loads((root / "__snapshots__" / "mixed" / "mixed.baseline.aoti.snapshot.json").read_text())
+    assert doc["shape"] == {"0": [3], "1.pooled": [8], "1.norm": [1]}
+    entry = next(iter(doc["entries"].values()))
+    assert list(entry["outputs"]) == ["0", "1.pooled", "1.norm"]
+
+
+def test_reduced_precision_variants_carry_named_inputs_or_say_why_not(signatures):
+    """fp16 and bf16 wrap the model in ``Cast`` (forward(*args, **kwargs)); with named inputs each
+    traced format exports it by the inputs' names. Where a format cannot hold bf16 it says why:
+    HDF5 at save (skipped as unsupported), onnxruntime at load (a failure, never a pass)."""
+    _, out, got = signatures
+    for fmt in ("torchscript", "onnx"):
+        for check in ("load", "outputs", "dynamic"):
+            assert got.get(f"mixed::half::{fmt}::{check}") == "PASSED", (fmt, check, out[-3000:])
+    assert got.get("mixed::brain::onnx::load") == "FAILED"
+    assert got.get("mixed::brain::hdf5::load") == "SKIPPED"
+    assert "no kernel for bfloat16 on onnxruntime's CPU provider (the graph computes in bfloat16)" in out
+    assert "HDF5 (numpy) has no bfloat16 type" in out
+
+
+def test_recipes_that_feed_data_take_named_inputs(signatures):
+    """Distillation trains and static int8 calibrates on dict batches (one chain); the result
+    exports with the named inputs and a dynamic seq, and passes its checks."""
+    root, out, got = signatures
+    for check in ("load", "outputs", "dynamic"):
+        assert got.get(f"mixed::small::export::{check}") == "PASSED", (check, out[-3000:])
+    report = json.dumps(json.loads((root / "reports" / "deploycheck.json").read_text()))
+    assert "static int8 (pt2e, x86 quantizer, 8-bit activations, 8-bit weights), calibrated on " in report
+    assert "student sigmodels:Mixed with " in report
+
+
+def test_a_specialised_sequence_length_is_caught_in_trace_and_export(signatures):
+    """Data given as a tuple (matched to the named inputs by position). The TorchScript trace bakes
+    in the length; the export is told to specialise it: right at the traced length, caught by the
+    dynamic item at the others, naming the dimension and both sizes."""
+    _, out, got = signatures
+    for fmt in ("torchscript", "export"):
+        assert got.get(f"fixed::baseline::{fmt}::outputs") == "PASSED", (fmt, out[-3000:])
+        assert got.get(f"fixed::baseline::{fmt}::dynamic") == "FAILED", (fmt, out[-3000:])
+    assert (
+        "seq traced at 16; at 4 (input_ids[1], attention_mask[1]) the reloaded torchscript artifact differs on "
+        "output 'logits': "
+    ) in out
+    assert "seq traced at 16; at 4 (input_ids[1], attention_mask[1]) the reloaded export artifact " in out
 
 
 def test_declared_dtype_mismatch_names_the_input(sig):

@@ -127,7 +127,7 @@ def test_metric_and_data_errors():
 
 def test_distill_student_must_be_an_import_path():
     assert errors(make_spec(variants="  s:\n    distill: {student: TinyStudent}")) == [
-        "s.yaml:12: variants.s.distill.student: expected 'module:callable', got 'TinyStudent'"
+        "s.yaml:12: variants.s.distill.student: expected an import path 'package.module:callable', got 'TinyStudent'"
     ]
 
 

@@ -129,7 +129,7 @@ def test_a_full_run_dir_fails_the_items_that_save_there(project, monkeypatch):
 
 
 def test_a_writer_that_reports_no_space_is_named_so():
-    from deploycheck.stages.save import no_space
+    from deploycheck.errors import no_space
 
     assert no_space(OSError(errno.ENOSPC, "No space left on device"))
     assert no_space(RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"))

@@ -23,6 +23,7 @@ class Dataset:
     y_train: np.ndarray | None
     x_test: Any
     y_test: np.ndarray | None
+    bf16: tuple[str, ...] = ()  # inputs declared bfloat16 (held as float32: numpy has none); "x" for one input
 
     def eval_batches(self, batch_size: int):
         x = as_tensors(self.x_test)
@@ -31,18 +32,23 @@ class Dataset:
     def train_tensors(self):
         import torch
 
-        x = as_tensors(self.x_train)
+        x = as_tensors(self.x_train, self.bf16)
         y = None if self.y_train is None else torch.from_numpy(np.ascontiguousarray(self.y_train))
         return x, y
 
 
-def as_tensors(x):
-    """Arrays as tensors, keeping a dict of named inputs a dict."""
+def as_tensors(x, bf16: tuple[str, ...] = ()):
+    """Arrays as tensors, keeping a dict of named inputs a dict; the inputs named in ``bf16`` (``x``
+    for one input) as bfloat16, the dtype declared for them (recipes feed these to the model)."""
     import torch
 
+    def one(name, a):
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        return t.to(torch.bfloat16) if name in bf16 else t
+
     if isinstance(x, dict):
-        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in x.items()}
-    return torch.from_numpy(np.ascontiguousarray(x))
+        return {k: one(k, v) for k, v in x.items()}
+    return one("x", x)
 
 
 def _raw(spec) -> tuple[Any, Any, Any, Any] | tuple[Any, Any]:
@@ -89,13 +95,11 @@ def load(spec) -> Dataset:
     except StageError:
         raise
     except Exception as e:
-        raise StageError(
-            "build",
-            f"cannot load data {spec.data.source!r}: {describe_exc(e)}",
-            spec=spec.name,
-            where=spec.where("data"),
+        raise StageError.at(
+            spec, "build", f"cannot load data {spec.data.source!r}: {describe_exc(e)}", where=spec.where("data")
         ) from e
-    return Dataset(xtr, _labels(ytr), xte, _labels(yte))
+    bf16 = tuple(n for n, i in spec.model.inputs.items if i.dtype == "bfloat16")
+    return Dataset(xtr, _labels(ytr), xte, _labels(yte), bf16)
 
 
 def inputs_of(spec, x):
@@ -205,20 +209,20 @@ def preprocess(spec, x: np.ndarray, *, default_float: bool = True) -> np.ndarray
         x = x.astype(np.float32)  # a dtype step casts back (token ids, say)
     steps = [(s, PREPROCESS.get(s.op)) for s in spec.data.preprocess]
     if x.dtype.kind in "OUS" and not any(op.reads_text for _, op in steps):
-        raise StageError(
+        raise StageError.at(
+            spec,
             "build",
             "the data are texts: add a preprocessing step such as {tokenize: {max_length: 128}}",
-            spec=spec.name,
             where=spec.where("data"),
         )
     for i, (step, op) in enumerate(steps):
         try:
             x = op.apply(x, step.arg, spec)
         except Exception as e:
-            raise StageError(
+            raise StageError.at(
+                spec,
                 "build",
                 f"preprocess[{i}] {step.op} failed on data of shape {tuple(x.shape)}: {describe_exc(e)}",
-                spec=spec.name,
                 where=spec.where("data"),
             ) from e
     return x

@@ -62,22 +62,41 @@ def batch_dims(dynamic: bool, inputs=None, declared: bool = True):
     return out
 
 
-def fit_signature(model, dynamic_shapes):
-    """dynamic_shapes follow the parameters of ``forward``: a model whose forward takes ``*args``
-    (the fp16/bf16 ``Cast`` wrapper) receives its positional inputs as one tuple parameter, so its
-    per-input dims go one level down. Without this, every reduced-precision variant would be
-    reported as a format limit instead of being exported."""
+def with_signature(model, inputs=None):
+    """``model`` as the tracers see it: one whose ``forward`` takes ``*args`` / ``**kwargs`` (the
+    fp16/bf16 ``Cast`` wrapper) is wrapped in a module whose ``forward`` names the declared inputs,
+    so torch.export binds ``dynamic_shapes`` and keyword inputs to them, the ONNX graph's inputs
+    carry their names and ``torch.jit.trace`` accepts them by keyword. Without this, every
+    reduced-precision variant with named inputs would be reported as a format limit instead of
+    being exported. Only traced formats use the wrapper (their files hold a graph, not the class)."""
     import inspect
 
-    if not isinstance(dynamic_shapes, tuple):
-        return dynamic_shapes
+    import torch
+
     try:
         params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
-        return dynamic_shapes
-    if params and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
-        return (dynamic_shapes,)
-    return dynamic_shapes
+        return model
+    if not any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        return model
+    named = inputs is not None and inputs.named
+    names = [n for n, _ in inputs.items] if named else ["x"]
+
+    def forward(self, *args, **kwargs):
+        given = {**dict(zip(names, args, strict=False)), **kwargs}
+        return self.inner(**given) if named else self.inner(*[given[n] for n in names])
+
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    forward.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("self", kind), *(inspect.Parameter(n, kind) for n in names)]
+    )
+
+    def init(self, inner):
+        torch.nn.Module.__init__(self)
+        self.inner = inner
+
+    cls = type(type(model).__name__, (torch.nn.Module,), {"__init__": init, "forward": forward})
+    return cls(model).train(model.training)
 
 
 def export_args(example):
@@ -96,10 +115,10 @@ def export_program(model, example, *, dynamic_batch: bool, strict: bool = False,
     args, kwargs = export_args(x)
     try:
         return torch.export.export(
-            model,
+            with_signature(model, inputs),
             args,
             kwargs=kwargs,
-            dynamic_shapes=fit_signature(model, batch_dims(dynamic_batch, inputs, dynamic_seq)),
+            dynamic_shapes=batch_dims(dynamic_batch, inputs, dynamic_seq),
             strict=strict,
         )
     except Exception as e:  # the exporter's own reason is the message users need

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import Unsupported
-from .safetensors import StateDictFormat
+from .state_dict import StateDictFormat
 
 
 class Hdf5Format(StateDictFormat):

@@ -241,7 +241,7 @@ def classify(exc: BaseException, path: str) -> Diagnosis:
             "import: the artifact depends on the training code; ship a self-contained "
             f"format (export, torchscript, onnx) or install that code where it is deployed ({first})",
         )
-    if re.search(r"Type '?tensor\((bfloat16|float16|int8|uint8)\)'? of input parameter", text):
+    if re.search(r"Type '?tensor\((bfloat16|float16|int8|uint8)\)'? of input parameter|no kernel for bfloat16", text):
         return Diagnosis(
             "unsupported-type",
             "this runtime has no kernel for a dtype the artifact uses "

@@ -8,7 +8,7 @@ from typing import Literal
 
 from ..schema import field
 from . import Format, Unsupported
-from .export import _first_line
+from .export import _first_line, with_signature
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,11 @@ class TorchScriptFormat(Format):
                 else:
                     # strict=False: a dict or list output is traced as it is (checked by every key);
                     # named inputs are traced by keyword, so the file is called by the same names
+                    traced = with_signature(model, inputs)
                     if isinstance(example, dict):
-                        sm = torch.jit.trace(model, example_kwarg_inputs=example, check_trace=False, strict=False)
+                        sm = torch.jit.trace(traced, example_kwarg_inputs=example, check_trace=False, strict=False)
                     else:
-                        sm = torch.jit.trace(model, (example,), check_trace=False, strict=False)
+                        sm = torch.jit.trace(traced, (example,), check_trace=False, strict=False)
             except Exception as e:
                 raise Unsupported(f"torch.jit.{options.mode} failed: {type(e).__name__}: {_first_line(e)}") from e
             torch.jit.save(sm, path)

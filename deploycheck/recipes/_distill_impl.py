@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import call_factory
+from ..protocol import forward_output, rows, take
 from . import StepResult
 
 
@@ -23,17 +24,17 @@ def run(cfg, teacher, ctx) -> StepResult:
     opt = optimizers[cfg.optimizer](student.parameters(), lr=cfg.lr)
     teacher.eval()
     with torch.no_grad():
-        soft_all = teacher(x).float()
+        soft_all = forward_output(teacher, x, ctx.spec.metric.output).float()
     T = cfg.temperature
     g = torch.Generator().manual_seed(cfg.seed)
     labelled = y is not None and y.dtype in (torch.int64, torch.int32)
     student.train()
     for epoch in range(cfg.epochs):
-        perm = torch.randperm(len(x), generator=g)
+        perm = torch.randperm(rows(x), generator=g)
         total = 0.0
-        for i in range(0, len(x), cfg.batch_size):
+        for i in range(0, rows(x), cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
-            out = student(x[idx])
+            out = forward_output(student, take(x, idx), ctx.spec.metric.output)
             if labelled:
                 soft = (
                     F.kl_div(F.log_softmax(out / T, 1), F.softmax(soft_all[idx] / T, 1), reduction="batchmean") * T * T
@@ -47,7 +48,7 @@ def run(cfg, teacher, ctx) -> StepResult:
             opt.step()
             total += loss.item() * len(idx)
         if epoch == 0 or (epoch + 1) % max(1, cfg.epochs // 5) == 0 or epoch + 1 == cfg.epochs:
-            ctx.log(f"epoch {epoch + 1}/{cfg.epochs} loss {total / len(x):.4f}")
+            ctx.log(f"epoch {epoch + 1}/{cfg.epochs} loss {total / rows(x):.4f}")
     student.eval()
     tp = sum(p.numel() for p in teacher.parameters())
     sp = sum(p.numel() for p in student.parameters())

@@ -8,6 +8,7 @@ import torch
 import torch.nn.utils.prune as P
 from torch import nn
 
+from ..protocol import forward_output, rows, take
 from . import StepResult
 
 #: module types ``prune.modules`` can name; a subclass counts as its base (MultiheadAttention's
@@ -152,16 +153,16 @@ def _finetune(ft, model, ctx) -> None:
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=ft.lr)
     model.train()
     for epoch in range(ft.epochs):
-        perm = torch.randperm(len(x), generator=g)
+        perm = torch.randperm(rows(x), generator=g)
         total = 0.0
-        for i in range(0, len(x), ft.batch_size):
+        for i in range(0, rows(x), ft.batch_size):
             idx = perm[i : i + ft.batch_size]
             opt.zero_grad()
-            loss = _loss(model(x[idx]), y[idx])
+            loss = _loss(forward_output(model, take(x, idx), ctx.spec.metric.output), y[idx])
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
-        ctx.log(f"finetune epoch {epoch + 1}/{ft.epochs} loss {total / len(x):.4f}")
+        ctx.log(f"finetune epoch {epoch + 1}/{ft.epochs} loss {total / rows(x):.4f}")
     model.eval()
 
 

@@ -7,9 +7,10 @@ import warnings
 
 import torch
 
-from ..formats.export import batch_dims, batch_example
+from ..formats.export import batch_dims, batch_example, export_args, with_signature
 from ..models import describe_exc
 from ..nn import Cast
+from ..protocol import call, rows, take
 from . import StepResult
 from ._select import select
 
@@ -68,11 +69,11 @@ def _check_runs(q, model, example) -> None:
     switch that fast path off) and the backend that handles it."""
     try:
         with torch.inference_mode():
-            q(example)
+            call(q, example)
     except Exception as e:
         try:
             with torch.inference_mode():
-                model(example)
+                call(model, example)
         except Exception:
             return  # the float model fails too: not torch.ao's doing, and reported where the model runs
         names = {id(m): (n or "<model>", type(m).__name__) for n, m in q.named_modules()}
@@ -140,7 +141,11 @@ def _static(cfg, model, ctx) -> StepResult:
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    gm = torch.export.export(model, (batch_example(ctx.example, True),), dynamic_shapes=batch_dims(True)).module()
+    inputs = ctx.spec.model.inputs
+    args, kwargs = export_args(batch_example(ctx.example, True))
+    gm = torch.export.export(
+        with_signature(model, inputs), args, kwargs=kwargs, dynamic_shapes=batch_dims(True, inputs)
+    ).module()
     quantizer = xiq.X86InductorQuantizer()
     qconfig = xiq.get_default_x86_inductor_quantization_config(reduce_range=cfg.reduce_range)
     if cfg.weight_bits == 7:
@@ -154,11 +159,11 @@ def _static(cfg, model, ctx) -> StepResult:
     n = 0
     with torch.no_grad():
         for i in range(cfg.calibration_batches):
-            batch = xtr[i * bs : (i + 1) * bs]
-            if len(batch) == 0:
+            batch = take(xtr, slice(i * bs, (i + 1) * bs))
+            if rows(batch) == 0:
                 break
-            prepared(batch)
-            n += len(batch)
+            call(prepared, batch)
+            n += rows(batch)
     q = convert_pt2e(prepared)
     from torchao.quantization.pt2e import move_exported_model_to_eval
 

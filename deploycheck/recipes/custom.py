@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..schema import field
+from ..schema import field, import_path_problem
 
 
 @dataclass(frozen=True)
@@ -25,10 +25,8 @@ class CustomConfig:
     seed: int = field(0, doc="seed of ctx.generator and of torch's global generator before the call")
 
     def check(self) -> list[tuple[str, str]]:
-        mod, sep, attr = self.callable.partition(":")
-        if not sep or not mod or not attr or not all(p.isidentifier() for p in mod.split(".") + attr.split(".")):
-            return [("callable", f"expected an import path 'package.module:function', got {self.callable!r}")]
-        return []
+        problem = import_path_problem(self.callable, what="function")
+        return [("callable", problem)] if problem else []
 
     def short(self) -> str:
         return f"custom:{self.callable.rpartition(':')[2]}"

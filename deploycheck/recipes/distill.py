@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from ..schema import field
+from ..schema import field, import_path_problem
 
 
 @dataclass(frozen=True)
@@ -25,10 +25,8 @@ class DistillConfig:
     seed: int = field(0, doc="seed for initialisation and shuffling")
 
     def check(self) -> list[tuple[str, str]]:
-        mod, sep, attr = self.student.partition(":")
-        if not sep or not mod or not attr:
-            return [("student", f"expected 'module:callable', got {self.student!r}")]
-        return []
+        problem = import_path_problem(self.student)
+        return [("student", problem)] if problem else []
 
     def short(self) -> str:
         return f"distill:{self.student.rpartition(':')[2]}"

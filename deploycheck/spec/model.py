@@ -14,7 +14,7 @@ from ..data import PREPROCESS, SOURCES
 from ..formats import FORMATS
 from ..metrics import METRICS
 from ..recipes import RECIPES, config_class
-from ..registry import UnknownName, did_you_mean
+from ..registry import UnknownName, did_you_mean, unknown
 from ..schema import DType
 from .loader import LMap, LSeq
 from .schema import (
@@ -257,12 +257,7 @@ class Step:
         kl = value.line_of(op) if isinstance(value, LMap) else line
         p = f"{path}.{op}"
         if op not in PREPROCESS:
-            ctx.error(
-                kl,
-                p,
-                f"unknown preprocessing step; {did_you_mean(op, PREPROCESS.names())}allowed: "
-                f"{', '.join(PREPROCESS.names())}",
-            )
+            ctx.error(kl, p, unknown("preprocessing step", op, PREPROCESS.names(), listed="allowed", named=False))
             raise Invalid
         spec = PREPROCESS.get(op)
         if isinstance(spec.arg, type) and dataclasses.is_dataclass(spec.arg):
@@ -390,10 +385,11 @@ class OutputThreshold:
     """Reloaded artifact vs the in-memory variant, on the same batches: |a - b| <= atol + rtol * |b|.
     With neither atol nor rtol set (here or in the spec's thresholds), full-precision variants use
     atol 1e-4 and rtol 1e-3, and variants whose recipe lowers precision (int8, fp16, bf16) allow
-    ``quant_steps`` steps of their precision over the in-memory outputs' range (an int8 step is the
-    range / 255), as the cross-machine snapshot rule does: runtimes round reduced precision by
-    whole steps. The flat keys hold for every output; an output's name as a key gives that output
-    its own (``{atol: 1.0e-4, emb: {atol: 0.01}}``), its unset keys taken from the flat ones."""
+    ``quant_steps`` steps of their precision (an int8 step is the in-memory output's range / 255;
+    an fp16 / bf16 step its scale, the larger of its range and its largest magnitude, / 2^10 or
+    2^7), as the cross-machine snapshot rule does: runtimes round reduced precision by whole
+    steps. The flat keys hold for every output; an output's name as a key gives that output its
+    own (``{atol: 1.0e-4, emb: {atol: 0.01}}``), its unset keys taken from the flat ones."""
 
     atol: float | None = field(
         None, ge=0, doc="absolute tolerance (not set: 1e-4, or quant_steps steps for reduced precision)"
@@ -630,9 +626,7 @@ class Thresholds:
         for key, sub in value.items():
             kl = value.line_of(key) if isinstance(value, LMap) else line
             if key not in sections:
-                ctx.error(
-                    kl, f"{path}.{key}", f"unknown key; {did_you_mean(key, sections)}allowed: {', '.join(sections)}"
-                )
+                ctx.error(kl, f"{path}.{key}", unknown("key", key, list(sections), listed="allowed", named=False))
                 bad = True
                 continue
             try:
@@ -962,7 +956,7 @@ def _parse_variant(
         kl = raw.line_of(k) if isinstance(raw, LMap) else line
         if k not in RECIPES:
             allowed = RECIPES.names() + list(VariantSpec.RESERVED)
-            ctx.error(kl, f"{path}.{k}", f"unknown key; {did_you_mean(k, allowed)}allowed: {', '.join(allowed)}")
+            ctx.error(kl, f"{path}.{k}", unknown("key", k, allowed, listed="allowed", named=False))
             bad = True
     if len(recipe_keys) > 1 and not bad:
         ctx.error(
@@ -999,11 +993,7 @@ def _parse_variant(
                     continue
                 ((k, v),) = item.items()
                 if k not in RECIPES:
-                    ctx.error(
-                        il,
-                        f"{ip}.{k}",
-                        f"unknown recipe; {did_you_mean(k, RECIPES.names())}available: {', '.join(RECIPES.names())}",
-                    )
+                    ctx.error(il, f"{ip}.{k}", unknown("recipe", k, RECIPES.names(), named=False))
                     bad = True
                     continue
                 try:

@@ -88,10 +88,13 @@ def table(cls: type, skip: tuple[str, ...] = ()) -> str:
 INPUTS_DOC = """One input (today's form), or a mapping of named inputs passed to the model by keyword, in order:
 
 ```yaml
-inputs: {shape: [1, 64], dtype: float32}                  # one input: model(x)
+inputs: {shape: [1, 64]}                                  # one float32 input: model(x)
+inputs: {shape: [1, 3, 32, 32], dtype: float16}           # one input of another dtype
 inputs:                                                   # named inputs: model(input_ids=..., attention_mask=...)
   input_ids: {shape: [2, 16], dtype: int64, dynamic: {0: batch, 1: {name: seq, min: 4, max: 128}}}
   attention_mask: {shape: [2, 16], dtype: bool, dynamic: {0: batch, 1: {name: seq, min: 4, max: 128}}}
+  positions: {shape: [2, 16], dtype: int32, dynamic: {1: {name: seq, min: 4, max: 128}}}  # same seq
+  feats: {shape: [2, 4], dtype: float16}                  # a fixed-size input next to them
 ```
 
 The data give named inputs as a dict by name or a tuple in the declared order (`python:` returns
@@ -103,7 +106,38 @@ keyword, torch.export and AOTInductor take `kwargs` with a `Dim` per dynamic dim
 name the same dimension share it), ONNX names its graph inputs and makes those axes dynamic, and
 state-dict formats rebuild the module. A dynamic dimension with `min` and `max` (other than the batch)
 is tried in every reloaded artifact at its min, middle and max size against the in-memory variant
-(the `dynamic` item); an artifact that specialised it fails naming the input and dimension."""
+(the `dynamic` item); an artifact that specialised it fails naming the input and dimension
+(`seq traced at 16; at 4 (input_ids[1], attention_mask[1]) the reloaded export artifact …`).
+
+Outputs need no declaration: whatever the model returns is read as named tensors, each checked,
+snapshotted and selectable by `metric.output` and `thresholds.outputs`:
+
+| the model returns | output names |
+| --- | --- |
+| a tensor | `0` |
+| a tuple or list `(logits, emb)` | `0`, `1` |
+| a dict `{"logits": …, "emb": …}` (or a Hugging Face output) | `logits`, `emb` |
+| nested: `{"logits": …, "aux": (pooled, {"norm": …})}` | `logits`, `aux.0`, `aux.1.norm` |
+
+What each format does with each form, as `tests/test_signatures.py` runs them end to end (✅ carried
+and checked, at every declared size where a dimension is dynamic; ➖ unsupported, the item skipped
+with the reason shown; ❌ the load fails with the reason; never a pass; · not run by the suite):
+
+| form | torchscript | export | onnx | aoti | safetensors | hdf5 | pickle |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+| one float32 input, a tensor output (`tests/test_formats.py`) | ✅ | ✅ | ✅ | ✅ | ✅ | ✅ | ✅ |
+| one float32 input, a tuple or a dict of outputs | ✅ | ✅ | ✅ | · | · | · | · |
+| named int64, bool, int32, float16 and bfloat16 inputs (dict data), a dynamic `seq`, a tuple holding a dict of outputs | ✅ | ✅ | ✅ (bfloat16 fed as an `OrtValue`: numpy has none) | ✅ | ✅ | ✅ | ✅ |
+| named inputs from tuple data; an artifact that specialised `seq` | ✅ caught (the trace baked it in) | ✅ caught (`dynamic_seq: false`) | · | · | · | · | · |
+| fp16 variant of the named-input model | ✅ | ✅ (under onnx) | ✅ | · | · | · | · |
+| bf16 variant of the named-input model | · | · | ❌ onnxruntime's CPU provider has no bfloat16 kernels (`unsupported-type`) | · | · | ➖ numpy has no bfloat16 | · |
+| distillation then static int8 on the named inputs | · | ✅ | · | · | · | · | · |
+
+TorchScript's tracer cannot return a dict whose values differ in type (a tensor next to a tuple):
+such a model is ➖ in `torchscript` with the tracer's reason (`Tracer cannot infer type of …`) and
+runs in the other formats. A format that cannot export the model at all (a torch.ao packed int8
+module through torch.export, a dynamic dimension the model's code specialises under torch.export)
+is ➖ with the exporter's reason."""
 
 
 def render() -> str:

@@ -16,7 +16,7 @@ import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
 from ..errors import Problem
-from ..registry import did_you_mean
+from ..registry import did_you_mean, unknown
 from ..schema import MISSING, field, import_path_problem  # the bottom layer; re-exported here
 from .loader import LMap, LSeq
 
@@ -236,7 +236,7 @@ def build_fields(
         kl = value.line_of(key) if isinstance(value, LMap) else line
         kpath = f"{path}.{key}" if path else str(key)
         if key not in fields:
-            ctx.error(kl, kpath, f"unknown key; {did_you_mean(key, fields)}allowed: {', '.join(sorted(fields))}")
+            ctx.error(kl, kpath, unknown("key", key, sorted(fields), listed="allowed", named=False))
             bad = True
             continue
         f = fields[key]

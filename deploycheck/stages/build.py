@@ -9,13 +9,14 @@ import dataclasses
 import functools
 import importlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from ..cache import build_key, code_paths
+from ..cache import Cache, build_key, code_paths
 from ..errors import StageError
+from ..metrics import resolve, targets_for
 from ..models import (
-    baseline_arch,
     build_variant_model,
     count_params,
     describe_exc,
@@ -24,10 +25,11 @@ from ..models import (
     use_search_path,
     variant_arch,
 )
-from ..outputs import OutputError, concat
+from ..outputs import OutputError, concat, pick
 from ..protocol import BatchDimError, describe_batch, run_batch
 from ..recipes import RecipeContext, StepRecord
 from ..recipes import apply as apply_step
+from ..target import Target
 
 
 @dataclass
@@ -102,27 +104,40 @@ def _step_log(log, prefix: str, message: str) -> None:
     log(f"{prefix}: {message}")
 
 
-def build(runner, t) -> Built:
-    """The variant of ``t`` built (or reused from the cache); an ``artifact:`` variant is not
-    built: its outputs are the file's own, run in the fresh process."""
-    if t.made_elsewhere:
-        r = runner.reload(t.with_format(t.variant.formats[0]))
-        arch = baseline_arch(t.spec) if (t.spec.model.factory or t.spec.model.hf) else {}
-        return Built(None, arch, [], 0.0, None, None, None, r.outputs, r.metric, t.variant.recipe)
+@dataclass(frozen=True)
+class BuildInputs:
+    """What a build shares with the other variants of its spec, made once by the caller before
+    the build's own process is forked."""
+
+    data: Any  # the loaded dataset (recipes calibrate and fine-tune on it)
+    batches: list  # the evaluation batches, at their declared dtypes
+    example: Any  # the example input (recipes trace with it)
+    labels: Any  # the evaluation labels (a tensor), or None
+    baseline: Any  # the baseline model (None where the spec's baseline is a file made elsewhere)
+    reference: Any  # the baseline's in-memory outputs the metric reads as targets; None for the baseline
+
+
+def from_cache(t: Target, *, cache: Cache, rebuild: Callable[[], Built]) -> Built | None:
+    """The variant of ``t`` as an earlier session built it, or None. A model the cache did not
+    hold is rebuilt with ``rebuild()`` on first use."""
     key = build_key(t.spec, t.vname)
     mods = spec_modules(t.spec)  # a cached model may be made of the spec's classes, and no others
-    hit = runner.cache.get_built(key, trusted_modules=mods)
+    hit = cache.get_built(key, trusted_modules=mods)
     # The arch rebuilds state dicts in the worker: an entry naming other code than the spec is not used.
-    if hit is not None and _canon(hit[0].get("arch")) == _canon(expected_arch(t.spec, t.variant)):
-        meta, model, outputs = hit
-        if model is not None:
-            return Built.from_meta(meta, model, outputs, key)
-        lazy = LazyBuilt.from_meta(meta, None, outputs, key)
-        lazy.rebuild = lambda: _contained_fresh(runner, t).model
-        return lazy
-    built = _contained_fresh(runner, t)
-    built.key = key
-    runner.cache.put_built(key, built.meta(), built.model, built.outputs, trusted_modules=mods)
+    if hit is None or _canon(hit[0].get("arch")) != _canon(expected_arch(t.spec, t.variant)):
+        return None
+    meta, model, outputs = hit
+    if model is not None:
+        return Built.from_meta(meta, model, outputs, key)
+    lazy = LazyBuilt.from_meta(meta, None, outputs, key)
+    lazy.rebuild = lambda: rebuild().model
+    return lazy
+
+
+def to_cache(t: Target, built: Built, *, cache: Cache) -> Built:
+    """``built`` keyed by its content hash and stored for later sessions."""
+    built.key = build_key(t.spec, t.vname)
+    cache.put_built(built.key, built.meta(), built.model, built.outputs, trusted_modules=spec_modules(t.spec))
     return built
 
 
@@ -158,36 +173,21 @@ def expected_arch(spec, v) -> dict:
     return arch
 
 
-def _prerequisites(runner, t) -> None:
-    """What a build shares with the other variants (the data, the baseline model, the baseline's
-    outputs), made here before the build's own process is forked, so it is made once."""
-    spec = t.spec
-    runner.batches(spec)
-    if t.variant.steps:
-        runner.example(spec)  # recipes get it
-    if spec.model.factory or spec.model.hf:
-        runner.baseline_model(spec)
-    if not t.is_baseline:
-        runner.built(t.baseline())
-    for step in t.variant.steps:  # libraries the step imports, which this process needs for its result too
+def import_step_libraries(variant) -> None:
+    """Libraries the variant's recipe steps import, imported here: the process that receives the
+    build's result needs them too (they register its classes and operators)."""
+    for step in variant.steps:
         for name in getattr(step, "imports", lambda: ())():
             importlib.import_module(name)
 
 
-def _contained_fresh(runner, t) -> Built:
-    """:func:`_fresh` in the build's own process (see :meth:`Runner.contained`)."""
-    _prerequisites(runner, t)
-    return runner.contained(
-        lambda: _fresh(runner, t), spec=t.spec, variant=t.vname, where=t.where, what=f"building variant {t.vname!r}"
-    )
-
-
-def _fresh(runner, t) -> Built:
+def build(t: Target, inputs: BuildInputs, *, log: Callable[[str], None]) -> Built:
+    """The variant of ``t`` built from ``inputs``: the baseline, its own model, then its recipe
+    chain, with its in-memory outputs on the evaluation batches and their metric."""
     import torch
 
     spec, v = t.spec, t.variant
-    base = runner.baseline_model(spec) if (spec.model.factory or spec.model.hf) else None
-    data = runner.data(spec)
+    base = inputs.baseline
     t0 = time.perf_counter()
     if v.model is not None:  # the variant's own model (a QAT checkpoint, a student), then its recipes
         model = build_variant_model(spec, v)
@@ -199,12 +199,12 @@ def _fresh(runner, t) -> Built:
         name = type(step).recipe_name
         ctx = RecipeContext(
             spec=spec,
-            data=data,
+            data=inputs.data,
             baseline=base,
             search=search_dirs(spec),
-            log=functools.partial(_step_log, runner.log, f"{t.id} {name}"),
+            log=functools.partial(_step_log, log, f"{t.id} {name}"),
             where=t.where,
-            example=runner.example(spec),
+            example=inputs.example,
         )
         ts = time.perf_counter()
         torch.manual_seed(0)
@@ -213,13 +213,7 @@ def _fresh(runner, t) -> Built:
         except StageError:
             raise
         except Exception as e:
-            raise StageError(
-                "build",
-                f"recipe step {i + 1} ({step.short()}) failed: {describe_exc(e)}",
-                spec=spec.name,
-                variant=t.vname,
-                where=t.where,
-            ) from e
+            raise StageError.at(t, "build", f"recipe step {i + 1} ({step.short()}) failed: {describe_exc(e)}") from e
         model = out.model
         if out.arch is not None:
             arch = out.arch
@@ -231,24 +225,41 @@ def _fresh(runner, t) -> Built:
         )
     _eval_mode(model)
     build_s = time.perf_counter() - t0
-    outputs = run_in_memory(runner, t, model)
-    value = runner.score(t, outputs, what="in-memory")
+    outputs = run_in_memory(t, model, inputs.batches)
+    reference = outputs if inputs.reference is None else inputs.reference
+    value = score(t, outputs, labels=inputs.labels, reference=reference, what="in-memory")
     p, nz = count_params(model)
     return Built(
         model, arch, records, build_s, p, nz, state_bytes(model), outputs, value, v.recipe, tuple(requires), settings
     )
 
 
-def run_in_memory(runner, t, model):
-    """The model's named outputs on the evaluation batches, concatenated (float32)."""
+def score(t: Target, outputs, *, labels, reference, what: str) -> float:
+    """The spec's metric on the output it reads (``metric.output``, default the first) of the
+    named ``outputs`` (``what`` they are: "in-memory" or "reloaded"), against ``labels`` or the
+    baseline's in-memory outputs ``reference`` as targets."""
+    metric = resolve(t.spec)
+    name = t.spec.metric.output
+    try:
+        return metric(pick(outputs, name), targets_for(metric, labels, pick(reference, name)))
+    except Exception as e:
+        msg = f"metric {metric.name!r} failed on the {what} outputs: {describe_exc(e)}"
+        raise StageError.at(t, "check", msg, where=None if what == "reloaded" else t.spec.where("metric")) from e
+
+
+def run_in_memory(t: Target, model, batches: list):
+    """The model's named outputs on the evaluation ``batches``, concatenated (float32)."""
     import torch
 
     outs = []
     b = None
-    fail = functools.partial(StageError, "run", spec=t.spec.name, variant=t.vname, where=t.spec.at(t.variant.line))
+
+    def fail(message: str) -> StageError:
+        return StageError.at(t, "run", message)
+
     try:
         with torch.inference_mode():
-            for b in runner.batches(t.spec):
+            for b in batches:
                 try:
                     named = run_batch(model, b, in_memory=True)
                 except OutputError as e:

@@ -12,11 +12,12 @@ import warnings
 from dataclasses import dataclass
 
 from ..cache import artifact_key
-from ..errors import StageError
+from ..errors import StageError, no_space
 from ..formats import FORMATS, Unsupported
 from ..formats.integrity import read_manifest, sha256, write_manifest
 from ..models import baseline_arch, describe_exc
 from ..protocol import ArtifactRef
+from .build import Built
 
 
 class VariantUnsupported(Exception):
@@ -42,19 +43,20 @@ class Artifact:
         return ArtifactRef(self.path, self.format, self.options, self.manifest, self.code)
 
 
-def save(runner, t) -> Artifact:
-    if t.made_elsewhere:
-        return _made_elsewhere(t)
-    b = runner.built(t)
+def save(t, built: Built, *, folder: str, example, cache, tokenizer_dir: str | None = None) -> Artifact:
+    """``built`` written in ``t``'s format as ``folder/model<suffix>`` with its manifest (or the
+    same file from the cache). ``example`` is the example input exporters trace with;
+    ``tokenizer_dir`` the causal LM's model folder, whose tokenizer ships with the artifact."""
+    b = built
     fmt = FORMATS.get(t.fmt)()
     options = dataclasses.asdict(t.fspec.options)
-    path = os.path.join(runner.variant_dir(t), f"model{fmt.suffix}")
+    path = os.path.join(folder, f"model{fmt.suffix}")
     akey = artifact_key(b.key, t.fspec)
     code = dict(b.arch) if b.arch else None
-    man = runner.cache.get_artifact(akey, path) if not fmt.unpickles else None
-    if man is not None and not _restore_kv_step(runner, akey, path, man):
+    man = cache.get_artifact(akey, path) if not fmt.unpickles else None
+    if man is not None and not _restore_kv_step(cache, akey, path, man):
         man = None  # its KV-cache step was evicted: saved again with it
-    tok = _ship_tokenizer(runner, t, os.path.dirname(path))
+    tok = _ship_tokenizer(tokenizer_dir, folder)
     if man is not None:
         return Artifact(path, man, man["size"], man["sha256"], t.fmt, options, code=code)
     tmp = os.path.join(os.path.dirname(path), f"partial-{os.path.basename(path)}")  # keeps the suffix
@@ -62,20 +64,20 @@ def save(runner, t) -> Artifact:
     # the model's state (plus a margin) fails this item before they start.
     need = (b.state_bytes or 0) + (1 << 20)
     if free_bytes(os.path.dirname(path)) < need:
-        raise StageError("save", no_space_message(os.path.dirname(path)), **t.ident())
+        raise StageError.at(t, "save", no_space_message(os.path.dirname(path)))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             kw = {"inputs": t.spec.model.inputs} if "inputs" in inspect.signature(fmt.save).parameters else {}
-            extra = fmt.save(b.model, tmp, example=runner.example(t.spec), options=t.fspec.options, arch=b.arch, **kw)
+            extra = fmt.save(b.model, tmp, example=example, options=t.fspec.options, arch=b.arch, **kw)
             kv = _save_kv_step(t, b.model, path)
     except Unsupported as e:
         raise VariantUnsupported(str(e), spec=t.spec.name, variant=t.vname, fmt=t.fmt, where=t.where) from e
     except Exception as e:
         _remove_partial(tmp)
         if no_space(e):
-            raise StageError("save", no_space_message(os.path.dirname(path)), **t.ident()) from e
-        raise StageError("save", f"saving as {t.fmt} failed: {describe_exc(e)}", **t.ident()) from e
+            raise StageError.at(t, "save", no_space_message(os.path.dirname(path))) from e
+        raise StageError.at(t, "save", f"saving as {t.fmt} failed: {describe_exc(e)}") from e
     try:
         os.replace(tmp, path)
         sig = t.spec.model.inputs
@@ -109,14 +111,14 @@ def save(runner, t) -> Artifact:
         )
     except OSError as e:
         if no_space(e):
-            raise StageError("save", no_space_message(os.path.dirname(path)), **t.ident()) from e
+            raise StageError.at(t, "save", no_space_message(os.path.dirname(path))) from e
         raise
     if not fmt.unpickles:  # a cached pickle would be code from a folder that may come from elsewhere
-        runner.cache.put_artifact(akey, path, man)
+        cache.put_artifact(akey, path, man)
         if kv.get("file"):
             from ..formats.lm_kv import kv_path
 
-            runner.cache.put_artifact(akey + "-kv", kv_path(path), {"sha256": kv["sha256"], "size": kv["size"]})
+            cache.put_artifact(akey + "-kv", kv_path(path), {"sha256": kv["sha256"], "size": kv["size"]})
     return Artifact(path, man, man["size"], man["sha256"], t.fmt, options, code=code)
 
 
@@ -127,15 +129,6 @@ def free_bytes(folder: str) -> int:
         return shutil.disk_usage(folder).free
     except OSError:
         return 1 << 62  # unknown: let the writer say
-
-
-def no_space(e: BaseException) -> bool:
-    """A write failed on a full disk (torch's writers say 'file write failed' with no errno)."""
-    import errno
-
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return "No space left on device" in str(e) or "file write failed" in str(e)
 
 
 def no_space_message(folder: str) -> str:
@@ -172,28 +165,27 @@ def _save_kv_step(t, model, path: str) -> dict:
     )
 
 
-def _restore_kv_step(runner, akey: str, path: str, man: dict) -> bool:
+def _restore_kv_step(cache, akey: str, path: str, man: dict) -> bool:
     """A cached artifact's KV-cache step, copied back next to it; False when it is not in the cache."""
     kv = man.get("kv_cache") or {}
     if not kv.get("file"):
         return True
     from ..formats.lm_kv import kv_path
 
-    got = runner.cache.get_artifact(akey + "-kv", kv_path(path))
+    got = cache.get_artifact(akey + "-kv", kv_path(path))
     return got is not None and got.get("sha256") == kv.get("sha256")
 
 
-def _ship_tokenizer(runner, t, folder: str) -> dict[str, str]:
-    """A causal LM ships with its tokenizer: its files are copied into ``folder/tokenizer`` next to
-    the artifact and their sha256 go into the manifest (the ``tokenizer`` check compares both)."""
-    hf = t.spec.model.hf
-    if hf is None or hf.task != "causal-lm":
+def _ship_tokenizer(src: str | None, folder: str) -> dict[str, str]:
+    """A causal LM ships with its tokenizer: the files of its model folder ``src`` are copied into
+    ``folder/tokenizer`` next to the artifact and their sha256 go into the manifest (the
+    ``tokenizer`` check compares both)."""
+    if src is None:
         return {}
     import shutil
 
     from ..hf import tokenizer_files
 
-    src = runner.tokenizer_dir(t.spec)
     files = tokenizer_files(src)
     dest = os.path.join(folder, "tokenizer")
     os.makedirs(dest, exist_ok=True)
@@ -202,7 +194,7 @@ def _ship_tokenizer(runner, t, folder: str) -> dict[str, str]:
     return files
 
 
-def _made_elsewhere(t) -> Artifact:
+def made_elsewhere(t) -> Artifact:
     """The user's file, used in place. Its manifest is the one deploycheck wrote next to it, if
     any, else its size and checksum (pinned by artifact.sha256). The manifest is data: a state
     dict is rebuilt with the spec's factory, and a manifest naming another is a load error."""

@@ -1,209 +1,19 @@
-"""Cross-session cache of built variants, artifacts and fresh-process results, by content hash.
-
-A key hashes everything that can change the result: the spec fields that matter, the weights
-file, the source of the model code (factory, student, callables), deploycheck's own source,
-the library versions, and for results also the artifact's sha256, the evaluation inputs, the
-measurement settings and the machine. A changed input invalidates exactly what depends on it.
-
-Entries are written atomically (temp file + rename), so xdist workers and interrupted runs never
-leave a half-written entry. Each entry records the sha256 of its files at publish
-(``checksums.json``) and is verified before every use: a damaged entry (flipped bits, a truncated
-file) is removed and rebuilt, with one warning saying so.
-
-A cache folder may come from elsewhere (a CI cache, a shared disk), so nothing in it chooses code
-to run: built models are read back with ``weights_only=True``, allowing only module and tensor
-classes of torch, torchao, deploycheck and the modules the spec names (see :func:`load_model`);
-a model that needs anything else is not stored (its entry keeps the build's facts and outputs,
-and the model is rebuilt only when a save needs it). Pickle-format artifacts are never cached.
-
-A cache that cannot be written (a full disk, a read-only folder) turns itself off with one
-warning; the run goes on without it.
-"""
+"""The cache's store: entries written atomically, verified against their checksums before every
+use, and models read back only as allowed classes (see :mod:`deploycheck.cache`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import errno
-import functools
-import hashlib
 import json
 import os
-import platform
 import shutil
 import sys
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import usercode
-from .formats.integrity import library_versions
-from .machine import kernel_key
-from .models import baseline_arch, search_dirs
-from .schema import TOKENIZER_FILES
-
-
-def _h(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def file_sha(path: str) -> str | None:
-    try:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
-    except OSError:
-        return None
-
-
-@functools.cache
-def _package_source_hash() -> str:
-    root = os.path.dirname(os.path.abspath(__file__))
-    h = hashlib.sha256()
-    for d, dirs, files in sorted(os.walk(root)):
-        dirs.sort()
-        for f in sorted(files):
-            if f.endswith(".py"):
-                h.update(f.encode())
-                with open(os.path.join(d, f), "rb") as fh:
-                    h.update(fh.read())
-    return h.hexdigest()
-
-
-def environment() -> dict:
-    return {
-        "libraries": library_versions(),
-        "deploycheck_source": _package_source_hash(),
-        "python": platform.python_version(),
-    }
-
-
-def machine() -> dict:
-    """What makes this machine's numbers its own: the kernel-relevant fingerprint (ISA level,
-    torch's CPU capability, oneDNN's cap, the quantized engine, library versions, kernel env
-    variables), plus the host and core count, which change timings."""
-    return {**kernel_key(), "node": platform.node(), "cpus": os.cpu_count()}
-
-
-def code_hashes(spec) -> dict[str, str | None]:
-    """sha256 of every user file the spec's callables import from its python_path (see usercode)."""
-    return {path: file_sha(path) for path in usercode.files(code_paths(spec), search_dirs(spec))}
-
-
-def code_paths(spec) -> list[str]:
-    """Every import path a spec names: factory, students, callables."""
-    paths = [spec.model.factory] if spec.model.factory else []
-    for v in spec.variants.values():
-        for s in v.steps:
-            if getattr(s, "student", None):
-                paths.append(s.student)
-            if getattr(s, "callable", None):
-                paths.append(s.callable)
-        if v.model is not None and v.model.factory:
-            paths.append(v.model.factory)
-    if spec.data.source.startswith("python:"):
-        paths.append(spec.data.source[len("python:") :])
-    paths += [s.arg for s in spec.data.preprocess if s.op == "callable"]
-    if spec.metric.callable:
-        paths.append(spec.metric.callable)
-    return paths
-
-
-def build_key(spec, vname: str) -> str:
-    base = os.path.dirname(os.path.abspath(spec.path))
-    weights = os.path.join(base, spec.model.weights) if spec.model.weights else None
-    data_file = None
-    if spec.data.source.startswith(("npz:", "text:")):
-        data_file = file_sha(os.path.join(base, spec.data.source.partition(":")[2]))
-    hf_dir = None
-    if spec.model.hf is not None:
-        try:
-            hf_dir = baseline_arch(spec)["kwargs"]["path"]
-        except Exception:
-            hf_dir = None
-    semantic = None
-    if spec.semantic is not None:
-        semantic = file_sha(os.path.join(base, spec.semantic.triplets))
-    return _h(
-        {
-            "env": environment(),
-            "kernels": kernel_key(),
-            "model": dataclasses.asdict(spec.model),
-            "hf_weights": file_sha(os.path.join(hf_dir, "model.safetensors")) if hf_dir else None,
-            "hf_files": _hf_files(hf_dir) if hf_dir else None,
-            "semantic": semantic,
-            "weights": file_sha(weights) if weights else None,
-            "data": dataclasses.asdict(spec.data),
-            "data_file": data_file,
-            "metric": dataclasses.asdict(spec.metric),
-            "code": code_hashes(spec),
-            "steps": [(type(s).__name__, dataclasses.asdict(s)) for s in spec.variant(vname).steps],
-            "variant_model": _variant_model(spec, vname, base),
-            "plugins": _plugin_sources(spec.variant(vname).steps),
-            "baseline_steps": vname == "baseline",
-        }
-    )
-
-
-def _hf_files(folder: str) -> dict:
-    """The model folder's config and tokenizer files (a causal LM's artifact ships its tokenizer)."""
-    names = ("config.json", *TOKENIZER_FILES)
-    return {n: file_sha(os.path.join(folder, n)) for n in names if os.path.isfile(os.path.join(folder, n))}
-
-
-def _plugin_sources(steps) -> dict:
-    """Recipe plug-ins live in installed packages, outside the python_path: hash their module files."""
-    import inspect
-
-    out = {}
-    for s in steps:
-        cls = type(s)
-        if cls.__module__.split(".")[0] != "deploycheck":
-            try:
-                out[f"{cls.__module__}:{cls.__qualname__}"] = file_sha(inspect.getsourcefile(cls) or "")
-            except TypeError:
-                out[f"{cls.__module__}:{cls.__qualname__}"] = None
-    return out
-
-
-def _variant_model(spec, vname: str, base: str) -> dict | None:
-    """A ``model:`` variant's own factory, kwargs and weights file contents."""
-    o = spec.variant(vname).model
-    if o is None:
-        return None
-    return {**dataclasses.asdict(o), "weights_sha": file_sha(os.path.join(base, o.weights)) if o.weights else None}
-
-
-def artifact_key(built_key: str, fspec) -> str:
-    return _h({"built": built_key, "format": fspec.name, "options": dataclasses.asdict(fspec.options)})
-
-
-def result_key(request: dict, inputs_sha: str | None) -> str:
-    def art(t):
-        return None if not t else {"sha": t["manifest"]["sha256"], "format": t["format"], "options": t["options"]}
-
-    lat = dict(request.get("latency") or {})
-    base = lat.pop("baseline", None)
-    lat.pop("example", None)
-    gen = dict(request.get("generate") or {})
-    gen.pop("prompts", None)  # a path; the prompts' ids are in inputs_sha
-    timing = dict(gen.pop("timing", None) or {})
-    gen["timing"] = {**timing, "baseline": art(timing.get("baseline"))} if timing else None
-    return _h(
-        {
-            "target": art(request["target"]),
-            "kv_cache": ((request["target"].get("manifest") or {}).get("kv_cache") or {}).get("sha256"),
-            "generate": gen,
-            "baseline": art(base),
-            "latency": lat,
-            "inputs": inputs_sha,
-            "threads": request.get("threads"),
-            "memory_mb": request.get("memory_mb"),
-            "env": environment(),
-            "machine": machine(),
-        }
-    )
+from ..errors import no_space
+from .keys import file_sha
 
 
 class CacheWarning(UserWarning):
@@ -214,14 +24,6 @@ CHECKSUMS = "checksums.json"
 #: Top-level packages whose module and tensor classes a cached model may be made of (runtime
 #: libraries, not files' choices); the spec's own modules are added per spec.
 TRUSTED_PACKAGES = ("torch", "torchao", "deploycheck")
-
-
-def _no_space(e: BaseException) -> bool:
-    """A write failed because the disk (or the user's quota) is full. torch.save reports it as
-    'file write failed' without an errno."""
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return "No space left on device" in str(e)
 
 
 def allowed_global(name: str, trusted_modules: Iterable[str] = ()) -> Any:
@@ -307,7 +109,7 @@ class Cache:
 
     def _off(self, e: BaseException) -> None:
         """The cache cannot be written: say so once, and go on without it."""
-        why = "no space left on device" if _no_space(e) else (getattr(e, "strerror", None) or str(e))
+        why = "no space left on device" if no_space(e) else (getattr(e, "strerror", None) or str(e))
         self._warn(
             f"deploycheck cache: {why} in {self.root}; caching is off for the rest of this session "
             "(free space, or pass --deploycheck-cache-dir / --deploycheck-cache off)"
@@ -351,10 +153,10 @@ class Cache:
                 os.replace(tmp, final)
                 tmp = None
             except OSError as e:  # another worker published the same entry first
-                if _no_space(e):
+                if no_space(e):
                     raise
         except Exception as e:  # noqa: BLE001 - a cache write never fails the run
-            if isinstance(e, OSError) or _no_space(e):
+            if isinstance(e, OSError) or no_space(e):
                 self._off(e)
             # else: not picklable (some exported graphs): just not cached
         finally:
@@ -387,7 +189,7 @@ class Cache:
 
     def discard(self, kind: str, key: str, why: str) -> None:
         """Remove a bad entry, saying so once."""
-        _remove(self._dir(kind, key))
+        remove_entry(self._dir(kind, key))
         self.rebuilt.append(f"{kind}/{key}")
         self._warn(f"deploycheck cache: entry {kind}/{key[:16]} {why}; removed and rebuilt")
 
@@ -436,7 +238,7 @@ class Cache:
                 torch.save(model, path)
                 ok = all(allowed_global(n, trusted_modules) is not None for n in get_unsafe_globals_in_checkpoint(path))
             except Exception as e:  # noqa: BLE001 - not picklable (some exported graphs): not stored
-                if _no_space(e):
+                if no_space(e):
                     raise
                 ok = False
             if not ok and os.path.exists(path):
@@ -517,95 +319,11 @@ class Cache:
         d = self._dir("result", key)
         if not os.path.isdir(d):
             return False
-        _remove(d)
+        remove_entry(d)
         return True
 
 
-# --- location, size and eviction ---------------------------------------------------------------
-
-DEFAULT_MAX_BYTES = 2 * 1000**3  # 2 GB
-KINDS = ("built", "artifact", "result")
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "tb": 1000**4,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-}
-
-
-def default_root() -> str:
-    """The user's cache folder, shared by every checkout (keys are content hashes):
-    $DEPLOYCHECK_CACHE_DIR, else $XDG_CACHE_HOME/deploycheck, else the platform's cache folder."""
-    import sys
-
-    if os.environ.get("DEPLOYCHECK_CACHE_DIR"):
-        return os.path.abspath(os.environ["DEPLOYCHECK_CACHE_DIR"])
-    if os.environ.get("XDG_CACHE_HOME"):
-        return os.path.join(os.environ["XDG_CACHE_HOME"], "deploycheck")
-    if sys.platform == "darwin":
-        return os.path.expanduser("~/Library/Caches/deploycheck")
-    if os.name == "nt" and os.environ.get("LOCALAPPDATA"):
-        return os.path.join(os.environ["LOCALAPPDATA"], "deploycheck", "Cache")
-    return os.path.expanduser("~/.cache/deploycheck")
-
-
-def parse_size(text: str | int) -> int:
-    """'2GB', '500MB', '1.5GiB' or a number of bytes -> bytes."""
-    import re
-
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"not a size: {text!r} (examples: 500MB, 2GB, 1.5GiB, 1000000)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-def fmt_size(n: int) -> str:
-    for unit, f in (("GB", 1000**3), ("MB", 1000**2), ("kB", 1000)):
-        if n >= f:
-            return f"{n / f:.1f} {unit}"
-    return f"{n} B"
-
-
-def _tree_size(path: str) -> int:
-    total = 0
-    for d, _, fs in os.walk(path):
-        for f in fs:
-            try:
-                total += os.path.getsize(os.path.join(d, f))
-            except OSError:
-                pass
-    return total
-
-
-def entries(root: str) -> list[dict]:
-    """Every published entry: kind, key, path, bytes, last use (mtime of its folder)."""
-    out = []
-    for kind in KINDS:
-        base = os.path.join(root, kind)
-        if not os.path.isdir(base):
-            continue
-        for shard in sorted(os.listdir(base)):
-            sd = os.path.join(base, shard)
-            if not os.path.isdir(sd):
-                continue
-            for key in sorted(os.listdir(sd)):
-                d = os.path.join(sd, key)
-                try:
-                    used = os.stat(d).st_mtime
-                except OSError:
-                    continue
-                out.append({"kind": kind, "key": key, "path": d, "bytes": _tree_size(d), "used": used})
-    return out
-
-
-def _remove(path: str) -> None:
+def remove_entry(path: str) -> None:
     """Take an entry out of sight atomically (rename), then delete it: a reader sees all or nothing."""
     import uuid
 
@@ -616,42 +334,3 @@ def _remove(path: str) -> None:
     except OSError:
         return
     shutil.rmtree(trash, ignore_errors=True)
-
-
-def evict(root: str, max_bytes: int) -> list[dict]:
-    """Remove least recently used entries until the cache is at most ``max_bytes``; returns them.
-    Staging folders older than an hour (an interrupted writer) go too."""
-    import time
-
-    staging = os.path.join(root, "tmp")
-    if os.path.isdir(staging):
-        for name in os.listdir(staging):
-            p = os.path.join(staging, name)
-            try:
-                if time.time() - os.stat(p).st_mtime > 3600:
-                    shutil.rmtree(p, ignore_errors=True)
-            except OSError:
-                pass
-    es = entries(root)
-    total = sum(e["bytes"] for e in es)
-    removed = []
-    for e in sorted(es, key=lambda e: (e["used"], e["path"])):
-        if total <= max_bytes:
-            break
-        _remove(e["path"])
-        total -= e["bytes"]
-        removed.append(e)
-    return removed
-
-
-def clean(root: str, *, older_than_s: float | None = None) -> list[dict]:
-    """Remove every entry, or only those unused for longer than ``older_than_s``."""
-    import time
-
-    now = time.time()
-    gone = [e for e in entries(root) if older_than_s is None or now - e["used"] > older_than_s]
-    for e in gone:
-        _remove(e["path"])
-    if older_than_s is None:
-        shutil.rmtree(os.path.join(root, "tmp"), ignore_errors=True)
-    return gone

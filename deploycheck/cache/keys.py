@@ -1,0 +1,199 @@
+"""Cache keys: a content hash of everything that can change an entry (see :mod:`deploycheck.cache`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import platform
+from typing import Any
+
+from .. import usercode
+from ..formats.integrity import library_versions, sha256
+from ..machine import kernel_key
+from ..models import baseline_arch, search_dirs
+from ..protocol import ArtifactRef, WorkerRequest
+from ..schema import TOKENIZER_FILES
+
+
+def _h(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_sha(path: str) -> str | None:
+    """sha256 of a file the key depends on, or None where it cannot be read (the build then
+    fails with its own message; the key only needs to differ)."""
+    try:
+        return sha256(path)
+    except OSError:
+        return None
+
+
+@functools.cache
+def _package_source_hash() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # deploycheck/
+    h = hashlib.sha256()
+    for d, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for f in sorted(files):
+            if f.endswith(".py"):
+                h.update(f.encode())
+                with open(os.path.join(d, f), "rb") as fh:
+                    h.update(fh.read())
+    return h.hexdigest()
+
+
+def environment() -> dict:
+    return {
+        "libraries": library_versions(),
+        "deploycheck_source": _package_source_hash(),
+        "python": platform.python_version(),
+    }
+
+
+def machine() -> dict:
+    """What makes this machine's numbers its own: the kernel-relevant fingerprint (ISA level,
+    torch's CPU capability, oneDNN's cap, the quantized engine, library versions, kernel env
+    variables), plus the host and core count, which change timings."""
+    return {**kernel_key(), "node": platform.node(), "cpus": os.cpu_count()}
+
+
+def code_hashes(spec) -> dict[str, str | None]:
+    """sha256 of every user file the spec's callables import from its python_path (see usercode)."""
+    return {path: file_sha(path) for path in usercode.files(code_paths(spec), search_dirs(spec))}
+
+
+def code_paths(spec) -> list[str]:
+    """Every import path a spec names: factory, students, callables."""
+    paths = [spec.model.factory] if spec.model.factory else []
+    for v in spec.variants.values():
+        for s in v.steps:
+            if getattr(s, "student", None):
+                paths.append(s.student)
+            if getattr(s, "callable", None):
+                paths.append(s.callable)
+        if v.model is not None and v.model.factory:
+            paths.append(v.model.factory)
+    if spec.data.source.startswith("python:"):
+        paths.append(spec.data.source[len("python:") :])
+    paths += [s.arg for s in spec.data.preprocess if s.op == "callable"]
+    if spec.metric.callable:
+        paths.append(spec.metric.callable)
+    return paths
+
+
+def build_key(spec, vname: str) -> str:
+    base = os.path.dirname(os.path.abspath(spec.path))
+    weights = os.path.join(base, spec.model.weights) if spec.model.weights else None
+    data_file = None
+    if spec.data.source.startswith(("npz:", "text:")):
+        data_file = file_sha(os.path.join(base, spec.data.source.partition(":")[2]))
+    hf_dir = None
+    if spec.model.hf is not None:
+        try:
+            hf_dir = baseline_arch(spec)["kwargs"]["path"]
+        except Exception:
+            hf_dir = None
+    semantic = None
+    if spec.semantic is not None:
+        semantic = file_sha(os.path.join(base, spec.semantic.triplets))
+    return _h(
+        {
+            "env": environment(),
+            "kernels": kernel_key(),
+            "model": dataclasses.asdict(spec.model),
+            "hf_weights": file_sha(os.path.join(hf_dir, "model.safetensors")) if hf_dir else None,
+            "hf_files": _hf_files(hf_dir) if hf_dir else None,
+            "semantic": semantic,
+            "weights": file_sha(weights) if weights else None,
+            "data": dataclasses.asdict(spec.data),
+            "data_file": data_file,
+            "metric": dataclasses.asdict(spec.metric),
+            "code": code_hashes(spec),
+            "steps": [(type(s).__name__, dataclasses.asdict(s)) for s in spec.variant(vname).steps],
+            "variant_model": _variant_model(spec, vname, base),
+            "plugins": _plugin_sources(spec.variant(vname).steps),
+            "baseline_steps": vname == "baseline",
+        }
+    )
+
+
+def _hf_files(folder: str) -> dict:
+    """The model folder's config and tokenizer files (a causal LM's artifact ships its tokenizer)."""
+    names = ("config.json", *TOKENIZER_FILES)
+    return {n: file_sha(os.path.join(folder, n)) for n in names if os.path.isfile(os.path.join(folder, n))}
+
+
+def _plugin_sources(steps) -> dict:
+    """Recipe plug-ins live in installed packages, outside the python_path: hash their module files."""
+    import inspect
+
+    out = {}
+    for s in steps:
+        cls = type(s)
+        if cls.__module__.split(".")[0] != "deploycheck":
+            try:
+                out[f"{cls.__module__}:{cls.__qualname__}"] = file_sha(inspect.getsourcefile(cls) or "")
+            except TypeError:
+                out[f"{cls.__module__}:{cls.__qualname__}"] = None
+    return out
+
+
+def _variant_model(spec, vname: str, base: str) -> dict | None:
+    """A ``model:`` variant's own factory, kwargs and weights file contents."""
+    o = spec.variant(vname).model
+    if o is None:
+        return None
+    return {**dataclasses.asdict(o), "weights_sha": file_sha(os.path.join(base, o.weights)) if o.weights else None}
+
+
+def artifact_key(built_key: str, fspec) -> str:
+    return _h({"built": built_key, "format": fspec.name, "options": dataclasses.asdict(fspec.options)})
+
+
+def result_key(req: WorkerRequest, inputs_sha: str | None) -> str:
+    """A fresh-process result's key: the artifact and its latency control by content, how they are
+    measured and run, the inputs, the environment and the machine (not the files' paths)."""
+
+    def art(ref: ArtifactRef | None) -> dict | None:
+        if ref is None:
+            return None
+        return {"sha": (ref.manifest or {}).get("sha256"), "format": ref.format, "options": ref.options}
+
+    lat = req.latency
+    measure = (
+        {}
+        if lat is None
+        else {f.name: getattr(lat, f.name) for f in dataclasses.fields(lat) if f.name not in ("baseline", "example")}
+    )
+    gen = req.generate
+    return _h(
+        {
+            "target": art(req.target),
+            "baseline": art(lat.baseline if lat is not None else None),
+            "latency": measure,
+            "generate": None
+            if gen is None
+            else {
+                "new_tokens": gen.new_tokens,
+                "eos_id": gen.eos_id,
+                "kv_cache": gen.kv_cache,
+                # how prefill and decode are timed, and against which baseline artifact (by content)
+                "timing": None
+                if gen.timing is None
+                else {
+                    **{k: v for k, v in gen.timing.items() if k != "baseline"},
+                    "baseline": art(ArtifactRef(**gen.timing["baseline"])) if gen.timing.get("baseline") else None,
+                },
+            },
+            # a causal LM's KV-cache step is its own file next to the artifact
+            "kv_cache": ((req.target.manifest or {}).get("kv_cache") or {}).get("sha256"),
+            "inputs": inputs_sha,
+            "threads": req.threads,
+            "memory_mb": req.memory_mb,
+            "env": environment(),
+            "machine": machine(),
+        }
+    )
