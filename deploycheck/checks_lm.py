@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from . import lm
-from .checks import Verdict, check, skip_if_baseline_nonfinite
+from .checks import Verdict, check, ratio_formula, skip_if_baseline_nonfinite
 from .data.sources import read_lines
 from .errors import StageError
 from .numeric import fmt_num
@@ -243,8 +243,6 @@ def generation_speed_check(runner, t: Target) -> Verdict:
     control (:func:`deploycheck.timing.side_by_side`: a busy machine is inconclusive, never a
     false fail)."""
     from types import SimpleNamespace
-
-    from .checks import ratio_formula
 
     r = runner.reload(t)
     th = t.variant.thresholds.generation

@@ -79,11 +79,10 @@ def full_steps(fn) -> tuple[Callable, Callable]:
 
 
 def kv_steps(ref: ArtifactRef) -> tuple[Callable, Callable]:
-    from .formats import lm_kv
+    from .formats.lm_kv import cached_steps, load_step
 
     info = (ref.manifest or {}).get("kv_cache") or {}
-    step = lm_kv.load_step(ref.artifact, fmt=ref.format, info=info)
-    return lm_kv.cached_steps(step, info)
+    return cached_steps(load_step(ref.artifact, fmt=ref.format, info=info), info)
 
 
 def _first_line(e: BaseException) -> str:

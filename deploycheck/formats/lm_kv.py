@@ -23,6 +23,9 @@ from typing import Any
 
 import torch
 
+from .export import exporter_reason
+from .integrity import sha256
+
 
 def kv_path(artifact: str) -> str:
     """``.../model.onnx`` -> ``.../model.kv.onnx`` (``model.pt2`` -> ``model.kv.pt2``)."""
@@ -124,9 +127,6 @@ def save_step(
     import io
     import warnings
 
-    from .export import exporter_reason
-    from .integrity import sha256
-
     lm = find_lm(model)
     if lm is None:
         return {"error": "no transformers causal LM inside the built variant"}
@@ -192,8 +192,6 @@ def _traced(model, step, args, dyn, layout: dict, dynamic_seq: bool):
 
 def load_step(artifact: str, *, fmt: str, info: dict) -> Step:
     """The KV-cache step saved next to ``artifact``, its sha256 checked against the manifest's."""
-    from .integrity import sha256
-
     path = kv_path(artifact)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no KV-cache step {os.path.basename(path)} next to the artifact")

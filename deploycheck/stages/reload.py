@@ -77,7 +77,9 @@ def generate_plan(
         "prefill_limit": th.max_prefill_ratio,
         "decode_limit": th.max_decode_ratio,
         # None: the generation_speed check says the baseline has no artifact in this format
-        "baseline": dataclasses.asdict(baseline) if baseline is not None and wants_ratio and not t.is_baseline else None,
+        "baseline": dataclasses.asdict(baseline)
+        if baseline is not None and wants_ratio and not t.is_baseline
+        else None,
     }
     return GeneratePlan(
         prompts=prompts,
