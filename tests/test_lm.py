@@ -439,8 +439,8 @@ def test_a_wider_layer_fails_the_decode_and_memory_gates(lm_run):
     speed = recs[("heavy", "export", "generation_speed")]
     assert speed["status"] == "failed", speed
     assert speed["details"]["decode_ratio"] > 1.25
-    assert speed["message"].startswith("decode time ratio ")
-    assert "> max_decode_ratio 1.25 × control " in speed["message"]
+    # the decode ratio fails (the prefill ratio, at the spec's 1.6, may fail too: it is listed first)
+    assert "decode time ratio " in speed["message"] and "> max_decode_ratio 1.25 × control " in speed["message"]
     mem = recs[("heavy", "export", "generation_memory")]
     assert mem["status"] == "failed", mem
     assert mem["details"]["ratio"] > 1.6
