@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from . import checks_lm  # noqa: F401 - registers the causal-LM checks
 from .checks import CHECKS
 from .errors import SpecError, StageError
 from .metrics import METRICS
@@ -178,7 +177,9 @@ class CheckItem(pytest.Item):
         except StageError as e:
             self._record("error", message=e.headline(), stage=e.stage)
             raise
-        if verdict.inconclusive:  # noise decided nothing: not a pass (nothing was shown), not a fail
+        if verdict.outcome == "not_compared":  # e.g. a non-finite baseline: its own item fails, once
+            raise pytest.skip.Exception(verdict.message, _use_item_location=True)
+        if verdict.outcome == "inconclusive":  # noise decided nothing: not a pass (nothing was shown), not a fail
             self._record("inconclusive", verdict=verdict)
             pytest.skip(verdict.formula)
         self._record("passed" if verdict.passed else "failed", verdict=verdict)

@@ -120,6 +120,34 @@ def pytest_configure(config):
         config.option.dist = "loadgroup"
 
 
+def variant_scope(nodeid: str) -> str:
+    """The xdist work unit of a test id: a spec item goes with the other items of its variant
+    (``specs/x.yaml::spec::variant``), so the variant is built and saved once, in one worker;
+    an ``@group`` suffix keeps its group; any other test is a unit of its own."""
+    if "@" in nodeid:
+        return nodeid.rsplit("@", 1)[1]
+    parts = nodeid.split("::")
+    if len(parts) >= 4 and parts[0].endswith((".yaml", ".yml")):
+        return "::".join(parts[:3])
+    return nodeid
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``-n N`` (deploycheck turns ``--dist load`` into ``loadgroup``), schedule by variant.
+    xdist's own ``loadgroup`` marks a grouped test by rewriting ``item._nodeid``, which pytest 9
+    no longer reads, so it spreads a group over the workers (each then builds the variant)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class VariantScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return variant_scope(nodeid)
+
+    return VariantScheduling(config, log)
+
+
 def pytest_sessionstart(session):
     # an xdist controller collects nothing itself: check there at once
     if getattr(session.config.option, "numprocesses", None) and not _is_worker(session.config):

@@ -95,8 +95,6 @@ def _name_problems(spec) -> list[Problem]:
                     callable_at(
                         value,
                         v.line,
-                        f"{where}.steps[{j}].{key}"
-                        if len(v.steps) > 1
-                        else f"{where}.{getattr(step, 'recipe_name', 'recipe')}.{key}",
+                        f"{where}.steps[{j}].{key}" if len(v.steps) > 1 else f"{where}.{step.recipe_name}.{key}",
                     )
     return problems

@@ -328,6 +328,69 @@ def run_once(tmp_path_factory, spec_text: str, *args: str, name: str = "tiny", f
     return root, proc
 
 
+def cli(*args: str, cwd=None, timeout: float = 120):
+    """``python -m deploycheck.cli ARGS`` in a process of its own, as from a shell: its own imports
+    (a factory module it resolves stays out of this process), no stdin, text output captured."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "deploycheck.cli", *args],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class _SharedRequest:
+    """What :class:`pytest.Pytester` reads from its request, for a run made once per module."""
+
+    function = None
+
+    def __init__(self, request, name: str):
+        self.node = type("Node", (), {"name": name})()
+        self.config = request.config
+        self.finalizers: list = []
+
+    def addfinalizer(self, fn) -> None:
+        self.finalizers.append(fn)
+
+
+def shared_run(request, tmp_path_factory, spec_text: str, *args: str, name: str = "tiny", plots: bool = False):
+    """One in-process inner session for a module-scoped fixture whose outcome several tests read
+    (``project`` is function-scoped): the project folder and pytester's RunResult. Set up like
+    ``project`` (the tiny models, a pytest.ini, its own run and cache folders, no xdist worker
+    variables, no HTML plots unless ``plots``); the working directory, environment and imported
+    modules are restored before it returns."""
+    mp = pytest.MonkeyPatch()
+    req = _SharedRequest(request, f"shared-{request.module.__name__}")
+    try:
+        tester = pytest.Pytester(req, tmp_path_factory, mp, _ispytest=True)
+        mp.delenv("PYTEST_XDIST_WORKER", raising=False)
+        mp.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+        if not plots:
+            from deploycheck.report import html
+
+            mp.setattr(html, "plots", lambda rows: {})
+        tester.makepyfile(tinymodels=TINY_MODELS)
+        tester.makeini("[pytest]\n")
+        (tester.path / f"{name}.yaml").write_text(textwrap.dedent(spec_text))
+        res = tester.runpytest(
+            "-p",
+            "no:cacheprovider",
+            f"--deploycheck-run-dir={tmp_path_factory.mktemp('run')}",
+            f"--deploycheck-cache-dir={tmp_path_factory.mktemp('cache')}",
+            *args,
+        )
+    finally:
+        for fn in reversed(req.finalizers):
+            fn()
+        mp.undo()
+    return tester.path, res
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     """The suite never touches the user's cache (~/.cache/deploycheck): its default points into
@@ -352,6 +415,13 @@ def project(pytester, tmp_path_factory, monkeypatch):
     monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
     pytester.makepyfile(tinymodels=TINY_MODELS)
     pytester.makeini("[pytest]\n")  # rootdir = the project, as in a real repository
+    # The inner runs write their HTML report as on a machine without the `html` extra (no
+    # matplotlib): the tables, not the plots. Drawing three SVG plots took a third of a small inner
+    # session and no test here reads them; tests/test_report.py draws them (in a session of its
+    # own, which this does not reach) and checks them, and renders plots of odd rows directly.
+    from deploycheck.report import html
+
+    monkeypatch.setattr(html, "plots", lambda rows: {})
     run_dir = tmp_path_factory.mktemp("run")
     cache_dir = tmp_path_factory.mktemp("cache")  # each test its own cache: no result leaks between tests
 
@@ -385,3 +455,13 @@ def project(pytester, tmp_path_factory, monkeypatch):
     p = P()
     p.tester = pytester
     return p
+
+
+def pytest_configure(config):
+    """Under `pytest -n 2`, the suite's files go to the workers whole (``--dist loadfile``): a
+    module-scoped fixture (one inner session, files made once) then runs once, not once in each
+    worker. Grouping single tests cannot do it here: pytest-xdist 3.8 marks a grouped test by
+    rewriting ``item._nodeid``, which pytest 9 no longer reads, so ``--dist loadgroup`` spreads a
+    group over the workers. An explicit other ``--dist`` is left as given."""
+    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) in ("load", "loadgroup"):
+        config.option.dist = "loadfile"

@@ -8,21 +8,26 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_spec, tinymodels_of
+from conftest import TINY_MODELS, make_spec, tinymodels_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def make_files(project) -> None:
-    """A TorchScript and an ONNX file of the tiny model, made with plain torch (as elsewhere)."""
+@pytest.fixture(scope="module")
+def made_elsewhere(tmp_path_factory):
+    """A TorchScript and an ONNX file of the tiny model, made once with plain torch (as elsewhere);
+    each test gets its own copy (``make_files``)."""
     import contextlib
     import io
+    import types
 
     import torch
 
-    model = tinymodels_of(project).Tiny().eval()
-    dist = project.path / "dist"
-    dist.mkdir(exist_ok=True)
+    folder = tmp_path_factory.mktemp("made-elsewhere")
+    (folder / "tinymodels.py").write_text(TINY_MODELS)
+    model = tinymodels_of(types.SimpleNamespace(path=folder)).Tiny().eval()
+    dist = folder / "dist"
+    dist.mkdir()
     x = torch.rand(2, 4)
     torch.jit.trace(model, x).save(str(dist / "tiny.ts"))
     with contextlib.redirect_stdout(io.StringIO()):
@@ -30,6 +35,14 @@ def make_files(project) -> None:
             model, (x,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), external_data=False
         )
     prog.save(str(dist / "tiny.onnx"))
+    return dist
+
+
+def make_files(project, made) -> None:
+    """The files made elsewhere, shipped into this test's project as ``dist/``."""
+    import shutil
+
+    shutil.copytree(made, project.path / "dist", dirs_exist_ok=True)
 
 
 ARTIFACTS = """  baseline: {}
@@ -44,8 +57,8 @@ def rows(project) -> dict:
     return {(r["variant"], r["format"]): r for r in doc["rows"]}
 
 
-def test_files_made_elsewhere_get_every_check_against_the_baseline(project):
-    make_files(project)
+def test_files_made_elsewhere_get_every_check_against_the_baseline(project, made_elsewhere):
+    make_files(project, made_elsewhere)
     project.write(
         make_spec(
             variants=ARTIFACTS,
@@ -69,8 +82,8 @@ def test_files_made_elsewhere_get_every_check_against_the_baseline(project):
     assert out["details"]["max_abs"] < 1e-5  # the very same model: the file matches the baseline
 
 
-def test_a_truncated_or_changed_file_fails_load_with_its_class(project):
-    make_files(project)
+def test_a_truncated_or_changed_file_fails_load_with_its_class(project, made_elsewhere):
+    make_files(project, made_elsewhere)
     dist = project.path / "dist"
     data = (dist / "tiny.ts").read_bytes()
     (dist / "cut.ts").write_bytes(data[: len(data) // 2])
@@ -214,10 +227,10 @@ def test_a_recipe_plugin_from_an_installed_package(project, tmp_path):
     assert '"scale_outputs"' in schema.stdout and "the multiplier, > 0" in schema.stdout
 
 
-def test_inspect_reports_a_name_that_promises_another_format(project, capsys):
+def test_inspect_reports_a_name_that_promises_another_format(project, made_elsewhere, capsys):
     from deploycheck.cli import main
 
-    make_files(project)
+    make_files(project, made_elsewhere)
     wrong = project.path / "dist" / "model.pt2"
     wrong.write_bytes((project.path / "dist" / "tiny.onnx").read_bytes())
     assert main(["inspect", str(wrong), "--no-load"]) == 1
@@ -250,6 +263,7 @@ def test_the_bring_your_own_example_runs(tmp_path):
             "-p",
             "no:cacheprovider",
             "--deploycheck-cache=off",
+            "--deploycheck-no-report",  # what is asserted is the outcome; reports are tested elsewhere
             f"--deploycheck-run-dir={tmp_path / 'run'}",
         ],
         cwd=tmp_path,
@@ -280,8 +294,8 @@ def test_a_state_dict_file_made_elsewhere_loads_into_the_specs_architecture(proj
     assert rows(project)[("release", "safetensors")]["max_abs_diff"] == 0.0
 
 
-def test_a_release_candidate_against_the_last_release_with_no_model_code(project):
-    make_files(project)
+def test_a_release_candidate_against_the_last_release_with_no_model_code(project, made_elsewhere):
+    make_files(project, made_elsewhere)
     # the last release's TorchScript file is the baseline; the candidate is an ONNX file; no factory at all
     spec = make_spec(
         variants="  baseline:\n    artifact: {path: dist/tiny.ts}\n  candidate:\n    artifact: {path: dist/tiny.onnx}",

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-from conftest import TINY_MODELS, make_spec
+from conftest import TINY_MODELS, cli, make_spec
 
 from deploycheck.cli import main
 
@@ -46,46 +44,12 @@ def test_init_writes_a_valid_spec_without_prompting(tmp_path):
     (tmp_path / "pkg").mkdir()  # init refuses a factory that does not resolve (python_path: the spec's folder and ..)
     (tmp_path / "pkg" / "__init__.py").write_text("")
     (tmp_path / "pkg" / "models.py").write_text("import torch\n\n\nclass Net(torch.nn.Module):\n    pass\n")
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deploycheck.cli",
-            "init",
-            "--factory",
-            "pkg.models:Net",
-            "--shape",
-            "1,3,32,32",
-            "-o",
-            str(out),
-        ],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    p = cli("init", "--factory", "pkg.models:Net", "--shape", "1,3,32,32", "-o", str(out))
     assert p.returncode == 0, p.stderr
     assert p.stdout == f"wrote {out}; run: pytest {out}\n"
     assert "inputs: {shape: [1, 3, 32, 32], dtype: float32}" in out.read_text()
     assert main(["validate", str(out)]) == 0
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deploycheck.cli",
-            "init",
-            "--factory",
-            "pkg.models:Net",
-            "--shape",
-            "1,4",
-            "-o",
-            str(out),
-        ],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    p = cli("init", "--factory", "pkg.models:Net", "--shape", "1,4", "-o", str(out))
     assert (p.returncode, p.stderr) == (1, f"{out} exists; not overwriting it (use --force)\n")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from conftest import make_spec
 
@@ -112,3 +114,97 @@ def test_static_int8_takes_its_saturation_options():
     assert errors(make_spec(variants="  s:\n    quantize: {method: static_int8, weight_bits: 6}"))[0].startswith(
         "s.yaml:12: variants.s.quantize.weight_bits: 6 is not one of [8, 7]"
     )
+
+
+def test_a_variant_says_its_precision_and_batch_sensitivity_from_its_recipe_steps():
+    spec = parse(
+        make_spec(
+            variants="  chain:\n    steps:\n      - quantize: {method: fp16}\n      - quantize: {method: dynamic_int8}\n"
+            "  half:\n    quantize: {method: bf16}\n"
+            "  static:\n    quantize: {method: static_int8}\n"
+            "  int4:\n    quantize: {method: weight_only_int4}\n"
+            "  pruned:\n    prune: {method: l1_unstructured, amount: 0.5}"
+        ),
+        filename="s.yaml",
+    )
+    seen = {n: (v.precision, v.batch_sensitive) for n, v in spec.variants.items()}
+    assert seen == {
+        "baseline": (None, False),
+        "chain": ("int8", True),  # the coarsest precision; dynamic int8 quantizes activations per batch
+        "half": ("bf16", False),
+        "static": ("int8", False),  # calibrated once: a sample's outputs do not depend on its batch
+        "int4": (None, False),  # int4 weights are dequantized to float per call
+        "pruned": (None, False),
+    }
+
+
+PLUGIN = os.path.join(os.path.dirname(__file__), "plugins", "deploycheck-plugin-example")
+
+
+@pytest.fixture
+def plugin_registry(monkeypatch):
+    """RECIPES with the example plug-in's class registered, restored afterwards."""
+    from deploycheck import recipes
+    from deploycheck.registry import Registry
+
+    monkeypatch.syspath_prepend(PLUGIN)
+    reg: Registry = Registry("recipe")
+    monkeypatch.setattr(recipes, "RECIPES", reg)
+    monkeypatch.setattr(recipes, "_ADAPTED", {})
+    return reg
+
+
+def test_a_plugin_recipe_gets_the_protocol_defaults_and_its_own_class_is_left_as_it_is(plugin_registry):
+    from deploycheck.recipes import Recipe, config_class
+    from deploycheck.spec.schema import type_hints
+
+    plugin_registry.register("scale_outputs", "dc_plugin_example:ScaleOutputs")
+    cls = config_class("scale_outputs")
+    from dc_plugin_example import ScaleOutputs
+
+    assert not hasattr(ScaleOutputs, "recipe_name") and not hasattr(ScaleOutputs, "short")
+    assert issubclass(cls, ScaleOutputs) and issubclass(cls, Recipe) and config_class("scale_outputs") is cls
+    assert (cls.__module__, cls.__qualname__) == ("dc_plugin_example", "ScaleOutputs")  # cache keys name it
+    # its options' types resolve in its own module, which imports nothing of the protocol's annotations
+    assert type_hints(cls)["factor"] is float
+    step = cls(factor=2.0)
+    assert (step.recipe_name, step.short(), step.precision, step.batch_sensitive, step.imports()) == (
+        "scale_outputs",
+        "scale_outputs",
+        None,
+        False,
+        (),
+    )
+
+
+def test_a_plugin_option_named_like_a_protocol_property_is_refused(plugin_registry):
+    from dataclasses import dataclass
+
+    from deploycheck.recipes import config_class
+
+    @dataclass(frozen=True)
+    class Rounding:
+        precision: str = "int8"
+
+        def apply(self, model, ctx):
+            return model
+
+    plugin_registry.register("rounding", Rounding)
+    with pytest.raises(TypeError, match="names an option 'precision', which the recipe protocol reserves"):
+        config_class("rounding")
+
+
+def test_a_plugin_without_apply_is_refused(plugin_registry):
+    from deploycheck.recipes import Recipe, config_class
+
+    class NoApply:
+        pass
+
+    class InheritsOnly(Recipe):  # the protocol's apply only raises: not a recipe yet
+        pass
+
+    plugin_registry.register("noapply", NoApply)
+    plugin_registry.register("inheritsonly", InheritsOnly)
+    for name in ("noapply", "inheritsonly"):
+        with pytest.raises(TypeError, match="is not a recipe config class with an apply"):
+            config_class(name)

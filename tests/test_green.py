@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 
-from conftest import make_spec
+from conftest import cli, make_spec
 
 from deploycheck.cli import main
 
@@ -169,32 +169,10 @@ def test_r2_is_scikit_learns_r2_score():
 
 
 def test_init_picks_the_metric_from_the_targets(tmp_path):
-    import subprocess
-    import sys
-
     (tmp_path / "regress.py").write_text(REGRESSOR)
     for data, metric in (("sklearn:diabetes", "r2"), ("sklearn:digits", "accuracy")):
         out = tmp_path / f"{metric}.yaml"
-        p = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "deploycheck.cli",
-                "init",
-                "--factory",
-                "regress:Reg",
-                "--shape",
-                "1,10",
-                "--data",
-                data,
-                "-o",
-                str(out),
-            ],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        p = cli("init", "--factory", "regress:Reg", "--shape", "1,10", "--data", data, "-o", str(out), cwd=tmp_path)
         assert p.returncode == 0, p.stderr
         assert f"\nmetric: {metric}\n" in out.read_text()
 
@@ -443,28 +421,8 @@ def test_run_time_import_error_names_the_folders_searched(project):
 
 
 def test_init_refuses_a_factory_that_does_not_resolve(tmp_path):
-    import subprocess
-    import sys
-
     (tmp_path / "regress.py").write_text(REGRESSOR)
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deploycheck.cli",
-            "init",
-            "--factory",
-            "regres:Reg",
-            "--shape",
-            "1,10",
-            "-o",
-            str(tmp_path / "r.yaml"),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    p = cli("init", "--factory", "regres:Reg", "--shape", "1,10", "-o", str(tmp_path / "r.yaml"), cwd=tmp_path)
     assert p.returncode == 2
     assert p.stderr == (
         f"deploycheck init: --factory cannot import 'regres:Reg': No module named 'regres'; did you mean "

@@ -279,32 +279,55 @@ def test_a_straddling_interval_is_inconclusive_with_the_samples_that_would_decid
 
 
 def test_the_metric_verdict_shows_the_interval_and_what_inconclusive_does():
-    from deploycheck.checks import metric_verdict
+    from deploycheck.checks.quality import metric_verdict
     from deploycheck.spec.model import MetricThreshold
     from deploycheck.stats import DropCI
 
     ci = DropCI(0.0074, -0.0011, 0.0160, 0.95, 540, "exact on 9 discordant pairs of 540")
-    v = metric_verdict("accuracy", 0.9426, 0.95, True, MetricThreshold(max_drop=0.01), ci)
+    v = metric_verdict(
+        name="accuracy", value=0.9426, baseline=0.95, higher=True, th=MetricThreshold(max_drop=0.01), ci=ci
+    )
     assert v.passed and v.formula == (
         "accuracy 0.9426 >= baseline 0.95 - max_drop 0.01 = 0.94; accuracy drop 0.0074 (95% CI -0.0011 to 0.0160, "
         "exact on 9 discordant pairs of 540) straddles max_drop 0.01; inconclusive: max_drop 0.01 lies inside the "
         "95% interval; about 5,909 samples (now 540) would decide it; the measured drop decides"
     )
     assert v.details["drop_ci"]["inconclusive"] is True
-    strict = metric_verdict("accuracy", 0.9426, 0.95, True, MetricThreshold(max_drop=0.01, inconclusive="fail"), ci)
+    strict = metric_verdict(
+        name="accuracy",
+        value=0.9426,
+        baseline=0.95,
+        higher=True,
+        th=MetricThreshold(max_drop=0.01, inconclusive="fail"),
+        ci=ci,
+    )
     assert not strict.passed and strict.message.endswith(
         "failed (inconclusive: fail: the whole interval must be within the limit)"
     )
     sure = DropCI(0.0074, 0.001, 0.009, 0.95, 5000, "exact on 90 discordant pairs of 5000")
-    v = metric_verdict("accuracy", 0.9426, 0.95, True, MetricThreshold(max_drop=0.01, inconclusive="fail"), sure)
+    v = metric_verdict(
+        name="accuracy",
+        value=0.9426,
+        baseline=0.95,
+        higher=True,
+        th=MetricThreshold(max_drop=0.01, inconclusive="fail"),
+        ci=sure,
+    )
     assert v.passed and v.formula.endswith(
         "accuracy drop 0.0074 (95% CI 0.0010 to 0.0090, exact on 90 discordant pairs of 5000) <= max_drop 0.01"
     )
     # a point verdict over the limit but an interval that straddles it, with inconclusive: pass
     ci3 = DropCI(0.012, 0.004, 0.02, 0.95, 300, "exact on 8 discordant pairs of 300")
-    assert not metric_verdict("accuracy", 0.938, 0.95, True, MetricThreshold(max_drop=0.01), ci3).passed
+    assert not metric_verdict(
+        name="accuracy", value=0.938, baseline=0.95, higher=True, th=MetricThreshold(max_drop=0.01), ci=ci3
+    ).passed
     assert metric_verdict(
-        "accuracy", 0.938, 0.95, True, MetricThreshold(max_drop=0.01, inconclusive="pass"), ci3
+        name="accuracy",
+        value=0.938,
+        baseline=0.95,
+        higher=True,
+        th=MetricThreshold(max_drop=0.01, inconclusive="pass"),
+        ci=ci3,
     ).passed
 
 
@@ -366,7 +389,7 @@ def test_the_metric_gate_reports_its_paired_interval_and_inconclusive_decides_by
 
 
 def test_a_busy_machines_latency_verdict_says_so_and_its_row_is_inconclusive():
-    from deploycheck.checks import ratio_formula
+    from deploycheck.checks.performance import ratio_formula
     from deploycheck.report import MARK, summary_rows
     from deploycheck.report.records import Record
     from deploycheck.spec.model import LatencyThreshold

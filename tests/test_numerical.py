@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import make_spec, run_once
+from conftest import make_spec, shared_run
 
 
 def test_a_nan_baseline_fails_once_at_the_baseline(project):
@@ -50,10 +50,11 @@ def test_fp16_overflow_to_inf_is_named(project):
 
 
 @pytest.fixture(scope="module")
-def corrupted(tmp_path_factory):
+def corrupted(request, tmp_path_factory):
     """One session for the localisation tests of a corrupted layer, in every format that can show
     it: a variant whose l2 weights a custom recipe scrambled, judged by its fidelity check."""
-    root, proc = run_once(
+    root, res = shared_run(
+        request,
         tmp_path_factory,
         make_spec(
             factory="Deep",
@@ -64,9 +65,8 @@ def corrupted(tmp_path_factory):
         "-k",
         "bad and fidelity",
     )
-    last = proc.stdout.splitlines()[-1]
-    assert " 3 failed, " in last and "passed" not in last and "error" not in last, proc.stdout[-3000:]
-    return root, pytest.LineMatcher(proc.stdout.splitlines())
+    res.assert_outcomes(failed=3)
+    return root, res.stdout
 
 
 def test_a_corrupted_layer_is_named_first(corrupted):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import re
 
-from conftest import make_spec
+import pytest
+from conftest import make_spec, shared_run
 
 
 def test_item_ids_are_stable_and_selectable(project):
@@ -54,10 +55,26 @@ def test_all_checks_pass_and_reports_are_written(project):
     assert "| baseline  | torchscript |" in md
 
 
-def test_metric_failure_prints_its_formula(project):
-    project.write(make_spec(thresholds="  metric: {min: 0.99}"))
-    res = project.run()
-    res.assert_outcomes(passed=4, failed=1)
+@pytest.fixture(scope="module")
+def three_failures(request, tmp_path_factory):
+    """One session whose baseline misses its metric, latency and size limits while it loads and
+    matches its outputs: each gate's message is read by its own test."""
+    return shared_run(
+        request,
+        tmp_path_factory,
+        make_spec(thresholds="  metric: {min: 0.99}\n  latency: {p95_ms: 0.0001}\n  size: {max_mb: 0.000001}"),
+    )
+
+
+def failed_alone(res, check: str) -> None:
+    """The session's outcome, with ``check`` among the three items that failed."""
+    res.assert_outcomes(passed=2, failed=3)
+    res.stdout.fnmatch_lines([f"FAILED tiny.yaml::tiny::baseline::torchscript::{check}*"])
+
+
+def test_metric_failure_prints_its_formula(three_failures):
+    _, res = three_failures
+    failed_alone(res, "metric")
     out = res.stdout.str()
     assert re.search(
         r"\[check\] metric failed for tiny::baseline::torchscript \(tiny\.yaml:9\)\n"
@@ -67,14 +84,16 @@ def test_metric_failure_prints_its_formula(project):
 
 
 def test_metric_formulas_in_both_directions():
-    from deploycheck.checks import metric_verdict
+    from deploycheck.checks.quality import metric_verdict
     from deploycheck.spec.model import MetricThreshold
 
-    v = metric_verdict("accuracy", 0.95, 0.98, True, MetricThreshold(max_relative_drop=0.02))
+    v = metric_verdict(
+        name="accuracy", value=0.95, baseline=0.98, higher=True, th=MetricThreshold(max_relative_drop=0.02)
+    )
     assert (v.passed, v.message) == (False, "accuracy 0.95 < baseline 0.98 × (1 - max_relative_drop 0.02) = 0.9604")
-    v = metric_verdict("mse", 0.12, 0.10, False, MetricThreshold(max_drop=0.01, max=0.2))
+    v = metric_verdict(name="mse", value=0.12, baseline=0.10, higher=False, th=MetricThreshold(max_drop=0.01, max=0.2))
     assert (v.passed, v.message) == (False, "mse 0.12 > baseline 0.1 + max_drop 0.01 = 0.11")
-    v = metric_verdict("mse", 0.105, 0.10, False, MetricThreshold(max_drop=0.01))
+    v = metric_verdict(name="mse", value=0.105, baseline=0.10, higher=False, th=MetricThreshold(max_drop=0.01))
     assert (v.passed, v.formula) == (True, "mse 0.105 <= baseline 0.1 + max_drop 0.01 = 0.11")
 
 
@@ -88,17 +107,15 @@ def test_changed_data_is_not_served_from_a_stale_run_dir(project):
     project.run("--deploycheck-cache=off", "-k", "outputs").assert_outcomes(passed=1)
 
 
-def test_latency_failure_prints_percentile_and_limit(project):
-    project.write(make_spec(thresholds="  latency: {p95_ms: 0.0001}"))
-    res = project.run()
-    res.assert_outcomes(passed=4, failed=1)
+def test_latency_failure_prints_percentile_and_limit(three_failures):
+    _, res = three_failures
+    failed_alone(res, "latency")
     assert re.search(r"p95 \S+ ms > p95_ms 0\.0001 ms", res.stdout.str())
 
 
-def test_size_failure(project):
-    project.write(make_spec(thresholds="  size: {max_mb: 0.000001}"))
-    res = project.run()
-    res.assert_outcomes(passed=4, failed=1)
+def test_size_failure(three_failures):
+    _, res = three_failures
+    failed_alone(res, "size")
     assert re.search(r"size \S+ MB > max_mb 1e-06", res.stdout.str())
 
 

@@ -8,19 +8,21 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import make_spec, run_once
+from conftest import make_spec, shared_run
 
 VARIANTS = "  baseline: {}\n  half:\n    quantize: {method: fp16}\n  pruned:\n    prune: {method: l1_unstructured, amount: 0.9}"
 
 
 @pytest.fixture(scope="module")
-def report_dir(tmp_path_factory):
-    """One session's reports, read by several tests (one run instead of one per test)."""
-    root, proc = run_once(
+def report_dir(request, tmp_path_factory):
+    """One session's reports, read by several tests (one run instead of one per test), with plots."""
+    root, res = shared_run(
+        request,
         tmp_path_factory,
         make_spec(variants=VARIANTS, formats="[torchscript, export]", thresholds="  outputs: {atol: 0.05, rtol: 0.01}"),
+        plots=True,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert res.ret == 0, res.stdout.str()[-3000:]
     return root / "reports"
 
 
@@ -153,6 +155,37 @@ def test_html_is_self_contained_with_plots(report_dir):
 
     assert not re.search(r"(src|href)=[\"']?(https?:)?//", page)  # nothing fetched from the network
     assert "<script" not in page
+
+
+def test_plots_draw_rows_of_every_shape_the_sessions_make():
+    """The inner sessions of the other test files write their HTML without plots (tests/conftest.py);
+    the shapes of row they make are drawn here: failing and passing rows, a lower-is-better and a
+    direction-less metric, a NaN metric, rows without latency, metric or size, many formats."""
+    from deploycheck.report.html import plots, render
+
+    def row(spec, variant, fmt, **kw):
+        base = {"spec": spec, "variant": variant, "format": fmt, "verdict": "pass", "metric_name": "accuracy"}
+        base.update(p50_ms=0.05, metric=0.9, size_mb=0.01, latency_samples_ms=[0.05, 0.06, 0.04], higher_is_better=True)
+        return {**base, **kw}
+
+    fmts = ["torchscript", "export", "onnx", "safetensors", "hdf5", "aoti", "pickle", "state_dict", "x"]
+    rows = [
+        row("a", "baseline", "torchscript"),
+        row("a", "bad", "torchscript", verdict="FAIL", metric=float("nan")),
+        row("a", "slow", "export", p50_ms=None, latency_samples_ms=None),
+        row("a", "broken", "onnx", verdict="FAIL", metric=None, size_mb=None, p50_ms=None, latency_samples_ms=[]),
+        row("mse", "baseline", "torchscript", metric_name="mse", metric=0.2, higher_is_better=False),
+        row("mse", "int8", "torchscript", metric_name="mse", metric=0.3, higher_is_better=False, verdict="FAIL"),
+        row("custom", "baseline", "torchscript", metric_name="lossfns:xent", higher_is_better=None),
+        *(row("many", f"v{i}", f, metric=0.9 - i / 100, p50_ms=0.01 * (i + 1)) for i, f in enumerate(fmts * 3)),
+        row("nothing", "baseline", "torchscript", metric=None, p50_ms=None, size_mb=None, latency_samples_ms=None),
+    ]
+    figs = plots(rows)
+    assert {k: len(v) for k, v in figs.items()} == {"a": 3, "mse": 3, "custom": 3, "many": 3, "nothing": 0}
+    assert all(f.startswith("<svg") for v in figs.values() for f in v)
+    assert "Pareto front" in figs["mse"][0] and "Pareto front" in figs["a"][0]
+    page = render(rows, {"machine": {}}, [])
+    assert page.count("<svg") == 12
 
 
 def test_html_renders_in_headless_chromium_without_console_errors(report_dir, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from conftest import make_spec
 
@@ -98,15 +99,33 @@ def test_snapshot_details_option_names_each_snapshot_file(project):
 
 
 def test_update_under_xdist_loses_nothing(project):
+    # three variants in two formats: both workers write snapshot files of the one spec at once
     variants = "  baseline: {}\n" + "".join(
-        f"  p{i}:\n    prune: {{method: random_unstructured, amount: 0.{i + 1}, seed: {i}}}\n" for i in range(5)
+        f"  p{i}:\n    prune: {{method: random_unstructured, amount: 0.{i + 1}, seed: {i}}}\n" for i in range(2)
     )
     project.write(make_spec(variants=variants.rstrip("\n"), snapshot="true", formats="[torchscript, export]"))
     res = project.run_subprocess("-k", "snapshot", "--snapshot-update", "-n", "2")
-    res.assert_outcomes(passed=12)
+    res.assert_outcomes(passed=6)
     files = sorted(os.listdir(project.path / "__snapshots__/tiny"))
-    assert len(files) == 12
+    assert len(files) == 6
     for f in files:
         text = (project.path / "__snapshots__/tiny" / f).read_text()
         assert text.endswith("]\n    }\n  }\n}\n"), f  # complete, not truncated
-    project.run_subprocess("-k", "snapshot", "-n", "2").assert_outcomes(passed=12)
+    res = project.run_subprocess("-k", "snapshot", "-n", "2", "-v")
+    res.assert_outcomes(passed=6)
+    # each variant's items ran in one worker (built there once): deploycheck schedules by variant
+    workers: dict[str, set[str]] = {}
+    for line in res.stdout.lines:
+        m = re.match(r"\[(gw\d+)\].* tiny\.yaml::tiny::(\w+)::", line)
+        if m:
+            workers.setdefault(m.group(2), set()).add(m.group(1))
+    assert sorted(workers) == ["baseline", "p0", "p1"] and all(len(w) == 1 for w in workers.values()), workers
+
+
+def test_xdist_work_units_are_variants():
+    from deploycheck.plugin import variant_scope
+
+    assert variant_scope("specs/a.yaml::a::int8::onnx::latency") == "specs/a.yaml::a::int8"
+    assert variant_scope("specs/a.yaml::a::int8::dynamic") == "specs/a.yaml::a::int8"
+    assert variant_scope("tests/test_x.py::test_one") == "tests/test_x.py::test_one"
+    assert variant_scope("tests/test_x.py::test_one@heavy") == "heavy"

@@ -63,15 +63,21 @@ def gate(
     )
 
 
-def test_pass_when_the_interval_is_inside_the_limit():
+def jittered(
+    variant_us: float, baseline_us: float = 100, control_us: float = 100, *, busy=(1.0, 1.0, 1.0), **kw
+) -> dict:
+    """The gate on three fake models of the given costs, each jittered by 5% (seeds 1, 2, 3), each
+    waiting ``busy`` x its run time for a core."""
     c = FakeClock()
-    r = gate(
-        c,
-        c.model(100, jitter=0.05, seed=1),
-        c.model(100, jitter=0.05, seed=2),
-        c.model(100, jitter=0.05, seed=3),
-        limit=1.5,
-    )
+    sides = [
+        c.model(us, jitter=0.05, busy=b, seed=i)
+        for i, (us, b) in enumerate(zip((variant_us, baseline_us, control_us), busy, strict=True), 1)
+    ]
+    return gate(c, *sides, **kw)
+
+
+def test_pass_when_the_interval_is_inside_the_limit():
+    r = jittered(100, limit=1.5)
     assert r["decision"] == "pass"
     assert r["pairs"] == 20  # decided at once: nothing more to measure
     assert 0.97 < r["ratio"] < 1.03 and r["ci_high"] <= 1.5
@@ -79,14 +85,7 @@ def test_pass_when_the_interval_is_inside_the_limit():
 
 
 def test_fail_when_the_interval_is_past_the_limit():
-    c = FakeClock()
-    r = gate(
-        c,
-        c.model(300, jitter=0.05, seed=1),
-        c.model(100, jitter=0.05, seed=2),
-        c.model(100, jitter=0.05, seed=3),
-        limit=1.3,
-    )
+    r = jittered(300, limit=1.3)
     assert r["decision"] == "fail", r
     assert r["ci_low"] > 1.3 and 2.8 < r["ratio"] < 3.2
 
@@ -153,15 +152,7 @@ def test_every_side_gets_the_same_call_history():
 def test_a_busy_machine_that_slows_the_heavier_model_more_is_inconclusive_not_a_fail():
     # True cost: the variant does 2x the baseline's work (CPU time), limit 2.6. Under load the
     # variant waited for a core 3x its run time, the baseline 1.5x: wall time says 4.0.
-    c = FakeClock()
-    r = gate(
-        c,
-        c.model(200, jitter=0.05, busy=3.0, seed=1),
-        c.model(100, jitter=0.05, busy=1.5, seed=2),
-        c.model(100, jitter=0.05, busy=1.5, seed=3),
-        limit=2.6,
-        max_time_s=0.5,
-    )
+    r = jittered(200, busy=(3.0, 1.5, 1.5), limit=2.6, max_time_s=0.5)
     assert r["ci_low"] > 2.6 * r["control"]["noise"]  # wall time alone would have failed it
     assert r["decision"] == "inconclusive-busy", r
     assert r["busy"] >= BUSY and 1.9 < r["cpu_ratio"] < 2.1
@@ -169,14 +160,7 @@ def test_a_busy_machine_that_slows_the_heavier_model_more_is_inconclusive_not_a_
 
 
 def test_a_busy_machine_still_fails_a_variant_that_does_more_work():
-    c = FakeClock()
-    r = gate(
-        c,
-        c.model(400, jitter=0.05, busy=2.0, seed=1),
-        c.model(100, jitter=0.05, busy=2.0, seed=2),
-        c.model(100, jitter=0.05, busy=2.0, seed=3),
-        limit=2.6,
-    )
+    r = jittered(400, busy=(2.0, 2.0, 2.0), limit=2.6)
     assert r["busy"] >= BUSY and r["decision"] == "fail", r
 
 
@@ -201,14 +185,6 @@ def test_only_the_slower_side_waiting_for_a_core_is_enough_to_count_as_busy():
     # Measured through pytest on a crowded 2-core machine: the 4x variant's long rounds were
     # preempted (wall/CPU 4.5) while the baseline's and control's short ones mostly were not
     # (1.0): wall ratio 21, CPU ratio 3.9. A median pooled over all rounds said "quiet".
-    c = FakeClock()
-    r = gate(
-        c,
-        c.model(400, jitter=0.05, busy=4.5, seed=1),
-        c.model(100, jitter=0.05, seed=2),
-        c.model(100, jitter=0.05, seed=3),
-        limit=5.2,
-        max_time_s=0.5,
-    )
+    r = jittered(400, busy=(4.5, 1.0, 1.0), limit=5.2, max_time_s=0.5)
     assert r["busy_sides"][1] == r["busy_sides"][2] == 1.0 and abs(r["busy"] - 4.5) < 1e-9
     assert r["decision"] == "inconclusive-busy" and 3.8 < r["cpu_ratio"] < 4.2, r

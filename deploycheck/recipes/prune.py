@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
+from ..protocol import forward_output, rows, take
 from ..schema import field
+from . import Recipe, RecipeContext, StepResult
+
+#: module types ``prune.modules`` can name
+KIND_NAMES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "LSTM", "GRU", "RNN", "MultiheadAttention")
 
 
 @dataclass(frozen=True)
@@ -19,7 +25,7 @@ class FineTune:
 
 
 @dataclass(frozen=True)
-class PruneConfig:
+class PruneConfig(Recipe):
     """Zero out weights; the result is made permanent (no masks or reparametrization remain)."""
 
     recipe_name: ClassVar[str] = "prune"
@@ -56,3 +62,185 @@ class PruneConfig:
 
     def short(self) -> str:
         return f"prune:{self.method}@{self.amount:g}" + ("+ft" if self.finetune else "")
+
+    def apply(self, model: Any, ctx: RecipeContext) -> StepResult:
+        """torch.nn.utils.prune, made permanent, sparsity measured per layer."""
+        return _prune(self, model, ctx)
+
+
+# --- apply (torch imported inside) ---------------------------------------------------------------
+
+
+def _prune(cfg, model, ctx) -> StepResult:
+    import torch
+    import torch.nn.utils.prune as P
+    from torch import nn
+
+    chosen = targets(model, cfg.modules, cfg.skip)
+    if cfg.method == "global_l1_unstructured":
+        P.global_unstructured([(m, p) for _, m, p in chosen], pruning_method=P.L1Unstructured, amount=cfg.amount)
+    else:
+        torch.manual_seed(cfg.seed)
+        for label, m, p in chosen:
+            if cfg.method == "l1_unstructured":
+                P.l1_unstructured(m, p, amount=cfg.amount)
+            elif cfg.method == "random_unstructured":
+                P.random_unstructured(m, p, amount=cfg.amount)
+            else:
+                w = getattr(m, p)
+                if cfg.dim >= w.dim() or cfg.dim < -w.dim():
+                    raise ValueError(f"dim {cfg.dim} is out of range for {label} of shape {tuple(w.shape)}")
+                P.ln_structured(m, p, amount=cfg.amount, n=cfg.n, dim=cfg.dim)
+    if cfg.finetune:
+        _finetune(cfg.finetune, model, ctx)
+    for _, m, p in chosen:
+        P.remove(m, p)  # permanent: no masks or reparametrization left in the artifact
+    for _, m, _p in chosen:
+        if isinstance(m, nn.RNNBase):
+            m._init_flat_weights()  # the RNN kernels read their flat list of weights, not the attributes
+    weights = {label: getattr(m, p) for label, m, p in chosen}
+    layers = {label: 1.0 - float(torch.count_nonzero(w)) / w.numel() for label, w in weights.items()}
+    total = sum(w.numel() for w in weights.values())
+    zeros = sum(w.numel() - int(torch.count_nonzero(w)) for w in weights.values())
+    overall = zeros / total
+    left = missed(model, chosen, cfg.skip)
+    whole = total + sum(n for _, _, n in left)
+    achieved = zeros / whole
+    if left and achieved < cfg.amount / 2:
+        left.sort(key=lambda x: -x[2])
+        names = ", ".join(f"{n} ({kind}, {size:,})" for n, kind, size in left[:6]) + (" …" if len(left) > 6 else "")
+        kinds = sorted({kind for _, kind, _ in left if kind in KIND_NAMES})
+        others = sorted({kind for _, kind, _ in left if kind not in KIND_NAMES})
+        how = []
+        if kinds:
+            how.append(f"add {', '.join(kinds)} to prune.modules (now {', '.join(cfg.modules)})")
+        if others:
+            how.append(f"prune {', '.join(others)} with a custom recipe (this recipe prunes {', '.join(KIND_NAMES)})")
+        raise ValueError(
+            f"amount {cfg.amount:g} was asked for, but only {achieved:.1%} of the model's weights are zero: "
+            f"{len(left)} weight matri{'ces' if len(left) > 1 else 'x'} ({1 - total / whole:.0%} of the "
+            f"weights) were not pruned: {names}; {', or '.join(how)}, or name those modules in prune.skip "
+            "to keep them dense on purpose"
+        )
+    return StepResult(
+        model.eval(),
+        f"{cfg.method} amount {cfg.amount:g}: {overall:.1%} of pruned-layer weights are zero",
+        {"sparsity_per_layer": layers, "sparsity_pruned_layers": overall, "sparsity_model": achieved},
+    )
+
+
+def _kinds() -> dict[str, type]:
+    """The module types ``prune.modules`` can name; a subclass counts as its base (MultiheadAttention's
+    out_proj is a NonDynamicallyQuantizableLinear, a Linear)."""
+    from torch import nn
+
+    return {
+        "Linear": nn.Linear,
+        "Conv1d": nn.Conv1d,
+        "Conv2d": nn.Conv2d,
+        "Conv3d": nn.Conv3d,
+        "LSTM": nn.LSTM,
+        "GRU": nn.GRU,
+        "RNN": nn.RNN,
+        "MultiheadAttention": nn.MultiheadAttention,
+    }
+
+
+def _weights(name: str, m) -> list[tuple[str, object, str]]:
+    """(label, owner module, parameter name) of the weight matrices a module's pruning covers; the
+    label keys ``sparsity_per_layer``."""
+    from torch import nn
+
+    def label(p: str) -> str:
+        return f"{name}.{p}" if name else p
+
+    if isinstance(m, nn.MultiheadAttention):
+        own = (
+            ["in_proj_weight"] if m.in_proj_weight is not None else ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
+        )
+        return [(label(p), m, p) for p in own] + [(label("out_proj"), m.out_proj, "weight")]
+    if isinstance(m, nn.RNNBase):  # weight_ih_l0, weight_hh_l0 (and _reverse, weight_hr_ for projections)
+        return [(label(p), m, p) for p, _ in m.named_parameters(recurse=False) if p.startswith("weight_")]
+    return [(name, m, "weight")]  # a layer with one weight is named by its module, as before
+
+
+def _skipped(name: str, skip: tuple[str, ...]) -> bool:
+    """A module is skipped when its name, or the name of a module holding it, matches a glob."""
+    parts = name.split(".")
+    return any(fnmatch.fnmatchcase(".".join(parts[:i]), g) for i in range(1, len(parts) + 1) for g in skip)
+
+
+def targets(model, types: tuple[str, ...], skip: tuple[str, ...]) -> list[tuple[str, object, str]]:
+    names = [n for n, _ in model.named_modules() if n]
+    for g in skip:
+        if not any(fnmatch.fnmatchcase(n, g) for n in names):
+            raise ValueError(
+                f"skip glob {g!r} matches no module; modules are: {', '.join(names[:20])}"
+                + (" …" if len(names) > 20 else "")
+            )
+    kinds = tuple(_kinds()[t] for t in types)
+    out: list[tuple[str, object, str]] = []
+    seen: set[tuple[int, str]] = set()
+    for n, m in model.named_modules():
+        if not n or not isinstance(m, kinds) or _skipped(n, skip):
+            continue
+        for label, owner, p in _weights(n, m):
+            if (id(owner), p) not in seen:  # an attention's out_proj is also a Linear
+                seen.add((id(owner), p))
+                out.append((label, owner, p))
+    if not out:
+        raise ValueError(
+            f"no module of type {', '.join(types)} to work on" + (f" after skipping {list(skip)}" if skip else "")
+        )
+    return out
+
+
+def missed(model, chosen, skip: tuple[str, ...]) -> list[tuple[str, str, int]]:
+    """Weight matrices (2-D or more) that pruning left alone without being told to: (name, module type, size)."""
+    from torch import nn
+
+    tables = (nn.Embedding, nn.EmbeddingBag)  # lookup tables, not compute: never pruned, not counted
+    kinds = _kinds()
+    covered = {(id(owner), p) for _, owner, p in chosen}
+    out = []
+    for n, m in model.named_modules():
+        if isinstance(m, tables) or (n and _skipped(n, skip)):
+            continue
+        for p, t in m.named_parameters(recurse=False):
+            if t.dim() >= 2 and t.is_floating_point() and (id(m), p) not in covered:
+                kind = next((k for k, cls in kinds.items() if isinstance(m, cls)), type(m).__name__)
+                out.append((f"{n}.{p}" if n else p, kind, t.numel()))
+    return out
+
+
+def _finetune(ft, model, ctx) -> None:
+    """A short fine-tune with the masks in place, so pruned weights stay zero."""
+    import torch
+
+    x, y = ctx.data.train_tensors()
+    if y is None:
+        raise ValueError("finetune needs labelled training data")
+    g = torch.Generator().manual_seed(ft.seed)
+    torch.manual_seed(ft.seed)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=ft.lr)
+    model.train()
+    for epoch in range(ft.epochs):
+        perm = torch.randperm(rows(x), generator=g)
+        total = 0.0
+        for i in range(0, rows(x), ft.batch_size):
+            idx = perm[i : i + ft.batch_size]
+            opt.zero_grad()
+            loss = _loss(forward_output(model, take(x, idx), ctx.spec.metric.output), y[idx])
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        ctx.log(f"finetune epoch {epoch + 1}/{ft.epochs} loss {total / rows(x):.4f}")
+    model.eval()
+
+
+def _loss(out, y):
+    import torch
+
+    if y.dtype in (torch.int64, torch.int32):
+        return torch.nn.functional.cross_entropy(out, y.long())
+    return torch.nn.functional.mse_loss(out.reshape(y.shape), y)

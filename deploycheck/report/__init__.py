@@ -12,13 +12,13 @@ from typing import Any
 from tabulate import tabulate
 
 from ..machine import summary as machine_summary
-from .records import Record, as_records
+from .records import Record, Row, as_records
 
 SCHEMA_VERSION = 1
 STATUS_ORDER = {"error": 0, "failed": 1, "inconclusive": 2, "unsupported": 3, "passed": 4}
 
 
-def higher_is_better(row: dict) -> bool | None:
+def higher_is_better(row: Row) -> bool | None:
     """The metric's direction as the check recorded it; None where none was recorded (never
     guessed from the metric's name)."""
     value = row.get("higher_is_better")
@@ -30,14 +30,14 @@ def _first(text: str | None) -> str:
     return lines[0] if lines else ""
 
 
-def summary_rows(records) -> list[dict]:
+def summary_rows(records) -> list[Row]:
     """One row per (spec, variant, format); variant-level checks fold into every row of their variant.
     ``records`` are :class:`Record` objects or their JSON form."""
     groups: dict[tuple, list[Record]] = {}
     for r in sorted(as_records(records), key=Record.sort_key):
         groups.setdefault((r.spec, r.variant, r.format), []).append(r)
     variant_level = {(s, v): recs for (s, v, f), recs in groups.items() if f is None}
-    rows = []
+    rows: list[Row] = []
     for (s, v, f), recs in groups.items():
         if f is None:
             continue
@@ -138,11 +138,11 @@ def _delta_ci(metric_details: dict) -> list[float] | None:
     return [ci["low"], ci["high"]]
 
 
-def new_snapshots(rows: list[dict]) -> int:
+def new_snapshots(rows: list[Row]) -> int:
     return sum(r.get("new_snapshots") or 0 for r in rows)
 
 
-def new_snapshots_line(rows: list[dict]) -> str | None:
+def new_snapshots_line(rows: list[Row]) -> str | None:
     """First runs read as first runs: missing snapshots counted apart from real failures."""
     n = new_snapshots(rows)
     if not n:
@@ -192,7 +192,7 @@ LM_COLUMNS = [
 ]
 
 
-def columns(rows: list[dict]) -> list[tuple[str, str]]:
+def columns(rows: list[Row]) -> list[tuple[str, str]]:
     """The table's columns: the LM columns only where some row has a perplexity."""
     if not any(r.get("perplexity") is not None for r in rows):
         return COLUMNS
@@ -200,7 +200,7 @@ def columns(rows: list[dict]) -> list[tuple[str, str]]:
     return COLUMNS[:i] + LM_COLUMNS + COLUMNS[i:]
 
 
-def row_cells(row: dict, cols: list[tuple[str, str]] | None = None) -> list[str]:
+def row_cells(row: Row, cols: list[tuple[str, str]] | None = None) -> list[str]:
     out = []
     for key, _ in cols or COLUMNS:
         v = row.get(key)
@@ -217,7 +217,7 @@ def row_cells(row: dict, cols: list[tuple[str, str]] | None = None) -> list[str]
     return out
 
 
-def terminal_table(rows: list[dict]) -> str:
+def terminal_table(rows: list[Row]) -> str:
     cols = columns(rows)
     text = tabulate(
         [row_cells(r, cols) for r in rows], headers=[h for _, h in cols], tablefmt="simple", disable_numparse=True
@@ -233,7 +233,7 @@ def terminal_table(rows: list[dict]) -> str:
     return text
 
 
-def summary_lines(rows: list[dict]) -> list[str]:
+def summary_lines(rows: list[Row]) -> list[str]:
     """Per spec: pass/fail counts and the best variants that pass every threshold."""
     out = []
     for spec in sorted({r["spec"] for r in rows}):
@@ -271,7 +271,7 @@ MARK = {"pass": "✅", "FAIL": "❌", "new": "🆕", "unsupported": "➖", "inco
 COMMENT_LIMIT = 60_000
 
 
-def verdict_matrix(rows: list[dict], spec: str) -> str:
+def verdict_matrix(rows: list[Row], spec: str) -> str:
     """Variants x formats, one mark per cell: the whole spec at a glance."""
     srows = [r for r in rows if r["spec"] == spec]
     fmts = sorted({r["format"] for r in srows})
@@ -298,7 +298,7 @@ def _clip(text: str, n: int = 300) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def markdown(rows: list[dict], meta: dict, *, limit: int = COMMENT_LIMIT, full_report: str = "deploycheck.html") -> str:
+def markdown(rows: list[Row], meta: dict, *, limit: int = COMMENT_LIMIT, full_report: str = "deploycheck.html") -> str:
     """A summary that fits a pull-request comment at any number of specs.
 
     Per spec a verdict matrix, then only the failing rows with their reasons; the full tables

@@ -8,6 +8,7 @@ import itertools
 from typing import Any
 
 from . import columns, higher_is_better, machine_line, new_snapshots_line, row_cells
+from .records import Row
 
 
 def _svg(fig) -> str:
@@ -39,7 +40,7 @@ def pareto(points: list[tuple[float, float, Any]], higher_is_better: bool) -> li
     return front
 
 
-def plots(rows: list[dict]) -> dict[str, list[str]]:
+def plots(rows: list[Row]) -> dict[str, list[str]]:
     """Per spec: accuracy vs latency (Pareto front marked), size per variant, latency distributions."""
     try:
         import matplotlib
@@ -51,22 +52,26 @@ def plots(rows: list[dict]) -> dict[str, list[str]]:
     matplotlib.rcParams["svg.hashsalt"] = "deploycheck"  # stable ids: reports diff cleanly
     out: dict[str, list[str]] = {}
     for spec in sorted({r["spec"] for r in rows}):
-        rs = [r for r in rows if r["spec"] == spec and r.get("p50_ms") is not None and r.get("metric") is not None]
+        rs: list[tuple[Row, float, float]] = [
+            (r, p50, m)
+            for r in rows
+            if r["spec"] == spec and (p50 := r.get("p50_ms")) is not None and (m := r.get("metric")) is not None
+        ]
         figs = []
         if rs:
-            higher = higher_is_better(rs[0])
-            pts = [(r["p50_ms"], r["metric"], (r["variant"], r["format"])) for r in rs]
+            higher = higher_is_better(rs[0][0])
+            pts = [(p50, m, (r["variant"], r["format"])) for r, p50, m in rs]
             front = set(pareto(pts, higher)) if higher is not None else set()  # no direction, no front
             fig, ax = plt.subplots(figsize=(7, 4.2))
-            fmts = sorted({r["format"] for r in rs})
+            fmts = sorted({r["format"] for r, _, _ in rs})
             markers = dict(zip(fmts, itertools.cycle("osD^vP*X")))  # more formats than markers: reuse them
             # Numbered markers and a legend instead of text labels: a spec's many rows often sit
             # on one metric value, where labels pile onto one line and cannot be read.
-            for i, r in enumerate(rs, 1):
+            for i, (r, p50, m) in enumerate(rs, 1):
                 on = (r["variant"], r["format"]) in front
                 ax.scatter(
-                    r["p50_ms"],
-                    r["metric"],
+                    p50,
+                    m,
                     marker=markers[r["format"]],
                     s=70 if on else 35,
                     edgecolors="black" if on else "none",
@@ -76,7 +81,7 @@ def plots(rows: list[dict]) -> dict[str, list[str]]:
                 )
                 ax.annotate(
                     str(i),
-                    (r["p50_ms"], r["metric"]),
+                    (p50, m),
                     fontsize=7,
                     xytext=(3, 3 + 7 * (i % 3)),
                     textcoords="offset points",
@@ -85,31 +90,31 @@ def plots(rows: list[dict]) -> dict[str, list[str]]:
             ax.plot([p[0] for p in fp], [p[1] for p in fp], "k--", lw=0.8, label="Pareto front")
             ax.set_xscale("log")
             ax.set_xlabel("p50 latency, ms (log)")
-            ax.set_ylabel(rs[0].get("metric_name") or "metric")
-            ax.set_title(f"{spec}: {rs[0].get('metric_name') or 'metric'} vs latency (red: failing)")
+            ax.set_ylabel(rs[0][0].get("metric_name") or "metric")
+            ax.set_title(f"{spec}: {rs[0][0].get('metric_name') or 'metric'} vs latency (red: failing)")
             ax.legend(
                 loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False, ncol=1 if len(rs) <= 24 else 2
             )
             figs.append(_svg(fig))
-        sz = [r for r in rows if r["spec"] == spec and r.get("size_mb") is not None]
+        sz = [(r, mb) for r in rows if r["spec"] == spec and (mb := r.get("size_mb")) is not None]
         if sz:
             fig, ax = plt.subplots(figsize=(7, 0.28 * len(sz) + 1.2))
-            labels = [f"{r['variant']} / {r['format']}" for r in sz]
+            labels = [f"{r['variant']} / {r['format']}" for r, _ in sz]
             ax.barh(
                 labels,
-                [r["size_mb"] for r in sz],
-                color=["tab:red" if r["verdict"] == "FAIL" else "tab:green" for r in sz],
+                [mb for _, mb in sz],
+                color=["tab:red" if r["verdict"] == "FAIL" else "tab:green" for r, _ in sz],
             )
             ax.invert_yaxis()
             ax.set_xlabel("artifact size, MB")
             ax.set_title(f"{spec}: size per variant and format")
             ax.tick_params(axis="y", labelsize=7)
             figs.append(_svg(fig))
-        ls = [r for r in rows if r["spec"] == spec and r.get("latency_samples_ms")]
+        ls = [(r, ms) for r in rows if r["spec"] == spec and (ms := r.get("latency_samples_ms"))]
         if ls:
             fig, ax = plt.subplots(figsize=(7, 0.28 * len(ls) + 1.2))
-            ax.boxplot([r["latency_samples_ms"] for r in ls], orientation="horizontal", showfliers=True)
-            ax.set_yticks(range(1, len(ls) + 1), [f"{r['variant']} / {r['format']}" for r in ls], fontsize=7)
+            ax.boxplot([ms for _, ms in ls], orientation="horizontal", showfliers=True)
+            ax.set_yticks(range(1, len(ls) + 1), [f"{r['variant']} / {r['format']}" for r, _ in ls], fontsize=7)
             ax.invert_yaxis()
             ax.set_xscale("log")
             ax.set_xlabel("latency per call, ms (log; one point per measured round)")
@@ -140,10 +145,10 @@ code{background:#f5f5f5;padding:0 3px;overflow-wrap:anywhere}
 _MARK = {"pass": "pass", "FAIL": "FAIL", "new": "new", "unsupported": "–", "inconclusive": "?"}
 
 
-def divergence_table(row: dict) -> str:
+def divergence_table(row: Row) -> str:
     """Where a failing variant departs from its baseline, per module (see deploycheck.diverge)."""
     e = html.escape
-    d = row["divergence"]
+    d = row["divergence"] or {}
     how = (
         f" ({e(d.get('subject', 'the variant'))} vs {e(d.get('reference', 'the baseline'))}, "
         f"{e(d.get('source', 'in memory'))})"
@@ -161,7 +166,7 @@ def divergence_table(row: dict) -> str:
     return head + body + "</table></div></details>"
 
 
-def matrix(rows: list[dict], spec: str) -> str:
+def matrix(rows: list[Row], spec: str) -> str:
     """The verdict matrix (variants x formats), coloured, as on top of the Markdown summary."""
     e = html.escape
     srows = [r for r in rows if r["spec"] == spec]
@@ -182,7 +187,7 @@ def matrix(rows: list[dict], spec: str) -> str:
     return "".join(out)
 
 
-def render(rows: list[dict], meta: dict, summary: list[str]) -> str:
+def render(rows: list[Row], meta: dict, summary: list[str]) -> str:
     figs = plots(rows)
     e = html.escape
     parts = [
@@ -227,7 +232,7 @@ def render(rows: list[dict], meta: dict, summary: list[str]) -> str:
             )
         parts.append("</table></div>")
         for r in srows:
-            if r.get("divergence") and r["divergence"].get("rows"):
+            if (d := r.get("divergence")) and d.get("rows"):
                 parts.append(divergence_table(r))
         if figs.get(spec):
             parts.append("<div class='plots'>" + "".join(figs[spec]) + "</div>")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 
 @dataclass
@@ -52,6 +52,48 @@ class Record:
         for k in ("formula", "message", "recipe"):
             kw[k] = kw.get(k) or ""
         return cls(**kw)
+
+
+class Row(TypedDict):
+    """One report row per (spec, variant, format), its checks folded in (variant-level ones into
+    each of the variant's rows): what the tables, the JSON report's ``rows``, the HTML and
+    ``deploycheck compare`` read. A TypedDict, not a dataclass: it is written to JSON as it is and
+    read back from reports written earlier, so it stays the dict it is on the wire, now typed."""
+
+    spec: str
+    variant: str
+    format: str
+    recipe: str
+    metric_name: str | None
+    metric: float | None
+    higher_is_better: bool | None
+    metric_delta: float | None
+    metric_delta_ci: list[float] | None
+    max_abs_diff: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    throughput_per_s: float | None
+    throughput: dict[str, dict] | None  # throughput mode: batch size -> {p50_ms, samples_per_s}
+    latency_ratio: float | None
+    latency_ratio_ci: list[float] | None
+    peak_rss_mb: float | None
+    latency_samples_ms: list[float] | None
+    size_mb: float | None
+    size_ratio: float | None
+    perplexity: float | None
+    next_token_top1: float | None
+    mean_kl: float | None
+    exact_match: float | None
+    params: int | None
+    state_ratio: float | None
+    sparsity: float | None
+    build_s: float | None
+    load: str  # ok | ok (cached) | FAILED | unsupported | -
+    verdict: str  # pass | FAIL | new | unsupported | inconclusive
+    reason: str
+    new_snapshots: int
+    divergence: dict | None  # the first failing check's layer comparison, as in its details
 
 
 def as_records(items) -> list[Record]:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from ..data import PREPROCESS, SOURCES
 from ..formats import FORMATS
 from ..metrics import METRICS
-from ..recipes import RECIPES, config_class
+from ..recipes import RECIPES, Recipe, config_class
 from ..registry import UnknownName, did_you_mean, unknown
 from ..schema import DType
 from .loader import LMap, LSeq
@@ -723,7 +723,7 @@ class VariantSpec:
     """A named variant: the baseline with a chain of recipes applied, its own model, or a file."""
 
     name: str
-    steps: tuple[Any, ...]
+    steps: tuple[Recipe, ...]
     thresholds: Thresholds
     formats: tuple[FormatSpec, ...]
     line: int
@@ -747,6 +747,17 @@ class VariantSpec:
             return f"artifact:{self.artifact.path}"
         chain = [f"model:{(self.model.factory or 'factory').rpartition(':')[2]}"] if self.model is not None else []
         return " -> ".join(chain + [s.short() for s in self.steps]) or "baseline"
+
+    @property
+    def precision(self) -> str | None:
+        """The coarsest reduced precision the recipe's steps compute in: int8, bf16, fp16, or None."""
+        found = {s.precision for s in self.steps}
+        return next((p for p in ("int8", "bf16", "fp16") if p in found), None)
+
+    @property
+    def batch_sensitive(self) -> bool:
+        """A step makes a sample's outputs depend on the other samples in its batch."""
+        return any(s.batch_sensitive for s in self.steps)
 
 
 @dataclass(frozen=True)

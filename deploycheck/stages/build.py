@@ -177,7 +177,7 @@ def import_step_libraries(variant) -> None:
     """Libraries the variant's recipe steps import, imported here: the process that receives the
     build's result needs them too (they register its classes and operators)."""
     for step in variant.steps:
-        for name in getattr(step, "imports", lambda: ())():
+        for name in step.imports():
             importlib.import_module(name)
 
 

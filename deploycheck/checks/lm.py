@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 
-from . import lm
-from .checks import Verdict, check, ratio_formula, skip_if_baseline_nonfinite
-from .data.sources import read_lines
-from .errors import StageError
-from .numeric import fmt_num
-from .outputs import pick
-from .target import Target
+from .. import lm
+from ..data.sources import read_lines
+from ..errors import StageError
+from ..numeric import fmt_num
+from ..outputs import pick
+from ..target import Target
+from .base import Gate, Verdict, check, given
+from .performance import ratio_formula
+from .quality import baseline_not_compared
 
 
 def is_causal_lm(t: Target) -> bool:
@@ -42,7 +44,6 @@ def _ids_mask(runner, spec):
 def _logits(runner, t: Target):
     """(reloaded logits, baseline's in-memory logits), shapes checked."""
     r = runner.reload(t)
-    skip_if_baseline_nonfinite(runner, t)
     name = t.spec.metric.output  # the logits: the output the metric reads (the first by default)
     out, base = pick(r.outputs, name), pick(runner.built(t.baseline()).outputs, name)
     if out.ndim != 3:
@@ -57,6 +58,10 @@ def _logits(runner, t: Target):
 
 @check("perplexity", applies=is_causal_lm)
 def perplexity_check(runner, t: Target) -> Verdict:
+    runner.reload(t)  # a load error comes first
+    skip = baseline_not_compared(runner, t)
+    if skip is not None:
+        return skip
     out, base = _logits(runner, t)
     ids, mask = _ids_mask(runner, t.spec)
     value, ref = lm.perplexity(out, ids, mask), lm.perplexity(base, ids, mask)
@@ -66,43 +71,43 @@ def perplexity_check(runner, t: Target) -> Verdict:
     )
     _, n = lm.token_nll(out, ids, mask)
     formula += f" ({n} tokens of {len(ids)} held-out texts, reloaded {t.fmt})"
-    thr = {k: getattr(th, k) for k in ("max_relative_increase", "max_increase") if getattr(th, k) is not None}
     return Verdict(
-        "perplexity",
-        ok,
-        "" if ok else formula,
-        formula,
-        value,
-        thr,
-        {"perplexity": value, "baseline": ref, "tokens": n},
+        passed=ok,
+        message="" if ok else formula,
+        formula=formula,
+        value=value,
+        threshold=given(th, "max_relative_increase", "max_increase"),
+        details={"perplexity": value, "baseline": ref, "tokens": n},
     )
 
 
 @check("next_token", applies=is_causal_lm)
 def next_token_check(runner, t: Target) -> Verdict:
+    runner.reload(t)  # a load error comes first
+    skip = baseline_not_compared(runner, t)
+    if skip is not None:
+        return skip
     out, base = _logits(runner, t)
     _, mask = _ids_mask(runner, t.spec)
     try:
         st = lm.next_token_stats(out, base, mask)
     except ValueError as e:
-        return Verdict("next_token", False, f"next-token distributions not compared: {e}", str(e))
+        return Verdict(passed=False, message=f"next-token distributions not compared: {e}", formula=str(e))
     th = t.variant.thresholds.next_token
     ok, formula = lm.agreement_verdict(st, min_top1=th.min_top1, max_mean_kl=th.max_mean_kl)
-    thr = {k: getattr(th, k) for k in ("min_top1", "max_mean_kl") if getattr(th, k) is not None}
     return Verdict(
-        "next_token",
-        ok,
-        "" if ok else formula,
-        formula,
-        st["mean_kl"],
-        thr,
-        {k: st[k] for k in ("top1", "mean_kl", "max_kl", "positions")},
+        passed=ok,
+        message="" if ok else formula,
+        formula=formula,
+        value=st["mean_kl"],
+        threshold=given(th, "min_top1", "max_mean_kl"),
+        details={k: st[k] for k in ("top1", "mean_kl", "max_kl", "positions")},
     )
 
 
 @check("generation", applies=lambda t: is_causal_lm(t) and t.spec.generation is not None)
 def generation_check(runner, t: Target) -> Verdict:
-    from .hf import decoder
+    from ..hf import decoder
 
     r = runner.reload(t)
     g, th = t.spec.generation, t.variant.thresholds.generation
@@ -114,18 +119,14 @@ def generation_check(runner, t: Target) -> Verdict:
             "was the sequence length specialised at export? see formats' dynamic_seq)"
         )
         return Verdict(
-            "generation",
-            False,
-            msg,
-            "generation failed",
-            None,
-            None,
-            {"error": why, "traceback": r.result.traceback[-1500:]},
+            passed=False,
+            message=msg,
+            formula="generation failed",
+            details={"error": why, "traceback": r.result.traceback[-1500:]},
         )
     gens = [list(x) for x in r.result.generations]
     dec = decoder(runner.tokenizer_dir(t.spec))
-    parts: list[str] = []
-    failed: list[str] = []
+    gate = Gate()
     details: dict = {"generations": gens, "seconds": r.result.generation_s, "path": r.result.generation_path}
     refs = [("the baseline", t.baseline(), th.min_exact_match, "min_exact_match")]
     in_memory = (t, th.min_exact_match_in_memory, "min_exact_match_in_memory")
@@ -138,36 +139,34 @@ def generation_check(runner, t: Target) -> Verdict:
         ok, msg, deps = lm.generation_verdict(
             gens, ref, min_exact_match=need, against=label, prompts=texts, decode=dec, show=g.show, name=name
         )
-        (parts if ok else failed).append(msg)
+        gate.add(ok, msg)
         details[label] = {
             "exact_match": 1 - len(deps) / len(ref),
             "departures": [{"prompt": d.prompt, "position": d.position} for d in deps],
         }
         if label == "the baseline" and th.min_prefix_match is not None:
             ok, msg, frac = lm.prefix_verdict(gens, ref, min_prefix_match=th.min_prefix_match)
-            (parts if ok else failed).append(msg)
+            gate.add(ok, msg)
             details[label]["prefix_match"] = frac
     n_tok = sum(len(x) for x in gens)
     tail = (
         f" ({len(gens)} prompts × up to {g.new_tokens} new tokens, {n_tok} generated through the reloaded "
         f"{t.fmt} artifact{_path_words(r.result)})"
     )
-    shown = failed or parts
-    formula = "; ".join(m.splitlines()[0] for m in shown) + tail
-    message = "\n".join([formula] + [ln for m in failed for ln in m.splitlines()[1:]]) if failed else ""
+    formula = "; ".join(m.splitlines()[0] for m in gate.failed or gate.passed) + tail
+    message = "\n".join([formula] + [ln for m in gate.failed for ln in m.splitlines()[1:]]) if gate.failed else ""
     value = details.get("the baseline", details.get("the in-memory baseline", {})).get("exact_match")
     return Verdict(
-        "generation",
-        not failed,
-        message,
-        formula,
-        value,
-        {
+        passed=gate.ok,
+        message=message,
+        formula=formula,
+        value=value,
+        threshold={
             "min_exact_match": th.min_exact_match,
             "min_exact_match_in_memory": th.min_exact_match_in_memory,
-            **({"min_prefix_match": th.min_prefix_match} if th.min_prefix_match is not None else {}),
+            **given(th, "min_prefix_match"),
         },
-        details,
+        details=details,
     )
 
 
@@ -175,31 +174,32 @@ def generation_check(runner, t: Target) -> Verdict:
 def tokenizer_check(runner, t: Target) -> Verdict:
     """The tokenizer files shipped next to the artifact are the ones hashed into its manifest and
     give the same ids as the spec's tokenizer on every held-out text and prompt."""
-    from .hf import token_ids, tokenizer_files
+    from ..hf import token_ids, tokenizer_files
 
     art = runner.artifact(t)
     shipped = os.path.join(os.path.dirname(art.path), "tokenizer")
     want = art.manifest.get("tokenizer") or {}
     if not want:
-        return Verdict("tokenizer", False, f"the {t.fmt} artifact's manifest holds no tokenizer hashes", "no hashes")
+        return Verdict(
+            passed=False, message=f"the {t.fmt} artifact's manifest holds no tokenizer hashes", formula="no hashes"
+        )
     try:
         have = tokenizer_files(shipped)
     except FileNotFoundError as e:
-        return Verdict("tokenizer", False, f"no tokenizer shipped next to the artifact: {e}", "no tokenizer")
+        return Verdict(passed=False, message=f"no tokenizer shipped next to the artifact: {e}", formula="no tokenizer")
     changed = sorted(n for n in set(want) | set(have) if want.get(n) != have.get(n))
     if changed:
         msg = f"the tokenizer next to the artifact differs from the one hashed into its manifest: {', '.join(changed)}"
-        return Verdict("tokenizer", False, msg, msg, len(changed), None, {"changed": changed})
+        return Verdict(passed=False, message=msg, formula=msg, value=len(changed), details={"changed": changed})
     texts = list(runner.prompts(t.spec)[0]) if t.spec.generation is not None else []
     scheme, _, rest = t.spec.data.source.partition(":")
     if scheme == "text":
         texts += read_lines(os.path.join(os.path.dirname(os.path.abspath(t.spec.path)), rest))
     if not texts:
         return Verdict(
-            "tokenizer",
-            False,
-            "no texts to tokenize: give a text: data source or generation prompts",
-            "nothing compared",
+            passed=False,
+            message="no texts to tokenize: give a text: data source or generation prompts",
+            formula="nothing compared",
         )
     ref = token_ids(texts, path=runner.tokenizer_dir(t.spec))
     got = token_ids(texts, path=shipped)
@@ -211,8 +211,8 @@ def tokenizer_check(runner, t: Target) -> Verdict:
     if bad:
         i = bad[0]
         msg = formula + f"\n  text {i} {texts[i]!r}: shipped {got[i][:20]}, spec's {ref[i][:20]}"
-        return Verdict("tokenizer", False, msg, formula, len(bad), None, {"differing": bad})
-    return Verdict("tokenizer", True, formula=formula, value=0, details={"files": have, "texts": len(texts)})
+        return Verdict(passed=False, message=msg, formula=formula, value=len(bad), details={"differing": bad})
+    return Verdict(passed=True, formula=formula, value=0, details={"files": have, "texts": len(texts)})
 
 
 def _path_words(res) -> str:
@@ -228,12 +228,12 @@ def _generation_applies(t: Target) -> bool:
     return is_causal_lm(t) and t.spec.generation is not None
 
 
-def _not_measured(name: str, t: Target, r, wanted: dict) -> Verdict:
+def _not_measured(t: Target, r, wanted: dict) -> Verdict:
     why = r.result.generation_error or (r.result.generation_timing or {}).get("error") or "nothing measured"
     msg = f"not measured: the generation through the reloaded {t.fmt} artifact failed: {why}"
     if not wanted:  # nothing gated: say so, nothing was hidden
-        return Verdict(name, True, formula=msg + " (no threshold set)", details={"error": why})
-    return Verdict(name, False, msg, msg, None, wanted, {"error": why})
+        return Verdict(passed=True, formula=msg + " (no threshold set)", details={"error": why})
+    return Verdict(passed=False, message=msg, formula=msg, threshold=wanted, details={"error": why})
 
 
 @check("generation_speed", applies=_generation_applies)
@@ -251,7 +251,7 @@ def generation_speed_check(runner, t: Target) -> Verdict:
         wanted = {}
     tm = r.result.generation_timing or {}
     if r.result.generation_error or "error" in tm or not tm:
-        return _not_measured("generation_speed", t, r, wanted)
+        return _not_measured(t, r, wanted)
     pre, dec = tm["prefill"], tm["decode"]
     head = (
         f"prefill {fmt_num(pre['p50_ms'])} ms ({tm['prompt_tokens']} tokens), decode "
@@ -292,14 +292,13 @@ def generation_speed_check(runner, t: Target) -> Verdict:
     if failed:
         message = "; ".join(failed) + f"\n  ({head})"
     return Verdict(
-        "generation_speed",
-        not failed,
-        message,
-        formula,
-        dec["tokens_per_s"],
-        wanted or None,
-        details,
-        inconclusive=inconclusive and not failed,
+        passed=not failed,
+        message=message,
+        formula=formula,
+        value=dec["tokens_per_s"],
+        threshold=wanted or None,
+        details=details,
+        outcome="inconclusive" if inconclusive and not failed else "decided",
     )
 
 
@@ -318,9 +317,9 @@ def generation_memory_check(runner, t: Target) -> Verdict:
         if not r.result.generation_error and not mem:
             why = "peak memory is not readable on this system (needs Linux /proc/self/clear_refs)"
             if wanted:
-                return Verdict("generation_memory", False, why, why, None, wanted)
-            return Verdict("generation_memory", True, formula=why + " (no threshold set)")
-        return _not_measured("generation_memory", t, r, wanted)
+                return Verdict(passed=False, message=why, formula=why, threshold=wanted)
+            return Verdict(passed=True, formula=why + " (no threshold set)")
+        return _not_measured(t, r, wanted)
     peak = mem["peak_mb"]
     head = f"peak memory of the generation {fmt_num(peak)} MB ({mem['method']})"
     parts: list[str] = []
@@ -346,11 +345,10 @@ def generation_memory_check(runner, t: Target) -> Verdict:
             )
     formula = "; ".join([head] + (failed or parts or ["no threshold set"]))
     return Verdict(
-        "generation_memory",
-        not failed,
-        "; ".join(failed) + f"\n  ({head})" if failed else "",
-        formula,
-        peak,
-        wanted or None,
-        details,
+        passed=not failed,
+        message="; ".join(failed) + f"\n  ({head})" if failed else "",
+        formula=formula,
+        value=peak,
+        threshold=wanted or None,
+        details=details,
     )

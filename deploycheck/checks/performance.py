@@ -1,0 +1,178 @@
+"""Performance checks: latency (absolute ceilings and the side-by-side ratio to the baseline)
+and artifact size."""
+
+from __future__ import annotations
+
+from .. import machine
+from ..errors import StageError
+from ..numeric import fmt_num
+from ..stages.save import VariantUnsupported
+from ..target import Target
+from .base import Bound, Gate, Verdict, check, given
+
+# --- latency ------------------------------------------------------------------------------------
+
+
+def ratio_formula(ratio: dict, th) -> str:
+    """The side-by-side verdict with the control that widened it, e.g.
+    ``latency ratio 1.182 (95% CI 1.171–1.190, 60 rounds) > max_ratio 1.1 × control 1.012 = 1.113``."""
+    conf = int(ratio["confidence"] * 100)
+    ctrl = ratio.get("control")
+    noise = ctrl["noise"] if ctrl else 1.0
+    failed = ratio["decision"].startswith("fail")
+    unsure = (
+        " (interval straddles the limit after the time budget; decided by the median)"
+        if ratio["decision"].endswith("unsure")
+        else ""
+    )
+    if ctrl:
+        cnote = (
+            f"; control: baseline reloaded vs baseline {ctrl['ratio']:.3f} "
+            f"(CI {ctrl['ci_low']:.3f}–{ctrl['ci_high']:.3f})"
+        )
+    else:
+        cnote = "; no control" + (f" ({ratio['control_error']})" if ratio.get("control_error") else "")
+    if ratio["decision"] == "inconclusive-busy":
+        clo, chi = ratio["cpu_ci"]
+        return (
+            f"inconclusive: the machine was busy (wall/CPU {ratio['busy']:.1f}): latency ratio "
+            f"{ratio['ratio']:.3f} by wall time (CI {ratio['ci_low']:.3f}–{ratio['ci_high']:.3f}) but "
+            f"{ratio['cpu_ratio']:.3f} by CPU time (CI {clo:.3f}–{chi:.3f}, {ratio['pairs']} rounds) against "
+            f"the limit {ratio['effective_limit']:.3f}; not failed, and measured again next run{cnote}"
+        )
+    if th.min_speedup is not None and (th.max_ratio is None or 1 / th.min_speedup < th.max_ratio):
+        sp, lo, hi = 1 / ratio["ratio"], 1 / ratio["ci_high"], 1 / ratio["ci_low"]
+        bound = th.min_speedup / noise
+        return (
+            f"speedup {sp:.3f} ({conf}% CI {lo:.3f}–{hi:.3f}, {ratio['pairs']} rounds) {'<' if failed else '>='} "
+            f"min_speedup {fmt_num(th.min_speedup)} / control {noise:.3f} = {bound:.3f}{unsure}{cnote}"
+        )
+    bound = th.max_ratio * noise
+    return (
+        f"latency ratio {ratio['ratio']:.3f} ({conf}% CI {ratio['ci_low']:.3f}–{ratio['ci_high']:.3f}, "
+        f"{ratio['pairs']} rounds) {'>' if failed else '<='} max_ratio {fmt_num(th.max_ratio)} × control "
+        f"{noise:.3f} = {bound:.3f}{unsure}{cnote}"
+    )
+
+
+@check("latency")
+def latency_check(runner, t: Target) -> Verdict:
+    r = runner.reload(t)
+    lat = r.result.latency or {}
+    th = t.variant.thresholds.latency
+    gate = Gate()
+    elsewhere = machine.scope_mismatch(th.machines) if th.machines is not None else None
+    for key in ("p50_ms", "p95_ms", "p99_ms"):
+        limit = getattr(th, key)
+        if limit is not None:
+            v = lat[key]
+            if elsewhere:  # a ceiling set for other machines: reported, not gated
+                gate.add(
+                    True,
+                    f"{key[:3]} {fmt_num(v)} ms (not gated by {key} {fmt_num(limit)} ms: set for other "
+                    f"machines; {elsewhere})",
+                )
+                continue
+            gate.bound(Bound.at_most(key, limit, unit=" ms"), v, f"{key[:3]} {fmt_num(v)} ms")
+    ratio = lat.get("ratio")
+    details = {
+        k: lat.get(k)
+        for k in (
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "mean_ms",
+            "rounds",
+            "calls_per_round",
+            "throughput_per_s",
+            "batch",
+            "samples_ms",
+            "throughput",
+        )
+    }
+    details["threads"] = r.result.threads
+    if elsewhere:
+        details["absolute_not_gated"] = elsewhere
+    if ratio:
+        details.update(
+            ratio=ratio["ratio"],
+            ratio_ci=[ratio["ci_low"], ratio["ci_high"]],
+            ratio_pairs=ratio["pairs"],
+            ratio_decision=ratio["decision"],
+            control=ratio.get("control"),
+            effective_limit=ratio.get("effective_limit"),
+            busy=ratio.get("busy"),
+            cpu_ratio=ratio.get("cpu_ratio"),
+        )
+    wants_ratio = th.max_ratio is not None or th.min_speedup is not None
+    if wants_ratio and not t.is_baseline:
+        if not ratio:
+            gate.add(
+                False,
+                f"no side-by-side measurement vs the baseline: {lat.get('ratio_error') or f'the baseline has no {t.fmt} artifact'}",
+            )
+        else:  # the decision is the timing module's (paired rounds, control, busy machine)
+            gate.add(not ratio["decision"].startswith("fail"), ratio_formula(ratio, th))
+    formula = gate.formula(
+        unset=f"p50 {fmt_num(lat.get('p50_ms'))} ms, p95 {fmt_num(lat.get('p95_ms'))} ms (no threshold set)"
+    )
+    thr = given(th, "p50_ms", "p95_ms", "p99_ms", "max_ratio", "min_speedup")
+    message = ""
+    if ratio and ratio["decision"] == "inconclusive-busy" and not t.is_baseline:
+        details["forgotten"] = runner.forget_measurement(t)  # a busy machine's numbers are not kept
+    if not gate.ok:
+        # a failing measurement is never served again: the next run measures afresh
+        details["forgotten"] = runner.forget_measurement(t)
+        message = formula + (
+            "\n  (a cached measurement: dropped, the next run measures again)"
+            if r.result.cached
+            else "\n  (not kept in the cache: the next run measures again)"
+        )
+    busy = bool(ratio and ratio["decision"] == "inconclusive-busy" and gate.ok)
+    return Verdict(
+        passed=gate.ok,
+        message=message,
+        formula=formula,
+        value=lat.get(t.spec.latency.percentile + "_ms"),
+        threshold=thr,
+        details=details,
+        outcome="inconclusive" if busy else "decided",
+    )
+
+
+# --- size ---------------------------------------------------------------------------------------
+
+
+@check("size")
+def size_check(runner, t: Target) -> Verdict:
+    art = runner.artifact(t)
+    th = t.variant.thresholds.size
+    mb = art.size / 1e6
+    gate = Gate()
+    details = {"size_mb": mb, "sha256": art.sha256, "path": art.path}
+    if th.max_mb is not None:
+        gate.bound(Bound.at_most("max_mb", th.max_mb), mb, f"size {fmt_num(mb)} MB")
+    base_size = None
+    if not t.is_baseline:
+        try:
+            base_size = runner.artifact(t.baseline()).size
+        except (StageError, VariantUnsupported):
+            base_size = None
+    if base_size:
+        details["size_ratio"] = art.size / base_size
+    if th.max_ratio is not None and not t.is_baseline:
+        if base_size is None:
+            gate.add(False, f"no baseline {t.fmt} artifact to compare the size with")
+        else:
+            ratio = art.size / base_size
+            what = f"size ratio {ratio:.3f} ({fmt_num(mb)} MB / baseline {fmt_num(base_size / 1e6)} MB)"
+            gate.bound(Bound.at_most("max_ratio", th.max_ratio), ratio, what)
+    formula = gate.formula(unset=f"size {fmt_num(mb)} MB (no threshold set)")
+    return Verdict(
+        passed=gate.ok,
+        message="" if gate.ok else formula,
+        formula=formula,
+        value=mb,
+        threshold=given(th, "max_mb", "max_ratio"),
+        details=details,
+    )
