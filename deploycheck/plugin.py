@@ -139,7 +139,7 @@ def pytest_xdist_make_scheduler(config, log):
     no longer reads, so it spreads a group over the workers (each then builds the variant)."""
     if config.getvalue("dist") != "loadgroup":
         return None
-    from xdist.scheduler import LoadScopeScheduling
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
 
     class VariantScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
