@@ -203,13 +203,18 @@ class WorkerPool:
         finally:  # also on Ctrl-C: the worker and every process it started end here
             proc.kill()
         seconds = time.perf_counter() - t0
-        result = None
+        result, unreadable = None, None
         if not timed_out and os.path.exists(request.result):
-            with open(request.result) as fh:
-                result = WorkerResult.from_json(json.load(fh))
+            try:
+                with open(request.result) as fh:
+                    result = WorkerResult.from_json(json.load(fh))
+            except ValueError as e:  # the worker's JSON is data: malformed, it fails the item
+                unreadable = e
         out = Outcome(result, proc.popen.returncode, timed_out, proc.tail(), seconds)
         proc.close()
         self._spare = _Proc(self.workdir)
+        if unreadable is not None:
+            raise unreadable
         return out
 
     def close(self) -> None:

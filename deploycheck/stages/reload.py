@@ -132,11 +132,19 @@ def run(
             os.unlink(stale)
     rkey = result_key(req, inputs_sha)
     cached = cache.get_result(rkey, req.outputs)
-    if cached is not None:
-        res = WorkerResult.from_json(cached)
+    try:  # a cached result is data (caches come from anywhere): one that does not read is a miss
+        res = WorkerResult.from_json(cached) if cached is not None else None
+    except ValueError:
+        res = None
+    if res is not None:
         res.cached = True
         return Ran(res, req.outputs, 0.0, rkey)
-    out = pool.run(req, timeout_s=t.spec.isolation.timeout_s)
+    try:
+        out = pool.run(req, timeout_s=t.spec.isolation.timeout_s)
+    except ValueError as e:
+        raise StageError.at(
+            t, "load", f"the worker's result for {os.path.basename(art.path)} could not be read: {e}"
+        ) from None
     if out.result is None:
         raise StageError.at(
             t,
