@@ -18,8 +18,10 @@ from ..target import Target
 
 #: ``decided``: ``passed`` is the verdict; ``inconclusive``: the measurement (noise) decides
 #: nothing: the item is skipped, recorded as inconclusive; ``not_compared``: there is nothing
-#: meaningful to compare with (a non-finite baseline): the item is skipped, pointing at why
-Outcome = Literal["decided", "inconclusive", "not_compared"]
+#: meaningful to compare with (a non-finite baseline): the item is skipped, pointing at why;
+#: ``not_gated``: measured, but every threshold set was scoped to other machines: nothing was
+#: checked here, so the item is skipped (never a pass) and recorded as ``not gated``
+Outcome = Literal["decided", "inconclusive", "not_compared", "not_gated"]
 
 
 @dataclass(kw_only=True)

@@ -8,7 +8,7 @@ from ..errors import StageError
 from ..numeric import fmt_num
 from ..stages.save import VariantUnsupported
 from ..target import Target
-from .base import Bound, Gate, Verdict, check, given
+from .base import Bound, Gate, Outcome, Verdict, check, given
 
 # --- latency ------------------------------------------------------------------------------------
 
@@ -62,6 +62,7 @@ def latency_check(runner, t: Target) -> Verdict:
     th = t.variant.thresholds.latency
     gate = Gate()
     elsewhere = machine.scope_mismatch(th.machines) if th.machines is not None else None
+    gated = False  # did any threshold decide on this machine?
     for key in ("p50_ms", "p95_ms", "p99_ms"):
         limit = getattr(th, key)
         if limit is not None:
@@ -74,6 +75,7 @@ def latency_check(runner, t: Target) -> Verdict:
                 )
                 continue
             gate.bound(Bound.at_most(key, limit, unit=" ms"), v, f"{key[:3]} {fmt_num(v)} ms")
+            gated = True
     ratio = lat.get("ratio")
     details = {
         k: lat.get(k)
@@ -113,6 +115,7 @@ def latency_check(runner, t: Target) -> Verdict:
             )
         else:  # the decision is the timing module's (paired rounds, control, busy machine)
             gate.add(not ratio["decision"].startswith("fail"), ratio_formula(ratio, th))
+        gated = True
     formula = gate.formula(
         unset=f"p50 {fmt_num(lat.get('p50_ms'))} ms, p95 {fmt_num(lat.get('p95_ms'))} ms (no threshold set)"
     )
@@ -129,6 +132,8 @@ def latency_check(runner, t: Target) -> Verdict:
             else "\n  (not kept in the cache: the next run measures again)"
         )
     busy = bool(ratio and ratio["decision"] == "inconclusive-busy" and gate.ok)
+    # a ceiling set only for other machines checked nothing here: not a pass
+    outcome: Outcome = "inconclusive" if busy else "not_gated" if elsewhere and not gated else "decided"
     return Verdict(
         passed=gate.ok,
         message=message,
@@ -136,7 +141,7 @@ def latency_check(runner, t: Target) -> Verdict:
         value=lat.get(t.spec.latency.percentile + "_ms"),
         threshold=thr,
         details=details,
-        outcome="inconclusive" if busy else "decided",
+        outcome=outcome,
     )
 
 

@@ -15,7 +15,7 @@ from ..machine import summary as machine_summary
 from .records import Record, Row, as_records
 
 SCHEMA_VERSION = 1
-STATUS_ORDER = {"error": 0, "failed": 1, "inconclusive": 2, "unsupported": 3, "passed": 4}
+STATUS_ORDER = {"error": 0, "failed": 1, "inconclusive": 2, "unsupported": 3, "not gated": 4, "passed": 5}
 
 
 def higher_is_better(row: Row) -> bool | None:
@@ -62,7 +62,7 @@ def summary_rows(records) -> list[Row]:
         for r in allrecs:
             if r.missing_snapshot:
                 reasons.append("snapshot: new, not yet approved (pytest --snapshot-update)")
-            elif r.status in ("failed", "inconclusive"):
+            elif r.status in ("failed", "inconclusive", "not gated"):
                 reasons.append(f"{r.check}: {_first(r.formula or r.message) or r.status}")
             elif r.status == "error":
                 # one stage failure fails every check that needs it: name it once

@@ -16,7 +16,7 @@ class Record:
     variant: str
     format: str | None
     check: str
-    status: str  # passed | failed | error | unsupported | inconclusive (skipped: noise)
+    status: str  # passed | failed | error | unsupported | inconclusive (skipped: noise) | not gated (skipped)
     recipe: str = ""
     value: Any = None
     threshold: Any = None

@@ -468,7 +468,8 @@ IsaLevel = Literal["amx", "avx512_vnni", "avx512", "avx_vnni", "avx2", "default"
 class MachineScope:
     """The machines an absolute latency ceiling was set for, matched against the machine
     fingerprint. Every key given must match; on any other machine the percentiles are reported,
-    not gated, and the verdict says why."""
+    not gated, and the verdict says why; when nothing else (``max_ratio``, ``min_speedup``) gates
+    the item there, it is skipped and recorded as ``not gated``, never passed."""
 
     isa: IsaLevel | tuple[IsaLevel, ...] | None = field(
         None,
