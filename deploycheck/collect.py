@@ -38,6 +38,8 @@ FORMAT_CHECKS = (
     "perplexity",
     "next_token",
     "generation",
+    "generation_speed",
+    "generation_memory",
     "tokenizer",
     "fidelity",
     "semantic",

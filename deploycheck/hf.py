@@ -70,9 +70,9 @@ class CausalLM(torch.nn.Module):
     """A causal language model behind the one-tensor interface: (batch, 2, seq_len) int64 token ids
     and attention mask -> (batch, seq_len, vocab) float32 next-token logits. Declare the sequence
     length dynamic in ``model.inputs`` (``dynamic: {2: {name: seq, min, max}}``) so one artifact
-    serves the held-out texts and every step of a generation loop. No KV cache in this interface:
-    a generation through the artifact recomputes the prefix each step (README, "Causal language
-    models")."""
+    serves the held-out texts (and a full-recompute generation). Generation with a KV cache goes
+    through a second program saved next to export and onnx artifacts (:mod:`deploycheck.formats.lm_kv`;
+    README, "Generation with a KV cache")."""
 
     def __init__(self, path: str):
         super().__init__()

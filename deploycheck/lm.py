@@ -135,6 +135,20 @@ def exact_match_rate(gens: Sequence[Sequence[int]], refs: Sequence[Sequence[int]
     return 1 - len(departures(gens, refs)) / len(refs)
 
 
+def prefix_match(gens: Sequence[Sequence[int]], refs: Sequence[Sequence[int]]) -> float:
+    """Mean over prompts of the fraction of the reference generation reproduced before the first
+    departure (1.0: every generation equal; 0.5: on average the first half of the tokens match)."""
+    if not refs:
+        raise ValueError("no prompts to generate from")
+    if len(gens) != len(refs):
+        raise ValueError(f"{len(gens)} generations cannot be compared with {len(refs)} reference generations")
+    total = 0.0
+    for g, r in zip(gens, refs, strict=True):
+        pos = first_departure(g, r)
+        total += 1.0 if pos is None or not r else min(pos, len(r)) / len(r)
+    return total / len(refs)
+
+
 # --- verdicts: (ok, formula) ---------------------------------------------------------------------
 
 
@@ -254,3 +268,19 @@ def hf_steps(model) -> tuple[Callable, Callable]:
         return out.logits[0, -1].float(), out.past_key_values
 
     return prefill, decode
+
+
+def prefix_verdict(
+    gens: Sequence[Sequence[int]], refs: Sequence[Sequence[int]], *, min_prefix_match: float
+) -> tuple[bool, str, float]:
+    """``prefix match 0.62 >= min_prefix_match 0.5 vs the baseline (mean share of each baseline
+    generation reproduced before the first departure)``: a gate for variants (int4) whose
+    generations all depart somewhere, where exact match alone would have to be 0."""
+    frac = prefix_match(gens, refs)
+    ok = frac >= min_prefix_match - 1e-12
+    return (
+        ok,
+        f"prefix match {frac:.3f} {_cmp(ok, False)} min_prefix_match {fmt_num(min_prefix_match)} vs the baseline "
+        f"(mean share of each baseline generation reproduced before the first departure)",
+        frac,
+    )

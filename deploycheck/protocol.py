@@ -51,6 +51,10 @@ class GeneratePlan:
     prompts: str  # torch.save'd list of token-id lists
     new_tokens: int
     eos_id: int | None = None
+    kv_cache: bool = True  # through the artifact's KV-cache step when its manifest has one
+    # prefill/decode timing: warmup, min_rounds, max_time_s, round_ms, confidence, prefill_limit,
+    # decode_limit, and the baseline's ArtifactRef as a dict (None: no timing asked)
+    timing: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,9 @@ class WorkerResult:
     generations: list | None = None  # greedy new-token ids per prompt (a GeneratePlan was given)
     generation_s: float | None = None  # wall time of the whole generation loop
     generation_error: str | None = None  # why the generation loop failed (the evaluation run succeeded)
+    generation_path: str | None = None  # "kv-cache" or "full-recompute"
+    generation_timing: dict | None = None  # prefill and decode times (and ratios vs the baseline)
+    generation_memory: dict | None = None  # peak memory of the generation (see deploycheck.lm_worker)
 
     def fail(self, stage: str, kind: str, message: str, traceback: str = "") -> WorkerResult:
         self.ok, self.stage, self.kind, self.message, self.traceback = False, stage, kind, message, traceback

@@ -500,6 +500,7 @@ class Runner:
                     t,
                     prompts=files.get("prompts"),
                     tokenizer_dir=self.tokenizer_dir(t.spec) if t.spec.generation is not None else None,
+                    baseline=self._baseline_ref(t),
                 ),
                 inputs_sha=self.inputs_sha(t.spec),
                 cache=self.cache,

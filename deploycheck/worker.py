@@ -15,22 +15,19 @@ import sys
 import time
 import traceback
 
-from . import timing
+from . import lm_worker, timing
 from .formats import FORMATS
 from .formats.integrity import check_file, classify, vet_manifest
 from .isolation import PARENT_ENV, die_with_parent
-from .lm import greedy
 from .outputs import OutputError, concat
 from .protocol import (
     ArtifactRef,
     BatchDimError,
-    GeneratePlan,
     LatencyPlan,
     WorkerRequest,
     WorkerResult,
     batch_len,
     call,
-    first_tensor,
     run_batch,
 )
 
@@ -83,6 +80,8 @@ def handle(req: WorkerRequest) -> WorkerResult:
     res.load_s = time.perf_counter() - t0
     if diag:
         return res.fail("load", diag.kind, diag.message)
+    # a causal LM's generation through its KV-cache step: first, while memory is quiet (lm_worker)
+    gen = lm_worker.start(req.generate, req.target) if req.generate else None
     stage = "latency"
     try:
         if req.latency:
@@ -126,17 +125,10 @@ def handle(req: WorkerRequest) -> WorkerResult:
             torch.save(dyn, req.outputs + ".dynamic.pt")
         res.output_shape = list(next(iter(joined.values())).shape) if joined else []
         res.output_shapes = {k: list(v.shape) for k, v in joined.items()}
-        if req.generate:
+        if req.generate and gen is not None:
             # A generation that fails is the generation check's failure (with its message); the
             # evaluation outputs above stand on their own for the other checks.
-            t1 = time.perf_counter()
-            try:
-                res.generations = _generate(fn, req.generate)
-            except Exception as e:  # noqa: BLE001 - reported by the generation check
-                first = f"{type(e).__name__}: {e}".strip().splitlines()
-                res.generation_error = first[0][:500] if first else type(e).__name__
-                res.traceback = "".join(traceback.format_exception(e))[-3000:]
-            res.generation_s = time.perf_counter() - t1
+            lm_worker.finish(gen, req.generate, fn, res, load=_load)
     except BaseException as e:  # noqa: BLE001 - a crashing model is a result, not a worker failure
         msg = f"{type(e).__name__}: {e}".strip()
         kind = "signature" if _is_signature_error(msg) else "error"
@@ -152,34 +144,6 @@ def handle(req: WorkerRequest) -> WorkerResult:
     res.ok = True
     res.peak_rss_mb = _peak_rss_mb()
     return res
-
-
-def _generate(fn, plan: GeneratePlan) -> list[list[int]]:
-    """Greedy generation through the loaded artifact: its one-tensor interface (ids and mask
-    stacked) takes the whole sequence each step, one token longer every time, so an artifact
-    that specialised the sequence length fails here on the second token."""
-    import torch
-
-    def full(ids):
-        x = torch.tensor([[ids, [1] * len(ids)]], dtype=torch.int64)
-        with torch.inference_mode():
-            logits = first_tensor(fn(x))
-        if logits is None:
-            raise TypeError("the artifact returned no tensor")
-        if logits.ndim != 3 or logits.shape[1] != len(ids):
-            raise ValueError(
-                f"a causal LM returns (batch, seq_len, vocab) logits; for {len(ids)} tokens the artifact "
-                f"returned shape {tuple(logits.shape)}"
-            )
-        return logits[0, -1].float(), ids
-
-    def step(tok, ids):
-        return full(ids + [tok])
-
-    return [
-        greedy(full, step, list(p), new_tokens=plan.new_tokens, eos_id=plan.eos_id)
-        for p in torch.load(plan.prompts, weights_only=True)
-    ]
 
 
 def _is_signature_error(msg: str) -> bool:

@@ -153,6 +153,39 @@ def test_first_departure():
     assert lm.first_departure([1, 2], [1, 2, 3]) == 2
 
 
+def test_prefix_match_is_the_mean_share_reproduced_before_the_first_departure():
+    refs = [[1, 2, 3, 4], [5, 6, 7, 8], [9, 9]]
+    gens = [[1, 2, 0, 0], [5, 6, 7, 8], [0, 9]]
+    # 2/4, 4/4 and 0/2
+    assert lm.prefix_match(gens, refs) == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+    ok, msg, frac = lm.prefix_verdict(gens, refs, min_prefix_match=0.6)
+    assert not ok and frac == pytest.approx(0.5)
+    assert msg == (
+        "prefix match 0.500 < min_prefix_match 0.6 vs the baseline (mean share of each baseline generation "
+        "reproduced before the first departure)"
+    )
+    assert lm.prefix_verdict(refs, refs, min_prefix_match=1.0)[0]
+    with pytest.raises(ValueError, match="2 generations cannot be compared with 3"):
+        lm.prefix_match(gens[:2], refs)
+
+
+def test_a_kv_cache_step_whose_file_changed_is_not_loaded(tmp_path):
+    from deploycheck.formats import lm_kv
+
+    art = tmp_path / "model.onnx"
+    assert lm_kv.kv_path(str(art)) == str(tmp_path / "model.kv.onnx")
+    with pytest.raises(FileNotFoundError, match="no KV-cache step model.kv.onnx next to the artifact"):
+        lm_kv.load_step(str(art), fmt="onnx", info={"sha256": "0" * 64})
+    (tmp_path / "model.kv.onnx").write_bytes(b"not the file the manifest hashed")
+    with pytest.raises(ValueError, match="has sha256 .*, its manifest says 000000000000…: a changed or corrupted file"):
+        lm_kv.load_step(str(art), fmt="onnx", info={"sha256": "0" * 64})
+    # the manifest is data: a layout that is not a cache shape is refused before anything is allocated
+    with pytest.raises(ValueError, match="is not a cache shape and dtype"):
+        lm_kv.empty_cache({"shape": [2, 1, 4, 1 << 30, 32], "dtype": "float32"})
+    with pytest.raises(ValueError, match="is not a cache shape and dtype"):
+        lm_kv.empty_cache({"shape": [2, 1, 4, 8, 32], "dtype": "Tensor"})
+
+
 def test_generation_verdict_names_the_first_departing_position_with_decoded_text():
     ref_p, ref_d, _ = _counting_model()
     bad_p, bad_d, _ = _counting_model(stumble_at=4)
@@ -205,12 +238,19 @@ thresholds:
   metric: {{max_drop: 1.0}}
   perplexity: {{max_relative_increase: 0.01}}
   next_token: {{min_top1: 0.99, max_mean_kl: 1.0e-4}}
+  generation: {{max_prefill_ratio: 1.6, max_decode_ratio: 1.6, max_peak_memory_ratio: 1.6}}
 variants:
   baseline: {{}}
   faulty:                                   # one layer's weights scaled: a bad conversion
     custom: {{callable: 'lmfaults:scale', kwargs: {{layer: lm.model.layers.1.mlp.down_proj, factor: 1.6}}}}
   pinned:                                   # the baseline, exported with the sequence length fixed at 64
     formats: [{{export: {{dynamic_seq: false}}}}]
+  heavy:                                    # two faults: one layer 64x wider (zeros: the same outputs, more
+    steps:                                  # memory and time), and a KV-cache step that ignores the past
+      - custom: {{callable: 'lmfaults:widen', kwargs: {{layer: lm.model.layers.1.mlp.down_proj, factor: 64}}}}
+      - custom: {{callable: 'lmfaults:forget_past'}}
+    thresholds:                             # measured 1.7x per decode step (a d=128 model is overhead-bound)
+      generation: {{max_decode_ratio: 1.25}}
 """
 
 LM_FAULTS = """
@@ -220,6 +260,52 @@ def scale(model, ctx, layer, factor):
     with torch.no_grad():
         dict(model.named_modules())[layer].weight.mul_(factor)
     return model
+
+
+def forget_past(model, ctx):
+    model.lm.forget_past = True  # read by the patched KV-cache step (conftest.py)
+    return model
+
+
+class Wide(torch.nn.Module):
+    # a linear layer computed factor times wider (the extra rows zero), its first slice returned:
+    # the same outputs, factor x the weights to hold and the work to do
+
+    def __init__(self, inner, factor):
+        super().__init__()
+        w = torch.zeros(inner.out_features * factor, inner.in_features)
+        w[: inner.out_features] = inner.weight.detach()
+        self.wide = torch.nn.Linear(inner.in_features, inner.out_features * factor, bias=False)
+        self.wide.weight = torch.nn.Parameter(w, requires_grad=False)
+        self.n = inner.out_features
+
+    def forward(self, x):
+        return self.wide(x)[..., : self.n]
+
+
+def widen(model, ctx, layer, factor):
+    parent, _, name = layer.rpartition(".")
+    mod = dict(model.named_modules())[parent]
+    setattr(mod, name, Wide(getattr(mod, name), factor))
+    return model
+"""
+
+LM_CONFTEST = """
+import torch
+
+import deploycheck.formats.lm_kv as kv
+
+_forward = kv.KVStep.forward
+
+
+def forward(self, input_ids, cache_position, past_keys, past_values):
+    # an exporter bug in cache handling: the step's past keys and values never reach attention
+    if getattr(self.lm, "forget_past", False):
+        past_keys, past_values = torch.zeros_like(past_keys), torch.zeros_like(past_values)
+    return _forward(self, input_ids, cache_position, past_keys, past_values)
+
+
+kv.KVStep.forward = forward
 """
 
 
@@ -234,6 +320,7 @@ def lm_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("lm")
     (d / "lm.yaml").write_text(LM_SPEC.format(root=ROOT))
     (d / "lmfaults.py").write_text(LM_FAULTS)
+    (d / "conftest.py").write_text(LM_CONFTEST)
     prompts = (ROOT / "specs" / "data" / "tiny_lm_prompts.txt").read_text().splitlines()[:6]
     (d / "prompts.txt").write_text("\n".join(prompts) + "\n")
     (d / "pytest.ini").write_text("[pytest]\n")
@@ -256,13 +343,33 @@ def lm_run(tmp_path_factory):
 
 def test_the_baseline_passes_every_lm_check(lm_run):
     _, recs = lm_run
-    for check in ("perplexity", "next_token", "generation", "tokenizer", "outputs", "load"):
+    for check in (
+        "perplexity",
+        "next_token",
+        "generation",
+        "generation_speed",
+        "generation_memory",
+        "tokenizer",
+        "outputs",
+        "load",
+    ):
         assert recs[("baseline", "export", check)]["status"] == "passed", recs[("baseline", "export", check)]
     gen = recs[("baseline", "export", "generation")]["formula"]
     assert gen == (
         "greedy exact match 6/6 = 1.000 >= min_exact_match_in_memory 1 vs the in-memory baseline "
-        "(6 prompts × up to 6 new tokens, 36 generated through the reloaded export artifact)"
+        "(6 prompts × up to 6 new tokens, 36 generated through the reloaded export artifact's KV-cache step "
+        "(static cache, prefill then one token per step))"
     )
+    assert recs[("baseline", "export", "generation")]["details"]["path"] == "kv-cache"
+    speed = recs[("baseline", "export", "generation_speed")]
+    assert (
+        speed["formula"].startswith("prefill ")
+        and " tokens/s through the reloaded export artifact's KV-cache" in (speed["formula"])
+    )
+    assert speed["details"]["decode_tokens_per_s"] > 0 and speed["details"]["prefill_ms"] > 0
+    mem = recs[("baseline", "export", "generation_memory")]
+    assert mem["formula"].startswith("peak memory of the generation ") and "VmHWM" in mem["formula"]
+    assert mem["details"]["peak_mb"] > 0
     tok = recs[("baseline", "export", "tokenizer")]["formula"]
     assert tok.startswith("70 of 70 texts tokenize to the same ids with the tokenizer shipped next to the artifact")
 
@@ -299,5 +406,44 @@ def test_an_export_that_specialises_the_sequence_length_is_caught(lm_run):
     assert recs[("pinned", "export", "perplexity")]["status"] == "passed"
     gen = recs[("pinned", "export", "generation")]
     assert gen["status"] == "failed"
-    assert gen["message"].startswith("greedy generation through the reloaded export artifact failed: ")
+    assert gen["message"].startswith(
+        "greedy generation through the reloaded export artifact's KV-cache step (static cache, prefill then one "
+        "token per step) failed: "
+    )
     assert "was the sequence length specialised at export?" in gen["message"]
+    # nothing generated, nothing timed: the speed gate fails instead of passing unmeasured
+    speed = recs[("pinned", "export", "generation_speed")]
+    assert speed["status"] == "failed"
+    assert speed["message"].startswith("not measured: the generation through the reloaded export artifact failed: ")
+
+
+def test_a_kv_cache_step_that_ignores_the_past_fails_generation(lm_run):
+    _, recs = lm_run
+    # the one-tensor artifact is right: the held-out texts cannot see a broken cache
+    assert recs[("heavy", "export", "perplexity")]["status"] == "passed"
+    gen = recs[("heavy", "export", "generation")]
+    assert gen["status"] == "failed"
+    assert gen["details"]["path"] == "kv-cache"
+    assert gen["details"]["the in-memory variant"]["exact_match"] < 1.0
+    first = gen["message"].splitlines()[0]
+    assert " < min_exact_match_in_memory 1 vs the in-memory variant" in gen["message"]
+    assert first.endswith(
+        "generated through the reloaded export artifact's KV-cache step (static cache, prefill then one token per step))"
+    )
+
+
+def test_a_wider_layer_fails_the_decode_and_memory_gates(lm_run):
+    _, recs = lm_run
+    # the same outputs: the held-out texts cannot see it
+    assert recs[("heavy", "export", "perplexity")]["status"] == "passed"
+    speed = recs[("heavy", "export", "generation_speed")]
+    assert speed["status"] == "failed", speed
+    assert speed["details"]["decode_ratio"] > 1.25
+    # the decode ratio fails (the prefill ratio, at the spec's 1.6, may fail too: it is listed first)
+    assert "decode time ratio " in speed["message"] and "> max_decode_ratio 1.25 × control " in speed["message"]
+    mem = recs[("heavy", "export", "generation_memory")]
+    assert mem["status"] == "failed", mem
+    assert mem["details"]["ratio"] > 1.6
+    assert mem["message"].startswith("peak memory ratio ") and "> max_peak_memory_ratio 1.6" in mem["message"]
+    # the unchanged-size variants pass the ratio gates measured the same way
+    assert recs[("faulty", "export", "generation_memory")]["status"] == "passed"

@@ -174,7 +174,22 @@ def result_key(req: WorkerRequest, inputs_sha: str | None) -> str:
             "target": art(req.target),
             "baseline": art(lat.baseline if lat is not None else None),
             "latency": measure,
-            "generate": None if gen is None else {"new_tokens": gen.new_tokens, "eos_id": gen.eos_id},
+            "generate": None
+            if gen is None
+            else {
+                "new_tokens": gen.new_tokens,
+                "eos_id": gen.eos_id,
+                "kv_cache": gen.kv_cache,
+                # how prefill and decode are timed, and against which baseline artifact (by content)
+                "timing": None
+                if gen.timing is None
+                else {
+                    **{k: v for k, v in gen.timing.items() if k != "baseline"},
+                    "baseline": art(ArtifactRef(**gen.timing["baseline"])) if gen.timing.get("baseline") else None,
+                },
+            },
+            # a causal LM's KV-cache step is its own file next to the artifact
+            "kv_cache": ((req.target.manifest or {}).get("kv_cache") or {}).get("sha256"),
             "inputs": inputs_sha,
             "threads": req.threads,
             "memory_mb": req.memory_mb,

@@ -13,9 +13,11 @@ import os
 from .. import lm
 from ..data.sources import read_lines
 from ..errors import StageError
+from ..numeric import fmt_num
 from ..outputs import pick
 from ..target import Target
 from .base import Gate, Verdict, check, given
+from .performance import ratio_formula
 from .quality import baseline_not_compared
 
 
@@ -112,10 +114,9 @@ def generation_check(runner, t: Target) -> Verdict:
     texts, _ = runner.prompts(t.spec)
     if r.result.generation_error or r.result.generations is None:
         why = r.result.generation_error or "the worker returned no generations"
-        msg = (
-            f"greedy generation through the reloaded {t.fmt} artifact failed: {why}\n"
-            f"  (the artifact ran the held-out texts, padded to one length, but not a sequence one token longer "
-            f"per step: was the sequence length specialised at export? see formats' dynamic_seq)"
+        msg = f"greedy generation through the reloaded {t.fmt} artifact{_path_words(r.result)} failed: {why}\n" + (
+            "  (the artifact ran the held-out texts, padded to one length, but not a sequence of another length: "
+            "was the sequence length specialised at export? see formats' dynamic_seq)"
         )
         return Verdict(
             passed=False,
@@ -126,7 +127,7 @@ def generation_check(runner, t: Target) -> Verdict:
     gens = [list(x) for x in r.result.generations]
     dec = decoder(runner.tokenizer_dir(t.spec))
     gate = Gate()
-    details: dict = {"generations": gens, "seconds": r.result.generation_s}
+    details: dict = {"generations": gens, "seconds": r.result.generation_s, "path": r.result.generation_path}
     refs = [("the baseline", t.baseline(), th.min_exact_match, "min_exact_match")]
     in_memory = (t, th.min_exact_match_in_memory, "min_exact_match_in_memory")
     if not t.made_elsewhere and not t.is_baseline:
@@ -143,10 +144,14 @@ def generation_check(runner, t: Target) -> Verdict:
             "exact_match": 1 - len(deps) / len(ref),
             "departures": [{"prompt": d.prompt, "position": d.position} for d in deps],
         }
+        if label == "the baseline" and th.min_prefix_match is not None:
+            ok, msg, frac = lm.prefix_verdict(gens, ref, min_prefix_match=th.min_prefix_match)
+            gate.add(ok, msg)
+            details[label]["prefix_match"] = frac
     n_tok = sum(len(x) for x in gens)
     tail = (
         f" ({len(gens)} prompts × up to {g.new_tokens} new tokens, {n_tok} generated through the reloaded "
-        f"{t.fmt} artifact)"
+        f"{t.fmt} artifact{_path_words(r.result)})"
     )
     formula = "; ".join(m.splitlines()[0] for m in gate.failed or gate.passed) + tail
     message = "\n".join([formula] + [ln for m in gate.failed for ln in m.splitlines()[1:]]) if gate.failed else ""
@@ -156,7 +161,11 @@ def generation_check(runner, t: Target) -> Verdict:
         message=message,
         formula=formula,
         value=value,
-        threshold={"min_exact_match": th.min_exact_match, "min_exact_match_in_memory": th.min_exact_match_in_memory},
+        threshold={
+            "min_exact_match": th.min_exact_match,
+            "min_exact_match_in_memory": th.min_exact_match_in_memory,
+            **given(th, "min_prefix_match"),
+        },
         details=details,
     )
 
@@ -204,3 +213,142 @@ def tokenizer_check(runner, t: Target) -> Verdict:
         msg = formula + f"\n  text {i} {texts[i]!r}: shipped {got[i][:20]}, spec's {ref[i][:20]}"
         return Verdict(passed=False, message=msg, formula=formula, value=len(bad), details={"differing": bad})
     return Verdict(passed=True, formula=formula, value=0, details={"files": have, "texts": len(texts)})
+
+
+def _path_words(res) -> str:
+    """How the worker generated: `` with its KV cache`` or `` by full recompute``."""
+    if res.generation_path == "kv-cache":
+        return "'s KV-cache step (static cache, prefill then one token per step)"
+    if res.generation_path == "full-recompute":
+        return " by full recompute (no KV cache: the whole sequence each step)"
+    return ""
+
+
+def _generation_applies(t: Target) -> bool:
+    return is_causal_lm(t) and t.spec.generation is not None
+
+
+def _not_measured(t: Target, r, wanted: dict) -> Verdict:
+    why = r.result.generation_error or (r.result.generation_timing or {}).get("error") or "nothing measured"
+    msg = f"not measured: the generation through the reloaded {t.fmt} artifact failed: {why}"
+    if not wanted:  # nothing gated: say so, nothing was hidden
+        return Verdict(passed=True, formula=msg + " (no threshold set)", details={"error": why})
+    return Verdict(passed=False, message=msg, formula=msg, threshold=wanted, details={"error": why})
+
+
+@check("generation_speed", applies=_generation_applies)
+def generation_speed_check(runner, t: Target) -> Verdict:
+    """Time to first token (prefill) and decode tokens/s of the reloaded artifact; for a variant,
+    each as a ratio to the baseline artifact's, measured side by side in the fresh worker with a
+    control (:func:`deploycheck.timing.side_by_side`: a busy machine is inconclusive, never a
+    false fail)."""
+    from types import SimpleNamespace
+
+    r = runner.reload(t)
+    th = t.variant.thresholds.generation
+    wanted = {k: getattr(th, k) for k in ("max_prefill_ratio", "max_decode_ratio") if getattr(th, k) is not None}
+    if t.is_baseline:
+        wanted = {}
+    tm = r.result.generation_timing or {}
+    if r.result.generation_error or "error" in tm or not tm:
+        return _not_measured(t, r, wanted)
+    pre, dec = tm["prefill"], tm["decode"]
+    head = (
+        f"prefill {fmt_num(pre['p50_ms'])} ms ({tm['prompt_tokens']} tokens), decode "
+        f"{fmt_num(dec['tokens_per_s'])} tokens/s through the reloaded {t.fmt} artifact{_path_words(r.result)}"
+    )
+    parts: list[str] = []
+    failed: list[str] = []
+    inconclusive = False
+    details: dict = {
+        "prefill_ms": pre["p50_ms"],
+        "decode_ms": dec["p50_ms"],
+        "decode_tokens_per_s": dec["tokens_per_s"],
+        "prompt_tokens": tm["prompt_tokens"],
+        "path": r.result.generation_path,
+    }
+    for phase, key, m in (("prefill", "max_prefill_ratio", pre), ("decode", "max_decode_ratio", dec)):
+        if key not in wanted:
+            continue
+        ratio = m.get("ratio")
+        if not ratio:
+            failed.append(
+                f"no side-by-side {phase} measurement vs the baseline: "
+                f"{tm.get('ratio_error') or f'the baseline has no {t.fmt} artifact'}"
+            )
+            continue
+        details[f"{phase}_ratio"] = ratio["ratio"]
+        details[f"{phase}_ratio_ci"] = [ratio["ci_low"], ratio["ci_high"]]
+        details[f"{phase}_decision"] = ratio["decision"]
+        text = ratio_formula(ratio, SimpleNamespace(max_ratio=wanted[key], min_speedup=None))
+        text = text.replace("latency ratio", f"{phase} time ratio").replace("max_ratio", key)
+        if ratio["decision"] == "inconclusive-busy":
+            inconclusive = True
+        (failed if ratio["decision"].startswith("fail") else parts).append(text)
+    formula = "; ".join([head] + (failed or parts))
+    message = ""
+    if failed or inconclusive:
+        details["forgotten"] = runner.forget_measurement(t)  # measured afresh next run
+    if failed:
+        message = "; ".join(failed) + f"\n  ({head})"
+    return Verdict(
+        passed=not failed,
+        message=message,
+        formula=formula,
+        value=dec["tokens_per_s"],
+        threshold=wanted or None,
+        details=details,
+        outcome="inconclusive" if inconclusive and not failed else "decided",
+    )
+
+
+@check("generation_memory", applies=_generation_applies)
+def generation_memory_check(runner, t: Target) -> Verdict:
+    """Peak memory of the generation in the fresh worker (the resident memory its KV-cache step
+    and the generation add to the process: Linux VmHWM, reset before it), against
+    ``max_peak_memory_mb`` and, for a variant, the baseline artifact's (``max_peak_memory_ratio``)."""
+    r = runner.reload(t)
+    th = t.variant.thresholds.generation
+    wanted = {k: getattr(th, k) for k in ("max_peak_memory_ratio", "max_peak_memory_mb") if getattr(th, k) is not None}
+    if t.is_baseline:
+        wanted.pop("max_peak_memory_ratio", None)
+    mem = r.result.generation_memory or {}
+    if r.result.generation_error or not mem:
+        if not r.result.generation_error and not mem:
+            why = "peak memory is not readable on this system (needs Linux /proc/self/clear_refs)"
+            if wanted:
+                return Verdict(passed=False, message=why, formula=why, threshold=wanted)
+            return Verdict(passed=True, formula=why + " (no threshold set)")
+        return _not_measured(t, r, wanted)
+    peak = mem["peak_mb"]
+    head = f"peak memory of the generation {fmt_num(peak)} MB ({mem['method']})"
+    parts: list[str] = []
+    failed: list[str] = []
+    details: dict = dict(mem)
+    if "max_peak_memory_mb" in wanted:
+        lim = wanted["max_peak_memory_mb"]
+        ok = peak <= lim
+        (parts if ok else failed).append(f"{fmt_num(peak)} MB {'<=' if ok else '>'} max_peak_memory_mb {fmt_num(lim)}")
+    if "max_peak_memory_ratio" in wanted:
+        base = runner.reload(t.baseline()).result
+        bmem = base.generation_memory or {}
+        if not bmem or base.generation_error:
+            failed.append(f"no baseline peak memory to compare with: {base.generation_error or 'not measured'}")
+        else:
+            lim = wanted["max_peak_memory_ratio"]
+            ratio = peak / bmem["peak_mb"] if bmem["peak_mb"] > 0 else float("inf")
+            details.update(baseline_peak_mb=bmem["peak_mb"], ratio=ratio)
+            ok = ratio <= lim
+            (parts if ok else failed).append(
+                f"peak memory ratio {fmt_num(peak)} MB / baseline {fmt_num(bmem['peak_mb'])} MB = {ratio:.3f} "
+                f"{'<=' if ok else '>'} max_peak_memory_ratio {fmt_num(lim)}"
+            )
+    formula = "; ".join([head] + (failed or parts or ["no threshold set"]))
+    return Verdict(
+        passed=not failed,
+        message="; ".join(failed) + f"\n  ({head})" if failed else "",
+        formula=formula,
+        value=peak,
+        threshold=wanted or None,
+        details=details,
+    )

@@ -560,6 +560,31 @@ class GenerationThreshold:
         le=1,
         doc="the same against the in-memory variant (the file must generate what the model it came from generates)",
     )
+    min_prefix_match: float | None = field(
+        None,
+        ge=0,
+        le=1,
+        doc="mean share of each baseline generation the variant reproduces before it first departs "
+        "(a gate that still bites when every generation departs somewhere, as int4's do)",
+    )
+    max_prefill_ratio: float | None = field(
+        None,
+        gt=0,
+        doc="time to first token (the prefill of the longest prompt) of the reloaded artifact / the "
+        "baseline artifact's, measured side by side in the fresh process as `latency.max_ratio` is",
+    )
+    max_decode_ratio: float | None = field(
+        None,
+        gt=0,
+        doc="time of one decode step (1 / decode tokens per second) / the baseline artifact's, side by side",
+    )
+    max_peak_memory_ratio: float | None = field(
+        None,
+        gt=0,
+        doc="peak memory of the generation (resident memory the KV-cache step and its generation add "
+        "to the process, Linux VmHWM) / the baseline artifact's",
+    )
+    max_peak_memory_mb: float | None = field(None, gt=0, doc="ceiling on that peak memory in MB (2^20 bytes)")
 
 
 @dataclass(frozen=True)
@@ -586,7 +611,8 @@ class Thresholds:
     )
     generation: GenerationThreshold = field(
         default_factory=GenerationThreshold,
-        doc="causal LMs with `generation`: {min_exact_match, min_exact_match_in_memory}",
+        doc="causal LMs with `generation`: {min_exact_match, min_exact_match_in_memory, min_prefix_match, "
+        "max_prefill_ratio, max_decode_ratio, max_peak_memory_ratio, max_peak_memory_mb}",
     )
 
     def override(self, value: Any, *, path: str, line: int, ctx: Ctx) -> Thresholds:
@@ -822,6 +848,12 @@ class GenerationSpec:
     prompts: str = field(doc="one prompt per line, relative to the spec (blank and '#' lines skipped)")
     new_tokens: int = field(8, ge=1, le=512, doc="tokens generated greedily per prompt")
     show: int = field(3, ge=1, doc="departing prompts shown in a failure message")
+    kv_cache: bool = field(
+        True,
+        doc="generate through the KV-cache step saved next to an export or onnx artifact (static "
+        "cache, dynamic sequence length); false, and the other formats, recompute the whole sequence "
+        "each step",
+    )
 
 
 @dataclass(frozen=True)

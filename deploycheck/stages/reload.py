@@ -3,6 +3,7 @@ latency side by side with the baseline's, run the evaluation batches, and score 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -51,9 +52,13 @@ def latency_plan(t, *, example: str, baseline: ArtifactRef | None) -> LatencyPla
     )
 
 
-def generate_plan(t, *, prompts: str | None, tokenizer_dir: str | None) -> GeneratePlan | None:
+def generate_plan(
+    t, *, prompts: str | None, tokenizer_dir: str | None, baseline: ArtifactRef | None = None
+) -> GeneratePlan | None:
     """Causal LMs with ``generation``: the worker generates greedily from the ``prompts`` file too
-    (token ids), stopping at the end-of-sequence id of the model folder ``tokenizer_dir``."""
+    (token ids), stopping at the end-of-sequence id of the model folder ``tokenizer_dir``, and
+    times prefill and decode (side by side with the ``baseline``'s artifact when a variant's
+    thresholds set a ratio, as latency is)."""
     g = t.spec.generation
     if g is None or prompts is None or tokenizer_dir is None:
         return None
@@ -61,7 +66,28 @@ def generate_plan(t, *, prompts: str | None, tokenizer_dir: str | None) -> Gener
 
     with open(os.path.join(tokenizer_dir, "config.json"), encoding="utf-8") as fh:
         eos = json.load(fh).get("eos_token_id")  # a number from the spec's own model folder
-    return GeneratePlan(prompts=prompts, new_tokens=g.new_tokens, eos_id=eos if isinstance(eos, int) else None)
+    lat, th = t.spec.latency, t.variant.thresholds.generation
+    wants_ratio = th.max_prefill_ratio is not None or th.max_decode_ratio is not None
+    timing = {
+        "warmup": lat.warmup,
+        "min_rounds": lat.min_rounds,
+        "max_time_s": lat.max_time_s,
+        "round_ms": lat.round_ms,
+        "confidence": lat.confidence,
+        "prefill_limit": th.max_prefill_ratio,
+        "decode_limit": th.max_decode_ratio,
+        # None: the generation_speed check says the baseline has no artifact in this format
+        "baseline": dataclasses.asdict(baseline)
+        if baseline is not None and wants_ratio and not t.is_baseline
+        else None,
+    }
+    return GeneratePlan(
+        prompts=prompts,
+        new_tokens=g.new_tokens,
+        eos_id=eos if isinstance(eos, int) else None,
+        kv_cache=g.kv_cache,
+        timing=timing,
+    )
 
 
 @dataclass

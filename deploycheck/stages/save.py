@@ -54,6 +54,8 @@ def save(t, built: Built, *, folder: str, example, cache, tokenizer_dir: str | N
     akey = artifact_key(b.key, t.fspec)
     code = dict(b.arch) if b.arch else None
     man = cache.get_artifact(akey, path) if not fmt.unpickles else None
+    if man is not None and not _restore_kv_step(cache, akey, path, man):
+        man = None  # its KV-cache step was evicted: saved again with it
     tok = _ship_tokenizer(tokenizer_dir, folder)
     if man is not None:
         return Artifact(path, man, man["size"], man["sha256"], t.fmt, options, code=code)
@@ -68,6 +70,7 @@ def save(t, built: Built, *, folder: str, example, cache, tokenizer_dir: str | N
             warnings.simplefilter("ignore")
             kw = {"inputs": t.spec.model.inputs} if "inputs" in inspect.signature(fmt.save).parameters else {}
             extra = fmt.save(b.model, tmp, example=example, options=t.fspec.options, arch=b.arch, **kw)
+            kv = _save_kv_step(t, b.model, path)
     except Unsupported as e:
         raise VariantUnsupported(str(e), spec=t.spec.name, variant=t.vname, fmt=t.fmt, where=t.where) from e
     except Exception as e:
@@ -103,6 +106,7 @@ def save(t, built: Built, *, folder: str, example, cache, tokenizer_dir: str | N
                 "requires": list(b.requires),
                 "torch_settings": b.settings,
                 **({"tokenizer": tok} if tok else {}),
+                **({"kv_cache": kv} if kv else {}),
             },
         )
     except OSError as e:
@@ -111,6 +115,10 @@ def save(t, built: Built, *, folder: str, example, cache, tokenizer_dir: str | N
         raise
     if not fmt.unpickles:  # a cached pickle would be code from a folder that may come from elsewhere
         cache.put_artifact(akey, path, man)
+        if kv.get("file"):
+            from ..formats.lm_kv import kv_path
+
+            cache.put_artifact(akey + "-kv", kv_path(path), {"sha256": kv["sha256"], "size": kv["size"]})
     return Artifact(path, man, man["size"], man["sha256"], t.fmt, options, code=code)
 
 
@@ -136,6 +144,36 @@ def _remove_partial(tmp: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     elif os.path.exists(tmp):
         os.unlink(tmp)
+
+
+def _save_kv_step(t, model, path: str) -> dict:
+    """A causal LM with ``generation`` in the export or onnx format also ships its KV-cache step
+    next to the artifact (:mod:`deploycheck.formats.lm_kv`); the manifest's ``kv_cache`` entry."""
+    hf, g = t.spec.model.hf, t.spec.generation
+    if hf is None or hf.task != "causal-lm" or g is None or not g.kv_cache or t.fmt not in ("export", "onnx"):
+        return {}
+    from ..formats.lm_kv import save_step
+
+    opts = t.fspec.options
+    return save_step(
+        model,
+        path,
+        fmt=t.fmt,
+        inputs=t.spec.model.inputs,
+        dynamic_seq=getattr(opts, "dynamic_seq", True),
+        opset=getattr(opts, "opset", 18),
+    )
+
+
+def _restore_kv_step(cache, akey: str, path: str, man: dict) -> bool:
+    """A cached artifact's KV-cache step, copied back next to it; False when it is not in the cache."""
+    kv = man.get("kv_cache") or {}
+    if not kv.get("file"):
+        return True
+    from ..formats.lm_kv import kv_path
+
+    got = cache.get_artifact(akey + "-kv", kv_path(path))
+    return got is not None and got.get("sha256") == kv.get("sha256")
 
 
 def _ship_tokenizer(src: str | None, folder: str) -> dict[str, str]:
