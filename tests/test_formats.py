@@ -65,18 +65,46 @@ def artifacts(models_dir, tmp_path_factory):
     return out
 
 
-def run(pool, tmp_path, *, path, fmt, manifest, inputs=None, python_path=(), timeout=120):
+def request(tmp_path, *, path, fmt, manifest, inputs=None, python_path=()):
     batches = inputs if inputs is not None else [torch.randn(5, 4), torch.randn(3, 4)]
     torch.save(batches, tmp_path / "in.pt")
     code = {"factory": "tinymodels_fi:Tiny", "kwargs": {}} if fmt in NEEDS_CODE else None  # as the spec would say
-    req = load_request(
+    return load_request(
         ArtifactRef(path, fmt, dataclasses.asdict(options_for(fmt)), manifest, code),
         workdir=str(tmp_path),
         stem="t",
         inputs=str(tmp_path / "in.pt"),
         python_path=python_path,
     )
+
+
+def run(pool, tmp_path, *, path, fmt, manifest, inputs=None, python_path=(), timeout=120):
+    req = request(tmp_path, path=path, fmt=fmt, manifest=manifest, inputs=inputs, python_path=python_path)
     return pool.run(req, timeout_s=timeout)
+
+
+@pytest.fixture
+def run_here(monkeypatch):
+    """The worker's own ``handle`` in this process, for files its checks refuse before loading (each
+    fresh worker costs a torch import): every format's ``load`` is replaced by one that raises, so
+    a file that got past those checks is a wrong diagnosis here, never a load in the test process.
+    The fresh-process path of each diagnosis is run through the pool below."""
+    from deploycheck import worker
+
+    def refuse(self, *a, **kw):
+        raise AssertionError("the integrity checks let this file through to its loader")
+
+    for name in FORMAT_NAMES:
+        monkeypatch.setattr(FORMATS.get(name), "load", refuse)
+    threads = torch.get_num_threads()
+
+    def go(tmp_path, *, path, fmt, manifest, inputs=None):
+        try:
+            return worker.handle(request(tmp_path, path=path, fmt=fmt, manifest=manifest, inputs=inputs))
+        finally:
+            torch.set_num_threads(threads)
+
+    return go
 
 
 def copy_broken(src: str, dst: str, how: str, offset: int = 0) -> None:
@@ -101,17 +129,14 @@ def test_good_artifact_loads_and_runs_in_a_fresh_process(pool, artifacts, models
     assert out.result.pid != os.getpid()
 
 
-@pytest.mark.parametrize("fmt", FORMAT_NAMES)
-@pytest.mark.parametrize("case", ["truncate-1", "truncate-half", "truncate-tail", "flip", "empty"])
-def test_broken_file_is_classified(pool, artifacts, tmp_path, fmt, case):
+def check_broken(go, artifacts, tmp_path, fmt, case):
     src = artifacts[fmt]
     size = os.path.getsize(src)
     dst = str(tmp_path / os.path.basename(src))
     how, _, where = case.partition("-")
     offset = {"1": 1, "half": size // 2, "tail": size - 7}.get(where, 0)
     copy_broken(src, dst, how, offset)
-    out = run(pool, tmp_path, path=dst, fmt=fmt, manifest=read_manifest(src))
-    r = out.result
+    r = go(tmp_path, path=dst, fmt=fmt, manifest=read_manifest(src))
     assert r.ok is False and r.stage == "load"
     expected = {"truncate": "truncated", "flip": "corrupted", "empty": "empty"}[how]
     assert r.kind == expected
@@ -121,6 +146,22 @@ def test_broken_file_is_classified(pool, artifacts, tmp_path, fmt, case):
         "empty": "the file is empty (0 bytes)",
     }[expected]
     assert r.message.startswith(first)
+    return r
+
+
+BROKEN = ["truncate-1", "truncate-half", "truncate-tail", "flip", "empty"]
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+@pytest.mark.parametrize("case", BROKEN)
+def test_broken_file_is_classified(run_here, artifacts, tmp_path, fmt, case):
+    check_broken(run_here, artifacts, tmp_path, fmt, case)
+
+
+@pytest.mark.parametrize("fmt,case", [("aoti", "truncate-half"), ("onnx", "flip"), ("pickle", "empty")])
+def test_broken_file_is_classified_in_a_fresh_process(pool, artifacts, tmp_path, fmt, case):
+    r = check_broken(lambda *a, **kw: run(pool, *a, **kw).result, artifacts, tmp_path, fmt, case)
+    assert r.pid != os.getpid()
 
 
 @pytest.mark.parametrize(
@@ -136,19 +177,28 @@ def test_broken_file_is_classified(pool, artifacts, tmp_path, fmt, case):
         ("aoti", "export"),
     ],
 )
-def test_file_of_another_format_is_named(pool, artifacts, tmp_path, declared, actual):
+def test_file_of_another_format_is_named(run_here, artifacts, tmp_path, declared, actual):
+    check_wrong_format(run_here, artifacts, tmp_path, declared, actual)
+
+
+def check_wrong_format(go, artifacts, tmp_path, declared, actual):
     dst = str(tmp_path / ("model" + FORMATS.get(declared).suffix))
     shutil.copy(artifacts[actual], dst)
-    out = run(pool, tmp_path, path=dst, fmt=declared, manifest=None)
-    r = out.result
+    r = go(tmp_path, path=dst, fmt=declared, manifest=None)
     assert (r.stage, r.kind) == ("load", "wrong-format")
     assert "but it is declared as" in r.message
+    return r
 
 
-def test_truncated_zip_without_manifest_is_still_diagnosed(pool, artifacts, tmp_path):
+def test_file_of_another_format_is_named_in_a_fresh_process(pool, artifacts, tmp_path):
+    r = check_wrong_format(lambda *a, **kw: run(pool, *a, **kw).result, artifacts, tmp_path, "aoti", "export")
+    assert r.pid != os.getpid()
+
+
+def test_truncated_zip_without_manifest_is_still_diagnosed(run_here, artifacts, tmp_path):
     dst = str(tmp_path / "model.ts")
     copy_broken(artifacts["torchscript"], dst, "truncate", os.path.getsize(artifacts["torchscript"]) // 2)
-    r = run(pool, tmp_path, path=dst, fmt="torchscript", manifest=None).result
+    r = run_here(tmp_path, path=dst, fmt="torchscript", manifest=None)
     assert (r.kind, r.message.split(":")[0]) == ("truncated", "the zip archive has no readable directory")
 
 

@@ -207,18 +207,13 @@ def test_second_output_frozen_by_trace_fails_naming_it(sig):
     assert r.ret == 1
 
 
-def test_per_output_tolerances(sig):
+def test_per_output_tolerances(signatures):
     """thresholds.outputs per output: a wide tolerance on '1' lets it pass; a name the model does not
-    return is a failure naming it, never ignored."""
-    sig.write(spec(name="wide", thresholds="  outputs: {atol: 1.0e-4, 1: {atol: 100}}"), "wide")
-    sig.write(spec(name="typo", thresholds="  outputs: {atol: 1.0e-4, emd: {atol: 100}}"), "typo")
-    r = sig.run("-v", "-rA")
-    got = outcomes(r)
+    return is a failure naming it, never ignored. (Both specs run in the signature session below.)"""
+    _, out, got = signatures
     assert got["wide::baseline::torchscript::outputs"] == "PASSED", got
     assert got["typo::baseline::torchscript::outputs"] == "FAILED", got
-    r.stdout.fnmatch_lines(
-        ["*thresholds.outputs gives tolerances for 'emd', not an output of the model; its outputs are '0', '1'*"]
-    )
+    assert "thresholds.outputs gives tolerances for 'emd', not an output of the model; its outputs are '0', '1'" in out
 
 
 def test_metric_output_names_the_output_it_reads(sig):
@@ -229,20 +224,16 @@ def test_metric_output_names_the_output_it_reads(sig):
     assert r.ret == 1
 
 
-def test_dict_outputs_checked_on_every_key(sig):
+def test_dict_outputs_checked_on_every_key(signatures):
     """A dict of outputs through torchscript, export and onnx, each key compared: an artifact that
-    changed only 'emb' fails naming it while the metric (on logits) passes. (The faithful case, a
-    tuple holding a dict, passes in the signature session below.)"""
-    pytest.importorskip("onnxscript")
-    sig.write(spec(name="tampered", factory="Heads", kwargs="{tamper: true}", formats="[torchscript, export, onnx]"))
-    r = sig.run("-v", "-rA")
-    got = outcomes(r)
+    changed only 'emb' fails naming it while the metric (on logits) passes. (The spec runs in the
+    signature session below, where the faithful case, a tuple holding a dict, passes.)"""
+    _, out, got = signatures
     for fmt in ("torchscript", "export", "onnx"):
         assert got[f"tampered::baseline::{fmt}::load"] == "PASSED", got
         assert got[f"tampered::baseline::{fmt}::metric"] == "PASSED", got
         assert got[f"tampered::baseline::{fmt}::outputs"] == "FAILED", got
-        r.stdout.fnmatch_lines([f"*output 'emb' of the reloaded {fmt} artifact differs from the in-memory variant*"])
-    assert r.ret == 1
+        assert f"output 'emb' of the reloaded {fmt} artifact differs from the in-memory variant" in out
 
 
 def test_baseline_that_cannot_take_the_declared_input_fails_every_item(sig):
@@ -329,7 +320,8 @@ def signatures(tmp_path_factory):
       a dict of outputs, through every format; fp16 and bf16 variants; a student distilled and then
       calibrated for static int8 on the named inputs;
     - fixed: data given as a tuple, a model whose TorchScript trace bakes in the length and an
-      export that specialises it (``dynamic_seq: false``): both caught by the dynamic item."""
+      export that specialises it (``dynamic_seq: false``): both caught by the dynamic item;
+    - wide, typo and tampered: the specs of the per-output tolerance and dict-output tests above."""
     pytest.importorskip("onnxscript")
     from conftest import run_once
 
@@ -348,6 +340,12 @@ def signatures(tmp_path_factory):
                 data="token_tuple",
                 formats="[torchscript, {export: {dynamic_seq: false}}]",
                 snapshot="false",
+            ),
+            # specs of the tests above that read their items from this session
+            "wide.yaml": spec(name="wide", thresholds="  outputs: {atol: 1.0e-4, 1: {atol: 100}}"),
+            "typo.yaml": spec(name="typo", thresholds="  outputs: {atol: 1.0e-4, emd: {atol: 100}}"),
+            "tampered.yaml": spec(
+                name="tampered", factory="Heads", kwargs="{tamper: true}", formats="[torchscript, export, onnx]"
             ),
         },
     )
