@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 
 # pytester's in-process runs restore sys.modules afterwards; C extensions such as torch cannot be
@@ -262,6 +263,37 @@ latency: {{warmup: 1, min_rounds: 5, max_time_s: 0.5, round_ms: 0.2}}
 snapshot: {{enabled: {snapshot}}}
 {extra}
 """
+
+
+def digits_cnn_spec(*, name: str, variants: str, thresholds: str) -> str:
+    """A spec over the shipped digits CNN and its weights, with ONNX as its one format: the model
+    whose static int8 ONNX file (onnxruntime's int8 kernels) really differs from torch's.
+    ``variants`` and ``thresholds`` are YAML lines indented by two spaces."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    head = textwrap.dedent(
+        f"""\
+        deploycheck: 1
+        name: {name}
+        model:
+          factory: examples.digits:CNN
+          kwargs: {{channels: 16}}
+          weights: {root}/specs/models/digits_cnn.safetensors
+          inputs: {{shape: [1, 1, 8, 8]}}
+          python_path: ["{root}", "."]
+        data:
+          source: sklearn:digits
+          split: {{test_fraction: 0.25, seed: 0}}
+          preprocess:
+            - scale: 0.0625
+            - reshape: [1, 8, 8]
+            - normalize: {{mean: 0.3, std: 0.4}}
+          batch_size: 128
+        metric: accuracy
+        formats: [onnx]
+        snapshot: {{enabled: false}}
+        """
+    )
+    return head + "variants:\n" + variants.rstrip("\n") + "\nthresholds:\n" + thresholds.rstrip("\n") + "\n"
 
 
 def make_spec(

@@ -8,7 +8,7 @@ import json
 import os
 
 import pytest
-from conftest import make_spec
+from conftest import digits_cnn_spec, make_spec
 
 NEVER_FAST_ENOUGH = "  latency: {p50_ms: 1.0e-9}"  # one femtosecond: no machine meets it
 
@@ -113,36 +113,17 @@ def test_a_static_int8_onnx_variant_passes_its_default_outputs_check_and_a_corru
     many steps and the smallest atol that would have passed."""
     project.tester.makepyfile(convert=BREAKS_ON_EXPORT)
     project.write(
-        f"""\
-        deploycheck: 1
-        name: cnn
-        model:
-          factory: examples.digits:CNN
-          kwargs: {{channels: 16}}
-          weights: {ROOT}/specs/models/digits_cnn.safetensors
-          inputs: {{shape: [1, 1, 8, 8]}}
-          python_path: ["{ROOT}", "."]
-        data:
-          source: sklearn:digits
-          split: {{test_fraction: 0.25, seed: 0}}
-          preprocess:
-            - scale: 0.0625
-            - reshape: [1, 8, 8]
-            - normalize: {{mean: 0.3, std: 0.4}}
-          batch_size: 128
-        metric: accuracy
-        formats: [onnx]
-        snapshot: {{enabled: false}}
-        variants:
-          int8:
-            quantize: {{method: static_int8, calibration_batches: 4}}
-          broken:
-            steps:
-              - quantize: {{method: static_int8, calibration_batches: 4}}
-              - custom: {{callable: 'convert:breaks_on_export'}}
-        thresholds:
-          metric: {{max_drop: 0.05}}
-        """
+        digits_cnn_spec(
+            name="cnn",
+            variants="""\
+  int8:
+    quantize: {method: static_int8, calibration_batches: 4}
+  broken:
+    steps:
+      - quantize: {method: static_int8, calibration_batches: 4}
+      - custom: {callable: 'convert:breaks_on_export'}""",
+            thresholds="  metric: {max_drop: 0.05}",
+        )
     )
     res = project.run("-k", "outputs and not baseline")
     res.assert_outcomes(passed=1, failed=1)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_spec
+from conftest import digits_cnn_spec, make_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -144,33 +144,11 @@ def test_saturation_hint_names_the_option_on_a_cpu_without_vnni(project, monkeyp
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     project.write(
-        f"""\
-        deploycheck: 1
-        name: cnn-int8
-        model:
-          factory: examples.digits:CNN
-          kwargs: {{channels: 16}}
-          weights: {ROOT}/specs/models/digits_cnn.safetensors
-          inputs: {{shape: [1, 1, 8, 8]}}
-          python_path: ["{ROOT}"]
-        data:
-          source: sklearn:digits
-          split: {{test_fraction: 0.25, seed: 0}}
-          preprocess:
-            - scale: 0.0625
-            - reshape: [1, 8, 8]
-            - normalize: {{mean: 0.3, std: 0.4}}
-          batch_size: 128
-        metric: accuracy
-        formats: [onnx]
-        snapshot: {{enabled: false}}
-        variants:
-          baseline: {{}}
-          static:
-            quantize: {{method: static_int8, calibration_batches: 4}}
-        thresholds:
-          outputs: {{atol: 0.0, rtol: 0.0}}
-        """
+        digits_cnn_spec(
+            name="cnn-int8",
+            variants="  baseline: {}\n  static:\n    quantize: {method: static_int8, calibration_batches: 4}",
+            thresholds="  outputs: {atol: 0.0, rtol: 0.0}",
+        )
     )
     res = project.run_subprocess("-k", "static and outputs")
     res.assert_outcomes(failed=1)
