@@ -1,8 +1,11 @@
-"""Fresh-process execution with a timeout, and a spare worker so each request skips torch's import.
+"""Fresh-process execution with a timeout: artifacts in workers, the spec's own code in forked children.
 
-Each artifact is loaded in a new process that has imported torch but no user code. The next
-spare starts as soon as one is handed a request's result back, so its interpreter start and
-torch import overlap with the parent's own work instead of adding to every reload.
+Each artifact is loaded in a new process that has imported torch but no user code. A session
+starts one zygote (``python -I -m deploycheck.worker --zygote``) at its first request; the zygote
+imports torch once and forks a child per request, so no request pays torch's import and no
+import is paid for a worker that is never used. Where fork is not available, or with
+``DEPLOYCHECK_WORKER_START=spawn``, each request gets a process started for it instead, with the
+next one started as soon as the last answered, so its torch import overlaps the parent's work.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -79,6 +84,8 @@ class OutputTail:
 
 #: the pid of the process that started a worker (see :func:`die_with_parent`)
 PARENT_ENV = "DEPLOYCHECK_PARENT_PID"
+#: ``fork`` (the default where available: children of one zygote) or ``spawn`` (a process per request)
+START_ENV = "DEPLOYCHECK_WORKER_START"
 
 
 def die_with_parent(parent: int) -> None:
@@ -126,11 +133,28 @@ class Outcome:
         return f"the process exited with code {rc} without an answer"
 
 
+def start_method() -> str:
+    """How workers start: ``DEPLOYCHECK_WORKER_START`` (``fork`` or ``spawn``), else fork where the
+    platform has it. ValueError names the variable for any other value."""
+    got = os.environ.get(START_ENV, "")
+    if got not in ("", "fork", "spawn"):
+        raise ValueError(f"{START_ENV}={got!r}: expected 'fork' (children of one zygote) or 'spawn' (a process each)")
+    if got == "fork" and not hasattr(os, "fork"):
+        raise ValueError(f"{START_ENV}=fork: this platform has no fork; use 'spawn'")
+    return got or ("fork" if hasattr(os, "fork") else "spawn")
+
+
+def _worker_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env[PARENT_ENV] = str(os.getpid())
+    return env
+
+
 class _Proc:
+    """A worker process started for one request (``--serve``)."""
+
     def __init__(self, workdir: str):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-        env.setdefault("OMP_NUM_THREADS", "1")
-        env[PARENT_ENV] = str(os.getpid())
         # -I: no PYTHONPATH, no user site, no script directory: only installed packages are importable.
         self.popen = subprocess.Popen(
             [sys.executable, "-I", "-m", "deploycheck.worker", "--serve"],
@@ -138,7 +162,7 @@ class _Proc:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=workdir,
-            env=env,
+            env=_worker_env(),
             start_new_session=True,
         )
         self.output = OutputTail(self.popen.stdout)
@@ -157,8 +181,65 @@ class _Proc:
         _kill_group(self.popen.pid)
         self.popen.wait()
 
-    def close(self) -> None:
-        pass
+
+class _ZygoteGone(Exception):
+    """The zygote ended (or stopped answering) before it forked the request's child."""
+
+
+class _Zygote:
+    """``python -I -m deploycheck.worker --zygote FD``: forks a child per request (see
+    :func:`deploycheck.worker.zygote` for the protocol on the socket)."""
+
+    def __init__(self, workdir: str):
+        ours, theirs = socket.socketpair()
+        self.log_path = os.path.join(workdir, "zygote.log")
+        with open(self.log_path, "wb") as log:
+            # -I: no PYTHONPATH, no user site, no script directory: only installed packages are importable.
+            self.popen = subprocess.Popen(
+                [sys.executable, "-I", "-m", "deploycheck.worker", "--zygote", str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=workdir,
+                env=_worker_env(),
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,
+            )
+        theirs.close()
+        self.sock = ours
+        self._buf = b""
+
+    def send(self, path: str, out_fd: int) -> None:
+        try:
+            socket.send_fds(self.sock, [path.encode()], [out_fd])
+        except OSError as e:
+            raise _ZygoteGone(str(e)) from e
+
+    def line(self, deadline: float) -> str | None:
+        """The zygote's next line; None when it ended; TimeoutError past ``deadline`` (monotonic)."""
+        while b"\n" not in self._buf:
+            ready, _, _ = select.select([self.sock], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise TimeoutError
+            try:
+                chunk = self.sock.recv(4096)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                return None
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode()
+
+    def death(self) -> Outcome:
+        """What to report when the zygote itself is gone: its exit and its own output."""
+        self.kill()
+        return Outcome(None, self.popen.returncode, False, _read_text(self.log_path, TAIL), 0.0)
+
+    def kill(self) -> None:
+        _kill_group(self.popen.pid)
+        self.popen.wait()
+        self.sock.close()
 
 
 def _close_pool(ref: weakref.ref[WorkerPool]) -> None:
@@ -168,60 +249,141 @@ def _close_pool(ref: weakref.ref[WorkerPool]) -> None:
 
 
 class WorkerPool:
-    """Hands each request to a fresh, pre-started worker process."""
+    """Answers each request in a fresh worker process: a child forked from this session's zygote,
+    or a process started for it (see the module's docstring)."""
 
     def __init__(self, workdir: str):
         self.workdir = workdir
         os.makedirs(workdir, exist_ok=True)
+        self.start = start_method()
         self._spare: _Proc | None = None
-        # a session that ends without closing the pool (an error, Ctrl-C) leaves no spare behind
+        self._zygote: _Zygote | None = None
+        # a session that ends without closing the pool (an error, Ctrl-C) leaves no process behind
         atexit.register(_close_pool, weakref.ref(self))
-
-    def _take(self) -> _Proc:
-        p, self._spare = self._spare, None
-        if p is None or p.popen.poll() is not None:
-            if p is not None:
-                p.close()
-            p = _Proc(self.workdir)
-        return p
 
     def run(self, request: WorkerRequest, *, timeout_s: float) -> Outcome:
         req_path = request.result + ".request.json"
         with open(req_path, "w") as fh:
             json.dump(request.to_json(), fh)
-        proc = self._take()
-        t0 = time.perf_counter()
-        timed_out = False
-        assert proc.popen.stdin is not None  # opened with stdin=PIPE
-        try:
-            proc.popen.stdin.write((req_path + "\n").encode())
-            proc.popen.stdin.close()
-        except BrokenPipeError:
-            pass
-        try:
-            timed_out = not proc.wait(timeout_s)
-        finally:  # also on Ctrl-C: the worker and every process it started end here
-            proc.kill()
-        seconds = time.perf_counter() - t0
+        out = self._forked(req_path, timeout_s) if self.start == "fork" else None
+        if out is None:
+            out = self._spawned(req_path, timeout_s)
         result, unreadable = None, None
-        if not timed_out and os.path.exists(request.result):
+        if not out.timed_out and os.path.exists(request.result):
             try:
                 with open(request.result) as fh:
                     result = WorkerResult.from_json(json.load(fh))
             except ValueError as e:  # the worker's JSON is data: malformed, it fails the item
                 unreadable = e
-        out = Outcome(result, proc.popen.returncode, timed_out, proc.tail(), seconds)
-        proc.close()
-        self._spare = _Proc(self.workdir)
         if unreadable is not None:
             raise unreadable
+        out.result = result
         return out
+
+    def _spawned(self, req_path: str, timeout_s: float) -> Outcome:
+        p, self._spare = self._spare, None
+        if p is None or p.popen.poll() is not None:
+            p = _Proc(self.workdir)
+        t0 = time.perf_counter()
+        timed_out = False
+        assert p.popen.stdin is not None  # opened with stdin=PIPE
+        try:
+            p.popen.stdin.write((req_path + "\n").encode())
+            p.popen.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            timed_out = not p.wait(timeout_s)
+        finally:  # also on Ctrl-C: the worker and every process it started end here
+            p.kill()
+        seconds = time.perf_counter() - t0
+        out = Outcome(None, p.popen.returncode, timed_out, p.tail(), seconds)
+        self._spare = _Proc(self.workdir)
+        return out
+
+    def _forked(self, req_path: str, timeout_s: float) -> Outcome | None:
+        """The request answered by a child of the zygote; None when the zygote cannot fork safely
+        (it has started threads), and the request goes to a process of its own instead."""
+        for attempt in (1, 2):  # a zygote that died since the last request is started again, once
+            if self._zygote is None or self._zygote.popen.poll() is not None:
+                if self._zygote is not None:
+                    self._zygote.kill()
+                self._zygote = _Zygote(self.workdir)
+            z = self._zygote
+            r, w = os.pipe()
+            try:
+                z.send(req_path, w)
+            except _ZygoteGone:
+                os.close(r)
+                self._drop_zygote()
+                if attempt == 2:
+                    return z.death()
+                continue
+            finally:
+                os.close(w)
+            tail = OutputTail(os.fdopen(r, "rb"))
+            t0 = time.perf_counter()
+            try:
+                # the zygote has imported torch when it reads the request: its import is not the request's time
+                first = z.line(time.monotonic() + max(600.0, timeout_s))
+            except TimeoutError:
+                first = None
+            if first == "spawn":
+                tail.text(wait_s=0.5)
+                self._drop_zygote()
+                self.start = "spawn"
+                return None
+            if first is None or not first.startswith("forked "):
+                self._drop_zygote()
+                if attempt == 2:
+                    return z.death()
+                continue
+            return self._await_child(z, int(first.split()[1]), tail, t0, timeout_s)
+        return None  # unreachable: the second attempt returns
+
+    def _await_child(self, z: _Zygote, pid: int, tail: OutputTail, t0: float, timeout_s: float) -> Outcome:
+        code: int | None = None
+        timed_out = False
+        ended = False
+        try:
+            try:
+                last = z.line(time.monotonic() + timeout_s)
+            except TimeoutError:
+                timed_out, last = True, None
+            if last is not None and last.startswith(f"exit {pid} "):
+                code, ended = int(last.split()[2]), True
+        except BaseException:  # Ctrl-C: the zygote's answer for this child is never read
+            self._drop_zygote()
+            raise
+        finally:  # the child and every process it started end here
+            _kill_group(pid)
+            if not ended:
+                try:
+                    os.kill(pid, signal.SIGKILL)  # not yet in its own group if it was killed at once
+                except (ProcessLookupError, PermissionError):
+                    pass
+        seconds = time.perf_counter() - t0
+        if not ended:
+            try:
+                last = z.line(time.monotonic() + 10.0)
+            except (TimeoutError, KeyboardInterrupt):
+                last = None
+            if last is not None and last.startswith(f"exit {pid} "):
+                code = int(last.split()[2])
+            else:  # out of step with the zygote: the next request starts a new one
+                self._drop_zygote()
+        return Outcome(None, code, timed_out, tail.text(), seconds)
+
+    def _drop_zygote(self) -> None:
+        if self._zygote is not None:
+            self._zygote.kill()
+            self._zygote = None
 
     def close(self) -> None:
         if self._spare is not None:
             self._spare.kill()
-            self._spare.close()
             self._spare = None
+        self._drop_zygote()
 
 
 # --- the spec's own code (factories, data callables, recipes) in a forked child -----------------

@@ -13,6 +13,7 @@ from . import rundir
 from .cache import Cache, default_root, evict, parse_size
 from .checks import declared_files
 from .collect import RUNNER_FACTORY, CheckItem, SpecFile
+from .isolation import start_method
 from .machine import summary as machine_summary
 from .report import summary_rows, terminal_table
 from .report.records import Record
@@ -111,6 +112,10 @@ def _fix_rootdir(config, args) -> None:
 
 def pytest_configure(config):
     cache_size(config)  # a bad size is a usage error now, not at the end
+    try:
+        start_method()
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
     _start_session(config)
     config.pluginmanager.register(ReportCollector(config), "deploycheck-report")
     config.stash[RUNNER_FACTORY] = lambda: get_runner(config)

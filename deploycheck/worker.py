@@ -1,9 +1,12 @@
 """The deployment-like process: load one artifact, run the evaluation batches, measure latency.
 
-Started as ``python -I -m deploycheck.worker --serve`` by :mod:`deploycheck.isolation`, with a
-working directory outside the project, so the spec's model code is not importable unless the
-format needs it (safetensors + factory). It imports torch, then waits for one request path on
-stdin, answers it in a result file, and exits: one fresh process per artifact.
+Every request is answered in a process of its own that has imported torch but no user code, with
+a working directory outside the project, so the spec's model code is not importable unless the
+format needs it (safetensors + factory). :mod:`deploycheck.isolation` starts
+``python -I -m deploycheck.worker --zygote FD`` once per session: it imports torch, then forks one
+child per request (:func:`zygote`), which answers it in a result file and exits. ``--serve``
+answers one request in a process started for it (where fork is not available, or with
+``DEPLOYCHECK_WORKER_START=spawn``).
 """
 
 from __future__ import annotations
@@ -232,16 +235,9 @@ def _repeat_to(x, bs: int):
     return x.repeat((bs + x.shape[0] - 1) // x.shape[0], *([1] * (x.dim() - 1)))[:bs]
 
 
-def serve() -> int:
-    parent = os.environ.get(PARENT_ENV, "")
-    if parent.isdigit():
-        die_with_parent(int(parent))
-    import torch  # noqa: F401 - the point of a spare worker: pay the import before the request arrives
-
-    line = sys.stdin.readline().strip()
-    if not line:
-        return 0
-    with open(line) as fh:
+def answer(path: str) -> int:
+    """Answer the request at ``path`` in its result file (the one thing a worker process does)."""
+    with open(path) as fh:
         req = WorkerRequest.from_json(json.load(fh))
     if req.memory_mb:
         import resource
@@ -260,8 +256,90 @@ def serve() -> int:
     return 0
 
 
+def serve() -> int:
+    """A worker started for one request: import torch, read the request's path on stdin, answer."""
+    parent = os.environ.get(PARENT_ENV, "")
+    if parent.isdigit():
+        die_with_parent(int(parent))
+    import torch  # noqa: F401 - the point of a spare worker: pay the import before the request arrives
+
+    line = sys.stdin.readline().strip()
+    return answer(line) if line else 0
+
+
+def threads_now() -> int:
+    """This process's thread count (Linux ``/proc``; 1 where it cannot be read)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
+
+
+def zygote(fd: int) -> int:
+    """Import torch once, then fork a fresh child per request.
+
+    Requests come on the socket ``fd`` from :class:`deploycheck.isolation.WorkerPool`: a request
+    file's path, with the write end of the pipe the child's output goes to. The answers are lines:
+    ``forked PID`` then ``exit PID CODE`` (the code as :attr:`subprocess.Popen.returncode` gives
+    it), or ``spawn`` when this process has more than one thread and so cannot fork safely (a
+    library's thread pool started at import); the pool then starts a process of its own for that
+    request. The child runs in a session of its own (its process group is what the pool kills),
+    with stdin at /dev/null and without this socket."""
+    import socket
+
+    parent = os.environ.get(PARENT_ENV, "")
+    if parent.isdigit():
+        die_with_parent(int(parent))
+    import torch  # noqa: F401 - paid once here, not once per request
+
+    sock = socket.socket(fileno=fd)
+    me = os.getpid()
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 8192, 1)
+        except OSError:
+            return 0
+        if not msg or len(fds) != 1:
+            for f in fds:
+                os.close(f)
+            return 0
+        path, out = msg.decode(), fds[0]
+        if threads_now() > 1:
+            os.close(out)
+            sock.sendall(b"spawn\n")
+            continue
+        pid = os.fork()
+        if pid == 0:  # the child: answer and exit, never back into this loop
+            code = 1
+            try:
+                sock.close()
+                os.setsid()
+                os.dup2(out, 1)
+                os.dup2(out, 2)
+                os.close(out)
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                os.close(null)
+                die_with_parent(me)
+                code = answer(path)
+            except BaseException:  # noqa: BLE001 - the pool reports the missing answer with this output
+                traceback.print_exc()
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+        os.close(out)
+        sock.sendall(f"forked {pid}\n".encode())
+        _, status = os.waitpid(pid, 0)
+        sock.sendall(f"exit {pid} {os.waitstatus_to_exitcode(status)}\n".encode())
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--serve"]:
         raise SystemExit(serve())
-    print("usage: python -m deploycheck.worker --serve", file=sys.stderr)
+    if len(sys.argv) == 3 and sys.argv[1] == "--zygote" and sys.argv[2].isdigit():
+        raise SystemExit(zygote(int(sys.argv[2])))
+    print("usage: python -m deploycheck.worker --serve | --zygote FD", file=sys.stderr)
     raise SystemExit(2)
