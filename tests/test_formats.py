@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -127,6 +129,74 @@ def test_good_artifact_loads_and_runs_in_a_fresh_process(pool, artifacts, models
     assert out.result.ok, out.result
     assert out.result.output_shape == [8, 3]
     assert out.result.pid != os.getpid()
+
+
+def test_each_request_is_a_new_child_of_one_zygote(pool, artifacts, tmp_path):
+    """Two requests, two processes; both children of the one zygote, which imported torch once."""
+    first = run(pool, tmp_path, path=artifacts["onnx"], fmt="onnx", manifest=read_manifest(artifacts["onnx"]))
+    second = run(pool, tmp_path, path=artifacts["onnx"], fmt="onnx", manifest=read_manifest(artifacts["onnx"]))
+    assert first.result.ok and second.result.ok
+    assert first.result.pid != second.result.pid
+    assert pool.start == "fork" and pool._zygote is not None
+    assert pool._zygote.popen.pid not in (first.result.pid, second.result.pid)
+
+
+def test_a_zygote_that_died_is_started_again(artifacts, tmp_path):
+    p = WorkerPool(str(tmp_path / "workers"))
+    try:
+        args = dict(path=artifacts["onnx"], fmt="onnx", manifest=read_manifest(artifacts["onnx"]))
+        assert run(p, tmp_path, **args).result.ok
+        dead = p._zygote
+        os.kill(dead.popen.pid, signal.SIGKILL)
+        dead.popen.wait()
+        assert run(p, tmp_path, **args).result.ok
+        assert p._zygote is not dead
+    finally:
+        p.close()
+    assert p._zygote is None and dead.popen.poll() is not None
+
+
+def test_spawn_start_answers_in_a_process_of_its_own(artifacts, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEPLOYCHECK_WORKER_START", "spawn")
+    p = WorkerPool(str(tmp_path / "workers"))
+    try:
+        out = run(
+            p,
+            tmp_path,
+            path=artifacts["torchscript"],
+            fmt="torchscript",
+            manifest=read_manifest(artifacts["torchscript"]),
+        )
+        assert out.result.ok and out.result.output_shape == [8, 3]
+        assert p._zygote is None and p._spare is not None  # the next request's process is already starting
+    finally:
+        p.close()
+
+
+def test_a_zygote_with_threads_hands_the_request_to_a_process_of_its_own(artifacts, tmp_path, monkeypatch):
+    """Forking a process with threads can copy a held lock: the zygote says so and the pool spawns."""
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")  # numpy's OpenBLAS starts a thread pool at import
+    probe = "import os, numpy, torch; print(len(os.listdir('/proc/self/task')))"
+    threads = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=True).stdout
+    if int(threads) < 2:
+        pytest.skip("OpenBLAS starts no thread pool on this machine (one core)")
+    p = WorkerPool(str(tmp_path / "workers"))
+    try:
+        out = run(p, tmp_path, path=artifacts["onnx"], fmt="onnx", manifest=read_manifest(artifacts["onnx"]))
+        assert out.result.ok
+        assert p.start == "spawn" and p._zygote is None
+    finally:
+        p.close()
+
+
+def test_an_unknown_worker_start_is_a_usage_error(project, monkeypatch):
+    monkeypatch.setenv("DEPLOYCHECK_WORKER_START", "thread")
+    project.write(make_spec())
+    res = project.run()
+    res.stderr.fnmatch_lines(
+        ["*DEPLOYCHECK_WORKER_START='thread': expected 'fork' (children of one zygote) or 'spawn'*"]
+    )
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
 
 
 def check_broken(go, artifacts, tmp_path, fmt, case):
