@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import textwrap
 
 # pytester's in-process runs restore sys.modules afterwards; C extensions such as torch cannot be
@@ -41,6 +42,38 @@ def _warm_up_lazy_imports() -> None:
 
 
 _warm_up_lazy_imports()
+
+
+def _keep_installed_modules() -> None:
+    """pytester's in-process runs restore ``sys.modules`` afterwards, dropping every module the
+    inner session imported. For installed libraries that is wrong: torch imports its compiler
+    stack lazily and registers global state as it goes, so a module dropped and imported again
+    registers twice (an AOTInductor compile after an inner session that exported failed with
+    "duplicate name: eager", then InductorError). Modules of installed packages and the standard
+    library are kept; the test's own modules (the model files written to tmp dirs) still go."""
+    import sysconfig
+
+    import _pytest.pytester as pytester_mod
+
+    roots = tuple(
+        os.path.realpath(p) + os.sep
+        for p in {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    )
+
+    def installed(name: str) -> bool:
+        f = getattr(sys.modules.get(name), "__file__", None)
+        return bool(f) and os.path.realpath(f).startswith(roots)
+
+    base = pytester_mod.SysModulesSnapshot
+
+    class KeepInstalled(base):  # type: ignore[misc,valid-type]
+        def __init__(self, preserve=None):
+            super().__init__(preserve=lambda name: installed(name) or (preserve is not None and preserve(name)))
+
+    pytester_mod.SysModulesSnapshot = KeepInstalled  # type: ignore[misc]
+
+
+_keep_installed_modules()
 
 try:
     import transformers  # noqa: F401

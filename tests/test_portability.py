@@ -33,10 +33,12 @@ EMULATED = {
 def test_shipped_digits_specs_pass_under_an_emulated_isa(isa, tmp_path):
     env = {**os.environ, **EMULATED[isa]}
     env.pop("PYTEST_ADDOPTS", None)
-    # The int8 variants and their baselines, where kernels differ most; every format but aoti
-    # (its ~20 s compile per artifact would double CI time). The MLP's two chains (pruned-int8,
-    # student-int8) end in the same dynamic int8 step on the same Linear layers as int8, so they
-    # add no kernel the emulation could change, only a pruning and a 40-epoch distillation.
+    # The int8 variants and their baselines, where kernels differ most, in the formats torch runs:
+    # not onnx (onnxruntime picks its kernels from the CPU itself; ATEN_CPU_CAPABILITY does not
+    # reach it, see the qemu runs in docs/BENCHMARKS.md) and not aoti (its ~20 s compile per
+    # artifact would double CI time). The MLP's two chains (pruned-int8, student-int8) end in the
+    # same dynamic int8 step on the same Linear layers as int8, so they add no kernel the
+    # emulation could change, only a pruning and a 40-epoch distillation.
     cmd = [
         sys.executable,
         "-m",
@@ -47,7 +49,7 @@ def test_shipped_digits_specs_pass_under_an_emulated_isa(isa, tmp_path):
         "-p",
         "no:cacheprovider",
         "-k",
-        "(baseline or int8) and not aoti and not pruned and not student and (snapshot or outputs or metric)",
+        "(baseline or int8) and not aoti and not onnx and not pruned and not student and (snapshot or outputs or metric)",
         "--snapshot-warn-unused",
         "--deploycheck-cache=off",
         f"--deploycheck-run-dir={tmp_path / 'run'}",
@@ -59,7 +61,7 @@ def test_shipped_digits_specs_pass_under_an_emulated_isa(isa, tmp_path):
     doc = json.loads((tmp_path / "reports" / "deploycheck.json").read_text())
     assert doc["machine"]["emulated"] is True and doc["machine"]["torch_cpu_capability"] == isa.upper()
     snaps = [r for r in doc["records"] if r["check"] == "snapshot" and r["status"] != "unsupported"]
-    assert len(snaps) >= 10 and all(r["status"] == "passed" for r in snaps)
+    assert len(snaps) >= 10 and not any(r["format"] == "onnx" for r in snaps) and all(r["status"] == "passed" for r in snaps)
     # judged against the entry approved on real hardware, by the cross-machine rule, and saying so
     assert {r["details"]["rule"] for r in snaps} == {"cross-machine"}
     assert all("compared on x86_64/" in r["formula"] and "by the cross-machine rule" in r["formula"] for r in snaps)
