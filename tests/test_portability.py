@@ -61,7 +61,11 @@ def test_shipped_digits_specs_pass_under_an_emulated_isa(isa, tmp_path):
     doc = json.loads((tmp_path / "reports" / "deploycheck.json").read_text())
     assert doc["machine"]["emulated"] is True and doc["machine"]["torch_cpu_capability"] == isa.upper()
     snaps = [r for r in doc["records"] if r["check"] == "snapshot" and r["status"] != "unsupported"]
-    assert len(snaps) >= 10 and not any(r["format"] == "onnx" for r in snaps) and all(r["status"] == "passed" for r in snaps)
+    assert (
+        len(snaps) >= 10
+        and not any(r["format"] == "onnx" for r in snaps)
+        and all(r["status"] == "passed" for r in snaps)
+    )
     # judged against the entry approved on real hardware, by the cross-machine rule, and saying so
     assert {r["details"]["rule"] for r in snaps} == {"cross-machine"}
     assert all("compared on x86_64/" in r["formula"] and "by the cross-machine rule" in r["formula"] for r in snaps)
