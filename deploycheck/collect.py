@@ -179,9 +179,9 @@ class CheckItem(pytest.Item):
             raise
         if verdict.outcome == "not_compared":  # e.g. a non-finite baseline: its own item fails, once
             raise pytest.skip.Exception(verdict.message, _use_item_location=True)
-        if verdict.outcome == "not_gated":  # measured and recorded, but nothing was checked here
+        if verdict.outcome == "not_gated":  # measured and recorded, but nothing was checked: never a pass
             self._record("not gated", verdict=verdict)
-            raise pytest.skip.Exception(f"not gated on this machine: {verdict.formula}", _use_item_location=True)
+            raise pytest.skip.Exception(f"not gated: {verdict.formula}", _use_item_location=True)
         if verdict.outcome == "inconclusive":  # noise decided nothing: not a pass (nothing was shown), not a fail
             self._record("inconclusive", verdict=verdict)
             pytest.skip(verdict.formula)

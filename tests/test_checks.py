@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deploycheck.checks.base import Bound, Gate, Verdict
+from deploycheck.checks.base import Bound, Gate, Verdict, unset_words
 
 
 def test_a_ceiling_passes_on_the_limit_and_fails_above_it_with_its_unit():
@@ -56,3 +56,29 @@ def test_a_verdict_is_built_by_keyword_and_not_compared_is_no_pass():
         "not compared: the baseline's in-memory outputs are not finite",
     )
     assert Verdict(passed=True, formula="f").outcome == "decided"
+
+
+def test_a_metric_with_no_bound_is_not_gated_and_one_bound_decides():
+    """No threshold set: the value is recorded with what would gate it, and the outcome is
+    ``not_gated`` (the item is skipped, never passed). One bound makes it a decision again."""
+    from deploycheck.checks.quality import metric_verdict
+    from deploycheck.spec.model import MetricThreshold
+
+    free = metric_verdict(name="accuracy", value=0.9, baseline=0.95, higher=True, th=MetricThreshold())
+    assert free.outcome == "not_gated" and free.passed
+    assert free.formula == (
+        "accuracy 0.9 (baseline 0.95, delta -0.05); no threshold set "
+        "(thresholds.metric: max_drop, max_relative_drop, min or max)"
+    )
+    gated = metric_verdict(name="accuracy", value=0.9, baseline=0.95, higher=True, th=MetricThreshold(min=0.5))
+    assert (gated.outcome, gated.passed) == ("decided", True)
+    failed = metric_verdict(name="accuracy", value=0.9, baseline=0.95, higher=True, th=MetricThreshold(max_drop=0.01))
+    assert (failed.outcome, failed.passed) == ("decided", False)
+
+
+def test_unset_words_name_the_keys_that_would_gate():
+    assert (
+        unset_words("thresholds.size", "max_mb", "max_ratio")
+        == "no threshold set (thresholds.size: max_mb or max_ratio)"
+    )
+    assert unset_words("thresholds.size", "max_mb") == "no threshold set (thresholds.size: max_mb)"

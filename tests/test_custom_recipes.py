@@ -39,7 +39,7 @@ def test_a_custom_recipe_in_a_chain_wraps_the_model(project):
         )
     )
     res = project.run("-k", "chain and not latency")
-    res.assert_outcomes(passed=4)
+    res.assert_outcomes(passed=2, skipped=2)
     import json
 
     doc = json.loads((project.path / "reports" / "deploycheck.json").read_text())

@@ -150,7 +150,7 @@ def test_a_hanging_factory_fails_its_items_with_where_it_hung(faulty):
     res.stdout.fnmatch_lines(
         [
             "[[]build[]] tiny::baseline (declared at tiny.yaml:3): creating the model with factory 'tinymodels:hangs' "
-            "did not finish within 2 s and was killed (isolation.build_timeout_s: 2 at tiny.yaml:16)",
+            "did not finish within 2 s and was killed (isolation.build_timeout_s: 2 at tiny.yaml:18)",
             "--- where it was when the timeout struck (most recent call first) ---",
             "Current thread 0x* (most recent call first):",
             '  File "*tinymodels.py", line * in hangs',
@@ -167,7 +167,7 @@ def test_a_hanging_data_callable_fails_the_spec_with_where_it_hung(faulty):
     res.stdout.fnmatch_lines(
         [
             "[[]build[]] tiny (declared at tiny.yaml:6): loading data 'python:tinymodels:hang_data' did not finish "
-            "within 2 s and was killed (isolation.build_timeout_s: 2 at tiny.yaml:16)",
+            "within 2 s and was killed (isolation.build_timeout_s: 2 at tiny.yaml:18)",
             "--- where it was when the timeout struck (most recent call first) ---",
             "*",
             '  File "*tinymodels.py", line * in hang_data',
@@ -200,7 +200,7 @@ def test_a_hanging_recipe_fails_its_variant_and_the_baseline_still_passes(faulty
     res.stdout.fnmatch_lines(
         [
             "[[]build[]] tiny::stuck (declared at tiny.yaml:12): building variant 'stuck' did not finish within 2 s "
-            "and was killed (isolation.build_timeout_s: 2 at tiny.yaml:18)",
+            "and was killed (isolation.build_timeout_s: 2 at tiny.yaml:20)",
             "--- where it was when the timeout struck (most recent call first) ---",
             "*",
             '  File "*tinymodels.py", line * in hang_recipe',

@@ -347,13 +347,20 @@ def test_the_baseline_passes_every_lm_check(lm_run):
         "perplexity",
         "next_token",
         "generation",
-        "generation_speed",
-        "generation_memory",
         "tokenizer",
         "outputs",
         "load",
     ):
         assert recs[("baseline", "export", check)]["status"] == "passed", recs[("baseline", "export", check)]
+    speed = recs[("baseline", "export", "generation_speed")]  # the baseline is what the ratios compare with
+    assert speed["status"] == "not gated" and speed["formula"].endswith(
+        "the baseline is the reference of max_prefill_ratio and max_decode_ratio: nothing to gate"
+    ), speed
+    memory = recs[("baseline", "export", "generation_memory")]  # only max_peak_memory_ratio is set
+    assert memory["status"] == "not gated" and memory["formula"].endswith(
+        "no threshold set (the baseline is the reference of max_peak_memory_ratio; thresholds.generation: "
+        "max_peak_memory_mb)"
+    ), memory
     gen = recs[("baseline", "export", "generation")]["formula"]
     assert gen == (
         "greedy exact match 6/6 = 1.000 >= min_exact_match_in_memory 1 vs the in-memory baseline "

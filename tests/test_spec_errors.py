@@ -108,7 +108,7 @@ def test_format_errors_and_pickle_opt_in():
 
 def test_metric_and_data_errors():
     assert errors(make_spec(extra="metric: acuracy")) == [
-        "s.yaml:16: metric: unknown metric 'acuracy'; did you mean 'accuracy'? available: accuracy, cosine, mae, mse, r2, "
+        "s.yaml:18: metric: unknown metric 'acuracy'; did you mean 'accuracy'? available: accuracy, cosine, mae, mse, r2, "
         "token_agreement, top_k, callable"
     ]
     assert errors(make_spec().replace("sklearn:iris", "csv:iris.csv")) == [

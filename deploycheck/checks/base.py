@@ -19,8 +19,9 @@ from ..target import Target
 #: ``decided``: ``passed`` is the verdict; ``inconclusive``: the measurement (noise) decides
 #: nothing: the item is skipped, recorded as inconclusive; ``not_compared``: there is nothing
 #: meaningful to compare with (a non-finite baseline): the item is skipped, pointing at why;
-#: ``not_gated``: measured, but every threshold set was scoped to other machines: nothing was
-#: checked here, so the item is skipped (never a pass) and recorded as ``not gated``
+#: ``not_gated``: measured, but no threshold decided (none set, or every one set was scoped to
+#: other machines): nothing was checked, so the item is skipped (never a pass) and recorded as
+#: ``not gated`` with its measurement
 Outcome = Literal["decided", "inconclusive", "not_compared", "not_gated"]
 
 
@@ -142,6 +143,16 @@ class Gate:
     def formula(self, *, unset: str = "") -> str:
         """The failed formulas, else the passed ones, else ``unset`` (no threshold was set)."""
         return "; ".join(self.failed or self.passed or ([unset] if unset else []))
+
+
+def unset_words(where: str, *keys: str) -> str:
+    """How an ungated measurement says what would gate it: ``no threshold set (thresholds.size:
+    max_mb or max_ratio)``."""
+    return (
+        f"no threshold set ({where}: {', '.join(keys[:-1])} or {keys[-1]})"
+        if len(keys) > 1
+        else (f"no threshold set ({where}: {keys[0]})")
+    )
 
 
 def given(th: Any, *keys: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from ..errors import StageError
 from ..numeric import fmt_num
 from ..outputs import pick
 from ..target import Target
-from .base import Gate, Verdict, check, given
+from .base import Gate, Verdict, check, given, unset_words
 from .performance import ratio_formula
 from .quality import baseline_not_compared
 
@@ -78,6 +78,7 @@ def perplexity_check(runner, t: Target) -> Verdict:
         value=value,
         threshold=given(th, "max_relative_increase", "max_increase"),
         details={"perplexity": value, "baseline": ref, "tokens": n},
+        outcome="decided" if given(th, "max_relative_increase", "max_increase") else "not_gated",
     )
 
 
@@ -102,6 +103,7 @@ def next_token_check(runner, t: Target) -> Verdict:
         value=st["mean_kl"],
         threshold=given(th, "min_top1", "max_mean_kl"),
         details={k: st[k] for k in ("top1", "mean_kl", "max_kl", "positions")},
+        outcome="decided" if given(th, "min_top1", "max_mean_kl") else "not_gated",
     )
 
 
@@ -229,11 +231,24 @@ def _generation_applies(t: Target) -> bool:
     return is_causal_lm(t) and t.spec.generation is not None
 
 
+def _unset(t: Target, *, memory: bool = False) -> str:
+    """What would gate a generation measurement that nothing gates."""
+    if memory:
+        if t.is_baseline:
+            return unset_words(
+                "the baseline is the reference of max_peak_memory_ratio; thresholds.generation", "max_peak_memory_mb"
+            )
+        return unset_words("thresholds.generation", "max_peak_memory_mb", "max_peak_memory_ratio")
+    if t.is_baseline:
+        return "the baseline is the reference of max_prefill_ratio and max_decode_ratio: nothing to gate"
+    return unset_words("thresholds.generation", "max_prefill_ratio", "max_decode_ratio")
+
+
 def _not_measured(t: Target, r, wanted: dict) -> Verdict:
     why = r.result.generation_error or (r.result.generation_timing or {}).get("error") or "nothing measured"
     msg = f"not measured: the generation through the reloaded {t.fmt} artifact failed: {why}"
-    if not wanted:  # nothing gated: say so, nothing was hidden
-        return Verdict(passed=True, formula=msg + " (no threshold set)", details={"error": why})
+    if not wanted:  # nothing gated: not a pass, and the failure is said
+        return Verdict(passed=True, formula=msg + "; " + _unset(t), details={"error": why}, outcome="not_gated")
     return Verdict(passed=False, message=msg, formula=msg, threshold=wanted, details={"error": why})
 
 
@@ -286,7 +301,7 @@ def generation_speed_check(runner, t: Target) -> Verdict:
         if ratio["decision"] == "inconclusive-busy":
             inconclusive = True
         (failed if ratio["decision"].startswith("fail") else parts).append(text)
-    formula = "; ".join([head] + (failed or parts))
+    formula = "; ".join([head] + (failed or parts or [_unset(t)]))
     message = ""
     if failed or inconclusive:
         details["forgotten"] = runner.forget_measurement(t)  # measured afresh next run
@@ -299,7 +314,7 @@ def generation_speed_check(runner, t: Target) -> Verdict:
         value=dec["tokens_per_s"],
         threshold=wanted or None,
         details=details,
-        outcome="inconclusive" if inconclusive and not failed else "decided",
+        outcome="inconclusive" if inconclusive and not failed else "decided" if wanted else "not_gated",
     )
 
 
@@ -319,7 +334,7 @@ def generation_memory_check(runner, t: Target) -> Verdict:
             why = "peak memory is not readable on this system (needs Linux /proc/self/clear_refs)"
             if wanted:
                 return Verdict(passed=False, message=why, formula=why, threshold=wanted)
-            return Verdict(passed=True, formula=why + " (no threshold set)")
+            return Verdict(passed=True, formula=why + "; " + _unset(t, memory=True), outcome="not_gated")
         return _not_measured(t, r, wanted)
     peak = mem["peak_mb"]
     head = f"peak memory of the generation {fmt_num(peak)} MB ({mem['method']})"
@@ -344,7 +359,7 @@ def generation_memory_check(runner, t: Target) -> Verdict:
                 f"peak memory ratio {fmt_num(peak)} MB / baseline {fmt_num(bmem['peak_mb'])} MB = {ratio:.3f} "
                 f"{'<=' if ok else '>'} max_peak_memory_ratio {fmt_num(lim)}"
             )
-    formula = "; ".join([head] + (failed or parts or ["no threshold set"]))
+    formula = "; ".join([head] + (failed or parts or [_unset(t, memory=True)]))
     return Verdict(
         passed=not failed,
         message="; ".join(failed) + f"\n  ({head})" if failed else "",
@@ -352,4 +367,5 @@ def generation_memory_check(runner, t: Target) -> Verdict:
         value=peak,
         threshold=wanted or None,
         details=details,
+        outcome="decided" if wanted else "not_gated",
     )

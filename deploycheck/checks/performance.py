@@ -8,7 +8,7 @@ from ..errors import StageError
 from ..numeric import fmt_num
 from ..stages.save import VariantUnsupported
 from ..target import Target
-from .base import Bound, Gate, Outcome, Verdict, check, given
+from .base import Bound, Gate, Outcome, Verdict, check, given, unset_words
 
 # --- latency ------------------------------------------------------------------------------------
 
@@ -118,7 +118,16 @@ def latency_check(runner, t: Target) -> Verdict:
         else:  # the decision is the timing module's (paired rounds, control, busy machine)
             gate.add(not ratio["decision"].startswith("fail"), ratio_formula(ratio, th))
         gated = True
-    formula = gate.formula(unset=f"p50 {fmt_num(lat.p50_ms)} ms, p95 {fmt_num(lat.p95_ms)} ms (no threshold set)")
+    if wants_ratio and t.is_baseline:  # the baseline is what the ratio compares with
+        why = unset_words(
+            "the baseline is the reference of max_ratio and min_speedup; thresholds.latency",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+        )
+    else:
+        why = unset_words("thresholds.latency", "max_ratio", "min_speedup", "p50_ms", "p95_ms", "p99_ms")
+    formula = gate.formula(unset=f"p50 {fmt_num(lat.p50_ms)} ms, p95 {fmt_num(lat.p95_ms)} ms; {why}")
     thr = given(th, "p50_ms", "p95_ms", "p99_ms", "max_ratio", "min_speedup")
     message = ""
     if ratio and ratio["decision"] == "inconclusive-busy" and not t.is_baseline:
@@ -132,8 +141,8 @@ def latency_check(runner, t: Target) -> Verdict:
             else "\n  (not kept in the cache: the next run measures again)"
         )
     busy = bool(ratio and ratio["decision"] == "inconclusive-busy" and gate.ok)
-    # a ceiling set only for other machines checked nothing here: not a pass
-    outcome: Outcome = "inconclusive" if busy else "not_gated" if elsewhere and not gated else "decided"
+    # no threshold, or only ceilings set for other machines: nothing was checked here, not a pass
+    outcome: Outcome = "inconclusive" if busy else "not_gated" if not gated else "decided"
     return Verdict(
         passed=gate.ok,
         message=message,
@@ -172,7 +181,11 @@ def size_check(runner, t: Target) -> Verdict:
             ratio = art.size / base_size
             what = f"size ratio {ratio:.3f} ({fmt_num(mb)} MB / baseline {fmt_num(base_size / 1e6)} MB)"
             gate.bound(Bound.at_most("max_ratio", th.max_ratio), ratio, what)
-    formula = gate.formula(unset=f"size {fmt_num(mb)} MB (no threshold set)")
+    if th.max_ratio is not None and t.is_baseline:  # the baseline is what the ratio compares with
+        why = unset_words("the baseline is the reference of max_ratio; thresholds.size", "max_mb")
+    else:
+        why = unset_words("thresholds.size", "max_mb", "max_ratio")
+    formula = gate.formula(unset=f"size {fmt_num(mb)} MB; {why}")
     return Verdict(
         passed=gate.ok,
         message="" if gate.ok else formula,
@@ -180,4 +193,5 @@ def size_check(runner, t: Target) -> Verdict:
         value=mb,
         threshold=given(th, "max_mb", "max_ratio"),
         details=details,
+        outcome="not_gated" if gate.empty else "decided",
     )

@@ -22,7 +22,7 @@ from ..outputs import align, label, pick
 from ..protocol import batch_len, run_batch
 from ..recipes.quantize import saturation_hint
 from ..target import Target
-from .base import Bound, Gate, Verdict, check, given
+from .base import Bound, Gate, Verdict, check, given, unset_words
 
 # --- load ---------------------------------------------------------------------------------------
 
@@ -370,7 +370,9 @@ def metric_verdict(*, name: str, value: float, baseline: float, higher: bool, th
         gate.bound(Bound.at_least("min", th.min), value, what)
     if th.max is not None:
         gate.bound(Bound.at_most("max", th.max), value, what)
-    unset = f"{what} (baseline {fmt_num(baseline)}, delta {delta:+.4g}; no threshold set)"
+    unset = f"{what} (baseline {fmt_num(baseline)}, delta {delta:+.4g}); " + unset_words(
+        "thresholds.metric", "max_drop", "max_relative_drop", "min", "max"
+    )
     formula = "; ".join([gate.formula(unset=unset)] + notes)
     details = {"metric": name, "value": value, "baseline": baseline, "delta": delta, "higher_is_better": higher}
     if ci is not None:
@@ -390,6 +392,7 @@ def metric_verdict(*, name: str, value: float, baseline: float, higher: bool, th
         value=value,
         threshold=given(th, "max_drop", "max_relative_drop", "min", "max"),
         details=details,
+        outcome="not_gated" if gate.empty else "decided",
     )
 
 
