@@ -3,7 +3,7 @@
 Each artifact is loaded in a new process that has imported torch but no user code. A session
 starts one zygote (``python -I -m deploycheck.worker --zygote``) at its first request; the zygote
 imports torch once and forks a child per request, so no request pays torch's import and no
-import is paid for a worker that is never used. Where fork is not available, or with
+import is paid for a worker that is never used. Outside Linux, or with
 ``DEPLOYCHECK_WORKER_START=spawn``, each request gets a process started for it instead, with the
 next one started as soon as the last answered, so its torch import overlaps the parent's work.
 """
@@ -134,14 +134,15 @@ class Outcome:
 
 
 def start_method() -> str:
-    """How workers start: ``DEPLOYCHECK_WORKER_START`` (``fork`` or ``spawn``), else fork where the
-    platform has it. ValueError names the variable for any other value."""
+    """How workers start: ``DEPLOYCHECK_WORKER_START`` (``fork`` or ``spawn``), else fork on Linux
+    and spawn elsewhere. ValueError names the variable for any other value."""
     got = os.environ.get(START_ENV, "")
     if got not in ("", "fork", "spawn"):
         raise ValueError(f"{START_ENV}={got!r}: expected 'fork' (children of one zygote) or 'spawn' (a process each)")
     if got == "fork" and not hasattr(os, "fork"):
         raise ValueError(f"{START_ENV}=fork: this platform has no fork; use 'spawn'")
-    return got or ("fork" if hasattr(os, "fork") else "spawn")
+    # Linux by default: the zygote counts its threads in /proc before each fork (see worker.zygote)
+    return got or ("fork" if sys.platform.startswith("linux") else "spawn")
 
 
 def _worker_env() -> dict[str, str]:

@@ -5,7 +5,7 @@ a working directory outside the project, so the spec's model code is not importa
 format needs it (safetensors + factory). :mod:`deploycheck.isolation` starts
 ``python -I -m deploycheck.worker --zygote FD`` once per session: it imports torch, then forks one
 child per request (:func:`zygote`), which answers it in a result file and exits. ``--serve``
-answers one request in a process started for it (where fork is not available, or with
+answers one request in a process started for it (outside Linux, or with
 ``DEPLOYCHECK_WORKER_START=spawn``).
 """
 
