@@ -306,6 +306,9 @@ def test_ctrl_c_leaves_no_worker_or_build_running(faulty, tmp_path, where):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        # a shell without job control starts background commands with SIGINT ignored, and Python
+        # keeps an ignored SIGINT ignored: the inner session would never see this Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         end = time.monotonic() + 120
