@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "BENCHMARKS.md")
@@ -17,6 +18,12 @@ def machine_line() -> str:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"torch {torch.__version__}"
     )
+
+
+def pytest_specs(specs: list[str], *options: str) -> list[str]:
+    """The command the benchmarks measure through: ``pytest SPECS -q -p no:cacheprovider OPTIONS``,
+    the way users run deploycheck."""
+    return [sys.executable, "-m", "pytest", *specs, "-q", "-p", "no:cacheprovider", *options]
 
 
 def write_section(name: str, markdown: str) -> None:

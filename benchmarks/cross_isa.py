@@ -20,10 +20,9 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 
-from _common import ROOT, machine_line, write_section
+from _common import ROOT, machine_line, pytest_specs, write_section
 
 SETTINGS = {
     "default": {"ATEN_CPU_CAPABILITY": "default"},
@@ -45,20 +44,9 @@ def main() -> None:
     with open(os.path.join(work, "pytest.ini"), "w") as fh:
         fh.write("[pytest]\n")
     for name, env in SETTINGS.items():
-        cmd = [
-            sys.executable,
-            "-m",
-            "pytest",
-            *args.specs,
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-k",
-            "snapshot",
-            "--snapshot-update",
-            "--deploycheck-cache=off",
-            "--deploycheck-no-report",
-        ]
+        cmd = pytest_specs(
+            args.specs, "-k", "snapshot", "--snapshot-update", "--deploycheck-cache=off", "--deploycheck-no-report"
+        )
         r = subprocess.run(cmd, cwd=work, env={**os.environ, **env}, capture_output=True, text=True)
         print(
             f"{name}: exit {r.returncode}; {r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ''}", flush=True

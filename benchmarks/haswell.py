@@ -32,27 +32,21 @@ import sys
 import tempfile
 import time
 
-from _common import ROOT, machine_line, write_section
+from _common import ROOT, machine_line, pytest_specs, write_section
 
 DEFAULT_SPECS = ["specs/digits_mlp.yaml", "specs/digits_cnn.yaml", "specs/tiny_lm.yaml"]
 
 
 def native_run(specs: list[str], work: str) -> str:
     run = os.path.join(work, "run")
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        *specs,
-        "-q",
-        "-p",
-        "no:cacheprovider",
+    cmd = pytest_specs(
+        specs,
         "-k",
         "outputs and not aoti",
         "--deploycheck-cache=off",
         "--deploycheck-no-report",
         f"--deploycheck-run-dir={run}",
-    ]
+    )
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     print(res.stdout.strip().splitlines()[-1])
     if res.returncode != 0:

@@ -33,21 +33,11 @@ PROMPTS = os.path.join(ROOT, "specs", "data", "tiny_lm_prompts.txt")
 
 
 def recipes():
-    import torch
-    from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig, PerGroup, quantize_
+    """fp32 and the two weight-only recipes the example spec ships, from lm_recipes' table."""
+    import lm_recipes
 
-    def q(cfg):
-        def apply(m):
-            quantize_(m, cfg)
-            return m
-
-        return apply
-
-    return {
-        "fp32": lambda m: m,
-        "int8 weight-only": q(Int8WeightOnlyConfig()),
-        "int4 weight-only (intx)": q(IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32))),
-    }
+    table = lm_recipes.recipes()
+    return {name: table[name][1] for name in ("fp32", "int8 weight-only", "int4 weight-only (intx)")}
 
 
 def executorch_step(step, args, dyn, path: str):

@@ -25,7 +25,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import StageError
 from .protocol import WorkerRequest, WorkerResult
@@ -86,6 +86,16 @@ class OutputTail:
 PARENT_ENV = "DEPLOYCHECK_PARENT_PID"
 #: ``fork`` (the default where available: children of one zygote) or ``spawn`` (a process per request)
 START_ENV = "DEPLOYCHECK_WORKER_START"
+
+
+def exit_child(code: int) -> NoReturn:
+    """Leave a forked child: flush what it printed, then end without returning into the caller's
+    stack or running the parent's atexit handlers."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
 
 
 def die_with_parent(parent: int) -> None:
@@ -305,42 +315,32 @@ class WorkerPool:
     def _forked(self, req_path: str, timeout_s: float) -> Outcome | None:
         """The request answered by a child of the zygote; None when the zygote cannot fork safely
         (it has started threads), and the request goes to a process of its own instead."""
-        for attempt in (1, 2):  # a zygote that died since the last request is started again, once
+        for last_try in (False, True):  # a zygote that died since the last request is started again, once
             if self._zygote is None or self._zygote.popen.poll() is not None:
-                if self._zygote is not None:
-                    self._zygote.kill()
+                self._drop_zygote()
                 self._zygote = _Zygote(self.workdir)
             z = self._zygote
             r, w = os.pipe()
-            try:
-                z.send(req_path, w)
-            except _ZygoteGone:
-                os.close(r)
-                self._drop_zygote()
-                if attempt == 2:
-                    return z.death()
-                continue
-            finally:
-                os.close(w)
             tail = OutputTail(os.fdopen(r, "rb"))
             t0 = time.perf_counter()
             try:
-                # the zygote has imported torch when it reads the request: its import is not the request's time
-                first = z.line(time.monotonic() + max(600.0, timeout_s))
-            except TimeoutError:
-                first = None
-            if first == "spawn":
-                tail.text(wait_s=0.5)
+                z.send(req_path, w)
+                # the zygote reads the request once torch is imported: that import is not the request's time
+                reply = z.line(time.monotonic() + max(600.0, timeout_s))
+            except (_ZygoteGone, TimeoutError):
+                reply = None
+            finally:
+                os.close(w)
+            if reply == "spawn":
                 self._drop_zygote()
                 self.start = "spawn"
                 return None
-            if first is None or not first.startswith("forked "):
-                self._drop_zygote()
-                if attempt == 2:
-                    return z.death()
-                continue
-            return self._await_child(z, int(first.split()[1]), tail, t0, timeout_s)
-        return None  # unreachable: the second attempt returns
+            if reply is not None and reply.startswith("forked "):
+                return self._await_child(z, int(reply.split()[1]), tail, t0, timeout_s)
+            self._drop_zygote()
+            if last_try:
+                return z.death()
+        raise AssertionError("unreachable: the last try returns")
 
     def _await_child(self, z: _Zygote, pid: int, tail: OutputTail, t0: float, timeout_s: float) -> Outcome:
         code: int | None = None
@@ -463,11 +463,7 @@ def call_forked(fn: Callable[[], Any], *, timeout_s: float, workdir: str) -> Any
         except BaseException:  # noqa: BLE001 - the parent reports the missing answer
             code = 70
         finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
+            exit_child(code)
     os.close(w)
     os.close(dump_fd)
     try:

@@ -21,7 +21,7 @@ import traceback
 from . import lm_worker, timing
 from .formats import FORMATS
 from .formats.integrity import check_file, classify, vet_manifest
-from .isolation import PARENT_ENV, die_with_parent
+from .isolation import PARENT_ENV, die_with_parent, exit_child
 from .outputs import OutputError, concat
 from .protocol import (
     ArtifactRef,
@@ -256,13 +256,18 @@ def answer(path: str) -> int:
     return 0
 
 
-def serve() -> int:
-    """A worker started for one request: import torch, read the request's path on stdin, answer."""
+def _start() -> None:
+    """What every worker process does first: end with the process that started it, and import
+    torch before a request arrives."""
     parent = os.environ.get(PARENT_ENV, "")
     if parent.isdigit():
         die_with_parent(int(parent))
-    import torch  # noqa: F401 - the point of a spare worker: pay the import before the request arrives
+    import torch  # noqa: F401
 
+
+def serve() -> int:
+    """A worker started for one request: import torch, read the request's path on stdin, answer."""
+    _start()
     line = sys.stdin.readline().strip()
     return answer(line) if line else 0
 
@@ -287,11 +292,7 @@ def zygote(fd: int) -> int:
     with stdin at /dev/null and without this socket."""
     import socket
 
-    parent = os.environ.get(PARENT_ENV, "")
-    if parent.isdigit():
-        die_with_parent(int(parent))
-    import torch  # noqa: F401 - paid once here, not once per request
-
+    _start()  # torch's import is paid once here, not once per request
     sock = socket.socket(fileno=fd)
     me = os.getpid()
     while True:
@@ -325,11 +326,7 @@ def zygote(fd: int) -> int:
             except BaseException:  # noqa: BLE001 - the pool reports the missing answer with this output
                 traceback.print_exc()
             finally:
-                try:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                finally:
-                    os._exit(code)
+                exit_child(code)
         os.close(out)
         sock.sendall(f"forked {pid}\n".encode())
         _, status = os.waitpid(pid, 0)
