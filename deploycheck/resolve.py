@@ -26,13 +26,41 @@ def name_problems(spec) -> list[Problem]:
         return _name_problems(spec)
     finally:
         sys.path[:] = path_before
-        roots = [os.path.abspath(d) + os.sep for d in search_dirs(spec)]
+        roots = [os.path.join(os.path.abspath(d), "") for d in search_dirs(spec)]
+        installed = installed_dirs()
         for name in set(sys.modules) - before:
-            if name == "deploycheck" or name.startswith("deploycheck."):
-                continue  # (an editable install sits in the project the spec's python_path names)
-            path = getattr(sys.modules.get(name), "__file__", None) or ""
-            if any(os.path.abspath(path).startswith(r) for r in roots):
+            if is_users_own(name, getattr(sys.modules.get(name), "__file__", None), roots=roots, installed=installed):
                 sys.modules.pop(name, None)
+
+
+def installed_dirs() -> list[str]:
+    """Folders that hold the interpreter's and installed packages' modules (the venv, wherever it
+    sits: inside the project too, as the Quick start puts it)."""
+    dirs = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
+    try:
+        import site
+
+        dirs.update(site.getsitepackages())
+        dirs.add(site.getusersitepackages())
+    except Exception:  # (site may be stubbed out in embedded interpreters)
+        pass
+    return sorted(os.path.join(os.path.realpath(d), "") for d in dirs if d)
+
+
+def is_users_own(name: str, file: str | None, *, roots: list[str], installed: list[str]) -> bool:
+    """Whether a module imported while resolving a spec's names is the user's own (forgotten
+    afterwards, so another spec's module of the same name imports its own): a Python source file
+    under the spec's python_path, not deploycheck, not an extension module, and not under the
+    interpreter's or installed packages' folders. Forgetting torch's extension modules makes the
+    next import load them a second time, which crashes the process."""
+    if name == "deploycheck" or name.startswith("deploycheck.") or not file:
+        return False
+    if not file.endswith(".py"):
+        return False  # extension modules (.so/.pyd) cannot be loaded twice in one process
+    path, real = os.path.abspath(file), os.path.realpath(file)
+    if any(p.startswith(d) for d in installed for p in (path, real)):
+        return False
+    return any(path.startswith(r) for r in roots)
 
 
 def _name_problems(spec) -> list[Problem]:

@@ -181,3 +181,58 @@ def test_example_ci_workflow_is_valid_yaml_using_real_commands():
     steps = [s.get("run", "") for job in wf["jobs"].values() for s in job["steps"]]
     assert any("deploycheck merge shards/shard-*.json -o reports/ALL.json --fail-on-failure" in s for s in steps)
     assert any(s.startswith("pytest ${{ matrix.spec }}") for s in steps)
+
+
+def test_validate_every_shipped_spec_together_in_a_fresh_process():
+    """A newcomer's second command, as the Quick start leaves them: a fresh process (torch not yet
+    imported) validating every spec under specs/ and examples/ at once."""
+    examples = [os.path.join(ROOT, "examples", rel) for rel in ("bring_your_own/gate.yaml", "tokens/tokens.yaml")]
+    p = cli("validate", os.path.join(ROOT, "specs"), *examples, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.splitlines()[-1] == "6 valid, 0 invalid"
+
+
+def test_validate_leaves_torch_alone_when_the_venv_sits_under_the_python_path(tmp_path):
+    """The shipped specs' python_path reaches the project root, and the Quick start puts .venv
+    there: validation forgot torch's extension modules with the user's own and the second spec's
+    import of torch crashed the process (exit 139). Here python_path names the folder that holds
+    this interpreter's prefix, so torch lives under it wherever the venv is."""
+    import sys
+
+    above_venv = os.path.dirname(os.path.realpath(sys.prefix))
+    for name in ("first", "second"):
+        (tmp_path / f"{name}_models.py").write_text(
+            "import torch\nimport torch.nn.functional as F\n\n\nclass Net(torch.nn.Module):\n"
+            "    def forward(self, x):\n        return F.relu(x)\n"
+        )
+        (tmp_path / f"{name}.yaml").write_text(
+            make_spec(factory="Net")
+            .replace(
+                "  factory: tinymodels:Net\n",
+                f'  factory: {name}_models:Net\n  python_path: [".", "{above_venv}"]\n',
+            )
+            .replace("name: tiny", f"name: {name}")
+        )
+    p = cli("validate", str(tmp_path / "first.yaml"), str(tmp_path / "second.yaml"), cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.splitlines() == [
+        f"{tmp_path}/first.yaml: ok (first: 1 variant, formats torchscript)",
+        f"{tmp_path}/second.yaml: ok (second: 1 variant, formats torchscript)",
+        "2 valid, 0 invalid",
+    ]
+
+
+def test_name_resolution_forgets_only_the_users_own_source_modules(tmp_path):
+    """Known answers: a module under the spec's python_path is forgotten; one under an installed
+    folder (a venv inside the project), an extension module and deploycheck itself are kept."""
+    from deploycheck.resolve import is_users_own
+
+    root = f"{tmp_path}/"
+    venv = f"{tmp_path}/.venv/"
+    kw = {"roots": [root], "installed": [venv]}
+    assert is_users_own("models", f"{tmp_path}/models.py", **kw)
+    assert not is_users_own("torch", f"{tmp_path}/.venv/lib/python3.11/site-packages/torch/__init__.py", **kw)
+    assert not is_users_own("ext", f"{tmp_path}/ext.cpython-311-x86_64-linux-gnu.so", **kw)
+    assert not is_users_own("deploycheck.cli", f"{tmp_path}/deploycheck/cli.py", **kw)
+    assert not is_users_own("json", "/usr/lib/python3.11/json/__init__.py", **kw)
+    assert not is_users_own("ns", None, **kw)
