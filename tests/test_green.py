@@ -56,6 +56,28 @@ def test_undecodable_and_unreadable_specs_fail_validate(tmp_path, capsys):
         assert out[3] == "1 valid, 2 invalid"
 
 
+def test_a_spec_with_a_byte_order_mark_is_collected_and_validated(project, capsys):
+    """Some Windows editors start a UTF-8 file with a byte-order mark: the spec was not recognised,
+    and the gate passed without it. A UTF-16 spec fails with what to do instead."""
+    from conftest import TINY_MODELS
+
+    (project.path / "bom.yaml").write_bytes(b"\xef\xbb\xbf" + make_spec().replace("name: tiny", "name: bom").encode())
+    (project.path / "wide.yaml").write_bytes(make_spec().replace("name: tiny", "name: wide").encode("utf-16"))
+    res = project.run("--collect-only", "-q")
+    res.stdout.fnmatch_lines(
+        [
+            "*ERROR collecting wide.yaml*",
+            "wide.yaml:1: the file is UTF-16 (it starts with a UTF-16 byte-order mark); save the spec as UTF-8",
+        ]
+    )
+    assert "bom.yaml::bom::baseline::torchscript::load" in res.stdout.str()
+    (project.path / "tinymodels.py").write_text(TINY_MODELS)
+    assert main(["validate", str(project.path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert f"{project.path}/bom.yaml: ok (bom: 1 variant, formats torchscript)" in out
+    assert out[-1].endswith(" invalid") and f"{project.path}/wide.yaml:1: the file is UTF-16" in "\n".join(out)
+
+
 def test_two_specs_with_one_name_are_an_error(project, tmp_path, capsys):
     for d in ("a", "b"):
         (project.path / d).mkdir()

@@ -37,8 +37,9 @@ MARKER_BYTES = re.compile(rb"^deploycheck\s*:", re.MULTILINE)
 
 
 def is_spec_text(text: str) -> bool:
-    """Cheap test used at collection: other YAML in a repository (CI workflows, configs) is ignored."""
-    return MARKER.search(text) is not None
+    """Cheap test used at collection: other YAML in a repository (CI workflows, configs) is ignored.
+    A leading byte-order mark does not hide the marker."""
+    return MARKER.search(text.removeprefix("\ufeff")) is not None
 
 
 def may_be_spec(path: str) -> bool:
@@ -54,10 +55,20 @@ def may_be_spec(path: str) -> bool:
             data = fh.read()
     except OSError:
         return True
+    if data.startswith(_UTF16_BOMS):
+        # Not UTF-8, but a spec saved as UTF-16 by an editor must fail reading, not be skipped.
+        try:
+            return is_spec_text(data.decode("utf-16"))
+        except UnicodeDecodeError:
+            return False
     try:
-        return is_spec_text(data.decode("utf-8"))
+        return is_spec_text(data.decode("utf-8-sig"))
     except UnicodeDecodeError:
-        return MARKER_BYTES.search(data) is not None
+        return MARKER_BYTES.search(data.removeprefix(_UTF8_BOM)) is not None
+
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 def read_spec(path: str) -> str:
@@ -67,8 +78,14 @@ def read_spec(path: str) -> str:
             data = fh.read()
     except OSError as e:
         raise SpecError(path, [Problem(1, "", f"cannot read the spec file: {e.strerror or e}")]) from None
+    if data.startswith(_UTF16_BOMS):
+        raise SpecError(
+            path,
+            [Problem(1, "", "the file is UTF-16 (it starts with a UTF-16 byte-order mark); save the spec as UTF-8")],
+        )
     try:
-        return data.decode("utf-8")
+        # A UTF-8 byte-order mark (some Windows editors write one) is not part of the text.
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
