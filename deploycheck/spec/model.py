@@ -166,12 +166,49 @@ class Inputs:
         if not items:
             ctx.error(line, path, "declare at least one input")
             raise Invalid
+        if not _dims_agree(items, value, path=path, line=line, ctx=ctx):
+            raise Invalid
         return cls(tuple(items), True)
 
     @classmethod
     def json_schema_hook(cls) -> dict:
         one = dataclass_schema(InputSpec)
         return {"anyOf": [one, {"type": "object", "additionalProperties": one}], "description": cls.__doc__}
+
+
+def _dims_agree(items: list[tuple[str, InputSpec]], value: Any, *, path: str, line: int, ctx: Ctx) -> bool:
+    """Inputs that name the same dynamic dimension share its size: one range and one example size.
+    A second, different declaration was silently ignored (the first won)."""
+    first: dict[str, tuple[str, DynamicDim, int]] = {}
+    ok = True
+    for name, spec in items:
+        kl = value.line_of(name) if isinstance(value, LMap) else line
+        for d in spec.dynamic_dims:
+            size = spec.shape[d.dim]
+            if d.name not in first:
+                first[d.name] = (name, d, size)
+                continue
+            oname, od, osize = first[d.name]
+            where = f"{path}.{name}.dynamic.{d.dim}"
+            bounded = (d.min, d.max) != (None, None) and (od.min, od.max) != (None, None)
+            if bounded and (d.min, d.max) != (od.min, od.max):
+                ctx.error(
+                    kl,
+                    where,
+                    f"dimension {d.name!r} is declared with min {d.min}, max {d.max} here but min {od.min}, "
+                    f"max {od.max} at {oname}[{od.dim}]; a shared dimension has one range: declare the same "
+                    "range, or give this one another name",
+                )
+                ok = False
+            elif size != osize:
+                ctx.error(
+                    kl,
+                    where,
+                    f"dimension {d.name!r} has size {size} in {name}'s shape but {osize} in {oname}'s "
+                    f"({oname}[{od.dim}]); inputs that share a dimension share its size",
+                )
+                ok = False
+    return ok
 
 
 @dataclass(frozen=True)
