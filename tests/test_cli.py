@@ -236,3 +236,22 @@ def test_name_resolution_forgets_only_the_users_own_source_modules(tmp_path):
     assert not is_users_own("deploycheck.cli", f"{tmp_path}/deploycheck/cli.py", **kw)
     assert not is_users_own("json", "/usr/lib/python3.11/json/__init__.py", **kw)
     assert not is_users_own("ns", None, **kw)
+
+
+def test_init_with_no_metric_in_a_fresh_process():
+    """The issue's command from the project root, writing next to the project (so the default
+    python_path '..' reaches the project root and, in CI and for newcomers, the venv inside it):
+    it ended in 'ImportError: cannot load module more than once per process'."""
+    import uuid
+
+    folder = os.path.join(ROOT, "build")  # git-ignored
+    out = os.path.join(folder, f"init-{uuid.uuid4().hex[:8]}.yaml")
+    os.makedirs(folder, exist_ok=True)
+    try:
+        p = cli("init", "--factory", "examples.digits:MLP", "--shape", "1,64", "-o", out, cwd=ROOT)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout == f"wrote {out}; run: pytest {out}\n"
+        assert "  factory: examples.digits:MLP\n" in open(out).read()
+    finally:
+        if os.path.exists(out):
+            os.remove(out)
