@@ -87,8 +87,9 @@ def _name_problems(spec) -> list[Problem]:
         if not os.path.isfile(full):
             folder = os.path.dirname(full)
             near = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-            hint = did_you_mean(os.path.basename(rel), near)
-            what = "is a folder, not a file" if os.path.isdir(full) else "file not found"
+            folder_given = os.path.isdir(full)
+            hint = "" if folder_given else did_you_mean(os.path.basename(rel), near)
+            what = "is a folder, not a file" if folder_given else "file not found"
             problems.append(Problem(line, where, f"{what}: {full}" + (f"; {hint.rstrip()}" if hint else "")))
         elif not os.access(full, os.R_OK):
             problems.append(Problem(line, where, f"file not readable (permission denied): {full}"))

@@ -272,6 +272,48 @@ def test_truncated_zip_without_manifest_is_still_diagnosed(run_here, artifacts, 
     assert (r.kind, r.message.split(":")[0]) == ("truncated", "the zip archive has no readable directory")
 
 
+def _rezip(src: str, dst: str, *, add: dict[str, bytes] | None = None, keep=lambda n: True) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w") as out:
+        for name, data in (add or {}).items():
+            out.writestr(name, data)
+        for n in z.namelist():
+            if keep(n):
+                out.writestr(n, z.read(n))
+
+
+@pytest.mark.parametrize("member", ["../evil/archive_format", "/etc/evil", "model/../../evil.txt", "other/x"])
+def test_an_archive_with_a_member_outside_its_folder_is_refused_before_loading(run_here, artifacts, tmp_path, member):
+    dst = str(tmp_path / "model.pt2")
+    _rezip(artifacts["export"], dst, add={member: b"boom"})
+    r = run_here(tmp_path, path=dst, fmt="export", manifest=None)
+    assert (r.stage, r.kind) == ("load", "corrupted")
+    assert f"the archive has a member outside its own folder ({member!r})" in r.message
+    assert "(zip slip), so it is not loaded" in r.message
+
+
+def test_an_export_archive_with_fake_members_names_the_readers_error(pool, artifacts, tmp_path):
+    """torch.export.load logs the reader's error as a warning and raises 'Please check the warnings
+    above', which the worker's captured output hid: the message names the cause."""
+    dst = str(tmp_path / "model.pt2")
+    _rezip(artifacts["export"], dst, keep=lambda n: not n.endswith("/version"))
+    r = run(pool, tmp_path, path=dst, fmt="export", manifest=None).result
+    assert (r.ok, r.stage) == (False, "load")
+    assert 'not a readable torch.export archive (RuntimeError: Expected hasRecord("version")' in r.message
+    assert "it was not written by torch.export.save, or it was altered after: re-export it" in r.message
+    assert "check the warnings above" not in r.message
+
+
+def test_a_folder_given_as_the_artifact_is_named(run_here, tmp_path):
+    folder = tmp_path / "model.onnx"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"x")
+    r = run_here(tmp_path, path=str(folder), fmt="onnx", manifest=None)
+    assert (r.stage, r.kind) == ("load", "not-a-file")
+    assert r.message.endswith("it is a folder, not a file (it holds model.onnx): name the artifact file inside it")
+
+
 @pytest.mark.parametrize("fmt", FORMAT_NAMES)
 def test_wrong_input_shape_is_a_signature_error(pool, artifacts, models_dir, tmp_path, fmt):
     code = [str(models_dir)] if fmt in NEEDS_CODE else []

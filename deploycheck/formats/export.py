@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..schema import field
@@ -148,7 +151,37 @@ class ExportFormat(Format):
     def load(self, path, *, options, manifest):
         import torch
 
-        return torch.export.load(path).module()
+        with _export_load_warnings() as warned:
+            try:
+                return torch.export.load(path).module()
+            except RuntimeError as e:
+                # torch.export.load logs the archive reader's error as a warning and raises "Please
+                # check the warnings above", which a worker's captured output hides: name the cause.
+                cause = next((r.exc_info[1] for r in warned if r.exc_info and r.exc_info[1] is not None), None)
+                if cause is None or "check the warnings above" not in str(e):
+                    raise
+                raise RuntimeError(
+                    f"not a readable torch.export archive ({type(cause).__name__}: {_first_line(cause)}); "
+                    "it was not written by torch.export.save, or it was altered after: re-export it"
+                ) from cause
+
+
+@contextlib.contextmanager
+def _export_load_warnings() -> Iterator[list[logging.LogRecord]]:
+    """The warnings torch.export logs while loading, kept to name a failure's cause."""
+    records: list[logging.LogRecord] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("torch.export")
+    handler = _Keep(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
 
 
 def _first_line(e: BaseException) -> str:

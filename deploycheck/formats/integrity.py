@@ -65,9 +65,31 @@ def read_manifest(path: str) -> dict | None:
         return None
 
 
+def _escaping_member(path: str) -> str | None:
+    """The first zip member whose name is absolute or climbs out with '..', or members that do not
+    share the archive's one top folder (torch's writers put everything under one)."""
+    import posixpath
+    import zipfile
+
+    try:
+        names = zipfile.ZipFile(path).namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+    tops: dict[str, list[str]] = {}
+    for n in names:
+        norm = posixpath.normpath(n.replace("\\", "/"))
+        if n.startswith(("/", "\\")) or norm == ".." or norm.startswith("../") or ":" in n.split("/")[0]:
+            return n
+        tops.setdefault(norm.split("/")[0], []).append(n)
+    if len(tops) > 1:  # the folder most members share is the archive's; name a member outside it
+        main = max(tops, key=lambda t: len(tops[t]))
+        return min(n for t, members in tops.items() if t != main for n in members)
+    return None
+
+
 @dataclass(frozen=True)
 class Diagnosis:
-    kind: str  # empty | missing | truncated | corrupted | wrong-format | version-skew | missing-module | missing-operator | load-error
+    kind: str  # empty | missing | not-a-file | unreadable | truncated | corrupted | wrong-format | version-skew | missing-module | missing-operator | load-error
     message: str
 
     def render(self, path: str) -> str:
@@ -90,6 +112,17 @@ def check_file(path: str, declared: str | None, manifest: dict | None) -> Diagno
     """Checks that need no loading: presence, emptiness, size and checksum vs manifest, sniffed format."""
     if not os.path.exists(path):
         return Diagnosis("missing", "the file does not exist: was it shipped?")
+    if os.path.isdir(path):
+        try:
+            inside = sorted(os.listdir(path))
+        except OSError:
+            inside = []
+        shown = ", ".join(inside[:5]) + (", …" if len(inside) > 5 else "") if inside else "nothing"
+        return Diagnosis(
+            "not-a-file", f"it is a folder, not a file (it holds {shown}): name the artifact file inside it"
+        )
+    if not os.access(path, os.R_OK):
+        return Diagnosis("unreadable", "the file cannot be read (permission denied)")
     size = os.path.getsize(path)
     if size == 0:
         return Diagnosis(
@@ -119,6 +152,13 @@ def check_file(path: str, declared: str | None, manifest: dict | None) -> Diagno
                 f"{str(manifest.get('sha256'))[:16]}…; the bytes changed after it was written; rebuild or copy it again",
             )
     found = sniff(path)
+    escaping = _escaping_member(path) if found in ("export", "torchscript", "aoti", "pickle", "zip") else None
+    if escaping is not None:
+        return Diagnosis(
+            "corrupted",
+            f"the archive has a member outside its own folder ({escaping!r}): no writer of torch makes such "
+            "a file; it was altered or built to escape where it is unpacked (zip slip), so it is not loaded",
+        )
     if found == "zip (unreadable)":
         return Diagnosis(
             "truncated",
