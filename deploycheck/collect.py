@@ -27,6 +27,9 @@ from .target import Target
 #: set by the plugin at configure: returns the session's Runner (made on first use)
 RUNNER_FACTORY = pytest.StashKey[Callable[[], Any]]()
 
+#: set by the plugin at configure: the run tier (commit, nightly or weekly)
+RUN_CADENCE = pytest.StashKey[str]()
+
 #: spec name -> the file that declared it first in this session
 _SPEC_NAMES = pytest.StashKey[dict]()
 
@@ -96,7 +99,23 @@ class SpecNode(pytest.Collector):
 
     def collect(self):
         for vname, v in self.spec.variants.items():
-            yield VariantNode.from_parent(self, name=vname, spec=self.spec, variant=v)
+            node = VariantNode.from_parent(self, name=vname, spec=self.spec, variant=v)
+            why = _beyond_cadence(self.config, self.spec, v)
+            if why:
+                node.add_marker(pytest.mark.skip(reason=why))
+            yield node
+
+
+def _beyond_cadence(config, spec, variant) -> str | None:
+    """Why a variant does not run in this tier: its cadence (or its spec's) is rarer than the run's."""
+    from .spec.model import CADENCES
+
+    run = config.stash.get(RUN_CADENCE, "commit")
+    own = variant.cadence or spec.cadence
+    if CADENCES.index(own) <= CADENCES.index(run):
+        return None
+    whose = "the variant's" if variant.cadence else "the spec's"
+    return f"cadence {own} ({whose}): not run in the {run} tier; run with --deploycheck-cadence {own}"
 
 
 class VariantNode(pytest.Collector):

@@ -12,7 +12,7 @@ import pytest
 from . import rundir
 from .cache import Cache, default_root, evict, parse_size
 from .checks import declared_files
-from .collect import RUNNER_FACTORY, CheckItem, SpecFile
+from .collect import RUN_CADENCE, RUNNER_FACTORY, CheckItem, SpecFile
 from .isolation import start_method
 from .machine import summary as machine_summary
 from .report import summary_rows, terminal_table
@@ -21,6 +21,7 @@ from .report.write import Journal, write_reports
 from .runner import Runner
 from .snapshots import enable_for_items
 from .spec.loader import may_be_spec
+from .spec.model import CADENCES
 
 _RUNNER = pytest.StashKey[object]()
 log = logging.getLogger("deploycheck")
@@ -57,6 +58,13 @@ def pytest_addoption(parser):
         default=None,
         help="size cap of the cache, e.g. 500MB or 5GB (default: ini deploycheck_cache_size, else 2GB); "
         "least recently used entries are evicted at the end of a session",
+    )
+    g.addoption(
+        "--deploycheck-cadence",
+        choices=CADENCES,
+        default=None,
+        help="run tier: commit (default; $DEPLOYCHECK_CADENCE overrides it), nightly (also the specs and "
+        "variants declared 'cadence: nightly') or weekly (everything)",
     )
     parser.addini("deploycheck_report_dir", "report folder, relative to the rootdir", default="reports")
     parser.addini("deploycheck_cache_size", "size cap of the cache (e.g. 2GB)", default="2GB")
@@ -110,8 +118,20 @@ def _fix_rootdir(config, args) -> None:
         )
 
 
+def run_cadence(config) -> str:
+    """The tier this run includes: the option, else $DEPLOYCHECK_CADENCE, else commit."""
+    chosen = config.getoption("--deploycheck-cadence", None)
+    if chosen:
+        return chosen
+    env = os.environ.get("DEPLOYCHECK_CADENCE", "").strip()
+    if env and env not in CADENCES:
+        raise pytest.UsageError(f"DEPLOYCHECK_CADENCE={env!r} is not one of {list(CADENCES)}")
+    return env or "commit"
+
+
 def pytest_configure(config):
     cache_size(config)  # a bad size is a usage error now, not at the end
+    config.stash[RUN_CADENCE] = run_cadence(config)
     try:
         start_method()
     except ValueError as e:

@@ -756,6 +756,11 @@ class ModelOverride:
         return [("factory", msg)] if msg else []
 
 
+#: Run tiers, most frequent first: a run at one tier includes every tier before it.
+CADENCES = ("commit", "nightly", "weekly")
+Cadence = Literal["commit", "nightly", "weekly"]
+
+
 @dataclass(frozen=True)
 class VariantSpec:
     """A named variant: the baseline with a chain of recipes applied, its own model, or a file."""
@@ -768,8 +773,9 @@ class VariantSpec:
     description: str = ""
     artifact: ArtifactSource | None = None
     model: ModelOverride | None = None
+    cadence: str | None = None  # None: the spec's
 
-    RESERVED = ("steps", "thresholds", "formats", "description", "artifact", "model")
+    RESERVED = ("steps", "thresholds", "formats", "description", "artifact", "model", "cadence")
 
     @classmethod
     def parse(
@@ -912,6 +918,12 @@ class Spec:
         doc="name -> {quantize|prune|distill: {...}} or {steps: [...]} plus optional thresholds, formats, description",
     )
     thresholds: Thresholds = field(default_factory=Thresholds, doc="default thresholds for every variant")
+    cadence: Cadence = field(
+        "commit",
+        doc="how often the spec runs: commit (every pytest run), nightly or weekly (only when "
+        "--deploycheck-cadence or DEPLOYCHECK_CADENCE names that tier or a rarer one); items of a rarer "
+        "tier are skipped with the reason, never passed. A variant's own cadence overrides it",
+    )
     on_unsupported: Literal["skip", "fail"] = field(
         "skip", doc="a variant a format cannot hold is skipped (with the exporter's reason) or failed"
     )
@@ -976,6 +988,7 @@ def VARIANT_SCHEMA() -> dict:
             "thresholds": json_schema(Thresholds),
             "formats": {"type": "array", "items": json_schema(FormatSpec)},
             "description": {"type": "string"},
+            "cadence": {"enum": list(CADENCES), "description": "the variant's run tier (default: the spec's cadence)"},
             "artifact": dataclass_schema(ArtifactSource),
             "model": dataclass_schema(ModelOverride),
         },
@@ -1104,6 +1117,12 @@ def _parse_variant(
             desc = build(str, raw["description"], path=f"{path}.description", line=raw.line_of("description"), ctx=ctx)
         except Invalid:
             bad = True
+    cadence = None
+    if "cadence" in raw:
+        try:
+            cadence = build(Cadence, raw["cadence"], path=f"{path}.cadence", line=raw.line_of("cadence"), ctx=ctx)
+        except Invalid:
+            bad = True
     if bad:
         raise Invalid
     if artifact is not None:
@@ -1117,6 +1136,7 @@ def _parse_variant(
         description=desc,
         artifact=artifact,
         model=model,
+        cadence=cadence,
     )
 
 

@@ -140,6 +140,22 @@ module through torch.export, a dynamic dimension the model's code specialises un
 is ➖ with the exporter's reason."""
 
 
+VARIANT_DOC = """\
+A variant is the baseline changed one way: one recipe key (below), or `steps`, a chain of them;
+or a file made elsewhere (`artifact`), or a model of its own (`model`). `baseline` is the
+unmodified model and takes no recipe. Besides that, every variant takes:
+
+| key | type | default | meaning |
+| --- | --- | --- | --- |
+| `steps` | a list of one-key mappings | - | recipes applied in order, e.g. `[{prune: {...}}, {quantize: {...}}]` |
+| `thresholds` | a mapping | the spec's | overrides the spec's `thresholds` key by key |
+| `formats` | a list | the spec's | replaces the spec's `formats` for this variant |
+| `description` | a string | "" | free text shown in reports |
+| `cadence` | one of ['commit', 'nightly', 'weekly'] | the spec's | this variant's run tier (see the top-level `cadence`) |
+| `artifact` | a mapping | - | a file made elsewhere, gated against the baseline (below) |
+| `model` | a mapping | - | the variant's own model (below) |"""
+
+
 def render() -> str:
     out = []
 
@@ -173,6 +189,7 @@ def render() -> str:
         opts = table(fmt.Options)
         body = fmt.description + ("\n\n" + opts if opts.count("\n") > 1 else "\n\nNo options.")
         sec(f"`formats`: `{name}`", body)
+    sec("`variants.<name>` (one variant)", VARIANT_DOC)
     for name in RECIPES.names():
         cls = RECIPES.get(name)
         body = (cls.__doc__ or "").strip() + "\n\n" + table(cls)
