@@ -43,12 +43,15 @@ def test_reference_section_is_generated_from_the_code():
 
 def test_a_stale_reference_fails(tmp_path):
     """The check above can fail: a page whose block misses a line, or that lost its markers, does."""
-    page = _read(REFERENCE_PAGE)
-    stale = page.replace("| `new_tokens` |", "| `new_tokenz` |", 1)
-    assert stale != page
-    assert generated_section(stale) != render()
+    fresh = render()
+    page = f"# Spec reference\n\n{START}{fresh}{END}\n"
+    assert generated_section(page) == fresh
+    lost_a_row = page.replace("| `new_tokens` |", "| `new_tokenz` |", 1)
+    assert lost_a_row != page and generated_section(lost_a_row) != fresh
     with pytest.raises(AssertionError):
         generated_section(page.replace(START, ""))
+    with pytest.raises(AssertionError):
+        generated_section(page + page)
 
 
 def test_the_reference_lives_on_one_page():
