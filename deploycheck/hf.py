@@ -72,7 +72,7 @@ class CausalLM(torch.nn.Module):
     length dynamic in ``model.inputs`` (``dynamic: {2: {name: seq, min, max}}``) so one artifact
     serves the held-out texts (and a full-recompute generation). Generation with a KV cache goes
     through a second program saved next to export and onnx artifacts (:mod:`deploycheck.formats.lm_kv`;
-    README, "Generation with a KV cache")."""
+    docs/language-models.md, "Generation with a KV cache")."""
 
     def __init__(self, path: str):
         super().__init__()

@@ -315,7 +315,7 @@ ALL_FORMATS = ("torchscript", "export", "onnx", "aoti", "safetensors", "hdf5", "
 
 @pytest.fixture(scope="module")
 def signatures(tmp_path_factory):
-    """One inner session for the signature matrix (see the README's "Signatures by format"):
+    """One inner session for the signature matrix (docs/checks.md, "Every output is checked"):
     - mixed: named inputs of int64, bool, int32, float16 and bfloat16 with a dynamic ``seq``, a tuple holding
       a dict of outputs, through every format; fp16 and bf16 variants; a student distilled and then
       calibrated for static int8 on the named inputs;

@@ -1,6 +1,6 @@
 """The validated spec: frozen dataclasses. Nothing past :func:`deploycheck.spec.parse` sees raw dicts.
 
-Field docs here are the reference: ``deploycheck schema`` and the README are derived from them.
+Field docs here are the reference: ``deploycheck schema`` and docs/spec-reference.md are derived from them.
 """
 
 from __future__ import annotations

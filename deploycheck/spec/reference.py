@@ -1,7 +1,8 @@
 """The spec reference in Markdown, rendered from the same dataclasses that validate specs.
 
-README.md embeds the output between ``<!-- reference:start -->`` and ``<!-- reference:end -->``;
-a test fails when they drift apart. Regenerate with ``python -m deploycheck.spec.reference``.
+docs/spec-reference.md embeds the output between ``<!-- reference:start -->`` and
+``<!-- reference:end -->``; tests/test_docs.py fails when they drift apart. Regenerate the page with
+``python -m deploycheck.spec.reference --write`` (without ``--write`` it prints the block).
 """
 
 from __future__ import annotations
@@ -234,5 +235,27 @@ def render() -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def write(path: str) -> bool:
+    """Replace the block between the reference markers of the page at ``path``; True when it changed."""
+    start, end = "<!-- reference:start -->\n", "<!-- reference:end -->"
+    with open(path, encoding="utf-8") as fh:
+        page = fh.read()
+    if page.count(start) != 1 or page.count(end) != 1:
+        raise SystemExit(f"{path}: expected one {start.strip()} ... {end} block")
+    head, rest = page.split(start, 1)
+    new = head + start + render() + end + rest.split(end, 1)[1]
+    if new != page:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(new)
+    return new != page
+
+
 if __name__ == "__main__":
-    print(render(), end="")
+    import os
+    import sys
+
+    if sys.argv[1:] == ["--write"]:
+        page = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "spec-reference.md")
+        print("updated" if write(os.path.normpath(page)) else "up to date", os.path.normpath(page))
+    else:
+        print(render(), end="")
