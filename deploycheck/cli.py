@@ -235,12 +235,21 @@ def cmd_inspect(args) -> int:
             print(line)
     else:
         print("manifest: none (size and checksum cannot be verified)")
-    diag = check_file(path, declared, manifest)
-    if diag is None and declared is None and not os.path.isdir(path):
-        # Neither the bytes, a manifest nor --format say what this is: nothing was checked, so it
-        # is not ok (random bytes named x.onnx, a text file named .ts, a link to /etc/passwd).
+    diag = check_file(path, declared if declared in FORMATS else None, manifest)
+    if diag is None and (declared is None or declared not in FORMATS):
+        # Neither the bytes, a manifest nor --format name a format deploycheck knows: nothing was
+        # checked, so it is not ok (random bytes named x.onnx, a text file named .ts, a link to /etc/passwd).
         print("status:   unknown")
-        print(f"reason:   unknown-format: {path}: {_looks_like(path, found)}")
+        if declared is not None:
+            print(
+                f"reason:   unknown-format: {path}: declared as {declared!r}, which is not a format deploycheck "
+                f"knows ({', '.join(FORMATS.names())}); it holds {_looks_like(path, found)}; nothing was checked"
+            )
+            return 1
+        print(
+            f"reason:   unknown-format: {path}: not a format deploycheck recognises: "
+            f"{_looks_like(path, found)}; nothing was checked"
+        )
         named = formats_by_name(path)
         if named:
             says = " or ".join(FORMAT_NAMES.get(n, n) for n in named)
@@ -325,14 +334,16 @@ def _looks_like(path: str, found: str | None) -> str:
         return f"the file cannot be read ({e.strerror or e})"
     size = os.path.getsize(path)
     first = head[:16].hex(" ")
-    if found == "zip":
+    if found in FORMATS:
+        kind = f"{FORMAT_NAMES.get(found, found)} file"
+    elif found == "zip":
         kind = "a zip archive that no format of deploycheck writes"
     elif head and b"\x00" not in head and _is_text(head):
         line = head.decode("utf-8", "replace").splitlines()[0][:40] if head.strip() else ""
         kind = f"text (first line {line!r})"
     else:
         kind = "binary data with no header deploycheck knows"
-    return f"not a format deploycheck recognises: {size} bytes of {kind}, starting {first}; nothing was checked"
+    return f"{size} bytes of {kind}, starting {first}"
 
 
 def _is_text(head: bytes) -> bool:

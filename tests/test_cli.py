@@ -149,6 +149,16 @@ def test_inspect_says_unknown_for_what_it_cannot_recognise(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"link:     -> {text}\n" in out
     assert "status:   unknown\n" in out and "status:   ok" not in out
+    # a format nobody knows, from --format (or a manifest), checks nothing either
+    assert main(["inspect", str(noise), "--format", "tflite"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2:] == [
+        "status:   unknown",
+        f"reason:   unknown-format: {noise}: declared as 'tflite', which is not a format deploycheck knows "
+        "(aoti, export, hdf5, onnx, pickle, safetensors, torchscript); it holds "
+        "4096 bytes of binary data with no header deploycheck knows, starting 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 "
+        "13 14 15 16; nothing was checked",
+    ]
     # declared as ONNX, the bytes are checked and loaded: broken, not unknown
     assert main(["inspect", str(noise), "--format", "onnx"]) == 1
     assert "status:   BROKEN" in capsys.readouterr().out
