@@ -334,7 +334,7 @@ def _looks_like(path: str, found: str | None) -> str:
         return f"the file cannot be read ({e.strerror or e})"
     size = os.path.getsize(path)
     first = head[:16].hex(" ")
-    if found in FORMATS:
+    if found is not None and found in FORMATS:
         kind = f"{FORMAT_NAMES.get(found, found)} file"
     elif found == "zip":
         kind = "a zip archive that no format of deploycheck writes"
