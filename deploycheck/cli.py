@@ -289,7 +289,9 @@ def cmd_inspect(args) -> int:
             )
             return 0
         diag, outputs = _try_load(path, declared, manifest, args.timeout, inputs)
-        if diag is None and outputs:
+        if diag is None and isinstance(outputs, str):
+            print(f"outputs:  not listed: {outputs}")
+        elif diag is None and isinstance(outputs, dict):
             for line in _signature_lines("outputs", [(n, s, None) for n, s in outputs.items()]):
                 print(line)
     if diag is not None:
@@ -354,7 +356,7 @@ def _is_text(head: bytes) -> bool:
     return all(c.isprintable() or c in "\t\r\n\f" for c in text)
 
 
-def _try_load(path, fmt, manifest, timeout, inputs=()):
+def _try_load(path, fmt, manifest, timeout, inputs=()) -> tuple[Diagnosis | None, dict | str]:
     """Load in a fresh worker process, so a crashing file cannot take this command down; and run
     it on one batch of zeros of the declared inputs, to name its outputs and their shapes."""
     import torch
@@ -375,10 +377,16 @@ def _try_load(path, fmt, manifest, timeout, inputs=()):
         finally:
             pool.close()
     if out.result is None:
-        return Diagnosis("crash", out.death() or "no answer"), {}
+        return Diagnosis("crash", out.death() or "no answer"), ""
     if not out.result.ok and out.result.stage == "load":
-        return Diagnosis(out.result.kind or "load-error", out.result.message.splitlines()[0]), {}
-    return None, (out.result.output_shapes if out.result.ok else {})
+        return Diagnosis(out.result.kind or "load-error", out.result.message.splitlines()[0]), ""
+    if not out.result.ok:  # loaded, but it did not run on zeros of the declared inputs
+        return None, f"it did not run on zeros of the declared inputs ({out.result.message.splitlines()[0][:200]})"
+    if not inputs:
+        return None, "the manifest declares no inputs to run it on"
+    if not out.result.output_shapes:
+        return None, "the declared inputs' shapes or dtypes cannot be made into a batch"
+    return None, out.result.output_shapes
 
 
 def _zeros(inputs, manifest) -> list:

@@ -114,6 +114,13 @@ def test_inspect_lists_every_input_and_output(tmp_path, capsys):
     at = out.index("outputs:  2")
     assert out[at : at + 3] == ["outputs:  2", "  logits: [2, 1]", "  hidden: [2, 5]"]
     assert out[-1] == "status:   ok (loaded in a fresh process)"
+    # inputs the program does not take: the outputs are not listed, and it says why
+    declared["mask"]["shape"] = [2, 9]
+    write_manifest(path, fmt="export", input_shape=[2, 5], input_dtype="int64", extra={"inputs": declared})
+    assert main(["inspect", path]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "  mask: [2, 9] float32" in out
+    assert out[-2].startswith("outputs:  not listed: it did not run on zeros of the declared inputs (")
 
 
 def test_inspect_says_unknown_for_what_it_cannot_recognise(tmp_path, capsys):
