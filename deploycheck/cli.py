@@ -221,16 +221,43 @@ def cmd_inspect(args) -> int:
         f"format:   {FORMAT_NAMES.get(found, found) if found else 'unknown'}"
         + (f" (declared: {declared})" if declared and declared != found else "")
     )
+    if os.path.islink(path):
+        print(f"link:     -> {os.path.realpath(path)}")
     print(f"size:     {size} bytes ({size / 1e6:.3f} MB)")
     print(f"sha256:   {sha256(path) if size else '-'}")
+    inputs = _manifest_inputs(manifest)
     if manifest:
         print(
-            f"manifest: {os.path.basename(path)}.manifest.json (written with torch {manifest.get('libraries', {}).get('torch', '?')}, "
-            f"input {manifest.get('input', {}).get('shape')} {manifest.get('input', {}).get('dtype')})"
+            f"manifest: {os.path.basename(path)}.manifest.json (written with torch "
+            f"{manifest.get('libraries', {}).get('torch', '?')})"
         )
+        for line in _signature_lines("inputs", [(n, s, d) for n, s, d in inputs]):
+            print(line)
     else:
         print("manifest: none (size and checksum cannot be verified)")
-    diag = check_file(path, declared, manifest)
+    diag = check_file(path, declared if declared in FORMATS else None, manifest)
+    if diag is None and (declared is None or declared not in FORMATS):
+        # Neither the bytes, a manifest nor --format name a format deploycheck knows: nothing was
+        # checked, so it is not ok (random bytes named x.onnx, a text file named .ts, a link to /etc/passwd).
+        print("status:   unknown")
+        if declared is not None:
+            print(
+                f"reason:   unknown-format: {path}: declared as {declared!r}, which is not a format deploycheck "
+                f"knows ({', '.join(FORMATS.names())}); it holds {_looks_like(path, found)}; nothing was checked"
+            )
+            return 1
+        print(
+            f"reason:   unknown-format: {path}: not a format deploycheck recognises: "
+            f"{_looks_like(path, found)}; nothing was checked"
+        )
+        named = formats_by_name(path)
+        if named:
+            says = " or ".join(FORMAT_NAMES.get(n, n) for n in named)
+            print(
+                f"hint:     the name says {says} file, but the bytes do not; if it is one, "
+                f"pass --format {named[0]} to check and load it as one"
+            )
+        return 1
     named = formats_by_name(path)
     if found is not None and found in FORMATS and named and found not in named:
         # The name promises another format than the bytes hold: a loader that goes by the name fails.
@@ -261,7 +288,12 @@ def cmd_inspect(args) -> int:
                 "model.factory, and a manifest never chooses the code to run)"
             )
             return 0
-        diag = _try_load(path, declared, manifest, args.timeout)
+        diag, outputs = _try_load(path, declared, manifest, args.timeout, inputs)
+        if diag is None and isinstance(outputs, str):
+            print(f"outputs:  not listed: {outputs}")
+        elif diag is None and isinstance(outputs, dict):
+            for line in _signature_lines("outputs", [(n, s, None) for n, s in outputs.items()]):
+                print(line)
     if diag is not None:
         print("status:   BROKEN")
         print(f"reason:   {diag.render(path).splitlines()[0]}")
@@ -270,8 +302,63 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def _try_load(path, fmt, manifest, timeout):
-    """Load in a fresh worker process, so a crashing file cannot take this command down."""
+def _manifest_inputs(manifest: dict | None) -> list[tuple[str, list, str]]:
+    """Every input the manifest declares, as (name, shape, dtype): its ``inputs`` (named or
+    dynamic models), else its one ``input``."""
+    if not manifest:
+        return []
+    named = manifest.get("inputs")
+    if isinstance(named, dict) and named:
+        return [
+            (str(n), list(i.get("shape") or []), str(i.get("dtype", "?")))
+            for n, i in named.items()
+            if isinstance(i, dict)
+        ]
+    one = manifest.get("input")
+    if isinstance(one, dict) and one.get("shape") is not None:
+        return [("x", list(one["shape"]), str(one.get("dtype", "?")))]
+    return []
+
+
+def _signature_lines(title: str, items: list[tuple[str, list, str | None]]) -> list[str]:
+    lines = [f"{title + ':':<10}{len(items)}"]
+    for name, shape, dtype in items:
+        lines.append(f"  {name}: {list(shape)}" + (f" {dtype}" if dtype else ""))
+    return lines
+
+
+def _looks_like(path: str, found: str | None) -> str:
+    """What an unrecognised file looks like: its size, first bytes and a sniffed kind."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError as e:
+        return f"the file cannot be read ({e.strerror or e})"
+    size = os.path.getsize(path)
+    first = head[:16].hex(" ")
+    if found is not None and found in FORMATS:
+        kind = f"{FORMAT_NAMES.get(found, found)} file"
+    elif found == "zip":
+        kind = "a zip archive that no format of deploycheck writes"
+    elif head and b"\x00" not in head and _is_text(head):
+        line = head.decode("utf-8", "replace").splitlines()[0][:40] if head.strip() else ""
+        kind = f"text (first line {line!r})"
+    else:
+        kind = "binary data with no header deploycheck knows"
+    return f"{size} bytes of {kind}, starting {first}"
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\t\r\n\f" for c in text)
+
+
+def _try_load(path, fmt, manifest, timeout, inputs=()) -> tuple[Diagnosis | None, dict | str]:
+    """Load in a fresh worker process, so a crashing file cannot take this command down; and run
+    it on one batch of zeros of the declared inputs, to name its outputs and their shapes."""
     import torch
 
     opts = FORMATS.get(fmt).Options
@@ -279,7 +366,7 @@ def _try_load(path, fmt, manifest, timeout):
     with tempfile.TemporaryDirectory() as d:
         pool = WorkerPool(d)
         try:
-            torch.save([], os.path.join(d, "in.pt"))
+            torch.save(_zeros(inputs, manifest), os.path.join(d, "in.pt"))
             req = load_request(
                 ArtifactRef(os.path.abspath(path), fmt, options, manifest),
                 workdir=d,
@@ -290,10 +377,33 @@ def _try_load(path, fmt, manifest, timeout):
         finally:
             pool.close()
     if out.result is None:
-        return Diagnosis("crash", out.death() or "no answer")
+        return Diagnosis("crash", out.death() or "no answer"), ""
     if not out.result.ok and out.result.stage == "load":
-        return Diagnosis(out.result.kind or "load-error", out.result.message.splitlines()[0])
-    return None
+        return Diagnosis(out.result.kind or "load-error", out.result.message.splitlines()[0]), ""
+    if not out.result.ok:  # loaded, but it did not run on zeros of the declared inputs
+        return None, f"it did not run on zeros of the declared inputs ({out.result.message.splitlines()[0][:200]})"
+    if not inputs:
+        return None, "the manifest declares no inputs to run it on"
+    if not out.result.output_shapes:
+        return None, "the declared inputs' shapes or dtypes cannot be made into a batch"
+    return None, out.result.output_shapes
+
+
+def _zeros(inputs, manifest) -> list:
+    """One batch of zeros shaped as the manifest declares, or no batch when it declares none (or
+    a dtype torch does not have): then the file is only loaded."""
+    import torch
+
+    batch = {}
+    for name, shape, dtype in inputs:
+        dt = getattr(torch, dtype, None)
+        if not isinstance(dt, torch.dtype) or not all(isinstance(n, int) and n > 0 for n in shape):
+            return []
+        batch[name] = torch.zeros(shape, dtype=dt)
+    if not batch:
+        return []
+    named = isinstance((manifest or {}).get("inputs"), dict) and len(batch) > 1
+    return [batch if named else next(iter(batch.values()))]
 
 
 def cmd_cache(args) -> int:

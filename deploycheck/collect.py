@@ -33,6 +33,9 @@ RUN_CADENCE = pytest.StashKey[str]()
 #: spec name -> the file that declared it first in this session
 _SPEC_NAMES = pytest.StashKey[dict]()
 
+#: id of a stage error the runner memoised -> (the error, the id of the first item that showed it)
+_SHOWN = pytest.StashKey[dict]()
+
 FORMAT_CHECKS = (
     "load",
     "outputs",
@@ -169,6 +172,21 @@ class CheckFailed(Exception):
         super().__init__(verdict.message)
 
 
+class SeeFirst(Exception):
+    """A stage error already shown in full by an earlier item: this item fails with one short line."""
+
+    def __init__(self, error: StageError, first: str):
+        self.error, self.first = error, first
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        e = self.error
+        what = f"build of variant {e.variant!r}" if e.stage == "build" and e.variant else f"the {e.stage} stage"
+        target = "::".join(x for x in (e.spec, e.variant, e.fmt) if x)
+        loc = f" (declared at {e.where})" if e.where else ""
+        return f"[{e.stage}] {target}{loc}: {what} failed; see {self.first}"
+
+
 class CheckItem(pytest.Item):
     def __init__(self, *, target: Target, check, **kw):
         super().__init__(**kw)
@@ -194,7 +212,13 @@ class CheckItem(pytest.Item):
             # reported at the spec line that declared the variant, not at this line of deploycheck
             raise pytest.skip.Exception(f"unsupported: {e} (on_unsupported: skip)", _use_item_location=True) from None
         except StageError as e:
+            # The runner memoises a failed stage: every item of a variant whose build failed gets
+            # the same error. The first item shows it in full, the others point at that item.
+            shown = self.config.stash.setdefault(_SHOWN, {})
+            first = shown.setdefault(id(e), (e, self.nodeid))[1]  # holds e, so its id is not reused
             self._record("error", message=e.headline(), stage=e.stage)
+            if first != self.nodeid:
+                raise SeeFirst(e, first) from None
             raise
         if verdict.outcome == "not_compared":  # e.g. a non-finite baseline: its own item fails, once
             raise pytest.skip.Exception(verdict.message, _use_item_location=True)
@@ -239,6 +263,8 @@ class CheckItem(pytest.Item):
         e = excinfo.value
         if isinstance(e, CheckFailed):
             return f"[check] {self.check.name} failed for {self.target.id} ({self.target.where})\n{e.verdict.message}"
+        if isinstance(e, SeeFirst):
+            return e.render()
         if isinstance(e, StageError):
             return e.render()
         if isinstance(e, VariantUnsupported):

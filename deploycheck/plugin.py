@@ -19,7 +19,7 @@ from .report import summary_rows, terminal_table
 from .report.records import Record
 from .report.write import Journal, write_reports
 from .runner import Runner
-from .snapshots import enable_for_items
+from .snapshots import enable_for_items, new_snapshots_note
 from .spec.loader import may_be_spec
 from .spec.model import CADENCES
 
@@ -185,6 +185,15 @@ def pytest_collection_finish(session):
         check_report_dir(session.config)
 
 
+def pytest_report_collectionfinish(config, start_path, items):
+    # said once, before the first test runs: a first run's new snapshots fail their items (syrupy's
+    # rule: a gate never passes unchecked), and would bury the real failures without this note
+    if _is_worker(config):
+        return None
+    note = new_snapshots_note([i for i in items if isinstance(i, CheckItem)])
+    return [note] if note else None
+
+
 def pytest_collect_file(file_path, parent):
     if file_path.suffix not in (".yaml", ".yml"):
         return None
@@ -284,6 +293,9 @@ class ReportCollector:
         tr.section("deploycheck summary")
         for line in terminal_table(summary_rows(self.records)).splitlines():
             tr.write_line(line)
+        split = failures_split(self.records)
+        if split:
+            tr.write_line(split, yellow=True, bold=True)
         tr.write_line(machine_summary())
         runner = self.config.stash.get(_RUNNER, None)
         if runner is not None and runner.cache.enabled:
@@ -296,6 +308,19 @@ class ReportCollector:
             tr.write_line(f"report written: {p}")
         if self.error:
             tr.write_line(self.error, red=True, bold=True)
+
+
+def failures_split(records: list[Record]) -> str | None:
+    """How many failed items are new snapshots and how many are real failures, when some are new."""
+    new = sum(r.missing_snapshot for r in records)
+    if not new:
+        return None
+    failed = sum(r.status in ("error", "failed") for r in records)
+    other = failed - new
+    return (
+        f"deploycheck: {failed} item{'s' * (failed != 1)} failed: {new} new snapshot{'s' * (new != 1)} "
+        f"awaiting approval, {other} other failure{'s' * (other != 1)}"
+    )
 
 
 def _is_worker(config) -> bool:

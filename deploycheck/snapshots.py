@@ -433,6 +433,40 @@ def assert_matches(item, data: dict, *, settings, current: str, precision: str |
     return Outcome(ok, result.created, result.updated, result.recalled_data is None, result.exception, ext.last, rel)
 
 
+def snapshot_file(item) -> str:
+    """Where syrupy keeps the snapshot of a snapshot item (absolute), found without asserting."""
+    return DeploycheckSnapshotExtension().get_location(test_location=PyTestLocation(item), index=0)
+
+
+def new_snapshot_files(items) -> list[str]:
+    """The snapshot files the snapshot items among ``items`` would compare with that do not exist
+    yet (a new spec, variant or format): each such item fails until the snapshot is approved."""
+    out = []
+    for item in items:
+        if getattr(item, "syrupy_compatible", False) and not item.get_closest_marker("skip"):
+            path = snapshot_file(item)
+            if not os.path.exists(path):
+                out.append(os.path.relpath(path, str(item.config.rootpath)))
+    return out
+
+
+def new_snapshots_note(items) -> str | None:
+    """The note printed once, before the first test runs, when some snapshots are new: their items
+    fail (as syrupy's do), and this says why once, instead of burying real failures under them."""
+    opt = items[0].config.option if items else None
+    if opt is None or opt.update_snapshots:
+        return None
+    new = new_snapshot_files(items)
+    if not new:
+        return None
+    n = len(new)
+    return (
+        f"deploycheck: {n} snapshot{'s are' if n != 1 else ' is'} new (no approved file yet, e.g. {new[0]}): "
+        f"{'their items fail' if n != 1 else 'its item fails'} until approved, as syrupy's do; record "
+        f"{'them' if n != 1 else 'it'} with `pytest --snapshot-update`, review and commit"
+    )
+
+
 def make_locatable(item) -> None:
     """syrupy locates a snapshot by its test function (``obj.__module__``, ``obj.__name__``) and
     path: give a non-function item a stand-in."""

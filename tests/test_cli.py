@@ -92,6 +92,85 @@ def test_inspect_good_and_broken_files(tmp_path, capsys):
     )
 
 
+def test_inspect_lists_every_input_and_output(tmp_path, capsys):
+    import torch
+
+    from deploycheck.formats.integrity import write_manifest
+
+    class Two(torch.nn.Module):
+        def forward(self, tokens, mask):
+            h = tokens.float() * mask
+            return {"logits": h.sum(-1, keepdim=True), "hidden": h}
+
+    path = str(tmp_path / "two.pt2")
+    example = {"tokens": torch.ones(2, 5, dtype=torch.int64), "mask": torch.ones(2, 5)}
+    torch.export.save(torch.export.export(Two(), (), example), path)
+    declared = {"tokens": {"shape": [2, 5], "dtype": "int64"}, "mask": {"shape": [2, 5], "dtype": "float32"}}
+    write_manifest(path, fmt="export", input_shape=[2, 5], input_dtype="int64", extra={"inputs": declared})
+    assert main(["inspect", path]) == 0
+    out = capsys.readouterr().out.splitlines()
+    at = out.index("inputs:   2")
+    assert out[at : at + 3] == ["inputs:   2", "  mask: [2, 5] float32", "  tokens: [2, 5] int64"]
+    at = out.index("outputs:  2")
+    assert out[at : at + 3] == ["outputs:  2", "  logits: [2, 1]", "  hidden: [2, 5]"]
+    assert out[-1] == "status:   ok (loaded in a fresh process)"
+    # inputs the program does not take: the outputs are not listed, and it says why
+    declared["mask"]["shape"] = [2, 9]
+    write_manifest(path, fmt="export", input_shape=[2, 5], input_dtype="int64", extra={"inputs": declared})
+    assert main(["inspect", path]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "  mask: [2, 9] float32" in out
+    assert out[-2].startswith("outputs:  not listed: it did not run on zeros of the declared inputs (")
+
+
+def test_inspect_says_unknown_for_what_it_cannot_recognise(tmp_path, capsys):
+    """Random bytes named .onnx, text named .ts, a link to a system file named .onnx: nothing
+    was checked, so the status is 'unknown' and the exit code 1, never 'ok'."""
+    noise = tmp_path / "x.onnx"
+    noise.write_bytes(bytes([*range(7, 256), *range(7)]) * 16)  # 4 kB with no known header
+    text = tmp_path / "model.ts"
+    text.write_text("not a model\nat all\n")
+    link = tmp_path / "p.onnx"
+    link.symlink_to(text)
+    assert main(["inspect", str(noise)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "format:   unknown"
+    assert out[-3] == "status:   unknown"
+    assert out[-2] == (
+        f"reason:   unknown-format: {noise}: not a format deploycheck recognises: 4096 bytes of binary data "
+        "with no header deploycheck knows, starting 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16; nothing was checked"
+    )
+    assert out[-1] == (
+        "hint:     the name says an ONNX file, but the bytes do not; if it is one, pass --format onnx "
+        "to check and load it as one"
+    )
+    assert main(["inspect", str(text)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[-3] == "status:   unknown"
+    assert out[-2].startswith(
+        f"reason:   unknown-format: {text}: not a format deploycheck recognises: 19 bytes of text "
+        "(first line 'not a model'), starting 6e 6f 74"
+    )
+    assert "pass --format torchscript" in out[-1]
+    assert main(["inspect", str(link)]) == 1
+    out = capsys.readouterr().out
+    assert f"link:     -> {text}\n" in out
+    assert "status:   unknown\n" in out and "status:   ok" not in out
+    # a format nobody knows, from --format (or a manifest), checks nothing either
+    assert main(["inspect", str(noise), "--format", "tflite"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2:] == [
+        "status:   unknown",
+        f"reason:   unknown-format: {noise}: declared as 'tflite', which is not a format deploycheck knows "
+        "(aoti, export, hdf5, onnx, pickle, safetensors, torchscript); it holds "
+        "4096 bytes of binary data with no header deploycheck knows, starting 07 08 09 0a 0b 0c 0d 0e 0f 10 11 12 "
+        "13 14 15 16; nothing was checked",
+    ]
+    # declared as ONNX, the bytes are checked and loaded: broken, not unknown
+    assert main(["inspect", str(noise), "--format", "onnx"]) == 1
+    assert "status:   BROKEN" in capsys.readouterr().out
+
+
 def _report(rows):
     return {
         "schema_version": 1,

@@ -357,3 +357,30 @@ def test_an_unforeseen_error_is_located_like_any_stage_error(tmp_path):
         assert again.value is ei.value
     finally:
         runner.close()
+
+
+def test_a_failed_build_is_shown_once_and_every_item_of_its_variant_still_fails(faulty):
+    """24 items of a variant in three formats used to repeat the same build error; the first item
+    shows it in full, the others fail with one line pointing at it (never skipped, never passed)."""
+    faulty.write(
+        make_spec(
+            formats="[torchscript, export, onnx]",
+            variants="  baseline: {}\n  bad:\n    custom: {callable: 'tinymodels:crashes'}",
+        )
+    )
+    res = faulty.run()
+    assert res.ret == 1
+    outcomes = res.parseoutcomes()
+    full = (
+        "[build] tiny::bad (declared at tiny.yaml:12): recipe step 1 (custom:crashes) failed: "
+        "ValueError: the recipe tripped over its own feet"
+    )
+    first = "tiny.yaml::tiny::bad::torchscript::load"
+    short = f"[build] tiny::bad (declared at tiny.yaml:12): build of variant 'bad' failed; see {first}"
+    lines = res.stdout.lines
+    bad = [ln for ln in lines if ln.startswith("FAILED tiny.yaml::tiny::bad::")]
+    assert len(bad) == outcomes["failed"] == 15  # every item of the bad variant fails, and only those
+    assert sum(ln.startswith(full) for ln in lines) == 1
+    assert lines.count(short) == outcomes["failed"] - 1
+    assert lines[lines.index(full) - 1].strip("_ ") == "tiny::bad::torchscript::load"
+    assert outcomes.get("passed") == 15 and "skipped" not in outcomes

@@ -50,10 +50,9 @@ def snapshot_check(runner, t: Target, *, item) -> Verdict:
         how = (snapshots.describe_rule(cmp) if cmp else "") if state == "matches" else f"entry for {current}"
         return Verdict(passed=True, formula=f"snapshot {state}: {rel} ({how})", value=state, details=details)
     if out.missing:
-        msg = (
-            f"no approved snapshot at {rel}: run `pytest --snapshot-update` to record the current outputs "
-            f"({data['probes']} probes), then review and commit the file"
-        )
+        # short: a first run has one such item per variant and format; how to approve them is said
+        # once, before the first test runs and in the summary (plugin, report)
+        msg = f"new snapshot, not approved yet: {rel} (pytest --snapshot-update records it)"
         return Verdict(passed=False, message=msg, formula="snapshot missing", value="missing", details=details)
     if isinstance(out.error, snapshots.UnreadableSnapshot):
         msg = (
