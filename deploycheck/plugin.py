@@ -11,6 +11,7 @@ import pytest
 
 from . import rundir
 from .cache import Cache, default_root, evict, parse_size
+from .cache.safe import UnsafeFolder
 from .checks import declared_files
 from .collect import RUNNER_FACTORY, CheckItem, SpecFile
 from .isolation import start_method
@@ -213,7 +214,10 @@ def _run_base(config) -> str:
 
 def _start_session(config) -> None:
     if not _is_worker(config):
-        rundir.start_session(_run_base(config))
+        try:
+            rundir.start_session(_run_base(config))
+        except UnsafeFolder as e:
+            raise pytest.UsageError(str(e)) from None
 
 
 def cache_dir(config) -> str | None:
@@ -474,4 +478,7 @@ def pytest_unconfigure(config):
     if not _is_worker(config):
         root = cache_dir(config)
         if root and os.path.isdir(root):
-            evict(root, cache_size(config))
+            try:
+                evict(root, cache_size(config))
+            except UnsafeFolder:
+                pass  # refused: the session's cache said so when it turned itself off
