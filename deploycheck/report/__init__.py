@@ -289,6 +289,8 @@ def session_line(meta: dict, rows: list[Row]) -> str:
     """The first thing a report says: whether its session finished, and if not, why and what
     did not run (so a partial run is never read as a pass)."""
     if is_complete(meta):
+        if meta.get("shards"):
+            return f"Complete: the sessions of all {len(meta['shards'])} shards finished."
         return "Session: complete (every collected check ran)."
     n = sum(r["verdict"] == NOT_RUN for r in rows)
     why = meta.get("incomplete") or f"the session ended with exit status {meta.get('exitstatus')}"
