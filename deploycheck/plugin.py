@@ -294,9 +294,11 @@ class ReportCollector:
 
     def plan(self, units: dict[str, dict]) -> None:
         """The units this session is going to run; writes the report set that says it has not finished."""
-        if self.planned or not units or self.lock is None:
+        if self.planned or not units:
             return
         self.planned = units
+        if self.lock is None:  # no reports (--deploycheck-no-report, --collect-only): the summary still says
+            return
         import datetime as _dt
 
         created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
@@ -355,7 +357,7 @@ class ReportCollector:
             terminated=self.termination.received,
             interrupted=self.interrupted,
             crashed=self.crashed,
-            stopped=session.shouldstop or None if isinstance(session.shouldstop, str) else None,
+            stopped=next((s for s in (session.shouldfail, session.shouldstop) if isinstance(s, str) and s), None),
             missing=len(missing),
         )
         if self.incomplete is not None and session.exitstatus == pytest.ExitCode.OK:
@@ -395,6 +397,9 @@ class ReportCollector:
                 red=True,
                 bold=True,
             )
+        else:
+            n = len(self.planned)
+            tr.write_line(f"deploycheck: session complete ({n} check{'s' * (n != 1)} collected, every one ran)")
         rows = summary_rows(self.records + [not_run(u) for i, u in self.planned.items() if i not in self.finished])
         for line in terminal_table(rows).splitlines():
             tr.write_line(line)

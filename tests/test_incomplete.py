@@ -52,7 +52,7 @@ def test_ctrl_c_after_the_first_check_gives_an_incomplete_report_and_merge_fails
     )
     md = _md(project)
     assert md[2] == (
-        "**INCOMPLETE**: interrupted (Ctrl-C). 2 rows not run; nothing not run counts as passed, "
+        "**INCOMPLETE**: interrupted (Ctrl-C). 3 checks not run; nothing not run counts as passed, "
         "and this report gates nothing."
     )
     assert md[4].startswith("0 passed, 0 failed, 0 unsupported, 2 not run — ")
@@ -75,7 +75,7 @@ def test_ctrl_c_after_the_first_check_gives_an_incomplete_report_and_merge_fails
         ("wider", "metric", "not run"),
     ]
     html = (project.path / "reports" / "deploycheck.html").read_text()
-    assert "<p class='incomplete' id='session'>INCOMPLETE: interrupted (Ctrl-C). 2 rows not run;" in html
+    assert "<p class='incomplete' id='session'>INCOMPLETE: interrupted (Ctrl-C). 3 checks not run;" in html
 
     report = str(project.path / "reports" / "deploycheck.json")
     gate = cli("merge", report, "-o", str(tmp_path / "ALL.json"), "--fail-on-failure")
@@ -85,7 +85,7 @@ def test_ctrl_c_after_the_first_check_gives_an_incomplete_report_and_merge_fails
         in gate.stderr
     )
     merged = (tmp_path / "ALL.md").read_text().splitlines()
-    assert merged[2].startswith(f"**INCOMPLETE**: incomplete shards: {report}: interrupted (Ctrl-C). 2 rows not run")
+    assert merged[2].startswith(f"**INCOMPLETE**: incomplete shards: {report}: interrupted (Ctrl-C). 3 checks not run")
     assert cli("merge", report, "-o", str(tmp_path / "ALL.json")).returncode == 0  # no gate asked for
 
 
@@ -185,7 +185,7 @@ def test_sigterm_writes_reports_marked_incomplete_and_a_second_session_is_refuse
     ), text
     md = _md(project)
     assert md[2] == (
-        "**INCOMPLETE**: terminated by SIGTERM (a CI timeout or kill). 1 row not run; nothing not run counts "
+        "**INCOMPLETE**: terminated by SIGTERM (a CI timeout or kill). 1 check not run; nothing not run counts "
         "as passed, and this report gates nothing."
     )
     assert "- tiny: incomplete (1 passed, 0 failed, 0 unsupported, 1 not run)" in md
@@ -214,3 +214,18 @@ def test_a_killed_session_leaves_reports_that_say_incomplete_and_frees_the_folde
     res = project.run("-k", "load")
     res.assert_outcomes(passed=1)
     assert _md(project)[2] == "Session: complete (every collected check ran)."
+
+
+def test_a_run_stopped_by_x_is_incomplete_and_its_unrun_rows_are_not_passes(project):
+    project.write(make_spec(variants="  baseline: {}\n  broken:\n    custom: {callable: 'tinymodels:crashes'}"))
+    res = project.run("-x", "-k", "load or metric")
+    assert res.ret == 1
+    res.stdout.fnmatch_lines(
+        [
+            "deploycheck: session INCOMPLETE: stopped early (stopping after 1 failures); 1 check not run "
+            "(never counted as passed)"
+        ]
+    )
+    md = _md(project)
+    assert md[2].startswith("**INCOMPLETE**: stopped early (stopping after 1 failures). 1 check not run;")
+    assert "| baseline | ✅ |" in md and "| broken | ❌ |" in md  # a failure stays a failure

@@ -130,6 +130,7 @@ def summary_rows(records) -> list[Row]:
                 "verdict": verdict,
                 "reason": "; ".join(reasons),
                 "new_snapshots": len(missing),
+                "not_run": len(not_run),
                 "divergence": next(
                     (
                         r.details.get("divergence")
@@ -292,10 +293,10 @@ def session_line(meta: dict, rows: list[Row]) -> str:
         if meta.get("shards"):
             return f"Complete: the sessions of all {len(meta['shards'])} shards finished."
         return "Session: complete (every collected check ran)."
-    n = sum(r["verdict"] == NOT_RUN for r in rows)
+    n = sum(r.get("not_run") or 0 for r in rows)
     why = meta.get("incomplete") or f"the session ended with exit status {meta.get('exitstatus')}"
     return (
-        f"**INCOMPLETE**: {why}. {n} row{'s' * (n != 1)} not run; "
+        f"**INCOMPLETE**: {why}. {n} check{'s' * (n != 1)} not run; "
         "nothing not run counts as passed, and this report gates nothing."
     )
 
