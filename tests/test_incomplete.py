@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import cli, make_spec
 
 TWO_VARIANTS = "  baseline: {}\n  wider:\n    custom: {callable: 'tinymodels:repeat'}"
@@ -26,6 +27,8 @@ def pytest_runtest_logreport(report):
 HANGS = """
 import os
 import time
+
+import pytest
 
 
 def hang(model, ctx):
@@ -229,3 +232,21 @@ def test_a_run_stopped_by_x_is_incomplete_and_its_unrun_rows_are_not_passes(proj
     md = _md(project)
     assert md[2].startswith("**INCOMPLETE**: stopped early (stopping after 1 failures). 1 check not run;")
     assert "| baseline | ✅ |" in md and "| broken | ❌ |" in md  # a failure stays a failure
+
+
+def test_a_report_set_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A failure while one file of the set is made (here the HTML) leaves the previous set as it was."""
+    from deploycheck.report import write
+    from deploycheck.report.write import write_documents
+
+    doc = {"schema_version": 1, "complete": True, "rows": [], "records": [], "created": "first"}
+    write_documents(doc, str(tmp_path))
+    before = {p.name: p.read_text() for p in tmp_path.iterdir()}
+
+    def broken(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(write, "render", broken)
+    with pytest.raises(OSError):
+        write_documents({**doc, "created": "second"}, str(tmp_path))
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before  # no mix, no temp files
