@@ -11,6 +11,7 @@ import sys
 import tempfile
 
 from .cache import KINDS, clean, default_root, entries, fmt_size
+from .cache.safe import UnsafeFolder
 from .errors import SpecError
 from .formats import FORMATS, formats_by_name, sniff
 from .formats.integrity import FORMAT_NAMES, Diagnosis, check_file, read_manifest, sha256
@@ -408,6 +409,14 @@ def _zeros(inputs, manifest) -> list:
 
 def cmd_cache(args) -> int:
     root = os.path.abspath(args.dir) if args.dir else default_root()
+    try:
+        return _cache(args, root)
+    except UnsafeFolder as e:
+        print(e, file=sys.stderr)
+        return 2
+
+
+def _cache(args, root: str) -> int:
     if args.action == "info":
         es = entries(root) if os.path.isdir(root) else []
         total = sum(e["bytes"] for e in es)

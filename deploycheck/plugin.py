@@ -11,12 +11,23 @@ import pytest
 
 from . import rundir
 from .cache import Cache, default_root, evict, parse_size
+from .cache.safe import UnsafeFolder
 from .checks import declared_files
 from .collect import RUN_CADENCE, RUNNER_FACTORY, CheckItem, SpecFile
 from .isolation import start_method
 from .machine import summary as machine_summary
 from .report import summary_rows, terminal_table
 from .report.records import Record
+from .report.session import (
+    STARTED,
+    ReportFolderBusy,
+    ReportLock,
+    Termination,
+    call_safely,
+    incomplete_reason,
+    not_run,
+    unit_of,
+)
 from .report.write import Journal, write_reports
 from .runner import Runner
 from .snapshots import enable_for_items, new_snapshots_note
@@ -24,6 +35,7 @@ from .spec.loader import may_be_spec
 from .spec.model import CADENCES
 
 _RUNNER = pytest.StashKey[object]()
+_REPORTS = pytest.StashKey["ReportCollector"]()
 log = logging.getLogger("deploycheck")
 
 
@@ -137,7 +149,8 @@ def pytest_configure(config):
     except ValueError as e:
         raise pytest.UsageError(str(e)) from None
     _start_session(config)
-    config.pluginmanager.register(ReportCollector(config), "deploycheck-report")
+    config.stash[_REPORTS] = collector = ReportCollector(config)
+    config.pluginmanager.register(collector, "deploycheck-report")
     config.stash[RUNNER_FACTORY] = lambda: get_runner(config)
     enable_for_items(declared=declared_files)
     # Keep the items of one variant in one xdist worker: it is built once there.
@@ -177,12 +190,28 @@ def pytest_sessionstart(session):
     # an xdist controller collects nothing itself: check there at once
     if getattr(session.config.option, "numprocesses", None) and not _is_worker(session.config):
         check_report_dir(session.config)
+        session.config.stash[_REPORTS].take_folder()
 
 
 def pytest_collection_finish(session):
     # an unusable report folder is named before the first test runs, not after every test ran
-    if any(isinstance(i, CheckItem) for i in session.items):
+    items = [i for i in session.items if isinstance(i, CheckItem)]
+    if items and not _is_worker(session.config):
         check_report_dir(session.config)
+        reports = session.config.stash[_REPORTS]
+        reports.take_folder()
+        reports.plan({i.nodeid: _unit(i) for i in items})
+
+
+def _unit(item: CheckItem) -> dict:
+    return {
+        "file": item.display_path,
+        "spec": item.spec.name,
+        "variant": item.variant.name,
+        "format": item.fspec.name if item.fspec else None,
+        "check": item.check.name,
+        "recipe": item.variant.recipe,
+    }
 
 
 def pytest_report_collectionfinish(config, start_path, items):
@@ -214,7 +243,10 @@ def _run_base(config) -> str:
 
 def _start_session(config) -> None:
     if not _is_worker(config):
-        rundir.start_session(_run_base(config))
+        try:
+            rundir.start_session(_run_base(config))
+        except UnsafeFolder as e:
+            raise pytest.UsageError(str(e)) from None
 
 
 def cache_dir(config) -> str | None:
@@ -251,33 +283,128 @@ def get_runner(config):
 
 
 class ReportCollector:
-    """Gathers the records items attach to their reports (xdist workers' too) and writes the reports."""
+    """Gathers the records items attach to their reports (xdist workers' too) and writes the reports.
+
+    It also keeps the session's state: the report folder's lock, the units collection planned
+    and which of them finished, and why the session did not finish (Ctrl-C, SIGTERM, a crashed
+    xdist worker, -x). At the start it writes a report set marked incomplete, listing every
+    planned unit as not run, so a session that dies before its end leaves reports that say so."""
 
     def __init__(self, config):
         self.config = config
         self.records: list[Record] = []
         self.paths: list[str] = []
         self.error: str | None = None
-        self.journal = (
-            None if _is_worker(config) or config.getoption("deploycheck_no_report") else Journal(report_dir(config))
-        )
+        self.writes = not (_is_worker(config) or config.getoption("deploycheck_no_report"))
+        self.journal = Journal(report_dir(config)) if self.writes else None
+        self.lock: ReportLock | None = None
+        self.planned: dict[str, dict] = {}  # nodeid -> unit (file, spec, variant, format, check, recipe)
+        self.finished: set[str] = set()
+        self.crashed: list[str] = []
+        self.interrupted: str | None = None
+        self.incomplete: str | None = None
+        self.termination = Termination()
+        if self.writes:
+            self.termination.install()
 
+    # -- the report folder ------------------------------------------------------------------
+    def take_folder(self) -> None:
+        """Own the report folder for this session (a clear usage error while another has it)."""
+        if not self.writes or self.lock is not None or self.config.option.collectonly:
+            return
+        lock = ReportLock(report_dir(self.config))
+        try:
+            lock.acquire()
+        except ReportFolderBusy as e:
+            raise pytest.UsageError(str(e)) from None
+        except OSError:
+            return  # an unusable folder is check_report_dir's to report
+        self.lock = lock
+
+    def plan(self, units: dict[str, dict]) -> None:
+        """The units this session is going to run; writes the report set that says it has not finished."""
+        if self.planned or not units:
+            return
+        self.planned = units
+        if self.lock is None:  # no reports (--deploycheck-no-report, --collect-only): the summary still says
+            return
+        import datetime as _dt
+
+        created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        try:
+            write_reports(
+                [not_run(u) for u in units.values()],
+                report_dir(self.config),
+                rootdir=str(self.config.rootpath),
+                exitstatus=int(pytest.ExitCode.INTERRUPTED),
+                incomplete=STARTED.format(pid=os.getpid(), created=created),
+            )
+        except OSError:
+            pass  # the final write says what is wrong with the folder
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids):
+        self.plan({i: u for i in ids if (u := unit_of(i)) is not None})
+
+    def pytest_keyboard_interrupt(self, excinfo):
+        if not self.termination.received:
+            e = excinfo.value
+            self.interrupted = "Ctrl-C" if type(e) is KeyboardInterrupt else f"{type(e).__name__}: {e}".rstrip(": ")
+
+    # -- results ----------------------------------------------------------------------------
     def pytest_runtest_logreport(self, report):
+        if report.when == "???":  # xdist: the worker running this item died
+            self.crashed.append(report.nodeid)
+            return
+        if report.when == "setup" and not report.passed:
+            self.finished.add(report.nodeid)  # skipped or failed before it ran: done, as pytest shows it
         if report.when != "call":  # setup/teardown reports carry the same properties
             return
+        self.finished.add(report.nodeid)
+        recorded = False
         for name, value in getattr(report, "user_properties", ()):
             if name == "deploycheck":
+                recorded = True
                 self.records.append(Record.from_json(json.loads(value)))
                 if self.journal is not None:
                     self.journal.add(value)
+        unit = self.planned.get(report.nodeid)
+        if report.failed and not recorded and unit is not None:
+            # an unforeseen error: the check did not pass, and its row must not read as if it had
+            why = str(getattr(report, "longreprtext", "") or "").strip().splitlines()
+            rec = not_run(unit)
+            rec.status, rec.message = "error", f"the check raised: {why[-1] if why else 'an error'}"
+            self.records.append(rec)
+            if self.journal is not None:
+                self.journal.add(rec.dumps())
 
     def pytest_sessionfinish(self, session, exitstatus):
-        # Also runs after -x or Ctrl-C, so a run cut short still writes what ran.
-        if _is_worker(self.config) or not self.records or self.config.getoption("deploycheck_no_report"):
+        # Also runs after -x, Ctrl-C or SIGTERM, so a run cut short still writes what ran, marked incomplete.
+        missing = [i for i in self.planned if i not in self.finished]
+        self.incomplete = incomplete_reason(
+            exitstatus=int(exitstatus),
+            terminated=self.termination.received,
+            interrupted=self.interrupted,
+            crashed=self.crashed,
+            stopped=next((s for s in (session.shouldfail, session.shouldstop) if isinstance(s, str) and s), None),
+            missing=len(missing),
+        )
+        if self.incomplete is not None and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a crashed worker's items did not pass
+        if not self.writes or not (self.records or self.planned):
             return
+        records = self.records + [not_run(self.planned[i]) for i in missing]
         out = report_dir(self.config)
         try:
-            self.paths = write_reports(self.records, out, rootdir=str(self.config.rootpath), exitstatus=int(exitstatus))
+            self.paths = call_safely(
+                lambda: write_reports(
+                    records,
+                    out,
+                    rootdir=str(self.config.rootpath),
+                    exitstatus=int(session.exitstatus),
+                    incomplete=self.incomplete,
+                )
+            )
         except OSError as e:  # the disk filled during the run: say so, and do not pass
             self.error = f"deploycheck: the reports could not be written to {out}: {_os_why(e)}; {REPORT_DIR_HINT}"
             if session.exitstatus == pytest.ExitCode.OK:
@@ -287,11 +414,23 @@ class ReportCollector:
             self.journal.close()
 
     def pytest_terminal_summary(self, terminalreporter):
-        if _is_worker(self.config) or not self.records:
+        if _is_worker(self.config) or not (self.records or self.planned):
             return
         tr = terminalreporter
         tr.section("deploycheck summary")
-        for line in terminal_table(summary_rows(self.records)).splitlines():
+        if self.incomplete is not None:
+            n = len([i for i in self.planned if i not in self.finished])
+            tr.write_line(
+                f"deploycheck: session INCOMPLETE: {self.incomplete}; {n} check{'s' * (n != 1)} not run "
+                "(never counted as passed)",
+                red=True,
+                bold=True,
+            )
+        else:
+            n = len(self.planned)
+            tr.write_line(f"deploycheck: session complete ({n} check{'s' * (n != 1)} collected, every one ran)")
+        rows = summary_rows(self.records + [not_run(u) for i, u in self.planned.items() if i not in self.finished])
+        for line in terminal_table(rows).splitlines():
             tr.write_line(line)
         split = failures_split(self.records)
         if split:
@@ -308,6 +447,12 @@ class ReportCollector:
             tr.write_line(f"report written: {p}")
         if self.error:
             tr.write_line(self.error, red=True, bold=True)
+
+    def close(self) -> None:
+        self.termination.uninstall()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def failures_split(records: list[Record]) -> str | None:
@@ -374,10 +519,16 @@ def check_report_dir(config) -> None:
 
 
 def pytest_unconfigure(config):
+    reports = config.stash.get(_REPORTS, None)
+    if reports is not None:
+        reports.close()
     r = config.stash.get(_RUNNER, None)
     if r is not None:
         r.close()
     if not _is_worker(config):
         root = cache_dir(config)
         if root and os.path.isdir(root):
-            evict(root, cache_size(config))
+            try:
+                evict(root, cache_size(config))
+            except UnsafeFolder:
+                pass  # refused: the session's cache said so when it turned itself off

@@ -3,18 +3,24 @@
 ``<base>/run/<session>/<worker>``: one folder per session, so concurrent sessions never share
 files; xdist workers inherit the controller's session through the environment. A new session
 removes the folders of earlier sessions that have ended (their process is gone), so the last
-session's artifacts stay until the next session starts.
+session's artifacts stay until the next session starts: only folders it made (a session's name and
+marker file), never through a link; a run folder that is a link is refused (see
+:mod:`deploycheck.cache.safe`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
+import re
 import tempfile
 import time
 
+from .cache.safe import refuse_link, remove_own
+
 SESSION_ENV = "DEPLOYCHECK_SESSION"
+#: written into each session's folder when it starts: what a later session may delete
+RUN_MARK = ".deploycheck-run"
 
 
 def base_dir(rootpath: str, given: str | None) -> str:
@@ -33,15 +39,19 @@ def session_dir(base: str, *, worker: str = "main") -> str:
 def start_session(base: str) -> None:
     """Name this session (in the environment its xdist workers inherit) and remove the folders
     of the sessions under ``base`` that have ended."""
-    os.environ[SESSION_ENV] = f"{os.getpid()}-{int(time.time())}"
+    setting = "--deploycheck-run-dir"
+    refuse_link(base, "run folder", setting)
     runs = os.path.join(base, "run")
-    if not os.path.isdir(runs):
-        return
-    for name in os.listdir(runs):
-        pid = name.split("-", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)):
+    refuse_link(runs, "run folder's run/ folder", setting)
+    session = f"{os.getpid()}-{int(time.time())}"
+    os.environ[SESSION_ENV] = session
+    os.makedirs(os.path.join(runs, session), exist_ok=True)
+    open(os.path.join(runs, session, RUN_MARK), "w").close()
+    for name in sorted(os.listdir(runs)):
+        m = re.fullmatch(r"(\d+)-\d+", name)
+        if m is None or _alive(int(m.group(1))):
             continue
-        shutil.rmtree(os.path.join(runs, name), ignore_errors=True)
+        remove_own(os.path.join(runs, name), RUN_MARK)
 
 
 def _alive(pid: int) -> bool:

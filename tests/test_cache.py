@@ -123,6 +123,7 @@ def _fake_entry(root, kind, key, size, used):
     d = root / kind / key[:2] / key
     d.mkdir(parents=True)
     (d / "blob").write_bytes(b"x" * size)
+    (d / "checksums.json").write_bytes(b"")  # the marker every published entry carries (empty: sizes stay exact)
     os.utime(d, (used, used))
     return d
 
@@ -239,8 +240,11 @@ def test_old_session_run_folders_are_cleaned(project, tmp_path):
     base = tmp_path / "base"
     project.run(f"--deploycheck-run-dir={base}").assert_outcomes(passed=5)
     (base / "run" / "999999999-1").mkdir(parents=True)  # a session whose process is gone
+    (base / "run" / "999999999-1" / ".deploycheck-run").touch()  # the marker a session's folder carries
+    (base / "run" / "999999998-1").mkdir()  # named like one, but not made by deploycheck: kept
     project.run(f"--deploycheck-run-dir={base}").assert_outcomes(passed=5)
     assert "999999999-1" not in os.listdir(base / "run")
+    assert "999999998-1" in os.listdir(base / "run")
 
 
 def test_a_result_key_depends_on_what_is_measured_not_on_where_the_files_lie():

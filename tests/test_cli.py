@@ -249,7 +249,13 @@ def test_merge_joins_shards_and_renders_them(tmp_path, capsys):
     merged = json.loads(out.read_text())
     assert [(r["spec"], r["verdict"]) for r in merged["rows"]] == [("a", "pass"), ("b", "FAIL")]
     assert set(merged["spec_files"]) == {"a.yaml", "b.yaml"} and len(merged["shards"]) == 2
-    assert (tmp_path / "ALL.md").read_text().startswith("# deploycheck report\n\n1 passed, 1 failed, 0 unsupported")
+    assert (
+        (tmp_path / "ALL.md")
+        .read_text()
+        .startswith(
+            "# deploycheck report\n\nComplete: the sessions of all 2 shards finished.\n\n1 passed, 1 failed, 0 unsupported"
+        )
+    )
     assert (tmp_path / "ALL.html").exists()
 
 

@@ -51,7 +51,9 @@ def test_all_checks_pass_and_reports_are_written(project):
     assert row["max_abs_diff"] == 0.0 and row["p95_ms"] > 0 and 0 < row["size_mb"] < 1
     assert sorted(r["check"] for r in doc["records"]) == ["latency", "load", "metric", "outputs", "size"]
     md = (project.path / "reports" / "deploycheck.md").read_text()
-    assert md.startswith("# deploycheck report\n\n1 passed, 0 failed, 0 unsupported")
+    assert md.startswith(
+        "# deploycheck report\n\nSession: complete (every collected check ran).\n\n1 passed, 0 failed, 0 unsupported"
+    )
     assert "| baseline  | torchscript |" in md
 
 

@@ -30,6 +30,7 @@ def test_markdown_has_a_summary_a_verdict_matrix_and_collapsed_tables(report_dir
     md = (report_dir / "deploycheck.md").read_text()
     lines = md.splitlines()
     assert lines[0] == "# deploycheck report"
+    assert lines[2] == "Session: complete (every collected check ran)."
     summary = [ln for ln in lines if ln.startswith("- tiny: ")]
     assert len(summary) == 1
     assert summary[0].startswith("- tiny: pass (6 passed, 0 failed, 0 unsupported); smallest passing: ")

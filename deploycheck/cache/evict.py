@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 
+from .safe import ENTRY_MARK, STAGING_MARK, STAGING_NAME, check_cache_root, is_own, remove_own
 from .store import remove_entry
 
 DEFAULT_MAX_BYTES = 2 * 1000**3  # 2 GB
@@ -69,7 +69,10 @@ def _tree_size(path: str) -> int:
 
 
 def entries(root: str) -> list[dict]:
-    """Every published entry: kind, key, path, bytes, last use (mtime of its folder)."""
+    """Every published entry: kind, key, path, bytes, last use (mtime of its folder). Only real
+    folders carrying the entry marker count; links and anything else found there are left alone.
+    :class:`~deploycheck.cache.safe.UnsafeFolder` when the cache or a folder in it is a link."""
+    check_cache_root(root)
     out = []
     for kind in KINDS:
         base = os.path.join(root, kind)
@@ -77,10 +80,12 @@ def entries(root: str) -> list[dict]:
             continue
         for shard in sorted(os.listdir(base)):
             sd = os.path.join(base, shard)
-            if not os.path.isdir(sd):
+            if os.path.islink(sd) or not os.path.isdir(sd):
                 continue
             for key in sorted(os.listdir(sd)):
                 d = os.path.join(sd, key)
+                if not is_own(d, ENTRY_MARK):
+                    continue
                 try:
                     used = os.stat(d).st_mtime
                 except OSError:
@@ -91,18 +96,17 @@ def entries(root: str) -> list[dict]:
 
 def evict(root: str, max_bytes: int) -> list[dict]:
     """Remove least recently used entries until the cache is at most ``max_bytes``; returns them.
-    Staging folders older than an hour (an interrupted writer) go too."""
+    Staging folders older than an hour (an interrupted writer) go too: only those deploycheck made
+    (its name and marker), never through a link (see :mod:`deploycheck.cache.safe`)."""
     import time
 
-    staging = os.path.join(root, "tmp")
-    if os.path.isdir(staging):
-        for name in os.listdir(staging):
-            p = os.path.join(staging, name)
-            try:
-                if time.time() - os.stat(p).st_mtime > 3600:
-                    shutil.rmtree(p, ignore_errors=True)
-            except OSError:
-                pass
+    check_cache_root(root)
+    for p in _staging(root):
+        try:
+            if time.time() - os.lstat(p).st_mtime > 3600:
+                remove_own(p, STAGING_MARK, ENTRY_MARK)
+        except OSError:
+            pass
     es = entries(root)
     total = sum(e["bytes"] for e in es)
     removed = []
@@ -124,5 +128,15 @@ def clean(root: str, *, older_than_s: float | None = None) -> list[dict]:
     for e in gone:
         remove_entry(e["path"])
     if older_than_s is None:
-        shutil.rmtree(os.path.join(root, "tmp"), ignore_errors=True)
+        for p in _staging(root):
+            remove_own(p, STAGING_MARK, ENTRY_MARK)
     return gone
+
+
+def _staging(root: str) -> list[str]:
+    """The staging folders deploycheck's store named in ``<root>/tmp`` (a linked tmp/ is refused
+    before this by :func:`check_cache_root`)."""
+    staging = os.path.join(root, "tmp")
+    if os.path.islink(staging) or not os.path.isdir(staging):
+        return []
+    return [os.path.join(staging, n) for n in sorted(os.listdir(staging)) if STAGING_NAME.fullmatch(n)]

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import no_space
 from .keys import file_sha
+from .safe import STAGING_MARK, UnsafeFolder, check_cache_root, is_own
 
 
 class CacheWarning(UserWarning):
@@ -100,6 +101,10 @@ class Cache:
                 os.makedirs(root, exist_ok=True)
                 if not os.access(root, os.W_OK | os.X_OK):
                     raise PermissionError(errno.EACCES, "permission denied", root)
+                check_cache_root(root)
+            except UnsafeFolder as e:
+                self._warn(f"{e}; caching is off for this session")
+                self.root = None
             except OSError as e:
                 self._off(e)
 
@@ -133,7 +138,9 @@ class Cache:
         assert self.root is not None
         d = os.path.join(self.root, "tmp")
         os.makedirs(d, exist_ok=True)
-        return tempfile.mkdtemp(prefix=f"{kind}-", dir=d)
+        tmp = tempfile.mkdtemp(prefix=f"{kind}-", dir=d)
+        open(os.path.join(tmp, STAGING_MARK), "w").close()  # what cleanup may delete (cache.safe)
+        return tmp
 
     def _put(self, kind: str, key: str, write: Callable[[str], None]) -> None:
         """Write an entry in a staging folder, record its checksums, and publish it atomically.
@@ -323,14 +330,31 @@ class Cache:
         return True
 
 
+def _keyed_folder(path: str) -> bool:
+    """A real folder named by a key (64 hex digits) under ``<kind>/<key[:2]>/``: an entry whose
+    marker was lost (a damaged entry, removed so its rebuild can take its place)."""
+    import re
+
+    name = os.path.basename(path)
+    return (
+        not os.path.islink(path)
+        and os.path.isdir(path)
+        and re.fullmatch(r"[0-9a-f]{64}", name) is not None
+        and os.path.basename(os.path.dirname(path)) == name[:2]
+    )
+
+
 def remove_entry(path: str) -> None:
-    """Take an entry out of sight atomically (rename), then delete it: a reader sees all or nothing."""
+    """Take an entry out of sight atomically (rename), then delete it: a reader sees all or nothing.
+    Only a real folder carrying the entry marker is touched (never a link, never another's folder)."""
     import uuid
 
+    if not (is_own(path, CHECKSUMS) or _keyed_folder(path)):
+        return
     trash = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(path))), "tmp", f"evicted-{uuid.uuid4().hex}")
     try:
         os.makedirs(os.path.dirname(trash), exist_ok=True)
         os.replace(path, trash)
     except OSError:
         return
-    shutil.rmtree(trash, ignore_errors=True)
+    shutil.rmtree(trash, ignore_errors=True)  # the folder just checked, renamed by this process

@@ -15,7 +15,17 @@ from ..machine import summary as machine_summary
 from .records import Record, Row, as_records
 
 SCHEMA_VERSION = 1
-STATUS_ORDER = {"error": 0, "failed": 1, "inconclusive": 2, "unsupported": 3, "not gated": 4, "passed": 5}
+STATUS_ORDER = {
+    "error": 0,
+    "failed": 1,
+    "not run": 2,
+    "inconclusive": 3,
+    "unsupported": 4,
+    "not gated": 5,
+    "passed": 6,
+}
+#: a check the session was going to run but did not finish (interrupted, terminated, a worker died)
+NOT_RUN = "not run"
 
 
 def higher_is_better(row: Row) -> bool | None:
@@ -48,8 +58,11 @@ def summary_rows(records) -> list[Row]:
         statuses = [r.status for r in allrecs]
         missing = [r for r in allrecs if r.missing_snapshot]
         real_fail = [r for r in allrecs if r.status in ("error", "failed") and not r.missing_snapshot]
+        not_run = [r for r in allrecs if r.status == NOT_RUN]
         if real_fail:
             verdict = "FAIL"
+        elif not_run:
+            verdict = NOT_RUN  # never a pass: some of its checks did not run
         elif missing:
             verdict = "new"  # passes every check; only its snapshot awaits approval
         elif "unsupported" in statuses:
@@ -69,6 +82,8 @@ def summary_rows(records) -> list[Row]:
                 reason = _first(r.message) or "error"
                 if reason not in reasons:
                     reasons.append(reason)
+        if not_run:
+            reasons.append(f"{NOT_RUN}: {', '.join(r.check for r in not_run)} (the session did not finish)")
         if verdict == "unsupported":
             reasons = [_first(next(r.message for r in allrecs if r.status == "unsupported"))]
         load = by["load"].status if "load" in by else None
@@ -115,6 +130,7 @@ def summary_rows(records) -> list[Row]:
                 "verdict": verdict,
                 "reason": "; ".join(reasons),
                 "new_snapshots": len(missing),
+                "not_run": len(not_run),
                 "divergence": next(
                     (
                         r.details.get("divergence")
@@ -241,11 +257,14 @@ def summary_lines(rows: list[Row]) -> list[str]:
         ok = [r for r in srows if r["verdict"] == "pass"]
         n_fail = sum(r["verdict"] == "FAIL" for r in srows)
         n_new = sum(r["verdict"] == "new" for r in srows)
-        state = "FAIL" if n_fail else "new snapshots" if n_new else "pass"
+        n_not_run = sum(r["verdict"] == NOT_RUN for r in srows)
+        state = "FAIL" if n_fail else "incomplete" if n_not_run else "new snapshots" if n_new else "pass"
         line = (
             f"{spec}: {state} ({len(ok)} passed, {n_fail} failed, "
             f"{sum(r['verdict'] == 'unsupported' for r in srows)} unsupported"
-            + (f", {n_new} awaiting snapshot approval)" if n_new else ")")
+            + (f", {n_new} awaiting snapshot approval" if n_new else "")
+            + (f", {n_not_run} not run" if n_not_run else "")
+            + ")"
         )
         sized = [r for r in ok if r.get("size_mb") is not None]
         timed = [r for r in ok if r.get("p50_ms") is not None]
@@ -259,6 +278,29 @@ def summary_lines(rows: list[Row]) -> list[str]:
     return out
 
 
+def is_complete(doc: dict) -> bool:
+    """Whether a report's session finished. Reports written before ``complete`` was recorded
+    say it through their exit status: 2 (interrupted) and 3 (internal error) did not finish."""
+    if "complete" in doc:
+        return bool(doc["complete"])
+    return doc.get("exitstatus") not in (2, 3)
+
+
+def session_line(meta: dict, rows: list[Row]) -> str:
+    """The first thing a report says: whether its session finished, and if not, why and what
+    did not run (so a partial run is never read as a pass)."""
+    if is_complete(meta):
+        if meta.get("shards"):
+            return f"Complete: the sessions of all {len(meta['shards'])} shards finished."
+        return "Session: complete (every collected check ran)."
+    n = sum(r.get("not_run") or 0 for r in rows)
+    why = meta.get("incomplete") or f"the session ended with exit status {meta.get('exitstatus')}"
+    return (
+        f"**INCOMPLETE**: {why}. {n} check{'s' * (n != 1)} not run; "
+        "nothing not run counts as passed, and this report gates nothing."
+    )
+
+
 def machine_line(machine: dict) -> str:
     """The run's machine on one line; older reports (before the fingerprint) show what they have."""
     if machine.get("isa_level"):
@@ -266,7 +308,7 @@ def machine_line(machine: dict) -> str:
     return "machine: " + (machine.get("processor") or machine.get("machine") or "unknown")
 
 
-MARK = {"pass": "✅", "FAIL": "❌", "new": "🆕", "unsupported": "➖", "inconclusive": "❔"}
+MARK = {"pass": "✅", "FAIL": "❌", "new": "🆕", "unsupported": "➖", "inconclusive": "❔", NOT_RUN: "⏹️"}
 #: GitHub refuses a comment body over 65,536 characters; stay well under it
 COMMENT_LIMIT = 60_000
 
@@ -308,13 +350,17 @@ def markdown(rows: list[Row], meta: dict, *, limit: int = COMMENT_LIMIT, full_re
     n_pass = sum(r["verdict"] == "pass" for r in rows)
     n_uns = sum(r["verdict"] == "unsupported" for r in rows)
     n_new = sum(r["verdict"] == "new" for r in rows)
+    n_not_run = sum(r["verdict"] == NOT_RUN for r in rows)
     machine = meta.get("machine") or {}
     specs = sorted({r["spec"] for r in rows})
     head = [
         "# deploycheck report",
         "",
+        session_line(meta, rows),
+        "",
         f"{n_pass} passed, {n_fail} failed, {n_uns} unsupported"
         + (f", {n_new} awaiting snapshot approval" if n_new else "")
+        + (f", {n_not_run} not run" if n_not_run else "")
         + f" — torch {md((meta.get('libraries') or {}).get('torch', '?'))}, "
         f"commit {md(((meta.get('git') or {}).get('commit') or 'n/a')[:12])}, {md(meta.get('created', ''))}",
         "",
@@ -328,12 +374,13 @@ def markdown(rows: list[Row], meta: dict, *, limit: int = COMMENT_LIMIT, full_re
     head += [
         "## Verdicts",
         "",
-        "✅ pass · ❌ fail · 🆕 passes, snapshot awaiting approval · ➖ unsupported · ❔ inconclusive (noise)",
+        "✅ pass · ❌ fail · 🆕 passes, snapshot awaiting approval · ➖ unsupported · ❔ inconclusive (noise)"
+        " · ⏹️ not run (the session did not finish)",
         "",
     ]
     matrices = {spec: verdict_matrix(rows, spec) for spec in specs}
     if sum(len(m) for m in matrices.values()) > limit // 2:  # very many specs: matrices for the failing ones only
-        bad = {r["spec"] for r in rows if r["verdict"] in ("FAIL", "new")}
+        bad = {r["spec"] for r in rows if r["verdict"] in ("FAIL", "new", NOT_RUN)}
         matrices = {spec: m for spec, m in matrices.items() if spec in bad}
         head += [f"{len(specs) - len(matrices)} specs pass in every variant and format (matrices omitted)", ""]
     for spec, m in matrices.items():

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
-from . import higher_is_better, summary_rows
+from . import NOT_RUN, higher_is_better, is_complete, summary_rows
 from .write import write_documents
 
 
@@ -133,20 +134,41 @@ def cmd_compare(args) -> int:
     return 1 if n else 0
 
 
-def merge(docs: list[dict]) -> dict:
+def merge(docs: list[dict], names: list[str] | None = None) -> dict:
+    """One report of several shards'. A check one shard ran beats another shard's ``not run`` of
+    it; the merged report is complete only when every shard's session was."""
     records: dict[tuple, dict] = {}
     for d in docs:
         for r in d.get("records", []):
-            records[(r["spec"], r["variant"], r["format"], r["check"])] = r
+            k = (r["spec"], r["variant"], r["format"], r["check"])
+            if r.get("status") == NOT_RUN and k in records:
+                continue
+            records[k] = r
     recs = [records[k] for k in sorted(records, key=lambda k: tuple("" if x is None else x for x in k))]
     first = docs[0]
+    names = names or [f"shard {i + 1}" for i in range(len(docs))]
+    unfinished = [
+        f"{n}: {d.get('incomplete') or 'did not finish'}"
+        for n, d in zip(names, docs, strict=True)
+        if not is_complete(d)
+    ]
     return {
         **{k: first[k] for k in ("schema_version", "libraries", "git") if k in first},
         "created": max(d.get("created", "") for d in docs),
         "exitstatus": max(d.get("exitstatus", 0) for d in docs),
+        "complete": not unfinished,
+        "incomplete": ("incomplete shards: " + "; ".join(unfinished)) if unfinished else None,
         "machine": first.get("machine"),
         "shards": [
-            {"machine": d.get("machine"), "created": d.get("created"), "exitstatus": d.get("exitstatus")} for d in docs
+            {
+                "report": n,
+                "machine": d.get("machine"),
+                "created": d.get("created"),
+                "exitstatus": d.get("exitstatus"),
+                "complete": is_complete(d),
+                "incomplete": d.get("incomplete"),
+            }
+            for n, d in zip(names, docs, strict=True)
         ],
         "spec_files": {k: v for d in docs for k, v in d.get("spec_files", {}).items()},
         "rows": summary_rows(recs),
@@ -156,7 +178,7 @@ def merge(docs: list[dict]) -> dict:
 
 def cmd_merge(args) -> int:
     docs = [_load(p) for p in args.reports]
-    merged = merge(docs)
+    merged = merge(docs, list(args.reports))
     out_dir = os.path.dirname(os.path.abspath(args.output))
     stem = os.path.basename(args.output).removesuffix(".json")
     paths = write_documents(merged, out_dir, stem=stem)
@@ -164,7 +186,15 @@ def cmd_merge(args) -> int:
         f"merged {len(docs)} reports ({len(merged['records'])} records, {len(merged['rows'])} rows) into "
         + ", ".join(os.path.relpath(p) for p in paths)
     )
-    return 1 if any(r["verdict"] == "FAIL" for r in merged["rows"]) and args.fail_on_failure else 0
+    for shard in merged["shards"]:
+        if not shard["complete"]:
+            print(
+                f"deploycheck merge: {shard['report']} is INCOMPLETE: {shard['incomplete'] or 'its session did not finish'}"
+                "; its checks that did not run are not passes",
+                file=sys.stderr,
+            )
+    bad = any(r["verdict"] in ("FAIL", NOT_RUN) for r in merged["rows"]) or not merged["complete"]
+    return 1 if bad and args.fail_on_failure else 0
 
 
 def add_commands(sub) -> None:
@@ -178,5 +208,9 @@ def add_commands(sub) -> None:
     m = sub.add_parser("merge", help="merge JSON reports from shards into one")
     m.add_argument("reports", nargs="+")
     m.add_argument("-o", "--output", required=True, help="ALL.json; ALL.md and ALL.html are written beside it")
-    m.add_argument("--fail-on-failure", action="store_true", help="exit 1 when a merged row failed (a CI gate)")
+    m.add_argument(
+        "--fail-on-failure",
+        action="store_true",
+        help="exit 1 when a merged row failed or did not run, or a shard's session did not finish (a CI gate)",
+    )
     m.set_defaults(fn=cmd_merge)

@@ -7,7 +7,7 @@ import io
 import itertools
 from typing import Any
 
-from . import columns, higher_is_better, machine_line, new_snapshots_line, row_cells
+from . import NOT_RUN, columns, higher_is_better, is_complete, machine_line, new_snapshots_line, row_cells, session_line
 from .records import Row
 
 
@@ -137,12 +137,19 @@ table.matrix td{text-align:center;font-weight:600}
 table.matrix td.pass{background:#e3f6e3;color:#1a6b1a} table.matrix td.FAIL{background:#fbd5d5;color:#8b1010}
 table.matrix td.new{background:#dfeaff;color:#1b3f8b} table.matrix td.unsupported{color:#999}
 .note{background:#eef5ff;border-left:4px solid #3b6fd6;padding:6px 10px}
+.incomplete{background:#fde8e8;border-left:6px solid #b01010;padding:8px 12px;font-weight:600}
+.complete{color:#1a6b1a}
+table.matrix td.not-run{background:#eee;color:#555} tr.not-run td{background:#f3f3f3}
 .plots svg{max-width:100%;height:auto;margin:0.5em 0}
 .machine{color:#555;font-size:13px;overflow-wrap:anywhere}
 code{background:#f5f5f5;padding:0 3px;overflow-wrap:anywhere}
 """
 
-_MARK = {"pass": "pass", "FAIL": "FAIL", "new": "new", "unsupported": "–", "inconclusive": "?"}
+_MARK = {"pass": "pass", "FAIL": "FAIL", "new": "new", "unsupported": "–", "inconclusive": "?", NOT_RUN: "not run"}
+
+
+def _cls(verdict: str) -> str:
+    return verdict.replace(" ", "-")
 
 
 def divergence_table(row: Row) -> str:
@@ -180,7 +187,7 @@ def matrix(rows: list[Row], spec: str) -> str:
     ]
     for v in variants:
         tds = "".join(
-            f"<td class='{e(cell.get((v, f), ''))}'>{e(_MARK.get(cell.get((v, f), ''), ''))}</td>" for f in fmts
+            f"<td class='{e(_cls(cell.get((v, f), '')))}'>{e(_MARK.get(cell.get((v, f), ''), ''))}</td>" for f in fmts
         )
         out.append(f"<tr><td class='l'>{e(v)}</td>{tds}</tr>")
     out.append("</table></div>")
@@ -196,6 +203,8 @@ def render(rows: list[Row], meta: dict, summary: list[str]) -> str:
         "<title>deploycheck report</title>",
         f"<style>{CSS}</style></head><body>",
         "<h1>deploycheck report</h1>",
+        f"<p class='{'complete' if is_complete(meta) else 'incomplete'}' id='session'>"
+        f"{e(session_line(meta, rows).replace('**', ''))}</p>",
         f"<p>{e(meta.get('created', ''))} · torch {e((meta.get('libraries') or {}).get('torch', '?'))} · "
         f"commit <code>{e(((meta.get('git') or {}).get('commit') or 'n/a')[:12])}</code></p>",
         f"<p class='machine'>{e(machine_line(meta.get('machine') or {}))}</p>",
@@ -219,7 +228,7 @@ def render(rows: list[Row], meta: dict, summary: list[str]) -> str:
         for r in srows:
             cells = row_cells(r, cols)[1:] + [r.get("reason") or ""]
             parts.append(
-                f"<tr class='{e(r['verdict'])}'>"
+                f"<tr class='{e(_cls(r['verdict']))}'>"
                 + "".join(
                     f"<td class='reason'>{e(c)}</td>"
                     if i == len(cells) - 1

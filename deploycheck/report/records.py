@@ -93,6 +93,7 @@ class Row(TypedDict):
     verdict: str  # pass | FAIL | new | unsupported | inconclusive
     reason: str
     new_snapshots: int
+    not_run: int  # checks of the row that did not run (the session did not finish)
     divergence: dict | None  # the first failing check's layer comparison, as in its details
 
 

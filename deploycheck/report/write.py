@@ -1,5 +1,5 @@
 """Writing a report: the JSON record of the run with its metadata (machine, libraries, git
-commit, spec file hashes), and its Markdown and HTML renderings. Files are written atomically."""
+commit, spec file hashes), and its Markdown and HTML renderings, written together as a set."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _git(rootdir: str) -> dict:
         return {}
 
 
-def metadata(records, rootdir: str, exitstatus: int) -> dict:
+def metadata(records, rootdir: str, exitstatus: int, incomplete: str | None = None) -> dict:
     files = sorted({r.file for r in as_records(records)})
     hashes: dict[str, str | None] = {}
     for f in files:
@@ -41,6 +41,8 @@ def metadata(records, rootdir: str, exitstatus: int) -> dict:
         "schema_version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "exitstatus": exitstatus,
+        "complete": incomplete is None,
+        "incomplete": incomplete,
         "machine": fingerprint(),
         "libraries": library_versions(),
         "git": _git(rootdir),
@@ -48,28 +50,42 @@ def metadata(records, rootdir: str, exitstatus: int) -> dict:
     }
 
 
-def atomic_write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
-def write_reports(records, out_dir: str, *, rootdir: str, exitstatus: int) -> list[str]:
+def write_reports(records, out_dir: str, *, rootdir: str, exitstatus: int, incomplete: str | None = None) -> list[str]:
+    """The session's report set; ``incomplete`` says why the session did not finish (None: it did)."""
     recs = sorted(as_records(records), key=Record.sort_key)
-    meta = metadata(recs, rootdir, exitstatus)
+    meta = metadata(recs, rootdir, exitstatus, incomplete)
     doc = {**meta, "rows": summary_rows(recs), "records": [r.to_json() for r in recs]}
     return write_documents(doc, out_dir)
 
 
 def write_documents(doc: dict, out_dir: str, *, stem: str = "deploycheck") -> list[str]:
-    """Write the JSON record and the Markdown and HTML renderings of one report document."""
+    """Write the JSON record and the Markdown and HTML renderings of one report document, as a
+    set: all three are rendered and written to temporary names first, and renamed into place only
+    once every one is on disk, so a failure (a full disk, a crash while rendering) leaves the
+    previous set whole rather than a mix of two sessions' files."""
     rows = doc["rows"]
-    paths = {ext: os.path.join(out_dir, f"{stem}.{ext}") for ext in ("md", "html", "json")}
-    atomic_write(paths["json"], json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
-    atomic_write(paths["md"], markdown(rows, doc, full_report=f"{stem}.html"))
-    atomic_write(paths["html"], render(rows, doc, summary_lines(rows)))
+    texts = {
+        "md": markdown(rows, doc, full_report=f"{stem}.html"),
+        "html": render(rows, doc, summary_lines(rows)),
+        "json": json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n",
+    }
+    paths = {ext: os.path.join(out_dir, f"{stem}.{ext}") for ext in texts}
+    os.makedirs(out_dir or ".", exist_ok=True)
+    tmps: dict[str, str] = {}
+    try:
+        for ext, text in texts.items():
+            tmps[ext] = f"{paths[ext]}.{os.getpid()}.tmp"
+            with open(tmps[ext], "w", encoding="utf-8") as fh:
+                fh.write(text)
+    except BaseException:
+        for t in tmps.values():
+            try:
+                os.unlink(t)
+            except OSError:
+                pass
+        raise
+    for ext in ("md", "html", "json"):  # the JSON, which tools read, last
+        os.replace(tmps[ext], paths[ext])
     return [paths["md"], paths["html"], paths["json"]]
 
 
