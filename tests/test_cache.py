@@ -278,3 +278,71 @@ def test_a_result_key_depends_on_what_is_measured_not_on_where_the_files_lie():
     assert result_key(request("/run/1", rounds=9), "inputs") != key
     assert result_key(request("/run/1", new_tokens=9), "inputs") != key
     assert result_key(request("/run/1"), "other inputs") != key
+
+
+# --- a cached result never outlives a change in a file the item read (issue 32) ---------------------
+
+
+def test_a_changed_artifact_or_sidecar_fails_after_a_cached_pass(project, tmp_path):
+    """Each file a fresh-process result read is in its key, and a file the loader refuses is
+    refused before any cache lookup: after a cached pass, a sidecar that asks to import a module or
+    names a factory, and an artifact swapped, truncated or deleted, all fail under the default cache."""
+    import hashlib
+
+    from conftest import tinymodels_of
+    from safetensors.torch import save_file
+
+    tiny = tinymodels_of(project)
+    dist = project.path / "dist"
+    dist.mkdir()
+    art, side = dist / "model.safetensors", dist / "model.safetensors.manifest.json"
+
+    def ship(model) -> bytes:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(art))
+        data = art.read_bytes()
+        manifest = {"format": "safetensors", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        side.write_text(json.dumps(manifest))
+        return data
+
+    good = ship(tiny.Tiny())
+    good_side = side.read_text()
+    other = tiny.Tiny()
+    for p in other.parameters():
+        p.data.add_(1.0)
+    ship(other)
+    swapped = art.read_bytes()
+    art.write_bytes(good)
+    side.write_text(good_side)
+    project.write(
+        make_spec(
+            formats="[safetensors]",
+            variants="  baseline: {}\n  shipped:\n    artifact: {path: dist/model.safetensors}",
+            thresholds="  size: {max_mb: 50}",
+        )
+    )
+    project.run("-k", "load and shipped").assert_outcomes(passed=1)
+    project.run("-k", "load and shipped").assert_outcomes(passed=1)
+    assert rows(project)[("shipped", "safetensors")]["load"] == "ok (cached)"  # the cache is in play
+
+    manifest = json.loads(good_side)
+    cases = {
+        "requires": (lambda: side.write_text(json.dumps({**manifest, "requires": ["pwnmod"]})), "*manifest-refused*"),
+        "factory": (
+            lambda: side.write_text(json.dumps({**manifest, "factory": "os:system", "kwargs": {"command": "true"}})),
+            "*manifest-mismatch: model.safetensors.manifest.json names factory 'os:system'*",
+        ),
+        "swapped": (lambda: art.write_bytes(swapped), "*corrupted: checksum mismatch (same size, different bytes)*"),
+        "truncated": (lambda: art.write_bytes(good[: len(good) // 2]), "*truncated: the file is incomplete*"),
+        "deleted": (art.unlink, "*missing: the file does not exist*"),
+    }
+    for name, (change, message) in cases.items():
+        change()
+        res = project.run("-k", "load and shipped")
+        res.assert_outcomes(failed=1)
+        res.stdout.fnmatch_lines([message])
+        assert "ok (cached)" not in rows(project)[("shipped", "safetensors")]["load"], name
+        art.write_bytes(good)
+        side.write_text(good_side)
+    # the same files again: served from the cache as before
+    project.run("-k", "load and shipped").assert_outcomes(passed=1)
+    assert rows(project)[("shipped", "safetensors")]["load"] == "ok (cached)"

@@ -131,7 +131,8 @@ def run(
         if os.path.exists(stale):
             os.unlink(stale)
     rkey = result_key(req, inputs_sha)
-    cached = cache.get_result(rkey, req.outputs)
+    # A file the worker would refuse is refused on every run, never served from the cache
+    cached = None if refused(req.target) else cache.get_result(rkey, req.outputs)
     try:  # a cached result is data (caches come from anywhere): one that does not read is a miss
         res = WorkerResult.from_json(cached) if cached is not None else None
     except ValueError:
@@ -160,6 +161,25 @@ def run(
         raise StageError.at(t, stage, msg, detail=_tail("traceback", detail) if detail else "")
     cache.put_result(rkey, r.to_json(), req.outputs)
     return Ran(r, req.outputs, out.seconds, rkey)
+
+
+def refused(ref: ArtifactRef) -> bool:
+    """Whether the worker would refuse ``ref`` before loading it, decided here without loading:
+    the artifact's bytes differ from its manifest's sha256, the manifest names code or modules
+    (:func:`~deploycheck.formats.integrity.vet_manifest`), or the KV-cache step next to it is
+    missing or differs from the manifest's sha256. Such a file goes to the worker, which says why."""
+    from ..cache.keys import content_sha
+    from ..formats.integrity import vet_manifest
+    from ..formats.lm_kv import kv_path
+
+    man = ref.manifest or {}
+    if man.get("sha256") is not None and content_sha(ref.artifact) != man["sha256"]:
+        return True
+    options = FORMATS.get(ref.format)().Options(**ref.options)
+    if vet_manifest(man, ref.code, path=ref.artifact, uses_code=FORMATS.get(ref.format)().needs_code(options))[1]:
+        return True
+    kv = man.get("kv_cache")
+    return isinstance(kv, dict) and bool(kv.get("file")) and content_sha(kv_path(ref.artifact)) != kv.get("sha256")
 
 
 def finish(t, ran: Ran, *, reference, baseline, labels) -> Reload:
