@@ -346,3 +346,69 @@ def test_a_changed_artifact_or_sidecar_fails_after_a_cached_pass(project, tmp_pa
     # the same files again: served from the cache as before
     project.run("-k", "load and shipped").assert_outcomes(passed=1)
     assert rows(project)[("shipped", "safetensors")]["load"] == "ok (cached)"
+
+
+def test_a_result_key_covers_the_kv_step_tokenizer_and_external_data_by_content(tmp_path):
+    """A causal LM's KV-cache step, its shipped tokenizer and an ONNX graph's external data are read
+    by the worker: each one swapped, truncated or deleted changes the key, and a KV-cache step that
+    is missing or differs from the manifest is refused before the cache is asked (issue 32)."""
+    import hashlib
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deploycheck.cache import result_key
+    from deploycheck.protocol import ArtifactRef, WorkerRequest
+    from deploycheck.stages.reload import refused
+
+    weight = numpy_helper.from_array(__import__("numpy").ones((4, 4), dtype="float32"), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [weight],
+    )
+    art = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph), str(art), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    (tmp_path / "model.kv.onnx").write_bytes(b"kv step")
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "tokenizer" / "tokenizer.json").write_text('{"vocab": 1}')
+
+    def sha(p) -> str:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    def key() -> tuple[str, bool]:
+        manifest = {
+            "sha256": sha(art),
+            "kv_cache": {"file": "model.kv.onnx", "sha256": hashlib.sha256(b"kv step").hexdigest()},
+            "tokenizer": {"tokenizer.json": "recorded"},
+        }
+        ref = ArtifactRef(str(art), "onnx", {}, manifest)
+        req = WorkerRequest(ref, str(tmp_path / "in.pt"), str(tmp_path / "out.pt"), str(tmp_path / "r.json"))
+        return result_key(req, "inputs"), refused(ref)
+
+    first, refuse = key()
+    assert not refuse
+    for path, change in (
+        (tmp_path / "model.kv.onnx", lambda p: p.write_bytes(b"another step")),
+        (tmp_path / "model.kv.onnx", lambda p: p.write_bytes(b"kv")),
+        (tmp_path / "model.kv.onnx", lambda p: p.unlink()),
+    ):
+        change(path)
+        changed, refuse = key()
+        assert changed != first and refuse, path
+        path.write_bytes(b"kv step")
+    weights = (tmp_path / "weights.bin").read_bytes()
+    for path, original, change in (
+        (tmp_path / "tokenizer" / "tokenizer.json", b'{"vocab": 1}', lambda p: p.write_text('{"vocab": 2}')),
+        (tmp_path / "tokenizer" / "tokenizer.json", b'{"vocab": 1}', lambda p: p.unlink()),
+        (tmp_path / "weights.bin", weights, lambda p: p.write_bytes(weights[::-1])),
+        (tmp_path / "weights.bin", weights, lambda p: p.write_bytes(weights[:8])),
+        (tmp_path / "weights.bin", weights, lambda p: p.unlink()),
+    ):
+        change(path)
+        changed, refuse = key()
+        assert changed != first and not refuse, path  # not a refusal: a miss, the worker loads it again
+        path.write_bytes(original)
+    assert key() == (first, False)

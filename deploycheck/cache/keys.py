@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import platform
+import time
 from typing import Any
 
 from .. import userfiles
@@ -46,9 +47,14 @@ def content_sha(path: str) -> str | None:
     if not stat.S_ISREG(st.st_mode):  # a folder, a device, a pipe: never read (the loader says what it is)
         return f"not a file ({stat.filemode(st.st_mode)})"
     ident = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
-    if ident not in _SEEN:
-        _SEEN[ident] = file_sha(path)
-    return _SEEN[ident]
+    if ident in _SEEN:
+        return _SEEN[ident]
+    digest = file_sha(path)
+    # a file changed within the clock's granularity can keep its mtime (git's "racy clean"):
+    # only one last written a while ago is remembered
+    if time.time_ns() - st.st_mtime_ns > 2_000_000_000:
+        _SEEN[ident] = digest
+    return digest
 
 
 def _onnx_external(path: str) -> list[str]:
