@@ -154,6 +154,7 @@ def test_cache_info_and_clean_print_exact_output(tmp_path, capsys):
         "  built: 1 entries, 1.5 kB\n"
         "  artifact: 1 entries, 2.5 MB\n"
         "  result: 1 entries, 500 B\n"
+        "  value: 0 entries, 0 B\n"
     )
     assert main(["cache", "clean", "--older-than", "7d", "--dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out == f"removed 1 entries unused for more than 7d (1.5 kB) from {tmp_path}\n"
@@ -412,3 +413,33 @@ def test_a_result_key_covers_the_kv_step_tokenizer_and_external_data_by_content(
         assert changed != first and not refuse, path  # not a refusal: a miss, the worker loads it again
         path.write_bytes(original)
     assert key() == (first, False)
+
+
+# --- a warm rerun pays only for what changed (issue 31) ----------------------------------------------
+
+
+def test_a_warm_rerun_serves_batch_invariance_probes_from_the_cache_and_a_changed_recipe_reruns_them(project):
+    variants = (
+        "  baseline: {}\n  int8:\n    quantize: {method: dynamic_int8}\n"
+        "    thresholds:\n      batch_invariance: {atol: 1.0, probes: 8}"
+    )
+    project.write(make_spec(variants=variants))
+    def formula() -> str:
+        doc = json.loads((project.path / "reports" / "deploycheck.json").read_text())
+        (rec,) = [r for r in doc["records"] if r["check"] == "batch_invariance"]
+        return rec["formula"]
+
+    first = project.run("-k", "batch_invariance")
+    first.assert_outcomes(passed=1)
+    first.stdout.fnmatch_lines(["deploycheck cache: reused 0 in-memory evaluations (*)"])
+    measured = formula()
+    assert measured.startswith("max |alone - batched| ") and "(8 probes, batches of 38)" in measured
+    warm = project.run("-k", "batch_invariance")
+    warm.assert_outcomes(passed=1)
+    warm.stdout.fnmatch_lines(["deploycheck cache: reused 1 in-memory evaluations (*)"])
+    assert formula() == measured  # the same numbers, read back
+    # a changed recipe is another build: its probes run again
+    project.write(make_spec(variants=variants.replace("dynamic_int8}", "dynamic_int8, engine: qnnpack, per_channel: false}")))
+    project.run("-k", "batch_invariance").stdout.fnmatch_lines(
+        ["deploycheck cache: reused 0 in-memory evaluations (*)"]
+    )

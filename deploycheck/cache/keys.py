@@ -272,3 +272,34 @@ def result_key(req: WorkerRequest, inputs_sha: str | None) -> str:
             "machine": machine(),
         }
     )
+
+
+def value_key(built_key: str, name: str, inputs: Any) -> str:
+    """An in-memory evaluation's key: the built variant (its content hash covers the model's code,
+    weights, data and recipe), what is computed (``name``) and its inputs by content (tensors'
+    bytes, token ids, settings)."""
+    import torch
+
+    h = hashlib.sha256(_h({"built": built_key, "name": name, "env": environment()}).encode())
+
+    def feed(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().contiguous().cpu()
+            h.update(repr(("tensor", tuple(t.shape), str(t.dtype))).encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=str):
+                h.update(repr(k).encode())
+                feed(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[")
+            for v in x:
+                feed(v)
+            h.update(b"]")
+        else:
+            h.update(repr(x).encode())
+
+    feed(inputs)
+    return h.hexdigest()

@@ -311,6 +311,32 @@ class Cache:
 
         self._put("result", key, write)
 
+    # in-memory evaluations (extra inputs through a built variant, greedy generations)
+    def get_value(self, key: str) -> Any:
+        """A value :meth:`put_value` stored (tensors, lists, dicts of them), or None. Read with
+        ``weights_only=True``: an entry is data, never code."""
+        d = self._entry("value", key)
+        if d is None:
+            return None
+        import torch
+
+        try:
+            value = torch.load(os.path.join(d, "value.pt"), weights_only=True)
+        except Exception:  # noqa: BLE001 - an unreadable entry is computed again, whatever the reader raised
+            self.discard("value", key, "could not be read")
+            return None
+        self.hits["value"] = self.hits.get("value", 0) + 1
+        self._touch(d)
+        return value
+
+    def put_value(self, key: str, value: Any) -> None:
+        def write(tmp: str) -> None:
+            import torch
+
+            torch.save(value, os.path.join(tmp, "value.pt"))
+
+        self._put("value", key, write)
+
     def drop_result(self, key: str) -> bool:
         """Forget a fresh-process result (a failed timing verdict is measured again next run,
         never served from the cache). True if there was an entry."""
