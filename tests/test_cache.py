@@ -424,6 +424,7 @@ def test_a_warm_rerun_serves_batch_invariance_probes_from_the_cache_and_a_change
         "    thresholds:\n      batch_invariance: {atol: 1.0, probes: 8}"
     )
     project.write(make_spec(variants=variants))
+
     def formula() -> str:
         doc = json.loads((project.path / "reports" / "deploycheck.json").read_text())
         (rec,) = [r for r in doc["records"] if r["check"] == "batch_invariance"]
@@ -439,7 +440,9 @@ def test_a_warm_rerun_serves_batch_invariance_probes_from_the_cache_and_a_change
     warm.stdout.fnmatch_lines(["deploycheck cache: reused 1 in-memory evaluations (*)"])
     assert formula() == measured  # the same numbers, read back
     # a changed recipe is another build: its probes run again
-    project.write(make_spec(variants=variants.replace("dynamic_int8}", "dynamic_int8, engine: qnnpack, per_channel: false}")))
+    project.write(
+        make_spec(variants=variants.replace("dynamic_int8}", "dynamic_int8, engine: qnnpack, per_channel: false}"))
+    )
     project.run("-k", "batch_invariance").stdout.fnmatch_lines(
         ["deploycheck cache: reused 0 in-memory evaluations (*)"]
     )
