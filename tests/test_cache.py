@@ -446,3 +446,30 @@ def test_a_warm_rerun_serves_batch_invariance_probes_from_the_cache_and_a_change
     project.run("-k", "batch_invariance").stdout.fnmatch_lines(
         ["deploycheck cache: reused 0 in-memory evaluations (*)"]
     )
+
+
+def test_a_remeasurement_redoes_only_the_timing_never_the_evaluation(project):
+    """A failing latency verdict forgets its measurement; the next run times the artifact again in
+    a fresh process and reads the evaluation it came with from the cache (issue 31)."""
+
+    def records() -> dict:
+        doc = json.loads((project.path / "reports" / "deploycheck.json").read_text())
+        return {r["check"]: r for r in doc["records"] if r["variant"] == "baseline"}
+
+    project.write(make_spec(thresholds="  metric: {max_drop: 0.01}\n  latency: {p95_ms: 0.000001}"))
+    first = project.run("-k", "load or latency or metric")
+    first.assert_outcomes(passed=2, failed=1)
+    first.stdout.fnmatch_lines(["*(not kept in the cache: the next run measures again)*"])
+    assert records()["load"]["formula"] == "loaded and ran in a fresh process"
+    second = project.run("-k", "load or latency or metric")
+    second.assert_outcomes(passed=2, failed=1)  # measured again: still too slow for 1 ns
+    second.stdout.fnmatch_lines(["*(not kept in the cache: the next run measures again)*"])
+    rec = records()
+    assert rec["load"]["formula"] == "loaded and ran in a fresh process (cached evaluation; latency measured again)"
+    assert rec["latency"]["status"] == "failed" and "p95" in rec["latency"]["formula"]
+    assert rec["metric"]["status"] == "passed"
+    # a passing threshold keeps the whole result: the third run is served from the cache
+    project.write(make_spec(thresholds="  metric: {max_drop: 0.01}\n  latency: {p95_ms: 60000}"))
+    project.run("-k", "load or latency or metric").assert_outcomes(passed=3)
+    project.run("-k", "load or latency or metric").assert_outcomes(passed=3)
+    assert records()["load"]["formula"] == "loaded and ran in a fresh process (cached result)"
