@@ -278,7 +278,9 @@ class Cache:
         self._put("artifact", key, write)
 
     # fresh-process results
-    def get_result(self, key: str, outputs_dest: str) -> dict | None:
+    def get_result(self, key: str, outputs_dest: str, *, hit: str = "result") -> dict | None:
+        """A fresh-process result and its outputs (copied to ``outputs_dest``), counted as a
+        ``hit`` ("result", or "evaluation" for one whose latency is measured again)."""
         if self.level != "all":
             return None
         d = self._entry("result", key)
@@ -293,7 +295,7 @@ class Cache:
                     shutil.copyfile(os.path.join(d, f"{side}.pt"), outputs_dest + f".{side}.pt")
         except (OSError, ValueError):
             return None
-        self.hits["result"] += 1
+        self.hits[hit] = self.hits.get(hit, 0) + 1
         self._touch(d)
         return result
 

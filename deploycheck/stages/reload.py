@@ -146,7 +146,7 @@ def run(
     evaluation = None
     if ekey and req.latency is not None and cached is None and not refused(req.target):
         try:
-            got = cache.get_result(ekey, req.outputs)
+            got = cache.get_result(ekey, req.outputs, hit="evaluation")
             evaluation = WorkerResult.from_json(got) if got is not None else None
         except ValueError:
             evaluation = None
