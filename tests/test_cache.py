@@ -443,9 +443,7 @@ def test_a_warm_rerun_serves_batch_invariance_probes_from_the_cache_and_a_change
     project.write(
         make_spec(variants=variants.replace("dynamic_int8}", "dynamic_int8, engine: qnnpack, per_channel: false}"))
     )
-    project.run("-k", "batch_invariance").stdout.fnmatch_lines(
-        ["deploycheck cache: reused 0 in-memory evaluations (*"]
-    )
+    project.run("-k", "batch_invariance").stdout.fnmatch_lines(["deploycheck cache: reused 0 in-memory evaluations (*"])
 
 
 def test_a_remeasurement_redoes_only_the_timing_never_the_evaluation(project):
