@@ -443,6 +443,11 @@ class ReportCollector:
                 f"deploycheck cache: reused {h['built']} built variants, {h['artifact']} artifacts, "
                 f"{h['result']} fresh-process results ({runner.cache.root})"
             )
+            tr.write_line(
+                f"deploycheck cache: reused {h.get('value', 0)} in-memory evaluations "
+                "(semantic and batch-invariance inputs, greedy generations), "
+                f"{h.get('evaluation', 0)} fresh-process evaluations whose latency was measured again"
+            )
         for p in self.paths:
             tr.write_line(f"report written: {p}")
         if self.error:

@@ -70,6 +70,8 @@ class WorkerRequest:
     memory_mb: int | None = None
     python_path: tuple[str, ...] = ()  # only for formats that import the model's code
     generate: GeneratePlan | None = None
+    # only the latency measurement: the evaluation it came with is reused from the cache
+    timing_only: bool = False
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -200,6 +202,7 @@ class WorkerResult:
     dynamic_errors: list = field(default_factory=list)  # per dynamic-size batch: None, or why it failed
     peak_rss_mb: float | None = None
     cached: bool = False  # reused from the cache, not measured in this session
+    retimed: bool = False  # the evaluation reused from the cache, its latency measured in this session
     generations: list | None = None  # greedy new-token ids per prompt (a GeneratePlan was given)
     generation_s: float | None = None  # wall time of the whole generation loop
     generation_error: str | None = None  # why the generation loop failed (the evaluation run succeeded)

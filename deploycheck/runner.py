@@ -240,18 +240,17 @@ class Runner:
             prefill, decode = hf_steps(lm.lm)
             _, ids = self.prompts(t.spec)
             eos = getattr(lm.lm.config, "eos_token_id", None)
-            return [
-                greedy(
-                    prefill,
-                    decode,
-                    p,
-                    new_tokens=gen.new_tokens,
-                    eos_id=eos if isinstance(eos, int) else None,
-                )
-                for p in ids
-            ]
+            eos = eos if isinstance(eos, int) else None
+            return [greedy(prefill, decode, p, new_tokens=gen.new_tokens, eos_id=eos) for p in ids]
 
-        return self._memo("generations", t.without_format(), make)
+        def cached():
+            built = self.built(t)
+            _, ids = self.prompts(t.spec)
+            # the prompts' token ids and the generation settings; the tokenizer and config.json
+            # are in the built variant's key (the model folder's files)
+            return self._cached_value(built.key, "generations", [ids, gen.new_tokens], make)
+
+        return self._memo("generations", t.without_format(), cached)
 
     def inputs_files(self, spec) -> dict:
         """The evaluation batches, example input and semantic texts as files a worker reads.
@@ -542,11 +541,32 @@ class Runner:
         def make():
             import torch
 
-            model = self.built(t).model
-            with torch.inference_mode():
-                return [{k: o.float() for k, o in run_batch(model, x).items()} for x in inputs()]
+            xs = inputs()
+            built = self.built(t)
+            return self._cached_value(
+                built.key,
+                f"run:{name}",
+                xs,
+                lambda: _run_all(built.model, xs, torch),
+            )
 
         return self._memo(f"run:{name}", t.without_format(), make)
+
+    def _cached_value(self, built_key: str, name: str, inputs: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()``, or its value from an earlier session: keyed by the built variant's
+        content hash, ``name`` and ``inputs`` by content (see :func:`deploycheck.cache.value_key`).
+        A variant with no build key (a file made elsewhere) is computed every session."""
+        if not built_key or not self.cache.enabled:
+            return compute()
+        from .cache import value_key
+
+        key = value_key(built_key, name, inputs)
+        got = self.cache.get_value(key)
+        if got is not None:
+            return got
+        value = compute()
+        self.cache.put_value(key, value)
+        return value
 
     def embeddings(self, t: Target):
         """The variant's embeddings of the semantic triplets' texts, in memory (the baseline's
@@ -576,3 +596,9 @@ class Runner:
             return diverge.compare(ref, var, probes, fmt=t.fmt, artifact=art, against=against)
 
         return self._memo(f"divergence:{against}", t, make)
+
+
+def _run_all(model, xs: list, torch) -> list:
+    """Each batch of ``xs`` through the in-memory ``model``: its named outputs as float."""
+    with torch.inference_mode():
+        return [{k: o.float() for k, o in run_batch(model, x).items()} for x in xs]

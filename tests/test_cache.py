@@ -155,6 +155,7 @@ def test_cache_info_and_clean_print_exact_output(tmp_path, capsys):
         "  built: 1 entries, 1.5 kB\n"
         "  artifact: 1 entries, 2.5 MB\n"
         "  result: 1 entries, 500 B\n"
+        "  value: 0 entries, 0 B\n"
     )
     assert main(["cache", "clean", "--older-than", "7d", "--dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out == f"removed 1 entries unused for more than 7d (1.5 kB) from {tmp_path}\n"
@@ -282,3 +283,202 @@ def test_a_result_key_depends_on_what_is_measured_not_on_where_the_files_lie():
     assert result_key(request("/run/1", rounds=9), "inputs") != key
     assert result_key(request("/run/1", new_tokens=9), "inputs") != key
     assert result_key(request("/run/1"), "other inputs") != key
+
+
+# --- a cached result never outlives a change in a file the item read (issue 32) ---------------------
+
+
+def test_a_changed_artifact_or_sidecar_fails_after_a_cached_pass(project, tmp_path):
+    """Each file a fresh-process result read is in its key, and a file the loader refuses is
+    refused before any cache lookup: after a cached pass, a sidecar that asks to import a module or
+    names a factory, and an artifact swapped, truncated or deleted, all fail under the default cache."""
+    import hashlib
+
+    from conftest import tinymodels_of
+    from safetensors.torch import save_file
+
+    tiny = tinymodels_of(project)
+    dist = project.path / "dist"
+    dist.mkdir()
+    art, side = dist / "model.safetensors", dist / "model.safetensors.manifest.json"
+
+    def ship(model) -> bytes:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(art))
+        data = art.read_bytes()
+        manifest = {"format": "safetensors", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        side.write_text(json.dumps(manifest))
+        return data
+
+    good = ship(tiny.Tiny())
+    good_side = side.read_text()
+    other = tiny.Tiny()
+    for p in other.parameters():
+        p.data.add_(1.0)
+    ship(other)
+    swapped = art.read_bytes()
+    art.write_bytes(good)
+    side.write_text(good_side)
+    project.write(
+        make_spec(
+            formats="[safetensors]",
+            variants="  baseline: {}\n  shipped:\n    artifact: {path: dist/model.safetensors}",
+            thresholds="  size: {max_mb: 50}",
+        )
+    )
+    project.run("-k", "load and shipped").assert_outcomes(passed=1)
+    project.run("-k", "load and shipped").assert_outcomes(passed=1)
+    assert rows(project)[("shipped", "safetensors")]["load"] == "ok (cached)"  # the cache is in play
+
+    manifest = json.loads(good_side)
+    cases = {
+        "requires": (lambda: side.write_text(json.dumps({**manifest, "requires": ["pwnmod"]})), "*manifest-refused*"),
+        "factory": (
+            lambda: side.write_text(json.dumps({**manifest, "factory": "os:system", "kwargs": {"command": "true"}})),
+            "*manifest-mismatch: model.safetensors.manifest.json names factory 'os:system'*",
+        ),
+        "swapped": (lambda: art.write_bytes(swapped), "*corrupted: checksum mismatch (same size, different bytes)*"),
+        "truncated": (lambda: art.write_bytes(good[: len(good) // 2]), "*truncated: the file is incomplete*"),
+        "deleted": (art.unlink, "*missing: the file does not exist*"),
+    }
+    for name, (change, message) in cases.items():
+        change()
+        res = project.run("-k", "load and shipped")
+        res.assert_outcomes(failed=1)
+        res.stdout.fnmatch_lines([message])
+        assert "ok (cached)" not in rows(project)[("shipped", "safetensors")]["load"], name
+        art.write_bytes(good)
+        side.write_text(good_side)
+    # the same files again: served from the cache as before
+    project.run("-k", "load and shipped").assert_outcomes(passed=1)
+    assert rows(project)[("shipped", "safetensors")]["load"] == "ok (cached)"
+
+
+def test_a_result_key_covers_the_kv_step_tokenizer_and_external_data_by_content(tmp_path):
+    """A causal LM's KV-cache step, its shipped tokenizer and an ONNX graph's external data are read
+    by the worker: each one swapped, truncated or deleted changes the key, and a KV-cache step that
+    is missing or differs from the manifest is refused before the cache is asked (issue 32)."""
+    import hashlib
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deploycheck.cache import result_key
+    from deploycheck.protocol import ArtifactRef, WorkerRequest
+    from deploycheck.stages.reload import refused
+
+    weight = numpy_helper.from_array(__import__("numpy").ones((4, 4), dtype="float32"), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [weight],
+    )
+    art = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph), str(art), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    (tmp_path / "model.kv.onnx").write_bytes(b"kv step")
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "tokenizer" / "tokenizer.json").write_text('{"vocab": 1}')
+
+    def sha(p) -> str:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    def key() -> tuple[str, bool]:
+        manifest = {
+            "sha256": sha(art),
+            "kv_cache": {"file": "model.kv.onnx", "sha256": hashlib.sha256(b"kv step").hexdigest()},
+            "tokenizer": {"tokenizer.json": "recorded"},
+        }
+        ref = ArtifactRef(str(art), "onnx", {}, manifest)
+        req = WorkerRequest(ref, str(tmp_path / "in.pt"), str(tmp_path / "out.pt"), str(tmp_path / "r.json"))
+        return result_key(req, "inputs"), refused(ref)
+
+    first, refuse = key()
+    assert not refuse
+    for path, change in (
+        (tmp_path / "model.kv.onnx", lambda p: p.write_bytes(b"another step")),
+        (tmp_path / "model.kv.onnx", lambda p: p.write_bytes(b"kv")),
+        (tmp_path / "model.kv.onnx", lambda p: p.unlink()),
+    ):
+        change(path)
+        changed, refuse = key()
+        assert changed != first and refuse, path
+        path.write_bytes(b"kv step")
+    weights = (tmp_path / "weights.bin").read_bytes()
+    for path, original, change in (
+        (tmp_path / "tokenizer" / "tokenizer.json", b'{"vocab": 1}', lambda p: p.write_text('{"vocab": 2}')),
+        (tmp_path / "tokenizer" / "tokenizer.json", b'{"vocab": 1}', lambda p: p.unlink()),
+        (tmp_path / "weights.bin", weights, lambda p: p.write_bytes(weights[::-1])),
+        (tmp_path / "weights.bin", weights, lambda p: p.write_bytes(weights[:8])),
+        (tmp_path / "weights.bin", weights, lambda p: p.unlink()),
+    ):
+        change(path)
+        changed, refuse = key()
+        assert changed != first and not refuse, path  # not a refusal: a miss, the worker loads it again
+        path.write_bytes(original)
+    assert key() == (first, False)
+
+
+# --- a warm rerun pays only for what changed (issue 31) ----------------------------------------------
+
+
+def test_a_warm_rerun_serves_batch_invariance_probes_from_the_cache_and_a_changed_recipe_reruns_them(project):
+    variants = (
+        "  baseline: {}\n  int8:\n    quantize: {method: dynamic_int8}\n"
+        "    thresholds:\n      batch_invariance: {atol: 1.0, probes: 8}"
+    )
+    project.write(make_spec(variants=variants))
+
+    def formula() -> str:
+        doc = json.loads((project.path / "reports" / "deploycheck.json").read_text())
+        (rec,) = [r for r in doc["records"] if r["check"] == "batch_invariance"]
+        return rec["formula"]
+
+    first = project.run("-k", "batch_invariance")
+    first.assert_outcomes(passed=1)
+    first.stdout.fnmatch_lines(["deploycheck cache: reused 0 in-memory evaluations (*"])
+    measured = formula()
+    assert measured.startswith("max |alone - batched| ") and "(8 probes, batches of 38)" in measured
+    warm = project.run("-k", "batch_invariance")
+    warm.assert_outcomes(passed=1)
+    warm.stdout.fnmatch_lines(["deploycheck cache: reused 1 in-memory evaluations (*"])
+    assert formula() == measured  # the same numbers, read back
+    # a changed recipe is another build: its probes run again
+    project.write(
+        make_spec(variants=variants.replace("dynamic_int8}", "dynamic_int8, engine: qnnpack, per_channel: false}"))
+    )
+    project.run("-k", "batch_invariance").stdout.fnmatch_lines(["deploycheck cache: reused 0 in-memory evaluations (*"])
+
+
+def test_a_remeasurement_redoes_only_the_timing_never_the_evaluation(project):
+    """A failing latency verdict forgets its measurement; the next run times the artifact again in
+    a fresh process and reads the evaluation it came with from the cache (issue 31)."""
+
+    def records() -> dict:
+        doc = json.loads((project.path / "reports" / "deploycheck.json").read_text())
+        return {r["check"]: r for r in doc["records"] if r["variant"] == "baseline"}
+
+    project.write(make_spec(thresholds="  metric: {max_drop: 0.01}\n  latency: {p95_ms: 0.000001}"))
+    first = project.run("-k", "load or latency or metric")
+    first.assert_outcomes(passed=2, failed=1)
+    first.stdout.fnmatch_lines(["*(not kept in the cache: the next run measures again)*"])
+    assert records()["load"]["formula"] == "loaded and ran in a fresh process"
+    second = project.run("-k", "load or latency or metric")
+    second.assert_outcomes(passed=2, failed=1)  # measured again: still too slow for 1 ns
+    second.stdout.fnmatch_lines(
+        [
+            "*(not kept in the cache: the next run measures again)*",
+            "deploycheck cache: reused 1 built variants, 1 artifacts, 0 fresh-process results (*)",
+            "deploycheck cache: reused 0 in-memory evaluations (*), 1 fresh-process evaluations whose latency "
+            "was measured again",
+        ]
+    )
+    rec = records()
+    assert rec["load"]["formula"] == "loaded and ran in a fresh process (cached evaluation; latency measured again)"
+    assert rec["latency"]["status"] == "failed" and "p95" in rec["latency"]["formula"]
+    assert rec["metric"]["status"] == "passed"
+    # a passing threshold keeps the whole result: the third run is served from the cache
+    project.write(make_spec(thresholds="  metric: {max_drop: 0.01}\n  latency: {p95_ms: 60000}"))
+    project.run("-k", "load or latency or metric").assert_outcomes(passed=3)
+    project.run("-k", "load or latency or metric").assert_outcomes(passed=3)
+    assert records()["load"]["formula"] == "loaded and ran in a fresh process (cached result)"

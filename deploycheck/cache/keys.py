@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import platform
+import time
 from typing import Any
 
 from .. import userfiles
@@ -29,6 +30,73 @@ def file_sha(path: str) -> str | None:
         return sha256(path)
     except OSError:
         return None
+
+
+_SEEN: dict[tuple, str | None] = {}
+
+
+def content_sha(path: str) -> str | None:
+    """:func:`file_sha`, remembered for this process while the file's identity (inode, size,
+    mtime) stays the same: a session hashes each artifact once, however many keys name it."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):  # a folder, a device, a pipe: never read (the loader says what it is)
+        return f"not a file ({stat.filemode(st.st_mode)})"
+    ident = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if ident in _SEEN:
+        return _SEEN[ident]
+    digest = file_sha(path)
+    # a file changed within the clock's granularity can keep its mtime (git's "racy clean"):
+    # only one last written a while ago is remembered
+    if time.time_ns() - st.st_mtime_ns > 2_000_000_000:
+        _SEEN[ident] = digest
+    return digest
+
+
+def _onnx_external(path: str) -> list[str]:
+    """The external-data files an ONNX graph names (relative to its folder); [] for other files."""
+    try:
+        import onnx
+
+        graph = onnx.load(path, load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - not an ONNX file the key can read: its own bytes are hashed
+        return []
+    names = set()
+    for init in graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location":
+                names.add(entry.value)
+    return sorted(names)
+
+
+def read_files(ref: ArtifactRef | None) -> dict | None:
+    """What a worker reads for ``ref``, by content: the artifact's bytes, the manifest it is given
+    (its sidecar, in full: requires, factory, checksums), the code the spec rebuilds it with, the
+    KV-cache step file next to it, the tokenizer shipped beside it and an ONNX graph's external
+    data. Names are relative to the artifact's folder, so where the run folder lies never counts."""
+    if ref is None:
+        return None
+    folder = os.path.dirname(os.path.abspath(ref.artifact))
+    man = ref.manifest or {}
+    files: dict[str, str | None] = {"artifact": content_sha(ref.artifact)}
+    if man.get("kv_cache"):
+        from ..formats.lm_kv import kv_path
+
+        files["kv_cache"] = content_sha(kv_path(ref.artifact))
+    tok = man.get("tokenizer")
+    if isinstance(tok, dict):
+        for name in sorted(tok):
+            files[f"tokenizer/{name}"] = content_sha(os.path.join(folder, "tokenizer", os.path.basename(str(name))))
+    if ref.format == "onnx":
+        for name in _onnx_external(ref.artifact):
+            where = os.path.normpath(os.path.join(folder, name))
+            inside = where.startswith(folder + os.sep)  # else onnxruntime refuses it: nothing to read
+            files[f"external/{name}"] = content_sha(where) if inside else "outside the artifact's folder"
+    return {"files": files, "manifest": _h(man), "code": _h(ref.code)}
 
 
 @functools.cache
@@ -160,7 +228,14 @@ def result_key(req: WorkerRequest, inputs_sha: str | None) -> str:
     def art(ref: ArtifactRef | None) -> dict | None:
         if ref is None:
             return None
-        return {"sha": (ref.manifest or {}).get("sha256"), "format": ref.format, "options": ref.options}
+        # what the manifest claims and what the files hold: both, so a swapped, truncated or
+        # deleted file (artifact, sidecar, KV-cache step, tokenizer, external data) is a miss
+        return {
+            "sha": (ref.manifest or {}).get("sha256"),
+            "format": ref.format,
+            "options": ref.options,
+            "read": read_files(ref),
+        }
 
     lat = req.latency
     measure = (
@@ -197,3 +272,34 @@ def result_key(req: WorkerRequest, inputs_sha: str | None) -> str:
             "machine": machine(),
         }
     )
+
+
+def value_key(built_key: str, name: str, inputs: Any) -> str:
+    """An in-memory evaluation's key: the built variant (its content hash covers the model's code,
+    weights, data and recipe), what is computed (``name``) and its inputs by content (tensors'
+    bytes, token ids, settings)."""
+    import torch
+
+    h = hashlib.sha256(_h({"built": built_key, "name": name, "env": environment()}).encode())
+
+    def feed(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().contiguous().cpu()
+            h.update(repr(("tensor", tuple(t.shape), str(t.dtype))).encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=str):
+                h.update(repr(k).encode())
+                feed(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[")
+            for v in x:
+                feed(v)
+            h.update(b"]")
+        else:
+            h.update(repr(x).encode())
+
+    feed(inputs)
+    return h.hexdigest()

@@ -285,7 +285,9 @@ class Cache:
         self._put("artifact", key, write)
 
     # fresh-process results
-    def get_result(self, key: str, outputs_dest: str) -> dict | None:
+    def get_result(self, key: str, outputs_dest: str, *, hit: str = "result") -> dict | None:
+        """A fresh-process result and its outputs (copied to ``outputs_dest``), counted as a
+        ``hit`` ("result", or "evaluation" for one whose latency is measured again)."""
         if self.level != "all":
             return None
         d = self._entry("result", key)
@@ -300,7 +302,7 @@ class Cache:
                     shutil.copyfile(os.path.join(d, f"{side}.pt"), outputs_dest + f".{side}.pt")
         except (OSError, ValueError):
             return None
-        self.hits["result"] += 1
+        self.hits[hit] = self.hits.get(hit, 0) + 1
         self._touch(d)
         return result
 
@@ -317,6 +319,32 @@ class Cache:
                 json.dump(result, fh)
 
         self._put("result", key, write)
+
+    # in-memory evaluations (extra inputs through a built variant, greedy generations)
+    def get_value(self, key: str) -> Any:
+        """A value :meth:`put_value` stored (tensors, lists, dicts of them), or None. Read with
+        ``weights_only=True``: an entry is data, never code."""
+        d = self._entry("value", key)
+        if d is None:
+            return None
+        import torch
+
+        try:
+            value = torch.load(os.path.join(d, "value.pt"), weights_only=True)
+        except Exception:  # noqa: BLE001 - an unreadable entry is computed again, whatever the reader raised
+            self.discard("value", key, "could not be read")
+            return None
+        self.hits["value"] = self.hits.get("value", 0) + 1
+        self._touch(d)
+        return value
+
+    def put_value(self, key: str, value: Any) -> None:
+        def write(tmp: str) -> None:
+            import torch
+
+            torch.save(value, os.path.join(tmp, "value.pt"))
+
+        self._put("value", key, write)
 
     def drop_result(self, key: str) -> bool:
         """Forget a fresh-process result (a failed timing verdict is measured again next run,

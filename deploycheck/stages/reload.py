@@ -131,7 +131,8 @@ def run(
         if os.path.exists(stale):
             os.unlink(stale)
     rkey = result_key(req, inputs_sha)
-    cached = cache.get_result(rkey, req.outputs)
+    # A file the worker would refuse is refused on every run, never served from the cache
+    cached = None if refused(req.target) else cache.get_result(rkey, req.outputs)
     try:  # a cached result is data (caches come from anywhere): one that does not read is a miss
         res = WorkerResult.from_json(cached) if cached is not None else None
     except ValueError:
@@ -139,6 +140,24 @@ def run(
     if res is not None:
         res.cached = True
         return Ran(res, req.outputs, 0.0, rkey)
+    # The evaluation alone, kept apart from its timing: a re-measurement (a latency verdict that
+    # was inconclusive or failed forgets the full result) times the artifact again, and only that.
+    ekey = result_key(dataclasses.replace(req, latency=None), inputs_sha) if req.generate is None else ""
+    evaluation = None
+    if ekey and req.latency is not None and cached is None and not refused(req.target):
+        try:
+            got = cache.get_result(ekey, req.outputs, hit="evaluation")
+            evaluation = WorkerResult.from_json(got) if got is not None else None
+        except ValueError:
+            evaluation = None
+    if evaluation is not None:
+        timed = _timing_only(t, art, req, pool)
+        if timed is not None:
+            evaluation.latency, evaluation.load_s = timed.result.latency, timed.result.load_s
+            evaluation.pid, evaluation.threads = timed.result.pid, timed.result.threads
+            cache.put_result(rkey, evaluation.to_json(), req.outputs)
+            evaluation.retimed = True
+            return Ran(evaluation, req.outputs, timed.seconds, rkey)
     try:
         out = pool.run(req, timeout_s=t.spec.isolation.timeout_s)
     except ValueError as e:
@@ -159,7 +178,41 @@ def run(
         detail = r.traceback or "\n".join(r.message.splitlines()[1:])
         raise StageError.at(t, stage, msg, detail=_tail("traceback", detail) if detail else "")
     cache.put_result(rkey, r.to_json(), req.outputs)
+    if ekey and req.latency is not None:
+        cache.put_result(ekey, dataclasses.replace(r, latency=None).to_json(), req.outputs)
     return Ran(r, req.outputs, out.seconds, rkey)
+
+
+def _timing_only(t, art: Artifact, req, pool):
+    """The latency of ``art`` measured again in a fresh process, without its evaluation; None
+    where that worker did not answer with a measurement (the whole request then runs as usual)."""
+    timing = dataclasses.replace(req, timing_only=True, result=req.result + ".timing.json")
+    try:
+        out = pool.run(timing, timeout_s=t.spec.isolation.timeout_s)
+    except ValueError:
+        return None
+    if out.result is None or not out.result.ok or out.result.latency is None:
+        return None
+    return out
+
+
+def refused(ref: ArtifactRef) -> bool:
+    """Whether the worker would refuse ``ref`` before loading it, decided here without loading:
+    the artifact's bytes differ from its manifest's sha256, the manifest names code or modules
+    (:func:`~deploycheck.formats.integrity.vet_manifest`), or the KV-cache step next to it is
+    missing or differs from the manifest's sha256. Such a file goes to the worker, which says why."""
+    from ..cache.keys import content_sha
+    from ..formats.integrity import vet_manifest
+    from ..formats.lm_kv import kv_path
+
+    man = ref.manifest or {}
+    if man.get("sha256") is not None and content_sha(ref.artifact) != man["sha256"]:
+        return True
+    options = FORMATS.get(ref.format)().Options(**ref.options)
+    if vet_manifest(man, ref.code, path=ref.artifact, uses_code=FORMATS.get(ref.format)().needs_code(options))[1]:
+        return True
+    kv = man.get("kv_cache")
+    return isinstance(kv, dict) and bool(kv.get("file")) and content_sha(kv_path(ref.artifact)) != kv.get("sha256")
 
 
 def finish(t, ran: Ran, *, reference, baseline, labels) -> Reload:
