@@ -15,6 +15,7 @@ from .checks import declared_files
 from .collect import RUNNER_FACTORY, CheckItem, SpecFile
 from .isolation import start_method
 from .machine import summary as machine_summary
+from .quiet import LOCK_ENV
 from .report import summary_rows, terminal_table
 from .report.records import Record
 from .report.write import Journal, write_reports
@@ -123,6 +124,18 @@ def pytest_configure(config):
     # Keep the items of one variant in one xdist worker: it is built once there.
     if getattr(config.option, "dist", None) == "load" and getattr(config.option, "numprocesses", None):
         config.option.dist = "loadgroup"
+    _share_quiet(config)
+
+
+def _share_quiet(config) -> None:
+    """With two or more xdist workers, name the session's lock folder (inherited by the workers and
+    their fresh processes through the environment): a latency measurement then runs alone, while
+    no worker builds, exports or evaluates (see :mod:`deploycheck.quiet`)."""
+    if _is_worker(config):
+        return
+    workers = getattr(config.option, "numprocesses", None)
+    if isinstance(workers, int) and workers > 1 and getattr(config.option, "dist", "no") != "no":
+        os.environ[LOCK_ENV] = os.path.join(_run_base(config), "run", os.environ[rundir.SESSION_ENV], "quiet")
 
 
 def variant_scope(nodeid: str) -> str:

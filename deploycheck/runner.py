@@ -26,6 +26,7 @@ from .lm import greedy, hf_steps
 from .loading import baseline_arch, build_baseline, describe_exc
 from .outputs import OutputError, pick
 from .protocol import ArtifactRef, BatchDimError, concat_inputs, describe_batch, run_batch, take
+from .quiet import heavy
 from .signature import dynamic_probes
 from .stages import build, reload, save
 from .stages.build import BuildInputs, Built
@@ -452,13 +453,14 @@ class Runner:
             reference=None if v.is_baseline else self.built(v.baseline()).outputs,
         )
         build.import_step_libraries(v.variant)
-        return self.contained(
-            lambda: build.build(v, inputs, log=lambda line: self.log(line)),  # the child's log, in a child
-            spec=spec,
-            variant=v.vname,
-            where=v.where,
-            what=f"building variant {v.vname!r}",
-        )
+        with heavy():  # under xdist, waits while another worker measures latency (deploycheck.quiet)
+            return self.contained(
+                lambda: build.build(v, inputs, log=lambda line: self.log(line)),  # the child's log, in a child
+                spec=spec,
+                variant=v.vname,
+                where=v.where,
+                what=f"building variant {v.vname!r}",
+            )
 
     def _reloaded(self, v: Target) -> Built:
         r = self.reload(v.with_format(v.variant.formats[0]))
@@ -475,18 +477,18 @@ class Runner:
         self.baseline_runs(t.spec)
         if t.made_elsewhere:
             return self._memo("artifact", t, lambda: save.made_elsewhere(t))
-        return self._memo(
-            "artifact",
-            t,
-            lambda: save.save(
-                t,
-                self.built(t),
-                folder=self.variant_dir(t),
-                example=self.example(t.spec),
-                cache=self.cache,
-                tokenizer_dir=self.tokenizer_dir(t.spec) if _causal_lm(t.spec) else None,
-            ),
-        )
+
+        def make() -> Artifact:
+            # what the export needs first, outside the heavy section: a variant made elsewhere is
+            # reloaded in a worker, whose latency measurement must not wait on this process
+            built, example = self.built(t), self.example(t.spec)
+            tokenizer_dir = self.tokenizer_dir(t.spec) if _causal_lm(t.spec) else None
+            with heavy():
+                return save.save(
+                    t, built, folder=self.variant_dir(t), example=example, cache=self.cache, tokenizer_dir=tokenizer_dir
+                )
+
+        return self._memo("artifact", t, make)
 
     def reload(self, t: Target) -> Reload:
         """The artifact loaded, timed and run in a fresh process, its outputs scored."""
@@ -543,7 +545,7 @@ class Runner:
             import torch
 
             model = self.built(t).model
-            with torch.inference_mode():
+            with heavy(), torch.inference_mode():
                 return [{k: o.float() for k, o in run_batch(model, x).items()} for x in inputs()]
 
         return self._memo(f"run:{name}", t.without_format(), make)

@@ -484,6 +484,7 @@ def project(pytester, tmp_path_factory, monkeypatch):
     # prints no snapshot report in a worker, and deploycheck would split the cores between workers.
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+    monkeypatch.delenv("DEPLOYCHECK_QUIET_DIR", raising=False)  # an outer -n 2 session's lock folder
     pytester.makepyfile(tinymodels=TINY_MODELS)
     pytester.makeini("[pytest]\n")  # rootdir = the project, as in a real repository
     # The inner runs write their HTML report as on a machine without the `html` extra (no
