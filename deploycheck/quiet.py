@@ -33,8 +33,9 @@ def _open(name: str) -> int | None:
     if not folder:
         return None
     try:
-        os.makedirs(folder, exist_ok=True)
-        return os.open(os.path.join(folder, name), os.O_RDWR | os.O_CREAT, 0o600)
+        path = os.path.join(folder, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError:
         return None  # an unusable folder costs the quiet core, never the run
 
@@ -105,3 +106,26 @@ def quiet(max_wait_s: float = MAX_WAIT_S) -> Iterator[float]:
         for fd in (work, gate):
             if fd is not None:
                 os.close(fd)
+
+
+@contextlib.contextmanager
+def once(key: tuple) -> Iterator[None]:
+    """Around a build or export that the session's workers share through the cache (a variant's
+    baseline, which every variant's size and latency ratios need): one worker makes it while the
+    others wait, then find it in the cache instead of making it again. Only a leaf step may hold
+    it (nothing inside takes another), so no two workers wait on each other."""
+    folder = os.environ.get(LOCK_ENV)
+    if not folder or not hasattr(os, "fork"):
+        yield
+        return
+    import fcntl
+    import hashlib
+
+    fd = _open(os.path.join("once", hashlib.sha256(repr(key).encode()).hexdigest()[:24] + ".lock"))
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)

@@ -11,6 +11,7 @@ ones the same one-line cause, instead of an avalanche of tracebacks.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import traceback
@@ -26,7 +27,7 @@ from .lm import greedy, hf_steps
 from .loading import baseline_arch, build_baseline, describe_exc
 from .outputs import OutputError, pick
 from .protocol import ArtifactRef, BatchDimError, concat_inputs, describe_batch, run_batch, take
-from .quiet import heavy
+from .quiet import heavy, once
 from .signature import dynamic_probes
 from .stages import build, reload, save
 from .stages.build import BuildInputs, Built
@@ -438,7 +439,15 @@ class Runner:
         def fresh() -> Built:
             return self._build_fresh(v)
 
-        return build.from_cache(v, cache=self.cache, rebuild=fresh) or build.to_cache(v, fresh(), cache=self.cache)
+        def cached_or_fresh() -> Built:
+            return build.from_cache(v, cache=self.cache, rebuild=fresh) or build.to_cache(v, fresh(), cache=self.cache)
+
+        if v.is_baseline and self.cache.enabled:
+            # every xdist worker that runs a variant of this spec needs its baseline: one builds
+            # it, the others wait and take it from the cache (its build needs no other build)
+            with once(v.key("built")):
+                return cached_or_fresh()
+        return cached_or_fresh()
 
     def _build_fresh(self, v: Target) -> Built:
         """:func:`build.build` in the build's own process (see :meth:`contained`), on inputs made
@@ -483,7 +492,9 @@ class Runner:
             # reloaded in a worker, whose latency measurement must not wait on this process
             built, example = self.built(t), self.example(t.spec)
             tokenizer_dir = self.tokenizer_dir(t.spec) if _causal_lm(t.spec) else None
-            with heavy():
+            # one xdist worker saves a file the others also need (the baseline's, for their
+            # ratios); they wait, then copy it from the cache (save.save looks there first)
+            with once(t.key("artifact")) if self.cache.enabled else contextlib.nullcontext(), heavy():
                 return save.save(
                     t, built, folder=self.variant_dir(t), example=example, cache=self.cache, tokenizer_dir=tokenizer_dir
                 )
