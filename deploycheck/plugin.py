@@ -61,6 +61,35 @@ def pytest_addoption(parser):
     )
     parser.addini("deploycheck_report_dir", "report folder, relative to the rootdir", default="reports")
     parser.addini("deploycheck_cache_size", "size cap of the cache (e.g. 2GB)", default="2GB")
+    parser.addini(
+        "deploycheck_workers",
+        "pytest-xdist workers when -n is not given: a number or 'auto' (one per core); "
+        "empty: one process. -n on the command line (-n 0: one process) and -p no:xdist win",
+        default="",
+    )
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_cmdline_main(config):
+    # before xdist reads -n (its own hook resolves 'auto' and sets up the workers)
+    _default_workers(config)
+    return (yield)
+
+
+def _default_workers(config) -> None:
+    """``-n`` from ini ``deploycheck_workers`` when the command line gave none and xdist is loaded
+    (an ``-n`` in addopts would make ``-p no:xdist`` a usage error)."""
+    if _is_worker(config) or getattr(config.option, "numprocesses", 0) is not None:
+        return  # xdist absent (no attribute), or -n given
+    text = str(config.getini("deploycheck_workers") or "").strip()
+    if not text:
+        return
+    from xdist.plugin import parse_numprocesses  # type: ignore[import-untyped]
+
+    try:
+        config.option.numprocesses = parse_numprocesses(text)
+    except Exception as e:  # noqa: BLE001 - argparse's error types vary
+        raise pytest.UsageError(f"ini deploycheck_workers: {text!r}: expected a number, 'auto' or 'logical'") from e
 
 
 #: options that take a folder: in their space form (``--opt /tmp/x``) pytest, which sets its rootdir
