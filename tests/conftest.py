@@ -537,3 +537,7 @@ def pytest_configure(config):
     group over the workers. An explicit other ``--dist`` is left as given."""
     if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) in ("load", "loadgroup"):
         config.option.dist = "loadfile"
+    # The suite's own inner sessions (tiny models, no timing asserted) do not pause each other:
+    # the lock folder deploycheck names for this -n session stays out of their environment.
+    if hasattr(config, "workerinput"):
+        os.environ.pop("DEPLOYCHECK_QUIET_DIR", None)
