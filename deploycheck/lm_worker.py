@@ -19,6 +19,7 @@ from typing import Any
 from . import timing
 from .lm import greedy
 from .protocol import ArtifactRef, GeneratePlan, WorkerResult, first_tensor
+from .quiet import heavy, quiet
 
 MEMORY_METHOD_KV = "VmHWM during generation - VmRSS before loading the KV-cache step (Linux /proc, peak reset)"
 MEMORY_METHOD_FULL = "VmHWM during generation - VmRSS before it (the artifact already loaded; Linux /proc, peak reset)"
@@ -142,7 +143,8 @@ def finish(g: Generation, plan: GeneratePlan, fn, res: WorkerResult, *, load: Ca
         g.steps = full_steps(fn)
         before = _proc_kb("VmRSS")
         reset = _reset_peak()
-        _run(g, plan)
+        with heavy():
+            _run(g, plan)
         peak = _proc_kb("VmHWM")
         if reset and before is not None and peak is not None:
             g.memory = {"peak_mb": (peak - before) / 1024, "process_peak_mb": peak / 1024, "method": MEMORY_METHOD_FULL}
@@ -154,7 +156,8 @@ def finish(g: Generation, plan: GeneratePlan, fn, res: WorkerResult, *, load: Ca
         return
     if plan.timing and g.generations is not None:
         try:
-            res.generation_timing = measure(g, plan, fn, load=load)
+            with quiet():  # alone among the session's xdist workers (see deploycheck.quiet)
+                res.generation_timing = measure(g, plan, fn, load=load)
         except Exception as e:  # noqa: BLE001 - reported by the generation check
             res.generation_timing = {"error": _first_line(e)}
 

@@ -16,6 +16,7 @@ from .checks import declared_files
 from .collect import RUN_CADENCE, RUNNER_FACTORY, CheckItem, SpecFile
 from .isolation import start_method
 from .machine import summary as machine_summary
+from .quiet import LOCK_ENV
 from .report import summary_rows, terminal_table
 from .report.records import Record
 from .report.session import (
@@ -80,6 +81,35 @@ def pytest_addoption(parser):
     )
     parser.addini("deploycheck_report_dir", "report folder, relative to the rootdir", default="reports")
     parser.addini("deploycheck_cache_size", "size cap of the cache (e.g. 2GB)", default="2GB")
+    parser.addini(
+        "deploycheck_workers",
+        "pytest-xdist workers when -n is not given: a number or 'auto' (one per core); "
+        "empty: one process. -n on the command line (-n 0: one process) and -p no:xdist win",
+        default="",
+    )
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_cmdline_main(config):
+    # before xdist reads -n (its own hook resolves 'auto' and sets up the workers)
+    _default_workers(config)
+    return (yield)
+
+
+def _default_workers(config) -> None:
+    """``-n`` from ini ``deploycheck_workers`` when the command line gave none and xdist is loaded
+    (an ``-n`` in addopts would make ``-p no:xdist`` a usage error)."""
+    if _is_worker(config) or getattr(config.option, "numprocesses", 0) is not None:
+        return  # xdist absent (no attribute), or -n given
+    text = str(config.getini("deploycheck_workers") or "").strip()
+    if not text:
+        return
+    from xdist.plugin import parse_numprocesses  # type: ignore[import-untyped]
+
+    try:
+        config.option.numprocesses = parse_numprocesses(text)
+    except Exception as e:  # noqa: BLE001 - argparse's error types vary
+        raise pytest.UsageError(f"ini deploycheck_workers: {text!r}: expected a number, 'auto' or 'logical'") from e
 
 
 #: options that take a folder: in their space form (``--opt /tmp/x``) pytest, which sets its rootdir
@@ -156,6 +186,18 @@ def pytest_configure(config):
     # Keep the items of one variant in one xdist worker: it is built once there.
     if getattr(config.option, "dist", None) == "load" and getattr(config.option, "numprocesses", None):
         config.option.dist = "loadgroup"
+    _share_quiet(config)
+
+
+def _share_quiet(config) -> None:
+    """With two or more xdist workers, name the session's lock folder (inherited by the workers and
+    their fresh processes through the environment): a latency measurement then runs alone, while
+    no worker builds, exports or evaluates (see :mod:`deploycheck.quiet`)."""
+    if _is_worker(config):
+        return
+    workers = getattr(config.option, "numprocesses", None)
+    if isinstance(workers, int) and workers > 1 and getattr(config.option, "dist", "no") != "no":
+        os.environ[LOCK_ENV] = os.path.join(_run_base(config), "run", os.environ[rundir.SESSION_ENV], "quiet")
 
 
 def variant_scope(nodeid: str) -> str:

@@ -11,6 +11,7 @@ ones the same one-line cause, instead of an avalanche of tracebacks.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import traceback
@@ -26,6 +27,7 @@ from .lm import greedy, hf_steps
 from .loading import baseline_arch, build_baseline, describe_exc
 from .outputs import OutputError, pick
 from .protocol import ArtifactRef, BatchDimError, concat_inputs, describe_batch, run_batch, take
+from .quiet import heavy, once
 from .signature import dynamic_probes
 from .stages import build, reload, save
 from .stages.build import BuildInputs, Built
@@ -436,7 +438,15 @@ class Runner:
         def fresh() -> Built:
             return self._build_fresh(v)
 
-        return build.from_cache(v, cache=self.cache, rebuild=fresh) or build.to_cache(v, fresh(), cache=self.cache)
+        def cached_or_fresh() -> Built:
+            return build.from_cache(v, cache=self.cache, rebuild=fresh) or build.to_cache(v, fresh(), cache=self.cache)
+
+        if v.is_baseline and self.cache.enabled:
+            # every xdist worker that runs a variant of this spec needs its baseline: one builds
+            # it, the others wait and take it from the cache (its build needs no other build)
+            with once(v.key("built")):
+                return cached_or_fresh()
+        return cached_or_fresh()
 
     def _build_fresh(self, v: Target) -> Built:
         """:func:`build.build` in the build's own process (see :meth:`contained`), on inputs made
@@ -451,13 +461,14 @@ class Runner:
             reference=None if v.is_baseline else self.built(v.baseline()).outputs,
         )
         build.import_step_libraries(v.variant)
-        return self.contained(
-            lambda: build.build(v, inputs, log=lambda line: self.log(line)),  # the child's log, in a child
-            spec=spec,
-            variant=v.vname,
-            where=v.where,
-            what=f"building variant {v.vname!r}",
-        )
+        with heavy():  # under xdist, waits while another worker measures latency (deploycheck.quiet)
+            return self.contained(
+                lambda: build.build(v, inputs, log=lambda line: self.log(line)),  # the child's log, in a child
+                spec=spec,
+                variant=v.vname,
+                where=v.where,
+                what=f"building variant {v.vname!r}",
+            )
 
     def _reloaded(self, v: Target) -> Built:
         r = self.reload(v.with_format(v.variant.formats[0]))
@@ -474,18 +485,20 @@ class Runner:
         self.baseline_runs(t.spec)
         if t.made_elsewhere:
             return self._memo("artifact", t, lambda: save.made_elsewhere(t))
-        return self._memo(
-            "artifact",
-            t,
-            lambda: save.save(
-                t,
-                self.built(t),
-                folder=self.variant_dir(t),
-                example=self.example(t.spec),
-                cache=self.cache,
-                tokenizer_dir=self.tokenizer_dir(t.spec) if _causal_lm(t.spec) else None,
-            ),
-        )
+
+        def make() -> Artifact:
+            # what the export needs first, outside the heavy section: a variant made elsewhere is
+            # reloaded in a worker, whose latency measurement must not wait on this process
+            built, example = self.built(t), self.example(t.spec)
+            tokenizer_dir = self.tokenizer_dir(t.spec) if _causal_lm(t.spec) else None
+            # one xdist worker saves a file the others also need (the baseline's, for their
+            # ratios); they wait, then copy it from the cache (save.save looks there first)
+            with once(t.key("artifact")) if self.cache.enabled else contextlib.nullcontext(), heavy():
+                return save.save(
+                    t, built, folder=self.variant_dir(t), example=example, cache=self.cache, tokenizer_dir=tokenizer_dir
+                )
+
+        return self._memo("artifact", t, make)
 
     def reload(self, t: Target) -> Reload:
         """The artifact loaded, timed and run in a fresh process, its outputs scored."""
@@ -600,5 +613,5 @@ class Runner:
 
 def _run_all(model, xs: list, torch) -> list:
     """Each batch of ``xs`` through the in-memory ``model``: its named outputs as float."""
-    with torch.inference_mode():
+    with heavy(), torch.inference_mode():
         return [{k: o.float() for k, o in run_batch(model, x).items()} for x in xs]

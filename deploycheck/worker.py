@@ -34,6 +34,7 @@ from .protocol import (
     call,
     run_batch,
 )
+from .quiet import heavy, quiet
 
 
 def _peak_rss_mb() -> float:
@@ -80,57 +81,62 @@ def handle(req: WorkerRequest) -> WorkerResult:
         sys.path.insert(0, p)
     res = WorkerResult(threads=torch.get_num_threads(), pid=os.getpid())
     t0 = time.perf_counter()
-    fn, diag = _load(req.target)
+    with heavy():
+        fn, diag = _load(req.target)
     res.load_s = time.perf_counter() - t0
     if diag:
         return res.fail("load", diag.kind, diag.message)
     # a causal LM's generation through its KV-cache step: first, while memory is quiet (lm_worker)
-    gen = lm_worker.start(req.generate, req.target) if req.generate else None
+    with heavy():
+        gen = lm_worker.start(req.generate, req.target) if req.generate else None
     stage = "latency"
     try:
         if req.latency:
             # Measured first, on fresh loads, before the evaluation batches touch the variant:
             # runtimes that specialise on the shapes they have seen (TorchScript's profiling
             # executor, onnxruntime's arena) would otherwise not be in the baseline's state.
-            res.latency = _latency(fn, req.latency)
+            # Alone among the session's xdist workers: none builds, exports or evaluates meanwhile.
+            with quiet():
+                res.latency = _latency(fn, req.latency)
         if req.timing_only:  # a re-measurement: the evaluation's outputs are the cached ones
             res.ok = True
             res.peak_rss_mb = _peak_rss_mb()
             return res
         stage = "run"
-        batches = torch.load(req.inputs, weights_only=True)
-        outs = []
-        with torch.inference_mode():
-            for i, b in enumerate(batches):
-                try:
-                    named = run_batch(fn, b, index=i)
-                except (BatchDimError, OutputError) as e:
-                    return res.fail("run", "signature", str(e))
-                outs.append({k: o.detach().float().cpu() for k, o in named.items()})
-        joined = concat(outs)
-        torch.save(joined, req.outputs)
-        if req.extra_inputs:
+        with heavy():
+            batches = torch.load(req.inputs, weights_only=True)
+            outs = []
             with torch.inference_mode():
-                extra = concat(
-                    [
-                        {k: o.detach().float() for k, o in run_batch(fn, b).items()}
-                        for b in torch.load(req.extra_inputs, weights_only=True)
-                    ]
-                )
-            torch.save(extra, req.outputs + ".extra.pt")
-        if req.dynamic_inputs:
-            # each declared dynamic size on its own: one that the artifact cannot run is a
-            # verdict of the dynamic check (naming the input and dimension), not a failed load
-            dyn = []
-            for b in torch.load(req.dynamic_inputs, weights_only=True):
-                try:
-                    with torch.inference_mode():
-                        dyn.append({k: o.detach().float().cpu() for k, o in run_batch(fn, b).items()})
-                    res.dynamic_errors.append(None)
-                except Exception as e:  # noqa: BLE001 - reported by the dynamic check
-                    dyn.append({})
-                    res.dynamic_errors.append((f"{type(e).__name__}: {e}".strip().splitlines() or [""])[0][:400])
-            torch.save(dyn, req.outputs + ".dynamic.pt")
+                for i, b in enumerate(batches):
+                    try:
+                        named = run_batch(fn, b, index=i)
+                    except (BatchDimError, OutputError) as e:
+                        return res.fail("run", "signature", str(e))
+                    outs.append({k: o.detach().float().cpu() for k, o in named.items()})
+            joined = concat(outs)
+            torch.save(joined, req.outputs)
+            if req.extra_inputs:
+                with torch.inference_mode():
+                    extra = concat(
+                        [
+                            {k: o.detach().float() for k, o in run_batch(fn, b).items()}
+                            for b in torch.load(req.extra_inputs, weights_only=True)
+                        ]
+                    )
+                torch.save(extra, req.outputs + ".extra.pt")
+            if req.dynamic_inputs:
+                # each declared dynamic size on its own: one that the artifact cannot run is a
+                # verdict of the dynamic check (naming the input and dimension), not a failed load
+                dyn = []
+                for b in torch.load(req.dynamic_inputs, weights_only=True):
+                    try:
+                        with torch.inference_mode():
+                            dyn.append({k: o.detach().float().cpu() for k, o in run_batch(fn, b).items()})
+                        res.dynamic_errors.append(None)
+                    except Exception as e:  # noqa: BLE001 - reported by the dynamic check
+                        dyn.append({})
+                        res.dynamic_errors.append((f"{type(e).__name__}: {e}".strip().splitlines() or [""])[0][:400])
+                torch.save(dyn, req.outputs + ".dynamic.pt")
         res.output_shape = list(next(iter(joined.values())).shape) if joined else []
         res.output_shapes = {k: list(v.shape) for k, v in joined.items()}
         if req.generate and gen is not None:

@@ -484,6 +484,7 @@ def project(pytester, tmp_path_factory, monkeypatch):
     # prints no snapshot report in a worker, and deploycheck would split the cores between workers.
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+    monkeypatch.delenv("DEPLOYCHECK_QUIET_DIR", raising=False)  # an outer -n 2 session's lock folder
     pytester.makepyfile(tinymodels=TINY_MODELS)
     pytester.makeini("[pytest]\n")  # rootdir = the project, as in a real repository
     # The inner runs write their HTML report as on a machine without the `html` extra (no
@@ -536,3 +537,7 @@ def pytest_configure(config):
     group over the workers. An explicit other ``--dist`` is left as given."""
     if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) in ("load", "loadgroup"):
         config.option.dist = "loadfile"
+    # The suite's own inner sessions (tiny models, no timing asserted) do not pause each other:
+    # the lock folder deploycheck names for this -n session stays out of their environment.
+    if hasattr(config, "workerinput"):
+        os.environ.pop("DEPLOYCHECK_QUIET_DIR", None)
