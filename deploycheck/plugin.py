@@ -400,6 +400,7 @@ class ReportCollector:
             return
         if report.when == "setup" and not report.passed:
             self.finished.add(report.nodeid)  # skipped or failed before it ran: done, as pytest shows it
+            self._record_cadence_skip(report)
         if report.when != "call":  # setup/teardown reports carry the same properties
             return
         self.finished.add(report.nodeid)
@@ -419,6 +420,21 @@ class ReportCollector:
             self.records.append(rec)
             if self.journal is not None:
                 self.journal.add(rec.dumps())
+
+    def _record_cadence_skip(self, report) -> None:
+        """A unit left out of this run's cadence tier is in the reports as skipped, with the reason
+        (absent, the reports would read as if it did not exist)."""
+        unit = self.planned.get(report.nodeid)
+        longrepr = report.longrepr
+        reason = longrepr[2] if report.skipped and isinstance(longrepr, tuple) and len(longrepr) == 3 else ""
+        reason = str(reason).removeprefix("Skipped: ")
+        if unit is None or not reason.startswith("cadence "):
+            return
+        rec = not_run(unit)
+        rec.status, rec.message = "skipped", reason
+        self.records.append(rec)
+        if self.journal is not None:
+            self.journal.add(rec.dumps())
 
     def pytest_sessionfinish(self, session, exitstatus):
         # Also runs after -x, Ctrl-C or SIGTERM, so a run cut short still writes what ran, marked incomplete.

@@ -3,6 +3,8 @@ tier includes them, and are skipped with the reason otherwise, never passed."""
 
 from __future__ import annotations
 
+import json
+
 from conftest import make_spec
 
 NIGHTLY_VARIANT = "  baseline: {}\n  heavy:\n    cadence: nightly\n    quantize: {method: dynamic_int8}"
@@ -18,6 +20,18 @@ def test_a_nightly_variant_is_skipped_with_its_reason_in_the_commit_tier(project
         ]
     )
     res.assert_outcomes(passed=2, skipped=2)
+    report = json.loads((project.path / "reports" / "deploycheck.json").read_text())
+    heavy = [r for r in report["records"] if r["variant"] == "heavy"]
+    assert sorted(r["check"] for r in heavy) == ["load", "size"]
+    assert {r["status"] for r in heavy} == {"skipped"}
+    (row,) = [r for r in report["rows"] if r["variant"] == "heavy"]
+    assert (row["verdict"], row["reason"]) == (
+        "skipped",
+        "cadence nightly (the variant's): not run in the commit tier; run with --deploycheck-cadence nightly",
+    )
+    md = (project.path / "reports" / "deploycheck.md").read_text()
+    assert "1 passed, 0 failed, 0 unsupported, 1 skipped (cadence)" in md
+    assert "| heavy | ⏭️ |" in md
 
 
 def test_the_nightly_tier_runs_it_and_weekly_includes_nightly(project, monkeypatch):

@@ -18,7 +18,7 @@ import stat
 STAGING_MARK = ".deploycheck-staging"
 ENTRY_MARK = "checksums.json"
 #: names of the staging folders the store makes (mkdtemp ``<kind>-``) and of entries being evicted
-STAGING_NAME = re.compile(r"(built|artifact|result)-[A-Za-z0-9_]+|evicted-[0-9a-f]{32}")
+STAGING_NAME = re.compile(r"(built|artifact|result|value)-[A-Za-z0-9_]+|evicted-[0-9a-f]{32}")
 
 
 class UnsafeFolder(Exception):
@@ -40,7 +40,7 @@ def check_cache_root(root: str) -> None:
     """The cache root and the folders in it that deletion walks are real folders, not links."""
     setting = "--deploycheck-cache-dir (or DEPLOYCHECK_CACHE_DIR)"
     refuse_link(root, "cache folder", setting)
-    for sub in ("tmp", "built", "artifact", "result"):
+    for sub in ("tmp", "built", "artifact", "result", "value"):
         refuse_link(os.path.join(root, sub), f"cache's {sub}/ folder", setting)
 
 

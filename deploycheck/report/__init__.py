@@ -22,8 +22,11 @@ STATUS_ORDER = {
     "inconclusive": 3,
     "unsupported": 4,
     "not gated": 5,
-    "passed": 6,
+    "skipped": 6,
+    "passed": 7,
 }
+#: a check left out of this run on purpose: its spec or variant belongs to a rarer cadence tier
+SKIPPED = "skipped"
 #: a check the session was going to run but did not finish (interrupted, terminated, a worker died)
 NOT_RUN = "not run"
 
@@ -65,6 +68,8 @@ def summary_rows(records) -> list[Row]:
             verdict = NOT_RUN  # never a pass: some of its checks did not run
         elif missing:
             verdict = "new"  # passes every check; only its snapshot awaits approval
+        elif statuses and all(st == SKIPPED for st in statuses):
+            verdict = SKIPPED  # left out of this tier: never a pass
         elif "unsupported" in statuses:
             verdict = "unsupported"
         elif "inconclusive" in statuses:
@@ -86,6 +91,8 @@ def summary_rows(records) -> list[Row]:
             reasons.append(f"{NOT_RUN}: {', '.join(r.check for r in not_run)} (the session did not finish)")
         if verdict == "unsupported":
             reasons = [_first(next(r.message for r in allrecs if r.status == "unsupported"))]
+        if verdict == SKIPPED:
+            reasons = [_first(allrecs[0].message)]
         load = by["load"].status if "load" in by else None
         direction = next(
             (r.higher_is_better for r in allrecs if r.higher_is_better is not None),
@@ -308,7 +315,15 @@ def machine_line(machine: dict) -> str:
     return "machine: " + (machine.get("processor") or machine.get("machine") or "unknown")
 
 
-MARK = {"pass": "✅", "FAIL": "❌", "new": "🆕", "unsupported": "➖", "inconclusive": "❔", NOT_RUN: "⏹️"}
+MARK = {
+    "pass": "✅",
+    "FAIL": "❌",
+    "new": "🆕",
+    "unsupported": "➖",
+    "inconclusive": "❔",
+    NOT_RUN: "⏹️",
+    SKIPPED: "⏭️",
+}
 #: GitHub refuses a comment body over 65,536 characters; stay well under it
 COMMENT_LIMIT = 60_000
 
@@ -351,6 +366,7 @@ def markdown(rows: list[Row], meta: dict, *, limit: int = COMMENT_LIMIT, full_re
     n_uns = sum(r["verdict"] == "unsupported" for r in rows)
     n_new = sum(r["verdict"] == "new" for r in rows)
     n_not_run = sum(r["verdict"] == NOT_RUN for r in rows)
+    n_skipped = sum(r["verdict"] == SKIPPED for r in rows)
     machine = meta.get("machine") or {}
     specs = sorted({r["spec"] for r in rows})
     head = [
@@ -361,6 +377,7 @@ def markdown(rows: list[Row], meta: dict, *, limit: int = COMMENT_LIMIT, full_re
         f"{n_pass} passed, {n_fail} failed, {n_uns} unsupported"
         + (f", {n_new} awaiting snapshot approval" if n_new else "")
         + (f", {n_not_run} not run" if n_not_run else "")
+        + (f", {n_skipped} skipped (cadence)" if n_skipped else "")
         + f" — torch {md((meta.get('libraries') or {}).get('torch', '?'))}, "
         f"commit {md(((meta.get('git') or {}).get('commit') or 'n/a')[:12])}, {md(meta.get('created', ''))}",
         "",
@@ -375,7 +392,7 @@ def markdown(rows: list[Row], meta: dict, *, limit: int = COMMENT_LIMIT, full_re
         "## Verdicts",
         "",
         "✅ pass · ❌ fail · 🆕 passes, snapshot awaiting approval · ➖ unsupported · ❔ inconclusive (noise)"
-        " · ⏹️ not run (the session did not finish)",
+        " · ⏹️ not run (the session did not finish) · ⏭️ skipped (a rarer cadence tier)",
         "",
     ]
     matrices = {spec: verdict_matrix(rows, spec) for spec in specs}

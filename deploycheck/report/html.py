@@ -145,7 +145,15 @@ table.matrix td.not-run{background:#eee;color:#555} tr.not-run td{background:#f3
 code{background:#f5f5f5;padding:0 3px;overflow-wrap:anywhere}
 """
 
-_MARK = {"pass": "pass", "FAIL": "FAIL", "new": "new", "unsupported": "–", "inconclusive": "?", NOT_RUN: "not run"}
+_MARK = {
+    "pass": "pass",
+    "FAIL": "FAIL",
+    "new": "new",
+    "unsupported": "–",
+    "inconclusive": "?",
+    NOT_RUN: "not run",
+    "skipped": "skipped",
+}
 
 
 def _cls(verdict: str) -> str:
