@@ -21,6 +21,7 @@ from .metrics import METRICS
 from .report.records import Record, jsonable
 from .snapshots import make_locatable
 from .spec import duplicate_name, parse_file
+from .spec.model import CADENCES
 from .stages.save import VariantUnsupported
 from .target import Target
 
@@ -111,8 +112,6 @@ class SpecNode(pytest.Collector):
 
 def _beyond_cadence(config, spec, variant) -> str | None:
     """Why a variant does not run in this tier: its cadence (or its spec's) is rarer than the run's."""
-    from .spec.model import CADENCES
-
     run = config.stash.get(RUN_CADENCE, "commit")
     own = variant.cadence or spec.cadence
     if CADENCES.index(own) <= CADENCES.index(run):

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import diverge
-from .cache import Cache
+from .cache import Cache, value_key
 from .data.sources import read_lines
 from .errors import StageError
 from .isolation import ChildGone, ChildUnpicklable, RemoteError, WorkerPool, call_forked, call_in_thread, can_fork
@@ -571,8 +571,6 @@ class Runner:
         A variant with no build key (a file made elsewhere) is computed every session."""
         if not built_key or not self.cache.enabled:
             return compute()
-        from .cache import value_key
-
         key = value_key(built_key, name, inputs)
         got = self.cache.get_value(key)
         if got is not None:

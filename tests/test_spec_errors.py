@@ -76,7 +76,7 @@ def test_variant_level_errors():
     ]
     assert errors(make_spec(variants="  q:\n    quantise: {method: fp16}")) == [
         "s.yaml:12: variants.q.quantise: unknown key; did you mean 'quantize'? allowed: custom, distill, prune, quantize, "
-        "steps, thresholds, formats, description, artifact, model"
+        "steps, thresholds, formats, description, artifact, model, cadence"
     ]
     assert errors(
         make_spec(variants="  q:\n    prune: {method: l1_unstructured, amount: 0.5}\n    quantize: {method: fp16}")

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..cache import result_key
+from ..cache.keys import content_sha
 from ..errors import StageError
 from ..formats import FORMATS
+from ..formats.integrity import vet_manifest
 from ..loading import search_dirs
 from ..outputs import align, as_named
 from ..protocol import ArtifactRef, GeneratePlan, LatencyPlan, WorkerResult, load_request
@@ -201,8 +203,6 @@ def refused(ref: ArtifactRef) -> bool:
     the artifact's bytes differ from its manifest's sha256, the manifest names code or modules
     (:func:`~deploycheck.formats.integrity.vet_manifest`), or the KV-cache step next to it is
     missing or differs from the manifest's sha256. Such a file goes to the worker, which says why."""
-    from ..cache.keys import content_sha
-    from ..formats.integrity import vet_manifest
     from ..formats.lm_kv import kv_path
 
     man = ref.manifest or {}
