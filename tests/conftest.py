@@ -429,6 +429,12 @@ class _SharedRequest:
         self.finalizers.append(fn)
 
 
+# The environment an inner session must not inherit from the machine that runs the suite: pytest
+# prints whole failure messages in its short summary when CI or BUILD_NUMBER is set (as CI runners
+# do), and a user's DEPLOYCHECK_CADENCE would deselect tiers. Inner runs read the same everywhere.
+_OUTER_ENV = ("CI", "BUILD_NUMBER", "DEPLOYCHECK_CADENCE")
+
+
 def shared_run(request, tmp_path_factory, spec_text: str, *args: str, name: str = "tiny", plots: bool = False):
     """One in-process inner session for a module-scoped fixture whose outcome several tests read
     (``project`` is function-scoped): the project folder and pytester's RunResult. Set up like
@@ -441,6 +447,8 @@ def shared_run(request, tmp_path_factory, spec_text: str, *args: str, name: str 
         tester = pytest.Pytester(req, tmp_path_factory, mp, _ispytest=True)
         mp.delenv("PYTEST_XDIST_WORKER", raising=False)
         mp.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+        for var in _OUTER_ENV:
+            mp.delenv(var, raising=False)
         if not plots:
             from deploycheck.report import html
 
@@ -485,6 +493,8 @@ def project(pytester, tmp_path_factory, monkeypatch):
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
     monkeypatch.delenv("DEPLOYCHECK_QUIET_DIR", raising=False)  # an outer -n 2 session's lock folder
+    for var in _OUTER_ENV:
+        monkeypatch.delenv(var, raising=False)
     pytester.makepyfile(tinymodels=TINY_MODELS)
     pytester.makeini("[pytest]\n")  # rootdir = the project, as in a real repository
     # The inner runs write their HTML report as on a machine without the `html` extra (no
