@@ -380,6 +380,7 @@ class ReportCollector:
                 rootdir=str(self.config.rootpath),
                 exitstatus=int(pytest.ExitCode.INTERRUPTED),
                 incomplete=STARTED.format(pid=os.getpid(), created=created),
+                draw=False,  # nothing to plot yet: the final set draws them
             )
         except OSError:
             pass  # the final write says what is wrong with the folder
@@ -504,7 +505,8 @@ class ReportCollector:
             tr.write_line(
                 f"deploycheck cache: reused {h.get('value', 0)} in-memory evaluations "
                 "(semantic and batch-invariance inputs, greedy generations), "
-                f"{h.get('evaluation', 0)} fresh-process evaluations whose latency was measured again"
+                f"{h.get('evaluation', 0)} fresh-process evaluations whose latency was measured again, "
+                f"{h.get('unsupported', 0)} formats known not to hold their variant"
             )
         for p in self.paths:
             tr.write_line(f"report written: {p}")

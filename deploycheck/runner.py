@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import diverge
-from .cache import Cache, value_key
+from .cache import Cache, build_key, value_key
 from .data.sources import read_lines
 from .errors import StageError
 from .isolation import ChildGone, ChildUnpicklable, RemoteError, WorkerPool, call_forked, call_in_thread, can_fork
@@ -387,6 +387,10 @@ class Runner:
 
             if not (spec.model.factory or spec.model.hf):
                 return None  # the baseline is a file made elsewhere: its own load item says how it runs
+            if self.cache.enabled and self.cache.holds("built", build_key(spec, "baseline")):
+                # an earlier session ran this run first and then built this very baseline (its key
+                # covers the model, its weights and code, the declared inputs and the data)
+                return None
             model = self.baseline_model(spec)
             batches = self.batches(spec)
             example = self.example(spec)

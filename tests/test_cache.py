@@ -470,7 +470,7 @@ def test_a_remeasurement_redoes_only_the_timing_never_the_evaluation(project):
             "*(not kept in the cache: the next run measures again)*",
             "deploycheck cache: reused 1 built variants, 1 artifacts, 0 fresh-process results (*)",
             "deploycheck cache: reused 0 in-memory evaluations (*), 1 fresh-process evaluations whose latency "
-            "was measured again",
+            "was measured again, 0 formats known not to hold their variant",
         ]
     )
     rec = records()

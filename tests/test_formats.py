@@ -487,6 +487,15 @@ def test_unsupported_combination_is_skipped_with_the_exporters_reason_or_failed(
             "LinearPackedParamsBase*__obj_flatten__*(on_unsupported: skip)"
         ]
     )
+    # The next session knows the answer without rebuilding and exporting again, and says so.
+    res = project.run("-k", "int8", "-rs")
+    res.assert_outcomes(passed=1, skipped=5)
+    res.stdout.fnmatch_lines(
+        [
+            "deploycheck cache: *, 1 formats known not to hold their variant",
+            "*unsupported: export cannot hold variant 'int8': torch.export failed: *(cached) (on_unsupported: skip)",
+        ]
+    )
     project.write(make_spec(variants=variants, formats="[export]", extra="on_unsupported: fail"))
     res = project.run("-k", "int8 and export")
     res.assert_outcomes(failed=5)

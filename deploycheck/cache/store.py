@@ -194,6 +194,10 @@ class Cache:
         self.discard(kind, key, f"failed its checksum ({bad})")
         return None
 
+    def holds(self, kind: str, key: str) -> bool:
+        """Whether a whole entry is there (its files match their checksums); counts no hit."""
+        return self._entry(kind, key) is not None
+
     def discard(self, kind: str, key: str, why: str) -> None:
         """Remove a bad entry, saying so once."""
         remove_entry(self._dir(kind, key))
@@ -321,9 +325,9 @@ class Cache:
         self._put("result", key, write)
 
     # in-memory evaluations (extra inputs through a built variant, greedy generations)
-    def get_value(self, key: str) -> Any:
-        """A value :meth:`put_value` stored (tensors, lists, dicts of them), or None. Read with
-        ``weights_only=True``: an entry is data, never code."""
+    def get_value(self, key: str, *, hit: str = "value") -> Any:
+        """A value :meth:`put_value` stored (tensors, lists, dicts of them, strings), or None,
+        counted as a ``hit`` of that name. Read with ``weights_only=True``: an entry is data, never code."""
         d = self._entry("value", key)
         if d is None:
             return None
@@ -334,7 +338,7 @@ class Cache:
         except Exception:  # noqa: BLE001 - an unreadable entry is computed again, whatever the reader raised
             self.discard("value", key, "could not be read")
             return None
-        self.hits["value"] = self.hits.get("value", 0) + 1
+        self.hits[hit] = self.hits.get(hit, 0) + 1
         self._touch(d)
         return value
 

@@ -16,7 +16,13 @@ FORMATS: Registry[type[Format]] = Registry("format")
 
 
 class Unsupported(Exception):
-    """The format cannot hold this variant; the message is the exporter's own reason."""
+    """The format cannot hold this variant; the message is the exporter's own reason. ``lasting``:
+    the same build, code and libraries would fail the same way (remembered by the cache); False
+    where the cause is this environment's (a library not installed)."""
+
+    def __init__(self, message: str, *, lasting: bool = True):
+        super().__init__(message)
+        self.lasting = lasting
 
 
 class Format:

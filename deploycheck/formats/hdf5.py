@@ -15,7 +15,7 @@ class Hdf5Format(StateDictFormat):
         try:
             import h5py
         except ImportError as e:
-            raise Unsupported("h5py is not installed: pip install 'deploycheck[h5]'") from e
+            raise Unsupported("h5py is not installed: pip install 'deploycheck[h5]'", lasting=False) from e
         import torch
 
         with h5py.File(path, "w") as f:

@@ -9,18 +9,36 @@ import hashlib
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 
 from ..machine import snapshot_machine
 from . import sniff
 
+#: sha256 of files this process already read, by identity and change stamps (device, inode, size,
+#: mtime and ctime in ns, taken from the open file): a cache entry, an artifact or a data file is
+#: hashed once per session however many keys and checks read it; any write to it changes its
+#: ctime, so a changed file is always read again. File times tick coarsely (a few ms): as git does
+#: with "racy" index entries, a file changed in the last two seconds is not remembered, since a
+#: second write within the same tick would leave every stamp as it was.
+_SHA: dict[tuple[int, int, int, int, int], str] = {}
+_RACY_NS = 2_000_000_000
+
 
 def sha256(path: str) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        known = _SHA.get(stamp)
+        if known is not None:
+            return known
+        h = hashlib.sha256()
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
+        _SHA[stamp] = digest
+    return digest
 
 
 def manifest_path(path: str) -> str:

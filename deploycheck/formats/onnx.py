@@ -39,7 +39,9 @@ class OnnxFormat(Format):
         try:
             import onnxscript  # noqa: F401
         except ImportError as e:
-            raise Unsupported("the ONNX dynamo exporter needs onnxscript: pip install 'deploycheck[onnx]'") from e
+            raise Unsupported(
+                "the ONNX dynamo exporter needs onnxscript: pip install 'deploycheck[onnx]'", lasting=False
+            ) from e
         x = batch_example(example, options.dynamic_batch)
         dyn = batch_dims(options.dynamic_batch, inputs, options.dynamic_seq)
         args, kwargs = export_args(x)

@@ -202,8 +202,10 @@ def matrix(rows: list[Row], spec: str) -> str:
     return "".join(out)
 
 
-def render(rows: list[Row], meta: dict, summary: list[str]) -> str:
-    figs = plots(rows)
+def render(rows: list[Row], meta: dict, summary: list[str], *, draw: bool = True) -> str:
+    """The HTML report; ``draw=False`` leaves the plots out (the report a session writes before its
+    first result, which has nothing to plot)."""
+    figs = plots(rows) if draw else {}
     e = html.escape
     parts = [
         "<!DOCTYPE html>",
@@ -223,7 +225,9 @@ def render(rows: list[Row], meta: dict, summary: list[str]) -> str:
     if nl:
         parts.append(f"<p class='note'>{e(nl)}</p>")
     parts.append("<h2>Verdicts</h2>" + "".join(matrix(rows, spec) for spec in sorted({r["spec"] for r in rows})))
-    if not figs:
+    if not draw:
+        parts.append("<p><em>Plots are drawn when the session finishes.</em></p>")
+    elif not figs:
         parts.append("<p><em>Plots need matplotlib: pip install 'deploycheck[html]'.</em></p>")
     for spec in sorted({r["spec"] for r in rows}):
         srows = [r for r in rows if r["spec"] == spec]

@@ -50,15 +50,18 @@ def metadata(records, rootdir: str, exitstatus: int, incomplete: str | None = No
     }
 
 
-def write_reports(records, out_dir: str, *, rootdir: str, exitstatus: int, incomplete: str | None = None) -> list[str]:
-    """The session's report set; ``incomplete`` says why the session did not finish (None: it did)."""
+def write_reports(
+    records, out_dir: str, *, rootdir: str, exitstatus: int, incomplete: str | None = None, draw: bool = True
+) -> list[str]:
+    """The session's report set; ``incomplete`` says why the session did not finish (None: it did);
+    ``draw=False`` leaves the HTML plots out (the set written before the first result)."""
     recs = sorted(as_records(records), key=Record.sort_key)
     meta = metadata(recs, rootdir, exitstatus, incomplete)
     doc = {**meta, "rows": summary_rows(recs), "records": [r.to_json() for r in recs]}
-    return write_documents(doc, out_dir)
+    return write_documents(doc, out_dir, draw=draw)
 
 
-def write_documents(doc: dict, out_dir: str, *, stem: str = "deploycheck") -> list[str]:
+def write_documents(doc: dict, out_dir: str, *, stem: str = "deploycheck", draw: bool = True) -> list[str]:
     """Write the JSON record and the Markdown and HTML renderings of one report document, as a
     set: all three are rendered and written to temporary names first, and renamed into place only
     once every one is on disk, so a failure (a full disk, a crash while rendering) leaves the
@@ -66,7 +69,7 @@ def write_documents(doc: dict, out_dir: str, *, stem: str = "deploycheck") -> li
     rows = doc["rows"]
     texts = {
         "md": markdown(rows, doc, full_report=f"{stem}.html"),
-        "html": render(rows, doc, summary_lines(rows)),
+        "html": render(rows, doc, summary_lines(rows), draw=draw),
         "json": json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n",
     }
     paths = {ext: os.path.join(out_dir, f"{stem}.{ext}") for ext in texts}

@@ -6,6 +6,7 @@ place, never copied or rewritten."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import os
 import warnings
@@ -53,6 +54,12 @@ def save(t, built: Built, *, folder: str, example, cache, tokenizer_dir: str | N
     path = os.path.join(folder, f"model{fmt.suffix}")
     akey = artifact_key(b.key, t.fspec)
     code = dict(b.arch) if b.arch else None
+    # A format that could not hold this very build (same recipe, code, libraries, options) cannot
+    # hold it next session either: say so again without rebuilding the model to find out.
+    ukey = hashlib.sha256(f"{akey}:unsupported".encode()).hexdigest()
+    known = cache.get_value(ukey, hit="unsupported") if b.key else None
+    if isinstance(known, str):
+        raise VariantUnsupported(f"{known} (cached)", spec=t.spec.name, variant=t.vname, fmt=t.fmt, where=t.where)
     man = cache.get_artifact(akey, path) if not fmt.unpickles else None
     if man is not None and not _restore_kv_step(cache, akey, path, man):
         man = None  # its KV-cache step was evicted: saved again with it
@@ -72,6 +79,9 @@ def save(t, built: Built, *, folder: str, example, cache, tokenizer_dir: str | N
             extra = fmt.save(b.model, tmp, example=example, options=t.fspec.options, arch=b.arch, **kw)
             kv = _save_kv_step(t, b.model, path)
     except Unsupported as e:
+        _remove_partial(tmp)
+        if b.key and e.lasting:
+            cache.put_value(ukey, str(e))
         raise VariantUnsupported(str(e), spec=t.spec.name, variant=t.vname, fmt=t.fmt, where=t.where) from e
     except Exception as e:
         _remove_partial(tmp)
