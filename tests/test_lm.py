@@ -310,12 +310,25 @@ kv.KVStep.forward = forward
 
 
 @pytest.fixture(scope="module")
-def lm_run(tmp_path_factory):
+def lm_run(lm_project):
+    _, stdout, recs = lm_project
+    return stdout, recs
+
+
+def _lm_pytest(d, spec: str, *args: str):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", spec, "-rA"]
+    cmd += [f"--deploycheck-run-dir={d / 'run'}", f"--deploycheck-cache-dir={d / 'cache'}", *args]
+    return subprocess.run(cmd, cwd=d, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def lm_project(tmp_path_factory):
     """One inner pytest run over the example LM: baseline, a fault in one layer, a pinned export."""
     pytest.importorskip("transformers", reason="needs the hf extra: pip install 'deploycheck[hf]'")
     import json
-    import subprocess
-    import sys
 
     d = tmp_path_factory.mktemp("lm")
     (d / "lm.yaml").write_text(LM_SPEC.format(root=ROOT))
@@ -324,21 +337,10 @@ def lm_run(tmp_path_factory):
     prompts = (ROOT / "specs" / "data" / "tiny_lm_prompts.txt").read_text().splitlines()[:6]
     (d / "prompts.txt").write_text("\n".join(prompts) + "\n")
     (d / "pytest.ini").write_text("[pytest]\n")
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "lm.yaml",
-        "-rA",
-        f"--deploycheck-run-dir={d / 'run'}",
-        f"--deploycheck-cache-dir={d / 'cache'}",
-    ]
-    out = subprocess.run(cmd, cwd=d, capture_output=True, text=True, timeout=900)
+    out = _lm_pytest(d, "lm.yaml")
     doc = json.loads((d / "reports" / "deploycheck.json").read_text())
     recs = {(r["variant"], r["format"], r["check"]): r for r in doc["records"]}
-    return out.stdout, recs
+    return d, out.stdout, recs
 
 
 def test_the_baseline_passes_every_lm_check(lm_run):
@@ -454,3 +456,61 @@ def test_a_wider_layer_fails_the_decode_and_memory_gates(lm_run):
     assert mem["message"].startswith("peak memory ratio ") and "> max_peak_memory_ratio 1.6" in mem["message"]
     # the unchanged-size variants pass the ratio gates measured the same way
     assert recs[("faulty", "export", "generation_memory")]["status"] == "passed"
+
+
+def test_a_shipped_kv_cache_step_changed_after_a_cached_pass_fails(lm_project):
+    """Issue 32: a cached result covers every file the check reads. The baseline's export, its
+    manifest and its KV-cache step are shipped as files made elsewhere (``artifact:``) and pass;
+    then one step is swapped for another variant's, one truncated, one deleted: each fails, while
+    the untouched copy passes from the cache."""
+    import fnmatch
+    import json
+    import shutil
+
+    d, _, _ = lm_project
+    base = next((d / "run").rglob("baseline/**/model.kv.pt2")).parent
+    # another variant's step (one that ignores the past), kept before the next session tidies run/
+    (d / "dist").mkdir()
+    shutil.copy(next((d / "run").rglob("heavy/**/model.kv.pt2")), d / "dist" / "other.kv.pt2")
+    names = ["same", "swapped", "truncated", "deleted"]
+    for n in names:
+        (d / "dist" / n).mkdir(parents=True)
+        for f in ("model.pt2", "model.pt2.manifest.json", "model.kv.pt2"):
+            shutil.copy(base / f, d / "dist" / n / f)
+        if (base / "tokenizer").is_dir():
+            shutil.copytree(base / "tokenizer", d / "dist" / n / "tokenizer")
+    head = LM_SPEC.format(root=ROOT).split("variants:")[0]
+    shipped = "".join(f"  {n}: {{artifact: {{path: dist/{n}/model.pt2}}}}\n" for n in names)
+    (d / "shipped.yaml").write_text(head + "variants:\n  baseline: {}\n" + shipped)
+    select = ("-k", "not baseline and (load or generation) and not speed and not memory")
+
+    first = _lm_pytest(d, "shipped.yaml", *select)
+    assert first.returncode == 0, first.stdout[-3000:]
+    shutil.copy(d / "dist" / "other.kv.pt2", d / "dist" / "swapped" / "model.kv.pt2")
+    kv = d / "dist" / "truncated" / "model.kv.pt2"
+    kv.write_bytes(kv.read_bytes()[: kv.stat().st_size // 2])
+    (d / "dist" / "deleted" / "model.kv.pt2").unlink()
+
+    second = _lm_pytest(d, "shipped.yaml", *select)
+    out = second.stdout
+    assert second.returncode == 1, out[-3000:]
+    assert "PASSED shipped.yaml::lm::same::export::load" in out and "ok (cached)" in out, out[-3000:]
+    recs = {
+        r["variant"]: r
+        for r in json.loads((d / "reports" / "deploycheck.json").read_text())["records"]
+        if r["check"] == "generation"
+    }
+    assert recs["same"]["status"] == "passed"
+    why = {
+        "swapped": "has sha256 *, its manifest says *: a changed or corrupted file",
+        "truncated": "has sha256 *, its manifest says *: a changed or corrupted file",
+        "deleted": "FileNotFoundError: no KV-cache step model.kv.pt2 next to the artifact",
+    }
+    for n, reason in why.items():
+        assert f"FAILED shipped.yaml::lm::{n}::export::generation" in out, out[-3000:]
+        assert recs[n]["status"] == "failed"
+        assert fnmatch.fnmatch(
+            recs[n]["message"],
+            "greedy generation through the reloaded export artifact's KV-cache step (static cache, prefill then "
+            f"one token per step) failed: the KV-cache step failed to load: *{reason}",
+        ), recs[n]["message"]

@@ -117,10 +117,12 @@ def generation_check(runner, t: Target) -> Verdict:
     texts, _ = runner.prompts(t.spec)
     if r.result.generation_error or r.result.generations is None:
         why = r.result.generation_error or "the worker returned no generations"
-        msg = f"greedy generation through the reloaded {t.fmt} artifact{_path_words(r.result)} failed: {why}\n" + (
-            "  (the artifact ran the held-out texts, padded to one length, but not a sequence of another length: "
-            "was the sequence length specialised at export? see formats' dynamic_seq)"
-        )
+        msg = f"greedy generation through the reloaded {t.fmt} artifact{_path_words(r.result)} failed: {why}"
+        if not why.startswith("the KV-cache step failed to load"):  # a missing or changed file says so itself
+            msg += (
+                "\n  (the artifact ran the held-out texts, padded to one length, but not a sequence of another "
+                "length: was the sequence length specialised at export? see formats' dynamic_seq)"
+            )
         return Verdict(
             passed=False,
             message=msg,
