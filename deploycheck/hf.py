@@ -116,11 +116,17 @@ def token_ids(texts, *, path: str) -> list[list[int]]:
 
 
 def decoder(path: str):
-    """ids -> text with the tokenizer in ``path`` (special tokens kept, so nothing is hidden)."""
-    from transformers import AutoTokenizer
+    """ids -> text with the tokenizer in ``path`` (special tokens kept, so nothing is hidden),
+    loaded on the first call: a verdict with nothing to show never imports ``transformers``."""
+    import functools
 
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return lambda ids: tok.decode(list(ids), skip_special_tokens=False)
+    @functools.cache
+    def tok():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+    return lambda ids: tok().decode(list(ids), skip_special_tokens=False)
 
 
 def tokenize(texts, *, path: str, max_length: int):

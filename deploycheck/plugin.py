@@ -504,7 +504,8 @@ class ReportCollector:
             )
             tr.write_line(
                 f"deploycheck cache: reused {h.get('value', 0)} in-memory evaluations "
-                "(semantic and batch-invariance inputs, greedy generations), "
+                "(semantic, batch-invariance and dynamic-size inputs, bootstrap intervals, token ids, "
+                f"greedy generations), {h.get('dataset', 0)} prepared datasets, "
                 f"{h.get('evaluation', 0)} fresh-process evaluations whose latency was measured again, "
                 f"{h.get('unsupported', 0)} formats known not to hold their variant"
             )

@@ -125,15 +125,38 @@ class Runner:
     # --- inputs -----------------------------------------------------------------------------------
 
     def data(self, spec):
-        from .data.dataset import load  # numpy
+        """The spec's data, loaded, split and preprocessed once per session; kept by the cache
+        across sessions when its source is a file or a library's dataset (see ``KEPT_SOURCES``)."""
+        from .data.dataset import keepable, load, restored, stored  # numpy
 
-        return self._memo(
-            "data",
-            spec,
-            lambda: self.contained(
+        def fresh():
+            return self.contained(
                 lambda: load(spec), spec=spec, what=f"loading data {spec.data.source!r}", where=spec.where("data")
-            ),
-        )
+            )
+
+        def make():
+            if not (self.cache.enabled and keepable(spec)):
+                return fresh()
+            # the baseline's build key covers the data's source and file, its preprocessing, the
+            # tokenizer's files, the libraries and deploycheck's own code
+            key = value_key(build_key(spec, "baseline"), "dataset", None)
+            got = self.cache.get_value(key, hit="dataset")
+            ds = restored(got) if got is not None else None
+            if ds is None:
+                ds = fresh()
+                keep = stored(ds)
+                if keep is not None:
+                    self.cache.put_value(key, keep)
+            return ds
+
+        return self._memo("data", spec, make)
+
+    def spec_value(self, spec, name: str, inputs: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()``, kept by the cache under the baseline's build key (the model's files,
+        tokenizer included, the data and the code), ``name`` and ``inputs`` by content."""
+        if not self.cache.enabled:
+            return compute()
+        return self.cached_value(build_key(spec, "baseline"), name, inputs, compute)
 
     def batches(self, spec) -> list:
         def make():
@@ -181,19 +204,25 @@ class Runner:
         """The semantic triplets' texts, preprocessed like the data, in evaluation-sized batches."""
 
         def make():
+            import numpy as np
             import torch
 
-            from .data.dataset import load_triplets
+            from .data.dataset import keepable, load_triplets
+
+            def read():
+                x, triplets = load_triplets(spec)
+                return [torch.from_numpy(np.ascontiguousarray(x)), [list(map(int, tr)) for tr in triplets]]
 
             try:
-                x, triplets = load_triplets(spec)
+                # kept under the baseline's build key, which covers the triplets file and the tokenizer
+                t, triplets = self.spec_value(spec, "semantic-triplets", None, read) if keepable(spec) else read()
+                triplets = [tuple(tr) for tr in triplets]
             except StageError:
                 raise
             except Exception as e:
                 raise StageError.at(
                     spec, "build", f"cannot read semantic triplets: {describe_exc(e)}", where=spec.where("semantic")
                 ) from e
-            t = torch.from_numpy(x)
             bs = spec.data.batch_size
             return [t[i : i + bs] for i in range(0, len(t), bs)], triplets
 
@@ -216,7 +245,10 @@ class Runner:
                 texts = read_lines(os.path.join(os.path.dirname(os.path.abspath(spec.path)), spec.generation.prompts))
                 if not texts:
                     raise ValueError(f"{spec.generation.prompts} holds no prompt")
-                return texts, token_ids(texts, path=self.tokenizer_dir(spec))
+                ids = self.spec_value(
+                    spec, "prompt-ids", texts, lambda: token_ids(texts, path=self.tokenizer_dir(spec))
+                )
+                return texts, [list(map(int, i)) for i in ids]
             except Exception as e:
                 raise StageError.at(
                     spec, "build", f"cannot read the generation prompts: {describe_exc(e)}", where=where
@@ -250,7 +282,7 @@ class Runner:
             _, ids = self.prompts(t.spec)
             # the prompts' token ids and the generation settings; the tokenizer and config.json
             # are in the built variant's key (the model folder's files)
-            return self._cached_value(built.key, "generations", [ids, gen.new_tokens], make)
+            return self.cached_value(built.key, "generations", [ids, gen.new_tokens], make)
 
         return self._memo("generations", t.without_format(), cached)
 
@@ -560,7 +592,7 @@ class Runner:
 
             xs = inputs()
             built = self.built(t)
-            return self._cached_value(
+            return self.cached_value(
                 built.key,
                 f"run:{name}",
                 xs,
@@ -569,7 +601,30 @@ class Runner:
 
         return self._memo(f"run:{name}", t.without_format(), make)
 
-    def _cached_value(self, built_key: str, name: str, inputs: Any, compute: Callable[[], Any]) -> Any:
+    def run_each(self, t: Target, name: str, inputs: Callable[[], list]) -> list:
+        """Like :meth:`run_model`, each batch on its own: its named outputs, or the error it raised
+        as ``"Type: first line"`` (a declared size the in-memory model itself cannot take)."""
+
+        def make():
+            import torch
+
+            xs = inputs()
+            built = self.built(t)
+
+            def compute() -> list:
+                out: list = []
+                for x in xs:
+                    try:
+                        out += _run_all(built.model, [x], torch)
+                    except Exception as e:  # noqa: BLE001 - any error of the model's is its answer for this batch
+                        out.append(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}")
+                return out
+
+            return self.cached_value(built.key, f"run-each:{name}", xs, compute)
+
+        return self._memo(f"run-each:{name}", t.without_format(), make)
+
+    def cached_value(self, built_key: str, name: str, inputs: Any, compute: Callable[[], Any]) -> Any:
         """``compute()``, or its value from an earlier session: keyed by the built variant's
         content hash, ``name`` and ``inputs`` by content (see :func:`deploycheck.cache.value_key`).
         A variant with no build key (a file made elsewhere) is computed every session."""

@@ -441,7 +441,8 @@ def test_a_warm_rerun_serves_batch_invariance_probes_from_the_cache_and_a_change
     assert measured.startswith("max |alone - batched| ") and "(8 probes, batches of 38)" in measured
     warm = project.run("-k", "batch_invariance")
     warm.assert_outcomes(passed=1)
-    warm.stdout.fnmatch_lines(["deploycheck cache: reused 1 in-memory evaluations (*"])
+    # the probes and the prepared data, both read back
+    warm.stdout.fnmatch_lines(["deploycheck cache: reused 1 in-memory evaluations (*), 1 prepared datasets, *"])
     assert formula() == measured  # the same numbers, read back
     # a changed recipe is another build: its probes run again
     project.write(
@@ -469,8 +470,8 @@ def test_a_remeasurement_redoes_only_the_timing_never_the_evaluation(project):
         [
             "*(not kept in the cache: the next run measures again)*",
             "deploycheck cache: reused 1 built variants, 1 artifacts, 0 fresh-process results (*)",
-            "deploycheck cache: reused 0 in-memory evaluations (*), 1 fresh-process evaluations whose latency "
-            "was measured again, 0 formats known not to hold their variant",
+            "deploycheck cache: reused * in-memory evaluations (*), 1 prepared datasets, 1 fresh-process "
+            "evaluations whose latency was measured again, 0 formats known not to hold their variant",
         ]
     )
     rec = records()
@@ -482,3 +483,50 @@ def test_a_remeasurement_redoes_only_the_timing_never_the_evaluation(project):
     project.run("-k", "load or latency or metric").assert_outcomes(passed=3)
     project.run("-k", "load or latency or metric").assert_outcomes(passed=3)
     assert records()["load"]["formula"] == "loaded and ran in a fresh process (cached result)"
+
+
+def test_a_prepared_dataset_is_kept_as_tensors_and_anything_else_is_prepared_again():
+    """The cache keeps a dataset only as numeric tensors (read back with ``weights_only``), and
+    reads back only that shape: a value of another shape, or text arrays, are prepared again."""
+    import numpy as np
+    import torch
+
+    from deploycheck.data.dataset import Dataset, restored, stored
+
+    x = {"input_ids": np.arange(12, dtype=np.int64).reshape(3, 4), "mask": np.ones((3, 4), dtype=bool)}
+    ds = Dataset(x, np.array([0, 1, 2]), {k: v[:2] for k, v in x.items()}, None, ("mask",))
+    kept = stored(ds)
+    assert kept is not None and set(kept) == {"x_train", "x_test", "y_train", "y_test", "bf16"}
+    back = restored(torch.load(_saved(kept), weights_only=True))
+    assert back is not None and back.bf16 == ("mask",) and back.y_test is None
+    assert np.array_equal(back.x_train["input_ids"], x["input_ids"]) and back.x_train["mask"].dtype == bool
+    assert np.array_equal(back.y_train, [0, 1, 2])
+    texts = Dataset(np.array(["a", "b"], dtype=object), None, np.array(["c"], dtype=object), None)
+    assert stored(texts) is None
+    for bad in (None, [1, 2], {"x_train": 1}, {**kept, "bf16": "mask"}, {**kept, "x_test": "not a tensor"}):
+        assert restored(bad) is None
+
+
+def _saved(value) -> str:
+    import tempfile
+
+    import torch
+
+    f = tempfile.NamedTemporaryFile(suffix=".pt", delete=False)
+    torch.save(value, f.name)
+    return f.name
+
+
+def test_only_data_a_build_key_covers_is_kept(tmp_path):
+    """A ``python:`` source or a ``callable`` preprocessing step may read files no key covers: it
+    runs every session. Files and libraries' datasets are in the baseline's build key."""
+    from types import SimpleNamespace as NS
+
+    from deploycheck.data.dataset import keepable
+
+    def spec(source, *ops):
+        return NS(data=NS(source=source, preprocess=[NS(op=o) for o in ops]))
+
+    assert keepable(spec("sklearn:digits")) and keepable(spec("npz:d.npz", "scale"))
+    assert keepable(spec("text:t.txt", "tokenize"))
+    assert not keepable(spec("python:mod:fn")) and not keepable(spec("npz:d.npz", "callable"))

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import no_space
+from ..formats.integrity import copy_hashed
 from .keys import file_sha
 from .safe import STAGING_MARK, UnsafeFolder, check_cache_root, is_own
 
@@ -269,9 +270,10 @@ class Cache:
             if file_sha(src) != manifest["sha256"] or not isinstance(manifest["size"], int):
                 self.discard("artifact", key, "does not match its manifest")
                 return None
-            tmp = dest + ".cache-copy"
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
+            if copy_hashed(src, dest) != manifest["sha256"]:  # changed since it was checked just now
+                self.discard("artifact", key, "does not match its manifest")
+                os.unlink(dest)
+                return None
             with open(dest + ".manifest.json", "w") as fh:
                 json.dump(manifest, fh, indent=2, sort_keys=True)
         except (OSError, ValueError, KeyError, TypeError):

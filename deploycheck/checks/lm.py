@@ -206,8 +206,11 @@ def tokenizer_check(runner, t: Target) -> Verdict:
             message="no texts to tokenize: give a text: data source or generation prompts",
             formula="nothing compared",
         )
-    ref = token_ids(texts, path=runner.tokenizer_dir(t.spec))
-    got = token_ids(texts, path=shipped)
+    # both tokenizations kept by the cache: the spec's under its model files (in the baseline's
+    # build key), the shipped one under the hashes of every file in the shipped folder
+    ref = runner.spec_value(t.spec, "token-ids", texts, lambda: token_ids(texts, path=runner.tokenizer_dir(t.spec)))
+    every = {n: _sha(os.path.join(shipped, n)) for n in sorted(os.listdir(shipped))}  # all it may read
+    got = runner.spec_value(t.spec, "shipped-token-ids", [texts, every], lambda: token_ids(texts, path=shipped))
     bad = [i for i, (a, b) in enumerate(zip(got, ref, strict=True)) if a != b]
     formula = (
         f"{len(texts) - len(bad)} of {len(texts)} texts tokenize to the same ids with the tokenizer shipped "
@@ -218,6 +221,15 @@ def tokenizer_check(runner, t: Target) -> Verdict:
         msg = formula + f"\n  text {i} {texts[i]!r}: shipped {got[i][:20]}, spec's {ref[i][:20]}"
         return Verdict(passed=False, message=msg, formula=formula, value=len(bad), details={"differing": bad})
     return Verdict(passed=True, formula=formula, value=0, details={"files": have, "texts": len(texts)})
+
+
+def _sha(path: str) -> str | None:
+    import hashlib
+
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
 
 
 def _path_words(res) -> str:

@@ -19,7 +19,7 @@ from ..numeric import (
     render_mismatch,
 )
 from ..outputs import align, label, pick
-from ..protocol import batch_len, run_batch
+from ..protocol import batch_len
 from ..recipes.quantize import saturation_hint
 from ..target import Target
 from .base import Bound, Gate, Verdict, check, given, unset_words
@@ -251,22 +251,16 @@ def dynamic_check(runner, t: Target) -> Verdict:
         return Verdict.not_compared(
             "an artifact made elsewhere as the baseline has no in-memory model to compare sizes with"
         )
-    model = runner.built(ref_t).model
+    # the in-memory outputs at each size (from the cache when this build ran these probes before)
+    refs = runner.run_each(ref_t, "dynamic", lambda: [p.batch for p in probes])
     failed, ok_labels, details = [], [], {}
     got_all = r.dynamic_outputs or []
     errors = r.result.dynamic_errors or []
     for i, p in enumerate(probes):
         head = f"{p.name} traced at {p.traced}; at {p.size} ({', '.join(p.where)})"
-        try:
-            import torch
-
-            with torch.inference_mode():
-                ref = {k: o.float() for k, o in run_batch(model, p.batch).items()}
-        except Exception as e:  # the declaration promises a size the model itself cannot take
-            failed.append(
-                f"{head} the in-memory variant fails: {type(e).__name__}: {str(e).splitlines()[0][:300]} "
-                f"(check model.inputs dynamic min/max)"
-            )
+        ref = refs[i]
+        if isinstance(ref, str):  # the declaration promises a size the model itself cannot take
+            failed.append(f"{head} the in-memory variant fails: {ref} (check model.inputs dynamic min/max)")
             details[p.label()] = "in-memory failed"
             continue
         err = errors[i] if i < len(errors) else "no result for this size"
@@ -409,7 +403,7 @@ def drop_interval(runner, t: Target, outputs, metric, confidence: float):
     import numpy as np
     import torch
 
-    from ..stats import bootstrap_paired_drop, exact_paired_drop
+    from ..stats import DropCI, bootstrap_paired_drop, exact_paired_drop
 
     base = pick(runner.built(t.baseline()).outputs, t.spec.metric.output)  # the output the metric reads
     outputs = pick(outputs, t.spec.metric.output)
@@ -427,10 +421,22 @@ def drop_interval(runner, t: Target, outputs, metric, confidence: float):
         i = torch.from_numpy(np.asarray(idx))
         return metric(base[i], targets[i]), metric(outputs[i], targets[i])
 
-    try:
-        return bootstrap_paired_drop(score, len(outputs), higher=metric.higher_is_better, confidence=confidence)
-    except Exception:  # noqa: BLE001 - a metric that cannot score a resample: the point verdict stands alone
-        return None
+    def compute() -> list | None:
+        try:
+            ci = bootstrap_paired_drop(score, len(outputs), higher=metric.higher_is_better, confidence=confidence)
+        except Exception:  # noqa: BLE001 - a metric that cannot score a resample: the point verdict stands alone
+            return None
+        return [ci.drop, ci.low, ci.high, ci.confidence, ci.n, ci.method]
+
+    # 1000 resamples of the metric: kept under the baseline's build (which covers the metric's
+    # definition and code) and the exact outputs and targets they resample
+    got = runner.cached_value(
+        runner.built(t.baseline()).key,
+        "bootstrap-drop",
+        [base, outputs, targets, float(confidence), bool(metric.higher_is_better)],
+        compute,
+    )
+    return None if got is None else DropCI(*got)
 
 
 @check("metric")

@@ -37,6 +37,67 @@ class Dataset:
         return x, y
 
 
+#: sources whose every input is in a spec's build key (a file's bytes, a library's version):
+#: their prepared data may be kept by the cache. A ``python:`` source or a ``callable`` step may
+#: read files no key covers, so it runs every session.
+KEPT_SOURCES = ("sklearn", "npz", "text")
+
+
+def keepable(spec) -> bool:
+    return spec.data.source.partition(":")[0] in KEPT_SOURCES and not any(
+        s.op == "callable" for s in spec.data.preprocess
+    )
+
+
+def stored(ds: Dataset) -> dict | None:
+    """``ds`` as tensors the cache keeps (read back with ``weights_only``: data, never code);
+    None when an array is not numeric (object arrays of text are prepared again)."""
+    import torch
+
+    def one(a):
+        if a is None:
+            return None
+        if isinstance(a, dict):
+            out = {str(k): one(v) for k, v in a.items()}
+            return None if any(v is None for v in out.values()) else out
+        a = np.asarray(a)
+        if a.dtype == object or a.dtype.kind not in "biuf":
+            return None
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+    parts = {"x_train": one(ds.x_train), "x_test": one(ds.x_test), "y_train": one(ds.y_train), "y_test": one(ds.y_test)}
+    if parts["x_train"] is None or parts["x_test"] is None:
+        return None
+    if (parts["y_train"] is None) != (ds.y_train is None) or (parts["y_test"] is None) != (ds.y_test is None):
+        return None
+    return {**parts, "bf16": list(ds.bf16)}
+
+
+def restored(value: Any) -> Dataset | None:
+    """A :func:`stored` dataset back as arrays; None for anything else (the data is prepared again)."""
+    import torch
+
+    def one(a):
+        if isinstance(a, dict) and all(isinstance(v, torch.Tensor) for v in a.values()):
+            return {k: v.numpy() for k, v in a.items()}
+        return a.numpy() if isinstance(a, torch.Tensor) else None
+
+    if not isinstance(value, dict) or set(value) != {"x_train", "x_test", "y_train", "y_test", "bf16"}:
+        return None
+    x_train, x_test = one(value["x_train"]), one(value["x_test"])
+    ys = [None if value[k] is None else one(value[k]) for k in ("y_train", "y_test")]
+    bf16 = value["bf16"]
+    if (
+        x_train is None
+        or x_test is None
+        or any(value[k] is not None and y is None for k, y in zip(("y_train", "y_test"), ys, strict=True))
+    ):
+        return None
+    if not isinstance(bf16, list) or not all(isinstance(b, str) for b in bf16):
+        return None
+    return Dataset(x_train, ys[0], x_test, ys[1], tuple(bf16))
+
+
 def as_tensors(x, bf16: tuple[str, ...] = ()):
     """Arrays as tensors, keeping a dict of named inputs a dict; the inputs named in ``bf16`` (``x``
     for one input) as bfloat16, the dtype declared for them (recipes feed these to the model)."""

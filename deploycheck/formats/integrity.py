@@ -41,6 +41,28 @@ def sha256(path: str) -> str:
     return digest
 
 
+def copy_hashed(src: str, dest: str) -> str:
+    """Copy ``src`` to ``dest`` (replaced whole, through a temporary name), hashing the bytes as
+    they are written; ``dest`` is remembered with that digest, so the keys and checks that read it
+    next do not read it again (it is this process's own file, just written)."""
+    tmp = dest + ".copying"
+    h = hashlib.sha256()
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            for chunk in iter(lambda: fin.read(1 << 20), b""):
+                h.update(chunk)
+                fout.write(chunk)
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+    digest = h.hexdigest()
+    st = os.stat(dest)
+    _SHA[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)] = digest
+    return digest
+
+
 def manifest_path(path: str) -> str:
     return path + ".manifest.json"
 

@@ -50,6 +50,8 @@ def plots(rows: list[Row]) -> dict[str, list[str]]:
     except ImportError:
         return {}
     matplotlib.rcParams["svg.hashsalt"] = "deploycheck"  # stable ids: reports diff cleanly
+    # text as SVG text, not glyph outlines: a fifth of the drawing time, smaller and searchable
+    matplotlib.rcParams["svg.fonttype"] = "none"
     out: dict[str, list[str]] = {}
     for spec in sorted({r["spec"] for r in rows}):
         rs: list[tuple[Row, float, float]] = [
