@@ -270,7 +270,9 @@ class Cache:
             if file_sha(src) != manifest["sha256"] or not isinstance(manifest["size"], int):
                 self.discard("artifact", key, "does not match its manifest")
                 return None
-            if copy_hashed(src, dest) != manifest["sha256"]:  # changed since it was checked just now
+            # a hard link where the file system allows (the entry's bytes were checked just now; a
+            # later write to either name fails the entry's checksums, and it is rebuilt)
+            if copy_hashed(src, dest, link_if=manifest["sha256"]) != manifest["sha256"]:
                 self.discard("artifact", key, "does not match its manifest")
                 os.unlink(dest)
                 return None

@@ -130,7 +130,6 @@ def generation_check(runner, t: Target) -> Verdict:
             details={"error": why, "traceback": r.result.traceback[-1500:]},
         )
     gens = [list(x) for x in r.result.generations]
-    dec = decoder(runner.tokenizer_dir(t.spec))
     gate = Gate()
     details: dict = {"generations": gens, "seconds": r.result.generation_s, "path": r.result.generation_path}
     refs = [("the baseline", t.baseline(), th.min_exact_match, "min_exact_match")]
@@ -139,8 +138,9 @@ def generation_check(runner, t: Target) -> Verdict:
         refs.append(("the in-memory variant", *in_memory))
     elif t.is_baseline:
         refs = [("the in-memory baseline", *in_memory)]
-    for label, ref_t, need, name in refs:
-        ref = runner.generations(ref_t)
+    against = [(label, runner.generations(ref_t), need, name) for label, ref_t, need, name in refs]
+    dec = _decoded(runner, t, gens, [ref for _, ref, _, _ in against], show=g.show, decode=decoder)
+    for label, ref, need, name in against:
         ok, msg, deps = lm.generation_verdict(
             gens, ref, min_exact_match=need, against=label, prompts=texts, decode=dec, show=g.show, name=name
         )
@@ -221,6 +221,27 @@ def tokenizer_check(runner, t: Target) -> Verdict:
         msg = formula + f"\n  text {i} {texts[i]!r}: shipped {got[i][:20]}, spec's {ref[i][:20]}"
         return Verdict(passed=False, message=msg, formula=formula, value=len(bad), details={"differing": bad})
     return Verdict(passed=True, formula=formula, value=0, details={"files": have, "texts": len(texts)})
+
+
+def _decoded(runner, t: Target, gens, refs, *, show: int, decode):
+    """The decoder the verdicts' departure lines use: every text they show decoded at once and kept
+    by the cache (under the tokenizer's files, in the baseline's build key), so a rerun with the
+    same departures loads no tokenizer."""
+    wanted: list[list[int]] = []
+    for ref in refs:
+        for d in lm.departures(gens, ref)[:show]:
+            wanted += [list(d.common), list(d.got), list(d.want)]
+    if not wanted:
+        return None
+
+    def compute() -> list[str]:
+        return list(map(decode(runner.tokenizer_dir(t.spec)), wanted))
+
+    texts = runner.spec_value(t.spec, "decoded", wanted, compute)
+    if not (isinstance(texts, list) and len(texts) == len(wanted) and all(isinstance(x, str) for x in texts)):
+        texts = compute()  # not what was kept: decoded again
+    table = {tuple(ids): text for ids, text in zip(wanted, texts, strict=True)}
+    return lambda ids: table[tuple(ids)]
 
 
 def _sha(path: str) -> str | None:

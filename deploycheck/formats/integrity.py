@@ -41,11 +41,27 @@ def sha256(path: str) -> str:
     return digest
 
 
-def copy_hashed(src: str, dest: str) -> str:
+def copy_hashed(src: str, dest: str, *, link_if: str | None = None) -> str:
     """Copy ``src`` to ``dest`` (replaced whole, through a temporary name), hashing the bytes as
     they are written; ``dest`` is remembered with that digest, so the keys and checks that read it
-    next do not read it again (it is this process's own file, just written)."""
+    next do not read it again (it is this process's own file, just written).
+
+    ``link_if``: the digest ``src`` was just verified to have. Then ``dest`` is a hard link to
+    ``src`` where the file system allows one (no bytes copied), provided ``src`` still hashes to
+    it (read from the memo: its stamps have not changed since)."""
     tmp = dest + ".copying"
+    if link_if is not None and sha256(src) == link_if:
+        try:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            os.link(src, tmp, follow_symlinks=False)
+            os.replace(tmp, dest)
+            st = os.stat(dest)
+            _SHA[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)] = link_if
+            return link_if
+        except OSError:  # another file system, or links not allowed there: copied
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
     h = hashlib.sha256()
     try:
         with open(src, "rb") as fin, open(tmp, "wb") as fout:
