@@ -63,7 +63,13 @@ def main() -> None:
             p.terminate()
     rows = [
         ["cold cache", f"{cold[0]:.1f}", f"{cold[1] / cold[0]:.0%}", "1.00", cold[2]],
-        ["warm cache (nothing changed)", f"{warm[0]:.1f}", f"{warm[1] / warm[0]:.0%}", f"{warm[0] / cold[0]:.3f}", warm[2]],
+        [
+            "warm cache (nothing changed)",
+            f"{warm[0]:.1f}",
+            f"{warm[1] / warm[0]:.0%}",
+            f"{warm[0] / cold[0]:.3f}",
+            warm[2],
+        ],
     ]
     load = f"{burners} CPU burner processes running beside it" if burners else "a quiet machine"
     text = "\n".join(

@@ -18,6 +18,7 @@ import functools
 import os
 import platform
 import re
+import sys
 from typing import Any
 
 # From the most to the least capable; the first one whose flags are all present is the level.
@@ -117,9 +118,64 @@ def effective_level(hw: str, capability: str, onednn_cap: str | None) -> str:
     return level
 
 
+#: the CPU flags a fingerprint lists
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+
+#: the fingerprint this process reports instead of taking its own: an xdist controller adopts its
+#: workers' (they ran the models; the controller would import torch only to write it down)
+_ADOPTED: dict | None = None
+
+
+def adopt(fp: Any) -> None:
+    """Report ``fp`` (a worker's :func:`fingerprint`) from now on in this process."""
+    global _ADOPTED
+    if isinstance(fp, dict) and isinstance(fp.get("arch"), str):
+        _ADOPTED = dict(fp)
+
+
+def fingerprint(*, light: bool = False) -> dict:
+    """The machine as far as kernel results are concerned (imports torch: call at run time).
+    ``light``: where torch is not imported yet, the fields only torch knows are None (the
+    report written before the first result), instead of importing it."""
+    if _ADOPTED is not None:
+        return dict(_ADOPTED)
+    if light and "torch" not in sys.modules:
+        # what the environment says, without torch: its capability follows ATEN_CPU_CAPABILITY
+        # (else the hardware's best), the versions and threads are filled in at the end
+        cpu = _cpuinfo()
+        hw = hardware_level(cpu["flags"])
+        onednn_cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+        level = effective_level(hw, os.environ.get("ATEN_CPU_CAPABILITY", ""), onednn_cap)
+        env = {k: os.environ[k] for k in KERNEL_ENV if k in os.environ}
+        return {
+            "arch": platform.machine(),
+            "cpu_vendor": cpu["vendor"],
+            "cpu_model": cpu["model"],
+            "cpu_count": os.cpu_count(),
+            "isa": [f for f in ISA_FLAGS if f in cpu["flags"]],
+            "isa_level": hw,
+            "effective_isa": level,
+            "vnni": level in VNNI_LEVELS,
+            "torch_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),
+            "onednn_max_cpu_isa": onednn_cap,
+            "quantized_engine": None,
+            "torch": None,
+            "onednn": None,
+            "onnxruntime": _dist_version("onnxruntime"),
+            "threads": None,
+            "interop_threads": None,
+            "emulated": bool(level != hw or env),
+            "env": env,
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "node": platform.node(),
+            "pending": "torch's capability, versions and threads are recorded when the session ends",
+        }
+    return dict(_measured())
+
+
 @functools.lru_cache(maxsize=1)
-def fingerprint() -> dict:
-    """The machine as far as kernel results are concerned (imports torch: call at run time)."""
+def _measured() -> dict:
     import torch
 
     cpu = _cpuinfo()
@@ -127,21 +183,7 @@ def fingerprint() -> dict:
     capability = torch.backends.cpu.get_cpu_capability()
     onednn_cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
     level = effective_level(hw, capability, onednn_cap)
-    isa = [
-        f
-        for f in (
-            "avx2",
-            "fma",
-            "avx512f",
-            "avx512bw",
-            "avx512_vnni",
-            "avx_vnni",
-            "avx512_bf16",
-            "amx_tile",
-            "amx_int8",
-        )
-        if f in cpu["flags"]
-    ]
+    isa = [f for f in ISA_FLAGS if f in cpu["flags"]]
     env = {k: os.environ[k] for k in KERNEL_ENV if k in os.environ}
     return {
         "arch": platform.machine(),

@@ -16,20 +16,33 @@ class Metric:
     fn: Callable[..., float]
     higher_is_better: bool
     needs_labels: bool
+    #: each sample's value, whose mean is the metric (None: the metric is not a mean over samples):
+    #: a paired interval then resamples these numbers, computed once, never the outputs
+    per_sample: Callable[..., Any] | None = None
 
     def __call__(self, outputs, targets) -> float:
         return float(self.fn(outputs, targets))
+
+    def samples(self, outputs, targets):
+        """The per-sample values as float64 numpy (see ``per_sample``)."""
+        assert self.per_sample is not None
+        return self.per_sample(outputs, targets).detach().double().reshape(-1).numpy()
 
 
 METRICS: Registry[Metric] = Registry("metric")
 
 
-def _metric(name: str, *, higher: bool, labels: bool):
+def _metric(name: str, *, higher: bool, labels: bool, per_sample: Callable[..., Any] | None = None):
     def deco(fn):
-        METRICS.register(name, Metric(name, fn, higher, labels))
+        METRICS.register(name, Metric(name, fn, higher, labels, per_sample))
         return fn
 
     return deco
+
+
+def _rows(x):
+    """(N, everything else) in float64: one row per sample."""
+    return x.double().reshape(len(x), -1)
 
 
 def _logits(outputs):
@@ -88,19 +101,43 @@ def _align(outputs, targets):
     return o, t
 
 
-@_metric("mse", higher=False, labels=False)
+def _mse_samples(outputs, targets):
+    o, t = _align(outputs, targets)
+    return ((_rows(o) - _rows(t)) ** 2).mean(1)
+
+
+def _mae_samples(outputs, targets):
+    o, t = _align(outputs, targets)
+    return (_rows(o) - _rows(t)).abs().mean(1)
+
+
+def _agreement_samples(outputs, targets):
+    o, t = _align(outputs, targets)
+    if o.ndim != 3:
+        raise ValueError(f"token_agreement needs (batch, seq_len, vocab) logits, got {tuple(o.shape)}")
+    return (o.argmax(-1) == t.argmax(-1)).double().mean(1)
+
+
+def _cosine_samples(outputs, targets):
+    import torch
+
+    o, t = _align(outputs, targets)
+    return torch.nn.functional.cosine_similarity(_rows(o), _rows(t), dim=1)
+
+
+@_metric("mse", higher=False, labels=False, per_sample=_mse_samples)
 def mse(outputs, targets):
     o, t = _align(outputs, targets)
     return ((o - t) ** 2).mean().item()
 
 
-@_metric("mae", higher=False, labels=False)
+@_metric("mae", higher=False, labels=False, per_sample=_mae_samples)
 def mae(outputs, targets):
     o, t = _align(outputs, targets)
     return (o - t).abs().mean().item()
 
 
-@_metric("token_agreement", higher=True, labels=False)
+@_metric("token_agreement", higher=True, labels=False, per_sample=_agreement_samples)
 def token_agreement(outputs, targets):
     """Causal LMs: the fraction of positions (padding included) whose most likely next token is
     the baseline's; the ``next_token`` check counts real text only and adds the KL divergence."""
@@ -123,7 +160,7 @@ def r2(outputs, targets):
     return (1 - ss_res / ss_tot).mean().item()
 
 
-@_metric("cosine", higher=True, labels=False)
+@_metric("cosine", higher=True, labels=False, per_sample=_cosine_samples)
 def cosine(outputs, targets):
     import torch
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
 
 import pytest
@@ -15,6 +16,8 @@ from .cache.safe import UnsafeFolder
 from .checks import declared_files
 from .collect import RUN_CADENCE, RUNNER_FACTORY, CheckItem, SpecFile
 from .isolation import start_method
+from .machine import adopt as adopt_machine
+from .machine import fingerprint as machine_fingerprint
 from .machine import summary as machine_summary
 from .quiet import LOCK_ENV
 from .report import summary_rows, terminal_table
@@ -437,8 +440,16 @@ class ReportCollector:
         if self.journal is not None:
             self.journal.add(rec.dumps())
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error):
+        # the machine the workers ran on, for the reports: the controller imports no torch for it
+        adopt_machine(getattr(node, "workeroutput", {}).get("deploycheck_machine"))
+
     def pytest_sessionfinish(self, session, exitstatus):
         # Also runs after -x, Ctrl-C or SIGTERM, so a run cut short still writes what ran, marked incomplete.
+        if _is_worker(self.config) and "torch" in sys.modules:
+            # plain JSON types: execnet sends nothing else (torch.__version__ is a str subclass)
+            self.config.workeroutput["deploycheck_machine"] = json.loads(json.dumps(machine_fingerprint(), default=str))
         missing = [i for i in self.planned if i not in self.finished]
         self.incomplete = incomplete_reason(
             exitstatus=int(exitstatus),

@@ -93,6 +93,33 @@ def bootstrap_paired_drop(
     )
 
 
+def bootstrap_paired_mean_drop(
+    base: np.ndarray,
+    variant: np.ndarray,
+    *,
+    higher: bool,
+    confidence: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+    block: int = 100,
+) -> DropCI:
+    """:func:`bootstrap_paired_drop` for a metric that is the mean of per-sample values: the same
+    resamples (the same seed draws the same indices), each one a mean of the paired per-sample
+    drops, computed ``block`` resamples at a time. Costs n_boot x n additions, whatever the model's
+    outputs are (a language model's logits are reduced to one number per text once, before)."""
+    d = (1.0 if higher else -1.0) * (np.asarray(base, dtype=np.float64) - np.asarray(variant, dtype=np.float64))
+    n = len(d)
+    rng = np.random.default_rng(seed)
+    drops = np.empty(n_boot)
+    for start in range(0, n_boot, block):
+        k = min(block, n_boot - start)
+        drops[start : start + k] = d[rng.integers(0, n, size=(k, n))].mean(axis=1)
+    lo, hi = np.percentile(drops, [(1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100])
+    return DropCI(
+        float(d.mean()), float(lo), float(hi), confidence, n, f"paired bootstrap, {n_boot} resamples, seed {seed}"
+    )
+
+
 def judge(ci: DropCI, limit: float) -> Outcome:
     """pass: the whole interval is within the limit; fail: all of it beyond; else inconclusive."""
     if ci.high <= limit + 1e-12:

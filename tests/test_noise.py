@@ -252,6 +252,40 @@ def test_a_paired_bootstrap_removes_the_samples_own_spread():
     assert abs((ci2.high - ci2.low) - 2 * 1.96 * se) < 0.15 * 2 * 1.96 * se
 
 
+def test_the_per_sample_bootstrap_draws_the_same_resamples_as_the_general_one():
+    """A metric that is a mean over samples is resampled from its per-sample values (computed
+    once): the same seed gives the same indices, so the same interval as scoring each resample."""
+    import numpy as np
+
+    from deploycheck.stats import bootstrap_paired_drop, bootstrap_paired_mean_drop
+
+    rng = np.random.default_rng(1)
+    base, var = rng.random(257), rng.random(257) * 0.9
+    general = bootstrap_paired_drop(lambda i: (base[i].mean(), var[i].mean()), 257, higher=True, confidence=0.9)
+    fast = bootstrap_paired_mean_drop(base, var, higher=True, confidence=0.9, block=7)  # blocks do not matter
+    assert fast.method == general.method == "paired bootstrap, 1000 resamples, seed 0"
+    assert abs(fast.drop - general.drop) < 1e-12 and fast.n == 257
+    assert abs(fast.low - general.low) < 1e-12 and abs(fast.high - general.high) < 1e-12
+    lower = bootstrap_paired_mean_drop(var, base, higher=False, confidence=0.9)  # the sign of "worse"
+    assert abs(lower.drop - general.drop) < 1e-12 and abs(lower.low - general.low) < 1e-12
+
+
+@pytest.mark.parametrize("name", ["mse", "mae", "token_agreement", "cosine"])
+def test_a_metrics_per_sample_values_average_to_the_metric(name):
+    import torch
+
+    from deploycheck.metrics import METRICS
+
+    g = torch.Generator().manual_seed(0)
+    shape = (6, 5, 11) if name == "token_agreement" else (6, 4)
+    out, tgt = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    if name == "token_agreement":
+        tgt[:3] = out[:3]  # half the texts agree everywhere
+    m = METRICS.get(name)
+    per = m.samples(out, tgt)
+    assert per.shape == (6,) and abs(per.mean() - m(out, tgt)) < 1e-6
+
+
 def test_a_straddling_interval_is_inconclusive_with_the_samples_that_would_decide_it():
     from deploycheck.stats import DropCI, judge, samples_to_decide
 

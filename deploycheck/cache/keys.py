@@ -58,7 +58,17 @@ def content_sha(path: str) -> str | None:
 
 
 def _onnx_external(path: str) -> list[str]:
-    """The external-data files an ONNX graph names (relative to its folder); [] for other files."""
+    """The external-data files an ONNX graph names (relative to its folder); [] for other files.
+    A graph with external data holds the key ``location`` in its bytes: a file without it names
+    none, and is not parsed (a 90 MB graph takes a third of a second to parse)."""
+    import mmap
+
+    try:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            if mm.find(b"location") < 0:
+                return []
+    except (OSError, ValueError):  # unreadable or empty: its own bytes are hashed
+        return []
     try:
         import onnx
 

@@ -403,7 +403,7 @@ def drop_interval(runner, t: Target, outputs, metric, confidence: float):
     import numpy as np
     import torch
 
-    from ..stats import DropCI, bootstrap_paired_drop, exact_paired_drop
+    from ..stats import DropCI, bootstrap_paired_drop, bootstrap_paired_mean_drop, exact_paired_drop
 
     base = pick(runner.built(t.baseline()).outputs, t.spec.metric.output)  # the output the metric reads
     outputs = pick(outputs, t.spec.metric.output)
@@ -423,7 +423,15 @@ def drop_interval(runner, t: Target, outputs, metric, confidence: float):
 
     def compute() -> list | None:
         try:
-            ci = bootstrap_paired_drop(score, len(outputs), higher=metric.higher_is_better, confidence=confidence)
+            if metric.per_sample is not None:  # a mean over samples: each sample's value, once
+                ci = bootstrap_paired_mean_drop(
+                    metric.samples(base, targets),
+                    metric.samples(outputs, targets),
+                    higher=metric.higher_is_better,
+                    confidence=confidence,
+                )
+            else:
+                ci = bootstrap_paired_drop(score, len(outputs), higher=metric.higher_is_better, confidence=confidence)
         except Exception:  # noqa: BLE001 - a metric that cannot score a resample: the point verdict stands alone
             return None
         return [ci.drop, ci.low, ci.high, ci.confidence, ci.n, ci.method]

@@ -27,7 +27,7 @@ def _git(rootdir: str) -> dict:
         return {}
 
 
-def metadata(records, rootdir: str, exitstatus: int, incomplete: str | None = None) -> dict:
+def metadata(records, rootdir: str, exitstatus: int, incomplete: str | None = None, *, light: bool = False) -> dict:
     files = sorted({r.file for r in as_records(records)})
     hashes: dict[str, str | None] = {}
     for f in files:
@@ -43,7 +43,7 @@ def metadata(records, rootdir: str, exitstatus: int, incomplete: str | None = No
         "exitstatus": exitstatus,
         "complete": incomplete is None,
         "incomplete": incomplete,
-        "machine": fingerprint(),
+        "machine": fingerprint(light=light),
         "libraries": library_versions(),
         "git": _git(rootdir),
         "spec_files": hashes,
@@ -56,7 +56,7 @@ def write_reports(
     """The session's report set; ``incomplete`` says why the session did not finish (None: it did);
     ``draw=False`` leaves the HTML plots out (the set written before the first result)."""
     recs = sorted(as_records(records), key=Record.sort_key)
-    meta = metadata(recs, rootdir, exitstatus, incomplete)
+    meta = metadata(recs, rootdir, exitstatus, incomplete, light=not draw)  # before the first result: no torch
     doc = {**meta, "rows": summary_rows(recs), "records": [r.to_json() for r in recs]}
     return write_documents(doc, out_dir, draw=draw)
 
