@@ -13,6 +13,7 @@ position counts where both the token and its successor are real.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,39 @@ def token_nll(logits, ids, mask) -> tuple[float, int]:
     nll = -logp.gather(-1, ids[:, 1:].long().unsqueeze(-1)).squeeze(-1)
     keep = _scored(mask)
     return float(nll[keep].sum()), int(keep.sum())
+
+
+def text_nll(logits, ids, mask):
+    """Per text: the summed NLL (nats, float64) of its real next tokens and their count, as numpy."""
+    import torch
+
+    logp = torch.log_softmax(logits[:, :-1].double(), dim=-1)
+    nll = -logp.gather(-1, ids[:, 1:].long().unsqueeze(-1)).squeeze(-1)
+    keep = _scored(mask)
+    return torch.where(keep, nll, torch.zeros_like(nll)).sum(1).numpy(), keep.sum(1).double().numpy()
+
+
+def perplexity_ratio_ci(
+    logits, base_logits, ids, mask, *, confidence: float = 0.95, n_boot: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
+    """The perplexity ratio variant / baseline and its paired bootstrap interval over the texts
+    (both resampled together): exp of the difference of mean NLLs per token. Each text's NLL is
+    computed once; the resamples add numbers, never logits."""
+    import numpy as np
+
+    nv, count = text_nll(logits, ids, mask)
+    nb, _ = text_nll(base_logits, ids, mask)
+    d = nv - nb
+    if count.sum() == 0:
+        raise ValueError("no position to score: every text is a single token (or fully masked)")
+    rng = np.random.default_rng(seed)
+    ratios = np.empty(n_boot)
+    for start in range(0, n_boot, 100):
+        k = min(100, n_boot - start)
+        idx = rng.integers(0, len(d), size=(k, len(d)))
+        ratios[start : start + k] = np.exp(d[idx].sum(1) / np.maximum(count[idx].sum(1), 1))
+    lo, hi = np.percentile(ratios, [(1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100])
+    return float(np.exp(d.sum() / count.sum())), float(lo), float(hi)
 
 
 def perplexity(logits, ids, mask) -> float:
@@ -63,19 +97,35 @@ def next_token_stats(logits, base_logits, mask) -> dict[str, Any]:
     n = int(keep.sum())
     if n == 0:
         raise ValueError("no position to score: every text is a single token (or fully masked)")
-    top1 = float((a.argmax(-1) == b.argmax(-1)).double().mean())
+    same = int((a.argmax(-1) == b.argmax(-1)).sum())
     # KL(p_base || p_var) = sum p_base (log p_base - log p_var); 0 * log 0 counts as 0
     pb = b.exp()
     kl = torch.where(pb > 0, pb * (b - a), torch.zeros_like(pb)).sum(-1).clamp_min(0)
     worst_flat = int(kl.argmax()) if n else 0
     where = keep.nonzero()[worst_flat].tolist() if n else [0, 0]
+    q = torch.quantile(kl, torch.tensor([0.5, 0.99, 0.999], dtype=kl.dtype)).tolist()
     return {
-        "top1": top1,
+        "top1": same / n,
+        "top1_ci95": wilson(same, n),
         "mean_kl": float(kl.mean()),
+        "median_kl": q[0],
+        "p99_kl": q[1],
+        "p999_kl": q[2],
         "max_kl": float(kl.max()),
         "positions": n,
         "worst": (int(where[0]), int(where[1])),
     }
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``k``/``n`` (95% by default): unlike the normal
+    approximation it stays inside [0, 1] and is not empty at 0 or n agreements."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def greedy(
@@ -186,33 +236,60 @@ def perplexity_verdict(
     return not failed, "; ".join(failed or parts)
 
 
+#: the KL statistics a next_token threshold may bound: (stats key, threshold name, words)
+KL_GATES = (
+    ("mean_kl", "max_mean_kl", "mean"),
+    ("median_kl", "max_median_kl", "median"),
+    ("p99_kl", "max_p99_kl", "99th percentile"),
+    ("p999_kl", "max_p999_kl", "99.9th percentile"),
+    ("max_kl", "max_kl", "largest"),
+)
+
+
+def kl_spread(stats: dict[str, Any]) -> str:
+    """``median 0.001, p99 0.02, p99.9 0.05, max 0.08 nats``: the tail of the per-position KL."""
+    return (
+        f"median {fmt_num(stats['median_kl'])}, p99 {fmt_num(stats['p99_kl'])}, "
+        f"p99.9 {fmt_num(stats['p999_kl'])}, max {fmt_num(stats['max_kl'])} nats"
+    )
+
+
 def agreement_verdict(
-    stats: dict[str, Any], *, min_top1: float | None = None, max_mean_kl: float | None = None
+    stats: dict[str, Any], *, min_top1: float | None = None, max_mean_kl: float | None = None, **kl_limits: float | None
 ) -> tuple[bool, str]:
-    """``top-1 agreement A >= min_top1 m`` and ``mean KL K nats <= max_mean_kl k`` over n positions."""
+    """``top-1 agreement A [95% lo, hi] >= min_top1 m`` and each KL bound given (``max_mean_kl``,
+    ``max_median_kl``, ``max_p99_kl``, ``max_p999_kl``, ``max_kl``) over n positions; every
+    line ends with the KL spread and the worst position."""
+    unknown = set(kl_limits) - {name for _, name, _ in KL_GATES}
+    if unknown:
+        raise TypeError(f"unknown next-token thresholds {sorted(unknown)}")
+    limits = {"max_mean_kl": max_mean_kl, **kl_limits}
     n = stats["positions"]
+    lo, hi = stats["top1_ci95"]
+    s, p = stats["worst"]
+    tail = f"({n} positions; KL {kl_spread(stats)}, worst at text {s} position {p})"
     parts: list[str] = []
     failed: list[str] = []
     if min_top1 is not None:
         ok = stats["top1"] >= min_top1 - 1e-12
         (parts if ok else failed).append(
-            f"next-token top-1 agreement {stats['top1']:.4f} {_cmp(ok, False)} "
-            f"min_top1 {fmt_num(min_top1)} ({n} positions)"
+            f"next-token top-1 agreement {stats['top1']:.4f} [95% {lo:.4f}, {hi:.4f}] {_cmp(ok, False)} "
+            f"min_top1 {fmt_num(min_top1)}"
         )
-    if max_mean_kl is not None:
-        ok = stats["mean_kl"] <= max_mean_kl + 1e-15
-        s, p = stats["worst"]
+    for key, name, words in KL_GATES:
+        limit = limits.get(name)
+        if limit is None:
+            continue
+        ok = stats[key] <= limit + 1e-15
         (parts if ok else failed).append(
-            f"mean KL(baseline || variant) {fmt_num(stats['mean_kl'])} nats "
-            f"{_cmp(ok, True)} max_mean_kl {fmt_num(max_mean_kl)} ({n} positions; "
-            f"worst {fmt_num(stats['max_kl'])} at text {s} position {p})"
+            f"{words} KL(baseline || variant) {fmt_num(stats[key])} nats {_cmp(ok, True)} {name} {fmt_num(limit)}"
         )
     if not parts and not failed:
         parts.append(
-            f"next-token top-1 agreement {stats['top1']:.4f}, mean KL {fmt_num(stats['mean_kl'])} nats "
-            f"({n} positions; no threshold set)"
+            f"next-token top-1 agreement {stats['top1']:.4f} [95% {lo:.4f}, {hi:.4f}], mean KL "
+            f"{fmt_num(stats['mean_kl'])} nats; no threshold set"
         )
-    return not failed, "; ".join(failed or parts)
+    return not failed, "; ".join(failed or parts) + " " + tail
 
 
 def generation_verdict(

@@ -56,12 +56,14 @@ def test_init_writes_a_valid_spec_without_prompting(tmp_path):
 def _artifact(tmp_path):
     import torch
 
-    from deploycheck.formats import FORMATS
+    from deploycheck.formats import FORMATS, SaveContext
     from deploycheck.formats.integrity import write_manifest
 
     path = str(tmp_path / "m.pt2")
     FORMATS.get("export")().save(
-        torch.nn.Linear(4, 2).eval(), path, example=torch.ones(1, 4), options=FORMATS.get("export").Options(), arch={}
+        torch.nn.Linear(4, 2).eval(),
+        path,
+        SaveContext(example=torch.ones(1, 4), options=FORMATS.get("export").Options(), arch={}),
     )
     write_manifest(path, fmt="export", input_shape=[1, 4], input_dtype="float32", extra={})
     return path

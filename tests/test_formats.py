@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import TINY_MODELS, make_spec
 
-from deploycheck.formats import FORMATS, sniff
+from deploycheck.formats import FORMATS, SaveContext, sniff
 from deploycheck.formats.integrity import read_manifest, write_manifest
 from deploycheck.isolation import WorkerPool
 from deploycheck.protocol import ArtifactRef, load_request
@@ -58,9 +58,11 @@ def artifacts(models_dir, tmp_path_factory):
         extra = fmt.save(
             model,
             path,
-            example=torch.ones(1, 4),
-            options=options_for(name),
-            arch={"factory": "tinymodels_fi:Tiny", "kwargs": {}},
+            SaveContext(
+                example=torch.ones(1, 4),
+                options=options_for(name),
+                arch={"factory": "tinymodels_fi:Tiny", "kwargs": {}},
+            ),
         )
         write_manifest(path, fmt=name, input_shape=[1, 4], input_dtype="float32", extra=extra or {})
         out[name] = path
@@ -336,7 +338,9 @@ def test_fixed_batch_artifact_returning_wrong_rows_is_caught(pool, models_dir, t
     fmt = FORMATS.get("torchscript")()
     path = str(tmp_path / "fixed.ts")
     fmt.save(
-        tinymodels_fi.FirstRowOnly().eval(), path, example=torch.ones(1, 4), options=options_for("torchscript"), arch={}
+        tinymodels_fi.FirstRowOnly().eval(),
+        path,
+        SaveContext(example=torch.ones(1, 4), options=options_for("torchscript"), arch={}),
     )
     r = run(pool, tmp_path, path=path, fmt="torchscript", manifest=None, inputs=[torch.randn(6, 4)]).result
     assert (r.kind, r.message) == (
@@ -355,9 +359,7 @@ def test_aoti_package_compiled_for_one_batch_size_is_caught(pool, models_dir, tm
     fmt.save(
         tinymodels_fi.Tiny().eval(),
         path,
-        example=torch.ones(1, 4),
-        options=FORMATS.get("aoti").Options(dynamic_batch=False),
-        arch={},
+        SaveContext(example=torch.ones(1, 4), options=FORMATS.get("aoti").Options(dynamic_batch=False), arch={}),
     )
     r = run(pool, tmp_path, path=path, fmt="aoti", manifest=None, inputs=[torch.randn(6, 4)]).result
     assert (r.kind, r.message) == (

@@ -518,7 +518,7 @@ def test_onnx_unsupported_reason_keeps_its_cause(tmp_path):
 
     import torch
 
-    from deploycheck.formats import FORMATS, Unsupported
+    from deploycheck.formats import FORMATS, SaveContext, Unsupported
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -527,7 +527,7 @@ def test_onnx_unsupported_reason_keeps_its_cause(tmp_path):
         )
     fmt = FORMATS.get("onnx")
     try:
-        fmt().save(q, str(tmp_path / "m.onnx"), example=torch.ones(1, 4), options=fmt.Options(), arch={})
+        fmt().save(q, str(tmp_path / "m.onnx"), SaveContext(example=torch.ones(1, 4), options=fmt.Options(), arch={}))
     except Unsupported as e:
         msg = str(e)
     assert msg.startswith("torch.onnx.export failed: ") and "Next steps" not in msg

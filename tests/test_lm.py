@@ -87,13 +87,38 @@ def test_kl_and_top1_have_their_closed_form_values():
     assert st["max_kl"] == pytest.approx(kl1) and st["worst"] == (0, 1)
     # position 0: argmax 0 vs tie (0.5, 0.5) -> argmax 0 on both; position 1: 0 vs 1
     assert st["top1"] == pytest.approx(0.5)
-    ok, f = lm.agreement_verdict(st, min_top1=0.9, max_mean_kl=0.01)
+    # two positions: the percentiles interpolate between them (torch.quantile, linear)
+    assert st["median_kl"] == pytest.approx((kl0 + kl1) / 2)
+    assert st["p99_kl"] == pytest.approx(kl0 + 0.99 * (kl1 - kl0))
+    assert st["p999_kl"] == pytest.approx(kl0 + 0.999 * (kl1 - kl0))
+    lo, hi = st["top1_ci95"]  # Wilson: 1 of 2
+    assert (lo, hi) == (pytest.approx(0.0945, abs=1e-4), pytest.approx(0.9055, abs=1e-4))
+    ok, f = lm.agreement_verdict(st, min_top1=0.9, max_mean_kl=0.01, max_kl=1.0)
     assert not ok
-    assert f == (
-        "next-token top-1 agreement 0.5000 < min_top1 0.9 (2 positions); mean KL(baseline || variant) "
-        f"{lm.fmt_num((kl0 + kl1) / 2)} nats > max_mean_kl 0.01 (2 positions; worst "
-        f"{lm.fmt_num(kl1)} at text 0 position 1)"
+    spread = (
+        f"median {lm.fmt_num(st['median_kl'])}, p99 {lm.fmt_num(st['p99_kl'])}, "
+        f"p99.9 {lm.fmt_num(st['p999_kl'])}, max {lm.fmt_num(kl1)} nats"
     )
+    assert f == (
+        "next-token top-1 agreement 0.5000 [95% 0.0945, 0.9055] < min_top1 0.9; mean KL(baseline || variant) "
+        f"{lm.fmt_num((kl0 + kl1) / 2)} nats > max_mean_kl 0.01 (2 positions; KL {spread}, worst at text 0 "
+        "position 1)"
+    )
+    # the largest KL is within 1 nat: only the failing bounds are listed
+    ok, f = lm.agreement_verdict(st, max_p99_kl=0.5, max_kl=1.0)
+    assert not ok and f.startswith(f"99th percentile KL(baseline || variant) {lm.fmt_num(st['p99_kl'])} nats > ")
+    ok, f = lm.agreement_verdict(st, max_kl=1.0, max_median_kl=1.0)
+    assert ok and f.startswith("median KL(baseline || variant) ") and " <= max_median_kl 1; largest KL" in f
+    with pytest.raises(TypeError, match="unknown next-token thresholds"):
+        lm.agreement_verdict(st, max_p50_kl=1.0)
+
+
+def test_wilson_interval_has_its_closed_form_values():
+    assert lm.wilson(0, 0) == (0.0, 1.0)
+    lo, hi = lm.wilson(10, 10)  # all agree: the interval still has width
+    assert hi == pytest.approx(1.0) and lo == pytest.approx(0.7225, abs=1e-4)
+    lo, hi = lm.wilson(81, 100)
+    assert (lo, hi) == (pytest.approx(0.7222, abs=1e-4), pytest.approx(0.8749, abs=1e-4))
 
 
 def test_kl_ignores_padded_positions():
@@ -516,3 +541,22 @@ def test_a_shipped_kv_cache_step_changed_after_a_cached_pass_fails(lm_project):
             "greedy generation through the reloaded export artifact's KV-cache step (static cache, prefill then "
             f"one token per step) failed: the KV-cache step failed to load: *{reason}",
         ), recs[n]["message"]
+
+
+def test_the_perplexity_ratio_interval_resamples_texts_and_holds_the_point_ratio():
+    """Two texts: the variant is worse on one only. The point ratio is exp of the mean NLL gap per
+    token; the interval, over resampled texts, runs from no change (both draws the good text) to
+    the bad text's own gap."""
+    ids = torch.tensor([[0, 1, 0, 1], [1, 0, 1, 0]])
+    mask = torch.ones(2, 4)
+    base = torch.zeros(2, 4, 2)  # uniform: NLL log 2 per token
+    var = base.clone()
+    var[1] = torch.tensor([[0.0, 2.0], [2.0, 0.0], [0.0, 2.0], [0.0, 0.0]])  # text 1: the wrong token favoured
+    nv, count = lm.text_nll(var, ids, mask)
+    nb, _ = lm.text_nll(base, ids, mask)
+    assert list(count) == [3.0, 3.0] and nb[0] == pytest.approx(3 * math.log(2))
+    gap = nv[1] - nb[1]
+    ratio, lo, hi = lm.perplexity_ratio_ci(var, base, ids, mask)
+    assert ratio == pytest.approx(math.exp(gap / 6))
+    assert ratio == pytest.approx(lm.perplexity(var, ids, mask) / lm.perplexity(base, ids, mask))
+    assert lo == pytest.approx(1.0) and hi == pytest.approx(math.exp(gap / 3))

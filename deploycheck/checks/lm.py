@@ -8,6 +8,7 @@ the first departing position in decoded text). The math is :mod:`deploycheck.lm`
 
 from __future__ import annotations
 
+import math
 import os
 
 from .. import lm
@@ -70,6 +71,10 @@ def perplexity_check(runner, t: Target) -> Verdict:
         value, ref, max_relative_increase=th.max_relative_increase, max_increase=th.max_increase
     )
     _, n = lm.token_nll(out, ids, mask)
+    ratio = None
+    if math.isfinite(value) and len(ids) > 1:
+        ratio = lm.perplexity_ratio_ci(out, base, ids, mask)
+        formula += f"; ratio {ratio[0]:.4f} [95% {ratio[1]:.4f}, {ratio[2]:.4f}, paired bootstrap over texts]"
     formula += f" ({n} tokens of {len(ids)} held-out texts, reloaded {t.fmt})"
     return Verdict(
         passed=ok,
@@ -77,7 +82,12 @@ def perplexity_check(runner, t: Target) -> Verdict:
         formula=formula,
         value=value,
         threshold=given(th, "max_relative_increase", "max_increase"),
-        details={"perplexity": value, "baseline": ref, "tokens": n},
+        details={
+            "perplexity": value,
+            "baseline": ref,
+            "tokens": n,
+            **({"ratio": ratio[0], "ratio_ci95": [ratio[1], ratio[2]]} if ratio else {}),
+        },
         outcome="decided" if given(th, "max_relative_increase", "max_increase") else "not_gated",
     )
 
@@ -95,15 +105,19 @@ def next_token_check(runner, t: Target) -> Verdict:
     except ValueError as e:
         return Verdict(passed=False, message=f"next-token distributions not compared: {e}", formula=str(e))
     th = t.variant.thresholds.next_token
-    ok, formula = lm.agreement_verdict(st, min_top1=th.min_top1, max_mean_kl=th.max_mean_kl)
+    names = ("min_top1", *(name for _, name, _ in lm.KL_GATES))
+    ok, formula = lm.agreement_verdict(st, **{n: getattr(th, n) for n in names})
     return Verdict(
         passed=ok,
         message="" if ok else formula,
         formula=formula,
         value=st["mean_kl"],
-        threshold=given(th, "min_top1", "max_mean_kl"),
-        details={k: st[k] for k in ("top1", "mean_kl", "max_kl", "positions")},
-        outcome="decided" if given(th, "min_top1", "max_mean_kl") else "not_gated",
+        threshold=given(th, *names),
+        details={
+            k: st[k]
+            for k in ("top1", "top1_ci95", "mean_kl", "median_kl", "p99_kl", "p999_kl", "max_kl", "positions", "worst")
+        },
+        outcome="decided" if given(th, *names) else "not_gated",
     )
 
 

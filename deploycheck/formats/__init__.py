@@ -25,6 +25,17 @@ class Unsupported(Exception):
         self.lasting = lasting
 
 
+@dataclass(frozen=True)
+class SaveContext:
+    """Everything a format's ``save`` may use besides the model: one declared argument, no
+    signature inspection (a format reads what it needs and ignores the rest)."""
+
+    example: Any  #: the example input (a tensor, or ``{name: tensor}`` for named inputs)
+    options: Any  #: the format's validated options (its ``Options`` dataclass)
+    arch: dict | None  #: how to rebuild the module (factory and kwargs), for formats that store weights only
+    inputs: Any = None  #: the spec's ``model.inputs`` signature (names, dtypes, dynamic dimensions)
+
+
 class Format:
     name: ClassVar[str]
     suffix: ClassVar[str]
@@ -37,7 +48,7 @@ class Format:
         """Whether loading needs the model's Python code (the factory) importable."""
         return False
 
-    def save(self, model: Any, path: str, *, example: Any, options: Any, arch: dict) -> dict:
+    def save(self, model: Any, path: str, ctx: SaveContext) -> dict:
         """Write the artifact; return extra manifest fields. Raise Unsupported when it cannot."""
         raise NotImplementedError
 

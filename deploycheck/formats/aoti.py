@@ -13,7 +13,7 @@ import io
 from dataclasses import dataclass
 
 from ..schema import field
-from . import Format, Unsupported
+from . import Format, SaveContext, Unsupported
 from .export import _first_line, export_program
 
 
@@ -30,7 +30,8 @@ class AotiFormat(Format):
     Options = AotiOptions
     description = "AOTInductor package (compiled torch.export, .pt2); opt-in: compiling takes tens of seconds"
 
-    def save(self, model, path, *, example, options, arch, inputs=None):
+    def save(self, model, path, ctx: SaveContext):
+        example, options, inputs = ctx.example, ctx.options, ctx.inputs
         import torch
 
         ep = export_program(model, example, dynamic_batch=options.dynamic_batch, inputs=inputs)

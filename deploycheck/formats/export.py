@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..schema import field
-from . import Format, Unsupported
+from . import Format, SaveContext, Unsupported
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,8 @@ class ExportFormat(Format):
     Options = ExportOptions
     description = "torch.export ExportedProgram (.pt2)"
 
-    def save(self, model, path, *, example, options, arch, inputs=None):
+    def save(self, model, path, ctx: SaveContext):
+        example, options, inputs = ctx.example, ctx.options, ctx.inputs
         import torch
 
         ep = export_program(

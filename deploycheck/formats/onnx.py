@@ -7,7 +7,7 @@ import io
 from dataclasses import dataclass
 
 from ..schema import field
-from . import Format, Unsupported
+from . import Format, SaveContext, Unsupported
 from .export import batch_dims, batch_example, export_args, exporter_reason, with_signature
 
 #: onnx.TensorProto.BFLOAT16 (onnx itself is not imported to run a file)
@@ -33,7 +33,8 @@ class OnnxFormat(Format):
     Options = OnnxOptions
     description = "ONNX (dynamo exporter), run with onnxruntime on CPU"
 
-    def save(self, model, path, *, example, options, arch, inputs=None):
+    def save(self, model, path, ctx: SaveContext):
+        example, options, inputs = ctx.example, ctx.options, ctx.inputs
         import torch
 
         try:

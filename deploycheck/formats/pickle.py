@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..schema import field
-from . import Format
+from . import Format, SaveContext
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class PickleFormat(Format):
     def needs_code(self, options) -> bool:
         return options.with_code
 
-    def save(self, model, path, *, example, options, arch):
+    def save(self, model, path, ctx: SaveContext):
         import torch
 
         torch.save(model, path)

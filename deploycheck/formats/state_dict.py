@@ -5,7 +5,7 @@ Subclasses (:mod:`.safetensors`, :mod:`.hdf5`) only read and write tensors."""
 from __future__ import annotations
 
 from ..loading import call_factory
-from . import Format, NoOptions, Unsupported
+from . import Format, NoOptions, SaveContext, Unsupported
 
 
 class StateDictFormat(Format):
@@ -20,7 +20,8 @@ class StateDictFormat(Format):
     def read_tensors(self, path: str) -> dict:
         raise NotImplementedError
 
-    def save(self, model, path, *, example, options, arch):
+    def save(self, model, path, ctx: SaveContext):
+        arch = ctx.arch or {}
         import torch
 
         from ..nn import Cast

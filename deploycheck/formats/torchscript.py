@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..schema import field
-from . import Format, Unsupported
+from . import Format, SaveContext, Unsupported
 from .export import _first_line, with_signature
 
 
@@ -24,7 +24,8 @@ class TorchScriptFormat(Format):
     Options = TorchScriptOptions
     description = "TorchScript archive (.ts); deprecated in torch 2.13 but still widely deployed"
 
-    def save(self, model, path, *, example, options, arch, inputs=None):
+    def save(self, model, path, ctx: SaveContext):
+        example, options, inputs = ctx.example, ctx.options, ctx.inputs
         import torch
 
         with warnings.catch_warnings():

@@ -580,6 +580,10 @@ class NextTokenThreshold:
     max_mean_kl: float | None = field(
         None, ge=0, doc="mean KL(baseline || variant) of the next-token distributions, in nats"
     )
+    max_median_kl: float | None = field(None, ge=0, doc="median over the scored positions of that KL, in nats")
+    max_p99_kl: float | None = field(None, ge=0, doc="99th percentile over the scored positions of that KL, in nats")
+    max_p999_kl: float | None = field(None, ge=0, doc="99.9th percentile over the scored positions of that KL, in nats")
+    max_kl: float | None = field(None, ge=0, doc="largest KL at any scored position, in nats")
 
 
 @dataclass(frozen=True)
@@ -644,7 +648,8 @@ class Thresholds:
         default_factory=PerplexityThreshold, doc="causal LMs: {max_relative_increase, max_increase} vs the baseline"
     )
     next_token: NextTokenThreshold = field(
-        default_factory=NextTokenThreshold, doc="causal LMs: {min_top1, max_mean_kl} vs the baseline"
+        default_factory=NextTokenThreshold,
+        doc="causal LMs: {min_top1, max_mean_kl, max_median_kl, max_p99_kl, max_p999_kl, max_kl} vs the baseline",
     )
     generation: GenerationThreshold = field(
         default_factory=GenerationThreshold,

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import os
 import warnings
 from dataclasses import dataclass
 
 from ..cache import artifact_key
 from ..errors import StageError, no_space
-from ..formats import FORMATS, Unsupported
+from ..formats import FORMATS, SaveContext, Unsupported
 from ..formats.integrity import read_manifest, sha256, write_manifest
 from ..loading import baseline_arch, describe_exc
 from ..protocol import ArtifactRef
@@ -75,8 +74,8 @@ def save(t, built: Built, *, folder: str, example, cache, tokenizer_dir: str | N
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            kw = {"inputs": t.spec.model.inputs} if "inputs" in inspect.signature(fmt.save).parameters else {}
-            extra = fmt.save(b.model, tmp, example=example, options=t.fspec.options, arch=b.arch, **kw)
+            ctx = SaveContext(example=example, options=t.fspec.options, arch=b.arch, inputs=t.spec.model.inputs)
+            extra = fmt.save(b.model, tmp, ctx)
             kv = _save_kv_step(t, b.model, path)
     except Unsupported as e:
         _remove_partial(tmp)
