@@ -6,6 +6,7 @@ and rel error and the worst elements.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 
@@ -54,6 +55,7 @@ class Tolerance:
     steps: float | None = None
     step: float | None = None
     span: float | None = None
+    spec_atol: float | None = None  # the spec's atol, looser-of'd with the steps (see output_tolerance)
 
     def describe(self, max_abs: float) -> str:
         """``within 1.2 int8 steps; limit 2 (one step 0.2 = output range 51 / 255)`` for a
@@ -63,21 +65,45 @@ class Tolerance:
         used = max_abs / self.step
         word = "within" if used <= self.steps else "off by"
         over = "output range" if self.precision == "int8" else "output scale"
-        return (
+        text = (
             f"{word} {used:.2g} {self.precision} steps; limit {self.steps:g} (one step {self.step:.3g} = {over} "
             f"{self.span:.4g} / {LEVELS[self.precision]:g}; default for {self.precision} variants)"
         )
+        if self.spec_atol is not None:
+            text += (
+                f" + rtol {fmt_num(self.rtol)} * |expected|: looser than the spec's atol {fmt_num(self.spec_atol)}, "
+                "which this variant inherits (set thresholds.outputs on the variant for an exact one)"
+            )
+        return text
 
 
 def output_tolerance(
-    *, atol: float | None, rtol: float | None, precision: str | None, quant_steps: float, span: float
+    *,
+    atol: float | None,
+    rtol: float | None,
+    precision: str | None,
+    quant_steps: float,
+    span: float,
+    inherited: bool = False,
 ) -> Tolerance:
     """The outputs tolerance: atol/rtol when either is set; else for a reduced ``precision``
-    ``quant_steps`` steps of it over ``span`` (never below the float atol); else the float default."""
-    if atol is not None or rtol is not None or precision not in LEVELS:
+    ``quant_steps`` steps of it over ``span`` (never below the float atol); else the float default.
+
+    ``inherited``: the atol/rtol given are the spec's, not the variant's own. For a reduced
+    precision the looser of the two then holds (the spec's atol was written for its full-precision
+    variants; it must not silently switch off the step tolerance of an fp16 one). A variant's own
+    atol/rtol is exact."""
+    given = atol is not None or rtol is not None
+    if precision not in LEVELS or (given and not inherited):
         return Tolerance(FLOAT_ATOL if atol is None else atol, FLOAT_RTOL if rtol is None else rtol)
     step = span / LEVELS[precision]
-    return Tolerance(max(quant_steps * step, FLOAT_ATOL), 0.0, precision, quant_steps, step, span)
+    steps = Tolerance(max(quant_steps * step, FLOAT_ATOL), 0.0, precision, quant_steps, step, span)
+    if not given:
+        return steps
+    spec = Tolerance(FLOAT_ATOL if atol is None else atol, FLOAT_RTOL if rtol is None else rtol)
+    if spec.atol >= steps.atol:
+        return spec
+    return dataclasses.replace(steps, rtol=spec.rtol, spec_atol=spec.atol)
 
 
 def compare_arrays(actual, expected, *, atol: float, rtol: float, worst: int = 5) -> dict:

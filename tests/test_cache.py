@@ -530,3 +530,22 @@ def test_only_data_a_build_key_covers_is_kept(tmp_path):
     assert keepable(spec("sklearn:digits")) and keepable(spec("npz:d.npz", "scale"))
     assert keepable(spec("text:t.txt", "tokenize"))
     assert not keepable(spec("python:mod:fn")) and not keepable(spec("npz:d.npz", "callable"))
+
+
+def test_a_declared_size_the_model_cannot_take_fails_dynamic_and_again_from_the_cache(project):
+    """A dynamic dimension declared down to a size the in-memory model itself cannot take: the
+    dynamic item fails naming the size and the model's own error, and a rerun that reads the
+    in-memory outputs from the cache fails the same way (the error is what is kept)."""
+    spec = make_spec().replace(
+        "inputs: {shape: [1, 4]}", "inputs: {shape: [1, 4], dynamic: {1: {name: feat, min: 2, max: 4}}}"
+    )
+    project.write(spec)
+    for _ in range(2):
+        res = project.run("-k", "dynamic")
+        res.assert_outcomes(failed=1)
+        res.stdout.fnmatch_lines(
+            [
+                "*feat traced at 4; at 2 (*) the in-memory variant fails: RuntimeError: *(check model.inputs dynamic min/max)*"
+            ]
+        )
+    res.stdout.fnmatch_lines(["deploycheck cache: reused 1 in-memory evaluations (*"])

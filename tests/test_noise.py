@@ -441,3 +441,35 @@ def test_a_busy_machines_latency_verdict_says_so_and_its_row_is_inconclusive():
     (row,) = summary_rows(recs)
     assert row["verdict"] == "inconclusive" and MARK["inconclusive"] == "❔"
     assert row["reason"] == "latency: " + formula
+
+
+def test_a_spec_level_atol_and_the_fp16_step_tolerance_combine_the_looser_holds():
+    """Issue 35: a spec's atol (written for its fp32 variants) inherited by an fp16 variant no
+    longer switches off the step tolerance: the looser of the two holds and says so; the variant's
+    own atol stays exact."""
+    from deploycheck.numeric import FLOAT_RTOL, output_tolerance
+
+    steps = output_tolerance(atol=None, rtol=None, precision="fp16", quant_steps=2, span=1024.0)
+    assert steps.atol == 2.0  # two steps of 1024 / 2^10
+    combined = output_tolerance(atol=1e-4, rtol=None, precision="fp16", quant_steps=2, span=1024.0, inherited=True)
+    assert (combined.atol, combined.rtol, combined.spec_atol) == (2.0, FLOAT_RTOL, 1e-4)
+    assert combined.describe(0.5) == (
+        "within 0.5 fp16 steps; limit 2 (one step 1 = output scale 1024 / 1024; default for fp16 variants) "
+        "+ rtol 0.001 * |expected|: looser than the spec's atol 0.0001, which this variant inherits "
+        "(set thresholds.outputs on the variant for an exact one)"
+    )
+    looser_spec = output_tolerance(atol=5.0, rtol=0.0, precision="fp16", quant_steps=2, span=1024.0, inherited=True)
+    assert (looser_spec.atol, looser_spec.steps) == (5.0, None)  # the spec's is already looser
+    own = output_tolerance(atol=1e-4, rtol=None, precision="fp16", quant_steps=2, span=1024.0, inherited=False)
+    assert (own.atol, own.steps) == (1e-4, None)
+    fp32 = output_tolerance(atol=1e-4, rtol=None, precision=None, quant_steps=2, span=1024.0, inherited=True)
+    assert (fp32.atol, fp32.steps) == (1e-4, None)
+
+
+def test_a_variant_knows_which_tolerances_it_set_itself():
+    from deploycheck.spec.model import _own_tolerances
+
+    assert _own_tolerances(None) == frozenset() and _own_tolerances({"metric": {"max_drop": 1}}) == frozenset()
+    assert _own_tolerances({"outputs": {"quant_steps": 4}}) == frozenset()
+    assert _own_tolerances({"outputs": {"atol": 0.1}}) == {""}
+    assert _own_tolerances({"outputs": {"rtol": 0.1, "emb": {"atol": 1}, "logits": {"quant_steps": 3}}}) == {"", "emb"}

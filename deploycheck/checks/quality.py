@@ -161,6 +161,7 @@ def outputs_check(runner, t: Target) -> Verdict:
             precision=None if made_elsewhere else v.precision,
             quant_steps=th.quant_steps,
             span=precision_span(ref, None if made_elsewhere else v.precision),
+            inherited=not v.sets_tolerance(name),
         )
         st = compare_arrays(got, ref, atol=tol.atol, rtol=tol.rtol)
         per[name] = {k: st[k] for k in ("mismatched", "total", "max_abs", "mean_abs", "max_rel", "min_atol")}
@@ -290,6 +291,7 @@ def dynamic_check(runner, t: Target) -> Verdict:
                 precision=None if t.made_elsewhere else t.variant.precision,
                 quant_steps=th.quant_steps,
                 span=precision_span(a, None if t.made_elsewhere else t.variant.precision),
+                inherited=not t.variant.sets_tolerance(name),
             )
             st = compare_arrays(g, a, atol=tol.atol, rtol=tol.rtol)
             if st["mismatched"]:

@@ -426,7 +426,10 @@ class OutputThreshold:
     an fp16 / bf16 step its scale, the larger of its range and its largest magnitude, / 2^10 or
     2^7), as the cross-machine snapshot rule does: runtimes round reduced precision by whole
     steps. The flat keys hold for every output; an output's name as a key gives that output its
-    own (``{atol: 1.0e-4, emb: {atol: 0.01}}``), its unset keys taken from the flat ones."""
+    own (``{atol: 1.0e-4, emb: {atol: 0.01}}``), its unset keys taken from the flat ones. An atol
+    or rtol set in the spec's thresholds and inherited by a reduced-precision variant combines
+    with its step tolerance: the looser of the two holds, and the message says so (the spec's
+    atol was written for its full-precision variants); one the variant sets itself is exact."""
 
     atol: float | None = field(
         None, ge=0, doc="absolute tolerance (not set: 1e-4, or quant_steps steps for reduced precision)"
@@ -779,8 +782,15 @@ class VariantSpec:
     artifact: ArtifactSource | None = None
     model: ModelOverride | None = None
     cadence: str | None = None  # None: the spec's
+    #: outputs whose atol/rtol this variant sets itself ("" for the flat keys): exact; an atol or
+    #: rtol inherited from the spec is combined with a reduced precision's step tolerance instead
+    own_tolerances: frozenset[str] = frozenset()
 
     RESERVED = ("steps", "thresholds", "formats", "description", "artifact", "model", "cadence")
+
+    def sets_tolerance(self, output: str) -> bool:
+        """Whether this variant's own thresholds give ``output`` an atol or rtol (flat or by name)."""
+        return "" in self.own_tolerances or output in self.own_tolerances
 
     @classmethod
     def parse(
@@ -1142,7 +1152,18 @@ def _parse_variant(
         artifact=artifact,
         model=model,
         cadence=cadence,
+        own_tolerances=_own_tolerances(raw.get("thresholds")),
     )
+
+
+def _own_tolerances(raw: Any) -> frozenset[str]:
+    """The outputs a variant's ``thresholds.outputs`` gives an atol or rtol ("" for the flat keys)."""
+    outputs = raw.get("outputs") if isinstance(raw, dict) else None
+    if not isinstance(outputs, dict):
+        return frozenset()
+    own = {""} if any(k in outputs for k in ("atol", "rtol")) else set()
+    own |= {str(k) for k, v in outputs.items() if isinstance(v, dict) and any(x in v for x in ("atol", "rtol"))}
+    return frozenset(own)
 
 
 def _artifact(value: Any, *, path: str, line: int, ctx: Ctx):
