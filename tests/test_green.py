@@ -392,6 +392,43 @@ def test_torch_ao_dynamic_int8_on_a_transformer_encoder_names_the_module(project
     )
 
 
+def test_a_quantize_step_that_leaves_its_targets_float_fails_the_quantized_item(project):
+    """torchao quantizes Linear weights only: on a model whose LSTM and GRU hold most of the
+    weights, dynamic int8 converts the head alone. Every accuracy check passes (the model is still
+    float); the quantized item fails, naming the float layers, why, and how to accept them."""
+    project.tester.makepyfile(seqmodels=SEQ_MODELS)
+    project.write(
+        seq_spec(
+            "Recurrent",
+            "  baseline: {}\n  int8:\n    quantize: {method: dynamic_int8, backend: torchao}\n"
+            "  int8-head:\n    quantize: {method: dynamic_int8, backend: torchao, skip: [lstm, gru]}\n"
+            "  int8-reported:\n    quantize: {method: dynamic_int8, backend: torchao}\n"
+            "    thresholds: {quantized: {min_fraction: 0}}",
+        )
+    )
+    res = project.run("-k", "quantized", "-rs")
+    res.assert_outcomes(passed=1, failed=1, skipped=1)
+    res.stdout.fnmatch_lines(
+        [
+            "*tiny::int8::quantized*",
+            "step 1 (quantize:dynamic_int8(torchao)): quantized fraction 0.01759 of the targeted weights "
+            "(1 of 3 layers) < min_fraction 0.9",
+            "  left in float: gru (GRU, 56.3%: torchao's dynamic_int8 quantizes Linear weights only; a GRU stays "
+            "float); lstm (LSTM, 41.9%: torchao's dynamic_int8 quantizes Linear weights only; a LSTM stays float)",
+            "*the variant would ship these layers in float while named as quantized: change the recipe (modules, "
+            "backend, method), or accept the float layers by naming them in `skip` or by lowering "
+            "thresholds.quantized.min_fraction",
+            "SKIPPED [1] tiny.yaml:16: not gated: step 1 (quantize:dynamic_int8(torchao)): quantized fraction "
+            "0.01759 of the targeted weights (1 of 3 layers); not gated (thresholds.quantized.min_fraction is 0)",
+        ]
+    )
+    rows = json.loads((project.path / "reports/deploycheck.json").read_text())["records"]
+    head = next(r for r in rows if r["variant"] == "int8-head")
+    step = head["variant_info"]["steps"][0]
+    assert step["summary"] == "dynamic int8 (torchao); converted 1 of 1 targeted layers (100.0% of their weights)"
+    assert step["details"]["coverage"]["float"] == []
+
+
 # --- validate resolves names ------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from ..formats.export import batch_dims, batch_example, export_args, with_signat
 from ..loading import describe_exc
 from ..protocol import call, rows, take
 from ..schema import field
-from . import Recipe, RecipeContext, StepResult
+from . import Recipe, RecipeContext, StepResult, coverage
 from ._select import select
 
 Method = Literal["dynamic_int8", "weight_only_int8", "weight_only_int4", "static_int8", "fp16", "bf16"]
@@ -33,9 +33,14 @@ class QuantizeConfig(Recipe):
         "dynamic_int8, torchao for weight_only_int8, torchao pt2e for static_int8",
     )
     modules: tuple[ModuleType, ...] = field(
-        ("Linear", "LSTM", "GRU"), doc="module types to quantize (dynamic_int8, weight_only_int8)"
+        ("Linear", "LSTM", "GRU"),
+        doc="module types to quantize, subclasses included (dynamic_int8, weight_only_int8/int4). torch.ao "
+        "converts exact nn.Linear/LSTM/GRU modules, torchao Linear weights only; what was converted is "
+        "read from the result and gated by thresholds.quantized",
     )
-    skip: tuple[str, ...] = field((), doc="module name globs left in float (each must match a module)")
+    skip: tuple[str, ...] = field(
+        (), doc="module name globs left in float on purpose (each must match a module; not counted as targeted)"
+    )
     calibration_batches: int = field(8, ge=1, doc="static_int8: batches of training data used to calibrate")
     engine: Literal["x86", "fbgemm", "qnnpack", "onednn"] = field(
         "x86",
@@ -105,10 +110,20 @@ class QuantizeConfig(Recipe):
     def batch_sensitive(self) -> bool:
         return self.method == "dynamic_int8"  # activations quantized with each batch's own range
 
+    def targets(self, model: Any) -> list[coverage.Layer] | None:
+        """The layers this step means to quantize (None for the fp16/bf16 casts, which convert the
+        whole model behind a float32 interface)."""
+        if self.method == "static_int8":
+            return coverage.targeted(model, coverage.STATIC_TYPES)
+        if self.method in INT_METHODS:
+            return coverage.targeted(model, self.modules, self.skip)
+        return None
+
     def apply(self, model: Any, ctx: RecipeContext) -> StepResult:
+        before = self.targets(model)  # first: torchao rewrites the model in place
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return {
+            out = {
                 "dynamic_int8": _dynamic,
                 "weight_only_int8": _weight_only,
                 "weight_only_int4": _weight_only_int4,
@@ -116,10 +131,28 @@ class QuantizeConfig(Recipe):
                 "fp16": _cast,
                 "bf16": _cast,
             }[self.method](self, model, ctx)
+        if before is not None:
+            # what it converted, read from the result: the request is not evidence
+            cov = coverage.coverage(
+                before,
+                out.model,
+                method=self.method,
+                backend="torchao" if str(out.details.get("backend", "")).startswith("torchao") else "torch.ao",
+                group_size=self.group_size if self.method == "weight_only_int4" else None,
+            )
+            out.details["coverage"] = cov.to_dict()
+            done = len(cov.converted)
+            out.summary += (
+                f"; converted {done} of {len(cov.targeted)} targeted layers "
+                f"({100 * cov.fraction:.1f}% of their weights)"
+            )
+        return out
 
 
 #: the methods whose arithmetic runs in int8 (int4 weights are dequantized per call)
 INT8_METHODS = ("dynamic_int8", "weight_only_int8", "static_int8")
+#: the methods that convert chosen layers to integer weights (the `quantized` check reads what they did)
+INT_METHODS = INT8_METHODS + ("weight_only_int4",)
 
 
 def saturation_hint(steps) -> str:
@@ -169,12 +202,12 @@ def _dynamic(cfg, model, ctx) -> StepResult:
     else:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
-        names = {n for n, _ in chosen if type(dict(model.named_modules())[n]).__name__ == "Linear"}
+        names = {n for n, m in chosen if isinstance(m, torch.nn.Linear)}
         quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=lambda m, fqn: fqn in names)
         q = model
     return StepResult(
         q,
-        f"dynamic int8 ({backend}{', ' + cfg.engine if backend == 'torch.ao' else ''}) on {len(chosen)} modules",
+        f"dynamic int8 ({backend}{', ' + cfg.engine if backend == 'torch.ao' else ''})",
         {"backend": backend, "modules": [n for n, _ in chosen]},
         requires=("torchao",) if backend == "torchao" else (),
         settings={"quantized_engine": cfg.engine} if backend == "torch.ao" else {},
@@ -213,14 +246,15 @@ def _check_runs(q, model, example) -> None:
 
 
 def _weight_only(cfg, model, ctx) -> StepResult:
+    import torch
     from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
-    chosen = [(n, m) for n, m in select(model, cfg.modules, cfg.skip) if type(m).__name__ == "Linear"]
+    chosen = [(n, m) for n, m in select(model, cfg.modules, cfg.skip) if isinstance(m, torch.nn.Linear)]
     names = {n for n, _ in chosen}
     quantize_(model, Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: fqn in names)
     return StepResult(
         model,
-        f"weight-only int8 (torchao) on {len(chosen)} Linear modules",
+        "weight-only int8 (torchao)",
         {"backend": "torchao", "modules": sorted(names)},
         requires=("torchao",),
     )
@@ -237,7 +271,7 @@ def _weight_only_int4(cfg, model, ctx) -> StepResult:
     chosen = [
         (n, m)
         for n, m in select(model, cfg.modules, cfg.skip)
-        if type(m).__name__ == "Linear" and m.in_features % cfg.group_size == 0
+        if isinstance(m, torch.nn.Linear) and m.in_features % cfg.group_size == 0
     ]
     names = {n for n, _ in chosen}
     if not names:
@@ -252,7 +286,7 @@ def _weight_only_int4(cfg, model, ctx) -> StepResult:
     )
     return StepResult(
         model,
-        f"weight-only int4 (torchao intx, group {cfg.group_size}) on {len(chosen)} Linear modules",
+        f"weight-only int4 (torchao intx, group {cfg.group_size})",
         {"backend": "torchao", "group_size": cfg.group_size, "modules": sorted(names)},
         requires=("torchao",),
     )

@@ -568,6 +568,21 @@ class BatchInvariance:
 
 
 @dataclass(frozen=True)
+class QuantizedThreshold:
+    """What an integer quantize step (dynamic_int8, weight_only_int8/int4, static_int8) must have
+    converted, read from the model it returned, not from what it was asked."""
+
+    min_fraction: float = field(
+        0.9,
+        ge=0,
+        le=1,
+        doc="share of the weights of the layers the step targets that must end up quantized (targeted: "
+        "the `modules` types, subclasses included, minus `skip`; for static_int8 every Conv1d/2d/3d and "
+        "Linear). 0 reports without gating",
+    )
+
+
+@dataclass(frozen=True)
 class PerplexityThreshold:
     max_relative_increase: float | None = field(
         None, ge=0, doc="perplexity may rise at most this fraction over the baseline's (0.05 = 5%)"
@@ -646,6 +661,9 @@ class Thresholds:
     size: SizeThreshold = field(default_factory=SizeThreshold, doc="{max_mb, max_ratio}")
     batch_invariance: BatchInvariance = field(
         default_factory=BatchInvariance, doc="{enabled, probes, batch_size, atol, max_changed_predictions}"
+    )
+    quantized: QuantizedThreshold = field(
+        default_factory=QuantizedThreshold, doc="variants with an integer quantize step: {min_fraction}"
     )
     perplexity: PerplexityThreshold = field(
         default_factory=PerplexityThreshold, doc="causal LMs: {max_relative_increase, max_increase} vs the baseline"

@@ -1,0 +1,154 @@
+"""What a quantize step converted is read from the model it returned (real torch.ao, torchao and
+pt2e on small models), never from what it was asked; the `quantized` check gates it."""
+
+from __future__ import annotations
+
+import copy
+import types
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deploycheck.recipes.coverage import coverage, describe, targeted
+from deploycheck.recipes.quantize import QuantizeConfig
+
+
+class FunctionalConv(nn.Conv2d):
+    """An nn.Conv2d subclass that calls the functional op (as EfficientNet's same-padding conv does)."""
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+
+class Speech(nn.Module):
+    """Two convolutions (one a subclass), a GRU holding most of the weights, a Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1 = FunctionalConv(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.gru = nn.GRU(8, 16, batch_first=True)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = F.relu6(self.c2(F.relu6(self.c1(x)))).mean(2).transpose(1, 2)
+        o, _ = self.gru(y)
+        return self.fc(o[:, -1])
+
+
+class Vision(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1 = FunctionalConv(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.c2(F.relu(self.c1(x)))).mean((2, 3)))
+
+
+X = torch.randn(2, 3, 8, 8)
+# what the torch.ao, torchao and pt2e paths read from a recipe context
+CTX = types.SimpleNamespace(example=X)
+
+
+def apply(cfg: QuantizeConfig, model: nn.Module):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = cfg.apply(copy.deepcopy(model).eval(), CTX)
+    return out, out.details["coverage"]
+
+
+def floats(cov: dict) -> dict[str, str]:
+    return {f["name"]: f["reason"] for f in cov["float"]}
+
+
+def test_targets_are_nn_classes_with_their_subclasses_minus_skip_and_attention_out_proj():
+    m = Speech()
+    assert [(x.name, x.type, x.base) for x in targeted(m, ("Linear", "Conv2d"))] == [
+        ("c1", "FunctionalConv", "Conv2d"),
+        ("c2", "Conv2d", "Conv2d"),
+        ("fc", "Linear", "Linear"),
+    ]
+    assert [x.name for x in targeted(m, ("Linear", "Conv2d", "GRU"), ("c*",))] == ["gru", "fc"]
+    att = nn.MultiheadAttention(8, 2)  # its out_proj is a Linear subclass torch marks as never quantized
+    assert targeted(att, ("Linear",)) == []
+
+
+def test_torch_ao_dynamic_int8_converts_linear_and_gru_but_no_convolution():
+    out, cov = apply(QuantizeConfig(method="dynamic_int8", modules=("Linear", "GRU", "Conv2d")), Speech())
+    assert (cov["targeted_layers"], cov["converted_layers"]) == (4, 2)
+    w = {"c1": 3 * 8 * 9 + 8, "c2": 8 * 9 + 8, "gru": 3 * 16 * (8 + 16) + 6 * 16, "fc": 16 * 10 + 10}
+    assert cov["fraction"] == pytest.approx((w["gru"] + w["fc"]) / sum(w.values()))
+    assert floats(cov) == {
+        "c1": "torch.ao dynamic int8 has no Conv2d kernel (static_int8 quantizes convolutions)",
+        "c2": "torch.ao dynamic int8 has no Conv2d kernel (static_int8 quantizes convolutions)",
+    }
+    assert out.summary == ("dynamic int8 (torch.ao, x86); converted 2 of 4 targeted layers (82.3% of their weights)")
+
+
+def test_torch_ao_dynamic_int8_leaves_a_linear_subclass_float_and_says_why():
+    class Head(nn.Linear):
+        pass
+
+    m = nn.Sequential(nn.Linear(4, 8), Head(8, 3))
+    _, cov = apply(QuantizeConfig(method="dynamic_int8"), m)
+    assert floats(cov) == {"1": "torch.ao swaps exact nn.Linear modules only; this is a Head"}
+
+
+@pytest.mark.parametrize("method", ["dynamic_int8", "weight_only_int8"])
+def test_torchao_reports_the_gru_it_cannot_quantize(method):
+    """The speech engineer's silent green: `modules: [gru, fc]` said 2 modules, the GRU stayed float."""
+    out, cov = apply(QuantizeConfig(method=method, backend="torchao"), Speech())
+    assert (cov["targeted_layers"], cov["converted_layers"]) == (2, 1)
+    assert cov["fraction"] == pytest.approx(170 / (170 + 1248))
+    assert floats(cov) == {"gru": f"torchao's {method} quantizes Linear weights only; a GRU stays float"}
+    assert describe(cov["float"]) == (
+        f"gru (GRU, 88.0%: torchao's {method} quantizes Linear weights only; a GRU stays float)"
+    )
+    assert type(out.model.fc.weight) is not nn.Parameter  # the Linear is quantized (a tensor subclass)
+
+
+def test_int4_names_the_layers_its_group_size_leaves_float():
+    m = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 48), nn.Linear(48, 8))
+    _, cov = apply(QuantizeConfig(method="weight_only_int4", group_size=32), m)
+    assert floats(cov) == {"3": "its input size is not a multiple of group_size 32"}
+    assert cov["converted_layers"] == 2
+
+
+def test_static_int8_reads_the_graph_and_finds_the_convolution_pt2e_did_not_annotate():
+    """pt2e's x86 quantizer quantizes the plain Conv2d and Linear and leaves the subclass float
+    (issue 39's EfficientNet: 1 of 50 layers quantized and passing as int8). The graph is made as
+    the recipe makes it: exported behind a wrapper, prepared, calibrated, converted."""
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    class Wrapper(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x)
+
+    m = Vision().eval()
+    before = targeted(m, ("Linear", "Conv1d", "Conv2d", "Conv3d"))
+    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(torch.export.export(Wrapper(m), (X,)).module(), quantizer)
+    prepared(X)
+    cov = coverage(before, convert_pt2e(prepared), method="static_int8", backend="torchao")
+    assert cov.converted == {"c2", "fc"}
+    assert cov.reasons == {
+        "c1": "the x86 pt2e quantizer did not annotate this Conv2d (FunctionalConv, a subclass calling the functional op)"
+    }
+
+
+def test_fp16_has_no_coverage_record():
+    out = QuantizeConfig(method="fp16").apply(Speech(), CTX)
+    assert "coverage" not in out.details
+    assert coverage([], Speech(), method="dynamic_int8", backend="torch.ao").fraction == 1.0
