@@ -98,6 +98,41 @@ def call_factory(factory: str, kwargs: dict, search: Iterable[str] = ()) -> Any:
     return model
 
 
+_EXC_LINE = r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception): \S"
+
+
+def essence(text: str, limit: int = 600) -> str:
+    """One line of a library's error message that keeps its cause where torch prints it later:
+    TorchScript's interpreter says "The following operation failed" first and the error itself
+    after its traceback (which names the user's line); torch.export's constraint violations put
+    what specialised the dimension and the suggested fix on the lines after the first."""
+    import re
+
+    lines = [ln.rstrip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", text).strip().splitlines()]
+    if not lines:
+        return ""
+    head = lines[0]
+    if "failed in the TorchScript interpreter" in head:
+        cause = next((ln.strip() for ln in reversed(lines) if re.match(_EXC_LINE, ln.strip())), "")
+        frames = [ln.strip() for ln in lines[1:] if re.search(r"\(\d+\): \w+$", ln.strip())]
+        mine = next((f for f in frames if "site-packages" not in f and "/torch/" not in f), "")
+        out = head.rstrip(".") + (f": {cause}" if cause else "") + (f" (traced at {mine})" if mine else "")
+        return out[:limit]
+    if head.startswith("Constraints violated"):
+        why = [ln.strip()[2:].split(" If you're using")[0] for ln in lines[1:] if ln.strip().startswith("- ")][:2]
+        fixes: list[str] = []
+        if "Suggested fixes:" in lines:
+            for ln in lines[lines.index("Suggested fixes:") + 1 :]:
+                if not ln.strip():
+                    break
+                fixes.append(ln.strip())
+        out = " ".join([head.split(" For more information")[0], *why])
+        if fixes:
+            out += f" Suggested fixes: {'; '.join(fixes[:3])}"
+        return out[:limit]
+    return head[:limit]
+
+
 def describe_exc(e: BaseException) -> str:
     text = str(e).strip()
     return f"{type(e).__name__}: {text}" if text else type(e).__name__

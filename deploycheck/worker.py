@@ -22,6 +22,7 @@ from . import lm_worker, timing
 from .formats import FORMATS
 from .formats.integrity import check_file, classify, vet_manifest
 from .isolation import PARENT_ENV, die_with_parent, exit_child
+from .loading import essence
 from .outputs import OutputError, concat
 from .protocol import (
     ArtifactRef,
@@ -71,6 +72,20 @@ def _load(ref: ArtifactRef):
     except BaseException as e:  # noqa: BLE001 - any load failure is diagnosed, never raised
         d = classify(e, ref.artifact)
         return None, type(d)(d.kind, d.message + "\n" + "".join(traceback.format_exception(e))[-3000:])
+
+
+def _trace_hint(msg: str) -> str:
+    """A traced artifact that fails on a batch it was not traced with usually baked the trace's
+    batch size in (a tensor made with a fixed batch, such as an RNN's h0; a view with constant sizes)."""
+    if "TorchScript interpreter" not in msg or not any(
+        s in msg for s in ("shape", "size", "cannot be multiplied", "doesn't match", "invalid for input")
+    ):
+        return ""
+    return (
+        "; likely cause: the trace baked in a size it was traced with (a tensor created with a fixed batch "
+        "size, such as an RNN's initial state, or a view/reshape with constant sizes): build those from "
+        "the input's own sizes (x.size(0)), or script that code"
+    )
 
 
 def handle(req: WorkerRequest) -> WorkerResult:
@@ -152,7 +167,7 @@ def handle(req: WorkerRequest) -> WorkerResult:
         return res.fail(
             stage,
             kind,
-            msg.splitlines()[0][:500] if msg else type(e).__name__,
+            (essence(msg) if msg else type(e).__name__) + _trace_hint(msg),
             "".join(traceback.format_exception(e))[-3000:],
         )
     res.ok = True

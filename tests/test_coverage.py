@@ -152,3 +152,26 @@ def test_fp16_has_no_coverage_record():
     out = QuantizeConfig(method="fp16").apply(Speech(), CTX)
     assert "coverage" not in out.details
     assert coverage([], Speech(), method="dynamic_int8", backend="torch.ao").fraction == 1.0
+
+
+def test_static_int8_recipe_quantizes_a_conv_subclass_that_calls_the_functional_op(tmp_path):
+    """The recipe marks the operators a subclass of nn.Conv2d produced as Conv2d's, so the x86
+    quantizer annotates them: every convolution and the Linear end up int8."""
+    from deploycheck.spec import parse
+
+    spec = parse(
+        "deploycheck: 1\nname: v\nmodel:\n  factory: examples.digits:CNN\n  inputs: {shape: [1, 3, 8, 8]}\n"
+        "data:\n  source: sklearn:digits\nformats: [export]\nvariants:\n  baseline: {}\n",
+        filename=str(tmp_path / "v.yaml"),
+    )
+    ctx = types.SimpleNamespace(
+        example=X[:1],
+        spec=spec,
+        data=types.SimpleNamespace(train_tensors=lambda: (torch.randn(16, 3, 8, 8), None)),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = QuantizeConfig(method="static_int8", calibration_batches=1).apply(Vision().eval(), ctx)
+    cov = out.details["coverage"]
+    assert (cov["targeted_layers"], cov["converted_layers"], cov["float"]) == (3, 3, [])
+    assert out.summary.endswith("converted 3 of 3 targeted layers (100.0% of their weights)")

@@ -429,6 +429,73 @@ def test_a_quantize_step_that_leaves_its_targets_float_fails_the_quantized_item(
     assert step["details"]["coverage"]["float"] == []
 
 
+RNN_MODELS = """
+import torch
+from torch import nn
+
+
+class BakedState(nn.Module):
+    \"\"\"Iris features as 4 steps into a GRU whose initial state is made with batch 1: traced at
+    batch 1, the TorchScript artifact fails on any other batch.\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.gru = nn.GRU(1, 8, batch_first=True)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h0 = torch.zeros(1, 1, 8)
+        h, _ = self.gru(x.unsqueeze(-1), h0)
+        return self.out(h[:, -1])
+
+
+class Steps(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.gru = nn.GRU(1, 8, batch_first=True)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h, _ = self.gru(x.unsqueeze(-1))
+        return self.out(h[:, -1])
+"""
+
+
+def test_rnn_trace_and_export_failures_keep_the_cause_torch_prints_after_the_first_line(project):
+    """TorchScript's interpreter error and torch.export's constraint violation both put their cause
+    below the first line; the message carries it, the user's line and the way out."""
+    project.tester.makepyfile(rnnmodels=RNN_MODELS)
+    project.write(seq_spec("BakedState", "  baseline: {}").replace("seqmodels:", "rnnmodels:"))
+    res = project.run("-k", "load")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(
+        [
+            "*[[]load[]] tiny::baseline::torchscript*: error: The following operation failed in the TorchScript "
+            "interpreter: RuntimeError: output with shape [[]1, 8[]] doesn't match the broadcast shape [[]*, 8[]] "
+            "(traced at *rnnmodels.py(18): forward); likely cause: the trace baked in a size it was traced with (a "
+            "tensor created with a fixed batch size, such as an RNN's initial state, or a view/reshape with "
+            "constant sizes): build those from the input's own sizes (x.size(0)), or script that code",
+        ]
+    )
+    spec = seq_spec("Steps", "  baseline: {}").replace("seqmodels:", "rnnmodels:").replace("[torchscript]", "[export]")
+    project.write(
+        spec.replace("inputs: {shape: [1, 4]}", "inputs: {shape: [1, 4], dynamic: {1: {name: frames, min: 2, max: 4}}}")
+    )
+    res = project.run("-k", "load", "-rs")
+    res.assert_outcomes(skipped=1)
+    res.stdout.fnmatch_lines(
+        [
+            "*unsupported: export cannot hold variant 'baseline': torch.export failed: UserError: Constraints violated "
+            "(frames)! You marked frames as dynamic but your code specialized it to be a constant (4). Suggested "
+            "fixes: frames = 4. A layer fixed that dimension while tracing (nn.GRU and nn.LSTM specialise the "
+            "sequence length under torch.export): the format cannot hold it dynamic; give this format "
+            "`dynamic_seq: false` to export at the example's size, or ship TorchScript*",
+        ]
+    )
+
+
 # --- validate resolves names ------------------------------------------------------------------
 
 

@@ -180,3 +180,20 @@ def test_inputs_sharing_a_dynamic_dimension_must_agree_on_its_range_and_size():
         "seq",
         "seq",
     ]
+
+
+def test_quantize_modules_the_method_cannot_quantize_are_spec_errors():
+    text = make_spec(
+        variants="  a:\n    quantize: {method: dynamic_int8, modules: [Linear, Conv2d]}\n"
+        "  b:\n    quantize: {method: dynamic_int8, backend: torchao, modules: [Linear, GRU]}\n"
+        "  c:\n    quantize: {method: weight_only_int8, modules: [LSTM]}\n"
+        "  ok:\n    quantize: {method: dynamic_int8, modules: [Linear, LSTM]}"
+    )
+    assert errors(text) == [
+        "s.yaml:12: variants.a.quantize.modules: dynamic_int8 (torch.ao) quantizes Linear, LSTM, GRU modules only; "
+        "Conv2d cannot be: convolutions are quantized by method: static_int8",
+        "s.yaml:14: variants.b.quantize.modules: dynamic_int8 (torchao) quantizes Linear modules only; GRU cannot be: "
+        "dynamic_int8 with backend torch.ao (the default) converts LSTM and GRU",
+        "s.yaml:16: variants.c.quantize.modules: weight_only_int8 (torchao) quantizes Linear modules only; LSTM cannot "
+        "be: dynamic_int8 with backend torch.ao (the default) converts LSTM and GRU",
+    ]

@@ -125,7 +125,14 @@ def export_program(model, example, *, dynamic_batch: bool, strict: bool = False,
             strict=strict,
         )
     except Exception as e:  # the exporter's own reason is the message users need
-        raise Unsupported(f"torch.export failed: {type(e).__name__}: {_first_line(e)}") from e
+        reason = f"torch.export failed: {type(e).__name__}: {_first_line(e)}"
+        if "specialized it to be a constant" in str(e):
+            reason += (
+                ". A layer fixed that dimension while tracing (nn.GRU and nn.LSTM specialise the sequence "
+                "length under torch.export): the format cannot hold it dynamic; give this format "
+                "`dynamic_seq: false` to export at the example's size, or ship TorchScript"
+            )
+        raise Unsupported(reason) from e
 
 
 class ExportFormat(Format):
@@ -186,10 +193,10 @@ def _export_load_warnings() -> Iterator[list[logging.LogRecord]]:
 
 
 def _first_line(e: BaseException) -> str:
-    import re
+    """The exporter's message as one line, with the cause torch prints after its first line."""
+    from ..loading import essence
 
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()  # exporters colour their messages
-    return text[0][:500] if text else ""
+    return essence(str(e))  # exporters colour their messages: essence strips that
 
 
 def exporter_reason(e: BaseException) -> str:

@@ -18,6 +18,7 @@ from ._select import select
 
 Method = Literal["dynamic_int8", "weight_only_int8", "weight_only_int4", "static_int8", "fp16", "bf16"]
 ModuleType = Literal["Linear", "LSTM", "GRU", "Conv1d", "Conv2d"]
+DEFAULT_MODULES: tuple[ModuleType, ...] = ("Linear", "LSTM", "GRU")
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class QuantizeConfig(Recipe):
         "dynamic_int8, torchao for weight_only_int8, torchao pt2e for static_int8",
     )
     modules: tuple[ModuleType, ...] = field(
-        ("Linear", "LSTM", "GRU"),
+        DEFAULT_MODULES,
         doc="module types to quantize, subclasses included (dynamic_int8, weight_only_int8/int4). torch.ao "
         "converts exact nn.Linear/LSTM/GRU modules, torchao Linear weights only; what was converted is "
         "read from the result and gated by thresholds.quantized",
@@ -87,7 +88,29 @@ class QuantizeConfig(Recipe):
             return [("backend", f"{self.method} is provided by torchao; use backend: auto or torchao")]
         if self.method in ("fp16", "bf16") and self.backend != "auto":
             return [("backend", f"{self.method} is a plain cast; leave backend at auto")]
-        return []
+        return self._check_modules()
+
+    def _check_modules(self) -> list[tuple[str, str]]:
+        """A module kind the method cannot quantize, listed by the user, is a spec error (the
+        default list, which names LSTM and GRU for torch.ao, is left to the `quantized` check)."""
+        if self.method == "static_int8" or self.method not in INT_METHODS or self.modules == DEFAULT_MODULES:
+            return []
+        torch_ao = self.method == "dynamic_int8" and self.backend != "torchao"
+        able = coverage.TORCH_AO_DYNAMIC if torch_ao else ("Linear",)
+        bad = [m for m in self.modules if m not in able]
+        if not bad:
+            return []
+        how = "torch.ao" if torch_ao else "torchao"
+        if any(b.startswith("Conv") for b in bad):
+            fix = "convolutions are quantized by method: static_int8"
+        else:
+            fix = "dynamic_int8 with backend torch.ao (the default) converts LSTM and GRU"
+        return [
+            (
+                "modules",
+                f"{self.method} ({how}) quantizes {', '.join(able)} modules only; {', '.join(bad)} cannot be: {fix}",
+            )
+        ]
 
     def imports(self) -> tuple[str, ...]:
         """Libraries the handler imports. A build runs in a forked child, whose imports die with it;
@@ -300,9 +323,9 @@ def _static(cfg, model, ctx) -> StepResult:
 
     inputs = ctx.spec.model.inputs
     args, kwargs = export_args(batch_example(ctx.example, True))
-    gm = torch.export.export(
-        with_signature(model, inputs), args, kwargs=kwargs, dynamic_shapes=batch_dims(True, inputs)
-    ).module()
+    wrapped = with_signature(model, inputs)
+    gm = torch.export.export(wrapped, args, kwargs=kwargs, dynamic_shapes=batch_dims(True, inputs)).module()
+    _subclasses_as_bases(gm, dict(wrapped.named_modules()))
     quantizer = xiq.X86InductorQuantizer()
     qconfig = xiq.get_default_x86_inductor_quantization_config(reduce_range=cfg.reduce_range)
     if cfg.weight_bits == 7:
@@ -340,6 +363,33 @@ def _static(cfg, model, ctx) -> StepResult:
         },
         requires=("torchao",),
     )
+
+
+def _subclasses_as_bases(gm, modules: dict) -> None:
+    """pt2e's x86 quantizer finds convolutions and Linear layers by their source module's exact
+    class (or a functional call it records only under strict export), so a subclass of nn.Conv2d
+    that calls F.conv2d (EfficientNet's same-padding convolution) fell through and stayed float.
+    Mark each convolution or linear operator that such a subclass produced as coming from the
+    torch.nn class it derives from; the quantizer then annotates it like any other."""
+    import torch
+
+    bases = {
+        "conv1d": torch.nn.Conv1d,
+        "conv2d": torch.nn.Conv2d,
+        "conv3d": torch.nn.Conv3d,
+        "linear": torch.nn.Linear,
+    }
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or "source_fn_stack" in node.meta:
+            continue
+        base = bases.get(str(getattr(node.target, "__name__", "")).split(".")[0])
+        stack = node.meta.get("nn_module_stack") or {}
+        if base is None or not stack:
+            continue
+        fqn = list(stack.values())[-1][0]
+        mod = modules.get(fqn)
+        if isinstance(mod, base) and type(mod) is not base:
+            node.meta["source_fn_stack"] = [(fqn, base)]
 
 
 def _cast(cfg, model, ctx) -> StepResult:
