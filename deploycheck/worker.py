@@ -160,14 +160,15 @@ def handle(req: WorkerRequest) -> WorkerResult:
             lm_worker.finish(gen, req.generate, fn, res, load=_load)
     except BaseException as e:  # noqa: BLE001 - a crashing model is a result, not a worker failure
         msg = f"{type(e).__name__}: {e}".strip()
-        kind = "signature" if _is_signature_error(msg) else "error"
+        hint = _trace_hint(msg)  # a size baked into a trace is the artifact's fault, not the input's
+        kind = "signature" if _is_signature_error(msg) and not hint else "error"
         if isinstance(e, MemoryError) or "can't allocate memory" in msg or "not enough memory" in msg:
             kind = "memory"
             msg = f"ran out of memory (isolation.memory_mb: {req.memory_mb}): {msg.splitlines()[0][:300]}"
         return res.fail(
             stage,
             kind,
-            (essence(msg) if msg else type(e).__name__) + _trace_hint(msg),
+            (essence(msg) if msg else type(e).__name__) + hint,
             "".join(traceback.format_exception(e))[-3000:],
         )
     res.ok = True

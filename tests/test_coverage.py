@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deploycheck.recipes.coverage import coverage, describe, targeted
+from deploycheck.recipes.coverage import converted_in_graph, coverage, describe, targeted
 from deploycheck.recipes.quantize import QuantizeConfig
 
 
@@ -143,9 +143,7 @@ def test_static_int8_reads_the_graph_and_finds_the_convolution_pt2e_did_not_anno
     prepared(X)
     cov = coverage(before, convert_pt2e(prepared), method="static_int8", backend="torchao")
     assert cov.converted == {"c2", "fc"}
-    assert cov.reasons == {
-        "c1": "the x86 pt2e quantizer did not annotate this Conv2d (FunctionalConv, a subclass calling the functional op)"
-    }
+    assert cov.reasons == {"c1": "the x86 pt2e quantizer did not annotate this Conv2d (a FunctionalConv)"}
 
 
 def test_fp16_has_no_coverage_record():
@@ -154,9 +152,8 @@ def test_fp16_has_no_coverage_record():
     assert coverage([], Speech(), method="dynamic_int8", backend="torch.ao").fraction == 1.0
 
 
-def test_static_int8_recipe_quantizes_a_conv_subclass_that_calls_the_functional_op(tmp_path):
-    """The recipe marks the operators a subclass of nn.Conv2d produced as Conv2d's, so the x86
-    quantizer annotates them: every convolution and the Linear end up int8."""
+def static(model: nn.Module, tmp_path, **options):
+    """QuantizeConfig(static_int8) applied as a build applies it, on a spec whose input is X's."""
     from deploycheck.spec import parse
 
     spec = parse(
@@ -171,7 +168,27 @@ def test_static_int8_recipe_quantizes_a_conv_subclass_that_calls_the_functional_
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = QuantizeConfig(method="static_int8", calibration_batches=1).apply(Vision().eval(), ctx)
-    cov = out.details["coverage"]
+        out = QuantizeConfig(method="static_int8", calibration_batches=1, **options).apply(model.eval(), ctx)
+    return out, out.details["coverage"]
+
+
+def test_static_int8_recipe_quantizes_a_conv_subclass_that_calls_the_functional_op(tmp_path):
+    """The recipe marks the operators a subclass of nn.Conv2d produced as Conv2d's, so the x86
+    quantizer annotates them: every convolution and the Linear end up int8."""
+    out, cov = static(Vision(), tmp_path)
     assert (cov["targeted_layers"], cov["converted_layers"], cov["float"]) == (3, 3, [])
     assert out.summary.endswith("converted 3 of 3 targeted layers (100.0% of their weights)")
+
+
+def test_static_int8_counts_the_gru_it_cannot_quantize_and_skip_keeps_layers_float(tmp_path):
+    """The speech engineer's static int8: the GRU (most of the weights) stays float and says why;
+    a skipped layer is left float by the quantizer and is not targeted."""
+    out, cov = static(Speech(), tmp_path, skip=("c1",))
+    assert (cov["targeted_layers"], cov["converted_layers"]) == (3, 2)
+    assert floats(cov) == {
+        "gru": "pt2e's x86 quantizer has no int8 GRU: dynamic_int8 (torch.ao) quantizes it, or name it in skip"
+    }
+    assert cov["fraction"] == pytest.approx((80 + 170) / (80 + 1248 + 170))
+    assert not any(p.endswith("c1") for p in converted_in_graph(out.model))  # skipped: float in the graph
+    with pytest.raises(ValueError, match="skip glob 'c9' matches no module"):
+        static(Speech(), tmp_path, skip=("c9",))

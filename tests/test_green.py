@@ -435,8 +435,9 @@ from torch import nn
 
 
 class BakedState(nn.Module):
-    \"\"\"Iris features as 4 steps into a GRU whose initial state is made with batch 1: traced at
-    batch 1, the TorchScript artifact fails on any other batch.\"\"\"
+    \"\"\"Iris features as 4 steps into a GRU whose initial state takes the batch size as a Python
+    int (len): right in eager mode, a constant in the trace, so the TorchScript artifact traced at
+    batch 1 fails on any other batch.\"\"\"
 
     def __init__(self):
         super().__init__()
@@ -445,7 +446,7 @@ class BakedState(nn.Module):
         self.out = nn.Linear(8, 3)
 
     def forward(self, x):
-        h0 = torch.zeros(1, 1, 8)
+        h0 = torch.zeros(1, len(x), 8)
         h, _ = self.gru(x.unsqueeze(-1), h0)
         return self.out(h[:, -1])
 
@@ -472,8 +473,8 @@ def test_rnn_trace_and_export_failures_keep_the_cause_torch_prints_after_the_fir
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(
         [
-            "*[[]load[]] tiny::baseline::torchscript*: error: The following operation failed in the TorchScript "
-            "interpreter: RuntimeError: output with shape [[]1, 8[]] doesn't match the broadcast shape [[]*, 8[]] "
+            "[[]run[]] tiny::baseline::torchscript (declared at tiny.yaml:9): error: RuntimeError: The following "
+            "operation failed in the TorchScript interpreter: RuntimeError: output with shape [[]1, 8[]] doesn't match the broadcast shape [[]*, 8[]] "
             "(traced at *rnnmodels.py(18): forward); likely cause: the trace baked in a size it was traced with (a "
             "tensor created with a fixed batch size, such as an RNN's initial state, or a view/reshape with "
             "constant sizes): build those from the input's own sizes (x.size(0)), or script that code",

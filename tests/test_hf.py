@@ -108,9 +108,9 @@ def test_hf_model_from_a_local_folder_runs_every_check(project, tiny_bert):
     project.write(HF_SPEC, name="tinybert")
     res = project.run("-rs")
     out = res.stdout.str()
-    # baseline: 2 formats x 7 checks; int8: torchscript (7) + batch_invariance, export unsupported (7 skipped);
+    # baseline: 2 formats x 7 checks; int8: torchscript (7) + batch_invariance + quantized, export unsupported (7 skipped);
     # metric, latency and size have no threshold in this spec: not gated (9 skipped)
-    res.assert_outcomes(passed=13, skipped=16)
+    res.assert_outcomes(passed=14, skipped=16)
     assert "unsupported: export cannot hold variant 'int8'" in out
     import json
 
@@ -148,7 +148,7 @@ def test_text_inputs_are_tokenized_to_ids_and_mask(tiny_bert, pytester):
 def test_missing_package_skips_the_spec_with_the_reason(project):
     project.write(HF_SPEC.replace("path: tinybert", "path: package:not_a_model_pkg/model"), name="tinybert")
     res = project.run("-rs")
-    res.assert_outcomes(skipped=29)
+    res.assert_outcomes(skipped=30)
     res.stdout.fnmatch_lines(
         ["SKIPPED [[]29[]] tinybert.yaml: model.hf.path names package 'not_a_model_pkg', which is not installed"]
     )

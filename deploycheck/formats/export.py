@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ..loading import essence
 from ..schema import field
 from . import Format, SaveContext, Unsupported
 
@@ -194,8 +195,6 @@ def _export_load_warnings() -> Iterator[list[logging.LogRecord]]:
 
 def _first_line(e: BaseException) -> str:
     """The exporter's message as one line, with the cause torch prints after its first line."""
-    from ..loading import essence
-
     return essence(str(e))  # exporters colour their messages: essence strips that
 
 

@@ -1,13 +1,16 @@
 """Module selection shared by recipes: by ``torch.nn`` class name (subclasses included), minus
-name globs that must each match."""
+the modules under a name glob (each glob must match a module)."""
 
 from __future__ import annotations
 
 import fnmatch
 from typing import Any
 
+from .coverage import skipped
 
-def select(model, types: tuple[str, ...], skip: tuple[str, ...]) -> list[tuple[str, Any]]:
+
+def check_skip(model, skip: tuple[str, ...]) -> None:
+    """Each ``skip`` glob must match a module: one that matches nothing is a typo."""
     names = [n for n, _ in model.named_modules() if n]
     for g in skip:
         if not any(fnmatch.fnmatchcase(n, g) for n in names):
@@ -15,6 +18,10 @@ def select(model, types: tuple[str, ...], skip: tuple[str, ...]) -> list[tuple[s
                 f"skip glob {g!r} matches no module; modules are: {', '.join(names[:20])}"
                 + (" …" if len(names) > 20 else "")
             )
+
+
+def select(model, types: tuple[str, ...], skip: tuple[str, ...]) -> list[tuple[str, Any]]:
+    check_skip(model, skip)
     import torch
     from torch.nn.modules.linear import NonDynamicallyQuantizableLinear as Never  # attention's out_proj
 
@@ -22,10 +29,7 @@ def select(model, types: tuple[str, ...], skip: tuple[str, ...]) -> list[tuple[s
     out = [
         (n, m)
         for n, m in model.named_modules()
-        if n
-        and isinstance(m, classes)
-        and not isinstance(m, Never)
-        and not any(fnmatch.fnmatchcase(n, g) for g in skip)
+        if n and isinstance(m, classes) and not isinstance(m, Never) and not skipped(n, skip)
     ]
     if not out:
         raise ValueError(

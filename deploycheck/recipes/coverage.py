@@ -20,8 +20,9 @@ from typing import Any
 
 #: torch.nn classes a quantize step can target, by the name a spec uses in ``modules``
 TARGETABLE = ("Linear", "LSTM", "GRU", "Conv1d", "Conv2d", "Conv3d")
-#: what the x86 pt2e quantizer (static int8) annotates
-STATIC_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
+#: what static int8 targets: what the x86 pt2e quantizer annotates, and the recurrent layers it has
+#: no int8 kernels for (a GRU that holds most of a speech model's weights must not pass unseen)
+STATIC_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "LSTM", "GRU")
 #: module types torch.ao's dynamic int8 swaps (exact types, as its default mapping holds them)
 TORCH_AO_DYNAMIC = ("Linear", "LSTM", "GRU")
 _GRAPH_OPS = ("linear", "conv1d", "conv2d", "conv3d", "convolution")
@@ -83,7 +84,7 @@ def targeted(model, types: tuple[str, ...], skip: tuple[str, ...] = ()) -> list[
     classes = [(t, getattr(torch.nn, t)) for t in types]
     out: list[Layer] = []
     for name, m in model.named_modules():
-        if not name or any(fnmatch.fnmatchcase(name, g) for g in skip):
+        if not name or skipped(name, skip):
             continue
         if isinstance(m, NonDynamicallyQuantizableLinear):  # attention's out_proj: torch says never quantize it
             continue
@@ -95,6 +96,12 @@ def targeted(model, types: tuple[str, ...], skip: tuple[str, ...] = ()) -> list[
         n = sum(p.numel() for p in m.parameters(recurse=False))
         out.append(Layer(name, type(m).__name__, base, n))
     return out
+
+
+def skipped(name: str, skip: tuple[str, ...]) -> bool:
+    """``name`` or a module it lives in matches a ``skip`` glob."""
+    parts = name.split(".")
+    return any(fnmatch.fnmatchcase(".".join(parts[:i]), g) for i in range(1, len(parts) + 1) for g in skip)
 
 
 def _quantized_tensor(t: Any) -> bool:
@@ -170,10 +177,10 @@ def coverage(before: list[Layer], after, *, method: str, backend: str, group_siz
 
 def _reason(x: Layer, *, method: str, backend: str, group_size: int | None) -> str:
     subclass = x.type != x.base
+    if method == "static_int8" and x.base in ("LSTM", "GRU"):
+        return f"pt2e's x86 quantizer has no int8 {x.base}: dynamic_int8 (torch.ao) quantizes it, or name it in skip"
     if method == "static_int8":
-        return f"the x86 pt2e quantizer did not annotate this {x.base}" + (
-            f" ({x.type}, a subclass calling the functional op)" if subclass else ""
-        )
+        return f"the x86 pt2e quantizer did not annotate this {x.base}" + (f" (a {x.type})" if subclass else "")
     if backend == "torchao" or method in ("weight_only_int8", "weight_only_int4"):
         if x.base != "Linear":
             return f"torchao's {method} quantizes Linear weights only; a {x.base} stays float"

@@ -14,7 +14,7 @@ from ..loading import describe_exc
 from ..protocol import call, rows, take
 from ..schema import field
 from . import Recipe, RecipeContext, StepResult, coverage
-from ._select import select
+from ._select import check_skip, select
 
 Method = Literal["dynamic_int8", "weight_only_int8", "weight_only_int4", "static_int8", "fp16", "bf16"]
 ModuleType = Literal["Linear", "LSTM", "GRU", "Conv1d", "Conv2d"]
@@ -76,7 +76,7 @@ class QuantizeConfig(Recipe):
         "dynamic_int8": ("backend", "modules", "skip", "engine", "per_channel"),
         "weight_only_int8": ("backend", "modules", "skip"),
         "weight_only_int4": ("backend", "modules", "skip", "group_size"),
-        "static_int8": ("backend", "calibration_batches", "weight_bits", "reduce_range"),
+        "static_int8": ("backend", "skip", "calibration_batches", "weight_bits", "reduce_range"),
         "fp16": ("backend",),
         "bf16": ("backend",),
     }
@@ -137,7 +137,7 @@ class QuantizeConfig(Recipe):
         """The layers this step means to quantize (None for the fp16/bf16 casts, which convert the
         whole model behind a float32 interface)."""
         if self.method == "static_int8":
-            return coverage.targeted(model, coverage.STATIC_TYPES)
+            return coverage.targeted(model, coverage.STATIC_TYPES, self.skip)
         if self.method in INT_METHODS:
             return coverage.targeted(model, self.modules, self.skip)
         return None
@@ -333,6 +333,12 @@ def _static(cfg, model, ctx) -> StepResult:
         # intermediate of non-VNNI int8 dot products never saturates, in torch or onnxruntime.
         qconfig = dataclasses.replace(qconfig, weight=dataclasses.replace(qconfig.weight, quant_min=-64, quant_max=63))
     quantizer.set_global(qconfig)
+    if cfg.skip:  # the modules under a skip glob stay float (each glob must match a module)
+        check_skip(model, cfg.skip)
+        prefix = "" if wrapped is model else "inner."
+        for name, _ in model.named_modules():
+            if name and coverage.skipped(name, cfg.skip):
+                quantizer.set_module_name_qconfig(prefix + name, None)
     prepared = prepare_pt2e(gm, quantizer)
     xtr, _ = ctx.data.train_tensors()
     bs = ctx.spec.data.batch_size

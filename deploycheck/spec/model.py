@@ -577,8 +577,8 @@ class QuantizedThreshold:
         ge=0,
         le=1,
         doc="share of the weights of the layers the step targets that must end up quantized (targeted: "
-        "the `modules` types, subclasses included, minus `skip`; for static_int8 every Conv1d/2d/3d and "
-        "Linear). 0 reports without gating",
+        "the `modules` types, subclasses included, minus `skip`; for static_int8 every Conv1d/2d/3d, "
+        "Linear, LSTM and GRU minus `skip`). 0 reports without gating",
     )
 
 
