@@ -52,6 +52,21 @@ class Vision(nn.Module):
         return self.fc(F.relu(self.c2(F.relu(self.c1(x)))).mean((2, 3)))
 
 
+class SharedActivation(nn.Module):
+    """One ReLU6 module called after both convolutions, as EfficientNet-Lite's blocks do."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1 = FunctionalConv(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.act = nn.ReLU6()
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(self.act(self.c2(self.act(self.c1(x)))).mean((2, 3)))
+
+
 X = torch.randn(2, 3, 8, 8)
 # what the torch.ao, torchao and pt2e paths read from a recipe context
 CTX = types.SimpleNamespace(example=X)
@@ -192,3 +207,10 @@ def test_static_int8_counts_the_gru_it_cannot_quantize_and_skip_keeps_layers_flo
     assert not any(p.endswith("c1") for p in converted_in_graph(out.model))  # skipped: float in the graph
     with pytest.raises(ValueError, match="skip glob 'c9' matches no module"):
         static(Speech(), tmp_path, skip=("c9",))
+
+
+def test_static_int8_handles_an_activation_module_called_twice(tmp_path):
+    """pt2e grouped both calls of the shared ReLU6 into one partition and its conv + activation
+    fusion failed with "Input partition has more than one output node"; each call is its own."""
+    _, cov = static(SharedActivation(), tmp_path)
+    assert (cov["targeted_layers"], cov["converted_layers"]) == (3, 3)

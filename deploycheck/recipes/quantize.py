@@ -325,7 +325,7 @@ def _static(cfg, model, ctx) -> StepResult:
     args, kwargs = export_args(batch_example(ctx.example, True))
     wrapped = with_signature(model, inputs)
     gm = torch.export.export(wrapped, args, kwargs=kwargs, dynamic_shapes=batch_dims(True, inputs)).module()
-    _subclasses_as_bases(gm, dict(wrapped.named_modules()))
+    _mark_sources(gm, dict(wrapped.named_modules()))
     quantizer = xiq.X86InductorQuantizer()
     qconfig = xiq.get_default_x86_inductor_quantization_config(reduce_range=cfg.reduce_range)
     if cfg.weight_bits == 7:
@@ -371,31 +371,37 @@ def _static(cfg, model, ctx) -> StepResult:
     )
 
 
-def _subclasses_as_bases(gm, modules: dict) -> None:
-    """pt2e's x86 quantizer finds convolutions and Linear layers by their source module's exact
-    class (or a functional call it records only under strict export), so a subclass of nn.Conv2d
-    that calls F.conv2d (EfficientNet's same-padding convolution) fell through and stayed float.
-    Mark each convolution or linear operator that such a subclass produced as coming from the
-    torch.nn class it derives from; the quantizer then annotates it like any other."""
+def _mark_sources(gm, modules: dict) -> None:
+    """Help pt2e's x86 quantizer find what it quantizes. Under non-strict export it groups a graph's
+    operators by the module that produced them and matches that module's exact class, so:
+
+    - a subclass of nn.Conv2d (or Conv1d/3d, Linear) that calls the functional op, as EfficientNet's
+      same-padding convolution does, fell through and stayed float: its convolution or linear
+      operator is marked as coming from the torch.nn class it derives from;
+    - an activation module called several times (one ReLU6 instance shared by a block) made one
+      group with several outputs, which the quantizer's conv + activation fusion rejects ("Input
+      partition has more than one output node"): each of its calls is marked as a group of its own.
+    """
     import torch
 
-    bases = {
-        "conv1d": torch.nn.Conv1d,
-        "conv2d": torch.nn.Conv2d,
-        "conv3d": torch.nn.Conv3d,
-        "linear": torch.nn.Linear,
-    }
+    nn = torch.nn
+    bases = {"conv1d": nn.Conv1d, "conv2d": nn.Conv2d, "conv3d": nn.Conv3d, "linear": nn.Linear}
+    activations = (nn.ReLU6, nn.Hardtanh, nn.ReLU, nn.Hardswish, nn.SiLU)  # ReLU6 derives from Hardtanh
     for node in gm.graph.nodes:
         if node.op != "call_function" or "source_fn_stack" in node.meta:
             continue
-        base = bases.get(str(getattr(node.target, "__name__", "")).split(".")[0])
         stack = node.meta.get("nn_module_stack") or {}
-        if base is None or not stack:
+        if not stack:
             continue
         fqn = list(stack.values())[-1][0]
         mod = modules.get(fqn)
-        if isinstance(mod, base) and type(mod) is not base:
+        base = bases.get(str(getattr(node.target, "__name__", "")).split(".")[0])
+        if base is not None and isinstance(mod, base) and type(mod) is not base:
             node.meta["source_fn_stack"] = [(fqn, base)]
+            continue
+        act = next((a for a in activations if isinstance(mod, a)), None)
+        if act is not None:
+            node.meta["source_fn_stack"] = [(node.name, act)]
 
 
 def _cast(cfg, model, ctx) -> StepResult:
