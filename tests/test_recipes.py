@@ -123,6 +123,26 @@ def test_structured_pruning_removes_whole_rows_and_finetune_keeps_them_zero(tmp_
     for name, m in linears(s.model):
         zero_rows = int((m.weight.abs().sum(1) == 0).sum())
         assert zero_rows == (0 if name == "net.4" else round(0.25 * m.weight.shape[0])), name
+    tuned = s.steps[0].details["finetune"]  # what the fine-tune did is recorded: loss, epochs, values
+    assert (tuned["loss"], tuned["epochs"], len(tuned["loss_per_epoch"])) == ("cross_entropy", 2, 2)
+    first, last = tuned["loss_per_epoch"]
+    assert s.steps[0].summary.endswith(f"; fine-tuned 2 epochs, cross_entropy {first:.4g} -> {last:.4g}")
+
+
+def test_builtin_training_names_its_loss_and_both_shapes_when_the_task_does_not_fit():
+    """A speech model's per-frame logits against per-utterance label sequences: torch's bare
+    "Expected target size [64, 11], got [64, 4]" becomes the loss, the shapes and the way out."""
+    from deploycheck.recipes.prune import task_loss
+
+    out, y = torch.randn(64, 11, 50), torch.randint(0, 11, (64, 4))
+    with pytest.raises(ValueError) as e:
+        task_loss(out, y, what="finetune", output="logits")
+    assert str(e.value).startswith(
+        "the built-in finetune minimizes cross-entropy between the model's output 'logits' (shape [64, 11, 50]) and "
+        "the training labels (shape [64, 4]): it fits a classifier's logits (batch, classes) against integer labels "
+        "(batch,). For another task (CTC, sequence labels, several outputs), write the training as a custom recipe "
+        "(custom: {callable: ...}); torch said: Expected target size [64, 50], got [64, 4]"
+    )
 
 
 def test_distilled_student_is_small_accurate_and_deterministic(tmp_path):
@@ -133,6 +153,9 @@ def test_distilled_student_is_small_accurate_and_deterministic(tmp_path):
     assert st.params <= 0.25 * teacher.params
     assert st.metric >= 0.9
     assert st.arch == {"factory": "examples.digits:TinyMLP", "kwargs": {"hidden": 32}}
+    d = st.steps[0].details
+    assert d["loss"] == "alpha 0.7 x KL(teacher || student) at temperature 4 + 0.3 x cross-entropy on the labels"
+    assert len(d["loss_per_epoch"]) == 30 and d["loss_per_epoch"][-1] < d["loss_per_epoch"][0]
     _, r2 = runner_for(v, tmp_path / "again")
     again = built(r2, spec, "st")
     assert all(

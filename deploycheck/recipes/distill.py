@@ -14,7 +14,10 @@ from . import Recipe, RecipeContext, StepResult
 
 @dataclass(frozen=True)
 class DistillConfig(Recipe):
-    """Train ``student`` to match the teacher's softened outputs and the true labels."""
+    """Train ``student`` to match the teacher's softened outputs and the true labels: with integer
+    labels the loss is alpha x KL(teacher || student) at ``temperature`` over dim 1 plus (1 - alpha) x
+    cross-entropy; without them, mean squared error to the teacher's outputs. Other tasks (CTC,
+    sequence labels) train in a custom recipe. The loss per epoch is in the step's details."""
 
     recipe_name: ClassVar[str] = "distill"
 
@@ -59,6 +62,13 @@ def _distill(cfg, teacher, ctx) -> StepResult:
     T = cfg.temperature
     g = torch.Generator().manual_seed(cfg.seed)
     labelled = y is not None and y.dtype in (torch.int64, torch.int32)
+    loss_used = (
+        f"alpha {cfg.alpha:g} x KL(teacher || student) at temperature {T:g} + {1 - cfg.alpha:g} x cross-entropy "
+        "on the labels"
+        if labelled
+        else "the mean squared error to the teacher's outputs"
+    )
+    losses = []
     student.train()
     for epoch in range(cfg.epochs):
         perm = torch.randperm(rows(x), generator=g)
@@ -66,18 +76,31 @@ def _distill(cfg, teacher, ctx) -> StepResult:
         for i in range(0, rows(x), cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
             out = forward_output(student, take(x, idx), ctx.spec.metric.output)
-            if labelled:
-                soft = (
-                    F.kl_div(F.log_softmax(out / T, 1), F.softmax(soft_all[idx] / T, 1), reduction="batchmean") * T * T
-                )
-                hard = F.cross_entropy(out, y[idx].long())
-                loss = cfg.alpha * soft + (1 - cfg.alpha) * hard
-            else:  # regression / embeddings: match the teacher's outputs
-                loss = F.mse_loss(out, soft_all[idx])
+            try:
+                if labelled:
+                    soft = (
+                        F.kl_div(F.log_softmax(out / T, 1), F.softmax(soft_all[idx] / T, 1), reduction="batchmean")
+                        * T
+                        * T
+                    )
+                    hard = F.cross_entropy(out, y[idx].long())
+                    loss = cfg.alpha * soft + (1 - cfg.alpha) * hard
+                else:  # regression / embeddings: match the teacher's outputs
+                    loss = F.mse_loss(out, soft_all[idx])
+            except (RuntimeError, ValueError) as e:
+                raise ValueError(
+                    f"distillation minimizes {loss_used} between the student's output (shape {list(out.shape)}) "
+                    f"and the teacher's (shape {list(soft_all[idx].shape)})"
+                    + (f" and the labels (shape {list(y[idx].shape)})" if labelled else "")
+                    + ": it fits classifiers (logits over dim 1, integer labels) and outputs the student "
+                    "shares with the teacher. For another task (CTC, sequence labels), write the training "
+                    f"as a custom recipe (custom: {{callable: ...}}); torch said: {e}"
+                ) from e
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
+        losses.append(total / rows(x))
         if epoch == 0 or (epoch + 1) % max(1, cfg.epochs // 5) == 0 or epoch + 1 == cfg.epochs:
             ctx.log(f"epoch {epoch + 1}/{cfg.epochs} loss {total / rows(x):.4f}")
     student.eval()
@@ -85,7 +108,15 @@ def _distill(cfg, teacher, ctx) -> StepResult:
     sp = sum(p.numel() for p in student.parameters())
     return StepResult(
         student,
-        f"student {cfg.student} with {sp} parameters ({sp / tp:.1%} of the teacher's {tp})",
-        {"teacher_params": tp, "student_params": sp, "param_ratio": sp / tp},
+        f"student {cfg.student} with {sp} parameters ({sp / tp:.1%} of the teacher's {tp}); "
+        f"{cfg.epochs} epochs, loss {losses[0]:.4g} -> {losses[-1]:.4g}",
+        {
+            "teacher_params": tp,
+            "student_params": sp,
+            "param_ratio": sp / tp,
+            "loss": loss_used,
+            "epochs": cfg.epochs,
+            "loss_per_epoch": losses,
+        },
         arch={"factory": cfg.student, "kwargs": dict(cfg.student_kwargs)},
     )

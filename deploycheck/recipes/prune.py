@@ -49,7 +49,12 @@ class PruneConfig(Recipe):
         (), doc="module name globs not pruned, with everything inside them (each must match a module)"
     )
     seed: int = field(0, doc="seed for random_unstructured")
-    finetune: FineTune | None = field(None, doc="optional recovery fine-tune: {epochs, lr, batch_size, seed}")
+    finetune: FineTune | None = field(
+        None,
+        doc="optional recovery fine-tune: {epochs, lr, batch_size, seed}. Minimizes cross-entropy between the "
+        "metric's output and integer labels, or mean squared error to float targets; other tasks (CTC, "
+        "sequence labels) train in a custom recipe. Its loss per epoch is in the step's details and summary",
+    )
 
     OPTIONS_BY = "method"
     _COMMON = ("amount", "modules", "skip", "finetune")
@@ -91,8 +96,7 @@ def _prune(cfg, model, ctx) -> StepResult:
                 if cfg.dim >= w.dim() or cfg.dim < -w.dim():
                     raise ValueError(f"dim {cfg.dim} is out of range for {label} of shape {tuple(w.shape)}")
                 P.ln_structured(m, p, amount=cfg.amount, n=cfg.n, dim=cfg.dim)
-    if cfg.finetune:
-        _finetune(cfg.finetune, model, ctx)
+    tuned = _finetune(cfg.finetune, model, ctx) if cfg.finetune else None
     for _, m, p in chosen:
         P.remove(m, p)  # permanent: no masks or reparametrization left in the artifact
     for _, m, _p in chosen:
@@ -122,11 +126,13 @@ def _prune(cfg, model, ctx) -> StepResult:
             f"weights) were not pruned: {names}; {', or '.join(how)}, or name those modules in prune.skip "
             "to keep them dense on purpose"
         )
-    return StepResult(
-        model.eval(),
-        f"{cfg.method} amount {cfg.amount:g}: {overall:.1%} of pruned-layer weights are zero",
-        {"sparsity_per_layer": layers, "sparsity_pruned_layers": overall, "sparsity_model": achieved},
-    )
+    details = {"sparsity_per_layer": layers, "sparsity_pruned_layers": overall, "sparsity_model": achieved}
+    summary = f"{cfg.method} amount {cfg.amount:g}: {overall:.1%} of pruned-layer weights are zero"
+    if tuned is not None:
+        details["finetune"] = tuned
+        ls = tuned["loss_per_epoch"]
+        summary += f"; fine-tuned {tuned['epochs']} epochs, {tuned['loss']} {ls[0]:.4g} -> {ls[-1]:.4g}"
+    return StepResult(model.eval(), summary, details)
 
 
 def _kinds() -> dict[str, type]:
@@ -213,16 +219,23 @@ def missed(model, chosen, skip: tuple[str, ...]) -> list[tuple[str, str, int]]:
     return out
 
 
-def _finetune(ft, model, ctx) -> None:
-    """A short fine-tune with the masks in place, so pruned weights stay zero."""
+def _finetune(ft, model, ctx) -> dict:
+    """A short fine-tune with the masks in place, so pruned weights stay zero; returns what it did
+    (the loss it minimized and its value per epoch), which the step's record keeps."""
     import torch
 
     x, y = ctx.data.train_tensors()
     if y is None:
-        raise ValueError("finetune needs labelled training data")
+        raise ValueError(
+            "finetune needs labelled training data: it minimizes cross-entropy (integer labels) or mean squared "
+            "error (float targets) between the model's output and the labels; without labels, drop finetune or "
+            "fine-tune in a custom recipe"
+        )
     g = torch.Generator().manual_seed(ft.seed)
     torch.manual_seed(ft.seed)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=ft.lr)
+    name = loss_name(y)
+    losses = []
     model.train()
     for epoch in range(ft.epochs):
         perm = torch.randperm(rows(x), generator=g)
@@ -230,12 +243,43 @@ def _finetune(ft, model, ctx) -> None:
         for i in range(0, rows(x), ft.batch_size):
             idx = perm[i : i + ft.batch_size]
             opt.zero_grad()
-            loss = _loss(forward_output(model, take(x, idx), ctx.spec.metric.output), y[idx])
+            out = forward_output(model, take(x, idx), ctx.spec.metric.output)
+            loss = task_loss(out, y[idx], what="finetune", output=ctx.spec.metric.output)
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
-        ctx.log(f"finetune epoch {epoch + 1}/{ft.epochs} loss {total / rows(x):.4f}")
+        losses.append(total / rows(x))
+        ctx.log(f"finetune epoch {epoch + 1}/{ft.epochs} {name} {losses[-1]:.4f}")
     model.eval()
+    return {"loss": name, "epochs": ft.epochs, "loss_per_epoch": losses}
+
+
+def loss_name(y) -> str:
+    """The loss the built-in fine-tune and distillation minimize for these labels."""
+    import torch
+
+    return "cross_entropy" if y.dtype in (torch.int64, torch.int32) else "mse"
+
+
+def task_loss(out, y, *, what: str, output: str | None):
+    """Cross-entropy for integer labels, mean squared error for float targets; a model whose output
+    does not fit them (a sequence model's CTC, per-frame labels) gets a message naming the loss,
+    both shapes and the way out, not torch's bare shape error."""
+    try:
+        return _loss(out, y)
+    except (RuntimeError, ValueError) as e:
+        name = loss_name(y)
+        want = (
+            "a classifier's logits (batch, classes) against integer labels (batch,)"
+            if name == "cross_entropy"
+            else "an output of the targets' shape"
+        )
+        raise ValueError(
+            f"the built-in {what} minimizes {name.replace('_', '-')} between the model's output"
+            f"{f' {output!r}' if output else ''} (shape {list(out.shape)}) and the training labels (shape "
+            f"{list(y.shape)}): it fits {want}. For another task (CTC, sequence labels, several outputs), "
+            f"write the training as a custom recipe (custom: {{callable: ...}}); torch said: {e}"
+        ) from e
 
 
 def _loss(out, y):
