@@ -5,7 +5,8 @@ An artifact traced at one sequence length may have specialised it (a Python int 
 evaluation batches at that length, and fails or answers wrongly at any other. For every dynamic
 dimension declared under ``model.inputs`` (other than the batch), the reloaded artifact runs at
 its minimum, a middle and its maximum size, and its outputs are compared with the in-memory
-variant's on the same inputs.
+variant's on the same inputs. An input declared ``lengths_of`` that dimension (a speech model's
+``lengths`` beside ``feats``) is clamped to each size, so a short input has consistent lengths.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ def dynamic_probes(spec, batches: list) -> list[DynamicProbe]:
                 b = dict(base)
                 for iname, d in where:
                     b[iname] = resize(b[iname], d, n)
+                for iname, inp in sig.items:  # lengths along this dimension follow its cut
+                    if inp.lengths_of == dname and iname in b:
+                        b[iname] = b[iname].clamp(max=n)
             else:
                 b = resize(base, where[0][1], n)
             label = tuple(f"{i}[{d}]" if sig.named else f"dim {d}" for i, d in where)

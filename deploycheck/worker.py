@@ -82,9 +82,9 @@ def _trace_hint(msg: str) -> str:
     ):
         return ""
     return (
-        "; likely cause: the trace baked in a size it was traced with (a tensor created with a fixed batch "
-        "size, such as an RNN's initial state, or a view/reshape with constant sizes): build those from "
-        "the input's own sizes (x.size(0)), or script that code"
+        "; if the inputs match model.inputs, the trace likely baked in a size it was traced with (a tensor "
+        "created with a fixed batch size, such as an RNN's initial state, or a view/reshape with constant "
+        "sizes): build those from the input's own sizes (x.size(0)), or script that code"
     )
 
 
@@ -160,8 +160,8 @@ def handle(req: WorkerRequest) -> WorkerResult:
             lm_worker.finish(gen, req.generate, fn, res, load=_load)
     except BaseException as e:  # noqa: BLE001 - a crashing model is a result, not a worker failure
         msg = f"{type(e).__name__}: {e}".strip()
-        hint = _trace_hint(msg)  # a size baked into a trace is the artifact's fault, not the input's
-        kind = "signature" if _is_signature_error(msg) and not hint else "error"
+        hint = _trace_hint(msg)
+        kind = "signature" if _is_signature_error(msg) else "error"
         if isinstance(e, MemoryError) or "can't allocate memory" in msg or "not enough memory" in msg:
             kind = "memory"
             msg = f"ran out of memory (isolation.memory_mb: {req.memory_mb}): {msg.splitlines()[0][:300]}"

@@ -473,11 +473,12 @@ def test_rnn_trace_and_export_failures_keep_the_cause_torch_prints_after_the_fir
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(
         [
-            "[[]run[]] tiny::baseline::torchscript (declared at tiny.yaml:9): error: RuntimeError: The following "
-            "operation failed in the TorchScript interpreter: RuntimeError: output with shape [[]1, 8[]] doesn't match the broadcast shape [[]*, 8[]] "
-            "(traced at *rnnmodels.py(18): forward); likely cause: the trace baked in a size it was traced with (a "
-            "tensor created with a fixed batch size, such as an RNN's initial state, or a view/reshape with "
-            "constant sizes): build those from the input's own sizes (x.size(0)), or script that code",
+            "[[]run[]] tiny::baseline::torchscript (declared at tiny.yaml:9): signature: RuntimeError: The following "
+            "operation failed in the TorchScript interpreter: RuntimeError: output with shape [[]1, 8[]] doesn't match "
+            "the broadcast shape [[]*, 8[]] (traced at *rnnmodels.py(18): forward); if the inputs match model.inputs, "
+            "the trace likely baked in a size it was traced with (a tensor created with a fixed batch size, such as "
+            "an RNN's initial state, or a view/reshape with constant sizes): build those from the input's own sizes "
+            "(x.size(0)), or script that code",
         ]
     )
     spec = seq_spec("Steps", "  baseline: {}").replace("seqmodels:", "rnnmodels:").replace("[torchscript]", "[export]")

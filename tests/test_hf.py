@@ -150,7 +150,7 @@ def test_missing_package_skips_the_spec_with_the_reason(project):
     res = project.run("-rs")
     res.assert_outcomes(skipped=30)
     res.stdout.fnmatch_lines(
-        ["SKIPPED [[]29[]] tinybert.yaml: model.hf.path names package 'not_a_model_pkg', which is not installed"]
+        ["SKIPPED [[]30[]] tinybert.yaml: model.hf.path names package 'not_a_model_pkg', which is not installed"]
     )
 
 

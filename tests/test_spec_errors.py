@@ -197,3 +197,48 @@ def test_quantize_modules_the_method_cannot_quantize_are_spec_errors():
         "s.yaml:16: variants.c.quantize.modules: weight_only_int8 (torchao) quantizes Linear modules only; LSTM cannot "
         "be: dynamic_int8 with backend torch.ao (the default) converts LSTM and GRU",
     ]
+
+
+def test_lengths_of_names_a_bounded_dynamic_dimension_of_another_input():
+    def spec(inputs: str) -> str:
+        return make_spec().replace("  inputs: {shape: [1, 4]}", inputs)
+
+    good = (
+        "  inputs:\n    feats: {shape: [1, 300, 4], dynamic: {1: {name: frames, min: 8, max: 300}}}\n"
+        "    lengths: {shape: [1], dtype: int64, lengths_of: frames}"
+    )
+    parsed = parse(spec(good), filename="s.yaml")
+    assert parsed.model.inputs.items[1][1].lengths_of == "frames"
+    assert errors(spec(good.replace("lengths_of: frames", "lengths_of: frame"))) == [
+        "s.yaml:7: model.inputs.lengths.lengths_of: 'frame' is not a dynamic dimension with min and max of another "
+        "input (declared: frames)"
+    ]
+    assert errors(spec(good.replace("{shape: [1], dtype: int64,", "{shape: [1, 2], dtype: int64,"))) == [
+        "s.yaml:7: model.inputs.lengths.lengths_of: a lengths input is one integer per sample: shape [batch] and "
+        "dtype int64 or int32, got shape [1, 2] int64"
+    ]
+    assert errors(spec("  inputs: {shape: [1], dtype: int64, lengths_of: frames}")) == [
+        "s.yaml:5: model.inputs.lengths_of: lengths_of belongs to a named input beside the one it measures"
+    ]
+
+
+def test_dynamic_probes_clamp_lengths_to_the_size_they_cut():
+    import torch
+
+    from deploycheck.signature import dynamic_probes
+
+    spec = parse(
+        make_spec().replace(
+            "  inputs: {shape: [1, 4]}",
+            "  inputs:\n    feats: {shape: [1, 300, 4], dynamic: {1: {name: frames, min: 8, max: 300}}}\n"
+            "    lengths: {shape: [1], dtype: int64, lengths_of: frames}",
+        ),
+        filename="s.yaml",
+    )
+    batch = {"feats": torch.zeros(3, 300, 4), "lengths": torch.tensor([164, 99, 143])}
+    got = {(p.name, p.size): p.batch for p in dynamic_probes(spec, [batch])}
+    assert sorted(got) == [("frames", 8), ("frames", 154), ("frames", 300)]
+    assert got[("frames", 8)]["feats"].shape == (3, 8, 4)
+    assert got[("frames", 8)]["lengths"].tolist() == [8, 8, 8]
+    assert got[("frames", 154)]["lengths"].tolist() == [154, 99, 143]
+    assert got[("frames", 300)]["lengths"].tolist() == [164, 99, 143]

@@ -62,10 +62,25 @@ class InputSpec:
         "(`{0: batch}`) or `{name, min, max}` (`{1: {name: seq, min: 4, max: 128}}`); "
         "the batch dimension is dynamic unless a format option says otherwise",
     )
+    lengths_of: str | None = field(
+        None,
+        doc="named inputs: this input holds each sample's valid length along the dynamic dimension of this "
+        "name (a speech model's `lengths` beside `feats`), shape [batch], integer: where the `dynamic` check "
+        "cuts that dimension to a size, these lengths are clamped to it, so short inputs come with "
+        "consistent lengths",
+    )
 
     def check(self) -> list[tuple[str, str]]:
         if not self.shape or any(d < 1 for d in self.shape):
             return [("shape", f"must be a non-empty list of positive sizes, got {list(self.shape)}")]
+        if self.lengths_of is not None and (len(self.shape) != 1 or self.dtype not in ("int64", "int32")):
+            return [
+                (
+                    "lengths_of",
+                    f"a lengths input is one integer per sample: shape [batch] and dtype int64 or int32, got shape "
+                    f"{list(self.shape)} {self.dtype}",
+                )
+            ]
         for k, v in self.dynamic.items():
             if not k.lstrip("-").isdigit() or not 0 <= int(k) < len(self.shape):
                 return [
@@ -149,7 +164,11 @@ class Inputs:
             )
             raise Invalid
         if "shape" in value and not isinstance(value["shape"], dict):
-            return cls(((("x", build_dataclass(InputSpec, value, path=path, line=line, ctx=ctx)),)), False)
+            one = build_dataclass(InputSpec, value, path=path, line=line, ctx=ctx)
+            if one.lengths_of is not None:
+                ctx.error(line, f"{path}.lengths_of", "lengths_of belongs to a named input beside the one it measures")
+                raise Invalid
+            return cls(((("x", one),)), False)
         items, bad = [], False
         for name, sub in value.items():
             kl = value.line_of(name) if isinstance(value, LMap) else line
@@ -167,6 +186,19 @@ class Inputs:
             ctx.error(line, path, "declare at least one input")
             raise Invalid
         if not _dims_agree(items, value, path=path, line=line, ctx=ctx):
+            raise Invalid
+        bounded = sorted({d.name for _, i in items for d in i.dynamic_dims if d.dim > 0 and d.max is not None})
+        for name, sub in items:
+            if sub.lengths_of is not None and sub.lengths_of not in bounded:
+                kl = value.line_of(name) if isinstance(value, LMap) else line
+                declared = f"declared: {', '.join(bounded)}" if bounded else "none is declared"
+                ctx.error(
+                    kl,
+                    f"{path}.{name}.lengths_of",
+                    f"{sub.lengths_of!r} is not a dynamic dimension with min and max of another input ({declared})",
+                )
+                bad = True
+        if bad:
             raise Invalid
         return cls(tuple(items), True)
 
