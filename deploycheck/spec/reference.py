@@ -110,6 +110,20 @@ state-dict formats rebuild the module. A dynamic dimension with `min` and `max` 
 is tried in every reloaded artifact at its min, middle and max size against the in-memory variant
 (the `dynamic` item); an artifact that specialised it fails naming the input and dimension
 (`seq traced at 16; at 4 (input_ids[1], attention_mask[1]) the reloaded export artifact …`).
+A model that takes each sample's valid length beside a padded sequence (a speech model's `lengths`
+beside `feats`) declares it with `lengths_of`, so the sizes the `dynamic` item cuts to come with
+consistent lengths (clamped to the cut; otherwise a 64-frame probe would carry lengths of 164):
+
+```yaml
+  inputs:
+    feats: {shape: [1, 300, 80], dynamic: {1: {name: frames, min: 32, max: 300}}}
+    lengths: {shape: [1], dtype: int64, lengths_of: frames}
+```
+
+torch.export and the ONNX exporter cannot keep a time axis dynamic through `nn.GRU` / `nn.LSTM`
+(they specialise it while tracing): those formats report `unsupported` with torch's constraint
+message and suggested fix; give the format `dynamic_seq: false` to export at the example's size, or
+ship TorchScript.
 
 Outputs need no declaration: whatever the model returns is read as named tensors, each checked,
 snapshotted and selectable by `metric.output` and `thresholds.outputs`:
