@@ -167,12 +167,12 @@ def test_fp16_has_no_coverage_record():
     assert coverage([], Speech(), method="dynamic_int8", backend="torch.ao").fraction == 1.0
 
 
-def static(model: nn.Module, tmp_path, **options):
+def static(model: nn.Module, tmp_path, inputs: str = "{shape: [1, 3, 8, 8]}", **options):
     """QuantizeConfig(static_int8) applied as a build applies it, on a spec whose input is X's."""
     from deploycheck.spec import parse
 
     spec = parse(
-        "deploycheck: 1\nname: v\nmodel:\n  factory: examples.digits:CNN\n  inputs: {shape: [1, 3, 8, 8]}\n"
+        f"deploycheck: 1\nname: v\nmodel:\n  factory: examples.digits:CNN\n  inputs: {inputs}\n"
         "data:\n  source: sklearn:digits\nformats: [export]\nvariants:\n  baseline: {}\n",
         filename=str(tmp_path / "v.yaml"),
     )
@@ -214,3 +214,13 @@ def test_static_int8_handles_an_activation_module_called_twice(tmp_path):
     fusion failed with "Input partition has more than one output node"; each call is its own."""
     _, cov = static(SharedActivation(), tmp_path)
     assert (cov["targeted_layers"], cov["converted_layers"]) == (3, 3)
+
+
+def test_static_int8_of_an_rnn_with_a_dynamic_time_axis_is_traced_at_the_example_size(tmp_path):
+    """The GRU specialises the time axis under torch.export: static int8 quantizes at the example's
+    size instead of failing the variant in every format, and says so."""
+    out, _ = static(Speech(), tmp_path, inputs="{shape: [1, 3, 8, 8], dynamic: {3: {name: width, min: 4, max: 8}}}")
+    assert out.details["fixed_dims"] == "width=8"
+    assert "; traced at width=8 (a layer specialised that dimension, so the int8 model takes that size only)" in (
+        out.summary
+    )

@@ -324,7 +324,20 @@ def _static(cfg, model, ctx) -> StepResult:
     inputs = ctx.spec.model.inputs
     args, kwargs = export_args(batch_example(ctx.example, True))
     wrapped = with_signature(model, inputs)
-    gm = torch.export.export(wrapped, args, kwargs=kwargs, dynamic_shapes=batch_dims(True, inputs)).module()
+    fixed = ""
+    try:
+        ep = torch.export.export(wrapped, args, kwargs=kwargs, dynamic_shapes=batch_dims(True, inputs))
+    except Exception as e:
+        # a layer (nn.GRU, nn.LSTM) specialised a declared dynamic dimension while tracing: quantize
+        # at the example's size instead of failing every format; the summary says so, and the
+        # dynamic check then tries the sizes the artifact cannot take
+        if "specialized it to be a constant" not in str(e):
+            raise
+        ep = torch.export.export(wrapped, args, kwargs=kwargs, dynamic_shapes=batch_dims(True, inputs, False))
+        fixed = ", ".join(
+            f"{d.name}={inp.shape[d.dim]}" for _, inp in inputs.items for d in inp.dynamic_dims if d.dim > 0
+        )
+    gm = ep.module()
     _mark_sources(gm, dict(wrapped.named_modules()))
     quantizer = xiq.X86InductorQuantizer()
     qconfig = xiq.get_default_x86_inductor_quantization_config(reduce_range=cfg.reduce_range)
@@ -360,8 +373,14 @@ def _static(cfg, model, ctx) -> StepResult:
     )
     return StepResult(
         q,
-        f"static int8 (pt2e, x86 quantizer, {bits}), calibrated on {n} samples",
+        f"static int8 (pt2e, x86 quantizer, {bits}), calibrated on {n} samples"
+        + (
+            f"; traced at {fixed} (a layer specialised that dimension, so the int8 model takes that size only)"
+            if fixed
+            else ""
+        ),
         {
+            "fixed_dims": fixed or None,
             "backend": "torchao.pt2e",
             "calibration_samples": n,
             "reduce_range": cfg.reduce_range,
