@@ -224,3 +224,42 @@ def test_static_int8_of_an_rnn_with_a_dynamic_time_axis_is_traced_at_the_example
     assert "; traced at width=8 (a layer specialised that dimension, so the int8 model takes that size only)" in (
         out.summary
     )
+
+
+class TiedLM(nn.Module):
+    """An input embedding and an lm_head sharing one weight, as most causal LMs have them."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(64, 32)
+        self.mlp = nn.Linear(32, 32)
+        self.lm_head = nn.Linear(32, 64, bias=False)
+        self.lm_head.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.lm_head(torch.relu(self.mlp(self.embed(ids))))
+
+
+@pytest.mark.parametrize("method", ["dynamic_int8", "weight_only_int8", "weight_only_int4"])
+def test_a_tied_lm_head_stays_float_and_tied_unless_untie_is_set(method):
+    """torchao and torch.ao quantize lm_head's copy of the shared weight and leave the embedding in
+    float: the model grows by a vocabulary x hidden matrix (SmolLM2: 134.5 M -> 162.8 M)."""
+    ids = torch.randint(0, 64, (2, 5))
+    ctx = types.SimpleNamespace(example=ids)
+    model = TiedLM().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = QuantizeConfig(method=method).apply(copy.deepcopy(model), ctx)
+    assert out.details["kept_tied"] == {"embed": "lm_head.weight", "lm_head": "embed.weight"}
+    assert (
+        out.summary.endswith("; kept float to stay tied: embed (shares lm_head.weight), lm_head (shares embed.weight)")
+        or "; kept float to stay tied: embed (shares lm_head.weight), lm_head (shares embed.weight)" in out.summary
+    )
+    assert out.model.lm_head.weight is out.model.embed.weight
+    assert (out.details["coverage"]["targeted_layers"], out.details["coverage"]["converted_layers"]) == (1, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        untied = QuantizeConfig(method=method, untie=True).apply(copy.deepcopy(model), ctx)
+    assert "kept_tied" not in untied.details
+    assert untied.details["coverage"]["converted_layers"] == 2

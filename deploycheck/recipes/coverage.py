@@ -98,6 +98,21 @@ def targeted(model, types: tuple[str, ...], skip: tuple[str, ...] = ()) -> list[
     return out
 
 
+def tied(model) -> dict[str, str]:
+    """Modules whose ``weight`` is the same tensor as another module's parameter (an LM's lm_head
+    tied to its input embedding), both sides: module name -> the other holder's parameter name."""
+    holders: dict[int, list[tuple[str, str]]] = {}
+    for mname, m in model.named_modules():
+        for pname, p in m.named_parameters(recurse=False):
+            holders.setdefault(id(p), []).append((mname, pname))
+    out = {}
+    for hs in holders.values():
+        for mname, pname in hs if len(hs) > 1 else ():
+            if pname == "weight" and mname:
+                out[mname] = next(f"{a}.{b}" if a else b for a, b in hs if (a, b) != (mname, pname))
+    return out
+
+
 def skipped(name: str, skip: tuple[str, ...]) -> bool:
     """``name`` or a module it lives in matches a ``skip`` glob."""
     parts = name.split(".")

@@ -65,6 +65,12 @@ class QuantizeConfig(Recipe):
         doc="weight_only_int4: input features per int4 scale (Linear "
         "layers whose input size it does not divide stay float)",
     )
+    untie: bool = field(
+        False,
+        doc="dynamic_int8, weight_only_int8/int4: also quantize a layer whose weight is tied to another "
+        "module's (an LM's lm_head and its input embedding). Off: such a layer stays float, so the weight "
+        "stays one tensor and the model does not grow",
+    )
     per_channel: bool = field(
         False,
         doc="dynamic_int8 (torch.ao): one weight scale per output channel instead of per "
@@ -73,9 +79,9 @@ class QuantizeConfig(Recipe):
 
     OPTIONS_BY = "method"
     OPTIONS = {
-        "dynamic_int8": ("backend", "modules", "skip", "engine", "per_channel"),
-        "weight_only_int8": ("backend", "modules", "skip"),
-        "weight_only_int4": ("backend", "modules", "skip", "group_size"),
+        "dynamic_int8": ("backend", "modules", "skip", "untie", "engine", "per_channel"),
+        "weight_only_int8": ("backend", "modules", "skip", "untie"),
+        "weight_only_int4": ("backend", "modules", "skip", "untie", "group_size"),
         "static_int8": ("backend", "skip", "calibration_batches", "weight_bits", "reduce_range"),
         "fp16": ("backend",),
         "bf16": ("backend",),
@@ -143,7 +149,12 @@ class QuantizeConfig(Recipe):
         return None
 
     def apply(self, model: Any, ctx: RecipeContext) -> StepResult:
-        before = self.targets(model)  # first: torchao rewrites the model in place
+        kept = (
+            {} if self.untie or self.method not in INT_METHODS or self.method == "static_int8" else coverage.tied(model)
+        )
+        cfg = dataclasses.replace(self, skip=self.skip + tuple(kept)) if kept else self
+        before = cfg.targets(model)  # first: torchao rewrites the model in place
+        params = _param_count(model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = {
@@ -153,7 +164,16 @@ class QuantizeConfig(Recipe):
                 "static_int8": _static,
                 "fp16": _cast,
                 "bf16": _cast,
-            }[self.method](self, model, ctx)
+            }[self.method](cfg, model, ctx)
+        grown = _param_count(out.model)
+        if grown > params and not self.untie:
+            raise ValueError(
+                f"the step grew the model from {params:,} to {grown:,} parameters (a shared weight was split "
+                "into copies); set untie: true to accept that"
+            )
+        if kept:
+            out.details["kept_tied"] = kept
+            out.summary += "; kept float to stay tied: " + ", ".join(f"{m} (shares {w})" for m, w in kept.items())
         if before is not None:
             # what it converted, read from the result: the request is not evidence
             cov = coverage.coverage(
@@ -235,6 +255,14 @@ def _dynamic(cfg, model, ctx) -> StepResult:
         requires=("torchao",) if backend == "torchao" else (),
         settings={"quantized_engine": cfg.engine} if backend == "torch.ao" else {},
     )
+
+
+def _param_count(model) -> int:
+    """Parameters, a shared tensor counted once (what ``model.parameters()`` yields)."""
+    try:
+        return sum(p.numel() for p in model.parameters())
+    except Exception:  # noqa: BLE001 - a graph module without parameters() counts as none
+        return 0
 
 
 def _check_runs(q, model, example) -> None:
