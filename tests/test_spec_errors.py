@@ -242,3 +242,14 @@ def test_dynamic_probes_clamp_lengths_to_the_size_they_cut():
     assert got[("frames", 8)]["lengths"].tolist() == [8, 8, 8]
     assert got[("frames", 154)]["lengths"].tolist() == [154, 99, 143]
     assert got[("frames", 300)]["lengths"].tolist() == [164, 99, 143]
+
+
+def test_a_variant_size_gate_replaces_the_spec_size_gate_other_sections_merge_key_by_key():
+    text = make_spec(
+        thresholds="  size: {max_ratio: 0.5}\n  metric: {max_drop: 0.01}",
+        variants="  baseline: {}\n  big:\n    quantize: {method: fp16}\n"
+        "    thresholds: {size: {max_mb: 600}, metric: {max_relative_drop: 0.1}}",
+    )
+    th = parse(text, filename="s.yaml").variants["big"].thresholds
+    assert (th.size.max_mb, th.size.max_ratio) == (600, None)
+    assert (th.metric.max_drop, th.metric.max_relative_drop) == (0.01, 0.1)

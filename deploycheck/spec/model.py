@@ -580,7 +580,8 @@ class LatencyThreshold:
 
 @dataclass(frozen=True)
 class SizeThreshold:
-    """Artifact size gates."""
+    """Artifact size gates. A variant's own `size` replaces the spec's whole (a variant that sets
+    `max_mb` does not also inherit the spec's `max_ratio`)."""
 
     max_mb: float | None = field(None, gt=0, doc="largest artifact size in MB (10^6 bytes)")
     max_ratio: float | None = field(
@@ -730,6 +731,11 @@ class Thresholds:
                     out[key] = OutputThreshold.parse(sub, path=f"{path}.{key}", line=kl, ctx=ctx, base=self.outputs)
                     continue
                 given = build_fields(hints[key], sub, path=f"{path}.{key}", line=kl, ctx=ctx, partial=True)
+                if key == "size" and given:
+                    # max_mb and max_ratio are two bounds of one gate: a variant that sets either sets
+                    # its own size gate (a 600 MB ceiling must not also inherit the spec's ratio)
+                    out[key] = SizeThreshold(**given)
+                    continue
                 out[key] = dataclasses.replace(getattr(self, key), **given)
             except Invalid:
                 bad = True
