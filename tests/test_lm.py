@@ -560,3 +560,13 @@ def test_the_perplexity_ratio_interval_resamples_texts_and_holds_the_point_ratio
     assert ratio == pytest.approx(math.exp(gap / 6))
     assert ratio == pytest.approx(lm.perplexity(var, ids, mask) / lm.perplexity(base, ids, mask))
     assert lo == pytest.approx(1.0) and hi == pytest.approx(math.exp(gap / 3))
+
+
+def test_the_size_item_counts_the_kv_cache_step_that_ships_with_the_artifact(lm_run):
+    """Generation loads model.kv.pt2 (a second copy of the weights): what ships is both files."""
+    _, recs = lm_run
+    size = recs[("baseline", "export", "size")]
+    files = size["details"]["files"]
+    assert sorted(files) == ["model.kv.pt2", "model.pt2"]
+    assert size["details"]["size_mb"] == pytest.approx(sum(files.values()) / 1e6)
+    assert f"(model.pt2 {files['model.pt2'] / 1e6:.4g} MB + model.kv.pt2 " in size["formula"]

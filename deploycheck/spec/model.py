@@ -583,10 +583,12 @@ class SizeThreshold:
     """Artifact size gates. A variant's own `size` replaces the spec's whole (a variant that sets
     `max_mb` does not also inherit the spec's `max_ratio`)."""
 
-    max_mb: float | None = field(None, gt=0, doc="largest artifact size in MB (10^6 bytes)")
-    max_ratio: float | None = field(
-        None, gt=0, doc="artifact size / baseline artifact size (same format) must be <= this"
+    max_mb: float | None = field(
+        None,
+        gt=0,
+        doc="largest size in MB (10^6 bytes) of what ships: the artifact, plus a causal LM's KV-cache step",
     )
+    max_ratio: float | None = field(None, gt=0, doc="that size / the baseline's (same format) must be <= this")
 
 
 @dataclass(frozen=True)
