@@ -263,3 +263,18 @@ def test_a_tied_lm_head_stays_float_and_tied_unless_untie_is_set(method):
         untied = QuantizeConfig(method=method, untie=True).apply(copy.deepcopy(model), ctx)
     assert "kept_tied" not in untied.details
     assert untied.details["coverage"]["converted_layers"] == 2
+
+
+def test_state_tensors_count_a_tied_weight_once_and_name_quantized_tensors_by_their_storage():
+    from deploycheck.loading import describe_state, state_bytes, state_tensors
+
+    model = TiedLM()
+    names = [n for n, _, _ in state_tensors(model)]
+    assert names == ["embed.weight", "mlp.weight", "mlp.bias"]  # lm_head.weight is embed.weight
+    assert state_bytes(model) == (64 * 32 + 32 * 32 + 32) * 4
+    out, _ = apply(QuantizeConfig(method="weight_only_int8"), model)
+    got = {n: d for n, d, _ in state_tensors(out.model)}
+    assert (got["embed.weight"], got["mlp.weight"]) == ("float32", "int8")
+    assert describe_state([("a", "float32", 3_000_000), ("b", "int8", 500_000), ("c", "float32", 1_000_000)]) == (
+        "float32 4 MB in 2 tensors (largest a 3 MB); int8 0.5 MB in 1 tensors (largest b 0.5 MB)"
+    )

@@ -498,6 +498,18 @@ def test_rnn_trace_and_export_failures_keep_the_cause_torch_prints_after_the_fir
     )
 
 
+def test_a_failed_size_gate_says_where_the_bytes_are(project):
+    project.write(make_spec(thresholds="  size: {max_mb: 0.0001}"))
+    res = project.run("-k", "size")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(
+        [
+            "size * MB > max_mb 0.0001",
+            "  where the bytes are (the built model's state): float32 * MB in * tensors (largest * MB)",
+        ]
+    )
+
+
 # --- validate resolves names ------------------------------------------------------------------
 
 

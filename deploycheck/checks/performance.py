@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .. import machine
 from ..errors import StageError
+from ..loading import describe_state, state_tensors
 from ..numeric import fmt_num
 from ..stages.save import VariantUnsupported
 from ..target import Target
@@ -203,9 +204,15 @@ def size_check(runner, t: Target) -> Verdict:
     else:
         why = unset_words("thresholds.size", "max_mb", "max_ratio")
     formula = gate.formula(unset=f"size {fmt_num(mb)} MB{parts}; {why}")
+    message = "" if gate.ok else formula
+    if not t.made_elsewhere:  # where the bytes are: the built model's state, by dtype
+        tensors = state_tensors(runner.built(t).model)
+        details["state_by_dtype"] = {d: sum(n for _, dd, n in tensors if dd == d) for d in {d for _, d, _ in tensors}}
+        if message:
+            message += f"\n  where the bytes are (the built model's state): {describe_state(tensors)}"
     return Verdict(
         passed=gate.ok,
-        message="" if gate.ok else formula,
+        message=message,
         formula=formula,
         value=mb,
         threshold=given(th, "max_mb", "max_ratio"),

@@ -138,7 +138,10 @@ def converted_modules(model) -> set[str]:
             continue
         own = dict(m.named_parameters(recurse=False))
         own.update(dict(m.named_buffers(recurse=False)))
-        w = getattr(m, "weight", None)
+        try:
+            w = getattr(m, "weight", None)  # a property may compute it, or raise
+        except Exception:  # noqa: BLE001 - no readable weight: judged by its parameters and buffers
+            w = None
         if not callable(w) and w is not None:
             own.setdefault("weight", w)
         if any(_quantized_tensor(t) for t in own.values()):
