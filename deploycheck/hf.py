@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import Any
 
 import torch
 
@@ -113,6 +114,30 @@ def token_ids(texts, *, path: str) -> list[list[int]]:
 
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return [list(map(int, tok(str(t))["input_ids"])) for t in texts]
+
+
+def prompt_ids(prompts, *, path: str) -> tuple[list[str], list[list[int]]]:
+    """Each prompt's text and token ids with the tokenizer in ``path``: a text as :func:`token_ids`
+    makes them; chat messages rendered by the tokenizer's chat template, generation prompt added
+    (the text shown is the rendered one)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    texts, ids = [], []
+    for i, p in enumerate(prompts, 1):
+        if isinstance(p, str):
+            texts.append(p)
+            ids.append(list(map(int, tok(p)["input_ids"])))
+            continue
+        if not getattr(tok, "chat_template", None):
+            raise ValueError(
+                f"prompt {i} is chat messages, but the tokenizer in {path} has no chat template "
+                "(tokenizer_config.json: chat_template): write plain prompts, or use the model's own tokenizer files"
+            )
+        texts.append(str(tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False)))
+        got: Any = tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True)
+        ids.append(list(map(int, got["input_ids"] if hasattr(got, "keys") else got)))  # a BatchEncoding in 5.x
+    return texts, ids
 
 
 def decoder(path: str):

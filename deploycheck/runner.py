@@ -20,7 +20,7 @@ from typing import Any
 
 from . import diverge
 from .cache import Cache, build_key, value_key
-from .data.sources import read_lines
+from .data.sources import read_prompts
 from .errors import StageError
 from .isolation import ChildGone, ChildUnpicklable, RemoteError, WorkerPool, call_forked, call_in_thread, can_fork
 from .lm import greedy, hf_steps
@@ -238,17 +238,19 @@ class Runner:
         """The generation prompts' texts and their token ids (the model's own tokenizer)."""
 
         def make():
-            from .hf import token_ids
+            from .hf import prompt_ids
 
             where = spec.where("generation")
             try:
-                texts = read_lines(os.path.join(os.path.dirname(os.path.abspath(spec.path)), spec.generation.prompts))
-                if not texts:
-                    raise ValueError(f"{spec.generation.prompts} holds no prompt")
-                ids = self.spec_value(
-                    spec, "prompt-ids", texts, lambda: token_ids(texts, path=self.tokenizer_dir(spec))
+                prompts = read_prompts(
+                    os.path.join(os.path.dirname(os.path.abspath(spec.path)), spec.generation.prompts)
                 )
-                return texts, [list(map(int, i)) for i in ids]
+                if not prompts:
+                    raise ValueError(f"{spec.generation.prompts} holds no prompt")
+                texts, ids = self.spec_value(
+                    spec, "prompt-ids", prompts, lambda: prompt_ids(prompts, path=self.tokenizer_dir(spec))
+                )
+                return list(texts), [list(map(int, i)) for i in ids]
             except Exception as e:
                 raise StageError.at(
                     spec, "build", f"cannot read the generation prompts: {describe_exc(e)}", where=where

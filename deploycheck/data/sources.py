@@ -54,6 +54,43 @@ def read_lines(path: str) -> list[str]:
         return [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
 
 
+def read_prompts(path: str) -> list:
+    """Generation prompts. A text file holds one prompt per line (blank and '#' lines skipped); a
+    ``.jsonl`` file one JSON object per line: ``{"prompt": text}`` (newlines allowed) or
+    ``{"messages": [{"role": "user", "content": text}, ...]}``, which the tokenizer's own chat
+    template renders. A line that is neither names its line number."""
+    import json
+
+    if not path.endswith(".jsonl"):
+        return read_lines(path)
+    name = os.path.basename(path)
+    shape = '{"prompt": "text"} or {"messages": [{"role": "user", "content": "text"}, ...]}'
+    out: list = []
+    with open(path, encoding="utf-8") as fh:
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{name}:{i}: not a JSON object ({e.msg}); each line is {shape}") from None
+            if isinstance(obj, dict) and set(obj) == {"prompt"} and isinstance(obj["prompt"], str):
+                if not obj["prompt"].strip():
+                    raise ValueError(f"{name}:{i}: the prompt is empty")
+                out.append(obj["prompt"])
+                continue
+            msgs = obj.get("messages") if isinstance(obj, dict) and set(obj) == {"messages"} else None
+            ok = isinstance(msgs, list) and bool(msgs)
+            ok = ok and all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in msgs or ()
+            )
+            if not ok:
+                raise ValueError(f"{name}:{i}: expected {shape}, got {line.strip()[:120]}")
+            out.append([{"role": m["role"], "content": m["content"]} for m in msgs or ()])
+    return out
+
+
 def _text(rest: str, spec):
     import numpy as np
 

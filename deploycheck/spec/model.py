@@ -961,7 +961,11 @@ class SemanticSpec:
 class GenerationSpec:
     """Greedy generation from prompts, through the reloaded artifact in the fresh process."""
 
-    prompts: str = field(doc="one prompt per line, relative to the spec (blank and '#' lines skipped)")
+    prompts: str = field(
+        doc="a file relative to the spec: one prompt per line (blank and '#' lines skipped), or .jsonl with "
+        'one {"prompt": text} (newlines allowed) or {"messages": [{"role": …, "content": …}, …]} per line, '
+        "the messages rendered with the tokenizer's chat template (generation prompt added)"
+    )
     new_tokens: int = field(8, ge=1, le=512, doc="tokens generated greedily per prompt")
     show: int = field(3, ge=1, doc="departing prompts shown in a failure message")
     kv_cache: bool = field(
