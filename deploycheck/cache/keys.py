@@ -168,6 +168,13 @@ def build_key(spec, vname: str) -> str:
     data_file = None
     if spec.data.source.startswith(("npz:", "text:")):
         data_file = file_sha(os.path.join(base, spec.data.source.partition(":")[2]))
+    elif spec.data.source.startswith(("images:", "manifest:")):  # every image (and the manifest) by content
+        from ..data.sources import image_files
+
+        try:
+            data_file = _h([(os.path.relpath(f, base), file_sha(f)) for f in image_files(spec.data.source, spec)])
+        except (OSError, ValueError):
+            data_file = None  # the data stage reports what is wrong
     hf_dir = None
     if spec.model.hf is not None:
         try:

@@ -43,7 +43,7 @@ SOURCES: Registry[DataSource] = Registry("data source")
 #: step name -> PreprocessOp
 PREPROCESS: Registry[PreprocessOp] = Registry("preprocessing step")
 
-for _s in ("sklearn", "npz", "text", "python"):
+for _s in ("sklearn", "npz", "text", "python", "images", "manifest"):
     SOURCES.register(_s, f"deploycheck.data.sources:{_s.upper()}")
-for _o in ("scale", "shift", "normalize", "clip", "reshape", "dtype", "callable", "tokenize"):
+for _o in ("scale", "shift", "normalize", "clip", "reshape", "dtype", "callable", "tokenize", "image"):
     PREPROCESS.register(_o, f"deploycheck.data.ops:{_o.upper()}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from ..loading import import_callable, search_dirs
 from ..schema import DType, field, import_path_problem
@@ -36,6 +37,82 @@ class Normalize:
         if isinstance(self.std, tuple) and isinstance(self.mean, tuple) and len(means) != len(stds):
             return [("std", f"mean has {len(means)} values but std has {len(stds)}")]
         return []
+
+
+@dataclass(frozen=True)
+class Image:
+    """Image files to float32 arrays in [0, 1], as torchvision's PIL transforms make them:
+    decode (Pillow), convert to the channel order, resize the shorter side, centre-crop, lay out."""
+
+    resize: int | None = field(None, ge=1, doc="resize so the shorter side has this many pixels (aspect kept)")
+    crop: int | tuple[int, ...] | None = field(None, doc="centre crop: a size, or [height, width] (after resize)")
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = field(
+        "bilinear", doc="resize filter (Pillow's, as torchvision's Resize uses on PIL images)"
+    )
+    channels: Literal["rgb", "bgr", "gray"] = field("rgb", doc="channel order of the output (gray: one channel)")
+    layout: Literal["chw", "hwc"] = field("chw", doc="per-sample layout: channels first (PyTorch) or last")
+
+    def check(self) -> list[tuple[str, str]]:
+        c = self.crop
+        if isinstance(c, tuple) and (len(c) != 2 or any(v < 1 for v in c)):
+            return [("crop", f"expected a size or [height, width] of positive sizes, got {list(c)}")]
+        if isinstance(c, int) and c < 1:
+            return [("crop", f"must be positive, got {c}")]
+        return []
+
+
+def _image(x, arg, spec):
+    """Decode each path in ``x`` and transform it; every image must end with the same size."""
+    import numpy as np
+
+    try:
+        from PIL import Image as PILImage
+    except ImportError as e:
+        raise ImportError("the image step needs Pillow: pip install 'deploycheck[vision]'") from e
+    filters = {
+        "nearest": PILImage.Resampling.NEAREST,
+        "bilinear": PILImage.Resampling.BILINEAR,
+        "bicubic": PILImage.Resampling.BICUBIC,
+        "lanczos": PILImage.Resampling.LANCZOS,
+    }
+    out = []
+    for path in x:
+        if not isinstance(path, str):
+            raise ValueError(
+                f"the image step takes image file paths (an images: or manifest: source), got {type(path).__name__}"
+            )
+        try:
+            with PILImage.open(path) as f:
+                im: Any = f.convert("L" if arg.channels == "gray" else "RGB")
+                if arg.resize is not None:
+                    w, h = im.size
+                    if w <= h:
+                        size = (arg.resize, int(arg.resize * h / w))
+                    else:
+                        size = (int(arg.resize * w / h), arg.resize)
+                    im = im.resize(size, filters[arg.interpolation])
+                if arg.crop is not None:
+                    ch, cw = (arg.crop, arg.crop) if isinstance(arg.crop, int) else arg.crop
+                    w, h = im.size
+                    if ch > h or cw > w:
+                        raise ValueError(f"crop {ch}x{cw} is larger than the image ({h}x{w} after resize)")
+                    top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+                    im = im.crop((left, top, left + cw, top + ch))
+                a = np.asarray(im, dtype=np.float32) / np.float32(255)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+        if a.ndim == 2:
+            a = a[:, :, None]
+        if arg.channels == "bgr":
+            a = a[:, :, ::-1]
+        out.append(np.ascontiguousarray(a.transpose(2, 0, 1) if arg.layout == "chw" else a))
+    shapes = {a.shape for a in out}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"the images have different sizes after the image step ({', '.join(str(list(s)) for s in sorted(shapes)[:4])}): "
+            "give `crop` (and `resize`) so every sample has one shape"
+        )
+    return np.stack(out) if out else np.zeros((0,), dtype=np.float32)
 
 
 def _scale(x, arg, spec):
@@ -124,6 +201,14 @@ CALLABLE = PreprocessOp(
     str,
     _callable,
     import_path_problem,
+    reads_text=True,
+)
+IMAGE = PreprocessOp(
+    "image",
+    "{resize, crop, interpolation, channels, layout}: image files (images: or manifest: source) -> float32 in "
+    "[0, 1], resized (shorter side), centre-cropped, (N, C, H, W); then `normalize` with the model's mean and std",
+    Image,
+    _image,
     reads_text=True,
 )
 TOKENIZE = PreprocessOp(

@@ -111,6 +111,93 @@ def _python(rest: str, spec):
     )
 
 
+#: file suffixes the image sources read (decoded with Pillow)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def image_files(source: str, spec) -> list[str]:
+    """Every file an ``images:`` or ``manifest:`` source reads (the manifest first), for the cache
+    key: a changed, added or removed image changes it."""
+    scheme, _, rest = source.partition(":")
+    path = os.path.join(_base(spec), rest)
+    if scheme == "images":
+        x, _ = _images(rest, spec)
+        return [str(f) for f in x]
+    if scheme == "manifest":
+        x, _ = _manifest(rest, spec)
+        return [path] + [str(f) for f in x]
+    return []
+
+
+def _images(rest: str, spec):
+    """A folder with one subfolder per class (torchvision's ImageFolder layout): labels are the
+    classes' indices in sorted order; files in sorted order within each class."""
+    import numpy as np
+
+    root = os.path.join(_base(spec), rest)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"images:{rest}: no folder {root}")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    files, labels = [], []
+    for i, c in enumerate(classes):
+        for f in sorted(os.listdir(os.path.join(root, c))):
+            if f.lower().endswith(IMAGE_SUFFIXES):
+                files.append(os.path.join(root, c, f))
+                labels.append(i)
+    if not files:
+        raise ValueError(
+            f"images:{rest}: no images in class subfolders (expected {rest}/<class>/<image> with suffix "
+            f"{', '.join(IMAGE_SUFFIXES)}); found {len(classes)} subfolders"
+        )
+    return np.asarray(files, dtype=object), np.asarray(labels, dtype=np.int64)
+
+
+def _manifest(rest: str, spec):
+    """A CSV file with a header naming `path` and `label` columns, or a JSONL file of
+    {"path": ..., "label": ...} objects; paths relative to the manifest's folder, labels integers."""
+    import csv
+    import json
+
+    import numpy as np
+
+    path = os.path.join(_base(spec), rest)
+    folder = os.path.dirname(path)
+    rows: list[tuple[int, Any, Any]] = []
+    with open(path, encoding="utf-8", newline="") as fh:
+        if path.endswith(".jsonl"):
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"manifest:{rest}:{n}: not a JSON object ({e.msg})") from None
+                    if not isinstance(obj, dict):
+                        raise ValueError(f'manifest:{rest}:{n}: expected {{"path": ..., "label": ...}}')
+                    rows.append((n, obj.get("path"), obj.get("label")))
+        else:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or "path" not in reader.fieldnames or "label" not in reader.fieldnames:
+                raise ValueError(
+                    f"manifest:{rest}: the CSV header must name `path` and `label`, got {reader.fieldnames}"
+                )
+            rows = [(n, r.get("path"), r.get("label")) for n, r in enumerate(reader, 2)]
+    files, labels = [], []
+    for n, p, label in rows:
+        if not isinstance(p, str) or not p:
+            raise ValueError(f"manifest:{rest}:{n}: no path")
+        try:
+            labels.append(int(label))
+        except (TypeError, ValueError):
+            raise ValueError(f"manifest:{rest}:{n}: label {label!r} is not an integer") from None
+        full = os.path.join(folder, p)
+        if not os.path.isfile(full):
+            raise FileNotFoundError(f"manifest:{rest}:{n}: no image {full}")
+        files.append(full)
+    if not files:
+        raise ValueError(f"manifest:{rest}: no rows")
+    return np.asarray(files, dtype=object), np.asarray(labels, dtype=np.int64)
+
+
 SKLEARN = DataSource(
     "sklearn",
     "sklearn:NAME",
@@ -131,4 +218,18 @@ PYTHON = DataSource(
     "a function returning (x, y), (x_train, y_train, x_test, y_test) or a dict with those keys",
     _python,
     import_path_problem,
+)
+IMAGES = DataSource(
+    "images",
+    "images:DIR",
+    "image files in one subfolder per class (DIR/<class>/<image>, as torchvision's ImageFolder), relative to "
+    "the spec; labels are the classes' indices in sorted order. Decode them with the `image` step",
+    _images,
+)
+MANIFEST = DataSource(
+    "manifest",
+    "manifest:FILE",
+    "a CSV (header with `path` and `label`) or JSONL ({path, label} per line) listing images, paths relative to "
+    "the manifest, integer labels. Decode them with the `image` step",
+    _manifest,
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..data import PREPROCESS, SOURCES
-from ..data.ops import Normalize, Tokenize
+from ..data.ops import Image, Normalize, Tokenize
 from ..formats import FORMATS
 from ..recipes import RECIPES
 from ..recipes.prune import FineTune
@@ -172,6 +172,19 @@ unmodified model and takes no recipe. Besides that, every variant takes:
 | `model` | a mapping | - | the variant's own model (below) |"""
 
 
+IMAGE_EXAMPLE = """An image classifier over a folder with one subfolder per class (`pip install 'deploycheck[vision]'`):
+
+```yaml
+data:
+  source: images:val_images            # val_images/<class>/<image>.jpg; labels: sorted class indices
+  split: {test_fraction: 0.5, seed: 0}
+  preprocess:
+    - image: {resize: 256, crop: 224, interpolation: bilinear, channels: rgb}
+    - normalize: {mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}
+```
+"""
+
+
 def render() -> str:
     out = []
 
@@ -197,7 +210,12 @@ def render() -> str:
         + "\n\n`normalize` takes:\n\n"
         + table(Normalize)
         + "\n\n`tokenize` takes:\n\n"
-        + table(Tokenize),
+        + table(Tokenize)
+        + "\n\n`image` takes (Pillow decodes; the same resize and centre crop as torchvision's `Resize(n)` "
+        "and `CenterCrop(n)` on PIL images, so an ImageNet model reads what it was trained on):\n\n"
+        + table(Image)
+        + "\n\n"
+        + IMAGE_EXAMPLE,
     )
     sec("`metric` (a name, or a mapping)", table(MetricSpec))
     for name in FORMATS.names():
