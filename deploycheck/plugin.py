@@ -319,6 +319,23 @@ def _share_cores(config) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
+def pytest_runtest_teardown(item, nextitem):
+    """After the last item of a variant, the session lets go of that variant's models and
+    outputs; after the last item of a spec, of everything the spec held (its baseline too)."""
+    t = getattr(item, "target", None)
+    runner = item.config.stash.get(_RUNNER, None)
+    if t is None or runner is None:
+        return
+    nt = getattr(nextitem, "target", None)
+    # an xdist worker does not know its next unit yet (nextitem None): it may be this spec's again,
+    # whose baseline it would then restore or rebuild, so only the variant is let go there
+    last_known = nextitem is not None or "PYTEST_XDIST_WORKER" not in os.environ
+    if last_known and (nt is None or nt.spec.path != t.spec.path):
+        runner.release(t.spec.path)
+    elif (nt is None or nt.vname != t.vname or nt.spec.path != t.spec.path) and not t.is_baseline:
+        runner.release(t.spec.path, t.vname)
+
+
 def get_runner(config):
     if _RUNNER not in config.stash:
         _share_cores(config)

@@ -98,6 +98,26 @@ class Runner:
     def close(self) -> None:
         self.pool.close()
 
+    def release(self, spec_path: str, vname: str | None = None) -> int:
+        """Forget what the session holds for variant ``vname`` of a spec (its built model, artifact
+        handles, fresh-process outputs and in-memory runs), or for the whole spec with ``vname``
+        None, once their items have run: a spec of several large variants (an LLM in six recipes)
+        otherwise keeps every model in memory until the session ends. A later item that needs one
+        again (an unusual order) gets it from the cache or builds it again. Returns how many
+        entries were dropped."""
+        drop = [
+            k
+            for k in self._memo_store
+            if len(k) >= 2 and k[1] == spec_path and (vname is None or (len(k) >= 3 and k[2] == vname))
+        ]
+        for k in drop:
+            del self._memo_store[k]
+        if any(k[0] == "built" for k in drop):
+            import gc
+
+            gc.collect()  # a model in a reference cycle (an error's traceback) goes now, not later
+        return len(drop)
+
     def _memo(self, name: str, target: Any, fn: Callable[[], Any]) -> Any:
         """``fn()`` once per session for ``name`` and ``target`` (a Target, or a spec for what the
         whole spec shares); its error too, located at ``target``."""

@@ -510,6 +510,54 @@ def test_a_failed_size_gate_says_where_the_bytes_are(project):
     )
 
 
+MEMORY_PROBE = """
+import gc
+import json
+import weakref
+
+import pytest
+
+from deploycheck.plugin import _RUNNER
+
+REFS, SEEN = {}, []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_setup(item):
+    runner, t = item.config.stash.get(_RUNNER, None), getattr(item, "target", None)
+    if runner is None or t is None:
+        return
+    for key, (status, value) in list(runner._memo_store.items()):
+        if key[0] == "built" and status == "ok":
+            REFS.setdefault(key[2], weakref.ref(value.model))
+    gc.collect()
+    SEEN.append([t.vname, sorted(n for n, ref in REFS.items() if ref() is not None)])
+
+
+def pytest_sessionfinish(session):
+    with open("alive.json", "w") as fh:
+        json.dump(SEEN, fh)
+"""
+
+
+def test_a_variants_model_is_let_go_once_its_items_have_run(project):
+    """A spec of several large variants must not hold every model until the session ends: when the
+    next variant's items start, the previous one's model is gone; the baseline stays for the rest."""
+    project.tester.makeconftest(MEMORY_PROBE)
+    variants = (
+        "  baseline: {}\n  a:\n    prune: {method: l1_unstructured, amount: 0.2}\n"
+        "  b:\n    prune: {method: l1_unstructured, amount: 0.3}"
+    )
+    project.write(make_spec(variants=variants, thresholds="  metric: {max_drop: 1.0}"))
+    res = project.run("-k", "metric or outputs")
+    res.assert_outcomes(passed=6)
+    seen = json.loads((project.path / "alive.json").read_text())
+    first_b = next(alive for vname, alive in seen if vname == "b")
+    assert first_b == ["baseline"], seen  # a's model went when its items ended
+    last_a = [alive for vname, alive in seen if vname == "a"][-1]
+    assert last_a == ["a", "baseline"], seen
+
+
 # --- validate resolves names ------------------------------------------------------------------
 
 
