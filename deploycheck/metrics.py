@@ -19,6 +19,8 @@ class Metric:
     #: each sample's value, whose mean is the metric (None: the metric is not a mean over samples):
     #: a paired interval then resamples these numbers, computed once, never the outputs
     per_sample: Callable[..., Any] | None = None
+    #: compared with the baseline's outputs even where the data has labels (agreement)
+    vs_baseline: bool = False
 
     def __call__(self, outputs, targets) -> float:
         return float(self.fn(outputs, targets))
@@ -32,9 +34,11 @@ class Metric:
 METRICS: Registry[Metric] = Registry("metric")
 
 
-def _metric(name: str, *, higher: bool, labels: bool, per_sample: Callable[..., Any] | None = None):
+def _metric(
+    name: str, *, higher: bool, labels: bool, per_sample: Callable[..., Any] | None = None, vs_baseline: bool = False
+):
     def deco(fn):
-        METRICS.register(name, Metric(name, fn, higher, labels, per_sample))
+        METRICS.register(name, Metric(name, fn, higher, labels, per_sample, vs_baseline))
         return fn
 
     return deco
@@ -125,6 +129,21 @@ def _cosine_samples(outputs, targets):
     return torch.nn.functional.cosine_similarity(_rows(o), _rows(t), dim=1)
 
 
+def _top1_samples(outputs, targets):
+    o, t = _align(outputs, targets)
+    if o.ndim != 2 or o.shape[1] < 2:
+        raise ValueError(f"agreement needs classifier logits (batch, classes), got {tuple(o.shape)}")
+    return (o.argmax(1) == t.argmax(1)).double()
+
+
+@_metric("agreement", higher=True, labels=False, per_sample=_top1_samples, vs_baseline=True)
+def agreement(outputs, targets):
+    """Classifiers without labels: the fraction of samples whose predicted class (top-1) is the
+    baseline's. A baseline reads 1 against itself; a variant's drop is the share of changed
+    predictions (as MLPerf counts accuracy against the fp32 reference)."""
+    return _top1_samples(outputs, targets).mean().item()
+
+
 @_metric("mse", higher=False, labels=False, per_sample=_mse_samples)
 def mse(outputs, targets):
     o, t = _align(outputs, targets)
@@ -181,7 +200,10 @@ def resolve(spec) -> Metric:
 
 
 def targets_for(metric: Metric, labels: Any, baseline_outputs: Any):
-    """Labels when the data has them; otherwise the baseline's outputs (a fidelity metric)."""
+    """Labels when the data has them; otherwise the baseline's outputs (a fidelity metric). A
+    metric defined against the baseline (agreement) always takes the baseline's outputs."""
+    if metric.vs_baseline:
+        return baseline_outputs
     if labels is not None:
         return labels
     if metric.needs_labels:

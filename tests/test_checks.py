@@ -82,3 +82,20 @@ def test_unset_words_name_the_keys_that_would_gate():
         == "no threshold set (thresholds.size: max_mb or max_ratio)"
     )
     assert unset_words("thresholds.size", "max_mb") == "no threshold set (thresholds.size: max_mb)"
+
+
+def test_agreement_is_the_share_of_unchanged_top1_predictions_against_the_baseline_even_with_labels():
+    import pytest
+    import torch
+
+    from deploycheck.metrics import METRICS, targets_for
+
+    m = METRICS.get("agreement")
+    base = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.0, 1.0, 4.0], [5.0, 0.0, 0.0]])
+    var = torch.tensor([[2.0, 1.0, 0.0], [3.0, 0.0, 1.0], [0.0, 1.0, 4.0], [5.0, 6.0, 0.0]])
+    labels = torch.tensor([1, 1, 1, 1])  # ignored: agreement is with the baseline's predictions
+    assert m(var, targets_for(m, labels, base)) == 0.5
+    assert m(base, targets_for(m, labels, base)) == 1.0
+    assert m.samples(var, base).tolist() == [1.0, 0.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match=r"agreement needs classifier logits \(batch, classes\), got \(4,\)"):
+        m(torch.zeros(4), torch.zeros(4))

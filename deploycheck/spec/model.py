@@ -382,7 +382,9 @@ class DataSpec:
 class MetricSpec:
     """The quality metric. A string names a built-in; a mapping gives options or a callable."""
 
-    name: str = field("accuracy", doc="accuracy | top_k | mse | mae | r2 | cosine | token_agreement | callable")
+    name: str = field(
+        "accuracy", doc="accuracy | top_k | agreement | mse | mae | r2 | cosine | token_agreement | callable"
+    )
     k: int = field(5, ge=1, doc="top_k: how many top classes count as a hit")
     callable: str | None = field(None, doc="'module:function(outputs, targets) -> float' for a custom metric")
     higher_is_better: bool | None = field(None, doc="direction of a custom metric (required with callable)")
@@ -987,7 +989,7 @@ class Spec:
     description: str = field("", doc="free text shown in reports")
     metric: MetricSpec = field(
         default_factory=MetricSpec,
-        doc="accuracy | top_k | mse | mae | r2 | cosine | token_agreement | {callable, higher_is_better}",
+        doc="accuracy | top_k | agreement | mse | mae | r2 | cosine | token_agreement | {callable, higher_is_better}",
     )
     formats: tuple[FormatSpec, ...] = field(default_factory=tuple, doc="formats every variant is shipped in")
     variants: dict[str, Any] = field(
