@@ -45,7 +45,8 @@ def batch_invariance_check(runner, t: Target) -> Verdict:
     alone = torch.cat(mo[:n])
     batched, rev = mo[n][:n], mo[n + 1][n_fill:]
     changed = 0
-    if alone.ndim == 2 and alone.shape[1] > 1 and resolve(t.spec).needs_labels:  # classifiers: compare predictions
+    m = resolve(t.spec)
+    if alone.ndim == 2 and alone.shape[1] > 1 and (m.needs_labels or m.vs_baseline):  # classifiers: predictions
         changed = int(((alone.argmax(1) != batched.argmax(1)) | (alone.argmax(1) != rev.argmax(1))).sum())
     gate = Gate()
     gate.bound(Bound.at_most("atol", th.atol), diff, f"max |alone - batched| {fmt_num(diff)}")
