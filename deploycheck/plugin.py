@@ -175,6 +175,9 @@ def run_cadence(config) -> str:
 
 
 def pytest_configure(config):
+    # torch's structured-trace logger emits empty DEBUG records on every export (its own handler
+    # writes them to TORCH_TRACE files); passed up, they filled -rA reports with blank lines
+    logging.getLogger("torch.__trace").propagate = False
     cache_size(config)  # a bad size is a usage error now, not at the end
     config.stash[RUN_CADENCE] = run_cadence(config)
     try:

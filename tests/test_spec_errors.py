@@ -191,7 +191,7 @@ def test_quantize_modules_the_method_cannot_quantize_are_spec_errors():
     )
     assert errors(text) == [
         "s.yaml:12: variants.a.quantize.modules: dynamic_int8 (torch.ao) quantizes Linear, LSTM, GRU modules only; "
-        "Conv2d cannot be: convolutions are quantized by method: static_int8",
+        "Conv2d cannot be: Conv2d layers are quantized by method: static_int8 (Conv1d only where a ReLU follows)",
         "s.yaml:14: variants.b.quantize.modules: dynamic_int8 (torchao) quantizes Linear modules only; GRU cannot be: "
         "dynamic_int8 with backend torch.ao (the default) converts LSTM and GRU",
         "s.yaml:16: variants.c.quantize.modules: weight_only_int8 (torchao) quantizes Linear modules only; LSTM cannot "

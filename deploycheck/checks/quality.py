@@ -261,7 +261,13 @@ def dynamic_check(runner, t: Target) -> Verdict:
         head = f"{p.name} traced at {p.traced}; at {p.size} ({', '.join(p.where)})"
         ref = refs[i]
         if isinstance(ref, str):  # the declaration promises a size the model itself cannot take
-            failed.append(f"{head} the in-memory variant fails: {ref} (check model.inputs dynamic min/max)")
+            fixed = next((s.summary for s in (runner.built(ref_t).steps or ()) if "; traced at " in s.summary), "")
+            hint = (
+                "the static int8 build fixed that dimension: " + fixed.split("; traced at ")[1].split(" (")[0]
+                if fixed
+                else "check model.inputs dynamic min/max"
+            )
+            failed.append(f"{head} the in-memory variant fails: {ref} ({hint})")
             details[p.label()] = "in-memory failed"
             continue
         err = errors[i] if i < len(errors) else "no result for this size"
@@ -307,10 +313,21 @@ def dynamic_check(runner, t: Target) -> Verdict:
             details[p.label()] = "ok"
     sizes = ", ".join(p.label() for p in probes)
     if failed:
-        msg = "\n".join(failed) + (
-            f"\n  export with these dimensions dynamic (model.inputs dynamic) or fix the "
-            f"model's size-dependent Python code; sizes tried: {sizes}"
-        )
+        if t.fspec is not None and getattr(t.fspec.options, "dynamic_seq", True) is False:
+            how = (
+                f"this {t.fmt} artifact was exported with dynamic_seq: false, so it takes the example's sizes "
+                "only; where a layer cannot keep the dimension dynamic under the exporter (nn.GRU, nn.LSTM), "
+                "ship the sizes that vary in TorchScript, or declare the dimension without min/max to gate "
+                "one size"
+            )
+        elif any(getattr(s, "method", None) == "static_int8" for s in t.variant.steps):
+            how = (
+                "a static int8 (pt2e) build traced at the example's size keeps it where a layer specialised "
+                "the dimension (its build summary says `traced at …`): ship that variant at that size"
+            )
+        else:
+            how = "export with these dimensions dynamic (model.inputs dynamic) or fix the model's size-dependent Python code"
+        msg = "\n".join(failed) + f"\n  {how}; sizes tried: {sizes}"
         return Verdict(
             passed=False, message=msg, formula=failed[0], value=len(failed), threshold={"sizes": sizes}, details=details
         )

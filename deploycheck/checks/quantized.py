@@ -46,11 +46,12 @@ def quantized_check(runner, t: Target) -> Verdict:
         raise StageError.at(t, "check", "no quantize step of the built variant recorded what it converted")
     message = ""
     if not gate.ok:
+        static = any(s["recipe"].startswith("quantize:static_int8") for s in steps)
         message = (
             gate.formula()
             + "\n  the variant would ship these layers in float while named as quantized: change the recipe "
-            "(modules, backend, method), or accept the float layers by naming them in `skip` or by lowering "
-            "thresholds.quantized.min_fraction"
+            + ("(method, or a model whose layers the quantizer handles)" if static else "(modules, backend, method)")
+            + ", or accept the float layers by naming them in `skip` or by lowering thresholds.quantized.min_fraction"
         )
     if th.min_fraction == 0:  # nothing was checked: reported, never a pass
         return Verdict(

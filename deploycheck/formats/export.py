@@ -128,7 +128,7 @@ def export_program(model, example, *, dynamic_batch: bool, strict: bool = False,
     except Exception as e:  # the exporter's own reason is the message users need
         reason = f"torch.export failed: {type(e).__name__}: {_first_line(e)}"
         if "specialized it to be a constant" in str(e):
-            reason += (
+            reason = reason.rstrip(".") + (
                 ". A layer fixed that dimension while tracing (nn.GRU and nn.LSTM specialise the sequence "
                 "length under torch.export): the format cannot hold it dynamic; give this format "
                 "`dynamic_seq: false` to export at the example's size, or ship TorchScript"

@@ -42,7 +42,17 @@ class TorchScriptFormat(Format):
                     else:
                         sm = torch.jit.trace(traced, (example,), check_trace=False, strict=False)
             except Exception as e:
-                raise Unsupported(f"torch.jit.{options.mode} failed: {type(e).__name__}: {_first_line(e)}") from e
+                reason = f"torch.jit.{options.mode} failed: {type(e).__name__}: {_first_line(e)}"
+                try:
+                    subclassed = any(type(p) not in (torch.Tensor, torch.nn.Parameter) for p in model.parameters())
+                except Exception:  # noqa: BLE001 - a model without parameters() holds no torchao tensors
+                    subclassed = False
+                if subclassed:
+                    reason = reason.rstrip(".") + (
+                        ". The variant's weights are torchao quantized tensors, which TorchScript cannot "
+                        "trace: ship it as export or onnx (torch.ao's dynamic int8 is the TorchScript path)"
+                    )
+                raise Unsupported(reason) from e
             torch.jit.save(sm, path)
         return {"mode": options.mode}
 

@@ -197,6 +197,10 @@ def _reason(x: Layer, *, method: str, backend: str, group_size: int | None) -> s
     subclass = x.type != x.base
     if method == "static_int8" and x.base in ("LSTM", "GRU"):
         return f"pt2e's x86 quantizer has no int8 {x.base}: dynamic_int8 (torch.ao) quantizes it, or name it in skip"
+    if method == "static_int8" and x.base == "Conv1d":
+        return "pt2e's x86 quantizer quantizes a Conv1d only where a ReLU follows it"
+    if method == "static_int8" and x.base == "Conv3d":
+        return "pt2e's x86 quantizer has no int8 Conv3d"
     if method == "static_int8":
         return f"the x86 pt2e quantizer did not annotate this {x.base}" + (f" (a {x.type})" if subclass else "")
     if backend == "torchao" or method in ("weight_only_int8", "weight_only_int4"):

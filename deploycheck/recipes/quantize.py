@@ -36,8 +36,9 @@ class QuantizeConfig(Recipe):
     modules: tuple[ModuleType, ...] = field(
         DEFAULT_MODULES,
         doc="module types to quantize, subclasses included (dynamic_int8, weight_only_int8/int4). torch.ao "
-        "converts exact nn.Linear/LSTM/GRU modules, torchao Linear weights only; what was converted is "
-        "read from the result and gated by thresholds.quantized",
+        "converts exact nn.Linear/LSTM/GRU modules, torchao Linear weights only; a convolution listed here is "
+        "a spec error naming the method that quantizes it (static_int8). What was converted is read from the "
+        "result and gated by thresholds.quantized",
     )
     skip: tuple[str, ...] = field(
         (), doc="module name globs left in float on purpose (each must match a module; not counted as targeted)"
@@ -108,7 +109,7 @@ class QuantizeConfig(Recipe):
             return []
         how = "torch.ao" if torch_ao else "torchao"
         if any(b.startswith("Conv") for b in bad):
-            fix = "convolutions are quantized by method: static_int8"
+            fix = "Conv2d layers are quantized by method: static_int8 (Conv1d only where a ReLU follows)"
         else:
             fix = "dynamic_int8 with backend torch.ao (the default) converts LSTM and GRU"
         return [

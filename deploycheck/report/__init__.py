@@ -76,17 +76,20 @@ def summary_rows(records) -> list[Row]:
             verdict = "inconclusive"  # every check passed but one that noise left undecided
         else:
             verdict = "pass"
-        reasons = []
+        reasons, failing = [], []
         for r in allrecs:
             if r.missing_snapshot:
                 reasons.append("snapshot: new, not yet approved (pytest --snapshot-update)")
             elif r.status in ("failed", "inconclusive", "not gated"):
                 reasons.append(f"{r.check}: {_first(r.formula or r.message) or r.status}")
+                if r.status == "failed":
+                    failing.append(reasons[-1])
             elif r.status == "error":
                 # one stage failure fails every check that needs it: name it once
                 reason = _first(r.message) or "error"
                 if reason not in reasons:
                     reasons.append(reason)
+                    failing.append(reason)
         if not_run:
             reasons.append(f"{NOT_RUN}: {', '.join(r.check for r in not_run)} (the session did not finish)")
         if verdict == "unsupported":
@@ -136,6 +139,7 @@ def summary_rows(records) -> list[Row]:
                 }.get(load or "", load or "-"),
                 "verdict": verdict,
                 "reason": "; ".join(reasons),
+                "failing": "; ".join(failing),
                 "new_snapshots": len(missing),
                 "not_run": len(not_run),
                 "divergence": next(
@@ -248,7 +252,7 @@ def terminal_table(rows: list[Row]) -> str:
     fails = [r for r in rows if r["verdict"] == "FAIL"]
     if fails:
         text += "\n\nfailing:\n" + "\n".join(
-            f"  {r['spec']}::{r['variant']}::{r['format']}: {r['reason']}" for r in fails
+            f"  {r['spec']}::{r['variant']}::{r['format']}: {r.get('failing') or r['reason']}" for r in fails
         )
     nl = new_snapshots_line(rows)
     if nl:

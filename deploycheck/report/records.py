@@ -92,6 +92,7 @@ class Row(TypedDict):
     load: str  # ok | ok (cached) | FAILED | unsupported | -
     verdict: str  # pass | FAIL | new | unsupported | inconclusive
     reason: str
+    failing: str  # the failed checks' formulas alone (the terminal's "failing:" list)
     new_snapshots: int
     not_run: int  # checks of the row that did not run (the session did not finish)
     divergence: dict | None  # the first failing check's layer comparison, as in its details

@@ -58,9 +58,10 @@ class InputSpec:
     )
     dynamic: dict[str, Any] = field(
         default_factory=dict,
-        doc="dimensions whose size varies, by position: a name "
-        "(`{0: batch}`) or `{name, min, max}` (`{1: {name: seq, min: 4, max: 128}}`); "
-        "the batch dimension is dynamic unless a format option says otherwise",
+        doc="dimensions whose size varies, by position: the batch as a name (`{0: batch}`), any other "
+        "dimension as `{name, min, max}` (`{1: {name: seq, min: 4, max: 128}}`; a size beyond the data's "
+        "is made by repeating the data along it); the batch dimension is dynamic unless a format option "
+        "says otherwise",
     )
     lengths_of: str | None = field(
         None,

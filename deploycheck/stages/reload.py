@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,6 +178,12 @@ def run(
     if not r.ok:
         stage = "load" if r.stage == "load" else "run"
         msg = f"{r.kind}: {r.message.splitlines()[0] if r.message else ''}"
+        if "baked in a size" in msg and t.fmt == "torchscript" and _pt2e(t):
+            msg += (
+                "; here that is not your code: this variant's static int8 graph (pt2e) holds the sizes it was "
+                "exported with (an RNN's state at the example's batch), and TorchScript traces that graph: ship "
+                "this variant as export or onnx"
+            )
         detail = r.traceback or "\n".join(r.message.splitlines()[1:])
         raise StageError.at(t, stage, msg, detail=_tail("traceback", detail) if detail else "")
     cache.put_result(rkey, r.to_json(), req.outputs)
@@ -241,8 +248,16 @@ def finish(t, ran: Ran, *, reference, baseline, labels) -> Reload:
     return Reload(ran.result, outputs, value, ran.seconds, extra, ran.key, dyn)
 
 
+#: frames of the test runner itself, which a TorchScript error lists as the stack it was traced in
+_RUNNER_FRAMES = re.compile(r"/site-packages/(_pytest|pluggy|xdist|execnet)/")
+
+
+def _pt2e(t) -> bool:
+    return any(getattr(step, "method", None) == "static_int8" for step in t.variant.steps)
+
+
 def _tail(title: str, text: str, n: int = 25) -> str:
-    lines = text.rstrip().splitlines()
+    lines = [ln for ln in text.rstrip().splitlines() if not _RUNNER_FRAMES.search(ln)]
     if not lines:
         return ""
     return f"--- {title} (last {min(n, len(lines))} lines) ---\n" + "\n".join(lines[-n:])
