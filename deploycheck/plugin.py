@@ -57,6 +57,14 @@ def pytest_addoption(parser):
     )
     g.addoption("--deploycheck-no-report", action="store_true", default=False, help="do not write report files")
     g.addoption(
+        "--deploycheck-shard",
+        default=None,
+        metavar="I/N",
+        help="run the I-th (1-based) of N balanced shares of the (spec, variant) units; every shard must "
+        f"collect the same items (same paths and -k). Default: env {SHARD_ENV}. Merge the shards' reports "
+        "with `deploycheck merge`, which names a shard that did not report",
+    )
+    g.addoption(
         "--deploycheck-cache",
         choices=("all", "build", "off"),
         default="all",
@@ -204,6 +212,67 @@ def _share_quiet(config) -> None:
     workers = getattr(config.option, "numprocesses", None)
     if isinstance(workers, int) and workers > 1 and getattr(config.option, "dist", "no") != "no":
         os.environ[LOCK_ENV] = os.path.join(_run_base(config), "run", os.environ[rundir.SESSION_ENV], "quiet")
+
+
+SHARD_ENV = "DEPLOYCHECK_SHARD"
+_SHARD = pytest.StashKey[dict]()
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/4"`` -> (2, 4); anything else is a usage error naming the form."""
+    i, sep, n = text.strip().partition("/")
+    try:
+        index, count = int(i), int(n)
+    except ValueError:
+        index = count = 0
+    if not sep or count < 1 or not 1 <= index <= count:
+        raise pytest.UsageError(f"--deploycheck-shard / {SHARD_ENV}: expected I/N with 1 <= I <= N, got {text!r}")
+    return index, count
+
+
+def assign_shards(units: dict[str, int], count: int) -> dict[str, int]:
+    """Each unit (a spec's variant, with its number of items) to a shard 1..count: largest units
+    first, each to the shard with the fewest items so far (ties: the lowest shard), units of equal
+    size in name order. A pure function of the collected units: every shard computes the same plan."""
+    load = [0] * count
+    out = {}
+    for unit, n in sorted(units.items(), key=lambda kv: (-kv[1], kv[0])):
+        k = min(range(count), key=lambda j: (load[j], j))
+        out[unit] = k + 1
+        load[k] += n
+    return out
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """With a shard (I/N), keep the items of the (spec, variant) units planned for shard I."""
+    text = config.getoption("deploycheck_shard", None) or os.environ.get(SHARD_ENV)
+    if not text:
+        return
+    index, count = parse_shard(text)
+    units: dict[str, int] = {}
+    for it in items:
+        u = variant_scope(it.nodeid)
+        units[u] = units.get(u, 0) + 1
+    plan = assign_shards(units, count)
+    keep = [it for it in items if plan[variant_scope(it.nodeid)] == index]
+    drop = [it for it in items if plan[variant_scope(it.nodeid)] != index]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+    items[:] = keep
+    config.stash[_SHARD] = {"index": index, "count": count, "units": plan}
+
+
+def shard_of(config) -> dict | None:
+    """This session's shard and the whole plan (written into its report), or None. An xdist
+    controller collects nothing, so it knows its shard but not the other shards' units."""
+    got = config.stash.get(_SHARD, None)
+    if got is not None:
+        return got
+    text = config.getoption("deploycheck_shard", None) or os.environ.get(SHARD_ENV)
+    if not text:
+        return None
+    index, count = parse_shard(text)
+    return {"index": index, "count": count, "units": {}}
 
 
 def variant_scope(nodeid: str) -> str:
@@ -404,6 +473,7 @@ class ReportCollector:
                 exitstatus=int(pytest.ExitCode.INTERRUPTED),
                 incomplete=STARTED.format(pid=os.getpid(), created=created),
                 draw=False,  # nothing to plot yet: the final set draws them
+                shard=shard_of(self.config),
             )
         except OSError:
             pass  # the final write says what is wrong with the folder
@@ -493,6 +563,7 @@ class ReportCollector:
                     rootdir=str(self.config.rootpath),
                     exitstatus=int(session.exitstatus),
                     incomplete=self.incomplete,
+                    shard=shard_of(self.config),
                 )
             )
         except OSError as e:  # the disk filled during the run: say so, and do not pass

@@ -250,3 +250,70 @@ def test_a_report_set_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_documents({**doc, "created": "second"}, str(tmp_path))
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before  # no mix, no temp files
+
+
+# --- shards by variant ----------------------------------------------------------------------------
+
+
+def test_shards_are_planned_largest_unit_first_onto_the_least_loaded_shard():
+    from deploycheck.plugin import assign_shards, parse_shard
+
+    assert assign_shards({"a": 10, "b": 7, "c": 5, "d": 3}, 2) == {"a": 1, "b": 2, "c": 2, "d": 1}
+    assert assign_shards({"x": 1, "y": 1, "z": 1}, 4) == {"x": 1, "y": 2, "z": 3}  # shard 4 gets nothing
+    assert parse_shard(" 2/4 ") == (2, 4)
+    for bad in ("0/2", "3/2", "2", "a/b", "1/0"):
+        with pytest.raises(pytest.UsageError, match=r"expected I/N with 1 <= I <= N, got"):
+            parse_shard(bad)
+
+
+FOUR_VARIANTS = (
+    "  baseline: {}\n  wider:\n    custom: {callable: 'tinymodels:repeat'}\n"
+    "  p1:\n    prune: {method: l1_unstructured, amount: 0.2}\n  p2:\n    prune: {method: l1_unstructured, amount: 0.3}"
+)
+
+
+def test_two_shards_split_the_variants_and_merge_names_a_shard_that_did_not_report(project, tmp_path):
+    from deploycheck.cli import main
+
+    project.write(make_spec(variants=FOUR_VARIANTS))
+    seen = []
+    for i in (1, 2):
+        res = project.run(
+            "-k", "load or metric", f"--deploycheck-shard={i}/2", f"--deploycheck-report-dir={tmp_path}/s{i}"
+        )
+        assert res.ret == 0, res.stdout.str()
+        doc = json.loads((tmp_path / f"s{i}" / "deploycheck.json").read_text())
+        assert doc["shard"]["index"] == i and doc["shard"]["count"] == 2
+        seen.append({r["variant"] for r in doc["records"]})
+    # a variant's items stay together, each in one shard, and the shards cover every variant
+    assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == {"baseline", "wider", "p1", "p2"}
+    assert (
+        main(
+            [
+                "merge",
+                str(tmp_path / "s1/deploycheck.json"),
+                str(tmp_path / "s2/deploycheck.json"),
+                "-o",
+                str(tmp_path / "all.json"),
+                "--fail-on-failure",
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "all.json").read_text())["complete"] is True
+    # shard 2 never reported: the merge is incomplete, names it and its units, and fails the gate
+    assert (
+        main(["merge", str(tmp_path / "s1/deploycheck.json"), "-o", str(tmp_path / "one.json"), "--fail-on-failure"])
+        == 1
+    )
+    merged = json.loads((tmp_path / "one.json").read_text())
+    missing = sorted(seen[1])
+    assert merged["complete"] is False
+    assert (
+        merged["incomplete"]
+        == "incomplete shards: shard 2/2 did not report (its units: "
+        + ", ".join(f"tiny.yaml::tiny::{v}" for v in missing)
+        + ")"
+    )
+    res = project.run("--deploycheck-shard=3/2")
+    assert res.ret == 4 and "expected I/N with 1 <= I <= N, got '3/2'" in res.stderr.str()

@@ -134,6 +134,29 @@ def cmd_compare(args) -> int:
     return 1 if n else 0
 
 
+def missing_shards(docs: list[dict]) -> list[str]:
+    """Shards of a ``--deploycheck-shard`` plan that no report came from, each with its units:
+    a shard that died before writing anything must not let the merge read as complete."""
+    plans = [d["shard"] for d in docs if isinstance(d.get("shard"), dict)]
+    if not plans:
+        return []
+    counts = {p.get("count") for p in plans}
+    if len(counts) > 1:
+        return [f"the reports come from different shard plans (N = {sorted(counts)})"]
+    (count,) = counts
+    seen = {p.get("index") for p in plans}
+    units = next((p["units"] for p in plans if p.get("units")), {})  # an xdist controller's plan has none
+    out = []
+    for k in range(1, int(count) + 1):
+        if k not in seen:
+            mine = sorted(u for u, s in units.items() if s == k)
+            listed = (
+                f" (its units: {', '.join(mine[:8])}" + (f" and {len(mine) - 8} more" if len(mine) > 8 else "") + ")"
+            )
+            out.append(f"shard {k}/{count} did not report" + (listed if mine else ""))
+    return out
+
+
 def merge(docs: list[dict], names: list[str] | None = None) -> dict:
     """One report of several shards'. A check one shard ran beats another shard's ``not run`` of
     it; the merged report is complete only when every shard's session was."""
@@ -152,6 +175,7 @@ def merge(docs: list[dict], names: list[str] | None = None) -> dict:
         for n, d in zip(names, docs, strict=True)
         if not is_complete(d)
     ]
+    unfinished += missing_shards(docs)
     return {
         **{k: first[k] for k in ("schema_version", "libraries", "git") if k in first},
         "created": max(d.get("created", "") for d in docs),
@@ -186,6 +210,8 @@ def cmd_merge(args) -> int:
         f"merged {len(docs)} reports ({len(merged['records'])} records, {len(merged['rows'])} rows) into "
         + ", ".join(os.path.relpath(p) for p in paths)
     )
+    for line in missing_shards(docs):
+        print(f"deploycheck merge: {line}; its checks did not run and are not passes", file=sys.stderr)
     for shard in merged["shards"]:
         if not shard["complete"]:
             print(

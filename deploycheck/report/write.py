@@ -51,13 +51,22 @@ def metadata(records, rootdir: str, exitstatus: int, incomplete: str | None = No
 
 
 def write_reports(
-    records, out_dir: str, *, rootdir: str, exitstatus: int, incomplete: str | None = None, draw: bool = True
+    records,
+    out_dir: str,
+    *,
+    rootdir: str,
+    exitstatus: int,
+    incomplete: str | None = None,
+    draw: bool = True,
+    shard: dict | None = None,
 ) -> list[str]:
     """The session's report set; ``incomplete`` says why the session did not finish (None: it did);
     ``draw=False`` leaves the HTML plots out (the set written before the first result)."""
     recs = sorted(as_records(records), key=Record.sort_key)
     meta = metadata(recs, rootdir, exitstatus, incomplete, light=not draw)  # before the first result: no torch
     doc = {**meta, "rows": summary_rows(recs), "records": [r.to_json() for r in recs]}
+    if shard is not None:  # which share of the units this was, and the whole plan (merge checks it)
+        doc["shard"] = shard
     return write_documents(doc, out_dir, draw=draw)
 
 
