@@ -100,7 +100,7 @@ def test_options_that_do_not_apply_to_the_method_are_errors():
         "s.yaml:18: variants.p.prune.n: does not apply to method 'l1_unstructured'; it takes: amount, modules, skip, "
         "finetune",
         "s.yaml:20: variants.s.quantize.weight_bits: does not apply to method 'dynamic_int8'; it takes: backend, "
-        "modules, skip, engine, per_channel",
+        "modules, skip, untie, engine, per_channel",
     ]
 
 

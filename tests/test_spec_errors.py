@@ -108,16 +108,17 @@ def test_format_errors_and_pickle_opt_in():
 
 def test_metric_and_data_errors():
     assert errors(make_spec(extra="metric: acuracy")) == [
-        "s.yaml:18: metric: unknown metric 'acuracy'; did you mean 'accuracy'? available: accuracy, cosine, mae, mse, r2, "
-        "token_agreement, top_k, callable"
+        "s.yaml:18: metric: unknown metric 'acuracy'; did you mean 'accuracy'? available: accuracy, agreement, cosine, mae, mse, "
+        "r2, token_agreement, top_k, callable"
     ]
     assert errors(make_spec().replace("sklearn:iris", "csv:iris.csv")) == [
-        "s.yaml:7: data.source: expected 'sklearn:NAME', 'npz:PATH', 'text:PATH' or 'python:module:function', "
+        "s.yaml:7: data.source: expected 'sklearn:NAME', 'npz:PATH', 'text:PATH', 'python:module:function', "
+        "'images:DIR' or 'manifest:FILE', "
         "got 'csv:iris.csv'"
     ]
     assert errors(make_spec().replace("sklearn:iris", "skleran:iris")) == [
-        "s.yaml:7: data.source: did you mean 'sklearn'? expected 'sklearn:NAME', 'npz:PATH', 'text:PATH' or "
-        "'python:module:function', got 'skleran:iris'"
+        "s.yaml:7: data.source: did you mean 'sklearn'? expected 'sklearn:NAME', 'npz:PATH', 'text:PATH', "
+        "'python:module:function', 'images:DIR' or 'manifest:FILE', got 'skleran:iris'"
     ]
     assert errors(make_spec().replace("sklearn:iris", "sklearn:irises")) == [
         "s.yaml:7: data.source: unknown sklearn dataset 'irises'; did you mean 'iris'? available: breast_cancer, "

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from .. import userfiles
+from ..data.sources import image_files
 from ..formats.integrity import library_versions, sha256
 from ..loading import baseline_arch, search_dirs
 from ..machine import kernel_key
@@ -169,8 +170,6 @@ def build_key(spec, vname: str) -> str:
     if spec.data.source.startswith(("npz:", "text:")):
         data_file = file_sha(os.path.join(base, spec.data.source.partition(":")[2]))
     elif spec.data.source.startswith(("images:", "manifest:")):  # every image (and the manifest) by content
-        from ..data.sources import image_files
-
         try:
             data_file = _h([(os.path.relpath(f, base), file_sha(f)) for f in image_files(spec.data.source, spec)])
         except (OSError, ValueError):
