@@ -11,7 +11,11 @@ checks pass. Activations are captured per module, by name:
 
 Other formats (TorchScript, AOTInductor, state dicts) do not expose their layers; the table then
 describes the in-memory variant and says so. Modules are matched by name (a wrapper's prefix such
-as the fp16 cast's ``inner.`` is stripped). Per matched module, in execution order: the largest
+as the fp16 cast's ``inner.`` is stripped) and listed in the order they finish, so a container
+(an LM wrapper around the whole model) comes after what it holds and is never named before the
+layer that departed; a module called several times (one activation module shared by a block) is
+compared at its last call on both sides; a module with several outputs (a rotary embedding's cos
+and sin) is not compared with a graph, whose last node for it need not be its first output. Per matched module, in execution order: the largest
 absolute difference, the mean cosine similarity to the reference activation, and the relative
 error ``||x - reference|| / ||reference||`` as a share of the final output's. The first module whose
 relative error is beyond tolerance is where it departs.
@@ -134,12 +138,17 @@ def compare(reference, variant, probes, *, fmt: str | None, artifact=None, again
     return res
 
 
-def _capture(model, probes) -> tuple[dict[str, Any], list[str], Any]:
-    """Every module's first output tensor on ``probes``, by name, and the call order."""
+def _capture(model, probes) -> tuple[dict[str, Any], list[str], Any, set[str]]:
+    """Every module's output tensor on ``probes`` at its last call, by name; the modules in the
+    order they finish (a container after what it holds, as a graph's last node for it comes); the
+    final output; and the modules whose output is a tuple or mapping (a rotary embedding's cos and
+    sin, attention's output and weights), whose graph counterpart need not be their first part."""
     import torch
 
     acts: dict[str, Any] = {}
-    order: list[str] = []
+    done: dict[str, int] = {}
+    multi: set[str] = set()
+    tick = [0]
     hooks = []
     named = dict(model.named_modules()) if hasattr(model, "named_modules") else {}
     for name, mod in named.items():
@@ -148,12 +157,18 @@ def _capture(model, probes) -> tuple[dict[str, Any], list[str], Any]:
 
         def hook(_m, _inp, out, _name=name):
             t = first_tensor(out)
-            if t is not None and _name not in acts:
-                try:
-                    acts[_name] = t.detach().dequantize() if t.is_quantized else t.detach()
-                    order.append(_name)
-                except Exception:  # noqa: BLE001 - an activation we cannot read is just not compared
-                    pass
+            if t is None:
+                return
+            try:
+                # the last call: a module called several times (one activation module shared by a
+                # block) is compared at its last call on both sides, as a graph's nodes for it end
+                acts[_name] = t.detach().dequantize() if t.is_quantized else t.detach()
+            except Exception:  # noqa: BLE001 - an activation we cannot read is just not compared
+                return
+            tick[0] += 1
+            done[_name] = tick[0]
+            if not isinstance(out, torch.Tensor):
+                multi.add(_name)
 
         try:
             hooks.append(mod.register_forward_hook(hook))
@@ -165,7 +180,7 @@ def _capture(model, probes) -> tuple[dict[str, Any], list[str], Any]:
     finally:
         for h in hooks:
             h.remove()
-    return acts, order, final
+    return acts, sorted(acts, key=lambda n: done[n]), final, multi
 
 
 def _strip(names, other: set[str]) -> dict[str, str]:
@@ -203,13 +218,20 @@ def capture_artifact(path: str, fmt: str, probes, *, manifest: dict | None = Non
     return _capture_export(path, probes) if fmt == "export" else _capture_onnx(path, probes)
 
 
+def _finish_order(done: dict[str, int]) -> list[str]:
+    """Modules in the order they finish: by their last node; a container, which ends on the same
+    node as its last child, after it."""
+    return sorted(done, key=lambda n: (done[n], -n.count(".")))
+
+
 def _capture_export(path: str, probes):
     import torch
     import torch.fx
 
     gm = torch.export.load(path).module()
     acts: dict[str, Any] = {}
-    order: list[str] = []
+    done: dict[str, int] = {}
+    tick = [0]
 
     class Recorder(torch.fx.Interpreter):
         def run_node(self, n):
@@ -217,17 +239,17 @@ def _capture_export(path: str, probes):
             stack = n.meta.get("nn_module_stack") if n.op == "call_function" else None
             t = first_tensor(out) if stack else None
             if stack and t is not None and t.is_floating_point():
+                tick[0] += 1
                 for name, _type in stack.values():
                     if name:
-                        if name not in acts:
-                            order.append(name)
                         acts[name] = t.detach()  # the module's last node so far: its output at the end
+                        done[name] = tick[0]
             return out
 
     with torch.inference_mode():
         args = list(probes.values()) if isinstance(probes, dict) else [probes]
         final = first_tensor(Recorder(gm).run(*args))
-    return acts, order, final
+    return acts, _finish_order(done), final
 
 
 def _capture_onnx(path: str, probes):
@@ -245,8 +267,8 @@ def _capture_onnx(path: str, probes):
         pass
     typed = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.output)}
     last: dict[str, str] = {}  # module -> the output of its last node (its activation)
-    order: list[str] = []  # modules in the order they first run
-    for node in model.graph.node:
+    done: dict[str, int] = {}  # module -> the index of its last node: the order modules finish
+    for i, node in enumerate(model.graph.node):
         meta = {p.key: p.value for p in node.metadata_props}
         if "pkg.torch.onnx.name_scopes" not in meta or not node.output or not node.output[0]:
             continue
@@ -255,9 +277,8 @@ def _capture_onnx(path: str, probes):
         except (ValueError, SyntaxError):
             continue
         for name in names:
-            if name not in last:
-                order.append(name)
             last[name] = node.output[0]
+            done[name] = i
     # Only the activations the table needs become graph outputs (a transformer's every node
     # output, on 16 probes, would not fit in memory).
     existing = {o.name for o in model.graph.output}
@@ -275,6 +296,7 @@ def _capture_onnx(path: str, probes):
     names = [o.name for o in sess.get_outputs()]
     values = dict(zip(names, sess.run(names, feed), strict=True))
     acts: dict[str, Any] = {}
+    order = _finish_order(done)
     for name in list(order):
         v = values.get(last[name])
         if v is None or not np.issubdtype(np.asarray(v).dtype, np.floating):
@@ -290,11 +312,13 @@ def localise(reference, variant, probes, *, captured=None) -> Divergence:
     ``captured`` replaces the variant's eager capture with an artifact's."""
     n = batch_len(probes)
     try:
-        b_acts, _, b_final = _capture(reference, probes)
-        v_acts, v_order, v_final = captured if captured is not None else _capture(variant, probes)
+        b_acts, _, b_final, b_multi = _capture(reference, probes)
+        v_acts, v_order, v_final = (captured if captured is not None else _capture(variant, probes))[:3]
     except Exception as e:  # noqa: BLE001 - localisation explains a failure; it never adds one
         return Divergence(n, note=f"could not run the layer comparison: {type(e).__name__}: {e}")
     names = _strip(v_order, set(b_acts))
+    if captured is not None:  # a graph's last node for a module with several outputs is not its first one
+        names = {v: b for v, b in names.items() if b not in b_multi}
     final = _stats(v_final.float(), b_final.float()) if v_final is not None and b_final is not None else None
     final_rel = final["rel"] if final else 0.0
     rows, skipped = [], 0

@@ -208,3 +208,58 @@ def test_a_divergence_is_data_its_message_and_report_are_made_from_it():
     assert elsewhere.render() == (
         "  where: an artifact made elsewhere has no in-memory model here to compare layer by layer"
     )
+
+
+NESTED = """
+import torch
+from torch import nn
+
+
+class Body(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2, self.l3, self.l4 = nn.Linear(4, 32), nn.Linear(32, 32), nn.Linear(32, 32), nn.Linear(32, 3)
+        self.act = nn.ReLU()  # one module called after each layer, as EfficientNet-Lite's blocks do
+
+    def forward(self, x):
+        return self.l4(self.act(self.l3(self.act(self.l2(self.act(self.l1(x)))))))
+
+
+class Nested(nn.Module):
+    \"\"\"Every layer inside one container (as an LM wrapper holds the whole model).\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = Body()
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def corrupt(model, ctx, layer):
+    with torch.no_grad():
+        w = dict(model.named_modules())[layer].weight
+        w.copy_(torch.randn(w.shape, generator=ctx.generator) * 3)
+    return model
+"""
+
+
+def test_a_shared_activation_and_a_container_never_hide_the_damaged_layer(project):
+    """Graph nodes and ONNX scopes used to list a container before what it holds (so the whole
+    model was named first) and compare a shared activation's last call with the eager model's first
+    call; both now go by the order modules finish and the last call, in every format."""
+    project.tester.makepyfile(nested=NESTED)
+    variants = "  baseline: {}\n  bad:\n    custom: {callable: 'nested:corrupt', kwargs: {layer: net.l2}}"
+    spec = make_spec(
+        factory="Nested",
+        formats="[torchscript, export, onnx]",
+        variants=variants,
+        thresholds="  fidelity: {min_mean_cosine: 0.999}",
+    ).replace("tinymodels:Nested", "nested:Nested")
+    project.write(spec)
+    res = project.run("-k", "bad and fidelity")
+    res.assert_outcomes(failed=3)
+    for subject in ("the variant", "the reloaded export artifact", "the reloaded onnx artifact"):
+        res.stdout.fnmatch_lines([f"  where: {subject} first departs from the baseline at module 'net.l2' *"])
+    assert "at module 'net' " not in res.stdout.str() and "at module 'net.act'" not in res.stdout.str()

@@ -145,7 +145,7 @@ def missing_shards(docs: list[dict]) -> list[str]:
         return [f"the reports come from different shard plans (N = {sorted(counts)})"]
     (count,) = counts
     seen = {p.get("index") for p in plans}
-    units = next((p["units"] for p in plans if p.get("units")), {})  # an xdist controller's plan has none
+    units: dict = next((p["units"] for p in plans if p.get("units")), {})  # an xdist controller's plan has none
     out = []
     for k in range(1, int(count) + 1):
         if k not in seen:
