@@ -219,6 +219,8 @@ class CheckItem(pytest.Item):
             if first != self.nodeid:
                 raise SeeFirst(e, first) from None
             raise
+        if verdict.remeasure:  # the check's decision; the cache is the item's to change
+            verdict.details["forgotten"] = runner.forget_measurement(self.target)
         if verdict.outcome == "not_compared":  # e.g. a non-finite baseline: its own item fails, once
             raise pytest.skip.Exception(verdict.message, _use_item_location=True)
         if verdict.outcome == "not_gated":  # measured and recorded, but nothing was checked: never a pass

@@ -34,6 +34,9 @@ class Verdict:
     threshold: Any = None
     details: dict = field(default_factory=dict)
     outcome: Outcome = "decided"
+    #: a timing whose numbers must not be served again (it failed, or a busy machine made it
+    #: inconclusive): the item, not the check, drops the cached fresh-process result it came from
+    remeasure: bool = False
 
     @classmethod
     def not_compared(cls, message: str) -> Verdict:

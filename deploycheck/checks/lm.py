@@ -352,8 +352,6 @@ def generation_speed_check(runner, t: Target) -> Verdict:
         (failed if ratio["decision"].startswith("fail") else parts).append(text)
     formula = "; ".join([head] + (failed or parts or [_unset(t)]))
     message = ""
-    if failed or inconclusive:
-        details["forgotten"] = runner.forget_measurement(t)  # measured afresh next run
     if failed:
         message = "; ".join(failed) + f"\n  ({head})"
     return Verdict(
@@ -364,6 +362,7 @@ def generation_speed_check(runner, t: Target) -> Verdict:
         threshold=wanted or None,
         details=details,
         outcome="inconclusive" if inconclusive and not failed else "decided" if wanted else "not_gated",
+        remeasure=bool(failed or inconclusive),  # measured afresh next run
     )
 
 

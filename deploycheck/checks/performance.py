@@ -131,11 +131,9 @@ def latency_check(runner, t: Target) -> Verdict:
     formula = gate.formula(unset=f"p50 {fmt_num(lat.p50_ms)} ms, p95 {fmt_num(lat.p95_ms)} ms; {why}")
     thr = given(th, "p50_ms", "p95_ms", "p99_ms", "max_ratio", "min_speedup")
     message = ""
-    if ratio and ratio["decision"] == "inconclusive-busy" and not t.is_baseline:
-        details["forgotten"] = runner.forget_measurement(t)  # a busy machine's numbers are not kept
+    # a busy machine's numbers are not kept, and a failing measurement is never served again
+    remeasure = bool(ratio and ratio["decision"] == "inconclusive-busy" and not t.is_baseline) or not gate.ok
     if not gate.ok:
-        # a failing measurement is never served again: the next run measures afresh
-        details["forgotten"] = runner.forget_measurement(t)
         message = formula + (
             "\n  (a cached measurement: dropped, the next run measures again)"
             if r.result.cached
@@ -152,6 +150,7 @@ def latency_check(runner, t: Target) -> Verdict:
         threshold=thr,
         details=details,
         outcome=outcome,
+        remeasure=remeasure,
     )
 
 
