@@ -13,6 +13,7 @@ position counts where both the token and its successor are real.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -302,10 +303,14 @@ def generation_verdict(
     decode: Callable[[list[int]], str] | None = None,
     show: int = 3,
     name: str = "min_exact_match",
+    indices: Sequence[int] | None = None,
 ) -> tuple[bool, str, list[Departure]]:
     """``exact match 14/16 = 0.875 >= min_exact_match 0.8 vs the baseline``; on failure (and on
-    success with departures) each departing prompt's first differing position with decoded text."""
+    success with departures) each departing prompt's first differing position with decoded text.
+    ``indices``: the prompts' numbers where ``gens`` and ``refs`` are a subset of them."""
     deps = departures(gens, refs)
+    if indices is not None:
+        deps = [dataclasses.replace(d, prompt=indices[d.prompt]) for d in deps]
     n = len(refs)
     rate = 1 - len(deps) / n if n else 1.0
     ok = rate >= min_exact_match - 1e-12
@@ -343,6 +348,27 @@ def hf_steps(model) -> tuple[Callable, Callable]:
         with torch.inference_mode():
             out = model(input_ids=torch.tensor([[tok]]), past_key_values=cache, use_cache=True)
         return out.logits[0, -1].float(), out.past_key_values
+
+    return prefill, decode
+
+
+def recompute_steps(model) -> tuple[Callable, Callable]:
+    """``(prefill, decode)`` for :func:`greedy` without a cache: every step runs the whole sequence
+    again (the state is the token ids so far). A model whose generations depend on the path (per-token
+    activation scales, a cache bug) answers differently here than through its own KV cache."""
+    import torch
+
+    def run(ids: Sequence[int]):
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([list(ids)]), use_cache=False)
+        return out.logits[0, -1].float()
+
+    def prefill(ids: Sequence[int]):
+        return run(ids), list(ids)
+
+    def decode(tok: int, seq):
+        seq = [*seq, tok]
+        return run(seq), seq
 
     return prefill, decode
 

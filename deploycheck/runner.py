@@ -23,7 +23,7 @@ from .cache import Cache, build_key, value_key
 from .data.sources import read_prompts
 from .errors import StageError
 from .isolation import ChildGone, ChildUnpicklable, RemoteError, WorkerPool, call_forked, call_in_thread, can_fork
-from .lm import greedy, hf_steps
+from .lm import greedy, hf_steps, recompute_steps
 from .loading import baseline_arch, build_baseline, describe_exc
 from .outputs import OutputError, pick
 from .protocol import ArtifactRef, BatchDimError, concat_inputs, describe_batch, run_batch, take
@@ -278,9 +278,10 @@ class Runner:
 
         return self._memo("prompts", spec, make)
 
-    def generations(self, t: Target) -> list[list[int]]:
+    def generations(self, t: Target, *, recompute: bool = False) -> list[list[int]]:
         """The in-memory variant's greedy generations, through its own KV cache (``transformers``'
-        cache), once per session."""
+        cache), once per session; ``recompute``: without a cache, the whole sequence run again at
+        every step (to tell a recipe whose result depends on the path from a bad file)."""
 
         gen = t.spec.generation
         if gen is None:
@@ -293,7 +294,7 @@ class Runner:
             lm = next((m for m in model.modules() if isinstance(m, CausalLM)), None) if model is not None else None
             if lm is None:
                 raise StageError.at(t, "check", "greedy generation in memory needs a model.hf causal LM")
-            prefill, decode = hf_steps(lm.lm)
+            prefill, decode = recompute_steps(lm.lm) if recompute else hf_steps(lm.lm)
             _, ids = self.prompts(t.spec)
             eos = getattr(lm.lm.config, "eos_token_id", None)
             eos = eos if isinstance(eos, int) else None
@@ -304,9 +305,10 @@ class Runner:
             _, ids = self.prompts(t.spec)
             # the prompts' token ids and the generation settings; the tokenizer and config.json
             # are in the built variant's key (the model folder's files)
-            return self.cached_value(built.key, "generations", [ids, gen.new_tokens], make)
+            name = "generations-recomputed" if recompute else "generations"
+            return self.cached_value(built.key, name, [ids, gen.new_tokens], make)
 
-        return self._memo("generations", t.without_format(), cached)
+        return self._memo("generations-recomputed" if recompute else "generations", t.without_format(), cached)
 
     def inputs_files(self, spec) -> dict:
         """The evaluation batches, example input and semantic texts as files a worker reads.

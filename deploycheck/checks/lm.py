@@ -153,14 +153,46 @@ def generation_check(runner, t: Target) -> Verdict:
     elif t.is_baseline:
         refs = [("the in-memory baseline", *in_memory)]
     against = [(label, runner.generations(ref_t), need, name) for label, ref_t, need, name in refs]
+    notes: list[str] = []
     dec = _decoded(runner, t, gens, [ref for _, ref, _, _ in against], show=g.show, decode=decoder)
     for label, ref, need, name in against:
+        keep = list(range(len(ref)))
+        note = ""
+        if label == "the in-memory variant" and 1 - len(lm.departures(gens, ref)) / max(1, len(ref)) < need:
+            # Blame where it belongs: where the in-memory variant itself answers differently through
+            # its KV cache and by recomputing the whole sequence (per-token activation scales), the
+            # file cannot be held to either; those prompts are set aside, and said so.
+            again = runner.generations(t, recompute=True)
+            unstable = [i for i, (a, b) in enumerate(zip(ref, again, strict=True)) if list(a) != list(b)]
+            if unstable:
+                keep = [i for i in keep if i not in unstable]
+                note = (
+                    f"the in-memory variant itself generates differently through its KV cache and by "
+                    f"recomputing the sequence on {len(unstable)} of {len(ref)} prompts "
+                    f"({', '.join(map(str, unstable[:8]))}): its recipe makes the result depend on the path "
+                    "(per-token activation scales), so those prompts are not held against the file"
+                )
+                details["in_memory_path_dependent_prompts"] = unstable
+        if not keep:
+            details[label] = {"exact_match": None, "note": note}
+            notes.append(note + "; nothing is left to compare the file with its in-memory variant")
+            continue
         ok, msg, deps = lm.generation_verdict(
-            gens, ref, min_exact_match=need, against=label, prompts=texts, decode=dec, show=g.show, name=name
+            [gens[i] for i in keep],
+            [ref[i] for i in keep],
+            min_exact_match=need,
+            against=label,
+            prompts=texts,
+            decode=dec,
+            show=g.show,
+            name=name,
+            indices=keep,
         )
+        if note:
+            msg += f"\n  note: {note}"
         gate.add(ok, msg)
         details[label] = {
-            "exact_match": 1 - len(deps) / len(ref),
+            "exact_match": 1 - len(deps) / len(keep),
             "departures": [{"prompt": d.prompt, "position": d.position} for d in deps],
         }
         if label == "the baseline" and th.min_prefix_match is not None:
@@ -174,6 +206,8 @@ def generation_check(runner, t: Target) -> Verdict:
     )
     formula = "; ".join(m.splitlines()[0] for m in gate.failed or gate.passed) + tail
     message = "\n".join([formula] + [ln for m in gate.failed for ln in m.splitlines()[1:]]) if gate.failed else ""
+    if notes:
+        message += ("\n" if message else "") + "\n".join(f"  note: {n}" for n in notes)
     value = details.get("the baseline", details.get("the in-memory baseline", {})).get("exact_match")
     return Verdict(
         passed=gate.ok,
