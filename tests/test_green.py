@@ -511,6 +511,26 @@ def test_a_failed_size_gate_says_where_the_bytes_are(project):
     # the end-of-run list of failing rows names what failed, not the row's not-gated measurements
     failing = res.stdout.lines[res.stdout.lines.index("failing:") + 1]
     assert failing.startswith("  tiny::baseline::torchscript: size: size ") and "latency" not in failing, failing
+    # an ONNX file also says what it holds itself: its initializers by dtype
+    project.write(make_spec(formats="[onnx]", thresholds="  size: {max_mb: 0.0001}"))
+    res = project.run("-k", "size")
+    res.stdout.fnmatch_lines(["  in the ONNX file (its initializers): float * MB in 4 tensors (largest *)"])
+
+
+def test_onnx_initializers_are_read_by_dtype_without_loading_external_data(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from deploycheck.checks.performance import onnx_initializers
+
+    w = numpy_helper.from_array(np.ones((4, 8), dtype=np.int8), "w_q")
+    b = numpy_helper.from_array(np.zeros(4, dtype=np.float32), "b")
+    graph = helper.make_graph([], "g", [], [], initializer=[w, b])
+    onnx.save(helper.make_model(graph), tmp_path / "m.onnx")
+    assert onnx_initializers(str(tmp_path / "m.onnx")) == [("w_q", "int8", 32), ("b", "float", 16)]
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    assert onnx_initializers(str(tmp_path / "bad.onnx")) == []
 
 
 MEMORY_PROBE = """

@@ -157,6 +157,27 @@ def latency_check(runner, t: Target) -> Verdict:
 # --- size ---------------------------------------------------------------------------------------
 
 
+def onnx_initializers(path: str) -> list[tuple[str, str, int]]:
+    """The ONNX graph's weights as ``(name, dtype, bytes)``, read without loading external data:
+    what the file holds in int8 and what in float (an int8 variant whose export dequantized its
+    weights shows float here). Empty where the file cannot be read as ONNX."""
+    try:
+        import onnx
+
+        graph = onnx.load(path, load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - the load item reports an unreadable file
+        return []
+    out = []
+    for init in graph.initializer:
+        dtype = onnx.TensorProto.DataType.Name(init.data_type).lower()
+        n = 1
+        for d in init.dims:
+            n *= int(d)
+        size = n * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize if n else len(init.raw_data)
+        out.append((init.name, dtype, int(size)))
+    return out
+
+
 def shipped_files(art) -> dict[str, int]:
     """Every file an artifact ships that holds the model, by name and bytes: the artifact, and a
     causal LM's KV-cache step next to it (a second copy of the weights), which generation needs."""
@@ -209,6 +230,12 @@ def size_check(runner, t: Target) -> Verdict:
         details["state_by_dtype"] = {d: sum(n for _, dd, n in tensors if dd == d) for d in {d for _, d, _ in tensors}}
         if message:
             message += f"\n  where the bytes are (the built model's state): {describe_state(tensors)}"
+    if t.fmt == "onnx":  # and in the file itself: its weights (initializers) by dtype
+        held = onnx_initializers(art.path)
+        if held:
+            details["file_by_dtype"] = {d: sum(n for _, dd, n in held if dd == d) for d in {d for _, d, _ in held}}
+            if message:
+                message += f"\n  in the ONNX file (its initializers): {describe_state(held)}"
     return Verdict(
         passed=gate.ok,
         message=message,
