@@ -434,6 +434,14 @@ def test_a_fault_in_one_layer_fails_perplexity_kl_and_generation(lm_run):
     nt = recs[("faulty", "export", "next_token")]
     assert nt["status"] == "failed" and nt["details"]["mean_kl"] > 1e-4
     assert "nats > max_mean_kl 0.0001" in nt["message"]
+    # both name the damaged layer first, in the export artifact's own layers (never the whole model)
+    for rec in (ppl, nt):
+        div = rec["details"]["divergence"]
+        assert div["first"] == "lm.model.layers.1.mlp.down_proj", div
+        assert (
+            "  where: the reloaded export artifact first departs from the baseline at module "
+            "'lm.model.layers.1.mlp.down_proj'" in rec["message"]
+        )
     gen = recs[("faulty", "export", "generation")]
     assert gen["status"] == "failed"
     first = gen["message"].splitlines()[0]

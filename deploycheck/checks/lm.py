@@ -19,7 +19,7 @@ from ..outputs import pick
 from ..target import Target
 from .base import Gate, Verdict, check, given, unset_words
 from .performance import ratio_formula
-from .quality import baseline_not_compared
+from .quality import baseline_not_compared, where_it_departs
 
 
 def is_causal_lm(t: Target) -> bool:
@@ -76,9 +76,10 @@ def perplexity_check(runner, t: Target) -> Verdict:
         ratio = lm.perplexity_ratio_ci(out, base, ids, mask)
         formula += f"; ratio {ratio[0]:.4f} [95% {ratio[1]:.4f}, {ratio[2]:.4f}, paired bootstrap over texts]"
     formula += f" ({n} tokens of {len(ids)} held-out texts, reloaded {t.fmt})"
+    where, where_details = ("", {}) if ok else where_it_departs(runner, t)
     return Verdict(
         passed=ok,
-        message="" if ok else formula,
+        message="" if ok else formula + where,
         formula=formula,
         value=value,
         threshold=given(th, "max_relative_increase", "max_increase"),
@@ -87,6 +88,7 @@ def perplexity_check(runner, t: Target) -> Verdict:
             "baseline": ref,
             "tokens": n,
             **({"ratio": ratio[0], "ratio_ci95": [ratio[1], ratio[2]]} if ratio else {}),
+            **where_details,
         },
         outcome="decided" if given(th, "max_relative_increase", "max_increase") else "not_gated",
     )
@@ -107,15 +109,29 @@ def next_token_check(runner, t: Target) -> Verdict:
     th = t.variant.thresholds.next_token
     names = ("min_top1", *(name for _, name, _ in lm.KL_GATES))
     ok, formula = lm.agreement_verdict(st, **{n: getattr(th, n) for n in names})
+    where, where_details = ("", {}) if ok else where_it_departs(runner, t)
     return Verdict(
         passed=ok,
-        message="" if ok else formula,
+        message="" if ok else formula + where,
         formula=formula,
         value=st["mean_kl"],
         threshold=given(th, *names),
         details={
-            k: st[k]
-            for k in ("top1", "top1_ci95", "mean_kl", "median_kl", "p99_kl", "p999_kl", "max_kl", "positions", "worst")
+            **{
+                k: st[k]
+                for k in (
+                    "top1",
+                    "top1_ci95",
+                    "mean_kl",
+                    "median_kl",
+                    "p99_kl",
+                    "p999_kl",
+                    "max_kl",
+                    "positions",
+                    "worst",
+                )
+            },
+            **where_details,
         },
         outcome="decided" if given(th, *names) else "not_gated",
     )
