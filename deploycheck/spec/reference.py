@@ -172,7 +172,8 @@ unmodified model and takes no recipe. Besides that, every variant takes:
 | `model` | a mapping | - | the variant's own model (below) |"""
 
 
-IMAGE_EXAMPLE = """An image classifier over a folder with one subfolder per class (`pip install 'deploycheck[vision]'`):
+IMAGE_EXAMPLE = """An image classifier over a folder with one subfolder per class (`pip install 'deploycheck[vision]'`;
+a runnable one: `examples/images/pics.yaml`):
 
 ```yaml
 data:
