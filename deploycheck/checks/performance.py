@@ -225,17 +225,20 @@ def size_check(runner, t: Target) -> Verdict:
         why = unset_words("thresholds.size", "max_mb", "max_ratio")
     formula = gate.formula(unset=f"size {fmt_num(mb)} MB{parts}; {why}")
     message = "" if gate.ok else formula
-    if not t.made_elsewhere:  # where the bytes are: the built model's state, by dtype
-        tensors = state_tensors(runner.built(t).model)
+    # Where the bytes are, on a failure (a passing item does not load a built model or parse a
+    # file that a rerun otherwise serves from the cache): the built model's state by dtype, and an
+    # ONNX file's own weights (initializers) by dtype.
+    built = None if t.made_elsewhere else runner.built(t) if message else runner.built_if_ready(t)
+    if built is not None:
+        tensors = state_tensors(built.model)
         details["state_by_dtype"] = {d: sum(n for _, dd, n in tensors if dd == d) for d in {d for _, d, _ in tensors}}
         if message:
             message += f"\n  where the bytes are (the built model's state): {describe_state(tensors)}"
-    if t.fmt == "onnx":  # and in the file itself: its weights (initializers) by dtype
+    if t.fmt == "onnx" and message:
         held = onnx_initializers(art.path)
         if held:
             details["file_by_dtype"] = {d: sum(n for _, dd, n in held if dd == d) for d in {d for _, d, _ in held}}
-            if message:
-                message += f"\n  in the ONNX file (its initializers): {describe_state(held)}"
+            message += f"\n  in the ONNX file (its initializers): {describe_state(held)}"
     return Verdict(
         passed=gate.ok,
         message=message,
