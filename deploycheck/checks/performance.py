@@ -7,6 +7,7 @@ from .. import machine
 from ..errors import StageError
 from ..loading import describe_state, state_tensors
 from ..numeric import fmt_num
+from ..stages.build import loaded_model
 from ..stages.save import VariantUnsupported
 from ..target import Target
 from .base import Bound, Gate, Outcome, Verdict, check, given, unset_words
@@ -229,8 +230,9 @@ def size_check(runner, t: Target) -> Verdict:
     # file that a rerun otherwise serves from the cache): the built model's state by dtype, and an
     # ONNX file's own weights (initializers) by dtype.
     built = None if t.made_elsewhere else runner.built(t) if message else runner.built_if_ready(t)
-    if built is not None:
-        tensors = state_tensors(built.model)
+    model = None if built is None else built.model if message else loaded_model(built)
+    if model is not None:
+        tensors = state_tensors(model)
         details["state_by_dtype"] = {d: sum(n for _, dd, n in tensors if dd == d) for d in {d for _, d, _ in tensors}}
         if message:
             message += f"\n  where the bytes are (the built model's state): {describe_state(tensors)}"

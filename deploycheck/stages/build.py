@@ -100,6 +100,14 @@ class LazyBuilt(Built):
         self.__dict__["_model"] = value
 
 
+def loaded_model(built: Built) -> Any:
+    """``built``'s model if it is in memory, else None: never rebuilds a lazy one (a warm rerun
+    that reads facts must not pay for a rebuild)."""
+    if isinstance(built, LazyBuilt):
+        return built.__dict__.get("_model")
+    return built.model
+
+
 def _step_log(log, prefix: str, message: str) -> None:
     log(f"{prefix}: {message}")
 
