@@ -278,3 +278,19 @@ def test_state_tensors_count_a_tied_weight_once_and_name_quantized_tensors_by_th
     assert describe_state([("a", "float32", 3_000_000), ("b", "int8", 500_000), ("c", "float32", 1_000_000)]) == (
         "float32 4 MB in 2 tensors (largest a 3 MB); int8 0.5 MB in 1 tensors (largest b 0.5 MB)"
     )
+
+
+def test_a_static_step_that_targets_no_layer_fails_the_quantized_check_instead_of_passing(tmp_path):
+    """Nothing targeted means nothing quantized: the fraction of an empty set must not read as 1."""
+    from deploycheck.checks.quantized import quantized_check
+    from deploycheck.recipes import StepRecord
+
+    out, cov = static(Vision(), tmp_path, skip=("c1", "c2", "fc"))
+    assert (cov["targeted_layers"], cov["converted_layers"]) == (0, 0)
+    rec = StepRecord("quantize:static_int8", out.summary, 0.0, 0, 0, 0, out.details)
+    runner = types.SimpleNamespace(built=lambda t: types.SimpleNamespace(steps=[rec]))
+    th = types.SimpleNamespace(quantized=types.SimpleNamespace(min_fraction=0.9))
+    t = types.SimpleNamespace(variant=types.SimpleNamespace(thresholds=th))
+    v = quantized_check(runner, t)
+    assert not v.passed
+    assert v.formula == "step 1 (quantize:static_int8): targeted no layer (no module of its types is left after `skip`)"

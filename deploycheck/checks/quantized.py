@@ -34,6 +34,10 @@ def quantized_check(runner, t: Target) -> Verdict:
             continue
         n, done, frac = facts["targeted_layers"], facts["converted_layers"], float(facts["fraction"])
         where = f"step {i + 1} ({rec.recipe})"
+        if n == 0:  # a step that targeted nothing quantized nothing: never a pass by default
+            gate.add(False, f"{where}: targeted no layer (no module of its types is left after `skip`)")
+            steps.append({"step": i + 1, "recipe": rec.recipe, "shown": f"{where}: targeted no layer", **facts})
+            continue
         shown = f"{where}: quantized fraction {fmt_num(frac)} of the targeted weights ({done} of {n} layers)"
         gate.bound(
             Bound.at_least("min_fraction", th.min_fraction),
