@@ -142,35 +142,17 @@ def fingerprint(*, light: bool = False) -> dict:
     if light and "torch" not in sys.modules:
         # what the environment says, without torch: its capability follows ATEN_CPU_CAPABILITY
         # (else the hardware's best), the versions and threads are filled in at the end
-        cpu = _cpuinfo()
-        hw = hardware_level(cpu["flags"])
-        onednn_cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
-        level = effective_level(hw, os.environ.get("ATEN_CPU_CAPABILITY", ""), onednn_cap)
-        env = {k: os.environ[k] for k in KERNEL_ENV if k in os.environ}
-        return {
-            "arch": platform.machine(),
-            "cpu_vendor": cpu["vendor"],
-            "cpu_model": cpu["model"],
-            "cpu_count": os.cpu_count(),
-            "isa": [f for f in ISA_FLAGS if f in cpu["flags"]],
-            "isa_level": hw,
-            "effective_isa": level,
-            "vnni": level in VNNI_LEVELS,
-            "torch_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),
-            "onednn_max_cpu_isa": onednn_cap,
-            "quantized_engine": None,
-            "torch": None,
-            "onednn": None,
-            "onnxruntime": _dist_version("onnxruntime"),
-            "threads": None,
-            "interop_threads": None,
-            "emulated": bool(level != hw or env),
-            "env": env,
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "node": platform.node(),
-            "pending": "torch's capability, versions and threads are recorded when the session ends",
-        }
+        return _describe(
+            os.environ.get("ATEN_CPU_CAPABILITY"),
+            {
+                "quantized_engine": None,
+                "torch": None,
+                "onednn": None,
+                "threads": None,
+                "interop_threads": None,
+                "pending": "torch's capability, versions and threads are recorded when the session ends",
+            },
+        )
     return dict(_measured())
 
 
@@ -178,35 +160,45 @@ def fingerprint(*, light: bool = False) -> dict:
 def _measured() -> dict:
     import torch
 
+    return _describe(
+        torch.backends.cpu.get_cpu_capability(),
+        {
+            "quantized_engine": torch.backends.quantized.engine,
+            "torch": torch.__version__,
+            "onednn": _onednn_version(),
+            "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(),
+        },
+    )
+
+
+def _describe(capability: str | None, torch_facts: dict) -> dict:
+    """The fingerprint from the CPU, the environment and torch's ``capability`` (the light one
+    reads it from ATEN_CPU_CAPABILITY), with ``torch_facts``: one rule for both, so a report
+    written before torch was imported names the same machine class as the final one."""
     cpu = _cpuinfo()
     hw = hardware_level(cpu["flags"])
-    capability = torch.backends.cpu.get_cpu_capability()
     onednn_cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
-    level = effective_level(hw, capability, onednn_cap)
-    isa = [f for f in ISA_FLAGS if f in cpu["flags"]]
+    level = effective_level(hw, capability or "", onednn_cap)
     env = {k: os.environ[k] for k in KERNEL_ENV if k in os.environ}
     return {
         "arch": platform.machine(),
         "cpu_vendor": cpu["vendor"],
         "cpu_model": cpu["model"],
         "cpu_count": os.cpu_count(),
-        "isa": isa,
+        "isa": [f for f in ISA_FLAGS if f in cpu["flags"]],
         "isa_level": hw,
         "effective_isa": level,
         "vnni": level in VNNI_LEVELS,
         "torch_cpu_capability": capability,
         "onednn_max_cpu_isa": onednn_cap,
-        "quantized_engine": torch.backends.quantized.engine,
-        "torch": torch.__version__,
-        "onednn": _onednn_version(),
         "onnxruntime": _dist_version("onnxruntime"),
-        "threads": torch.get_num_threads(),
-        "interop_threads": torch.get_num_interop_threads(),
         "emulated": bool(level != hw or "ATEN_CPU_CAPABILITY" in env or onednn_cap),
         "env": env,
         "platform": platform.platform(),
         "python": platform.python_version(),
         "node": platform.node(),
+        **torch_facts,
     }
 
 
