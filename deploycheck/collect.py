@@ -83,6 +83,10 @@ def _missing_requirements(spec) -> str | None:
             pkg = spec.model.hf.path[len("package:") :].partition("/")[0]
             if importlib.util.find_spec(pkg) is None:
                 return f"model.hf.path names package {pkg!r}, which is not installed"
+        if spec.model.hf.gguf_file:
+            lacking = [p for p in ("gguf", "accelerate") if importlib.util.find_spec(p) is None]
+            if lacking:
+                return f"needs {' and '.join(lacking)} to read model.hf.gguf_file: pip install 'deploycheck[hf]'"
     return None
 
 

@@ -22,19 +22,158 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # progress bars woul
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-def resolve(path: str, base: str) -> str:
+def _folder(path: str, base: str) -> str:
     """``package:NAME[/sub/dir]`` (a folder inside an installed package) or a folder relative to ``base``."""
     if path.startswith("package:"):
         name, _, sub = path[len("package:") :].partition("/")
         spec = importlib.util.find_spec(name)
         if spec is None or not spec.submodule_search_locations:
             raise ModuleNotFoundError(f"package {name!r} is not installed (it should carry the model files)")
-        folder = os.path.join(list(spec.submodule_search_locations)[0], sub)
-    else:
-        folder = os.path.normpath(os.path.join(base, path))
-    if not os.path.isfile(os.path.join(folder, "config.json")):
-        raise FileNotFoundError(f"{folder} has no config.json: not a Hugging Face model folder")
-    return folder
+        return os.path.join(list(spec.submodule_search_locations)[0], sub)
+    return os.path.normpath(os.path.join(base, path))
+
+
+def resolve(path: str, base: str, gguf_file: str | None = None) -> str:
+    """The model folder ``path`` names (see :func:`_folder`), checked: a Hugging Face folder has a
+    config.json; with ``gguf_file``, the path of that GGUF file inside it (checked by its magic)."""
+    folder = _folder(path, base)
+    if gguf_file is None:
+        if not os.path.isfile(os.path.join(folder, "config.json")):
+            raise FileNotFoundError(f"{folder} has no config.json: not a Hugging Face model folder")
+        return folder
+    f = os.path.join(folder, gguf_file)
+    if not os.path.isfile(f):
+        near = sorted(n for n in os.listdir(folder) if n.endswith(".gguf")) if os.path.isdir(folder) else []
+        raise FileNotFoundError(
+            f"GGUF file not found: {f}" + (f" (that folder holds: {', '.join(near)})" if near else "")
+        )
+    with open(f, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise ValueError(f"{f} is not a GGUF file: it starts with {magic!r}, not b'GGUF'")
+    return f
+
+
+#: packages whose versions decide what a GGUF file converts to (part of the converted entry's key)
+GGUF_LIBRARIES = ("transformers", "gguf", "torch")
+
+
+def gguf_key(gguf_path: str, task: str) -> str:
+    """The converted weights' exact key: the GGUF file's sha256, the task and the converting libraries' versions."""
+    import hashlib
+    import importlib.metadata as md
+    import json
+
+    from .cache.keys import file_sha
+
+    versions: dict[str, str | None] = {}
+    for lib in GGUF_LIBRARIES:
+        try:
+            versions[lib] = md.version(lib)
+        except md.PackageNotFoundError:
+            versions[lib] = None
+    blob = json.dumps({"gguf": file_sha(gguf_path), "task": task, "versions": versions}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def convert_gguf(gguf_path: str, out: str, task: str) -> None:
+    """Dequantize a GGUF file into a float32 Hugging Face folder in ``out``: config, safetensors
+    weights and the tokenizer the file carries (chat template included). transformers refuses to
+    save a model it loaded from GGUF, so the weights move into a model built from the same config."""
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = os.path.split(gguf_path)
+    cls = AutoModelForCausalLM if task == "causal-lm" else AutoModel
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    loaded = cls.from_pretrained(folder, gguf_file=name, dtype=torch.float32, local_files_only=True)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        plain = cls.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict(), assign=True, strict=True)
+    plain.tie_weights()
+    del loaded
+    plain.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+_CONVERTED: dict[str, str] = {}  # key -> folder, this process's conversions (the cache's, or its own)
+_CACHE: list[Any] = []  # the session's Cache, where conversions are kept between runs (see use_cache)
+
+
+def use_cache(cache) -> None:
+    """Keep converted models in this cache (the session's; conversions are not repeated across runs)."""
+    _CACHE[:] = [cache]
+
+
+def converted_folder(gguf_path: str, task: str) -> str:
+    """The float Hugging Face folder of a GGUF file: from the cache when it holds one (whole and
+    checksummed), else converted now (once per process) and published to the cache; with the cache
+    off, kept in a temporary folder for this process's life."""
+    import shutil
+    import tempfile
+
+    key = gguf_key(gguf_path, task)
+    if key in _CONVERTED and os.path.isfile(os.path.join(_CONVERTED[key], "config.json")):
+        return _CONVERTED[key]
+    cache = _CACHE[0] if _CACHE and _CACHE[0].enabled else None
+    found = cache.get_folder("converted", key) if cache is not None else None
+    if found is None:
+        own = tempfile.mkdtemp(prefix="deploycheck-gguf-")
+        try:
+            convert_gguf(gguf_path, own, task)
+        except Exception as e:
+            shutil.rmtree(own, ignore_errors=True)
+            from .loading import describe_exc
+
+            raise ValueError(f"cannot convert GGUF file {gguf_path} to float weights: {describe_exc(e)}") from e
+        if cache is not None:
+
+            def publish(tmp: str) -> None:
+                for n in os.listdir(own):
+                    shutil.copy2(os.path.join(own, n), os.path.join(tmp, n))
+
+            found = cache.put_folder("converted", key, publish)
+        if found is None:
+            import atexit
+
+            atexit.register(shutil.rmtree, own, True)
+            found = own
+        else:
+            shutil.rmtree(own, ignore_errors=True)
+    _CONVERTED[key] = found
+    return found
+
+
+def model_folder(hf, base: str) -> str:
+    """The Hugging Face folder a spec's ``model.hf`` stands for: its folder, or its GGUF file's
+    float conversion (:func:`converted_folder`)."""
+    found = resolve(hf.path, base, hf.gguf_file)
+    return converted_folder(found, hf.task) if hf.gguf_file else found
+
+
+def source_files(hf, base: str) -> dict[str, Any]:
+    """What identifies a spec's Hugging Face model, by content and without converting anything:
+    the config, tokenizer and every weight file of a folder, or the GGUF file with the converting
+    libraries' versions. Unreadable sources give None (the build stage reports why)."""
+    from .cache.keys import file_sha
+
+    try:
+        found = resolve(hf.path, base, hf.gguf_file)
+    except (OSError, ValueError):
+        return {"missing": hf.path}
+    if hf.gguf_file:
+        return {"gguf": gguf_key(found, hf.task)}
+    names = sorted(
+        n
+        for n in os.listdir(found)
+        if n == "config.json"
+        or n in TOKENIZER_FILES
+        or n.endswith((".safetensors", ".bin", ".pt", ".pth", ".index.json"))
+    )
+    return {n: file_sha(os.path.join(found, n)) for n in names}
 
 
 class TextEncoder(torch.nn.Module):

@@ -142,9 +142,9 @@ def baseline_arch(spec) -> dict:
     """The factory and kwargs that rebuild the baseline's architecture (state-dict formats load with it)."""
     m = spec.model
     if m.hf is not None:
-        from .hf import resolve
+        from .hf import model_folder
 
-        path = resolve(m.hf.path, os.path.dirname(os.path.abspath(spec.path)))
+        path = model_folder(m.hf, os.path.dirname(os.path.abspath(spec.path)))
         if m.hf.task == "causal-lm":
             return {"factory": "deploycheck.hf:causal_lm", "kwargs": {"path": path}}
         return {

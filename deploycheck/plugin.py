@@ -412,6 +412,9 @@ def get_runner(config):
     if _RUNNER not in config.stash:
         _share_cores(config)
         cache = Cache(cache_dir(config), level=config.getoption("deploycheck_cache"))  # warns once when unusable
+        from .hf import use_cache
+
+        use_cache(cache)  # a GGUF model's float conversion is kept there between runs
         config.stash[_RUNNER] = Runner(run_dir=run_dir(config), log=log.info, cache=cache)
     return config.stash[_RUNNER]
 
@@ -602,7 +605,9 @@ class ReportCollector:
             h = runner.cache.hits
             tr.write_line(
                 f"deploycheck cache: reused {h['built']} built variants, {h['artifact']} artifacts, "
-                f"{h['result']} fresh-process results ({runner.cache.root})"
+                f"{h['result']} fresh-process results"
+                + (f", {h['converted']} GGUF models converted to float" if h.get("converted") else "")
+                + f" ({runner.cache.root})"
             )
             tr.write_line(
                 f"deploycheck cache: reused {h.get('value', 0)} in-memory evaluations "

@@ -94,14 +94,18 @@ def _name_problems(spec) -> list[Problem]:
         elif not os.access(full, os.R_OK):
             problems.append(Problem(line, where, f"file not readable (permission denied): {full}"))
 
-    def hf_folder_at(path: str, line: int, where: str) -> None:
+    def hf_folder_at(path: str, line: int, where: str, gguf_file: str | None) -> None:
         from .hf import resolve
 
         try:
-            folder = resolve(path, base)
-        except (ModuleNotFoundError, FileNotFoundError) as e:
-            problems.append(Problem(line, where, str(e)))
+            folder = resolve(path, base, gguf_file)
+        except (ModuleNotFoundError, FileNotFoundError, ValueError) as e:
+            problems.append(Problem(line, where if gguf_file is None else "model.hf.gguf_file", str(e)))
             return
+        except OSError as e:
+            problems.append(Problem(line, where, f"cannot read {e.filename or path}: {e.strerror or e}"))
+            return
+        folder = os.path.dirname(folder) if gguf_file else folder
         if not os.access(folder, os.R_OK | os.X_OK):
             problems.append(Problem(line, where, f"folder not readable (permission denied): {folder}"))
 
@@ -112,7 +116,7 @@ def _name_problems(spec) -> list[Problem]:
     if m.weights:
         file_at(m.weights, mline, "model.weights")
     if m.hf is not None:
-        hf_folder_at(m.hf.path, mline, "model.hf.path")
+        hf_folder_at(m.hf.path, mline, "model.hf.path", m.hf.gguf_file)
     if spec.semantic is not None:
         file_at(spec.semantic.triplets, spec.lines.get("semantic", 1), "semantic.triplets")
     if spec.generation is not None:

@@ -245,10 +245,10 @@ class Runner:
         return self._memo("semantic", spec, make)
 
     def tokenizer_dir(self, spec) -> str:
-        """The folder of a causal LM's model and tokenizer (model.hf.path, resolved)."""
-        from .hf import resolve
+        """The folder of a causal LM's model and tokenizer (model.hf, resolved; a GGUF file's conversion)."""
+        from .hf import model_folder
 
-        return resolve(spec.model.hf.path, os.path.dirname(os.path.abspath(spec.path)))
+        return model_folder(spec.model.hf, os.path.dirname(os.path.abspath(spec.path)))
 
     def prompts(self, spec) -> tuple[list[str], list[list[int]]]:
         """The generation prompts' texts and their token ids (the model's own tokenizer)."""

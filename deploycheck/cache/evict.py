@@ -8,7 +8,7 @@ from .safe import ENTRY_MARK, STAGING_MARK, STAGING_NAME, check_cache_root, is_o
 from .store import remove_entry
 
 DEFAULT_MAX_BYTES = 2 * 1000**3  # 2 GB
-KINDS = ("built", "artifact", "result", "value")
+KINDS = ("built", "artifact", "result", "value", "converted")
 _UNITS = {
     "": 1,
     "b": 1,

@@ -14,7 +14,7 @@ from typing import Any
 from .. import userfiles
 from ..data.sources import image_files
 from ..formats.integrity import library_versions, sha256
-from ..loading import baseline_arch, search_dirs
+from ..loading import search_dirs
 from ..machine import kernel_key
 from ..protocol import ArtifactRef, WorkerRequest
 from ..schema import TOKENIZER_FILES
@@ -174,12 +174,20 @@ def build_key(spec, vname: str) -> str:
             data_file = _h([(os.path.relpath(f, base), file_sha(f)) for f in image_files(spec.data.source, spec)])
         except (OSError, ValueError):
             data_file = None  # the data stage reports what is wrong
-    hf_dir = None
+    hf_files = None
     if spec.model.hf is not None:
-        try:
-            hf_dir = baseline_arch(spec)["kwargs"]["path"]
-        except Exception:
-            hf_dir = None
+        from ..hf import source_files
+
+        hf_files = source_files(spec.model.hf, base)
+    tokenizers: dict[str, dict | None] = {}
+    for step in spec.data.preprocess:
+        if step.op == "tokenize" and getattr(step.arg, "path", None):  # another folder's tokenizer
+            try:
+                from ..hf import resolve
+
+                tokenizers[step.arg.path] = _hf_files(resolve(step.arg.path, base))
+            except (OSError, ValueError):
+                tokenizers[step.arg.path] = None
     semantic = None
     if spec.semantic is not None:
         semantic = file_sha(os.path.join(base, spec.semantic.triplets))
@@ -188,8 +196,8 @@ def build_key(spec, vname: str) -> str:
             "env": environment(),
             "kernels": kernel_key(),
             "model": dataclasses.asdict(spec.model),
-            "hf_weights": file_sha(os.path.join(hf_dir, "model.safetensors")) if hf_dir else None,
-            "hf_files": _hf_files(hf_dir) if hf_dir else None,
+            "hf_files": hf_files,
+            "tokenizers": tokenizers,
             "semantic": semantic,
             "weights": file_sha(weights) if weights else None,
             "data": dataclasses.asdict(spec.data),
@@ -205,7 +213,7 @@ def build_key(spec, vname: str) -> str:
 
 
 def _hf_files(folder: str) -> dict:
-    """The model folder's config and tokenizer files (a causal LM's artifact ships its tokenizer)."""
+    """A tokenizer folder's config and tokenizer files, by content."""
     names = ("config.json", *TOKENIZER_FILES)
     return {n: file_sha(os.path.join(folder, n)) for n in names if os.path.isfile(os.path.join(folder, n))}
 

@@ -354,6 +354,21 @@ class Cache:
 
         self._put("value", key, write)
 
+    # models converted from another file format (a GGUF file's float weights)
+    def get_folder(self, kind: str, key: str) -> str | None:
+        """The folder of a whole entry (every file matches its checksum), marked as used; None when absent."""
+        d = self._entry(kind, key)
+        if d is not None:
+            self.hits[kind] = self.hits.get(kind, 0) + 1
+            self._touch(d)
+        return d
+
+    def put_folder(self, kind: str, key: str, write: Callable[[str], None]) -> str | None:
+        """Publish the files ``write(folder)`` makes as one entry; its folder, or None when the cache
+        is off or could not be written (the caller then keeps its own copy)."""
+        self._put(kind, key, write)
+        return self._entry(kind, key)
+
     def drop_result(self, key: str) -> bool:
         """Forget a fresh-process result (a failed timing verdict is measured again next run,
         never served from the cache). True if there was an entry."""

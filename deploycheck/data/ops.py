@@ -165,12 +165,16 @@ def _normalize(x, arg, spec):
 
 
 def _tokenize(x, arg, spec):
-    from ..hf import resolve, tokenize  # transformers
+    from ..hf import model_folder, resolve, tokenize  # transformers
 
-    src = arg.path or (spec.model.hf.path if spec.model.hf else None)
-    if src is None:
+    base = os.path.dirname(os.path.abspath(spec.path))
+    if arg.path:
+        folder = resolve(arg.path, base)
+    elif spec.model.hf:
+        folder = model_folder(spec.model.hf, base)  # a GGUF file's tokenizer comes with its conversion
+    else:
         raise ValueError("tokenize needs a tokenizer: set its path, or use model.hf")
-    return tokenize(x, path=resolve(src, os.path.dirname(os.path.abspath(spec.path))), max_length=arg.max_length)
+    return tokenize(x, path=folder, max_length=arg.max_length)
 
 
 def _callable(x, arg, spec):

