@@ -122,13 +122,20 @@ def converted_folder(gguf_path: str, task: str) -> str:
     found = cache.get_folder("converted", key) if cache is not None else None
     if found is None:
         own = tempfile.mkdtemp(prefix="deploycheck-gguf-")
-        try:
-            convert_gguf(gguf_path, own, task)
-        except Exception as e:
-            shutil.rmtree(own, ignore_errors=True)
-            from .loading import describe_exc
+        # in a child process: dequantizing holds the model twice, and this process keeps neither copy
+        # (-I: only installed packages are importable, as in deploycheck's workers)
+        import subprocess
+        import sys
 
-            raise ValueError(f"cannot convert GGUF file {gguf_path} to float weights: {describe_exc(e)}") from e
+        p = subprocess.run(
+            [sys.executable, "-I", "-m", "deploycheck.hf", gguf_path, own, task], capture_output=True, text=True
+        )
+        if p.returncode != 0:
+            shutil.rmtree(own, ignore_errors=True)
+            lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+            why = next((ln[len(_FAILED) :] for ln in reversed(lines) if ln.startswith(_FAILED)), None)
+            why = why or (lines[-1] if lines else f"the converting process exited with status {p.returncode}")
+            raise ValueError(f"cannot convert GGUF file {gguf_path} to float weights: {why}")
         if cache is not None:
 
             def publish(tmp: str) -> None:
@@ -302,3 +309,26 @@ def tokenize(texts, *, path: str, max_length: int):
         [str(t) for t in texts], padding="max_length", truncation=True, max_length=max_length, return_tensors="np"
     )
     return np.stack([enc["input_ids"], enc["attention_mask"]], axis=1).astype(np.int64)
+
+
+_FAILED = "deploycheck-gguf-failed: "
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m deploycheck.hf GGUF OUT TASK``: :func:`convert_gguf` in its own process."""
+    import sys
+
+    from .loading import describe_exc
+
+    try:
+        convert_gguf(argv[0], argv[1], argv[2])
+    except Exception as e:  # noqa: BLE001 - whatever the parser raised, said in one line
+        print(_FAILED + describe_exc(e), file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))

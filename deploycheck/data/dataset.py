@@ -32,6 +32,12 @@ class Dataset:
     def train_tensors(self):
         import torch
 
+        if rows(self.x_train) == 0:
+            raise ValueError(
+                "no training data: data.split.test_fraction is 1, so every sample evaluates; a recipe that "
+                "calibrates, prunes by data or trains needs test_fraction below 1"
+            )
+
         x = as_tensors(self.x_train, self.bf16)
         y = None if self.y_train is None else torch.from_numpy(np.ascontiguousarray(self.y_train))
         return x, y
@@ -247,6 +253,9 @@ def _split(spec, x, y):
     from sklearn.model_selection import train_test_split
 
     s = spec.data.split
+    if s.test_fraction >= 1:  # every sample evaluates; recipes that need training data say so
+        none = np.arange(0)
+        return take(x, none), None if y is None else y[none], x, y
     strat = y if (s.stratify and y is not None and np.issubdtype(np.asarray(y).dtype, np.integer)) else None
     if isinstance(x, dict):  # named inputs: split the row indices, then take the same rows of each
         idx = np.arange(rows(x))

@@ -312,7 +312,13 @@ class ModelSpec:
 class SplitSpec:
     """How the data is split into training (calibration, fine-tune, distillation) and evaluation parts."""
 
-    test_fraction: float = field(0.25, gt=0, lt=1, doc="fraction held out for evaluation")
+    test_fraction: float = field(
+        0.25,
+        gt=0,
+        le=1,
+        doc="fraction held out for evaluation; 1: every sample evaluates and none is left to train, "
+        "calibrate or fine-tune on (a language model's held-out texts, a recipe that needs no data)",
+    )
     seed: int = field(0, doc="shuffle seed of the split")
     stratify: bool = field(True, doc="keep class proportions in both parts (labelled data only)")
 
