@@ -158,7 +158,9 @@ def load(spec) -> Dataset:
         if spec.data.limit:
             xte = take(xte, slice(0, spec.data.limit))
             yte = None if yte is None else yte[: spec.data.limit]
-        xtr, xte = _prepare(spec, xtr), _prepare(spec, xte)
+        xte = _prepare(spec, xte)
+        # test_fraction 1: nothing to train on (an empty part shaped as the prepared evaluation part)
+        xtr = _prepare(spec, xtr) if rows(xtr) else take(xte, slice(0, 0))
     except StageError:
         raise
     except Exception as e:
