@@ -69,7 +69,11 @@ def cmd_validate(args) -> int:
             continue
         n = len(spec.variants)
         formats = sorted({fs.name for v in spec.variants.values() for fs in v.formats})
-        print(f"{f}: ok ({spec.name}: {n} variant{'s' * (n != 1)}, formats {', '.join(formats)})")
+        from .collect import missing_requirements
+
+        lacking = missing_requirements(spec)
+        note = f"; cannot run on this installation: {lacking}" if lacking else ""
+        print(f"{f}: ok ({spec.name}: {n} variant{'s' * (n != 1)}, formats {', '.join(formats)}){note}")
     print(f"{len(files) - bad} valid, {bad} invalid")
     return 1 if bad else 0
 

@@ -68,13 +68,13 @@ class SpecFile(pytest.File):
         if other != spec.display:
             raise self.CollectError(str(duplicate_name(spec, other)))
         node = SpecNode.from_parent(self, name=spec.name, spec=spec)
-        missing = _missing_requirements(spec)
+        missing = missing_requirements(spec)
         if missing:
             node.add_marker(pytest.mark.skip(reason=missing))
         yield node
 
 
-def _missing_requirements(spec) -> str | None:
+def missing_requirements(spec) -> str | None:
     """Why a spec cannot run on this installation (checked without importing anything heavy)."""
     if spec.model.hf is not None:
         if importlib.util.find_spec("transformers") is None:

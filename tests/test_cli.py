@@ -273,10 +273,24 @@ def test_example_ci_workflow_is_valid_yaml_using_real_commands():
 def test_validate_every_shipped_spec_together_in_a_fresh_process():
     """A newcomer's second command, as the Quick start leaves them: a fresh process (torch not yet
     imported) validating every spec under specs/ and examples/ at once."""
-    examples = [os.path.join(ROOT, "examples", rel) for rel in ("bring_your_own/gate.yaml", "tokens/tokens.yaml")]
+    rels = ("bring_your_own/gate.yaml", "tokens/tokens.yaml", "llm/smollm2.yaml")
+    examples = [os.path.join(ROOT, "examples", rel) for rel in rels]
     p = cli("validate", os.path.join(ROOT, "specs"), *examples, cwd=ROOT)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert p.stdout.splitlines()[-1] == "6 valid, 0 invalid"
+    assert p.stdout.splitlines()[-1] == "7 valid, 0 invalid"
+
+
+def test_validate_says_when_a_valid_spec_cannot_run_on_this_installation(tmp_path, capsys):
+    """A model in a package this installation lacks is not a wrong spec: validate passes it and
+    says why pytest will skip it (as collection does)."""
+    spec = tmp_path / "lm.yaml"
+    text = make_spec().replace("  factory: tinymodels:Tiny\n", "  hf: {path: 'package:no_such_pkg_xyz/model'}\n")
+    assert "no_such_pkg_xyz" in text
+    spec.write_text(text)
+    assert main(["validate", str(spec)]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(
+        "; cannot run on this installation: model.hf.path names package 'no_such_pkg_xyz', which is not installed"
+    )
 
 
 def test_validate_leaves_torch_alone_when_the_venv_sits_under_the_python_path(tmp_path):
