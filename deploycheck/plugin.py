@@ -408,6 +408,19 @@ def pytest_runtest_teardown(item, nextitem):
         runner.release(t.spec.path, t.vname)
 
 
+def _progress(config):
+    """A line on the terminal for a long stage (None under an xdist worker, whose output is not shown)."""
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is None or hasattr(config, "workerinput"):
+        return None
+
+    def say(line: str) -> None:
+        tr.write_line(line)
+        log.info(line)
+
+    return say
+
+
 def get_runner(config):
     if _RUNNER not in config.stash:
         _share_cores(config)
@@ -415,7 +428,7 @@ def get_runner(config):
         from .hf import use_cache
 
         use_cache(cache)  # a GGUF model's float conversion is kept there between runs
-        config.stash[_RUNNER] = Runner(run_dir=run_dir(config), log=log.info, cache=cache)
+        config.stash[_RUNNER] = Runner(run_dir=run_dir(config), log=log.info, cache=cache, progress=_progress(config))
     return config.stash[_RUNNER]
 
 

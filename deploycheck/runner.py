@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sys
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -86,14 +87,81 @@ def baseline_input_problem(spec, *, what: str, given, sample: list, error: str) 
     )
 
 
+#: a stage running longer than this says so on the terminal (and says when it ends)
+PROGRESS_AFTER_S = 20.0
+
+
+def session_peak_mb() -> float:
+    """This process's peak resident memory so far, in MB (0 where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0, 1)
+
+
 class Runner:
-    def __init__(self, *, run_dir: str, log: Callable[[str], None] = lambda s: None, cache: Cache | None = None):
+    def __init__(
+        self,
+        *,
+        run_dir: str,
+        log: Callable[[str], None] = lambda s: None,
+        cache: Cache | None = None,
+        progress: Callable[[str], None] | None = None,
+    ):
         self.cache = cache or Cache(None)
         self.run_dir = run_dir
         os.makedirs(run_dir, exist_ok=True)
         self.pool = WorkerPool(os.path.join(run_dir, "workers"))
         self.log = log
         self._memo_store: dict[tuple, tuple[str, Any]] = {}
+        #: (stage, spec path, variant, format or None) -> {"s": wall seconds, "session_peak_mb": ...}
+        self.stage_costs: dict[tuple, dict] = {}
+        self.progress = progress  # a line for the terminal when a stage runs long (see _stage)
+
+    @contextlib.contextmanager
+    def _stage(self, stage: str, t: Target, what: str):
+        """Time one stage of ``t`` (build, export, fresh process) and note the session's peak
+        resident memory after it (the load item's details and the report's stage table). A stage
+        still running after ``PROGRESS_AFTER_S`` says so on the terminal, and says when it ends."""
+        import threading
+        import time
+
+        t0 = time.perf_counter()
+        said: list[bool] = []
+
+        def long_running() -> None:
+            said.append(True)
+            if self.progress is not None:
+                self.progress(f"deploycheck: {t.spec.name}/{t.vname}: {what} (running {PROGRESS_AFTER_S:g} s so far)")
+
+        timer = threading.Timer(PROGRESS_AFTER_S, long_running)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+            seconds = time.perf_counter() - t0
+            peak = session_peak_mb()
+            self.stage_costs[(stage, t.spec.path, t.vname, t.fmt)] = {"s": round(seconds, 3), "session_peak_mb": peak}
+            if said and self.progress is not None:
+                self.progress(
+                    f"deploycheck: {t.spec.name}/{t.vname}: {what} took {seconds:.1f} s "
+                    f"(this process's peak memory so far: {peak:,.0f} MB)"
+                )
+
+    def costs_of(self, t: Target) -> dict:
+        """Seconds of each stage ``t``'s artifact needed in this session (its build, its export,
+        its fresh process), and this process's peak resident memory after the last of them."""
+        out: dict[str, Any] = {}
+        for stage, key in (("build", (t.spec.path, t.vname, None)), ("export", (t.spec.path, t.vname, t.fmt))):
+            c = self.stage_costs.get((stage, *key))
+            if c is not None:
+                out[f"{stage}_wall_s"] = c["s"]
+                out["session_peak_mb"] = max(out.get("session_peak_mb", 0.0), c["session_peak_mb"])
+        return out
 
     def close(self) -> None:
         self.pool.close()
@@ -507,6 +575,11 @@ class Runner:
     def _build_fresh(self, v: Target) -> Built:
         """:func:`build.build` in the build's own process (see :meth:`contained`), on inputs made
         here first, so what variants share is made once."""
+        what = "building" + (f" ({', '.join(s.short() for s in v.variant.steps)})" if v.variant.steps else "")
+        with self._stage("build", v, what):
+            return self._build_fresh_timed(v)
+
+    def _build_fresh_timed(self, v: Target) -> Built:
         spec = v.spec
         inputs = BuildInputs(
             data=self.data(spec),
@@ -549,7 +622,11 @@ class Runner:
             tokenizer_dir = self.tokenizer_dir(t.spec) if _causal_lm(t.spec) else None
             # one xdist worker saves a file the others also need (the baseline's, for their
             # ratios); they wait, then copy it from the cache (save.save looks there first)
-            with once(t.key("artifact")) if self.cache.enabled else contextlib.nullcontext(), heavy():
+            with (
+                once(t.key("artifact")) if self.cache.enabled else contextlib.nullcontext(),
+                heavy(),
+                self._stage("export", t, f"saving the {t.fmt} artifact"),
+            ):
                 return save.save(
                     t, built, folder=self.variant_dir(t), example=example, cache=self.cache, tokenizer_dir=tokenizer_dir
                 )
@@ -562,28 +639,32 @@ class Runner:
         def make() -> Reload:
             art = self.artifact(t)
             files = self.inputs_files(t.spec)
-            ran = reload.run(
-                t,
-                art,
-                files=files,
-                workdir=self.variant_dir(t),
-                latency=reload.latency_plan(t, example=files["example"], baseline=self._baseline_ref(t)),
-                generate=reload.generate_plan(
-                    t,
-                    prompts=files.get("prompts"),
-                    tokenizer_dir=self.tokenizer_dir(t.spec) if t.spec.generation is not None else None,
-                    baseline=self._baseline_ref(t),
-                ),
-                inputs_sha=self.inputs_sha(t.spec),
-                cache=self.cache,
-                pool=self.pool,
-            )
+            with self._stage("fresh", t, f"running the {t.fmt} artifact in a fresh process"):
+                ran = self._run_fresh(t, art, files)
             baseline = None if t.is_baseline else self.built(t.baseline()).outputs
             # a file made elsewhere is held to the baseline; a built variant to its in-memory self
             reference = baseline if t.made_elsewhere else self.built(t).outputs
             return reload.finish(t, ran, reference=reference, baseline=baseline, labels=self.labels(t.spec))
 
         return self._memo("reload", t, make)
+
+    def _run_fresh(self, t: Target, art, files):
+        return reload.run(
+            t,
+            art,
+            files=files,
+            workdir=self.variant_dir(t),
+            latency=reload.latency_plan(t, example=files["example"], baseline=self._baseline_ref(t)),
+            generate=reload.generate_plan(
+                t,
+                prompts=files.get("prompts"),
+                tokenizer_dir=self.tokenizer_dir(t.spec) if t.spec.generation is not None else None,
+                baseline=self._baseline_ref(t),
+            ),
+            inputs_sha=self.inputs_sha(t.spec),
+            cache=self.cache,
+            pool=self.pool,
+        )
 
     def _baseline_ref(self, t: Target) -> ArtifactRef | None:
         """The baseline's artifact in ``t``'s format, which latency is measured against (None for

@@ -242,3 +242,43 @@ def test_html_renders_in_headless_chromium_without_console_errors(report_dir, tm
     assert shot.exists() and os.path.getsize(shot) > 20_000
     if os.environ.get("DEPLOYCHECK_KEEP_SCREENSHOT"):
         shutil.copy(shot, os.environ["DEPLOYCHECK_KEEP_SCREENSHOT"])
+
+
+def test_each_artifact_says_what_its_build_export_and_fresh_process_cost(report_dir):
+    """The load item records the session's own seconds for the artifact's stages and the pytest
+    process's peak memory after them; the Markdown report gathers them in one table."""
+    doc = json.loads((report_dir / "deploycheck.json").read_text())
+    load = next(r for r in doc["records"] if (r["variant"], r["format"], r["check"]) == ("half", "torchscript", "load"))
+    d = load["details"]
+    assert d["build_wall_s"] > 0 and d["export_wall_s"] > 0 and d["process_s"] > 0
+    assert d["session_peak_mb"] > 50  # a python process with torch imported holds more than that
+    md = (report_dir / "deploycheck.md").read_text().splitlines()
+    assert "<details><summary>Time and memory: 6 artifacts</summary>" in md
+    header = next(ln for ln in md if ln.startswith("| spec ") and "export s" in ln)
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert cells == [
+        "spec",
+        "variant",
+        "format",
+        "build s",
+        "export s",
+        "fresh process s",
+        "fresh process peak MB",
+        "session peak MB",
+    ]
+
+
+def test_a_long_stage_says_so_on_the_terminal_while_it_runs(project):
+    """A stage past PROGRESS_AFTER_S prints what it is doing, then how long it took (here the
+    threshold is 0 s, so every stage of the inner session counts as long)."""
+    project.write(make_spec())
+    project.path.joinpath("conftest.py").write_text("import deploycheck.runner as r\n\nr.PROGRESS_AFTER_S = 0.0\n")
+    res = project.run()
+    assert res.ret == 0, res.stdout.str()[-3000:]
+    res.stdout.fnmatch_lines(
+        [
+            "deploycheck: tiny/baseline: saving the torchscript artifact (running 0 s so far)",
+            "deploycheck: tiny/baseline: saving the torchscript artifact took *.* s (this process's peak memory so far: * MB)",
+        ]
+    )
+    res.stdout.fnmatch_lines(["deploycheck: tiny/baseline: running the torchscript artifact in a fresh process took *"])

@@ -44,6 +44,9 @@ def load_check(runner, t: Target) -> Verdict:
             "cached": cached,
             "retimed": r.result.retimed,
             "peak_rss_mb": r.result.peak_rss_mb,
+            # this session's own cost of the artifact: its build and export seconds (0 when the
+            # cache held them), and the session's peak memory after them
+            **runner.costs_of(t),
         },
     )
 

@@ -132,6 +132,10 @@ def summary_rows(records) -> list[Row]:
                 "state_ratio": info.get("state_ratio"),
                 "sparsity": info.get("sparsity"),
                 "build_s": info.get("build_s"),
+                "build_wall_s": det("load").get("build_wall_s"),
+                "export_s": det("load").get("export_wall_s"),
+                "fresh_s": det("load").get("process_s"),
+                "session_peak_mb": det("load").get("session_peak_mb"),
                 "load": {
                     "passed": "ok (cached)" if det("load").get("cached") else "ok",
                     "error": "FAILED",
@@ -359,6 +363,31 @@ def _clip(text: str, n: int = 300) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+COST_COLUMNS = [
+    ("build_wall_s", "build s"),
+    ("export_s", "export s"),
+    ("fresh_s", "fresh process s"),
+    ("peak_rss_mb", "fresh process peak MB"),
+    ("session_peak_mb", "session peak MB"),
+]
+
+
+def cost_table(rows: list[Row]) -> list[str]:
+    """Where this session's time and memory went, per artifact: its build, its export and its fresh
+    process (seconds; 0 or '-' where the cache held them), the fresh process's peak resident memory,
+    and the pytest process's peak after the artifact's build and export. Lines of the Markdown report."""
+    have = [r for r in rows if any(r.get(k) is not None for k, _ in COST_COLUMNS)]
+    if not have:
+        return []
+    table = tabulate(
+        [[md(r["spec"]), md(r["variant"]), md(r["format"])] + [_f(r.get(k), 3) for k, _ in COST_COLUMNS] for r in have],
+        headers=["spec", "variant", "format"] + [h for _, h in COST_COLUMNS],
+        tablefmt="github",
+        disable_numparse=True,
+    )
+    return [f"<details><summary>Time and memory: {len(have)} artifacts</summary>", "", table, "", "</details>", ""]
+
+
 def markdown(rows: list[Row], meta: dict, *, limit: int = COMMENT_LIMIT, full_report: str = "deploycheck.html") -> str:
     """A summary that fits a pull-request comment at any number of specs.
 
@@ -436,6 +465,7 @@ def markdown(rows: list[Row], meta: dict, *, limit: int = COMMENT_LIMIT, full_re
             "</details>",
             "",
         ]
+    details += cost_table(rows)
     pointer = f"Full tables: `{full_report}` and `deploycheck.json` in the uploaded reports."
     text = "\n".join(head + fail_lines + details)
     if len(text) <= limit:

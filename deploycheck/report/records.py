@@ -89,6 +89,10 @@ class Row(TypedDict):
     state_ratio: float | None
     sparsity: float | None
     build_s: float | None
+    build_wall_s: float | None  # this session's build stage (the baseline's load included; ~0 from the cache)
+    export_s: float | None  # this session's export of the artifact (0 or absent: from the cache)
+    fresh_s: float | None  # the fresh process: load, evaluation, latency and generation
+    session_peak_mb: float | None  # the pytest process's peak resident memory after the artifact's build and export
     load: str  # ok | ok (cached) | FAILED | unsupported | -
     verdict: str  # pass | FAIL | new | unsupported | inconclusive
     reason: str
