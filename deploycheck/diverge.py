@@ -51,6 +51,19 @@ class Layer:
     rel: float  # ||x - reference|| / ||reference||
     cosine: float  # mean over the probes
     share: float = 0.0  # rel as a share of the final output's
+    kl: float | None = None  # a language model's residual stream: next-token KL through the lens (see Lens)
+
+
+@dataclass
+class Lens:
+    """A causal LM's next-token distributions read from a hidden state of its residual stream (a
+    decoder block's output) through the reference's own final norm and ``lm_head`` (the "logit
+    lens"): the walk then ranks the blocks by the quantity ``next_token`` and ``perplexity`` gate,
+    KL(reference || subject) in nats over the probes' real positions, instead of a relative error."""
+
+    layers: frozenset[str]  # the reference's module names whose output is the residual stream
+    head: Any  # hidden state -> logits
+    mask: Any = None  # (probes, positions): which positions are scored (padding is not)
 
 
 @dataclass
@@ -67,6 +80,9 @@ class Divergence:
     final: dict | None = None  # the final output's statistics
     note: str = ""
     made_elsewhere: bool = False  # a side is a file made elsewhere: no in-memory model to compare
+    measure: str = "relative error"  # or "next-token KL" (a language model's blocks, see Lens)
+    final_kl: float | None = None
+    block: str | None = None  # by next-token KL: the first block beyond; ``first`` is then its first departing part
 
     def render(self, *, limit_rows: int = 10) -> str:
         """The message's continuation: where it departs, then a short per-layer table."""
@@ -74,13 +90,29 @@ class Divergence:
             return "  where: an artifact made elsewhere has no in-memory model here to compare layer by layer"
         rows = self.rows
         lines = []
-        if self.first:
+        kl = self.measure == "next-token KL"
+        if self.first and kl and self.block is not None:
+            row = next(r for r in rows if r.module == self.block)
+            inside = (
+                f"at module {self.first!r}, in block {self.block!r}"
+                if self.first != self.block
+                else (f"at block {self.block!r}")
+            )
+            lines.append(
+                f"  where: {self.subject} first departs from {self.reference} {inside}: the block's next-token KL "
+                f"through the baseline's final norm and lm_head is {row.kl:.3g} nats > {self.limit:.2g} (a tenth "
+                f"of the output's {self.final_kl:.3g}; earlier blocks stay below), on {self.probes} probes, {self.source}"
+            )
+        elif self.first:
             lines.append(
                 f"  where: {self.subject} first departs from {self.reference} at module {self.first!r} "
                 f"(relative error > {self.limit:.2g}), on {self.probes} probes, {self.source}"
             )
         elif rows:
-            lines.append(f"  where: no module departs beyond {self.limit:.2g}; the difference appears at the output")
+            unit = " nats of next-token KL" if kl else ""
+            lines.append(
+                f"  where: no module departs beyond {self.limit:.2g}{unit}; the difference appears at the output"
+            )
         if self.note:
             lines.append(f"  note: {self.note}")
         if rows:
@@ -89,9 +121,13 @@ class Divergence:
                 start = max(0, next(i for i, r in enumerate(rows) if r.module == self.first) - 1)
             shown = rows[start : start + limit_rows]
             width = max(len("module"), *(len(r.module) for r in shown))
-            lines.append(f"    {'module':<{width}}  {'max abs diff':>12}  {'cosine':>9}  {'share of final error':>20}")
+            head = f"    {'module':<{width}}  {'max abs diff':>12}  {'cosine':>9}  {'share of final error':>20}"
+            lines.append(head + (f"  {'next-token KL':>13}" if kl else ""))
             for r in shown:
-                lines.append(f"    {r.module:<{width}}  {r.max_abs:>12.4g}  {r.cosine:>9.5f}  {r.share:>19.1%}")
+                line = f"    {r.module:<{width}}  {r.max_abs:>12.4g}  {r.cosine:>9.5f}  {r.share:>19.1%}"
+                if kl:
+                    line += f"  {r.kl:>13.4g}" if r.kl is not None else f"  {'-':>13}"
+                lines.append(line)
             if len(rows) > start + limit_rows:
                 lines.append(f"    … {len(rows) - start - limit_rows} more modules in the JSON report")
         return "\n".join(lines)
@@ -101,7 +137,9 @@ class Divergence:
         return dataclasses.asdict(self)
 
 
-def compare(reference, variant, probes, *, fmt: str | None, artifact=None, against: str = "baseline") -> Divergence:
+def compare(
+    reference, variant, probes, *, fmt: str | None, artifact=None, against: str = "baseline", lens: Lens | None = None
+) -> Divergence:
     """Where ``variant`` departs from ``reference`` (in-memory models; None for a file made
     elsewhere) on ``probes``: in the reloaded ``artifact``'s own layers where its format ``fmt``
     exposes them, else in the in-memory variant's, said so. ``against`` names the reference:
@@ -132,7 +170,7 @@ def compare(reference, variant, probes, *, fmt: str | None, artifact=None, again
     else:
         subject = "the variant"
         source = "in memory" + (f" (a reloaded {fmt} artifact does not expose its layers)" if fmt else "")
-    res = localise(reference, variant, probes, captured=captured)
+    res = localise(reference, variant, probes, captured=captured, lens=lens)
     res.probes, res.subject, res.reference, res.source = n, subject, reference_words, source
     res.note = res.note or note
     return res
@@ -307,9 +345,53 @@ def _capture_onnx(path: str, probes):
     return acts, order, final
 
 
-def localise(reference, variant, probes, *, captured=None) -> Divergence:
+def _kl(ref_logits, logits, mask) -> float | None:
+    """Mean KL(reference || subject) of the next-token distributions over the scored positions."""
+    import torch
+
+    if ref_logits.shape != logits.shape or ref_logits.ndim != 3:
+        return None
+    p = torch.log_softmax(ref_logits.double(), -1)
+    q = torch.log_softmax(logits.double(), -1)
+    kl = (p.exp() * (p - q)).sum(-1)
+    if mask is not None and mask.shape == kl.shape:
+        kl = kl[mask.bool()]
+    return float(kl.mean().item()) if kl.numel() else None
+
+
+#: a block departs, by next-token KL, beyond this or a tenth of the output's KL
+MIN_KL = 1e-4
+
+
+def lm_lens(model, probes) -> Lens | None:
+    """The :class:`Lens` of a causal LM wrapper (deploycheck.hf.CausalLM: ``model.lm`` a
+    transformers model with a decoder's ``layers`` and final ``norm``), or None for other models."""
+    import torch
+
+    lm = getattr(model, "lm", None)
+    if lm is None or not hasattr(lm, "get_output_embeddings"):
+        return None
+    head = lm.get_output_embeddings()
+    decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else getattr(lm, "model", None)
+    norm = getattr(decoder, "norm", None) or getattr(decoder, "final_layernorm", None)
+    blocks = getattr(decoder, "layers", None)
+    if head is None or norm is None or blocks is None:
+        return None
+    names = {id(m): n for n, m in model.named_modules()}
+    layers = frozenset(names[id(b)] for b in blocks if id(b) in names)
+
+    def read(h):
+        with torch.inference_mode():
+            return head(norm(h.to(next(head.parameters()).dtype))).float()
+
+    mask = probes[:, 1] if isinstance(probes, torch.Tensor) and probes.ndim == 3 and probes.shape[1] == 2 else None
+    return Lens(layers, read, mask)
+
+
+def localise(reference, variant, probes, *, captured=None, lens: Lens | None = None) -> Divergence:
     """Per-layer comparison of ``variant`` with ``reference`` on ``probes`` (see module doc);
-    ``captured`` replaces the variant's eager capture with an artifact's."""
+    ``captured`` replaces the variant's eager capture with an artifact's; ``lens`` ranks a
+    language model's blocks by next-token KL (see :class:`Lens`)."""
     n = batch_len(probes)
     try:
         b_acts, _, b_final, b_multi = _capture(reference, probes)
@@ -330,9 +412,24 @@ def localise(reference, variant, probes, *, captured=None) -> Divergence:
         if st is None:
             skipped += 1  # the recipe changed this layer's shape (structured pruning, a student)
             continue
-        rows.append(Layer(bn, **st, share=st["rel"] / final_rel if final_rel > 0 else 0.0))
+        row = Layer(bn, **st, share=st["rel"] / final_rel if final_rel > 0 else 0.0)
+        if lens is not None and bn in lens.layers:
+            try:
+                row.kl = _kl(lens.head(b_acts[bn].float()), lens.head(v_acts[vn].float()), lens.mask)
+            except Exception:  # noqa: BLE001 - a block the lens cannot read keeps its relative error
+                row.kl = None
+        rows.append(row)
     limit = max(MIN_REL, 0.1 * final_rel)
     first = next((r.module for r in rows if r.rel > limit), None)
+    measure, final_kl, block = "relative error", None, None
+    if lens is not None and any(r.kl is not None for r in rows) and v_final is not None and b_final is not None:
+        final_kl = _kl(b_final.float(), v_final.float(), lens.mask)
+        if final_kl is not None:
+            measure, kl_limit = "next-token KL", max(MIN_KL, 0.1 * final_kl)
+            block = next((r.module for r in rows if r.kl is not None and r.kl > kl_limit), None)
+            # inside that block, its first part beyond the relative-error limit (the damaged layer)
+            inner = block and next((r.module for r in rows if r.module.startswith(block + ".") and r.rel > limit), None)
+            first, limit = inner or block, kl_limit
     note = ""
     if not rows:
         note = (
@@ -341,4 +438,14 @@ def localise(reference, variant, probes, *, captured=None) -> Divergence:
         )
     elif skipped:
         note = f"{skipped} modules changed shape and are not compared"
-    return Divergence(n, rows=rows, first=first, limit=limit, final=final, note=note)
+    return Divergence(
+        n,
+        rows=rows,
+        first=first,
+        limit=limit,
+        final=final,
+        note=note,
+        measure=measure,
+        final_kl=final_kl,
+        block=block,
+    )

@@ -773,10 +773,12 @@ class Runner:
             [pick(o, name) for o in self.run_model(t, "semantic", lambda: self.semantic_batches(t.spec)[0])]
         )
 
-    def divergence(self, t: Target, *, against: str = "baseline") -> diverge.Divergence:
+    def divergence(self, t: Target, *, against: str = "baseline", by: str = "error") -> diverge.Divergence:
         """Where the variant departs from ``against`` ("baseline", or "in-memory" for the reloaded
         artifact against its own in-memory model), layer by layer (see :func:`diverge.compare`);
-        computed once per variant, format and reference, and only when a check fails."""
+        ``by="kl"`` ranks a causal LM's blocks by next-token KL (:class:`diverge.Lens`), as the
+        ``next_token`` and ``perplexity`` checks gate. Computed once per variant, format, reference
+        and measure, and only when a check fails."""
 
         def make() -> diverge.Divergence:
             ref_t = t.baseline() if against == "baseline" else t
@@ -786,9 +788,10 @@ class Runner:
                 return diverge.compare(None, None, probes, fmt=t.fmt, against=against)
             var = None if t.made_elsewhere else self.built(t).model
             art = self.artifact(t) if t.fmt in diverge.EXPOSES_LAYERS else None
-            return diverge.compare(ref, var, probes, fmt=t.fmt, artifact=art, against=against)
+            lens = diverge.lm_lens(ref, probes) if by == "kl" else None
+            return diverge.compare(ref, var, probes, fmt=t.fmt, artifact=art, against=against, lens=lens)
 
-        return self._memo(f"divergence:{against}", t, make)
+        return self._memo(f"divergence:{against}:{by}", t, make)
 
 
 def _run_all(model, xs: list, torch) -> list:

@@ -440,8 +440,16 @@ def test_a_fault_in_one_layer_fails_perplexity_kl_and_generation(lm_run):
         assert div["first"] == "lm.model.layers.1.mlp.down_proj", div
         assert (
             "  where: the reloaded export artifact first departs from the baseline at module "
-            "'lm.model.layers.1.mlp.down_proj'" in rec["message"]
+            "'lm.model.layers.1.mlp.down_proj', in block 'lm.model.layers.1': the block's next-token KL "
+            "through the baseline's final norm and lm_head is " in rec["message"]
         )
+        # the blocks are ranked by what these checks gate: next-token KL (nats), block 0 below the limit
+        assert div["measure"] == "next-token KL" and div["block"] == "lm.model.layers.1"
+        kl = {r["module"]: r["kl"] for r in div["rows"] if r["kl"] is not None}
+        assert sorted(kl) == ["lm.model.layers.0", "lm.model.layers.1"], kl
+        assert kl["lm.model.layers.0"] <= div["limit"] < kl["lm.model.layers.1"]
+        assert div["limit"] == pytest.approx(max(1e-4, 0.1 * div["final_kl"]))
+        assert not any(r["module"] in ("lm", "lm.model", "lm.model.rotary_emb") for r in div["rows"])
     gen = recs[("faulty", "export", "generation")]
     assert gen["status"] == "failed"
     first = gen["message"].splitlines()[0]

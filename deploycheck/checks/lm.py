@@ -76,7 +76,7 @@ def perplexity_check(runner, t: Target) -> Verdict:
         ratio = lm.perplexity_ratio_ci(out, base, ids, mask)
         formula += f"; ratio {ratio[0]:.4f} [95% {ratio[1]:.4f}, {ratio[2]:.4f}, paired bootstrap over texts]"
     formula += f" ({n} tokens of {len(ids)} held-out texts, reloaded {t.fmt})"
-    where, where_details = ("", {}) if ok else where_it_departs(runner, t)
+    where, where_details = ("", {}) if ok else where_it_departs(runner, t, by="kl")
     return Verdict(
         passed=ok,
         message="" if ok else formula + where,
@@ -109,7 +109,7 @@ def next_token_check(runner, t: Target) -> Verdict:
     th = t.variant.thresholds.next_token
     names = ("min_top1", *(name for _, name, _ in lm.KL_GATES))
     ok, formula = lm.agreement_verdict(st, **{n: getattr(th, n) for n in names})
-    where, where_details = ("", {}) if ok else where_it_departs(runner, t)
+    where, where_details = ("", {}) if ok else where_it_departs(runner, t, by="kl")
     return Verdict(
         passed=ok,
         message="" if ok else formula + where,

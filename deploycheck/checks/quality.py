@@ -64,13 +64,14 @@ def baseline_nonfinite(runner, t: Target) -> str | None:
     return None
 
 
-def where_it_departs(runner, t: Target, *, against: str = "baseline") -> tuple[str, dict]:
+def where_it_departs(runner, t: Target, *, against: str = "baseline", by: str = "error") -> tuple[str, dict]:
     """On a failing comparison: the message's continuation naming the first module where the
     variant (its reloaded artifact where the format exposes layers) departs from the baseline,
-    or from the in-memory variant, with a short per-layer table, and the same as details."""
+    or from the in-memory variant, with a short per-layer table, and the same as details.
+    ``by="kl"``: a causal LM's blocks ranked by next-token KL (the LM checks)."""
     if t.is_baseline and against == "baseline":
         return "", {}
-    res = runner.divergence(t, against=against)
+    res = runner.divergence(t, against=against, by=by)
     return "\n" + res.render(), {"divergence": res.as_dict()}
 
 
