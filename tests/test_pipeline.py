@@ -87,7 +87,7 @@ def test_metric_failure_prints_its_formula(three_failures):
 
 def test_metric_formulas_in_both_directions():
     from deploycheck.checks.quality import metric_verdict
-    from deploycheck.spec.model import MetricThreshold
+    from deploycheck.spec.thresholds import MetricThreshold
 
     v = metric_verdict(
         name="accuracy", value=0.95, baseline=0.98, higher=True, th=MetricThreshold(max_relative_drop=0.02)

@@ -14,36 +14,38 @@ from ..data.ops import Image, Normalize, Tokenize
 from ..formats import FORMATS
 from ..recipes import RECIPES
 from ..recipes.prune import FineTune
+from .inputs import InputSpec
 from .model import (
     ArtifactSource,
-    BatchInvariance,
     CrossMachineRule,
     DataSpec,
-    FidelityThreshold,
     GenerationSpec,
-    GenerationThreshold,
     HFSource,
-    InputSpec,
     IsolationSettings,
     LatencySettings,
-    LatencyThreshold,
-    MachineScope,
     MetricSpec,
-    MetricThreshold,
     ModelOverride,
     ModelSpec,
+    SemanticSpec,
+    SnapshotSettings,
+    Spec,
+    SplitSpec,
+)
+from .schema import MISSING, describe, type_hints
+from .thresholds import (
+    BatchInvariance,
+    FidelityThreshold,
+    GenerationThreshold,
+    LatencyThreshold,
+    MachineScope,
+    MetricThreshold,
     NextTokenThreshold,
     OutputThreshold,
     PerplexityThreshold,
     QuantizedThreshold,
-    SemanticSpec,
     SizeThreshold,
-    SnapshotSettings,
-    Spec,
-    SplitSpec,
     Thresholds,
 )
-from .schema import MISSING, describe, type_hints
 
 
 def _default(f: dataclasses.Field) -> str:
