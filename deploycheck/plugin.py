@@ -11,7 +11,7 @@ import tempfile
 import pytest
 
 from . import rundir
-from .cache import Cache, default_root, evict, parse_size
+from .cache import Cache, default_root, evict, fmt_size, parse_size
 from .cache.safe import UnsafeFolder
 from .checks import declared_files
 from .collect import RUN_CADENCE, RUNNER_FACTORY, CheckItem, SpecFile
@@ -629,6 +629,9 @@ class ReportCollector:
                 f"{h.get('evaluation', 0)} fresh-process evaluations whose latency was measured again, "
                 f"{h.get('unsupported', 0)} formats known not to hold their variant"
             )
+        evicted = evict_now(self.config)
+        if evicted:
+            tr.write_line(evicted, yellow=True)
         for p in self.paths:
             tr.write_line(f"report written: {p}")
         if self.error:
@@ -704,6 +707,33 @@ def check_report_dir(config) -> None:
         raise pytest.UsageError(f"deploycheck: cannot write reports to {out}: {why}; {REPORT_DIR_HINT}")
 
 
+_EVICTED = pytest.StashKey[bool]()
+
+
+def evict_now(config) -> str | None:
+    """Trim the cache to its size cap (least recently used entries first), once per session; the
+    line saying what went, when something did (the next run rebuilds it: raise the cap to keep it)."""
+    if _is_worker(config) or config.stash.get(_EVICTED, False):
+        return None
+    config.stash[_EVICTED] = True
+    root = cache_dir(config)
+    if not root or not os.path.isdir(root):
+        return None
+    try:
+        cap = cache_size(config)
+        gone = evict(root, cap)
+    except (UnsafeFolder, pytest.UsageError):
+        return None  # refused or mis-set: said when the session started
+    if not gone:
+        return None
+    n = sum(e["bytes"] for e in gone)
+    return (
+        f"deploycheck cache: evicted {len(gone)} least recently used entries ({fmt_size(n)}) to stay under "
+        f"the {fmt_size(cap)} cap; the next run builds them again (--deploycheck-cache-size or ini "
+        "deploycheck_cache_size raises the cap; docs/cache-and-security.md says what a model needs)"
+    )
+
+
 def pytest_unconfigure(config):
     reports = config.stash.get(_REPORTS, None)
     if reports is not None:
@@ -711,10 +741,4 @@ def pytest_unconfigure(config):
     r = config.stash.get(_RUNNER, None)
     if r is not None:
         r.close()
-    if not _is_worker(config):
-        root = cache_dir(config)
-        if root and os.path.isdir(root):
-            try:
-                evict(root, cache_size(config))
-            except UnsafeFolder:
-                pass  # refused: the session's cache said so when it turned itself off
+    evict_now(config)  # a session that printed no summary (-p no:terminal) is trimmed too

@@ -169,10 +169,18 @@ def test_a_session_evicts_down_to_the_configured_size(project, tmp_path):
     from deploycheck.cache import entries
 
     project.write(make_spec(variants=VARIANTS, thresholds=TH))
-    project.run(f"--deploycheck-cache-dir={tmp_path / 'cache'}", "--deploycheck-cache-size=1kB").assert_outcomes(
-        passed=6, skipped=4
-    )
+    res = project.run(f"--deploycheck-cache-dir={tmp_path / 'cache'}", "--deploycheck-cache-size=1kB")
+    res.assert_outcomes(passed=6, skipped=4)
     assert sum(e["bytes"] for e in entries(str(tmp_path / "cache"))) <= 1000
+    # the user is told, in the summary, that the next run will not find them
+    res.stdout.fnmatch_lines(
+        [
+            "deploycheck cache: evicted * least recently used entries (*) to stay under the 1.0 kB cap; the next "
+            "run builds them again (--deploycheck-cache-size or ini deploycheck_cache_size raises the cap; *"
+        ]
+    )
+    again = project.run(f"--deploycheck-cache-dir={tmp_path / 'cache'}", "--deploycheck-cache-size=1GB")
+    assert "deploycheck cache: evicted" not in again.stdout.str()  # under its cap: nothing goes, nothing said
     res = project.run("--deploycheck-cache-size=lots")
     res.stderr.fnmatch_lines(["*--deploycheck-cache-size: not a size: 'lots' (examples: 500MB, 2GB, 1.5GiB, 1000000)*"])
 
