@@ -410,12 +410,13 @@ def pytest_runtest_teardown(item, nextitem):
 
 def _progress(config):
     """A line on the terminal for a long stage (None under an xdist worker, whose output is not shown)."""
-    tr = config.pluginmanager.get_plugin("terminalreporter")
-    if tr is None or hasattr(config, "workerinput"):
+    if hasattr(config, "workerinput"):
         return None
 
     def say(line: str) -> None:
-        tr.write_line(line)
+        tr = config.pluginmanager.get_plugin("terminalreporter")  # looked up when needed: the runner
+        if tr is not None:  # may be made before the terminal reporter is registered
+            tr.write_line(line)
         log.info(line)
 
     return say

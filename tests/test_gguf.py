@@ -173,3 +173,36 @@ def test_a_gguf_spec_gates_as_the_folder_it_came_from(gguf_dir, tmp_path):
     ppl = recs[("gguf", "perplexity")]["details"]["perplexity"]
     assert ppl == recs[("folder", "perplexity")]["details"]["perplexity"] and ppl > 1.0
     assert len(list((tmp_path / "cache").glob("converted/*/*/model.safetensors"))) == 1
+
+
+def test_every_weight_file_of_a_folder_is_in_the_key(tmp_path):
+    """A sharded checkpoint's second shard (or a .bin checkpoint) is part of what identifies the
+    model: changing it must change the key (only model.safetensors was hashed before)."""
+    from types import SimpleNamespace
+
+    for name, data in {
+        "config.json": b"{}",
+        "tokenizer.json": b"{}",
+        "model-00001-of-00002.safetensors": b"one",
+        "model-00002-of-00002.safetensors": b"two",
+        "model.safetensors.index.json": b"{}",
+        "pytorch_model.bin": b"bin",
+        "README.md": b"not part of the model",
+    }.items():
+        (tmp_path / name).write_bytes(data)
+    src = SimpleNamespace(path=".", gguf_file=None, task="causal-lm")
+    before = hf.source_files(src, str(tmp_path))
+    assert sorted(before) == [
+        "config.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "tokenizer.json",
+    ]
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"TWO")
+    after = hf.source_files(src, str(tmp_path))
+    assert after["model-00002-of-00002.safetensors"] != before["model-00002-of-00002.safetensors"]
+    assert {k: v for k, v in after.items() if k != "model-00002-of-00002.safetensors"} == {
+        k: v for k, v in before.items() if k != "model-00002-of-00002.safetensors"
+    }

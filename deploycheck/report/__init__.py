@@ -372,6 +372,10 @@ COST_COLUMNS = [
 ]
 
 
+def _mb(x: Any) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
 def cost_table(rows: list[Row]) -> list[str]:
     """Where this session's time and memory went, per artifact: its build, its export and its fresh
     process (seconds; 0 or '-' where the cache held them), the fresh process's peak resident memory,
@@ -380,7 +384,11 @@ def cost_table(rows: list[Row]) -> list[str]:
     if not have:
         return []
     table = tabulate(
-        [[md(r["spec"]), md(r["variant"]), md(r["format"])] + [_f(r.get(k), 3) for k, _ in COST_COLUMNS] for r in have],
+        [
+            [md(r["spec"]), md(r["variant"]), md(r["format"])]
+            + [_f(r.get(k), 3) if k.endswith("_s") else _mb(r.get(k)) for k, _ in COST_COLUMNS]
+            for r in have
+        ],
         headers=["spec", "variant", "format"] + [h for _, h in COST_COLUMNS],
         tablefmt="github",
         disable_numparse=True,
