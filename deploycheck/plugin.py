@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -415,8 +416,12 @@ def _progress(config):
 
     def say(line: str) -> None:
         tr = config.pluginmanager.get_plugin("terminalreporter")  # looked up when needed: the runner
-        if tr is not None:  # may be made before the terminal reporter is registered
-            tr.write_line(line)
+        capman = config.pluginmanager.get_plugin("capturemanager")  # may be made before they are registered
+        if tr is not None:
+            # said while an item runs, when pytest captures the process's output: past the capture
+            # (as pytest-timeout does), or it would surface only in a failing item's captured output
+            with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+                tr.write_line(line)
         log.info(line)
 
     return say

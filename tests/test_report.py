@@ -273,7 +273,7 @@ def test_a_long_stage_says_so_on_the_terminal_while_it_runs(project):
     threshold is 0 s, so every stage of the inner session counts as long)."""
     project.write(make_spec())
     project.path.joinpath("conftest.py").write_text("import deploycheck.runner as r\n\nr.PROGRESS_AFTER_S = 0.0\n")
-    res = project.run()
+    res = project.run_subprocess()  # as a user runs it: pytest captures the items' output (fd) meanwhile
     assert res.ret == 0, res.stdout.str()[-3000:]
     res.stdout.fnmatch_lines(
         [
