@@ -360,3 +360,16 @@ def test_init_with_no_metric_in_a_fresh_process():
     finally:
         if os.path.exists(out):
             os.remove(out)
+
+
+def test_example_nightly_workflow_runs_the_nightly_tier_with_a_cache_that_holds_the_llm():
+    import yaml
+
+    from deploycheck.cache import parse_size
+
+    wf = yaml.safe_load(open(os.path.join(ROOT, "examples", "ci", "nightly-llm.yml")))
+    assert "schedule" in wf[True]  # YAML 1.1 reads the key `on` as True
+    runs = " ".join(s.get("run", "") for job in wf["jobs"].values() for s in job["steps"])
+    assert "pytest examples/llm/smollm2.yaml" in runs and "--deploycheck-cadence nightly" in runs
+    size = runs.split("--deploycheck-cache-size=")[1].split()[0]
+    assert parse_size(size) >= 10 * 1000**3, size  # the 135M model's cold run writes more than the default 2 GB
