@@ -156,6 +156,7 @@ def test_cache_info_and_clean_print_exact_output(tmp_path, capsys):
         "  artifact: 1 entries, 2.5 MB\n"
         "  result: 1 entries, 500 B\n"
         "  value: 0 entries, 0 B\n"
+        "  converted: 0 entries, 0 B\n"
     )
     assert main(["cache", "clean", "--older-than", "7d", "--dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out == f"removed 1 entries unused for more than 7d (1.5 kB) from {tmp_path}\n"

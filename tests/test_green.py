@@ -680,7 +680,9 @@ def test_validate_checks_the_folders_and_files_a_spec_points_at(tmp_path, capsys
         in out
     )
     assert f"lm.yaml:18: generation.prompts: file not found: {tmp_path}/data/prompts.txt" in out
-    assert "enc.yaml:8: model.hf.path: package 'no_such_package_xyz' is not installed" in out
+    # a package this installation lacks is no spec error (validate says the spec cannot run here,
+    # tests/test_cli.py); enc.yaml is invalid for its missing triplets file alone
+    assert "no_such_package_xyz" not in out
     assert f"enc.yaml:21: semantic.triplets: file not found: {tmp_path}/triplets.tsv" in out
     assert out.splitlines()[-1] == "0 valid, 2 invalid"
 

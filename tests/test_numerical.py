@@ -202,7 +202,14 @@ def test_a_divergence_is_data_its_message_and_report_are_made_from_it():
         "on 16 probes, in memory",
         "    module  max abs diff     cosine  share of final error",
     ]
-    assert d.as_dict()["rows"][1] == {"module": "l2", "max_abs": 0.5, "rel": 0.2, "cosine": 0.9, "share": 1.0}
+    assert d.as_dict()["rows"][1] == {
+        "module": "l2",
+        "max_abs": 0.5,
+        "rel": 0.2,
+        "cosine": 0.9,
+        "share": 1.0,
+        "kl": None,
+    }
     elsewhere = compare(None, None, torch.zeros(4, 3), fmt="onnx")
     assert elsewhere.made_elsewhere and elsewhere.probes == 4
     assert elsewhere.render() == (
