@@ -205,3 +205,23 @@ def test_preprocessing_steps(pytester, steps, expected):
     )
     out = preprocess(spec, np.asarray([[1, 2, 3, 4]]))
     assert out.tolist() == expected
+
+
+def test_a_test_fraction_of_one_evaluates_every_sample_and_leaves_nothing_to_train_on(tmp_path):
+    """A language model's held-out texts all evaluate (split test_fraction 1); a recipe that needs
+    training data (calibration, pruning by data, fine-tuning) is told there is none."""
+    from deploycheck.data.dataset import load
+    from deploycheck.spec import parse_file
+
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(make_spec().replace("test_fraction: 0.25", "test_fraction: 1.0"))
+    ds = load(parse_file(str(spec_file)))
+    assert len(ds.x_test) == 150 and len(ds.x_train) == 0  # all of iris
+    assert ds.x_train.shape[1:] == ds.x_test.shape[1:]  # an empty part shaped as the evaluated one
+    with pytest.raises(ValueError) as e:
+        ds.train_tensors()
+    assert str(e.value).startswith("no training data: data.split.test_fraction is 1, so every sample evaluates")
+    spec_file.write_text(make_spec().replace("test_fraction: 0.25", "test_fraction: 1.5"))
+    with pytest.raises(SpecError) as bad:
+        parse_file(str(spec_file))
+    assert "data.split.test_fraction: must be <= 1, got 1.5" in str(bad.value)
