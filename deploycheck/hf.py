@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .digest import file_sha256
+from .digest import sha256
 from .schema import TOKENIZER_FILES
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: weights come from disk
@@ -71,7 +71,7 @@ def gguf_key(gguf_path: str, task: str) -> str:
             versions[lib] = md.version(lib)
         except md.PackageNotFoundError:
             versions[lib] = None
-    blob = json.dumps({"gguf": file_sha256(gguf_path), "task": task, "versions": versions}, sort_keys=True)
+    blob = json.dumps({"gguf": sha256(gguf_path), "task": task, "versions": versions}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -177,7 +177,7 @@ def source_files(hf, base: str) -> dict[str, Any]:
         or n in TOKENIZER_FILES
         or n.endswith((".safetensors", ".bin", ".pt", ".pth", ".index.json"))
     )
-    return {n: file_sha256(os.path.join(found, n)) for n in names}
+    return {n: sha256(os.path.join(found, n)) for n in names}
 
 
 class TextEncoder(torch.nn.Module):

@@ -9,36 +9,11 @@ import hashlib
 import json
 import os
 import re
-import time
 from dataclasses import dataclass
 
+from ..digest import remember, sha256  # noqa: F401 - sha256 re-exported (the artifacts' hash)
 from ..machine import snapshot_machine
 from . import sniff
-
-#: sha256 of files this process already read, by identity and change stamps (device, inode, size,
-#: mtime and ctime in ns, taken from the open file): a cache entry, an artifact or a data file is
-#: hashed once per session however many keys and checks read it; any write to it changes its
-#: ctime, so a changed file is always read again. File times tick coarsely (a few ms): as git does
-#: with "racy" index entries, a file changed in the last two seconds is not remembered, since a
-#: second write within the same tick would leave every stamp as it was.
-_SHA: dict[tuple[int, int, int, int, int], str] = {}
-_RACY_NS = 2_000_000_000
-
-
-def sha256(path: str) -> str:
-    with open(path, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        known = _SHA.get(stamp)
-        if known is not None:
-            return known
-        h = hashlib.sha256()
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
-    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
-        _SHA[stamp] = digest
-    return digest
 
 
 def copy_hashed(src: str, dest: str, *, link_if: str | None = None) -> str:
@@ -57,7 +32,7 @@ def copy_hashed(src: str, dest: str, *, link_if: str | None = None) -> str:
             os.link(src, tmp, follow_symlinks=False)
             os.replace(tmp, dest)
             st = os.stat(dest)
-            _SHA[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)] = link_if
+            remember(st, link_if)
             return link_if
         except OSError:  # another file system, or links not allowed there: copied
             if os.path.lexists(tmp):
@@ -75,7 +50,7 @@ def copy_hashed(src: str, dest: str, *, link_if: str | None = None) -> str:
         raise
     digest = h.hexdigest()
     st = os.stat(dest)
-    _SHA[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)] = digest
+    remember(st, digest)
     return digest
 
 
