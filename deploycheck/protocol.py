@@ -347,3 +347,16 @@ def describe_batch(b) -> str:
     if isinstance(b, (tuple, list)):
         return ", ".join(f"input {i} {tuple(v.shape)}" for i, v in enumerate(b))
     return f"shape {tuple(b.shape)} {str(b.dtype).replace('torch.', '')}"
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (the worker's and the session's); 0 where
+    the platform does not say (Windows)."""
+    import sys
+
+    try:
+        import resource
+    except ImportError:
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0, 1)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import sys
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +26,7 @@ from .isolation import ChildGone, ChildUnpicklable, RemoteError, WorkerPool, cal
 from .lm import greedy, hf_steps, recompute_steps
 from .loading import baseline_arch, build_baseline, describe_exc
 from .outputs import OutputError, pick
-from .protocol import ArtifactRef, BatchDimError, concat_inputs, describe_batch, run_batch, take
+from .protocol import ArtifactRef, BatchDimError, concat_inputs, describe_batch, peak_rss_mb, run_batch, take
 from .quiet import heavy, once
 from .signature import dynamic_probes
 from .stages import build, reload, save
@@ -91,6 +90,17 @@ def baseline_input_problem(spec, *, what: str, given, sample: list, error: str) 
 PROGRESS_AFTER_S = 20.0
 
 
+def in_process(fn: Callable[[], Any], *, spec, what: str, variant: str, where: str) -> Any:
+    """``fn()`` in this process (library code, no user code to contain): its errors become build
+    errors naming ``what`` and where the spec declares it, as :meth:`Runner.contained`'s do."""
+    try:
+        return fn()
+    except StageError:
+        raise
+    except Exception as e:
+        raise StageError.at(spec, "build", f"{what}: {describe_exc(e)}", variant=variant, where=where) from e
+
+
 def give_back_memory() -> None:
     """Hand the heap memory freed so far back to the operating system (glibc's ``malloc_trim``):
     a large model's tensors freed by reference counting otherwise stay in the process's heap, and
@@ -101,16 +111,6 @@ def give_back_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def session_peak_mb() -> float:
-    """This process's peak resident memory so far, in MB (0 where the platform does not say)."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return 0.0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0, 1)
 
 
 class Runner:
@@ -157,7 +157,7 @@ class Runner:
             timer.cancel()
             give_back_memory()  # an export's transient copies of the weights, freed, leave the heap
             seconds = time.perf_counter() - t0
-            peak = session_peak_mb()
+            peak = peak_rss_mb()
             self.stage_costs[(stage, t.spec.path, t.vname, t.fmt)] = {"s": round(seconds, 3), "session_peak_mb": peak}
             if said and self.progress is not None:
                 self.progress(
@@ -456,14 +456,9 @@ class Runner:
             if spec.model.hf is not None and not spec.model.weights:
                 # transformers' own loading, no user code: in this process, so the weights are never
                 # pickled back from a child (a 135M LLM: 0.54 GB copied, 1 GB more at the peak)
-                try:
-                    return build_baseline(spec)
-                except StageError:
-                    raise
-                except Exception as e:
-                    raise StageError.at(
-                        spec, "build", f"{what}: {describe_exc(e)}", variant="baseline", where=spec.where("model")
-                    ) from e
+                return in_process(
+                    lambda: build_baseline(spec), spec=spec, what=what, variant="baseline", where=spec.where("model")
+                )
             return self.contained(
                 lambda: build_baseline(spec), spec=spec, variant="baseline", what=what, where=spec.where("model")
             )
@@ -620,14 +615,13 @@ class Runner:
             if v.is_baseline and spec.model.hf is not None and v.variant.model is None and not v.variant.steps:
                 # a Hugging Face baseline runs library code only, as baseline_runs already did here: its
                 # evaluation shares the loaded model instead of receiving a pickled copy from a child
-                try:
-                    return build.build(v, inputs, log=lambda line: self.log(line))
-                except StageError:
-                    raise
-                except Exception as e:
-                    raise StageError.at(
-                        spec, "build", f"unexpected error: {describe_exc(e)}", variant=v.vname, where=v.where
-                    ) from e
+                return in_process(
+                    lambda: build.build(v, inputs, log=lambda line: self.log(line)),
+                    spec=spec,
+                    what="unexpected error",
+                    variant=v.vname,
+                    where=v.where,
+                )
             return self.contained(
                 lambda: build.build(v, inputs, log=lambda line: self.log(line)),  # the child's log, in a child
                 spec=spec,

@@ -33,15 +33,10 @@ from .protocol import (
     WorkerResult,
     batch_len,
     call,
+    peak_rss_mb,
     run_batch,
 )
 from .quiet import heavy, quiet
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _load(ref: ArtifactRef):
@@ -115,7 +110,7 @@ def handle(req: WorkerRequest) -> WorkerResult:
                 res.latency = _latency(fn, req.latency)
         if req.timing_only:  # a re-measurement: the evaluation's outputs are the cached ones
             res.ok = True
-            res.peak_rss_mb = _peak_rss_mb()
+            res.peak_rss_mb = peak_rss_mb()
             return res
         stage = "run"
         with heavy():
@@ -172,7 +167,7 @@ def handle(req: WorkerRequest) -> WorkerResult:
             "".join(traceback.format_exception(e))[-3000:],
         )
     res.ok = True
-    res.peak_rss_mb = _peak_rss_mb()
+    res.peak_rss_mb = peak_rss_mb()
     return res
 
 
